@@ -1,0 +1,328 @@
+"""Robust image reading, validation and writing for user-supplied face folders.
+
+Reference: none to port; this module follows Pillow's documented behaviour (``Image.open`` reads only the
+header, ``Image.load`` decodes, ``ImageOps.exif_transpose`` applies the EXIF Orientation tag) and the
+conventions of DESIGN.md section 6: images are written as lossless PNG with atomic writes, and generator output
+in [-1, 1] is converted to 8 bit by clamping, never by min-max rescaling (a defect of the official FALCO code).
+
+Every way an input file can be bad becomes an :class:`ImageRejected` with a short machine ``reason`` (one of
+:data:`REJECT_REASONS`) and a human ``detail`` naming the file, so a pipeline can skip the file and report it.
+Accepted: JPEG (incl. MPO camera JPEGs), PNG, BMP, WebP and TIFF whose shorter side is at least
+:data:`MIN_SIDE` pixels and whose pixel count is at most :data:`MAX_PIXELS` (checked from the header, before
+any pixel is decoded).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "REJECT_REASONS",
+    "ImageRejected",
+    "encode_png",
+    "load_rgb",
+    "save_png",
+    "to_tensor",
+    "to_uint8",
+    "write_bytes_atomic",
+]
+
+MIN_SIDE = 32
+"""Images whose shorter side is below this many pixels are rejected ("too_small"): no face in them can be
+aligned to the networks' input sizes without inventing detail."""
+
+MAX_PIXELS = 64_000_000
+"""Images with more pixels than this (width * height from the header) are rejected ("too_large") before
+decoding: an 8-bit RGB decode of 64 MP already takes ~190 MB, and a crafted header can claim far more."""
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+"""File name suffixes (lower case) of the formats we accept; scanning uses them only when asked to filter."""
+
+REJECT_REASONS = (
+    "empty_file",          # zero bytes
+    "not_an_image",        # no image format recognises the bytes (e.g. a text file named .jpg)
+    "truncated",           # the header is an image's but the data ends early
+    "unsupported_format",  # a real image, but a format or pixel type we do not accept (GIF, ICO, float TIFF)
+    "too_small",           # shorter side < min_side
+    "too_large",           # width * height > max_pixels, or Pillow's decompression-bomb guard fired
+    "unreadable",          # missing, a folder, no permission, corrupt data, or any other decode failure
+    "outside_input",       # a symlink resolving outside the input folder (set by scan.scan_folder)
+    "no_face",             # no face found (set by face detection/alignment, not by this module)
+)
+
+# Pillow format names (``Image.format``) we accept. MPO is what Pillow calls many phone/camera JPEGs.
+_ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF"})
+
+# Leading bytes of accepted formats; a file that starts like one but cannot be identified is "truncated".
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+_WHITE = 255
+
+
+class ImageRejected(Exception):
+    """An input image that cannot be used; ``reason`` is one of REJECT_REASONS, ``detail`` names the file."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}; expected one of {REJECT_REASONS}")
+        super().__init__(f"[{reason}] {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):  # keep reason/detail when pickled across worker processes
+        return (type(self), (self.reason, self.detail))
+
+
+def _sniff_format(path: Path) -> str | None:
+    """Name of the accepted format whose signature the file starts with, else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _riff_is_short(path: Path) -> bool:
+    """True for a RIFF (WebP) file whose header declares more bytes than the file holds."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        actual = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 8 and head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > actual
+
+
+def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
+    """Decoded Pillow image of any supported mode -> uint8 [H, W, 3] RGB (alpha composited on white)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grey (PNG/TIFF). Pillow's own convert("L") clips at 255; scale 0..65535 -> 0..255 instead.
+        values = np.asarray(image).astype(np.int64)  # [H, W]
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageRejected(
+                "unsupported_format",
+                f"{path}: 32-bit integer pixels outside 0..65535 have no defined 8-bit range; "
+                "save the image as 8- or 16-bit.",
+            )
+        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))  # [H, W, 3]
+    if mode == "F":
+        raise ImageRejected(
+            "unsupported_format",
+            f"{path}: floating-point pixels (Pillow mode 'F') have no defined 8-bit range; "
+            "save the image as 8- or 16-bit.",
+        )
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    try:
+        converted = image.convert("RGBA" if has_alpha else "RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageRejected(
+            "unsupported_format",
+            f"{path}: pixel mode {mode!r} cannot be converted to RGB ({exc}); save it as 8-bit RGB.",
+        ) from exc
+    pixels = np.asarray(converted, dtype=np.uint8)
+    if not has_alpha:
+        return np.ascontiguousarray(pixels)  # [H, W, 3]
+    rgb = pixels[:, :, :3].astype(np.uint32)
+    alpha = pixels[:, :, 3:4].astype(np.uint32)
+    # out = round((rgb * a + white * (255 - a)) / 255), exact integer arithmetic
+    out = (rgb * alpha + _WHITE * (255 - alpha) + 127) // 255
+    return np.ascontiguousarray(out.astype(np.uint8))  # [H, W, 3]
+
+
+def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as uint8 [H, W, 3] RGB, or raise :class:`ImageRejected` saying why not.
+
+    Applies the EXIF Orientation tag; converts grayscale, palette, RGBA/LA (alpha composited on white), CMYK
+    and 16-bit grey (0..65535 scaled to 0..255 with rounding, not clipped). The header's size is checked
+    against ``max_pixels`` and ``min_side`` before decoding; truncated files are rejected, never padded (this
+    relies on Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` being False, its default, and refuses to run
+    otherwise). 16-bit RGB(A) PNGs are reduced to 8 bit by Pillow itself (high byte). Multi-frame files give
+    their first frame. No exception other than ImageRejected escapes for a bad file.
+    """
+    path = Path(path)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process, so truncated images would be "
+            "silently padded; some imported code set it. Set it back to False before loading inputs."
+        )
+    try:
+        size_bytes = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise ImageRejected("unreadable", f"{path}: file does not exist.") from exc
+    except OSError as exc:
+        raise ImageRejected("unreadable", f"{path}: cannot stat file ({exc.strerror or exc}).") from exc
+    if path.is_dir():
+        raise ImageRejected("unreadable", f"{path}: is a folder, not an image file.")
+    if size_bytes == 0:
+        raise ImageRejected("empty_file", f"{path}: file is empty (0 bytes); re-copy or remove it.")
+
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below is the bomb guard; Pillow's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return _decode_checked(image, path, min_side, max_pixels)
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(
+            "too_large", f"{path}: Pillow refused it as a decompression bomb ({exc}); limit is {max_pixels} px."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        sniffed = _sniff_format(path)
+        if sniffed is not None:
+            raise ImageRejected(
+                "truncated",
+                f"{path}: starts like a {sniffed} file but its header cannot be parsed; "
+                "the file is truncated or corrupt, re-copy it.",
+            ) from exc
+        raise ImageRejected(
+            "not_an_image", f"{path}: not an image file (no image format recognises its bytes)."
+        ) from exc
+    except PermissionError as exc:
+        raise ImageRejected("unreadable", f"{path}: permission denied; make the file readable.") from exc
+    except OSError as exc:
+        if "truncated" in str(exc).lower() or _riff_is_short(path):
+            raise ImageRejected(
+                "truncated", f"{path}: image data ends early ({exc}); the file is truncated, re-copy it."
+            ) from exc
+        raise ImageRejected("unreadable", f"{path}: cannot decode image ({type(exc).__name__}: {exc}).") from exc
+    except Exception as exc:  # Pillow raises SyntaxError, ValueError, struct.error, ... on corrupt files
+        raise ImageRejected("unreadable", f"{path}: cannot decode image ({type(exc).__name__}: {exc}).") from exc
+
+
+def _decode_checked(image: Image.Image, path: Path, min_side: int, max_pixels: int) -> np.ndarray:
+    """Header checks (format, size) on an opened image, then full decode, orientation and conversion."""
+    if image.format not in _ACCEPTED_FORMATS:
+        raise ImageRejected(
+            "unsupported_format",
+            f"{path}: format {image.format} is not accepted; convert it to PNG or JPEG "
+            f"(accepted: {', '.join(sorted(_ACCEPTED_FORMATS))}).",
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            "too_large",
+            f"{path}: {width}x{height} = {width * height} px exceeds the limit of {max_pixels} px; downscale it.",
+        )
+    if min(width, height) < min_side:
+        raise ImageRejected(
+            "too_small", f"{path}: {width}x{height} px; the shorter side must be at least {min_side} px."
+        )
+    image.load()  # full decode; raises OSError("image file is truncated ...") on short data
+    oriented = ImageOps.exif_transpose(image)
+    return _to_rgb_array(oriented, path)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] RGB -> PNG bytes (lossless, no metadata, so equal arrays give equal bytes)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"expected a uint8 [H, W, 3] RGB array, got dtype {image.dtype} shape {tuple(image.shape)}; "
+            "convert with to_uint8() first."
+        )
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a hidden temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden name (skipped by scan_folder) unique per process; O_EXCL never clobbers, and mode 0o666 lets the
+    # umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
+    tmp_name = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # <= 255 bytes
+    handle = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        tmp_name.unlink(missing_ok=True)
+        raise
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """Write uint8 [H, W, 3] RGB as a lossless PNG, atomically; creates parent folders."""
+    try:
+        data = encode_png(image)
+    except ValueError as exc:
+        raise ValueError(f"cannot save {path}: {exc}") from exc
+    write_bytes_atomic(Path(path), data)
+
+
+def to_tensor(images: list[np.ndarray] | np.ndarray, size: int) -> "torch.Tensor":
+    """uint8 RGB images (a list of [H, W, 3] or one [N, H, W, 3] array) -> float32 [N, 3, size, size] in [-1, 1].
+
+    Each image is resized to size x size with Pillow's bicubic filter (antialiased when shrinking); a
+    non-square image is stretched, so crop or align faces first. Images already size x size are not resampled.
+    """
+    import torch
+
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    batch = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
+    resized = []
+    for index, image in enumerate(batch):
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"image {index}: expected uint8 [H, W, 3] RGB, got dtype {image.dtype} shape {tuple(image.shape)}"
+            )
+        if image.shape[:2] != (size, size):
+            image = np.asarray(
+                Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BICUBIC)
+            )
+        resized.append(image)
+    if not resized:
+        return torch.empty((0, 3, size, size), dtype=torch.float32)
+    stacked = np.stack(resized).astype(np.float32)  # [N, size, size, 3]
+    tensor = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # [N, 3, size, size]
+    return tensor / 127.5 - 1.0
+
+
+def to_uint8(images: "torch.Tensor") -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]: clamp to [-1, 1], then round((x + 1) * 127.5).
+
+    Out-of-range values saturate (never min-max rescaled); NaN raises, since it means an upstream bug.
+    """
+    import torch
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a [N, 3, H, W] tensor, got shape {tuple(images.shape)}")
+    values = images.detach().to(device="cpu", dtype=torch.float32)
+    if torch.isnan(values).any():
+        raise ValueError("images contain NaN; the generator or optimisation diverged upstream")
+    values = ((values.clamp(-1.0, 1.0) + 1.0) * 127.5).round()
+    return values.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # [N, H, W, 3]

@@ -1,0 +1,145 @@
+"""Deterministic scanning of a user's input folder: every file, its hash, duplicates and unsafe links.
+
+Reference: none to port; the walk follows the semantics of ``os.walk(followlinks=False)`` (directory
+symlinks are never descended, so link loops cannot hang) written with ``os.scandir`` so that symlinks can be
+classified. The official FALCO code globs one extension per folder; this module instead returns EVERY regular
+file, so that a stray ``notes.txt`` or a corrupt JPEG is reported as rejected rather than silently dropped.
+
+Rules:
+- Results are sorted by ``relpath`` (POSIX, relative to the root, names kept exactly as on disk).
+- Hidden files and folders (name starting with ".") are skipped, as are sockets, FIFOs and devices.
+- A symlink (to a file or a folder) that resolves outside the root is not read and comes back with
+  ``skip_reason="outside_input"``: anonymising a dataset must never pull in files from elsewhere.
+- A file symlink inside the root is read like a file; a folder symlink inside the root is not descended
+  (its files are reached through their real path).
+- Broken links, link loops and files or folders we may not read come back with ``skip_reason="unreadable"``.
+- ``duplicate_of`` names the first readable file (in sorted order) with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+__all__ = ["ScannedFile", "output_relpath", "scan_folder"]
+
+_CHUNK = 1 << 20  # bytes read per hashing step
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """One entry of an input folder. Read ``path`` only when ``skip_reason`` is None."""
+
+    path: Path                 # absolute (the link itself for symlinks; not resolved)
+    relpath: str               # POSIX path relative to the root, as on disk (spaces, non-ASCII kept)
+    sha256: str | None         # hex digest of the bytes; None when the file was not or could not be read
+    duplicate_of: str | None   # relpath of the first file (sorted order) with the same bytes, else None
+    skip_reason: str | None    # "outside_input" | "unreadable"; None when the file can be processed
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_inside(target: str, root_real: str) -> bool:
+    return target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[ScannedFile]:
+    """List every regular file under ``root`` recursively, sorted by relpath (see the module rules).
+
+    ``extensions`` (e.g. ``IMAGE_EXTENSIONS``), when given, keeps only names whose suffix matches
+    case-insensitively; by default nothing is filtered, so non-images can be reported as rejected.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"input folder {root} does not exist; pass the folder that holds your images")
+    if not root.is_dir():
+        raise NotADirectoryError(f"input path {root} is a file; pass the folder that holds your images")
+    root_abs = Path(os.path.abspath(root))
+    root_real = os.path.realpath(root)
+    wanted = None if extensions is None else frozenset(ext.lower() for ext in extensions)
+
+    entries: list[tuple[str, Path, str | None]] = []  # (relpath, absolute path, skip_reason)
+
+    def keep(name: str) -> bool:
+        return wanted is None or os.path.splitext(name)[1].lower() in wanted
+
+    def walk(folder: Path, rel_parts: tuple[str, ...]) -> None:
+        try:
+            with os.scandir(folder) as iterator:
+                children = sorted(iterator, key=lambda entry: entry.name)
+        except OSError as exc:
+            if not rel_parts:
+                raise OSError(f"cannot list input folder {root}: {exc.strerror or exc}") from exc
+            entries.append(("/".join(rel_parts), folder, "unreadable"))  # a sub-folder we may not list
+            return
+        for child in children:
+            if child.name.startswith("."):
+                continue
+            parts = (*rel_parts, child.name)
+            relpath = "/".join(parts)
+            child_path = folder / child.name
+            try:
+                if child.is_symlink():
+                    target = os.path.realpath(child_path)
+                    if not _is_inside(target, root_real):
+                        if keep(child.name):
+                            entries.append((relpath, child_path, "outside_input"))
+                        continue
+                    try:
+                        mode = os.stat(child_path).st_mode  # follows the link; ELOOP / ENOENT if broken
+                    except OSError:
+                        if keep(child.name):
+                            entries.append((relpath, child_path, "unreadable"))
+                        continue
+                    if stat.S_ISREG(mode) and keep(child.name):
+                        entries.append((relpath, child_path, None))
+                    continue  # folder links inside the root are reached through their real path
+                if child.is_dir(follow_symlinks=False):
+                    walk(child_path, parts)
+                elif child.is_file(follow_symlinks=False) and keep(child.name):
+                    entries.append((relpath, child_path, None))
+            except OSError:
+                if keep(child.name):
+                    entries.append((relpath, child_path, "unreadable"))
+
+    walk(root_abs, ())
+    entries.sort(key=lambda item: item[0])
+
+    results: list[ScannedFile] = []
+    first_with_hash: dict[str, str] = {}
+    for relpath, path, skip_reason in entries:
+        digest = None
+        duplicate_of = None
+        if skip_reason is None:
+            try:
+                digest = _sha256(path)
+            except OSError:
+                skip_reason = "unreadable"
+        if digest is not None:
+            duplicate_of = first_with_hash.setdefault(digest, relpath)
+            if duplicate_of == relpath:
+                duplicate_of = None
+        results.append(ScannedFile(path, relpath, digest, duplicate_of, skip_reason))
+    return results
+
+
+def output_relpath(relpath: str, suffix: str = ".png") -> str:
+    """Output name for an input relpath: same folders and stem, new suffix ("a/b c/x.JPG" -> "a/b c/x.png").
+
+    Different inputs can map to the same output ("x.jpg" and "x.png"); callers must check for collisions.
+    """
+    pure = PurePosixPath(relpath)
+    if pure.is_absolute() or ".." in pure.parts or not pure.name:
+        raise ValueError(f"relpath must be a relative file path inside the input folder, got {relpath!r}")
+    if not suffix.startswith(".") or "/" in suffix:
+        raise ValueError(f"suffix must look like '.png', got {suffix!r}")
+    return pure.with_suffix(suffix).as_posix()

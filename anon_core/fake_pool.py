@@ -1,0 +1,92 @@
+"""The fake pool: seeded latent codes, their truncated W codes, and the features of their images.
+
+Sample i is drawn from its own seed (`seed + i`), so any fake can be regenerated alone from its seed, and a
+pool of N is the first N samples of any larger pool with the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anon_core.progress import progress_bar
+
+
+@dataclass
+class FakePool:
+    seeds: np.ndarray  # [N] int64, the seed of each sample
+    w: np.ndarray  # [N, w_dim] float32, truncated W codes (broadcast to W+ when used)
+    features: np.ndarray | None = None  # [N, D] float32, L2-normalized FaRL embeddings
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+def sample_z(seeds: np.ndarray, z_dim: int) -> torch.Tensor:
+    """z ~ N(0, I) with one torch.Generator per seed: [N, z_dim] float32 on the CPU."""
+    z = torch.empty(len(seeds), z_dim)
+    for row, seed in enumerate(seeds):
+        z[row] = torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
+    return z
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def sample_fake_pool(
+    generator: torch.nn.Module,
+    size: int,
+    seed: int,
+    psi: float,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> FakePool:
+    """Map `size` seeded z to W and truncate toward w_avg (paper: psi = 0.7)."""
+    seeds = np.arange(seed, seed + size, dtype=np.int64)
+    w = np.empty((size, generator.config.w_dim), dtype=np.float32)
+    for part in batches(size, batch_size):
+        z = sample_z(seeds[part], generator.config.z_dim).to(device)
+        w[part] = generator.truncate(generator.mapping(z), psi).float().cpu().numpy()
+    return FakePool(seeds=seeds, w=w)
+
+
+def broadcast_ws(w: torch.Tensor, num_ws: int) -> torch.Tensor:
+    """[B, w_dim] -> [B, num_ws, w_dim] (W -> W+)."""
+    return w.unsqueeze(1).expand(-1, num_ws, -1).contiguous()
+
+
+@torch.no_grad()
+def embed_fake_pool(
+    pool: FakePool,
+    generator: torch.nn.Module,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """Generate every fake image and embed it: [N, D] float32. Images are not kept (regenerate from seeds)."""
+    features: list[np.ndarray] = []
+    parts = list(batches(len(pool), batch_size))
+    for part in progress_bar(parts, desc="fake pool", unit="batch", enable=show_progress):
+        ws = broadcast_ws(torch.from_numpy(pool.w[part]).to(device), generator.num_ws)
+        features.append(embed(generator.synthesis(ws)).float().cpu().numpy())
+    pool.features = np.concatenate(features).astype(np.float32)
+    return pool.features
+
+
+@torch.no_grad()
+def generate(
+    generator: torch.nn.Module, ws: np.ndarray | torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 16
+) -> torch.Tensor:
+    """Images for W+ codes [N, num_ws, w_dim] or W codes [N, w_dim]: [N, 3, R, R] float32 on the CPU, [-1, 1]."""
+    ws = torch.as_tensor(ws, dtype=torch.float32)
+    if ws.ndim == 2:
+        ws = broadcast_ws(ws, generator.num_ws)
+    out = [generator.synthesis(ws[part].to(device)).float().cpu() for part in batches(len(ws), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 3, generator.config.resolution, generator.config.resolution)

@@ -1,0 +1,383 @@
+"""StyleGAN2 (config-f) generator in plain PyTorch.
+
+Follows rosinality/stylegan2-pytorch ``model.py`` (commit bef283a), itself a port of NVIDIA's StyleGAN2 config-f:
+same layer order, equalized learning rate, modulated/demodulated convolutions, up-sampling by stride-2 transposed
+convolution + FIR blur, skip-connected ToRGB outputs. Submodule and parameter names are rosinality's, so a
+rosinality ``g_ema`` state dict loads by name (drop its ``*.kernel`` blur buffers: ours are non-persistent); the
+only extra key here is ``w_avg``. Parameters are created in rosinality's order from the global torch RNG, so the
+same seed gives the same weights as rosinality's ``Generator``.
+
+Differences from the reference, on purpose: pure-PyTorch activation and FIR ops (no CUDA extension), an explicit
+``noise_mode`` instead of ``randomize_noise``, ``w_avg`` kept as a buffer, no style mixing in ``forward``, no
+non-fused conv path, and separate ``z_dim`` / ``w_dim`` and a ``channel_max`` cap (for small test profiles).
+
+W+ layer order (rosinality's, = NVIDIA's), ``num_ws = 2 * log2(resolution) - 2``; with ``n = log2(R) - 2`` up blocks
+and block ``j = 0 .. n-1`` at resolution ``2 ** (j + 3)``, ``i = 2 * j + 1``::
+
+    ws[:, 0]     -> conv1                  (4 x 4)
+    ws[:, 1]     -> to_rgb1                (4 x 4)
+    ws[:, i]     -> convs[2j]   (up-conv)  and ws[:, i] is ALSO the previous ToRGB's code (to_rgb1 for j = 0)
+    ws[:, i + 1] -> convs[2j + 1]
+    ws[:, i + 2] -> to_rgbs[j]             (shared with the next block's up-conv)
+
+e.g. at 1024 px: conv1 0, to_rgb1 1, convs.0 1, convs.1 2, to_rgbs.0 3, convs.2 3, convs.3 4, to_rgbs.1 5, ...,
+convs.14 15, convs.15 16, to_rgbs.7 17. Noise buffer ``noises.noise_N`` feeds conv1 (N = 0) and convs[N - 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from anon_core.networks.upfirdn import Blur, Upsample
+
+__all__ = [
+    "ConstantInput",
+    "EqualLinear",
+    "FusedLeakyReLU",
+    "Generator",
+    "ModulatedConv2d",
+    "NoiseInjection",
+    "PixelNorm",
+    "StyleGAN2Config",
+    "StyledConv",
+    "ToRGB",
+    "fused_leaky_relu",
+]
+
+BLUR_TAPS: tuple[int, ...] = (1, 3, 3, 1)  # config-f resampling filter
+NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
+# rosinality's channel table; entries at >= 64 px scale with channel_multiplier.
+_BASE_CHANNELS: dict[int, tuple[int, bool]] = {
+    4: (512, False), 8: (512, False), 16: (512, False), 32: (512, False),
+    64: (256, True), 128: (128, True), 256: (64, True), 512: (32, True), 1024: (16, True),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StyleGAN2Config:
+    """Generator sizes. Defaults are FFHQ config-f at 1024 px (rosinality ``Generator(1024, 512, 8)``)."""
+
+    resolution: int = 1024  # output side; num_ws = 2 * log2(resolution) - 2 (18 at 1024, 16 at 512, 10 at 64)
+    z_dim: int = 512  # input latent size (rosinality ties it to w_dim; kept separate for small profiles)
+    w_dim: int = 512  # style / W size
+    mapping_layers: int = 8  # MLP depth of the mapping network
+    mapping_lr_mul: float = 0.01  # equalized-lr multiplier of the mapping MLP (config-f)
+    channel_multiplier: int = 2  # config-f
+    channel_max: int = 512  # caps every resolution's channel count (small values make the `tiny` profile)
+
+    def __post_init__(self) -> None:
+        if self.resolution not in _BASE_CHANNELS:
+            raise ValueError(
+                f"StyleGAN2Config.resolution={self.resolution} is not supported; "
+                f"use a power of two in {sorted(_BASE_CHANNELS)}"
+            )
+        for name in ("z_dim", "w_dim", "mapping_layers", "channel_multiplier", "channel_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StyleGAN2Config.{name}={getattr(self, name)} must be >= 1")
+        if self.mapping_lr_mul <= 0:
+            raise ValueError(f"StyleGAN2Config.mapping_lr_mul={self.mapping_lr_mul} must be > 0")
+
+    @property
+    def num_ws(self) -> int:
+        """Number of W+ codes the synthesis network takes."""
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    def channels(self, res: int) -> int:
+        """Feature channels at side ``res``: rosinality's table, capped at ``channel_max``."""
+        base, scaled = _BASE_CHANNELS[res]
+        return min(self.channel_max, base * self.channel_multiplier if scaled else base)
+
+
+# --- activation ---------------------------------------------------------------------------------------------------
+
+
+def fused_leaky_relu(x: Tensor, bias: Tensor | None = None, negative_slope: float = 0.2) -> Tensor:
+    """``leaky_relu(x + bias) * sqrt(2)`` with ``bias`` [C] added on dim 1 (rosinality's CPU ``fused_leaky_relu``)."""
+    if bias is not None:
+        x = x + bias.reshape(1, -1, *([1] * (x.ndim - 2)))  # [1, C, 1, ...]
+    return F.leaky_relu(x, negative_slope) * math.sqrt(2.0)
+
+
+class FusedLeakyReLU(nn.Module):
+    """Per-channel bias + scaled leaky ReLU (parameter ``bias`` [C], zeros at init)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class PixelNorm(nn.Module):
+    """Normalize each vector to unit mean square over dim 1."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(torch.mean(x.square(), dim=1, keepdim=True) + 1e-8)
+
+
+# --- equalized learning rate --------------------------------------------------------------------------------------
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized lr: weights stored ~N(0, 1/lr_mul^2), scaled by lr_mul/sqrt(in_dim) in forward."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activate = activate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.activate:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
+        return F.linear(x, self.weight * self.scale, self.bias * self.lr_mul)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activate={self.activate}"
+
+
+# --- modulated convolution ----------------------------------------------------------------------------------------
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated conv (StyleGAN2 weight (de)modulation) run as one grouped conv over the batch.
+
+    ``weight`` is [1, out, in, k, k] (rosinality layout); ``modulation`` maps a W code to per-input-channel scales
+    (bias 1 at init). With ``upsample`` it is a stride-2 transposed conv followed by a [1, 3, 3, 1] blur.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_taps: Sequence[float] = BLUR_TAPS,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.demodulate = demodulate
+        self.upsample = upsample
+        if upsample:
+            factor = 2
+            p = (len(blur_taps) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_taps, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channels, bias_init=1.0)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, {self.kernel_size}, "
+            f"demodulate={self.demodulate}, upsample={self.upsample}"
+        )
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        batch, in_ch, height, width = x.shape
+        out_ch, k = self.out_channels, self.kernel_size
+        s = self.modulation(style).reshape(batch, 1, in_ch, 1, 1)  # [B, 1, in, 1, 1]
+        weight = self.scale * self.weight * s  # [B, out, in, k, k]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).reshape(batch, out_ch, 1, 1, 1)
+        x = x.reshape(1, batch * in_ch, height, width)  # samples become conv groups
+        if self.upsample:
+            # conv_transpose2d wants [in, out, k, k] per group: [B, out, in, k, k] -> [B * in, out, k, k]
+            weight = weight.transpose(1, 2).reshape(batch * in_ch, out_ch, k, k)
+            out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=batch)
+            out = out.reshape(batch, out_ch, out.shape[2], out.shape[3])  # [B, out, 2H + k - 2, 2W + k - 2]
+            return self.blur(out)  # [B, out, 2H, 2W]
+        weight = weight.reshape(batch * out_ch, in_ch, k, k)  # [B * out, in, k, k]
+        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
+        return out.reshape(batch, out_ch, height, width)
+
+
+# --- synthesis blocks ---------------------------------------------------------------------------------------------
+
+
+class NoiseInjection(nn.Module):
+    """Adds ``weight * noise`` (one learned strength, zero at init); ``noise=None`` adds nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
+        if noise is None:
+            return x
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4 x 4 starting feature map (parameter ``input`` [1, C, 4, 4])."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.expand(batch, -1, -1, -1)  # [B, C, 4, 4]
+
+
+class StyledConv(nn.Module):
+    """Modulated 3 x 3 conv -> noise injection -> bias + scaled leaky ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, style_dim: int, upsample: bool = False) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channels)
+
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None) -> Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise))
+
+
+class ToRGB(nn.Module):
+    """Modulated 1 x 1 conv to RGB (no demodulation) + bias, added to the FIR-up-sampled previous RGB skip."""
+
+    def __init__(self, in_channels: int, style_dim: int, upsample: bool = True) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(BLUR_TAPS)
+        self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
+        out = self.conv(x, style) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# --- generator ----------------------------------------------------------------------------------------------------
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator: ``style`` (mapping MLP) and a synthesis network fed per-layer W+ codes.
+
+    Build it, then move it with ``.to(device, dtype)``; parameters are drawn from the global torch RNG, so seed it
+    (e.g. ``torch.manual_seed`` inside ``torch.random.fork_rng()``) for reproducible weights. See the module
+    docstring for which W+ code drives which layer.
+    """
+
+    w_avg: Tensor
+
+    def __init__(self, config: StyleGAN2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.num_ws = config.num_ws
+        log_size = int(math.log2(config.resolution))
+        w_dim = config.w_dim
+
+        mapping: list[nn.Module] = [PixelNorm()]
+        for i in range(config.mapping_layers):
+            in_dim = config.z_dim if i == 0 else w_dim
+            mapping.append(EqualLinear(in_dim, w_dim, lr_mul=config.mapping_lr_mul, activate=True))
+        self.style = nn.Sequential(*mapping)
+
+        ch4 = config.channels(4)
+        self.input = ConstantInput(ch4)
+        self.conv1 = StyledConv(ch4, ch4, w_dim)
+        self.to_rgb1 = ToRGB(ch4, w_dim, upsample=False)
+
+        self.num_noises = 2 * (log_size - 2) + 1
+        self.noises = nn.Module()
+        for n in range(self.num_noises):
+            side = 2 ** ((n + 5) // 2)  # 4, 8, 8, 16, 16, ...
+            self.noises.register_buffer(f"noise_{n}", torch.randn(1, 1, side, side))
+
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = ch4
+        for level in range(3, log_size + 1):
+            out_ch = config.channels(2**level)
+            self.convs.append(StyledConv(in_ch, out_ch, w_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, w_dim))
+            self.to_rgbs.append(ToRGB(out_ch, w_dim))
+            in_ch = out_ch
+
+        self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def mapping(self, z: Tensor) -> Tensor:
+        """z [B, z_dim] -> w [B, w_dim]."""
+        if z.ndim != 2 or z.shape[1] != self.config.z_dim:
+            raise ValueError(f"Generator.mapping expects z of shape [B, {self.config.z_dim}], got {list(z.shape)}")
+        return self.style(z.to(dtype=self.input.input.dtype))
+
+    def truncate(self, w: Tensor, psi: float) -> Tensor:
+        """``w_avg + psi * (w - w_avg)`` for w [B, w_dim] or [B, num_ws, w_dim]; exactly w_avg at psi = 0, w at 1."""
+        if psi == 1.0:
+            return w
+        w_avg = self.w_avg.to(dtype=w.dtype)  # [w_dim], broadcasts over the leading dims
+        return w_avg + psi * (w - w_avg)
+
+    @torch.no_grad()
+    def compute_w_avg_(self, num_samples: int = 10_000, seed: int = 0, batch_size: int = 1000) -> None:
+        """Set ``w_avg`` to the mean of ``mapping(z)`` over ``num_samples`` z ~ N(0, I) drawn from ``seed``."""
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(
+                f"compute_w_avg_ needs num_samples >= 1 and batch_size >= 1, got {num_samples} and {batch_size}"
+            )
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        total = torch.zeros(self.config.w_dim, dtype=torch.float64, device=self.w_avg.device)
+        param = self.input.input
+        for start in range(0, num_samples, batch_size):
+            n = min(batch_size, num_samples - start)
+            z = torch.randn(n, self.config.z_dim, generator=gen).to(device=param.device, dtype=param.dtype)
+            total += self.mapping(z).double().sum(dim=0)
+        self.w_avg.copy_(total / num_samples)
+
+    def _noise(self, index: int, batch: int, side: int, like: Tensor, noise_mode: str) -> Tensor | None:
+        """Noise map for ``noises.noise_{index}`` ([1 or B, 1, side, side]) under ``noise_mode``; None for "none"."""
+        if noise_mode == "const":
+            return getattr(self.noises, f"noise_{index}").to(dtype=like.dtype)
+        if noise_mode == "random":
+            return torch.randn(batch, 1, side, side, device=like.device, dtype=like.dtype)
+        return None
+
+    def synthesis(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
+        """ws [B, num_ws, w_dim] -> image [B, 3, R, R], roughly in [-1, 1], not clamped.
+
+        noise_mode: "const" uses the fixed ``noises.noise_N`` buffers (deterministic), "random" draws fresh noise,
+        "none" adds no noise.
+        """
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode={noise_mode!r} is not one of {NOISE_MODES}")
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.config.w_dim):
+            raise ValueError(
+                f"Generator.synthesis expects ws of shape [B, {self.num_ws}, {self.config.w_dim}], got {list(ws.shape)}"
+            )
+        ws = ws.to(dtype=self.input.input.dtype)  # a bf16 model takes fp32 codes; autograd flows through the cast
+        batch = ws.shape[0]
+        x = self.input(batch)
+        x = self.conv1(x, ws[:, 0], self._noise(0, batch, 4, ws, noise_mode))
+        skip = self.to_rgb1(x, ws[:, 1])
+        i = 1
+        for j, to_rgb in enumerate(self.to_rgbs):
+            side = 2 ** (j + 3)
+            x = self.convs[2 * j](x, ws[:, i], self._noise(i, batch, side, ws, noise_mode))
+            x = self.convs[2 * j + 1](x, ws[:, i + 1], self._noise(i + 1, batch, side, ws, noise_mode))
+            skip = to_rgb(x, ws[:, i + 2], skip)
+            i += 2
+        return skip
+
+    def forward(self, z: Tensor, psi: float = 1.0, noise_mode: str = "const") -> Tensor:
+        """z [B, z_dim] -> image [B, 3, R, R]: mapping -> truncation toward ``w_avg`` -> same w for every layer."""
+        w = self.truncate(self.mapping(z), psi)
+        ws = w.unsqueeze(1).expand(-1, self.num_ws, -1)  # [B, num_ws, w_dim]
+        return self.synthesis(ws, noise_mode=noise_mode)

@@ -1,0 +1,123 @@
+"""FALCO's latent optimization, batched.
+
+The anonymized code is W+ in which layers [layer_start, layer_stop) (3..7 in the paper) are trainable and start
+from the paired fake's code, while every other layer stays at the real image's inversion. The loss of one image is
+
+    lambda_id   * | <f(x_anon), f(x_real)> - m |                          (f: L2-normalized identity embedding)
+  + lambda_attr * sum over tokens t of mean_c | F_t(x_anon) - F_t(x_real) |  (F: FaRL's last-block tokens)
+
+and a batch minimizes the SUM of its images' losses with Adam. Since each image's loss depends only on its own
+code and Adam's update is element-wise, every image gets exactly the update it would get if optimized alone;
+`tests/test_optimize.py` holds the code to that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anon_core.params import OptimizationParams
+from anon_core.progress import progress_bar
+
+IdentityNet = Callable[[torch.Tensor], torch.Tensor]  # [-1, 1] images -> L2-normalized [B, D]
+AttributeNet = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # -> (embedding, tokens [B, T, C])
+
+LOSS_NAMES = ("identity", "attribute", "total")
+
+
+def identity_loss(anon_embedding: torch.Tensor, real_embedding: torch.Tensor, margin: float) -> torch.Tensor:
+    """|cos(f(x_anon), f(x_real)) - m| per image: [B]. Inputs are L2-normalized [B, D]."""
+    return ((anon_embedding * real_embedding).sum(dim=1) - margin).abs()
+
+
+def attribute_loss(anon_tokens: torch.Tensor, real_tokens: torch.Tensor) -> torch.Tensor:
+    """Sum over tokens of the mean absolute feature difference, per image: [B]. Inputs [B, T, C]."""
+    return (anon_tokens - real_tokens).abs().mean(dim=2).sum(dim=1)
+
+
+@dataclass
+class OptimizationResult:
+    ws: torch.Tensor  # [B, num_ws, w_dim] on the CPU (float32, or float64 for float64 inputs)
+    images: torch.Tensor  # [B, 3, R, R] on the CPU, G(ws), unclamped
+    identity_similarity: np.ndarray  # [B] cosine of f(x_anon) and f(x_real) after the last step
+    history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B], weighted per-image losses before each update
+
+
+def compose_ws(w_real: torch.Tensor, trainable: torch.Tensor, layer_start: int, layer_stop: int) -> torch.Tensor:
+    """Insert the trainable layers into the fixed inversion code: [B, num_ws, w_dim]."""
+    return torch.cat([w_real[:, :layer_start], trainable, w_real[:, layer_stop:]], dim=1)
+
+
+def anonymize_batch(
+    generator: torch.nn.Module,
+    identity_net: IdentityNet,
+    attribute_net: AttributeNet,
+    real_images: torch.Tensor,
+    w_real: torch.Tensor,
+    w_fake: torch.Tensor,
+    params: OptimizationParams,
+    amp_dtype: torch.dtype | None = None,
+    show_progress: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> OptimizationResult:
+    """Optimize a batch of anonymized codes.
+
+    Args:
+        real_images: [B, 3, R, R] real images in [-1, 1] at the generator's resolution.
+        w_real: [B, num_ws, w_dim] the real images' inversions (kept outside the trainable layers).
+        w_fake: [B, w_dim] or [B, num_ws, w_dim] the paired fakes' codes (start of the trainable layers).
+        amp_dtype: run the networks under autocast with this dtype (e.g. torch.bfloat16); the codes and Adam's
+            state stay float32.
+        on_step: called after every step with the step index and the batch-summed losses.
+    """
+    device = real_images.device
+    num_ws = w_real.shape[1]
+    start, stop = params.layer_start, params.layer_stop
+    if not 0 <= start < stop <= num_ws:
+        raise ValueError(f"trainable layers [{start}, {stop}) do not fit a generator with {num_ws} W+ layers")
+    if w_fake.ndim == 2:
+        w_fake = w_fake.unsqueeze(1).expand(-1, num_ws, -1)
+    master = torch.promote_types(w_real.dtype, torch.float32)  # codes and Adam state: float32 at least
+    w_real = w_real.to(device=device, dtype=master)
+    trainable = w_fake[:, start:stop].to(device=device, dtype=master).clone().requires_grad_(True)
+
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    )
+    with torch.no_grad(), autocast:
+        real_identity = identity_net(real_images).to(master)
+        real_tokens = attribute_net(real_images)[1].to(master)
+
+    optimizer = torch.optim.Adam([trainable], lr=params.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=params.milestone_steps(), gamma=params.gamma)
+    history = {name: np.zeros((params.steps, len(real_images)), dtype=np.float32) for name in LOSS_NAMES}
+
+    for step in progress_bar(range(params.steps), desc="optimize", unit="step", enable=show_progress):
+        with autocast:
+            images = generator.synthesis(compose_ws(w_real, trainable, start, stop))
+            id_term = params.lambda_id * identity_loss(identity_net(images).to(master), real_identity, params.margin)
+            attr_term = params.lambda_attr * attribute_loss(attribute_net(images)[1].to(master), real_tokens)
+        per_image = id_term + attr_term  # [B]
+        optimizer.zero_grad(set_to_none=True)
+        per_image.sum().backward()
+        optimizer.step()
+        scheduler.step()
+        for name, value in zip(LOSS_NAMES, (id_term, attr_term, per_image)):
+            history[name][step] = value.detach().float().cpu().numpy()
+        if on_step is not None:
+            on_step(step, {name: float(history[name][step].sum()) for name in LOSS_NAMES})
+
+    with torch.no_grad(), autocast:
+        ws = compose_ws(w_real, trainable.detach(), start, stop)
+        images = generator.synthesis(ws).to(master)
+        similarity = (identity_net(images).to(master) * real_identity).sum(dim=1)
+    return OptimizationResult(
+        ws=ws.cpu(),
+        images=images.cpu(),
+        identity_similarity=similarity.cpu().numpy(),
+        history=history,
+    )

@@ -1,0 +1,181 @@
+"""Typed hyper-parameters of the method, resolved from `params.yaml`.
+
+`params.yaml` at the repository root is the one place that holds default values (DVC reads it too); the
+dataclasses below only give them types and checks. Resolution order: the file's `defaults`, then its
+`profiles.<name>` entry, then explicit overrides (command-line flags, Dagster run config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anon_core.errors import ParamsError
+
+DEFAULT_PARAMS_PATH = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@dataclass(frozen=True)
+class OptimizationParams:
+    steps: int
+    lr: float
+    margin: float  # m: the identity loss pulls <f(x_anon), f(x_real)> toward m
+    lambda_id: float
+    lambda_attr: float
+    layer_start: int  # first trainable W+ layer
+    layer_stop: int  # one past the last trainable W+ layer
+    milestones: tuple[float, ...]  # fractions of `steps` where the learning rate is multiplied by gamma
+    gamma: float
+
+    def milestone_steps(self) -> list[int]:
+        return [int(round(f * self.steps)) for f in self.milestones]
+
+
+@dataclass(frozen=True)
+class InversionParams:
+    method: str  # "e4e" or "optimization"
+    steps: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class FalcoParams:
+    profile: str
+    seed: int
+    pool_size: int
+    truncation_psi: float
+    pairing_k: int
+    batch_size: int
+    optimization: OptimizationParams
+    inversion: InversionParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **overrides: Any) -> FalcoParams:
+        """A copy with overrides; nested keys as `optimization.steps` or `optimization={"steps": 5}`."""
+        return _build(FalcoParams, _merge(self.to_dict(), _nest(overrides)), "overrides")
+
+
+INVERSION_METHODS = ("e4e", "optimization")
+
+
+def load_params(profile: str, path: Path | None = None, **overrides: Any) -> FalcoParams:
+    """Resolve the parameters of `profile` from a params file (default: the repository's `params.yaml`).
+
+    Overrides whose value is None are ignored, so command-line flags that were not given fall through.
+    """
+    path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
+    if not path.is_file():
+        raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or "defaults" not in raw:
+        raise ParamsError(f"{path} has no top-level 'defaults:' section")
+    profiles = raw.get("profiles") or {}
+    if profile not in profiles:
+        raise ParamsError(
+            f"profile {profile!r} is not in {path} (known: {', '.join(sorted(profiles))}); "
+            "add it under 'profiles:' or pick a known one"
+        )
+    merged = _merge(raw["defaults"], profiles[profile] or {})
+    merged = _merge(merged, _nest({k: v for k, v in overrides.items() if v is not None}))
+    merged["profile"] = profile
+    params = _build(FalcoParams, merged, str(path))
+    _check(params)
+    return params
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        head, _, tail = key.partition(".")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ParamsError(f"{source}: unknown parameter(s) {', '.join(prefix + u for u in unknown)}")
+    missing = sorted(set(known) - set(data))
+    if missing:
+        raise ParamsError(f"{source}: missing parameter(s) {', '.join(prefix + m for m in missing)}")
+    values = {}
+    for name, f in known.items():
+        value = data[name]
+        nested = {"optimization": OptimizationParams, "inversion": InversionParams}.get(name)
+        if nested is not None and cls is FalcoParams:
+            if not isinstance(value, dict):
+                raise ParamsError(f"{source}: {prefix}{name} must be a mapping")
+            values[name] = _build(nested, value, source, prefix=f"{name}.")
+        else:
+            values[name] = _coerce(value, f.type, f"{source}: {prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, type_name: Any, where: str) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        if type_name == "str":
+            return str(value)
+        if type_name.startswith("tuple"):
+            return tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ParamsError(f"{where} = {value!r} is not a valid {type_name}") from None
+    return value
+
+
+def _check(p: FalcoParams) -> None:
+    o = p.optimization
+    problems = []
+    if p.pool_size < 1:
+        problems.append(f"pool_size = {p.pool_size} must be >= 1")
+    if p.batch_size < 1:
+        problems.append(f"batch_size = {p.batch_size} must be >= 1")
+    if p.pairing_k < 1 or p.pairing_k > p.pool_size:
+        problems.append(f"pairing_k = {p.pairing_k} must be in [1, pool_size]")
+    if not 0.0 <= p.truncation_psi <= 1.0:
+        problems.append(f"truncation_psi = {p.truncation_psi} must be in [0, 1]")
+    if o.steps < 0:
+        problems.append(f"optimization.steps = {o.steps} must be >= 0")
+    if o.lr <= 0:
+        problems.append(f"optimization.lr = {o.lr} must be > 0")
+    if not 0 <= o.layer_start < o.layer_stop:
+        problems.append(f"optimization.layer_start/stop = {o.layer_start}/{o.layer_stop} must satisfy 0 <= start < stop")
+    if any(not 0.0 < m <= 1.0 for m in o.milestones):
+        problems.append(f"optimization.milestones = {list(o.milestones)} must be fractions in (0, 1]")
+    if p.inversion.method not in INVERSION_METHODS:
+        problems.append(f"inversion.method = {p.inversion.method!r} must be one of {INVERSION_METHODS}")
+    if problems:
+        raise ParamsError("invalid parameters: " + "; ".join(problems))

@@ -1,0 +1,261 @@
+"""The FALCO method end to end on a folder of images: data -> features -> pairs -> latents -> images.
+
+Every stage is a plain function of arrays (the Dagster assets call them one by one); `anonymize_folder` chains
+them for the `falco anonymize` command and streams the real images in batches, so memory stays bounded by one
+batch of images plus the pool's features.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anon_core.data.image_io import ImageRejected, load_rgb, save_png, to_tensor, to_uint8
+from anon_core.data.scan import ScannedFile, output_relpath, scan_folder
+from anon_core.errors import FalcoError
+from anon_core.fake_pool import FakePool, embed_fake_pool, sample_fake_pool
+from anon_core.optimize import LOSS_NAMES, anonymize_batch
+from anon_core.pairing import nearest_fakes
+from anon_core.params import FalcoParams
+from anon_core.profiles import Networks, build_networks
+from anon_core.progress import progress_bar
+
+MANIFEST_COLUMNS = (
+    "input",  # relative path under the input folder
+    "output",  # relative path under OUTPUT_DIR/images ("" when rejected)
+    "status",  # ok | rejected
+    "reason",  # machine code of the rejection ("" when ok)
+    "detail",  # human sentence about the rejection
+    "duplicate_of",  # input with the same bytes that came first, if any
+    "latent_index",  # row in latents.npy
+    "fake_index",  # index (= seed - params.seed) of the paired fake in the pool
+    "fake_similarity",  # cosine of real and fake FaRL embeddings
+    "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
+)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FalcoError("--device cuda was asked for, but no CUDA device is visible to torch; use --device cpu")
+    return device
+
+
+def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_progress: bool = True) -> FakePool:
+    """Stage 1-2: the seeded fake pool and its FaRL embeddings."""
+    pool = sample_fake_pool(
+        nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device
+    )
+    embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device, batch_size=batch_size,
+                    show_progress=show_progress)
+    return pool
+
+
+@torch.no_grad()
+def embed_images(nets: Networks, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """L2-normalized FaRL embeddings of [-1, 1] images: [N, D] float32."""
+    out = [nets.farl.embed(images[i : i + batch_size].to(nets.device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+@dataclass
+class BatchResult:
+    ws: np.ndarray  # [B, num_ws, w_dim] float32
+    images: np.ndarray  # [B, R, R, 3] uint8
+    fake_index: np.ndarray  # [B]
+    fake_similarity: np.ndarray  # [B]
+    identity_similarity: np.ndarray  # [B]
+    history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B]
+
+
+def anonymize_images(
+    nets: Networks, pool: FakePool, real: torch.Tensor, params: FalcoParams, show_progress: bool = False
+) -> BatchResult:
+    """Stages 3-6 for one batch of real images [B, 3, R, R] in [-1, 1]: embed, pair, invert, optimize, generate."""
+    real = real.to(nets.device)
+    indices, similarities = nearest_fakes(embed_images(nets, real), pool.features, k=params.pairing_k)
+    nearest = indices[:, 0]
+    w_real = nets.inverter(params.inversion, show_progress=show_progress).invert(real)
+    w_fake = torch.from_numpy(pool.w[nearest]).to(nets.device)
+    result = anonymize_batch(
+        nets.generator, nets.identity, nets.farl, real, w_real, w_fake, params.optimization, show_progress=show_progress
+    )
+    return BatchResult(
+        ws=result.ws.float().numpy(),
+        images=to_uint8(result.images.float()),
+        fake_index=nearest,
+        fake_similarity=similarities[:, 0],
+        identity_similarity=result.identity_similarity,
+        history=result.history,
+    )
+
+
+@dataclass
+class RunSummary:
+    output_dir: Path
+    counts: Counter = field(default_factory=Counter)  # "ok" and every rejection reason
+    duplicates: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.counts["ok"]
+
+    def describe(self) -> str:
+        rejected = {k: v for k, v in sorted(self.counts.items()) if k != "ok"}
+        text = f"{self.ok} anonymized, {sum(rejected.values())} rejected"
+        if rejected:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
+        if self.duplicates:
+            text += f", {self.duplicates} duplicate file(s) noted in the manifest"
+        return text
+
+
+def _output_names(files: list[ScannedFile]) -> dict[str, str]:
+    """Input relpath -> output relpath; `a.jpg` and `a.png` in one folder would collide, so later ones keep
+    their original extension in the name (`a.jpg` -> `a.jpg.png`)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        name = output_relpath(f.relpath)
+        if name in taken:
+            name = f.relpath + ".png"
+        taken.add(name)
+        names[f.relpath] = name
+    return names
+
+
+def anonymize_folder(
+    input_dir: Path,
+    output_dir: Path,
+    params: FalcoParams,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> RunSummary:
+    """Anonymize every image under `input_dir` (recursively) into `output_dir`.
+
+    Writes `images/<relpath>.png`, `latents.npy` [N_ok, num_ws, w_dim] in manifest order of the ok rows,
+    `manifest.csv`, `losses.csv` (per-step losses averaged over images) and `params.json`. Existing files in
+    `output_dir` are overwritten, never the folder deleted. Unreadable files become `rejected` rows.
+    """
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    if output_dir == input_dir or input_dir in output_dir.parents:
+        raise FalcoError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
+    device = resolve_device(device)
+    files = scan_folder(input_dir)
+    if not files:
+        raise FalcoError(f"{input_dir} holds no files to anonymize")
+
+    nets = build_networks(params.profile, device=device)
+    if params.optimization.layer_stop > nets.generator.num_ws:
+        raise FalcoError(
+            f"optimization.layer_stop = {params.optimization.layer_stop} exceeds the {nets.generator.num_ws} W+ "
+            f"layers of profile {params.profile!r}; lower it in params.yaml"
+        )
+    resolution = nets.generator.config.resolution
+    pool = build_pool(nets, params, show_progress=show_progress)
+    names = _output_names(files)
+    summary = RunSummary(output_dir=output_dir)
+    rows: list[dict] = []
+    latents: list[np.ndarray] = []
+    histories: list[dict[str, np.ndarray]] = []
+    pending: list[tuple[dict, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch_rows = [row for row, _ in pending]
+        real = to_tensor([image for _, image in pending], resolution)
+        result = anonymize_images(nets, pool, real, params)
+        for i, row in enumerate(batch_rows):
+            save_png(output_dir / "images" / row["output"], result.images[i])
+            row.update(
+                latent_index=sum(len(x) for x in latents) + i,
+                fake_index=int(result.fake_index[i]),
+                fake_similarity=f"{result.fake_similarity[i]:.6f}",
+                identity_similarity=f"{result.identity_similarity[i]:.6f}",
+            )
+        latents.append(result.ws)
+        histories.append(result.history)
+        bar.update(len(pending))
+        pending.clear()
+
+    bar = progress_bar(None, desc="anonymize", unit="img", total=len(files), enable=show_progress)
+    for f in files:
+        row = {c: "" for c in MANIFEST_COLUMNS} | {"input": f.relpath, "duplicate_of": f.duplicate_of or ""}
+        summary.duplicates += f.duplicate_of is not None
+        rows.append(row)
+        try:
+            if f.skip_reason:
+                raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+            image = load_rgb(f.path)
+        except ImageRejected as rejected:
+            row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
+            summary.counts[rejected.reason] += 1
+            bar.update(1)
+            continue
+        row.update(status="ok", output=names[f.relpath])
+        summary.counts["ok"] += 1
+        pending.append((row, image))
+        if len(pending) == params.batch_size:
+            flush()
+    flush()
+    bar.close()
+
+    num_ws, w_dim = nets.generator.num_ws, nets.generator.config.w_dim
+    _write_outputs(output_dir, rows, latents, histories, params, nets, device, input_dir, num_ws, w_dim)
+    return summary
+
+
+def _write_outputs(output_dir, rows, latents, histories, params, nets, device, input_dir, num_ws, w_dim) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stacked = np.concatenate(latents) if latents else np.zeros((0, num_ws, w_dim), dtype=np.float32)
+
+    def write_latents(path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, stacked.astype(np.float32))
+
+    _atomic_write(output_dir / "latents.npy", write_latents)
+
+    def write_manifest(path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _atomic_write(output_dir / "manifest.csv", write_manifest)
+
+    def write_losses(path: Path) -> None:
+        steps = params.optimization.steps
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("step", *LOSS_NAMES))
+            for step in range(steps):
+                means = [np.concatenate([h[name][step] for h in histories]).mean() if histories else float("nan")
+                         for name in LOSS_NAMES]
+                writer.writerow((step, *(f"{m:.6f}" for m in means)))
+
+    _atomic_write(output_dir / "losses.csv", write_losses)
+    record = {
+        "params": params.to_dict(),
+        "profile_weights": nets.weights,
+        "device": str(device),
+        "input_dir": str(input_dir),
+        "num_ws": num_ws,
+        "w_dim": w_dim,
+        "resolution": nets.generator.config.resolution,
+        "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+    }
+    _atomic_write(output_dir / "params.json", lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True)))
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    tmp.replace(path)

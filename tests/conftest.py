@@ -1,0 +1,39 @@
+"""Shared fixtures: the seeded tiny networks (built once per session) and small real face images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_nets():
+    from anon_core.profiles import build_networks
+
+    return build_networks("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def lfw_faces() -> np.ndarray:
+    """The first 8 real LFW faces shipped by scikit-image, as uint8 RGB [8, 64, 64, 3]."""
+    from PIL import Image
+    from skimage.data import lfw_subset
+
+    faces = (lfw_subset()[:8] * 255).round().astype(np.uint8)
+    return np.stack([np.asarray(Image.fromarray(f).resize((64, 64), Image.BICUBIC).convert("RGB")) for f in faces])
+
+
+@pytest.fixture(scope="session")
+def lfw_tensor(lfw_faces) -> torch.Tensor:
+    """[8, 3, 64, 64] float32 in [-1, 1]."""
+    return torch.from_numpy(lfw_faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -1,0 +1,45 @@
+import pytest
+
+from anon_core.errors import ParamsError
+from anon_core.params import DEFAULT_PARAMS_PATH, load_params
+
+
+def test_paper_defaults_come_from_params_yaml():
+    p = load_params("ffhq1024")
+    o = p.optimization
+    assert (o.margin, o.lambda_id, o.lambda_attr, o.lr, o.steps, o.gamma) == (0.0, 10.0, 0.1, 0.01, 50, 0.8)
+    assert (o.layer_start, o.layer_stop) == (3, 8)
+    assert o.milestone_steps() == [38, 45]  # 0.75 and 0.9 of 50 steps
+    assert p.truncation_psi == 0.7 and p.pool_size == 60000
+
+
+def test_profile_entry_then_overrides_win():
+    p = load_params("tiny", pool_size=None, **{"optimization.steps": 7, "seed": 3})
+    assert p.pool_size == 1000  # from profiles.tiny, the None override falls through
+    assert p.optimization.steps == 7 and p.seed == 3
+    assert p.optimization.lambda_id == 10.0  # from defaults
+
+
+def test_unknown_profile_and_keys_are_named(tmp_path):
+    with pytest.raises(ParamsError, match="profile 'nope'"):
+        load_params("nope")
+    bad = tmp_path / "params.yaml"
+    bad.write_text(DEFAULT_PARAMS_PATH.read_text().replace("  seed: 0", "  sead: 0"))
+    with pytest.raises(ParamsError, match="sead"):
+        load_params("tiny", bad)
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ParamsError, match="batch_size"):
+        load_params("tiny", batch_size=0)
+    with pytest.raises(ParamsError, match="layer_start"):
+        load_params("tiny", **{"optimization.layer_start": 8})
+    with pytest.raises(ParamsError, match="steps"):
+        load_params("tiny", **{"optimization.steps": "many"})
+
+
+def test_replace_and_round_trip():
+    p = load_params("tiny")
+    q = p.replace(**{"optimization.margin": 0.5})
+    assert q.optimization.margin == 0.5 and p.optimization.margin == 0.0
+    assert q.replace(**q.to_dict()) == q
