@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/sample
 DEMO_OUT := outputs/demo
+DAGSTER_HOME := $(CURDIR)/.dagster_home
+UI_PORT ?= 3000
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo ui test bench clean-demo
 
 # facenet-pytorch is installed without its dependencies (it pins an old torch and imports torchvision):
 # only the MTCNN weight files it ships are read; the package is never imported.
@@ -20,9 +22,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: the whole Dagster asset graph, in-process, recorded in .dagster_home (what `make ui` shows).
 demo: install
 	$(BIN)/falco sample-data $(DEMO_DATA)
-	$(BIN)/falco anonymize $(DEMO_DATA)/images $(DEMO_OUT) --profile tiny
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/falco pipeline --input $(DEMO_DATA)/images --profile tiny
+
+ui: install
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -32,4 +38,4 @@ bench: install
 	$(BIN)/python bench/pairing_faiss_vs_sklearn.py
 
 clean-demo:
-	rm -rf $(DEMO_OUT)
+	rm -rf $(DEMO_OUT) outputs/pipeline $(DAGSTER_HOME)

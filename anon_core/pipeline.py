@@ -1,8 +1,6 @@
-"""The FALCO method end to end on a folder of images: data -> features -> pairs -> latents -> images.
+"""`falco anonymize`: the stages of anon_core.stages chained over a folder of images.
 
-Every stage is a plain function of arrays (the Dagster assets call them one by one); `anonymize_folder` chains
-them for the `falco anonymize` command and streams the real images in batches, so memory stays bounded by one
-batch of images plus the pool's features.
+The real images are streamed in batches, so memory stays bounded by one batch plus the pool's features.
 """
 
 from __future__ import annotations
@@ -17,15 +15,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anon_core.data.image_io import ImageRejected, load_rgb, save_png, to_tensor, to_uint8
-from anon_core.data.scan import ScannedFile, output_relpath, scan_folder
+from anon_core.data.image_io import ImageRejected, save_png
+from anon_core.data.scan import scan_folder
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, embed_fake_pool, sample_fake_pool
-from anon_core.optimize import LOSS_NAMES, anonymize_batch
-from anon_core.pairing import nearest_fakes
+from anon_core.fake_pool import FakePool
+from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
+from anon_core.stages import (
+    build_pool,
+    check_params_fit,
+    embed_images,
+    invert_images,
+    optimize_images,
+    output_names,
+    pair,
+    read_input,
+    resize_images,
+    resolve_device,
+)
 
 MANIFEST_COLUMNS = (
     "input",  # relative path under the input folder
@@ -41,30 +50,6 @@ MANIFEST_COLUMNS = (
 )
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FalcoError("--device cuda was asked for, but no CUDA device is visible to torch; use --device cpu")
-    return device
-
-
-def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_progress: bool = True) -> FakePool:
-    """Stage 1-2: the seeded fake pool and its FaRL embeddings."""
-    pool = sample_fake_pool(
-        nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device
-    )
-    embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device, batch_size=batch_size,
-                    show_progress=show_progress)
-    return pool
-
-
-@torch.no_grad()
-def embed_images(nets: Networks, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """L2-normalized FaRL embeddings of [-1, 1] images: [N, D] float32."""
-    out = [nets.farl.embed(images[i : i + batch_size].to(nets.device)).float().cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
-
-
 @dataclass
 class BatchResult:
     ws: np.ndarray  # [B, num_ws, w_dim] float32
@@ -75,21 +60,16 @@ class BatchResult:
     history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B]
 
 
-def anonymize_images(
-    nets: Networks, pool: FakePool, real: torch.Tensor, params: FalcoParams, show_progress: bool = False
-) -> BatchResult:
-    """Stages 3-6 for one batch of real images [B, 3, R, R] in [-1, 1]: embed, pair, invert, optimize, generate."""
-    real = real.to(nets.device)
-    indices, similarities = nearest_fakes(embed_images(nets, real), pool.features, k=params.pairing_k)
+def anonymize_images(nets: Networks, pool: FakePool, images: list[np.ndarray], params: FalcoParams) -> BatchResult:
+    """Embed, pair, invert, optimize and generate for one batch of real uint8 images (any size)."""
+    real = resize_images(images, nets.generator.config.resolution)
+    indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
     nearest = indices[:, 0]
-    w_real = nets.inverter(params.inversion, show_progress=show_progress).invert(real)
-    w_fake = torch.from_numpy(pool.w[nearest]).to(nets.device)
-    result = anonymize_batch(
-        nets.generator, nets.identity, nets.farl, real, w_real, w_fake, params.optimization, show_progress=show_progress
-    )
+    w_real = invert_images(nets, params, real)
+    result = optimize_images(nets, params, real, w_real, pool.w[nearest])
     return BatchResult(
-        ws=result.ws.float().numpy(),
-        images=to_uint8(result.images.float()),
+        ws=result.ws,
+        images=result.images,
         fake_index=nearest,
         fake_similarity=similarities[:, 0],
         identity_similarity=result.identity_similarity,
@@ -117,20 +97,6 @@ class RunSummary:
         return text
 
 
-def _output_names(files: list[ScannedFile]) -> dict[str, str]:
-    """Input relpath -> output relpath; `a.jpg` and `a.png` in one folder would collide, so later ones keep
-    their original extension in the name (`a.jpg` -> `a.jpg.png`)."""
-    names: dict[str, str] = {}
-    taken: set[str] = set()
-    for f in files:
-        name = output_relpath(f.relpath)
-        if name in taken:
-            name = f.relpath + ".png"
-        taken.add(name)
-        names[f.relpath] = name
-    return names
-
-
 def anonymize_folder(
     input_dir: Path,
     output_dir: Path,
@@ -153,14 +119,9 @@ def anonymize_folder(
         raise FalcoError(f"{input_dir} holds no files to anonymize")
 
     nets = build_networks(params.profile, device=device)
-    if params.optimization.layer_stop > nets.generator.num_ws:
-        raise FalcoError(
-            f"optimization.layer_stop = {params.optimization.layer_stop} exceeds the {nets.generator.num_ws} W+ "
-            f"layers of profile {params.profile!r}; lower it in params.yaml"
-        )
-    resolution = nets.generator.config.resolution
+    check_params_fit(nets, params)
     pool = build_pool(nets, params, show_progress=show_progress)
-    names = _output_names(files)
+    names = output_names(files)
     summary = RunSummary(output_dir=output_dir)
     rows: list[dict] = []
     latents: list[np.ndarray] = []
@@ -171,8 +132,7 @@ def anonymize_folder(
         if not pending:
             return
         batch_rows = [row for row, _ in pending]
-        real = to_tensor([image for _, image in pending], resolution)
-        result = anonymize_images(nets, pool, real, params)
+        result = anonymize_images(nets, pool, [image for _, image in pending], params)
         for i, row in enumerate(batch_rows):
             save_png(output_dir / "images" / row["output"], result.images[i])
             row.update(
@@ -192,9 +152,7 @@ def anonymize_folder(
         summary.duplicates += f.duplicate_of is not None
         rows.append(row)
         try:
-            if f.skip_reason:
-                raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-            image = load_rgb(f.path)
+            image = read_input(f)
         except ImageRejected as rejected:
             row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
             summary.counts[rejected.reason] += 1

@@ -1,4 +1,4 @@
-"""The `falco` command line: `falco anonymize`, `falco sample-data`.
+"""The `falco` command line: `falco anonymize`, `falco pipeline`, `falco sample-data`.
 
 Thin: parses flags, resolves parameters from params.yaml, and calls `anon_core`. Heavy imports happen inside the
 sub-commands so `falco --help` is instant.
@@ -65,10 +65,59 @@ def _run_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="materialize the whole Dagster asset graph in-process (resumes: finished shards are skipped)",
+    )
+    p.add_argument("--input", type=Path, default=None, help="folder of real images (default: data/sample/images)")
+    p.add_argument("--storage", type=Path, default=None, help="where asset values go (default: outputs/pipeline)")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults")
+    p.add_argument("--shard-size", type=int, default=None, help="images per partition (default 16)")
+    p.add_argument("--pool-size", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--margin", type=float, default=None)
+    p.add_argument("--fresh", action="store_true", help="re-run every step even if it is up to date")
+    p.set_defaults(run=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from orchestration.resources import networks_from_env, storage_from_env
+    from orchestration.runner import dagster_instance, run_pipeline
+
+    storage = storage_from_env()
+    storage = storage.model_copy(
+        update={k: str(v.resolve()) for k, v in (("root", args.storage), ("input_dir", args.input)) if v is not None}
+    )
+    if not Path(storage.input_dir).is_dir():
+        print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
+              "or pass --input DIR", file=sys.stderr)
+        return 2
+    networks = networks_from_env().model_copy(
+        update={"profile": args.profile, "device": args.device, "params_path": str(args.params) if args.params else None}
+    )
+    ops: dict = {}
+    for op, key, value in (("real_images", "shard_size", args.shard_size), ("fake_pool", "pool_size", args.pool_size),
+                           ("anonymized_latents", "steps", args.steps), ("anonymized_latents", "margin", args.margin)):
+        if value is not None:
+            ops.setdefault(op, {"config": {}})["config"][key] = value
+    networks.params()  # fail on a bad parameter file before any run starts
+    instance = dagster_instance()
+    start = time.perf_counter()
+    summary = run_pipeline(storage, networks, instance=instance, fresh=args.fresh, run_config={"ops": ops} if ops else None)
+    print(f"pipeline {'FAILED' if summary.failed else 'done'} in {time.perf_counter() - start:.1f} s: "
+          f"{len(summary.ran)} run(s), {len(summary.skipped)} step(s) up to date")
+    print(f"anonymized images: {Path(storage.root) / 'anonymized_images' / 'images'}")
+    print(f"Dagster instance: {instance.root_directory}  (browse it with `make ui`)")
+    return 1 if summary.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falco", description="FALCO-Ops: attribute-preserving face anonymization")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_anonymize, _add_sample_data):
+    for add in (_add_anonymize, _add_pipeline, _add_sample_data):
         add(sub)
     return parser
 

@@ -1,0 +1,171 @@
+"""The method's stages as plain functions of arrays: data -> features -> pairs -> latents -> images.
+
+Both the `falco anonymize` command (anon_core.pipeline) and the Dagster assets (orchestration.assets) call
+these, so the two paths cannot drift apart. Images cross stage boundaries as uint8 [N, R, R, 3] at the
+generator's resolution; tensors live only inside a stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
+from anon_core.data.scan import ScannedFile, output_relpath
+from anon_core.errors import FalcoError
+from anon_core.fake_pool import FakePool, batches, embed_fake_pool, sample_fake_pool
+from anon_core.optimize import LOSS_NAMES, anonymize_batch
+from anon_core.pairing import nearest_fakes
+from anon_core.params import FalcoParams
+from anon_core.profiles import Networks
+from anon_core.progress import progress_bar
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FalcoError("--device cuda was asked for, but no CUDA device is visible to torch; use --device cpu")
+    return device
+
+
+def check_params_fit(nets: Networks, params: FalcoParams) -> None:
+    if params.optimization.layer_stop > nets.generator.num_ws:
+        raise FalcoError(
+            f"optimization.layer_stop = {params.optimization.layer_stop} exceeds the {nets.generator.num_ws} W+ "
+            f"layers of profile {params.profile!r}; lower it in params.yaml"
+        )
+
+
+# -- data -------------------------------------------------------------------------------------------------------
+
+
+def read_input(f: ScannedFile) -> np.ndarray:
+    """One scanned file -> uint8 [H, W, 3]; raises ImageRejected with the reason."""
+    if f.skip_reason:
+        raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+    return load_rgb(f.path)
+
+
+def output_names(files: list[ScannedFile]) -> dict[str, str]:
+    """Input relpath -> output relpath (`.png`). `a.jpg` and `a.png` in one folder would collide, so the later
+    one keeps its original extension in the name (`a.jpg.png`)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        name = output_relpath(f.relpath)
+        if name in taken:
+            name = f.relpath + ".png"
+        taken.add(name)
+        names[f.relpath] = name
+    return names
+
+
+def resize_images(images: list[np.ndarray], size: int) -> np.ndarray:
+    """uint8 images -> uint8 [N, size, size, 3] (Pillow bicubic, as to_tensor does)."""
+    return to_uint8(to_tensor(images, size)) if images else np.zeros((0, size, size, 3), np.uint8)
+
+
+# -- features and pairs -----------------------------------------------------------------------------------------
+
+
+def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_progress: bool = True) -> FakePool:
+    """The seeded fake pool and its FaRL embeddings."""
+    pool = sample_fake_pool(nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device)
+    embed_fake_pool(
+        pool, nets.generator, nets.farl.embed, device=nets.device, batch_size=batch_size, show_progress=show_progress
+    )
+    return pool
+
+
+@torch.no_grad()
+def embed_images(nets: Networks, images: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """L2-normalized FaRL embeddings: uint8 [N, R, R, 3] or [-1, 1] tensors [N, 3, R, R] -> [N, D] float32."""
+    out = []
+    for part in batches(len(images), batch_size):
+        x = _as_tensor(images[part], nets)
+        out.append(nets.farl.embed(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, nets.farl.config.output_dim), np.float32)
+
+
+def pair(real_features: np.ndarray, pool: FakePool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest fakes of each real image: indices [N, k], cosine similarities [N, k]."""
+    return nearest_fakes(real_features, pool.features, k=k)
+
+
+# -- latents and images -----------------------------------------------------------------------------------------
+
+
+def invert_images(
+    nets: Networks, params: FalcoParams, images: np.ndarray, batch_size: int | None = None, show_progress: bool = False
+) -> np.ndarray:
+    """W+ codes of real images: uint8 [N, R, R, 3] -> float32 [N, num_ws, w_dim]."""
+    inverter = nets.inverter(params.inversion)
+    parts = list(batches(len(images), batch_size or params.batch_size))
+    out = [inverter.invert(_as_tensor(images[p], nets)).float().cpu().numpy()
+           for p in progress_bar(parts, desc="invert", unit="batch", enable=show_progress)]
+    g = nets.generator
+    return np.concatenate(out) if out else np.zeros((0, g.num_ws, g.config.w_dim), np.float32)
+
+
+@dataclass
+class Anonymized:
+    ws: np.ndarray  # [N, num_ws, w_dim] float32
+    images: np.ndarray  # [N, R, R, 3] uint8
+    identity_similarity: np.ndarray  # [N] cosine of identity embeddings, anonymized vs real
+    history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, N] per-image weighted losses
+
+
+def optimize_images(
+    nets: Networks,
+    params: FalcoParams,
+    images: np.ndarray,
+    w_real: np.ndarray,
+    w_fake: np.ndarray,
+    batch_size: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Anonymized:
+    """FALCO's optimization for N images, in batches: real uint8 images, their inversions [N, num_ws, w_dim] and
+    their paired fakes' W codes [N, w_dim] -> anonymized codes and images."""
+    check_params_fit(nets, params)
+    results = []
+    parts = list(batches(len(images), batch_size or params.batch_size))
+    for done, part in enumerate(parts):
+        results.append(
+            anonymize_batch(
+                nets.generator,
+                nets.identity,
+                nets.farl,
+                _as_tensor(images[part], nets),
+                torch.from_numpy(np.ascontiguousarray(w_real[part])).to(nets.device),
+                torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
+                params.optimization,
+                amp_dtype=amp_dtype,
+            )
+        )
+        if on_batch is not None:
+            on_batch(done + 1, len(parts))
+    g = nets.generator
+    if not results:
+        empty = np.zeros((0,), np.float32)
+        return Anonymized(
+            ws=np.zeros((0, g.num_ws, g.config.w_dim), np.float32),
+            images=np.zeros((0, g.config.resolution, g.config.resolution, 3), np.uint8),
+            identity_similarity=empty,
+            history={name: np.zeros((params.optimization.steps, 0), np.float32) for name in LOSS_NAMES},
+        )
+    return Anonymized(
+        ws=np.concatenate([r.ws.float().numpy() for r in results]),
+        images=np.concatenate([to_uint8(r.images.float()) for r in results]),
+        identity_similarity=np.concatenate([r.identity_similarity for r in results]).astype(np.float32),
+        history={name: np.concatenate([r.history[name] for r in results], axis=1) for name in LOSS_NAMES},
+    )
+
+
+def _as_tensor(images: np.ndarray | torch.Tensor, nets: Networks) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images.to(nets.device)
+    return to_tensor(images, nets.generator.config.resolution).to(nets.device)

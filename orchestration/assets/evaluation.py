@@ -1,0 +1,1 @@
+"""Group `evaluation`: metrics over the whole anonymized set and the report."""

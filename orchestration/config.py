@@ -1,0 +1,38 @@
+"""Run config of the assets. A field left at None takes its value from params.yaml (for the resource's profile),
+so params.yaml stays the one source of defaults; a value set in the Dagster launchpad overrides it."""
+
+
+import dagster as dg
+
+
+class FakePoolConfig(dg.Config):
+    pool_size: int | None = None  # fakes to sample (paper: 60,000)
+    seed: int | None = None  # sample i uses seed + i
+    truncation_psi: float | None = None  # paper: 0.7
+
+    def overrides(self) -> dict:
+        return {"pool_size": self.pool_size, "seed": self.seed, "truncation_psi": self.truncation_psi}
+
+
+class RealImagesConfig(dg.Config):
+    input_dir: str | None = None  # None: the storage resource's input_dir
+    shard_size: int = 16  # images per partition of the anonymization assets
+
+
+class PairsConfig(dg.Config):
+    pairing_k: int | None = None  # neighbours kept per real image; the nearest is used
+
+
+class OptimizationConfig(dg.Config):
+    steps: int | None = None
+    lr: float | None = None
+    margin: float | None = None  # m: 0 removes identity, -> 1 keeps it
+    lambda_id: float | None = None
+    lambda_attr: float | None = None
+    batch_size: int | None = None
+
+    def overrides(self) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            **{f"optimization.{k}": getattr(self, k) for k in ("steps", "lr", "margin", "lambda_id", "lambda_attr")},
+        }

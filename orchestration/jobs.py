@@ -1,0 +1,37 @@
+"""Jobs and the executor.
+
+- `prepare`: everything before the per-shard optimization (fake pool, real data, pairs).
+- `gpu_anonymization`: the per-shard optimization and images; its runs ask Kubernetes for one GPU each
+  (`dagster-k8s/config`), so with the `k8s_job_executor` every shard runs in its own GPU pod (docs/deployment.md).
+- `evaluate`: metrics and the report.
+The default executor runs steps in parallel processes but at most one step tagged `falco/device: gpu` at a
+time, so two steps never share one GPU.
+"""
+
+import dagster as dg
+
+from orchestration.partitions import image_shards
+
+PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
+ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
+EVALUATE = dg.AssetSelection.groups("evaluation")
+
+GPU_POD = {
+    "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"}},
+}
+
+prepare_job = dg.define_asset_job("prepare", selection=PREPARE)
+gpu_anonymization_job = dg.define_asset_job(
+    "gpu_anonymization",
+    selection=ANONYMIZE,
+    partitions_def=image_shards,
+    tags={"dagster-k8s/config": GPU_POD},
+)
+evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE)
+
+executor = dg.multiprocess_executor.configured(
+    {"max_concurrent": 2, "tag_concurrency_limits": [{"key": "falco/device", "value": "gpu", "limit": 1}]}
+)
+
+ALL_JOBS = [prepare_job, gpu_anonymization_job, evaluate_job]
