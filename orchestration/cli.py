@@ -84,19 +84,21 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from orchestration.resources import networks_from_env, storage_from_env
+    from orchestration.resources import NetworksResource, StorageResource, storage_from_env
     from orchestration.runner import dagster_instance, run_pipeline
 
-    storage = storage_from_env()
-    storage = storage.model_copy(
-        update={k: str(v.resolve()) for k, v in (("root", args.storage), ("input_dir", args.input)) if v is not None}
+    # Resources are rebuilt, not model_copy'd: Dagster initializes a resource from its constructor config.
+    env = storage_from_env()
+    storage = StorageResource(
+        root=str(args.storage.resolve()) if args.storage else env.root,
+        input_dir=str(args.input.resolve()) if args.input else env.input_dir,
     )
     if not Path(storage.input_dir).is_dir():
         print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
               "or pass --input DIR", file=sys.stderr)
         return 2
-    networks = networks_from_env().model_copy(
-        update={"profile": args.profile, "device": args.device, "params_path": str(args.params) if args.params else None}
+    networks = NetworksResource(
+        profile=args.profile, device=args.device, params_path=str(args.params.resolve()) if args.params else None
     )
     ops: dict = {}
     for op, key, value in (("real_images", "shard_size", args.shard_size), ("fake_pool", "pool_size", args.pool_size),

@@ -10,7 +10,6 @@ time, so two steps never share one GPU.
 
 import dagster as dg
 
-from orchestration.partitions import image_shards
 
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
@@ -25,7 +24,6 @@ prepare_job = dg.define_asset_job("prepare", selection=PREPARE)
 gpu_anonymization_job = dg.define_asset_job(
     "gpu_anonymization",
     selection=ANONYMIZE,
-    partitions_def=image_shards,
     tags={"dagster-k8s/config": GPU_POD},
 )
 evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE)
