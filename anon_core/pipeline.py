@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from anon_core.data.image_io import ImageRejected, save_png
-from anon_core.data.scan import scan_folder
+from anon_core.data.align import AlignmentCache, FaceAligner
+from anon_core.data.datasets import load_dataset
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
 from anon_core.optimize import LOSS_NAMES
@@ -24,10 +26,13 @@ from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import (
+    align_cache_dir,
     build_pool,
     check_params_fit,
+    dataset_files,
     embed_images,
     invert_images,
+    label_columns,
     optimize_images,
     output_names,
     pair,
@@ -47,6 +52,7 @@ MANIFEST_COLUMNS = (
     "fake_index",  # index (= seed - params.seed) of the paired fake in the pool
     "fake_similarity",  # cosine of real and fake FaRL embeddings
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
+    "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning
 )
 
 
@@ -103,25 +109,40 @@ def anonymize_folder(
     params: FalcoParams,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
+    dataset: str = "auto",
+    labels_csv: Path | None = None,
+    align: bool | None = None,
+    align_detector: str = "mtcnn",
+    align_cache: Path | None = None,
 ) -> RunSummary:
     """Anonymize every image under `input_dir` (recursively) into `output_dir`.
 
     Writes `images/<relpath>.png`, `latents.npy` [N_ok, num_ws, w_dim] in manifest order of the ok rows,
     `manifest.csv`, `losses.csv` (per-step losses averaged over images) and `params.json`. Existing files in
-    `output_dir` are overwritten, never the folder deleted. Unreadable files become `rejected` rows.
+    `output_dir` are overwritten, never the folder deleted. Unreadable files and images without a face become
+    `rejected` rows. `dataset` (celebahq | lfw | folder | auto) picks the layout and its labels, which are
+    carried into the manifest; `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns
+    the largest face of each image first.
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise FalcoError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
     device = resolve_device(device)
-    files = scan_folder(input_dir)
+    table = load_dataset(dataset, input_dir, labels_csv)
+    files = dataset_files(table)
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize")
+    labels = label_columns(table)
+    label_rows = table.set_index("relpath")[labels] if labels else None
 
     nets = build_networks(params.profile, device=device)
     check_params_fit(nets, params)
     pool = build_pool(nets, params, show_progress=show_progress)
     names = output_names(files)
+    if align is None:
+        align = table.attrs.get("kind") != "celebahq"
+    aligner = FaceAligner(nets.generator.config.resolution, align_detector, device=device) if align else None
+    cache = AlignmentCache(align_cache or align_cache_dir())
     summary = RunSummary(output_dir=output_dir)
     rows: list[dict] = []
     latents: list[np.ndarray] = []
@@ -149,10 +170,12 @@ def anonymize_folder(
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(files), enable=show_progress)
     for f in files:
         row = {c: "" for c in MANIFEST_COLUMNS} | {"input": f.relpath, "duplicate_of": f.duplicate_of or ""}
+        if label_rows is not None:
+            row |= {c: ("" if pd.isna(v) else v) for c, v in label_rows.loc[f.relpath].items()}
         summary.duplicates += f.duplicate_of is not None
         rows.append(row)
         try:
-            image = read_input(f)
+            image, row["faces_seen"] = read_input(f, aligner, cache)
         except ImageRejected as rejected:
             row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
             summary.counts[rejected.reason] += 1
@@ -166,13 +189,16 @@ def anonymize_folder(
     flush()
     bar.close()
 
-    num_ws, w_dim = nets.generator.num_ws, nets.generator.config.w_dim
-    _write_outputs(output_dir, rows, latents, histories, params, nets, device, input_dir, num_ws, w_dim)
+    columns = [*MANIFEST_COLUMNS, *labels]
+    extra = {"dataset": table.attrs.get("kind", dataset), "aligned": bool(align),
+             "alignment": aligner.settings if aligner else None, "dataset_warnings": table.attrs.get("warnings", [])}
+    _write_outputs(output_dir, rows, columns, latents, histories, params, nets, device, input_dir, extra)
     return summary
 
 
-def _write_outputs(output_dir, rows, latents, histories, params, nets, device, input_dir, num_ws, w_dim) -> None:
+def _write_outputs(output_dir, rows, columns, latents, histories, params, nets, device, input_dir, extra) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
+    num_ws, w_dim = nets.generator.num_ws, nets.generator.config.w_dim
     stacked = np.concatenate(latents) if latents else np.zeros((0, num_ws, w_dim), dtype=np.float32)
 
     def write_latents(path: Path) -> None:
@@ -183,7 +209,7 @@ def _write_outputs(output_dir, rows, latents, histories, params, nets, device, i
 
     def write_manifest(path: Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -208,6 +234,7 @@ def _write_outputs(output_dir, rows, latents, histories, params, nets, device, i
         "num_ws": num_ws,
         "w_dim": w_dim,
         "resolution": nets.generator.config.resolution,
+        **extra,
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
     }
     _atomic_write(output_dir / "params.json", lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True)))

@@ -7,12 +7,16 @@ generator's resolution; tensors live only inside a stage.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.data.scan import ScannedFile, output_relpath
 from anon_core.errors import FalcoError
@@ -42,11 +46,39 @@ def check_params_fit(nets: Networks, params: FalcoParams) -> None:
 # -- data -------------------------------------------------------------------------------------------------------
 
 
-def read_input(f: ScannedFile) -> np.ndarray:
-    """One scanned file -> uint8 [H, W, 3]; raises ImageRejected with the reason."""
+def dataset_files(table: pd.DataFrame) -> list[ScannedFile]:
+    """The rows of a `load_dataset` table as scanned files (same order)."""
+    return [
+        ScannedFile(Path(r.path), r.relpath, _str_or_none(r.sha256), _str_or_none(r.duplicate_of),
+                    _str_or_none(r.skip_reason))
+        for r in table.itertuples()
+    ]
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    """The label columns of a dataset table (identity, split, attributes) that hold at least one value."""
+    skip = {"relpath", "path", "sha256", "duplicate_of", "skip_reason"}
+    return [c for c in table.columns if c not in skip and table[c].notna().any()]
+
+
+def align_cache_dir() -> Path:
+    """Aligned crops are cached beside the model store: `$FALCO_CACHE/align` (default ~/.cache/falco/align)."""
+    return Path(os.environ.get("FALCO_CACHE") or Path.home() / ".cache" / "falco") / "align"
+
+
+def read_input(f: ScannedFile, aligner: FaceAligner | None = None, cache: AlignmentCache | None = None) -> tuple[np.ndarray, int]:
+    """One scanned file -> (uint8 [H, W, 3], faces seen). With an aligner the image is the FFHQ-aligned crop of
+    the largest face (cached by file hash); raises ImageRejected with the reason (e.g. "no_face")."""
     if f.skip_reason:
         raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-    return load_rgb(f.path)
+    if aligner is None:
+        return load_rgb(f.path), -1
+    face = aligner.align_cached(f.path, f.sha256 or "", cache or AlignmentCache(align_cache_dir()), name=f.relpath)
+    return face.image, face.faces_seen
+
+
+def _str_or_none(value) -> str | None:
+    return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
 
 
 def output_names(files: list[ScannedFile]) -> dict[str, str]:

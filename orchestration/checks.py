@@ -13,11 +13,14 @@ from orchestration.resources import NetworksResource
 
 
 def check_settings(networks: NetworksResource) -> dict:
+    """params.yaml's `checks:` section, with the entry of the resource's profile applied."""
     from anon_core.params import DEFAULT_PARAMS_PATH
 
     path = networks.params_path or DEFAULT_PARAMS_PATH
     with open(path) as fh:
-        return (yaml.safe_load(fh) or {}).get("checks") or {}
+        checks = dict((yaml.safe_load(fh) or {}).get("checks") or {})
+    per_profile = checks.pop("profiles", None) or {}
+    return checks | (per_profile.get(networks.profile) or {})
 
 
 @dg.asset_check(asset=pairs, additional_ins={"real_images": dg.AssetIn("real_images"), "fake_features": dg.AssetIn("fake_features")})

@@ -24,6 +24,14 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
     p.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
+    p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
+                   help="layout of INPUT_DIR: celebahq (CelebAMask-HQ download), lfw, folder (any images), auto")
+    p.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                   help="CSV: relpath (or file) column + optional identity, split, CelebA attribute columns")
+    p.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                   help="FFHQ-align faces first (default: on, except --dataset celebahq, which is aligned already)")
+    p.add_argument("--align-detector", choices=("mtcnn", "dlib"), default="mtcnn",
+                   help="landmarks for alignment: mtcnn (default) or dlib HOG + 5-point")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_anonymize)
 
@@ -44,7 +52,10 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device, show_progress=not args.quiet)
+    summary = anonymize_folder(
+        args.input_dir, args.output_dir, params, device=args.device, show_progress=not args.quiet,
+        dataset=args.dataset, labels_csv=args.labels, align=args.align, align_detector=args.align_detector,
+    )
     print(f"{summary.describe()} in {time.perf_counter() - start:.1f} s")
     print(f"results: {summary.output_dir}  (images/, manifest.csv, latents.npy, losses.csv, params.json)")
     return 0
@@ -119,7 +130,9 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falco", description="FALCO-Ops: attribute-preserving face anonymization")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_anonymize, _add_pipeline, _add_sample_data):
+    from orchestration.cli_models import register as _add_models
+
+    for add in (_add_anonymize, _add_pipeline, _add_sample_data, _add_models):
         add(sub)
     return parser
 

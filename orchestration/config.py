@@ -16,6 +16,10 @@ class FakePoolConfig(dg.Config):
 
 class RealImagesConfig(dg.Config):
     input_dir: str | None = None  # None: the storage resource's input_dir
+    dataset: str = "auto"  # celebahq | lfw | folder | auto: the layout, and so the labels carried along
+    labels_csv: str | None = None  # optional CSV of per-file identity / split / attributes
+    align: bool | None = None  # FFHQ-align the largest face; None: on, except for CelebA-HQ (aligned already)
+    align_detector: str = "mtcnn"  # landmarks for alignment: mtcnn or dlib
     shard_size: int = 16  # images per partition of the anonymization assets
 
 

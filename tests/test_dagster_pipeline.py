@@ -42,12 +42,13 @@ def instance(tmp_path):
         yield inst
 
 
-def _fast_params(tmp_path, **checks):
-    text = (Path(__file__).parents[1] / "params.yaml").read_text()
-    for key, value in checks.items():
-        text = text.replace(f"  {key}: 0.05", f"  {key}: {value}")
+def _params_with_checks(tmp_path, **checks):
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    data["checks"] = {**checks, "profiles": {}}
     path = tmp_path / "params.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(data))
     return str(path)
 
 
@@ -115,7 +116,7 @@ def test_rerun_skips_up_to_date_steps_and_a_missing_shard_is_all_that_runs(tmp_p
 
 def test_failing_privacy_check_blocks_the_downstream_evaluation(tmp_path, faces, instance):
     # A bound below zero cannot be met: the blocking check must fail the shard runs.
-    params_path = _fast_params(tmp_path, privacy_max_match_share=-1.0)
+    params_path = _params_with_checks(tmp_path, privacy_max_match_share=-1.0)
     summary = _run(tmp_path, faces, instance, params_path=params_path)
     assert summary.failed and all(name.startswith("shard") for name in summary.failed)
     assert "evaluate" not in summary.ran

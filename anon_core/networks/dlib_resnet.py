@@ -38,6 +38,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from anon_core.model_store import store_dir
 from anon_core.networks.dlib_format import DlibLayer, read_dlib_network
 
 __all__ = [
@@ -244,9 +245,8 @@ def default_dlib_model_path() -> Path:
 
 
 def default_model_cache_dir() -> Path:
-    """``$FALCO_MODELS`` if set, else ``~/.cache/falco/models``."""
-    env = os.environ.get("FALCO_MODELS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "falco" / "models"
+    """The model store (``anon_core.model_store.store_dir()``: ``$FALCO_MODELS`` or ``~/.cache/falco/models``)."""
+    return store_dir()
 
 
 def _sha256(path: Path) -> str:

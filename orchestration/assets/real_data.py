@@ -21,35 +21,49 @@ GROUP = "real_data"
 def real_images(
     context: dg.AssetExecutionContext, config: RealImagesConfig, storage: StorageResource, networks: NetworksResource
 ) -> ImageSet:
-    """Every file under the input folder: readable images resized to the generator's resolution, and one row per
-    file with its status (`ok`/`rejected`), reason, output name and shard. Registers the image shards."""
+    """Every file of the dataset: its faces FFHQ-aligned (or as they are) at the generator's resolution, and one
+    row per file with its status (`ok`/`rejected`), reason, output name, shard and labels. Registers the shards."""
+    from anon_core.data.align import AlignmentCache, FaceAligner
+    from anon_core.data.datasets import load_dataset
     from anon_core.data.image_io import ImageRejected
-    from anon_core.data.scan import scan_folder
-    from anon_core.stages import output_names, read_input, resize_images
+    from anon_core.stages import align_cache_dir, dataset_files, label_columns, output_names, read_input, resize_images
 
     input_dir = Path(config.input_dir or storage.input_dir)
-    files = scan_folder(input_dir)
+    dataset = load_dataset(config.dataset, input_dir, Path(config.labels_csv) if config.labels_csv else None)
+    files = dataset_files(dataset)
     names = output_names(files)
+    nets = networks.networks()
+    resolution = nets.generator.config.resolution
+    align = config.align if config.align is not None else dataset.attrs.get("kind") != "celebahq"
+    aligner = FaceAligner(resolution, config.align_detector, device=nets.device) if align else None
+    cache = AlignmentCache(align_cache_dir())
     rows, images = [], []
     for f in files:
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
-               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "shard": ""}
+               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "shard": "", "faces_seen": -1}
         try:
-            images.append(read_input(f))
+            image, row["faces_seen"] = read_input(f, aligner, cache)
+            images.append(image)
             row["image"] = names[f.relpath]
         except ImageRejected as rejected:
             row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=["input", "image", "status", "reason", "detail", "duplicate_of", "sha256", "shard"])
+    frame = pd.DataFrame(rows, columns=["input", "image", "status", "reason", "detail", "duplicate_of", "sha256",
+                                        "shard", "faces_seen"])
+    labels = label_columns(dataset)
+    if labels:
+        frame = frame.join(dataset.set_index("relpath")[labels], on="input")
     ok = frame.index[frame["status"] == "ok"]
     frame.loc[ok, "shard"] = [shard_key(i // config.shard_size) for i in range(len(ok))]
     _register_shards(context, sorted(set(frame.loc[ok, "shard"])))
 
-    resolution = networks.networks().generator.config.resolution
     counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
     context.add_output_metadata(
         {
             "input_dir": dg.MetadataValue.path(str(input_dir)),
+            "dataset": dataset.attrs.get("kind", config.dataset),
+            "alignment": aligner.settings if aligner else "none",
+            "labels": ", ".join(labels) or "none",
             "num_files": len(frame),
             "num_ok": len(ok),
             "num_rejected": int((frame["status"] == "rejected").sum()),

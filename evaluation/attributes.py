@@ -1,0 +1,313 @@
+"""Attribute preservation: pseudo-labels, real-vs-anonymized agreement, accuracy, and the CelebA-HQ classifier.
+
+Protocol (FALCO, after CIAGAN; see DESIGN.md section 5):
+- LFW has no attribute labels: both the real and the anonymized images are pseudo-labelled by pre-trained CelebA
+  predictors (`anon_core.networks.attribute_predictors`: Anycost GAN's 40 attributes, Talk-to-Edit's five), and
+  the agreement per attribute is the fraction of images whose anonymized label equals the real one.
+- CelebA-HQ has its 40 labels: a classifier trained on the real train split is evaluated on the real and on the
+  anonymized test split (accuracy against the ground truth); a small drop means the attributes survived.
+The classifier is torchvision's ResNet layout (`anon_core.networks.resnet50`; ResNet-50 by default, any depth/width
+by config), trained from scratch with BCE-with-logits and Adam on [-1, 1] images resized to `image_size`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anon_core.errors import FalcoError
+from anon_core.networks.attribute_predictors import CELEBA_ATTRIBUTES
+from anon_core.networks.resnet50 import ResNet, ResNetConfig
+from evaluation.quality import image_batches
+
+__all__ = [
+    "AttributeFileError",
+    "AttributePredictor",
+    "ClassifierConfig",
+    "accuracy",
+    "agreement",
+    "build_classifier",
+    "classifier_labels",
+    "classifier_utility",
+    "config_dict",
+    "pseudo_labels",
+    "read_celeba_attributes",
+    "train_attribute_classifier",
+]
+
+
+class AttributePredictor(Protocol):
+    """What `pseudo_labels` needs; both predictors in anon_core.networks.attribute_predictors satisfy it."""
+
+    name: str
+    attributes: tuple[str, ...]
+
+    def scores(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]: ...
+
+
+def _ids(ids: Sequence[str] | None, n: int) -> pd.Index:
+    if ids is None:
+        return pd.Index([f"{i:06d}" for i in range(n)], name="image")
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} images")
+    return pd.Index([str(i) for i in ids], name="image")
+
+
+@torch.no_grad()
+def pseudo_labels(
+    images: np.ndarray | Tensor,
+    predictor: AttributePredictor,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """Label images with a pre-trained predictor.
+
+    `images`: uint8 [N, H, W, 3] or [-1, 1] [N, 3, H, W] aligned faces. Returns one row per image (index `image`:
+    `ids`, default zero-padded positions), for each attribute a bool column `<attr>` and a float column
+    `<attr>_prob` (P(present)); `df.attrs["predictor"]` names the predictor.
+    """
+    probs: dict[str, list[np.ndarray]] = {a: [] for a in predictor.attributes}
+    labels: dict[str, list[np.ndarray]] = {a: [] for a in predictor.attributes}
+    n = 0
+    for batch in image_batches(images, batch_size, device):
+        batch_probs, batch_labels = predictor.scores(batch)
+        for a in predictor.attributes:
+            probs[a].append(batch_probs[a].float().cpu().numpy())
+            labels[a].append(batch_labels[a].cpu().numpy())
+        n += len(batch)
+    columns: dict[str, np.ndarray] = {}
+    for a in predictor.attributes:
+        columns[a] = np.concatenate(labels[a]).astype(bool) if n else np.zeros(0, bool)
+        columns[f"{a}_prob"] = np.concatenate(probs[a]).astype(np.float32) if n else np.zeros(0, np.float32)
+    frame = pd.DataFrame(columns, index=_ids(ids, n))
+    frame.attrs["predictor"] = predictor.name
+    return frame
+
+
+def _label_columns(frame: pd.DataFrame, attributes: Sequence[str] | None) -> list[str]:
+    names = list(attributes) if attributes is not None else [c for c in frame.columns if not c.endswith("_prob")]
+    missing = [a for a in names if a not in frame.columns]
+    if missing:
+        raise ValueError(f"attribute columns {missing} are not in the label table (columns: {list(frame.columns)})")
+    return names
+
+
+def _aligned(first: pd.DataFrame, second: pd.DataFrame, what: str) -> pd.DataFrame:
+    """`second` reordered to `first`'s index; both must hold exactly the same images."""
+    only_first = first.index.difference(second.index)
+    only_second = second.index.difference(first.index)
+    if len(only_first) or len(only_second) or first.index.has_duplicates:
+        raise ValueError(
+            f"{what}: the two tables must label the same images once each; only in the first: "
+            f"{list(only_first[:5])}, only in the second: {list(only_second[:5])}, "
+            f"duplicated: {first.index.has_duplicates}"
+        )
+    return second.loc[first.index]
+
+
+def _as_bool(values: pd.Series) -> np.ndarray:
+    """CelebA's -1/1, 0/1 or bool labels -> bool."""
+    return values.to_numpy().astype(np.float64) > 0
+
+
+def agreement(real: pd.DataFrame, anon: pd.DataFrame, attributes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per attribute: fraction of images whose anonymized label equals the real one, with both positive rates.
+
+    `real` / `anon`: `pseudo_labels` tables over the same image ids (matched by index, any order).
+    Returns a table indexed by attribute with `agreement`, `n`, `real_positive_rate`, `anon_positive_rate`.
+    """
+    names = _label_columns(real, attributes)
+    anon = _aligned(real, anon, "agreement")
+    rows = []
+    for a in names:
+        r, s = _as_bool(real[a]), _as_bool(anon[a])
+        rows.append(
+            {
+                "attribute": a,
+                "agreement": float((r == s).mean()) if len(r) else float("nan"),
+                "n": len(r),
+                "real_positive_rate": float(r.mean()) if len(r) else float("nan"),
+                "anon_positive_rate": float(s.mean()) if len(s) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("attribute")
+
+
+def accuracy(
+    predicted: pd.DataFrame, ground_truth: pd.DataFrame, attributes: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Per attribute accuracy of predicted labels against ground truth (CelebA -1/1, 0/1 or bool), by image id."""
+    names = _label_columns(predicted, attributes)
+    truth = _aligned(predicted, ground_truth, "accuracy")
+    rows = []
+    for a in names:
+        p, t = _as_bool(predicted[a]), _as_bool(truth[a])
+        rows.append(
+            {
+                "attribute": a,
+                "accuracy": float((p == t).mean()) if len(p) else float("nan"),
+                "n": len(p),
+                "true_positive_rate": float(t.mean()) if len(t) else float("nan"),
+                "predicted_positive_rate": float(p.mean()) if len(p) else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("attribute")
+
+
+class AttributeFileError(FalcoError, ValueError):
+    """A CelebA attribute annotation file that cannot be parsed."""
+
+
+def read_celeba_attributes(path: Path | str) -> pd.DataFrame:
+    """Read `list_attr_celeba.txt` / CelebAMask-HQ's `CelebAMask-HQ-attribute-anno.txt`: bool table by file name.
+
+    Format: first line the image count, second the 40 attribute names, then `<file> <40 values of -1/1>` per line.
+    """
+    path = Path(path)
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        count, names = int(lines[0][0]), lines[1]
+        rows = lines[2:]
+        if len(rows) != count or any(len(row) != len(names) + 1 for row in rows):
+            raise ValueError(f"expected {count} rows of a file name and {len(names)} values")
+        values = np.array([[int(v) for v in row[1:]] for row in rows]) > 0
+    except (OSError, ValueError, IndexError) as error:
+        raise AttributeFileError(
+            f"{path}: not a CelebA attribute file ({error}); expected the count, the attribute names, then "
+            "'<image> <-1/1 per attribute>' lines, as list_attr_celeba.txt."
+        ) from None
+    return pd.DataFrame(values, index=pd.Index([row[0] for row in rows], name="image"), columns=names)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """CelebA-HQ attribute classifier training settings (defaults: ResNet-50 at 128 px)."""
+
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # ResNet-50; (1, 1, 1, 1) with a small width for smoke runs and tests
+    width: int = 64  # first-stage planes (64 = ResNet-50)
+    image_size: int = 128  # training/eval side; 128 px keeps 30k CelebA-HQ images trainable on one GPU in minutes
+    batch_size: int = 64
+    epochs: int = 10
+    max_steps: int | None = None  # stop early after this many optimizer steps (None: all epochs)
+    lr: float = 1e-4  # Adam; a common choice for ResNet attribute classifiers trained from scratch
+    weight_decay: float = 0.0
+    hflip: bool = True  # random horizontal flips: attributes are left-right symmetric
+    seed: int = 0  # initialization, data order and flips
+
+    def backbone(self, num_classes: int) -> ResNetConfig:
+        return ResNetConfig(layers=self.layers, width=self.width, num_classes=num_classes)
+
+
+def build_classifier(config: ClassifierConfig, num_attributes: int = len(CELEBA_ATTRIBUTES)) -> ResNet:
+    """A seeded, untrained ResNet with one logit per attribute."""
+    torch.manual_seed(config.seed)
+    return ResNet(config.backbone(num_attributes))
+
+
+def _prepare(batch: Tensor, size: int) -> Tensor:
+    if tuple(batch.shape[-2:]) != (size, size):
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return batch
+
+
+def train_attribute_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: ClassifierConfig = ClassifierConfig(),
+    device: torch.device | str = "cpu",
+    log: Callable[[dict], None] | None = None,
+) -> tuple[ResNet, list[dict]]:
+    """Train on real images: uint8 [N, H, W, 3] (a np.memmap works for large sets), bool/0-1/-1-1 labels [N, A].
+
+    Returns the model (eval mode) and the per-step history [{"step", "epoch", "loss", "seconds"}]; `log` is called
+    with each entry (e.g. to log to MLflow from the orchestration layer).
+    """
+    targets = torch.from_numpy(np.asarray(labels).astype(np.float64) > 0).float()  # (N, A)
+    if images.ndim != 4 or len(images) != len(targets):
+        raise ValueError(f"{len(images)} images {images.shape} but {len(targets)} label rows")
+    device = torch.device(device)
+    model = build_classifier(config, targets.shape[1]).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    step, start = 0, time.perf_counter()
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for first in range(0, len(order), config.batch_size):
+            index = np.sort(order[first : first + config.batch_size].numpy())  # sorted: fast memmap reads
+            x = next(image_batches(images[index], len(index), device))  # (B, 3, H, W) in [-1, 1]
+            x = _prepare(x, config.image_size)
+            if config.hflip:
+                flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.binary_cross_entropy_with_logits(model(x), targets[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            entry = {"step": step, "epoch": epoch, "loss": loss.item(), "seconds": time.perf_counter() - start}
+            history.append(entry)
+            if log is not None:
+                log(entry)
+            if config.max_steps is not None and step >= config.max_steps:
+                return model.eval(), history
+    return model.eval(), history
+
+
+@torch.no_grad()
+def classifier_labels(
+    model: ResNet,
+    images: np.ndarray | Tensor,
+    image_size: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Predicted labels bool [N, A] (logit > 0) of a trained classifier."""
+    model.eval()
+    out = [
+        (model(_prepare(batch, image_size)) > 0).cpu().numpy() for batch in image_batches(images, batch_size, device)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, model.config.num_classes or 0), bool)
+
+
+def classifier_utility(
+    model: ResNet,
+    real_test: np.ndarray | Tensor,
+    anon_test: np.ndarray | Tensor,
+    labels: pd.DataFrame,
+    config: ClassifierConfig,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
+    """Accuracy of the real-trained classifier on the real and on the anonymized test split, per attribute.
+
+    `labels`: ground truth of the test images (rows in the order of both image arrays; columns = attributes in
+    the classifier's output order). Returns `accuracy_real`, `accuracy_anon`, `drop` (= real - anon), `n`.
+    """
+    attributes = list(labels.columns)
+    if len(real_test) != len(labels) or len(anon_test) != len(labels):
+        raise ValueError(f"{len(real_test)} real and {len(anon_test)} anonymized test images, {len(labels)} labels")
+    frames = {}
+    for which, images in (("real", real_test), ("anon", anon_test)):
+        predicted = pd.DataFrame(
+            classifier_labels(model, images, config.image_size, device), index=labels.index, columns=attributes
+        )
+        frames[which] = accuracy(predicted, labels)["accuracy"]
+    table = pd.DataFrame({"accuracy_real": frames["real"], "accuracy_anon": frames["anon"]})
+    table["drop"] = table["accuracy_real"] - table["accuracy_anon"]
+    table["n"] = len(labels)
+    return table
+
+
+def config_dict(config: ClassifierConfig) -> dict:
+    """The resolved training config, to log next to its results."""
+    return asdict(config)
