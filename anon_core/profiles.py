@@ -15,6 +15,7 @@ import torch
 from anon_core.errors import FalcoError
 from anon_core.inversion import Inverter, OptimizationInverter
 from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
+from anon_core.networks.e4e import TINY_E4E, E4EConfig
 from anon_core.networks.farl import FaRLEncoder, ViTConfig
 from anon_core.networks.stylegan2 import Generator, StyleGAN2Config
 from anon_core.params import InversionParams
@@ -29,6 +30,7 @@ class ProfileSpec:
     farl: ViTConfig
     identity: IRSEConfig
     default_weights: str  # "official" (model store) or "seeded"
+    e4e: E4EConfig | None = None  # e4e sizes (the official encoder exists for FFHQ 1024; tiny has sizes only)
     weight_seed: int = 0  # seeds the weights when they are seeded
     note: str = ""
 
@@ -42,6 +44,7 @@ PROFILES: dict[str, ProfileSpec] = {
             farl=ViTConfig(),
             identity=IRSEConfig(),
             default_weights="official",
+            e4e=E4EConfig(),
             note="StyleGAN2 config-f FFHQ 1024 px, e4e, FaRL ViT-B/16, ArcFace IR-SE50 (the paper's setting)",
         ),
         ProfileSpec(
@@ -50,6 +53,7 @@ PROFILES: dict[str, ProfileSpec] = {
             farl=ViTConfig(),
             identity=IRSEConfig(),
             default_weights="official",
+            e4e=E4EConfig(),
             note="StyleGAN2 config-f FFHQ 512 px (GenForce), e4e, FaRL ViT-B/16, ArcFace IR-SE50",
         ),
         ProfileSpec(
@@ -60,6 +64,7 @@ PROFILES: dict[str, ProfileSpec] = {
                 stage_channels=(16, 32, 64, 128), stage_blocks=(1, 1, 1, 1), embedding_dim=128, input_size=64
             ),
             default_weights="seeded",
+            e4e=TINY_E4E,
             note="seeded small networks for CPU demos and tests; its images are not faces",
         ),
     )
@@ -87,6 +92,8 @@ class Networks:
     def inverter(self, params: InversionParams, show_progress: bool = False) -> Inverter:
         if params.method == "optimization":
             return OptimizationInverter(self.generator, steps=params.steps, lr=params.lr, show_progress=show_progress)
+        if params.method == "e4e" and "e4e" in self.extra:
+            return self.extra["e4e"]
         raise FalcoError(
             f"inversion method {params.method!r} is not available for profile {self.profile.name!r} with "
             f"{self.weights} weights; set inversion.method: optimization"
@@ -112,10 +119,15 @@ def build_networks(
     if weights not in WEIGHT_SOURCES:
         raise FalcoError(f"weights = {weights!r} must be one of {WEIGHT_SOURCES}")
     if weights == "official":
-        raise FalcoError(
-            f"profile {spec.name!r} needs the official checkpoints (StyleGAN2, e4e, FaRL, ArcFace), and loading "
-            "them is not available in this version; run with --profile tiny"
-        )
+        from anon_core import model_store
+        from anon_core.checkpoints import load_official_networks
+
+        names = {"generator": f"stylegan2_{spec.name}", "e4e": "e4e_ffhq_encode", "farl": "farl_ep64",
+                 "arcface": "arcface_ir_se50"}
+        found = model_store.require(names.values())  # one error listing every missing file and its fetch command
+        loaded = load_official_networks(spec, {role: found[n] for role, n in names.items()}, device)
+        return Networks(profile=spec, generator=loaded.generator, farl=loaded.farl, identity=loaded.identity,
+                        device=torch.device(device), weights=weights, extra={"e4e": loaded.inverter})
     seed = spec.weight_seed
     generator = _seeded(lambda: Generator(spec.generator), seed)
     generator.compute_w_avg_(seed=seed)

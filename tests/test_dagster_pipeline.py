@@ -159,7 +159,8 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, faces):
     for path in (p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")):
         # Every visible file is whole: a kill can only leave hidden temporary files behind.
         {".parquet": pd.read_parquet, ".npz": lambda p: dict(np.load(p)), ".npy": np.load,
-         ".png": lambda p: Image.open(p).load()}[path.suffix](path)
+         ".png": lambda p: Image.open(p).load(), ".md": Path.read_text, ".html": Path.read_text,
+         ".csv": pd.read_csv}[path.suffix](path)
     for shard in range(4):
         data = np.load(store / "anonymized_latents" / f"shard-{shard:05d}.npz")
         assert np.isfinite(data["ws"]).all()

@@ -1,0 +1,283 @@
+"""Privacy metrics: face detection rate and re-identification against the real gallery.
+
+Protocol (DESIGN.md section 5, after CIAGAN and FALCO's paper; the official FALCO code ships no evaluation):
+
+- Detection rate: the share of anonymized images in which a detector still finds a face: dlib's HOG frontal
+  face detector (davisking/dlib, ``get_frontal_face_detector``; ``upsample="auto"`` upsamples once when the
+  shorter image side is below :data:`DLIB_UPSAMPLE_BELOW` px, since its 80 x 80 px window misses smaller faces,
+  and not at all above; any detection dlib returns counts, i.e. its default score > 0) and MTCNN
+  (``anon_core.networks.mtcnn``, facenet-pytorch's thresholds 0.6/0.7/0.7, smallest face 20 px). A high rate
+  means the images still look like faces (desired for a utility-keeping anonymizer); blur and masks lower it.
+- Re-identification, per recognizer (``evaluation.recognizers``): each anonymized image i, made from real image
+  ``source_index[i]``, is compared with every real image (the gallery). Identity of i = the identity label of its
+  source when labels are given (LFW: any image of the same person counts), else the source image itself.
+  ``rank`` = 1 + the number of gallery images of OTHER identities strictly more similar than the most similar
+  same-identity image (ties go to the attacker). top-k rate = share with rank <= k. Verification rate = share
+  whose similarity to their own source passes the recognizer's threshold. An image FAILS (is re-identified) when
+  it is verified against its source or its rank is 1.
+
+Everything here is a pure function of arrays and DataFrames; the caller reads images and writes the parquet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from evaluation.recognizers import Recognizer
+
+__all__ = [
+    "DETECTORS",
+    "DLIB_UPSAMPLE_BELOW",
+    "DetectionResult",
+    "ReidentificationReport",
+    "combine_tables",
+    "detect_faces",
+    "evaluate_reidentification",
+    "first_match_ranks",
+    "reidentification_table",
+    "summarize_reidentification",
+]
+
+DETECTORS = ("dlib_hog", "mtcnn")
+DLIB_UPSAMPLE_BELOW = 256
+"""dlib HOG upsamples an image once when its shorter side is below this (px); FFHQ-aligned crops of 256 px and
+more hold faces of ~130 px and more, well above the detector's 80 px window."""
+TOP_K = (1, 5)
+SCORE_BINS = 30  # histogram bins over the recognizer's fixed score range
+
+
+# --------------------------------------------------------------------------------------------- detection
+@dataclass(frozen=True)
+class DetectionResult:
+    """Per-image face detection by one detector."""
+
+    detector: str
+    faces: np.ndarray  # int [N]: faces found in each image
+
+    @property
+    def detected(self) -> np.ndarray:
+        """bool [N]: at least one face found."""
+        return self.faces > 0
+
+    @property
+    def rate(self) -> float:
+        """Share of images with at least one face."""
+        return float(self.detected.mean()) if len(self.faces) else float("nan")
+
+
+def _check_uint8(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    out = []
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image {i}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+        out.append(np.ascontiguousarray(image))
+    return out
+
+
+def detect_faces(
+    images: np.ndarray | Sequence[np.ndarray],
+    detector: str = "dlib_hog",
+    upsample: int | str = "auto",
+    device: torch.device | str = "cpu",
+    mtcnn=None,
+) -> DetectionResult:
+    """Count faces in each uint8 [H, W, 3] image with ``detector`` ("dlib_hog" or "mtcnn").
+
+    ``upsample`` (dlib only): times to double the image before detection, or "auto" (once when the shorter side
+    is below DLIB_UPSAMPLE_BELOW, else never). ``mtcnn``: a ready ``anon_core.networks.mtcnn.MTCNN`` to reuse.
+    """
+    if detector not in DETECTORS:
+        raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
+    frames = _check_uint8(images)
+    if detector == "mtcnn":
+        from anon_core.networks.mtcnn import MTCNN
+
+        net = mtcnn if mtcnn is not None else MTCNN(device=device)
+        return DetectionResult(detector, np.array([len(net.detect(f)) for f in frames], dtype=np.int64))
+    if upsample != "auto" and (not isinstance(upsample, int) or upsample < 0):
+        raise ValueError(f"upsample={upsample!r} must be 'auto' or a non-negative int")
+    import dlib
+
+    hog = dlib.get_frontal_face_detector()
+    counts = []
+    for frame in frames:
+        times = (1 if min(frame.shape[:2]) < DLIB_UPSAMPLE_BELOW else 0) if upsample == "auto" else upsample
+        counts.append(len(hog(frame, times)))
+    return DetectionResult(detector, np.array(counts, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------- ranking
+def _query_identity(source_index: np.ndarray, n_gallery: int, gallery_identity: np.ndarray | None) -> np.ndarray:
+    if source_index.ndim != 1 or not np.issubdtype(source_index.dtype, np.integer):
+        raise ValueError(f"source_index must be a 1-d integer array, got {source_index.dtype} {source_index.shape}")
+    if len(source_index) and (source_index.min() < 0 or source_index.max() >= n_gallery):
+        raise ValueError(f"source_index must lie in [0, {n_gallery}) (gallery size), got {source_index.min()}.."
+                         f"{source_index.max()}")
+    if gallery_identity is None:
+        return source_index
+    if len(gallery_identity) != n_gallery:
+        raise ValueError(f"gallery_identity has {len(gallery_identity)} labels for {n_gallery} gallery images")
+    return gallery_identity[source_index]
+
+
+def first_match_ranks(
+    similarity: np.ndarray, source_index: np.ndarray, gallery_identity: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rank [Nq], best same-identity similarity [Nq]) from similarity [Nq, Ng] (higher = more alike).
+
+    rank = 1 + number of other-identity gallery items strictly more similar than the best same-identity one.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    source_index = np.asarray(source_index)
+    if similarity.ndim != 2 or similarity.shape[0] != len(source_index):
+        raise ValueError(f"similarity {similarity.shape} must be [queries, gallery] with {len(source_index)} rows")
+    gallery_ids = None if gallery_identity is None else np.asarray(gallery_identity)
+    query_ids = _query_identity(source_index, similarity.shape[1], gallery_ids)
+    if gallery_ids is None:
+        gallery_ids = np.arange(similarity.shape[1])
+    same = gallery_ids[None, :] == query_ids[:, None]  # (Nq, Ng); never empty: the source itself is same
+    best_same = np.where(same, similarity, -np.inf).max(axis=1)  # (Nq,)
+    ranks = 1 + ((similarity > best_same[:, None]) & ~same).sum(axis=1)
+    return ranks.astype(np.int64), best_same
+
+
+def reidentification_table(
+    similarity: np.ndarray,
+    source_index: np.ndarray,
+    threshold: float,
+    inclusive: bool,
+    gallery_identity: np.ndarray | None = None,
+    ks: Sequence[int] = TOP_K,
+) -> pd.DataFrame:
+    """Per-query table from similarity [Nq, Ng] (higher = more alike) and each query's source gallery index.
+
+    ``threshold``/``inclusive``: the match rule in similarity units (``sim >= t`` when inclusive, else ``sim > t``).
+    Columns: source_index, [identity], similarity_to_source, best_same_similarity, rank, top{k}..., verified,
+    passed (not verified and rank > 1).
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    source_index = np.asarray(source_index)
+    ranks, best_same = first_match_ranks(similarity, source_index, gallery_identity)
+    to_source = similarity[np.arange(len(source_index)), source_index]  # (Nq,)
+    verified = to_source >= threshold if inclusive else to_source > threshold
+    table = pd.DataFrame({"source_index": source_index.astype(np.int64)})
+    if gallery_identity is not None:
+        table["identity"] = np.asarray(gallery_identity)[source_index]
+    table["similarity_to_source"] = to_source
+    table["best_same_similarity"] = best_same
+    table["rank"] = ranks
+    for k in ks:
+        table[f"top{k}"] = ranks <= k
+    table["verified"] = verified
+    table["passed"] = ~verified & (ranks > 1)
+    return table
+
+
+@dataclass
+class ReidentificationReport:
+    """One recognizer's re-identification result: headline numbers, score histogram, per-image table."""
+
+    recognizer: str
+    summary: dict[str, float]  # rates, threshold and score distribution, in the recognizer's native units
+    histogram_counts: np.ndarray  # int [bins] of score_to_source over the recognizer's fixed score range
+    histogram_edges: np.ndarray  # float [bins + 1]
+    table: pd.DataFrame  # one row per anonymized image
+
+    def metrics(self, prefix: str = "reid") -> dict[str, float]:
+        """Flat ``{prefix}/{recognizer}/{key}: value`` for a tracker."""
+        return {f"{prefix}/{self.recognizer}/{k}": float(v) for k, v in self.summary.items()}
+
+
+def summarize_reidentification(
+    table: pd.DataFrame,
+    scores: np.ndarray,
+    threshold: float,
+    score_range: tuple[float, float],
+    ks: Sequence[int] = TOP_K,
+    bins: int = SCORE_BINS,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Rates from a reidentification_table plus the distribution of ``scores`` (native units, e.g. distance).
+
+    Returns (summary, histogram counts, edges). Scores outside ``score_range`` count in the end bins.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) != len(table) or not len(table):
+        raise ValueError(f"{len(scores)} scores for a table of {len(table)} rows; both must be equal and non-empty")
+    summary: dict[str, float] = {"images": float(len(table))}
+    for k in ks:
+        summary[f"top{k}_rate"] = float(table[f"top{k}"].mean())
+    summary["verification_rate"] = float(table["verified"].mean())
+    summary["pass_rate"] = float(table["passed"].mean())
+    summary["threshold"] = float(threshold)
+    for name, value in {
+        "mean": scores.mean(), "std": scores.std(), "min": scores.min(), "p05": np.percentile(scores, 5),
+        "p25": np.percentile(scores, 25), "median": np.median(scores), "p75": np.percentile(scores, 75),
+        "p95": np.percentile(scores, 95), "max": scores.max(),
+    }.items():
+        summary[f"score_{name}"] = float(value)
+    lo, hi = score_range
+    counts, edges = np.histogram(np.clip(scores, lo, hi), bins=bins, range=(lo, hi))
+    return summary, counts, edges
+
+
+def evaluate_reidentification(
+    recognizer: Recognizer,
+    anonymized: np.ndarray | torch.Tensor,
+    gallery: np.ndarray | torch.Tensor,
+    source_index: np.ndarray,
+    gallery_identity: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    ks: Sequence[int] = TOP_K,
+    chunk: int = 1024,
+    gallery_embeddings: np.ndarray | None = None,
+) -> ReidentificationReport:
+    """Re-identification of ``anonymized`` images against the real ``gallery`` with one recognizer.
+
+    Images: aligned faces, uint8 [N, H, W, 3] or [-1, 1] [N, 3, H, W]. ``source_index[i]``: the gallery row that
+    anonymized image i was made from. ``gallery_embeddings``: reuse embeddings computed earlier. Queries are
+    ranked ``chunk`` at a time, so memory stays O(chunk x gallery). The table gets ``name`` (when given) and
+    ``score_to_source`` (native units: dlib distance, else cosine) columns.
+    """
+    source_index = np.asarray(source_index)
+    query_emb = recognizer.embed(anonymized)
+    gallery_emb = recognizer.embed(gallery) if gallery_embeddings is None else gallery_embeddings
+    if len(source_index) != len(query_emb):
+        raise ValueError(f"{len(query_emb)} anonymized images but {len(source_index)} source indices")
+    parts = []
+    for start in range(0, len(query_emb), chunk):
+        rows = slice(start, start + chunk)
+        sim = recognizer.similarity(query_emb[rows], gallery_emb)  # (chunk, Ng)
+        parts.append(reidentification_table(sim, source_index[rows], recognizer.threshold,
+                                            recognizer.spec.inclusive, gallery_identity, ks))
+    table = pd.concat(parts, ignore_index=True)
+    if names is not None:
+        if len(names) != len(table):
+            raise ValueError(f"{len(names)} names for {len(table)} anonymized images")
+        table.insert(0, "name", list(names))
+    table.insert(table.columns.get_loc("similarity_to_source") + 1, "score_to_source",
+                 recognizer.to_score(table["similarity_to_source"].to_numpy()))
+    summary, counts, edges = summarize_reidentification(
+        table, table["score_to_source"].to_numpy(), recognizer.spec.threshold, recognizer.spec.score_range, ks
+    )
+    return ReidentificationReport(recognizer.name, summary, counts, edges, table)
+
+
+def combine_tables(reports: Sequence[ReidentificationReport]) -> pd.DataFrame:
+    """One row per image across recognizers: ``{recognizer}/{column}`` columns and ``passed_all``."""
+    if not reports:
+        raise ValueError("no reports to combine")
+    shared = [c for c in ("name", "source_index", "identity") if c in reports[0].table.columns]
+    out = reports[0].table[shared].copy()
+    for report in reports:
+        if len(report.table) != len(out):
+            raise ValueError(f"{report.recognizer}: {len(report.table)} rows, expected {len(out)}")
+        for column in report.table.columns.drop(shared, errors="ignore"):
+            out[f"{report.recognizer}/{column}"] = report.table[column].to_numpy()
+    out["passed_all"] = np.logical_and.reduce([r.table["passed"].to_numpy() for r in reports])
+    return out
