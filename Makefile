@@ -36,6 +36,7 @@ test: install
 bench: install
 	$(BIN)/python bench/batched_vs_loop.py
 	$(BIN)/python bench/pairing_faiss_vs_sklearn.py
+	$(BIN)/python bench/flops.py
 
 clean-demo:
 	rm -rf $(DEMO_OUT) outputs/pipeline $(DAGSTER_HOME)

@@ -20,6 +20,8 @@ def face_folder(tmp_path, lfw_faces):
         Image.fromarray(lfw_faces[i]).save(root / "Some Person" / f"face_{i}.jpg", quality=95)
     Image.fromarray(lfw_faces[3]).save(root / "zoë.png")
     (root / "notes.jpg").write_text("this is not an image")
+    noise = np.random.default_rng(0).integers(0, 256, size=(96, 96, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "noise.png")  # an image, but no face in it
     return root
 
 
@@ -34,8 +36,10 @@ def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_pa
     rows = _manifest(out)
     by_input = {r["input"]: r for r in rows}
     assert set(by_input) == {"Some Person/face_0.jpg", "Some Person/face_1.jpg", "Some Person/face_2.jpg",
-                             "zoë.png", "notes.jpg"}
+                             "zoë.png", "notes.jpg", "noise.png"}
     assert by_input["notes.jpg"]["status"] == "rejected" and by_input["notes.jpg"]["reason"] == "not_an_image"
+    assert by_input["noise.png"]["status"] == "rejected" and by_input["noise.png"]["reason"] == "no_face"
+    assert by_input["zoë.png"]["faces_seen"] == "1"
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 4
 
@@ -52,7 +56,7 @@ def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_pa
     record = json.loads((out / "params.json").read_text())
     assert record["params"]["seed"] == 5 and record["params"]["optimization"]["margin"] == 0.2
     assert record["params"]["optimization"]["steps"] == 3 and record["params"]["pool_size"] == 50
-    assert "4 anonymized, 1 rejected (not_an_image: 1)" in capsys.readouterr().out
+    assert "4 anonymized, 2 rejected (no_face: 1, not_an_image: 1)" in capsys.readouterr().out
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 3
 
 
