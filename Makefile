@@ -9,7 +9,7 @@ DEMO_OUT := outputs/demo
 DAGSTER_HOME := $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo ui test bench clean-demo
+.PHONY: install demo ui mlflow-ui test bench clean-demo
 
 # facenet-pytorch is installed without its dependencies (it pins an old torch and imports torchvision):
 # only the MTCNN weight files it ships are read; the package is never imported.
@@ -29,6 +29,9 @@ demo: install
 
 ui: install
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db -h 127.0.0.1 -p 5000
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ from orchestration.assets import anonymization, evaluation, fake_pool, real_data
 from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, executor
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
+from orchestration.tracking import MlflowResource
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned asset checks are a preview feature
@@ -20,13 +21,17 @@ with warnings.catch_warnings():
 ASSETS = dg.load_assets_from_modules([fake_pool, real_data, anonymization, evaluation])
 
 
-def build_definitions(storage: StorageResource, networks: NetworksResource) -> dg.Definitions:
+def build_definitions(
+    storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource | None = None
+) -> dg.Definitions:
+    """mlflow: None tracks to $MLFLOW_TRACKING_URI, else to <project>/mlflow.db."""
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=ALL_JOBS,
         executor=executor,
-        resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks},
+        resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
+                   "mlflow": mlflow or MlflowResource()},
     )
 
 

@@ -82,16 +82,19 @@ def run_pipeline(
     run_config: dict | None = None,
     log_level: str = "INFO",
     log=print,
+    mlflow=None,
 ) -> PipelineSummary:
+    """mlflow: an orchestration.tracking.MlflowResource; None: the default (see build_definitions)."""
     from orchestration.definitions import build_definitions
 
-    defs = build_definitions(storage, networks)
+    defs = build_definitions(storage, networks, mlflow)
     assets = list(defs.assets)
     checks = list(defs.asset_checks)
     instance = instance or dagster_instance()
     summary = PipelineSummary(fingerprint=fingerprint(storage, networks, assets, run_config))
     tags = {FINGERPRINT_TAG: summary.fingerprint}
     resources = defs.resources
+    resources["mlflow"].ensure_experiment()  # once, before parallel steps would race to create it
 
     graph = defs.resolve_asset_graph()
 

@@ -10,6 +10,7 @@ from orchestration.io_manager import ImageSet
 from orchestration.metadata import png_markdown
 from orchestration.partitions import image_shards
 from orchestration.resources import NetworksResource
+from orchestration.tracking import MlflowResource
 
 GROUP = "anonymization"
 GPU = {"falco/device": "gpu"}
@@ -56,6 +57,7 @@ def anonymized_latents(
     pairs: pd.DataFrame,
     fake_pool: dict,
     networks: NetworksResource,
+    mlflow: MlflowResource,
 ) -> dict:
     """FALCO's optimized W+ codes for one shard: `ws` [K, num_ws, w_dim], `row` (index into the ok real
     images), `identity_similarity` [K], and the per-step losses `loss_<name>` [steps, K]."""
@@ -75,8 +77,14 @@ def anonymized_latents(
         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
     )
     final = {name: float(values[-1].mean()) for name, values in result.history.items() if len(values)}
+    with mlflow.asset_run(context, networks, params) as run:
+        run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in result.history.items()
+                           if values.shape[1]})  # [steps, K] -> mean over images per step
+        run.log_metrics({"mean_identity_similarity": float(result.identity_similarity.mean()) if len(rows) else
+                         float("nan"), "num_images": len(rows)})
     context.add_output_metadata(
         {
+            **run.metadata,
             "num_images": len(rows),
             "steps": params.optimization.steps,
             "margin": params.optimization.margin,
@@ -98,6 +106,7 @@ def anonymized_images(
     pairs: pd.DataFrame,
     fake_pool: dict,
     networks: NetworksResource,
+    mlflow: MlflowResource,
 ) -> ImageSet:
     """G(w_anon) for one shard, stored as PNG under the input's relative path; together the shards form the
     anonymized dataset folder `anonymized_images/images/`."""
@@ -119,8 +128,11 @@ def anonymized_images(
     columns = [fakes, images[shown]]
     if config.show_real_faces:
         columns.insert(0, real_images.images[rows[shown]])
+    grid = grid_png(columns)
+    with mlflow.asset_run(context, networks) as run:
+        run.log_image(grid if not config.show_real_faces else grid_png(columns[1:]), "fake_anonymized_grid.png")
     context.add_output_metadata(
-        {"num_images": len(rows),
-         "grid": png_markdown(grid_png(columns), ("real | " if config.show_real_faces else "") + "fake | anonymized")}
+        {"num_images": len(rows), **run.metadata,
+         "grid": png_markdown(grid, ("real | " if config.show_real_faces else "") + "fake | anonymized")}
     )
     return ImageSet(table=frame, images=images)

@@ -11,6 +11,7 @@ import pandas as pd
 from orchestration.io_manager import ImageSet
 from orchestration.metadata import png_markdown, table
 from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import MlflowResource, delta_table, flatten
 
 GROUP = "evaluation"
 
@@ -61,6 +62,7 @@ def evaluation_metrics(
     attribute_pseudo_labels: pd.DataFrame,
     storage: StorageResource,
     networks: NetworksResource,
+    mlflow: MlflowResource,
 ) -> pd.DataFrame:
     """Privacy (detection, re-identification per recognizer), attribute agreement and quality of FALCO and of
     the baselines, one row per method. The per-image privacy table goes to `evaluation_metrics/per_image.parquet`
@@ -94,8 +96,17 @@ def evaluation_metrics(
             buf = io.BytesIO()
             frame.to_parquet(buf, index=False)
             write_bytes_atomic(base / f"{name}.parquet", buf.getvalue())
+    final = {k: float(v) for k, v in falco.metrics.items() if isinstance(v, (int, float, np.number))}
+    # The optimization settings are those of the shards' runs (their run config may override params.yaml).
+    params = {**flatten(networks.params().to_dict()),
+              **mlflow.upstream_params(context, "anonymized_latents", sorted(anonymized_images))}
+    with mlflow.asset_run(context, networks, params) as run:
+        run.log_metrics(final)
+        run.log_table(summary.reset_index(), "metrics.csv")
+        change = delta_table(mlflow.previous_metrics(run, "evaluation_metrics"), final)
     context.add_output_metadata(
-        {"methods": table(summary.reset_index()[["method", *[c for c in summary.columns if c.endswith(("top1_rate", "/rate", "mean_agreement"))]]]),
+        {**run.metadata, "change_vs_previous_run": table(change),
+         "methods": table(summary.reset_index()[["method", *[c for c in summary.columns if c.endswith(("top1_rate", "/rate", "mean_agreement"))]]]),
          "failed_images": int((~falco.per_image["passed_all"]).sum()),
          "recognizers": ", ".join(r.name for r in recognizers),
          "feature_extractor": str(falco.quality.get("feature_extractor")),
@@ -114,6 +125,7 @@ def anonymization_report(
     fake_pool: dict,
     storage: StorageResource,
     networks: NetworksResource,
+    mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Markdown and HTML report with the metric tables, a privacy-vs-utility scatter, per-attribute bars and an
     example grid, in `anonymization_report/`."""
@@ -140,8 +152,11 @@ def anonymization_report(
          "optimization settings": "see the anonymized_latents metadata of this run's shards"},
     )
     scatter = paths.get("privacy_vs_utility.png")
+    with mlflow.asset_run(context, networks) as run:
+        for path in (Path(p) for p in paths.values()):  # the report embeds the example grid: real faces if shown
+            run.log_image(path.read_bytes(), f"report/{path.name}", real_faces=config.show_real_faces)
     return dg.MaterializeResult(
-        metadata={
+        metadata={**run.metadata,
             "report": dg.MetadataValue.path(str(paths["markdown"])),
             "html": dg.MetadataValue.path(str(paths["html"])),
             **({"privacy_vs_utility": png_markdown(Path(scatter).read_bytes(), "privacy vs utility")} if scatter else {}),

@@ -20,12 +20,14 @@ GROUP = "real_data"
 @dg.asset(group_name=GROUP, code_version="1")
 def real_images(
     context: dg.AssetExecutionContext, config: RealImagesConfig, storage: StorageResource, networks: NetworksResource
-) -> ImageSet:
+) -> dg.Output[ImageSet]:
     """Every file of the dataset: its faces FFHQ-aligned (or as they are) at the generator's resolution, and one
-    row per file with its status (`ok`/`rejected`), reason, output name, shard and labels. Registers the shards."""
+    row per file with its status (`ok`/`rejected`), reason, output name, shard and labels. Registers the shards.
+    Its data version is the md5 of the `.dvc` file tracking the input folder (orchestration/data_version.py)."""
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.datasets import load_dataset
     from anon_core.data.image_io import ImageRejected
+    from orchestration.data_version import data_version
     from anon_core.stages import align_cache_dir, dataset_files, label_columns, output_names, read_input, resize_images
 
     input_dir = Path(config.input_dir or storage.input_dir)
@@ -57,10 +59,13 @@ def real_images(
     frame.loc[ok, "shard"] = [shard_key(i // config.shard_size) for i in range(len(ok))]
     _register_shards(context, sorted(set(frame.loc[ok, "shard"])))
 
+    version, version_source = data_version(input_dir, [(f.relpath, f.sha256 or "") for f in files])
     counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
     context.add_output_metadata(
         {
             "input_dir": dg.MetadataValue.path(str(input_dir)),
+            "data_version": version,
+            "data_version_source": version_source,
             "dataset": dataset.attrs.get("kind", config.dataset),
             "alignment": aligner.settings if aligner else "none",
             "labels": ", ".join(labels) or "none",
@@ -72,7 +77,8 @@ def real_images(
             "rejects": table(frame.loc[frame["status"] == "rejected", ["input", "reason", "detail"]]),
         }
     )
-    return ImageSet(table=frame, images=resize_images(images, resolution))
+    image_set = ImageSet(table=frame, images=resize_images(images, resolution))
+    return dg.Output(image_set, data_version=dg.DataVersion(version))
 
 
 def _register_shards(context: dg.AssetExecutionContext, keys: list[str]) -> None:

@@ -1,0 +1,298 @@
+"""MLflow tracking of the Dagster assets: one MLflow run per Dagster run, one nested run per materialization.
+
+Follows the layout of `dagster-mlflow` (a resource that opens the run of the current Dagster run, found by a
+`dagster_run_id` tag) but talks to `mlflow.MlflowClient` with an explicit tracking URI instead of MLflow's global
+"active run", so parallel steps and tests never share state. MLflow is imported lazily: loading the Dagster
+definitions does not import it.
+
+Every nested run carries the provenance tags (house rule 10): Dagster run id, asset key, partition, code version,
+git commit, data version (md5 of `data.dvc`, or "none"), sha256 of each weight file used ("seeded" for seeded
+profiles), profile and device. Images that show real faces are only logged when `log_real_faces` is true.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from orchestration.resources import PROJECT_ROOT, NetworksResource
+
+DAGSTER_RUN_TAG = "dagster_run_id"
+ASSET_TAG = "asset_key"
+PARTITION_TAG = "partition"
+PARENT_TAG = "mlflow.parentRunId"
+DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {"a.b": "value"}; lists and scalars become strings (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+def metric_name(name: str) -> str:
+    return _METRIC_NAME.sub("_", name)
+
+
+@lru_cache(maxsize=1)
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    """`git rev-parse HEAD` of the project, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def data_version(root: Path = PROJECT_ROOT) -> str:
+    """The md5 DVC recorded for the data (`data.dvc`'s first output), or "none" when the data is not versioned."""
+    path = root / "data.dvc"
+    if not path.is_file():
+        return "none"
+    import yaml
+
+    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "none"))
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    from anon_core.model_store import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def weight_hashes(networks: NetworksResource) -> dict[str, str]:
+    """{file name: sha256} of the profile's model-store files that exist; {"all": "seeded"} for seeded weights."""
+    from anon_core.profiles import get_profile
+
+    weights = networks.weights or get_profile(networks.profile).default_weights
+    if weights == "seeded":
+        return {"all": "seeded"}
+    from anon_core import model_store
+
+    hashes = {}
+    for name in model_store.profile_weights(networks.profile):
+        path = model_store.model_path(name)
+        if path.is_file():
+            stat = path.stat()
+            hashes[name] = _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+    return hashes
+
+
+@dataclass
+class AssetRun:
+    """The nested MLflow run of one materialization; log through it, then put `metadata` on the asset."""
+
+    client: Any  # mlflow.MlflowClient
+    run_id: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    log_real_faces: bool
+    skipped: list[str] = field(default_factory=list)  # artefacts withheld because they show real faces
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Finite values only (MLflow cannot compare NaN); names are made MLflow-safe."""
+        self.log_histories({k: [v] for k, v in metrics.items()}, first_step=step)
+
+    def log_histories(self, histories: dict[str, Any], first_step: int = 0) -> None:
+        """name -> per-step values; step i is logged as step `first_step + i`."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(metric_name(k), float(v), now, first_step + i)
+                 for k, values in histories.items() for i, v in enumerate(np.asarray(values, float).ravel())
+                 if math.isfinite(float(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+    def log_image(self, png: bytes, artifact_file: str, real_faces: bool = False) -> None:
+        """A PNG; one that shows real faces is withheld unless the resource's `log_real_faces` is true."""
+        if real_faces and not self.log_real_faces:
+            self.skipped.append(artifact_file)
+            return
+        self.log_bytes(png, artifact_file)
+
+    def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        self.log_bytes(frame.to_csv(index=False).encode(), artifact_file)
+
+    @property
+    def url(self) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    @property
+    def metadata(self) -> dict[str, dg.MetadataValue]:
+        meta = {"mlflow_run_id": dg.MetadataValue.text(self.run_id),
+                "mlflow_parent_run_id": dg.MetadataValue.text(self.parent_run_id)}
+        if self.url:
+            meta["mlflow_run"] = dg.MetadataValue.url(self.url)
+        return meta
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """Where the MLflow runs go. Call `ensure_experiment()` once before parallel steps start (the runner does)."""
+
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
+    experiment: str = "falco"
+    artifact_location: str | None = None  # None: `mlruns/` beside a sqlite database (<project>/mlruns by default);
+    # a server picks its own
+    log_real_faces: bool = False  # privacy by default: images of real faces never leave the storage
+
+    def uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri())
+
+    def _artifact_location(self) -> str | None:
+        if self.artifact_location:
+            return Path(self.artifact_location).resolve().as_uri()
+        uri = self.uri()
+        if uri.startswith("sqlite:///"):  # next to the database: <project>/mlruns for the default one
+            return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+        return None  # a server (or another store) picks its own
+
+    def ensure_experiment(self) -> str:
+        """The experiment's id, created if missing (idempotent, safe against a concurrent creator)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+        except MlflowException:  # another process created it in between
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def parent_run(self, dagster_run_id: str) -> str:
+        """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use."""
+        client = self.client()
+        experiment_id = self.ensure_experiment()
+        lock = Path(tempfile.gettempdir()) / f"falco-mlflow-{hashlib.sha1(self.uri().encode()).hexdigest()[:12]}.lock"
+        with lock.open("w") as handle:  # steps of one run in parallel processes on this host create one parent
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            runs = client.search_runs([experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'",
+                                      order_by=["attributes.start_time ASC"])
+            parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+            if parents:
+                return parents[0].info.run_id
+            run = client.create_run(experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
+                                    tags={DAGSTER_RUN_TAG: dagster_run_id, "git_commit": git_commit()})
+            return run.info.run_id
+
+    @contextmanager
+    def asset_run(
+        self, context: dg.AssetExecutionContext, networks: NetworksResource, params: Any = None
+    ) -> Iterator[AssetRun]:
+        """A nested run `<asset>[<partition>]` under the Dagster run's MLflow run, tagged with its provenance and
+        with `params` (a FalcoParams or a dict) logged, finished (or failed) when the block exits."""
+        client = self.client()
+        experiment_id = self.ensure_experiment()
+        parent = self.parent_run(context.run.run_id)
+        asset = context.asset_key.to_user_string()
+        partition = context.partition_key if context.has_partition_key else ""
+        tags = {
+            DAGSTER_RUN_TAG: context.run.run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
+            "code_version": str(context.assets_def.code_versions_by_key.get(context.asset_key) or "none"),
+            "git_commit": git_commit(), "data_version": data_version(), "profile": networks.profile,
+            "device": networks.device,
+            **{f"weights_sha256.{name}": digest for name, digest in weight_hashes(networks).items()},
+        }
+        name = f"{asset}[{partition}]" if partition else asset
+        run = AssetRun(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, parent,
+                       experiment_id, self.uri(), self.log_real_faces)
+        status = "FAILED"
+        try:
+            if params is not None:
+                resolved = params if isinstance(params, dict) else params.to_dict()
+                run.log_params(resolved)
+                run.log_bytes(json.dumps(resolved, indent=2, sort_keys=True, default=str).encode(), "params.json")
+            yield run
+            status = "FINISHED"
+        finally:
+            client.set_terminated(run.run_id, status)
+            client.set_terminated(parent, status)
+            if run.skipped:
+                context.log.info(f"not logged to MLflow (real faces; log_real_faces is false): {run.skipped}")
+
+    def upstream_params(self, context: dg.AssetExecutionContext, asset: str, partitions: list[str]) -> dict:
+        """Params of the MLflow runs that materialized `asset`'s `partitions` (found through their Dagster
+        metadata `mlflow_run_id`); a key whose value differs between partitions gets "mixed: a | b"."""
+        client = self.client()
+        values: dict[str, set[str]] = {}
+        for partition in partitions:
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+            ).records
+            meta = records[0].asset_materialization.metadata if records else {}
+            if "mlflow_run_id" not in meta:
+                continue
+            for key, value in client.get_run(meta["mlflow_run_id"].value).data.params.items():
+                values.setdefault(key, set()).add(value)
+        return {k: next(iter(v)) if len(v) == 1 else "mixed: " + " | ".join(sorted(v)) for k, v in values.items()}
+
+    def previous_metrics(self, run: AssetRun, asset: str) -> dict[str, float] | None:
+        """Final metrics of the latest earlier nested run of `asset` in this experiment, or None."""
+        runs = run.client.search_runs(
+            [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}'",
+            order_by=["attributes.start_time DESC"], max_results=10,
+        )
+        earlier = [r for r in runs if r.info.run_id != run.run_id]
+        return dict(earlier[0].data.metrics) if earlier else None
+
+
+def delta_table(previous: dict[str, float] | None, current: dict[str, float]) -> pd.DataFrame:
+    """metric | previous | current | change, for the metrics present now."""
+    rows = []
+    for name, value in sorted(current.items()):
+        before = (previous or {}).get(metric_name(name), float("nan"))
+        rows.append({"metric": name, "previous": before, "current": value, "change": value - before})
+    return pd.DataFrame(rows, columns=["metric", "previous", "current", "change"])
+

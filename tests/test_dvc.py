@@ -1,0 +1,143 @@
+"""DVC against the real `dvc` and `git` in temporary folders: push/pull of the data, the project's data.dvc matches
+the deterministic sample dataset, `dvc repro` of the tiny pipeline (dvc.yaml's stages run `falco stage NAME`), and
+the Dagster data version of real_images is data.dvc's md5."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from orchestration.data_version import data_version, files_version, find_dvc_out, read_dvc_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DVC = str(BIN / "dvc")
+
+pytestmark = pytest.mark.skipif(not (BIN / "dvc").exists() or shutil.which("git") is None, reason="needs dvc and git")
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DAGSTER_HOME": str(tmp_path / "dagster"),
+            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def _sh(args: list[str], cwd: Path, env: dict, timeout: float = 240) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (
+        f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def _dvc_project(path: Path, env: dict) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    _sh(["git", "init", "-q"], path, env)
+    _sh([DVC, "init", "-q"], path, env)
+    _sh([DVC, "config", "core.analytics", "false"], path, env)
+    return path
+
+
+def _write_faces(folder: Path, faces: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, face in enumerate(faces):
+        Image.fromarray(face).save(folder / f"face_{i}.png")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_push_delete_pull_restores_the_same_bytes(tmp_path, lfw_faces):
+    env = _env(tmp_path)
+    repo = _dvc_project(tmp_path / "repo", env)
+    _sh([DVC, "remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
+    _write_faces(repo / "data" / "faces", lfw_faces[:3])
+    (repo / "data" / "notes.txt").write_text("three faces\n")
+    before = _tree(repo / "data")
+    _sh([DVC, "add", "data"], repo, env)
+    _sh([DVC, "push"], repo, env)
+    assert any((tmp_path / "remote").rglob("*")), "dvc push wrote nothing to the remote"
+
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _sh([DVC, "pull"], repo, env)
+    assert _tree(repo / "data") == before
+
+    out = find_dvc_out(repo / "data" / "faces")  # a folder inside the tracked one resolves to data.dvc
+    assert out is not None and out.dvc_file == repo / "data.dvc" and out.md5.endswith(".dir")
+    assert out.md5 == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert data_version(repo / "data", []) == (out.md5, str(repo / "data.dvc"))
+
+
+def test_project_data_dvc_is_the_deterministic_sample_dataset(tmp_path):
+    from anon_core.data.sample import build_sample_dataset
+
+    env = _env(tmp_path)
+    repo = _dvc_project(tmp_path / "repo", env)
+    build_sample_dataset(repo / "data" / "sample")  # what `make demo` builds
+    _sh([DVC, "add", "data"], repo, env)
+    [built] = read_dvc_file(repo / "data.dvc")
+    [ours] = read_dvc_file(ROOT / "data.dvc")
+    assert ours.path == ROOT / "data"
+    assert built.md5 == ours.md5, "data.dvc is stale: run `falco sample-data data/sample && dvc add data`"
+
+
+def test_data_version_without_dvc_file_hashes_the_files(tmp_path):
+    (tmp_path / ".dvc").mkdir()  # a DVC project root with no .dvc file for the folder
+    files = [("a.png", "11"), ("b.png", "22")]
+    version, source = data_version(tmp_path / "images", files)
+    assert source == "files" and version == files_version(list(reversed(files)))
+    assert version != files_version([("a.png", "11"), ("b.png", "23")])
+    (tmp_path / "broken.dvc").write_text("not: [a dvc file\n")
+    (tmp_path / "broken").mkdir()
+    with pytest.raises(ValueError, match="broken.dvc"):
+        find_dvc_out(tmp_path / "broken")
+
+
+@pytest.mark.slow
+def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
+    """About 2 minutes on 2 CPU cores: 7 stages, each a `falco stage` process building the tiny networks."""
+    import dagster as dg
+
+    env = _env(tmp_path)
+    help_proc = subprocess.run([str(BIN / "falco"), "stage", "--help"], capture_output=True, text=True, env=env)
+    assert help_proc.returncode == 0, "`falco stage` is not wired into orchestration/cli.py (cli_stage.register)"
+    repo = _dvc_project(tmp_path / "repo", env)
+    for folder in ("anon_core", "orchestration", "evaluation"):  # dvc.yaml's code deps
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profiles"]["tiny"].update(pool_size=40, optimization={"steps": 2},
+                                      inversion={"method": "optimization", "steps": 2})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_faces(repo / "data" / "sample" / "images", lfw_faces[:4])
+    _sh([DVC, "add", "data"], repo, env)
+
+    _sh([DVC, "repro"], repo, env, timeout=600)
+    store = repo / "outputs" / "pipeline"
+    assert len(list((store / "anonymized_images" / "images").rglob("*.png"))) == 4
+    metrics = json.loads((store / "metrics.json").read_text())["falco"]
+    assert metrics["num_images"] == 4 and 0.0 <= metrics["reid/dlib/top1_rate"] <= 1.0
+    shown = _sh([DVC, "metrics", "show"], repo, env)
+    assert "outputs/pipeline/metrics.json" in shown and "reid/dlib/top1_rate" in shown
+    losses = (store / "losses.csv").read_text().splitlines()
+    assert losses[0].startswith("step,") and "total" in losses[0] and len(losses) == 3  # header + 2 steps
+    plots = json.loads(_sh([DVC, "plots", "show", "--json"], repo, env))
+    assert "outputs/pipeline/losses.csv" in plots["data"]
+    assert "up to date" in _sh([DVC, "status"], repo, env)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ingest", "fake_pool", "features", "invert", "pairs", "anonymize", "evaluate"}
+
+    md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster"))
+    event = instance.get_latest_materialization_event(dg.AssetKey("real_images"))
+    assert event.asset_materialization.tags["dagster/data_version"] == md5
+    assert event.asset_materialization.metadata["data_version"].value == md5

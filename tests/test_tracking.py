@@ -1,0 +1,242 @@
+"""MLflow tracking against the real tools: the tiny pipeline logs one MLflow run per Dagster run with nested runs per
+materialization (found by `mlflow.search_runs`), a real `mlflow server` over HTTP receives a run, and
+`falco runs compare` shows two evaluations with the parameter that differs."""
+
+import argparse
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pandas as pd
+import pytest
+from PIL import Image
+
+from orchestration.cli_runs import compare_table, register
+from orchestration.resources import NetworksResource, StorageResource
+from orchestration.runner import run_pipeline
+from orchestration.tracking import MlflowResource, data_version, delta_table, flatten
+
+FAST_OPS = {
+    "real_images": {"config": {"shard_size": 3}},
+    "fake_pool": {"config": {"pool_size": 40}},
+    "evaluation_metrics": {"config": {"baselines": []}},
+}
+
+
+def _ops(margin: float) -> dict:
+    return {**FAST_OPS, "anonymized_latents": {"config": {"steps": 2, "margin": margin}}}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, lfw_faces):
+    """The tiny pipeline twice on 7 faces (shards of 3), margin 0.0 then 0.5, tracked in a temporary sqlite store."""
+    tmp = tmp_path_factory.mktemp("tracking")
+    faces = tmp / "faces" / "Person A"
+    faces.mkdir(parents=True)
+    for i in range(7):
+        Image.fromarray(lfw_faces[i]).save(faces / f"img_{i}.png")
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_location=str(tmp / "mlruns"))
+    storage = StorageResource(root=str(tmp / "store"), input_dir=str(tmp / "faces"))
+    (tmp / "home").mkdir()
+    summaries = []
+    with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
+        for margin in (0.0, 0.5):
+            summaries.append(run_pipeline(storage, NetworksResource(), instance=instance,
+                                          run_config={"ops": _ops(margin)}, log=lambda *_: None, mlflow=tracker))
+        metadata = instance.get_latest_materialization_event(dg.AssetKey("evaluation_metrics")).asset_materialization.metadata
+    mlflow.set_tracking_uri(tracker.uri())
+    try:
+        runs = mlflow.search_runs(experiment_names=["falco"], order_by=["attributes.start_time ASC"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    return {"tracker": tracker, "summaries": summaries, "runs": runs, "metadata": metadata, "tmp": tmp}
+
+
+@pytest.mark.slow
+def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(two_runs):
+    assert all(s.failed == [] and "evaluate" in s.ran for s in two_runs["summaries"])
+    runs = two_runs["runs"]
+    nested = runs[runs["tags.mlflow.parentRunId"].notna()]
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    # Each pipeline: 1 prepare run (nothing logged there), 3 shard runs, 1 evaluate run -> 4 MLflow parents.
+    assert len(parents) == 8 and parents["tags.dagster_run_id"].is_unique
+    assert set(nested["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    for _, run in nested.iterrows():  # a nested run belongs to the parent of its own Dagster run
+        parent = parents[parents["run_id"] == run["tags.mlflow.parentRunId"]].iloc[0]
+        assert parent["tags.dagster_run_id"] == run["tags.dagster_run_id"]
+    names = nested["tags.mlflow.runName"].tolist()
+    shards = [f"shard-{i:05d}" for i in range(3)]
+    assert sorted(names) == sorted(2 * ([f"anonymized_latents[{s}]" for s in shards]
+                                        + [f"anonymized_images[{s}]" for s in shards]
+                                        + ["evaluation_metrics", "anonymization_report"]))
+    assert (nested["status"] == "FINISHED").all() and (parents["status"] == "FINISHED").all()
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parents[1]).stdout.strip() or "unknown"
+    for column, value in {"tags.profile": "tiny", "tags.device": "cpu", "tags.code_version": "1",
+                          "tags.data_version": data_version(), "tags.weights_sha256.all": "seeded",
+                          "tags.git_commit": commit}.items():
+        assert (nested[column] == value).all(), column
+    latents = nested[nested["tags.asset_key"] == "anonymized_latents"]
+    assert sorted(latents["tags.partition"]) == sorted(shards + shards)
+    assert sorted(latents["params.optimization.margin"]) == ["0.0"] * 3 + ["0.5"] * 3
+    assert (latents["params.optimization.steps"] == "2").all() and (latents["params.profile"] == "tiny").all()
+
+
+@pytest.mark.slow
+def test_loss_histories_metrics_and_artifacts(two_runs):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(two_runs["tracker"].uri())
+    nested = two_runs["runs"][two_runs["runs"]["tags.mlflow.parentRunId"].notna()]
+    latent = nested[nested["tags.mlflow.runName"] == "anonymized_latents[shard-00000]"].iloc[0]
+    store = two_runs["tmp"] / "store"
+    for name in ("identity", "attribute", "total"):
+        history = client.get_metric_history(latent["run_id"], f"loss/{name}")
+        assert [m.step for m in history] == [0, 1], name
+    # The last step's logged mean equals the mean over the shard's images of the stored per-image losses
+    # (the second run's latents are the ones on disk).
+    second = nested[nested["tags.mlflow.runName"] == "anonymized_latents[shard-00000]"].iloc[-1]
+    import numpy as np
+
+    stored = np.load(store / "anonymized_latents" / "shard-00000.npz")["loss_total"]  # [steps, K]
+    last = client.get_metric_history(second["run_id"], "loss/total")[-1].value
+    assert abs(last - float(stored[-1].mean())) < 1e-6 * max(1.0, abs(last))
+
+    params = json.loads(Path(client.download_artifacts(latent["run_id"], "params.json", str(two_runs["tmp"]))).read_text())
+    assert params["optimization"]["margin"] == 0.0 and params["optimization"]["steps"] == 2
+
+    evaluation = nested[nested["tags.asset_key"] == "evaluation_metrics"]
+    assert len(evaluation) == 2
+    run_id = evaluation.iloc[-1]["run_id"]
+    table = pd.read_csv(client.download_artifacts(run_id, "metrics.csv", str(two_runs["tmp"] / "dl")))
+    falco = table.set_index("method").loc["falco"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics and all(abs(metrics[k] - float(falco[k])) < 1e-9 for k in metrics if k in falco.index)
+    # The evaluation run carries the shards' optimization settings (margin from their run config).
+    assert evaluation["params.optimization.margin"].tolist() == ["0.0", "0.5"]
+
+    images = nested[nested["tags.asset_key"] == "anonymized_images"].iloc[0]["run_id"]
+    assert [f.path for f in client.list_artifacts(images)] == ["fake_anonymized_grid.png"]
+    report = nested[nested["tags.asset_key"] == "anonymization_report"].iloc[0]["run_id"]
+    assert {f.path for f in client.list_artifacts(report, "report")} >= {"report/report.md", "report/report.html"}
+
+
+@pytest.mark.slow
+def test_evaluation_metadata_links_the_mlflow_run_and_shows_the_change(two_runs):
+    metadata = two_runs["metadata"]
+    run_id = metadata["mlflow_run_id"].value
+    assert run_id in set(two_runs["runs"]["run_id"])
+    change = metadata["change_vs_previous_run"].value
+    assert "| metric" in change and "previous" in change and "change" in change
+
+
+@pytest.mark.slow
+def test_runs_compare_shows_both_evaluations_and_the_differing_param(two_runs, capsys):
+    parser = argparse.ArgumentParser(prog="falco")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", two_runs["tracker"].uri(), "--format", "csv"])
+    assert args.run(args) == 0
+    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert len(frame) == 2
+    assert frame["param:optimization.margin"].tolist() == [0.0, 0.5]
+    assert not any(c == "param:optimization.steps" for c in frame.columns)  # equal in both: not shown
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", two_runs["tracker"].uri(), "--format", "markdown",
+                              "--experiment", "nope"])
+    from anon_core.errors import FalcoError
+
+    with pytest.raises(FalcoError, match="no MLflow experiment 'nope'"):
+        args.run(args)
+
+
+def test_compare_table_and_helpers_on_plain_values(tmp_path):
+    class Run:
+        def __init__(self, rid, params, metrics, start):
+            self.info = argparse.Namespace(run_id=rid, run_name=f"r{rid}", start_time=start)
+            self.data = argparse.Namespace(params=params, metrics=metrics, tags={"dagster_run_id": f"d{rid}"})
+
+    frame = compare_table([Run("1", {"a": "1", "b": "x"}, {"m": 0.5}, 0), Run("2", {"a": "2", "b": "x"}, {"m": 0.7}, 1)])
+    assert [c for c in frame.columns if c.startswith("param:")] == ["param:a"]
+    assert frame["m"].tolist() == [0.5, 0.7]
+    assert data_version(tmp_path) == "none"
+    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123abcd.dir\n  path: data\n")
+    assert data_version(tmp_path) == "0123abcd.dir"
+    assert flatten({"o": {"steps": 2, "layers": [1, 2]}, "p": "tiny"}) == {"o.steps": "2", "o.layers": "[1, 2]", "p": "tiny"}
+    delta = delta_table({"falco/top1_rate": 0.25}, {"falco/top1_rate": 0.5, "new": 1.0}).set_index("metric")
+    assert delta.loc["falco/top1_rate", "change"] == 0.25 and pd.isna(delta.loc["new", "previous"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--default-artifact-root",
+         str(tmp_path / "server_artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.time() < deadline, "mlflow server did not answer /health in 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_logging_to_a_real_mlflow_server_withholds_real_faces(mlflow_server, tmp_path):
+    tracker = MlflowResource(tracking_uri=mlflow_server)
+    png = b"\x89PNG fake bytes"
+
+    @dg.asset(code_version="7", partitions_def=dg.StaticPartitionsDefinition(["p0"]))
+    def probe(context: dg.AssetExecutionContext, mlflow: MlflowResource, networks: NetworksResource) -> None:
+        with mlflow.asset_run(context, networks, {"optimization": {"margin": 0.25}}) as run:
+            run.log_histories({"loss/total": [3.0, 2.0, 1.0]})
+            run.log_image(png, "grid.png")
+            run.log_image(png, "real_faces.png", real_faces=True)
+        context.add_output_metadata(run.metadata)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([probe], partition_key="p0", instance=instance,
+                                resources={"mlflow": tracker, "networks": NetworksResource()})
+        meta = result.asset_materializations_for_node("probe")[0].metadata
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(meta["mlflow_run_id"].value)
+    assert meta["mlflow_run"].value.startswith(f"{mlflow_server}/#/experiments/")
+    assert run.info.run_name == "probe[p0]" and run.data.tags["dagster_run_id"] == result.run_id
+    assert run.data.tags["code_version"] == "7" and run.data.params["optimization.margin"] == "0.25"
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss/total")] == [3.0, 2.0, 1.0]
+    assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["grid.png", "params.json"]
+    assert Path(client.download_artifacts(run.info.run_id, "grid.png", str(tmp_path))).read_bytes() == png
+    # The experiment was created once; a second resource finds it.
+    assert MlflowResource(tracking_uri=mlflow_server).ensure_experiment() == run.info.experiment_id
