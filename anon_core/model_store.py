@@ -47,6 +47,7 @@ from typing import BinaryIO
 from tqdm.auto import tqdm
 
 from anon_core.errors import FalcoError, MissingWeightsError
+from anon_core.hashing import sha256_file
 
 __all__ = [
     "REGISTRY",
@@ -365,15 +366,6 @@ def require(names: Iterable[str]) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------------------------- bookkeeping
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

@@ -16,7 +16,6 @@ mode into its statistics' names. Evaluate images saved as PNG (JPEG shifts FID).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 from scipy import linalg
 from torch import Tensor, nn
+
+from anon_core.hashing import sha256_file
 
 __all__ = [
     "EXTRACTORS",
@@ -126,7 +127,7 @@ def dlib_extractor(device: torch.device | str = "cpu", path: Path | str | None =
         resize="dlib_chip_bilinear_antialias",
         fn=pooled,
         device=torch.device(device),
-        weights_sha256=_sha256(source),
+        weights_sha256=sha256_file(source),
     )
 
 
@@ -343,11 +344,3 @@ def compare_image_sets(
         kid_subset_size,
         seed,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

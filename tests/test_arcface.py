@@ -9,48 +9,22 @@ import torch
 import torch.nn.functional as F
 
 from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
+from seeding import fill_deterministic_, seeded_images
 
 TINY = IRSEConfig(stage_channels=(16, 32, 64, 128), stage_blocks=(1, 1, 1, 1), embedding_dim=128)
-
-
-def _fill_deterministic_(module: torch.nn.Module, seed: int) -> None:
-    """Overwrite every floating-point state entry from a seeded generator, in sorted key order.
-
-    Independent of the module's own init, so the same weights can be loaded into the reference code.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    values = {}
-    for name, tensor in sorted(module.state_dict().items()):
-        if not tensor.is_floating_point():  # BatchNorm's num_batches_tracked
-            values[name] = torch.zeros_like(tensor)
-            continue
-        noise = torch.randn(tensor.shape, generator=generator)
-        if tensor.ndim >= 2:
-            values[name] = noise / tensor[0].numel() ** 0.5
-        elif name.endswith("running_var"):
-            values[name] = 1 + 0.25 * noise.abs()
-        elif name.endswith("weight"):
-            values[name] = 0.75 + 0.25 * noise
-        else:
-            values[name] = 0.1 * noise
-    module.load_state_dict(values)
-
-
-def _images(batch: int, size: int, seed: int) -> torch.Tensor:
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 @pytest.fixture
 def tiny() -> ArcFaceEncoder:
     torch.manual_seed(0)
     model = ArcFaceEncoder(TINY)
-    _fill_deterministic_(model, 1)  # non-trivial BatchNorm statistics, so eval mode is really exercised
+    fill_deterministic_(model, 1)  # non-trivial BatchNorm statistics, so eval mode is really exercised
     return model.eval()
 
 
 def test_shapes_finite_unit_norm(tiny: ArcFaceEncoder) -> None:
     for size in (128, 256, 512):  # smaller than, equal to and larger than pSp's 256 px
-        embedding = tiny(_images(2, size, seed=size))
+        embedding = tiny(seeded_images(2, size, seed=size))
         assert embedding.shape == (2, TINY.embedding_dim)
         assert torch.isfinite(embedding).all()
         assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
@@ -58,7 +32,7 @@ def test_shapes_finite_unit_norm(tiny: ArcFaceEncoder) -> None:
 
 
 def test_batch_equals_single(tiny: ArcFaceEncoder) -> None:
-    images = _images(4, 256, seed=3)
+    images = seeded_images(4, 256, seed=3)
     with torch.no_grad():
         batch = tiny(images)
         singles = torch.cat([tiny(images[i : i + 1]) for i in range(4)])
@@ -66,7 +40,7 @@ def test_batch_equals_single(tiny: ArcFaceEncoder) -> None:
 
 
 def test_gradients_reach_input_and_every_parameter(tiny: ArcFaceEncoder) -> None:
-    images = _images(2, 256, seed=4).requires_grad_(True)
+    images = seeded_images(2, 256, seed=4).requires_grad_(True)
     target = F.normalize(torch.randn(2, TINY.embedding_dim, generator=torch.Generator().manual_seed(0)), dim=1)
     (tiny(images) * target).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
@@ -76,12 +50,12 @@ def test_gradients_reach_input_and_every_parameter(tiny: ArcFaceEncoder) -> None
 
 
 def test_prepare_sizes_and_area_pooling(tiny: ArcFaceEncoder) -> None:
-    big = _images(1, 1024, seed=5)
+    big = seeded_images(1, 1024, seed=5)
     prepared = tiny.prepare(big)
     assert prepared.shape == (1, 3, 112, 112)
     # Larger inputs are area-pooled to 256 (pSp's AdaptiveAvgPool2d): 1024 px -> exact 4x4 box averages.
     torch.testing.assert_close(prepared, tiny.prepare(F.avg_pool2d(big, 4)), rtol=0, atol=1e-6)
-    assert tiny.prepare(_images(1, 64, seed=6)).shape == (1, 3, 112, 112)
+    assert tiny.prepare(seeded_images(1, 64, seed=6)).shape == (1, 3, 112, 112)
 
 
 @pytest.mark.parametrize("size", [256, 512])
@@ -91,7 +65,7 @@ def test_only_the_psp_crop_box_is_seen(tiny: ArcFaceEncoder, size: int) -> None:
     top, bottom, left, right = (c * scale for c in (35, 223, 32, 220))
     inside = torch.zeros(1, 3, size, size, dtype=torch.bool)
     inside[:, :, top:bottom, left:right] = True
-    noise = _images(1, size, seed=7)
+    noise = seeded_images(1, size, seed=7)
     blank = torch.zeros(1, 3, size, size)
     with torch.no_grad():
         reference = tiny(blank)
@@ -136,17 +110,17 @@ def test_full_size_matches_ir_se50_layout() -> None:
 def test_matches_reference_ir_se50_outputs() -> None:
     """Full IR-SE50 against numbers recorded from TreB1eN's Backbone(50, 0.6, 'ir_se') (commit 016916f3).
 
-    Recorded by loading `_fill_deterministic_(·, 0)` weights into the reference in eval mode and running pSp's
-    IDLoss.extract_feats on x = `_images(2, 256, seed=1)`: x[:, :, 35:223, 32:220], AdaptiveAvgPool2d(112),
+    Recorded by loading `fill_deterministic_(·, 0)` weights into the reference in eval mode and running pSp's
+    IDLoss.extract_feats on x = `seeded_images(2, 256, seed=1)`: x[:, :, 35:223, 32:220], AdaptiveAvgPool2d(112),
     Backbone. The port matched it to 0.0 max abs difference (and on 1024 px input through pSp's 256 px pool).
     """
     with torch.device("meta"):  # skip the default init; every entry is overwritten below
         model = ArcFaceEncoder(IRSEConfig())
     model = model.to_empty(device="cpu")
-    _fill_deterministic_(model, 0)
+    fill_deterministic_(model, 0)
     model.eval()
     with torch.no_grad():
-        embedding = model(_images(2, 256, seed=1))
+        embedding = model(seeded_images(2, 256, seed=1))
     p = torch.randn(512, 4, generator=torch.Generator().manual_seed(2))
     ref_head = torch.tensor(
         [[-0.012418674305081367, 0.008230808191001415, -0.037191133946180344, -0.15672741830348969],

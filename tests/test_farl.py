@@ -9,35 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from anon_core.networks.farl import CLIP_MEAN, CLIP_STD, FaRLEncoder, ViTConfig
+from seeding import fill_deterministic_, seeded_images
 
 TINY = ViTConfig(input_resolution=32, patch_size=8, width=32, layers=2, heads=4, output_dim=16)
-
-
-def _fill_deterministic_(module: torch.nn.Module, seed: int) -> None:
-    """Overwrite every floating-point state entry from a seeded generator, in sorted key order.
-
-    Independent of the module's own init, so the same weights can be loaded into the reference code.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    values = {}
-    for name, tensor in sorted(module.state_dict().items()):
-        if not tensor.is_floating_point():  # BatchNorm's num_batches_tracked
-            values[name] = torch.zeros_like(tensor)
-            continue
-        noise = torch.randn(tensor.shape, generator=generator)
-        if tensor.ndim >= 2:
-            values[name] = noise / tensor[0].numel() ** 0.5
-        elif name.endswith("running_var"):
-            values[name] = 1 + 0.25 * noise.abs()
-        elif name.endswith("weight"):
-            values[name] = 0.75 + 0.25 * noise
-        else:
-            values[name] = 0.1 * noise
-    module.load_state_dict(values)
-
-
-def _images(batch: int, size: int, seed: int) -> torch.Tensor:
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 @pytest.fixture
@@ -47,7 +21,7 @@ def tiny() -> FaRLEncoder:
 
 
 def test_shapes_finite_and_nondegenerate(tiny: FaRLEncoder) -> None:
-    embedding, tokens = tiny(_images(3, 48, seed=1))  # 48 px: exercises the resize to 32
+    embedding, tokens = tiny(seeded_images(3, 48, seed=1))  # 48 px: exercises the resize to 32
     assert embedding.shape == (3, TINY.output_dim)
     assert tokens.shape == (3, 1 + TINY.grid**2, TINY.width)
     assert torch.isfinite(embedding).all() and torch.isfinite(tokens).all()
@@ -57,7 +31,7 @@ def test_shapes_finite_and_nondegenerate(tiny: FaRLEncoder) -> None:
 
 
 def test_embed_is_unit_norm_projection(tiny: FaRLEncoder) -> None:
-    images = _images(3, 32, seed=2)
+    images = seeded_images(3, 32, seed=2)
     unit = tiny.embed(images)
     assert torch.allclose(unit.norm(dim=-1), torch.ones(3), atol=1e-5)
     raw, _ = tiny(images)
@@ -65,7 +39,7 @@ def test_embed_is_unit_norm_projection(tiny: FaRLEncoder) -> None:
 
 
 def test_batch_equals_single(tiny: FaRLEncoder) -> None:
-    images = _images(4, 40, seed=3)
+    images = seeded_images(4, 40, seed=3)
     with torch.no_grad():
         embedding, tokens = tiny(images)
         singles = [tiny(images[i : i + 1]) for i in range(4)]
@@ -74,7 +48,7 @@ def test_batch_equals_single(tiny: FaRLEncoder) -> None:
 
 
 def test_gradients_reach_input_and_every_parameter(tiny: FaRLEncoder) -> None:
-    images = _images(2, 48, seed=4).requires_grad_(True)
+    images = seeded_images(2, 48, seed=4).requires_grad_(True)
     embedding, tokens = tiny(images)
     (embedding.square().sum() + tokens.abs().mean()).backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
@@ -94,7 +68,7 @@ def test_preprocess_range_normalization_and_size(tiny: FaRLEncoder) -> None:
 
 def test_preprocess_antialiases_when_shrinking(tiny: FaRLEncoder) -> None:
     # White noise shrunk 4x: an antialiased filter averages ~16 px per side, plain bicubic only 4.
-    noise = _images(1, 128, seed=5)
+    noise = seeded_images(1, 128, seed=5)
     ours = tiny.preprocess(noise) * tiny.std + tiny.mean  # back to [0, 1]
     plain = F.interpolate((noise + 1) / 2, size=(32, 32), mode="bicubic", align_corners=False)
     assert ours.std() < 0.3 * plain.std()
@@ -168,15 +142,15 @@ def test_full_size_state_dict_matches_clip_vit_b16() -> None:
 def test_matches_reference_clip_outputs() -> None:
     """Outputs against numbers recorded from openai/CLIP clip/model.py (commit 0845fc46).
 
-    Recorded by loading `_fill_deterministic_(·, 0)` weights into the reference VisionTransformer(32, 8, 32, 2, 4,
-    16), feeding it ((x + 1) / 2 - CLIP_MEAN) / CLIP_STD for x = `_images(2, 32, seed=1)`, and taking its embedding
+    Recorded by loading `fill_deterministic_(·, 0)` weights into the reference VisionTransformer(32, 8, 32, 2, 4,
+    16), feeding it ((x + 1) / 2 - CLIP_MEAN) / CLIP_STD for x = `seeded_images(2, 32, seed=1)`, and taking its embedding
     and the transformer output before ln_post (as FALCO's `AttrLoss.extract_visual`). The port matched the
     reference to 0.0 max abs difference there and at full ViT-B/16 size on 224 px input.
     """
     model = FaRLEncoder(TINY).eval()
-    _fill_deterministic_(model, 0)
+    fill_deterministic_(model, 0)
     with torch.no_grad():
-        embedding, tokens = model(_images(2, 32, seed=1))
+        embedding, tokens = model(seeded_images(2, 32, seed=1))
     p = torch.randn(TINY.output_dim, 4, generator=torch.Generator().manual_seed(2))
     q = torch.randn(TINY.width, 4, generator=torch.Generator().manual_seed(3))
     ref_embedding_head = torch.tensor(

@@ -18,15 +18,15 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from anon_core.hashing import sha256_file
+
 __all__ = ["ScannedFile", "output_relpath", "scan_folder"]
 
-_CHUNK = 1 << 20  # bytes read per hashing step
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,6 @@ class ScannedFile:
     sha256: str | None         # hex digest of the bytes; None when the file was not or could not be read
     duplicate_of: str | None   # relpath of the first file (sorted order) with the same bytes, else None
     skip_reason: str | None    # "outside_input" | "unreadable"; None when the file can be processed
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_inside(target: str, root_real: str) -> bool:
@@ -121,7 +113,7 @@ def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[Sc
         duplicate_of = None
         if skip_reason is None:
             try:
-                digest = _sha256(path)
+                digest = sha256_file(path)
             except OSError:
                 skip_reason = "unreadable"
         if digest is not None:

@@ -24,7 +24,6 @@ Identity use: Euclidean distance between descriptors, same person below ``DLIB_M
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -38,6 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from anon_core.hashing import sha256_file
 from anon_core.model_store import store_dir
 from anon_core.networks.dlib_format import DlibLayer, read_dlib_network
 
@@ -249,12 +249,6 @@ def default_model_cache_dir() -> Path:
     return store_dir()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _convert_to_cache(source: Path, source_sha256: str, cache_file: Path) -> dict[str, Tensor]:
@@ -303,7 +297,7 @@ def load_dlib_descriptor(
     if not source.is_file():
         raise FileNotFoundError(f"dlib model file not found: {source}")
     cache_file = Path(cache_dir or default_model_cache_dir()) / f"{source.stem}.safetensors"
-    source_sha256 = _sha256(source)
+    source_sha256 = sha256_file(source)
     state = _read_cache(cache_file, source_sha256)
     if state is None:
         state = _convert_to_cache(source, source_sha256, cache_file)

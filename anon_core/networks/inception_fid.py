@@ -18,13 +18,13 @@ The weights are not offline: `load_fid_inception` raises MissingWeightsError wit
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anon_core.hashing import sha256_file
 from anon_core.errors import MissingWeightsError
 from anon_core.networks.resnet50 import CheckpointMismatchError, check_state_dict
 
@@ -215,12 +215,6 @@ class FIDInceptionV3(nn.Module):
         return x.mean(dim=(2, 3))  # adaptive average pool to 1x1: (N, 2048)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_fid_inception(
@@ -253,4 +247,4 @@ def load_fid_inception(
     model.to(device=device, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
-    return model, _sha256(path)
+    return model, sha256_file(path)
