@@ -5,10 +5,12 @@ materialization (found by `mlflow.search_runs`), a real `mlflow server` over HTT
 import argparse
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -240,3 +242,43 @@ def test_logging_to_a_real_mlflow_server_withholds_real_faces(mlflow_server, tmp
     assert Path(client.download_artifacts(run.info.run_id, "grid.png", str(tmp_path))).read_bytes() == png
     # The experiment was created once; a second resource finds it.
     assert MlflowResource(tracking_uri=mlflow_server).ensure_experiment() == run.info.experiment_id
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_mlflow_ui_compares_the_two_evaluation_runs_in_chromium(two_runs, tmp_path):
+    """The MLflow UI's run comparison, rendered by headless Chromium, shows both evaluation runs and the margin."""
+    evaluations = two_runs["runs"][two_runs["runs"]["tags.mlflow.runName"] == "evaluation_metrics"]
+    assert len(evaluations) == 2
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", two_runs["tracker"].uri()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        ids = json.dumps(evaluations["run_id"].tolist())
+        experiments = json.dumps(sorted(set(evaluations["experiment_id"])))
+        page = f"{url}/#/compare-runs?runs={urllib.parse.quote(ids)}&experiments={urllib.parse.quote(experiments)}"
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=25000", "--window-size=1400,1000"]
+        dom = subprocess.run(["chromium", *flags, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
+        assert "Comparing 2 Runs" in dom and dom.count("evaluation_metrics") >= 2, dom[-2000:]
+        assert "optimization.margin" in dom
+        shot = Path(__file__).parent / "artifacts" / "mlflow_compare.png"
+        shot.parent.mkdir(exist_ok=True)
+        subprocess.run(["chromium", *flags, f"--screenshot={shot}", page], capture_output=True, timeout=180)
+        assert shot.exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

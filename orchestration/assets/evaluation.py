@@ -148,7 +148,7 @@ def anonymization_report(
     paths = write_report(
         storage.path("anonymization_report"), evaluation_metrics.set_index("method"), per_image, attributes,
         examples, titles,
-        {"profile": params.profile, "images": str(len(per_image)), "dagster run": context.run_id,
+        {"profile": params.profile, "images": str(len(per_image)), "dagster run": context.run.run_id,
          "optimization settings": "see the anonymized_latents metadata of this run's shards"},
     )
     scatter = paths.get("privacy_vs_utility.png")
