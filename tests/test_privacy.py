@@ -8,7 +8,6 @@ check is the astronaut against each LFW face (seen: distances 0.66 .. 0.81 at 12
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
