@@ -4,12 +4,13 @@ import pytest
 from anon_core.pairing import l2_normalize, nearest_fakes
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
 @pytest.mark.parametrize("k", [1, 5])
-def test_faiss_pairing_equals_brute_force_cosine(k):
+def test_pairing_equals_brute_force_cosine(k, backend):
     rng = np.random.default_rng(0)
     real = rng.normal(size=(300, 64)).astype(np.float32) * rng.uniform(0.1, 10, size=(300, 1)).astype(np.float32)
     fake = rng.normal(size=(2000, 64)).astype(np.float32)
-    indices, sims = nearest_fakes(real, fake, k=k)
+    indices, sims = nearest_fakes(real, fake, k=k, backend=backend, chunk=128)  # several chunks
 
     cosine = l2_normalize(real) @ l2_normalize(fake).T  # (300, 2000)
     expected = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
@@ -18,10 +19,11 @@ def test_faiss_pairing_equals_brute_force_cosine(k):
     assert indices.shape == (300, k) and indices.dtype == np.int64
 
 
-def test_one_fake_can_serve_many_reals():
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_one_fake_can_serve_many_reals(backend):
     fake = np.eye(3, dtype=np.float32)
     real = np.array([[1, 0.1, 0], [2, 0, 0.2], [0, 0, 5]], dtype=np.float32)
-    indices, _ = nearest_fakes(real, fake)
+    indices, _ = nearest_fakes(real, fake, backend=backend)
     assert indices[:, 0].tolist() == [0, 0, 2]
 
 
