@@ -1,5 +1,6 @@
 """Seeded weights and inputs shared by the network tests (the parity fixtures were recorded with these)."""
 
+import numpy as np
 import torch
 
 
@@ -28,3 +29,25 @@ def fill_deterministic_(module: torch.nn.Module, seed: int) -> None:
 
 def seeded_images(batch: int, size: int, seed: int) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def seeded_state_dict(keys_shapes: list[tuple[str, list[int]]], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fill every key from one seeded generator in sorted key order (the rule the fixtures were recorded with)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in sorted(keys_shapes):
+        if name.endswith("num_batches_tracked"):
+            out[name] = torch.zeros(shape, dtype=torch.long)
+            continue
+        noise = torch.randn(shape, generator=generator)
+        if len(shape) >= 2:
+            out[name] = noise / float(np.prod(shape[1:])) ** 0.5
+        elif name.endswith("running_var"):
+            out[name] = 1 + 0.25 * noise.abs()
+        elif name.endswith("running_mean"):
+            out[name] = 0.1 * noise
+        elif name.endswith("weight"):
+            out[name] = 0.75 + 0.25 * noise
+        else:
+            out[name] = 0.1 * noise
+    return out

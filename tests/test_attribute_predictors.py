@@ -35,31 +35,12 @@ from anon_core.networks.attribute_predictors import (
     load_talk_to_edit_predictor,
 )
 from anon_core.networks.resnet50 import RESNET50, CheckpointMismatchError, ResNet, ResNetConfig
+from seeding import seeded_state_dict
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 TINY = ResNetConfig(layers=(1, 1, 1, 1), width=4)  # narrow backbone for behaviour tests
 
 
-def seeded_state_dict(keys_shapes: list[tuple[str, list[int]]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Fill every key from one seeded generator in sorted key order (the rule the fixtures were recorded with)."""
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in sorted(keys_shapes):
-        if name.endswith("num_batches_tracked"):
-            out[name] = torch.zeros(shape, dtype=torch.long)
-            continue
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) >= 2:
-            out[name] = noise / float(np.prod(shape[1:])) ** 0.5
-        elif name.endswith("running_var"):
-            out[name] = 1 + 0.25 * noise.abs()
-        elif name.endswith("running_mean"):
-            out[name] = 0.1 * noise
-        elif name.endswith("weight"):
-            out[name] = 0.75 + 0.25 * noise
-        else:
-            out[name] = 0.1 * noise
-    return out
 
 
 def _fixture(name: str) -> tuple[list[tuple[str, list[int]]], torch.Tensor, dict[str, np.ndarray]]:

@@ -34,30 +34,11 @@ from evaluation.quality import (
     kid,
     seeded_extractor,
 )
+from seeding import seeded_state_dict
 
 PARITY = Path(__file__).parent / "fixtures" / "parity"
 
 
-def seeded_state_dict(keys_shapes: list[tuple[str, list[int]]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Fill every key from one seeded generator in sorted key order (the rule the fixture was recorded with)."""
-    generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in sorted(keys_shapes):
-        if name.endswith("num_batches_tracked"):
-            out[name] = torch.zeros(shape, dtype=torch.long)
-            continue
-        noise = torch.randn(shape, generator=generator)
-        if len(shape) >= 2:
-            out[name] = noise / float(np.prod(shape[1:])) ** 0.5
-        elif name.endswith("running_var"):
-            out[name] = 1 + 0.25 * noise.abs()
-        elif name.endswith("running_mean"):
-            out[name] = 0.1 * noise
-        elif name.endswith("weight"):
-            out[name] = 0.75 + 0.25 * noise
-        else:
-            out[name] = 0.1 * noise
-    return out
 
 
 @pytest.fixture(scope="module")
