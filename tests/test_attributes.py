@@ -27,28 +27,14 @@ from evaluation.attributes import (
     read_celeba_attributes,
     train_attribute_classifier,
 )
+from seeding import fill_deterministic_
 
 TINY = ResNetConfig(layers=(1, 1, 1, 1), width=8)
 
 
 def _seeded_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Seeded weights with non-trivial BatchNorm statistics, so labels vary from image to image."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, tensor in sorted(model.state_dict().items()):
-        if not tensor.is_floating_point():
-            state[name] = torch.zeros_like(tensor)
-            continue
-        noise = torch.randn(tensor.shape, generator=generator)
-        if tensor.ndim >= 2:
-            state[name] = noise / tensor[0].numel() ** 0.5
-        elif name.endswith("running_var"):
-            state[name] = 1 + 0.25 * noise.abs()
-        elif name.endswith("weight"):
-            state[name] = 0.75 + 0.25 * noise
-        else:
-            state[name] = 0.1 * noise
-    model.load_state_dict(state)
+    fill_deterministic_(model, seed)
     return model.eval()
 
 

@@ -115,6 +115,22 @@ class BottleneckIRSE(nn.Module):
         return self.res_layer(x) + self.shortcut_layer(x)
 
 
+def ir_se_trunk(
+    stage_channels: tuple[int, ...], stage_blocks: tuple[int, ...], se_reduction: int
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """The IR-SE `input_layer` (3x3 conv, BN, PReLU) and `body` (stride 2 at each stage's first unit), with the
+    reference key names; shared by ArcFace and e4e's backbone."""
+    stem = stage_channels[0]
+    input_layer = nn.Sequential(nn.Conv2d(3, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.PReLU(stem))
+    units: list[nn.Module] = []
+    in_channels = stem
+    for depth, blocks in zip(stage_channels, stage_blocks, strict=True):
+        for i in range(blocks):
+            units.append(BottleneckIRSE(in_channels, depth, 2 if i == 0 else 1, se_reduction))
+            in_channels = depth
+    return input_layer, nn.Sequential(*units)
+
+
 class ArcFaceEncoder(nn.Module):
     """IR-SE backbone taking [-1, 1] face images of any square size; returns L2-normalized embeddings.
 
@@ -125,20 +141,8 @@ class ArcFaceEncoder(nn.Module):
     def __init__(self, config: IRSEConfig) -> None:
         super().__init__()
         self.config = config
-        stem = config.stage_channels[0]
         last = config.stage_channels[-1]
-        self.input_layer = nn.Sequential(
-            nn.Conv2d(3, stem, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(stem),
-            nn.PReLU(stem),
-        )
-        units: list[nn.Module] = []
-        in_channels = stem
-        for depth, blocks in zip(config.stage_channels, config.stage_blocks, strict=True):
-            for i in range(blocks):
-                units.append(BottleneckIRSE(in_channels, depth, 2 if i == 0 else 1, config.se_reduction))
-                in_channels = depth
-        self.body = nn.Sequential(*units)
+        self.input_layer, self.body = ir_se_trunk(config.stage_channels, config.stage_blocks, config.se_reduction)
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(last),
             nn.Dropout(config.drop_ratio),

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anon_core.networks.arcface import BottleneckIRSE
+from anon_core.networks.arcface import ir_se_trunk
 from anon_core.networks.stylegan2 import EqualLinear
 
 __all__ = ["COARSE_STOP", "MIDDLE_STOP", "RESIZE_MODES", "E4EConfig", "E4EEncoder", "E4EInverter", "TINY_E4E"]
@@ -126,15 +126,7 @@ class E4EEncoder(nn.Module):
     def __init__(self, config: E4EConfig) -> None:
         super().__init__()
         self.config = config
-        c0 = config.stage_channels[0]
-        self.input_layer = nn.Sequential(nn.Conv2d(3, c0, 3, 1, 1, bias=False), nn.BatchNorm2d(c0), nn.PReLU(c0))
-        units: list[nn.Module] = []
-        in_channels = c0
-        for depth, blocks in zip(config.stage_channels, config.stage_blocks, strict=True):
-            for i in range(blocks):
-                units.append(BottleneckIRSE(in_channels, depth, 2 if i == 0 else 1, config.se_reduction))
-                in_channels = depth
-        self.body = nn.Sequential(*units)
+        self.input_layer, self.body = ir_se_trunk(config.stage_channels, config.stage_blocks, config.se_reduction)
         ends = [n - 1 for n in itertools.accumulate(config.stage_blocks)]  # last unit of each stage
         self._taps = (ends[1], ends[2], ends[3])  # body indices of c1, c2, c3 (6, 20, 23 in IR-SE50)
         width = config.stage_channels[-1]
