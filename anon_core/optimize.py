@@ -52,6 +52,19 @@ def compose_ws(w_real: torch.Tensor, trainable: torch.Tensor, layer_start: int, 
     return torch.cat([w_real[:, :layer_start], trainable, w_real[:, layer_stop:]], dim=1)
 
 
+def compose_layer_codes(
+    w_real: torch.Tensor, trainable: torch.Tensor, layer_start: int, layer_stop: int
+) -> list[torch.Tensor]:
+    """The same code as `compose_ws`, as num_ws per-layer [B, w_dim] codes for `Generator.synthesis`.
+
+    Only the trainable layers' codes require grad, so the backward pass skips the weight-style gradient of every
+    modulated convolution driven by a fixed layer (at 1024 px that halves the generator's backward FLOPs, see
+    bench/flops.py); one composed tensor would make every layer's code require grad.
+    """
+    fixed = w_real.unbind(1)
+    return [*fixed[:layer_start], *trainable.unbind(1), *fixed[layer_stop:]]
+
+
 def anonymize_batch(
     generator: torch.nn.Module,
     identity_net: IdentityNet,
@@ -98,7 +111,7 @@ def anonymize_batch(
 
     for step in progress_bar(range(params.steps), desc="optimize", unit="step", enable=show_progress):
         with autocast:
-            images = generator.synthesis(compose_ws(w_real, trainable, start, stop))
+            images = generator.synthesis(compose_layer_codes(w_real, trainable, start, stop))
             id_term = params.lambda_id * identity_loss(identity_net(images).to(master), real_identity, params.margin)
             attr_term = params.lambda_attr * attribute_loss(attribute_net(images)[1].to(master), real_tokens)
         per_image = id_term + attr_term  # [B]

@@ -8,9 +8,10 @@ image gradient through the generator to the code. Counted with torch.utils.flop_
 counts matrix multiplies, convolutions and attention (2 FLOPs per multiply-add) and nothing element-wise (the
 losses, activations, FIR filters' elementwise work and Adam are below its radar, and small). A frozen network's
 backward computes input gradients only, so it costs about one forward, not two. The generator is the exception:
-its modulated convolution weights are functions of the code, and every W+ layer of the code composed by
-`compose_ws` (one tensor) requires grad, so each layer's weight gradient is computed too (about 2x forward; with
-only the trainable layers requiring grad it would be ~162 instead of ~299 GFLOP at 1024 px).
+its modulated convolution weights are functions of the code, so every layer whose code requires grad also costs a
+weight-style gradient. `anonymize_batch` passes per-layer codes (`compose_layer_codes`) in which only the trainable
+layers require grad; the script also counts the step as it was before, with one composed W+ tensor requiring grad
+(`compose_ws`), and reports both.
 
 Seeded weights of the profile's architectures (FLOPs do not depend on the weights). `--device meta` (the default)
 counts on shape-only tensors in seconds, with attention decomposed into counted matmuls. `--device cpu` runs the
@@ -36,11 +37,15 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from anon_core.optimize import attribute_loss, compose_ws, identity_loss
+from anon_core.optimize import attribute_loss, compose_layer_codes, compose_ws, identity_loss
 from anon_core.params import load_params
 from anon_core.profiles import build_networks
 
 NETWORKS = ("generator", "arcface", "farl")
+CODE_LAYOUTS = {
+    "per_layer": compose_layer_codes,  # what anonymize_batch does: only the trainable layers' codes require grad
+    "one_tensor": compose_ws,  # before: one composed W+ tensor, every layer's code requires grad
+}
 
 
 class Counter:
@@ -59,8 +64,11 @@ class Counter:
         self.by_op[network, direction] = {str(op): int(n) for op, n in mode.get_flop_counts()["Global"].items()}
 
 
-def count_step(profile: str, device: str) -> dict:
-    """FLOPs of one step for one image, by network and pass, plus the whole step counted at once as a check."""
+def count_step(profile: str, device: str, codes: str = "per_layer") -> dict:
+    """FLOPs of one step for one image, by network and pass, plus the whole step counted at once as a check.
+
+    codes: "per_layer" (the step as anonymize_batch runs it) or "one_tensor" (one grad-requiring W+ tensor)."""
+    compose = CODE_LAYOUTS[codes]
     batch = 1
     nets = build_networks(profile, device="cpu", weights="seeded")
     for net in (nets.generator, nets.identity, nets.farl):
@@ -78,7 +86,7 @@ def count_step(profile: str, device: str) -> dict:
 
     c = Counter()
     with c.count("generator", "forward"):
-        images = g.synthesis(compose_ws(w_real, trainable, start, stop))
+        images = g.synthesis(compose(w_real, trainable, start, stop))
     x = images.detach().requires_grad_(True)  # cut here so each network's backward is counted alone
     with c.count("arcface", "forward"):
         id_term = params.lambda_id * identity_loss(nets.identity(x), real_identity, params.margin)
@@ -95,7 +103,7 @@ def count_step(profile: str, device: str) -> dict:
     # Cross-check: the step as anonymize_batch writes it, counted whole.
     trainable.grad = None
     with c.count("whole step", "forward+backward"):
-        images = g.synthesis(compose_ws(w_real, trainable, start, stop))
+        images = g.synthesis(compose(w_real, trainable, start, stop))
         per_image = params.lambda_id * identity_loss(nets.identity(images), real_identity, params.margin)
         per_image = per_image + params.lambda_attr * attribute_loss(nets.farl(images)[1], real_tokens)
         per_image.sum().backward()
@@ -114,6 +122,7 @@ def count_step(profile: str, device: str) -> dict:
         "steps": params.steps,
         "batch": batch,
         "device": device,
+        "codes": codes,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "counted_ops": "matmul / conv / attention via torch.utils.flop_counter.FlopCounterMode; 2 FLOPs per MAC",
@@ -142,6 +151,14 @@ def print_table(result: dict) -> None:
           f"{result['steps']} steps: {result['optimization_total_per_image'] / 1e12:.2f} TFLOP per image")
 
 
+def print_saving(result: dict, before: dict) -> None:
+    old, new = before["step_total_per_image"], result["step_total_per_image"]
+    gen_old, gen_new = (r["flops_per_image"]["generator"]["backward"] for r in (before, result))
+    print(f"before (one W+ tensor requiring grad): {old / 1e9:.1f} GFLOP per image-step, generator backward "
+          f"{gen_old / 1e9:.1f}; now (per-layer codes): {new / 1e9:.1f}, generator backward {gen_new / 1e9:.1f} "
+          f"({old / new:.2f}x fewer FLOPs per step)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="ffhq1024")
@@ -149,7 +166,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("flops.json"))
     args = ap.parse_args()
     result = count_step(args.profile, args.device)
+    before = count_step(args.profile, args.device, codes="one_tensor")
+    result["before_per_layer_codes"] = {
+        key: before[key] for key in ("flops_per_image", "step_total_per_image", "optimization_total_per_image")
+    }
     print_table(result)
+    print_saving(result, before)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -350,29 +350,46 @@ class Generator(nn.Module):
             return torch.randn(batch, 1, side, side, device=like.device, dtype=like.dtype)
         return None
 
-    def synthesis(self, ws: Tensor, noise_mode: str = "const") -> Tensor:
-        """ws [B, num_ws, w_dim] -> image [B, 3, R, R], roughly in [-1, 1], not clamped.
+    def layer_codes(self, ws: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """W+ codes as one [B, w_dim] tensor per layer (``num_ws`` of them), in the parameters' dtype.
+
+        ``ws`` is [B, num_ws, w_dim], or already a sequence of ``num_ws`` [B, w_dim] codes. Per-layer codes let a
+        caller give only some layers a gradient: a layer whose code has none needs no weight-style gradient in its
+        modulated convolution, which is most of the backward pass (see bench/flops.py).
+        """
+        dtype = self.input.input.dtype  # a bf16 model takes fp32 codes; autograd flows through the cast
+        shape = f"[B, {self.num_ws}, {self.config.w_dim}] or {self.num_ws} codes [B, {self.config.w_dim}]"
+        if isinstance(ws, Tensor):
+            if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.config.w_dim):
+                raise ValueError(f"Generator.synthesis expects ws of shape {shape}, got {list(ws.shape)}")
+            return list(ws.to(dtype=dtype).unbind(1))
+        codes = list(ws)
+        shapes = [tuple(c.shape) for c in codes]
+        if len(codes) != self.num_ws or any(s != (shapes[0][0], self.config.w_dim) for s in shapes):
+            raise ValueError(f"Generator.synthesis expects ws of shape {shape}, got codes of shapes {shapes}")
+        return [c.to(dtype=dtype) for c in codes]
+
+    def synthesis(self, ws: Tensor | Sequence[Tensor], noise_mode: str = "const") -> Tensor:
+        """ws [B, num_ws, w_dim] (or ``num_ws`` codes [B, w_dim], see ``layer_codes``) -> image [B, 3, R, R],
+        roughly in [-1, 1], not clamped.
 
         noise_mode: "const" uses the fixed ``noises.noise_N`` buffers (deterministic), "random" draws fresh noise,
         "none" adds no noise.
         """
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode={noise_mode!r} is not one of {NOISE_MODES}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.config.w_dim):
-            raise ValueError(
-                f"Generator.synthesis expects ws of shape [B, {self.num_ws}, {self.config.w_dim}], got {list(ws.shape)}"
-            )
-        ws = ws.to(dtype=self.input.input.dtype)  # a bf16 model takes fp32 codes; autograd flows through the cast
-        batch = ws.shape[0]
+        codes = self.layer_codes(ws)
+        like = codes[0]
+        batch = like.shape[0]
         x = self.input(batch)
-        x = self.conv1(x, ws[:, 0], self._noise(0, batch, 4, ws, noise_mode))
-        skip = self.to_rgb1(x, ws[:, 1])
+        x = self.conv1(x, codes[0], self._noise(0, batch, 4, like, noise_mode))
+        skip = self.to_rgb1(x, codes[1])
         i = 1
         for j, to_rgb in enumerate(self.to_rgbs):
             side = 2 ** (j + 3)
-            x = self.convs[2 * j](x, ws[:, i], self._noise(i, batch, side, ws, noise_mode))
-            x = self.convs[2 * j + 1](x, ws[:, i + 1], self._noise(i + 1, batch, side, ws, noise_mode))
-            skip = to_rgb(x, ws[:, i + 2], skip)
+            x = self.convs[2 * j](x, codes[i], self._noise(i, batch, side, like, noise_mode))
+            x = self.convs[2 * j + 1](x, codes[i + 1], self._noise(i + 1, batch, side, like, noise_mode))
+            skip = to_rgb(x, codes[i + 2], skip)
             i += 2
         return skip
 
