@@ -44,15 +44,31 @@ class InversionParams:
 
 
 @dataclass(frozen=True)
+class SpeedParams:
+    """How the optimization runs on the device; none of it changes the method (amp changes float rounding)."""
+
+    amp: str  # autocast dtype: "auto" (bf16 on CUDA, off on CPU), "bf16" or "off"; codes and Adam stay float32
+    channels_last: bool  # convolutional networks in channels-last memory format on CUDA
+    compile: bool  # torch.compile the optimization step (compiles once per batch shape, then runs faster)
+    auto_max_batch_size: int  # cap of batch_size: auto
+    auto_memory_fraction: float  # share of the free GPU memory that batch_size: auto may plan to fill
+    auto_cpu_batch_size: int  # what batch_size: auto means without a GPU (no device memory to measure)
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
 class FalcoParams:
     profile: str
     seed: int
     pool_size: int
     truncation_psi: float
     pairing_k: int
-    batch_size: int
+    batch_size: int | str  # images optimized together, or "auto" (largest that fits the GPU, see speed)
     optimization: OptimizationParams
     inversion: InversionParams
+    speed: SpeedParams
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,6 +82,7 @@ class FalcoParams:
 
 
 INVERSION_METHODS = ("e4e", "optimization")
+AMP_MODES = ("auto", "bf16", "off")  # speed.amp; auto: bf16 on CUDA, off elsewhere
 
 
 def load_params(profile: str, path: Path | None = None, **overrides: Any) -> FalcoParams:
@@ -128,7 +145,7 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
     values = {}
     for name, f in known.items():
         value = data[name]
-        nested = {"optimization": OptimizationParams, "inversion": InversionParams}.get(name)
+        nested = {"optimization": OptimizationParams, "inversion": InversionParams, "speed": SpeedParams}.get(name)
         if nested is not None and cls is FalcoParams:
             if not isinstance(value, dict):
                 raise ParamsError(f"{source}: {prefix}{name} must be a mapping")
@@ -141,6 +158,14 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
 def _coerce(value: Any, type_name: Any, where: str) -> Any:
     type_name = str(type_name)
     try:
+        if type_name == "int | str":  # batch_size: a number or "auto"
+            return AUTO if value == AUTO else _coerce(value, "int", where)
+        if type_name == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if type_name == "str" and value is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if type_name == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -161,8 +186,8 @@ def _check(p: FalcoParams) -> None:
     problems = []
     if p.pool_size < 1:
         problems.append(f"pool_size = {p.pool_size} must be >= 1")
-    if p.batch_size < 1:
-        problems.append(f"batch_size = {p.batch_size} must be >= 1")
+    if p.batch_size != AUTO and p.batch_size < 1:
+        problems.append(f"batch_size = {p.batch_size} must be >= 1 or auto")
     if p.pairing_k < 1 or p.pairing_k > p.pool_size:
         problems.append(f"pairing_k = {p.pairing_k} must be in [1, pool_size]")
     if not 0.0 <= p.truncation_psi <= 1.0:
@@ -175,6 +200,12 @@ def _check(p: FalcoParams) -> None:
         problems.append(f"optimization.layer_start/stop = {o.layer_start}/{o.layer_stop} must satisfy 0 <= start < stop")
     if any(not 0.0 < m <= 1.0 for m in o.milestones):
         problems.append(f"optimization.milestones = {list(o.milestones)} must be fractions in (0, 1]")
+    if p.speed.amp not in AMP_MODES:
+        problems.append(f"speed.amp = {p.speed.amp!r} must be one of {AMP_MODES}")
+    if p.speed.auto_max_batch_size < 1 or p.speed.auto_cpu_batch_size < 1:
+        problems.append("speed.auto_max_batch_size and speed.auto_cpu_batch_size must be >= 1")
+    if not 0.0 < p.speed.auto_memory_fraction <= 1.0:
+        problems.append(f"speed.auto_memory_fraction = {p.speed.auto_memory_fraction} must be in (0, 1]")
     if p.inversion.method not in INVERSION_METHODS:
         problems.append(f"inversion.method = {p.inversion.method!r} must be one of {INVERSION_METHODS}")
     if problems:

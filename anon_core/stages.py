@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anon_core.acceleration import accelerate_networks_, resolve_amp
 from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.data.scan import ScannedFile, output_relpath
@@ -157,12 +158,15 @@ def optimize_images(
     w_real: np.ndarray,
     w_fake: np.ndarray,
     batch_size: int | None = None,
-    amp_dtype: torch.dtype | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Anonymized:
     """FALCO's optimization for N images, in batches: real uint8 images, their inversions [N, num_ws, w_dim] and
-    their paired fakes' W codes [N, w_dim] -> anonymized codes and images."""
+    their paired fakes' W codes [N, w_dim] -> anonymized codes and images. `params.speed` sets autocast,
+    channels-last and torch.compile."""
     check_params_fit(nets, params)
+    speed = params.speed
+    accelerate_networks_(nets, speed.channels_last)
+    amp_dtype = resolve_amp(speed.amp, nets.device)
     results = []
     parts = list(batches(len(images), batch_size or params.batch_size))
     for done, part in enumerate(parts):
@@ -176,6 +180,7 @@ def optimize_images(
                 torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
                 params.optimization,
                 amp_dtype=amp_dtype,
+                compile_backend="inductor" if speed.compile else None,
             )
         )
         if on_batch is not None:

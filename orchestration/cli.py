@@ -19,7 +19,12 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="tiny", help="network profile: tiny (default, seeded, CPU), ffhq1024, ffhq512")
     p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults (default: the project's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
-    p.add_argument("--batch-size", type=int, default=None, help="images optimized together")
+    p.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
+                   help="images optimized together; auto: the largest that fits the GPU's free memory")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                   help="mixed precision of the networks: bf16 autocast, off (float32), auto (bf16 on CUDA only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the optimization step (worth it on a GPU; compiling takes minutes on a CPU)")
     p.add_argument("--steps", type=int, default=None, help="optimization steps (paper: 50)")
     p.add_argument("--margin", type=float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
@@ -36,6 +41,15 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_anonymize)
 
 
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+
+
 def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.params import load_params
     from anon_core.pipeline import anonymize_folder
@@ -46,7 +60,8 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         pool_size=args.pool_size,
-        **{"optimization.steps": args.steps, "optimization.margin": args.margin},
+        **{"optimization.steps": args.steps, "optimization.margin": args.margin, "speed.amp": args.amp,
+           "speed.compile": args.compile},
     )
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)

@@ -1,0 +1,60 @@
+"""How the networks run on a device, without changing what the method computes: the autocast dtype of mixed
+precision and the channels-last memory format of convolutional networks.
+
+Mixed precision keeps the W+ codes and Adam's state in float32 ("master" copies) and runs the frozen networks
+under `torch.autocast`; `tests/test_mixed_precision.py` bounds how far the final losses move. Channels-last
+stores 4-D activations as [N, H, W, C], the layout in which cuDNN's tensor-core convolution kernels run without
+transposes; on the CPU it changes the kernels but not the results (beyond float rounding).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+from anon_core.params import AMP_MODES
+
+
+def resolve_amp(mode: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype of `speed.amp` on `device`: torch.bfloat16 or None (float32 throughout)."""
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp = {mode!r} must be one of {AMP_MODES}")
+    if mode == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else None
+    return torch.bfloat16 if mode == "bf16" else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """`torch.autocast` with `dtype` on `device`'s type, or nothing when dtype is None."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def channels_last_(module: nn.Module) -> nn.Module:
+    """Store `module`'s 4-D parameters and buffers channels-last, in place; returns it.
+
+    Convolutions then produce channels-last outputs whatever the input's layout (PyTorch follows the weight's
+    memory format), so the whole convolutional trunk runs in that layout.
+    """
+    return module.to(memory_format=torch.channels_last)
+
+
+def convolutional_networks(nets) -> list[nn.Module]:
+    """The networks of a `profiles.Networks` that channels-last can speed up: the identity network (an IR-SE or
+    ResNet trunk) and the e4e encoder when there is one. The generator's modulated convolutions build their
+    weights per sample (5-D, batch as conv groups), and FaRL has one patch convolution, so they are left as
+    they are."""
+    modules = [nets.identity]
+    e4e = nets.extra.get("e4e")
+    if isinstance(getattr(e4e, "encoder", None), nn.Module):
+        modules.append(e4e.encoder)
+    return [m for m in modules if isinstance(m, nn.Module)]
+
+
+def accelerate_networks_(nets, channels_last: bool) -> None:
+    """Put the convolutional networks of `nets` in channels-last format when asked and the device is CUDA (where
+    it helps); otherwise nothing. In place and idempotent."""
+    if channels_last and nets.device.type == "cuda":
+        for module in convolutional_networks(nets):
+            channels_last_(module)

@@ -1,0 +1,65 @@
+"""The fast path's switches on the CPU: channels-last and torch.compile change how the step runs, not its result."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from anon_core.acceleration import accelerate_networks_, channels_last_, convolutional_networks, resolve_amp
+from anon_core.fake_pool import broadcast_ws, sample_fake_pool
+from anon_core.optimize import anonymize_batch
+from anon_core.params import load_params
+
+
+def _conv_weights(module):
+    return [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_channels_last_identity_network_gives_the_same_embeddings_and_gradients(tiny_nets, lfw_tensor):
+    default = tiny_nets.identity
+    fast = channels_last_(copy.deepcopy(default))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(fast))
+    outputs = []
+    for net in (default, fast):
+        x = lfw_tensor[:4].clone().requires_grad_(True)
+        embedding = net(x)
+        embedding[:, :8].sum().backward()
+        outputs.append((embedding.detach(), x.grad))
+    (e0, g0), (e1, g1) = outputs
+    torch.testing.assert_close(e1, e0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-3)
+
+
+def test_channels_last_is_applied_on_cuda_only(tiny_nets):
+    nets = SimpleNamespace(identity=copy.deepcopy(tiny_nets.identity), extra={}, device=torch.device("cpu"))
+    accelerate_networks_(nets, channels_last=True)
+    assert all(w.is_contiguous() for w in _conv_weights(nets.identity))  # CPU: left as it was
+    assert convolutional_networks(nets) == [nets.identity]
+
+
+def test_amp_modes_resolve_per_device():
+    assert resolve_amp("auto", "cpu") is None and resolve_amp("auto", "cuda") is torch.bfloat16
+    assert resolve_amp("bf16", "cpu") is torch.bfloat16 and resolve_amp("off", "cuda") is None
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp("fp16", "cpu")
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")
+def test_compiled_step_gives_the_eager_result(tiny_nets):
+    # "aot_eager" traces the step's forward and backward graphs as torch.compile does and runs them with the eager
+    # kernels; inductor's code generation takes minutes on this CPU and is exercised by bench/gpu_anonymize.py.
+    params = load_params("tiny", **{"optimization.steps": 2}).optimization
+    g = tiny_nets.generator
+    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, 1000, 0.7).w), g.num_ws)
+    w_fake = torch.from_numpy(sample_fake_pool(g, 2, 2000, 0.7).w)
+    with torch.no_grad():
+        images = g.synthesis(w_real)
+
+    def run(backend):
+        return anonymize_batch(g, tiny_nets.identity, tiny_nets.farl, images, w_real, w_fake, params,
+                               compile_backend=backend)
+
+    eager, compiled = run(None), run("aot_eager")
+    torch.testing.assert_close(compiled.ws, eager.ws, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(compiled.history["total"]), torch.from_numpy(eager.history["total"]))
