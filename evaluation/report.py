@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from anon_core.data.image_io import write_bytes_atomic
+from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
 
+RUN_MARKER = {"marker": "o", "color": "tab:blue", "label": "FALCO"}
+BASELINE_MARKER = {"marker": "X", "color": "tab:gray", "label": "baselines"}
 HEADLINE = ("reid/{r}/top1_rate", "reid/{r}/verification_rate", "detection/dlib_hog/rate", "detection/mtcnn/rate")
 
 
@@ -31,31 +35,69 @@ def _plot_png(draw) -> bytes:
     return buf.getvalue()
 
 
-def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str) -> bytes:
-    """points: index = label (method or run), columns privacy and utility metrics."""
+def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baselines: Sequence[str] = ()) -> bytes:
+    """points: index = label (method or run), columns privacy and utility metrics. Rows named in `baselines`
+    are drawn as grey crosses, every other row (FALCO, or each run) as a blue dot; each point is labelled."""
+    is_baseline = points.index.isin(list(baselines))
 
     def draw(ax):
-        ax.scatter(points[privacy], points[utility])
+        for rows, style in ((points[~is_baseline], RUN_MARKER), (points[is_baseline], BASELINE_MARKER)):
+            if len(rows):
+                ax.scatter(rows[privacy], rows[utility], **style)
+        at: dict[tuple[float, float], list[str]] = {}  # points that coincide share one annotation
         for label, row in points.iterrows():
-            ax.annotate(str(label), (row[privacy], row[utility]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            at.setdefault((row[privacy], row[utility]), []).append(str(label))
+        for xy, labels in at.items():
+            ax.annotate("\n".join(labels), xy, fontsize=8, xytext=(3, 3), textcoords="offset points", va="bottom")
+        ax.margins(x=0.1, y=0.15)  # room for the labels of points at the edges
         ax.set_xlabel(f"{privacy} (lower = more private)")
         ax.set_ylabel(utility)
         ax.set_title("privacy vs. utility")
+        ax.legend(fontsize=7, loc="best")
 
     return _plot_png(draw)
 
 
+def privacy_utility_axes(columns: Sequence[str]) -> tuple[str | None, str | None]:
+    """The scatter's axes among metric names: the first recognizer's top-1 re-identification rate, and the first
+    attribute agreement (else the first quality distance); None where no such metric exists."""
+    recognizer = next((c.split("/")[1] for c in columns if c.startswith("reid/")), None)
+    privacy = f"reid/{recognizer}/top1_rate" if recognizer else None
+    utility = next((c for c in columns if c.startswith("attributes/")), None)
+    utility = utility or next((c for c in columns if c.startswith("quality/") and not c.endswith("_std")), None)
+    return privacy, utility
+
+
 def attribute_bars_png(table: pd.DataFrame, predictor: str) -> bytes:
-    rows = table[table["predictor"] == predictor].sort_values("agreement")
+    """Per-attribute agreement of one predictor; with a `run` column, one bar per run in each attribute's row."""
+    rows = table[table["predictor"] == predictor]
+    runs = list(dict.fromkeys(rows["run"])) if "run" in rows else [None]
+    order = rows.groupby("attribute", sort=False)["agreement"].mean().sort_values().index
+    y = np.arange(len(order))
+    height = 0.8 / len(runs)
 
     def draw(ax):
-        ax.barh(rows["attribute"], rows["agreement"])
+        for i, run in enumerate(runs):
+            part = (rows if run is None else rows[rows["run"] == run]).set_index("attribute").reindex(order)
+            ax.barh(y + (i - (len(runs) - 1) / 2) * height, part["agreement"], height=height,
+                    label=None if run is None else str(run))
+        ax.set_yticks(y, order)
         ax.set_xlim(0, 1)
         ax.set_xlabel("agreement with the real image's label")
         ax.set_title(f"attribute preservation ({predictor})")
         ax.tick_params(axis="y", labelsize=6)
+        if len(runs) > 1:
+            ax.legend(fontsize=7, loc="lower right")
 
     return _plot_png(draw)
+
+
+def _scatter_figure(points: pd.DataFrame, privacy: str, utility: str, baselines: Sequence[str]) -> tuple[bytes, bytes]:
+    """The scatter PNG and the CSV of what it plots (label, kind, x, y), for points with both metrics."""
+    points = points[[privacy, utility]].dropna()
+    kind = np.where(points.index.isin(list(baselines)), "baseline", "run")
+    plotted = pd.DataFrame({"label": points.index, "kind": kind, privacy: points[privacy], utility: points[utility]})
+    return privacy_utility_png(points, privacy, utility, baselines), plotted.to_csv(index=False).encode()
 
 
 def write_report(
@@ -66,24 +108,33 @@ def write_report(
     examples: list[np.ndarray],
     example_titles: list[str],
     context: dict[str, str],
+    runs: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html, metrics.csv, per_image.parquet and figures/*.png; return their paths.
 
-    summary: `summary_table` (one row per method, FALCO first); per_image / attributes: FALCO's tables."""
+    summary: `summary_table` (one row per method: FALCO, or one row per run, then the baselines, which are the rows
+    named as in evaluation.baselines.BASELINES); per_image / attributes: the FALCO rows' tables (with a `run`
+    column when several runs are reported). runs: other evaluation runs to compare with (index: label, columns:
+    metrics, e.g. earlier runs from MLflow): drawn with the summary's baselines in `privacy_vs_utility_runs.png`.
+    Each scatter's points are also written as `<figure>.csv`."""
     out_dir = Path(out_dir)
-    recognizer = next((c.split("/")[1] for c in summary.columns if c.startswith("reid/")), None)
-    privacy = f"reid/{recognizer}/top1_rate" if recognizer else None
-    utility = next((c for c in summary.columns if c.startswith("attributes/")), None)
-    utility = utility or next((c for c in summary.columns if c.startswith("quality/") and not c.endswith("_std")), None)
+    baselines = [m for m in summary.index if m in BASELINES]
+    privacy, utility = privacy_utility_axes(summary.columns)
 
     figures: dict[str, bytes] = {"examples.png": grid_png(examples)}
+    tables: dict[str, bytes] = {}
     if privacy and utility:
-        figures["privacy_vs_utility.png"] = privacy_utility_png(summary, privacy, utility)
+        figures["privacy_vs_utility.png"], tables["privacy_vs_utility.csv"] = _scatter_figure(
+            summary, privacy, utility, baselines)
+        if runs is not None and {privacy, utility} <= set(runs.columns):
+            points = pd.concat([runs, summary.loc[baselines]])
+            figures["privacy_vs_utility_runs.png"], tables["privacy_vs_utility_runs.csv"] = _scatter_figure(
+                points, privacy, utility, baselines)
     if attributes is not None:
         for predictor in attributes["predictor"].unique():
             figures[f"attributes_{predictor}.png"] = attribute_bars_png(attributes, predictor)
-    for name, png in figures.items():
-        write_bytes_atomic(out_dir / "figures" / name, png)
+    for name, data in {**figures, **tables}.items():
+        write_bytes_atomic(out_dir / "figures" / name, data)
 
     buf = io.StringIO()
     summary.to_csv(buf)
@@ -92,6 +143,7 @@ def write_report(
     per_image.to_parquet(pbuf, index=False)
     write_bytes_atomic(out_dir / "per_image.parquet", pbuf.getvalue())
 
+    recognizer = privacy.split("/")[1] if privacy else None
     headline = [c.format(r=recognizer) for c in HEADLINE if c.format(r=recognizer) in summary.columns]
     headline += [c for c in summary.columns if c.startswith(("attributes/", "quality/")) and not c.endswith("_std")]
     md = ["# FALCO-Ops evaluation report", ""]
@@ -99,9 +151,17 @@ def write_report(
     md += ["## Summary (FALCO and baselines)", "", summary[headline].round(4).to_markdown(), ""]
     md += ["Lower re-identification and detection rates mean more privacy; higher attribute agreement and lower "
            "feature distances mean more utility. Thresholds: see the per-recognizer rows below.", ""]
+    if runs is not None:
+        shown = [c for c in headline if c in runs.columns]
+        md += ["## Runs compared (this and earlier evaluations)", "", runs[shown].round(4).to_markdown(), ""]
     md += ["## All metrics", "", summary.T.round(4).to_markdown(), ""]
     if attributes is not None:
-        md += ["## Attribute agreement (FALCO)", "", attributes.round(4).to_markdown(index=False), ""]
+        if "run" in attributes.columns:
+            by_run = attributes.pivot_table(index=["predictor", "attribute"], columns="run", values="agreement",
+                                            sort=False)
+            md += ["## Attribute agreement per run", "", by_run.round(4).to_markdown(), ""]
+        else:
+            md += ["## Attribute agreement (FALCO)", "", attributes.round(4).to_markdown(index=False), ""]
     md += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figures] + [""]
     md += [f"Example grid columns: {' | '.join(example_titles)}.", ""]
     md += ["Per-image results (similarity to source, rank, pass/fail per recognizer): `per_image.parquet`.", ""]
@@ -109,7 +169,8 @@ def write_report(
     write_bytes_atomic(out_dir / "report.md", text.encode())
     write_bytes_atomic(out_dir / "report.html", _html(text).encode())
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "metrics": out_dir / "metrics.csv",
-            "per_image": out_dir / "per_image.parquet", **{n: out_dir / "figures" / n for n in figures}}
+            "per_image": out_dir / "per_image.parquet",
+            **{n: out_dir / "figures" / n for n in {**figures, **tables}}}
 
 
 def _html(markdown: str) -> str:

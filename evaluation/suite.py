@@ -109,6 +109,41 @@ def evaluate_method(
     return MethodResult(method, metrics, per_image, table, quality.as_dict())
 
 
+@dataclass
+class AnonymizedSet:
+    """One anonymized image set to evaluate against the real gallery (e.g. one run of `falco anonymize`)."""
+
+    method: str  # its row label in the summary: "falco", or a run label such as "m=0.5"
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    source_index: np.ndarray  # int [N]: row i was made from real[source_index[i]]
+    names: list[str] | None = None  # per-image names for the per-image tables
+
+
+def evaluate_runs(
+    runs: list[AnonymizedSet],
+    real: np.ndarray,
+    recognizers: list[Recognizer],
+    extractor: FeatureExtractor,
+    baselines: tuple[str, ...] = (),
+    fakes: np.ndarray | None = None,
+    **kwargs,
+) -> list[MethodResult]:
+    """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
+    The baselines are applied to the real sources of the first set (`fakes`: its paired fakes, for "swap")."""
+    real_features = features(real, extractor)
+    gallery = {r.name: r.embed(real) for r in recognizers}
+    common = dict(recognizers=recognizers, extractor=extractor, real_features=real_features,
+                  gallery_embeddings=gallery, **kwargs)
+    results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
+               for run in runs]
+    first = runs[0]
+    sources = real[first.source_index]
+    for name in baselines:
+        images = apply_baseline(name, sources, fakes=fakes if BASELINES[name].needs_fakes else None)
+        results.append(evaluate_method(name, images, real, first.source_index, names=first.names, **common))
+    return results
+
+
 def evaluate_with_baselines(
     anonymized: np.ndarray,
     real: np.ndarray,
@@ -117,19 +152,12 @@ def evaluate_with_baselines(
     recognizers: list[Recognizer],
     extractor: FeatureExtractor,
     baselines: tuple[str, ...] = tuple(BASELINES),
+    names: list[str] | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """FALCO and every baseline (applied to the real sources) through `evaluate_method`."""
-    real_features = features(real, extractor)
-    gallery = {r.name: r.embed(real) for r in recognizers}
-    common = dict(recognizers=recognizers, extractor=extractor, real_features=real_features,
-                  gallery_embeddings=gallery, **kwargs)
-    results = [evaluate_method("falco", anonymized, real, source_index, **common)]
-    sources = real[source_index]
-    for name in baselines:
-        images = apply_baseline(name, sources, fakes=fakes if BASELINES[name].needs_fakes else None)
-        results.append(evaluate_method(name, images, real, source_index, **common))
-    return results
+    falco = AnonymizedSet("falco", anonymized, source_index, names)
+    return evaluate_runs([falco], real, recognizers, extractor, baselines, fakes, **kwargs)
 
 
 def summary_table(results: list[MethodResult]) -> pd.DataFrame:

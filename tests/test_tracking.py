@@ -158,6 +158,17 @@ def test_runs_compare_shows_both_evaluations_and_the_differing_param(two_runs, c
         args.run(args)
 
 
+@pytest.mark.slow
+def test_report_scatters_this_and_the_earlier_evaluation_run_by_margin(two_runs):
+    report = two_runs["tmp"] / "store" / "anonymization_report"
+    points = pd.read_csv(report / "figures" / "privacy_vs_utility_runs.csv")
+    assert points["label"].tolist() == ["m=0.0", "m=0.5 (this run)"] and (points["kind"] == "run").all()
+    evaluations = two_runs["runs"][two_runs["runs"]["tags.asset_key"] == "evaluation_metrics"]
+    assert points["reid/dlib/top1_rate"].tolist() == evaluations["metrics.reid/dlib/top1_rate"].tolist()
+    assert "## Runs compared" in (report / "report.md").read_text()
+    assert (report / "figures" / "privacy_vs_utility_runs.png").is_file()
+
+
 def test_compare_table_and_helpers_on_plain_values(tmp_path):
     class Run:
         def __init__(self, rid, params, metrics, start):

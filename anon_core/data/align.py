@@ -300,6 +300,19 @@ class FaceAligner:
         """Everything that decides the aligned pixels besides the input bytes; part of every cache key."""
         return f"ffhq-s{self.size}-t{self.transform_size}-{self.detector}-v{ALIGN_VERSION}"
 
+    @classmethod
+    def from_settings(cls, settings: str, device: str | torch.device = "cpu") -> FaceAligner:
+        """The aligner whose :attr:`settings` are ``settings`` (as a run records them), so the same faces come out.
+        Raises ValueError for an unknown format, detector or an older :data:`ALIGN_VERSION`."""
+        match = re.fullmatch(r"ffhq-s(\d+)-t(\d+)-(\w+)-v(\w+)", settings)
+        if match is None:
+            raise ValueError(f"alignment settings {settings!r} are not of the form ffhq-s<size>-t<size>-<detector>-v<n>")
+        size, transform_size, detector, version = match.groups()
+        if version != ALIGN_VERSION:
+            raise ValueError(f"alignment settings {settings!r} come from alignment version {version}; this code "
+                             f"aligns as version {ALIGN_VERSION}, which gives other pixels")
+        return cls(int(size), detector, device=device, transform_size=int(transform_size))
+
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in uint8 [H, W, 3] ``image``, largest box first (ties keep the detector's order)."""
         found = self._detect(_check_image(image))

@@ -127,11 +127,14 @@ def anonymization_report(
     networks: NetworksResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Markdown and HTML report with the metric tables, a privacy-vs-utility scatter, per-attribute bars and an
-    example grid, in `anonymization_report/`."""
+    """Markdown and HTML report with the metric tables, a privacy-vs-utility scatter of FALCO and the baselines,
+    one over this and the earlier evaluation runs tracked in MLflow (labelled by the parameters that differ),
+    per-attribute bars and an example grid, in `anonymization_report/`."""
     from anon_core.data.image_io import to_uint8
     from anon_core.fake_pool import generate
     from evaluation.report import write_report
+    from evaluation.runs import run_labels
+    from orchestration.cli_runs import find_evaluation_runs
 
     base = storage.path("evaluation_metrics")
     per_image = pd.read_parquet(base / "per_image.parquet")
@@ -145,13 +148,21 @@ def anonymization_report(
         examples.insert(0, real_images.images[first.table["row"].to_numpy()[shown]])
         titles.insert(0, "real")
     params = networks.params()
+    tracked = find_evaluation_runs(mlflow.uri(), mlflow.experiment)[-12:]  # the latest 12, this run's included
+    labels = run_labels([r.data.params for r in tracked],
+                        [f"run {r.data.tags.get('dagster_run_id', r.info.run_id)[:8]}" for r in tracked])
+    runs = pd.DataFrame([r.data.metrics for r in tracked], index=[
+        f"{label} (this run)" if r.data.tags.get("dagster_run_id") == context.run.run_id else label
+        for label, r in zip(labels, tracked)]) if tracked else None
     paths = write_report(
         storage.path("anonymization_report"), evaluation_metrics.set_index("method"), per_image, attributes,
         examples, titles,
         {"profile": params.profile, "images": str(len(per_image)), "dagster run": context.run.run_id,
-         "optimization settings": "see the anonymized_latents metadata of this run's shards"},
+         "optimization settings": "see the anonymized_latents metadata of this run's shards",
+         "runs compared": f"{len(tracked)} latest evaluation_metrics runs of MLflow experiment {mlflow.experiment!r}"},
+        runs=runs,
     )
-    scatter = paths.get("privacy_vs_utility.png")
+    scatter, over_runs = paths.get("privacy_vs_utility.png"), paths.get("privacy_vs_utility_runs.png")
     with mlflow.asset_run(context, networks) as run:
         for path in (Path(p) for p in paths.values()):  # the report embeds the example grid: real faces if shown
             run.log_image(path.read_bytes(), f"report/{path.name}", real_faces=config.show_real_faces)
@@ -160,5 +171,7 @@ def anonymization_report(
             "report": dg.MetadataValue.path(str(paths["markdown"])),
             "html": dg.MetadataValue.path(str(paths["html"])),
             **({"privacy_vs_utility": png_markdown(Path(scatter).read_bytes(), "privacy vs utility")} if scatter else {}),
+            **({"privacy_vs_utility_runs": png_markdown(Path(over_runs).read_bytes(), "privacy vs utility over runs")}
+               if over_runs else {}),
         }
     )

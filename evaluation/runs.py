@@ -1,0 +1,41 @@
+"""Several anonymization runs side by side: each run is labelled by the parameters in which it differs from the
+others (e.g. "m=0.5" for runs that differ only in the identity margin), so a table row or a scatter point says
+what was changed. Parameters are flat `{"optimization.margin": "0.5", ...}` dicts of strings, as MLflow stores
+them and as `orchestration.tracking.flatten` makes them from a run's params.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+SHORT_NAMES = {"optimization.margin": "m"}  # the paper's symbol for the identity margin
+UNSET = "unset"  # shown for a parameter one run has and another does not
+
+
+def differing_keys(params: Sequence[Mapping[str, str]]) -> list[str]:
+    """The parameter names whose values are not the same in every run (a missing key counts as a value)."""
+    keys = sorted({k for p in params for k in p})
+    return [k for k in keys if len({p.get(k, UNSET) for p in params}) > 1]
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """`optimization.margin` -> `m`; otherwise the last dotted part, unless two keys would share it."""
+    tails = Counter(k.rsplit(".", 1)[-1] for k in keys)
+    return {k: SHORT_NAMES.get(k) or (k.rsplit(".", 1)[-1] if tails[k.rsplit(".", 1)[-1]] == 1 else k) for k in keys}
+
+
+def run_labels(params: Sequence[Mapping[str, str]], fallbacks: Sequence[str]) -> list[str]:
+    """One unique label per run: "name=value" for every differing parameter (", "-joined), e.g. "m=0.5".
+
+    `fallbacks` (e.g. the runs' folder names) label runs whose parameters are all equal, and are appended,
+    in brackets, to labels that would otherwise repeat."""
+    if len(params) != len(fallbacks):
+        raise ValueError(f"{len(params)} parameter sets but {len(fallbacks)} fallback labels")
+    keys = differing_keys(params)
+    short = _short_names(keys)
+    labels = [", ".join(f"{short[k]}={p.get(k, UNSET)}" for k in keys) or str(f) for p, f in zip(params, fallbacks)]
+    counts = Counter(labels)
+    labels = [f"{label} [{f}]" if counts[label] > 1 and label != str(f) else label
+              for label, f in zip(labels, fallbacks)]
+    counts = Counter(labels)
+    return [f"{label} #{i + 1}" if counts[label] > 1 else label for i, label in enumerate(labels)]

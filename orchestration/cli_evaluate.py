@@ -1,0 +1,299 @@
+"""`falco evaluate REAL_DIR ANON_DIR [ANON_DIR ...] --out REPORT_DIR`: the evaluation suite of the Dagster assets
+(privacy per recognizer, attribute agreement, FID/KID or the named fallback, the baselines once) over the output
+folders of one or more `falco anonymize` runs, written as one report.
+
+Each ANON_DIR's manifest.csv maps its anonymized images to their sources: the `input` paths under REAL_DIR. The
+real gallery is every image of REAL_DIR read as the runs read it (the alignment recorded in their params.json,
+through the same `read_input` and alignment cache), so a face is compared with exactly what was anonymized.
+Several runs get one summary row each, labelled by the parameters in which their params.json differ
+(`evaluation.runs`), and one privacy-vs-utility scatter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anon_core.errors import FalcoError
+
+MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
+RUN_FILES = "images/, manifest.csv, params.json"
+EXAMPLES = 8  # rows of the example grid
+
+
+@dataclass
+class AnonymizeRun:
+    """The output folder of one `falco anonymize` run: its params.json and the ok rows of its manifest."""
+
+    folder: Path
+    record: dict  # params.json
+    ok: pd.DataFrame  # manifest rows with status ok, as strings
+
+    @property
+    def resolution(self) -> int:
+        return int(self.record["resolution"])
+
+    @property
+    def alignment(self) -> str | None:
+        """The aligner's settings string, or None when the run fed images as they are."""
+        return self.record.get("alignment") if self.record.get("aligned") else None
+
+    @property
+    def profile(self) -> str:
+        return self.record["params"]["profile"]
+
+    def params(self) -> dict[str, str]:
+        """Flat parameters that can tell runs apart: the method's, plus alignment, device and weights."""
+        from orchestration.tracking import flatten
+
+        extra = {k: self.record.get(k) for k in ("aligned", "alignment", "device", "profile_weights")}
+        return flatten({**self.record["params"], **extra})
+
+
+def _not_a_run(folder: Path, what: str) -> FalcoError:
+    return FalcoError(f"{folder}: {what}, so it is not the output folder of `falco anonymize`; pass that folder "
+                      f"(it holds {RUN_FILES}), or make one with `falco anonymize REAL_DIR {folder}`")
+
+
+def read_run(folder: Path) -> AnonymizeRun:
+    """Read and check one ANON_DIR: manifest.csv and params.json present and readable, every ok row's image there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FalcoError(f"{folder} does not exist or is not a folder; pass the OUTPUT_DIR of a `falco anonymize` run")
+    for name in ("manifest.csv", "params.json"):
+        if not (folder / name).is_file():
+            raise _not_a_run(folder, f"no {name}")
+    try:
+        record = json.loads((folder / "params.json").read_text())
+    except ValueError as err:
+        raise _not_a_run(folder, f"params.json is not JSON ({err})") from err
+    if not isinstance(record, dict) or "profile" not in (record.get("params") or {}) or "resolution" not in record:
+        raise _not_a_run(folder, "params.json records no profile and resolution")
+    try:
+        manifest = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise _not_a_run(folder, f"manifest.csv cannot be read ({err})") from err
+    missing = [c for c in MANIFEST_NEEDS if c not in manifest.columns]
+    if missing:
+        raise _not_a_run(folder, f"manifest.csv lacks the column(s) {', '.join(missing)}")
+    ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
+    if ok.empty:
+        raise FalcoError(f"{folder}: manifest.csv has no `ok` row (every input was rejected); nothing to evaluate")
+    absent = [o for o in ok["output"] if not (folder / "images" / o).is_file()]
+    if absent:
+        raise FalcoError(f"{folder}: {len(absent)} image(s) the manifest lists are missing, e.g. images/{absent[0]}; "
+                         "re-run `falco anonymize` into this folder to write them again")
+    return AnonymizeRun(folder, record, ok)
+
+
+def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
+    """The runs' common profile; raises FalcoError when runs differ in profile, resolution or alignment."""
+    first = runs[0]
+    for run in runs[1:]:
+        for what, mine, theirs in (("profile", run.profile, first.profile),
+                                   ("resolution", run.resolution, first.resolution),
+                                   ("alignment", run.alignment, first.alignment)):
+            if mine != theirs:
+                raise FalcoError(f"{run.folder} was made with {what} {mine!r} but {first.folder} with {theirs!r}; "
+                                 "their faces are not the same real images: evaluate them in separate reports")
+    if profile is not None and profile != first.profile:
+        raise FalcoError(f"--profile {profile} does not match profile {first.profile!r} of {first.folder} "
+                         "(its params.json); leave --profile out or pass the run's profile")
+    return first.profile
+
+
+@dataclass
+class RealGallery:
+    relpaths: list[str]  # one per image, relative to the dataset's image folder (the manifests' `input`)
+    identity: np.ndarray | None  # identity label per image (LFW: the person); None: unlabelled
+    images: np.ndarray  # uint8 [N, R, R, 3], as the runs saw them
+
+    def rows(self, run: AnonymizeRun) -> np.ndarray:
+        """Gallery row of each ok manifest row's source; FalcoError for a source that is not in the gallery."""
+        index = {p: i for i, p in enumerate(self.relpaths)}
+        unknown = [p for p in run.ok["input"] if p not in index]
+        if unknown:
+            raise FalcoError(
+                f"{run.folder}: its manifest's input {unknown[0]!r} ({len(unknown)} in all) is not a readable image "
+                f"under the real folder; pass as REAL_DIR the folder this run anonymized (its params.json says "
+                f"{run.record.get('input_dir', '?')})")
+        return np.array([index[p] for p in run.ok["input"]], dtype=np.int64)
+
+
+def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device) -> RealGallery:
+    """Every readable image of `real_dir`, read as `run` read its inputs (same aligner, same cache, same resize)."""
+    from anon_core.data.align import AlignmentCache, FaceAligner
+    from anon_core.data.datasets import load_dataset
+    from anon_core.data.image_io import ImageRejected
+    from anon_core.stages import align_cache_dir, dataset_files, read_input, resize_images
+
+    table = load_dataset(dataset, Path(real_dir), labels_csv)
+    aligner = None
+    if run.alignment:
+        try:
+            aligner = FaceAligner.from_settings(run.alignment, device=device)
+        except ValueError as err:
+            raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
+    cache = AlignmentCache(align_cache_dir())
+    relpaths, images, keep = [], [], []
+    for i, f in enumerate(dataset_files(table)):
+        try:
+            image, _ = read_input(f, aligner, cache)
+        except ImageRejected:
+            continue  # not in the gallery; a run that used it is caught by RealGallery.rows
+        relpaths.append(f.relpath)
+        images.append(image)
+        keep.append(i)
+    identity = table["identity"].iloc[keep]
+    # Unlabelled images are their own identity (privacy.py: "the source image itself").
+    identity = None if identity.isna().all() else identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
+    return RealGallery(relpaths, identity, resize_images(images, run.resolution))
+
+
+def read_anonymized(run: AnonymizeRun) -> np.ndarray:
+    """The run's ok images, uint8 [N, R, R, 3]; FalcoError for one whose size is not the run's resolution."""
+    from anon_core.data.image_io import load_rgb
+
+    images = []
+    for name in run.ok["output"]:
+        image = load_rgb(run.folder / "images" / name)
+        if image.shape[:2] != (run.resolution, run.resolution):
+            raise FalcoError(
+                f"{run.folder}: images/{name} is {image.shape[1]}x{image.shape[0]} px but params.json says the run "
+                f"made {run.resolution} px images; the folder mixes outputs of different runs: re-run "
+                "`falco anonymize` into an empty folder")
+        images.append(image)
+    return np.stack(images)
+
+
+def paired_fakes(run: AnonymizeRun, nets) -> np.ndarray:
+    """The fake neighbour of each ok row, regenerated from the run's pool seed: uint8 [N, R, R, 3]."""
+    from anon_core.data.image_io import to_uint8
+    from anon_core.fake_pool import generate, sample_fake_pool
+
+    p = run.record["params"]
+    index = run.ok["fake_index"].astype(int).to_numpy()
+    pool = sample_fake_pool(nets.generator, int(index.max()) + 1, p["seed"], p["truncation_psi"], device=nets.device)
+    return to_uint8(generate(nets.generator, pool.w[index], device=nets.device))
+
+
+def evaluate_folders(
+    real_dir: Path,
+    anon_dirs: list[Path],
+    out_dir: Path,
+    baselines: bool = True,
+    recognizers: list[str] | None = None,
+    profile: str | None = None,
+    device: str = "cpu",
+    dataset: str = "auto",
+    labels_csv: Path | None = None,
+    show_real_faces: bool = False,
+    log=print,
+) -> dict[str, Path]:
+    """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths."""
+    from anon_core.profiles import build_networks
+    from anon_core.stages import resolve_device
+    from evaluation.baselines import BASELINES
+    from evaluation.quality import build_extractor
+    from evaluation.recognizers import available_recognizers, build_recognizer
+    from evaluation.report import write_report
+    from evaluation.runs import run_labels
+    from evaluation.suite import (
+        AnonymizedSet,
+        build_attribute_predictors,
+        evaluate_runs,
+        real_pseudo_labels,
+        summary_table,
+    )
+
+    runs = [read_run(Path(d)) for d in anon_dirs]
+    profile = check_comparable(runs, profile)
+    labels = run_labels([r.params() for r in runs], [r.folder.name for r in runs])
+    labels = [f"falco {label}" if label in BASELINES else label for label in labels]
+    anonymized = [read_anonymized(r) for r in runs]
+    if dataset == "auto":
+        dataset = runs[0].record.get("dataset", "auto")
+    device = str(resolve_device(device))
+    gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device)
+    sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist())
+            for label, images, run in zip(labels, anonymized, runs)]
+
+    nets = build_networks(profile, device=device)
+    fakes = paired_fakes(runs[0], nets)
+    names = recognizers or available_recognizers()
+    built = [build_recognizer(n, device=device) for n in names]
+    predictors = build_attribute_predictors(seeded=nets.weights == "seeded", device=device)
+    chosen = tuple(BASELINES) if baselines else ()
+    log(f"evaluating {', '.join(f'{s.method} ({len(s.images)} images)' for s in sets)} against {len(gallery.images)} "
+        f"real images with {', '.join(names)}" + (f"; baselines {', '.join(chosen)}" if chosen else ""))
+    results = evaluate_runs(
+        sets, gallery.images, built, build_extractor("auto", device=device), baselines=chosen, fakes=fakes,
+        gallery_identity=gallery.identity, predictors=predictors, device=device,
+        real_labels=real_pseudo_labels(gallery.images, predictors, gallery.relpaths, device=device),
+    )
+    falco = results[: len(sets)]
+    per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
+    per_image.insert(0, "run", per_image.pop("run"))
+    per_image.insert(2, "input", [gallery.relpaths[i] for i in per_image["source_index"]])
+    attributes = None
+    if all(r.attributes is not None for r in falco):
+        attributes = pd.concat([r.attributes.assign(run=r.method) for r in falco], ignore_index=True)
+
+    shown = slice(0, min(EXAMPLES, len(sets[0].images)))
+    examples, titles = [fakes[shown]], ["fake neighbour"]
+    for s in sets:  # each run's image of the first run's first sources (blank where a run lacks that source)
+        position = {int(j): k for k, j in enumerate(s.source_index)}
+        examples.append(np.stack([s.images[position[j]] if j in position else np.full_like(s.images[0], 255)
+                                  for j in sets[0].source_index[shown]]))
+        titles.append(s.method)
+    if show_real_faces:
+        examples.insert(0, gallery.images[sets[0].source_index[shown]])
+        titles.insert(0, "real")
+    context = {
+        "profile": profile,
+        "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
+        **{f"run {s.method}": f"{r.folder} ({len(s.images)} images)" for s, r in zip(sets, runs)},
+        "recognizers": ", ".join(names),
+        "feature extractor": str(falco[0].quality.get("feature_extractor")),
+        "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
+    }
+    return write_report(Path(out_dir), summary_table(results), per_image, attributes, examples, titles, context)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    paths = evaluate_folders(
+        args.real_dir, args.anon_dirs, args.out, baselines=args.baselines,
+        recognizers=[n.strip() for n in args.recognizers.split(",") if n.strip()] if args.recognizers else None,
+        profile=args.profile, device=args.device, dataset=args.dataset, labels_csv=args.labels,
+        show_real_faces=args.show_real_faces, log=(lambda *_: None) if args.quiet else print,
+    )
+    print(f"report: {paths['markdown']}  (report.html, metrics.csv, per_image.parquet, figures/ beside it)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="evaluate the outputs of `falco anonymize` runs and write a report")
+    p.add_argument("real_dir", type=Path, metavar="REAL_DIR", help="the folder the runs anonymized")
+    p.add_argument("anon_dirs", type=Path, nargs="+", metavar="ANON_DIR",
+                   help="OUTPUT_DIR of one `falco anonymize` run; several for one row (and scatter point) each")
+    p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="where the report goes")
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate blur, pixelate, mask and swap on the first run's sources (default: on)")
+    p.add_argument("--recognizers", default=None, metavar="NAMES",
+                   help="comma-separated: dlib, facenet_vggface2, facenet_casia, arcface_irse50 (default: every "
+                        "one whose weights are present)")
+    p.add_argument("--profile", default=None, help="the runs' profile (default: read from their params.json)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
+                   help="layout of REAL_DIR (default: the one the runs recorded)")
+    p.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                   help="labels CSV (identity column: which gallery images count as the same person)")
+    p.add_argument("--show-real-faces", action="store_true",
+                   help="put the real faces in the example grid (off: the report shows no real face)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_run_evaluate)

@@ -1,0 +1,127 @@
+"""`falco evaluate` end to end on the tiny profile: two `falco anonymize` runs (m = 0.0 and 1.0) of three LFW faces
+and a run whose images are its real sources, evaluated into one report; the errors for folders that are not runs."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from anon_core.data.align import FaceAligner
+from anon_core.data.image_io import load_rgb, save_png
+from anon_core.params import DEFAULT_PARAMS_PATH
+from orchestration.cli import main
+
+FACES = 3
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, lfw_faces):
+    """REAL_DIR with three faces, two anonymize runs of it that differ only in the margin, and a copy of the first
+    run whose images are its real sources, aligned as the run aligned them."""
+    tmp = tmp_path_factory.mktemp("evaluate")
+    real = tmp / "real"
+    real.mkdir()
+    for i in range(FACES):
+        Image.fromarray(lfw_faces[i]).save(real / f"face_{i}.png")
+    params = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    params["profiles"]["tiny"]["inversion"]["steps"] = 2  # the inverter's 40 steps would dominate the test
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    out = {}
+    for margin in ("0.0", "1.0"):
+        out[margin] = tmp / f"anon_m{margin}"
+        assert main(["anonymize", str(real), str(out[margin]), "--profile", "tiny", "--params",
+                     str(tmp / "params.yaml"), "--steps", "2", "--pool-size", "20", "--margin", margin, "--quiet"]) == 0
+    same = tmp / "same"
+    shutil.copytree(out["0.0"], same)
+    aligner = FaceAligner(64, "mtcnn")  # the tiny generator's resolution, `falco anonymize`'s default detector
+    for row in pd.read_csv(same / "manifest.csv").itertuples():
+        save_png(same / "images" / row.output, aligner.align(load_rgb(real / row.input)).image)
+    return {"tmp": tmp, "real": real, "same": same, **out}
+
+
+def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_row(runs, capsys):
+    report = runs["tmp"] / "report"
+    assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), str(runs["1.0"]), str(runs["same"]),
+                 "--out", str(report), "--recognizers", "dlib", "--quiet"]) == 0
+    assert f"report: {report / 'report.md'}" in capsys.readouterr().out
+    for name in ("report.md", "report.html", "metrics.csv", "per_image.parquet", "figures/examples.png",
+                 "figures/privacy_vs_utility.png", "figures/attributes_anycost_seeded.png"):
+        assert (report / name).is_file(), name
+
+    # Labels say what differs; `same` has the first run's params.json, so both get their folder name too.
+    labels = {"0.0": "m=0.0 [anon_m0.0]", "1.0": "m=1.0", "same": "m=0.0 [same]"}
+    summary = pd.read_csv(report / "metrics.csv", index_col="method")
+    assert summary.index.tolist() == [*labels.values(), "blur", "pixelate", "mask", "swap"]
+    assert summary["reid/dlib/images"].tolist() == [FACES] * 7
+    assert summary["detection/mtcnn/rate"].between(0, 1).all()
+    assert "quality/fd_dlib" in summary.columns  # no Inception weights here: the named fallback, never "fid"
+    points = pd.read_csv(report / "figures" / "privacy_vs_utility.csv")
+    assert points.loc[points["kind"] == "run", "label"].tolist() == list(labels.values())
+    assert points.loc[points["kind"] == "baseline", "label"].tolist() == ["blur", "pixelate", "mask", "swap"]
+    with Image.open(report / "figures" / "privacy_vs_utility.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+
+    per_image = pd.read_parquet(report / "per_image.parquet")
+    for key, label in labels.items():
+        manifest = pd.read_csv(runs[key] / "manifest.csv")
+        ok = manifest[manifest["status"] == "ok"]
+        rows = per_image[per_image["run"] == label]
+        assert len(ok) == FACES and rows["name"].tolist() == ok["output"].tolist()
+        assert rows["input"].tolist() == ok["input"].tolist()
+        assert (rows["dlib/rank"] >= 1).all() and rows["dlib/passed"].dtype == bool
+        assert (rows["dlib/passed"] == (~rows["dlib/verified"] & (rows["dlib/rank"] > 1))).all()
+
+    # An image evaluated against itself ranks first and is verified: every one of them fails.
+    same = per_image[per_image["run"] == labels["same"]]
+    assert (same["dlib/rank"] == 1).all() and same["dlib/verified"].all() and not same["passed_all"].any()
+    assert np.allclose(same["dlib/score_to_source"], 0.0, atol=1e-4)  # dlib distance of an image to itself
+    assert summary.loc[labels["same"], "reid/dlib/top1_rate"] == 1.0
+
+    md = (report / "report.md").read_text()
+    assert "| m=1.0 " in md and "## Attribute agreement per run" in md
+    assert f"run m=1.0**: {runs['1.0']}" in md
+
+
+def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
+    tmp = runs["tmp"]
+
+    def error(*anon_dirs) -> str:
+        assert main(["evaluate", str(runs["real"]), *map(str, anon_dirs), "--out", str(tmp / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err  # one line
+        return err
+
+    message = error(runs["real"])
+    assert "no manifest.csv" in message and f"falco anonymize REAL_DIR {runs['real']}" in message
+    assert "does not exist" in error(tmp / "missing")
+
+    small = tmp / "small"
+    shutil.copytree(runs["0.0"], small)
+    first = pd.read_csv(small / "manifest.csv")["output"].iloc[0]
+    Image.new("RGB", (32, 32)).save(small / "images" / first)
+    message = error(runs["0.0"], small)
+    assert f"{small}: images/{first} is 32x32 px" in message and "64 px" in message
+
+    missing = tmp / "missing_image"
+    shutil.copytree(runs["0.0"], missing)
+    (missing / "images" / first).unlink()
+    assert f"images/{first}" in error(missing) and "re-run `falco anonymize`" in error(missing)
+
+    other = tmp / "other_profile"
+    shutil.copytree(runs["0.0"], other)
+    record = json.loads((other / "params.json").read_text())
+    record["resolution"] = 1024
+    (other / "params.json").write_text(json.dumps(record))
+    assert "resolution" in error(runs["0.0"], other)
+
+    stranger = tmp / "stranger"
+    shutil.copytree(runs["0.0"], stranger)
+    manifest = pd.read_csv(stranger / "manifest.csv")
+    manifest.loc[0, "input"] = "someone_else.png"
+    manifest.to_csv(stranger / "manifest.csv", index=False)
+    message = error(stranger)
+    assert "'someone_else.png'" in message and "pass as REAL_DIR the folder this run anonymized" in message

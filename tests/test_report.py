@@ -1,0 +1,91 @@
+"""The evaluation report on plain tables: run labels say what differs, the privacy-vs-utility scatter draws one
+marker per run and per baseline, the scatter over earlier runs, and per-run attribute bars."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from evaluation.report import write_report
+from evaluation.runs import differing_keys, run_labels
+
+PRIVACY, UTILITY = "reid/dlib/top1_rate", "attributes/anycost_seeded/mean_agreement"
+
+
+def test_runs_are_labelled_by_the_parameters_that_differ():
+    base = {"optimization.margin": "0.0", "optimization.steps": "50", "inversion.steps": "40", "seed": "0"}
+    margins = [base | {"optimization.margin": m} for m in ("0.0", "0.5", "1.0")]
+    assert run_labels(margins, ["a", "b", "c"]) == ["m=0.0", "m=0.5", "m=1.0"]
+    # Two keys ending in "steps" keep their full names; a key only one run has shows as "unset" in the other.
+    both = [base, base | {"optimization.steps": "3", "inversion.steps": "2", "extra": "x"}]
+    assert differing_keys(both) == ["extra", "inversion.steps", "optimization.steps"]
+    assert run_labels(both, ["a", "b"]) == ["extra=unset, inversion.steps=40, optimization.steps=50",
+                                            "extra=x, inversion.steps=2, optimization.steps=3"]
+    # Equal parameters: the fallbacks (folder names) tell the runs apart; repeated labels get them appended.
+    assert run_labels([base, base], ["run_a", "run_b"]) == ["run_a", "run_b"]
+    repeated = [base | {"seed": "1"}, base | {"seed": "1"}, base]
+    assert run_labels(repeated, ["x", "y", "z"]) == ["seed=1 [x]", "seed=1 [y]", "seed=0"]
+    assert run_labels([base, base], ["same", "same"]) == ["same #1", "same #2"]
+    with pytest.raises(ValueError, match="fallback"):
+        run_labels([base], [])
+
+
+def _summary() -> pd.DataFrame:
+    """Three runs and two baselines far apart on both axes."""
+    rows = {"m=0.0": (0.1, 0.9), "m=0.5": (0.5, 0.5), "m=1.0": (0.9, 0.1), "blur": (0.1, 0.1), "mask": (0.9, 0.9)}
+    return pd.DataFrame({PRIVACY: [x for x, _ in rows.values()], UTILITY: [y for _, y in rows.values()],
+                         "detection/mtcnn/rate": 1.0}, index=pd.Index(list(rows), name="method"))
+
+
+def _blobs(png: bytes, rgb: tuple[int, int, int], tolerance: int = 4, min_pixels: int = 30) -> int:
+    """Connected regions of about `rgb` in a PNG (markers; antialiased edges fall outside the tolerance)."""
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    mask = (np.abs(image - np.array(rgb)).max(axis=-1) <= tolerance)
+    labels, count = ndimage.label(mask)
+    return int((np.bincount(labels.ravel())[1:] >= min_pixels).sum())
+
+
+def _report(tmp_path, runs=None):
+    attributes = pd.DataFrame({
+        "predictor": "anycost_seeded", "attribute": ["Smiling", "Young"] * 2, "agreement": [1.0, 0.5, 0.75, 0.25],
+        "run": ["m=0.0", "m=0.0", "m=0.5", "m=0.5"]})
+    per_image = pd.DataFrame({"run": ["m=0.0", "m=0.5"], "name": ["a.png", "a.png"], "dlib/rank": [1, 3],
+                              "dlib/passed": [False, True]})
+    faces = np.zeros((2, 16, 16, 3), np.uint8)
+    return write_report(tmp_path, _summary(), per_image, attributes, [faces, faces], ["m=0.0", "m=0.5"],
+                        {"profile": "tiny"}, runs=runs)
+
+
+def test_scatter_has_a_blue_dot_per_run_and_a_grey_cross_per_baseline(tmp_path):
+    paths = _report(tmp_path)
+    png = paths["privacy_vs_utility.png"].read_bytes()
+    # matplotlib's tab:blue and tab:gray; the legend adds one of each.
+    assert _blobs(png, (31, 119, 180)) == 3 + 1
+    assert _blobs(png, (127, 127, 127)) == 2 + 1
+    points = pd.read_csv(paths["privacy_vs_utility.csv"])
+    assert points["label"].tolist() == ["m=0.0", "m=0.5", "m=1.0", "blur", "mask"]
+    assert points["kind"].tolist() == ["run"] * 3 + ["baseline"] * 2
+    assert points[PRIVACY].tolist() == [0.1, 0.5, 0.9, 0.1, 0.9]
+
+    md = paths["markdown"].read_text()
+    assert "## Attribute agreement per run" in md and "| ('anycost_seeded', 'Young')" in md
+    assert "privacy_vs_utility_runs" not in md  # no earlier runs given
+    assert pd.read_parquet(paths["per_image"])["dlib/passed"].tolist() == [False, True]
+    assert '<img src="figures/privacy_vs_utility.png"' in paths["html"].read_text()
+    with Image.open(paths["attributes_anycost_seeded.png"]) as bars:
+        assert bars.size == (550, 360)
+
+
+def test_scatter_over_earlier_runs_shows_them_with_the_baselines(tmp_path):
+    runs = pd.DataFrame({PRIVACY: [0.2, 0.4, np.nan], UTILITY: [0.7, 0.6, 0.5], "other": 1.0},
+                        index=["m=0.0", "m=0.5 (this run)", "m=1.0"])  # m=1.0 lacks the privacy metric
+    paths = _report(tmp_path, runs=runs)
+    points = pd.read_csv(paths["privacy_vs_utility_runs.csv"])
+    assert points["label"].tolist() == ["m=0.0", "m=0.5 (this run)", "blur", "mask"]
+    assert points["kind"].tolist() == ["run", "run", "baseline", "baseline"]
+    assert _blobs(paths["privacy_vs_utility_runs.png"].read_bytes(), (31, 119, 180)) == 2 + 1
+    md = paths["markdown"].read_text()
+    assert "## Runs compared" in md and "m=0.5 (this run)" in md
