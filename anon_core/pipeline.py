@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anon_core.batch_size import resolve_batch_size
 from anon_core.data.image_io import ImageRejected, save_png
 from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.datasets import load_dataset
@@ -137,6 +138,8 @@ def anonymize_folder(
 
     nets = build_networks(params.profile, device=device)
     check_params_fit(nets, params)
+    requested_batch_size = params.batch_size
+    params = params.replace(batch_size=resolve_batch_size(nets, params))  # "auto" -> what fits this device
     pool = build_pool(nets, params, show_progress=show_progress)
     names = output_names(files)
     if align is None:
@@ -191,6 +194,7 @@ def anonymize_folder(
 
     columns = [*MANIFEST_COLUMNS, *labels]
     extra = {"dataset": table.attrs.get("kind", dataset), "aligned": bool(align),
+             "batch_size_requested": requested_batch_size,
              "alignment": aligner.settings if aligner else None, "dataset_warnings": table.attrs.get("warnings", [])}
     _write_outputs(output_dir, rows, columns, latents, histories, params, nets, device, input_dir, extra)
     return summary

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from anon_core.acceleration import accelerate_networks_, resolve_amp
+from anon_core.batch_size import resolve_batch_size
 from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.data.scan import ScannedFile, output_relpath
@@ -136,7 +137,7 @@ def invert_images(
 ) -> np.ndarray:
     """W+ codes of real images: uint8 [N, R, R, 3] -> float32 [N, num_ws, w_dim]."""
     inverter = nets.inverter(params.inversion)
-    parts = list(batches(len(images), batch_size or params.batch_size))
+    parts = list(batches(len(images), batch_size or resolve_batch_size(nets, params)))
     out = [inverter.invert(_as_tensor(images[p], nets)).float().cpu().numpy()
            for p in progress_bar(parts, desc="invert", unit="batch", enable=show_progress)]
     g = nets.generator
@@ -168,7 +169,7 @@ def optimize_images(
     accelerate_networks_(nets, speed.channels_last)
     amp_dtype = resolve_amp(speed.amp, nets.device)
     results = []
-    parts = list(batches(len(images), batch_size or params.batch_size))
+    parts = list(batches(len(images), batch_size or resolve_batch_size(nets, params)))
     for done, part in enumerate(parts):
         results.append(
             anonymize_batch(
