@@ -6,9 +6,12 @@ The real images are streamed in batches, so memory stays bounded by one batch pl
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import os
 import platform
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
+from anon_core.prefetch import read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import (
@@ -84,6 +88,12 @@ def anonymize_images(nets: Networks, pool: FakePool, images: list[np.ndarray], p
     )
 
 
+def read_workers(device: torch.device) -> int:
+    """Threads that decode and align images ahead of the optimization: one on a CPU, whose cores run the networks;
+    up to 8 with a GPU, so that reading keeps up with it."""
+    return 1 if device.type != "cuda" else max(1, min(8, os.cpu_count() or 1))
+
+
 @dataclass
 class RunSummary:
     output_dir: Path
@@ -123,7 +133,8 @@ def anonymize_folder(
     `output_dir` are overwritten, never the folder deleted. Unreadable files and images without a face become
     `rejected` rows. `dataset` (celebahq | lfw | folder | auto) picks the layout and its labels, which are
     carried into the manifest; `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns
-    the largest face of each image first.
+    the largest face of each image first. Files are read and aligned in worker threads ahead of the batch being
+    optimized, and images are written by another thread, so the device is not left waiting on either.
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
@@ -151,6 +162,7 @@ def anonymize_folder(
     latents: list[np.ndarray] = []
     histories: list[dict[str, np.ndarray]] = []
     pending: list[tuple[dict, np.ndarray]] = []
+    writes: list[Future] = []
 
     def flush() -> None:
         if not pending:
@@ -158,7 +170,7 @@ def anonymize_folder(
         batch_rows = [row for row, _ in pending]
         result = anonymize_images(nets, pool, [image for _, image in pending], params)
         for i, row in enumerate(batch_rows):
-            save_png(output_dir / "images" / row["output"], result.images[i])
+            writes.append(writer.submit(save_png, output_dir / "images" / row["output"], result.images[i]))
             row.update(
                 latent_index=sum(len(x) for x in latents) + i,
                 fake_index=int(result.fake_index[i]),
@@ -170,26 +182,30 @@ def anonymize_folder(
         bar.update(len(pending))
         pending.clear()
 
+    read = functools.partial(read_input, aligner=aligner, cache=cache)
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(files), enable=show_progress)
-    for f in files:
-        row = {c: "" for c in MANIFEST_COLUMNS} | {"input": f.relpath, "duplicate_of": f.duplicate_of or ""}
-        if label_rows is not None:
-            row |= {c: ("" if pd.isna(v) else v) for c, v in label_rows.loc[f.relpath].items()}
-        summary.duplicates += f.duplicate_of is not None
-        rows.append(row)
-        try:
-            image, row["faces_seen"] = read_input(f, aligner, cache)
-        except ImageRejected as rejected:
-            row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
-            summary.counts[rejected.reason] += 1
-            bar.update(1)
-            continue
-        row.update(status="ok", output=names[f.relpath])
-        summary.counts["ok"] += 1
-        pending.append((row, image))
-        if len(pending) == params.batch_size:
-            flush()
-    flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
+        for f, reading in read_ahead(read, files, read_workers(device), depth=2 * params.batch_size):
+            row = {c: "" for c in MANIFEST_COLUMNS} | {"input": f.relpath, "duplicate_of": f.duplicate_of or ""}
+            if label_rows is not None:
+                row |= {c: ("" if pd.isna(v) else v) for c, v in label_rows.loc[f.relpath].items()}
+            summary.duplicates += f.duplicate_of is not None
+            rows.append(row)
+            try:
+                image, row["faces_seen"] = reading.result()
+            except ImageRejected as rejected:
+                row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
+                summary.counts[rejected.reason] += 1
+                bar.update(1)
+                continue
+            row.update(status="ok", output=names[f.relpath])
+            summary.counts["ok"] += 1
+            pending.append((row, image))
+            if len(pending) == params.batch_size:
+                flush()
+        flush()
+        for write in writes:
+            write.result()  # raises the first failed write, if any
     bar.close()
 
     columns = [*MANIFEST_COLUMNS, *labels]
