@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anon_core.optimize import attribute_loss, compose_layer_codes, compose_ws, identity_loss
 from anon_core.params import load_params
-from anon_core.profiles import build_networks
+from anon_core.profiles import ProfileSpec, build_networks
 
 NETWORKS = ("generator", "arcface", "farl")
 CODE_LAYOUTS = {
@@ -64,13 +64,14 @@ class Counter:
         self.by_op[network, direction] = {str(op): int(n) for op, n in mode.get_flop_counts()["Global"].items()}
 
 
-def count_step(profile: str, device: str, codes: str = "per_layer") -> dict:
+def count_step(profile: str, device: str, codes: str = "per_layer", spec: ProfileSpec | None = None) -> dict:
     """FLOPs of one step for one image, by network and pass, plus the whole step counted at once as a check.
 
-    codes: "per_layer" (the step as anonymize_batch runs it) or "one_tensor" (one grad-requiring W+ tensor)."""
+    codes: "per_layer" (the step as anonymize_batch runs it) or "one_tensor" (one grad-requiring W+ tensor).
+    spec: networks other than `profile`'s (e.g. a smaller generator), with `profile`'s parameters."""
     compose = CODE_LAYOUTS[codes]
     batch = 1
-    nets = build_networks(profile, device="cpu", weights="seeded")
+    nets = build_networks(spec or profile, device="cpu", weights="seeded")
     for net in (nets.generator, nets.identity, nets.farl):
         net.to(device)
     params = load_params(profile).optimization
