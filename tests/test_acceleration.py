@@ -8,6 +8,9 @@ import torch
 
 from anon_core.acceleration import accelerate_networks_, channels_last_, convolutional_networks, resolve_amp
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool
+from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
+from anon_core.networks.farl import FaRLEncoder, ViTConfig
+from anon_core.networks.stylegan2 import Generator, StyleGAN2Config
 from anon_core.optimize import anonymize_batch
 from anon_core.params import load_params
 
@@ -45,21 +48,34 @@ def test_amp_modes_resolve_per_device():
         resolve_amp("fp16", "cpu")
 
 
+def _mini_networks():
+    """The method's three architectures at the smallest sizes they take (tracing cost grows with the graphs)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = Generator(StyleGAN2Config(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_max=16))
+        farl = FaRLEncoder(ViTConfig(input_resolution=32, patch_size=8, width=32, layers=1, heads=2, output_dim=16))
+        identity = ArcFaceEncoder(IRSEConfig(stage_channels=(16, 16), stage_blocks=(1, 1), embedding_dim=16,
+                                             input_size=32))
+    return [net.eval().requires_grad_(False) for net in (g, identity, farl)]
+
+
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")
-def test_compiled_step_gives_the_eager_result(tiny_nets):
+def test_compiled_step_gives_the_eager_result():
     # "aot_eager" traces the step's forward and backward graphs as torch.compile does and runs them with the eager
     # kernels; inductor's code generation takes minutes on this CPU and is exercised by bench/gpu_anonymize.py.
-    params = load_params("tiny", **{"optimization.steps": 2}).optimization
-    g = tiny_nets.generator
+    g, identity, farl = _mini_networks()
+    params = load_params("tiny", **{"optimization.steps": 3}).optimization
     w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, 1000, 0.7).w), g.num_ws)
     w_fake = torch.from_numpy(sample_fake_pool(g, 2, 2000, 0.7).w)
     with torch.no_grad():
         images = g.synthesis(w_real)
 
     def run(backend):
-        return anonymize_batch(g, tiny_nets.identity, tiny_nets.farl, images, w_real, w_fake, params,
-                               compile_backend=backend)
+        return anonymize_batch(g, identity, farl, images, w_real, w_fake, params, compile_backend=backend)
 
     eager, compiled = run(None), run("aot_eager")
+    start, stop = params.layer_start, params.layer_stop
+    moved = (eager.ws[:, start:stop] - w_fake[:, None]).abs().amax()
+    assert moved > 1e-4  # the steps moved the codes, so the comparison means something
     torch.testing.assert_close(compiled.ws, eager.ws, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.from_numpy(compiled.history["total"]), torch.from_numpy(eager.history["total"]))
