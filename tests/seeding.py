@@ -51,3 +51,20 @@ def seeded_state_dict(keys_shapes: list[tuple[str, list[int]]], seed: int = 0) -
         else:
             out[name] = 0.1 * noise
     return out
+
+
+def mini_networks() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    """(generator, identity, attribute) networks of the method's architectures (StyleGAN2, IR-SE, FaRL ViT) at
+    about the smallest sizes they take, seeded and frozen: for tests of the optimization's machinery whose cost
+    grows with the graphs (tracing, memory probes), independent of any profile."""
+    from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
+    from anon_core.networks.farl import FaRLEncoder, ViTConfig
+    from anon_core.networks.stylegan2 import Generator, StyleGAN2Config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        g = Generator(StyleGAN2Config(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_max=16))
+        identity = ArcFaceEncoder(IRSEConfig(stage_channels=(16, 16), stage_blocks=(1, 1), embedding_dim=16,
+                                             input_size=32))
+        farl = FaRLEncoder(ViTConfig(input_resolution=32, patch_size=8, width=32, layers=1, heads=2, output_dim=16))
+    return tuple(net.eval().requires_grad_(False) for net in (g, identity, farl))

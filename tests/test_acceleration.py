@@ -8,11 +8,9 @@ import torch
 
 from anon_core.acceleration import accelerate_networks_, channels_last_, convolutional_networks, resolve_amp
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool
-from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
-from anon_core.networks.farl import FaRLEncoder, ViTConfig
-from anon_core.networks.stylegan2 import Generator, StyleGAN2Config
 from anon_core.optimize import anonymize_batch
 from anon_core.params import load_params
+from seeding import mini_networks
 
 
 def _conv_weights(module):
@@ -48,22 +46,11 @@ def test_amp_modes_resolve_per_device():
         resolve_amp("fp16", "cpu")
 
 
-def _mini_networks():
-    """The method's three architectures at the smallest sizes they take (tracing cost grows with the graphs)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        g = Generator(StyleGAN2Config(resolution=32, z_dim=16, w_dim=16, mapping_layers=1, channel_max=16))
-        farl = FaRLEncoder(ViTConfig(input_resolution=32, patch_size=8, width=32, layers=1, heads=2, output_dim=16))
-        identity = ArcFaceEncoder(IRSEConfig(stage_channels=(16, 16), stage_blocks=(1, 1), embedding_dim=16,
-                                             input_size=32))
-    return [net.eval().requires_grad_(False) for net in (g, identity, farl)]
-
-
 @pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")
 def test_compiled_step_gives_the_eager_result():
     # "aot_eager" traces the step's forward and backward graphs as torch.compile does and runs them with the eager
     # kernels; inductor's code generation takes minutes on this CPU and is exercised by bench/gpu_anonymize.py.
-    g, identity, farl = _mini_networks()
+    g, identity, farl = mini_networks()
     params = load_params("tiny", **{"optimization.steps": 3}).optimization
     w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, 1000, 0.7).w), g.num_ws)
     w_fake = torch.from_numpy(sample_fake_pool(g, 2, 2000, 0.7).w)

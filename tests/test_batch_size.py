@@ -1,6 +1,7 @@
 """`batch_size: auto`: the selection rule as a pure function of measured step memory, and what it means on a CPU."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from anon_core.batch_size import PROBE_BATCHES, cuda_step_peak, fit_batch_size, 
 from anon_core.errors import FalcoError
 from anon_core.params import load_params
 from orchestration.cli import main
+from seeding import mini_networks
 
 GIB = 2**30
 
@@ -63,9 +65,8 @@ def test_cli_batch_size_auto_and_amp_are_recorded(tmp_path, lfw_faces):
 
 @pytest.mark.gpu
 def test_measured_step_memory_grows_with_the_batch_and_auto_fits_it():
-    from anon_core.profiles import build_networks
-
-    nets = build_networks("tiny", device="cuda")
+    g, identity, farl = (net.cuda() for net in mini_networks())
+    nets = SimpleNamespace(generator=g, identity=identity, farl=farl, device=torch.device("cuda"), extra={})
     params = load_params("tiny", batch_size="auto")
     peak = cuda_step_peak(nets, params)
     one, four = peak(1), peak(4)
