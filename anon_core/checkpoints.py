@@ -473,14 +473,16 @@ def load_official_networks(profile_spec: Any, paths: Mapping[str, str | Path], d
                            e4e_config: E4EConfig | None = None) -> OfficialNetworks:
     """Load a profile's official checkpoints and freeze them on `device`.
 
-    profile_spec: an `anon_core.profiles.ProfileSpec` (its `generator`, `farl` and `identity` configs are used).
+    profile_spec: an `anon_core.profiles.ProfileSpec` (its `generator`, `farl` and `identity` configs are used;
+    with `identity_network` "dlib" no "arcface" path is needed: dlib's trained descriptor is the identity network).
     paths: OFFICIAL_ROLES -> file, e.g. {"generator": .../stylegan2_ffhq1024.pth, "e4e": .../e4e_ffhq_encode.pt,
     "farl": .../FaRL-Base-Patch16-LAIONFace20M-ep64.pth, "arcface": .../model_ir_se50.pth}; the generator's format
     is detected from the file. The e4e inverter keeps the generator's number of W+ layers (see E4EInverter).
     e4e_config: the e4e sizes; default the spec's `e4e` attribute if it has one, else inferred from the file
     (n_styles and w_dim; IR-SE50 backbone).
     """
-    absent = [role for role in OFFICIAL_ROLES if role not in paths]
+    dlib_identity = getattr(profile_spec, "identity_network", "arcface") == "dlib"
+    absent = [role for role in OFFICIAL_ROLES if role not in paths and not (role == "arcface" and dlib_identity)]
     if absent:
         raise CheckpointError(f"load_official_networks needs a path for {', '.join(absent)} "
                               f"(paths has: {', '.join(paths) or 'nothing'})")
@@ -493,8 +495,13 @@ def load_official_networks(profile_spec: Any, paths: Mapping[str, str | Path], d
             f"{gen_config.w_dim}-d ones; use the e4e encoder trained for this generator"
         )
     farl = load_farl(paths["farl"], profile_spec.farl)
-    identity = load_arcface(paths["arcface"], profile_spec.identity)
     device = torch.device(device)
+    if dlib_identity:
+        from anon_core.identity import load_dlib_identity
+
+        identity = load_dlib_identity(device)
+    else:
+        identity = load_arcface(paths["arcface"], profile_spec.identity)
     for net in (generator, e4e, farl, identity):
         net.to(device).eval().requires_grad_(False)
     inverter = E4EInverter(e4e, num_ws=gen_config.num_ws)

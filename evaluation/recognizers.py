@@ -37,6 +37,7 @@ from torch import Tensor
 
 from anon_core import model_store
 from anon_core.errors import FalcoError
+from anon_core.identity import DLIB_CHIP_BOX, Box, crop_fraction
 
 __all__ = [
     "FACE_CROPS",
@@ -49,14 +50,10 @@ __all__ = [
     "to_unit_range",
 ]
 
-FACE_CROPS: dict[str, tuple[float, float, float, float] | None] = {
+FACE_CROPS: dict[str, Box | None] = {
     # (top, bottom, left, right) as fractions of the aligned image's height/width; None: the whole image.
     "full": None,
-    # dlib's own 150 px chip (get_face_chip, padding 0.25) inside an FFHQ-aligned crop, fitted on scikit-image's
-    # first 100 LFW faces (x8 upscaled) and the astronaut aligned by anon_core.data.align (87 faces, MTCNN
-    # landmarks): a square of 170/256 centred at (x, y) = (128, 153)/256. Median distance between our descriptor
-    # of this crop and dlib's descriptor of its own chip: 0.27 (whole image: 0.64, pSp box: 0.60).
-    "dlib_chip": (68 / 256, 238 / 256, 43 / 256, 213 / 256),
+    "dlib_chip": DLIB_CHIP_BOX,  # dlib's own 150 px chip (anon_core.identity)
     # The MTCNN face box facenet-pytorch crops (margin 0) before its 160 px resize: median of our MTCNN's boxes
     # on the same 98 FFHQ-aligned faces at 256 px, (x1, y1, x2, y2) = (67, 57, 197, 228). Not square: resized
     # to 160 x 160 without keeping the aspect, as facenet-pytorch's extract_face does.
@@ -134,12 +131,7 @@ def crop_faces(images: Tensor, crop: str) -> Tensor:
     """Cut the named FACE_CROPS region out of [N, 3, H, W] images (rounded to whole pixels)."""
     if crop not in FACE_CROPS:
         raise FalcoError(f"crop={crop!r} is not one of {sorted(FACE_CROPS)}")
-    box = FACE_CROPS[crop]
-    if box is None:
-        return images
-    h, w = images.shape[-2:]
-    top, bottom, left, right = (round(f * n) for f, n in zip(box, (h, h, w, w), strict=True))
-    return images[:, :, top:bottom, left:right]  # (N, 3, bottom - top, right - left)
+    return crop_fraction(images, FACE_CROPS[crop])
 
 
 class Recognizer:

@@ -85,17 +85,25 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def weight_hashes(networks: NetworksResource) -> dict[str, str]:
-    """{file name: sha256} of the profile's model-store files that exist; {"all": "seeded"} for seeded weights."""
+    """{file name: sha256} of the weight files the profile uses that exist ({"all": "seeded"} stands for the
+    seeded networks), plus dlib's descriptor file where it is the identity network."""
     from anon_core.profiles import get_profile
 
-    weights = networks.weights or get_profile(networks.profile).default_weights
+    spec = get_profile(networks.profile)
+    weights = networks.weights or spec.default_weights
+    files: dict[str, Path] = {}
     if weights == "seeded":
-        return {"all": "seeded"}
-    from anon_core import model_store
+        hashes = {"all": "seeded"}
+    else:
+        from anon_core import model_store
 
-    hashes = {}
-    for name in model_store.profile_weights(networks.profile):
-        path = model_store.model_path(name)
+        hashes = {}
+        files = {name: model_store.model_path(name) for name in model_store.profile_weights(networks.profile)}
+    if spec.identity_network == "dlib":
+        from anon_core.networks.dlib_resnet import DLIB_MODEL_FILE, default_dlib_model_path
+
+        files[DLIB_MODEL_FILE] = default_dlib_model_path()
+    for name, path in files.items():
         if path.is_file():
             stat = path.stat()
             hashes[name] = _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)

@@ -366,36 +366,96 @@ def test_e4e_refuses_psp_encoders_and_a_missing_latent_avg(tmp_path: Path) -> No
 
 
 # --------------------------------------------------------------------------------------------- a whole profile
-def test_load_official_networks_round_trips_a_tiny_profile(tiny_nets, tmp_path: Path) -> None:
-    """Our tiny networks saved in the official layouts (rosinality generator, e4e, FaRL, TreB1eN) load back
-    bit-exact, frozen, on the requested device, with an inverter for the generator's W+ layers."""
+# tiny's generator, e4e and FaRL with a small seeded ArcFace in place of its dlib identity network: every
+# network of the official set, at sizes that save and load in a fraction of a second.
+TINY_IRSE = IRSEConfig(stage_channels=(16, 32, 64, 128), stage_blocks=(1, 1, 1, 1), embedding_dim=128, input_size=64)
+
+
+def _tiny_arcface_spec(**changes):
+    from dataclasses import replace
+
     from anon_core.profiles import PROFILES
 
-    spec = PROFILES["tiny"]
+    return replace(PROFILES["tiny"], identity_network="arcface", identity=TINY_IRSE, **changes)
+
+
+def _official_tiny_files(tiny_nets, paths: dict[str, Path]) -> dict[str, torch.nn.Module]:
+    """Write tiny's seeded networks in the official layouts (rosinality generator, e4e, FaRL, TreB1eN) at
+    `paths` (role -> file); returns the source networks by role."""
     torch.manual_seed(3)
     e4e = E4EEncoder(TINY_E4E).eval()
     e4e.latent_avg.normal_()
+    arcface = ArcFaceEncoder(TINY_IRSE).eval()
     g_state = tiny_nets.generator.state_dict()
-    paths = {
-        "generator": save(tmp_path / "g.pt", {"g_ema": {k: v for k, v in g_state.items() if k != "w_avg"},
-                                              "latent_avg": g_state["w_avg"]}),
-        "e4e": save(tmp_path / "e4e.pt", {
-            "state_dict": {f"encoder.{k}": v for k, v in e4e.state_dict().items() if k != "latent_avg"},
-            "latent_avg": e4e.latent_avg.clone(), "opts": {"encoder_type": "Encoder4Editing"}}),
-        "farl": save(tmp_path / "farl.pth", {"state_dict": {f"visual.{k}": v
-                                                            for k, v in tiny_nets.farl.state_dict().items()}}),
-        "arcface": save(tmp_path / "arc.pth", tiny_nets.identity.state_dict()),
-    }  # fmt: skip
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    save(paths["generator"], {"g_ema": {k: v for k, v in g_state.items() if k != "w_avg"},
+                              "latent_avg": g_state["w_avg"]})
+    save(paths["e4e"], {"state_dict": {f"encoder.{k}": v for k, v in e4e.state_dict().items() if k != "latent_avg"},
+                        "latent_avg": e4e.latent_avg.clone(), "opts": {"encoder_type": "Encoder4Editing"}})
+    save(paths["farl"], {"state_dict": {f"visual.{k}": v for k, v in tiny_nets.farl.state_dict().items()}})
+    save(paths["arcface"], arcface.state_dict())
+    return {"generator": tiny_nets.generator, "e4e": e4e, "farl": tiny_nets.farl, "arcface": arcface}
+
+
+def test_load_official_networks_round_trips_a_tiny_profile(tiny_nets, tmp_path: Path) -> None:
+    """Our tiny networks saved in the official layouts (rosinality generator, e4e, FaRL, TreB1eN) load back
+    bit-exact, frozen, on the requested device, with an inverter for the generator's W+ layers."""
+    spec = _tiny_arcface_spec()
+    paths = {role: tmp_path / f"{role}.pt" for role in ck.OFFICIAL_ROLES}
+    sources = _official_tiny_files(tiny_nets, paths)
     nets = ck.load_official_networks(spec, paths, "cpu", e4e_config=TINY_E4E)
-    for ours, source in ((nets.generator, tiny_nets.generator), (nets.e4e, e4e), (nets.farl, tiny_nets.farl),
-                         (nets.identity, tiny_nets.identity)):
+    for ours, role in ((nets.generator, "generator"), (nets.e4e, "e4e"), (nets.farl, "farl"),
+                       (nets.identity, "arcface")):
         assert not ours.training and not any(p.requires_grad for p in ours.parameters())
-        theirs = source.state_dict()
+        theirs = sources[role].state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in ours.state_dict().items())
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
     ws = nets.inverter.invert(images)
     assert ws.shape == (2, spec.generator.num_ws, spec.generator.w_dim) and ws.dtype == torch.float32
     with torch.no_grad():
-        assert torch.equal(ws, e4e(images))
+        assert torch.equal(ws, sources["e4e"](images))
     with pytest.raises(CheckpointError, match="needs a path for farl, arcface"):
         ck.load_official_networks(spec, {"generator": paths["generator"], "e4e": paths["e4e"]})
+
+
+def test_official_weights_from_the_model_store_run_falco_anonymize(tiny_nets, lfw_faces, tmp_path: Path,
+                                                                     monkeypatch, capsys) -> None:
+    """The whole official path: a profile whose weights come from the model store stops with one message naming
+    every missing file and its fetch command; with the files dropped into the store by hand (official layouts,
+    seeded values), `falco anonymize` loads them and inverts with the stored e4e encoder."""
+    from PIL import Image
+
+    from anon_core import model_store
+    from anon_core.profiles import PROFILES, build_networks
+    from orchestration.cli import main
+
+    names = {"generator": "stylegan2_ffhq512", "e4e": "e4e_ffhq_encode", "farl": "farl_ep64",
+             "arcface": "arcface_ir_se50"}
+    spec = _tiny_arcface_spec(name="tiny-official", default_weights="official", weight_files=names)
+    monkeypatch.setitem(PROFILES, spec.name, spec)
+    monkeypatch.setenv("FALCO_MODELS", str(tmp_path / "store"))
+    with pytest.raises(MissingWeightsError) as missing:
+        build_networks(spec.name)
+    message = str(missing.value)
+    assert message.startswith("4 weight file(s) missing") and "falco models fetch" in message
+    assert all(str(model_store.model_path(name)) in message for name in names.values())
+
+    sources = _official_tiny_files(tiny_nets, {role: model_store.model_path(n) for role, n in names.items()})
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i, face in enumerate(lfw_faces[:3]):
+        Image.fromarray(face).save(faces / f"{i}.png")
+    params = tmp_path / "params.yaml"
+    params.write_text((Path(__file__).parents[1] / "params.yaml").read_text().replace(
+        "profiles:\n", "profiles:\n  tiny-official: {pool_size: 20, optimization: {steps: 2}}\n", 1))
+    out = tmp_path / "out"
+    assert main(["anonymize", str(faces), str(out), "--profile", spec.name, "--params", str(params),
+                 "--no-align", "--quiet"]) == 0, capsys.readouterr().err
+    latents = np.load(out / "latents.npy")
+    with torch.no_grad():
+        inverted = sources["e4e"](torch.from_numpy(lfw_faces[:3]).permute(0, 3, 1, 2).float() / 127.5 - 1).numpy()
+    fixed = [i for i in range(spec.generator.num_ws) if not 3 <= i < 8]
+    np.testing.assert_allclose(latents[:, fixed], inverted[:, fixed], atol=1e-5)  # the stored e4e's W+ codes
+    assert not np.allclose(latents[:, 3:8], inverted[:, 3:8], atol=1e-3)
+    assert json.loads((out / "params.json").read_text())["params"]["inversion"]["method"] == "e4e"

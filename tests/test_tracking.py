@@ -86,6 +86,11 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(two_runs)
                           "tags.data_version": data_version(), "tags.weights_sha256.all": "seeded",
                           "tags.git_commit": commit}.items():
         assert (nested[column] == value).all(), column
+    from anon_core.hashing import sha256_file
+    from anon_core.networks.dlib_resnet import DLIB_MODEL_FILE, default_dlib_model_path
+
+    # tiny's identity network is dlib's trained descriptor: its file's sha256 is recorded with the seeded ones
+    assert (nested[f"tags.weights_sha256.{DLIB_MODEL_FILE}"] == sha256_file(default_dlib_model_path())).all()
     latents = nested[nested["tags.asset_key"] == "anonymized_latents"]
     assert sorted(latents["tags.partition"]) == sorted(shards + shards)
     assert sorted(latents["params.optimization.margin"]) == ["0.0"] * 3 + ["0.5"] * 3
