@@ -33,7 +33,9 @@ class OptimizationConfig(dg.Config):
     margin: float | None = None  # m: 0 removes identity, -> 1 keeps it
     lambda_id: float | None = None
     lambda_attr: float | None = None
-    batch_size: int | None = None
+    # images optimized together: a number ("16") or "auto" (the largest batch that fits the GPU); Dagster's config
+    # types have no int-or-string union, so it is text here and checked by anon_core.params like the CLI flag
+    batch_size: str | None = None
 
     def overrides(self) -> dict:
         return {

@@ -20,7 +20,7 @@ from orchestration.runner import FINGERPRINT_TAG, run_pipeline
 FAST_OPS = {
     "real_images": {"config": {"shard_size": 3}},
     "fake_pool": {"config": {"pool_size": 40}},
-    "anonymized_latents": {"config": {"steps": 2}},
+    "anonymized_latents": {"config": {"steps": 2, "batch_size": "auto"}},
 }
 UPSTREAM = ["fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"]
 
@@ -155,12 +155,13 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, faces):
         }
     store = tmp_path / "store"
     import pandas as pd
+    from safetensors.numpy import load_file
 
     for path in (p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")):
         # Every visible file is whole: a kill can only leave hidden temporary files behind.
         {".parquet": pd.read_parquet, ".npz": lambda p: dict(np.load(p)), ".npy": np.load,
          ".png": lambda p: Image.open(p).load(), ".md": Path.read_text, ".html": Path.read_text,
-         ".csv": pd.read_csv}[path.suffix](path)
+         ".csv": pd.read_csv, ".safetensors": load_file}[path.suffix](path)
     for shard in range(4):
         data = np.load(store / "anonymized_latents" / f"shard-{shard:05d}.npz")
         assert np.isfinite(data["ws"]).all()
@@ -183,3 +184,15 @@ def test_image_set_round_trips_through_the_io_manager(tmp_path):
     np.testing.assert_array_equal(loaded.images, images)
     with pytest.raises(TypeError, match="FalcoIOManager stores"):
         manager.handle_output(out, object())
+
+
+def test_launchpad_batch_size_takes_a_number_or_auto():
+    from anon_core.errors import ParamsError
+    from orchestration.config import OptimizationConfig
+
+    networks = NetworksResource()
+    assert networks.params(**OptimizationConfig(batch_size="12").overrides()).batch_size == 12
+    assert networks.params(**OptimizationConfig(batch_size="auto").overrides()).batch_size == "auto"
+    assert networks.params(**OptimizationConfig().overrides()).batch_size == networks.params().batch_size
+    with pytest.raises(ParamsError, match="batch_size"):
+        networks.params(**OptimizationConfig(batch_size="big").overrides())
