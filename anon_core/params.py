@@ -90,14 +90,8 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
 
     Overrides whose value is None are ignored, so command-line flags that were not given fall through.
     """
-    path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
-    if not path.is_file():
-        raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict) or "defaults" not in raw:
+    path, raw = _read(path)
+    if "defaults" not in raw:
         raise ParamsError(f"{path} has no top-level 'defaults:' section")
     profiles = raw.get("profiles") or {}
     if profile not in profiles:
@@ -111,6 +105,31 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
     params = _build(FalcoParams, merged, str(path))
     _check(params)
     return params
+
+
+def load_section(name: str, profile: str, path: Path | None = None) -> dict[str, Any]:
+    """A top-level section of the params file other than the method's (e.g. `checks`, `attribute_classifier`),
+    with its own `profiles.<profile>` entry applied; {} when the file has no such section."""
+    path, raw = _read(path)
+    section = raw.get(name) or {}
+    if not isinstance(section, dict):
+        raise ParamsError(f"{path}: '{name}:' must be a mapping of settings")
+    section = dict(section)
+    per_profile = section.pop("profiles", None) or {}
+    return _merge(section, per_profile.get(profile) or {})
+
+
+def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
+    path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
+    if not path.is_file():
+        raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections ('defaults:', 'profiles:', ...)")
+    return path, raw
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:

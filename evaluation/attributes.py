@@ -291,21 +291,22 @@ def classifier_utility(
     """Accuracy of the real-trained classifier on the real and on the anonymized test split, per attribute.
 
     `labels`: ground truth of the test images (rows in the order of both image arrays; columns = attributes in
-    the classifier's output order). Returns `accuracy_real`, `accuracy_anon`, `drop` (= real - anon), `n`.
+    the classifier's output order). Returns `accuracy_real`, `accuracy_anon`, `drop` (= real - anon), and the
+    `agreement` of the classifier's labels of each anonymized image with those of its real source, with `n`,
+    `real_positive_rate` and `anon_positive_rate` (of the predicted labels) as `agreement` gives them.
     """
     attributes = list(labels.columns)
     if len(real_test) != len(labels) or len(anon_test) != len(labels):
         raise ValueError(f"{len(real_test)} real and {len(anon_test)} anonymized test images, {len(labels)} labels")
-    frames = {}
-    for which, images in (("real", real_test), ("anon", anon_test)):
-        predicted = pd.DataFrame(
+    predicted = {
+        which: pd.DataFrame(
             classifier_labels(model, images, config.image_size, device), index=labels.index, columns=attributes
         )
-        frames[which] = accuracy(predicted, labels)["accuracy"]
-    table = pd.DataFrame({"accuracy_real": frames["real"], "accuracy_anon": frames["anon"]})
+        for which, images in (("real", real_test), ("anon", anon_test))
+    }
+    table = pd.DataFrame({f"accuracy_{which}": accuracy(predicted[which], labels)["accuracy"] for which in predicted})
     table["drop"] = table["accuracy_real"] - table["accuracy_anon"]
-    table["n"] = len(labels)
-    return table
+    return table.join(agreement(predicted["real"], predicted["anon"]))
 
 
 def config_dict(config: ClassifierConfig) -> dict:

@@ -4,7 +4,6 @@
 import dagster as dg
 import numpy as np
 import pandas as pd
-import yaml
 
 from orchestration.assets.anonymization import anonymized_images, anonymized_latents, pairs
 from orchestration.io_manager import ImageSet
@@ -14,13 +13,9 @@ from orchestration.resources import NetworksResource
 
 def check_settings(networks: NetworksResource) -> dict:
     """params.yaml's `checks:` section, with the entry of the resource's profile applied."""
-    from anon_core.params import DEFAULT_PARAMS_PATH
+    from anon_core.params import load_section
 
-    path = networks.params_path or DEFAULT_PARAMS_PATH
-    with open(path) as fh:
-        checks = dict((yaml.safe_load(fh) or {}).get("checks") or {})
-    per_profile = checks.pop("profiles", None) or {}
-    return checks | (per_profile.get(networks.profile) or {})
+    return load_section("checks", networks.profile, networks.params_path)
 
 
 @dg.asset_check(asset=pairs, additional_ins={"real_images": dg.AssetIn("real_images"), "fake_features": dg.AssetIn("fake_features")})

@@ -22,7 +22,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "invert": ("real_inversions",),
     "pairs": ("pairs",),
     "anonymize": ("anonymized_latents", "anonymized_images"),
-    "evaluate": ("attribute_pseudo_labels", "evaluation_metrics", "anonymization_report"),
+    "evaluate": ("attribute_classifier", "attribute_pseudo_labels", "evaluation_metrics", "anonymization_report"),
 }
 METRICS_FILE = "metrics.json"
 LOSSES_FILE = "losses.csv"

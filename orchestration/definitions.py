@@ -8,7 +8,7 @@ import warnings
 
 import dagster as dg
 
-from orchestration.assets import anonymization, evaluation, fake_pool, real_data
+from orchestration.assets import anonymization, attribute_classifier, evaluation, fake_pool, real_data
 from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, executor
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned asset checks are a preview feature
     from orchestration.checks import ALL_CHECKS
 
-ASSETS = dg.load_assets_from_modules([fake_pool, real_data, anonymization, evaluation])
+ASSETS = dg.load_assets_from_modules([fake_pool, real_data, anonymization, attribute_classifier, evaluation])
 
 
 def build_definitions(

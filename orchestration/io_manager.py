@@ -6,6 +6,7 @@
 | dict of numpy arrays       | `<asset>/<partition>.npz`                                      |
 | pandas DataFrame           | `<asset>/<partition>.parquet`                                  |
 | ImageSet (table + images)  | `<asset>/<partition>.parquet` + `<asset>/images/<name>.png`   |
+| Weights (arrays + strings) | `<asset>/<partition>.safetensors` (string metadata in header) |
 
 `<partition>` is `all` for unpartitioned assets. Every file is written to a temporary name and renamed, so a run
 killed mid-write never leaves a half-written file that a later step would read; a table is written after its
@@ -50,6 +51,15 @@ class ImageSet:
         return self.table[self.has_image].reset_index(drop=True)
 
 
+@dataclass
+class Weights:
+    """A network's state dict as numpy arrays, with string metadata (its config, labels, status); stored as one
+    safetensors file, so loading it never unpickles anything."""
+
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+
 class FalcoIOManager(dg.ConfigurableIOManager):
     """Typed, atomic, pickle-free storage under `root`."""
 
@@ -72,6 +82,11 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             for name, image in zip(obj.named["image"], obj.images):
                 write_bytes_atomic(base / "images" / name, encode_png(image))
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table))
+        elif isinstance(obj, Weights):
+            from safetensors.numpy import save
+
+            arrays = {k: np.ascontiguousarray(v) for k, v in obj.arrays.items()}
+            write_bytes_atomic(base / f"{stem}.safetensors", save(arrays, metadata=obj.metadata))
         elif isinstance(obj, pd.DataFrame):
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj))
         elif isinstance(obj, np.ndarray):
@@ -85,7 +100,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         else:
             raise TypeError(
                 f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; FalcoIOManager stores "
-                "numpy arrays, dicts of arrays, DataFrames and ImageSets"
+                "numpy arrays, dicts of arrays, DataFrames, ImageSets and Weights"
             )
         context.add_output_metadata({"path": dg.MetadataValue.path(str(base))})
 
@@ -100,7 +115,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
 
     def _load(self, base: Path, partition: str | None) -> Any:
         stem = self._stem(partition)
-        for suffix in (".npy", ".npz", ".parquet"):
+        for suffix in (".npy", ".npz", ".parquet", ".safetensors"):
             path = base / f"{stem}{suffix}"
             if path.exists():
                 break
@@ -111,6 +126,11 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as data:
+                return Weights(arrays={k: data.get_tensor(k) for k in data.keys()}, metadata=data.metadata() or {})
         table = pd.read_parquet(path)
         if (base / "images").is_dir() and "image" in table.columns:
             images = [load_rgb(base / "images" / name) for name in table["image"].fillna("") if name]

@@ -124,11 +124,13 @@ def test_classifier_training_loss_falls_and_utility_table() -> None:
     assert classifier_labels(model, test_images, config.image_size).shape == (32, 3)
     swapped = test_images[..., ::-1].copy()  # "anonymization" that destroys the red/blue attributes
     table = classifier_utility(model, test_images, swapped, truth, config)
-    assert list(table.columns) == ["accuracy_real", "accuracy_anon", "drop", "n"]
+    assert list(table.columns) == ["accuracy_real", "accuracy_anon", "drop", "agreement", "n",
+                                   "real_positive_rate", "anon_positive_rate"]
+    assert (table["n"] == 32).all() and table.loc[["Red", "Blue"], "agreement"].max() < 1.0, table
     assert table["accuracy_real"].mean() > 0.8, table
     assert table.loc[["Red", "Blue"], "drop"].mean() > 0.2 and table.loc[["Red", "Blue"], "drop"].min() > 0, table
     same = classifier_utility(model, test_images, test_images.copy(), truth, config)
-    assert (same["drop"] == 0).all()
+    assert (same["drop"] == 0).all() and (same["agreement"] == 1).all()
 
 
 @pytest.mark.gpu

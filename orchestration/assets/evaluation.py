@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from orchestration.io_manager import ImageSet
+from orchestration.io_manager import ImageSet, Weights
 from orchestration.metadata import png_markdown, table
 from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource, delta_table, flatten
@@ -60,18 +60,21 @@ def evaluation_metrics(
     real_images: ImageSet,
     fake_pool: dict,
     attribute_pseudo_labels: pd.DataFrame,
+    attribute_classifier: Weights,
     storage: StorageResource,
     networks: NetworksResource,
     mlflow: MlflowResource,
 ) -> pd.DataFrame:
     """Privacy (detection, re-identification per recognizer), attribute agreement and quality of FALCO and of
     the baselines, one row per method. The per-image privacy table goes to `evaluation_metrics/per_image.parquet`
-    and FALCO's per-attribute agreement to `evaluation_metrics/attributes.parquet`."""
+    and FALCO's per-attribute agreement (with the attribute classifier's accuracy on the real and the anonymized
+    test split, when it was trained) to `evaluation_metrics/attributes.parquet`."""
     from anon_core.data.image_io import to_uint8, write_bytes_atomic
     from anon_core.fake_pool import generate
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.suite import evaluate_with_baselines, summary_table
+    from orchestration.assets.attribute_classifier import add_classifier_metrics_
 
     shards = [anonymized_images[k] for k in sorted(anonymized_images)]
     anon_table = pd.concat([s.table for s in shards], ignore_index=True)
@@ -88,6 +91,7 @@ def evaluation_metrics(
         baselines=tuple(config.baselines), gallery_identity=identity, predictors=_predictors(networks),
         real_labels=_split_labels(attribute_pseudo_labels), names=anon_table["image"].tolist(), device=nets.device,
     )
+    classifier = add_classifier_metrics_(results[0], attribute_classifier, real_images, anon, rows, nets.device)
     summary = summary_table(results)
     falco = results[0]
     base = storage.path("evaluation_metrics")
@@ -108,7 +112,7 @@ def evaluation_metrics(
         {**run.metadata, "change_vs_previous_run": table(change),
          "methods": table(summary.reset_index()[["method", *[c for c in summary.columns if c.endswith(("top1_rate", "/rate", "mean_agreement"))]]]),
          "failed_images": int((~falco.per_image["passed_all"]).sum()),
-         "recognizers": ", ".join(r.name for r in recognizers),
+         "recognizers": ", ".join(r.name for r in recognizers), "attribute_classifier": classifier,
          "feature_extractor": str(falco.quality.get("feature_extractor")),
          **{k: float(v) for k, v in falco.metrics.items()}}
     )
