@@ -21,6 +21,7 @@ Everything here is a pure function of arrays and DataFrames; the caller reads im
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,22 @@ def _check_uint8(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+# Both detectors hold only fixed weights, so one per process (per device) serves every call: dlib builds its HOG
+# detector in ~0.6 s, which the suite otherwise paid once per method.
+@functools.cache
+def _hog_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.cache
+def _mtcnn(device: torch.device):
+    from anon_core.networks.mtcnn import MTCNN
+
+    return MTCNN(device=device)
+
+
 def detect_faces(
     images: np.ndarray | Sequence[np.ndarray],
     detector: str = "dlib_hog",
@@ -90,21 +107,18 @@ def detect_faces(
     """Count faces in each uint8 [H, W, 3] image with ``detector`` ("dlib_hog" or "mtcnn").
 
     ``upsample`` (dlib only): times to double the image before detection, or "auto" (once when the shorter side
-    is below DLIB_UPSAMPLE_BELOW, else never). ``mtcnn``: a ready ``anon_core.networks.mtcnn.MTCNN`` to reuse.
+    is below DLIB_UPSAMPLE_BELOW, else never). ``mtcnn``: a ready ``anon_core.networks.mtcnn.MTCNN`` to use
+    instead of the process's default one on ``device``.
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
     frames = _check_uint8(images)
     if detector == "mtcnn":
-        from anon_core.networks.mtcnn import MTCNN
-
-        net = mtcnn if mtcnn is not None else MTCNN(device=device)
+        net = mtcnn if mtcnn is not None else _mtcnn(torch.device(device))
         return DetectionResult(detector, np.array([len(net.detect(f)) for f in frames], dtype=np.int64))
     if upsample != "auto" and (not isinstance(upsample, int) or upsample < 0):
         raise ValueError(f"upsample={upsample!r} must be 'auto' or a non-negative int")
-    import dlib
-
-    hog = dlib.get_frontal_face_detector()
+    hog = _hog_detector()
     counts = []
     for frame in frames:
         times = (1 if min(frame.shape[:2]) < DLIB_UPSAMPLE_BELOW else 0) if upsample == "auto" else upsample

@@ -304,9 +304,14 @@ def compare_features(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
+    real_statistics: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> QualityResult:
-    """Frechet and kernel distance between precomputed features of the real and the anonymized set."""
-    fd = frechet_distance(*feature_statistics(real), *feature_statistics(anon))
+    """Frechet and kernel distance between precomputed features of the real and the anonymized set.
+
+    `real_statistics`: `feature_statistics(real)` computed once, when many sets are compared with one real set.
+    """
+    real_mu, real_sigma = feature_statistics(real) if real_statistics is None else real_statistics
+    fd = frechet_distance(real_mu, real_sigma, *feature_statistics(anon))
     kd_mean, kd_std = kid(real, anon, kid_subsets, kid_subset_size, seed)
     return QualityResult(
         fd_metric=extractor.fd_metric,

@@ -12,7 +12,7 @@ import torch
 from evaluation.attributes import agreement, pseudo_labels
 from evaluation.baselines import BASELINES, apply_baseline
 from evaluation.privacy import DETECTORS, combine_tables, detect_faces, evaluate_reidentification
-from evaluation.quality import FeatureExtractor, compare_features, features
+from evaluation.quality import FeatureExtractor, compare_features, feature_statistics, features
 from evaluation.recognizers import Recognizer
 
 
@@ -66,6 +66,7 @@ def evaluate_method(
     recognizers: list[Recognizer],
     extractor: FeatureExtractor,
     real_features: np.ndarray,
+    real_statistics: tuple[np.ndarray, np.ndarray] | None = None,
     gallery_identity: np.ndarray | None = None,
     gallery_embeddings: dict[str, np.ndarray] | None = None,
     predictors: list | None = None,
@@ -73,7 +74,10 @@ def evaluate_method(
     names: list[str] | None = None,
     device: torch.device | str = "cpu",
 ) -> MethodResult:
-    """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]])."""
+    """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]]).
+
+    What depends on the real set alone can be passed in, computed once for many sets: `real_features`,
+    `real_statistics` (their `feature_statistics`), `gallery_embeddings` (per recognizer) and `real_labels`."""
     metrics: dict[str, float] = {}
     reports = [
         evaluate_reidentification(
@@ -91,7 +95,7 @@ def evaluate_method(
         per_image[f"detected/{detector}"] = found.detected
 
     quality = compare_features(real_features, features(anonymized, extractor), extractor,
-                               kid_subset_size=min(1000, len(real)))
+                               kid_subset_size=min(1000, len(real)), real_statistics=real_statistics)
     metrics |= {f"quality/{k}": v for k, v in quality.metrics().items()}
 
     table = None
@@ -133,7 +137,7 @@ def evaluate_runs(
     real_features = features(real, extractor)
     gallery = {r.name: r.embed(real) for r in recognizers}
     common = dict(recognizers=recognizers, extractor=extractor, real_features=real_features,
-                  gallery_embeddings=gallery, **kwargs)
+                  real_statistics=feature_statistics(real_features), gallery_embeddings=gallery, **kwargs)
     results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
                for run in runs]
     first = runs[0]

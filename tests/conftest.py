@@ -22,6 +22,16 @@ def _mlflow_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny convolutions (opt in: ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from threads, and on a shared 2-core machine OpenMP barriers made them 10-20x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_nets():
     from anon_core.profiles import build_networks

@@ -16,6 +16,8 @@ from anon_core.params import DEFAULT_PARAMS_PATH
 from orchestration.cli import main
 
 FACES = 3
+# Every step here is tiny convolutions: on a shared 2-core machine, one thread took the module from 92 s to 8 s.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ SMALL = StyleGAN2Config(resolution=64, z_dim=32, w_dim=32, mapping_layers=2, cha
 ATOL = 1e-5  # fp32 tolerance for "same computation, different batching"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs gain nothing from threads, and on a shared 2-core machine OpenMP barriers made them ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run faster on one thread
 
 
 @pytest.fixture(autouse=True)
