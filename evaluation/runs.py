@@ -25,13 +25,17 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 
 
 def run_labels(params: Sequence[Mapping[str, str]], fallbacks: Sequence[str]) -> list[str]:
-    """One unique label per run: "name=value" for every differing parameter (", "-joined), e.g. "m=0.5".
+    """One unique label per run: "name=value" for every differing parameter (", "-joined), e.g. "m=0.5";
+    parameters missing from some runs count only when no parameter that all runs have differs.
 
     `fallbacks` (e.g. the runs' folder names) label runs whose parameters are all equal, and are appended,
     in brackets, to labels that would otherwise repeat."""
     if len(params) != len(fallbacks):
         raise ValueError(f"{len(params)} parameter sets but {len(fallbacks)} fallback labels")
     keys = differing_keys(params)
+    # A key that only some runs have was added (or dropped) by a code change, not chosen by the user: it labels
+    # runs only when nothing that every run has differs.
+    keys = [k for k in keys if all(k in p for p in params)] or keys
     short = _short_names(keys)
     labels = [", ".join(f"{short[k]}={p.get(k, UNSET)}" for k in keys) or str(f) for p, f in zip(params, fallbacks)]
     counts = Counter(labels)
