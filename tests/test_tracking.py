@@ -82,7 +82,11 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(two_runs)
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1]).stdout.strip() or "unknown"
-    for column, value in {"tags.profile": "tiny", "tags.device": "cpu", "tags.code_version": "1",
+    from orchestration.definitions import ASSETS
+
+    versions = {key.to_user_string(): version for a in ASSETS for key, version in a.code_versions_by_key.items()}
+    assert (nested["tags.code_version"] == nested["tags.asset_key"].map(versions)).all()  # each asset's own
+    for column, value in {"tags.profile": "tiny", "tags.device": "cpu",
                           "tags.data_version": data_version(), "tags.weights_sha256.all": "seeded",
                           "tags.git_commit": commit}.items():
         assert (nested[column] == value).all(), column

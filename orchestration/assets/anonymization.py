@@ -48,7 +48,7 @@ def pairs(
     return frame
 
 
-@dg.asset(group_name=GROUP, code_version="1", partitions_def=image_shards, op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="2", partitions_def=image_shards, op_tags=GPU)
 def anonymized_latents(
     context: dg.AssetExecutionContext,
     config: OptimizationConfig,
@@ -97,7 +97,7 @@ def anonymized_latents(
             **{f"loss_{name}": values for name, values in result.history.items()}}
 
 
-@dg.asset(group_name=GROUP, code_version="1", partitions_def=image_shards, op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="2", partitions_def=image_shards, op_tags=GPU)
 def anonymized_images(
     context: dg.AssetExecutionContext,
     config: ImagesConfig,

@@ -52,7 +52,7 @@ def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
             for n in names}
 
 
-@dg.asset(group_name=GROUP, code_version="1", op_tags={"falco/device": "gpu"})
+@dg.asset(group_name=GROUP, code_version="2", op_tags={"falco/device": "gpu"})
 def evaluation_metrics(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
@@ -119,7 +119,7 @@ def evaluation_metrics(
     return summary.reset_index()
 
 
-@dg.asset(group_name=GROUP, code_version="1")
+@dg.asset(group_name=GROUP, code_version="2")
 def anonymization_report(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
