@@ -120,6 +120,19 @@ def _as_bool(values: pd.Series) -> np.ndarray:
     return values.to_numpy().astype(np.float64) > 0
 
 
+def _compare_labels(first: pd.DataFrame, second: pd.DataFrame, names: list[str], score: str,
+                    rates: tuple[str, str]) -> pd.DataFrame:
+    """Per attribute: the share of images whose two labels are equal (`score`), `n`, and each table's positive
+    rate (named `rates`); tables already aligned by image id."""
+    rows = []
+    for a in names:
+        x, y = _as_bool(first[a]), _as_bool(second[a])
+        empty = float("nan")
+        rows.append({"attribute": a, score: float((x == y).mean()) if len(x) else empty, "n": len(x),
+                     rates[0]: float(x.mean()) if len(x) else empty, rates[1]: float(y.mean()) if len(y) else empty})
+    return pd.DataFrame(rows).set_index("attribute")
+
+
 def agreement(real: pd.DataFrame, anon: pd.DataFrame, attributes: Sequence[str] | None = None) -> pd.DataFrame:
     """Per attribute: fraction of images whose anonymized label equals the real one, with both positive rates.
 
@@ -128,19 +141,7 @@ def agreement(real: pd.DataFrame, anon: pd.DataFrame, attributes: Sequence[str] 
     """
     names = _label_columns(real, attributes)
     anon = _aligned(real, anon, "agreement")
-    rows = []
-    for a in names:
-        r, s = _as_bool(real[a]), _as_bool(anon[a])
-        rows.append(
-            {
-                "attribute": a,
-                "agreement": float((r == s).mean()) if len(r) else float("nan"),
-                "n": len(r),
-                "real_positive_rate": float(r.mean()) if len(r) else float("nan"),
-                "anon_positive_rate": float(s.mean()) if len(s) else float("nan"),
-            }
-        )
-    return pd.DataFrame(rows).set_index("attribute")
+    return _compare_labels(real, anon, names, "agreement", ("real_positive_rate", "anon_positive_rate"))
 
 
 def accuracy(
@@ -149,19 +150,7 @@ def accuracy(
     """Per attribute accuracy of predicted labels against ground truth (CelebA -1/1, 0/1 or bool), by image id."""
     names = _label_columns(predicted, attributes)
     truth = _aligned(predicted, ground_truth, "accuracy")
-    rows = []
-    for a in names:
-        p, t = _as_bool(predicted[a]), _as_bool(truth[a])
-        rows.append(
-            {
-                "attribute": a,
-                "accuracy": float((p == t).mean()) if len(p) else float("nan"),
-                "n": len(p),
-                "true_positive_rate": float(t.mean()) if len(t) else float("nan"),
-                "predicted_positive_rate": float(p.mean()) if len(p) else float("nan"),
-            }
-        )
-    return pd.DataFrame(rows).set_index("attribute")
+    return _compare_labels(truth, predicted, names, "accuracy", ("true_positive_rate", "predicted_positive_rate"))
 
 
 class AttributeFileError(FalcoError, ValueError):

@@ -2,7 +2,8 @@
 
 Reference implementation: timesler/facenet-pytorch 2.6.0, ``models/inception_resnet_v1.py`` (a port of David
 Sandberg's TensorFlow ``facenet`` models ``20180402-114759`` trained on VGGFace2 and ``20180408-102900`` trained
-on CASIA-WebFace). Module names match the reference, so the published files load by name:
+on CASIA-WebFace). Module names match the reference, so the published files load by name (the reference's
+Block17 and Block8 are both our FactorizedBlock):
 
     conv2d_1a, conv2d_2a, conv2d_2b   BasicConv2d {conv: Conv2d no bias, bn: BatchNorm2d eps 1e-3}
     maxpool_3a, conv2d_3b, conv2d_4a, conv2d_4b
@@ -97,44 +98,36 @@ class Block35(nn.Module):
         return self.relu(self.conv2d(mixed) * self.scale + x)
 
 
-class Block17(nn.Module):
-    """Inception-ResNet-B: 1x7 then 7x1 factorized branch, 896 channels."""
+class FactorizedBlock(nn.Module):
+    """Inception-ResNet-B / -C: a 1 x k then k x 1 factorized branch beside a 1 x 1 one,
+    relu(x + scale * conv2d(cat(branches))); the last -C block has no ReLU."""
 
-    def __init__(self, scale: float) -> None:
+    def __init__(self, channels: int, width: int, kernel: int, scale: float, relu: bool = True) -> None:
         super().__init__()
         self.scale = scale
-        self.branch0 = BasicConv2d(896, 128, 1, 1)
+        pad = kernel // 2
+        self.branch0 = BasicConv2d(channels, width, 1, 1)
         self.branch1 = nn.Sequential(
-            BasicConv2d(896, 128, 1, 1),
-            BasicConv2d(128, 128, (1, 7), 1, (0, 3)),
-            BasicConv2d(128, 128, (7, 1), 1, (3, 0)),
+            BasicConv2d(channels, width, 1, 1),
+            BasicConv2d(width, width, (1, kernel), 1, (0, pad)),
+            BasicConv2d(width, width, (kernel, 1), 1, (pad, 0)),
         )
-        self.conv2d = nn.Conv2d(256, 896, 1, 1)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: Tensor) -> Tensor:
-        mixed = torch.cat((self.branch0(x), self.branch1(x)), 1)  # (B, 256, H, W)
-        return self.relu(self.conv2d(mixed) * self.scale + x)
-
-
-class Block8(nn.Module):
-    """Inception-ResNet-C: 1x3 then 3x1 factorized branch, 1792 channels; the last one has no ReLU."""
-
-    def __init__(self, scale: float = 1.0, relu: bool = True) -> None:
-        super().__init__()
-        self.scale = scale
-        self.branch0 = BasicConv2d(1792, 192, 1, 1)
-        self.branch1 = nn.Sequential(
-            BasicConv2d(1792, 192, 1, 1),
-            BasicConv2d(192, 192, (1, 3), 1, (0, 1)),
-            BasicConv2d(192, 192, (3, 1), 1, (1, 0)),
-        )
-        self.conv2d = nn.Conv2d(384, 1792, 1, 1)
+        self.conv2d = nn.Conv2d(2 * width, channels, 1, 1)
         self.relu = nn.ReLU() if relu else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        mixed = torch.cat((self.branch0(x), self.branch1(x)), 1)  # (B, 384, H, W)
+        mixed = torch.cat((self.branch0(x), self.branch1(x)), 1)  # (B, 2 * width, H, W)
         return self.relu(self.conv2d(mixed) * self.scale + x)
+
+
+def block17(scale: float) -> FactorizedBlock:
+    """Inception-ResNet-B: 896 channels, 1x7 / 7x1."""
+    return FactorizedBlock(896, 128, 7, scale)
+
+
+def block8(scale: float, relu: bool = True) -> FactorizedBlock:
+    """Inception-ResNet-C: 1792 channels, 1x3 / 3x1."""
+    return FactorizedBlock(1792, 192, 3, scale, relu)
 
 
 class Mixed6a(nn.Module):
@@ -193,10 +186,10 @@ class InceptionResnetV1(nn.Module):
         self.conv2d_4b = BasicConv2d(192, 256, 3, 2)
         self.repeat_1 = nn.Sequential(*(Block35(0.17) for _ in range(5)))
         self.mixed_6a = Mixed6a()
-        self.repeat_2 = nn.Sequential(*(Block17(0.10) for _ in range(10)))
+        self.repeat_2 = nn.Sequential(*(block17(0.10) for _ in range(10)))
         self.mixed_7a = Mixed7a()
-        self.repeat_3 = nn.Sequential(*(Block8(0.20) for _ in range(5)))
-        self.block8 = Block8(1.0, relu=False)
+        self.repeat_3 = nn.Sequential(*(block8(0.20) for _ in range(5)))
+        self.block8 = block8(1.0, relu=False)
         self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout_prob)
         self.last_linear = nn.Linear(1792, 512, bias=False)
