@@ -141,7 +141,8 @@ def anonymize_batch(
     losses = compiled_step_losses(compile_backend) if compile_backend else step_losses
     optimizer = torch.optim.Adam([trainable], lr=params.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=params.milestone_steps(), gamma=params.gamma)
-    history = {name: np.zeros((params.steps, len(real_images)), dtype=np.float32) for name in LOSS_NAMES}
+    # Kept on the device and copied once at the end: a per-step copy would make the host wait for every step.
+    history = torch.zeros((params.steps, len(LOSS_NAMES), len(real_images)), dtype=torch.float32, device=device)
 
     for step in progress_bar(range(params.steps), desc="optimize", unit="step", enable=show_progress):
         id_term, attr_term = losses(
@@ -152,18 +153,18 @@ def anonymize_batch(
         per_image.sum().backward()
         optimizer.step()
         scheduler.step()
-        for name, value in zip(LOSS_NAMES, (id_term, attr_term, per_image)):
-            history[name][step] = value.detach().float().cpu().numpy()
+        history[step] = torch.stack((id_term, attr_term, per_image)).detach().float()
         if on_step is not None:
-            on_step(step, {name: float(history[name][step].sum()) for name in LOSS_NAMES})
+            on_step(step, {name: float(value) for name, value in zip(LOSS_NAMES, history[step].sum(dim=1).tolist())})
 
     with torch.no_grad(), autocast(device, amp_dtype):
         ws = compose_ws(w_real, trainable.detach(), start, stop)
         images = generator.synthesis(ws).to(master)
         similarity = (identity_net(images).to(master) * real_identity).sum(dim=1)
+    history_np = history.cpu().numpy()
     return OptimizationResult(
         ws=ws.cpu(),
         images=images.cpu(),
         identity_similarity=similarity.cpu().numpy(),
-        history=history,
+        history={name: np.ascontiguousarray(history_np[:, i]) for i, name in enumerate(LOSS_NAMES)},
     )
