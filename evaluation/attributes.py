@@ -27,12 +27,14 @@ from torch import Tensor
 from anon_core.errors import FalcoError
 from anon_core.networks.attribute_predictors import CELEBA_ATTRIBUTES
 from anon_core.networks.resnet50 import ResNet, ResNetConfig
+from evaluation.image_sets import ImageSetLike, read_parts
 from evaluation.quality import image_batches
 
 __all__ = [
     "AttributeFileError",
     "AttributePredictor",
     "ClassifierConfig",
+    "LABEL_BATCH_SIZE",
     "accuracy",
     "agreement",
     "build_classifier",
@@ -43,6 +45,9 @@ __all__ = [
     "read_celeba_attributes",
     "train_attribute_classifier",
 ]
+
+
+LABEL_BATCH_SIZE = 32  # images per forward pass of a pseudo-labelling predictor
 
 
 class AttributePredictor(Protocol):
@@ -64,17 +69,17 @@ def _ids(ids: Sequence[str] | None, n: int) -> pd.Index:
 
 @torch.no_grad()
 def pseudo_labels(
-    images: np.ndarray | Tensor,
+    images: ImageSetLike | Tensor,
     predictor: AttributePredictor,
     ids: Sequence[str] | None = None,
-    batch_size: int = 32,
+    batch_size: int = LABEL_BATCH_SIZE,
     device: torch.device | str = "cpu",
 ) -> pd.DataFrame:
     """Label images with a pre-trained predictor.
 
-    `images`: uint8 [N, H, W, 3] or [-1, 1] [N, 3, H, W] aligned faces. Returns one row per image (index `image`:
-    `ids`, default zero-padded positions), for each attribute a bool column `<attr>` and a float column
-    `<attr>_prob` (P(present)); `df.attrs["predictor"]` names the predictor.
+    `images`: uint8 [N, H, W, 3] (a set read batch by batch) or [-1, 1] [N, 3, H, W] aligned faces. Returns one
+    row per image (index `image`: `ids`, default zero-padded positions), for each attribute a bool column `<attr>`
+    and a float column `<attr>_prob` (P(present)); `df.attrs["predictor"]` names the predictor.
     """
     probs: dict[str, list[np.ndarray]] = {a: [] for a in predictor.attributes}
     labels: dict[str, list[np.ndarray]] = {a: [] for a in predictor.attributes}
@@ -210,13 +215,14 @@ def _prepare(batch: Tensor, size: int) -> Tensor:
 
 
 def train_attribute_classifier(
-    images: np.ndarray,
+    images: ImageSetLike,
     labels: np.ndarray,
     config: ClassifierConfig = ClassifierConfig(),
     device: torch.device | str = "cpu",
     log: Callable[[dict], None] | None = None,
 ) -> tuple[ResNet, list[dict]]:
-    """Train on real images: uint8 [N, H, W, 3] (a np.memmap works for large sets), bool/0-1/-1-1 labels [N, A].
+    """Train on real images: uint8 [N, H, W, 3] (an ndarray, a np.memmap or an ImageFiles: only the batches are
+    read, the next ones ahead in a thread), bool/0-1/-1-1 labels [N, A].
 
     Returns the model (eval mode) and the per-step history [{"step", "epoch", "loss", "seconds"}]; `log` is called
     with each entry (e.g. to log to MLflow from the orchestration layer).
@@ -232,9 +238,11 @@ def train_attribute_classifier(
     step, start = 0, time.perf_counter()
     for epoch in range(config.epochs):
         order = torch.randperm(len(images), generator=generator)
-        for first in range(0, len(order), config.batch_size):
-            index = np.sort(order[first : first + config.batch_size].numpy())  # sorted: fast memmap reads
-            x = next(image_batches(images[index], len(index), device))  # (B, 3, H, W) in [-1, 1]
+        # The epoch's batches are known now, so they are read ahead; sorted rows read a memmap fast.
+        index_batches = [np.sort(order[first : first + config.batch_size].numpy())
+                         for first in range(0, len(order), config.batch_size)]
+        for index, batch in read_parts(images, index_batches):
+            x = next(image_batches(batch, len(index), device))  # (B, 3, H, W) in [-1, 1]
             x = _prepare(x, config.image_size)
             if config.hflip:
                 flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
@@ -256,7 +264,7 @@ def train_attribute_classifier(
 @torch.no_grad()
 def classifier_labels(
     model: ResNet,
-    images: np.ndarray | Tensor,
+    images: ImageSetLike | Tensor,
     image_size: int,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
@@ -271,8 +279,8 @@ def classifier_labels(
 
 def classifier_utility(
     model: ResNet,
-    real_test: np.ndarray | Tensor,
-    anon_test: np.ndarray | Tensor,
+    real_test: ImageSetLike | Tensor,
+    anon_test: ImageSetLike | Tensor,
     labels: pd.DataFrame,
     config: ClassifierConfig,
     device: torch.device | str = "cpu",

@@ -7,6 +7,10 @@ pool, i.e. what FALCO starts its optimization from, showing how much FALCO's att
 Each baseline is ``fn(images uint8 [N, H, W, 3], **params) -> uint8 [N, H, W, 3]`` on aligned face crops.
 Size parameters are in pixels; :data:`BASELINES` states defaults for a 256 px crop and :func:`apply_baseline`
 scales them to the actual width (so the same setting hides the same share of the face at every resolution).
+
+Every baseline treats each image on its own (the blur filters only along height and width, the mosaic and the
+mask work per image, swap copies), so :func:`baseline_images` makes them batch by batch on indexing, for sets
+that do not fit in memory, with the pixels :func:`apply_baseline` makes for the whole set.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from evaluation.image_sets import ImageSetLike, MappedImages, check_image_set
 from evaluation.recognizers import FACE_CROPS
 
 __all__ = [
@@ -24,6 +29,7 @@ __all__ = [
     "REFERENCE_SIZE",
     "Baseline",
     "apply_baseline",
+    "baseline_images",
     "black_mask",
     "gaussian_blur",
     "pixelate",
@@ -34,10 +40,10 @@ REFERENCE_SIZE = 256  # the crop width the default pixel sizes are stated for
 
 
 def _check(images: np.ndarray) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        shape = getattr(images, "shape", None)
-        kind = getattr(images, "dtype", type(images).__name__)
-        raise ValueError(f"baselines take uint8 images [N, H, W, 3], got {kind} {shape}")
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"baselines take uint8 ndarrays [N, H, W, 3], got {type(images).__name__}; for an image set "
+                         "that is read from disk use baseline_images")
+    check_image_set(images, "baselines")
     return images
 
 
@@ -124,27 +130,51 @@ BASELINES: dict[str, Baseline] = {
 }
 
 
-def apply_baseline(name: str, images: np.ndarray, fakes: np.ndarray | None = None, **params) -> np.ndarray:
-    """Run baseline ``name`` with its defaults (pixel sizes scaled to the image width) overridden by ``params``.
-
-    Overrides are taken as given, in pixels of the actual images.
-    """
+def _resolve(name: str, width: int, fakes, params: dict) -> tuple[Baseline, dict]:
+    """The baseline and its parameters for images `width` px wide: defaults (pixel sizes scaled to the width)
+    overridden by `params`, taken as given in pixels of the actual images."""
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     baseline = BASELINES[name]
-    images = _check(images)
     unknown = set(params) - set(baseline.defaults)
     if unknown:
         raise ValueError(
             f"baseline {name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(baseline.defaults)}"
         )
-    scale = images.shape[2] / REFERENCE_SIZE
+    scale = width / REFERENCE_SIZE
     resolved = {k: (v * scale if k in baseline.scaled else v) for k, v in baseline.defaults.items()}
     if "block_size" in resolved and "block_size" not in params:
         resolved["block_size"] = max(1, round(resolved["block_size"]))
     resolved.update(params)
+    if baseline.needs_fakes and fakes is None:
+        raise ValueError(f"baseline {name!r} needs the paired fake images (fakes=)")
+    return baseline, resolved
+
+
+def apply_baseline(name: str, images: np.ndarray, fakes: np.ndarray | None = None, **params) -> np.ndarray:
+    """Run baseline ``name`` with its defaults (pixel sizes scaled to the image width) overridden by ``params``.
+
+    Overrides are taken as given, in pixels of the actual images.
+    """
+    images = _check(images)
+    baseline, resolved = _resolve(name, images.shape[2], fakes, params)
     if baseline.needs_fakes:
-        if fakes is None:
-            raise ValueError(f"baseline {name!r} needs the paired fake images (fakes=)")
         return baseline.fn(images, fakes, **resolved)
     return baseline.fn(images, **resolved)
+
+
+def baseline_images(name: str, images: ImageSetLike, fakes: ImageSetLike | None = None, **params) -> ImageSetLike:
+    """``apply_baseline(name, images, fakes, **params)`` as a set whose rows are made on indexing (the sources are
+    read only for the rows asked for): row i holds the pixels ``apply_baseline`` gives image i. Swap is the
+    ``fakes`` set itself, since its output does not depend on the source pixels."""
+    check_image_set(images, f"baseline {name!r}")
+    baseline, _ = _resolve(name, images.shape[2], fakes, params)  # bad names and parameters fail now, not when read
+    if not baseline.needs_fakes:
+        return MappedImages(lambda x: apply_baseline(name, x, **params), [images], images.shape[1:], name=name)
+    check_image_set(fakes, f"baseline {name!r}: fakes")
+    if tuple(fakes.shape) != tuple(images.shape):
+        raise ValueError(f"fakes {fakes.shape} must match images {images.shape}: one aligned fake per real image")
+    if baseline.fn is swap:
+        return fakes
+    return MappedImages(lambda x, f: apply_baseline(name, x, f, **params), [images, fakes], images.shape[1:],
+                        name=name)

@@ -16,19 +16,21 @@ Protocol (DESIGN.md section 5, after CIAGAN and FALCO's paper; the official FALC
   whose similarity to their own source passes the recognizer's threshold. An image FAILS (is re-identified) when
   it is verified against its source or its rank is 1.
 
-Everything here is a pure function of arrays and DataFrames; the caller reads images and writes the parquet.
+Everything here is a pure function of image sets (read batch by batch), arrays and DataFrames; the caller writes
+the parquet.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
 from evaluation.recognizers import Recognizer
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "combine_tables",
     "detect_faces",
     "evaluate_reidentification",
+    "reidentification_report",
     "first_match_ranks",
     "reidentification_table",
     "summarize_reidentification",
@@ -50,6 +53,7 @@ DLIB_UPSAMPLE_BELOW = 256
 more hold faces of ~130 px and more, well above the detector's 80 px window."""
 TOP_K = (1, 5)
 SCORE_BINS = 30  # histogram bins over the recognizer's fixed score range
+DETECTION_BATCH = 32  # images read at a time for the detectors, which then see one image at a time
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -71,14 +75,21 @@ class DetectionResult:
         return float(self.detected.mean()) if len(self.faces) else float("nan")
 
 
-def _check_uint8(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
-    out = []
-    for i, image in enumerate(images):
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"image {i}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
-        out.append(np.ascontiguousarray(image))
-    return out
+def _frames(images: ImageSetLike | Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """Each image, checked to be uint8 [H, W, 3] RGB: a [N, H, W, 3] set is read DETECTION_BATCH images at a time,
+    a sequence (of images of any sizes) one by one."""
+    if getattr(images, "ndim", None) == 4:
+        chunks = (batch for _, batch in read_parts(images, batch_slices(len(images), DETECTION_BATCH)))
+    else:
+        chunks = iter([images])
+    i = 0
+    for chunk in chunks:
+        for image in chunk:
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"image {i}: expected uint8 [H, W, 3] RGB, got {image.dtype} {image.shape}")
+            yield np.ascontiguousarray(image)
+            i += 1
 
 
 # Both detectors hold only fixed weights, so one per process (per device) serves every call: dlib builds its HOG
@@ -98,13 +109,14 @@ def _mtcnn(device: torch.device):
 
 
 def detect_faces(
-    images: np.ndarray | Sequence[np.ndarray],
+    images: ImageSetLike | Sequence[np.ndarray],
     detector: str = "dlib_hog",
     upsample: int | str = "auto",
     device: torch.device | str = "cpu",
     mtcnn=None,
 ) -> DetectionResult:
-    """Count faces in each uint8 [H, W, 3] image with ``detector`` ("dlib_hog" or "mtcnn").
+    """Count faces in each uint8 [H, W, 3] image with ``detector`` ("dlib_hog" or "mtcnn"); a [N, H, W, 3] set is
+    read in batches, so only the counts are kept.
 
     ``upsample`` (dlib only): times to double the image before detection, or "auto" (once when the shorter side
     is below DLIB_UPSAMPLE_BELOW, else never). ``mtcnn``: a ready ``anon_core.networks.mtcnn.MTCNN`` to use
@@ -112,15 +124,14 @@ def detect_faces(
     """
     if detector not in DETECTORS:
         raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
-    frames = _check_uint8(images)
     if detector == "mtcnn":
         net = mtcnn if mtcnn is not None else _mtcnn(torch.device(device))
-        return DetectionResult(detector, np.array([len(net.detect(f)) for f in frames], dtype=np.int64))
+        return DetectionResult(detector, np.array([len(net.detect(f)) for f in _frames(images)], dtype=np.int64))
     if upsample != "auto" and (not isinstance(upsample, int) or upsample < 0):
         raise ValueError(f"upsample={upsample!r} must be 'auto' or a non-negative int")
     hog = _hog_detector()
     counts = []
-    for frame in frames:
+    for frame in _frames(images):
         times = (1 if min(frame.shape[:2]) < DLIB_UPSAMPLE_BELOW else 0) if upsample == "auto" else upsample
         counts.append(len(hog(frame, times)))
     return DetectionResult(detector, np.array(counts, dtype=np.int64))
@@ -242,8 +253,8 @@ def summarize_reidentification(
 
 def evaluate_reidentification(
     recognizer: Recognizer,
-    anonymized: np.ndarray | torch.Tensor,
-    gallery: np.ndarray | torch.Tensor,
+    anonymized: ImageSetLike | torch.Tensor,
+    gallery: ImageSetLike | torch.Tensor,
     source_index: np.ndarray,
     gallery_identity: np.ndarray | None = None,
     names: Sequence[str] | None = None,
@@ -253,20 +264,37 @@ def evaluate_reidentification(
 ) -> ReidentificationReport:
     """Re-identification of ``anonymized`` images against the real ``gallery`` with one recognizer.
 
-    Images: aligned faces, uint8 [N, H, W, 3] or [-1, 1] [N, 3, H, W]. ``source_index[i]``: the gallery row that
-    anonymized image i was made from. ``gallery_embeddings``: reuse embeddings computed earlier. Queries are
-    ranked ``chunk`` at a time, so memory stays O(chunk x gallery). The table gets ``name`` (when given) and
-    ``score_to_source`` (native units: dlib distance, else cosine) columns.
+    Images: aligned faces, uint8 [N, H, W, 3] sets (read batch by batch) or [-1, 1] [N, 3, H, W].
+    ``source_index[i]``: the gallery row that anonymized image i was made from. ``gallery_embeddings``: reuse
+    embeddings computed earlier. See :func:`reidentification_report` for the rest.
     """
-    source_index = np.asarray(source_index)
     query_emb = recognizer.embed(anonymized)
     gallery_emb = recognizer.embed(gallery) if gallery_embeddings is None else gallery_embeddings
-    if len(source_index) != len(query_emb):
-        raise ValueError(f"{len(query_emb)} anonymized images but {len(source_index)} source indices")
+    return reidentification_report(recognizer, query_emb, gallery_emb, source_index, gallery_identity, names, ks,
+                                   chunk)
+
+
+def reidentification_report(
+    recognizer: Recognizer,
+    query_embeddings: np.ndarray,
+    gallery_embeddings: np.ndarray,
+    source_index: np.ndarray,
+    gallery_identity: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    ks: Sequence[int] = TOP_K,
+    chunk: int = 1024,
+) -> ReidentificationReport:
+    """Re-identification from embeddings: query [Nq, D] (anonymized image i made from gallery row
+    ``source_index[i]``) against gallery [Ng, D]. Queries are ranked ``chunk`` at a time, so memory stays
+    O(chunk x gallery). The table gets ``name`` (when given) and ``score_to_source`` (native units: dlib distance,
+    else cosine) columns."""
+    source_index = np.asarray(source_index)
+    if len(source_index) != len(query_embeddings):
+        raise ValueError(f"{len(query_embeddings)} anonymized images but {len(source_index)} source indices")
     parts = []
-    for start in range(0, len(query_emb), chunk):
+    for start in range(0, len(query_embeddings), chunk):
         rows = slice(start, start + chunk)
-        sim = recognizer.similarity(query_emb[rows], gallery_emb)  # (chunk, Ng)
+        sim = recognizer.similarity(query_embeddings[rows], gallery_embeddings)  # (chunk, Ng)
         parts.append(reidentification_table(sim, source_index[rows], recognizer.threshold,
                                             recognizer.spec.inclusive, gallery_identity, ks))
     table = pd.concat(parts, ignore_index=True)

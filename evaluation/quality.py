@@ -27,9 +27,11 @@ from scipy import linalg
 from torch import Tensor, nn
 
 from anon_core.hashing import sha256_file
+from evaluation.image_sets import ImageSetLike, batch_slices, check_image_set, read_parts
 
 __all__ = [
     "EXTRACTORS",
+    "FEATURE_BATCH_SIZE",
     "FeatureExtractor",
     "QualityResult",
     "build_extractor",
@@ -44,6 +46,9 @@ __all__ = [
     "kid",
     "seeded_extractor",
 ]
+
+
+FEATURE_BATCH_SIZE = 64  # images per forward pass of a feature extractor
 
 
 @dataclass(frozen=True)
@@ -188,24 +193,29 @@ def build_extractor(
     raise ValueError(f"unknown feature extractor {name!r}; choose one of {EXTRACTORS}")
 
 
-def image_batches(images: np.ndarray | Tensor, batch_size: int, device: torch.device | str = "cpu") -> Iterator[Tensor]:
-    """Yield [-1, 1] float32 batches [B, 3, H, W] on `device` from uint8 [N, H, W, 3] (e.g. a memmap of PNGs
-    read once) or from a float tensor [N, 3, H, W] already in [-1, 1]."""
-    if isinstance(images, np.ndarray):
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images [N, H, W, 3], got {images.dtype} {images.shape}")
-    elif images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected [-1, 1] images [N, 3, H, W], got {tuple(images.shape)}")
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        if isinstance(batch, np.ndarray):
-            batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def image_batches(
+    images: ImageSetLike | Tensor, batch_size: int, device: torch.device | str = "cpu"
+) -> Iterator[Tensor]:
+    """Yield [-1, 1] float32 batches [B, 3, H, W] on `device` from uint8 images [N, H, W, 3] (an ndarray, or a set
+    read from disk or computed on indexing, read one batch at a time with the next ones read ahead) or from a
+    float tensor [N, 3, H, W] already in [-1, 1]."""
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected [-1, 1] images [N, 3, H, W], got {tuple(images.shape)}")
+        for part in batch_slices(len(images), batch_size):
+            yield images[part].to(device=device, dtype=torch.float32)
+        return
+    check_image_set(images)
+    for _, batch in read_parts(images, batch_slices(len(images), batch_size)):
+        batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         yield batch.to(device=device, dtype=torch.float32)  # (B, 3, H, W)
 
 
 @torch.no_grad()
-def features(images: np.ndarray | Tensor, extractor: FeatureExtractor, batch_size: int = 64) -> np.ndarray:
-    """Images (uint8 [N, H, W, 3] or [-1, 1] [N, 3, H, W]) -> float64 features [N, dim]."""
+def features(
+    images: ImageSetLike | Tensor, extractor: FeatureExtractor, batch_size: int = FEATURE_BATCH_SIZE
+) -> np.ndarray:
+    """Images (uint8 [N, H, W, 3] set or [-1, 1] [N, 3, H, W]) -> float64 features [N, dim]."""
     out = [extractor.fn(batch).double().cpu().numpy() for batch in image_batches(images, batch_size, extractor.device)]
     return np.concatenate(out) if out else np.zeros((0, extractor.dim))
 
@@ -332,13 +342,13 @@ def compare_features(
 
 
 def compare_image_sets(
-    real: np.ndarray | Tensor,
-    anon: np.ndarray | Tensor,
+    real: ImageSetLike | Tensor,
+    anon: ImageSetLike | Tensor,
     extractor: FeatureExtractor,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = FEATURE_BATCH_SIZE,
 ) -> QualityResult:
     """`compare_features` on the features of two image sets (uint8 NHWC or [-1, 1] NCHW)."""
     return compare_features(

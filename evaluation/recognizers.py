@@ -38,6 +38,8 @@ from torch import Tensor
 from anon_core import model_store
 from anon_core.errors import FalcoError
 from anon_core.identity import DLIB_CHIP_BOX, Box, crop_fraction
+from evaluation.image_sets import ImageSetLike
+from evaluation.quality import image_batches
 
 __all__ = [
     "FACE_CROPS",
@@ -168,13 +170,11 @@ class Recognizer:
         return self.spec.similarity_threshold
 
     @torch.no_grad()
-    def embed(self, images: np.ndarray | Tensor) -> np.ndarray:
-        """Aligned faces (uint8 NHWC or [-1, 1] NCHW) -> float32 embeddings [N, D]."""
-        x = to_unit_range(images)
-        out = []
-        for start in range(0, len(x), self.batch_size):
-            batch = crop_faces(x[start : start + self.batch_size], self.crop).to(self.device)
-            out.append(self.network(batch).float().cpu().numpy())
+    def embed(self, images: ImageSetLike | Tensor) -> np.ndarray:
+        """Aligned faces (a uint8 NHWC image set, read batch by batch, or [-1, 1] NCHW) -> float32 embeddings
+        [N, D]."""
+        out = [self.network(crop_faces(batch, self.crop).to(self.device)).float().cpu().numpy()
+               for batch in image_batches(images, self.batch_size)]
         if not out:
             raise ValueError(f"{self.name}: no images to embed")
         return np.concatenate(out)  # (N, D)

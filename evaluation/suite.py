@@ -1,18 +1,27 @@
 """The evaluation protocol in one place: privacy, attribute preservation and quality of one anonymized set, and
-of the baselines through the same code, so the report puts them in one table (DESIGN.md section 5)."""
+of the baselines through the same code, so the report puts them in one table (DESIGN.md section 5).
+
+Image sets may be far larger than memory (CelebA-HQ: 30,000 faces at 1024 px, 94 GB decoded): each set is read
+once, batch by batch (`read_set`), every network and detector gets each batch in turn, and only per-image results
+(embeddings, features, face counts, labels) are kept. Baselines are made on the fly from the real sources
+(`evaluation.baselines.baseline_images`)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
-from evaluation.attributes import agreement, pseudo_labels
-from evaluation.baselines import BASELINES, apply_baseline
-from evaluation.privacy import DETECTORS, combine_tables, detect_faces, evaluate_reidentification
-from evaluation.quality import FeatureExtractor, compare_features, feature_statistics, features
+from anon_core.data.image_files import take
+from evaluation.attributes import LABEL_BATCH_SIZE, agreement, pseudo_labels
+from evaluation.baselines import BASELINES, baseline_images
+from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
+from evaluation.privacy import DETECTORS, DetectionResult, combine_tables, detect_faces, reidentification_report
+from evaluation.quality import FEATURE_BATCH_SIZE, FeatureExtractor, compare_features, feature_statistics, features
 from evaluation.recognizers import Recognizer
 
 
@@ -54,14 +63,73 @@ def build_attribute_predictors(seeded: bool, device: torch.device | str = "cpu")
     return predictors
 
 
-def real_pseudo_labels(real: np.ndarray, predictors: list, ids: list[str], device="cpu") -> dict[str, pd.DataFrame]:
-    return {p.name: pseudo_labels(real, p, ids=ids, device=device) for p in predictors}
+@dataclass
+class SetOutputs:
+    """What the suite keeps of one image set: per-image results only."""
+
+    embeddings: dict[str, np.ndarray]  # recognizer name -> [N, D]
+    faces: dict[str, DetectionResult]  # detector -> faces found per image
+    features: np.ndarray | None  # [N, dim] of the quality feature extractor
+    labels: dict[str, pd.DataFrame]  # predictor name -> its pseudo_labels table
+
+
+def read_set(
+    images: ImageSetLike,
+    recognizers: Sequence[Recognizer] = (),
+    extractor: FeatureExtractor | None = None,
+    detectors: Sequence[str] = (),
+    predictors: Sequence = (),
+    ids: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+) -> SetOutputs:
+    """Everything the suite needs of `images`, in one pass: each batch is read (or computed) once, given to every
+    recognizer, detector, the feature extractor and every predictor, and dropped. `ids`: the predictors' row
+    labels (default "0", "1", ...).
+
+    `batch_size`: images per read. The default, the least common multiple of the networks' own batch sizes, hands
+    every network the very batches it would cut from the whole set, so the numbers equal those of whole-set calls
+    to the last bit."""
+    if not len(images):
+        raise ValueError("no images to evaluate")
+    if batch_size is None:
+        batch_size = math.lcm(FEATURE_BATCH_SIZE, LABEL_BATCH_SIZE, *(r.batch_size for r in recognizers))
+    ids = [str(i) for i in range(len(images))] if ids is None else list(ids)
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} ids for {len(images)} images")
+    embeddings: dict[str, list] = {r.name: [] for r in recognizers}
+    faces: dict[str, list] = {d: [] for d in detectors}
+    labels: dict[str, list] = {p.name: [] for p in predictors}
+    feats = []
+    for rows, batch in read_parts(images, batch_slices(len(images), batch_size)):
+        for r in recognizers:
+            embeddings[r.name].append(r.embed(batch))
+        for d in detectors:
+            faces[d].append(detect_faces(batch, d, device=device).faces)
+        if extractor is not None:
+            feats.append(features(batch, extractor))
+        for p in predictors:
+            labels[p.name].append(pseudo_labels(batch, p, ids=ids[rows], device=device))
+    tables = {}
+    for name, parts in labels.items():
+        tables[name] = pd.concat(parts)
+        tables[name].attrs["predictor"] = name
+    return SetOutputs(
+        embeddings={name: np.concatenate(parts) for name, parts in embeddings.items()},
+        faces={d: DetectionResult(d, np.concatenate(parts)) for d, parts in faces.items()},
+        features=np.concatenate(feats) if extractor is not None else None,
+        labels=tables,
+    )
+
+
+def real_pseudo_labels(real: ImageSetLike, predictors: list, ids: list[str], device="cpu") -> dict[str, pd.DataFrame]:
+    return read_set(real, predictors=predictors, ids=ids, device=device).labels
 
 
 def evaluate_method(
     method: str,
-    anonymized: np.ndarray,
-    real: np.ndarray,
+    anonymized: ImageSetLike,
+    real: ImageSetLike,
     source_index: np.ndarray,
     recognizers: list[Recognizer],
     extractor: FeatureExtractor,
@@ -73,37 +141,41 @@ def evaluate_method(
     real_labels: dict[str, pd.DataFrame] | None = None,
     names: list[str] | None = None,
     device: torch.device | str = "cpu",
+    batch_size: int | None = None,
 ) -> MethodResult:
-    """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]]).
+    """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]]), read once
+    in batches of `batch_size` (see `read_set`).
 
     What depends on the real set alone can be passed in, computed once for many sets: `real_features`,
     `real_statistics` (their `feature_statistics`), `gallery_embeddings` (per recognizer) and `real_labels`."""
+    ids = names or [str(i) for i in range(len(anonymized))]
+    anon = read_set(anonymized, recognizers, extractor, DETECTORS, predictors or (), ids, device, batch_size)
+    gallery = dict(gallery_embeddings or {})
+    missing = [r for r in recognizers if r.name not in gallery]
+    if missing:
+        gallery |= read_set(real, missing, batch_size=batch_size).embeddings
     metrics: dict[str, float] = {}
     reports = [
-        evaluate_reidentification(
-            r, anonymized, real, source_index, gallery_identity, names=names,
-            gallery_embeddings=(gallery_embeddings or {}).get(r.name),
-        )
+        reidentification_report(r, anon.embeddings[r.name], gallery[r.name], source_index, gallery_identity,
+                                names=names)
         for r in recognizers
     ]
     for report in reports:
         metrics |= report.metrics()
     per_image = combine_tables(reports)
-    for detector in DETECTORS:
-        found = detect_faces(anonymized, detector, device=device)
+    for detector, found in anon.faces.items():
         metrics[f"detection/{detector}/rate"] = found.rate
         per_image[f"detected/{detector}"] = found.detected
 
-    quality = compare_features(real_features, features(anonymized, extractor), extractor,
+    quality = compare_features(real_features, anon.features, extractor,
                                kid_subset_size=min(1000, len(real)), real_statistics=real_statistics)
     metrics |= {f"quality/{k}": v for k, v in quality.metrics().items()}
 
     table = None
     if predictors:
-        ids = names or [str(i) for i in range(len(anonymized))]
         parts = []
         for p in predictors:
-            anon_labels = pseudo_labels(anonymized, p, ids=ids, device=device)
+            anon_labels = anon.labels[p.name]
             real_rows = real_labels[p.name].iloc[source_index].set_axis(anon_labels.index)
             part = agreement(real_rows, anon_labels).reset_index().rename(columns={"index": "attribute"})
             part.insert(0, "predictor", p.name)
@@ -118,40 +190,42 @@ class AnonymizedSet:
     """One anonymized image set to evaluate against the real gallery (e.g. one run of `falco anonymize`)."""
 
     method: str  # its row label in the summary: "falco", or a run label such as "m=0.5"
-    images: np.ndarray  # uint8 [N, H, W, 3]
+    images: ImageSetLike  # uint8 [N, H, W, 3]: an ndarray, or an ImageFiles left on disk
     source_index: np.ndarray  # int [N]: row i was made from real[source_index[i]]
     names: list[str] | None = None  # per-image names for the per-image tables
 
 
 def evaluate_runs(
     runs: list[AnonymizedSet],
-    real: np.ndarray,
+    real: ImageSetLike,
     recognizers: list[Recognizer],
     extractor: FeatureExtractor,
     baselines: tuple[str, ...] = (),
-    fakes: np.ndarray | None = None,
+    fakes: ImageSetLike | None = None,
+    batch_size: int | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
-    The baselines are applied to the real sources of the first set (`fakes`: its paired fakes, for "swap")."""
-    real_features = features(real, extractor)
-    gallery = {r.name: r.embed(real) for r in recognizers}
-    common = dict(recognizers=recognizers, extractor=extractor, real_features=real_features,
-                  real_statistics=feature_statistics(real_features), gallery_embeddings=gallery, **kwargs)
+    The baselines are made batch by batch from the real sources of the first set (`fakes`: its paired fakes, for
+    "swap"); `batch_size`: images per read (see `read_set`)."""
+    real_outputs = read_set(real, recognizers, extractor, batch_size=batch_size)
+    common = dict(recognizers=recognizers, extractor=extractor, real_features=real_outputs.features,
+                  real_statistics=feature_statistics(real_outputs.features),
+                  gallery_embeddings=real_outputs.embeddings, batch_size=batch_size, **kwargs)
     results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
                for run in runs]
     first = runs[0]
-    sources = real[first.source_index]
+    sources = take(real, first.source_index)
     for name in baselines:
-        images = apply_baseline(name, sources, fakes=fakes if BASELINES[name].needs_fakes else None)
+        images = baseline_images(name, sources, fakes=fakes if BASELINES[name].needs_fakes else None)
         results.append(evaluate_method(name, images, real, first.source_index, names=first.names, **common))
     return results
 
 
 def evaluate_with_baselines(
-    anonymized: np.ndarray,
-    real: np.ndarray,
-    fakes: np.ndarray,
+    anonymized: ImageSetLike,
+    real: ImageSetLike,
+    fakes: ImageSetLike,
     source_index: np.ndarray,
     recognizers: list[Recognizer],
     extractor: FeatureExtractor,

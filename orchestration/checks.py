@@ -61,12 +61,14 @@ def privacy_source_match_share(
 ) -> dg.AssetCheckResult:
     """Blocking: the share of anonymized images that dlib's face recognizer (a real, trained network) still
     matches to their own source (distance < 0.6) must not exceed `checks.privacy_max_match_share`."""
+    from anon_core.data.image_files import take
     from evaluation.recognizers import build_recognizer
 
     bound = float(check_settings(networks).get("privacy_max_match_share", 0.0))
     rows = anonymized_images.table["row"].to_numpy()
     dlib = build_recognizer("dlib")  # on dlib's own chip crop of the FFHQ-aligned faces
-    similarity = dlib.paired_similarity(dlib.embed(anonymized_images.images), dlib.embed(real_images.images[rows]))
+    sources = take(real_images.images, rows)  # lazy for images left on disk: embed reads both sets batch by batch
+    similarity = dlib.paired_similarity(dlib.embed(anonymized_images.images), dlib.embed(sources))
     distances = dlib.to_score(similarity)
     matched = dlib.is_match(similarity)
     share = float(matched.mean()) if len(matched) else 0.0

@@ -106,6 +106,7 @@ def attribute_classifier(
     """A ResNet classifier of the CelebA attributes, trained from scratch on the real train split (settings:
     params.yaml's `attribute_classifier:`), stored as safetensors with its config; per-attribute accuracy on the
     real val split in the metadata. Skipped (status `skipped`) when the data has no attribute labels."""
+    from anon_core.data.image_files import take
     from anon_core.stages import resolve_device
     from evaluation.attributes import accuracy, classifier_labels, config_dict, train_attribute_classifier
 
@@ -133,11 +134,11 @@ def attribute_classifier(
                 pending.clear()
 
         model, history = train_attribute_classifier(
-            real_images.images[train], ground_truth(frame, train, attributes).to_numpy(), settings, device, log
+            take(real_images.images, train), ground_truth(frame, train, attributes).to_numpy(), settings, device, log
         )
         log(None)
         truth = ground_truth(frame, val, attributes)
-        predicted = classifier_labels(model, real_images.images[val], settings.image_size, device)
+        predicted = classifier_labels(model, take(real_images.images, val), settings.image_size, device)
         val_table = accuracy(pd.DataFrame(predicted, index=truth.index, columns=attributes), truth).reset_index()
         losses = pd.DataFrame(history)
         by_epoch = losses.groupby("epoch")["loss"].mean()
@@ -179,7 +180,7 @@ def add_classifier_metrics_(
     result: "MethodResult",
     weights: Weights,
     real_images: ImageSet,
-    anonymized: np.ndarray,
+    anonymized: "np.ndarray | ImageFiles",
     rows: np.ndarray,
     device: "torch.device | str" = "cpu",
 ) -> str:
@@ -187,6 +188,7 @@ def add_classifier_metrics_(
     made from real row `rows[i]`): adds per-attribute rows (predictor `attribute_classifier`, with `accuracy_real`,
     `accuracy_anon`, `drop`, `agreement`) to `result.attributes` and their means to `result.metrics`
     (an evaluation.suite.MethodResult). Returns what was done, for the metadata."""
+    from anon_core.data.image_files import take
     from evaluation.attributes import classifier_utility
 
     if weights.metadata.get("status") != "trained":
@@ -197,7 +199,7 @@ def add_classifier_metrics_(
     test = np.array([r for r in labelled_rows(frame, "test", attributes) if r in source], dtype=np.int64)
     if not len(test):
         return "not evaluated: no anonymized image of the test split has every attribute labelled"
-    scores = classifier_utility(model, real_images.images[test], anonymized[[source[r] for r in test]],
+    scores = classifier_utility(model, take(real_images.images, test), take(anonymized, [source[r] for r in test]),
                                 ground_truth(frame, test, attributes), config, device)
     scores = scores.reset_index()
     scores.insert(0, "predictor", NAME)

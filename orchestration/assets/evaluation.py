@@ -69,8 +69,8 @@ def evaluation_metrics(
     the baselines, one row per method. The per-image privacy table goes to `evaluation_metrics/per_image.parquet`
     and FALCO's per-attribute agreement (with the attribute classifier's accuracy on the real and the anonymized
     test split, when it was trained) to `evaluation_metrics/attributes.parquet`."""
-    from anon_core.data.image_io import to_uint8, write_bytes_atomic
-    from anon_core.fake_pool import generate
+    from anon_core.data.image_io import write_bytes_atomic
+    from evaluation.image_sets import concatenate, generated_images
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.suite import evaluate_with_baselines, summary_table
@@ -78,10 +78,11 @@ def evaluation_metrics(
 
     shards = [anonymized_images[k] for k in sorted(anonymized_images)]
     anon_table = pd.concat([s.table for s in shards], ignore_index=True)
-    anon = np.concatenate([s.images for s in shards])
+    anon = concatenate([s.images for s in shards])  # images stay on disk, read batch by batch
     rows = anon_table["row"].to_numpy()
     nets = networks.networks()
-    fakes = to_uint8(generate(nets.generator, fake_pool["w"][anon_table["fake_index"].to_numpy()], device=nets.device))
+    # the paired fakes (for "swap"), generated batch by batch as they are read
+    fakes = generated_images(nets.generator, fake_pool["w"], anon_table["fake_index"].to_numpy(), nets.device)
     real = real_images.images
     identity = real_images.named["identity"].to_numpy() if "identity" in real_images.table else None
     recognizers = [build_recognizer(n, device=nets.device) for n in available_recognizers()]
