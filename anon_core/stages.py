@@ -2,7 +2,8 @@
 
 Both the `falco anonymize` command (anon_core.pipeline) and the Dagster assets (orchestration.assets) call
 these, so the two paths cannot drift apart. Images cross stage boundaries as uint8 [N, R, R, 3] at the
-generator's resolution; tensors live only inside a stage.
+generator's resolution, as arrays or as `ImageFiles` (the same left on disk, read a batch ahead of the
+networks); tensors live only inside a stage.
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ import torch
 from anon_core.acceleration import accelerate_networks_, resolve_amp
 from anon_core.batch_size import resolve_batch_size
 from anon_core.data.align import AlignmentCache, FaceAligner
+from anon_core.data.image_files import ImageFiles, read_batches
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.data.scan import ScannedFile, output_relpath
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, batches, embed_fake_pool, sample_fake_pool
+from anon_core.fake_pool import FakePool, embed_fake_pool, sample_fake_pool
 from anon_core.optimize import LOSS_NAMES, anonymize_batch
 from anon_core.pairing import nearest_fakes
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks
 from anon_core.progress import progress_bar
+
+
+ImageSource = np.ndarray | ImageFiles
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -115,12 +120,11 @@ def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_p
 
 
 @torch.no_grad()
-def embed_images(nets: Networks, images: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+def embed_images(nets: Networks, images: ImageSource | torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """L2-normalized FaRL embeddings: uint8 [N, R, R, 3] or [-1, 1] tensors [N, 3, R, R] -> [N, D] float32."""
     out = []
-    for part in batches(len(images), batch_size):
-        x = _as_tensor(images[part], nets)
-        out.append(nets.farl.embed(x).float().cpu())
+    for _, batch in read_batches(images, batch_size):
+        out.append(nets.farl.embed(_as_tensor(batch, nets)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, nets.farl.config.output_dim), np.float32)
 
 
@@ -133,13 +137,15 @@ def pair(real_features: np.ndarray, pool: FakePool, k: int) -> tuple[np.ndarray,
 
 
 def invert_images(
-    nets: Networks, params: FalcoParams, images: np.ndarray, batch_size: int | None = None, show_progress: bool = False
+    nets: Networks, params: FalcoParams, images: ImageSource, batch_size: int | None = None,
+    show_progress: bool = False,
 ) -> np.ndarray:
     """W+ codes of real images: uint8 [N, R, R, 3] -> float32 [N, num_ws, w_dim]."""
     inverter = nets.inverter(params.inversion)
-    parts = list(batches(len(images), batch_size or resolve_batch_size(nets, params)))
-    out = [inverter.invert(_as_tensor(images[p], nets)).float().cpu().numpy()
-           for p in progress_bar(parts, desc="invert", unit="batch", enable=show_progress)]
+    batch_size = batch_size or resolve_batch_size(nets, params)
+    read = progress_bar(read_batches(images, batch_size), desc="invert", unit="batch", enable=show_progress,
+                        total=-(-len(images) // batch_size))
+    out = [inverter.invert(_as_tensor(batch, nets)).float().cpu().numpy() for _, batch in read]
     g = nets.generator
     return np.concatenate(out) if out else np.zeros((0, g.num_ws, g.config.w_dim), np.float32)
 
@@ -155,7 +161,7 @@ class Anonymized:
 def optimize_images(
     nets: Networks,
     params: FalcoParams,
-    images: np.ndarray,
+    images: ImageSource,
     w_real: np.ndarray,
     w_fake: np.ndarray,
     batch_size: int | None = None,
@@ -169,14 +175,15 @@ def optimize_images(
     accelerate_networks_(nets, speed.channels_last)
     amp_dtype = resolve_amp(speed.amp, nets.device)
     results = []
-    parts = list(batches(len(images), batch_size or resolve_batch_size(nets, params)))
-    for done, part in enumerate(parts):
+    batch_size = batch_size or resolve_batch_size(nets, params)
+    num_batches = -(-len(images) // batch_size)
+    for done, (part, batch) in enumerate(read_batches(images, batch_size)):
         results.append(
             anonymize_batch(
                 nets.generator,
                 nets.identity,
                 nets.farl,
-                _as_tensor(images[part], nets),
+                _as_tensor(batch, nets),
                 torch.from_numpy(np.ascontiguousarray(w_real[part])).to(nets.device),
                 torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
                 params.optimization,
@@ -185,7 +192,7 @@ def optimize_images(
             )
         )
         if on_batch is not None:
-            on_batch(done + 1, len(parts))
+            on_batch(done + 1, num_batches)
     g = nets.generator
     if not results:
         empty = np.zeros((0,), np.float32)

@@ -8,6 +8,10 @@
 | ImageSet (table + images)  | `<asset>/<partition>.parquet` + `<asset>/images/<name>.png`   |
 | Weights (arrays + strings) | `<asset>/<partition>.safetensors` (string metadata in header) |
 
+An array is loaded memory-mapped (read-only) and an ImageSet with its images left on disk (an `ImageFiles`,
+decoded when indexed); an ImageSet is written by encoding one image at a time in worker threads, so neither side
+ever holds a whole dataset of images.
+
 `<partition>` is `all` for unpartitioned assets. Every file is written to a temporary name and renamed, so a run
 killed mid-write never leaves a half-written file that a later step would read; a table is written after its
 images, so a table on disk means all of its images are there.
@@ -16,6 +20,7 @@ images, so a table on disk means all of its images are there.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,11 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
+from PIL import Image
 
-from anon_core.data.image_io import encode_png, load_rgb, write_bytes_atomic
+from anon_core.data.image_files import ImageFiles
+from anon_core.data.image_io import encode_png, write_bytes_atomic
+from anon_core.prefetch import read_ahead
 
 
 @dataclass
@@ -33,7 +41,7 @@ class ImageSet:
     row without an image (a rejected input); `images` holds the images of the named rows, in table order."""
 
     table: pd.DataFrame
-    images: np.ndarray  # [N_named, H, W, 3] uint8
+    images: np.ndarray | ImageFiles  # [N_named, H, W, 3] uint8
 
     def __post_init__(self) -> None:
         if "image" not in self.table.columns:
@@ -79,8 +87,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         stem = self._stem(context.partition_key if context.has_partition_key else None)
         base.mkdir(parents=True, exist_ok=True)
         if isinstance(obj, ImageSet):
-            for name, image in zip(obj.named["image"], obj.images):
-                write_bytes_atomic(base / "images" / name, encode_png(image))
+            _write_images(base / "images", obj.named["image"].tolist(), obj.images)
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table))
         elif isinstance(obj, Weights):
             from safetensors.numpy import save
@@ -121,8 +128,8 @@ class FalcoIOManager(dg.ConfigurableIOManager):
                 break
         else:
             raise FileNotFoundError(f"no stored value for {base.name} partition {stem!r} under {base}")
-        if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+        if suffix == ".npy":  # memory-mapped: a shard's step reads its rows of real_inversions, not all 30,000
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
@@ -133,9 +140,24 @@ class FalcoIOManager(dg.ConfigurableIOManager):
                 return Weights(arrays={k: data.get_tensor(k) for k in data.keys()}, metadata=data.metadata() or {})
         table = pd.read_parquet(path)
         if (base / "images").is_dir() and "image" in table.columns:
-            images = [load_rgb(base / "images" / name) for name in table["image"].fillna("") if name]
-            return ImageSet(table=table, images=np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8))
+            paths = [base / "images" / name for name in table["image"].fillna("") if name]
+            if not paths:
+                return ImageSet(table=table, images=np.zeros((0, 1, 1, 3), np.uint8))
+            with Image.open(paths[0]) as first:
+                size = first.size[0]
+            return ImageSet(table=table, images=ImageFiles(paths, size, workers=_io_workers()))
         return table
+
+
+def _io_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _write_images(folder: Path, names: list[str], images: np.ndarray | ImageFiles) -> None:
+    """PNG-encode images[i] as names[i] in worker threads, writing each as soon as it is encoded (in order)."""
+    workers = _io_workers()
+    for i, encoded in read_ahead(lambda i: encode_png(images[i]), range(len(names)), workers, depth=2 * workers):
+        write_bytes_atomic(folder / names[i], encoded.result())
 
 
 def _parquet_bytes(table: pd.DataFrame) -> bytes:

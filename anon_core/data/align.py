@@ -375,6 +375,10 @@ class AlignmentCache:
         stem = self.cache_dir / sha256[:2] / f"{sha256}.{settings}"
         return stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".json")
 
+    def image_path(self, sha256: str, settings: str) -> Path:
+        """Where the aligned face of this file is stored (present after a `put`)."""
+        return self._paths(sha256, settings)[0]
+
     def get(self, sha256: str, settings: str, name: str | None = None) -> AlignedFace | None:
         """The cached face, None on a miss (absent, unreadable or inconsistent entry); raises a cached no_face."""
         png_path, json_path = self._paths(sha256, settings)

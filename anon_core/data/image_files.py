@@ -94,7 +94,9 @@ def take(images: np.ndarray | ImageFiles, index) -> np.ndarray | ImageFiles:
     return images.subset(index) if isinstance(images, ImageFiles) else images[index]
 
 
-def read_batches(images: np.ndarray | ImageFiles, batch_size: int, ahead: int = 2) -> Iterator[tuple[slice, np.ndarray]]:
+def read_batches(
+    images: np.ndarray | ImageFiles, batch_size: int, ahead: int = 2
+) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, images[rows]) for consecutive batches of `batch_size`, with up to `ahead` further batches being read
     in a thread while the caller works on this one (an ndarray is only sliced)."""
     if batch_size < 1:

@@ -2,6 +2,7 @@
 their W+ inversions."""
 
 
+import functools
 from pathlib import Path
 
 import dagster as dg
@@ -26,9 +27,12 @@ def real_images(
     Its data version is the md5 of the `.dvc` file tracking the input folder (orchestration/data_version.py)."""
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.datasets import load_dataset
+    from anon_core.data.image_files import ImageFiles
     from anon_core.data.image_io import ImageRejected
+    from anon_core.pipeline import read_workers
+    from anon_core.prefetch import read_ahead
     from orchestration.data_version import data_version
-    from anon_core.stages import align_cache_dir, dataset_files, label_columns, output_names, read_input, resize_images
+    from anon_core.stages import align_cache_dir, dataset_files, label_columns, output_names, read_input
 
     input_dir = Path(config.input_dir or storage.input_dir)
     dataset = load_dataset(config.dataset, input_dir, Path(config.labels_csv) if config.labels_csv else None)
@@ -39,17 +43,23 @@ def real_images(
     align = config.align if config.align is not None else dataset.attrs.get("kind") != "celebahq"
     aligner = FaceAligner(resolution, config.align_detector, device=nets.device) if align else None
     cache = AlignmentCache(align_cache_dir())
-    rows, images = [], []
-    for f in files:
+    # Each file is read (and aligned into the cache) to validate it, then dropped: the images stay on disk, as
+    # the aligned crop in the cache or the input file, until the IO manager writes them at the resolution.
+    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    workers = read_workers(nets.device)
+    rows, sources = [], []
+    for done, (f, reading) in enumerate(read_ahead(read, files, workers, depth=2 * workers), start=1):
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
                "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "shard": "", "faces_seen": -1}
         try:
-            image, row["faces_seen"] = read_input(f, aligner, cache)
-            images.append(image)
+            _, row["faces_seen"] = reading.result()
+            sources.append(cache.image_path(f.sha256, aligner.settings) if aligner else f.path)
             row["image"] = names[f.relpath]
         except ImageRejected as rejected:
             row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
         rows.append(row)
+        if done % max(1, len(files) // 10) == 0:
+            context.log.info(f"read {done}/{len(files)} files")
     frame = pd.DataFrame(rows, columns=["input", "image", "status", "reason", "detail", "duplicate_of", "sha256",
                                         "shard", "faces_seen"])
     labels = label_columns(dataset)
@@ -77,7 +87,7 @@ def real_images(
             "rejects": table(frame.loc[frame["status"] == "rejected", ["input", "reason", "detail"]]),
         }
     )
-    image_set = ImageSet(table=frame, images=resize_images(images, resolution))
+    image_set = ImageSet(table=frame, images=ImageFiles(sources, resolution, workers=workers))
     return dg.Output(image_set, data_version=dg.DataVersion(version))
 
 
