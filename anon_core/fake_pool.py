@@ -6,12 +6,13 @@ pool of N is the first N samples of any larger pool with the same seed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from anon_core.prefetch import batch_slices
 from anon_core.progress import progress_bar
 
 
@@ -33,11 +34,6 @@ def sample_z(seeds: np.ndarray, z_dim: int) -> torch.Tensor:
     return z
 
 
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
 @torch.no_grad()
 def sample_fake_pool(
     generator: torch.nn.Module,
@@ -50,7 +46,7 @@ def sample_fake_pool(
     """Map `size` seeded z to W and truncate toward w_avg (paper: psi = 0.7)."""
     seeds = np.arange(seed, seed + size, dtype=np.int64)
     w = np.empty((size, generator.config.w_dim), dtype=np.float32)
-    for part in batches(size, batch_size):
+    for part in batch_slices(size, batch_size):
         z = sample_z(seeds[part], generator.config.z_dim).to(device)
         w[part] = generator.truncate(generator.mapping(z), psi).float().cpu().numpy()
     return FakePool(seeds=seeds, w=w)
@@ -72,7 +68,7 @@ def embed_fake_pool(
 ) -> np.ndarray:
     """Generate every fake image and embed it: [N, D] float32. Images are not kept (regenerate from seeds)."""
     features: list[np.ndarray] = []
-    parts = list(batches(len(pool), batch_size))
+    parts = list(batch_slices(len(pool), batch_size))
     for part in progress_bar(parts, desc="fake pool", unit="batch", enable=show_progress):
         ws = broadcast_ws(torch.from_numpy(pool.w[part]).to(device), generator.num_ws)
         features.append(embed(generator.synthesis(ws)).float().cpu().numpy())
@@ -88,5 +84,5 @@ def generate(
     ws = torch.as_tensor(ws, dtype=torch.float32)
     if ws.ndim == 2:
         ws = broadcast_ws(ws, generator.num_ws)
-    out = [generator.synthesis(ws[part].to(device)).float().cpu() for part in batches(len(ws), batch_size)]
+    out = [generator.synthesis(ws[part].to(device)).float().cpu() for part in batch_slices(len(ws), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 3, generator.config.resolution, generator.config.resolution)

@@ -8,10 +8,13 @@ of their work, which is what lets threads run them side by side.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,3 +42,23 @@ def read_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: in
         finally:
             for _, future in pending:
                 future.cancel()
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of `batch_size` rows covering range(n)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def read_parts(images, parts: Iterable, ahead: int = 2) -> Iterator[tuple[object, object]]:
+    """(part, images[part]) for each index in `parts` (slices or row arrays), in order. A set that reads or
+    computes its images on indexing (anything but an ndarray or tensor) gets up to `ahead` further parts made in
+    a thread while the caller works on this one."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported; importing it here costs seconds
+    if isinstance(images, np.ndarray) or (torch is not None and isinstance(images, torch.Tensor)):
+        for part in parts:
+            yield part, images[part]
+        return
+    for part, batch in read_ahead(images.__getitem__, parts, workers=1, depth=1 + ahead):
+        yield part, batch.result()

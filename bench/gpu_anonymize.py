@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the 
 
 from anon_core.acceleration import accelerate_networks_, autocast, channels_last_  # noqa: E402
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
-from anon_core.fake_pool import batches, broadcast_ws, sample_fake_pool  # noqa: E402
-from anon_core.networks.stylegan2 import StyleGAN2Config  # noqa: E402
+from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
+from anon_core.prefetch import batch_slices  # noqa: E402
 from anon_core.optimize import LOSS_NAMES, anonymize_batch  # noqa: E402
 from anon_core.params import load_params  # noqa: E402
 from anon_core.profiles import get_profile, build_networks  # noqa: E402
@@ -185,7 +185,7 @@ def main() -> None:
     w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, n, 1000, 0.7, device=device).w), g.num_ws).to(device)
     w_fake = torch.from_numpy(sample_fake_pool(g, n, 2000, 0.7, device=device).w).to(device)
     with torch.no_grad():
-        images = torch.cat([g.synthesis(w_real[p]) for p in batches(n, 4)])  # [n, 3, R, R]
+        images = torch.cat([g.synthesis(w_real[p]) for p in batch_slices(n, 4)])  # [n, 3, R, R]
 
     gflop, gflop_source = step_gflop(args.profile, spec)
     device_name, peak = bf16_peak_tflops(device)

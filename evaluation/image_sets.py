@@ -4,17 +4,17 @@ Three kinds of set stand where a uint8 [N, H, W, 3] array used to: an ndarray, a
 disk, `anon_core.data.image_files`) and a `MappedImages`, whose images are computed on indexing from the same
 rows of other sets (a baseline applied to the real sources, fakes generated from their latent codes). All three
 answer `len`, `shape`, `dtype`, `ndim` and `images[rows]`; `read_parts` walks any of them with the next parts
-read (or computed) in a thread while the caller works on the current one.
+read (or computed) in a thread while the caller works on the current one (both from `anon_core.prefetch`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from anon_core.data.image_files import ImageFiles
-from anon_core.prefetch import read_ahead
+from anon_core.prefetch import batch_slices, read_parts
 
 __all__ = ["ImageSetLike", "MappedImages", "batch_slices", "check_image_set", "concatenate", "generated_images",
            "read_parts"]
@@ -75,25 +75,6 @@ def check_image_set(images, what: str = "images") -> None:
     dtype, shape = getattr(images, "dtype", type(images).__name__), getattr(images, "shape", None)
     if dtype != np.uint8 or getattr(images, "ndim", None) != 4 or shape[-1] != 3:
         raise ValueError(f"{what}: expected uint8 images [N, H, W, 3], got {dtype} {shape}")
-
-
-def batch_slices(n: int, batch_size: int) -> list[slice]:
-    """Consecutive slices of `batch_size` rows covering range(n)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-
-
-def read_parts(images: ImageSetLike, parts: Iterable, ahead: int = 2) -> Iterator[tuple[object, np.ndarray]]:
-    """(part, images[part]) for each index in `parts` (slices or row arrays), in order. A set that reads or
-    computes its images on indexing gets up to `ahead` further parts made in a thread meanwhile (as
-    `image_files.read_batches` does for ImageFiles); an ndarray is only indexed."""
-    if isinstance(images, np.ndarray):
-        for part in parts:
-            yield part, images[part]
-        return
-    for part, batch in read_ahead(images.__getitem__, parts, workers=1, depth=1 + ahead):
-        yield part, batch.result()
 
 
 def concatenate(sets: Sequence[ImageSetLike]) -> ImageSetLike:

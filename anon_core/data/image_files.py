@@ -17,7 +17,7 @@ import numpy as np
 
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.errors import FalcoError
-from anon_core.prefetch import read_ahead
+from anon_core.prefetch import batch_slices, read_parts
 
 class ImageFiles:
     """Images read from `paths` on indexing, each resized to `size` x `size` (uint8 RGB)."""
@@ -99,12 +99,4 @@ def read_batches(
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, images[rows]) for consecutive batches of `batch_size`, with up to `ahead` further batches being read
     in a thread while the caller works on this one (an ndarray is only sliced)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    parts = [slice(s, min(s + batch_size, len(images))) for s in range(0, len(images), batch_size)]
-    if not isinstance(images, ImageFiles):
-        for part in parts:
-            yield part, images[part]
-        return
-    for part, batch in read_ahead(images.__getitem__, parts, workers=1, depth=1 + ahead):
-        yield part, batch.result()
+    return read_parts(images, batch_slices(len(images), batch_size), ahead)
