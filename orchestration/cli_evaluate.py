@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
@@ -111,7 +112,7 @@ def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
 class RealGallery:
     relpaths: list[str]  # one per image, relative to the dataset's image folder (the manifests' `input`)
     identity: np.ndarray | None  # identity label per image (LFW: the person); None: unlabelled
-    images: np.ndarray  # uint8 [N, R, R, 3], as the runs saw them
+    images: ImageFiles  # uint8 [N, R, R, 3] as the runs saw them, read from disk when indexed
 
     def rows(self, run: AnonymizeRun) -> np.ndarray:
         """Gallery row of each ok manifest row's source; FalcoError for a source that is not in the gallery."""
@@ -126,11 +127,19 @@ class RealGallery:
 
 
 def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device) -> RealGallery:
-    """Every readable image of `real_dir`, read as `run` read its inputs (same aligner, same cache, same resize)."""
+    """Every readable image of `real_dir`, read as `run` read its inputs (same aligner, same cache, same resize).
+    Each file is read once to validate (and align into the cache), then left on disk: the gallery's images are
+    the input files, or their aligned crops in the cache."""
+    import functools
+
+    import torch
+
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.datasets import load_dataset
     from anon_core.data.image_io import ImageRejected
-    from anon_core.stages import align_cache_dir, dataset_files, read_input, resize_images
+    from anon_core.pipeline import read_workers
+    from anon_core.prefetch import read_ahead
+    from anon_core.stages import align_cache_dir, dataset_files, read_input
 
     table = load_dataset(dataset, Path(real_dir), labels_csv)
     aligner = None
@@ -140,46 +149,53 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
         except ValueError as err:
             raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
     cache = AlignmentCache(align_cache_dir())
-    relpaths, images, keep = [], [], []
-    for i, f in enumerate(dataset_files(table)):
+    workers = read_workers(torch.device(device))
+    relpaths, sources, keep = [], [], []
+    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    for i, (f, reading) in enumerate(read_ahead(read, dataset_files(table), workers, depth=2 * workers)):
         try:
-            image, _ = read_input(f, aligner, cache)
+            reading.result()
         except ImageRejected:
             continue  # not in the gallery; a run that used it is caught by RealGallery.rows
         relpaths.append(f.relpath)
-        images.append(image)
+        sources.append(cache.image_path(f.sha256, aligner.settings) if aligner else f.path)
         keep.append(i)
     identity = table["identity"].iloc[keep]
     # Unlabelled images are their own identity (privacy.py: "the source image itself").
     identity = None if identity.isna().all() else identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
-    return RealGallery(relpaths, identity, resize_images(images, run.resolution))
+    return RealGallery(relpaths, identity, ImageFiles(sources, run.resolution, workers=max(workers, 4)))
 
 
-def read_anonymized(run: AnonymizeRun) -> np.ndarray:
-    """The run's ok images, uint8 [N, R, R, 3]; FalcoError for one whose size is not the run's resolution."""
-    from anon_core.data.image_io import load_rgb
+def read_anonymized(run: AnonymizeRun) -> ImageFiles:
+    """The run's ok images, uint8 [N, R, R, 3], left on disk; FalcoError for one whose size (read from its
+    header) is not the run's resolution."""
+    from PIL import Image
 
-    images = []
-    for name in run.ok["output"]:
-        image = load_rgb(run.folder / "images" / name)
-        if image.shape[:2] != (run.resolution, run.resolution):
+    paths = [run.folder / "images" / name for name in run.ok["output"]]
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                size = image.size
+        except OSError as err:
+            raise FalcoError(f"{path}: not a readable image ({err}); re-run `falco anonymize` into this folder to "
+                             "write it again") from None
+        if size != (run.resolution, run.resolution):
             raise FalcoError(
-                f"{run.folder}: images/{name} is {image.shape[1]}x{image.shape[0]} px but params.json says the run "
-                f"made {run.resolution} px images; the folder mixes outputs of different runs: re-run "
-                "`falco anonymize` into an empty folder")
-        images.append(image)
-    return np.stack(images)
+                f"{run.folder}: images/{path.relative_to(run.folder / 'images')} is {size[0]}x{size[1]} px but "
+                f"params.json says the run made {run.resolution} px images; the folder mixes outputs of different "
+                "runs: re-run `falco anonymize` into an empty folder")
+    return ImageFiles(paths, run.resolution)
 
 
-def paired_fakes(run: AnonymizeRun, nets) -> np.ndarray:
-    """The fake neighbour of each ok row, regenerated from the run's pool seed: uint8 [N, R, R, 3]."""
-    from anon_core.data.image_io import to_uint8
-    from anon_core.fake_pool import generate, sample_fake_pool
+def paired_fakes(run: AnonymizeRun, nets):
+    """The fake neighbour of each ok row, regenerated from the run's pool seed when indexed: [N, R, R, 3] uint8."""
+    from anon_core.fake_pool import sample_fake_pool
+    from evaluation.image_sets import generated_images
 
     p = run.record["params"]
     index = run.ok["fake_index"].astype(int).to_numpy()
     pool = sample_fake_pool(nets.generator, int(index.max()) + 1, p["seed"], p["truncation_psi"], device=nets.device)
-    return to_uint8(generate(nets.generator, pool.w[index], device=nets.device))
+    return generated_images(nets.generator, pool.w, index, device=nets.device)
 
 
 def evaluate_folders(
