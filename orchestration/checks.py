@@ -13,9 +13,7 @@ from orchestration.resources import NetworksResource
 
 def check_settings(networks: NetworksResource) -> dict:
     """params.yaml's `checks:` section, with the entry of the resource's profile applied."""
-    from anon_core.params import load_section
-
-    return load_section("checks", networks.profile, networks.params_path)
+    return networks.section("checks")
 
 
 @dg.asset_check(asset=pairs, additional_ins={"real_images": dg.AssetIn("real_images"), "fake_features": dg.AssetIn("fake_features")})

@@ -101,7 +101,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults")
-    p.add_argument("--shard-size", type=int, default=None, help="images per partition (default 16)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="images per partition (default: params.yaml pipeline.shard_size, 16 for tiny, 1024 otherwise)")
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--margin", type=float, default=None)

@@ -20,7 +20,7 @@ class RealImagesConfig(dg.Config):
     labels_csv: str | None = None  # optional CSV of per-file identity / split / attributes
     align: bool | None = None  # FFHQ-align the largest face; None: on, except for CelebA-HQ (aligned already)
     align_detector: str = "mtcnn"  # landmarks for alignment: mtcnn or dlib
-    shard_size: int = 16  # images per partition of the anonymization assets
+    shard_size: int | None = None  # images per partition of the anonymization assets; None: params.yaml `pipeline:`
 
 
 class PairsConfig(dg.Config):

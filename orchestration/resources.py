@@ -39,6 +39,13 @@ class NetworksResource(dg.ConfigurableResource):
 
         return load_params(self.profile, self.params_path, **overrides)
 
+    def section(self, name: str) -> dict[str, Any]:
+        """A top-level section of the params file other than the method's (`checks`, `pipeline`, ...), with this
+        profile's entry applied."""
+        from anon_core.params import load_section
+
+        return load_section(name, self.profile, self.params_path)
+
     def networks(self):
         return _build_networks(self.profile, self.device, self.weights)
 

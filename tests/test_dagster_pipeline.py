@@ -196,3 +196,31 @@ def test_launchpad_batch_size_takes_a_number_or_auto():
     assert networks.params(**OptimizationConfig().overrides()).batch_size == networks.params().batch_size
     with pytest.raises(ParamsError, match="batch_size"):
         networks.params(**OptimizationConfig(batch_size="big").overrides())
+
+
+def test_shard_size_comes_from_params_yaml_unless_the_run_config_sets_it(tmp_path, faces, instance):
+    """The 7 readable faces split by params.yaml's `pipeline.shard_size` of the profile, by the run config's when
+    given, and a bad value in params.yaml is one error naming the file and the key."""
+    import yaml
+
+    from anon_core.errors import ParamsError
+    from orchestration.definitions import build_definitions
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params_path = tmp_path / "params.yaml"
+
+    def shards(pipeline_shard_size, run_config_shard_size=None):
+        data["pipeline"]["profiles"]["tiny"]["shard_size"] = pipeline_shard_size
+        params_path.write_text(yaml.safe_dump(data))
+        defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(faces)),
+                                 NetworksResource(params_path=str(params_path)))
+        config = {} if run_config_shard_size is None else {"shard_size": run_config_shard_size}
+        dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("real_images"), instance=instance,
+                       resources=defs.resources, run_config={"ops": {"real_images": {"config": config}}})
+        return instance.get_dynamic_partitions("image_shards")
+
+    assert shards(4) == ["shard-00000", "shard-00001"]
+    assert shards(4, run_config_shard_size=7) == ["shard-00000"]
+    assert shards(2) == ["shard-00000", "shard-00001", "shard-00002", "shard-00003"]
+    with pytest.raises(ParamsError, match=r"params\.yaml: pipeline\.shard_size = 0 must be"):
+        shards(0)

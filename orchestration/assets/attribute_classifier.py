@@ -40,11 +40,11 @@ class AttributeClassifierConfig(dg.Config):
 def classifier_config(networks: NetworksResource, overrides: dict | None = None):
     """evaluation.attributes.ClassifierConfig from params.yaml's `attribute_classifier:` section (with the
     resource profile's entry applied), then the non-None `overrides`."""
-    from anon_core.params import DEFAULT_PARAMS_PATH, load_section
+    from anon_core.params import DEFAULT_PARAMS_PATH
     from evaluation.attributes import ClassifierConfig
 
     source = networks.params_path or DEFAULT_PARAMS_PATH
-    values = load_section(SECTION, networks.profile, networks.params_path)
+    values = networks.section(SECTION)
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}
     known = [f.name for f in fields(ClassifierConfig)]
     unknown = sorted(set(values) - set(known))

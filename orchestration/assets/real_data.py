@@ -66,7 +66,8 @@ def real_images(
     if labels:
         frame = frame.join(dataset.set_index("relpath")[labels], on="input")
     ok = frame.index[frame["status"] == "ok"]
-    frame.loc[ok, "shard"] = [shard_key(i // config.shard_size) for i in range(len(ok))]
+    shard_size = _shard_size(config, networks)
+    frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(len(ok))]
     _register_shards(context, sorted(set(frame.loc[ok, "shard"])))
 
     version, version_source = data_version(input_dir, [(f.relpath, f.sha256 or "") for f in files])
@@ -83,12 +84,26 @@ def real_images(
             "num_ok": len(ok),
             "num_rejected": int((frame["status"] == "rejected").sum()),
             "num_shards": int(frame.loc[ok, "shard"].nunique()),
+            "shard_size": shard_size,
             "counts": table(counts),
             "rejects": table(frame.loc[frame["status"] == "rejected", ["input", "reason", "detail"]]),
         }
     )
     image_set = ImageSet(table=frame, images=ImageFiles(sources, resolution, workers=workers))
     return dg.Output(image_set, data_version=dg.DataVersion(version))
+
+
+def _shard_size(config: RealImagesConfig, networks: NetworksResource) -> int:
+    """The run config's shard_size, else params.yaml's `pipeline.shard_size` for the profile."""
+    from anon_core.errors import ParamsError
+    from anon_core.params import DEFAULT_PARAMS_PATH
+
+    size = config.shard_size if config.shard_size is not None else networks.section("pipeline").get("shard_size", 16)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        where = "run config real_images.shard_size" if config.shard_size is not None else \
+            f"{networks.params_path or DEFAULT_PARAMS_PATH}: pipeline.shard_size"
+        raise ParamsError(f"{where} = {size!r} must be a whole number of images >= 1")
+    return size
 
 
 def _register_shards(context: dg.AssetExecutionContext, keys: list[str]) -> None:
