@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anon_core.data.image_io import to_uint8
 from anon_core.prefetch import batch_slices
 from anon_core.progress import progress_bar
 
@@ -79,10 +80,14 @@ def embed_fake_pool(
 @torch.no_grad()
 def generate(
     generator: torch.nn.Module, ws: np.ndarray | torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 16
-) -> torch.Tensor:
-    """Images for W+ codes [N, num_ws, w_dim] or W codes [N, w_dim]: [N, 3, R, R] float32 on the CPU, [-1, 1]."""
+) -> np.ndarray:
+    """Images for W+ codes [N, num_ws, w_dim] or W codes [N, w_dim]: uint8 [N, R, R, 3] (`to_uint8` of the
+    generator's [-1, 1] output), converted batch by batch so that float images never exist for the whole set."""
     ws = torch.as_tensor(ws, dtype=torch.float32)
     if ws.ndim == 2:
         ws = broadcast_ws(ws, generator.num_ws)
-    out = [generator.synthesis(ws[part].to(device)).float().cpu() for part in batch_slices(len(ws), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, 3, generator.config.resolution, generator.config.resolution)
+    resolution = generator.config.resolution
+    out = np.empty((len(ws), resolution, resolution, 3), np.uint8)
+    for part in batch_slices(len(ws), batch_size):
+        out[part] = to_uint8(generator.synthesis(ws[part].to(device)))
+    return out

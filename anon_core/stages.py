@@ -174,40 +174,35 @@ def optimize_images(
     speed = params.speed
     accelerate_networks_(nets, speed.channels_last)
     amp_dtype = resolve_amp(speed.amp, nets.device)
-    results = []
+    g, n = nets.generator, len(images)
+    out = Anonymized(  # filled batch by batch: a batch's float images are dropped as soon as they are uint8
+        ws=np.zeros((n, g.num_ws, g.config.w_dim), np.float32),
+        images=np.zeros((n, g.config.resolution, g.config.resolution, 3), np.uint8),
+        identity_similarity=np.zeros((n,), np.float32),
+        history={name: np.zeros((params.optimization.steps, n), np.float32) for name in LOSS_NAMES},
+    )
     batch_size = batch_size or resolve_batch_size(nets, params)
-    num_batches = -(-len(images) // batch_size)
+    num_batches = -(-n // batch_size)
     for done, (part, batch) in enumerate(read_batches(images, batch_size)):
-        results.append(
-            anonymize_batch(
-                nets.generator,
-                nets.identity,
-                nets.farl,
-                _as_tensor(batch, nets),
-                torch.from_numpy(np.ascontiguousarray(w_real[part])).to(nets.device),
-                torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
-                params.optimization,
-                amp_dtype=amp_dtype,
-                compile_backend="inductor" if speed.compile else None,
-            )
+        result = anonymize_batch(
+            nets.generator,
+            nets.identity,
+            nets.farl,
+            _as_tensor(batch, nets),
+            torch.from_numpy(np.ascontiguousarray(w_real[part])).to(nets.device),
+            torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
+            params.optimization,
+            amp_dtype=amp_dtype,
+            compile_backend="inductor" if speed.compile else None,
         )
+        out.ws[part] = result.ws.float().numpy()
+        out.images[part] = to_uint8(result.images.float())
+        out.identity_similarity[part] = result.identity_similarity
+        for name in LOSS_NAMES:
+            out.history[name][:, part] = result.history[name]
         if on_batch is not None:
             on_batch(done + 1, num_batches)
-    g = nets.generator
-    if not results:
-        empty = np.zeros((0,), np.float32)
-        return Anonymized(
-            ws=np.zeros((0, g.num_ws, g.config.w_dim), np.float32),
-            images=np.zeros((0, g.config.resolution, g.config.resolution, 3), np.uint8),
-            identity_similarity=empty,
-            history={name: np.zeros((params.optimization.steps, 0), np.float32) for name in LOSS_NAMES},
-        )
-    return Anonymized(
-        ws=np.concatenate([r.ws.float().numpy() for r in results]),
-        images=np.concatenate([to_uint8(r.images.float()) for r in results]),
-        identity_similarity=np.concatenate([r.identity_similarity for r in results]).astype(np.float32),
-        history={name: np.concatenate([r.history[name] for r in results], axis=1) for name in LOSS_NAMES},
-    )
+    return out
 
 
 def _as_tensor(images: np.ndarray | torch.Tensor, nets: Networks) -> torch.Tensor:

@@ -98,11 +98,10 @@ def concatenate(sets: Sequence[ImageSetLike]) -> ImageSetLike:
 
 def generated_images(generator, ws: np.ndarray, index: np.ndarray, device="cpu") -> MappedImages:
     """Images of the generator for the codes `ws[index]` (W [N, w_dim] or W+ [N, num_ws, w_dim]), generated on
-    indexing: row i is `to_uint8(generate(generator, ws[index[i]]))`. Read in batches of a multiple of
+    indexing: row i is `generate(generator, ws[index[i]])`. Read in batches of a multiple of
     `generate`'s own batch size (16), the images are bit for bit those of generating every row at once."""
-    from anon_core.data.image_io import to_uint8
     from anon_core.fake_pool import generate
 
     resolution = generator.config.resolution
-    return MappedImages(lambda rows: to_uint8(generate(generator, ws[rows], device=device)),
+    return MappedImages(lambda rows: generate(generator, ws[rows], device=device),
                         [np.asarray(index)], (resolution, resolution, 3), name="generated")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from anon_core.data.image_files import ImageFiles
-from anon_core.data.image_io import save_png, to_uint8
+from anon_core.data.image_io import save_png
 from anon_core.fake_pool import generate
 from evaluation.attributes import ClassifierConfig, classifier_labels, train_attribute_classifier
 from evaluation.baselines import BASELINES, apply_baseline, baseline_images
@@ -133,7 +133,7 @@ def test_fakes_generated_per_batch_are_those_generated_at_once():
     generator = mini_networks()[0]
     ws = torch.randn(40, generator.num_ws, 16, generator=torch.Generator().manual_seed(0)).numpy()
     index = np.array([5, 0, 39, 5, *range(10, 46)]) % 40  # 40 rows, repeated codes included
-    at_once = to_uint8(generate(generator, ws[index]))
+    at_once = generate(generator, ws[index])
     lazy = generated_images(generator, ws, index)
     assert lazy.shape == at_once.shape == (40, 32, 32, 3)
     np.testing.assert_array_equal(np.concatenate([lazy[i : i + 16] for i in range(0, 40, 16)]), at_once)

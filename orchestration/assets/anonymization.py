@@ -61,8 +61,9 @@ def anonymized_latents(
 ) -> dict:
     """FALCO's optimized W+ codes for one shard: `ws` [K, num_ws, w_dim], `row` (index into the ok real
     images), `identity_similarity` [K], and the per-step losses `loss_<name>` [steps, K]."""
-    from evaluation.figures import loss_curve_png
+    from anon_core.data.image_files import take
     from anon_core.stages import optimize_images
+    from evaluation.figures import loss_curve_png
 
     params = networks.params(**config.overrides())
     shard = pairs[pairs["shard"] == context.partition_key]
@@ -71,7 +72,7 @@ def anonymized_latents(
     result = optimize_images(
         networks.networks(),
         params,
-        real_images.images[rows],
+        take(real_images.images, rows),  # read a batch ahead of the optimization, never the whole shard
         real_inversions[rows],
         fake_pool["w"][shard["fake_index"].to_numpy()],
         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
@@ -110,13 +111,12 @@ def anonymized_images(
 ) -> ImageSet:
     """G(w_anon) for one shard, stored as PNG under the input's relative path; together the shards form the
     anonymized dataset folder `anonymized_images/images/`."""
-    from anon_core.data.image_io import to_uint8
     from anon_core.fake_pool import generate
     from evaluation.figures import grid_png
 
     nets = networks.networks()
     rows = anonymized_latents["row"]
-    images = to_uint8(generate(nets.generator, anonymized_latents["ws"], device=nets.device))
+    images = generate(nets.generator, anonymized_latents["ws"], device=nets.device)
     shard = pairs.set_index("row").loc[rows]
     frame = pd.DataFrame(
         {"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
@@ -124,7 +124,7 @@ def anonymized_images(
          "identity_similarity": anonymized_latents["identity_similarity"], "shard": context.partition_key}
     )
     shown = slice(0, min(8, len(rows)))
-    fakes = to_uint8(generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device))
+    fakes = generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device)
     columns = [fakes, images[shown]]
     if config.show_real_faces:
         columns.insert(0, real_images.images[rows[shown]])

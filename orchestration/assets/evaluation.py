@@ -135,7 +135,6 @@ def anonymization_report(
     """Markdown and HTML report with the metric tables, a privacy-vs-utility scatter of FALCO and the baselines,
     one over this and the earlier evaluation runs tracked in MLflow (labelled by the parameters that differ),
     per-attribute bars and an example grid, in `anonymization_report/`."""
-    from anon_core.data.image_io import to_uint8
     from anon_core.fake_pool import generate
     from evaluation.report import write_report
     from evaluation.runs import run_labels
@@ -147,7 +146,7 @@ def anonymization_report(
     first = anonymized_images[sorted(anonymized_images)[0]]
     shown = slice(0, min(8, len(first.images)))
     nets = networks.networks()
-    fakes = to_uint8(generate(nets.generator, fake_pool["w"][first.table["fake_index"].to_numpy()[shown]], device=nets.device))
+    fakes = generate(nets.generator, fake_pool["w"][first.table["fake_index"].to_numpy()[shown]], device=nets.device)
     examples, titles = [fakes, first.images[shown]], ["fake neighbour", "anonymized"]
     if config.show_real_faces:
         examples.insert(0, real_images.images[first.table["row"].to_numpy()[shown]])
