@@ -3,6 +3,7 @@ their W+ inversions."""
 
 
 import functools
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -90,7 +91,9 @@ def real_images(
         }
     )
     image_set = ImageSet(table=frame, images=ImageFiles(sources, resolution, workers=workers))
-    return dg.Output(image_set, data_version=dg.DataVersion(version))
+    with warnings.catch_warnings():  # `data_version` is Dagster's beta API for versions a source asset reports
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(image_set, data_version=dg.DataVersion(version))
 
 
 def _shard_size(config: RealImagesConfig, networks: NetworksResource) -> int:
