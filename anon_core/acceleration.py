@@ -9,7 +9,10 @@ transposes; on the CPU it changes the kernels but not the results (beyond float 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -58,3 +61,35 @@ def accelerate_networks_(nets, channels_last: bool) -> None:
     if channels_last and nets.device.type == "cuda":
         for module in convolutional_networks(nets):
             channels_last_(module)
+
+
+@dataclass
+class Throughput:
+    """Wall time of a stretch of work on a device (synchronized at both ends) and its peak device memory."""
+
+    seconds: float = 0.0
+    peak_memory_gib: float | None = None  # CUDA only: torch.cuda.max_memory_allocated over the stretch
+
+    def metrics(self, images: int, steps: int) -> dict[str, float]:
+        """`images` optimized for `steps` steps each: images/s, seconds per image, image-steps/s, peak memory."""
+        seconds = max(self.seconds, 1e-9)
+        out = {"images_per_second": images / seconds, "seconds_per_image": seconds / max(images, 1),
+               "image_steps_per_second": images * steps / seconds, "seconds": self.seconds}
+        return out | ({"peak_gpu_memory_gib": self.peak_memory_gib} if self.peak_memory_gib is not None else {})
+
+
+@contextmanager
+def measure_throughput(device: torch.device | str) -> Iterator[Throughput]:
+    """Time the body on `device`; CUDA work is synchronized first and last, so queued kernels count."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    record = Throughput()
+    start = time.perf_counter()
+    yield record
+    if cuda:
+        torch.cuda.synchronize(device)
+        record.peak_memory_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    record.seconds = time.perf_counter() - start

@@ -121,6 +121,11 @@ def test_loss_histories_metrics_and_artifacts(two_runs):
     last = client.get_metric_history(second["run_id"], "loss/total")[-1].value
     assert abs(last - float(stored[-1].mean())) < 1e-6 * max(1.0, abs(last))
 
+    # Each shard's run records its throughput, so GPU runs can be compared by speed in the MLflow UI.
+    metrics = client.get_run(latent["run_id"]).data.metrics
+    assert metrics["speed/images_per_second"] > 0 and metrics["num_images"] == 3
+    assert abs(metrics["speed/images_per_second"] * metrics["speed/seconds"] - 3) < 1e-6
+    assert abs(metrics["speed/image_steps_per_second"] - 2 * metrics["speed/images_per_second"]) < 1e-6
     params = json.loads(Path(client.download_artifacts(latent["run_id"], "params.json", str(two_runs["tmp"]))).read_text())
     assert params["optimization"]["margin"] == 0.0 and params["optimization"]["steps"] == 2
 

@@ -61,28 +61,35 @@ def anonymized_latents(
 ) -> dict:
     """FALCO's optimized W+ codes for one shard: `ws` [K, num_ws, w_dim], `row` (index into the ok real
     images), `identity_similarity` [K], and the per-step losses `loss_<name>` [steps, K]."""
+    from anon_core.acceleration import measure_throughput
+    from anon_core.batch_size import resolve_batch_size
     from anon_core.data.image_files import take
     from anon_core.stages import optimize_images
     from evaluation.figures import loss_curve_png
 
-    params = networks.params(**config.overrides())
+    nets = networks.networks()
+    requested = networks.params(**config.overrides())
+    params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits this device
     shard = pairs[pairs["shard"] == context.partition_key]
     rows = shard["row"].to_numpy()
-    context.log.info(f"{context.partition_key}: optimizing {len(rows)} images, {params.optimization.steps} steps")
-    result = optimize_images(
-        networks.networks(),
-        params,
-        take(real_images.images, rows),  # read a batch ahead of the optimization, never the whole shard
-        real_inversions[rows],
-        fake_pool["w"][shard["fake_index"].to_numpy()],
-        on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
-    )
+    context.log.info(f"{context.partition_key}: optimizing {len(rows)} images, {params.optimization.steps} steps, "
+                     f"batches of {params.batch_size} on {nets.device} (amp {params.speed.amp})")
+    with measure_throughput(nets.device) as timing:
+        result = optimize_images(
+            nets,
+            params,
+            take(real_images.images, rows),  # read a batch ahead of the optimization, never the whole shard
+            real_inversions[rows],
+            fake_pool["w"][shard["fake_index"].to_numpy()],
+            on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
+        )
+    speed = timing.metrics(len(rows), params.optimization.steps)
     final = {name: float(values[-1].mean()) for name, values in result.history.items() if len(values)}
     with mlflow.asset_run(context, networks, params) as run:
         run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in result.history.items()
                            if values.shape[1]})  # [steps, K] -> mean over images per step
         run.log_metrics({"mean_identity_similarity": float(result.identity_similarity.mean()) if len(rows) else
-                         float("nan"), "num_images": len(rows)})
+                         float("nan"), "num_images": len(rows), **{f"speed/{k}": v for k, v in speed.items()}})
     context.add_output_metadata(
         {
             **run.metadata,
@@ -92,6 +99,10 @@ def anonymized_latents(
             **{f"final_{name}_loss": value for name, value in final.items()},
             "mean_identity_similarity": float(result.identity_similarity.mean()) if len(rows) else float("nan"),
             "loss_curve": png_markdown(loss_curve_png(result.history), "loss curve"),
+            "batch_size": params.batch_size,
+            "batch_size_requested": str(requested.batch_size),
+            "device": str(nets.device),
+            **{f"speed_{k}": v for k, v in speed.items()},
         }
     )
     return {"ws": result.ws, "row": rows, "identity_similarity": result.identity_similarity,
