@@ -9,7 +9,7 @@ DEMO_OUT := outputs/demo
 DAGSTER_HOME := $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo ui mlflow-ui test bench clean-demo
+.PHONY: install demo ui mlflow-ui test bench gpu-carry clean-demo
 
 # facenet-pytorch is installed without its dependencies (it pins an old torch and imports torchvision):
 # only the MTCNN weight files it ships are read; the package is never imported.
@@ -40,6 +40,20 @@ bench: install
 	$(BIN)/python bench/batched_vs_loop.py
 	$(BIN)/python bench/pairing_faiss_vs_sklearn.py
 	$(BIN)/python bench/flops.py
+
+# What bench/gpu_session.sh needs on a bare GPU image (Python 3.12 with torch): the wheels of facenet-pytorch (MTCNN
+# weights) and dlib-bin (the reference the parity tests compare with), and the two dlib model files the tests read
+# (32 MB of face-recognition-models' 130). 38 MB in .gpu/, under the device tool's 64 MiB.
+gpu-carry: install
+	rm -rf .gpu && mkdir -p .gpu/site/face_recognition_models/models
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/wheels \
+	  facenet-pytorch==2.6.0 dlib-bin==20.0.1.post1
+	models=$$($(BIN)/python -c "import importlib.util as u; \
+	  print(next(iter(u.find_spec('face_recognition_models').submodule_search_locations)))")/models; \
+	  cp $$models/dlib_face_recognition_resnet_model_v1.dat $$models/shape_predictor_5_face_landmarks.dat \
+	  .gpu/site/face_recognition_models/models/
+	touch .gpu/site/face_recognition_models/__init__.py
 
 clean-demo:
 	rm -rf $(DEMO_OUT) outputs/pipeline $(DAGSTER_HOME)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Every check that needs a GPU, as one command: the speed benchmark (bench/gpu_anonymize.py, about 5 minutes on
+# an H100) and the tests marked `gpu` (CUDA vs CPU parity of dlib's ResNet, MTCNN and the attribute predictors;
+# batch_size: auto measured on the device). Run from the repository root on any CUDA machine whose python3 has
+# torch; where the project's dependencies are not installed (a bare GPU image), first run `make gpu-carry` on a
+# machine with the venv and bring the `.gpu/` folder it makes (wheels + two dlib model files, 38 MB).
+#
+#   OUT=results bash bench/gpu_session.sh        # writes gpu.txt, gpu_anonymize.json/.log, gpu_tests.log
+#   BENCH_ARGS="--profile tiny" bash ...         # a dry run of the same script on a CPU
+set -u -o pipefail
+OUT=${OUT:-bench/gpu_session}
+mkdir -p "$OUT"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -d .gpu/wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/falco-site \
+    .gpu/wheels/*.whl || exit 1
+  cp -r .gpu/site/. /tmp/falco-site/
+  export PYTHONPATH="$PYTHONPATH:/tmp/falco-site"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee "$OUT/gpu.txt"
+# shellcheck disable=SC2086  # BENCH_ARGS holds several arguments
+timeout 320 python3 bench/gpu_anonymize.py --out "$OUT/gpu_anonymize.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_anonymize.log"
+bench=$?
+timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_batch_size.py tests/test_dlib_resnet.py \
+  tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py 2>&1 | tee "$OUT/gpu_tests.log"
+tests=$?
+echo "bench exit $bench, gpu tests exit $tests"
+exit $(( bench || tests ))
