@@ -24,6 +24,15 @@ def _short_names(keys: list[str]) -> dict[str, str]:
     return {k: SHORT_NAMES.get(k) or (k.rsplit(".", 1)[-1] if tails[k.rsplit(".", 1)[-1]] == 1 else k) for k in keys}
 
 
+def _sections(keys: list[str]) -> list[list[str]]:
+    """Keys grouped by their dotted prefix ("speed.amp", "speed.compile" -> one group), in order; top-level keys
+    alone."""
+    groups: dict[str, list[str]] = {}
+    for k in keys:
+        groups.setdefault(k.rsplit(".", 1)[0] if "." in k else k, []).append(k)
+    return list(groups.values())
+
+
 def run_labels(params: Sequence[Mapping[str, str]], fallbacks: Sequence[str]) -> list[str]:
     """One unique label per run: "name=value" for every differing parameter (", "-joined), e.g. "m=0.5";
     parameters missing from some runs count only when no parameter that all runs have differs.
@@ -34,10 +43,18 @@ def run_labels(params: Sequence[Mapping[str, str]], fallbacks: Sequence[str]) ->
         raise ValueError(f"{len(params)} parameter sets but {len(fallbacks)} fallback labels")
     keys = differing_keys(params)
     # A key that only some runs have was added (or dropped) by a code change, not chosen by the user: it labels
-    # runs only when nothing that every run has differs.
-    keys = [k for k in keys if all(k in p for p in params)] or keys
+    # runs only when nothing that every run has differs, and then a section of more than two such keys (a new
+    # `speed:` block, say) is one "speed.*=set" / "speed.*=unset" rather than every key and value.
+    shared = [k for k in keys if all(k in p for p in params)]
+    parts = [[k] for k in shared] if shared else _sections(keys)
     short = _short_names(keys)
-    labels = [", ".join(f"{short[k]}={p.get(k, UNSET)}" for k in keys) or str(f) for p, f in zip(params, fallbacks)]
+
+    def part(p: Mapping[str, str], group: list[str]) -> str:
+        if len(group) <= 2:
+            return ", ".join(f"{short[k]}={p.get(k, UNSET)}" for k in group)
+        return f"{group[0].rsplit('.', 1)[0]}.*={'set' if any(k in p for k in group) else UNSET}"
+
+    labels = [", ".join(part(p, g) for g in parts) or str(f) for p, f in zip(params, fallbacks)]
     counts = Counter(labels)
     labels = [f"{label} [{f}]" if counts[label] > 1 and label != str(f) else label
               for label, f in zip(labels, fallbacks)]

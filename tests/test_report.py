@@ -26,6 +26,10 @@ def test_runs_are_labelled_by_the_parameters_that_differ():
     assert run_labels(both, ["a", "b"]) == ["inversion.steps=40, optimization.steps=50",
                                             "inversion.steps=2, optimization.steps=3"]
     assert run_labels([base, base | {"extra": "x"}], ["a", "b"]) == ["extra=unset", "extra=x"]
+    # A whole new section of settings (more than two keys) is named once, not key by key.
+    speed = {"speed.amp": "auto", "speed.compile": "False", "speed.channels_last": "True"}
+    assert run_labels([base, base | speed, base | speed], ["a", "b", "c"]) == ["speed.*=unset", "speed.*=set [b]",
+                                                                              "speed.*=set [c]"]
     # Equal parameters: the fallbacks (folder names) tell the runs apart; repeated labels get them appended.
     assert run_labels([base, base], ["run_a", "run_b"]) == ["run_a", "run_b"]
     repeated = [base | {"seed": "1"}, base | {"seed": "1"}, base]
