@@ -153,7 +153,7 @@ def invert_images(
 @dataclass
 class Anonymized:
     ws: np.ndarray  # [N, num_ws, w_dim] float32
-    images: np.ndarray  # [N, R, R, 3] uint8
+    images: np.ndarray | None  # [N, R, R, 3] uint8; None when not kept
     identity_similarity: np.ndarray  # [N] cosine of identity embeddings, anonymized vs real
     history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, N] per-image weighted losses
 
@@ -166,10 +166,12 @@ def optimize_images(
     w_fake: np.ndarray,
     batch_size: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    keep_images: bool = True,
 ) -> Anonymized:
     """FALCO's optimization for N images, in batches: real uint8 images, their inversions [N, num_ws, w_dim] and
     their paired fakes' W codes [N, w_dim] -> anonymized codes and images. `params.speed` sets autocast,
-    channels-last and torch.compile."""
+    channels-last and torch.compile. `keep_images=False` returns no images (a caller that regenerates them later
+    need not hold a shard of them: 3 GB for 1,024 images at 1024 px)."""
     check_params_fit(nets, params)
     speed = params.speed
     accelerate_networks_(nets, speed.channels_last)
@@ -177,7 +179,7 @@ def optimize_images(
     g, n = nets.generator, len(images)
     out = Anonymized(  # filled batch by batch: a batch's float images are dropped as soon as they are uint8
         ws=np.zeros((n, g.num_ws, g.config.w_dim), np.float32),
-        images=np.zeros((n, g.config.resolution, g.config.resolution, 3), np.uint8),
+        images=np.zeros((n, g.config.resolution, g.config.resolution, 3), np.uint8) if keep_images else None,
         identity_similarity=np.zeros((n,), np.float32),
         history={name: np.zeros((params.optimization.steps, n), np.float32) for name in LOSS_NAMES},
     )
@@ -196,7 +198,8 @@ def optimize_images(
             compile_backend="inductor" if speed.compile else None,
         )
         out.ws[part] = result.ws.float().numpy()
-        out.images[part] = to_uint8(result.images.float())
+        if keep_images:
+            out.images[part] = to_uint8(result.images.float())
         out.identity_similarity[part] = result.identity_similarity
         for name in LOSS_NAMES:
             out.history[name][:, part] = result.history[name]

@@ -50,9 +50,15 @@ def run_labels(params: Sequence[Mapping[str, str]], fallbacks: Sequence[str]) ->
     short = _short_names(keys)
 
     def part(p: Mapping[str, str], group: list[str]) -> str:
-        if len(group) <= 2:
-            return ", ".join(f"{short[k]}={p.get(k, UNSET)}" for k in group)
-        return f"{group[0].rsplit('.', 1)[0]}.*={'set' if any(k in p for k in group) else UNSET}"
+        # Keys with one value wherever they are set tell runs apart only by being there or not; more than two
+        # such keys of a section become one "section.*=set|unset". A key whose values differ keeps its value.
+        uniform = [k for k in group if len({q[k] for q in params if k in q}) == 1]
+        if len(uniform) <= 2:
+            uniform = []
+        named = [f"{short[k]}={p.get(k, UNSET)}" for k in group if k not in uniform]
+        if uniform:
+            named.insert(0, f"{uniform[0].rsplit('.', 1)[0]}.*={'set' if any(k in p for k in uniform) else UNSET}")
+        return ", ".join(named)
 
     labels = [", ".join(part(p, g) for g in parts) or str(f) for p, f in zip(params, fallbacks)]
     counts = Counter(labels)

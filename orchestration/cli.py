@@ -103,7 +103,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults")
     p.add_argument("--shard-size", type=int, default=None,
-                   help="images per partition (default: params.yaml pipeline.shard_size, 16 for tiny, 1024 otherwise)")
+                   help="images per partition (default: pipeline.shard_size of the params file; the project's "
+                        "is 16 for tiny, 1024 otherwise; 16 where a file has none)")
     p.add_argument("--pool-size", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--margin", type=float, default=None)

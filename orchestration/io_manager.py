@@ -9,8 +9,8 @@
 | Weights (arrays + strings) | `<asset>/<partition>.safetensors` (string metadata in header) |
 
 An array is loaded memory-mapped (read-only) and an ImageSet with its images left on disk (an `ImageFiles`,
-decoded when indexed); an ImageSet is written by encoding one image at a time in worker threads, so neither side
-ever holds a whole dataset of images.
+decoded when indexed); an ImageSet is written a chunk of images at a time (read, decoded or generated ahead of the
+chunk being PNG-encoded by worker threads), so neither side ever holds a whole dataset of images.
 
 `<partition>` is `all` for unpartitioned assets. Every file is written to a temporary name and renamed, so a run
 killed mid-write never leaves a half-written file that a later step would read; a table is written after its
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from PIL import Image
 
 from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import encode_png, write_bytes_atomic
-from anon_core.prefetch import read_ahead
+from anon_core.errors import FalcoError
+from anon_core.prefetch import batch_slices, read_parts
 
 
 @dataclass
@@ -143,8 +145,12 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             paths = [base / "images" / name for name in table["image"].fillna("") if name]
             if not paths:
                 return ImageSet(table=table, images=np.zeros((0, 1, 1, 3), np.uint8))
-            with Image.open(paths[0]) as first:
-                size = first.size[0]
+            try:
+                with Image.open(paths[0]) as first:
+                    size = first.size[0]
+            except OSError as err:
+                raise FalcoError(f"{paths[0]}: cannot be read ({err}); the stored {base.name} is incomplete, so "
+                                 "materialize it again") from None
             return ImageSet(table=table, images=ImageFiles(paths, size, workers=_io_workers()))
         return table
 
@@ -153,11 +159,18 @@ def _io_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _write_images(folder: Path, names: list[str], images: np.ndarray | ImageFiles) -> None:
-    """PNG-encode images[i] as names[i] in worker threads, writing each as soon as it is encoded (in order)."""
+def _write_images(folder: Path, names: list[str], images) -> None:
+    """Write images[i] as PNG names[i]: read in chunks (an ImageFiles decodes, a generated set generates, the next
+    chunk while this one is written), each image PNG-encoded and written by a pool of threads."""
     workers = _io_workers()
-    for i, encoded in read_ahead(lambda i: encode_png(images[i]), range(len(names)), workers, depth=2 * workers):
-        write_bytes_atomic(folder / names[i], encoded.result())
+
+    def write(name: str, image: np.ndarray) -> None:
+        write_bytes_atomic(folder / name, encode_png(image))
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-png") as pool:
+        # 32 images a chunk (a multiple of generate's batch), the next one read meanwhile: 200 MB at 1024 px
+        for part, chunk in read_parts(images, batch_slices(len(names), 32), ahead=1):
+            list(pool.map(write, names[part], chunk))  # list(): raises the first failed write
 
 
 def _parquet_bytes(table: pd.DataFrame) -> bytes:

@@ -27,9 +27,13 @@ def test_runs_are_labelled_by_the_parameters_that_differ():
                                             "inversion.steps=2, optimization.steps=3"]
     assert run_labels([base, base | {"extra": "x"}], ["a", "b"]) == ["extra=unset", "extra=x"]
     # A whole new section of settings (more than two keys) is named once, not key by key.
-    speed = {"speed.amp": "auto", "speed.compile": "False", "speed.channels_last": "True"}
+    speed = {"speed.amp": "auto", "speed.compile": "False", "speed.channels_last": "True", "speed.auto_max": "64"}
     assert run_labels([base, base | speed, base | speed], ["a", "b", "c"]) == ["speed.*=unset", "speed.*=set [b]",
                                                                               "speed.*=set [c]"]
+    # ... but a value that differs among the runs that have the section is still shown.
+    speeds = [base, base | speed, base | speed | {"speed.amp": "off"}]
+    assert run_labels(speeds, ["a", "b", "c"]) == ["speed.*=unset, amp=unset", "speed.*=set, amp=auto",
+                                                   "speed.*=set, amp=off"]
     # Equal parameters: the fallbacks (folder names) tell the runs apart; repeated labels get them appended.
     assert run_labels([base, base], ["run_a", "run_b"]) == ["run_a", "run_b"]
     repeated = [base | {"seed": "1"}, base | {"seed": "1"}, base]

@@ -48,13 +48,16 @@ class ImageFiles:
         try:
             image = load_rgb(path)
         except ImageRejected as rejected:
-            raise FalcoError(f"{path}: {rejected.detail}; the stored image set is incomplete, so materialize the "
-                             "asset (or rerun the command) that wrote it again") from None
+            raise FalcoError(f"{path}: {rejected.detail}; it was readable when this image set was listed, so it has "
+                             "been changed or removed since: restore it, or re-run what listed it (materialize the "
+                             "asset, or rerun the command)") from None
         if image.shape[:2] != (self.size, self.size):
             image = to_uint8(to_tensor([image], self.size))[0]
         return image
 
     def _positions(self, index) -> list[int]:
+        if isinstance(index, tuple):
+            raise IndexError("ImageFiles takes one index (rows), not a tuple; index the returned array for pixels")
         if isinstance(index, slice):
             return list(range(len(self.paths)))[index]
         rows = np.asarray(index)

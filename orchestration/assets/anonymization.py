@@ -82,14 +82,17 @@ def anonymized_latents(
             real_inversions[rows],
             fake_pool["w"][shard["fake_index"].to_numpy()],
             on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
+            keep_images=False,  # anonymized_images regenerates them from the codes
         )
     speed = timing.metrics(len(rows), params.optimization.steps)
     final = {name: float(values[-1].mean()) for name, values in result.history.items() if len(values)}
-    with mlflow.asset_run(context, networks, params) as run:
+    # The requested settings (batch_size "auto", not what it resolved to on this device) label the run in MLflow.
+    with mlflow.asset_run(context, networks, requested) as run:
         run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in result.history.items()
                            if values.shape[1]})  # [steps, K] -> mean over images per step
         run.log_metrics({"mean_identity_similarity": float(result.identity_similarity.mean()) if len(rows) else
-                         float("nan"), "num_images": len(rows), **{f"speed/{k}": v for k, v in speed.items()}})
+                         float("nan"), "num_images": len(rows), **{f"speed/{k}": v for k, v in speed.items()},
+                         "speed/batch_size": params.batch_size})
     context.add_output_metadata(
         {
             **run.metadata,
@@ -124,10 +127,12 @@ def anonymized_images(
     anonymized dataset folder `anonymized_images/images/`."""
     from anon_core.fake_pool import generate
     from evaluation.figures import grid_png
+    from evaluation.image_sets import generated_images
 
     nets = networks.networks()
     rows = anonymized_latents["row"]
-    images = generate(nets.generator, anonymized_latents["ws"], device=nets.device)
+    # Generated batch by batch as the IO manager writes them, so the shard's images are never all in memory.
+    images = generated_images(nets.generator, anonymized_latents["ws"], np.arange(len(rows)), device=nets.device)
     shard = pairs.set_index("row").loc[rows]
     frame = pd.DataFrame(
         {"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
