@@ -93,3 +93,36 @@ def test_trainable_range_must_fit_the_generator(tiny_nets):
     params, images, w_real, w_fake = _setup(tiny_nets, n=1, **{"optimization.layer_stop": 99})
     with pytest.raises(ValueError, match="W\\+ layers"):
         _run(tiny_nets, params, images, w_real, w_fake)
+
+
+def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets, lfw_faces, tmp_path):
+    """The stage over 5 faces in batches of 2: the faces read from PNG files (ImageFiles) give the array's results
+    exactly, each batch's codes and per-step losses land in its own rows, and keep_images=False only drops the
+    images."""
+    from anon_core.data.image_files import ImageFiles
+    from anon_core.data.image_io import save_png
+    from anon_core.stages import optimize_images
+
+    faces = lfw_faces[:5]
+    paths = [tmp_path / f"{i}.png" for i in range(5)]
+    for path, face in zip(paths, faces):
+        save_png(path, face)
+    params = load_params("tiny", **{"optimization.steps": 3})
+    g = tiny_nets.generator
+    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 5, seed=1000, psi=0.7).w), g.num_ws).numpy()
+    w_fake = sample_fake_pool(g, 5, seed=2000, psi=0.7).w
+
+    from_array = optimize_images(tiny_nets, params, faces, w_real, w_fake, batch_size=2)
+    from_files = optimize_images(tiny_nets, params, ImageFiles(paths, 64), w_real, w_fake, batch_size=2,
+                                 keep_images=False)
+    middle = optimize_images(tiny_nets, params, faces[2:4], w_real[2:4], w_fake[2:4], batch_size=2)
+
+    assert from_files.images is None and from_array.images.shape == (5, 64, 64, 3)
+    np.testing.assert_array_equal(from_files.ws, from_array.ws)
+    np.testing.assert_array_equal(from_files.identity_similarity, from_array.identity_similarity)
+    np.testing.assert_array_equal(middle.ws, from_array.ws[2:4])
+    np.testing.assert_array_equal(middle.images, from_array.images[2:4])
+    for name, values in from_array.history.items():
+        assert values.shape == (3, 5)
+        np.testing.assert_array_equal(from_files.history[name], values)
+        np.testing.assert_array_equal(middle.history[name], values[:, 2:4])
