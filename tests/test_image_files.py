@@ -69,12 +69,12 @@ def test_a_vanished_file_names_itself_and_the_fix(odd_sized):
 
 
 def test_io_manager_streams_image_sets_in_and_out(tmp_path):
-    """320 images at 128 px (15.7 MB decoded): writing them from ImageFiles and loading them back never holds more
+    """480 images at 128 px (23.6 MB decoded): writing them from ImageFiles and loading them back never holds more
     than a fraction of the set, and the stored PNGs are exactly the images."""
     rng = np.random.default_rng(1)
     source_dir = tmp_path / "source"
     tile = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    count = 320
+    count = 480
     images = [np.roll(tile, i, axis=1) for i in range(count)]
     files = ImageFiles(_write(source_dir, images), size=128, workers=4)
     set_bytes = count * 128 * 128 * 3
