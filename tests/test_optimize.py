@@ -96,9 +96,13 @@ def test_trainable_range_must_fit_the_generator(tiny_nets):
 
 
 def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets, lfw_faces, tmp_path):
-    """The stage over 5 faces in batches of 2: the faces read from PNG files (ImageFiles) give the array's results
-    exactly, each batch's codes and per-step losses land in its own rows, and keep_images=False only drops the
-    images."""
+    """The stage over 5 faces in batches of 2: the faces read from PNG files (ImageFiles) give the array's results,
+    each batch's codes and per-step losses land in its own rows, and keep_images=False only drops the images.
+
+    Tolerances, not equality: on a loaded machine float32 kernels may split their sums over fewer threads (MKL's
+    dynamic threading), a ~1e-7 difference that Adam's per-element normalization grows to ~3e-4 in the codes
+    after 3 steps. Rows hold different faces and start codes (codes 2 apart, total losses 0.2 or more), so a
+    misplaced batch fails by far."""
     from anon_core.data.image_files import ImageFiles
     from anon_core.data.image_io import save_png
     from anon_core.stages import optimize_images
@@ -118,11 +122,11 @@ def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets
     middle = optimize_images(tiny_nets, params, faces[2:4], w_real[2:4], w_fake[2:4], batch_size=2)
 
     assert from_files.images is None and from_array.images.shape == (5, 64, 64, 3)
-    np.testing.assert_array_equal(from_files.ws, from_array.ws)
-    np.testing.assert_array_equal(from_files.identity_similarity, from_array.identity_similarity)
-    np.testing.assert_array_equal(middle.ws, from_array.ws[2:4])
-    np.testing.assert_array_equal(middle.images, from_array.images[2:4])
+    np.testing.assert_allclose(from_files.ws, from_array.ws, atol=5e-3, rtol=0)
+    np.testing.assert_allclose(from_files.identity_similarity, from_array.identity_similarity, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(middle.ws, from_array.ws[2:4], atol=5e-3, rtol=0)
+    assert np.abs(middle.images.astype(int) - from_array.images[2:4]).mean() < 0.5
     for name, values in from_array.history.items():
         assert values.shape == (3, 5)
-        np.testing.assert_array_equal(from_files.history[name], values)
-        np.testing.assert_array_equal(middle.history[name], values[:, 2:4])
+        np.testing.assert_allclose(from_files.history[name], values, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(middle.history[name], values[:, 2:4], rtol=1e-3, atol=1e-4)
