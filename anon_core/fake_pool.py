@@ -69,7 +69,7 @@ def embed_fake_pool(
 ) -> np.ndarray:
     """Generate every fake image and embed it: [N, D] float32. Images are not kept (regenerate from seeds)."""
     features: list[np.ndarray] = []
-    parts = list(batch_slices(len(pool), batch_size))
+    parts = batch_slices(len(pool), batch_size)
     for part in progress_bar(parts, desc="fake pool", unit="batch", enable=show_progress):
         ws = broadcast_ws(torch.from_numpy(pool.w[part]).to(device), generator.num_ws)
         features.append(embed(generator.synthesis(ws)).float().cpu().numpy())

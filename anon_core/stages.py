@@ -8,8 +8,9 @@ networks); tensors live only inside a stage.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, embed_fake_pool, sample_fake_pool
 from anon_core.optimize import LOSS_NAMES, anonymize_batch
 from anon_core.pairing import nearest_fakes
+from anon_core.prefetch import read_ahead
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks
 from anon_core.progress import progress_bar
@@ -82,6 +84,29 @@ def read_input(f: ScannedFile, aligner: FaceAligner | None = None, cache: Alignm
         return load_rgb(f.path), -1
     face = aligner.align_cached(f.path, f.sha256 or "", cache or AlignmentCache(align_cache_dir()), name=f.relpath)
     return face.image, face.faces_seen
+
+
+@dataclass
+class CheckedInput:
+    file: ScannedFile
+    source: Path | None  # where its image is: the input file, or its aligned crop in the cache; None if rejected
+    faces_seen: int  # faces the aligner detected; -1 when not aligning or rejected
+    rejected: ImageRejected | None = None
+
+
+def check_inputs(
+    files: list[ScannedFile], aligner: FaceAligner | None, cache: AlignmentCache, workers: int
+) -> Iterator[CheckedInput]:
+    """Each file read (and aligned into `cache`) in `workers` threads, in order, to validate it, then dropped:
+    only where its image is stays, so a set of any size can be listed without holding its images."""
+    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    for f, reading in read_ahead(read, files, workers, depth=2 * workers):
+        try:
+            _, faces_seen = reading.result()
+        except ImageRejected as rejected:
+            yield CheckedInput(f, None, -1, rejected)
+            continue
+        yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen)
 
 
 def _str_or_none(value) -> str | None:

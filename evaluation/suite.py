@@ -203,12 +203,18 @@ def evaluate_runs(
     baselines: tuple[str, ...] = (),
     fakes: ImageSetLike | None = None,
     batch_size: int | None = None,
+    real_ids: Sequence[str] | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
     The baselines are made batch by batch from the real sources of the first set (`fakes`: its paired fakes, for
-    "swap"); `batch_size`: images per read (see `read_set`)."""
-    real_outputs = read_set(real, recognizers, extractor, batch_size=batch_size)
+    "swap"); `batch_size`: images per read (see `read_set`). With `predictors` but no `real_labels`, the real
+    set's pseudo-labels (rows named by `real_ids`) are made in the same read as its embeddings and features."""
+    label_real = bool(kwargs.get("predictors")) and kwargs.get("real_labels") is None
+    real_outputs = read_set(real, recognizers, extractor, predictors=kwargs["predictors"] if label_real else (),
+                            ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size)
+    if label_real:
+        kwargs["real_labels"] = real_outputs.labels
     common = dict(recognizers=recognizers, extractor=extractor, real_features=real_outputs.features,
                   real_statistics=feature_statistics(real_outputs.features),
                   gallery_embeddings=real_outputs.embeddings, batch_size=batch_size, **kwargs)

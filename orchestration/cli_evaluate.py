@@ -130,16 +130,12 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
     """Every readable image of `real_dir`, read as `run` read its inputs (same aligner, same cache, same resize).
     Each file is read once to validate (and align into the cache), then left on disk: the gallery's images are
     the input files, or their aligned crops in the cache."""
-    import functools
-
     import torch
 
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.datasets import load_dataset
-    from anon_core.data.image_io import ImageRejected
     from anon_core.pipeline import read_workers
-    from anon_core.prefetch import read_ahead
-    from anon_core.stages import align_cache_dir, dataset_files, read_input
+    from anon_core.stages import align_cache_dir, check_inputs, dataset_files
 
     table = load_dataset(dataset, Path(real_dir), labels_csv)
     aligner = None
@@ -148,18 +144,11 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
             aligner = FaceAligner.from_settings(run.alignment, device=device)
         except ValueError as err:
             raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
-    cache = AlignmentCache(align_cache_dir())
     workers = read_workers(torch.device(device))
-    relpaths, sources, keep = [], [], []
-    read = functools.partial(read_input, aligner=aligner, cache=cache)
-    for i, (f, reading) in enumerate(read_ahead(read, dataset_files(table), workers, depth=2 * workers)):
-        try:
-            reading.result()
-        except ImageRejected:
-            continue  # not in the gallery; a run that used it is caught by RealGallery.rows
-        relpaths.append(f.relpath)
-        sources.append(cache.image_path(f.sha256, aligner.settings) if aligner else f.path)
-        keep.append(i)
+    checked = list(check_inputs(dataset_files(table), aligner, AlignmentCache(align_cache_dir()), workers))
+    keep = [i for i, c in enumerate(checked) if c.rejected is None]  # a run that used a rejected file: rows()
+    relpaths = [checked[i].file.relpath for i in keep]
+    sources = [checked[i].source for i in keep]
     identity = table["identity"].iloc[keep]
     # Unlabelled images are their own identity (privacy.py: "the source image itself").
     identity = None if identity.isna().all() else identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
@@ -223,7 +212,6 @@ def evaluate_folders(
         AnonymizedSet,
         build_attribute_predictors,
         evaluate_runs,
-        real_pseudo_labels,
         summary_table,
     )
 
@@ -250,7 +238,7 @@ def evaluate_folders(
     results = evaluate_runs(
         sets, gallery.images, built, build_extractor("auto", device=device), baselines=chosen, fakes=fakes,
         gallery_identity=gallery.identity, predictors=predictors, device=device,
-        real_labels=real_pseudo_labels(gallery.images, predictors, gallery.relpaths, device=device),
+        real_ids=gallery.relpaths,  # the gallery's pseudo-labels come from the same read as its embeddings
     )
     falco = results[: len(sets)]
     per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)

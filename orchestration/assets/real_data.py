@@ -2,7 +2,6 @@
 their W+ inversions."""
 
 
-import functools
 import warnings
 from pathlib import Path
 
@@ -29,11 +28,9 @@ def real_images(
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.datasets import load_dataset
     from anon_core.data.image_files import ImageFiles
-    from anon_core.data.image_io import ImageRejected
     from anon_core.pipeline import read_workers
-    from anon_core.prefetch import read_ahead
+    from anon_core.stages import align_cache_dir, check_inputs, dataset_files, label_columns, output_names
     from orchestration.data_version import data_version
-    from anon_core.stages import align_cache_dir, dataset_files, label_columns, output_names, read_input
 
     input_dir = Path(config.input_dir or storage.input_dir)
     dataset = load_dataset(config.dataset, input_dir, Path(config.labels_csv) if config.labels_csv else None)
@@ -44,20 +41,19 @@ def real_images(
     align = config.align if config.align is not None else dataset.attrs.get("kind") != "celebahq"
     aligner = FaceAligner(resolution, config.align_detector, device=nets.device) if align else None
     cache = AlignmentCache(align_cache_dir())
-    # Each file is read (and aligned into the cache) to validate it, then dropped: the images stay on disk, as
-    # the aligned crop in the cache or the input file, until the IO manager writes them at the resolution.
-    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    # The images stay on disk (the input files or their aligned crops) until the IO manager writes them.
     workers = read_workers(nets.device)
     rows, sources = [], []
-    for done, (f, reading) in enumerate(read_ahead(read, files, workers, depth=2 * workers), start=1):
+    for done, checked in enumerate(check_inputs(files, aligner, cache, workers), start=1):
+        f = checked.file
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
-               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "shard": "", "faces_seen": -1}
-        try:
-            _, row["faces_seen"] = reading.result()
-            sources.append(cache.image_path(f.sha256, aligner.settings) if aligner else f.path)
+               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "shard": "",
+               "faces_seen": checked.faces_seen}
+        if checked.rejected is not None:
+            row.update(status="rejected", reason=checked.rejected.reason, detail=checked.rejected.detail)
+        else:
+            sources.append(checked.source)
             row["image"] = names[f.relpath]
-        except ImageRejected as rejected:
-            row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
         rows.append(row)
         if done % max(1, len(files) // 10) == 0:
             context.log.info(f"read {done}/{len(files)} files")
