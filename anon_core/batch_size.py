@@ -3,8 +3,11 @@
 A step's peak memory above what is already allocated (the networks' weights) grows linearly with the batch: each
 image brings its own activations, kept for the backward pass. Two measured steps, at batches 1 and 2, give that
 line, peak(b) = fixed + per_image * b; the chosen batch is the largest b whose predicted peak stays within a
-fraction of the free memory (the margin covers allocator fragmentation and cuDNN workspaces), capped. Without a
-GPU there is no device memory to measure and `speed.auto_cpu_batch_size` is used.
+fraction of the free memory (the margin covers allocator fragmentation and cuDNN workspaces), capped. Each probe
+runs its step twice and measures the second: the first call of a shape also allocates one-off buffers (cuBLAS's
+workspace, cuDNN's algorithm search) that made batch 1 look bigger than batch 2 on an H100. The chosen batch then
+runs one step for real; if that runs out of memory the batch shrinks until one does. Without a GPU there is no
+device memory to measure and `speed.auto_cpu_batch_size` is used.
 """
 
 from __future__ import annotations
@@ -49,19 +52,41 @@ def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
     one_step = dataclasses.replace(params.optimization, steps=1)
     amp_dtype = resolve_amp(params.speed.amp, device)
 
-    def peak(batch: int) -> int:
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
+    def run_step(batch: int) -> None:
         w = broadcast_ws(g.w_avg.float().expand(batch, -1), g.num_ws)  # [B, num_ws, w_dim]
         with torch.no_grad():
             images = g.synthesis(w).float()
         anonymize_batch(g, nets.identity, nets.farl, images, w, w[:, 0], one_step, amp_dtype=amp_dtype)
+
+    def peak(batch: int) -> int:
+        run_step(batch)  # first call of this shape: one-off allocations, not the step's own memory
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run_step(batch)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
 
     return peak
+
+
+SHRINK = 0.85  # a chosen batch whose step runs out of memory is retried at this share of its size
+
+
+def confirm_batch_size(step_peak: Callable[[int], int], batch: int) -> int:
+    """`batch`, or the largest smaller one (shrinking by SHRINK) whose measured step runs without running out of
+    GPU memory; a FalcoError when not even one image's step does."""
+    while True:
+        try:
+            step_peak(batch)
+            return batch
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch == 1:
+                raise FalcoError("one image's optimization step does not fit in the GPU's free memory; free the "
+                                 "GPU or lower the resolution (profile)") from None
+            batch = max(1, min(batch - 1, int(batch * SHRINK)))
 
 
 def resolve_batch_size(nets, params: FalcoParams) -> int:
@@ -75,4 +100,5 @@ def resolve_batch_size(nets, params: FalcoParams) -> int:
     peaks = {b: step_peak(b) for b in PROBE_BATCHES}  # measured before reading the free memory they leave
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(nets.device)
-    return fit_batch_size(peaks.__getitem__, free, speed.auto_memory_fraction, speed.auto_max_batch_size)
+    chosen = fit_batch_size(peaks.__getitem__, free, speed.auto_memory_fraction, speed.auto_max_batch_size)
+    return confirm_batch_size(step_peak, chosen)

@@ -58,9 +58,10 @@ def compose_layer_codes(
 ) -> list[torch.Tensor]:
     """The same code as `compose_ws`, as num_ws per-layer [B, w_dim] codes for `Generator.synthesis`.
 
-    Only the trainable layers' codes require grad, so the backward pass skips the weight-style gradient of every
-    modulated convolution driven by a fixed layer (at 1024 px that halves the generator's backward FLOPs, see
-    bench/flops.py); one composed tensor would make every layer's code require grad.
+    Only the trainable layers' codes require grad, so for a batch of one (grouped modulated convolutions) the
+    backward pass skips the weight-style gradient of every convolution driven by a fixed layer (at 1024 px that
+    halves the generator's backward FLOPs, see bench/flops.py); one composed tensor would make every layer's code
+    require grad. Batches of more run batched convolutions, whose code gradients are element-wise anyway.
     """
     fixed = w_real.unbind(1)
     return [*fixed[:layer_start], *trainable.unbind(1), *fixed[layer_stop:]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from anon_core.acceleration import prefer_expandable_cuda_memory
 from anon_core.errors import FalcoError
 from anon_core.identity import load_dlib_identity
 from anon_core.inversion import Inverter, OptimizationInverter
@@ -131,6 +132,8 @@ def build_networks(
         raise FalcoError(f"profile {spec.name!r}: identity_network {spec.identity_network!r} is not one of "
                          f"{IDENTITY_NETWORKS}")
     device = torch.device(device)
+    if device.type == "cuda":
+        prefer_expandable_cuda_memory()
     if weights == "official":
         from anon_core import model_store
         from anon_core.checkpoints import load_official_networks

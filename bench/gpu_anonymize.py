@@ -7,8 +7,11 @@ speed does not depend on the weights), real images generated from seeded codes, 
   a   official-style loop: one image at a time (batch 1), float32, default memory format
   b   batched float32: batch B (default: `batch_size: auto` for float32, so every configuration fits), with
       channels-last identity network on CUDA
+  c_grouped  c with the generator's modulated convolutions run as per-sample conv groups (the only path before
+      the batched one; isolates what it brings)
   c   batched bf16 autocast (codes and Adam state float32), channels-last
   c'  c + torch.compile of the step (inductor on CUDA; aot_eager on a CPU, where inductor takes many minutes)
+  d   c at the batch that the defaults pick (`batch_size: auto` measured under bf16), what a pipeline run gets
 
 Each configuration runs `--warmup` untimed steps, then `--steps` timed ones (torch.cuda.synchronize after every
 step; the first step, which includes compilation, is reported separately). Reported per configuration: seconds
@@ -16,7 +19,8 @@ per step, image-steps/s, images/s for a whole optimization (params' 50 steps), p
 (torch.cuda.max_memory_allocated), achieved TFLOP/s = GFLOP per image-step (bench/flops.json, counted by
 bench/flops.py) x images x steps / time, and its share of the GPU's dense bf16 peak (for fp32 runs too, so the
 shares compare). Also the bf16-vs-fp32 difference of the final losses (b vs c: same weights, images and steps)
-and the speed of the identity network alone with and without channels-last.
+and the speed of the identity network alone with and without channels-last. On CUDA, the GPU kernels of two steps
+of c are profiled (torch.profiler): the slowest kernels and their share of the GPU time.
 
 Writes bench/gpu_anonymize.json after every configuration (a run cut short keeps what it measured) and prints
 the ratios. A time budget (`--budget-s`) skips what would not fit; compilation is interrupted when it runs out.
@@ -48,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the 
 from anon_core.acceleration import accelerate_networks_, autocast, channels_last_  # noqa: E402
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
+from anon_core.networks.stylegan2 import ModulatedConv2d  # noqa: E402
 from anon_core.prefetch import batch_slices  # noqa: E402
 from anon_core.optimize import LOSS_NAMES, anonymize_batch  # noqa: E402
 from anon_core.params import load_params  # noqa: E402
@@ -122,6 +127,41 @@ def timed_run(nets, images, w_real, w_fake, params, warmup: int, amp_dtype, comp
     }
 
 
+def set_modulated_conv(generator, fused: bool | None) -> None:
+    """Run every modulated convolution grouped per sample (True), batched (False) or by batch size (None)."""
+    for module in generator.modules():
+        if isinstance(module, ModulatedConv2d):
+            module.fused = fused
+
+
+def set_memory_format(module, memory_format: torch.memory_format) -> None:
+    """Store the 4-D parameters and buffers of `module` in `memory_format`; its 5-D modulated-conv weights stay as
+    they are (`module.to(memory_format=...)` refuses them). A channels-last constant input and noise maps carry
+    the format through the generator's batched convolutions."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.ndim == 4:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
+
+
+def kernel_profile(run_steps, top: int = 15) -> dict:
+    """The GPU kernels of `run_steps()`: total GPU time and the `top` kernels by their own GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run_steps()
+        torch.cuda.synchronize()
+
+    def own_us(event) -> float:
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+    events = [e for e in prof.key_averages() if own_us(e) > 0]
+    total = sum(own_us(e) for e in events)
+    rows = sorted(events, key=own_us, reverse=True)[:top]
+    return {"gpu_ms": total / 1e3,
+            "kernels": [{"name": e.key[:160], "calls": e.count, "ms": own_us(e) / 1e3, "share": own_us(e) / total}
+                        for e in rows]}
+
+
 def summarize(run: dict, gflop: float, peak_tflops: float | None, steps_per_image: int) -> dict:
     image_steps_per_s = run["batch"] / run["s_per_step"]
     tflops = gflop * image_steps_per_s / 1e3
@@ -181,7 +221,10 @@ def main() -> None:
     params = load_params(args.profile, **{"optimization.steps": args.warmup + args.steps, "speed.amp": "off"})
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     batch = resolve_batch_size(nets, params.replace(batch_size=batch))  # auto: measured at float32, fits all
-    n = max(batch, args.loop_images)
+    # the batch that the defaults (amp auto = bf16 on CUDA) pick, for configuration d
+    bf16_batch = resolve_batch_size(nets, load_params(args.profile, batch_size="auto", **{"speed.amp": "bf16"})) \
+        if args.batch_size == "auto" else None
+    n = max(batch, bf16_batch or 0, args.loop_images)
     w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, n, 1000, 0.7, device=device).w), g.num_ws).to(device)
     w_fake = torch.from_numpy(sample_fake_pool(g, n, 2000, 0.7, device=device).w).to(device)
     with torch.no_grad():
@@ -206,6 +249,7 @@ def main() -> None:
         "resolution": g.config.resolution,
         "batch_size": batch,
         "batch_size_rule": args.batch_size,
+        "bf16_auto_batch_size": bf16_batch,
         "warmup_steps": args.warmup,
         "timed_steps": args.steps,
         "loop_images": args.loop_images,
@@ -251,14 +295,42 @@ def main() -> None:
         return runs[0] | {"s_per_step": float(np.mean([r["s_per_step"] for r in runs])),
                           "peak_memory_gib": runs[0]["peak_memory_gib"]}
 
-    def batched(amp_dtype, backend=None):
-        return lambda: timed_run(nets, images[:batch], w_real[:batch], w_fake[:batch], opt, args.warmup, amp_dtype,
+    def batched(amp_dtype, backend=None, size=None, fused=None, tuned=False):
+        """tuned: cuDNN's algorithm search on (torch.backends.cudnn.benchmark) and the generator channels-last."""
+        size = size or batch
+
+        def timed() -> dict:
+            set_modulated_conv(g, fused)
+            torch.backends.cudnn.benchmark = tuned
+            if tuned:
+                set_memory_format(g, torch.channels_last)
+            try:
+                return timed_run(nets, images[:size], w_real[:size], w_fake[:size], opt, args.warmup, amp_dtype,
                                  backend)
+            finally:
+                set_modulated_conv(g, None)
+                torch.backends.cudnn.benchmark = False
+                set_memory_format(g, torch.contiguous_format)
+
+        return timed
 
     run("a", "official-style loop: batch 1, float32", loop_a)
     accelerate_networks_(nets, channels_last=True)  # from here on our CUDA path: channels-last identity network
     run("b", f"batched float32, batch {batch}", batched(None))
+    run("c_grouped", f"c with per-sample grouped modulated convolutions, batch {batch}",
+        batched(torch.bfloat16, fused=True))
     run("c", f"batched bf16 autocast, batch {batch}", batched(torch.bfloat16))
+    run("c_tuned", f"c + cudnn.benchmark + channels-last generator, batch {batch}",
+        batched(torch.bfloat16, tuned=True))
+    if device.type == "cuda" and time.perf_counter() - t0 < args.budget_s:
+        two_steps = dataclasses.replace(opt, steps=2)
+        try:
+            record["kernels_of_c"] = kernel_profile(lambda: anonymize_batch(
+                g, nets.identity, nets.farl, images[:batch], w_real[:batch], w_fake[:batch], two_steps,
+                amp_dtype=torch.bfloat16))
+        except Exception as err:  # the profile explains the numbers; its failure must not lose them
+            record["kernels_of_c"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        save()
     if compile_backend:
         def on_alarm(signum, frame):
             budget_hit.append(True)
@@ -274,6 +346,12 @@ def main() -> None:
         finally:
             signal.alarm(0)
 
+    if bf16_batch:
+        run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
+            batched(torch.bfloat16, size=bf16_batch))
+        run("d_tuned", f"d + cudnn.benchmark + channels-last generator, batch {bf16_batch}",
+            batched(torch.bfloat16, size=bf16_batch, tuned=True))
+
     configs = record["configurations"]
     b, c = configs.get("b", {}), configs.get("c", {})
     if "final_losses" in b and "final_losses" in c:
@@ -288,7 +366,8 @@ def main() -> None:
     if time.perf_counter() - t0 < args.budget_s:
         record["identity_network_channels_last"] = identity_channels_last(nets, images[:batch], torch.bfloat16)
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
-    pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c_compiled", "c"), ("c_compiled", "a"))
+    pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
+             ("c_tuned", "c"), ("d", "c"), ("d", "a"), ("d_tuned", "d"), ("d_tuned", "a"))
     record["ratios"] = {f"{x}/{y}": speed[x] / speed[y] for x, y in pairs if x in speed and y in speed}
     save()
 
@@ -312,6 +391,10 @@ def main() -> None:
     if "identity_network_channels_last" in record:
         print(f"identity network fwd+bwd, channels-last vs default: "
               f"{record['identity_network_channels_last']['speedup']:.2f}x")
+    if "kernels" in record.get("kernels_of_c", {}):
+        print(f"GPU kernels of 2 steps of c ({record['kernels_of_c']['gpu_ms']:.0f} ms GPU time), slowest first:")
+        for k in record["kernels_of_c"]["kernels"]:
+            print(f"  {k['share']:6.1%} {k['ms']:9.1f} ms {k['calls']:6d}x  {k['name'][:110]}")
     print(f"wrote {args.out} ({record['wall_s']:.0f} s)")
 
 

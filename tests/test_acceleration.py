@@ -1,12 +1,19 @@
 """The fast path's switches on the CPU: channels-last and torch.compile change how the step runs, not its result."""
 
 import copy
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from anon_core.acceleration import accelerate_networks_, channels_last_, convolutional_networks, resolve_amp
+from anon_core.acceleration import (
+    accelerate_networks_,
+    channels_last_,
+    convolutional_networks,
+    prefer_expandable_cuda_memory,
+    resolve_amp,
+)
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool
 from anon_core.optimize import anonymize_batch
 from anon_core.params import load_params
@@ -66,3 +73,12 @@ def test_compiled_step_gives_the_eager_result():
     assert moved > 1e-4  # the steps moved the codes, so the comparison means something
     torch.testing.assert_close(compiled.ws, eager.ws, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.from_numpy(compiled.history["total"]), torch.from_numpy(eager.history["total"]))
+
+
+def test_cuda_memory_is_expandable_unless_the_user_configured_the_allocator(monkeypatch):
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    prefer_expandable_cuda_memory()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    prefer_expandable_cuda_memory()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anon_core.batch_size import PROBE_BATCHES, cuda_step_peak, fit_batch_size, resolve_batch_size
+from anon_core.batch_size import PROBE_BATCHES, confirm_batch_size, cuda_step_peak, fit_batch_size, resolve_batch_size
 from anon_core.errors import FalcoError
 from anon_core.params import load_params
 from orchestration.cli import main
@@ -40,6 +40,29 @@ def test_largest_batch_whose_extrapolated_step_fits_the_free_memory():
 def test_a_step_that_does_not_fit_once_is_a_clear_error():
     with pytest.raises(FalcoError, match="needs 3.50 GiB.*auto_memory_fraction"):
         fit_batch_size(LinearStep(0.5 * GIB, 3 * GIB), free_bytes=3 * GIB, fraction=0.85, cap=64)
+
+
+class StepThatFitsUpTo:
+    """A step that runs out of GPU memory above `limit` images; records the batches it was tried at."""
+
+    def __init__(self, limit: int):
+        self.limit, self.tried = limit, []
+
+    def __call__(self, batch: int) -> int:
+        self.tried.append(batch)
+        if batch > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory at batch {batch}")
+        return batch
+
+
+def test_a_chosen_batch_that_runs_out_of_memory_shrinks_until_its_step_runs():
+    step = StepThatFitsUpTo(20)
+    assert confirm_batch_size(step, 30) == 17  # 30 -> 25 -> 21 -> 17, each 85% of the last
+    assert step.tried == [30, 25, 21, 17]
+    assert confirm_batch_size(StepThatFitsUpTo(64), 42) == 42  # a batch that fits is kept
+    assert confirm_batch_size(StepThatFitsUpTo(1), 3) == 1  # shrinks by at least one image each time
+    with pytest.raises(FalcoError, match="one image's optimization step does not fit"):
+        confirm_batch_size(StepThatFitsUpTo(0), 4)
 
 
 def test_numbers_pass_through_and_auto_on_a_cpu_uses_the_cpu_default(tiny_nets):

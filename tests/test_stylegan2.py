@@ -118,11 +118,13 @@ def test_activation_equalized_linear_and_pixelnorm_facts() -> None:
         torch.testing.assert_close(g.mapping(3.0 * z), g.mapping(z))  # PixelNorm first: scale-invariant in z
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("upsample", [False, True])
 @pytest.mark.parametrize("demodulate", [False, True])
-def test_modulated_conv_matches_per_sample_reference(upsample: bool, demodulate: bool) -> None:
+def test_modulated_conv_matches_per_sample_reference(upsample: bool, demodulate: bool, fused: bool) -> None:
     torch.manual_seed(0)
     conv = ModulatedConv2d(6, 5, 3, style_dim=7, demodulate=demodulate, upsample=upsample)
+    conv.fused = fused  # grouped per-sample weights, or one shared conv between input and output scaling
     with torch.no_grad():
         conv.modulation.bias.add_(torch.randn(6))
     x, style = torch.randn(3, 6, 8, 8), torch.randn(3, 7)
@@ -382,3 +384,34 @@ def test_full_size_1024_forward() -> None:
         img = g(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)))
     assert img.shape == (1, 3, 1024, 1024)
     assert torch.isfinite(img).all() and img.std() > 0.1
+
+
+def set_fused(g: Generator, fused: bool | None) -> None:
+    for module in g.modules():
+        if isinstance(module, ModulatedConv2d):
+            module.fused = fused
+
+
+def test_batched_and_grouped_modulated_convs_give_the_same_images_and_code_gradients() -> None:
+    g = make_generator(noisy=True)
+    results = []
+    for fused in (True, None):  # None: a batch of 3 takes the batched path
+        set_fused(g, fused)
+        ws = random_ws(g, 3).requires_grad_(True)
+        image = g.synthesis(ws)
+        (image * torch.linspace(-1, 1, image.shape[-1])).sum().backward()
+        results.append((image.detach(), ws.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-4, rtol=1e-4)
+
+
+def test_feature_maps_stay_bf16_under_autocast() -> None:
+    # float32 biases and noise strengths used to promote every bf16 conv output back to float32: twice the memory
+    g = make_generator(noisy=True)
+    dtypes = []
+    for conv in g.convs:
+        conv.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        image = g.synthesis(random_ws(g, 2))
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert image.dtype == torch.float32  # the RGB skip sums stay float32 (ToRGB's float32 bias)

@@ -8,8 +8,10 @@ only extra key here is ``w_avg``. Parameters are created in rosinality's order f
 same seed gives the same weights as rosinality's ``Generator``.
 
 Differences from the reference, on purpose: pure-PyTorch activation and FIR ops (no CUDA extension), an explicit
-``noise_mode`` instead of ``randomize_noise``, ``w_avg`` kept as a buffer, no style mixing in ``forward``, no
-non-fused conv path, and separate ``z_dim`` / ``w_dim`` and a ``channel_max`` cap (for small test profiles).
+``noise_mode`` instead of ``randomize_noise``, ``w_avg`` kept as a buffer, no style mixing in ``forward``, a
+batched (NVIDIA's "non-fused") modulated conv for batches above one, element-wise work in the activations' dtype
+(under bf16 autocast the feature maps stay bf16), and separate ``z_dim`` / ``w_dim`` and a ``channel_max`` cap
+(for small test profiles).
 
 W+ layer order (rosinality's, = NVIDIA's), ``num_ws = 2 * log2(resolution) - 2``; with ``n = log2(R) - 2`` up blocks
 and block ``j = 0 .. n-1`` at resolution ``2 ** (j + 3)``, ``i = 2 * j + 1``::
@@ -99,8 +101,8 @@ class StyleGAN2Config:
 
 def fused_leaky_relu(x: Tensor, bias: Tensor | None = None, negative_slope: float = 0.2) -> Tensor:
     """``leaky_relu(x + bias) * sqrt(2)`` with ``bias`` [C] added on dim 1 (rosinality's CPU ``fused_leaky_relu``)."""
-    if bias is not None:
-        x = x + bias.reshape(1, -1, *([1] * (x.ndim - 2)))  # [1, C, 1, ...]
+    if bias is not None:  # in x's dtype: a float32 bias would promote a bf16 feature map (twice the memory traffic)
+        x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.ndim - 2)))  # [1, C, 1, ...]
     return F.leaky_relu(x, negative_slope) * math.sqrt(2.0)
 
 
@@ -151,11 +153,19 @@ class EqualLinear(nn.Module):
 
 
 class ModulatedConv2d(nn.Module):
-    """Style-modulated conv (StyleGAN2 weight (de)modulation) run as one grouped conv over the batch.
+    """Style-modulated conv (StyleGAN2 weight (de)modulation).
 
     ``weight`` is [1, out, in, k, k] (rosinality layout); ``modulation`` maps a W code to per-input-channel scales
     (bias 1 at init). With ``upsample`` it is a stride-2 transposed conv followed by a [1, 3, 3, 1] blur.
+
+    Two equal formulations (``fused``; None picks by batch): "fused" builds one weight per sample and runs the batch
+    as conv groups (rosinality's only path; cheapest for one sample), "batched" scales the input channels by the
+    style, runs one ordinary conv over the whole batch with the shared weight, and scales the output channels by
+    the demodulation coefficients (NVIDIA's non-fused path). For a batch, the batched form runs dense tensor-core
+    convolutions and its code gradient is element-wise, where the grouped form needs a per-sample weight gradient.
     """
+
+    fused: bool | None = None  # None: fused for a batch of one, batched otherwise
 
     def __init__(
         self,
@@ -189,10 +199,14 @@ class ModulatedConv2d(nn.Module):
         )
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        s = self.modulation(style)  # [B, in]
+        fused = self.fused if self.fused is not None else x.shape[0] == 1
+        return self._fused(x, s) if fused else self._batched(x, s)
+
+    def _fused(self, x: Tensor, s: Tensor) -> Tensor:
         batch, in_ch, height, width = x.shape
         out_ch, k = self.out_channels, self.kernel_size
-        s = self.modulation(style).reshape(batch, 1, in_ch, 1, 1)  # [B, 1, in, 1, 1]
-        weight = self.scale * self.weight * s  # [B, out, in, k, k]
+        weight = self.scale * self.weight * s.reshape(batch, 1, in_ch, 1, 1)  # [B, out, in, k, k]
         if self.demodulate:
             weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).reshape(batch, out_ch, 1, 1, 1)
         x = x.reshape(1, batch * in_ch, height, width)  # samples become conv groups
@@ -205,6 +219,22 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(batch * out_ch, in_ch, k, k)  # [B * out, in, k, k]
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.reshape(batch, out_ch, height, width)
+
+    def _batched(self, x: Tensor, s: Tensor) -> Tensor:
+        batch = x.shape[0]
+        weight = self.scale * self.weight[0]  # [out, in, k, k], shared by the batch
+        x = x * s.to(x.dtype).reshape(batch, -1, 1, 1)
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)  # [B, out, 2H + k - 2, ...]
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            # 1 / |w * s| per output channel, in float32 at least whatever the autocast: sum_i s_i^2 sum_kk w_oikk^2
+            precise = torch.promote_types(weight.dtype, torch.float32)
+            with torch.autocast(x.device.type, enabled=False):
+                energy = s.to(precise).square() @ weight.to(precise).square().sum(dim=(2, 3)).t()  # [B, out]
+            out = out * torch.rsqrt(energy + 1e-8).to(out.dtype).reshape(batch, -1, 1, 1)
+        return self.blur(out) if self.upsample else out
 
 
 # --- synthesis blocks ---------------------------------------------------------------------------------------------
@@ -220,7 +250,7 @@ class NoiseInjection(nn.Module):
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
             return x
-        return x + self.weight * noise
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
 
 
 class ConstantInput(nn.Module):
