@@ -47,13 +47,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def set_memory_format_(module: nn.Module, memory_format: torch.memory_format) -> nn.Module:
+    """Store `module`'s 4-D parameters and buffers in `memory_format`, in place; returns it. Other ranks stay as
+    they are (`module.to(memory_format=...)` refuses the generator's 5-D modulated-conv weights)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.ndim == 4:
+            tensor.data = tensor.data.contiguous(memory_format=memory_format)
+    return module
+
+
 def channels_last_(module: nn.Module) -> nn.Module:
     """Store `module`'s 4-D parameters and buffers channels-last, in place; returns it.
 
     Convolutions then produce channels-last outputs whatever the input's layout (PyTorch follows the weight's
-    memory format), so the whole convolutional trunk runs in that layout.
+    memory format), so the whole convolutional trunk runs in that layout. In the generator, the channels-last
+    constant input carries the layout through the batched modulated convolutions.
     """
-    return module.to(memory_format=torch.channels_last)
+    return set_memory_format_(module, torch.channels_last)
 
 
 def convolutional_networks(nets) -> list[nn.Module]:

@@ -56,7 +56,8 @@ def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
         w = broadcast_ws(g.w_avg.float().expand(batch, -1), g.num_ws)  # [B, num_ws, w_dim]
         with torch.no_grad():
             images = g.synthesis(w).float()
-        anonymize_batch(g, nets.identity, nets.farl, images, w, w[:, 0], one_step, amp_dtype=amp_dtype)
+        anonymize_batch(g, nets.identity, nets.farl, images, w, w[:, 0], one_step, amp_dtype=amp_dtype,
+                        return_images=False)
 
     def peak(batch: int) -> int:
         run_step(batch)  # first call of this shape: one-off allocations, not the step's own memory

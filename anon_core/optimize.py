@@ -43,7 +43,7 @@ def attribute_loss(anon_tokens: torch.Tensor, real_tokens: torch.Tensor) -> torc
 @dataclass
 class OptimizationResult:
     ws: torch.Tensor  # [B, num_ws, w_dim] on the CPU (float32, or float64 for float64 inputs)
-    images: torch.Tensor  # [B, 3, R, R] on the CPU, G(ws), unclamped
+    images: torch.Tensor | None  # [B, 3, R, R] on the CPU, G(ws), unclamped (None when not asked for)
     identity_similarity: np.ndarray  # [B] cosine of f(x_anon) and f(x_real) after the last step
     history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B], weighted per-image losses before each update
 
@@ -110,6 +110,7 @@ def anonymize_batch(
     compile_backend: str | None = None,
     show_progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    return_images: bool = True,
 ) -> OptimizationResult:
     """Optimize a batch of anonymized codes. The networks must be frozen (parameters without grad): only the
     trainable layers of the codes get gradients.
@@ -123,6 +124,8 @@ def anonymize_batch(
         compile_backend: run the step's forward and backward through torch.compile with this backend
             (`compiled_step_losses`; "inductor" is torch.compile's default); None runs it eagerly.
         on_step: called after every step with the step index and the batch-summed losses.
+        return_images: copy the final images to the CPU (False: `images` is None, for callers that regenerate
+            them later; at 1024 px the copy is 12 MB per image).
     """
     device = real_images.device
     num_ws = w_real.shape[1]
@@ -165,7 +168,7 @@ def anonymize_batch(
     history_np = history.cpu().numpy()
     return OptimizationResult(
         ws=ws.cpu(),
-        images=images.cpu(),
+        images=images.cpu() if return_images else None,
         identity_similarity=similarity.cpu().numpy(),
         history={name: np.ascontiguousarray(history_np[:, i]) for i, name in enumerate(LOSS_NAMES)},
     )

@@ -221,6 +221,7 @@ def optimize_images(
             params.optimization,
             amp_dtype=amp_dtype,
             compile_backend="inductor" if speed.compile else None,
+            return_images=keep_images,
         )
         out.ws[part] = result.ws.float().numpy()
         if keep_images:

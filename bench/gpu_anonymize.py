@@ -11,7 +11,9 @@ speed does not depend on the weights), real images generated from seeded codes, 
       the batched one; isolates what it brings)
   c   batched bf16 autocast (codes and Adam state float32), channels-last
   c'  c + torch.compile of the step (inductor on CUDA; aot_eager on a CPU, where inductor takes many minutes)
+  c_channels_last  c with the generator's feature maps channels-last as well
   d   c at the batch that the defaults pick (`batch_size: auto` measured under bf16), what a pipeline run gets
+      (c' and d take the generator layout of whichever of c / c_channels_last was faster)
 
 Each configuration runs `--warmup` untimed steps, then `--steps` timed ones (torch.cuda.synchronize after every
 step; the first step, which includes compilation, is reported separately). Reported per configuration: seconds
@@ -49,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the FLOP counter
 
-from anon_core.acceleration import accelerate_networks_, autocast, channels_last_  # noqa: E402
+from anon_core.acceleration import accelerate_networks_, autocast, channels_last_, set_memory_format_  # noqa: E402
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
 from anon_core.networks.stylegan2 import ModulatedConv2d  # noqa: E402
@@ -116,7 +118,8 @@ def timed_run(nets, images, w_real, w_fake, params, warmup: int, amp_dtype, comp
     synchronize(device)
     start = time.perf_counter()
     result = anonymize_batch(nets.generator, nets.identity, nets.farl, images, w_real, w_fake, params,
-                             amp_dtype=amp_dtype, compile_backend=compile_backend, on_step=on_step)
+                             amp_dtype=amp_dtype, compile_backend=compile_backend, on_step=on_step,
+                             return_images=False)
     timed = len(ends) - warmup
     return {
         "batch": len(images),
@@ -132,15 +135,6 @@ def set_modulated_conv(generator, fused: bool | None) -> None:
     for module in generator.modules():
         if isinstance(module, ModulatedConv2d):
             module.fused = fused
-
-
-def set_memory_format(module, memory_format: torch.memory_format) -> None:
-    """Store the 4-D parameters and buffers of `module` in `memory_format`; its 5-D modulated-conv weights stay as
-    they are (`module.to(memory_format=...)` refuses them). A channels-last constant input and noise maps carry
-    the format through the generator's batched convolutions."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.ndim == 4:
-            tensor.data = tensor.data.contiguous(memory_format=memory_format)
 
 
 def kernel_profile(run_steps, top: int = 15) -> dict:
@@ -295,22 +289,19 @@ def main() -> None:
         return runs[0] | {"s_per_step": float(np.mean([r["s_per_step"] for r in runs])),
                           "peak_memory_gib": runs[0]["peak_memory_gib"]}
 
-    def batched(amp_dtype, backend=None, size=None, fused=None, tuned=False):
-        """tuned: cuDNN's algorithm search on (torch.backends.cudnn.benchmark) and the generator channels-last."""
+    def batched(amp_dtype, backend=None, size=None, fused=None, generator_channels_last=False):
         size = size or batch
 
         def timed() -> dict:
             set_modulated_conv(g, fused)
-            torch.backends.cudnn.benchmark = tuned
-            if tuned:
-                set_memory_format(g, torch.channels_last)
+            if generator_channels_last:
+                channels_last_(g)
             try:
                 return timed_run(nets, images[:size], w_real[:size], w_fake[:size], opt, args.warmup, amp_dtype,
                                  backend)
             finally:
                 set_modulated_conv(g, None)
-                torch.backends.cudnn.benchmark = False
-                set_memory_format(g, torch.contiguous_format)
+                set_memory_format_(g, torch.contiguous_format)
 
         return timed
 
@@ -320,16 +311,26 @@ def main() -> None:
     run("c_grouped", f"c with per-sample grouped modulated convolutions, batch {batch}",
         batched(torch.bfloat16, fused=True))
     run("c", f"batched bf16 autocast, batch {batch}", batched(torch.bfloat16))
-    run("c_tuned", f"c + cudnn.benchmark + channels-last generator, batch {batch}",
-        batched(torch.bfloat16, tuned=True))
+    run("c_channels_last", f"c with the generator channels-last too, batch {batch}",
+        batched(torch.bfloat16, generator_channels_last=True))
+    configs = record["configurations"]
+    # d and c' run the faster generator layout of c / c_channels_last
+    generator_cl = configs["c_channels_last"].get("image_steps_per_s", 0) > configs["c"].get("image_steps_per_s", 0)
+    record["generator_channels_last_in_c_compiled_and_d"] = generator_cl
+    if bf16_batch:
+        run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
+            batched(torch.bfloat16, size=bf16_batch, generator_channels_last=generator_cl))
     if device.type == "cuda" and time.perf_counter() - t0 < args.budget_s:
         two_steps = dataclasses.replace(opt, steps=2)
+        if generator_cl:
+            channels_last_(g)
         try:
             record["kernels_of_c"] = kernel_profile(lambda: anonymize_batch(
                 g, nets.identity, nets.farl, images[:batch], w_real[:batch], w_fake[:batch], two_steps,
-                amp_dtype=torch.bfloat16))
+                amp_dtype=torch.bfloat16, return_images=False))
         except Exception as err:  # the profile explains the numbers; its failure must not lose them
             record["kernels_of_c"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        set_memory_format_(g, torch.contiguous_format)
         save()
     if compile_backend:
         def on_alarm(signum, frame):
@@ -342,15 +343,10 @@ def main() -> None:
             signal.alarm(remaining)
         try:
             run("c_compiled", f"batched bf16 autocast + torch.compile ({compile_backend}), batch {batch}",
-                batched(torch.bfloat16, compile_backend), may_fail=True)
+                batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl), may_fail=True)
         finally:
             signal.alarm(0)
 
-    if bf16_batch:
-        run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
-            batched(torch.bfloat16, size=bf16_batch))
-        run("d_tuned", f"d + cudnn.benchmark + channels-last generator, batch {bf16_batch}",
-            batched(torch.bfloat16, size=bf16_batch, tuned=True))
 
     configs = record["configurations"]
     b, c = configs.get("b", {}), configs.get("c", {})
@@ -367,21 +363,21 @@ def main() -> None:
         record["identity_network_channels_last"] = identity_channels_last(nets, images[:batch], torch.bfloat16)
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
     pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
-             ("c_tuned", "c"), ("d", "c"), ("d", "a"), ("d_tuned", "d"), ("d_tuned", "a"))
+             ("c_channels_last", "c"), ("d", "c"), ("d", "a"))
     record["ratios"] = {f"{x}/{y}": speed[x] / speed[y] for x, y in pairs if x in speed and y in speed}
     save()
 
     print(f"\n{device_name} ({device.type}), profile {spec.name}, batch {batch}, {args.steps} timed steps after "
           f"{args.warmup} warm-up, {gflop:.1f} GFLOP per image-step ({gflop_source})")
-    print(f"{'config':<11} {'s/step':>8} {'img-steps/s':>12} {'img/s@' + str(steps_per_image):>9} {'TFLOP/s':>8} "
+    print(f"{'config':<16} {'s/step':>8} {'img-steps/s':>12} {'img/s@' + str(steps_per_image):>9} {'TFLOP/s':>8} "
           f"{'bf16 peak':>9} {'peak GiB':>9} {'1st step s':>10}")
     for name, entry in configs.items():
         if "s_per_step" not in entry:
-            print(f"{name:<11} {entry.get('skipped') or entry.get('error')}")
+            print(f"{name:<16} {entry.get('skipped') or entry.get('error')}")
             continue
         share = f"{entry['share_of_bf16_peak']:.1%}" if entry["share_of_bf16_peak"] is not None else "n/a"
         mem = f"{entry['peak_memory_gib']:.2f}" if entry["peak_memory_gib"] is not None else "n/a"
-        print(f"{name:<11} {entry['s_per_step']:>8.3f} {entry['image_steps_per_s']:>12.2f} {entry['images_per_s']:>9.3f} "
+        print(f"{name:<16} {entry['s_per_step']:>8.3f} {entry['image_steps_per_s']:>12.2f} {entry['images_per_s']:>9.3f} "
               f"{entry['achieved_tflops']:>8.2f} {share:>9} {mem:>9} {entry['first_step_s']:>10.1f}")
     print("ratios (image-steps/s): " + ", ".join(f"{k} {v:.2f}x" for k, v in record["ratios"].items()))
     if "bf16_vs_fp32" in record:

@@ -415,3 +415,25 @@ def test_feature_maps_stay_bf16_under_autocast() -> None:
         image = g.synthesis(random_ws(g, 2))
     assert dtypes and set(dtypes) == {torch.bfloat16}
     assert image.dtype == torch.float32  # the RGB skip sums stay float32 (ToRGB's float32 bias)
+
+
+@pytest.mark.gpu
+def test_cuda_batched_and_channels_last_paths_match_the_grouped_one() -> None:
+    from anon_core.acceleration import channels_last_, set_memory_format_
+
+    g = make_generator(noisy=True).cuda()
+    ws = random_ws(g, 4).cuda()
+    with torch.no_grad():
+        set_fused(g, True)
+        grouped = g.synthesis(ws)
+        set_fused(g, None)
+        batched = g.synthesis(ws)
+        channels_last_(g)
+        channels_last = g.synthesis(ws)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = g.synthesis(ws)
+        set_memory_format_(g, torch.contiguous_format)
+    # TF32 convolutions on CUDA: ~1e-3 relative
+    torch.testing.assert_close(batched, grouped, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(channels_last, grouped, atol=2e-3, rtol=2e-3)
+    assert (bf16.float() - grouped).abs().mean() / grouped.abs().mean() < 0.05

@@ -163,6 +163,12 @@ class ModulatedConv2d(nn.Module):
     style, runs one ordinary conv over the whole batch with the shared weight, and scales the output channels by
     the demodulation coefficients (NVIDIA's non-fused path). For a batch, the batched form runs dense tensor-core
     convolutions and its code gradient is element-wise, where the grouped form needs a per-sample weight gradient.
+    The batched up-sampling conv also folds the blur into its weight: a stride-2 transposed conv with the 3 x 3
+    kernel convolved with the 4 x 4 filter (6 x 6) equals the transposed conv followed by the blur, and replaces a
+    depthwise filtering pass over the largest feature maps (a fifth of an H100 step) by tensor-core work.
+
+    ``gain`` scales the output (folded into the weight or the demodulation coefficients, so it costs no pass);
+    ``add`` (broadcastable, e.g. [1, out, H, W]) is added after, in the same pass as the demodulation.
     """
 
     fused: bool | None = None  # None: fused for a batch of one, batched otherwise
@@ -186,7 +192,10 @@ class ModulatedConv2d(nn.Module):
         if upsample:
             factor = 2
             p = (len(blur_taps) - factor) - (kernel_size - 1)
-            self.blur = Blur(blur_taps, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+            pad = ((p + 1) // 2 + factor - 1, p // 2 + 1)
+            if pad[0] != pad[1]:  # the batched path folds the blur into a transposed conv, which crops evenly
+                raise ValueError(f"blur_taps {tuple(blur_taps)} pad unevenly ({pad}); use an even number of taps")
+            self.blur = Blur(blur_taps, pad=pad, upsample_factor=factor)
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
@@ -198,17 +207,23 @@ class ModulatedConv2d(nn.Module):
             f"demodulate={self.demodulate}, upsample={self.upsample}"
         )
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+    def forward(self, x: Tensor, style: Tensor, gain: float = 1.0, add: Tensor | None = None) -> Tensor:
         s = self.modulation(style)  # [B, in]
         fused = self.fused if self.fused is not None else x.shape[0] == 1
-        return self._fused(x, s) if fused else self._batched(x, s)
+        if fused:
+            out = self._fused(x, s, gain)
+            return out if add is None else out + add.to(out.dtype)
+        return self._batched(x, s, gain, add)
 
-    def _fused(self, x: Tensor, s: Tensor) -> Tensor:
+    def _fused(self, x: Tensor, s: Tensor, gain: float) -> Tensor:
         batch, in_ch, height, width = x.shape
         out_ch, k = self.out_channels, self.kernel_size
         weight = self.scale * self.weight * s.reshape(batch, 1, in_ch, 1, 1)  # [B, out, in, k, k]
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8).reshape(batch, out_ch, 1, 1, 1)
+            demod = torch.rsqrt(weight.square().sum(dim=(2, 3, 4)) + 1e-8)  # [B, out]
+            weight = weight * (demod * gain).reshape(batch, out_ch, 1, 1, 1)
+        elif gain != 1.0:
+            weight = weight * gain
         x = x.reshape(1, batch * in_ch, height, width)  # samples become conv groups
         if self.upsample:
             # conv_transpose2d wants [in, out, k, k] per group: [B, out, in, k, k] -> [B * in, out, k, k]
@@ -220,12 +235,12 @@ class ModulatedConv2d(nn.Module):
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.reshape(batch, out_ch, height, width)
 
-    def _batched(self, x: Tensor, s: Tensor) -> Tensor:
+    def _batched(self, x: Tensor, s: Tensor, gain: float, add: Tensor | None) -> Tensor:
         batch = x.shape[0]
         weight = self.scale * self.weight[0]  # [out, in, k, k], shared by the batch
         x = x * s.to(x.dtype).reshape(batch, -1, 1, 1)
         if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2, padding=0)  # [B, out, 2H + k - 2, ...]
+            out = F.conv_transpose2d(x, self._blurred_up_weight(weight), stride=2, padding=self.blur_fold_padding)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if self.demodulate:
@@ -233,8 +248,34 @@ class ModulatedConv2d(nn.Module):
             precise = torch.promote_types(weight.dtype, torch.float32)
             with torch.autocast(x.device.type, enabled=False):
                 energy = s.to(precise).square() @ weight.to(precise).square().sum(dim=(2, 3)).t()  # [B, out]
-            out = out * torch.rsqrt(energy + 1e-8).to(out.dtype).reshape(batch, -1, 1, 1)
-        return self.blur(out) if self.upsample else out
+            coef = (torch.rsqrt(energy + 1e-8) * gain).to(out.dtype).reshape(batch, -1, 1, 1)
+        elif gain != 1.0 or add is not None:
+            coef = torch.full((1, 1, 1, 1), gain, dtype=out.dtype, device=out.device)
+        else:
+            return out
+        if add is None:
+            return out * coef
+        # addcmul's output takes its first input's layout: keep a channels-last feature map channels-last
+        layout = torch.channels_last if out.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return torch.addcmul(add.to(out.dtype).contiguous(memory_format=layout), out, coef)
+
+    @property
+    def blur_fold_padding(self) -> int:
+        """conv_transpose2d's padding for the blur-folded kernel: the blur's leading pad, counted from the far side
+        of its filter (2 for config-f: a 6 x 6 kernel gives exactly 2H, like transposed conv + blur)."""
+        return self.blur.kernel.shape[0] - 1 - self.blur.pad[0]
+
+    def _blurred_up_weight(self, weight: Tensor) -> Tensor:
+        """[out, in, k, k] -> the transposed conv's [in, out, k + K - 1, k + K - 1] weight: each k x k kernel fully
+        convolved with the K x K blur filter, in float32 at least."""
+        out_ch, in_ch, k, _ = weight.shape
+        fir = self.blur.kernel
+        precise = torch.promote_types(weight.dtype, torch.float32)
+        with torch.autocast(weight.device.type, enabled=False):
+            kernels = weight.to(precise).transpose(0, 1).reshape(in_ch * out_ch, 1, k, k)
+            fir = fir.to(precise).flip([0, 1]).reshape(1, 1, *fir.shape)  # conv2d correlates; flip to convolve
+            kernels = F.conv2d(kernels, fir, padding=fir.shape[-1] - 1)  # full convolution
+        return kernels.reshape(in_ch, out_ch, *kernels.shape[-2:]).to(weight.dtype)
 
 
 # --- synthesis blocks ---------------------------------------------------------------------------------------------
@@ -274,7 +315,13 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channels)
 
     def forward(self, x: Tensor, style: Tensor, noise: Tensor | None) -> Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        # leaky_relu(conv + noise + bias) * sqrt(2), in two passes over the feature map instead of four: leaky ReLU
+        # is positively homogeneous, so its gain moves into the conv and onto the small noise + bias term
+        gain = math.sqrt(2.0)
+        shift = self.activate.bias.reshape(1, -1, 1, 1)  # [1, C, 1, 1]
+        if noise is not None:
+            shift = self.noise(shift, noise)  # [1 or B, C, H, W]: one map for const noise
+        return F.leaky_relu(self.conv(x, style, gain=gain, add=shift * gain), 0.2)
 
 
 class ToRGB(nn.Module):
