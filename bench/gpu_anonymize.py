@@ -22,7 +22,8 @@ per step, image-steps/s, images/s for a whole optimization (params' 50 steps), p
 bench/flops.py) x images x steps / time, and its share of the GPU's dense bf16 peak (for fp32 runs too, so the
 shares compare). Also the bf16-vs-fp32 difference of the final losses (b vs c: same weights, images and steps)
 and the speed of the identity network alone with and without channels-last. On CUDA, the GPU kernels of two steps
-of c are profiled (torch.profiler): the slowest kernels and their share of the GPU time.
+of c are profiled (torch.profiler): the slowest kernels and their share of the GPU time. Last, one batch (d's) runs
+the whole optimization as the pipeline does (`whole_optimization`: every step, from uint8 images to codes).
 
 Writes bench/gpu_anonymize.json after every configuration (a run cut short keeps what it measured) and prints
 the ratios. A time budget (`--budget-s`) skips what would not fit; compilation is interrupted when it runs out.
@@ -154,6 +155,22 @@ def kernel_profile(run_steps, top: int = 15) -> dict:
     return {"gpu_ms": total / 1e3,
             "kernels": [{"name": e.key[:160], "calls": e.count, "ms": own_us(e) / 1e3, "share": own_us(e) / total}
                         for e in rows]}
+
+
+def whole_optimization(nets, profile: str, images: torch.Tensor, w_real: torch.Tensor, w_fake: torch.Tensor) -> dict:
+    """What the `anonymized_latents` asset runs, with the profile's params unchanged (all optimization steps,
+    autocast, channels-last, no compile) on one batch: `stages.optimize_images` from uint8 images to codes, timed
+    like a shard (`measure_throughput`)."""
+    from anon_core.acceleration import measure_throughput
+    from anon_core.data.image_io import to_uint8
+    from anon_core.stages import optimize_images
+
+    params = load_params(profile, batch_size=len(images))
+    uint8 = to_uint8(images.float())
+    with measure_throughput(nets.device) as took:
+        optimize_images(nets, params, uint8, w_real.cpu().numpy(), w_fake.cpu().numpy(), keep_images=False)
+    return {"images": len(images), "steps": params.optimization.steps, "amp": params.speed.amp,
+            "channels_last": params.speed.channels_last} | took.metrics(len(images), params.optimization.steps)
 
 
 def summarize(run: dict, gflop: float, peak_tflops: float | None, steps_per_image: int) -> dict:
@@ -320,6 +337,11 @@ def main() -> None:
     if bf16_batch:
         run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
             batched(torch.bfloat16, size=bf16_batch, generator_channels_last=generator_cl))
+    if bf16_batch and time.perf_counter() - t0 < args.budget_s:
+        record["whole_optimization"] = whole_optimization(nets, args.profile, images[:bf16_batch],
+                                                          w_real[:bf16_batch], w_fake[:bf16_batch])
+        save()
+        print(f"whole_optimization: {json.dumps(record['whole_optimization'])}", flush=True)
     if device.type == "cuda" and time.perf_counter() - t0 < args.budget_s:
         two_steps = dataclasses.replace(opt, steps=2)
         if generator_cl:
