@@ -192,11 +192,17 @@ def optimize_images(
     batch_size: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     keep_images: bool = True,
+    full_batches: bool | None = None,
 ) -> Anonymized:
     """FALCO's optimization for N images, in batches: real uint8 images, their inversions [N, num_ws, w_dim] and
     their paired fakes' W codes [N, w_dim] -> anonymized codes and images. `params.speed` sets autocast,
     channels-last and torch.compile. `keep_images=False` returns no images (a caller that regenerates them later
-    need not hold a shard of them: 3 GB for 1,024 images at 1024 px)."""
+    need not hold a shard of them: 3 GB for 1,024 images at 1024 px).
+
+    full_batches: run a short last batch at the full batch size, its rows repeated and the copies' results dropped
+    (each image's optimization is independent of the others in its batch, so the results are the same). Default:
+    when compiling, since a compiled step is specialized to its batch shape and a new one compiles again (87 s at
+    1024 px on an H100)."""
     check_params_fit(nets, params)
     speed = params.speed
     accelerate_networks_(nets, speed.channels_last)
@@ -209,26 +215,31 @@ def optimize_images(
         history={name: np.zeros((params.optimization.steps, n), np.float32) for name in LOSS_NAMES},
     )
     batch_size = batch_size or resolve_batch_size(nets, params)
+    full_batches = speed.compile if full_batches is None else full_batches
     num_batches = -(-n // batch_size)
     for done, (part, batch) in enumerate(read_batches(images, batch_size)):
+        k, codes_real, codes_fake = len(batch), w_real[part], w_fake[part]
+        if full_batches and k < batch_size:
+            rows = np.arange(batch_size) % k  # the batch's rows, repeated up to the full size
+            batch, codes_real, codes_fake = batch[rows], codes_real[rows], codes_fake[rows]
         result = anonymize_batch(
             nets.generator,
             nets.identity,
             nets.farl,
             _as_tensor(batch, nets),
-            torch.from_numpy(np.ascontiguousarray(w_real[part])).to(nets.device),
-            torch.from_numpy(np.ascontiguousarray(w_fake[part])).to(nets.device),
+            torch.from_numpy(np.ascontiguousarray(codes_real)).to(nets.device),
+            torch.from_numpy(np.ascontiguousarray(codes_fake)).to(nets.device),
             params.optimization,
             amp_dtype=amp_dtype,
             compile_backend="inductor" if speed.compile else None,
             return_images=keep_images,
         )
-        out.ws[part] = result.ws.float().numpy()
+        out.ws[part] = result.ws[:k].float().numpy()
         if keep_images:
-            out.images[part] = to_uint8(result.images.float())
-        out.identity_similarity[part] = result.identity_similarity
+            out.images[part] = to_uint8(result.images[:k].float())
+        out.identity_similarity[part] = result.identity_similarity[:k]
         for name in LOSS_NAMES:
-            out.history[name][:, part] = result.history[name]
+            out.history[name][:, part] = result.history[name][:, :k]
         if on_batch is not None:
             on_batch(done + 1, num_batches)
     return out

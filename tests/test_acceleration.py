@@ -40,10 +40,32 @@ def test_channels_last_identity_network_gives_the_same_embeddings_and_gradients(
 
 
 def test_channels_last_is_applied_on_cuda_only(tiny_nets):
-    nets = SimpleNamespace(identity=copy.deepcopy(tiny_nets.identity), extra={}, device=torch.device("cpu"))
+    nets = SimpleNamespace(generator=copy.deepcopy(tiny_nets.generator), identity=copy.deepcopy(tiny_nets.identity),
+                           extra={}, device=torch.device("cpu"))
     accelerate_networks_(nets, channels_last=True)
     assert all(w.is_contiguous() for w in _conv_weights(nets.identity))  # CPU: left as it was
-    assert convolutional_networks(nets) == [nets.identity]
+    assert nets.generator.input.input.is_contiguous()
+    assert convolutional_networks(nets) == [nets.generator, nets.identity]
+
+
+def test_channels_last_generator_gives_the_same_images_and_code_gradients(tiny_nets):
+    # the constant input and noise maps carry the layout through the batched convolutions
+    default = tiny_nets.generator
+    fast = channels_last_(copy.deepcopy(default))
+    assert fast.input.input.is_contiguous(memory_format=torch.channels_last)
+    layouts, outputs = [], []
+    fast.convs[-1].register_forward_hook(
+        lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    w = broadcast_ws(torch.from_numpy(sample_fake_pool(default, 3, seed=7, psi=0.7).w), default.num_ws)
+    for g in (default, fast):
+        ws = w.clone().requires_grad_(True)
+        image = g.synthesis(ws)
+        image[:, :, ::3].sum().backward()
+        outputs.append((image.detach(), ws.grad))
+    assert layouts == [True]  # the last feature map is still channels-last
+    (i0, g0), (i1, g1) = outputs
+    torch.testing.assert_close(i1, i0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-3)
 
 
 def test_amp_modes_resolve_per_device():

@@ -130,3 +130,30 @@ def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets
         assert values.shape == (3, 5)
         np.testing.assert_allclose(from_files.history[name], values, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(middle.history[name], values[:, 2:4], rtol=1e-3, atol=1e-4)
+
+
+def test_full_batches_pad_a_short_last_batch_without_changing_its_results(tiny_nets, lfw_faces):
+    """With torch.compile a new batch shape compiles again (87 s at 1024 px), so the stage can run the last, short
+    batch at full size with its rows repeated; the copies' results are dropped and the real rows' are unchanged."""
+    from anon_core.stages import optimize_images
+
+    faces = lfw_faces[:5]
+    params = load_params("tiny", **{"optimization.steps": 3})
+    g = tiny_nets.generator
+    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 5, seed=1000, psi=0.7).w), g.num_ws).numpy()
+    w_fake = sample_fake_pool(g, 5, seed=2000, psi=0.7).w
+    shapes = []
+    hook = g.input.register_forward_hook(lambda module, args, out: shapes.append(args[0]))  # batch per synthesis
+    try:
+        plain = optimize_images(tiny_nets, params, faces, w_real, w_fake, batch_size=3, full_batches=False)
+        plain_shapes, shapes[:] = set(shapes), []
+        padded = optimize_images(tiny_nets, params, faces, w_real, w_fake, batch_size=3, full_batches=True)
+    finally:
+        hook.remove()
+    assert plain_shapes == {3, 2} and set(shapes) == {3}  # the last 2 faces ran as a batch of 3
+    np.testing.assert_allclose(padded.ws, plain.ws, atol=5e-3, rtol=0)
+    np.testing.assert_allclose(padded.identity_similarity, plain.identity_similarity, atol=1e-3, rtol=0)
+    assert np.abs(padded.images.astype(int) - plain.images).mean() < 0.5
+    for name, values in plain.history.items():
+        assert padded.history[name].shape == (3, 5)
+        np.testing.assert_allclose(padded.history[name], values, rtol=1e-3, atol=1e-4)
