@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--loop-images", type=int, default=2, help="images run one by one in configuration a")
     ap.add_argument("--compile", choices=("auto", "inductor", "aot_eager", "off"), default="auto",
                     help="backend of c' (auto: inductor on CUDA, aot_eager on a CPU)")
+    ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only these configurations (e.g. a)")
     ap.add_argument("--budget-s", type=float, default=280.0, help="skip or stop what would run past this")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("gpu_anonymize.json"))
     args = ap.parse_args()
@@ -281,6 +282,8 @@ def main() -> None:
     def run(name: str, description: str, fn, may_fail: bool = False) -> None:
         elapsed = time.perf_counter() - t0
         entry = {"what": description}
+        if args.only and name not in args.only:
+            return
         if elapsed > args.budget_s:
             entry["skipped"] = f"time budget of {args.budget_s:.0f} s spent ({elapsed:.0f} s elapsed)"
         else:
@@ -332,17 +335,19 @@ def main() -> None:
         batched(torch.bfloat16, generator_channels_last=True))
     configs = record["configurations"]
     # d and c' run the faster generator layout of c / c_channels_last
-    generator_cl = configs["c_channels_last"].get("image_steps_per_s", 0) > configs["c"].get("image_steps_per_s", 0)
+    generator_cl = (configs.get("c_channels_last", {}).get("image_steps_per_s", 0)
+                    > configs.get("c", {}).get("image_steps_per_s", 0))
+    extras = not args.only  # the whole optimization, the kernel profile and the identity network's layouts
     record["generator_channels_last_in_c_compiled_and_d"] = generator_cl
     if bf16_batch:
         run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
             batched(torch.bfloat16, size=bf16_batch, generator_channels_last=generator_cl))
-    if bf16_batch and time.perf_counter() - t0 < args.budget_s:
+    if extras and bf16_batch and time.perf_counter() - t0 < args.budget_s:
         record["whole_optimization"] = whole_optimization(nets, args.profile, images[:bf16_batch],
                                                           w_real[:bf16_batch], w_fake[:bf16_batch])
         save()
         print(f"whole_optimization: {json.dumps(record['whole_optimization'])}", flush=True)
-    if device.type == "cuda" and time.perf_counter() - t0 < args.budget_s:
+    if extras and device.type == "cuda" and time.perf_counter() - t0 < args.budget_s:
         two_steps = dataclasses.replace(opt, steps=2)
         if generator_cl:
             channels_last_(g)
@@ -381,7 +386,7 @@ def main() -> None:
             "tolerance": BF16_RELATIVE_TOLERANCE,
             "within_tolerance": all(d <= BF16_RELATIVE_TOLERANCE for d in diffs.values()),
         }
-    if time.perf_counter() - t0 < args.budget_s:
+    if extras and time.perf_counter() - t0 < args.budget_s:
         record["identity_network_channels_last"] = identity_channels_last(nets, images[:batch], torch.bfloat16)
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
     pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
