@@ -1,8 +1,10 @@
 """Batched latent optimization vs. the official batch-1 loop, on the same images, same machine, one run.
 
 The official code optimizes one image at a time; we optimize B images together with the summed loss, which
-gives each image the same update. Prints images/s of both, the ratio, and the largest difference between the
-codes they produce (it should be ~1e-6).
+gives each image the same update. Prints images/s of both, the ratio, and the largest and median difference between
+the codes they produce. In float64 they agree to ~1e-15 (tests/test_optimize.py); in float32 the batched and single
+kernels round differently (~1e-7), and Adam's per-element normalization grows that on elements whose gradient is
+near zero: after 10 tiny steps the median is ~1e-5 and the largest ~2e-2, against ~8e-2 moved from the start.
 
     .venv/bin/python bench/batched_vs_loop.py [--profile tiny] [--images 16] [--steps 10] [--device cpu]
 """
@@ -56,7 +58,9 @@ def main() -> None:
     print(f"profile {args.profile}, {n} images, {args.steps} steps, device {nets.device}, {torch.get_num_threads()} threads")
     print(f"  batch-1 loop (official): {t_loop:7.2f} s  {n / t_loop:7.2f} img/s")
     print(f"  batched (B={n}):         {t_batch:7.2f} s  {n / t_batch:7.2f} img/s")
-    print(f"  speed-up: {t_loop / t_batch:.2f}x   max |ws_batched - ws_loop| = {(batched - loop).abs().max():.2e}")
+    diff = (batched - loop).abs()
+    print(f"  speed-up: {t_loop / t_batch:.2f}x   |ws_batched - ws_loop|: max {diff.max():.2e}, "
+          f"median {diff.median():.2e}")
 
 
 if __name__ == "__main__":
