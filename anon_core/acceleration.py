@@ -25,12 +25,15 @@ CUDA_ALLOCATOR_CONFIG = "expandable_segments:True"
 
 
 def prefer_expandable_cuda_memory() -> None:
-    """Let PyTorch's CUDA allocator grow its segments in place (PYTORCH_CUDA_ALLOC_CONF), unless the user set the
-    variable or CUDA has started (the allocator reads it once). Optimization steps at 1024 px allocate GiB-sized
-    activations of changing sizes; with fixed segments an H100 had 15 GiB reserved but unusable when a float32
-    step ran out of memory."""
-    if not torch.cuda.is_initialized():
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOCATOR_CONFIG)
+    """Let PyTorch's CUDA allocator grow its segments in place (PYTORCH_CUDA_ALLOC_CONF), unless the user configured
+    the allocator (that variable, or PYTORCH_ALLOC_CONF, its newer name) or CUDA has started (the allocator reads
+    it once). Optimization steps at 1024 px allocate GiB-sized activations of changing sizes; with fixed segments
+    an H100 had 15 GiB reserved but unusable when a float32 step ran out of memory."""
+    # PyTorch's CUDA allocator reads PYTORCH_CUDA_ALLOC_CONF before PYTORCH_ALLOC_CONF: setting the old name would
+    # hide the user's CUDA options (e.g. backend:cudaMallocAsync) given under the new one
+    user_set = any(name in os.environ for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"))
+    if not user_set and not torch.cuda.is_initialized():
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = CUDA_ALLOCATOR_CONFIG
 
 
 def resolve_amp(mode: str, device: torch.device | str) -> torch.dtype | None:

@@ -98,9 +98,16 @@ def test_compiled_step_gives_the_eager_result():
 
 
 def test_cuda_memory_is_expandable_unless_the_user_configured_the_allocator(monkeypatch):
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.setenv(name, "")  # recorded, so the variable the function sets is undone after the test
+        monkeypatch.delenv(name)
     prefer_expandable_cuda_memory()
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
     prefer_expandable_cuda_memory()
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
+    # the newer name, which the CUDA allocator reads only when the old one is unset
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync")
+    prefer_expandable_cuda_memory()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
