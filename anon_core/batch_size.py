@@ -1,8 +1,8 @@
 """`batch_size: auto`: the largest batch whose optimization step fits in the GPU's free memory.
 
 A step's peak memory above what is already allocated (the networks' weights) grows linearly with the batch: each
-image brings its own activations, kept for the backward pass. Two measured steps, at batches 1 and 2, give that
-line, peak(b) = fixed + per_image * b; the chosen batch is the largest b whose predicted peak stays within a
+image brings its own activations, kept for the backward pass. Two measured steps, at batches 2 and 3 (a batch of
+one runs the generator's grouped convolutions, not the batched ones of every larger batch), give that line, peak(b) = fixed + per_image * b; the chosen batch is the largest b whose predicted peak stays within a
 fraction of the free memory (the margin covers allocator fragmentation and cuDNN workspaces), capped. Each probe
 runs its step twice and measures the second: the first call of a shape also allocates one-off buffers (cuBLAS's
 workspace, cuDNN's algorithm search) that made batch 1 look bigger than batch 2 on an H100. The chosen batch then
@@ -23,7 +23,7 @@ from anon_core.fake_pool import broadcast_ws
 from anon_core.optimize import anonymize_batch
 from anon_core.params import AUTO, FalcoParams
 
-PROBE_BATCHES = (1, 2)
+PROBE_BATCHES = (2, 3)
 GIB = 2**30
 
 
@@ -98,7 +98,11 @@ def resolve_batch_size(nets, params: FalcoParams) -> int:
     if nets.device.type != "cuda":
         return speed.auto_cpu_batch_size
     step_peak = cuda_step_peak(nets, params)
-    peaks = {b: step_peak(b) for b in PROBE_BATCHES}  # measured before reading the free memory they leave
+    try:
+        peaks = {b: step_peak(b) for b in PROBE_BATCHES}  # measured before reading the free memory they leave
+    except torch.cuda.OutOfMemoryError:  # a small GPU: the largest batch below the probes that runs
+        torch.cuda.empty_cache()
+        return confirm_batch_size(step_peak, PROBE_BATCHES[0] - 1)
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(nets.device)
     chosen = fit_batch_size(peaks.__getitem__, free, speed.auto_memory_fraction, speed.auto_max_batch_size)
