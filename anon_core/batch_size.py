@@ -44,13 +44,12 @@ def fit_batch_size(step_peak: Callable[[int], int], free_bytes: int, fraction: f
     return int(min(cap, budget // per_image))
 
 
-def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
-    """A function batch -> bytes that one optimization step of `nets` at that batch allocates on the GPU above
-    what was allocated before (measured with torch.cuda.max_memory_allocated, eagerly, with params' autocast)."""
-    device = nets.device
+def cuda_step(nets, params: FalcoParams) -> Callable[[int], None]:
+    """A function batch -> None that runs one optimization step of `nets` at that batch (eagerly, with params'
+    autocast) on a batch made from the generator's average code."""
     g = nets.generator
     one_step = dataclasses.replace(params.optimization, steps=1)
-    amp_dtype = resolve_amp(params.speed.amp, device)
+    amp_dtype = resolve_amp(params.speed.amp, nets.device)
 
     def run_step(batch: int) -> None:
         w = broadcast_ws(g.w_avg.float().expand(batch, -1), g.num_ws)  # [B, num_ws, w_dim]
@@ -58,6 +57,15 @@ def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
             images = g.synthesis(w).float()
         anonymize_batch(g, nets.identity, nets.farl, images, w, w[:, 0], one_step, amp_dtype=amp_dtype,
                         return_images=False)
+
+    return run_step
+
+
+def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
+    """A function batch -> bytes that one optimization step of `nets` at that batch allocates on the GPU above
+    what was allocated before (measured with torch.cuda.max_memory_allocated, eagerly, with params' autocast)."""
+    device = nets.device
+    run_step = cuda_step(nets, params)
 
     def peak(batch: int) -> int:
         run_step(batch)  # first call of this shape: one-off allocations, not the step's own memory
@@ -75,12 +83,12 @@ def cuda_step_peak(nets, params: FalcoParams) -> Callable[[int], int]:
 SHRINK = 0.85  # a chosen batch whose step runs out of memory is retried at this share of its size
 
 
-def confirm_batch_size(step_peak: Callable[[int], int], batch: int) -> int:
-    """`batch`, or the largest smaller one (shrinking by SHRINK) whose measured step runs without running out of
-    GPU memory; a FalcoError when not even one image's step does."""
+def confirm_batch_size(run_step: Callable[[int], object], batch: int) -> int:
+    """`batch`, or the largest smaller one (shrinking by SHRINK) whose step runs without running out of GPU
+    memory; a FalcoError when not even one image's step does."""
     while True:
         try:
-            step_peak(batch)
+            run_step(batch)
             return batch
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
@@ -97,13 +105,13 @@ def resolve_batch_size(nets, params: FalcoParams) -> int:
     speed = params.speed
     if nets.device.type != "cuda":
         return speed.auto_cpu_batch_size
-    step_peak = cuda_step_peak(nets, params)
+    run_step, step_peak = cuda_step(nets, params), cuda_step_peak(nets, params)
     try:
         peaks = {b: step_peak(b) for b in PROBE_BATCHES}  # measured before reading the free memory they leave
     except torch.cuda.OutOfMemoryError:  # a small GPU: the largest batch below the probes that runs
         torch.cuda.empty_cache()
-        return confirm_batch_size(step_peak, PROBE_BATCHES[0] - 1)
+        return confirm_batch_size(run_step, PROBE_BATCHES[0] - 1)
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(nets.device)
     chosen = fit_batch_size(peaks.__getitem__, free, speed.auto_memory_fraction, speed.auto_max_batch_size)
-    return confirm_batch_size(step_peak, chosen)
+    return confirm_batch_size(run_step, chosen)  # one step, not a measured pair

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the 
 from anon_core.acceleration import accelerate_networks_, autocast, channels_last_, set_memory_format_  # noqa: E402
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
-from anon_core.networks.stylegan2 import ModulatedConv2d  # noqa: E402
+from anon_core.networks.stylegan2 import set_modulated_conv_form  # noqa: E402
 from anon_core.prefetch import batch_slices  # noqa: E402
 from anon_core.optimize import LOSS_NAMES, anonymize_batch  # noqa: E402
 from anon_core.params import load_params  # noqa: E402
@@ -129,13 +129,6 @@ def timed_run(nets, images, w_real, w_fake, params, warmup: int, amp_dtype, comp
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "final_losses": {name: float(result.history[name][-1].sum()) for name in LOSS_NAMES},
     }
-
-
-def set_modulated_conv(generator, fused: bool | None) -> None:
-    """Run every modulated convolution grouped per sample (True), batched (False) or by batch size (None)."""
-    for module in generator.modules():
-        if isinstance(module, ModulatedConv2d):
-            module.fused = fused
 
 
 def kernel_profile(run_steps, top: int = 15) -> dict:
@@ -313,14 +306,14 @@ def main() -> None:
         size = size or batch
 
         def timed() -> dict:
-            set_modulated_conv(g, fused)
+            set_modulated_conv_form(g, fused)
             if generator_channels_last:
                 channels_last_(g)
             try:
                 return timed_run(nets, images[:size], w_real[:size], w_fake[:size], opt, args.warmup, amp_dtype,
                                  backend)
             finally:
-                set_modulated_conv(g, None)
+                set_modulated_conv_form(g, None)
                 set_memory_format_(g, torch.contiguous_format)
 
         return timed

@@ -16,6 +16,7 @@ from anon_core.networks.stylegan2 import (
     StyleGAN2Config,
     ToRGB,
     fused_leaky_relu,
+    set_modulated_conv_form,
 )
 from anon_core.networks.upfirdn import Blur, Upsample, make_fir_kernel, upfirdn2d
 
@@ -386,17 +387,11 @@ def test_full_size_1024_forward() -> None:
     assert torch.isfinite(img).all() and img.std() > 0.1
 
 
-def set_fused(g: Generator, fused: bool | None) -> None:
-    for module in g.modules():
-        if isinstance(module, ModulatedConv2d):
-            module.fused = fused
-
-
 def test_batched_and_grouped_modulated_convs_give_the_same_images_and_code_gradients() -> None:
     g = make_generator(noisy=True)
     results = []
     for fused in (True, None):  # None: a batch of 3 takes the batched path
-        set_fused(g, fused)
+        set_modulated_conv_form(g, fused)
         ws = random_ws(g, 3).requires_grad_(True)
         image = g.synthesis(ws)
         (image * torch.linspace(-1, 1, image.shape[-1])).sum().backward()
@@ -426,9 +421,9 @@ def test_cuda_batched_and_channels_last_paths_match_the_grouped_one(monkeypatch)
     # true float32: with TF32 (PyTorch's default for cuDNN) the kernels of the three layouts differed by 4e-3
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     with torch.no_grad():
-        set_fused(g, True)
+        set_modulated_conv_form(g, True)
         grouped = g.synthesis(ws)
-        set_fused(g, None)
+        set_modulated_conv_form(g, None)
         batched = g.synthesis(ws)
         channels_last_(g)
         channels_last = g.synthesis(ws)

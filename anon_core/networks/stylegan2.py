@@ -51,6 +51,7 @@ __all__ = [
     "StyledConv",
     "ToRGB",
     "fused_leaky_relu",
+    "set_modulated_conv_form",
 ]
 
 BLUR_TAPS: tuple[int, ...] = (1, 3, 3, 1)  # config-f resampling filter
@@ -249,16 +250,14 @@ class ModulatedConv2d(nn.Module):
             out = F.conv_transpose2d(x, self._blurred_up_weight(weight), stride=2, padding=self.blur_fold_padding)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
-        if self.demodulate:
-            # 1 / |w * s| per output channel, in float32 at least whatever the autocast: sum_i s_i^2 sum_kk w_oikk^2
-            precise = torch.promote_types(weight.dtype, torch.float32)
-            with _without_autocast(x.device.type):
-                energy = s.to(precise).square() @ weight.to(precise).square().sum(dim=(2, 3)).t()  # [B, out]
-            coef = (torch.rsqrt(energy + 1e-8) * gain).to(out.dtype).reshape(batch, -1, 1, 1)
-        elif gain != 1.0 or add is not None:
-            coef = torch.full((1, 1, 1, 1), gain, dtype=out.dtype, device=out.device)
-        else:
-            return out
+        if not self.demodulate:  # ToRGB: no per-sample scaling to share a pass with
+            out = out * gain if gain != 1.0 else out
+            return out if add is None else out + add.to(out.dtype)
+        # 1 / |w * s| per output channel, in float32 at least whatever the autocast: sum_i s_i^2 sum_kk w_oikk^2
+        precise = torch.promote_types(weight.dtype, torch.float32)
+        with _without_autocast(x.device.type):
+            energy = s.to(precise).square() @ weight.to(precise).square().sum(dim=(2, 3)).t()  # [B, out]
+        coef = (torch.rsqrt(energy + 1e-8) * gain).to(out.dtype).reshape(batch, -1, 1, 1)
         if add is None:
             return out * coef
         # addcmul's output takes its first input's layout: keep a channels-last feature map channels-last
@@ -282,6 +281,13 @@ class ModulatedConv2d(nn.Module):
             fir = fir.to(precise).flip([0, 1]).reshape(1, 1, *fir.shape)  # conv2d correlates; flip to convolve
             kernels = F.conv2d(kernels, fir, padding=fir.shape[-1] - 1)  # full convolution
         return kernels.reshape(in_ch, out_ch, *kernels.shape[-2:]).to(weight.dtype)
+
+
+def set_modulated_conv_form(module: nn.Module, fused: bool | None) -> None:
+    """Run every ModulatedConv2d in `module` grouped per sample (True), batched (False) or by batch size (None)."""
+    for conv in module.modules():
+        if isinstance(conv, ModulatedConv2d):
+            conv.fused = fused
 
 
 # --- synthesis blocks ---------------------------------------------------------------------------------------------
