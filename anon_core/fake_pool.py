@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from anon_core.data.image_io import to_uint8
+from anon_core.data.mapped_images import MappedImages
 from anon_core.prefetch import batch_slices
 from anon_core.progress import progress_bar
 
@@ -91,3 +92,13 @@ def generate(
     for part in batch_slices(len(ws), batch_size):
         out[part] = to_uint8(generator.synthesis(ws[part].to(device)))
     return out
+
+
+def generated_images(generator: torch.nn.Module, ws: np.ndarray, index: np.ndarray,
+                     device: torch.device | str = "cpu") -> MappedImages:
+    """Images of the generator for the codes `ws[index]` (W [N, w_dim] or W+ [N, num_ws, w_dim]), generated on
+    indexing: row i is `generate(generator, ws[index[i]])`. Read in batches of a multiple of
+    `generate`'s own batch size (16), the images are bit for bit those of generating every row at once."""
+    resolution = generator.config.resolution
+    return MappedImages(lambda rows: generate(generator, ws[rows], device=device),
+                        [np.asarray(index)], (resolution, resolution, 3), name="generated")

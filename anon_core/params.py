@@ -107,16 +107,40 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
     return params
 
 
-def load_section(name: str, profile: str, path: Path | None = None) -> dict[str, Any]:
+# The top-level sections of params.yaml besides `defaults` and `profiles` (the method's): what `load_section` reads.
+SECTIONS = ("data", "variants", "sweep", "pipeline", "evaluation", "checks", "attribute_classifier")
+METHOD_KEYS = ("seed", "pool_size", "truncation_psi", "pairing_k", "batch_size", "optimization", "inversion", "speed")
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dotted overrides ({"pool_size": 40, "pipeline.shard_size": 3}) -> (the method's, the sections'); ParamsError
+    for a key that is neither."""
+    method, sections = {}, {}
+    for key, value in overrides.items():
+        head = key.split(".", 1)[0]
+        if head in METHOD_KEYS:
+            method[key] = value
+        elif head in SECTIONS and "." in key:
+            sections[key] = value
+        else:
+            raise ParamsError(f"unknown setting {key!r}: settings are the method's ({', '.join(METHOD_KEYS)}) or "
+                              f"<section>.<key> of a section ({', '.join(SECTIONS)})")
+    return method, sections
+
+
+def load_section(name: str, profile: str, path: Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A top-level section of the params file other than the method's (e.g. `checks`, `attribute_classifier`),
-    with its own `profiles.<profile>` entry applied; {} when the file has no such section."""
+    with its own `profiles.<profile>` entry applied, then the dotted `overrides` that start with `<name>.` (None
+    values ignored); {} when the file has no such section."""
     path, raw = _read(path)
     section = raw.get(name) or {}
     if not isinstance(section, dict):
         raise ParamsError(f"{path}: '{name}:' must be a mapping of settings")
     section = dict(section)
     per_profile = section.pop("profiles", None) or {}
-    return _merge(section, per_profile.get(profile) or {})
+    mine = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.startswith(f"{name}.") and v is not None}
+    return _merge(_merge(section, per_profile.get(profile) or {}), _nest(mine))
 
 
 def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:

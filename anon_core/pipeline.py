@@ -1,14 +1,12 @@
 """`falco anonymize`: the stages of anon_core.stages chained over a folder of images.
 
-The real images are streamed in batches, so memory stays bounded by one batch plus the pool's features.
+The folder is read by `anon_core.ingest` (as the `real_images` asset reads it), then its images are streamed in
+batches, so memory stays bounded by one batch plus the pool's features.
 """
 
 from __future__ import annotations
 
-import csv
-import functools
 import json
-import os
 import platform
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,33 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
+from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.batch_size import resolve_batch_size
-from anon_core.data.image_io import ImageRejected, save_png
-from anon_core.data.align import AlignmentCache, FaceAligner
-from anon_core.data.datasets import load_dataset
+from anon_core.data.image_files import read_batches
+from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
-from anon_core.optimize import LOSS_NAMES
+from anon_core.ingest import ingest, read_workers
+from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.params import FalcoParams
-from anon_core.prefetch import read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import (
-    align_cache_dir,
     build_pool,
     check_params_fit,
-    dataset_files,
     embed_images,
     invert_images,
-    label_columns,
     optimize_images,
-    output_names,
     pair,
-    read_input,
-    resize_images,
     resolve_device,
 )
 
@@ -59,6 +50,7 @@ MANIFEST_COLUMNS = (
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning
 )
+RESULT_COLUMNS = ("latent_index", "fake_index", "fake_similarity", "identity_similarity")  # "" for rejected rows
 
 
 @dataclass
@@ -71,9 +63,9 @@ class BatchResult:
     history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B]
 
 
-def anonymize_images(nets: Networks, pool: FakePool, images: list[np.ndarray], params: FalcoParams) -> BatchResult:
-    """Embed, pair, invert, optimize and generate for one batch of real uint8 images (any size)."""
-    real = resize_images(images, nets.generator.config.resolution)
+def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: FalcoParams) -> BatchResult:
+    """Embed, pair, invert, optimize and generate for one batch of real uint8 images [B, R, R, 3] at the
+    generator's resolution."""
     indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
     nearest = indices[:, 0]
     w_real = invert_images(nets, params, real)
@@ -86,12 +78,6 @@ def anonymize_images(nets: Networks, pool: FakePool, images: list[np.ndarray], p
         identity_similarity=result.identity_similarity,
         history=result.history,
     )
-
-
-def read_workers(device: torch.device) -> int:
-    """Threads that decode and align images ahead of the optimization: one on a CPU, whose cores run the networks;
-    up to 8 with a GPU, so that reading keeps up with it."""
-    return 1 if device.type != "cuda" else max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass
@@ -130,122 +116,78 @@ def anonymize_folder(
 
     Writes `images/<relpath>.png`, `latents.npy` [N_ok, num_ws, w_dim] in manifest order of the ok rows,
     `manifest.csv`, `losses.csv` (per-step losses averaged over images) and `params.json`. Existing files in
-    `output_dir` are overwritten, never the folder deleted. Unreadable files and images without a face become
-    `rejected` rows. `dataset` (celebahq | lfw | folder | auto) picks the layout and its labels, which are
-    carried into the manifest; `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns
-    the largest face of each image first. Files are read and aligned in worker threads ahead of the batch being
-    optimized, and images are written by another thread, so the device is not left waiting on either.
+    `output_dir` are overwritten, never the folder deleted. The dataset is read by `anon_core.ingest.ingest`, as the
+    `real_images` asset reads it: unreadable files and images without a face become `rejected` rows, `dataset`
+    (celebahq | lfw | folder | auto) picks the layout and its labels, carried into the manifest, and `align`
+    (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face of each image. The
+    ok images are then read a batch ahead of the one being optimized, and written by another thread, so the
+    device is not left waiting on either.
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise FalcoError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
     device = resolve_device(device)
-    table = load_dataset(dataset, input_dir, labels_csv)
-    files = dataset_files(table)
-    if not files:
-        raise FalcoError(f"{input_dir} holds no files to anonymize")
-    labels = label_columns(table)
-    label_rows = table.set_index("relpath")[labels] if labels else None
-
     nets = build_networks(params.profile, device=device)
     check_params_fit(nets, params)
+    resolution = nets.generator.config.resolution
+    reading = progress_bar(None, desc="read", unit="file", enable=show_progress)
+
+    def on_file(done: int, total: int) -> None:
+        reading.total = total
+        reading.update(1)
+
+    ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, device, align_cache, on_file)
+    reading.close()
+    table = ingested.table
+    if table.empty:
+        raise FalcoError(f"{input_dir} holds no files to anonymize")
     requested_batch_size = params.batch_size
     params = params.replace(batch_size=resolve_batch_size(nets, params))  # "auto" -> what fits this device
     pool = build_pool(nets, params, show_progress=show_progress)
-    names = output_names(files)
-    if align is None:
-        align = table.attrs.get("kind") != "celebahq"
-    aligner = FaceAligner(nets.generator.config.resolution, align_detector, device=device) if align else None
-    cache = AlignmentCache(align_cache or align_cache_dir())
-    summary = RunSummary(output_dir=output_dir)
-    rows: list[dict] = []
+    ok = ingested.ok
+    images = ingested.images(workers=read_workers(device))
+    columns = {name: [""] * len(table) for name in RESULT_COLUMNS}
+    ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     latents: list[np.ndarray] = []
     histories: list[dict[str, np.ndarray]] = []
-    pending: list[tuple[dict, np.ndarray]] = []
     writes: list[Future] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch_rows = [row for row, _ in pending]
-        result = anonymize_images(nets, pool, [image for _, image in pending], params)
-        for i, row in enumerate(batch_rows):
-            writes.append(writer.submit(save_png, output_dir / "images" / row["output"], result.images[i]))
-            row.update(
-                latent_index=sum(len(x) for x in latents) + i,
-                fake_index=int(result.fake_index[i]),
-                fake_similarity=f"{result.fake_similarity[i]:.6f}",
-                identity_similarity=f"{result.identity_similarity[i]:.6f}",
-            )
-        latents.append(result.ws)
-        histories.append(result.history)
-        bar.update(len(pending))
-        pending.clear()
-
-    read = functools.partial(read_input, aligner=aligner, cache=cache)
-    bar = progress_bar(None, desc="anonymize", unit="img", total=len(files), enable=show_progress)
+    bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
-        for f, reading in read_ahead(read, files, read_workers(device), depth=2 * params.batch_size):
-            row = {c: "" for c in MANIFEST_COLUMNS} | {"input": f.relpath, "duplicate_of": f.duplicate_of or ""}
-            if label_rows is not None:
-                row |= {c: ("" if pd.isna(v) else v) for c, v in label_rows.loc[f.relpath].items()}
-            summary.duplicates += f.duplicate_of is not None
-            rows.append(row)
-            try:
-                image, row["faces_seen"] = reading.result()
-            except ImageRejected as rejected:
-                row.update(status="rejected", reason=rejected.reason, detail=rejected.detail)
-                summary.counts[rejected.reason] += 1
-                bar.update(1)
-                continue
-            row.update(status="ok", output=names[f.relpath])
-            summary.counts["ok"] += 1
-            pending.append((row, image))
-            if len(pending) == params.batch_size:
-                flush()
-        flush()
+        for part, batch in read_batches(images, params.batch_size):
+            result = anonymize_images(nets, pool, batch, params)
+            for i, position in enumerate(range(len(ok))[part]):
+                row = ok_rows[position]
+                writes.append(writer.submit(save_png, output_dir / "images" / ok["image"][position], result.images[i]))
+                columns["latent_index"][row] = position
+                columns["fake_index"][row] = int(result.fake_index[i])
+                columns["fake_similarity"][row] = f"{result.fake_similarity[i]:.6f}"
+                columns["identity_similarity"][row] = f"{result.identity_similarity[i]:.6f}"
+            latents.append(result.ws)
+            histories.append(result.history)
+            bar.update(len(batch))
         for write in writes:
             write.result()  # raises the first failed write, if any
     bar.close()
 
-    columns = [*MANIFEST_COLUMNS, *labels]
-    extra = {"dataset": table.attrs.get("kind", dataset), "aligned": bool(align),
-             "batch_size_requested": requested_batch_size,
-             "alignment": aligner.settings if aligner else None, "dataset_warnings": table.attrs.get("warnings", [])}
-    _write_outputs(output_dir, rows, columns, latents, histories, params, nets, device, input_dir, extra)
+    manifest = table.rename(columns={"image": "output"}).drop(columns=["sha256"]).assign(**columns)
+    manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
+    extra = {"dataset": ingested.dataset, "aligned": ingested.alignment is not None,
+             "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
+             "dataset_warnings": ingested.warnings}
+    _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra)
+    summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()))
+    summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     return summary
 
 
-def _write_outputs(output_dir, rows, columns, latents, histories, params, nets, device, input_dir, extra) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
+def _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra) -> None:
     num_ws, w_dim = nets.generator.num_ws, nets.generator.config.w_dim
     stacked = np.concatenate(latents) if latents else np.zeros((0, num_ws, w_dim), dtype=np.float32)
-
-    def write_latents(path: Path) -> None:
-        with open(path, "wb") as fh:
-            np.save(fh, stacked.astype(np.float32))
-
-    _atomic_write(output_dir / "latents.npy", write_latents)
-
-    def write_manifest(path: Path) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    _atomic_write(output_dir / "manifest.csv", write_manifest)
-
-    def write_losses(path: Path) -> None:
-        steps = params.optimization.steps
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(("step", *LOSS_NAMES))
-            for step in range(steps):
-                means = [np.concatenate([h[name][step] for h in histories]).mean() if histories else float("nan")
-                         for name in LOSS_NAMES]
-                writer.writerow((step, *(f"{m:.6f}" for m in means)))
-
-    _atomic_write(output_dir / "losses.csv", write_losses)
+    with atomic_path(output_dir / "latents.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, stacked.astype(np.float32))
+    with atomic_path(output_dir / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False, encoding="utf-8")
+    write_losses_csv(output_dir / "losses.csv", mean_losses(histories, params.optimization.steps))
     record = {
         "params": params.to_dict(),
         "profile_weights": nets.weights,
@@ -257,10 +199,4 @@ def _write_outputs(output_dir, rows, columns, latents, histories, params, nets, 
         **extra,
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
     }
-    _atomic_write(output_dir / "params.json", lambda p: p.write_text(json.dumps(record, indent=2, sort_keys=True)))
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
+    write_bytes_atomic(output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())

@@ -8,27 +8,20 @@ networks); tensors live only inside a stage.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from anon_core.acceleration import accelerate_networks_, resolve_amp
 from anon_core.batch_size import resolve_batch_size
-from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.image_files import ImageFiles, read_batches
-from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
-from anon_core.data.scan import ScannedFile, output_relpath
+from anon_core.data.image_io import to_tensor, to_uint8
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, embed_fake_pool, sample_fake_pool
 from anon_core.optimize import LOSS_NAMES, anonymize_batch
 from anon_core.pairing import nearest_fakes
-from anon_core.prefetch import read_ahead
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks
 from anon_core.progress import progress_bar
@@ -53,78 +46,6 @@ def check_params_fit(nets: Networks, params: FalcoParams) -> None:
 
 
 # -- data -------------------------------------------------------------------------------------------------------
-
-
-def dataset_files(table: pd.DataFrame) -> list[ScannedFile]:
-    """The rows of a `load_dataset` table as scanned files (same order)."""
-    return [
-        ScannedFile(Path(r.path), r.relpath, _str_or_none(r.sha256), _str_or_none(r.duplicate_of),
-                    _str_or_none(r.skip_reason))
-        for r in table.itertuples()
-    ]
-
-
-def label_columns(table: pd.DataFrame) -> list[str]:
-    """The label columns of a dataset table (identity, split, attributes) that hold at least one value."""
-    skip = {"relpath", "path", "sha256", "duplicate_of", "skip_reason"}
-    return [c for c in table.columns if c not in skip and table[c].notna().any()]
-
-
-def align_cache_dir() -> Path:
-    """Aligned crops are cached beside the model store: `$FALCO_CACHE/align` (default ~/.cache/falco/align)."""
-    return Path(os.environ.get("FALCO_CACHE") or Path.home() / ".cache" / "falco") / "align"
-
-
-def read_input(f: ScannedFile, aligner: FaceAligner | None = None, cache: AlignmentCache | None = None) -> tuple[np.ndarray, int]:
-    """One scanned file -> (uint8 [H, W, 3], faces seen). With an aligner the image is the FFHQ-aligned crop of
-    the largest face (cached by file hash); raises ImageRejected with the reason (e.g. "no_face")."""
-    if f.skip_reason:
-        raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-    if aligner is None:
-        return load_rgb(f.path), -1
-    face = aligner.align_cached(f.path, f.sha256 or "", cache or AlignmentCache(align_cache_dir()), name=f.relpath)
-    return face.image, face.faces_seen
-
-
-@dataclass
-class CheckedInput:
-    file: ScannedFile
-    source: Path | None  # where its image is: the input file, or its aligned crop in the cache; None if rejected
-    faces_seen: int  # faces the aligner detected; -1 when not aligning or rejected
-    rejected: ImageRejected | None = None
-
-
-def check_inputs(
-    files: list[ScannedFile], aligner: FaceAligner | None, cache: AlignmentCache, workers: int
-) -> Iterator[CheckedInput]:
-    """Each file read (and aligned into `cache`) in `workers` threads, in order, to validate it, then dropped:
-    only where its image is stays, so a set of any size can be listed without holding its images."""
-    read = functools.partial(read_input, aligner=aligner, cache=cache)
-    for f, reading in read_ahead(read, files, workers, depth=2 * workers):
-        try:
-            _, faces_seen = reading.result()
-        except ImageRejected as rejected:
-            yield CheckedInput(f, None, -1, rejected)
-            continue
-        yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen)
-
-
-def _str_or_none(value) -> str | None:
-    return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
-
-
-def output_names(files: list[ScannedFile]) -> dict[str, str]:
-    """Input relpath -> output relpath (`.png`). `a.jpg` and `a.png` in one folder would collide, so the later
-    one keeps its original extension in the name (`a.jpg.png`)."""
-    names: dict[str, str] = {}
-    taken: set[str] = set()
-    for f in files:
-        name = output_relpath(f.relpath)
-        if name in taken:
-            name = f.relpath + ".png"
-        taken.add(name)
-        names[f.relpath] = name
-    return names
 
 
 def resize_images(images: list[np.ndarray], size: int) -> np.ndarray:

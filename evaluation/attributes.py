@@ -185,18 +185,19 @@ def read_celeba_attributes(path: Path | str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """CelebA-HQ attribute classifier training settings (defaults: ResNet-50 at 128 px)."""
+    """CelebA-HQ attribute classifier training settings; the values are params.yaml's `attribute_classifier:`
+    section (evaluation.attribute_classifier.classifier_config), which says why each is what it is."""
 
-    layers: tuple[int, ...] = (3, 4, 6, 3)  # ResNet-50; (1, 1, 1, 1) with a small width for smoke runs and tests
-    width: int = 64  # first-stage planes (64 = ResNet-50)
-    image_size: int = 128  # training/eval side; 128 px keeps 30k CelebA-HQ images trainable on one GPU in minutes
-    batch_size: int = 64
-    epochs: int = 10
-    max_steps: int | None = None  # stop early after this many optimizer steps (None: all epochs)
-    lr: float = 1e-4  # Adam; a common choice for ResNet attribute classifiers trained from scratch
-    weight_decay: float = 0.0
-    hflip: bool = True  # random horizontal flips: attributes are left-right symmetric
-    seed: int = 0  # initialization, data order and flips
+    layers: tuple[int, ...]  # ResNet blocks per stage: (3, 4, 6, 3) is ResNet-50
+    width: int  # first-stage planes (64 = ResNet-50)
+    image_size: int  # training/eval side
+    batch_size: int
+    epochs: int
+    max_steps: int | None  # stop early after this many optimizer steps (None: all epochs)
+    lr: float  # Adam
+    weight_decay: float
+    hflip: bool  # random horizontal flips: attributes are left-right symmetric
+    seed: int  # initialization, data order and flips
 
     def backbone(self, num_classes: int) -> ResNetConfig:
         return ResNetConfig(layers=self.layers, width=self.width, num_classes=num_classes)
@@ -217,7 +218,7 @@ def _prepare(batch: Tensor, size: int) -> Tensor:
 def train_attribute_classifier(
     images: ImageSetLike,
     labels: np.ndarray,
-    config: ClassifierConfig = ClassifierConfig(),
+    config: ClassifierConfig,
     device: torch.device | str = "cpu",
     log: Callable[[dict], None] | None = None,
 ) -> tuple[ResNet, list[dict]]:

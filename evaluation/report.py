@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anon_core.data.image_io import write_bytes_atomic
+from anon_core.atomic import write_bytes_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
 
@@ -90,6 +90,18 @@ def attribute_bars_png(table: pd.DataFrame, predictor: str) -> bytes:
             ax.legend(fontsize=7, loc="lower right")
 
     return _plot_png(draw)
+
+
+def example_columns(sets: Sequence, shown: int = 8) -> tuple[np.ndarray, list[np.ndarray]]:
+    """For the example grid: the first set's first `shown` real sources, and each set's image of those sources
+    (white where a set lacks one). `sets`: evaluation.suite.AnonymizedSet. Returns (sources, one column per set)."""
+    sources = np.asarray(sets[0].source_index)[:shown]
+    columns = []
+    for s in sets:
+        position = {int(j): k for k, j in enumerate(s.source_index)}
+        blank = np.full(s.images.shape[1:], 255, np.uint8)
+        columns.append(np.stack([s.images[position[j]] if j in position else blank for j in sources]))
+    return sources, columns
 
 
 def _scatter_figure(points: pd.DataFrame, privacy: str, utility: str, baselines: Sequence[str]) -> tuple[bytes, bytes]:
@@ -171,6 +183,55 @@ def write_report(
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "metrics": out_dir / "metrics.csv",
             "per_image": out_dir / "per_image.parquet",
             **{n: out_dir / "figures" / n for n in {**figures, **tables}}}
+
+
+def metrics_json(summary: pd.DataFrame) -> bytes:
+    """`metrics.json` for `dvc metrics show`: {method: {metric: value}} with the finite numbers of each row of a
+    summary table (variants and baselines), so DVC compares every variant's numbers across commits."""
+    import json
+    import math
+
+    out = {}
+    for method, row in summary.iterrows():
+        values = pd.to_numeric(row, errors="coerce")
+        out[str(method)] = {str(k): float(v) for k, v in values.items() if math.isfinite(float(v))}
+    return (json.dumps(out, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_variant_report(
+    out_dir: Path,
+    variants: dict[str, dict],
+    baselines: pd.DataFrame,
+    fakes: np.ndarray,
+    context: dict[str, str],
+    real: np.ndarray | None = None,
+) -> dict[str, Path]:
+    """The pipeline's report of several variants and the baselines: `write_report` with one summary row per variant
+    (then the baselines), plus `metrics.json` (`metrics_json`) and `losses/<variant>.csv` for DVC.
+
+    variants: name -> {"summary": one-row table, "per_image": ..., "attributes": ..., "set": its AnonymizedSet,
+    "losses": its `anon_core.loss_curves.mean_losses` table}; fakes: the fake neighbours of the first variant's
+    first example sources (`example_columns`); real: those sources' real images, shown only when given."""
+    from anon_core.loss_curves import write_losses_csv
+
+    out_dir = Path(out_dir)
+    variants = {f"falco {name}" if name in BASELINES else name: v for name, v in variants.items()}  # rows stay apart
+    for name, v in variants.items():
+        v["summary"] = v["summary"].assign(method=name)
+    summary = pd.concat([v["summary"] for v in variants.values()] + [baselines], ignore_index=True).set_index("method")
+    per_image = pd.concat([v["per_image"].assign(run=name) for name, v in variants.items()], ignore_index=True)
+    per_image.insert(0, "run", per_image.pop("run"))
+    attributes = [v["attributes"].assign(run=name) for name, v in variants.items() if len(v["attributes"])]
+    _, columns = example_columns([v["set"] for v in variants.values()], len(fakes))
+    examples, titles = [fakes, *columns], ["fake neighbour", *variants]
+    if real is not None:
+        examples, titles = [real, *examples], ["real", *titles]
+    paths = write_report(out_dir, summary, per_image, pd.concat(attributes, ignore_index=True) if attributes else None,
+                         examples, titles, context)
+    write_bytes_atomic(out_dir / "metrics.json", metrics_json(summary))
+    for name, v in variants.items():
+        paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v["losses"])
+    return {**paths, "metrics_json": out_dir / "metrics.json"}
 
 
 def _html(markdown: str) -> str:

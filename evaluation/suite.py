@@ -204,12 +204,19 @@ def evaluate_runs(
     fakes: ImageSetLike | None = None,
     batch_size: int | None = None,
     real_ids: Sequence[str] | None = None,
+    baseline_index: np.ndarray | None = None,
+    baseline_names: list[str] | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
-    The baselines are made batch by batch from the real sources of the first set (`fakes`: its paired fakes, for
-    "swap"); `batch_size`: images per read (see `read_set`). With `predictors` but no `real_labels`, the real
-    set's pseudo-labels (rows named by `real_ids`) are made in the same read as its embeddings and features."""
+    The baselines are made batch by batch from the real rows `baseline_index` (named `baseline_names`; default: the
+    first run's sources and names), `fakes` being those rows' paired fakes (for "swap"); `batch_size`: images per
+    read (see `read_set`). With `predictors` but no `real_labels`, the real set's pseudo-labels (rows named by
+    `real_ids`) are made in the same read as its embeddings and features."""
+    if baselines and baseline_index is None:
+        if not runs:
+            raise ValueError("baselines need baseline_index (or a run whose sources they take)")
+        baseline_index, baseline_names = runs[0].source_index, runs[0].names
     label_real = bool(kwargs.get("predictors")) and kwargs.get("real_labels") is None
     real_outputs = read_set(real, recognizers, extractor, predictors=kwargs["predictors"] if label_real else (),
                             ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size)
@@ -220,11 +227,9 @@ def evaluate_runs(
                   gallery_embeddings=real_outputs.embeddings, batch_size=batch_size, **kwargs)
     results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
                for run in runs]
-    first = runs[0]
-    sources = take(real, first.source_index)
     for name in baselines:
-        images = baseline_images(name, sources, fakes=fakes if BASELINES[name].needs_fakes else None)
-        results.append(evaluate_method(name, images, real, first.source_index, names=first.names, **common))
+        images = baseline_images(name, take(real, baseline_index), fakes=fakes if BASELINES[name].needs_fakes else None)
+        results.append(evaluate_method(name, images, real, baseline_index, names=baseline_names, **common))
     return results
 
 

@@ -29,14 +29,15 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
     p.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
-    p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
-                   help="layout of INPUT_DIR: celebahq (CelebAMask-HQ download), lfw, folder (any images), auto")
+    p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
+                   help="layout of INPUT_DIR: celebahq (CelebAMask-HQ download), lfw, folder (any images), auto "
+                        "(default: params.yaml data.dataset)")
     p.add_argument("--labels", type=Path, default=None, metavar="CSV",
                    help="CSV: relpath (or file) column + optional identity, split, CelebA attribute columns")
     p.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                    help="FFHQ-align faces first (default: on, except --dataset celebahq, which is aligned already)")
-    p.add_argument("--align-detector", choices=("mtcnn", "dlib"), default="mtcnn",
-                   help="landmarks for alignment: mtcnn (default) or dlib HOG + 5-point")
+    p.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None,
+                   help="landmarks for alignment: mtcnn or dlib HOG + 5-point (default: params.yaml data.align_detector)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_anonymize)
 
@@ -51,7 +52,8 @@ def _batch_size(text: str) -> int | str:
 
 
 def _run_anonymize(args: argparse.Namespace) -> int:
-    from anon_core.params import load_params
+    from anon_core.ingest import data_settings
+    from anon_core.params import DEFAULT_PARAMS_PATH, load_params, load_section
     from anon_core.pipeline import anonymize_folder
 
     params = load_params(
@@ -66,11 +68,13 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
+    flags = {"data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
+             "data.align": args.align, "data.align_detector": args.align_detector}
+    data = data_settings(load_section("data", args.profile, args.params, flags),  # the flags, else params.yaml's
+                         args.params or DEFAULT_PARAMS_PATH)
     start = time.perf_counter()
-    summary = anonymize_folder(
-        args.input_dir, args.output_dir, params, device=args.device, show_progress=not args.quiet,
-        dataset=args.dataset, labels_csv=args.labels, align=args.align, align_detector=args.align_detector,
-    )
+    summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
+                               show_progress=not args.quiet, **data)
     seconds = time.perf_counter() - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
     print(f"results: {summary.output_dir}  (images/, manifest.csv, latents.npy, losses.csv, params.json)")
@@ -92,68 +96,15 @@ def _run_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "pipeline",
-        help="materialize the whole Dagster asset graph in-process (resumes: finished shards are skipped)",
-    )
-    p.add_argument("--input", type=Path, default=None, help="folder of real images (default: data/sample/images)")
-    p.add_argument("--storage", type=Path, default=None, help="where asset values go (default: outputs/pipeline)")
-    p.add_argument("--profile", default="tiny")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help="images per partition (default: pipeline.shard_size of the params file; the project's "
-                        "is 16 for tiny, 1024 otherwise; 16 where a file has none)")
-    p.add_argument("--pool-size", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--margin", type=float, default=None)
-    p.add_argument("--fresh", action="store_true", help="re-run every step even if it is up to date")
-    p.set_defaults(run=_run_pipeline)
-
-
-def _run_pipeline(args: argparse.Namespace) -> int:
-    from orchestration.resources import NetworksResource, StorageResource, storage_from_env
-    from orchestration.runner import dagster_instance, run_pipeline
-
-    # Resources are rebuilt, not model_copy'd: Dagster initializes a resource from its constructor config.
-    env = storage_from_env()
-    storage = StorageResource(
-        root=str(args.storage.resolve()) if args.storage else env.root,
-        input_dir=str(args.input.resolve()) if args.input else env.input_dir,
-    )
-    if not Path(storage.input_dir).is_dir():
-        print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
-              "or pass --input DIR", file=sys.stderr)
-        return 2
-    networks = NetworksResource(
-        profile=args.profile, device=args.device, params_path=str(args.params.resolve()) if args.params else None
-    )
-    ops: dict = {}
-    for op, key, value in (("real_images", "shard_size", args.shard_size), ("fake_pool", "pool_size", args.pool_size),
-                           ("anonymized_latents", "steps", args.steps), ("anonymized_latents", "margin", args.margin)):
-        if value is not None:
-            ops.setdefault(op, {"config": {}})["config"][key] = value
-    networks.params()  # fail on a bad parameter file before any run starts
-    instance = dagster_instance()
-    start = time.perf_counter()
-    summary = run_pipeline(storage, networks, instance=instance, fresh=args.fresh, run_config={"ops": ops} if ops else None)
-    print(f"pipeline {'FAILED' if summary.failed else 'done'} in {time.perf_counter() - start:.1f} s: "
-          f"{len(summary.ran)} run(s), {len(summary.skipped)} step(s) up to date")
-    print(f"anonymized images: {Path(storage.root) / 'anonymized_images' / 'images'}")
-    print(f"Dagster instance: {instance.root_directory}  (browse it with `make ui`)")
-    return 1 if summary.failed else 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falco", description="FALCO-Ops: attribute-preserving face anonymization")
     sub = parser.add_subparsers(dest="command", required=True)
     from orchestration.cli_evaluate import register as _add_evaluate
     from orchestration.cli_models import register as _add_models
+    from orchestration.cli_pipeline import register as _add_pipeline
     from orchestration.cli_runs import register as _add_runs
-    from orchestration.cli_stage import register as _add_stage
 
-    for add in (_add_anonymize, _add_evaluate, _add_pipeline, _add_sample_data, _add_models, _add_runs, _add_stage):
+    for add in (_add_anonymize, _add_evaluate, _add_pipeline, _add_sample_data, _add_models, _add_runs):
         add(sub)
     return parser
 

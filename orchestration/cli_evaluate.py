@@ -127,32 +127,30 @@ class RealGallery:
 
 
 def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device) -> RealGallery:
-    """Every readable image of `real_dir`, read as `run` read its inputs (same aligner, same cache, same resize).
-    Each file is read once to validate (and align into the cache), then left on disk: the gallery's images are
-    the input files, or their aligned crops in the cache."""
-    import torch
+    """Every readable image of `real_dir`, read as `run` read its inputs (`anon_core.ingest` with the same aligner,
+    cache and resize). Each file is read once to validate (and align into the cache), then left on disk: the
+    gallery's images are the input files, or their aligned crops in the cache."""
+    from anon_core.data.align import FaceAligner
+    from anon_core.ingest import ingest, read_workers
 
-    from anon_core.data.align import AlignmentCache, FaceAligner
-    from anon_core.data.datasets import load_dataset
-    from anon_core.pipeline import read_workers
-    from anon_core.stages import align_cache_dir, check_inputs, dataset_files
-
-    table = load_dataset(dataset, Path(real_dir), labels_csv)
-    aligner = None
+    detector = None
     if run.alignment:
         try:
-            aligner = FaceAligner.from_settings(run.alignment, device=device)
+            detector = FaceAligner.from_settings(run.alignment).detector
         except ValueError as err:
             raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
-    workers = read_workers(torch.device(device))
-    checked = list(check_inputs(dataset_files(table), aligner, AlignmentCache(align_cache_dir()), workers))
-    keep = [i for i, c in enumerate(checked) if c.rejected is None]  # a run that used a rejected file: rows()
-    relpaths = [checked[i].file.relpath for i in keep]
-    sources = [checked[i].source for i in keep]
-    identity = table["identity"].iloc[keep]
+    ingested = ingest(Path(real_dir), run.resolution, dataset, labels_csv, align=detector is not None,
+                      align_detector=detector or "mtcnn", device=device)
+    if ingested.alignment != run.alignment:
+        raise FalcoError(f"{run.folder}: the run aligned its faces as {run.alignment}, this version aligns as "
+                         f"{ingested.alignment}; re-run `falco anonymize` with this version")
+    ok = ingested.ok  # a run that used a file rejected here: RealGallery.rows() names it
+    relpaths = ok["input"].tolist()
+    identity = ok["identity"] if "identity" in ok.columns else None
     # Unlabelled images are their own identity (privacy.py: "the source image itself").
-    identity = None if identity.isna().all() else identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
-    return RealGallery(relpaths, identity, ImageFiles(sources, run.resolution, workers=max(workers, 4)))
+    identity = None if identity is None or identity.isna().all() else \
+        identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
+    return RealGallery(relpaths, identity, ingested.images(workers=max(read_workers(device), 4)))
 
 
 def read_anonymized(run: AnonymizeRun) -> ImageFiles:
@@ -206,7 +204,7 @@ def evaluate_folders(
     from evaluation.baselines import BASELINES
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
-    from evaluation.report import write_report
+    from evaluation.report import example_columns, write_report
     from evaluation.runs import run_labels
     from evaluation.suite import (
         AnonymizedSet,
@@ -248,15 +246,10 @@ def evaluate_folders(
     if all(r.attributes is not None for r in falco):
         attributes = pd.concat([r.attributes.assign(run=r.method) for r in falco], ignore_index=True)
 
-    shown = slice(0, min(EXAMPLES, len(sets[0].images)))
-    examples, titles = [fakes[shown]], ["fake neighbour"]
-    for s in sets:  # each run's image of the first run's first sources (blank where a run lacks that source)
-        position = {int(j): k for k, j in enumerate(s.source_index)}
-        examples.append(np.stack([s.images[position[j]] if j in position else np.full_like(s.images[0], 255)
-                                  for j in sets[0].source_index[shown]]))
-        titles.append(s.method)
+    sources, columns = example_columns(sets, EXAMPLES)
+    examples, titles = [fakes[: len(sources)], *columns], ["fake neighbour", *(s.method for s in sets)]
     if show_real_faces:
-        examples.insert(0, gallery.images[sets[0].source_index[shown]])
+        examples.insert(0, gallery.images[sources])
         titles.insert(0, "real")
     context = {
         "profile": profile,

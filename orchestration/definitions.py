@@ -1,24 +1,29 @@
 """The Dagster code location: `dagster dev -m orchestration.definitions` (or `make ui`).
 
-Resources come from the environment (FALCO_STORAGE, FALCO_INPUT, FALCO_PROFILE, FALCO_DEVICE, FALCO_PARAMS), so
-the UI and `falco pipeline` see the same storage and the same instance ($DAGSTER_HOME).
+`defs` takes its resources from the environment (FALCO_STORAGE, FALCO_INPUT, FALCO_PROFILE, FALCO_DEVICE,
+FALCO_PARAMS), so the UI and a `falco pipeline` run with the same settings see the same storage and, through
+$DAGSTER_HOME, the same instance. `job_for` rebuilds one job from explicit settings: what `falco pipeline`
+launches, reconstructed the same way in every process the executor starts.
 """
 
 import warnings
+from typing import Any
 
 import dagster as dg
 
-from orchestration.assets import anonymization, attribute_classifier, evaluation, fake_pool, real_data
 from orchestration.io_manager import FalcoIOManager
-from orchestration.jobs import ALL_JOBS, executor
+from orchestration.jobs import ALL_JOBS, build_executor
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
 from orchestration.tracking import MlflowResource
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned asset checks are a preview feature
+with warnings.catch_warnings():  # observable source assets are a beta, partitioned asset checks a preview feature
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    from orchestration.assets import anonymization, evaluation, fake_pool, real_data, report, settings
     from orchestration.checks import ALL_CHECKS
 
-ASSETS = dg.load_assets_from_modules([fake_pool, real_data, anonymization, attribute_classifier, evaluation])
+ASSETS = [*settings.ALL_SETTINGS, *dg.load_assets_from_modules([fake_pool, real_data, anonymization, evaluation,
+                                                                  report])]
 
 
 def build_definitions(
@@ -29,10 +34,21 @@ def build_definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=ALL_JOBS,
-        executor=executor,
+        executor=build_executor(networks.setting("pipeline", "executor"), networks.setting("pipeline", "max_concurrent")),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
                    "mlflow": mlflow or MlflowResource()},
     )
+
+
+def definitions_for(config: dict[str, Any]) -> dg.Definitions:
+    """Definitions from the plain settings `orchestration.driver.PipelineConfig.to_dict()` gives."""
+    return build_definitions(StorageResource(**config["storage"]), NetworksResource(**config["networks"]),
+                             MlflowResource(**config["mlflow"]))
+
+
+def job_for(name: str, config: dict[str, Any]) -> dg.JobDefinition:
+    """The job `name` with the resources of `config` (dagster.build_reconstructable_job's reconstructor)."""
+    return definitions_for(config).resolve_job_def(name)
 
 
 defs = build_definitions(storage_from_env(), networks_from_env())

@@ -1,28 +1,36 @@
 """Storage of asset values on disk, by type, never as pickles.
 
-| value                      | on disk                                                        |
-| -------------------------- | -------------------------------------------------------------- |
-| numpy array                | `<asset>/<partition>.npy`                                      |
-| dict of numpy arrays       | `<asset>/<partition>.npz`                                      |
-| pandas DataFrame           | `<asset>/<partition>.parquet`                                  |
-| ImageSet (table + images)  | `<asset>/<partition>.parquet` + `<asset>/images/<name>.png`   |
-| Weights (arrays + strings) | `<asset>/<partition>.safetensors` (string metadata in header) |
+| value                      | on disk (in the asset's folder)                      |
+| -------------------------- | ---------------------------------------------------- |
+| numpy array                | `<stem>.npy`                                         |
+| dict of numpy arrays       | `<stem>.npz`                                         |
+| pandas DataFrame           | `<stem>.parquet`                                     |
+| ImageSet (table + images)  | `<stem>.parquet` + `images/<name>.png`               |
+| Weights (arrays + strings) | `<stem>.safetensors` (string metadata in its header) |
 
-An array is loaded memory-mapped (read-only) and an ImageSet with its images left on disk (an `ImageFiles`,
-decoded when indexed); an ImageSet is written a chunk of images at a time (read, decoded or generated ahead of the
-chunk being PNG-encoded by worker threads), so neither side ever holds a whole dataset of images.
+The asset's folder is `resources.asset_dir`: `<root>/<asset>`, or `<root>/<asset>/<variant>` for a variant's
+partitions, so variants never share a file. `<stem>` is the shard for a shard's partition, else `all`. So a
+variant's anonymized dataset is one folder, `anonymized_images/<variant>/images/`, with the inputs' relative paths.
 
-`<partition>` is `all` for unpartitioned assets. Every file is written to a temporary name and renamed, so a run
-killed mid-write never leaves a half-written file that a later step would read; a table is written after its
-images, so a table on disk means all of its images are there.
+An array is loaded memory-mapped (read-only), a dict of arrays member by member when one is read (`LazyArrays`),
+and an ImageSet with its images left on disk (an `ImageFiles`, decoded when indexed); an ImageSet is written a chunk
+of images at a time (read, decoded or generated ahead of the chunk being PNG-encoded by worker threads), so
+neither side ever holds a whole dataset of images.
+
+Every file is written by `anon_core.atomic` (a temporary name, then a rename), so a run killed mid-write never
+leaves a half-written file that a later step would read; a table is written after its images, so a table on disk
+means all of its images are there.
+
+An input that reads every partition of an upstream asset fails on a missing one, unless its definition says
+`metadata={ALLOW_MISSING: True}` (the report: the variants evaluated so far); it then gets the stored ones.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,43 +39,45 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from anon_core.artifacts import ImageSet, Weights
+from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.data.image_files import ImageFiles
-from anon_core.data.image_io import encode_png, write_bytes_atomic
+from anon_core.data.image_io import encode_png
 from anon_core.errors import FalcoError
 from anon_core.prefetch import batch_slices, read_parts
+from orchestration.partitions import split_key
+from orchestration.resources import asset_dir
+
+__all__ = ["ALLOW_MISSING", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights"]
+
+ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 
 
-@dataclass
-class ImageSet:
-    """A table and the images of its rows: `table["image"]` names a row's file under `images/`, or is "" for a
-    row without an image (a rejected input); `images` holds the images of the named rows, in table order."""
+class LazyArrays(Mapping):
+    """The arrays of an `.npz` file, each read when first asked for (a shard's codes are not read to plot its
+    losses). Read-only, like a memory-mapped array."""
 
-    table: pd.DataFrame
-    images: np.ndarray | ImageFiles  # [N_named, H, W, 3] uint8
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        with np.load(self.path, allow_pickle=False) as data:
+            self._keys = tuple(data.files)
+        self._read: dict[str, np.ndarray] = {}
 
-    def __post_init__(self) -> None:
-        if "image" not in self.table.columns:
-            raise ValueError("ImageSet.table needs an 'image' column with each image's relative file name")
-        if int(self.has_image.sum()) != len(self.images):
-            raise ValueError(f"ImageSet names {int(self.has_image.sum())} images but holds {len(self.images)}")
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._read:
+            if key not in self._keys:
+                raise KeyError(f"{key!r} is not in {self.path} (it holds {', '.join(self._keys)})")
+            with np.load(self.path, allow_pickle=False) as data:
+                array = data[key]
+            array.flags.writeable = False
+            self._read[key] = array
+        return self._read[key]
 
-    @property
-    def has_image(self) -> pd.Series:
-        return self.table["image"].fillna("") != ""
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
 
-    @property
-    def named(self) -> pd.DataFrame:
-        """The rows that have an image, in the order of `images`."""
-        return self.table[self.has_image].reset_index(drop=True)
-
-
-@dataclass
-class Weights:
-    """A network's state dict as numpy arrays, with string metadata (its config, labels, status); stored as one
-    safetensors file, so loading it never unpickles anything."""
-
-    arrays: dict[str, np.ndarray]
-    metadata: dict[str, str]
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class FalcoIOManager(dg.ConfigurableIOManager):
@@ -75,18 +85,16 @@ class FalcoIOManager(dg.ConfigurableIOManager):
 
     root: str
 
-    def _base(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        return Path(self.root).joinpath(*context.asset_key.path)
-
-    @staticmethod
-    def _stem(partition: str | None) -> str:
-        return partition if partition is not None else "all"
+    def _where(self, asset_key: dg.AssetKey, partitions_def, partition: str | None) -> tuple[Path, str]:
+        """(the asset's folder, the file stem) of one partition (or of an unpartitioned asset)."""
+        variant, shard = split_key(partition, partitions_def)
+        return asset_dir(self.root, "/".join(asset_key.path), variant), shard or "all"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        base = self._base(context)
-        stem = self._stem(context.partition_key if context.has_partition_key else None)
+        partition = context.partition_key if context.has_partition_key else None
+        base, stem = self._where(context.asset_key, context.asset_partitions_def if partition else None, partition)
         base.mkdir(parents=True, exist_ok=True)
         if isinstance(obj, ImageSet):
             _write_images(base / "images", obj.named["image"].tolist(), obj.images)
@@ -99,13 +107,11 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         elif isinstance(obj, pd.DataFrame):
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj))
         elif isinstance(obj, np.ndarray):
-            buf = io.BytesIO()
-            np.save(buf, obj, allow_pickle=False)
-            write_bytes_atomic(base / f"{stem}.npy", buf.getvalue())
+            with atomic_path(base / f"{stem}.npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, obj, allow_pickle=False)
         elif isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
-            buf = io.BytesIO()
-            np.savez(buf, **obj)
-            write_bytes_atomic(base / f"{stem}.npz", buf.getvalue())
+            with atomic_path(base / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **obj)
         else:
             raise TypeError(
                 f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; FalcoIOManager stores "
@@ -114,27 +120,33 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"path": dg.MetadataValue.path(str(base))})
 
     def load_input(self, context: dg.InputContext) -> Any:
-        base = self._base(context)
-        if context.has_asset_partitions:
-            keys = context.asset_partition_keys
-            if context.has_partition_key and len(keys) == 1:  # same-partitioned downstream: one shard
-                return self._load(base, keys[0])
-            return {key: self._load(base, key) for key in sorted(keys)}  # unpartitioned downstream: all shards
-        return self._load(base, None)
+        if not context.has_asset_partitions:
+            return self._load(*self._where(context.asset_key, None, None))
+        partitions_def = context.asset_partitions_def  # the upstream asset's
+        keys = context.asset_partition_keys
+        if context.has_partition_key and [str(k) for k in keys] == [str(context.partition_key)]:
+            return self._load(*self._where(context.asset_key, partitions_def, keys[0]))  # the same partition
+        allow_missing = bool((context.definition_metadata or {}).get(ALLOW_MISSING))
+        values = {}
+        for key in sorted(keys):  # e.g. every shard of a variant, or every variant
+            try:
+                values[str(key)] = self._load(*self._where(context.asset_key, partitions_def, key))
+            except FileNotFoundError:
+                if not allow_missing:
+                    raise
+        return values
 
-    def _load(self, base: Path, partition: str | None) -> Any:
-        stem = self._stem(partition)
+    def _load(self, base: Path, stem: str) -> Any:
         for suffix in (".npy", ".npz", ".parquet", ".safetensors"):
             path = base / f"{stem}{suffix}"
             if path.exists():
                 break
         else:
-            raise FileNotFoundError(f"no stored value for {base.name} partition {stem!r} under {base}")
+            raise FileNotFoundError(f"no stored value {stem!r} under {base}: materialize it first")
         if suffix == ".npy":  # memory-mapped: a shard's step reads its rows of real_inversions, not all 30,000
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+            return LazyArrays(path)
         if suffix == ".safetensors":
             from safetensors import safe_open
 

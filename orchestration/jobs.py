@@ -1,44 +1,54 @@
-"""Jobs and the executor.
+"""The named jobs, one per stage of the method, and their executor. Every driver launches these: the UI,
+`falco pipeline` / `falco stage` (orchestration.driver) and so `dvc repro`.
 
-- `prepare`: everything before the per-shard optimization (fake pool, real data, pairs).
-- `gpu_anonymization`: the per-shard optimization and images; its runs ask Kubernetes for one GPU each
-  (`dagster-k8s/config`), so with the `k8s_job_executor` every shard runs in its own GPU pod (docs/deployment.md).
-- `gpu_attribute_classifier`: the CelebA attribute classifier trained on the real train split (needs only
-  `real_images`), in a GPU pod like the shards. Run it before `evaluate`, which reads it.
-- `evaluate`: metrics and the report. (`falco pipeline` and the DVC `evaluate` stage materialize EVALUATE, the
-  whole group, so they train the classifier in the same step.)
-The default executor runs steps in parallel processes but at most one step tagged `falco/device: gpu` at a
-time, so two steps never share one GPU.
+- `observe_settings`: observes the settings sources (what each asset reads from params.yaml and the input folder),
+  so Dagster knows what is stale;
+- `prepare`: what every variant shares (fake pool, real data, pairs);
+- `anonymize`: one (shard, variant) partition's latents and images, and their checks; its runs ask Kubernetes for
+  one GPU each (`dagster-k8s/config`), so with the `k8s_job_executor` each runs in its own GPU pod
+  (docs/deployment.md);
+- `evaluate`: partitioned by variant: a variant's evaluation; launched without a partition, the assets every
+  variant is measured against (pseudo-labels, the attribute classifier, the baselines) and the report.
+
+The executor is params.yaml's `pipeline.executor` (built in orchestration.definitions): `multiprocess` runs steps
+in parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU;
+`in_process` runs them one after another in the run's process.
 """
 
 import dagster as dg
 
+from orchestration.partitions import variant_shards, variants
 
+SETTINGS = dg.AssetSelection.groups("settings", include_sources=True)
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
-EVALUATE = dg.AssetSelection.groups("evaluation")
-CLASSIFIER = dg.AssetSelection.assets("attribute_classifier")
+EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics")
+VARIANT_EVALUATION = dg.AssetSelection.assets("evaluation_metrics", "per_image_privacy", "attribute_agreement")
+REPORT = dg.AssetSelection.assets("anonymization_report")
+EVALUATE = EVALUATION_REFERENCES | VARIANT_EVALUATION | REPORT
 
 GPU_POD = {
     "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
     "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"}},
 }
 
+observe_settings_job = dg.define_asset_job("observe_settings", selection=SETTINGS)
 prepare_job = dg.define_asset_job("prepare", selection=PREPARE)
-gpu_anonymization_job = dg.define_asset_job(
-    "gpu_anonymization",
-    selection=ANONYMIZE,
-    tags={"dagster-k8s/config": GPU_POD},
-)
-gpu_attribute_classifier_job = dg.define_asset_job(
-    "gpu_attribute_classifier",
-    selection=CLASSIFIER,
-    tags={"dagster-k8s/config": GPU_POD},
-)
-evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE - CLASSIFIER)
+anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE, partitions_def=variant_shards,
+                                    tags={"dagster-k8s/config": GPU_POD})
+evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE, partitions_def=variants)
 
-executor = dg.multiprocess_executor.configured(
-    {"max_concurrent": 2, "tag_concurrency_limits": [{"key": "falco/device", "value": "gpu", "limit": 1}]}
-)
+ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job]
 
-ALL_JOBS = [prepare_job, gpu_anonymization_job, gpu_attribute_classifier_job, evaluate_job]
+
+def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:
+    """params.yaml's `pipeline.executor` (`multiprocess` or `in_process`) as a Dagster executor."""
+    from anon_core.errors import ParamsError
+
+    if kind == "in_process":
+        return dg.in_process_executor
+    if kind == "multiprocess":
+        return dg.multiprocess_executor.configured({
+            "max_concurrent": int(max_concurrent),
+            "tag_concurrency_limits": [{"key": "falco/device", "value": "gpu", "limit": 1}]})
+    raise ParamsError(f"pipeline.executor = {kind!r} must be multiprocess or in_process")

@@ -1,10 +1,71 @@
-"""Shards of real images: the anonymization assets are partitioned by them, so a backfill or a resumed run
-redoes only the shards that are missing. `real_images` registers the shards of the current dataset."""
+"""The partitions of the asset graph: image shards (so a backfill or a resumed run redoes only the missing ones) and
+variants (named sets of optimization settings, `anon_core.variants`), which coexist side by side.
+
+- `anonymized_latents`, `anonymized_images` and their checks: one partition per (shard, variant), e.g.
+  `shard-00003|m0.9` (a Dagster multi-partition key: dimensions in alphabetical order, joined by "|");
+- the per-variant evaluation assets: one partition per variant;
+- everything upstream (fake pool, real data, pairs) is shared by all variants, so it is not partitioned.
+
+`real_images` registers the shards of the current dataset; the driver (and `falco pipeline`) registers the variants
+it runs. A variant added by hand in the UI ("Add partition") must be a name params.yaml defines or one made of
+values (m0.7, m0.5_steps20).
+"""
+
+from __future__ import annotations
+
+import warnings
 
 import dagster as dg
 
 image_shards = dg.DynamicPartitionsDefinition(name="image_shards")
+variants = dg.DynamicPartitionsDefinition(name="variants")
+variant_shards = dg.MultiPartitionsDefinition({"shard": image_shards, "variant": variants})
+with warnings.catch_warnings():  # a beta API of Dagster 1.13, the documented mapping for this
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    # From a (shard, variant) partition to its variant, and from a variant to all of its shards.
+    BY_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant")
 
 
 def shard_key(index: int) -> str:
     return f"shard-{index:05d}"
+
+
+def variant_shard_key(variant: str, shard: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"shard": shard, "variant": variant})
+
+
+def split_key(partition_key: str | None, partitions_def: dg.PartitionsDefinition | None) -> tuple[str | None, str | None]:
+    """(variant, shard) of a partition key of an asset partitioned by `partitions_def`; None for what it lacks."""
+    if partition_key is None or partitions_def is None:
+        return None, None
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        keys = partitions_def.get_partition_key_from_str(str(partition_key)).keys_by_dimension
+        return keys["variant"], keys["shard"]
+    if partitions_def == variants:
+        return str(partition_key), None
+    return None, str(partition_key)
+
+
+def context_variant(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
+    """The variant of the partition being materialized (or checked): a variant key, or a (shard, variant) key."""
+    key = context.partition_key
+    if isinstance(key, dg.MultiPartitionKey) or "|" in key:  # variant names never hold "|"
+        return variant_shards.get_partition_key_from_str(str(key)).keys_by_dimension["variant"]
+    return key
+
+
+def context_shard(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
+    """The shard of the (shard, variant) partition being materialized (or checked)."""
+    return variant_shards.get_partition_key_from_str(str(context.partition_key)).keys_by_dimension["shard"]
+
+
+def register_partitions(instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition,
+                        keys: list[str], delete_others: bool = False) -> None:
+    """Add the `keys` that are missing (and, with `delete_others`, delete the ones not in `keys`)."""
+    existing = set(instance.get_dynamic_partitions(partitions.name))
+    if delete_others:
+        for stale in sorted(existing - set(keys)):
+            instance.delete_dynamic_partition(partitions.name, stale)
+    new = [k for k in dict.fromkeys(keys) if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(partitions.name, new)

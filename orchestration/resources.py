@@ -1,5 +1,11 @@
-"""Dagster resources: where things are stored, and the networks of one profile on one device."""
+"""Dagster resources: where things are stored, and the profile (networks, parameters) on one device.
 
+Both are plain config, so a run's resources are rebuilt anywhere from a few strings: the UI builds them from the
+environment (FALCO_STORAGE, FALCO_INPUT, FALCO_PROFILE, FALCO_DEVICE, FALCO_PARAMS), `falco pipeline` from its
+flags (orchestration.driver).
+"""
+
+from __future__ import annotations
 
 import os
 from functools import lru_cache
@@ -13,38 +19,96 @@ DEFAULT_STORAGE = PROJECT_ROOT / "outputs" / "pipeline"
 DEFAULT_INPUT = PROJECT_ROOT / "data" / "sample" / "images"
 
 
+def asset_dir(root: Path | str, asset: str, variant: str | None = None) -> Path:
+    """The folder of an asset's stored values: `<root>/<asset>`, and `<root>/<asset>/<variant>` for a variant's
+    partitions. The IO manager, the assets that write files and the CLI all name paths through this."""
+    return Path(root) / asset / variant if variant else Path(root) / asset
+
+
 class StorageResource(dg.ConfigurableResource):
     """Roots of the pipeline's files. `root` holds every asset's values (the IO manager writes there)."""
 
     root: str = str(DEFAULT_STORAGE)
     input_dir: str = str(DEFAULT_INPUT)  # the real images to anonymize
 
-    def path(self, *parts: str) -> Path:
-        return Path(self.root).joinpath(*parts)
+    def asset_dir(self, asset: str, variant: str | None = None) -> Path:
+        return asset_dir(self.root, asset, variant)
 
 
 class NetworksResource(dg.ConfigurableResource):
-    """The profile: which networks, on which device, with which hyper-parameter file.
+    """The profile: which networks, on which device, with which parameter file and overrides of it.
 
-    The networks are built once per process (lazily, so Dagster can load definitions without torch).
+    `overrides` are dotted keys set on the command line (`{"pool_size": 40, "pipeline.shard_size": 3}`): the method's
+    keys apply to the parameters, `<section>.<key>` to a section of the file. The networks are built once per process
+    (lazily, so Dagster can load definitions without torch).
     """
 
     profile: str = "tiny"
     device: str = "cpu"
     weights: str | None = None  # "seeded" or "official"; None: the profile's own
     params_path: str | None = None  # None: the project's params.yaml
+    overrides: dict[str, Any] = {}
+    sweep_variants: list[str] = []  # the variants to run and compare; empty: params.yaml's `sweep:`
 
-    def params(self, **overrides: Any):
-        from anon_core.params import load_params
+    @property
+    def params_file(self) -> Path:
+        from anon_core.params import DEFAULT_PARAMS_PATH
 
-        return load_params(self.profile, self.params_path, **overrides)
+        return Path(self.params_path) if self.params_path else DEFAULT_PARAMS_PATH
+
+    def params(self, variant: str | None = None):
+        """The resolved parameters (anon_core.params.FalcoParams), with `variant`'s optimization overrides."""
+        from anon_core.params import load_params, split_overrides
+
+        method, _ = split_overrides(self.overrides)
+        if variant is not None:
+            method |= self.variant_overrides(variant)
+        return load_params(self.profile, self.params_path, **method)
 
     def section(self, name: str) -> dict[str, Any]:
-        """A top-level section of the params file other than the method's (`checks`, `pipeline`, ...), with this
-        profile's entry applied."""
-        from anon_core.params import load_section
+        """A section of the params file other than the method's (`data`, `pipeline`, `checks`, ...), with this
+        profile's entry and the overrides applied."""
+        from anon_core.params import load_section, split_overrides
 
-        return load_section(name, self.profile, self.params_path)
+        _, sections = split_overrides(self.overrides)
+        return load_section(name, self.profile, self.params_path, sections)
+
+    def variant_overrides(self, name: str) -> dict[str, Any]:
+        from anon_core.variants import variant_overrides
+
+        return variant_overrides(name, self.section("variants"), str(self.params_file))
+
+    def sweep(self) -> list[str]:
+        """The variants to run and compare: `sweep_variants` (the command line's), else the `sweep:` section's."""
+        from anon_core.variants import check_variant_name, sweep_variants
+
+        if self.sweep_variants:
+            return list(dict.fromkeys(check_variant_name(v) for v in self.sweep_variants))
+        return sweep_variants(self.section("sweep"))
+
+    def setting(self, section: str, key: str) -> Any:
+        """One required key of a section; ParamsError naming the file when it is missing."""
+        from anon_core.errors import ParamsError
+
+        values = self.section(section)
+        if key not in values:
+            raise ParamsError(f"{self.params_file}: {section}.{key} is missing; add it (see the project's params.yaml)")
+        return values[key]
+
+    def data(self) -> dict[str, Any]:
+        """How to read the dataset: the `data:` section, checked (keyword arguments of anon_core.ingest.ingest)."""
+        from anon_core.ingest import data_settings
+
+        return data_settings(self.section("data"), self.params_file)
+
+    def shard_size(self) -> int:
+        from anon_core.errors import ParamsError
+
+        size = self.setting("pipeline", "shard_size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ParamsError(f"{self.params_file}: pipeline.shard_size = {size!r} must be a whole number of "
+                              "images >= 1")
+        return size
 
     def networks(self):
         return _build_networks(self.profile, self.device, self.weights)
@@ -52,8 +116,8 @@ class NetworksResource(dg.ConfigurableResource):
 
 @lru_cache(maxsize=2)
 def _build_networks(profile: str, device: str, weights: str | None):
-    from anon_core.pipeline import resolve_device
     from anon_core.profiles import build_networks
+    from anon_core.stages import resolve_device
 
     return build_networks(profile, device=resolve_device(device), weights=weights)
 

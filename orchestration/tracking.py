@@ -35,6 +35,9 @@ from orchestration.resources import PROJECT_ROOT, NetworksResource
 DAGSTER_RUN_TAG = "dagster_run_id"
 ASSET_TAG = "asset_key"
 PARTITION_TAG = "partition"
+VARIANT_TAG = "variant"
+SHARD_TAG = "shard"
+METHOD_TAG = "method"  # a baseline's name on its run
 PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
@@ -219,8 +222,8 @@ class MlflowResource(dg.ConfigurableResource):
                 raise
             return found.experiment_id
 
-    def parent_run(self, dagster_run_id: str) -> str:
-        """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use."""
+    def parent_run(self, dagster_run_id: str, name: str | None = None) -> str:
+        """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use (named `name`)."""
         client = self.client()
         experiment_id = self.ensure_experiment()
         lock = Path(tempfile.gettempdir()) / f"falco-mlflow-{hashlib.sha1(self.uri().encode()).hexdigest()[:12]}.lock"
@@ -231,29 +234,40 @@ class MlflowResource(dg.ConfigurableResource):
             parents = [r for r in runs if PARENT_TAG not in r.data.tags]
             if parents:
                 return parents[0].info.run_id
-            run = client.create_run(experiment_id, run_name=f"dagster-{dagster_run_id[:8]}",
+            run = client.create_run(experiment_id, run_name=name or f"dagster-{dagster_run_id[:8]}",
                                     tags={DAGSTER_RUN_TAG: dagster_run_id, "git_commit": git_commit()})
             return run.info.run_id
 
     @contextmanager
     def asset_run(
-        self, context: dg.AssetExecutionContext, networks: NetworksResource, params: Any = None
+        self, context: dg.AssetExecutionContext, networks: NetworksResource, params: Any = None,
+        method: str | None = None, asset: dg.AssetKey | None = None,
     ) -> Iterator[AssetRun]:
-        """A nested run `<asset>[<partition>]` under the Dagster run's MLflow run, tagged with its provenance and
-        with `params` (a FalcoParams or a dict) logged, finished (or failed) when the block exits."""
+        """A nested run `<asset>[<variant> <shard>]` (or `<asset>[<method>]` for one of several methods an asset
+        evaluates) under the Dagster run's MLflow run `<job>[<variant> <shard>]`, tagged with its provenance and
+        with `params` (a FalcoParams or a dict) logged, finished (or failed) when the block exits. `asset`: which
+        output of a multi-asset the run is about (default: the asset being materialized)."""
+        from orchestration.partitions import split_key
+
         client = self.client()
         experiment_id = self.ensure_experiment()
-        parent = self.parent_run(context.run.run_id)
-        asset = context.asset_key.to_user_string()
-        partition = context.partition_key if context.has_partition_key else ""
+        key = asset or context.asset_key
+        asset = key.to_user_string()
+        partition = str(context.partition_key) if context.has_partition_key else ""
+        variant, shard = split_key(partition or None, context.assets_def.partitions_def)
+        where = " ".join(p for p in (variant, shard) if p)
+        parent = self.parent_run(context.run.run_id, f"{context.run.job_name}[{where}]" if where else
+                                 context.run.job_name)
         tags = {
             DAGSTER_RUN_TAG: context.run.run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
-            "code_version": str(context.assets_def.code_versions_by_key.get(context.asset_key) or "none"),
+            VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
+            "code_version": str(context.assets_def.code_versions_by_key.get(key) or "none"),
             "git_commit": git_commit(), "data_version": data_version(), "profile": networks.profile,
             "device": networks.device,
             **{f"weights_sha256.{name}": digest for name, digest in weight_hashes(networks).items()},
         }
-        name = f"{asset}[{partition}]" if partition else asset
+        label = method or where
+        name = f"{asset}[{label}]" if label else asset
         run = AssetRun(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, parent,
                        experiment_id, self.uri(), self.log_real_faces)
         status = "FAILED"
@@ -270,26 +284,10 @@ class MlflowResource(dg.ConfigurableResource):
             if run.skipped:
                 context.log.info(f"not logged to MLflow (real faces; log_real_faces is false): {run.skipped}")
 
-    def upstream_params(self, context: dg.AssetExecutionContext, asset: str, partitions: list[str]) -> dict:
-        """Params of the MLflow runs that materialized `asset`'s `partitions` (found through their Dagster
-        metadata `mlflow_run_id`); a key whose value differs between partitions gets "mixed: a | b"."""
-        client = self.client()
-        values: dict[str, set[str]] = {}
-        for partition in partitions:
-            records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-            ).records
-            meta = records[0].asset_materialization.metadata if records else {}
-            if "mlflow_run_id" not in meta:
-                continue
-            for key, value in client.get_run(meta["mlflow_run_id"].value).data.params.items():
-                values.setdefault(key, set()).add(value)
-        return {k: next(iter(v)) if len(v) == 1 else "mixed: " + " | ".join(sorted(v)) for k, v in values.items()}
-
-    def previous_metrics(self, run: AssetRun, asset: str) -> dict[str, float] | None:
-        """Final metrics of the latest earlier nested run of `asset` in this experiment, or None."""
+    def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
+        """Final metrics of the latest earlier nested run of `asset` (and `variant`) in this experiment, or None."""
         runs = run.client.search_runs(
-            [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}'",
+            [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}' and tags.{VARIANT_TAG} = '{variant}'",
             order_by=["attributes.start_time DESC"], max_results=10,
         )
         earlier = [r for r in runs if r.info.run_id != run.run_id]

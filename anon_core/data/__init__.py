@@ -14,7 +14,6 @@ from anon_core.data.image_io import (
     save_png,
     to_tensor,
     to_uint8,
-    write_bytes_atomic,
 )
 from anon_core.data.sample import build_sample_dataset
 from anon_core.data.scan import ScannedFile, output_relpath, scan_folder
@@ -34,5 +33,4 @@ __all__ = [
     "scan_folder",
     "to_tensor",
     "to_uint8",
-    "write_bytes_atomic",
 ]

@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from anon_core.data.image_io import ImageRejected, encode_png, load_rgb, write_bytes_atomic
+from anon_core.atomic import write_bytes_atomic
+from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
 from anon_core.networks.mtcnn import MTCNN, Detection
 
 if TYPE_CHECKING:

@@ -15,14 +15,14 @@ any pixel is decoded).
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from anon_core.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,6 @@ __all__ = [
     "save_png",
     "to_tensor",
     "to_uint8",
-    "write_bytes_atomic",
 ]
 
 MIN_SIDE = 32
@@ -252,25 +251,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a hidden temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden name (skipped by scan_folder) unique per process; O_EXCL never clobbers, and mode 0o666 lets the
-    # umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
-    tmp_name = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # <= 255 bytes
-    handle = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

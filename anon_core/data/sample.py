@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anon_core.data.image_io import MIN_SIDE, encode_png, write_bytes_atomic
+from anon_core.atomic import write_bytes_atomic
+from anon_core.data.image_io import MIN_SIDE, encode_png
 
 __all__ = ["ASTRONAUT_FACE_BOX", "LFW_FACE_COUNT", "build_sample_dataset"]
 

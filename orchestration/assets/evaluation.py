@@ -1,24 +1,23 @@
-"""Group `evaluation`: attribute pseudo-labels of the real images, the metrics of FALCO and the baselines over the
-whole anonymized set, and the report."""
+"""Group `evaluation`: what every variant is measured against (attribute pseudo-labels and the CelebA attribute
+classifier of the real images, the baselines), then per variant its metrics, per-image privacy and attribute
+agreement, and one report that puts the variants and the baselines side by side."""
 
-import io
-from pathlib import Path
+from collections.abc import Mapping
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from orchestration.io_manager import ImageSet, Weights
+from anon_core.artifacts import ImageSet, Weights
+from orchestration.io_manager import ALLOW_MISSING
 from orchestration.metadata import png_markdown, table
+from orchestration.partitions import BY_VARIANT, context_variant, variants
 from orchestration.resources import NetworksResource, StorageResource
-from orchestration.tracking import MlflowResource, delta_table, flatten
+from orchestration.tracking import MlflowResource, delta_table
 
 GROUP = "evaluation"
-
-
-class EvaluationConfig(dg.Config):
-    baselines: list[str] = ["blur", "pixelate", "mask", "swap"]  # run through the same evaluation as FALCO
-    show_real_faces: bool = False  # the report's example grid shows real faces only when true
+GPU = {"falco/device": "gpu"}
+EVERY_STORED = {ALLOW_MISSING: True}  # the report reads the variants evaluated so far
 
 
 def _predictors(networks: NetworksResource):
@@ -28,154 +27,141 @@ def _predictors(networks: NetworksResource):
     return build_attribute_predictors(seeded=nets.weights == "seeded", device=nets.device)
 
 
-@dg.asset(group_name=GROUP, code_version="1", op_tags={"falco/device": "gpu"})
-def attribute_pseudo_labels(
-    context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource
-) -> pd.DataFrame:
-    """CelebA attribute labels of the real images from Anycost GAN's and Talk-to-Edit's predictors (the paper's
-    protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns."""
-    from evaluation.suite import real_pseudo_labels
+def _suite(networks: NetworksResource) -> dict:
+    """The evaluation networks, and the keyword arguments of evaluation.suite.evaluate_runs they make."""
+    from evaluation.quality import build_extractor
+    from evaluation.recognizers import available_recognizers, build_recognizer
 
-    ids = real_images.named["image"].tolist()
-    labels = real_pseudo_labels(real_images.images, _predictors(networks), ids, device=networks.networks().device)
-    frame = pd.concat({name: df for name, df in labels.items()}, axis=1)
-    frame.columns = [f"{p}/{c}" for p, c in frame.columns]
-    frame = frame.rename_axis("image").reset_index()
-    context.add_output_metadata({"predictors": ", ".join(labels), "num_images": len(frame)})
-    return frame
+    device = networks.networks().device
+    return {"recognizers": [build_recognizer(n, device=device) for n in available_recognizers()],
+            "extractor": build_extractor("auto", device=device), "predictors": _predictors(networks), "device": device}
+
+
+def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
+    named = real_images.named
+    return named["identity"].to_numpy() if "identity" in named.columns else None
 
 
 def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """attribute_pseudo_labels' columns `<predictor>/<attribute>` -> one table per predictor."""
     indexed = frame.set_index("image")
     names = sorted({c.split("/")[0] for c in indexed.columns})
     return {n: indexed[[c for c in indexed.columns if c.startswith(n + "/")]].rename(columns=lambda c: c.split("/", 1)[1])
             for n in names}
 
 
-@dg.asset(group_name=GROUP, code_version="2", op_tags={"falco/device": "gpu"})
-def evaluation_metrics(
-    context: dg.AssetExecutionContext,
-    config: EvaluationConfig,
-    anonymized_images: dict,
-    real_images: ImageSet,
-    fake_pool: dict,
-    attribute_pseudo_labels: pd.DataFrame,
-    attribute_classifier: Weights,
-    storage: StorageResource,
-    networks: NetworksResource,
-    mlflow: MlflowResource,
-) -> pd.DataFrame:
-    """Privacy (detection, re-identification per recognizer), attribute agreement and quality of FALCO and of
-    the baselines, one row per method. The per-image privacy table goes to `evaluation_metrics/per_image.parquet`
-    and FALCO's per-attribute agreement (with the attribute classifier's accuracy on the real and the anonymized
-    test split, when it was trained) to `evaluation_metrics/attributes.parquet`."""
-    from anon_core.data.image_io import write_bytes_atomic
-    from evaluation.image_sets import concatenate, generated_images
-    from evaluation.quality import build_extractor
-    from evaluation.recognizers import available_recognizers, build_recognizer
-    from evaluation.suite import evaluate_with_baselines, summary_table
-    from orchestration.assets.attribute_classifier import add_classifier_metrics_
+@dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
+def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: ImageSet,
+                            networks: NetworksResource) -> pd.DataFrame:
+    """CelebA attribute labels of the real images from Anycost GAN's and Talk-to-Edit's predictors (the paper's
+    protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns."""
+    from evaluation.suite import real_pseudo_labels
 
+    labels = real_pseudo_labels(real_images.images, _predictors(networks), real_images.named["image"].tolist(),
+                                device=networks.networks().device)
+    frame = pd.concat(labels, axis=1)
+    frame.columns = [f"{p}/{c}" for p, c in frame.columns]
+    context.add_output_metadata({"predictors": ", ".join(labels), "num_images": len(frame)})
+    return frame.rename_axis("image").reset_index()
+
+
+@dg.asset(group_name=GROUP, code_version="2", deps=["classifier_settings"], op_tags=GPU)
+def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
+                         mlflow: MlflowResource) -> Weights:
+    """A ResNet classifier of the CelebA attributes, trained from scratch on the real train split (params.yaml's
+    `attribute_classifier:`), stored as safetensors with its config; per-attribute accuracy on the real val split in
+    the metadata. Data without attribute labels gives a `skipped` value that says why."""
+    from evaluation.attribute_classifier import classifier_config, skip_reason, skipped, train_on_real
+    from evaluation.attributes import config_dict
+
+    reason = skip_reason(real_images.named)
+    if reason is not None:
+        context.add_output_metadata({"status": "skipped", "reason": reason})
+        return skipped(reason)
+    config = classifier_config(networks.section("attribute_classifier"), str(networks.params_file))
+    with mlflow.asset_run(context, networks, {"attribute_classifier": config_dict(config)}) as run:
+        losses: list[dict] = []
+
+        def log(entry: dict | None) -> None:  # every step's loss, sent to MLflow 50 at a time (None: the rest)
+            losses.extend([entry] if entry else [])
+            if losses and (entry is None or len(losses) >= 50):
+                run.log_histories({"train/loss": [e["loss"] for e in losses]}, first_step=losses[0]["step"])
+                losses.clear()
+
+        trained = train_on_real(real_images.named, real_images.images, config, networks.networks().device, log)
+        log(None)
+        run.log_metrics({**trained.summary, **{f"val_accuracy/{r.attribute}": r.accuracy
+                                               for r in trained.val_accuracy.itertuples()}})
+        run.log_table(trained.val_accuracy, "val_accuracy.csv")
+    context.add_output_metadata({**run.metadata, "status": "trained", "num_train": trained.num_train,
+                                 "num_val": trained.num_val, **trained.summary,
+                                 "val_accuracy": table(trained.val_accuracy)})
+    return trained.weights
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=["evaluation_settings"], op_tags=GPU)
+def baseline_metrics(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
+                     attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
+                     mlflow: MlflowResource) -> pd.DataFrame:
+    """The classic baselines (params.yaml `evaluation.baselines`: blur, pixelate, mask, swap with the paired fake)
+    applied to every real image and run through the evaluation the variants get, once for all variants: one row
+    per baseline. Each baseline is its own MLflow run, `baseline_metrics[<name>]`."""
+    from anon_core.fake_pool import generated_images
+    from evaluation.suite import evaluate_runs, summary_table
+
+    names = tuple(networks.setting("evaluation", "baselines"))
+    suite, nets = _suite(networks), networks.networks()
+    fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
+    results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
+        attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images), baseline_index=pairs["row"].to_numpy(),
+        baseline_names=pairs["image"].tolist(), **suite)
+    for result in results:
+        with mlflow.asset_run(context, networks, {"baseline": result.method}, method=result.method) as run:
+            run.log_metrics(result.metrics)
+    summary = summary_table(results).reset_index()
+    context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary)})
+    return summary
+
+
+@dg.multi_asset(
+    group_name=GROUP, partitions_def=variants, op_tags=GPU, deps=["evaluation_settings"],
+    ins={"anonymized_images": dg.AssetIn(partition_mapping=BY_VARIANT)},
+    outs={"evaluation_metrics": dg.AssetOut(code_version="3"), "per_image_privacy": dg.AssetOut(code_version="1"),
+          "attribute_agreement": dg.AssetOut(code_version="1")},
+)
+def variant_evaluation(
+    context: dg.AssetExecutionContext, anonymized_images: dict, real_images: ImageSet,
+    attribute_pseudo_labels: pd.DataFrame, attribute_classifier: Weights, networks: NetworksResource,
+    mlflow: MlflowResource,
+):
+    """One variant's whole anonymized set against the real gallery: `evaluation_metrics` (one row: privacy per
+    recognizer, detection, attribute agreement, quality), `per_image_privacy` (every image's similarity to its
+    source, rank and pass/fail) and `attribute_agreement` (per predictor and attribute, with the CelebA attribute
+    classifier's accuracy on the real and the anonymized test split when it was trained)."""
+    from evaluation.attribute_classifier import classifier_metrics, classifier_scores
+    from evaluation.image_sets import concatenate
+    from evaluation.suite import AnonymizedSet, evaluate_runs, summary_table
+
+    variant = context_variant(context)
     shards = [anonymized_images[k] for k in sorted(anonymized_images)]
-    anon_table = pd.concat([s.table for s in shards], ignore_index=True)
-    anon = concatenate([s.images for s in shards])  # images stay on disk, read batch by batch
-    rows = anon_table["row"].to_numpy()
-    nets = networks.networks()
-    # the paired fakes (for "swap"), generated batch by batch as they are read
-    fakes = generated_images(nets.generator, fake_pool["w"], anon_table["fake_index"].to_numpy(), nets.device)
-    real = real_images.images
-    identity = real_images.named["identity"].to_numpy() if "identity" in real_images.table else None
-    recognizers = [build_recognizer(n, device=nets.device) for n in available_recognizers()]
-    context.log.info(f"evaluating {len(anon)} images with {[r.name for r in recognizers]} and {config.baselines}")
-    results = evaluate_with_baselines(
-        anon, real, fakes, rows, recognizers, build_extractor("auto", device=nets.device),
-        baselines=tuple(config.baselines), gallery_identity=identity, predictors=_predictors(networks),
-        real_labels=_split_labels(attribute_pseudo_labels), names=anon_table["image"].tolist(), device=nets.device,
-    )
-    classifier = add_classifier_metrics_(results[0], attribute_classifier, real_images, anon, rows, nets.device)
-    summary = summary_table(results)
-    falco = results[0]
-    base = storage.path("evaluation_metrics")
-    for name, frame in (("per_image", falco.per_image), ("attributes", falco.attributes)):
-        if frame is not None:
-            buf = io.BytesIO()
-            frame.to_parquet(buf, index=False)
-            write_bytes_atomic(base / f"{name}.parquet", buf.getvalue())
-    final = {k: float(v) for k, v in falco.metrics.items() if isinstance(v, (int, float, np.number))}
-    # The optimization settings are those of the shards' runs (their run config may override params.yaml).
-    params = {**flatten(networks.params().to_dict()),
-              **mlflow.upstream_params(context, "anonymized_latents", sorted(anonymized_images))}
-    with mlflow.asset_run(context, networks, params) as run:
-        run.log_metrics(final)
-        run.log_table(summary.reset_index(), "metrics.csv")
-        change = delta_table(mlflow.previous_metrics(run, "evaluation_metrics"), final)
-    context.add_output_metadata(
-        {**run.metadata, "change_vs_previous_run": table(change),
-         "methods": table(summary.reset_index()[["method", *[c for c in summary.columns if c.endswith(("top1_rate", "/rate", "mean_agreement"))]]]),
-         "failed_images": int((~falco.per_image["passed_all"]).sum()),
-         "recognizers": ", ".join(r.name for r in recognizers), "attribute_classifier": classifier,
-         "feature_extractor": str(falco.quality.get("feature_extractor")),
-         **{k: float(v) for k, v in falco.metrics.items()}}
-    )
-    return summary.reset_index()
-
-
-@dg.asset(group_name=GROUP, code_version="2")
-def anonymization_report(
-    context: dg.AssetExecutionContext,
-    config: EvaluationConfig,
-    evaluation_metrics: pd.DataFrame,
-    anonymized_images: dict,
-    real_images: ImageSet,
-    fake_pool: dict,
-    storage: StorageResource,
-    networks: NetworksResource,
-    mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """Markdown and HTML report with the metric tables, a privacy-vs-utility scatter of FALCO and the baselines,
-    one over this and the earlier evaluation runs tracked in MLflow (labelled by the parameters that differ),
-    per-attribute bars and an example grid, in `anonymization_report/`."""
-    from anon_core.fake_pool import generate
-    from evaluation.report import write_report
-    from evaluation.runs import run_labels
-    from orchestration.cli_runs import find_evaluation_runs
-
-    base = storage.path("evaluation_metrics")
-    per_image = pd.read_parquet(base / "per_image.parquet")
-    attributes = pd.read_parquet(base / "attributes.parquet") if (base / "attributes.parquet").exists() else None
-    first = anonymized_images[sorted(anonymized_images)[0]]
-    shown = slice(0, min(8, len(first.images)))
-    nets = networks.networks()
-    fakes = generate(nets.generator, fake_pool["w"][first.table["fake_index"].to_numpy()[shown]], device=nets.device)
-    examples, titles = [fakes, first.images[shown]], ["fake neighbour", "anonymized"]
-    if config.show_real_faces:
-        examples.insert(0, real_images.images[first.table["row"].to_numpy()[shown]])
-        titles.insert(0, "real")
-    params = networks.params()
-    tracked = find_evaluation_runs(mlflow.uri(), mlflow.experiment)[-12:]  # the latest 12, this run's included
-    labels = run_labels([r.data.params for r in tracked],
-                        [f"run {r.data.tags.get('dagster_run_id', r.info.run_id)[:8]}" for r in tracked])
-    runs = pd.DataFrame([r.data.metrics for r in tracked], index=[
-        f"{label} (this run)" if r.data.tags.get("dagster_run_id") == context.run.run_id else label
-        for label, r in zip(labels, tracked)]) if tracked else None
-    paths = write_report(
-        storage.path("anonymization_report"), evaluation_metrics.set_index("method"), per_image, attributes,
-        examples, titles,
-        {"profile": params.profile, "images": str(len(per_image)), "dagster run": context.run.run_id,
-         "optimization settings": "see the anonymized_latents metadata of this run's shards",
-         "runs compared": f"{len(tracked)} latest evaluation_metrics runs of MLflow experiment {mlflow.experiment!r}"},
-        runs=runs,
-    )
-    scatter, over_runs = paths.get("privacy_vs_utility.png"), paths.get("privacy_vs_utility_runs.png")
-    with mlflow.asset_run(context, networks) as run:
-        for path in (Path(p) for p in paths.values()):  # the report embeds the example grid: real faces if shown
-            run.log_image(path.read_bytes(), f"report/{path.name}", real_faces=config.show_real_faces)
-    return dg.MaterializeResult(
-        metadata={**run.metadata,
-            "report": dg.MetadataValue.path(str(paths["markdown"])),
-            "html": dg.MetadataValue.path(str(paths["html"])),
-            **({"privacy_vs_utility": png_markdown(Path(scatter).read_bytes(), "privacy vs utility")} if scatter else {}),
-            **({"privacy_vs_utility_runs": png_markdown(Path(over_runs).read_bytes(), "privacy vs utility over runs")}
-               if over_runs else {}),
-        }
-    )
+    anon = pd.concat([s.table for s in shards], ignore_index=True)
+    images = concatenate([s.images for s in shards])  # left on disk, read batch by batch
+    rows = anon["row"].to_numpy()
+    run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
+    [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
+                             gallery_identity=_gallery_identity(real_images), **_suite(networks))
+    scores, classifier = classifier_scores(attribute_classifier, real_images.named, real_images.images, images, rows,
+                                           networks.networks().device)
+    if scores is not None:
+        result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
+        result.metrics |= classifier_metrics(scores)
+    summary = summary_table([result]).reset_index()
+    with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
+        run.log_metrics(result.metrics)
+        run.log_table(summary, "metrics.csv")
+        change = delta_table(mlflow.previous_metrics(run, "evaluation_metrics", variant), result.metrics)
+    context.add_output_metadata({**run.metadata, "variant": variant, "num_images": len(anon),
+                                 "failed_images": int((~result.per_image["passed_all"]).sum()),
+                                 "attribute_classifier": classifier, "change_vs_previous_run": table(change),
+                                 **{k: float(v) for k, v in result.metrics.items()}}, output_name="evaluation_metrics")
+    return summary, result.per_image, result.attributes if result.attributes is not None else pd.DataFrame()

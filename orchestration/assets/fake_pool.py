@@ -1,32 +1,31 @@
-"""Group `fake_pool`: the seeded fake pool and its FaRL features."""
+"""Group `fake_pool`: the seeded fake pool and its FaRL features, shared by every variant."""
 
+from collections.abc import Mapping
 
 import dagster as dg
 import numpy as np
 
-from orchestration.config import FakePoolConfig
 from orchestration.resources import NetworksResource
 
 GROUP = "fake_pool"
+GPU = {"falco/device": "gpu"}
 
 
-@dg.asset(group_name=GROUP, code_version="1", op_tags={"falco/device": "gpu"})
-def fake_pool(context: dg.AssetExecutionContext, config: FakePoolConfig, networks: NetworksResource) -> dict:
+@dg.asset(group_name=GROUP, code_version="2", deps=["fake_pool_settings"], op_tags=GPU)
+def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource) -> dict:
     """N seeded latent codes mapped to W and truncated toward w_avg: `seeds` [N], `w` [N, w_dim]."""
     from anon_core.fake_pool import sample_fake_pool
 
-    params = networks.params(**config.overrides())
+    params = networks.params()
     nets = networks.networks()
     pool = sample_fake_pool(nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device)
-    context.add_output_metadata(
-        {"num_fakes": len(pool), "seed": params.seed, "truncation_psi": params.truncation_psi,
-         "profile": params.profile, "w_dim": int(pool.w.shape[1])}
-    )
+    context.add_output_metadata({"num_fakes": len(pool), "seed": params.seed, "truncation_psi": params.truncation_psi,
+                                 "profile": params.profile, "w_dim": int(pool.w.shape[1])})
     return {"seeds": pool.seeds, "w": pool.w}
 
 
-@dg.asset(group_name=GROUP, code_version="1", op_tags={"falco/device": "gpu"})
-def fake_features(context: dg.AssetExecutionContext, fake_pool: dict, networks: NetworksResource) -> np.ndarray:
+@dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
+def fake_features(context: dg.AssetExecutionContext, fake_pool: Mapping, networks: NetworksResource) -> np.ndarray:
     """FaRL embeddings of every fake image, L2-normalized: [N, D]. The images are regenerated from the codes."""
     from anon_core.fake_pool import FakePool, embed_fake_pool
 

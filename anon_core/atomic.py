@@ -1,0 +1,40 @@
+"""The one way this project writes a file: to a hidden temporary name beside it, then `os.replace`, so a reader
+never sees half a file and a process killed mid-write leaves at most a hidden `.<name>.<pid>.<random>.tmp`.
+
+The temporary name is unique per writer (process id + random), so two processes writing the same file never mix
+their bytes: the last rename wins whole.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path` to write; on a clean exit it is fsynced and renamed to `path`, on an
+    error it is removed. Creates the parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden (scan_folder skips it), <= 255 bytes, and created with O_EXCL so it never clobbers; mode 0o666 lets
+    # the umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
+    tmp = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (see the module docstring)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

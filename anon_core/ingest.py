@@ -1,0 +1,210 @@
+"""Ingest: a dataset folder -> one row per file (ok or rejected, with its reason and labels) and, for each ok file,
+where its image is (the file itself, or its FFHQ-aligned crop in the alignment cache).
+
+The one reading of a dataset that both the `real_images` asset and `falco anonymize` use. Each file is read (and
+aligned into the cache) in worker threads to validate it, then dropped, so a set of any size is listed without
+holding its images; `Ingested.images` gives them back as an `ImageFiles` read on indexing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anon_core.data.align import AlignmentCache, FaceAligner
+from anon_core.data.datasets import load_dataset
+from anon_core.data.image_files import ImageFiles
+from anon_core.data.image_io import ImageRejected, load_rgb
+from anon_core.data.scan import ScannedFile, output_relpath
+from anon_core.prefetch import read_ahead
+
+TABLE_COLUMNS = (
+    "input",  # relative path under the input folder
+    "image",  # relative path of its output image (`.png`); "" when rejected
+    "status",  # ok | rejected
+    "reason",  # machine code of the rejection ("" when ok)
+    "detail",  # human sentence about the rejection
+    "duplicate_of",  # input with the same bytes that came first, if any
+    "sha256",  # of the input file
+    "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning or rejected
+)
+
+
+@dataclass
+class Ingested:
+    table: pd.DataFrame  # TABLE_COLUMNS, then the dataset's label columns; one row per file, in file order
+    sources: list[Path]  # where the image of each ok row is, in table order
+    resolution: int  # side the images are read at
+    dataset: str  # the layout: celebahq | lfw | folder
+    alignment: str | None  # the aligner's settings string; None when the images are used as they are
+    labels: list[str] = field(default_factory=list)  # label columns that hold at least one value
+    warnings: list[str] = field(default_factory=list)  # what the dataset reader noticed (labels CSV rows, ...)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "ok"].reset_index(drop=True)
+
+    def images(self, workers: int = 4) -> ImageFiles:
+        """The ok rows' images, uint8 [N_ok, R, R, 3], decoded when indexed."""
+        return ImageFiles(self.sources, self.resolution, workers=workers)
+
+
+DATASET_KINDS = ("auto", "celebahq", "lfw", "folder")
+DATA_KEYS = ("dataset", "labels_csv", "align", "align_detector")
+
+
+def data_settings(section: dict[str, Any], params_file: Path) -> dict[str, Any]:
+    """params.yaml's `data:` section (with its overrides) as `ingest`'s keyword arguments, checked; a relative
+    `labels_csv` is relative to the params file's folder."""
+    from anon_core.data.align import DETECTORS
+    from anon_core.errors import ParamsError
+
+    missing = [k for k in DATA_KEYS if k not in section]
+    if missing:
+        raise ParamsError(f"{params_file}: data.{', data.'.join(missing)} missing; add it (see the project's params.yaml)")
+    values = {k: section[k] for k in DATA_KEYS}
+    problems = []
+    if values["dataset"] not in DATASET_KINDS:
+        problems.append(f"data.dataset = {values['dataset']!r} must be one of {', '.join(DATASET_KINDS)}")
+    if values["align_detector"] not in DETECTORS:
+        problems.append(f"data.align_detector = {values['align_detector']!r} must be one of {', '.join(DETECTORS)}")
+    if values["align"] is not None and not isinstance(values["align"], bool):
+        problems.append(f"data.align = {values['align']!r} must be true, false or null")
+    if values["labels_csv"] is not None:
+        labels = Path(values["labels_csv"])
+        values["labels_csv"] = labels if labels.is_absolute() else Path(params_file).resolve().parent / labels
+        if not values["labels_csv"].is_file():
+            problems.append(f"data.labels_csv = {values['labels_csv']} is not a file")
+    if problems:
+        raise ParamsError(f"{params_file}: " + "; ".join(problems))
+    return values
+
+
+def align_cache_dir() -> Path:
+    """Aligned crops are cached beside the model store: `$FALCO_CACHE/align` (default ~/.cache/falco/align)."""
+    return Path(os.environ.get("FALCO_CACHE") or Path.home() / ".cache" / "falco") / "align"
+
+
+def read_workers(device: torch.device | str) -> int:
+    """Threads that decode and align images ahead of the networks: one on a CPU, whose cores run the networks; up
+    to 8 with a GPU, so that reading keeps up with it."""
+    return 1 if torch.device(device).type != "cuda" else max(1, min(8, os.cpu_count() or 1))
+
+
+def ingest(
+    input_dir: Path,
+    resolution: int,
+    dataset: str = "auto",
+    labels_csv: Path | None = None,
+    align: bool | None = None,
+    align_detector: str = "mtcnn",
+    device: torch.device | str = "cpu",
+    cache_dir: Path | None = None,
+    on_file: Callable[[int, int], None] | None = None,
+) -> Ingested:
+    """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
+    labels CSV). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
+    of each image at `resolution`. Unreadable files and images without a face become `rejected` rows; `on_file`
+    is called with (files done, files in all) as they are checked."""
+    table = load_dataset(dataset, Path(input_dir), labels_csv)
+    files = dataset_files(table)
+    kind = table.attrs.get("kind", dataset)
+    if align is None:
+        align = kind != "celebahq"
+    aligner = FaceAligner(resolution, align_detector, device=device) if align else None
+    cache = AlignmentCache(cache_dir or align_cache_dir())
+    names = output_names(files)
+    rows, sources = [], []
+    for done, checked in enumerate(check_inputs(files, aligner, cache, read_workers(device)), start=1):
+        f = checked.file
+        row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
+               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen}
+        if checked.rejected is not None:
+            row.update(status="rejected", reason=checked.rejected.reason, detail=checked.rejected.detail)
+        else:
+            row["image"] = names[f.relpath]
+            sources.append(checked.source)
+        rows.append(row)
+        if on_file is not None:
+            on_file(done, len(files))
+    frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    labels = label_columns(table)
+    if labels:
+        frame = frame.join(table.set_index("relpath")[labels], on="input")
+    return Ingested(frame, sources, resolution, kind, aligner.settings if aligner else None, labels,
+                    list(table.attrs.get("warnings", [])))
+
+
+def dataset_files(table: pd.DataFrame) -> list[ScannedFile]:
+    """The rows of a `load_dataset` table as scanned files (same order)."""
+    return [
+        ScannedFile(Path(r.path), r.relpath, _str_or_none(r.sha256), _str_or_none(r.duplicate_of),
+                    _str_or_none(r.skip_reason))
+        for r in table.itertuples()
+    ]
+
+
+def label_columns(table: pd.DataFrame) -> list[str]:
+    """The label columns of a dataset table (identity, split, attributes) that hold at least one value."""
+    skip = {"relpath", "path", "sha256", "duplicate_of", "skip_reason"}
+    return [c for c in table.columns if c not in skip and table[c].notna().any()]
+
+
+def read_input(f: ScannedFile, aligner: FaceAligner | None = None, cache: AlignmentCache | None = None) -> tuple[np.ndarray, int]:
+    """One scanned file -> (uint8 [H, W, 3], faces seen). With an aligner the image is the FFHQ-aligned crop of
+    the largest face (cached by file hash); raises ImageRejected with the reason (e.g. "no_face")."""
+    if f.skip_reason:
+        raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+    if aligner is None:
+        return load_rgb(f.path), -1
+    face = aligner.align_cached(f.path, f.sha256 or "", cache or AlignmentCache(align_cache_dir()), name=f.relpath)
+    return face.image, face.faces_seen
+
+
+@dataclass
+class CheckedInput:
+    file: ScannedFile
+    source: Path | None  # where its image is: the input file, or its aligned crop in the cache; None if rejected
+    faces_seen: int  # faces the aligner detected; -1 when not aligning or rejected
+    rejected: ImageRejected | None = None
+
+
+def check_inputs(
+    files: list[ScannedFile], aligner: FaceAligner | None, cache: AlignmentCache, workers: int
+) -> Iterator[CheckedInput]:
+    """Each file read (and aligned into `cache`) in `workers` threads, in order, to validate it, then dropped:
+    only where its image is stays, so a set of any size can be listed without holding its images."""
+    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    for f, reading in read_ahead(read, files, workers, depth=2 * workers):
+        try:
+            _, faces_seen = reading.result()
+        except ImageRejected as rejected:
+            yield CheckedInput(f, None, -1, rejected)
+            continue
+        yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen)
+
+
+def _str_or_none(value) -> str | None:
+    return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
+
+
+def output_names(files: list[ScannedFile]) -> dict[str, str]:
+    """Input relpath -> output relpath (`.png`). `a.jpg` and `a.png` in one folder would collide, so the later
+    one keeps its original extension in the name (`a.jpg.png`)."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        name = output_relpath(f.relpath)
+        if name in taken:
+            name = f.relpath + ".png"
+        taken.add(name)
+        names[f.relpath] = name
+    return names

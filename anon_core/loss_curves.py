@@ -1,0 +1,38 @@
+"""Per-step loss curves: the mean over images of each loss term at every optimization step, as a table and as the
+`losses.csv` that `falco anonymize` writes and `dvc plots` reads (columns: step, identity, attribute, total)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anon_core.atomic import write_bytes_atomic
+from anon_core.optimize import LOSS_NAMES
+
+
+def mean_losses(histories: Iterable[Mapping[str, np.ndarray]], steps: int) -> pd.DataFrame:
+    """histories: one mapping per group of images (a batch, a shard), loss name -> [steps, K] per-image losses.
+    Returns one row per step: `step` and the mean over all images of each of LOSS_NAMES (NaN with no image)."""
+    sums = {name: np.zeros(steps, np.float64) for name in LOSS_NAMES}
+    count = 0
+    for history in histories:
+        k = 0
+        for name in LOSS_NAMES:
+            values = np.asarray(history[name], np.float64)  # [steps, K]
+            if values.shape[0] != steps:
+                raise ValueError(f"a {name} loss history has {values.shape[0]} steps, expected {steps}")
+            sums[name] += values.sum(axis=1)
+            k = values.shape[1]
+        count += k
+    frame = pd.DataFrame({name: total / count if count else np.full(steps, np.nan) for name, total in sums.items()})
+    frame.insert(0, "step", np.arange(steps))
+    return frame
+
+
+def write_losses_csv(path: Path, table: pd.DataFrame) -> Path:
+    """Write a `mean_losses` table as CSV (6 decimals), atomically."""
+    write_bytes_atomic(Path(path), table.to_csv(index=False, float_format="%.6f").encode())
+    return Path(path)

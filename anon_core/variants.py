@@ -1,0 +1,156 @@
+"""Variants: named sets of optimization parameters, so that runs of one dataset with other settings coexist.
+
+A variant overrides keys of the `optimization:` section of params.yaml (the margin, the steps, ...); everything
+else (data, fake pool, inversions, pairs) is shared by all variants. Its name says what it is:
+
+- `default`: the optimization section as params.yaml (and its profile entry) gives it;
+- a name defined under `variants:` in params.yaml, e.g. `strong_identity: {margin: 0.9, steps: 100}`;
+- otherwise the name is read as its values: `m0.9` is margin 0.9, `m0.5_steps20_lr0.02` three keys at once
+  (`VARIANT_KEYS` lists the short names). `variant_name` writes such a name back from values, so a sweep made on
+  the command line (`--margin 0,0.5,0.9`) gets the names `m0`, `m0.5`, `m0.9` and any tool can read them again.
+
+A sweep is a list of variants: the names under `sweep: {variants: [...]}` plus every combination of the value
+lists under `sweep:` (`margin: [0.0, 0.9]`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from anon_core.errors import ParamsError
+
+DEFAULT_VARIANT = "default"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a folder name, a Dagster partition key
+
+
+@dataclass(frozen=True)
+class VariantKey:
+    key: str  # the key of params.yaml's optimization section
+    short: str  # its prefix in a variant name
+    kind: type  # int or float
+
+
+# Order = order in names. Longer prefixes are tried first when reading a name (`lattr` before `lr`).
+VARIANT_KEYS = (
+    VariantKey("margin", "m", float),
+    VariantKey("steps", "steps", int),
+    VariantKey("lr", "lr", float),
+    VariantKey("lambda_id", "lid", float),
+    VariantKey("lambda_attr", "lattr", float),
+    VariantKey("gamma", "gamma", float),
+)
+BY_KEY = {k.key: k for k in VARIANT_KEYS}
+_BY_PREFIX = sorted(VARIANT_KEYS, key=lambda k: -len(k.short))
+# Keys a `variants:` entry of params.yaml may set: the named ones plus the rest of the optimization section.
+DEFINABLE_KEYS = (*BY_KEY, "milestones", "layer_start", "layer_stop")
+
+
+def format_value(value: float | int) -> str:
+    """The shortest text that reads back as the same number: 0.0 -> "0", 0.5 -> "0.5", 1e-05 -> "1e-05"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"variant value {value!r} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"variant value {value!r} is not a finite number")
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def variant_name(values: Mapping[str, Any]) -> str:
+    """The name of a set of optimization values: {"margin": 0.5, "steps": 20} -> "m0.5_steps20";
+    no values -> "default"."""
+    unknown = sorted(set(values) - set(BY_KEY))
+    if unknown:
+        raise ParamsError(f"cannot name a variant by {', '.join(unknown)}; name it under `variants:` in params.yaml "
+                          f"(keys with short names: {', '.join(BY_KEY)})")
+    parts = [f"{k.short}{format_value(k.kind(values[k.key]) if k.kind is float else values[k.key])}"
+             for k in VARIANT_KEYS if k.key in values]
+    return "_".join(parts) or DEFAULT_VARIANT
+
+
+def parse_variant_name(name: str) -> dict[str, Any] | None:
+    """The values a name made by `variant_name` stands for, or None when `name` is not such a name."""
+    if name == DEFAULT_VARIANT:
+        return {}
+    values: dict[str, Any] = {}
+    for token in name.split("_"):
+        for k in _BY_PREFIX:
+            if token.startswith(k.short) and len(token) > len(k.short):
+                try:
+                    value = k.kind(token[len(k.short):])
+                except ValueError:
+                    continue
+                if k.key in values or (k.kind is float and not math.isfinite(value)):
+                    return None
+                values[k.key] = value
+                break
+        else:
+            return None
+    return values
+
+
+def check_variant_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ParamsError(f"variant name {name!r} must be 1-64 letters, digits, '.', '_', '+' or '-', starting with a "
+                          "letter or digit (it names a folder and a Dagster partition)")
+    return name
+
+
+def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None = None,
+                      source: str = "params.yaml") -> dict[str, Any]:
+    """The optimization overrides of the variant `name`, as dotted keys ({"optimization.margin": 0.9}): from the
+    `variants:` section (`defined`), else read from the name itself. ParamsError names the fix for anything else."""
+    check_variant_name(name)
+    defined = defined or {}
+    if name == DEFAULT_VARIANT:
+        if name in defined:
+            raise ParamsError(f"{source}: variants: '{DEFAULT_VARIANT}' is the optimization section itself and cannot "
+                              "be redefined; give the variant another name")
+        return {}
+    if name in defined:
+        values = defined[name] or {}
+        if not isinstance(values, Mapping):
+            raise ParamsError(f"{source}: variants: {name} must map optimization keys to values, e.g. {{margin: 0.9}}")
+        unknown = sorted(set(values) - set(DEFINABLE_KEYS))
+        if unknown:
+            raise ParamsError(f"{source}: variants: {name}: unknown key(s) {', '.join(unknown)}; a variant sets keys "
+                              f"of the optimization section: {', '.join(DEFINABLE_KEYS)}")
+    else:
+        values = parse_variant_name(name)
+        if values is None:
+            shorts = ", ".join(f"{k.short} ({k.key})" for k in VARIANT_KEYS)
+            raise ParamsError(f"variant {name!r} is not defined under `variants:` in {source} and is not a name made "
+                              f"of values such as m0.9 or m0.5_steps20 (prefixes: {shorts}); define it there or use "
+                              "such a name")
+    return {f"optimization.{k}": v for k, v in values.items()}
+
+
+def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
+    """Every combination of the value lists, as variant names: {"margin": [0, 0.9]} -> ["m0", "m0.9"]."""
+    keys = [k.key for k in VARIANT_KEYS if k.key in grid]
+    unknown = sorted(set(grid) - set(keys))
+    if unknown:
+        raise ParamsError(f"sweep: cannot sweep {', '.join(unknown)}; sweep keys: {', '.join(BY_KEY)} (other "
+                          "settings: define named variants under `variants:`)")
+    lists = []
+    for key in keys:
+        values = grid[key]
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ParamsError(f"sweep: {key} has no values")
+        lists.append(values)
+    return [variant_name(dict(zip(keys, combo))) for combo in itertools.product(*lists)] if keys else []
+
+
+def sweep_variants(sweep: Mapping[str, Any] | None) -> list[str]:
+    """The variants a `sweep:` section asks for: its `variants:` names, then its grid; ["default"] when empty."""
+    sweep = dict(sweep or {})
+    names = sweep.pop("variants", None) or []
+    if isinstance(names, str):
+        names = [names]
+    names = [check_variant_name(str(n)) for n in names] + grid_variants(sweep)
+    return list(dict.fromkeys(names)) or [DEFAULT_VARIANT]

@@ -1,0 +1,158 @@
+"""The CelebA-HQ protocol's attribute classifier around a dataset: which rows train and test it, its settings from
+params.yaml's `attribute_classifier:` section, its weights as a stored value, and its metrics on the anonymized
+test split (evaluation.attributes holds the network, the training loop and the scores).
+
+Data without CelebA attribute labels (LFW, a plain folder) or without a train split gets an explicit `skipped`
+result with the reason, so the rest of the evaluation runs unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from anon_core.artifacts import Weights
+from anon_core.celeba import CELEBA_ATTRIBUTES
+from anon_core.data.image_files import take
+from anon_core.errors import ParamsError
+from evaluation.attributes import (
+    ClassifierConfig,
+    accuracy,
+    build_classifier,
+    classifier_labels,
+    classifier_utility,
+    config_dict,
+    train_attribute_classifier,
+)
+from evaluation.image_sets import ImageSetLike
+
+NAME = "attribute_classifier"  # the predictor name of its rows in the attribute tables and metric names
+
+
+def classifier_config(values: dict[str, Any], source: str = "params.yaml") -> ClassifierConfig:
+    """ClassifierConfig from the `attribute_classifier:` section (every field given), checked."""
+    known = [f.name for f in fields(ClassifierConfig)]
+    unknown, missing = sorted(set(values) - set(known)), sorted(set(known) - set(values))
+    if unknown or missing:
+        raise ParamsError(f"{source}: attribute_classifier: " + "; ".join(
+            part for part in (f"unknown key(s) {', '.join(unknown)}" if unknown else "",
+                              f"missing key(s) {', '.join(missing)}" if missing else "") if part)
+                          + f" (keys: {', '.join(known)})")
+    config = ClassifierConfig(**{**values, "layers": tuple(int(n) for n in values["layers"])})
+    problems = [f"{k} = {getattr(config, k)} must be >= 1" for k in ("epochs", "batch_size", "image_size")
+                if getattr(config, k) < 1]
+    if config.lr <= 0:
+        problems.append(f"lr = {config.lr} must be > 0")
+    if problems:
+        raise ParamsError(f"{source}: attribute_classifier: " + "; ".join(problems))
+    return config
+
+
+def labelled_attributes(frame: pd.DataFrame) -> list[str]:
+    """The CelebA attribute columns of a real_images table that hold labels, in CelebA's order."""
+    return [a for a in CELEBA_ATTRIBUTES if a in frame.columns and frame[a].notna().any()]
+
+
+def labelled_rows(frame: pd.DataFrame, split: str, attributes: list[str]) -> np.ndarray:
+    """Positions of the rows of `split` whose every attribute in `attributes` is labelled."""
+    if "split" not in frame.columns or not attributes:
+        return np.zeros(0, dtype=np.int64)
+    chosen = (frame["split"] == split).fillna(False).to_numpy(dtype=bool)
+    return np.flatnonzero(chosen & frame[attributes].notna().all(axis=1).to_numpy())
+
+
+def ground_truth(frame: pd.DataFrame, rows: np.ndarray, attributes: list[str]) -> pd.DataFrame:
+    """Bool labels of `rows`, indexed by image name."""
+    values = frame.loc[rows, attributes].to_numpy(dtype=np.float64) > 0  # CelebA's 1/0 (or 1/-1)
+    return pd.DataFrame(values, index=pd.Index(frame.loc[rows, "image"], name="image"), columns=attributes)
+
+
+def skip_reason(frame: pd.DataFrame) -> str | None:
+    """Why no classifier can be trained on these real images (the ok rows of real_images), or None."""
+    attributes = labelled_attributes(frame)
+    if not attributes:
+        return ("skipped: no CelebA attribute labels (give a CelebA-HQ folder with CelebAMask-HQ-attribute-anno.txt, "
+                "or a labels CSV with attribute columns such as Smiling)")
+    if not len(labelled_rows(frame, "train", attributes)):
+        return ("skipped: no image of the train split has every attribute labelled (CelebA-HQ needs "
+                "CelebA-HQ-to-CelebA-mapping.txt for its split; a labels CSV needs a split column)")
+    return None
+
+
+def skipped(reason: str) -> Weights:
+    return Weights(arrays={}, metadata={"status": "skipped", "reason": reason})
+
+
+@dataclass
+class TrainedClassifier:
+    weights: Weights
+    summary: dict[str, float]  # first/last epoch loss, seconds, mean val accuracy
+    val_accuracy: pd.DataFrame  # attribute, accuracy, ... on the real val split
+    num_train: int
+    num_val: int
+
+
+def train_on_real(frame: pd.DataFrame, images: ImageSetLike, config: ClassifierConfig,
+                  device: torch.device | str = "cpu", log=None) -> TrainedClassifier:
+    """Train on the real train split of `frame` (the ok rows of real_images, `images` in the same order) and score
+    the real val split. `log` gets every training step's entry."""
+    attributes = labelled_attributes(frame)
+    train = labelled_rows(frame, "train", attributes)
+    val = labelled_rows(frame, "val", attributes)
+    model, history = train_attribute_classifier(
+        take(images, train), ground_truth(frame, train, attributes).to_numpy(), config, device, log)
+    truth = ground_truth(frame, val, attributes)
+    predicted = classifier_labels(model, take(images, val), config.image_size, device)
+    val_table = accuracy(pd.DataFrame(predicted, index=truth.index, columns=attributes), truth).reset_index()
+    losses = pd.DataFrame(history)
+    by_epoch = losses.groupby("epoch")["loss"].mean()
+    summary = {
+        "train_loss_first_epoch": float(by_epoch.iloc[0]),
+        "train_loss_last_epoch": float(by_epoch.iloc[-1]),
+        "train_seconds": float(losses["seconds"].iloc[-1]),
+        "val_mean_accuracy": float(val_table["accuracy"].mean()) if len(val) else float("nan"),
+    }
+    arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    weights = Weights(arrays=arrays, metadata={"status": "trained", "attributes": json.dumps(attributes),
+                                               "config": json.dumps(config_dict(config)), "num_train": str(len(train))})
+    return TrainedClassifier(weights, summary, val_table, len(train), len(val))
+
+
+def load_classifier(weights: Weights, device: torch.device | str = "cpu"):
+    """(model, ClassifierConfig, attribute names) of a trained `attribute_classifier` value."""
+    values = json.loads(weights.metadata["config"])
+    config = ClassifierConfig(**{**values, "layers": tuple(values["layers"])})
+    attributes = json.loads(weights.metadata["attributes"])
+    model = build_classifier(config, len(attributes))
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.arrays.items()})
+    return model.to(device).eval(), config, attributes
+
+
+def classifier_scores(weights: Weights, frame: pd.DataFrame, real: ImageSetLike, anonymized: ImageSetLike,
+                      rows: np.ndarray, device: torch.device | str = "cpu") -> tuple[pd.DataFrame | None, str]:
+    """The classifier applied to the labelled real test images (the ok rows of real_images, `real` in the same
+    order) and to their anonymized versions (`anonymized[i]` is made from real row `rows[i]`): per-attribute rows
+    (predictor `attribute_classifier`: `accuracy_real`, `accuracy_anon`, `drop`, `agreement`, ...), or None, and
+    what was done."""
+    if weights.metadata.get("status") != "trained":
+        return None, weights.metadata.get("reason", "skipped")
+    model, config, attributes = load_classifier(weights, device)
+    source = {int(r): i for i, r in enumerate(rows)}
+    test = np.array([r for r in labelled_rows(frame, "test", attributes) if r in source], dtype=np.int64)
+    if not len(test):
+        return None, "not evaluated: no anonymized image of the test split has every attribute labelled"
+    scores = classifier_utility(model, take(real, test), take(anonymized, [source[r] for r in test]),
+                                ground_truth(frame, test, attributes), config, device).reset_index()
+    scores.insert(0, "predictor", NAME)
+    return scores, f"evaluated on {len(test)} test images"
+
+
+def classifier_metrics(scores: pd.DataFrame) -> dict[str, float]:
+    """The summary metrics of `classifier_scores`' table: mean accuracy on real and anonymized, mean agreement."""
+    return {f"attributes/{NAME}/mean_{c}": float(scores[c].mean())
+            for c in ("accuracy_real", "accuracy_anon", "agreement")}

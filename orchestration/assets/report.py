@@ -1,0 +1,83 @@
+"""The report asset (group `evaluation`): the variants of the sweep and the baselines side by side."""
+
+from collections.abc import Mapping
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from anon_core.artifacts import ImageSet
+from orchestration.io_manager import ALLOW_MISSING
+from orchestration.metadata import png_markdown
+from orchestration.partitions import split_key, variant_shards
+from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import MlflowResource
+
+EVERY_STORED = dg.AssetIn(metadata={ALLOW_MISSING: True})  # every variant evaluated so far; the sweep picks
+
+
+def _by_variant(values: dict) -> dict[str, list]:
+    """{"shard|variant" partition key: value} -> {variant: [values in shard order]}."""
+    grouped: dict[str, list] = {}
+    for key in sorted(values):
+        variant, _ = split_key(key, variant_shards)
+        grouped.setdefault(variant, []).append(values[key])
+    return grouped
+
+
+@dg.asset(group_name="evaluation", code_version="3", deps=["evaluation_settings"],
+          ins={name: EVERY_STORED for name in ("evaluation_metrics", "per_image_privacy", "attribute_agreement",
+                                               "anonymized_images", "anonymized_latents")})
+def anonymization_report(
+    context: dg.AssetExecutionContext, evaluation_metrics: dict, per_image_privacy: dict, attribute_agreement: dict,
+    anonymized_images: dict, anonymized_latents: dict, baseline_metrics: pd.DataFrame, real_images: ImageSet,
+    pairs: pd.DataFrame, fake_pool: Mapping, storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """Markdown and HTML report of the sweep's variants (params.yaml `sweep:`, or the command line's) and the
+    baselines: one summary row each, a privacy-vs-utility scatter, per-attribute bars, an example grid (fake
+    neighbour, then each variant's image of the same faces), plus `metrics.json` and `losses/<variant>.csv` for DVC,
+    in `anonymization_report/`."""
+    from anon_core.errors import FalcoError
+    from anon_core.fake_pool import generate
+    from anon_core.loss_curves import mean_losses
+    from anon_core.optimize import LOSS_NAMES
+    from evaluation.image_sets import concatenate
+    from evaluation.report import write_variant_report
+    from evaluation.suite import AnonymizedSet
+
+    sweep, images, latents = networks.sweep(), _by_variant(anonymized_images), _by_variant(anonymized_latents)
+    missing = [v for v in sweep if v not in evaluation_metrics]
+    if missing:
+        raise FalcoError(f"variant(s) {', '.join(missing)} of the sweep have no evaluation yet: materialize "
+                         "evaluation_metrics for them first (`falco pipeline --variant NAME`)")
+    variants = {}
+    for v in sweep:
+        shards = images[v]
+        table_ = pd.concat([s.table for s in shards], ignore_index=True)
+        steps = networks.params(v).optimization.steps
+        variants[v] = {"summary": evaluation_metrics[v], "per_image": per_image_privacy[v],
+                       "attributes": attribute_agreement[v], "losses": mean_losses(
+                           [{n: shard[f"loss_{n}"] for n in LOSS_NAMES} for shard in latents[v]], steps),
+                       "set": AnonymizedSet(v, concatenate([s.images for s in shards]), table_["row"].to_numpy(),
+                                            table_["image"].tolist())}
+    first = variants[sweep[0]]["set"]
+    sources = np.asarray(first.source_index)[:8]
+    nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
+    fake_index = pairs.set_index("row").loc[sources, "fake_index"].to_numpy()
+    paths = write_variant_report(
+        storage.asset_dir("anonymization_report"), variants, baseline_metrics,
+        generate(nets.generator, fake_pool["w"][fake_index], device=nets.device),
+        {"profile": networks.profile, "images": str(len(first.images)), "variants": ", ".join(sweep),
+         **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section") for v in sweep},
+         "baselines": ", ".join(baseline_metrics["method"]), "dagster run": context.run.run_id},
+        real=real_images.images[sources] if show_real else None)
+    with mlflow.asset_run(context, networks, {"sweep": sweep}) as run:
+        for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
+            if name in paths:  # the report embeds the example grid, with real faces if shown
+                run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)
+    scatter = paths.get("privacy_vs_utility.png")
+    return dg.MaterializeResult(metadata={
+        **run.metadata, "variants": ", ".join(sweep), "report": dg.MetadataValue.path(str(paths["markdown"])),
+        "html": dg.MetadataValue.path(str(paths["html"])),
+        **({"privacy_vs_utility": png_markdown(scatter.read_bytes(), "privacy vs utility")} if scatter else {}),
+    })

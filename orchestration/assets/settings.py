@@ -1,0 +1,159 @@
+"""Group `settings`: observable source assets, one per set of inputs an asset reads from outside the graph.
+
+Each observation reads its values (from params.yaml, its profile entry and the command line's overrides, or the
+input folder's files) and reports a data version that hashes them. The assets that read them depend on them, so
+Dagster's own versioning says what a change makes stale: a new margin makes one variant's anonymization stale, a new
+pool size the fake pool (its features and pairs follow once it is re-made), new data `real_images` and what follows,
+and nothing else. `falco pipeline` observes them first on every run; in the UI, "Observe sources" does the same.
+
+| source | read by | values |
+| --- | --- | --- |
+| `input_images` | real_images | the input folder's files (relative path and sha256 of each) |
+| `ingest_settings` | real_images | profile (resolution), params.yaml `data:`, `pipeline.shard_size` |
+| `fake_pool_settings` | fake_pool | profile, weights, seed, pool_size, truncation_psi |
+| `inversion_settings` | real_inversions | profile, weights, inversion method (and its steps and lr) |
+| `pairing_settings` | pairs | pairing_k |
+| `variant_settings` | anonymized_latents | per variant: the optimization settings it resolves to |
+| `classifier_settings` | attribute_classifier | params.yaml `attribute_classifier:` |
+| `evaluation_settings` | evaluation assets | baselines, recognizers present, show_real_faces, the sweep the report compares |
+
+Not versioned on purpose: the device and the `speed:` settings (batch size, bf16, compile), which change how fast
+the same method runs, not what it computes (bf16 changes rounding: README "Speed").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from orchestration.partitions import variants
+from orchestration.resources import NetworksResource, StorageResource
+
+GROUP = "settings"
+
+
+def settings_version(values: Any) -> dg.DataVersion:
+    """A stable hash of JSON-able values (keys sorted)."""
+    text = json.dumps(values, sort_keys=True, default=str)
+    return dg.DataVersion(hashlib.sha256(text.encode()).hexdigest()[:24])
+
+
+def _weights(networks: NetworksResource) -> dict[str, str]:
+    from orchestration.tracking import weight_hashes
+
+    return weight_hashes(networks)
+
+
+def fake_pool_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    p = networks.params()
+    return {"profile": networks.profile, "weights": _weights(networks), "seed": p.seed, "pool_size": p.pool_size,
+            "truncation_psi": p.truncation_psi}
+
+
+def ingest_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    from anon_core.hashing import sha256_file
+    from anon_core.profiles import get_profile
+
+    data = networks.data()
+    labels = data["labels_csv"]
+    return {"profile": networks.profile, "resolution": get_profile(networks.profile).generator.resolution,
+            **data, "labels_csv": str(labels) if labels else None,
+            "labels_sha256": sha256_file(labels) if labels else None, "shard_size": networks.shard_size()}
+
+
+def inversion_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    inversion = networks.params().inversion
+    values = {"profile": networks.profile, "weights": _weights(networks), "method": inversion.method}
+    if inversion.method == "optimization":  # e4e reads neither
+        values |= {"steps": inversion.steps, "lr": inversion.lr}
+    return values
+
+
+def pairing_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    return {"pairing_k": networks.params().pairing_k}
+
+
+def classifier_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    return networks.section("attribute_classifier")
+
+
+def evaluation_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    from evaluation.recognizers import available_recognizers
+
+    return {"baselines": list(networks.setting("evaluation", "baselines")),
+            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces")),
+            "recognizers": available_recognizers(), "sweep": networks.sweep()}
+
+
+def variant_settings(networks: NetworksResource, variant: str) -> dict[str, Any]:
+    """The optimization settings `variant` resolves to (params.yaml's section, its profile entry, the variant)."""
+    from dataclasses import asdict
+
+    return asdict(networks.params(variant).optimization)
+
+
+def input_files(storage: StorageResource) -> list[tuple[str, str]]:
+    """(relative path, sha256) of every file under the input folder, sorted."""
+    from anon_core.data.scan import scan_folder
+
+    return [(f.relpath, f.sha256 or "") for f in scan_folder(Path(storage.input_dir))]
+
+
+def _observable(name: str, read: Callable[[NetworksResource, StorageResource], dict[str, Any]]) -> dg.SourceAsset:
+    @dg.observable_source_asset(name=name, group_name=GROUP, description=f"What its readers take from outside the "
+                                f"graph ({read.__name__}); the data version hashes these values.")
+    def observe(networks: NetworksResource, storage: StorageResource) -> dg.ObserveResult:
+        values = read(networks, storage)
+        return dg.ObserveResult(data_version=settings_version(values),
+                                metadata={k: dg.MetadataValue.text(json.dumps(v, default=str)) for k, v in values.items()})
+
+    return observe
+
+
+SETTINGS = {name: _observable(name, read) for name, read in (
+    ("ingest_settings", ingest_settings),
+    ("fake_pool_settings", fake_pool_settings),
+    ("inversion_settings", inversion_settings),
+    ("pairing_settings", pairing_settings),
+    ("classifier_settings", classifier_settings),
+    ("evaluation_settings", evaluation_settings),
+)}
+
+
+@dg.observable_source_asset(group_name=GROUP)
+def input_images(storage: StorageResource) -> dg.ObserveResult:
+    """The real images to anonymize: the data version hashes every file's relative path and sha256; the metadata
+    also names the md5 that DVC recorded for the folder, when a `.dvc` file tracks it (`dvc add data`)."""
+    from orchestration.data_version import files_version, find_dvc_out
+
+    files = input_files(storage)
+    dvc = find_dvc_out(Path(storage.input_dir))
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(files_version(files)),
+        metadata={"input_dir": dg.MetadataValue.path(storage.input_dir), "num_files": len(files),
+                  "dvc_md5": dvc.md5 if dvc else "not tracked by DVC",
+                  "dvc_file": str(dvc.dvc_file) if dvc else ""},
+    )
+
+
+@dg.observable_source_asset(name="variant_settings", group_name=GROUP, partitions_def=variants)
+def observe_variant_settings(context, networks: NetworksResource) -> dg.DataVersionsByPartition:
+    """Per variant (partition), the optimization settings it resolves to. A variant whose name cannot be resolved
+    (added by hand in the UI, say) is left out and logged; materializing it then fails with the reason."""
+    from anon_core.errors import ParamsError
+
+    versions = {}
+    for name in context.instance.get_dynamic_partitions(variants.name):
+        try:
+            versions[name] = settings_version(variant_settings(networks, name))
+        except ParamsError as err:
+            context.log.warning(f"variant {name}: {err}")
+    return dg.DataVersionsByPartition(versions)
+
+
+ALL_SETTINGS = [input_images, *SETTINGS.values(), observe_variant_settings]

@@ -1,0 +1,123 @@
+"""`falco pipeline` and `falco stage NAME`: the asset graph through the named Dagster jobs (orchestration.driver),
+recorded in the instance at $DAGSTER_HOME (what `make ui` shows). `falco stage prepare|anonymize|evaluate` runs one
+stage: the commands of dvc.yaml. Both take the same options; a flag left out takes its value from params.yaml.
+
+Variants: `--margin 0,0.5,0.9` (and `--steps`, `--lr`, `--lambda-id`, `--lambda-attr`, `--gamma`: every
+combination) runs one variant per value, named after it (m0, m0.5, m0.9); `--variant NAME,...` runs named ones
+(params.yaml `variants:`, or names made of values). Without either, params.yaml's `sweep:` says what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from orchestration.driver import STAGES
+
+GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "lambda_attr": float, "gamma": float}
+
+
+def _values(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") \
+                from None
+
+    return parse
+
+
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", type=Path, default=None, help="folder of real images (default: $FALCO_INPUT or "
+                   "data/sample/images)")
+    p.add_argument("--storage", type=Path, default=None, help="where asset values go (default: $FALCO_STORAGE or "
+                   "outputs/pipeline)")
+    p.add_argument("--profile", default=None, help="network profile: tiny, ffhq1024, ffhq512 (default: "
+                   "$FALCO_PROFILE or tiny)")
+    p.add_argument("--device", default=None, help="cpu or cuda (cuda:N) (default: $FALCO_DEVICE or cpu)")
+    p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults (default: $FALCO_PARAMS "
+                   "or the project's)")
+    variants = p.add_argument_group("variants (default: params.yaml's sweep:)")
+    variants.add_argument("--variant", type=_values(str), default=None, metavar="NAME[,NAME]",
+                          help="variants to run: `default`, names defined under variants: in params.yaml, or names "
+                               "made of values (m0.9, m0.5_steps20)")
+    for key, kind in GRID_FLAGS.items():
+        variants.add_argument(f"--{key.replace('_', '-')}", dest=key, type=_values(kind), default=None, metavar="V[,V]",
+                              help=f"optimization.{key} values: one variant per value (every combination with the "
+                                   "other value flags)")
+    shared = p.add_argument_group("settings every variant shares (default: params.yaml)")
+    shared.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
+    shared.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
+    shared.add_argument("--shard-size", type=int, default=None, help="images per partition (params.yaml "
+                        "pipeline.shard_size: 1024, 16 for tiny)")
+    shared.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
+                        help="layout of the input folder (params.yaml data.dataset)")
+    shared.add_argument("--labels", type=Path, default=None, metavar="CSV", help="labels CSV (data.labels_csv)")
+    shared.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
+                        help="FFHQ-align faces first (data.align: on, except for CelebA-HQ)")
+    shared.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None, help="data.align_detector")
+    p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date")
+
+
+def resources_from_args(args: argparse.Namespace):
+    """(storage, networks, variants) from the options (environment and params.yaml for what is not given)."""
+    from anon_core.variants import grid_variants
+    from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
+
+    env_storage, env_networks = storage_from_env(), networks_from_env()
+    storage = StorageResource(root=str(args.storage.resolve()) if args.storage else env_storage.root,
+                              input_dir=str(args.input.resolve()) if args.input else env_storage.input_dir)
+    overrides = {"pool_size": args.pool_size, "seed": args.seed, "pipeline.shard_size": args.shard_size,
+                 "data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
+                 "data.align": args.align, "data.align_detector": args.align_detector}
+    networks = NetworksResource(
+        profile=args.profile or env_networks.profile, device=args.device or env_networks.device,
+        params_path=str(args.params.resolve()) if args.params else env_networks.params_path,
+        overrides={k: v for k, v in overrides.items() if v is not None})
+    grid = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key)}
+    wanted = [*(args.variant or []), *grid_variants(grid)]
+    return storage, networks, list(dict.fromkeys(wanted))
+
+
+def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
+    from orchestration.driver import dagster_instance, run_pipeline
+
+    storage, networks, wanted = resources_from_args(args)
+    if "prepare" in stages and not Path(storage.input_dir).is_dir():
+        print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
+              "(or `dvc pull data.dvc`) or pass --input DIR", file=sys.stderr)
+        return 2
+    instance = dagster_instance()
+    start = time.perf_counter()
+    summary = run_pipeline(storage, networks, wanted or None, instance=instance, fresh=args.fresh, stages=stages)
+    seconds = time.perf_counter() - start
+    state = "FAILED" if summary.failed else "done"
+    print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
+          f"run(s), {len(summary.skipped)} up to date; variants: {', '.join(summary.variants)}")
+    if "anonymize" in stages:
+        for variant in summary.variants:
+            print(f"  {variant}: {storage.asset_dir('anonymized_images', variant) / 'images'}")
+    if "evaluate" in stages and not summary.blocked and not summary.failed:
+        print(f"report: {storage.asset_dir('anonymization_report') / 'report.html'}")
+    if summary.blocked:
+        print(f"not evaluated (a shard was not anonymized): {', '.join(summary.blocked)}", file=sys.stderr)
+    for variant, shards in summary.privacy_failed.items():
+        print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
+              "matches too many of its images to their sources (params.yaml checks:); evaluated, but do not release "
+              "these images", file=sys.stderr)
+    print(f"Dagster instance: {instance.root_directory}  (browse it with `make ui`)")
+    return 1 if summary.failed or summary.blocked else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pipeline", help="run the Dagster jobs prepare, anonymize, evaluate for what is missing "
+                              "or stale (a variant sweep with --margin 0,0.5,0.9)")
+    add_pipeline_options(p)
+    p.set_defaults(run=lambda args: _run(args, STAGES))
+    p = subparsers.add_parser("stage", help="one stage of `falco pipeline` (the commands of dvc.yaml)")
+    p.add_argument("name", choices=STAGES, metavar="NAME", help=", ".join(STAGES))
+    add_pipeline_options(p)
+    p.set_defaults(run=lambda args: _run(args, (args.name,)))

@@ -1,0 +1,74 @@
+"""What needs to run, as Dagster's own versioning says: an asset (partition) is to run when Dagster reports it
+MISSING or STALE (its code version changed, or an input's data version did: a settings source, or an upstream
+asset re-made with other inputs), and so is everything downstream of it within the same run, since Dagster marks
+an asset stale only once its input has actually been re-made.
+
+Dagster computes the statuses with `CachingStaleStatusResolver`, what its UI shows as "Stale" and "Missing"; it is
+not part of Dagster's public API, so this module is the one place that touches it (dagster is pinned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.loader import LoadingContext
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+
+class _Loading(LoadingContext):
+    """The request-scoped cache Dagster's resolver reads the instance through."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self._instance = instance
+        self._loaders = {}
+
+    @property
+    def instance(self) -> dg.DagsterInstance:
+        return self._instance
+
+    @property
+    def loaders(self) -> dict:
+        return self._loaders
+
+
+def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
+             partition: str | None = None) -> dict[dg.AssetKey, str]:
+    """Dagster's status of each asset (partition): "FRESH", "STALE" or "MISSING"."""
+    resolver = CachingStaleStatusResolver(instance, graph, loading_context=_Loading(instance))
+    return {key: resolver.get_status(key, partition).value for key in keys}
+
+
+def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
+           fresh: bool = False, also: Sequence[dg.AssetKey] = ()) -> list[dg.AssetKey]:
+    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), those
+    in `also`, and everything among `keys` downstream of them; the outputs of one op go together."""
+    status = statuses(instance, graph, keys, partition)
+    chosen = {k for k in keys if fresh or k in also or status[k] != StaleStatus.FRESH.value}
+    grew = True
+    while grew:
+        grew = False
+        for key in keys:
+            node = graph.get(key)  # execution_set_asset_keys: the assets its op makes (a multi-asset's outputs)
+            if key not in chosen and (node.parent_keys & chosen or node.execution_set_asset_keys & chosen):
+                chosen.add(key)
+                grew = True
+    return [k for k in keys if k in chosen]
+
+
+def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str) -> dict | None:
+    """The outcome of `check` on the latest materialization of its asset's `partition`: {"passed": bool, **its
+    metadata values}; None when it has not run on that materialization."""
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[partition]), limit=1).records
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [check], partition_filter=PartitionKeyFilter(key=partition)).get(check)
+    if not latest or record is None or record.run_id != latest[0].run_id or record.event is None:
+        return None
+    evaluation = record.event.dagster_event.event_specific_data
+    if record.status not in (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED):
+        return None
+    return {"passed": record.status == AssetCheckExecutionRecordStatus.SUCCEEDED,
+            **{k: getattr(v, "value", v) for k, v in (evaluation.metadata or {}).items()}}
