@@ -95,6 +95,7 @@ class TrainedClassifier:
     val_accuracy: pd.DataFrame  # attribute, accuracy, ... on the real val split
     num_train: int
     num_val: int
+    steps: int  # optimizer steps taken
 
 
 def train_on_real(frame: pd.DataFrame, images: ImageSetLike, config: ClassifierConfig,
@@ -120,7 +121,7 @@ def train_on_real(frame: pd.DataFrame, images: ImageSetLike, config: ClassifierC
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = Weights(arrays=arrays, metadata={"status": "trained", "attributes": json.dumps(attributes),
                                                "config": json.dumps(config_dict(config)), "num_train": str(len(train))})
-    return TrainedClassifier(weights, summary, val_table, len(train), len(val))
+    return TrainedClassifier(weights, summary, val_table, len(train), len(val), len(history))
 
 
 def load_classifier(weights: Weights, device: torch.device | str = "cpu"):

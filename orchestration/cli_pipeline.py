@@ -60,6 +60,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         help="FFHQ-align faces first (data.align: on, except for CelebA-HQ)")
     shared.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None, help="data.align_detector")
     p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="Dagster console log level (DEBUG shows every event)")
 
 
 def resources_from_args(args: argparse.Namespace):
@@ -92,7 +94,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         return 2
     instance = dagster_instance()
     start = time.perf_counter()
-    summary = run_pipeline(storage, networks, wanted or None, instance=instance, fresh=args.fresh, stages=stages)
+    summary = run_pipeline(storage, networks, wanted or None, instance=instance, fresh=args.fresh, stages=stages,
+                           log_level=args.log_level)
     seconds = time.perf_counter() - start
     state = "FAILED" if summary.failed else "done"
     print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "

@@ -1,31 +1,45 @@
-"""`falco runs compare`: the evaluation runs of an MLflow experiment side by side, with the parameters that differ.
+"""`falco runs compare`: the variants' evaluations of an MLflow experiment side by side with the baselines, with the
+parameters that differ, and optionally their privacy-vs-utility scatter.
 
-Reads what `orchestration.tracking` logged: every nested run of the asset `evaluation_metrics` is one evaluation
-of the whole anonymized set. Like `mlflow runs compare` in the MLflow UI, but in the terminal and limited to the
-parameters that changed, so the cause of a metric's change is on the same line.
+Reads what `orchestration.tracking` logged: each run of the asset `evaluation_metrics` is one variant's evaluation of
+its whole anonymized set (tag `variant`), each `baseline_metrics[<name>]` run one baseline's. By default the latest
+evaluation of every variant and of every baseline is shown (what the report of a sweep compares); `--all` lists every
+evaluation run, oldest first, to follow a variant over time. Like `mlflow runs compare` in the MLflow UI, but in the
+terminal and limited to the parameters that changed, so the cause of a metric's change is on the same line.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
 EVALUATION_ASSET = "evaluation_metrics"
+BASELINE_ASSET = "baseline_metrics"
+
+
+def _label(run) -> str:
+    tags = run.data.tags
+    return tags.get("method") or tags.get("variant") or run.info.run_name or run.info.run_id[:8]
 
 
 def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
-    """One row per run (oldest first): run name, start time, Dagster run id, the params whose values differ
-    between the runs, then the metrics (`metrics`, or every metric the runs logged)."""
+    """One row per run (in the given order): its label (the variant, or the baseline's name), the run's name, start
+    time, Dagster run id, the params whose values differ between the variants' runs, then the metrics (`metrics`, or
+    every metric the runs logged)."""
     if not runs:
         return pd.DataFrame()
     params = pd.DataFrame([r.data.params for r in runs])
-    differing = [c for c in sorted(params.columns) if params[c].fillna("<unset>").nunique() > 1]
+    variant_rows = [not r.data.tags.get("method") for r in runs]
+    differing = [c for c in sorted(params.columns) if c != "baseline"
+                 and params.loc[variant_rows, c].fillna("<unset>").nunique() > 1]
     names = sorted({k for r in runs for k in r.data.metrics}) if not metrics else list(metrics)
     rows = []
     for run, (_, p) in zip(runs, params.iterrows()):
         rows.append({
+            "variant": _label(run),
             "run": run.info.run_name or run.info.run_id[:8],
             "mlflow_run_id": run.info.run_id,
             "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M:%S"),
@@ -36,8 +50,9 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def find_evaluation_runs(tracking_uri: str | None, experiment: str) -> list:
-    """The experiment's `evaluation_metrics` runs, oldest first. Raises FalcoError when there is no experiment."""
+def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool = True) -> list:
+    """The experiment's `evaluation_metrics` runs, then its `baseline_metrics` runs, oldest first (`latest`: only the
+    newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
     from anon_core.errors import FalcoError
     from orchestration.tracking import ASSET_TAG, MlflowResource
 
@@ -46,16 +61,39 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str) -> list:
     if found is None:
         raise FalcoError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run `falco pipeline` first, "
                          "or pass --experiment NAME / --tracking-uri URI")
-    return client.search_runs([found.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{EVALUATION_ASSET}'",
-                              order_by=["attributes.start_time ASC"], max_results=1000)
+    runs = []
+    for asset in (EVALUATION_ASSET, BASELINE_ASSET):
+        found_runs = client.search_runs([found.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}'",
+                                        order_by=["attributes.start_time ASC"], max_results=5000)
+        if latest:
+            newest = {}
+            for run in found_runs:  # oldest first: the last one of each label wins
+                newest.pop(_label(run), None)
+                newest[_label(run)] = run
+            found_runs = sorted(newest.values(), key=lambda r: r.info.start_time)
+        runs += found_runs
+    return runs
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    runs = find_evaluation_runs(args.tracking_uri, args.experiment)
-    if not runs:
+    from evaluation.report import privacy_utility_axes, privacy_utility_png
+
+    runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
+    if args.variant:
+        runs = [r for r in runs if r.data.tags.get("method") or r.data.tags.get("variant") in args.variant]
+    if not any(not r.data.tags.get("method") for r in runs):
         print(f"no {EVALUATION_ASSET} runs in experiment {args.experiment!r}", file=sys.stderr)
         return 1
     frame = compare_table(runs, args.metric)
+    if args.plot:
+        privacy, utility = privacy_utility_axes(frame.columns)
+        if not (privacy and utility):
+            print("falco: error: the runs logged no re-identification and utility metrics to plot", file=sys.stderr)
+            return 2
+        points = frame.drop_duplicates("variant", keep="last").set_index("variant")
+        baselines = [_label(r) for r in runs if r.data.tags.get("method")]
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.plot.write_bytes(privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility, baselines))
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "markdown":
@@ -69,10 +107,16 @@ def _run_compare(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     runs = subparsers.add_parser("runs", help="MLflow runs of the pipeline")
     sub = runs.add_subparsers(dest="runs_command", required=True)
-    p = sub.add_parser("compare", help="evaluation runs side by side with the parameters that differ")
+    p = sub.add_parser("compare", help="the variants' latest evaluations and the baselines side by side, with the "
+                       "parameters that differ")
     p.add_argument("--experiment", default="falco", help="MLflow experiment (default: falco)")
     p.add_argument("--metric", action="append", default=None, metavar="M",
                    help="metric to show (repeatable; default: every metric the runs logged)")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME",
+                   help="only this variant (repeatable; the baselines are always shown)")
+    p.add_argument("--all", action="store_true", help="every evaluation run, not only the latest of each variant")
+    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                   help="also write the privacy-vs-utility scatter of the variants (dots) and baselines (crosses)")
     p.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     p.add_argument("--tracking-uri", default=None,
                    help="default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")

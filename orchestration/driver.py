@@ -53,8 +53,8 @@ def dagster_instance() -> dg.DagsterInstance:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    if not config.exists():  # no telemetry, and no "join the community" pop-up in the UI
+        config.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     return dg.DagsterInstance.get()
 
 
@@ -73,6 +73,7 @@ def run_pipeline(
     stages: Sequence[str] = STAGES,
     mlflow: MlflowResource | None = None,
     log: Callable[[str], None] = print,
+    log_level: str = "INFO",
 ) -> PipelineSummary:
     """Run the `stages` of the graph for `variants_to_run` (default: the sweep of params.yaml, or of `networks`'
     `sweep` override), materializing only what is missing or stale. See the module docstring."""
@@ -81,8 +82,7 @@ def run_pipeline(
     if variants_to_run:  # rebuilt, not model_copy'd: Dagster initializes a resource from its constructor config
         networks = NetworksResource(**{**networks.model_dump(), "sweep_variants": list(variants_to_run)})
     wanted = networks.sweep()
-    for name in wanted:
-        networks.params(name)  # a bad variant or parameter fails here, before any run starts
+    check_settings(storage, networks, wanted)  # a bad parameter or variant fails here, before any run starts
     mlflow = mlflow or MlflowResource()
     defs = build_definitions(storage, networks, mlflow)
     graph = defs.resolve_asset_graph()
@@ -90,7 +90,7 @@ def run_pipeline(
     mlflow.ensure_experiment()  # once, before parallel steps would race to create it
     register_partitions(instance, variants, wanted)
     summary = PipelineSummary(variants=wanted)
-    driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log)
+    driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level)
 
     driver.run("observe_settings", "settings", None, None)
     if "prepare" in stages and not driver.materialize("prepare", "prepare", PREPARE.resolve(graph)):
@@ -106,20 +106,38 @@ def run_pipeline(
     return summary
 
 
+def check_settings(storage: StorageResource, networks: NetworksResource, wanted: Sequence[str]) -> None:
+    """Read every setting the assets will read (what the settings sources observe), so a bad value in params.yaml,
+    the flags or a variant is one ParamsError before anything runs."""
+    from orchestration.assets import settings
+
+    for read in settings.SETTINGS_READERS:
+        read(networks, storage)
+    for name in wanted:
+        settings.variant_settings(networks, name)
+    networks.setting("checks", "privacy_max_match_share")
+
+
 class _Driver:
-    def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log) -> None:
+    def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log, log_level: str) -> None:
         self.instance, self.graph, self.config, self.summary, self.fresh, self.log = \
             instance, graph, config, summary, fresh, log
+        self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
 
-    def run(self, job: str, label: str, selection: list[dg.AssetKey] | None, partition: str | None) -> bool:
-        """Execute `job` (for `partition`, limited to `selection`) through the instance; record how it went."""
+    def run(self, job: str, label: str, selection: list[dg.AssetKey] | None, partition: str | None,
+            checks: set[dg.AssetCheckKey] | None = None) -> bool:
+        """Execute `job` (for `partition`, limited to `selection`, or to the asset `checks` alone) through the
+        instance; record how it went."""
         reconstructable = dg.build_reconstructable_job("orchestration.definitions", "job_for",
                                                        reconstructable_args=(job, self.config))
+        if checks:
+            reconstructable = reconstructable.get_subset(asset_selection=set(), asset_check_selection=checks)
         tags = {}
         if partition is not None:
-            partitions_def = self.graph.get(selection[0]).partitions_def
+            partitions_def = self.graph.get(selection[0] if selection else next(iter(checks)).asset_key).partitions_def
             tags = dict(partitions_def.get_tags_for_partition_key(partition))
-        result = dg.execute_job(reconstructable, self.instance, tags=tags, asset_selection=selection)
+        result = dg.execute_job(reconstructable, self.instance, run_config=self.run_config, tags=tags,
+                                asset_selection=selection or None)
         self.summary.run_ids.append(result.run_id)
         if job != "observe_settings":
             (self.summary.ran if result.success else self.summary.failed).append(label)
@@ -129,16 +147,17 @@ class _Driver:
         return result.success
 
     def materialize(self, job: str, label: str, keys, partition: str | None = None,
-                    also: Sequence[dg.AssetKey] = ()) -> bool:
-        """Run `job` for what of `keys` is missing or stale (and follows from it); True when that went well."""
+                    checks: set[dg.AssetCheckKey] | None = None) -> bool:
+        """Run `job` for what of `keys` is missing or stale (and follows from it), else for the asset `checks` to run
+        again; True when that went well."""
         from orchestration.staleness import to_run
 
         keys = sorted(keys, key=lambda k: k.to_user_string())
-        selection = to_run(self.instance, self.graph, keys, partition, self.fresh, also)
-        if not selection:
+        selection = to_run(self.instance, self.graph, keys, partition, self.fresh)
+        if not selection and not checks:
             self.summary.skipped.append(label)
             return True
-        return self.run(job, label, selection, partition)
+        return self.run(job, label, selection, partition, None if selection else checks)
 
     def anonymize(self, variant: str, shard: str, bound: float) -> None:
         from orchestration.checks import PRIVACY_CHECK
@@ -147,8 +166,8 @@ class _Driver:
         partition = str(variant_shard_key(variant, shard))
         check = dg.AssetCheckKey(dg.AssetKey("anonymized_images"), PRIVACY_CHECK)
         before = latest_check(self.instance, check, partition)
-        # The images are checked again when the check never ran on them or ran with another bound.
-        again = [check.asset_key] if before is None or before.get("bound") != bound else []
+        # Images that are up to date are checked again when the check never ran on them or ran with another bound.
+        again = {check} if before is None or before.get("bound") != bound else set()
         label = f"anonymize {variant} {shard}"
         self.materialize("anonymize", label, ANONYMIZE.resolve(self.graph), partition, again)
         outcome = latest_check(self.instance, check, partition)

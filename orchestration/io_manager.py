@@ -55,7 +55,7 @@ ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 
 class LazyArrays(Mapping):
     """The arrays of an `.npz` file, each read when first asked for (a shard's codes are not read to plot its
-    losses). Read-only, like a memory-mapped array."""
+    losses), then kept."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -68,9 +68,7 @@ class LazyArrays(Mapping):
             if key not in self._keys:
                 raise KeyError(f"{key!r} is not in {self.path} (it holds {', '.join(self._keys)})")
             with np.load(self.path, allow_pickle=False) as data:
-                array = data[key]
-            array.flags.writeable = False
-            self._read[key] = array
+                self._read[key] = data[key]
         return self._read[key]
 
     def __iter__(self) -> Iterator[str]:

@@ -17,9 +17,10 @@ in parallel processes, at most one tagged `falco/device: gpu` at a time, so two 
 
 import dagster as dg
 
-from orchestration.partitions import variant_shards, variants
 
-SETTINGS = dg.AssetSelection.groups("settings", include_sources=True)
+SETTINGS = dg.AssetSelection.assets("input_images", "ingest_settings", "fake_pool_settings", "inversion_settings",
+                                    "pairing_settings", "variant_settings", "classifier_settings", "evaluation_settings",
+                                    "baseline_settings", "report_settings")
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
 EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics")
@@ -34,9 +35,9 @@ GPU_POD = {
 
 observe_settings_job = dg.define_asset_job("observe_settings", selection=SETTINGS)
 prepare_job = dg.define_asset_job("prepare", selection=PREPARE)
-anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE, partitions_def=variant_shards,
+anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE,
                                     tags={"dagster-k8s/config": GPU_POD})
-evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE, partitions_def=variants)
+evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE)
 
 ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job]
 

@@ -42,11 +42,11 @@ def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
 
 
 def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
-           fresh: bool = False, also: Sequence[dg.AssetKey] = ()) -> list[dg.AssetKey]:
-    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), those
-    in `also`, and everything among `keys` downstream of them; the outputs of one op go together."""
+           fresh: bool = False) -> list[dg.AssetKey]:
+    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), and
+    everything among `keys` downstream of them; the outputs of one op go together."""
     status = statuses(instance, graph, keys, partition)
-    chosen = {k for k in keys if fresh or k in also or status[k] != StaleStatus.FRESH.value}
+    chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value}
     grew = True
     while grew:
         grew = False
@@ -60,12 +60,14 @@ def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], par
 
 def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str) -> dict | None:
     """The outcome of `check` on the latest materialization of its asset's `partition`: {"passed": bool, **its
-    metadata values}; None when it has not run on that materialization."""
+    metadata values}; None when it has not run on that materialization (in its run, or in a later one)."""
     latest = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[partition]), limit=1).records
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [check], partition_filter=PartitionKeyFilter(key=partition)).get(check)
-    if not latest or record is None or record.run_id != latest[0].run_id or record.event is None:
+    if not latest or record is None or record.event is None:
+        return None
+    if record.run_id != latest[0].run_id and record.create_timestamp < latest[0].timestamp:
         return None
     evaluation = record.event.dagster_event.event_specific_data
     if record.status not in (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED):

@@ -256,10 +256,10 @@ class MlflowResource(dg.ConfigurableResource):
         partition = str(context.partition_key) if context.has_partition_key else ""
         variant, shard = split_key(partition or None, context.assets_def.partitions_def)
         where = " ".join(p for p in (variant, shard) if p)
-        parent = self.parent_run(context.run.run_id, f"{context.run.job_name}[{where}]" if where else
-                                 context.run.job_name)
+        job, run_id = _job_and_run(context)
+        parent = self.parent_run(run_id, f"{job}[{where}]" if where else job)
         tags = {
-            DAGSTER_RUN_TAG: context.run.run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
+            DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
             "code_version": str(context.assets_def.code_versions_by_key.get(key) or "none"),
             "git_commit": git_commit(), "data_version": data_version(), "profile": networks.profile,
@@ -292,6 +292,17 @@ class MlflowResource(dg.ConfigurableResource):
         )
         earlier = [r for r in runs if r.info.run_id != run.run_id]
         return dict(earlier[0].data.metrics) if earlier else None
+
+
+def _job_and_run(context: dg.AssetExecutionContext) -> tuple[str, str]:
+    """(job name, run id) of the run; ("direct", "EPHEMERAL") for an asset called as a function
+    (build_asset_context), which runs in none."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        return context.run.job_name, context.run.run_id
+    except DagsterInvalidPropertyError:
+        return "direct", "EPHEMERAL"
 
 
 def delta_table(previous: dict[str, float] | None, current: dict[str, float]) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """The `attribute_classifier` asset: trained on the train split of a small CelebA-HQ-shaped folder through the Dagster
-graph, tested by `evaluation_metrics` on the real and the anonymized test split; skipped for data without labels."""
+graph, tested by a variant's evaluation on the real and the anonymized test split; skipped for data without labels."""
 
 from pathlib import Path
 
@@ -10,23 +10,19 @@ import pytest
 import yaml
 from PIL import Image
 
+from anon_core.artifacts import Weights
 from anon_core.celeba import CELEBA_ATTRIBUTES
 from anon_core.errors import ParamsError
-from orchestration.io_manager import FalcoIOManager, Weights
+from orchestration.driver import run_pipeline
+from orchestration.io_manager import FalcoIOManager
 from orchestration.resources import NetworksResource, StorageResource
-from orchestration.runner import run_pipeline
 from orchestration.tracking import MlflowResource
 
 LEARNABLE = "Pale_Skin"  # set on bright images, cleared on dark ones; every other attribute is a coin flip
 SPLITS = ["train"] * 20 + ["val"] * 6 + ["test"] * 6  # 32 images: one optimization batch of `tiny`
 PARTITION_CODE = {"train": "0", "val": "1", "test": "2"}
-FAST_OPS = {
-    "real_images": {"config": {"shard_size": 64}},
-    "fake_pool": {"config": {"pool_size": 40}},
-    "anonymized_latents": {"config": {"steps": 1}},
-    "attribute_classifier": {"config": {"epochs": 20}},  # BatchNorm running stats settle
-    "evaluation_metrics": {"config": {"baselines": []}},
-}
+FAST = {"pipeline.shard_size": 64, "pool_size": 40, "optimization.steps": 1, "evaluation.baselines": [],
+        "attribute_classifier.epochs": 20}  # 20 epochs: BatchNorm's running statistics settle
 
 
 def _faces(count: int) -> np.ndarray:
@@ -84,18 +80,18 @@ def celebahq_run(tmp_path_factory, mlflow_store):
     tmp = tmp_path_factory.mktemp("celebahq_run")
     make_celebahq(tmp / "celebahq")
     storage = StorageResource(root=str(tmp / "store"), input_dir=str(tmp / "celebahq"))
-    networks = NetworksResource(params_path=_fast_params(tmp / "params.yaml"))
+    networks = NetworksResource(params_path=_fast_params(tmp / "params.yaml"), overrides=FAST)
     mlflow = mlflow_store
     (tmp / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp / "dagster_home")) as instance:
-        summary = run_pipeline(storage, networks, instance=instance, run_config={"ops": FAST_OPS},
-                               log=lambda *_: None, mlflow=mlflow)
+    (tmp / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.DagsterInstance.from_config(str(tmp / "dagster_home")) as instance:
+        summary = run_pipeline(storage, networks, instance=instance, log=lambda *_: None, mlflow=mlflow)
         yield summary, instance, tmp / "store", mlflow
 
 
 def test_classifier_trains_on_the_train_split_and_learns_the_learnable_attribute(celebahq_run):
     summary, instance, store, mlflow = celebahq_run
-    assert summary.failed == [] and summary.ran[-1] == "evaluate"
+    assert summary.failed == [] and summary.ran[-1] == "report"
     meta = _metadata(instance, "attribute_classifier")
     assert meta["status"] == "trained" and meta["num_train"] == 20 and meta["num_val"] == 6
     assert meta["num_attributes"] == 40 and meta["steps"] == 20 * 2  # 20 images in batches of 16, 20 epochs
@@ -107,7 +103,7 @@ def test_classifier_trains_on_the_train_split_and_learns_the_learnable_attribute
     losses = mlflow.client().get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == list(range(1, 41))
 
-    weights = FalcoIOManager(root=str(store))._load(store / "attribute_classifier", None)
+    weights = FalcoIOManager(root=str(store))._load(store / "attribute_classifier", "all")
     assert isinstance(weights, Weights) and weights.metadata["status"] == "trained"
     assert (store / "attribute_classifier" / "all.safetensors").is_file()
     assert weights.arrays["fc.weight"].shape[0] == 40
@@ -115,7 +111,7 @@ def test_classifier_trains_on_the_train_split_and_learns_the_learnable_attribute
 
 def test_evaluation_reports_per_attribute_accuracy_on_real_and_anonymized_test_images(celebahq_run):
     summary, instance, store, _ = celebahq_run
-    attributes = pd.read_parquet(store / "evaluation_metrics" / "attributes.parquet")
+    attributes = pd.read_parquet(store / "attribute_agreement" / "default" / "all.parquet")
     ours = attributes[attributes["predictor"] == "attribute_classifier"].set_index("attribute")
     assert list(ours.index) == list(CELEBA_ATTRIBUTES) and (ours["n"] == 6).all()  # the 6 test images only
     for column in ("accuracy_real", "accuracy_anon", "agreement"):
@@ -124,7 +120,7 @@ def test_evaluation_reports_per_attribute_accuracy_on_real_and_anonymized_test_i
     np.testing.assert_allclose(ours["drop"], ours["accuracy_real"] - ours["accuracy_anon"])
     assert set(attributes["predictor"]) > {"attribute_classifier"}  # the pseudo-label rows are still there
 
-    falco = pd.read_parquet(store / "evaluation_metrics" / "all.parquet").set_index("method").loc["falco"]
+    falco = pd.read_parquet(store / "evaluation_metrics" / "default" / "all.parquet").set_index("method").loc["default"]
     assert falco["attributes/attribute_classifier/mean_accuracy_real"] == pytest.approx(ours["accuracy_real"].mean())
     assert falco["attributes/attribute_classifier/mean_agreement"] == pytest.approx(ours["agreement"].mean())
     assert _metadata(instance, "evaluation_metrics")["attribute_classifier"] == "evaluated on 6 test images"
@@ -132,25 +128,18 @@ def test_evaluation_reports_per_attribute_accuracy_on_real_and_anonymized_test_i
     assert "attributes/attribute_classifier/mean_accuracy_anon" in report and "accuracy_anon" in report
 
 
-def _materialize_classifier(
-    tmp_path, input_dir: Path, real_images_config: dict, mlflow: MlflowResource, device: str = "cpu"
-) -> dg.DagsterInstance:
-    """real_images, then the `gpu_attribute_classifier` job as the UI would launch it."""
+def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: MlflowResource,
+                            device: str = "cpu") -> dg.DagsterInstance:
+    """real_images, then attribute_classifier (the first step of the `evaluate` job), with one epoch at 32 px."""
     from orchestration.definitions import build_definitions
 
+    overrides = {"data.align": False, **{f"data.{k}": v for k, v in data.items()}, "attribute_classifier.epochs": 1,
+                 "attribute_classifier.image_size": 32}
     defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(input_dir)),
-                             NetworksResource(device=device), mlflow)
+                             NetworksResource(device=device, overrides=overrides), mlflow)
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("real_images"), instance=instance,
-                          resources=defs.resources,
-                          run_config={"ops": {"real_images": {"config": {"align": False, **real_images_config}}}},
-                          ).success
-    job = defs.resolve_job_def("gpu_attribute_classifier")
-    assert "nvidia.com/gpu" in job.tags["dagster-k8s/config"]  # one GPU pod on Kubernetes
-    result = job.execute_in_process(
-        instance=instance, run_config={"ops": {"attribute_classifier": {"config": {"epochs": 1, "image_size": 32}}}}
-    )
-    assert result.success
+    assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("real_images", "attribute_classifier"),
+                          instance=instance, resources=defs.resources).success
     return instance
 
 
@@ -162,17 +151,14 @@ def test_lfw_without_attribute_labels_is_an_explicit_skip(tmp_path, lfw_faces, m
     instance = _materialize_classifier(tmp_path, tmp_path, {"dataset": "lfw"}, mlflow_store)
     meta = _metadata(instance, "attribute_classifier")
     assert meta["status"] == "skipped" and meta["reason"].startswith("skipped: no CelebA attribute labels")
-    stored = FalcoIOManager(root=str(tmp_path / "store"))._load(tmp_path / "store" / "attribute_classifier", None)
+    stored = FalcoIOManager(root=str(tmp_path / "store"))._load(tmp_path / "store" / "attribute_classifier", "all")
     assert stored.arrays == {} and stored.metadata["status"] == "skipped"
 
-    from evaluation.suite import MethodResult
-    from orchestration.assets.attribute_classifier import add_classifier_metrics_
-    from orchestration.io_manager import ImageSet
+    from evaluation.attribute_classifier import classifier_scores
 
-    result = MethodResult("falco", {"x": 1.0}, pd.DataFrame())
-    real = ImageSet(table=pd.DataFrame({"image": ["a.png"]}), images=lfw_faces[:1])
-    assert add_classifier_metrics_(result, stored, real, lfw_faces[:1], np.array([0])) == meta["reason"]
-    assert result.metrics == {"x": 1.0} and result.attributes is None
+    scores, note = classifier_scores(stored, pd.DataFrame({"image": ["a.png"]}), lfw_faces[:1], lfw_faces[:1],
+                                     np.array([0]))
+    assert scores is None and note == meta["reason"]
 
 
 def _labelled_folder(tmp_path: Path, lfw_faces: np.ndarray) -> dict:
@@ -203,30 +189,37 @@ def test_the_gpu_job_trains_on_cuda(tmp_path, lfw_faces, mlflow_store):
     assert meta["status"] == "trained" and meta["device"] == "cuda"
 
 
-def test_classifier_is_a_gpu_step_outside_the_evaluate_job():
+def test_classifier_is_a_gpu_step_of_the_evaluate_job_shared_by_every_variant():
     from orchestration.definitions import defs
 
-    (spec,) = [a for a in defs.assets if dg.AssetKey("attribute_classifier") in a.keys]
+    (spec,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("attribute_classifier")
+               in a.keys]
     assert spec.op.tags["falco/device"] == "gpu" and spec.group_names_by_key[spec.key] == "evaluation"
+    assert spec.partitions_def is None  # trained once on the real images, whatever the variants
     evaluate = defs.resolve_job_def("evaluate").asset_layer.selected_asset_keys
-    assert dg.AssetKey("evaluation_metrics") in evaluate and dg.AssetKey("attribute_classifier") not in evaluate
+    assert {dg.AssetKey("evaluation_metrics"), dg.AssetKey("attribute_classifier")} <= evaluate
 
 
 def test_classifier_settings_come_from_params_yaml_and_bad_ones_name_the_file(tmp_path):
-    from orchestration.assets.attribute_classifier import classifier_config
+    from evaluation.attribute_classifier import classifier_config
 
-    tiny = classifier_config(NetworksResource())
+    def config(networks: NetworksResource):
+        return classifier_config(networks.section("attribute_classifier"), str(networks.params_file))
+
+    tiny = config(NetworksResource())
     assert (tiny.layers, tiny.width, tiny.epochs) == ((1, 1, 1, 1), 8, 5)
-    full = classifier_config(NetworksResource(profile="ffhq1024"), {"epochs": 2, "lr": None})
+    full = config(NetworksResource(profile="ffhq1024", overrides={"attribute_classifier.epochs": 2}))
     assert (full.layers, full.image_size, full.epochs, full.lr) == ((3, 4, 6, 3), 128, 2, 1e-4)
 
     data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    for bad, match in (({"epoch": 3}, "unknown key.*epoch"), ({"batch_size": 0}, "batch_size = 0")):
+    good = dict(data["attribute_classifier"])
+    for bad, match in (({**good, "epoch": 3}, "unknown key.*epoch"), ({**good, "batch_size": 0}, "batch_size = 0"),
+                       ({k: v for k, v in good.items() if k != "seed"}, "missing key.*seed")):
         data["attribute_classifier"] = bad
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(ParamsError, match=match) as error:
-            classifier_config(NetworksResource(params_path=str(path)))
+            config(NetworksResource(profile="ffhq1024", params_path=str(path)))  # no profile entry on top
         assert str(path) in str(error.value)
 
 

@@ -113,7 +113,8 @@ def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_classifier_training_loss_falls_and_utility_table() -> None:
     images, labels = _synthetic(64, seed=0)
-    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=16, max_steps=12, lr=3e-3)
+    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=16, epochs=10, max_steps=12,
+                              lr=3e-3, weight_decay=0.0, hflip=True, seed=0)
     logged: list[dict] = []
     model, history = train_attribute_classifier(images, labels, config, device="cpu", log=logged.append)
     losses = [entry["loss"] for entry in history]
@@ -136,7 +137,8 @@ def test_classifier_training_loss_falls_and_utility_table() -> None:
 @pytest.mark.gpu
 def test_classifier_trains_on_cuda() -> None:
     images, labels = _synthetic(64, seed=0)
-    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=16, max_steps=12, lr=3e-3)
+    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=16, epochs=10, max_steps=12,
+                              lr=3e-3, weight_decay=0.0, hflip=True, seed=0)
     model, history = train_attribute_classifier(images, labels, config, device="cuda")
     losses = [entry["loss"] for entry in history]
     assert next(model.parameters()).is_cuda

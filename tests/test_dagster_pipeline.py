@@ -1,7 +1,12 @@
-"""The Dagster asset graph on the tiny profile: whole graph, partition subsets, the blocking privacy check, and a
-run killed in the middle of a shard."""
+"""The asset graph through the one driver (orchestration.driver), on the tiny profile and 7 real faces in shards of 3:
+named jobs with variant and shard tags, variants side by side, each staleness rule as Dagster's records show it, the
+privacy check, a run killed in the middle of a shard, and the storage contract.
+
+A module fixture runs the graph once for the variants `default` and `m0.5`; each staleness test starts from its own
+copy of that state (faces, params.yaml, store, Dagster instance, MLflow database), so no test depends on another."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,169 +15,249 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
-from orchestration.io_manager import ImageSet
-from orchestration.resources import NetworksResource, StorageResource
-from orchestration.runner import FINGERPRINT_TAG, run_pipeline
+from dagster._core.event_api import PartitionKeyFilter
 
-FAST_OPS = {
-    "real_images": {"config": {"shard_size": 3}},
-    "fake_pool": {"config": {"pool_size": 40}},
-    "anonymized_latents": {"config": {"steps": 2, "batch_size": "auto"}},
-}
-UPSTREAM = ["fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"]
+from anon_core.artifacts import ImageSet
+from pipeline_helpers import fast_params, made_since, materializations, run, write_faces
+
+VARIANTS = ["default", "m0.5"]
+SHARDS = [f"shard-{i:05d}" for i in range(3)]  # 7 readable faces in shards of 3
+PREPARE = {"fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"}
+REFERENCES = {"attribute_pseudo_labels", "attribute_classifier", "baseline_metrics"}
+PER_VARIANT = {"evaluation_metrics", "per_image_privacy", "attribute_agreement"}
+
+
+def _instance(home: Path) -> dg.DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, lfw_faces):
+    root = tmp_path_factory.mktemp("base")
+    write_faces(root / "faces", lfw_faces[:7])
+    fast_params(root / "params.yaml")
+    with _instance(root / "home") as instance:
+        summary = run(root, instance, VARIANTS)
+    return root, summary
 
 
 @pytest.fixture
-def faces(tmp_path, lfw_faces):
-    root = tmp_path / "faces"
-    (root / "Person A").mkdir(parents=True)
-    for i in range(7):
-        Image.fromarray(lfw_faces[i]).save(root / "Person A" / f"img_{i}.png")
-    (root / "broken.jpg").write_bytes(b"")
-    return root
+def state(base, tmp_path):
+    """A copy of the base state to change: (root, instance)."""
+    root = tmp_path / "state"
+    shutil.copytree(base[0], root)
+    with _instance(root / "home") as instance:
+        yield root, instance
 
 
-@pytest.fixture
-def instance(tmp_path):
-    (tmp_path / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
-        yield inst
+def _partitions(variants=VARIANTS, shards=SHARDS) -> set[str]:
+    return {f"{s}|{v}" for v in variants for s in shards}
 
 
-def _params_with_checks(tmp_path, **checks):
-    import yaml
+def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
+    root, summary = base
+    assert summary.failed == [] and summary.blocked == []
+    assert summary.ran == ["prepare", *[f"anonymize {v} {s}" for v in VARIANTS for s in SHARDS],
+                           "evaluate references", "evaluate default", "evaluate m0.5", "report"]
+    with _instance(root / "home") as instance:
+        runs = instance.get_runs()
+        assert {r.job_name for r in runs} == {"observe_settings", "prepare", "anonymize", "evaluate"}
+        shard_runs = [r for r in runs if r.job_name == "anonymize"]
+        assert {(r.tags["dagster/partition/variant"], r.tags["dagster/partition/shard"]) for r in shard_runs} == \
+            {(v, s) for v in VARIANTS for s in SHARDS}
+        assert {r.tags.get("dagster/partition") for r in runs if r.job_name == "evaluate"} == {None, *VARIANTS}
+        assert instance.get_materialized_partitions(dg.AssetKey("anonymized_images")) == _partitions()
+        assert instance.get_materialized_partitions(dg.AssetKey("evaluation_metrics")) == set(VARIANTS)
+        for partition in _partitions(["default"]):
+            [record] = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=1,
+                partition_filter=PartitionKeyFilter(key=partition))
+            metadata = record.event.dagster_event.event_specific_data.metadata
+            assert record.status.value == "SUCCEEDED" and metadata["variant"].value == "default"
 
-    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    data["checks"] = {**checks, "profiles": {}}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def _run(tmp_path, faces, instance, **kw):
-    storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(faces))
-    networks = NetworksResource(params_path=kw.pop("params_path", None))
-    return run_pipeline(storage, networks, instance=instance, run_config={"ops": FAST_OPS}, log=lambda *_: None, **kw)
-
-
-def _partitions(instance, key):
-    return instance.get_materialized_partitions(dg.AssetKey(key))
-
-
-def test_whole_graph_materializes_with_checks_passing(tmp_path, faces, instance):
-    summary = _run(tmp_path, faces, instance)
-    assert summary.failed == []
-    assert summary.ran[:4] == ["prepare", "shard-00000", "shard-00001", "shard-00002"]
-    for key in UPSTREAM:
-        assert instance.get_latest_materialization_event(dg.AssetKey(key)) is not None, key
-    shards = {"shard-00000", "shard-00001", "shard-00002"}  # 7 ok images in shards of 3
-    assert _partitions(instance, "anonymized_latents") == shards
-    assert _partitions(instance, "anonymized_images") == shards
-
-    store = tmp_path / "store"
-    written = sorted(p.relative_to(store / "anonymized_images" / "images").as_posix()
-                     for p in (store / "anonymized_images" / "images").rglob("*.png"))
-    assert written == [f"Person A/img_{i}.png" for i in range(7)]
-    import pandas as pd
-
+    store = root / "store"
+    for variant in VARIANTS:
+        folder = store / "anonymized_images" / variant / "images"
+        assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == \
+            [f"Person A/img_{i}.png" for i in range(7)]
+        assert sorted(p.name for p in (store / "anonymized_latents" / variant).iterdir()) == \
+            [f"{s}.npz" for s in SHARDS]
+    first = [np.asarray(Image.open(store / "anonymized_images" / v / "images" / "Person A" / "img_0.png"))
+             for v in VARIANTS]
+    assert np.abs(first[0].astype(int) - first[1]).mean() > 1  # the variants' images differ
     real = pd.read_parquet(store / "real_images" / "all.parquet")
     assert real.set_index("input").loc["broken.jpg", "reason"] == "empty_file"
-    latents = np.load(store / "anonymized_latents" / "shard-00002.npz")
-    assert latents["ws"].shape == (1, 10, 128) and latents["loss_total"].shape == (2, 1)
 
-    for check in ("pairs_cover_every_real", "latents_finite_and_fixed_layers_untouched", "privacy_source_match_share"):
-        records = [
-            r
-            for key in ("pairs", "anonymized_latents", "anonymized_images")
-            for r in instance.event_log_storage.get_asset_check_execution_history(
-                dg.AssetCheckKey(dg.AssetKey(key), check), limit=10
-            )
-        ]
-        assert records and all(r.status.value == "SUCCEEDED" for r in records), check
+    report = store / "anonymization_report"
+    summary_table = pd.read_csv(report / "metrics.csv").set_index("method")
+    assert list(summary_table.index) == [*VARIANTS, "blur"]
+    metrics = yaml.safe_load((report / "metrics.json").read_text())
+    assert set(metrics) == {*VARIANTS, "blur"} and 0 <= metrics["m0.5"]["reid/dlib/top1_rate"] <= 1
+    for variant in VARIANTS:
+        losses = pd.read_csv(report / "losses" / f"{variant}.csv")
+        assert list(losses.columns) == ["step", "identity", "attribute", "total"] and len(losses) == 2
+    assert set(pd.read_parquet(report / "per_image.parquet")["run"]) == set(VARIANTS)
 
 
-def test_rerun_skips_up_to_date_steps_and_a_missing_shard_is_all_that_runs(tmp_path, faces, instance):
-    _run(tmp_path, faces, instance)
-    again = _run(tmp_path, faces, instance)
-    assert again.ran == [] or again.ran == ["evaluate"]
-    assert set(again.skipped) >= {"prepare", "shard-00000", "shard-00001", "shard-00002"}
-
-    # Wipe one shard's record by materializing it under another fingerprint: only that shard is redone.
-    from orchestration.definitions import build_definitions
-
-    defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(faces)), NetworksResource())
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets("anonymized_latents", "anonymized_images"),
-        partition_key="shard-00001", instance=instance, resources=defs.resources,
-        run_config={"ops": {"anonymized_latents": FAST_OPS["anonymized_latents"]}}, tags={FINGERPRINT_TAG: "other"},
-    )
-    assert result.success
-    third = _run(tmp_path, faces, instance)
-    assert [r for r in third.ran if r.startswith("shard")] == ["shard-00001"]
+def test_an_identical_second_run_materializes_nothing(state):
+    root, instance = state
+    before = materializations(instance)
+    summary = run(root, instance, VARIANTS)
+    assert summary.ran == [] and summary.failed == []
+    assert made_since(before, materializations(instance)) == {}
 
 
-def test_failing_privacy_check_blocks_the_downstream_evaluation(tmp_path, faces, instance):
-    # A bound below zero cannot be met: the blocking check must fail the shard runs.
-    params_path = _params_with_checks(tmp_path, privacy_max_match_share=-1.0)
-    summary = _run(tmp_path, faces, instance, params_path=params_path)
-    assert summary.failed and all(name.startswith("shard") for name in summary.failed)
-    assert "evaluate" not in summary.ran
+def test_a_new_margin_runs_only_that_variants_anonymization_and_evaluation(state):
+    root, instance = state
+    before = materializations(instance)
+    summary = run(root, instance, [*VARIANTS, "m0.9"])
+    made = made_since(before, materializations(instance))
+    assert made == {"anonymized_latents": _partitions(["m0.9"]), "anonymized_images": _partitions(["m0.9"]),
+                    **{name: {"m0.9"} for name in PER_VARIANT}, "anonymization_report": {None}}
+    assert summary.failed == [] and "prepare" in summary.skipped and "evaluate references" in summary.skipped
+
+
+def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state):
+    root, instance = state
+    fast_params(root / "params.yaml", tiny={"optimization": {"steps": 3}})
+    before = materializations(instance)
+    run(root, instance, VARIANTS)
+    made = made_since(before, materializations(instance))
+    assert made == {"anonymized_latents": _partitions(), "anonymized_images": _partitions(),
+                    **{name: set(VARIANTS) for name in PER_VARIANT}, "anonymization_report": {None}}
+    steps = pd.read_csv(root / "store" / "anonymization_report" / "losses" / "m0.5.csv")
+    assert len(steps) == 3
+
+
+def test_a_pool_size_change_reruns_the_pool_its_features_and_the_pairs_but_not_the_real_data(state):
+    root, instance = state
+    before = materializations(instance)
+    run(root, instance, VARIANTS, overrides={"pool_size": 50})
+    made = made_since(before, materializations(instance))
+    assert set(made) == {"fake_pool", "fake_features", "pairs", "anonymized_latents", "anonymized_images",
+                         "baseline_metrics", *PER_VARIANT, "anonymization_report"}
+    assert made["anonymized_latents"] == _partitions()
+    assert len(np.load(root / "store" / "fake_pool" / "all.npz")["w"]) == 50
+
+
+def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state, lfw_faces):
+    root, instance = state
+    Image.fromarray(lfw_faces[7]).save(root / "faces" / "Person A" / "img_7.png")
+    before = materializations(instance)
+    run(root, instance, VARIANTS)
+    made = made_since(before, materializations(instance))
+    assert not {"fake_pool", "fake_features"} & set(made)
+    assert {"real_images", "real_features", "real_inversions", "pairs", *REFERENCES, *PER_VARIANT} <= set(made)
+    assert made["anonymized_images"] == _partitions()  # 8 faces: still 3 shards, all of them new
+    assert len(list((root / "store" / "anonymized_images" / "m0.5" / "images").rglob("*.png"))) == 8
+
+
+def test_fresh_remakes_everything(state):
+    root, instance = state
+    before = materializations(instance)
+    run(root, instance, VARIANTS, fresh=True)
+    made = made_since(before, materializations(instance))
+    assert set(made) == PREPARE | REFERENCES | PER_VARIANT | {"anonymized_latents", "anonymized_images",
+                                                              "anonymization_report"}
+
+
+def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state):
+    root, instance = state
+    fast_params(root / "params.yaml", checks={"privacy_max_match_share": -1.0})  # a bound no shard can meet
+    before = materializations(instance)
+    summary = run(root, instance, VARIANTS)
+    assert summary.failed == [] and summary.privacy_failed == {v: SHARDS for v in VARIANTS}
+    assert made_since(before, materializations(instance)) == {}  # up to date: only checked again
     records = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=10
-    )
-    assert records and all(r.status.value == "FAILED" for r in records)
+        dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=100)
+    assert sum(r.status.value == "FAILED" for r in records) == 6
+    again = run(root, instance, VARIANTS)  # same bound: not checked again
+    assert again.ran == [] and again.privacy_failed == summary.privacy_failed
+
+    fast_params(root / "params.yaml")  # the bound back to params.yaml's 0.05
+    third = run(root, instance, VARIANTS)
+    assert "default" not in third.privacy_failed and len(third.ran) == 6 and third.failed == []
 
 
-def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, faces):
+def test_the_executor_of_params_yaml_applies_to_cli_runs(state):
+    root, instance = state
+    summary = run(root, instance, VARIANTS, overrides={"pipeline.executor": "multiprocess"}, stages=("prepare",),
+                  fresh=True)
+    [prepare] = [r for r in instance.get_runs() if r.run_id == summary.run_ids[-1]]
+    messages = " ".join(e.message or "" for e in instance.all_logs(prepare.run_id))
+    assert prepare.job_name == "prepare" and "multiprocess executor" in messages
+
+
+def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):
+    write_faces(tmp_path / "faces", lfw_faces[:7])
+    params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 20}})
     home = tmp_path / "home"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "FALCO_STORAGE": str(tmp_path / "store")}
-    cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(faces), "--shard-size", "2",
-           "--pool-size", "40", "--steps", "20"]
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
+           str(tmp_path / "store"), "--params", str(params), "--shard-size", "2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    first = tmp_path / "store" / "anonymized_images" / "shard-00000.parquet"
+    first = tmp_path / "store" / "anonymized_images" / "default" / "shard-00000.parquet"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert first.exists(), "the first shard never finished"
     os.killpg(proc.pid, signal.SIGKILL)  # in the middle of a later shard
     proc.wait()
-    done_before = {p.stem for p in (tmp_path / "store" / "anonymized_images").glob("shard-*.parquet")}
+    done_before = {p.stem for p in first.parent.glob("shard-*.parquet")}
     assert 0 < len(done_before) < 4
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    with dg.DagsterInstance.from_config(str(home)) as inst:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
         for shard in sorted(done_before):
-            records = inst.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("anonymized_images"), asset_partitions=[shard]), limit=5
-            ).records
+            records = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("anonymized_images"), asset_partitions=[f"{shard}|default"]), limit=5).records
             assert len(records) == 1, f"{shard} was redone"
-        assert inst.get_materialized_partitions(dg.AssetKey("anonymized_images")) == {
-            f"shard-{i:05d}" for i in range(4)
-        }
+        assert instance.get_materialized_partitions(dg.AssetKey("anonymized_images")) == {
+            f"shard-{i:05d}|default" for i in range(4)}
     store = tmp_path / "store"
-    import pandas as pd
     from safetensors.numpy import load_file
 
     for path in (p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")):
         # Every visible file is whole: a kill can only leave hidden temporary files behind.
-        {".parquet": pd.read_parquet, ".npz": lambda p: dict(np.load(p)), ".npy": np.load,
+        {".parquet": pd.read_parquet, ".npz": lambda p: dict(np.load(p)), ".npy": np.load, ".json": Path.read_text,
          ".png": lambda p: Image.open(p).load(), ".md": Path.read_text, ".html": Path.read_text,
          ".csv": pd.read_csv, ".safetensors": load_file}[path.suffix](path)
-    for shard in range(4):
-        data = np.load(store / "anonymized_latents" / f"shard-{shard:05d}.npz")
-        assert np.isfinite(data["ws"]).all()
-    images = sorted((store / "anonymized_images" / "images").rglob("*.png"))
+    images = sorted((store / "anonymized_images" / "default" / "images").rglob("*.png"))
     assert len(images) == 7 and all(Image.open(p).size == (64, 64) for p in images)
 
 
-def test_image_set_round_trips_through_the_io_manager(tmp_path):
-    import pandas as pd
+def test_shard_size_comes_from_params_yaml_unless_the_command_line_sets_it(tmp_path, lfw_faces):
+    """The 7 readable faces split by params.yaml's `pipeline.shard_size` of the profile, or by --shard-size."""
+    from anon_core.errors import ParamsError
 
-    from orchestration.io_manager import FalcoIOManager
+    write_faces(tmp_path / "faces", lfw_faces[:7])
+    with _instance(tmp_path / "home") as instance:
+        def shards(size_in_file, size_on_command_line=None):
+            params = fast_params(tmp_path / "params.yaml", pipeline={"shard_size": 1024, "executor": "in_process",
+                                                                     "max_concurrent": 1,
+                                                                     "profiles": {"tiny": {"shard_size": size_in_file}}})
+            overrides = {} if size_on_command_line is None else {"pipeline.shard_size": size_on_command_line}
+            run(tmp_path, instance, params=params, overrides=overrides, stages=("prepare",))
+            return instance.get_dynamic_partitions("image_shards")
+
+        assert shards(4) == ["shard-00000", "shard-00001"]
+        assert shards(4, size_on_command_line=7) == ["shard-00000"]
+        assert shards(2) == ["shard-00000", "shard-00001", "shard-00002", "shard-00003"]
+        with pytest.raises(ParamsError, match=r"params\.yaml: pipeline\.shard_size = 0 must be"):
+            shards(0)
+
+
+def test_image_sets_and_arrays_round_trip_through_the_io_manager(tmp_path):
+    from orchestration.io_manager import FalcoIOManager, LazyArrays
 
     manager = FalcoIOManager(root=str(tmp_path))
     images = np.random.default_rng(0).integers(0, 256, size=(2, 40, 40, 3), dtype=np.uint8)
@@ -182,45 +267,36 @@ def test_image_set_round_trips_through_the_io_manager(tmp_path):
     loaded = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("thing"), upstream_output=out))
     assert loaded.table.equals(value.table)
     np.testing.assert_array_equal(loaded.images, images)
+
+    arrays = {"ws": np.arange(6.0).reshape(2, 3), "row": np.array([4, 5])}
+    manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("codes")), arrays)
+    lazy = manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("codes")))
+    assert isinstance(lazy, LazyArrays) and sorted(lazy) == ["row", "ws"] and lazy._read == {}
+    np.testing.assert_array_equal(lazy["row"], arrays["row"])
+    assert list(lazy._read) == ["row"]  # the codes were not read to get the rows
     with pytest.raises(TypeError, match="FalcoIOManager stores"):
         manager.handle_output(out, object())
 
 
-def test_launchpad_batch_size_takes_a_number_or_auto():
-    from anon_core.errors import ParamsError
-    from orchestration.config import OptimizationConfig
+def test_a_variants_values_go_to_its_own_folder_and_missing_partitions_fail_unless_allowed(tmp_path):
+    from orchestration.io_manager import ALLOW_MISSING, FalcoIOManager
+    from orchestration.partitions import variant_shards, variants
 
-    networks = NetworksResource()
-    assert networks.params(**OptimizationConfig(batch_size="12").overrides()).batch_size == 12
-    assert networks.params(**OptimizationConfig(batch_size="auto").overrides()).batch_size == "auto"
-    assert networks.params(**OptimizationConfig().overrides()).batch_size == networks.params().batch_size
-    with pytest.raises(ParamsError, match="batch_size"):
-        networks.params(**OptimizationConfig(batch_size="big").overrides())
-
-
-def test_shard_size_comes_from_params_yaml_unless_the_run_config_sets_it(tmp_path, faces, instance):
-    """The 7 readable faces split by params.yaml's `pipeline.shard_size` of the profile, by the run config's when
-    given, and a bad value in params.yaml is one error naming the file and the key."""
-    import yaml
-
-    from anon_core.errors import ParamsError
-    from orchestration.definitions import build_definitions
-
-    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
-    params_path = tmp_path / "params.yaml"
-
-    def shards(pipeline_shard_size, run_config_shard_size=None):
-        data["pipeline"]["profiles"]["tiny"]["shard_size"] = pipeline_shard_size
-        params_path.write_text(yaml.safe_dump(data))
-        defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(faces)),
-                                 NetworksResource(params_path=str(params_path)))
-        config = {} if run_config_shard_size is None else {"shard_size": run_config_shard_size}
-        dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("real_images"), instance=instance,
-                       resources=defs.resources, run_config={"ops": {"real_images": {"config": config}}})
-        return instance.get_dynamic_partitions("image_shards")
-
-    assert shards(4) == ["shard-00000", "shard-00001"]
-    assert shards(4, run_config_shard_size=7) == ["shard-00000"]
-    assert shards(2) == ["shard-00000", "shard-00001", "shard-00002", "shard-00003"]
-    with pytest.raises(ParamsError, match=r"params\.yaml: pipeline\.shard_size = 0 must be"):
-        shards(0)
+    manager = FalcoIOManager(root=str(tmp_path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("variants", ["m0", "m0.9"])
+    instance.add_dynamic_partitions("image_shards", ["shard-00000"])
+    table = pd.DataFrame({"method": ["m0"], "x": [1.0]})
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("scores"), partition_key="m0",
+                                                      asset_partitions_def=variants), table)
+        manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("codes"), partition_key="shard-00000|m0.9",
+                                                      asset_partitions_def=variant_shards), {"ws": np.zeros(2)})
+        every_variant = {"asset_key": dg.AssetKey("scores"), "asset_partitions_def": variants, "instance": instance,
+                         "asset_partition_key_range": dg.PartitionKeyRange("m0", "m0.9")}
+        with pytest.raises(FileNotFoundError, match="m0.9"):
+            manager.load_input(dg.build_input_context(**every_variant))
+        loaded = manager.load_input(dg.build_input_context(**every_variant, definition_metadata={ALLOW_MISSING: True}))
+    assert (tmp_path / "scores" / "m0" / "all.parquet").is_file()
+    assert (tmp_path / "codes" / "m0.9" / "shard-00000.npz").is_file()
+    assert list(loaded) == ["m0"] and loaded["m0"].equals(table)

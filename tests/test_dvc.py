@@ -1,6 +1,6 @@
 """DVC against the real `dvc` and `git` in temporary folders: push/pull of the data, the project's data.dvc matches
-the deterministic sample dataset, `dvc repro` of the tiny pipeline (dvc.yaml's stages run `falco stage NAME`), and
-the Dagster data version of real_images is data.dvc's md5."""
+the deterministic sample dataset, and `dvc repro` of the tiny pipeline (dvc.yaml's stages run `falco stage NAME`,
+which launches the Dagster job NAME), with DVC's md5 of the data shown by the `input_images` observation."""
 
 import json
 import os
@@ -104,12 +104,12 @@ def test_data_version_without_dvc_file_hashes_the_files(tmp_path):
 
 @pytest.mark.slow
 def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
-    """About 2 minutes on 2 CPU cores: 7 stages, each a `falco stage` process building the tiny networks."""
+    """About a minute on 2 CPU cores: 3 stages, each a `falco stage` process launching its Dagster job."""
     import dagster as dg
 
     env = _env(tmp_path)
     help_proc = subprocess.run([str(BIN / "falco"), "stage", "--help"], capture_output=True, text=True, env=env)
-    assert help_proc.returncode == 0, "`falco stage` is not wired into orchestration/cli.py (cli_stage.register)"
+    assert help_proc.returncode == 0, "`falco stage` is not wired into orchestration/cli.py"
     repo = _dvc_project(tmp_path / "repo", env)
     for folder in ("anon_core", "orchestration", "evaluation"):  # dvc.yaml's code deps
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -117,27 +117,41 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profiles"]["tiny"].update(pool_size=40, optimization={"steps": 2},
                                       inversion={"method": "optimization", "steps": 2})
+    params["sweep"] = {"variants": ["default"], "margin": [0.5]}  # two variants: default and m0.5
+    params["evaluation"]["baselines"] = ["blur"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _write_faces(repo / "data" / "sample" / "images", lfw_faces[:4])
     _sh([DVC, "add", "data"], repo, env)
 
     _sh([DVC, "repro"], repo, env, timeout=600)
     store = repo / "outputs" / "pipeline"
-    assert len(list((store / "anonymized_images" / "images").rglob("*.png"))) == 4
-    metrics = json.loads((store / "metrics.json").read_text())["falco"]
-    assert metrics["num_images"] == 4 and 0.0 <= metrics["reid/dlib/top1_rate"] <= 1.0
+    for variant in ("default", "m0.5"):
+        assert len(list((store / "anonymized_images" / variant / "images").rglob("*.png"))) == 4
+    metrics_file = store / "anonymization_report" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics) == {"default", "m0.5", "blur"}
+    assert metrics["default"]["num_images"] == 4 and 0.0 <= metrics["m0.5"]["reid/dlib/top1_rate"] <= 1.0
     shown = _sh([DVC, "metrics", "show"], repo, env)
-    assert "outputs/pipeline/metrics.json" in shown and "reid/dlib/top1_rate" in shown
-    losses = (store / "losses.csv").read_text().splitlines()
-    assert losses[0].startswith("step,") and "total" in losses[0] and len(losses) == 3  # header + 2 steps
+    assert "anonymization_report/metrics.json" in shown and "reid/dlib/top1_rate" in shown
+    losses = (store / "anonymization_report" / "losses" / "m0.5.csv").read_text().splitlines()
+    assert losses[0] == "step,identity,attribute,total" and len(losses) == 3  # header + 2 steps
     plots = json.loads(_sh([DVC, "plots", "show", "--json"], repo, env))
-    assert "outputs/pipeline/losses.csv" in plots["data"]
+    assert any("losses/m0.5.csv" in key for key in plots["data"]), plots["data"].keys()
     assert "up to date" in _sh([DVC, "status"], repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"ingest", "fake_pool", "features", "invert", "pairs", "anonymize", "evaluate"}
+    assert set(lock["stages"]) == {"prepare", "anonymize", "evaluate"}
 
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-    instance = dg.DagsterInstance.from_config(str(tmp_path / "dagster"))
-    event = instance.get_latest_materialization_event(dg.AssetKey("real_images"))
-    assert event.asset_materialization.tags["dagster/data_version"] == md5
-    assert event.asset_materialization.metadata["data_version"].value == md5
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        assert {r.job_name for r in instance.get_runs()} == {"observe_settings", "prepare", "anonymize", "evaluate"}
+        observed = instance.fetch_observations(dg.AssetKey("input_images"), limit=1).records[0]
+        assert observed.asset_observation.metadata["dvc_md5"].value == md5
+
+    # A new margin in params.yaml: DVC re-runs the anonymize and evaluate stages, Dagster only the new variant.
+    params["sweep"]["margin"] = [0.5, 0.9]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _sh([DVC, "repro"], repo, env, timeout=600)
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        latents = instance.fetch_materializations(dg.AssetKey("anonymized_latents"), limit=100).records
+        assert sorted(r.partition_key.split("|")[1] for r in latents) == ["default", "m0.5", "m0.9"]  # one shard each
+    assert set(json.loads(metrics_file.read_text())) == {"default", "m0.5", "m0.9", "blur"}

@@ -178,7 +178,8 @@ def test_classifier_trains_on_files_as_on_the_array_reading_one_batch_at_a_time(
     labels = np.zeros((40, 2), bool)
     labels[:20, 0] = True
     labels[::3, 1] = True
-    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=8, epochs=2, seed=3)
+    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=8, epochs=2, max_steps=None,
+                              lr=1e-4, weight_decay=0.0, hflip=True, seed=3)
     from_array, history = train_attribute_classifier(images, labels, config)
 
     files = _files(tmp_path / "train", images)

@@ -9,15 +9,13 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet, Weights
-from orchestration.io_manager import ALLOW_MISSING
-from orchestration.metadata import png_markdown, table
+from orchestration.metadata import table
 from orchestration.partitions import BY_VARIANT, context_variant, variants
-from orchestration.resources import NetworksResource, StorageResource
+from orchestration.resources import NetworksResource
 from orchestration.tracking import MlflowResource, delta_table
 
 GROUP = "evaluation"
 GPU = {"falco/device": "gpu"}
-EVERY_STORED = {ALLOW_MISSING: True}  # the report reads the variants evaluated so far
 
 
 def _predictors(networks: NetworksResource):
@@ -94,12 +92,13 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
                                                for r in trained.val_accuracy.itertuples()}})
         run.log_table(trained.val_accuracy, "val_accuracy.csv")
     context.add_output_metadata({**run.metadata, "status": "trained", "num_train": trained.num_train,
-                                 "num_val": trained.num_val, **trained.summary,
-                                 "val_accuracy": table(trained.val_accuracy)})
+                                 "num_val": trained.num_val, "num_attributes": len(trained.val_accuracy),
+                                 "steps": trained.steps, "device": str(networks.networks().device),
+                                 **trained.summary, "val_accuracy": table(trained.val_accuracy)})
     return trained.weights
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["evaluation_settings"], op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="1", deps=["baseline_settings"], op_tags=GPU)
 def baseline_metrics(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
                      attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
                      mlflow: MlflowResource) -> pd.DataFrame:
@@ -110,6 +109,9 @@ def baseline_metrics(context: dg.AssetExecutionContext, real_images: ImageSet, p
     from evaluation.suite import evaluate_runs, summary_table
 
     names = tuple(networks.setting("evaluation", "baselines"))
+    if not names:
+        context.add_output_metadata({"baselines": "none (params.yaml evaluation.baselines is empty)"})
+        return pd.DataFrame({"method": pd.Series([], dtype=str)})
     suite, nets = _suite(networks), networks.networks()
     fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
     results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
@@ -155,6 +157,7 @@ def variant_evaluation(
     if scores is not None:
         result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
         result.metrics |= classifier_metrics(scores)
+    result.metrics["num_images"] = len(anon)
     summary = summary_table([result]).reset_index()
     with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
         run.log_metrics(result.metrics)

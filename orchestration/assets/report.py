@@ -25,7 +25,7 @@ def _by_variant(values: dict) -> dict[str, list]:
     return grouped
 
 
-@dg.asset(group_name="evaluation", code_version="3", deps=["evaluation_settings"],
+@dg.asset(group_name="evaluation", code_version="3", deps=["report_settings"],
           ins={name: EVERY_STORED for name in ("evaluation_metrics", "per_image_privacy", "attribute_agreement",
                                                "anonymized_images", "anonymized_latents")})
 def anonymization_report(

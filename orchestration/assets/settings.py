@@ -15,7 +15,9 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `pairing_settings` | pairs | pairing_k |
 | `variant_settings` | anonymized_latents | per variant: the optimization settings it resolves to |
 | `classifier_settings` | attribute_classifier | params.yaml `attribute_classifier:` |
-| `evaluation_settings` | evaluation assets | baselines, recognizers present, show_real_faces, the sweep the report compares |
+| `evaluation_settings` | a variant's evaluation | the recognizers whose weights are present |
+| `baseline_settings` | baseline_metrics | the baselines (`evaluation.baselines`), the recognizers present |
+| `report_settings` | anonymization_report | the sweep it compares, `evaluation.show_real_faces` |
 
 Not versioned on purpose: the device and the `speed:` settings (batch size, bf16, compile), which change how fast
 the same method runs, not what it computes (bf16 changes rounding: README "Speed").
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,15 +82,32 @@ def pairing_settings(networks: NetworksResource, storage: StorageResource) -> di
 
 
 def classifier_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
-    return networks.section("attribute_classifier")
+    from evaluation.attribute_classifier import classifier_config
+    from evaluation.attributes import config_dict
+
+    return config_dict(classifier_config(networks.section("attribute_classifier"), str(networks.params_file)))
 
 
 def evaluation_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
     from evaluation.recognizers import available_recognizers
 
-    return {"baselines": list(networks.setting("evaluation", "baselines")),
-            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces")),
-            "recognizers": available_recognizers(), "sweep": networks.sweep()}
+    return {"recognizers": available_recognizers()}
+
+
+def baseline_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    from anon_core.errors import ParamsError
+    from evaluation.baselines import BASELINES
+
+    names = networks.setting("evaluation", "baselines")
+    unknown = [n for n in (names if isinstance(names, list) else [names]) if n not in BASELINES]
+    if unknown or not isinstance(names, list):
+        raise ParamsError(f"{networks.params_file}: evaluation.baselines = {names!r} must be a list of "
+                          f"{', '.join(BASELINES)} (or [])")
+    return {"baselines": names, **evaluation_settings(networks, storage)}
+
+
+def report_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    return {"sweep": networks.sweep(), "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
 
 
 def variant_settings(networks: NetworksResource, variant: str) -> dict[str, Any]:
@@ -115,14 +135,9 @@ def _observable(name: str, read: Callable[[NetworksResource, StorageResource], d
     return observe
 
 
-SETTINGS = {name: _observable(name, read) for name, read in (
-    ("ingest_settings", ingest_settings),
-    ("fake_pool_settings", fake_pool_settings),
-    ("inversion_settings", inversion_settings),
-    ("pairing_settings", pairing_settings),
-    ("classifier_settings", classifier_settings),
-    ("evaluation_settings", evaluation_settings),
-)}
+SETTINGS_READERS = (ingest_settings, fake_pool_settings, inversion_settings, pairing_settings, classifier_settings,
+                    evaluation_settings, baseline_settings, report_settings)
+SETTINGS = {read.__name__: _observable(read.__name__, read) for read in SETTINGS_READERS}
 
 
 @dg.observable_source_asset(group_name=GROUP)
@@ -153,7 +168,9 @@ def observe_variant_settings(context, networks: NetworksResource) -> dg.DataVers
             versions[name] = settings_version(variant_settings(networks, name))
         except ParamsError as err:
             context.log.warning(f"variant {name}: {err}")
-    return dg.DataVersionsByPartition(versions)
+    with warnings.catch_warnings():  # Dagster 1.13's (beta) way for a partitioned source to report versions
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.DataVersionsByPartition(versions)
 
 
 ALL_SETTINGS = [input_images, *SETTINGS.values(), observe_variant_settings]

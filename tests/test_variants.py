@@ -1,0 +1,72 @@
+"""Variant names and sweeps (anon_core.variants): names made of values read back as the same values, params.yaml
+definitions win, and every bad name or key is one ParamsError that says what to do."""
+
+import pytest
+
+from anon_core.errors import ParamsError
+from anon_core.params import load_params
+from anon_core.variants import (
+    DEFAULT_VARIANT,
+    format_value,
+    grid_variants,
+    parse_variant_name,
+    sweep_variants,
+    variant_name,
+    variant_overrides,
+)
+
+
+@pytest.mark.parametrize("values", [
+    {"margin": 0.0}, {"margin": 0.9}, {"margin": 0.5, "steps": 20}, {"lr": 1e-05}, {"lambda_attr": 0.25, "lr": 0.02},
+    {"lambda_id": 3.0, "gamma": 0.5, "margin": 1.0}, {"margin": 0.1 + 0.2},
+])
+def test_names_made_of_values_read_back_as_those_values(values):
+    name = variant_name(values)
+    assert parse_variant_name(name) == values
+    assert variant_overrides(name) == {f"optimization.{k}": v for k, v in values.items()}
+
+
+def test_names_are_short_and_stable():
+    assert variant_name({"margin": 0.0}) == "m0" and variant_name({"margin": 0.5}) == "m0.5"
+    assert variant_name({"steps": 20, "margin": 0.5}) == "m0.5_steps20"  # VARIANT_KEYS order, not the dict's
+    assert variant_name({"lambda_attr": 0.1, "lr": 0.02}) == "lr0.02_lattr0.1"
+    assert variant_name({}) == DEFAULT_VARIANT and parse_variant_name(DEFAULT_VARIANT) == {}
+    assert format_value(1e-05) == "1e-05" and format_value(10.0) == "10" and format_value(3) == "3"
+
+
+@pytest.mark.parametrize("name", ["keep_identity", "m", "mx", "m0.5_m0.9", "steps2.5", "mnan", "minf", "m0.5__lr1"])
+def test_other_names_are_not_read_as_values(name):
+    assert parse_variant_name(name) is None
+    with pytest.raises(ParamsError, match="not defined under `variants:`"):
+        variant_overrides(name)
+
+
+def test_params_yaml_definitions_win_and_are_checked():
+    defined = {"keep_identity": {"margin": 0.9, "steps": 100}, "m0.5": {"margin": 0.7}}
+    assert variant_overrides("keep_identity", defined) == {"optimization.margin": 0.9, "optimization.steps": 100}
+    assert variant_overrides("m0.5", defined) == {"optimization.margin": 0.7}
+    with pytest.raises(ParamsError, match="unknown key.*pool_size"):
+        variant_overrides("bad", {"bad": {"pool_size": 3}})
+    with pytest.raises(ParamsError, match="cannot be redefined"):
+        variant_overrides(DEFAULT_VARIANT, {DEFAULT_VARIANT: {"margin": 0.5}})
+    for bad in ("", "a/b", "a|b", "-x", "x" * 65, "m 0.5"):
+        with pytest.raises(ParamsError, match="variant name"):
+            variant_overrides(bad)
+
+
+def test_a_variant_resolves_on_top_of_the_profile():
+    params = load_params("tiny", **variant_overrides("m0.9_steps3"))
+    assert params.optimization.margin == 0.9 and params.optimization.steps == 3
+    assert params.optimization.lr == load_params("tiny").optimization.lr  # tiny's own lr, untouched
+
+
+def test_sweeps_are_names_then_every_combination():
+    assert sweep_variants(None) == [DEFAULT_VARIANT] and sweep_variants({"variants": []}) == [DEFAULT_VARIANT]
+    assert sweep_variants({"variants": ["default"], "margin": [0.0, 0.5, 0.9]}) == ["default", "m0", "m0.5", "m0.9"]
+    assert grid_variants({"steps": [10, 20], "margin": [0, 0.9]}) == ["m0_steps10", "m0_steps20", "m0.9_steps10",
+                                                                      "m0.9_steps20"]
+    assert sweep_variants({"variants": ["m0.5", "m0.5"], "margin": 0.5}) == ["m0.5"]  # duplicates once
+    with pytest.raises(ParamsError, match="cannot sweep pool_size"):
+        grid_variants({"pool_size": [1, 2]})
+    with pytest.raises(ParamsError, match="no values"):
+        grid_variants({"margin": []})
