@@ -5,8 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/sample
-DEMO_OUT := outputs/demo
-DAGSTER_HOME := $(CURDIR)/.dagster_home
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
 .PHONY: install demo ui mlflow-ui test bench gpu-carry clean-demo
@@ -55,5 +54,6 @@ gpu-carry: install
 	  .gpu/site/face_recognition_models/models/
 	touch .gpu/site/face_recognition_models/__init__.py
 
+# The demo's stored assets and Dagster instance. The MLflow store (mlflow.db, mlruns/) stays: it may hold other runs.
 clean-demo:
-	rm -rf $(DEMO_OUT) outputs/pipeline $(DAGSTER_HOME)
+	rm -rf outputs/pipeline $(DAGSTER_HOME)

@@ -68,7 +68,7 @@ def main() -> None:
     NetworksResource().networks()  # built once, before any clock starts
     work = Path(tempfile.mkdtemp(prefix="falco-sweep-bench-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    print(f"{len(list(args.input.rglob('*')))} files in {args.input}; work in {work}")
+    print(f"{sum(p.is_file() for p in args.input.rglob('*'))} files in {args.input}; work in {work}")
 
     sweep, summary = _pipeline(work / "sweep", args.input, list(MARGINS), overrides)
     print(f"A  sweep {', '.join(MARGINS)} in one graph: {sweep:7.1f} s  ({len(summary.ran)} runs)")

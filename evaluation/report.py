@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 from anon_core.atomic import write_bytes_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
+from evaluation.suite import AnonymizedSet
 
 RUN_MARKER = {"marker": "o", "color": "tab:blue", "label": "FALCO"}
 BASELINE_MARKER = {"marker": "X", "color": "tab:gray", "label": "baselines"}
@@ -198,39 +200,47 @@ def metrics_json(summary: pd.DataFrame) -> bytes:
     return (json.dumps(out, indent=2, sort_keys=True) + "\n").encode()
 
 
+@dataclass
+class VariantResults:
+    """What the report shows of one variant: its evaluation and its images."""
+
+    summary: pd.DataFrame  # one row: `method` and the metrics (evaluation.suite.summary_table)
+    per_image: pd.DataFrame  # privacy per image
+    attributes: pd.DataFrame  # per predictor and attribute; may be empty
+    images: AnonymizedSet  # its anonymized images and their real sources
+    losses: pd.DataFrame  # anon_core.loss_curves.mean_losses of its optimization
+
+
 def write_variant_report(
     out_dir: Path,
-    variants: dict[str, dict],
+    variants: dict[str, VariantResults],
     baselines: pd.DataFrame,
-    fakes: np.ndarray,
+    fakes_of: Callable[[np.ndarray], np.ndarray],
     context: dict[str, str],
-    real: np.ndarray | None = None,
+    real_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """The pipeline's report of several variants and the baselines: `write_report` with one summary row per variant
-    (then the baselines), plus `metrics.json` (`metrics_json`) and `losses/<variant>.csv` for DVC.
-
-    variants: name -> {"summary": one-row table, "per_image": ..., "attributes": ..., "set": its AnonymizedSet,
-    "losses": its `anon_core.loss_curves.mean_losses` table}; fakes: the fake neighbours of the first variant's
-    first example sources (`example_columns`); real: those sources' real images, shown only when given."""
+    (then the baselines), plus `metrics.json` (`metrics_json`) and `losses/<variant>.csv` for DVC. The example grid
+    shows the first variant's first sources: `fakes_of(sources)` their fake neighbours and, when given,
+    `real_of(sources)` the real faces."""
     from anon_core.loss_curves import write_losses_csv
 
     out_dir = Path(out_dir)
-    variants = {f"falco {name}" if name in BASELINES else name: v for name, v in variants.items()}  # rows stay apart
-    for name, v in variants.items():
-        v["summary"] = v["summary"].assign(method=name)
-    summary = pd.concat([v["summary"] for v in variants.values()] + [baselines], ignore_index=True).set_index("method")
-    per_image = pd.concat([v["per_image"].assign(run=name) for name, v in variants.items()], ignore_index=True)
+    labelled = {f"falco {name}" if name in BASELINES else name: v for name, v in variants.items()}  # rows stay apart
+    summary = pd.concat([v.summary.assign(method=name) for name, v in labelled.items()] + [baselines],
+                        ignore_index=True).set_index("method")
+    per_image = pd.concat([v.per_image.assign(run=name) for name, v in labelled.items()], ignore_index=True)
     per_image.insert(0, "run", per_image.pop("run"))
-    attributes = [v["attributes"].assign(run=name) for name, v in variants.items() if len(v["attributes"])]
-    _, columns = example_columns([v["set"] for v in variants.values()], len(fakes))
-    examples, titles = [fakes, *columns], ["fake neighbour", *variants]
-    if real is not None:
-        examples, titles = [real, *examples], ["real", *titles]
+    attributes = [v.attributes.assign(run=name) for name, v in labelled.items() if len(v.attributes)]
+    sources, columns = example_columns([v.images for v in labelled.values()])
+    examples, titles = [fakes_of(sources), *columns], ["fake neighbour", *labelled]
+    if real_of is not None:
+        examples, titles = [real_of(sources), *examples], ["real", *titles]
     paths = write_report(out_dir, summary, per_image, pd.concat(attributes, ignore_index=True) if attributes else None,
                          examples, titles, context)
     write_bytes_atomic(out_dir / "metrics.json", metrics_json(summary))
     for name, v in variants.items():
-        paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v["losses"])
+        paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v.losses)
     return {**paths, "metrics_json": out_dir / "metrics.json"}
 
 

@@ -1,9 +1,10 @@
-"""The version of the real data for Dagster: the md5 that DVC recorded for the dataset folder.
+"""The version of the real data: the hash of the input folder's files, and the md5 DVC recorded for it.
 
+The `input_images` observation (orchestration/assets/settings.py) reports `files_version` of the folder as its
+Dagster data version, so any changed, added or removed file makes `real_images` stale, whether or not `dvc add` was
+run since; its metadata names the md5 that DVC recorded in the `.dvc` file covering the folder, when there is one.
 `dvc add data` writes `data.dvc` (YAML: `outs: [{md5: <hash>.dir, path: data, ...}]`, format of DVC 3,
-https://dvc.org/doc/user-guide/project-structure/dvc-files). The `real_images` asset reports that md5 as its
-Dagster `DataVersion`, so a new `dvc add` (new data) marks every asset downstream of it stale in the UI. Input
-folders that no `.dvc` file covers get a version computed from their files' sha256 instead.
+https://dvc.org/doc/user-guide/project-structure/dvc-files).
 """
 
 from __future__ import annotations
@@ -56,12 +57,3 @@ def files_version(files: list[tuple[str, str]]) -> str:
     for relpath, sha in sorted(files):
         digest.update(f"{relpath}\0{sha}\n".encode())
     return "sha256:" + digest.hexdigest()[:32]
-
-
-def data_version(input_dir: Path, files: list[tuple[str, str]]) -> tuple[str, str]:
-    """(version, source) of the input folder: the md5 of the `.dvc` file covering it (source: that file), else
-    the hash of its files (source: "files")."""
-    out = find_dvc_out(input_dir)
-    if out is not None:
-        return out.md5, str(out.dvc_file)
-    return files_version(files), "files"

@@ -15,12 +15,14 @@ in parallel processes, at most one tagged `falco/device: gpu` at a time, so two 
 `in_process` runs them one after another in the run's process.
 """
 
+import warnings
+
 import dagster as dg
 
 
-SETTINGS = dg.AssetSelection.assets("input_images", "ingest_settings", "fake_pool_settings", "inversion_settings",
-                                    "pairing_settings", "variant_settings", "classifier_settings", "evaluation_settings",
-                                    "baseline_settings", "report_settings")
+with warnings.catch_warnings():  # include_sources is a beta parameter of Dagster 1.13; observable sources need it
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    SETTINGS = dg.AssetSelection.groups("settings", include_sources=True)
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
 EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics")

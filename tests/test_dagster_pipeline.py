@@ -189,11 +189,13 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
 
 def test_the_executor_of_params_yaml_applies_to_cli_runs(state):
     root, instance = state
-    summary = run(root, instance, VARIANTS, overrides={"pipeline.executor": "multiprocess"}, stages=("prepare",),
-                  fresh=True)
-    [prepare] = [r for r in instance.get_runs() if r.run_id == summary.run_ids[-1]]
-    messages = " ".join(e.message or "" for e in instance.all_logs(prepare.run_id))
-    assert prepare.job_name == "prepare" and "multiprocess executor" in messages
+    summary = run(root, instance, VARIANTS, overrides={"pipeline.executor": "multiprocess"}, stages=())
+    [observe] = [r for r in instance.get_runs() if r.run_id == summary.run_ids[-1]]  # the settings, observed
+    messages = " ".join(e.message or "" for e in instance.all_logs(observe.run_id))
+    assert observe.job_name == "observe_settings" and "multiprocess executor" in messages
+    in_process = run(root, instance, VARIANTS, stages=())  # tiny's own executor
+    messages = " ".join(e.message or "" for e in instance.all_logs(in_process.run_ids[-1]))
+    assert "multiprocess executor" not in messages and "in process" in messages
 
 
 def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):

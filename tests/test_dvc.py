@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from orchestration.data_version import data_version, files_version, find_dvc_out, read_dvc_file
+from orchestration.data_version import files_version, find_dvc_out, read_dvc_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,7 +74,6 @@ def test_push_delete_pull_restores_the_same_bytes(tmp_path, lfw_faces):
     out = find_dvc_out(repo / "data" / "faces")  # a folder inside the tracked one resolves to data.dvc
     assert out is not None and out.dvc_file == repo / "data.dvc" and out.md5.endswith(".dir")
     assert out.md5 == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
-    assert data_version(repo / "data", []) == (out.md5, str(repo / "data.dvc"))
 
 
 def test_project_data_dvc_is_the_deterministic_sample_dataset(tmp_path):
@@ -90,12 +89,13 @@ def test_project_data_dvc_is_the_deterministic_sample_dataset(tmp_path):
     assert built.md5 == ours.md5, "data.dvc is stale: run `falco sample-data data/sample && dvc add data`"
 
 
-def test_data_version_without_dvc_file_hashes_the_files(tmp_path):
+def test_the_files_version_follows_every_file_and_a_folder_without_dvc_file_has_no_dvc_md5(tmp_path):
     (tmp_path / ".dvc").mkdir()  # a DVC project root with no .dvc file for the folder
     files = [("a.png", "11"), ("b.png", "22")]
-    version, source = data_version(tmp_path / "images", files)
-    assert source == "files" and version == files_version(list(reversed(files)))
-    assert version != files_version([("a.png", "11"), ("b.png", "23")])
+    assert find_dvc_out(tmp_path / "images") is None
+    assert files_version(files) == files_version(list(reversed(files)))  # the order files are listed in: no matter
+    assert files_version(files) != files_version([("a.png", "11"), ("b.png", "23")])
+    assert files_version(files) != files_version(files[:1])
     (tmp_path / "broken.dvc").write_text("not: [a dvc file\n")
     (tmp_path / "broken").mkdir()
     with pytest.raises(ValueError, match="broken.dvc"):

@@ -48,20 +48,22 @@ def test_unrelated_faces_sit_near_cosine_zero_once_centred(aligned_sample_faces)
     torch.testing.assert_close(embedded, torch.nn.functional.normalize(descriptors - centred.center, dim=1))
 
 
-def test_a_larger_margin_keeps_more_identity(aligned_sample_faces):
-    """FALCO's optimization with tiny's settings on 24 sample faces: the mean identity similarity after optimization
-    rises with m, by 0.3 or more from m = 0 to m = 0.9 (uncentred, m = 0 and 0.5 gave the same images)."""
+def test_a_larger_margin_keeps_more_identity(aligned_sample_faces, tiny_nets):
+    """FALCO's optimization with tiny's settings (50 steps) on 16 sample faces: the mean identity similarity after
+    optimization rises with m, by 0.3 or more from m = 0 to m = 0.9 (uncentred, m = 0 and 0.5 gave the same
+    images)."""
     from anon_core.params import load_params
-    from anon_core.pipeline import anonymize_images
-    from anon_core.profiles import build_networks
-    from anon_core.stages import build_pool
+    from anon_core.stages import build_pool, embed_images, invert_images, optimize_images, pair
 
-    nets = build_networks("tiny")
-    faces = aligned_sample_faces[1::4][:24]  # LFW faces spread over the set
-    pool = build_pool(nets, load_params("tiny", pool_size=200), show_progress=False)
+    faces = aligned_sample_faces[1::6][:16]  # LFW faces spread over the set
+    params = load_params("tiny", pool_size=200)
+    pool = build_pool(tiny_nets, params, show_progress=False)
+    fakes = pool.w[pair(embed_images(tiny_nets, faces), pool, 1)[0][:, 0]]
+    inversions = invert_images(tiny_nets, params, faces)
     means = []
     for margin in (0.0, 0.5, 0.9):
-        result = anonymize_images(nets, pool, faces, load_params("tiny", **{"optimization.margin": margin}))
+        margin_params = params.replace(**{"optimization.margin": margin})
+        result = optimize_images(tiny_nets, margin_params, faces, inversions, fakes, keep_images=False)
         means.append(float(result.identity_similarity.mean()))
     assert means[0] < means[1] < means[2], means
     assert means[2] - means[0] >= 0.3, means

@@ -3,7 +3,6 @@
 from collections.abc import Mapping
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
@@ -25,6 +24,32 @@ def _by_variant(values: dict) -> dict[str, list]:
     return grouped
 
 
+def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, attributes: dict, images: dict,
+                   latents: dict) -> dict:
+    """{variant of the sweep: evaluation.report.VariantResults} from the stored per-variant values."""
+    from anon_core.errors import FalcoError
+    from anon_core.loss_curves import mean_losses
+    from anon_core.optimize import LOSS_NAMES
+    from evaluation.image_sets import concatenate
+    from evaluation.report import VariantResults
+    from evaluation.suite import AnonymizedSet
+
+    sweep, images, latents = networks.sweep(), _by_variant(images), _by_variant(latents)
+    missing = [v for v in sweep if v not in metrics or v not in images]
+    if missing:
+        raise FalcoError(f"variant(s) {', '.join(missing)} of the sweep have no evaluation yet: materialize "
+                         "evaluation_metrics for them first (`falco pipeline --variant NAME`)")
+    results = {}
+    for v in sweep:
+        table = pd.concat([s.table for s in images[v]], ignore_index=True)
+        anonymized = AnonymizedSet(v, concatenate([s.images for s in images[v]]), table["row"].to_numpy(),
+                                   table["image"].tolist())
+        losses = mean_losses([{n: shard[f"loss_{n}"] for n in LOSS_NAMES} for shard in latents[v]],
+                             networks.params(v).optimization.steps)
+        results[v] = VariantResults(metrics[v], per_image[v], attributes[v], anonymized, losses)
+    return results
+
+
 @dg.asset(group_name="evaluation", code_version="3", deps=["report_settings"],
           ins={name: EVERY_STORED for name in ("evaluation_metrics", "per_image_privacy", "attribute_agreement",
                                                "anonymized_images", "anonymized_latents")})
@@ -37,47 +62,27 @@ def anonymization_report(
     baselines: one summary row each, a privacy-vs-utility scatter, per-attribute bars, an example grid (fake
     neighbour, then each variant's image of the same faces), plus `metrics.json` and `losses/<variant>.csv` for DVC,
     in `anonymization_report/`."""
-    from anon_core.errors import FalcoError
     from anon_core.fake_pool import generate
-    from anon_core.loss_curves import mean_losses
-    from anon_core.optimize import LOSS_NAMES
-    from evaluation.image_sets import concatenate
     from evaluation.report import write_variant_report
-    from evaluation.suite import AnonymizedSet
 
-    sweep, images, latents = networks.sweep(), _by_variant(anonymized_images), _by_variant(anonymized_latents)
-    missing = [v for v in sweep if v not in evaluation_metrics]
-    if missing:
-        raise FalcoError(f"variant(s) {', '.join(missing)} of the sweep have no evaluation yet: materialize "
-                         "evaluation_metrics for them first (`falco pipeline --variant NAME`)")
-    variants = {}
-    for v in sweep:
-        shards = images[v]
-        table_ = pd.concat([s.table for s in shards], ignore_index=True)
-        steps = networks.params(v).optimization.steps
-        variants[v] = {"summary": evaluation_metrics[v], "per_image": per_image_privacy[v],
-                       "attributes": attribute_agreement[v], "losses": mean_losses(
-                           [{n: shard[f"loss_{n}"] for n in LOSS_NAMES} for shard in latents[v]], steps),
-                       "set": AnonymizedSet(v, concatenate([s.images for s in shards]), table_["row"].to_numpy(),
-                                            table_["image"].tolist())}
-    first = variants[sweep[0]]["set"]
-    sources = np.asarray(first.source_index)[:8]
+    variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
+                              anonymized_latents)
     nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
-    fake_index = pairs.set_index("row").loc[sources, "fake_index"].to_numpy()
+    fake_index = pairs.set_index("row")["fake_index"]
     paths = write_variant_report(
         storage.asset_dir("anonymization_report"), variants, baseline_metrics,
-        generate(nets.generator, fake_pool["w"][fake_index], device=nets.device),
-        {"profile": networks.profile, "images": str(len(first.images)), "variants": ", ".join(sweep),
-         **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section") for v in sweep},
-         "baselines": ", ".join(baseline_metrics["method"]), "dagster run": context.run.run_id},
-        real=real_images.images[sources] if show_real else None)
-    with mlflow.asset_run(context, networks, {"sweep": sweep}) as run:
+        lambda rows: generate(nets.generator, fake_pool["w"][fake_index.loc[rows].to_numpy()], device=nets.device),
+        {"profile": networks.profile, "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]),
+         **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section") for v in variants},
+         "dagster run": context.run.run_id},
+        real_of=(lambda rows: real_images.images[rows]) if show_real else None)
+    with mlflow.asset_run(context, networks, {"sweep": list(variants)}) as run:
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
                 run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)
     scatter = paths.get("privacy_vs_utility.png")
     return dg.MaterializeResult(metadata={
-        **run.metadata, "variants": ", ".join(sweep), "report": dg.MetadataValue.path(str(paths["markdown"])),
+        **run.metadata, "variants": ", ".join(variants), "report": dg.MetadataValue.path(str(paths["markdown"])),
         "html": dg.MetadataValue.path(str(paths["html"])),
         **({"privacy_vs_utility": png_markdown(scatter.read_bytes(), "privacy vs utility")} if scatter else {}),
     })
