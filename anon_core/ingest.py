@@ -102,16 +102,16 @@ def read_workers(device: torch.device | str) -> int:
 def ingest(
     input_dir: Path,
     resolution: int,
-    dataset: str = "auto",
-    labels_csv: Path | None = None,
-    align: bool | None = None,
-    align_detector: str = "mtcnn",
+    dataset: str,
+    labels_csv: Path | None,
+    align: bool | None,
+    align_detector: str,
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
-    labels CSV). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
+    labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
     of each image at `resolution`. Unreadable files and images without a face become `rejected` rows; `on_file`
     is called with (files done, files in all) as they are checked."""
     table = load_dataset(dataset, Path(input_dir), labels_csv)

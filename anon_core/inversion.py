@@ -22,7 +22,8 @@ class Inverter(Protocol):
 
 
 class OptimizationInverter:
-    def __init__(self, generator: torch.nn.Module, steps: int = 100, lr: float = 0.05, show_progress: bool = False):
+    def __init__(self, generator: torch.nn.Module, steps: int, lr: float, show_progress: bool = False):
+        """steps, lr: params.yaml's `inversion:` section (anon_core.params.InversionParams)."""
         self.generator = generator
         self.steps = steps
         self.lr = lr

@@ -34,7 +34,6 @@ import json
 import os
 import posixpath
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -46,6 +45,7 @@ from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
+from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.errors import FalcoError, MissingWeightsError
 from anon_core.model_registry import REGISTRY, Member, ModelEntry
 from anon_core.hashing import sha256_file
@@ -215,11 +215,7 @@ def _update_json(filename: str, updates: dict[str, dict | None]) -> None:
                 data.pop(key, None)
             else:
                 data[key] = value
-        fd, tmp = tempfile.mkstemp(prefix=filename + ".", suffix=".tmp", dir=store)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the store may be shared
-        os.replace(tmp, path)
+        write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def _key(path: Path) -> str:
@@ -506,19 +502,11 @@ def _unpack(entry: ModelEntry, archive: Path) -> dict[str, str]:
             if info is None:
                 absent.append(member.archive_path)
                 continue
-            dest = store / member.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
             digest = hashlib.sha256()
-            try:
-                with os.fdopen(fd, "wb") as out, tar.extractfile(info) as source:
-                    while chunk := source.read(_CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                os.replace(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            with atomic_path(store / member.path) as tmp, open(tmp, "wb") as out, tar.extractfile(info) as source:
+                while chunk := source.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
             digests[member.path] = digest.hexdigest()
     if absent:
         raise _Absent(f"{archive.name} lacks {', '.join(absent)} (it holds: {', '.join(sorted(files)[:20])}); its "

@@ -104,20 +104,21 @@ def anonymize_folder(
     input_dir: Path,
     output_dir: Path,
     params: FalcoParams,
+    dataset: str,
+    labels_csv: Path | None,
+    align: bool | None,
+    align_detector: str,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
-    dataset: str = "auto",
-    labels_csv: Path | None = None,
-    align: bool | None = None,
-    align_detector: str = "mtcnn",
     align_cache: Path | None = None,
 ) -> RunSummary:
     """Anonymize every image under `input_dir` (recursively) into `output_dir`.
 
     Writes `images/<relpath>.png`, `latents.npy` [N_ok, num_ws, w_dim] in manifest order of the ok rows,
     `manifest.csv`, `losses.csv` (per-step losses averaged over images) and `params.json`. Existing files in
-    `output_dir` are overwritten, never the folder deleted. The dataset is read by `anon_core.ingest.ingest`, as the
-    `real_images` asset reads it: unreadable files and images without a face become `rejected` rows, `dataset`
+    `output_dir` are overwritten, never the folder deleted. The dataset is read by `anon_core.ingest.ingest` (the
+    four dataset arguments: params.yaml's `data:` section, `ingest.data_settings`), as the `real_images` asset
+    reads it: unreadable files and images without a face become `rejected` rows, `dataset`
     (celebahq | lfw | folder | auto) picks the layout and its labels, carried into the manifest, and `align`
     (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face of each image. The
     ok images are then read a batch ahead of the one being optimized, and written by another thread, so the

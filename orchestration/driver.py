@@ -102,7 +102,7 @@ def run_pipeline(
             for shard in shards:
                 driver.anonymize(variant, shard, bound)
     if "evaluate" in stages:
-        driver.evaluate(wanted, shards)
+        driver.evaluate(wanted)
     return summary
 
 
@@ -115,7 +115,12 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
         read(networks, storage)
     for name in wanted:
         settings.variant_settings(networks, name)
-    networks.setting("checks", "privacy_max_match_share")
+    bound = networks.setting("checks", "privacy_max_match_share")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
+        from anon_core.errors import ParamsError
+
+        raise ParamsError(f"{networks.params_file}: checks.privacy_max_match_share = {bound!r} must be a share of "
+                          "images (a number; 0.05 allows 5% of a shard's images to be matched to their source)")
 
 
 class _Driver:
@@ -174,13 +179,14 @@ class _Driver:
         if outcome is None:  # the latents or the images were not made
             self.summary.blocked += [variant] if variant not in self.summary.blocked else []
         elif not outcome["passed"]:
-            if label in self.summary.failed:  # the run failed on the check alone: not a failure of the pipeline
+            if label in self.summary.failed:  # the run failed on the check alone: it ran, and the pipeline goes on
                 self.summary.failed.remove(label)
+                self.summary.ran.append(label)
             self.summary.privacy_failed.setdefault(variant, []).append(shard)
             self.log(f"{label}: PRIVACY CHECK FAILED: dlib matches {outcome.get('matched_share', float('nan')):.0%} "
                      f"of its images to their sources (bound {bound:.0%})")
 
-    def evaluate(self, wanted: list[str], shards: Sequence[str]) -> None:
+    def evaluate(self, wanted: list[str]) -> None:
         if not self.materialize("evaluate", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):
             return
         for variant in wanted:

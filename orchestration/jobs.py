@@ -4,11 +4,12 @@
 - `observe_settings`: observes the settings sources (what each asset reads from params.yaml and the input folder),
   so Dagster knows what is stale;
 - `prepare`: what every variant shares (fake pool, real data, pairs);
-- `anonymize`: one (shard, variant) partition's latents and images, and their checks; its runs ask Kubernetes for
-  one GPU each (`dagster-k8s/config`), so with the `k8s_job_executor` each runs in its own GPU pod
-  (docs/deployment.md);
+- `anonymize`: one (shard, variant) partition's latents and images, and their checks;
 - `evaluate`: partitioned by variant: a variant's evaluation; launched without a partition, the assets every
   variant is measured against (pseudo-labels, the attribute classifier, the baselines) and the report.
+
+The runs of `prepare`, `anonymize` and `evaluate` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
+the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
 
 The executor is params.yaml's `pipeline.executor` (built in orchestration.definitions): `multiprocess` runs steps
 in parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU;
@@ -36,10 +37,10 @@ GPU_POD = {
 }
 
 observe_settings_job = dg.define_asset_job("observe_settings", selection=SETTINGS)
-prepare_job = dg.define_asset_job("prepare", selection=PREPARE)
-anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE,
-                                    tags={"dagster-k8s/config": GPU_POD})
-evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE)
+# Every job that runs networks asks Kubernetes for a GPU pod (docs/deployment.md); observing the settings does not.
+prepare_job = dg.define_asset_job("prepare", selection=PREPARE, tags={"dagster-k8s/config": GPU_POD})
+anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE, tags={"dagster-k8s/config": GPU_POD})
+evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE, tags={"dagster-k8s/config": GPU_POD})
 
 ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job]
 

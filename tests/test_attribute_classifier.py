@@ -196,8 +196,11 @@ def test_classifier_is_a_gpu_step_of_the_evaluate_job_shared_by_every_variant():
                in a.keys]
     assert spec.op.tags["falco/device"] == "gpu" and spec.group_names_by_key[spec.key] == "evaluation"
     assert spec.partitions_def is None  # trained once on the real images, whatever the variants
-    evaluate = defs.resolve_job_def("evaluate").asset_layer.selected_asset_keys
-    assert {dg.AssetKey("evaluation_metrics"), dg.AssetKey("attribute_classifier")} <= evaluate
+    evaluate = defs.resolve_job_def("evaluate")
+    assert {dg.AssetKey("evaluation_metrics"), dg.AssetKey("attribute_classifier")} <= \
+        evaluate.asset_layer.selected_asset_keys
+    for job in ("prepare", "anonymize", "evaluate"):  # one GPU pod per run on Kubernetes
+        assert "nvidia.com/gpu" in defs.resolve_job_def(job).tags["dagster-k8s/config"], job
 
 
 def test_classifier_settings_come_from_params_yaml_and_bad_ones_name_the_file(tmp_path):

@@ -25,8 +25,6 @@ Identity use: Euclidean distance between descriptors, same person below ``DLIB_M
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from anon_core.atomic import atomic_path
 from anon_core.hashing import sha256_file
 from anon_core.model_store import store_dir
 from anon_core.networks.dlib_format import DlibLayer, read_dlib_network
@@ -254,16 +253,9 @@ def default_model_cache_dir() -> Path:
 def _convert_to_cache(source: Path, source_sha256: str, cache_file: Path) -> dict[str, Tensor]:
     """Parse the ``.dat`` and write its weights to ``cache_file`` atomically (temporary name, then rename)."""
     state = state_dict_from_dlib_layers(read_dlib_network(source, dlib_metric_net_structure()))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=cache_file.name + ".", suffix=".tmp", dir=cache_file.parent)
-    os.close(fd)
-    try:
-        metadata = {"source_sha256": source_sha256, "source_name": source.name, "converter": _CONVERTER_VERSION}
-        save_file(state, tmp_name, metadata=metadata)
-        os.replace(tmp_name, cache_file)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    metadata = {"source_sha256": source_sha256, "source_name": source.name, "converter": _CONVERTER_VERSION}
+    with atomic_path(cache_file) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return state
 
 
