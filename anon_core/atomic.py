@@ -15,15 +15,18 @@ from pathlib import Path
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; on a clean exit it is fsynced and renamed to `path`, on an
-    error it is removed. Creates the parent folders."""
+    error it is removed. Creates the parent folders. `private`: the file is readable by its owner only (0600, its
+    new folders 0700), for real faces."""
     path = Path(path)
+    if private:
+        _private_parents(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Hidden (scan_folder skips it), <= 255 bytes, and created with O_EXCL so it never clobbers; mode 0o666 lets
     # the umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
     tmp = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666))
     try:
         yield tmp
         with open(tmp, "rb+") as written:
@@ -34,7 +37,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (see the module docstring)."""
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: Path, data: bytes, private: bool = False) -> None:
+    """Write `data` to `path` atomically (see the module docstring); `private` as for `atomic_path`."""
+    with atomic_path(path, private) as tmp:
         tmp.write_bytes(data)
+
+
+def _private_parents(folder: Path) -> None:
+    """Create `folder` and its missing parents with mode 0700."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(mode=0o700, exist_ok=True)

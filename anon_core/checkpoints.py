@@ -96,9 +96,16 @@ _TRANSFORMS: dict[str, _Transform] = {
 class Rule:
     """Where one checkpoint entry goes."""
 
-    target: str | None  # our state-dict key; None: a constant of the reference (FIR kernel), dropped
+    target: str | None  # our state-dict key; None: a constant of the reference (FIR kernel), checked and dropped
     transform: str = "copy"  # a key of _TRANSFORMS
     required: bool = True  # False: may be absent (dropped constants; num_batches_tracked, then zero)
+
+
+# StyleGAN2's up-sampling FIR filter, the one our Generator builds: outer([1, 3, 3, 1]) normalized to sum 1, times
+# the up-sampling factor squared (4). Both references store it as a buffer ([4, 4] or [1, 1, 4, 4]); a file holding
+# another filter was trained with a generator we do not reproduce.
+UPSAMPLE_FIR = torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 16
+FIR_RULE = Rule(None, required=False)
 
 
 KeyTable = dict[str, Rule]  # checkpoint key -> rule
@@ -126,13 +133,13 @@ def genforce_table(config: StyleGAN2Config) -> KeyTable:
         table[f"synthesis.layer{n}.noise_strength"] = Rule(f"{dst}.noise.weight", "scalar_to_1")
         table[f"synthesis.layer{n}.noise"] = Rule(f"noises.noise_{n}")
         if up:
-            table[f"synthesis.layer{n}.filter.kernel"] = Rule(None, required=False)
+            table[f"synthesis.layer{n}.filter.kernel"] = FIR_RULE
     # output K (ToRGB at 4 * 2**K px) -> to_rgb1 / to_rgbs[K - 1]
     for k in range(config.num_ws // 2):
         dst = "to_rgb1" if k == 0 else f"to_rgbs.{k - 1}"
         modulated(f"synthesis.output{k}", dst, "unsqueeze0")
         table[f"synthesis.output{k}.bias"] = Rule(f"{dst}.bias", "rgb_bias")
-    table["synthesis.upsample.kernel"] = Rule(None, required=False)
+    table["synthesis.upsample.kernel"] = FIR_RULE
     return table
 
 
@@ -142,8 +149,8 @@ def rosinality_table(config: StyleGAN2Config, prefix: str = "") -> KeyTable:
         names = Generator(config).state_dict().keys()
     table: KeyTable = {prefix + key: Rule(key) for key in names if key != "w_avg"}
     for j in range(config.num_ws // 2 - 1):
-        table[f"{prefix}convs.{2 * j}.conv.blur.kernel"] = Rule(None, required=False)
-        table[f"{prefix}to_rgbs.{j}.upsample.kernel"] = Rule(None, required=False)
+        table[f"{prefix}convs.{2 * j}.conv.blur.kernel"] = FIR_RULE
+        table[f"{prefix}to_rgbs.{j}.upsample.kernel"] = FIR_RULE
     return table
 
 
@@ -212,6 +219,21 @@ def _section(obj: Any, path: Path, keys: tuple[str, ...], what: str) -> dict[str
     )
 
 
+def _is_upsample_fir(value: Any) -> bool:
+    if not (isinstance(value, Tensor) and value.numel() == 16 and value.is_floating_point()):
+        return False
+    if value.is_meta:  # a layout check without values (tests of the full-size key tables)
+        return True
+    return torch.allclose(value.detach().reshape(4, 4).double().cpu(), UPSAMPLE_FIR.double(), atol=1e-6)
+
+
+def _shown(value: Any) -> str:
+    if not isinstance(value, Tensor):
+        return f"a {type(value).__name__}"
+    head = ", ".join(f"{v:.4g}" for v in value.detach().flatten()[:4].tolist())
+    return f"{list(value.shape)} starting {head}"
+
+
 def _listing(label: str, items: list[str]) -> str:
     shown = ", ".join(items[:_SHOWN])
     more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
@@ -231,7 +253,10 @@ def _convert(state: Mapping[str, Tensor], table: KeyTable, model: nn.Module, pat
     mismatched: list[str] = []
     out: dict[str, Tensor] = {}
     for key, rule in table.items():
-        if rule.target is None:
+        if rule is FIR_RULE:
+            if key in state and not _is_upsample_fir(state[key]):
+                mismatched.append(f"{key} is not StyleGAN2's [1, 3, 3, 1] up-sampling filter (x4): "
+                                  f"{_shown(state[key])}")
             continue
         want = expected[rule.target]
         if key not in state:  # only optional entries get here without an error

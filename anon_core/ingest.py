@@ -8,8 +8,11 @@ holding its images; `Ingested.images` gives them back as an `ImageFiles` read on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,9 +91,28 @@ def data_settings(section: dict[str, Any], params_file: Path) -> dict[str, Any]:
     return values
 
 
-def align_cache_dir() -> Path:
-    """Aligned crops are cached beside the model store: `$FALCO_CACHE/align` (default ~/.cache/falco/align)."""
-    return Path(os.environ.get("FALCO_CACHE") or Path.home() / ".cache" / "falco") / "align"
+CACHE_FOLDER = ".align_cache"  # inside a run's output folder or the pipeline's storage
+_TEMPORARY_CACHE = ".align_cache-tmp-"
+
+
+@contextlib.contextmanager
+def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
+    """Where a run keeps the aligned crops of the real faces: `<folder>/.align_cache`, beside the run's outputs and
+    kept for re-runs; with `keep=False` a private temporary folder inside `folder`, removed when the run ends. The
+    caller holds `folder`'s lock, so leftovers of a killed `keep=False` run are removed here too. Real faces are
+    never cached outside the folder the user gave."""
+    folder = Path(folder)
+    for leftover in folder.glob(_TEMPORARY_CACHE + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep:
+        yield folder / CACHE_FOLDER
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=_TEMPORARY_CACHE, dir=folder))  # 0700
+    try:
+        yield temporary
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def read_workers(device: torch.device | str) -> int:
@@ -106,13 +128,13 @@ def ingest(
     labels_csv: Path | None,
     align: bool | None,
     align_detector: str,
+    cache_dir: Path,
     device: torch.device | str = "cpu",
-    cache_dir: Path | None = None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
     labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
-    of each image at `resolution`. Unreadable files and images without a face become `rejected` rows; `on_file`
+    of each image at `resolution`, caching the crops in `cache_dir` (see `alignment_cache`). Unreadable files and images without a face become `rejected` rows; `on_file`
     is called with (files done, files in all) as they are checked."""
     table = load_dataset(dataset, Path(input_dir), labels_csv)
     files = dataset_files(table)
@@ -120,7 +142,7 @@ def ingest(
     if align is None:
         align = kind != "celebahq"
     aligner = FaceAligner(resolution, align_detector, device=device) if align else None
-    cache = AlignmentCache(cache_dir or align_cache_dir())
+    cache = AlignmentCache(cache_dir)
     names = output_names(files)
     rows, sources = [], []
     for done, checked in enumerate(check_inputs(files, aligner, cache, read_workers(device)), start=1):
@@ -158,14 +180,14 @@ def label_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in skip and table[c].notna().any()]
 
 
-def read_input(f: ScannedFile, aligner: FaceAligner | None = None, cache: AlignmentCache | None = None) -> tuple[np.ndarray, int]:
+def read_input(f: ScannedFile, aligner: FaceAligner | None, cache: AlignmentCache | None) -> tuple[np.ndarray, int]:
     """One scanned file -> (uint8 [H, W, 3], faces seen). With an aligner the image is the FFHQ-aligned crop of
     the largest face (cached by file hash); raises ImageRejected with the reason (e.g. "no_face")."""
     if f.skip_reason:
         raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
     if aligner is None:
         return load_rgb(f.path), -1
-    face = aligner.align_cached(f.path, f.sha256 or "", cache or AlignmentCache(align_cache_dir()), name=f.relpath)
+    face = aligner.align_cached(f.path, f.sha256 or "", cache, name=f.relpath)
     return face.image, face.faces_seen
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,10 @@ class FalcoParams:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **overrides: Any) -> FalcoParams:
-        """A copy with overrides; nested keys as `optimization.steps` or `optimization={"steps": 5}`."""
-        return _build(FalcoParams, _merge(self.to_dict(), _nest(overrides)), "overrides")
+        """A copy with overrides (checked); nested keys as `optimization.steps` or `optimization={"steps": 5}`."""
+        params = _build(FalcoParams, _merge(self.to_dict(), _nest(overrides)), "overrides")
+        _check(params, "overrides")
+        return params
 
 
 INVERSION_METHODS = ("e4e", "optimization")
@@ -100,10 +103,13 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
             "add it under 'profiles:' or pick a known one"
         )
     merged = _merge(raw["defaults"], profiles[profile] or {})
-    merged = _merge(merged, _nest({k: v for k, v in overrides.items() if v is not None}))
-    merged["profile"] = profile
-    params = _build(FalcoParams, merged, str(path))
-    _check(params)
+    _check(_build(FalcoParams, {**merged, "profile": profile}, str(path)), str(path))  # the file, as written
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return _build(FalcoParams, {**merged, "profile": profile}, str(path))
+    merged = _merge(merged, _nest(given))
+    params = _build(FalcoParams, {**merged, "profile": profile}, "overrides")
+    _check(params, "overrides (command line, variant or run config)")
     return params
 
 
@@ -219,37 +225,52 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
             return str(value)
         if type_name.startswith("tuple"):
             return tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ParamsError(f"{where} = {value!r} is not a valid {type_name}") from None
     return value
 
 
-def _check(p: FalcoParams) -> None:
-    o = p.optimization
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+# (name, value of the params, test, requirement): every parameter with its range, checked in one place.
+_RANGES = (
+    ("seed", lambda p: p.seed, lambda v: v >= 0, ">= 0"),
+    ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
+    ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: 1 <= v[0] <= v[1], "in [1, pool_size]"),
+    ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("optimization.steps", lambda p: p.optimization.steps, lambda v: v >= 1, ">= 1"),
+    ("optimization.lr", lambda p: p.optimization.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("optimization.margin", lambda p: p.optimization.margin, lambda v: 0.0 <= v <= 1.0,
+     "in [0, 1] (a cosine similarity to aim at: 0 unrelated, 1 the same face)"),
+    ("optimization.lambda_id", lambda p: p.optimization.lambda_id, lambda v: _finite(v) and v >= 0,
+     "a finite number >= 0 (a negative weight would pull the identity toward the real one)"),
+    ("optimization.lambda_attr", lambda p: p.optimization.lambda_attr, lambda v: _finite(v) and v >= 0,
+     "a finite number >= 0"),
+    ("optimization.layer_start/stop", lambda p: (p.optimization.layer_start, p.optimization.layer_stop),
+     lambda v: 0 <= v[0] < v[1], "such that 0 <= start < stop"),
+    ("optimization.milestones", lambda p: p.optimization.milestones, lambda v: all(0.0 < m <= 1.0 for m in v),
+     "fractions in (0, 1]"),
+    ("optimization.gamma", lambda p: p.optimization.gamma, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    ("inversion.method", lambda p: p.inversion.method, lambda v: v in INVERSION_METHODS, f"one of {INVERSION_METHODS}"),
+    ("inversion.steps", lambda p: p.inversion.steps, lambda v: v >= 1, ">= 1"),
+    ("inversion.lr", lambda p: p.inversion.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("speed.amp", lambda p: p.speed.amp, lambda v: v in AMP_MODES, f"one of {AMP_MODES}"),
+    ("speed.auto_max_batch_size", lambda p: p.speed.auto_max_batch_size, lambda v: v >= 1, ">= 1"),
+    ("speed.auto_cpu_batch_size", lambda p: p.speed.auto_cpu_batch_size, lambda v: v >= 1, ">= 1"),
+    ("speed.auto_memory_fraction", lambda p: p.speed.auto_memory_fraction, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+)
+
+
+def _check(p: FalcoParams, source: str) -> None:
+    """ParamsError listing every parameter outside its range (NaN and infinities are outside every range)."""
     problems = []
-    if p.pool_size < 1:
-        problems.append(f"pool_size = {p.pool_size} must be >= 1")
-    if p.batch_size != AUTO and p.batch_size < 1:
-        problems.append(f"batch_size = {p.batch_size} must be >= 1 or auto")
-    if p.pairing_k < 1 or p.pairing_k > p.pool_size:
-        problems.append(f"pairing_k = {p.pairing_k} must be in [1, pool_size]")
-    if not 0.0 <= p.truncation_psi <= 1.0:
-        problems.append(f"truncation_psi = {p.truncation_psi} must be in [0, 1]")
-    if o.steps < 0:
-        problems.append(f"optimization.steps = {o.steps} must be >= 0")
-    if o.lr <= 0:
-        problems.append(f"optimization.lr = {o.lr} must be > 0")
-    if not 0 <= o.layer_start < o.layer_stop:
-        problems.append(f"optimization.layer_start/stop = {o.layer_start}/{o.layer_stop} must satisfy 0 <= start < stop")
-    if any(not 0.0 < m <= 1.0 for m in o.milestones):
-        problems.append(f"optimization.milestones = {list(o.milestones)} must be fractions in (0, 1]")
-    if p.speed.amp not in AMP_MODES:
-        problems.append(f"speed.amp = {p.speed.amp!r} must be one of {AMP_MODES}")
-    if p.speed.auto_max_batch_size < 1 or p.speed.auto_cpu_batch_size < 1:
-        problems.append("speed.auto_max_batch_size and speed.auto_cpu_batch_size must be >= 1")
-    if not 0.0 < p.speed.auto_memory_fraction <= 1.0:
-        problems.append(f"speed.auto_memory_fraction = {p.speed.auto_memory_fraction} must be in (0, 1]")
-    if p.inversion.method not in INVERSION_METHODS:
-        problems.append(f"inversion.method = {p.inversion.method!r} must be one of {INVERSION_METHODS}")
+    for name, value, ok, requirement in _RANGES:
+        v = value(p)
+        if not ok(v):
+            shown = v[0] if name == "pairing_k" else v
+            problems.append(f"{name} = {shown!r} must be {requirement}")
     if problems:
-        raise ParamsError("invalid parameters: " + "; ".join(problems))
+        raise ParamsError(f"{source}: invalid parameters: " + "; ".join(problems))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,15 @@ import torch
 
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.batch_size import resolve_batch_size
-from anon_core.data.image_files import read_batches
+from anon_core.prefetch import batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
-from anon_core.ingest import ingest, read_workers
+from anon_core.folders import check_separate, exclusive
+from anon_core.ingest import alignment_cache, ingest, read_workers
+from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
+from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
@@ -85,6 +88,7 @@ class RunSummary:
     output_dir: Path
     counts: Counter = field(default_factory=Counter)  # "ok" and every rejection reason
     duplicates: int = 0
+    resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
 
     @property
     def ok(self) -> int:
@@ -97,6 +101,8 @@ class RunSummary:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
         if self.duplicates:
             text += f", {self.duplicates} duplicate file(s) noted in the manifest"
+        if self.resumed:
+            text += f"; {self.resumed} of them finished by an earlier run and taken from its journal"
         return text
 
 
@@ -110,7 +116,7 @@ def anonymize_folder(
     align_detector: str,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
-    align_cache: Path | None = None,
+    keep_cache: bool = True,
 ) -> RunSummary:
     """Anonymize every image under `input_dir` (recursively) into `output_dir`.
 
@@ -122,11 +128,18 @@ def anonymize_folder(
     (celebahq | lfw | folder | auto) picks the layout and its labels, carried into the manifest, and `align`
     (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face of each image. The
     ok images are then read a batch ahead of the one being optimized, and written by another thread, so the
-    device is not left waiting on either.
+    device is not left waiting on either. Aligned crops of the real faces are cached in `output_dir/.align_cache`
+    for re-runs, or with `keep_cache=False` in a temporary folder there that the run removes.
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-    if output_dir == input_dir or input_dir in output_dir.parents:
-        raise FalcoError(f"output folder {output_dir} must not be inside the input folder {input_dir}")
+    check_separate(input_folder=input_dir, output_folder=output_dir)
+    with exclusive(output_dir, "output folder"), alignment_cache(output_dir, keep_cache) as cache:
+        return _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
+                                 show_progress, cache)
+
+
+def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
+                      show_progress, align_cache) -> RunSummary:
     device = resolve_device(device)
     nets = build_networks(params.profile, device=device)
     check_params_fit(nets, params)
@@ -137,48 +150,74 @@ def anonymize_folder(
         reading.total = total
         reading.update(1)
 
-    ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, device, align_cache, on_file)
+    ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, align_cache, device, on_file)
     reading.close()
     table = ingested.table
     if table.empty:
         raise FalcoError(f"{input_dir} holds no files to anonymize")
     requested_batch_size = params.batch_size
     params = params.replace(batch_size=resolve_batch_size(nets, params))  # "auto" -> what fits this device
-    pool = build_pool(nets, params, show_progress=show_progress)
+    extra = {"dataset": ingested.dataset, "aligned": ingested.alignment is not None,
+             "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
+             "dataset_warnings": ingested.warnings}
+    journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
+                                           "files": table[["input", "sha256", "status"]].values.tolist()}))
     ok = ingested.ok
-    images = ingested.images(workers=read_workers(device))
-    columns = {name: [""] * len(table) for name in RESULT_COLUMNS}
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
-    latents: list[np.ndarray] = []
-    histories: list[dict[str, np.ndarray]] = []
-    writes: list[Future] = []
+    manifest = table.rename(columns={"image": "output"}).drop(columns=["sha256"])
+    manifest = manifest.assign(**{name: "" for name in RESULT_COLUMNS})[[*MANIFEST_COLUMNS, *ingested.labels]]
+    manifest.loc[ok_rows, ["status", "output"]] = ["pending", ""]  # until its batch is finished
+    _write_manifest(output_dir, manifest)
+    parts = batch_slices(len(ok), params.batch_size)
+    results: list[dict[str, np.ndarray] | None] = [journal.finished(i) for i in range(len(parts))]
+    resumed = sum(r is not None for r in results)
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
+
+    def finish(index: int, result: dict[str, np.ndarray], images: np.ndarray | None) -> None:
+        """Write a batch's images, then its journal entry, then the manifest with its rows done (writer thread)."""
+        part = parts[index]
+        if images is not None:
+            for i, name in enumerate(ok["image"][part]):
+                save_png(output_dir / "images" / name, images[i])
+            journal.record(index, result)
+        rows = ok_rows[part]
+        manifest.loc[rows, "status"] = "ok"
+        manifest.loc[rows, "output"] = ok["image"][part].to_numpy()
+        manifest.loc[rows, "latent_index"] = [str(i) for i in range(part.start, part.stop)]
+        manifest.loc[rows, "fake_index"] = [str(int(i)) for i in result["fake_index"]]
+        manifest.loc[rows, "fake_similarity"] = [f"{v:.6f}" for v in result["fake_similarity"]]
+        manifest.loc[rows, "identity_similarity"] = [f"{v:.6f}" for v in result["identity_similarity"]]
+        _write_manifest(output_dir, manifest)  # valid at every moment: the rows not finished say `pending`
+        bar.update(part.stop - part.start)
+
+    pool = build_pool(nets, params, show_progress=show_progress) if resumed < len(parts) else None
+    todo = [i for i, r in enumerate(results) if r is None]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
-        for part, batch in read_batches(images, params.batch_size):
-            result = anonymize_images(nets, pool, batch, params)
-            for i, position in enumerate(range(len(ok))[part]):
-                row = ok_rows[position]
-                writes.append(writer.submit(save_png, output_dir / "images" / ok["image"][position], result.images[i]))
-                columns["latent_index"][row] = position
-                columns["fake_index"][row] = int(result.fake_index[i])
-                columns["fake_similarity"][row] = f"{result.fake_similarity[i]:.6f}"
-                columns["identity_similarity"][row] = f"{result.identity_similarity[i]:.6f}"
-            latents.append(result.ws)
-            histories.append(result.history)
-            bar.update(len(batch))
+        writes = [writer.submit(finish, i, r, None) for i, r in enumerate(results) if r is not None]
+        images = ingested.images(workers=read_workers(device))
+        for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
+            done = anonymize_images(nets, pool, batch, params)
+            results[index] = {
+                "ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
+                "identity_similarity": done.identity_similarity,
+                **{f"loss_{name}": values for name, values in done.history.items()}}
+            writes.append(writer.submit(finish, index, results[index], done.images))
         for write in writes:
             write.result()  # raises the first failed write, if any
     bar.close()
 
-    manifest = table.rename(columns={"image": "output"}).drop(columns=["sha256"]).assign(**columns)
-    manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
-    extra = {"dataset": ingested.dataset, "aligned": ingested.alignment is not None,
-             "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
-             "dataset_warnings": ingested.warnings}
+    latents = [r["ws"] for r in results]
+    histories = [{name: r[f"loss_{name}"] for name in LOSS_NAMES} for r in results]
     _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra)
-    summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()))
+    summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
+                         resumed=sum(parts[i].stop - parts[i].start for i, r in enumerate(results) if i not in todo))
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     return summary
+
+
+def _write_manifest(output_dir: Path, manifest) -> None:
+    with atomic_path(output_dir / "manifest.csv") as tmp:
+        manifest.to_csv(tmp, index=False, encoding="utf-8")
 
 
 def _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra) -> None:
@@ -186,8 +225,6 @@ def _write_outputs(output_dir, manifest, latents, histories, params, nets, devic
     stacked = np.concatenate(latents) if latents else np.zeros((0, num_ws, w_dim), dtype=np.float32)
     with atomic_path(output_dir / "latents.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, stacked.astype(np.float32))
-    with atomic_path(output_dir / "manifest.csv") as tmp:
-        manifest.to_csv(tmp, index=False, encoding="utf-8")
     write_losses_csv(output_dir / "losses.csv", mean_losses(histories, params.optimization.steps))
     record = {
         "params": params.to_dict(),

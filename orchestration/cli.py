@@ -38,6 +38,11 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="FFHQ-align faces first (default: on, except --dataset celebahq, which is aligned already)")
     p.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None,
                    help="landmarks for alignment: mtcnn or dlib HOG + 5-point (default: params.yaml data.align_detector)")
+    p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the aligned crops of the real faces in OUTPUT_DIR/.align_cache (private, 0600) so a re-run "
+                        "skips the alignment (default); --no-keep-cache aligns into a temporary folder in OUTPUT_DIR "
+                        "and removes it when the run ends")
+    p.add_argument("--no-cache", dest="keep_cache", action="store_false", help="same as --no-keep-cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_anonymize)
 
@@ -74,10 +79,14 @@ def _run_anonymize(args: argparse.Namespace) -> int:
                          args.params or DEFAULT_PARAMS_PATH)
     start = time.perf_counter()
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
-                               show_progress=not args.quiet, **data)
+                               show_progress=not args.quiet, keep_cache=args.keep_cache, **data)
     seconds = time.perf_counter() - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
     print(f"results: {summary.output_dir}  (images/, manifest.csv, latents.npy, losses.csv, params.json)")
+    if not summary.ok:
+        print(f"falco: error: nothing was anonymized: every file of {args.input_dir} was rejected (reasons in "
+              f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,7 +12,9 @@ Several runs get one summary row each, labelled by the parameters in which their
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,10 +128,11 @@ class RealGallery:
         return np.array([index[p] for p in run.ok["input"]], dtype=np.int64)
 
 
-def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device) -> RealGallery:
-    """Every readable image of `real_dir`, read as `run` read its inputs (`anon_core.ingest` with the same aligner,
-    cache and resize). Each file is read once to validate (and align into the cache), then left on disk: the
-    gallery's images are the input files, or their aligned crops in the cache."""
+def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device,
+                 cache_dir: Path) -> RealGallery:
+    """Every readable image of `real_dir`, read as `run` read its inputs (`anon_core.ingest` with the same aligner
+    and resize, crops cached in `cache_dir`). Each file is read once to validate (and align into the cache), then
+    left on disk: the gallery's images are the input files, or their aligned crops in the cache."""
     from anon_core.data.align import FaceAligner
     from anon_core.ingest import ingest, read_workers
 
@@ -140,7 +143,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
         except ValueError as err:
             raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
     ingested = ingest(Path(real_dir), run.resolution, dataset, labels_csv, align=detector is not None,
-                      align_detector=detector or "mtcnn", device=device)
+                      align_detector=detector or "mtcnn", cache_dir=cache_dir, device=device)
     if ingested.alignment != run.alignment:
         raise FalcoError(f"{run.folder}: the run aligned its faces as {run.alignment}, this version aligns as "
                          f"{ingested.alignment}; re-run `falco anonymize` with this version")
@@ -151,6 +154,19 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
     identity = None if identity is None or identity.isna().all() else \
         identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
     return RealGallery(relpaths, identity, ingested.images(workers=max(read_workers(device), 4)))
+
+
+@contextlib.contextmanager
+def _gallery_cache(run: AnonymizeRun, out_dir: Path) -> Iterator[Path]:
+    """The aligned crops of the real faces: the first run's own cache when it kept one (nothing is aligned twice),
+    else a temporary cache inside the report folder, removed at the end."""
+    from anon_core.ingest import CACHE_FOLDER, alignment_cache
+
+    if (run.folder / CACHE_FOLDER).is_dir():
+        yield run.folder / CACHE_FOLDER
+        return
+    with alignment_cache(out_dir, keep=False) as cache:
+        yield cache
 
 
 def read_anonymized(run: AnonymizeRun) -> ImageFiles:
@@ -213,7 +229,11 @@ def evaluate_folders(
         summary_table,
     )
 
-    runs = [read_run(Path(d)) for d in anon_dirs]
+    from anon_core.folders import check_separate, exclusive
+
+    runs = [read_run(Path(d)) for d in anon_dirs]  # first: a folder that is not a run is named as such
+    check_separate(real_folder=real_dir, report_folder=out_dir,
+                   **{f"anonymized_folder_{i + 1}": d for i, d in enumerate(anon_dirs)})
     profile = check_comparable(runs, profile)
     labels = run_labels([r.params() for r in runs], [r.folder.name for r in runs])
     labels = [f"falco {label}" if label in BASELINES else label for label in labels]
@@ -221,45 +241,46 @@ def evaluate_folders(
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
     device = str(resolve_device(device))
-    gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device)
-    sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist())
-            for label, images, run in zip(labels, anonymized, runs)]
+    with exclusive(Path(out_dir), "report folder"), _gallery_cache(runs[0], Path(out_dir)) as cache:
+        gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device, cache)
+        sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist())
+                for label, images, run in zip(labels, anonymized, runs)]
 
-    nets = build_networks(profile, device=device)
-    fakes = paired_fakes(runs[0], nets)
-    names = recognizers or available_recognizers()
-    built = [build_recognizer(n, device=device) for n in names]
-    predictors = build_attribute_predictors(seeded=nets.weights == "seeded", device=device)
-    chosen = tuple(BASELINES) if baselines else ()
-    log(f"evaluating {', '.join(f'{s.method} ({len(s.images)} images)' for s in sets)} against {len(gallery.images)} "
-        f"real images with {', '.join(names)}" + (f"; baselines {', '.join(chosen)}" if chosen else ""))
-    results = evaluate_runs(
-        sets, gallery.images, built, build_extractor("auto", device=device), baselines=chosen, fakes=fakes,
-        gallery_identity=gallery.identity, predictors=predictors, device=device,
-        real_ids=gallery.relpaths,  # the gallery's pseudo-labels come from the same read as its embeddings
-    )
-    falco = results[: len(sets)]
-    per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
-    per_image.insert(0, "run", per_image.pop("run"))
-    per_image.insert(2, "input", [gallery.relpaths[i] for i in per_image["source_index"]])
-    attributes = None
-    if all(r.attributes is not None for r in falco):
-        attributes = pd.concat([r.attributes.assign(run=r.method) for r in falco], ignore_index=True)
+        nets = build_networks(profile, device=device)
+        fakes = paired_fakes(runs[0], nets)
+        names = recognizers or available_recognizers()
+        built = [build_recognizer(n, device=device) for n in names]
+        predictors = build_attribute_predictors(seeded=nets.weights == "seeded", device=device)
+        chosen = tuple(BASELINES) if baselines else ()
+        log(f"evaluating {', '.join(f'{s.method} ({len(s.images)} images)' for s in sets)} against {len(gallery.images)} "
+            f"real images with {', '.join(names)}" + (f"; baselines {', '.join(chosen)}" if chosen else ""))
+        results = evaluate_runs(
+            sets, gallery.images, built, build_extractor("auto", device=device), baselines=chosen, fakes=fakes,
+            gallery_identity=gallery.identity, predictors=predictors, device=device,
+            real_ids=gallery.relpaths,  # the gallery's pseudo-labels come from the same read as its embeddings
+        )
+        falco = results[: len(sets)]
+        per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
+        per_image.insert(0, "run", per_image.pop("run"))
+        per_image.insert(2, "input", [gallery.relpaths[i] for i in per_image["source_index"]])
+        attributes = None
+        if all(r.attributes is not None for r in falco):
+            attributes = pd.concat([r.attributes.assign(run=r.method) for r in falco], ignore_index=True)
 
-    sources, columns = example_columns(sets, EXAMPLES)
-    examples, titles = [fakes[: len(sources)], *columns], ["fake neighbour", *(s.method for s in sets)]
-    if show_real_faces:
-        examples.insert(0, gallery.images[sources])
-        titles.insert(0, "real")
-    context = {
-        "profile": profile,
-        "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
-        **{f"run {s.method}": f"{r.folder} ({len(s.images)} images)" for s, r in zip(sets, runs)},
-        "recognizers": ", ".join(names),
-        "feature extractor": str(falco[0].quality.get("feature_extractor")),
-        "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
-    }
-    return write_report(Path(out_dir), summary_table(results), per_image, attributes, examples, titles, context)
+        sources, columns = example_columns(sets, EXAMPLES)
+        examples, titles = [fakes[: len(sources)], *columns], ["fake neighbour", *(s.method for s in sets)]
+        if show_real_faces:
+            examples.insert(0, gallery.images[sources])
+            titles.insert(0, "real")
+        context = {
+            "profile": profile,
+            "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
+            **{f"run {s.method}": f"{r.folder} ({len(s.images)} images)" for s, r in zip(sets, runs)},
+            "recognizers": ", ".join(names),
+            "feature extractor": str(falco[0].quality.get("feature_extractor")),
+            "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
+        }
+        return write_report(Path(out_dir), summary_table(results), per_image, attributes, examples, titles, context)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -105,6 +105,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
             print(f"  {variant}: {storage.asset_dir('anonymized_images', variant) / 'images'}")
     if "evaluate" in stages and not summary.blocked and not summary.failed:
         print(f"report: {storage.asset_dir('anonymization_report') / 'report.html'}")
+    for label, error in summary.errors.items():
+        if label in summary.failed:
+            print(f"falco: error: {label}: {error}", file=sys.stderr)
     if summary.blocked:
         print(f"not evaluated (a shard was not anonymized): {', '.join(summary.blocked)}", file=sys.stderr)
     for variant, shards in summary.privacy_failed.items():

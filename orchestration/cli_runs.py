@@ -54,9 +54,14 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool
     """The experiment's `evaluation_metrics` runs, then its `baseline_metrics` runs, oldest first (`latest`: only the
     newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
     from anon_core.errors import FalcoError
+    from orchestration.mlflow_store import sqlite_path
     from orchestration.tracking import ASSET_TAG, MlflowResource
 
-    client = MlflowResource(tracking_uri=tracking_uri, experiment=experiment).client()
+    resource = MlflowResource(tracking_uri=tracking_uri, experiment=experiment)
+    database = sqlite_path(resource.uri())
+    if database is not None and not database.exists():  # reading runs must not create an empty store
+        raise FalcoError(f"no MLflow store at {database}; run `falco pipeline` first, or pass --tracking-uri URI")
+    client = resource.client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise FalcoError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run `falco pipeline` first, "

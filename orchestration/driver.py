@@ -28,6 +28,7 @@ from typing import Any
 
 import dagster as dg
 
+from anon_core.folders import check_separate, exclusive
 from orchestration.jobs import ANONYMIZE, EVALUATION_REFERENCES, PREPARE, REPORT, VARIANT_EVALUATION
 from orchestration.partitions import image_shards, register_partitions, variant_shard_key, variants
 from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
@@ -45,6 +46,7 @@ class PipelineSummary:
     failed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)  # variants not evaluated: one of their shards failed
     privacy_failed: dict[str, list[str]] = field(default_factory=dict)  # variant -> shards that failed the check
+    errors: dict[str, str] = field(default_factory=dict)  # failed label -> the error that failed its run
     run_ids: list[str] = field(default_factory=list)
 
 
@@ -76,23 +78,33 @@ def run_pipeline(
     log_level: str = "INFO",
 ) -> PipelineSummary:
     """Run the `stages` of the graph for `variants_to_run` (default: the sweep of params.yaml, or of `networks`'
-    `sweep` override), materializing only what is missing or stale. See the module docstring."""
-    from orchestration.definitions import build_definitions
-
+    `sweep` override), materializing only what is missing or stale. See the module docstring. The input folder,
+    the storage and the Dagster home may not contain one another, and one pipeline at a time holds the storage."""
     if variants_to_run:  # rebuilt, not model_copy'd: Dagster initializes a resource from its constructor config
         networks = NetworksResource(**{**networks.model_dump(), "sweep_variants": list(variants_to_run)})
     wanted = networks.sweep()
     check_settings(storage, networks, wanted)  # a bad parameter or variant fails here, before any run starts
     mlflow = mlflow or MlflowResource()
+    instance = instance or dagster_instance()
+    check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=instance.root_directory)
+    with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
+        for run_id in end_abandoned_runs(instance, mlflow):
+            log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")
+        return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level)
+
+
+def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level) -> PipelineSummary:
+    from orchestration.definitions import build_definitions
+
     defs = build_definitions(storage, networks, mlflow)
     graph = defs.resolve_asset_graph()
-    instance = instance or dagster_instance()
     mlflow.ensure_experiment()  # once, before parallel steps would race to create it
     register_partitions(instance, variants, wanted)
     summary = PipelineSummary(variants=wanted)
-    driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level)
+    driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
 
-    driver.run("observe_settings", "settings", None, None)
+    if not driver.run("observe_settings", "observe settings", None, None):
+        return summary
     if "prepare" in stages and not driver.materialize("prepare", "prepare", PREPARE.resolve(graph)):
         return summary
     shards = instance.get_dynamic_partitions(image_shards.name)
@@ -104,6 +116,58 @@ def run_pipeline(
     if "evaluate" in stages:
         driver.evaluate(wanted)
     return summary
+
+
+LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
+
+
+def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[str]:
+    """Runs this host's drivers started whose process is gone (killed mid-run) stay STARTED for ever: report them
+    failed, and end their MLflow runs as KILLED. Returns their ids."""
+    import socket
+
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    ended = []
+    runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
+                                                  DagsterRunStatus.NOT_STARTED]))
+    for run in runs:
+        host, _, pid = run.tags.get(LAUNCHED_BY, "").rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, f"the falco process that ran it (PID {pid}) ended before the run did: "
+                                        "killed")
+        mlflow.end_dagster_run(run.run_id, "KILLED")
+        ended.append(run.run_id)
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def step_error(instance: dg.DagsterInstance, run_id: str) -> str:
+    """What failed a run, in one line: the innermost error of its first failed step (a FalcoError's own words)."""
+    from dagster._core.events import DagsterEventType
+
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+        error = record.event_log_entry.dagster_event.step_failure_data.error
+        while error.cause is not None:
+            error = error.cause
+        text = error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
+        prefix, _, rest = text.partition(": ")
+        if prefix.rsplit(".", 1)[-1] == error.cls_name and rest:  # "anon_core.errors.FalcoError: <its words>"
+            ours = prefix.startswith(("anon_core.", "evaluation.", "orchestration."))  # our errors say it all
+            text = rest if ours else f"{error.cls_name}: {rest}"
+        return f"{record.event_log_entry.step_key}: {text}"
+    run = instance.get_run_by_id(run_id)
+    return f"the run ended {run.status.value if run else 'unknown'} (see it in the Dagster UI)"
 
 
 def check_settings(storage: StorageResource, networks: NetworksResource, wanted: Sequence[str]) -> None:
@@ -124,10 +188,14 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
 
 
 class _Driver:
-    def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log, log_level: str) -> None:
-        self.instance, self.graph, self.config, self.summary, self.fresh, self.log = \
-            instance, graph, config, summary, fresh, log
+    def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log, log_level: str,
+                 mlflow: MlflowResource) -> None:
+        self.instance, self.graph, self.config, self.summary, self.fresh, self.log, self.mlflow = \
+            instance, graph, config, summary, fresh, log, mlflow
         self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+        import socket
+
+        self.launched_by = {LAUNCHED_BY: f"{socket.gethostname()}:{os.getpid()}"}
 
     def run(self, job: str, label: str, selection: list[dg.AssetKey] | None, partition: str | None,
             checks: set[dg.AssetCheckKey] | None = None) -> bool:
@@ -137,19 +205,23 @@ class _Driver:
                                                        reconstructable_args=(job, self.config))
         if checks:
             reconstructable = reconstructable.get_subset(asset_selection=set(), asset_check_selection=checks)
-        tags = {}
+        tags = dict(self.launched_by)
         if partition is not None:
             partitions_def = self.graph.get(selection[0] if selection else next(iter(checks)).asset_key).partitions_def
-            tags = dict(partitions_def.get_tags_for_partition_key(partition))
+            tags |= dict(partitions_def.get_tags_for_partition_key(partition))
         result = dg.execute_job(reconstructable, self.instance, run_config=self.run_config, tags=tags,
                                 asset_selection=selection or None)
         self.summary.run_ids.append(result.run_id)
-        if job != "observe_settings":
-            (self.summary.ran if result.success else self.summary.failed).append(label)
-            self.log(f"{label}: {'done' if result.success else 'FAILED'} (Dagster run {result.run_id[:8]})")
-        elif not result.success:
-            raise RuntimeError(f"observing the settings failed (Dagster run {result.run_id}); see it in the UI")
-        return result.success
+        self.mlflow.end_dagster_run(result.run_id, "FINISHED" if result.success else "FAILED")  # the run's own end
+        if result.success:
+            if job != "observe_settings":
+                self.summary.ran.append(label)
+                self.log(f"{label}: done (Dagster run {result.run_id[:8]})")
+            return True
+        self.summary.failed.append(label)
+        self.summary.errors[label] = step_error(self.instance, result.run_id)
+        self.log(f"{label}: FAILED (Dagster run {result.run_id[:8]}): {self.summary.errors[label]}")
+        return False
 
     def materialize(self, job: str, label: str, keys, partition: str | None = None,
                     checks: set[dg.AssetCheckKey] | None = None) -> bool:

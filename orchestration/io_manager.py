@@ -48,9 +48,11 @@ from anon_core.prefetch import batch_slices, read_parts
 from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
-__all__ = ["ALLOW_MISSING", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights"]
+__all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
+REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
+# are stored readable by their owner only
 
 
 class LazyArrays(Mapping):
@@ -93,22 +95,23 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             return
         partition = context.partition_key if context.has_partition_key else None
         base, stem = self._where(context.asset_key, context.asset_partitions_def if partition else None, partition)
+        private = bool((context.definition_metadata or {}).get(REAL_FACES))
         base.mkdir(parents=True, exist_ok=True)
         if isinstance(obj, ImageSet):
-            _write_images(base / "images", obj.named["image"].tolist(), obj.images)
-            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table))
+            _write_images(base / "images", obj.named["image"].tolist(), obj.images, private)
+            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table), private)
         elif isinstance(obj, Weights):
             from safetensors.numpy import save
 
             arrays = {k: np.ascontiguousarray(v) for k, v in obj.arrays.items()}
-            write_bytes_atomic(base / f"{stem}.safetensors", save(arrays, metadata=obj.metadata))
+            write_bytes_atomic(base / f"{stem}.safetensors", save(arrays, metadata=obj.metadata), private)
         elif isinstance(obj, pd.DataFrame):
-            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj))
+            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj), private)
         elif isinstance(obj, np.ndarray):
-            with atomic_path(base / f"{stem}.npy") as tmp, open(tmp, "wb") as fh:
+            with atomic_path(base / f"{stem}.npy", private) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, obj, allow_pickle=False)
         elif isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
-            with atomic_path(base / f"{stem}.npz") as tmp, open(tmp, "wb") as fh:
+            with atomic_path(base / f"{stem}.npz", private) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **obj)
         else:
             raise TypeError(
@@ -169,13 +172,14 @@ def _io_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _write_images(folder: Path, names: list[str], images) -> None:
+def _write_images(folder: Path, names: list[str], images, private: bool = False) -> None:
     """Write images[i] as PNG names[i]: read in chunks (an ImageFiles decodes, a generated set generates, the next
-    chunk while this one is written), each image PNG-encoded and written by a pool of threads."""
+    chunk while this one is written), each image PNG-encoded and written by a pool of threads. `private`: readable by
+    their owner only (real faces)."""
     workers = _io_workers()
 
     def write(name: str, image: np.ndarray) -> None:
-        write_bytes_atomic(folder / name, encode_png(image))
+        write_bytes_atomic(folder / name, encode_png(image), private)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-png") as pool:
         # 32 images a chunk (a multiple of generate's batch), the next one read meanwhile: 200 MB at 1024 px

@@ -123,7 +123,8 @@ class AssetRun:
     experiment_id: str
     tracking_uri: str
     log_real_faces: bool
-    skipped: list[str] = field(default_factory=list)  # artefacts withheld because they show real faces
+    log_per_image: bool = False
+    skipped: list[str] = field(default_factory=list)  # artefacts withheld (real faces, per-image tables)
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -166,6 +167,14 @@ class AssetRun:
     def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
         self.log_bytes(frame.to_csv(index=False).encode(), artifact_file)
 
+    def log_per_image_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
+        """A table with one row per image, only when the resource's `log_per_image` is true, and then with its file
+        and person names replaced by their hashes (`hashed_names`)."""
+        if not self.log_per_image:
+            self.skipped.append(artifact_file)
+            return
+        self.log_table(hashed_names(frame), artifact_file)
+
     @property
     def url(self) -> str | None:
         if not self.tracking_uri.startswith(("http://", "https://")):
@@ -181,6 +190,20 @@ class AssetRun:
         return meta
 
 
+NAME_COLUMNS = ("name", "input", "image", "output", "identity")  # file paths and person names
+
+
+def hashed_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with each name column's values replaced by the first 16 hex digits of their SHA-256: rows still join
+    across runs (one file hashes alike everywhere) but name no one. Whoever can guess a name (an LFW person) can
+    recompute its hash, so these are pseudonyms, not anonymous."""
+    out = frame.copy()
+    for column in NAME_COLUMNS:
+        if column in out.columns:
+            out[column] = [v if pd.isna(v) else hashlib.sha256(str(v).encode()).hexdigest()[:16] for v in out[column]]
+    return out
+
+
 class MlflowResource(dg.ConfigurableResource):
     """Where the MLflow runs go. Call `ensure_experiment()` once before parallel steps start (the runner does)."""
 
@@ -189,6 +212,7 @@ class MlflowResource(dg.ConfigurableResource):
     artifact_location: str | None = None  # None: `mlruns/` beside a sqlite database (<project>/mlruns by default);
     # a server picks its own
     log_real_faces: bool = False  # privacy by default: images of real faces never leave the storage
+    log_per_image: bool = False  # per-image tables (names hashed) go to MLflow only when true
 
     def uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
@@ -196,6 +220,9 @@ class MlflowResource(dg.ConfigurableResource):
     def client(self):
         from mlflow import MlflowClient
 
+        from orchestration.mlflow_store import ready_sqlite_store
+
+        ready_sqlite_store(self.uri())  # a SQLite store is made whole before anything uses it
         return MlflowClient(tracking_uri=self.uri())
 
     def _artifact_location(self) -> str | None:
@@ -269,7 +296,7 @@ class MlflowResource(dg.ConfigurableResource):
         label = method or where
         name = f"{asset}[{label}]" if label else asset
         run = AssetRun(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, parent,
-                       experiment_id, self.uri(), self.log_real_faces)
+                       experiment_id, self.uri(), self.log_real_faces, self.log_per_image)
         status = "FAILED"
         try:
             if params is not None:
@@ -282,7 +309,19 @@ class MlflowResource(dg.ConfigurableResource):
             client.set_terminated(run.run_id, status)
             client.set_terminated(parent, status)
             if run.skipped:
-                context.log.info(f"not logged to MLflow (real faces; log_real_faces is false): {run.skipped}")
+                context.log.info(f"not logged to MLflow (real faces, or per-image rows; log_real_faces and "
+                                 f"log_per_image are false): {run.skipped}")
+
+    def end_dagster_run(self, dagster_run_id: str, status: str) -> None:
+        """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
+        KILLED. (Each nested run also ends its parent, so a run seen only by the UI ends with its last step.)"""
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return
+        for run in client.search_runs([found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'"):
+            if PARENT_TAG not in run.data.tags:
+                client.set_terminated(run.info.run_id, status)
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier nested run of `asset` (and `variant`) in this experiment, or None."""

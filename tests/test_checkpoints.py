@@ -296,6 +296,24 @@ def test_one_error_lists_every_problem_and_a_wrong_profile_reads_clearly(genforc
                                    StyleGAN2Config(resolution=64, z_dim=24, w_dim=32, mapping_layers=2, channel_max=16))
 
 
+def test_a_generator_with_another_fir_filter_is_refused_naming_the_entry(genforce, rosinality, tmp_path: Path) -> None:
+    """The references keep their up-sampling filter as a buffer; ours is built in, so a file trained with another
+    filter must not load silently (before: these entries were dropped unread)."""
+    _, genforce_state, _ = genforce
+    _, rosinality_state, _ = rosinality
+    box = torch.full((1, 1, 4, 4), 0.25)  # a box filter with the same gain
+    path = save(tmp_path / "box.pth", {"generator_smooth": {**genforce_state, "synthesis.layer3.filter.kernel": box}})
+    with pytest.raises(CheckpointError, match=r"box\.pth does not fit .*synthesis\.layer3\.filter\.kernel is not "
+                       r"StyleGAN2's \[1, 3, 3, 1\] up-sampling filter \(x4\): \[1, 1, 4, 4\] starting 0\.25"):
+        ck.load_genforce_stylegan2(path, GENFORCE_32)
+    unnormalized = rosinality_state["to_rgbs.0.upsample.kernel"] * 16
+    path = save(tmp_path / "raw.pt", {"g_ema": {**rosinality_state, "to_rgbs.0.upsample.kernel": unnormalized}})
+    with pytest.raises(CheckpointError, match=r"to_rgbs\.0\.upsample\.kernel is not StyleGAN2's"):
+        ck.load_rosinality_stylegan2(path, ROSINALITY_16)
+    for state in (genforce_state, rosinality_state):  # the references' own buffers pass
+        assert any(k.endswith("kernel") for k in state)
+
+
 def test_arcface_and_farl_errors_name_key_and_file(arcface, tmp_path: Path) -> None:
     _, state, _ = arcface
     bad = {k: v for k, v in state.items() if k != "body.5.res_layer.1.weight"}

@@ -218,7 +218,10 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces)
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "marked failed" in out.stdout  # the killed run, left STARTED, is ended by the next start
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        states = {r.status.value for r in instance.get_runs()}
+        assert "STARTED" not in states and "FAILURE" in states
         for shard in sorted(done_before):
             records = instance.fetch_materializations(dg.AssetRecordsFilter(
                 asset_key=dg.AssetKey("anonymized_images"), asset_partitions=[f"{shard}|default"]), limit=5).records

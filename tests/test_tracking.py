@@ -166,6 +166,21 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
 
 
 @pytest.mark.slow
+def test_no_file_or_person_name_reaches_mlflow(sweep, tmp_path):
+    """The inputs are `Person A/img_<i>.png`: a person's name and file names must stay in the storage."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(sweep["tracker"].uri())
+    texts = []
+    for run_id in sweep["runs"]["run_id"]:
+        run = client.get_run(run_id)
+        texts += [str(run.data.params), str(run.data.tags), str(run.info.run_name)]
+        folder = Path(client.download_artifacts(run_id, "", str(tmp_path / run_id)))
+        texts += [p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file()]
+    assert texts and not any("Person A" in t or "img_" in t for t in texts)
+
+
+@pytest.mark.slow
 def test_report_puts_the_variants_and_the_baselines_in_one_scatter(sweep):
     report = sweep["tmp"] / "store" / "anonymization_report"
     points = pd.read_csv(report / "figures" / "privacy_vs_utility.csv")
@@ -302,3 +317,31 @@ def test_mlflow_ui_compares_the_two_variants_evaluations_in_chromium(sweep, tmp_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("opted_in", [False, True])
+def test_per_image_rows_reach_mlflow_only_when_opted_in_and_then_with_hashed_names(tmp_path, opted_in):
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", log_per_image=opted_in)
+    rows = pd.DataFrame({"name": ["George_Bush/George_Bush_0001.png", "Ann_Lee/Ann_Lee_0001.png"],
+                         "identity": ["George_Bush", "Ann_Lee"], "dlib/distance": [0.7, 0.8]})
+
+    @dg.asset
+    def probe(context: dg.AssetExecutionContext, mlflow: MlflowResource, networks: NetworksResource) -> None:
+        with mlflow.asset_run(context, networks, {}) as run:
+            run.log_per_image_table(rows, "per_image.csv")
+        context.add_output_metadata(run.metadata)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([probe], instance=instance, resources={"mlflow": tracker, "networks": NetworksResource()})
+        run_id = result.asset_materializations_for_node("probe")[0].metadata["mlflow_run_id"].value
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracker.uri())
+    logged = [f.path for f in client.list_artifacts(run_id)]
+    assert ("per_image.csv" in logged) == opted_in
+    if opted_in:
+        text = Path(client.download_artifacts(run_id, "per_image.csv", str(tmp_path))).read_text()
+        table = pd.read_csv(io.StringIO(text))
+        assert "Bush" not in text and "Ann_Lee" not in text
+        assert table["dlib/distance"].tolist() == [0.7, 0.8] and table["name"].str.len().tolist() == [16, 16]
+        assert table["identity"].nunique() == 2

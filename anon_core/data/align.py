@@ -409,7 +409,7 @@ class AlignmentCache:
         """Store ``face``: the PNG first, then the JSON that makes the entry visible (both atomic)."""
         png_path, json_path = self._paths(sha256, settings)
         data = encode_png(face.image)
-        write_bytes_atomic(png_path, data)
+        write_bytes_atomic(png_path, data, private=True)  # a real face: its owner's eyes only
         record = {
             "sha256": sha256,
             "settings": settings,
@@ -418,10 +418,10 @@ class AlignmentCache:
             "landmarks": np.asarray(face.landmarks, dtype=np.float64).tolist(),
             "faces_seen": int(face.faces_seen),
         }
-        write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"))
+        write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"), private=True)
 
     def put_rejection(self, sha256: str, settings: str, detail: str) -> None:
         """Remember that the file with this digest has no face under these settings."""
         _, json_path = self._paths(sha256, settings)
         record = {"sha256": sha256, "settings": settings, "rejected": detail}
-        write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"))
+        write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"), private=True)

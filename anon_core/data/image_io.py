@@ -58,7 +58,8 @@ REJECT_REASONS = (
     "unsupported_format",  # a real image, but a format or pixel type we do not accept (GIF, ICO, float TIFF)
     "too_small",           # shorter side < min_side
     "too_large",           # width * height > max_pixels, or Pillow's decompression-bomb guard fired
-    "unreadable",          # missing, a folder, no permission, corrupt data, or any other decode failure
+    "corrupt",             # the decoder found damaged data (libjpeg's "Corrupt JPEG data", a broken data stream)
+    "unreadable",          # missing, a folder, no permission, or any other decode failure
     "outside_input",       # a symlink resolving outside the input folder (set by scan.scan_folder)
     "no_face",             # no face found (set by face detection/alignment, not by this module)
 )
@@ -212,9 +213,21 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
             raise ImageRejected(
                 "truncated", f"{path}: image data ends early ({exc}); the file is truncated, re-copy it."
             ) from exc
-        raise ImageRejected("unreadable", f"{path}: cannot decode image ({type(exc).__name__}: {exc}).") from exc
+        raise _decode_failure(path, exc) from exc
     except Exception as exc:  # Pillow raises SyntaxError, ValueError, struct.error, ... on corrupt files
-        raise ImageRejected("unreadable", f"{path}: cannot decode image ({type(exc).__name__}: {exc}).") from exc
+        raise _decode_failure(path, exc) from exc
+
+
+# What Pillow's decoders say about damaged data inside a well-formed file (zlib's stream in a PNG, a chunk's CRC).
+_DAMAGED_DATA = ("broken data stream", "unrecognized data stream contents", "broken png file", "crc check failed",
+                 "decoder error")
+
+
+def _decode_failure(path: Path, exc: Exception) -> ImageRejected:
+    if any(words in str(exc).lower() for words in _DAMAGED_DATA):
+        return ImageRejected("corrupt", f"{path}: the image data is damaged (the decoder says: {exc}); re-copy it or "
+                                        "remove it.")
+    return ImageRejected("unreadable", f"{path}: cannot decode image ({type(exc).__name__}: {exc}).")
 
 
 def _decode_checked(image: Image.Image, path: Path, min_side: int, max_pixels: int) -> np.ndarray:
@@ -236,8 +249,30 @@ def _decode_checked(image: Image.Image, path: Path, min_side: int, max_pixels: i
             "too_small", f"{path}: {width}x{height} px; the shorter side must be at least {min_side} px."
         )
     image.load()  # full decode; raises OSError("image file is truncated ...") on short data
+    if image.format in ("JPEG", "MPO"):
+        _check_jpeg_data(path)
     oriented = ImageOps.exif_transpose(image)
     return _to_rgb_array(oriented, path)
+
+
+# libjpeg warnings that mean the entropy-coded data is damaged (Pillow decodes such files without a word, filling in
+# garbage); others, such as an unknown JFIF revision, are harmless.
+_CORRUPT_JPEG = ("Corrupt JPEG data", "Premature end", "Inconsistent progression", "Invalid SOS", "Bogus")
+
+
+def _check_jpeg_data(path: Path) -> None:
+    """ImageRejected("corrupt") when libjpeg-turbo, decoding the file with its warnings as errors, finds damaged
+    data, with the decoder's words."""
+    import simplejpeg
+
+    data = path.read_bytes()
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(data, colorspace=colorspace if colorspace in ("GRAY", "CMYK") else "RGB", strict=True)
+    except ValueError as exc:
+        if any(words in str(exc) for words in _CORRUPT_JPEG):
+            raise ImageRejected("corrupt", f"{path}: the JPEG data is damaged (the decoder says: {exc}); re-copy "
+                                           "it or remove it.") from exc
 
 
 def encode_png(image: np.ndarray) -> bytes:

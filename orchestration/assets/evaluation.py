@@ -162,6 +162,7 @@ def variant_evaluation(
     with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
         run.log_metrics(result.metrics)
         run.log_table(summary, "metrics.csv")
+        run.log_per_image_table(result.per_image, "per_image.csv")
         change = delta_table(mlflow.previous_metrics(run, "evaluation_metrics", variant), result.metrics)
     context.add_output_metadata({**run.metadata, "variant": variant, "num_images": len(anon),
                                  "failed_images": int((~result.per_image["passed_all"]).sum()),

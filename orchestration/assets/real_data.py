@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 
 from anon_core.artifacts import ImageSet
+from orchestration.io_manager import REAL_FACES
 from orchestration.metadata import table
 from orchestration.partitions import image_shards, register_partitions, shard_key
 from orchestration.resources import NetworksResource, StorageResource
@@ -15,12 +16,12 @@ GROUP = "real_data"
 GPU = {"falco/device": "gpu"}
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"])
+@dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True})
 def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource) -> ImageSet:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
-    it is) at the generator's resolution, and one row per file with its status (`ok`/`rejected`), reason, output
+    it is) at the generator's resolution (crops cached privately in `<storage>/.align_cache`), and one row per file with its status (`ok`/`rejected`), reason, output
     name, shard and labels. Registers the shards: `pipeline.shard_size` ok images each."""
-    from anon_core.ingest import ingest, read_workers
+    from anon_core.ingest import CACHE_FOLDER, ingest, read_workers
 
     def progress(done: int, total: int) -> None:
         if done % max(1, total // 10) == 0:
@@ -28,8 +29,14 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
 
     nets = networks.networks()
     ingested = ingest(Path(storage.input_dir), nets.generator.config.resolution, **networks.data(),
-                      device=nets.device, on_file=progress)
+                      cache_dir=Path(storage.root) / CACHE_FOLDER, device=nets.device, on_file=progress)
     frame, ok = ingested.table.assign(shard=""), ingested.table["status"] == "ok"
+    if not ok.any():
+        from anon_core.errors import FalcoError
+
+        reasons = ", ".join(f"{r}: {n}" for r, n in frame["reason"].value_counts().items())
+        raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
+                         f"({reasons}); point --input at a folder of face images")
     shard_size = networks.shard_size()
     frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
     register_partitions(context.instance, image_shards, sorted(set(frame.loc[ok, "shard"])), delete_others=True)
@@ -54,7 +61,8 @@ def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, netw
     return features
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["inversion_settings"], op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="2", deps=["inversion_settings"], op_tags=GPU,
+          metadata={REAL_FACES: True})  # the generator redraws the real faces from these codes
 def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource) -> np.ndarray:
     """W+ codes of the ok real images: [N_ok, num_ws, w_dim] (e4e, or the optimization inverter for `tiny`)."""
     from anon_core.stages import invert_images

@@ -1,0 +1,76 @@
+"""The folders a command reads and writes: they may not contain one another, and one writer at a time.
+
+- `check_separate`: the input, output and storage trees of a command, after resolving symlinks, may not be the
+  same or inside one another (an output inside the input is read back as new faces; an input inside the output is
+  overwritten). One rule for every command, checked before anything is written.
+- `exclusive`: a lock on a folder (`<folder>/.falco.lock`) held for a whole command, so a second `falco anonymize`
+  into the same output folder, or a second `falco pipeline` on the same storage, is refused with one line naming
+  the holder (PID, host, start time). The lock is the kernel's (`flock`): it is released when its process ends,
+  however it ends, so a crash never leaves a stale lock; the holder's details in the file are only a message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from anon_core.errors import FalcoError
+
+LOCK_FILE = ".falco.lock"
+
+
+def check_separate(**folders: Path | str | None) -> None:
+    """FalcoError when two of the named folders (None: not used) are the same or one is inside the other."""
+    named = [(name.replace("_", " "), Path(path).expanduser().resolve()) for name, path in folders.items()
+             if path is not None]
+    for i, (name, path) in enumerate(named):
+        for other, other_path in named[i + 1:]:
+            if path == other_path:
+                raise FalcoError(f"the {name} and the {other} are the same folder ({path}); give them separate ones")
+            for inner, inner_path, outer, outer_path in ((name, path, other, other_path),
+                                                         (other, other_path, name, path)):
+                if outer_path in inner_path.parents:
+                    raise FalcoError(f"the {inner} {inner_path} is inside the {outer} {outer_path}; put it outside "
+                                     f"(nothing was written)")
+
+
+@contextmanager
+def exclusive(folder: Path, what: str) -> Iterator[None]:
+    """Hold the lock of `folder` (created if needed) while the block runs; FalcoError if another process holds it.
+    `what` names the folder's role in the message ("output folder", "storage")."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = _holder(handle.read())
+            raise FalcoError(f"the {what} {folder} is in use by {holder}; wait for it to finish, or use another "
+                             f"{what}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                                 "command": " ".join(sys.argv[:3])}))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"`{info.get('command', '?')}` (PID {info['pid']} on {info['host']}, since {started})"
+    except (ValueError, KeyError, TypeError):
+        return "another process"

@@ -1,0 +1,305 @@
+"""Nothing a mistake or a crash does may hurt data: folders inside one another are refused before anything is
+written, a second writer of a folder is refused, every parameter is checked with its range before any work, an
+MLflow store killed while being made is whole (or made again) on the next start, and a run that fails says why in
+one line. Each case first reproduces what went wrong before."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import Image
+from pipeline_helpers import fast_params, run, write_faces
+
+from anon_core.errors import FalcoError, ParamsError
+from anon_core.folders import LOCK_FILE, check_separate, exclusive
+from orchestration.cli import main
+
+FAST = ["--profile", "tiny", "--steps", "2", "--pool-size", "20", "--batch-size", "2", "--quiet"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_input_inside_the_output_is_refused_and_left_untouched(tmp_path, lfw_faces, capsys):
+    out = tmp_path / "out"
+    write_faces(out / "images", lfw_faces[:2], broken=False)  # the user's faces, inside the folder given as output
+    before = _tree(out)
+    assert main(["anonymize", str(out / "images"), str(out), *FAST]) == 2
+    assert "is inside the output folder" in capsys.readouterr().err
+    assert _tree(out) == before  # before: `falco anonymize OUT/images OUT` overwrote these with anonymized faces
+
+
+@pytest.mark.parametrize("layout", ["same", "output_inside_input", "input_inside_output", "through_a_symlink"])
+def test_one_overlap_rule_for_every_pair_of_folders(tmp_path, layout):
+    data = tmp_path / "data"
+    data.mkdir()
+    other = {"same": data, "output_inside_input": data / "out", "input_inside_output": tmp_path}[layout] \
+        if layout != "through_a_symlink" else tmp_path / "link" / "out"
+    if layout == "through_a_symlink":
+        (tmp_path / "link").symlink_to(data)
+    with pytest.raises(FalcoError, match="same folder|is inside the"):
+        check_separate(input_folder=data, output_folder=other)
+    check_separate(input_folder=data, output_folder=tmp_path / "elsewhere", storage=None)
+
+
+def test_a_second_writer_of_a_folder_is_refused_and_a_crashed_holder_leaves_no_stale_lock(tmp_path):
+    folder = tmp_path / "out"
+    with exclusive(folder, "output folder"):
+        holder = subprocess.run(
+            [sys.executable, "-c", "from anon_core.folders import exclusive\n"
+                                   f"with exclusive(__import__('pathlib').Path({str(folder)!r}), 'output folder'):\n"
+                                   "    pass"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert holder.returncode != 0 and "is in use by" in holder.stderr and f"PID {os.getpid()}" in holder.stderr
+    # A holder killed with SIGKILL: the kernel drops its lock, the next writer goes ahead.
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom anon_core.folders import exclusive\n"
+                             f"with exclusive(__import__('pathlib').Path({str(folder)!r}), 'x'):\n"
+                             "    print('held', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    assert proc.stdout.readline().strip() == "held"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with exclusive(folder, "output folder"):
+        assert (folder / LOCK_FILE).exists()
+
+
+def test_two_pipelines_on_one_storage_the_second_is_refused(tmp_path, lfw_faces):
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    fast_params(tmp_path / "params.yaml")
+    with exclusive(tmp_path / "store", "storage"):  # what a first `falco pipeline` holds while it runs
+        with dg.instance_for_test() as instance:
+            with pytest.raises(FalcoError, match="storage .* is in use by"):
+                run(tmp_path, instance)
+    assert not (tmp_path / "store" / "real_images").exists()
+
+
+def test_a_storage_inside_the_input_is_refused_before_anything_runs(tmp_path, lfw_faces):
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    fast_params(tmp_path / "params.yaml")
+    from orchestration.driver import run_pipeline
+    from orchestration.resources import NetworksResource, StorageResource
+
+    with dg.instance_for_test() as instance:
+        with pytest.raises(FalcoError, match="storage .* is inside the input folder"):
+            run_pipeline(StorageResource(root=str(tmp_path / "faces" / "store"), input_dir=str(tmp_path / "faces")),
+                         NetworksResource(params_path=str(tmp_path / "params.yaml")), instance=instance,
+                         log=lambda *_: None)
+    assert not (tmp_path / "faces" / "store").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"optimization.steps": 0}, "optimization.steps = 0 must be >= 1"),
+    ({"optimization.margin": 5.0}, "optimization.margin = 5.0 must be in"),
+    ({"optimization.margin": float("nan")}, "optimization.margin = nan"),
+    ({"optimization.lr": float("inf")}, "optimization.lr = inf must be a finite number"),
+    ({"optimization.lambda_id": -10.0}, "optimization.lambda_id = -10.0 must be a finite number >= 0"),
+    ({"optimization.gamma": -0.5}, "optimization.gamma = -0.5 must be in"),
+    ({"inversion.steps": -5}, "inversion.steps = -5 must be >= 1"),
+    ({"seed": -1}, "seed = -1 must be >= 0"),
+    ({"pool_size": float("inf")}, "pool_size = inf is not a valid int"),
+])
+def test_every_parameter_is_checked_with_its_range(override, message):
+    from anon_core.params import load_params
+
+    with pytest.raises(ParamsError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_params("tiny", **override)
+
+
+def test_a_wrong_value_in_the_file_is_reported_even_when_a_flag_replaces_it(tmp_path):
+    import yaml
+
+    from anon_core.params import load_params
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    data["defaults"]["optimization"]["steps"] = "fifty"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ParamsError, match=r"params\.yaml: optimization\.steps = 'fifty'"):
+        load_params("tiny", path, **{"optimization.steps": 5})
+
+
+def test_pipeline_flags_are_checked_before_any_run(tmp_path, lfw_faces, capsys, monkeypatch):
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    code = main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store"),
+                 "--steps", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "optimization.steps = -1 must be >= 1" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()  # before: it failed after the whole prepare, in Dagster traces
+
+
+def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, capsys):
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "notes.txt").write_text("no face here")
+    Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "tiny.png")  # too small
+    fast_params(tmp_path / "params.yaml")
+    with dg.instance_for_test() as instance:
+        summary = run(tmp_path, instance)
+    assert summary.failed == ["prepare"]
+    assert summary.errors["prepare"].startswith("real_images: no usable image in") and \
+        "not_an_image: 1" in summary.errors["prepare"] and "too_small: 1" in summary.errors["prepare"]
+    assert main(["anonymize", str(tmp_path / "faces"), str(tmp_path / "out"), *FAST]) == 1
+    assert "nothing was anonymized" in capsys.readouterr().err
+
+
+def _mlflow_creator(db: Path) -> subprocess.Popen:
+    code = ("from orchestration.tracking import MlflowResource\n"
+            f"MlflowResource(tracking_uri='sqlite:///{db}').ensure_experiment()\nprint('ok')")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parents[1], start_new_session=True)
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 1.5, 2.5, 3.5])
+def test_an_mlflow_store_killed_while_being_made_works_next_time(tmp_path, kill_after):
+    db = tmp_path / "mlflow.db"
+    proc = _mlflow_creator(db)
+    time.sleep(kill_after)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from orchestration.mlflow_store import _state
+
+    assert not db.exists() or _state(db) == "complete"  # never half made
+    again = _mlflow_creator(db)
+    assert again.communicate(timeout=120)[0].strip() == "ok"
+
+
+def test_two_processes_making_one_store_both_succeed_and_a_half_made_store_is_moved_aside(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    first, second = _mlflow_creator(db), _mlflow_creator(db)
+    assert [p.communicate(timeout=180)[0].strip() for p in (first, second)] == ["ok", "ok"]
+
+    half = tmp_path / "half" / "mlflow.db"  # what an older version left when killed mid-migration
+    half.parent.mkdir()
+    with sqlite3.connect(half) as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        con.execute("INSERT INTO alembic_version VALUES ('451aebb31d03')")
+        con.execute("CREATE TABLE runs (run_uuid VARCHAR(32))")
+    proc = _mlflow_creator(half)
+    out, err = proc.communicate(timeout=120)
+    assert out.strip().endswith("ok") and "half-made MLflow store" in out
+    assert [p.name for p in half.parent.glob("mlflow.db.half-made-*")]
+
+
+def test_damaged_jpeg_data_is_rejected_as_corrupt_with_the_decoders_words(tmp_path):
+    import io
+
+    from skimage.data import astronaut
+
+    from anon_core.data.image_io import ImageRejected, load_rgb
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut()).save(buffer, "JPEG", quality=90)
+    data = buffer.getvalue()
+    middle = len(data) // 2
+    (tmp_path / "ok.jpg").write_bytes(data)
+    (tmp_path / "zeroed.jpg").write_bytes(data[:middle] + bytes(2000) + data[middle + 2000:])
+    (tmp_path / "noise.jpg").write_bytes(data[:middle] + os.urandom(2000) + data[middle + 2000:])
+    assert load_rgb(tmp_path / "ok.jpg").shape == (512, 512, 3)
+    with pytest.raises(ImageRejected, match="Corrupt JPEG data") as zeroed:  # before: decoded as a garbled face
+        load_rgb(tmp_path / "zeroed.jpg")
+    assert zeroed.value.reason == "corrupt"
+    with pytest.raises(ImageRejected) as noise:
+        load_rgb(tmp_path / "noise.jpg")
+    assert noise.value.reason == "corrupt"
+
+
+def test_real_faces_kept_by_a_run_are_readable_by_their_owner_only(tmp_path, lfw_faces):
+    from anon_core.data.align import AlignmentCache, FaceAligner
+    from anon_core.data.sample import build_sample_dataset
+
+    [astronaut, *_] = build_sample_dataset(tmp_path / "sample", num_lfw=0)
+    cache = AlignmentCache(tmp_path / "cache" / "align")
+    FaceAligner(64).align_cached(astronaut, "ab" * 32, cache)
+    assert _private(tmp_path / "cache")
+
+    write_faces(tmp_path / "faces", lfw_faces[:1], broken=False)
+    fast_params(tmp_path / "params.yaml")
+    with dg.instance_for_test() as instance:
+        run(tmp_path, instance, stages=("prepare",))
+    stored = list((tmp_path / "store" / "real_images" / "images").rglob("*.png"))
+    assert stored and all((p.stat().st_mode & 0o777) == 0o600 for p in stored)
+    assert _private(tmp_path / "store" / ".align_cache")  # the pipeline's cache lives in its storage
+    assert _private(tmp_path / "store" / "real_inversions")  # codes that redraw the real faces
+
+
+def _private(folder: Path) -> bool:
+    written = list(folder.rglob("*"))
+    return bool(written) and all((p.stat().st_mode & 0o777) == (0o700 if p.is_dir() else 0o600) for p in written)
+
+
+def test_aligned_real_faces_stay_in_the_output_folder_or_are_removed_with_no_cache(tmp_path, lfw_faces, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # before: every run cached its faces in ~/.cache/falco/align
+    write_faces(tmp_path / "in", lfw_faces[:3], broken=False)
+    args = ["--profile", "tiny", "--steps", "2", "--pool-size", "8", "--quiet"]
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), *args]) == 0
+    cache = tmp_path / "kept" / ".align_cache"
+    assert len([p for p in cache.rglob("*") if p.is_file()]) >= 3 and _private(cache)
+
+    (tmp_path / "none" / ".align_cache-tmp-killed").mkdir(parents=True)  # what a killed --no-cache run leaves
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "none"), "--no-cache", *args]) == 0
+    assert not [p.name for p in (tmp_path / "none").iterdir() if p.name.startswith(".align")]
+    assert _tree(tmp_path / "none" / "images") == _tree(tmp_path / "kept" / "images")
+    home = [p.relative_to(tmp_path / "home") for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    assert all(p.parts[:3] == (".cache", "falco", "models") for p in home)  # weights only, no face
+
+
+def test_a_stopped_anonymize_resumes_from_its_journal_and_its_manifest_is_valid_meanwhile(tmp_path, lfw_faces):
+    import numpy as np
+    import pandas as pd
+
+    write_faces(tmp_path / "in", lfw_faces[:8])
+    args = ["--profile", "tiny", "--steps", "15", "--pool-size", "20", "--batch-size", "2", "--quiet"]
+    cmd = [sys.executable, "-m", "orchestration.cli", "anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=Path(__file__).parents[1])
+    journal = tmp_path / "out" / ".journal"
+    deadline = time.time() + 300
+    while len(list(journal.glob("batch-*.npz"))) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # in the middle of a later batch
+    proc.wait()
+    finished = len(list(journal.glob("batch-*.npz")))
+    assert 0 < finished < 4, "the run was not stopped in the middle"
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert set(manifest["status"]) <= {"ok", "pending", "rejected"} and (manifest["status"] == "pending").any()
+    for name in manifest.loc[manifest["status"] == "ok", "output"]:
+        assert (tmp_path / "out" / "images" / name).is_file()  # a row says ok only once its image is written
+
+    out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert f"{2 * finished} of them finished by an earlier run" in out.stdout
+    uninterrupted = tmp_path / "fresh"  # run as the resumed one was (a fresh process: no state left by other tests)
+    fresh = subprocess.run([*cmd[:5], str(uninterrupted), *args], capture_output=True, text=True,
+                           cwd=Path(__file__).parents[1], timeout=600)
+    assert fresh.returncode == 0, fresh.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "latents.npy"), np.load(uninterrupted / "latents.npy"))
+    resumed = pd.read_csv(tmp_path / "out" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert (resumed["status"] != "pending").all()
+    assert resumed.equals(pd.read_csv(uninterrupted / "manifest.csv", dtype=str, keep_default_na=False))
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "noise", "one_byte"])
+def test_damaged_png_data_is_rejected_as_corrupt(tmp_path, damage):
+    import io
+
+    from skimage.data import astronaut
+
+    from anon_core.data.image_io import ImageRejected, load_rgb
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut()).save(buffer, "PNG")
+    data, middle = buffer.getvalue(), len(buffer.getvalue()) // 2
+    broken = {"zeroed": data[:middle] + bytes(500) + data[middle + 500:],
+              "noise": data[:middle] + os.urandom(500) + data[middle + 500:],
+              "one_byte": data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]}[damage]
+    (tmp_path / "face.png").write_bytes(broken)
+    with pytest.raises(ImageRejected, match="the decoder says") as rejected:
+        load_rgb(tmp_path / "face.png")
+    assert rejected.value.reason == "corrupt"
