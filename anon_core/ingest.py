@@ -115,6 +115,28 @@ def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def check_input_folder(input_dir: Path) -> None:
+    """FalcoError, before any work, when `input_dir` is missing, not a folder, or holds no file that starts like an
+    image this project reads (a quick look at file headers, stopping at the first image; `ingest` checks each)."""
+    from anon_core.data.image_io import is_image_file
+    from anon_core.errors import FalcoError
+
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise FalcoError(f"input folder {input_dir} does not exist or is not a folder; pass the folder that holds "
+                         "your images")
+    seen = 0
+    for folder, subfolders, names in os.walk(input_dir):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                seen += 1
+                if is_image_file(Path(folder) / name):
+                    return
+    raise FalcoError(f"no image in {input_dir}: none of its {seen} file(s) is a JPEG, PNG, WebP, BMP or TIFF "
+                     "file; point --input at a folder of face images")
+
+
 def read_workers(device: torch.device | str) -> int:
     """Threads that decode and align images ahead of the networks: one on a CPU, whose cores run the networks; up
     to 8 with a GPU, so that reading keeps up with it."""

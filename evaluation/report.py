@@ -60,6 +60,15 @@ def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baseli
     return _plot_png(draw)
 
 
+def headline_metrics(columns: Sequence[str]) -> list[str]:
+    """The metrics a comparison shows first, among `columns`: the first recognizer's re-identification and
+    verification rates, the face detection rates, the attribute agreements and the feature distances."""
+    privacy, _ = privacy_utility_axes(columns)
+    recognizer = privacy.split("/")[1] if privacy else None
+    headline = [c.format(r=recognizer) for c in HEADLINE if c.format(r=recognizer) in columns]
+    return headline + [c for c in columns if c.startswith(("attributes/", "quality/")) and not c.endswith("_std")]
+
+
 def privacy_utility_axes(columns: Sequence[str]) -> tuple[str | None, str | None]:
     """The scatter's axes among metric names: the first recognizer's top-1 re-identification rate, and the first
     attribute agreement (else the first quality distance); None where no such metric exists."""
@@ -157,9 +166,7 @@ def write_report(
     per_image.to_parquet(pbuf, index=False)
     write_bytes_atomic(out_dir / "per_image.parquet", pbuf.getvalue())
 
-    recognizer = privacy.split("/")[1] if privacy else None
-    headline = [c.format(r=recognizer) for c in HEADLINE if c.format(r=recognizer) in summary.columns]
-    headline += [c for c in summary.columns if c.startswith(("attributes/", "quality/")) and not c.endswith("_std")]
+    headline = headline_metrics(list(summary.columns))
     md = ["# FALCO-Ops evaluation report", ""]
     md += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
     md += ["## Summary (FALCO and baselines)", "", summary[headline].round(4).to_markdown(), ""]

@@ -14,8 +14,10 @@ from pathlib import Path
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anonymize", help="anonymize every image under INPUT_DIR into OUTPUT_DIR")
-    p.add_argument("input_dir", type=Path, metavar="INPUT_DIR")
-    p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    p.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of face images (read recursively, never "
+                   "written)")
+    p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
+                   help="where images/, manifest.csv, latents.npy, losses.csv, params.json go (outside INPUT_DIR)")
     p.add_argument("--profile", default="tiny", help="network profile: tiny (default, seeded, CPU), ffhq1024, ffhq512")
     p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults (default: the project's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
@@ -92,7 +94,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
 
 def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-data", help="write the small sample face dataset (faces shipped in scikit-image)")
-    p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder to write images/ and README.txt into")
     p.add_argument("--size", type=int, default=128, help="side of the written images in pixels")
     p.set_defaults(run=_run_sample_data)
 

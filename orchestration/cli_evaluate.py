@@ -313,5 +313,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="labels CSV (identity column: which gallery images count as the same person)")
     p.add_argument("--show-real-faces", action="store_true",
                    help="put the real faces in the example grid (off: the report shows no real face)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print only the report's paths, no progress lines")
     p.set_defaults(run=_run_evaluate)

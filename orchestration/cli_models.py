@@ -30,11 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_fetch)
 
     p = sub.add_parser("verify", help="re-check the sha256 of every present file (or of NAME)")
-    p.add_argument("name", nargs="?", default=None, metavar="NAME")
+    p.add_argument("name", nargs="?", default=None, metavar="NAME",
+                   help="an entry or file name from `falco models list` (default: every present file)")
     p.set_defaults(run=_run_verify)
 
     p = sub.add_parser("path", help="print where a weight file lives (exit 1 if it is absent)")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="an entry or file name from `falco models list`")
     p.set_defaults(run=_run_path)
 
 
@@ -46,6 +47,23 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def profile_summary(rows: list[dict]) -> list[str]:
+    """One line per profile that needs weight files: ready, or which entries are missing and the command to fetch
+    them."""
+    profiles = list(dict.fromkeys(p for row in rows for p in row["profiles"]))
+    width = max([len(p) for p in profiles] + [len("all (tiny too)")])
+    lines = []
+    for profile in profiles:
+        needed = [row for row in rows if profile in row["profiles"]]
+        missing = [row["name"] for row in needed if not row["present"]]
+        state = f"ready ({len(needed)} entries present)" if not missing else \
+            f"{len(missing)} of {len(needed)} entries missing ({', '.join(missing)}): " \
+            f"`falco models fetch --profile {profile}`"
+        label = "all (tiny too)" if profile == "all" else profile
+        lines.append(f"  {label:<{width}}  {state}")
+    return lines
+
+
 def _run_list(args: argparse.Namespace) -> int:
     from anon_core import model_store
 
@@ -54,6 +72,8 @@ def _run_list(args: argparse.Namespace) -> int:
         print(json.dumps({"store": str(model_store.store_dir()), "entries": rows}, indent=1))
         return 0
     print(f"model store: {model_store.store_dir()}  (${model_store.STORE_ENV} picks another folder)")
+    for line in profile_summary(rows):
+        print(line)
     for row in rows:
         state = "verified" if row["verified"] else "present" if row["present"] else "missing"
         if not row["present"] and any(f["state"] != "missing" for f in row["files"]):

@@ -114,8 +114,23 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
               "matches too many of its images to their sources (params.yaml checks:); evaluated, but do not release "
               "these images", file=sys.stderr)
-    print(f"Dagster instance: {instance.root_directory}  (browse it with `make ui`)")
+    print(_browse_hints(instance.root_directory))
     return 1 if summary.failed or summary.blocked else 0
+
+
+def _browse_hints(dagster_home: str) -> str:
+    """Where to look next: the Dagster UI on this instance, and the MLflow experiment's page."""
+    from orchestration.driver import DEFAULT_DAGSTER_HOME
+    from orchestration.tracking import DEFAULT_DB, MlflowResource
+
+    home = Path(dagster_home).resolve()
+    ui = "make ui" if home == DEFAULT_DAGSTER_HOME.resolve() else f"DAGSTER_HOME={home} make ui"
+    tracker = MlflowResource()
+    where = tracker.experiment_url()
+    uri = tracker.uri()
+    serve = "" if uri.startswith(("http://", "https://")) else " after `make mlflow-ui`" \
+        if uri == f"sqlite:///{DEFAULT_DB}" else f" after `mlflow ui --backend-store-uri {uri}`"
+    return f"Dagster instance: {home}  (browse it with `{ui}`)\nMLflow runs: {where or uri}{serve}"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

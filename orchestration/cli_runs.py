@@ -75,13 +75,13 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool
             for run in found_runs:  # oldest first: the last one of each label wins
                 newest.pop(_label(run), None)
                 newest[_label(run)] = run
-            found_runs = sorted(newest.values(), key=lambda r: r.info.start_time)
-        runs += found_runs
+            found_runs = list(newest.values())
+        runs += sorted(found_runs, key=lambda r: (r.info.start_time, _label(r)))  # one step's baselines start together
     return runs
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from evaluation.report import privacy_utility_axes, privacy_utility_png
+    from evaluation.report import headline_metrics, privacy_utility_axes, privacy_utility_png
 
     runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
     if args.variant:
@@ -89,6 +89,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     if not any(not r.data.tags.get("method") for r in runs):
         print(f"no {EVALUATION_ASSET} runs in experiment {args.experiment!r}", file=sys.stderr)
         return 1
+    logged = sorted({k for r in runs for k in r.data.metrics})
+    unknown = [m for m in args.metric or [] if m not in logged]
+    if unknown:
+        from anon_core.errors import FalcoError
+
+        raise FalcoError(f"no run logged the metric {', '.join(unknown)}; the runs logged: {', '.join(logged)}")
     frame = compare_table(runs, args.metric)
     if args.plot:
         privacy, utility = privacy_utility_axes(frame.columns)
@@ -104,9 +110,18 @@ def _run_compare(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         print(frame.to_markdown(index=False))
     else:
-        with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 40):
-            print(frame.to_string(index=False))
+        print(side_by_side(frame, args.metric or headline_metrics(logged)))
     return 0
+
+
+def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
+    """The terminal table: one column per variant or baseline, one row per differing parameter and per metric
+    (`metrics`), numbers to 4 significant digits; narrow enough for 120 columns with up to 7 runs."""
+    rows = frame.set_index("variant")[[c for c in frame.columns if c.startswith("param:")] + metrics].T
+    rows.index = [i.removeprefix("param:") for i in rows.index]
+    rows.index.name = rows.columns.name = None
+    text = rows.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)))
+    return text.to_string()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -122,7 +137,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="every evaluation run, not only the latest of each variant")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG",
                    help="also write the privacy-vs-utility scatter of the variants (dots) and baselines (crosses)")
-    p.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
+                   help="table (default): runs side by side, the headline metrics (or --metric); csv, markdown: one "
+                        "row per run with every metric, its MLflow and Dagster run ids")
     p.add_argument("--tracking-uri", default=None,
                    help="default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")
     p.set_defaults(run=_run_compare)

@@ -11,6 +11,7 @@ from typing import Any
 
 import dagster as dg
 
+from orchestration.console_log import console_logger
 from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, build_executor
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
@@ -37,6 +38,7 @@ def build_definitions(
         executor=build_executor(networks.setting("pipeline", "executor"), networks.setting("pipeline", "max_concurrent")),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
                    "mlflow": mlflow or MlflowResource()},
+        loggers={"console": console_logger},
     )
 
 

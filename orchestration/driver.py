@@ -87,6 +87,10 @@ def run_pipeline(
     mlflow = mlflow or MlflowResource()
     instance = instance or dagster_instance()
     check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=instance.root_directory)
+    if "prepare" in stages:
+        from anon_core.ingest import check_input_folder
+
+        check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
     with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
         for run_id in end_abandoned_runs(instance, mlflow):
             log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")

@@ -39,6 +39,12 @@ VARIANT_TAG = "variant"
 SHARD_TAG = "shard"
 METHOD_TAG = "method"  # a baseline's name on its run
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3 opens an experiment in its GenAI view (traces) unless it is tagged as model development, where the runs
+# table and the comparison of runs are.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI opens in its GenAI view without it
+MLFLOW_UI = "http://127.0.0.1:5000"  # what `make mlflow-ui` serves for the default SQLite store
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
 
@@ -124,6 +130,7 @@ class AssetRun:
     tracking_uri: str
     log_real_faces: bool
     log_per_image: bool = False
+    ui_url: str | None = None  # the MLflow UI's address, for links to the run
     skipped: list[str] = field(default_factory=list)  # artefacts withheld (real faces, per-image tables)
 
     def log_params(self, params: dict) -> None:
@@ -149,6 +156,9 @@ class AssetRun:
                  if math.isfinite(float(v))]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
 
     def log_bytes(self, data: bytes, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,9 +187,9 @@ class AssetRun:
 
     @property
     def url(self) -> str | None:
-        if not self.tracking_uri.startswith(("http://", "https://")):
+        if not self.ui_url:
             return None
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{self.ui_url}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{MODEL_TRAINING_VIEW}"
 
     @property
     def metadata(self) -> dict[str, dg.MetadataValue]:
@@ -213,9 +223,17 @@ class MlflowResource(dg.ConfigurableResource):
     # a server picks its own
     log_real_faces: bool = False  # privacy by default: images of real faces never leave the storage
     log_per_image: bool = False  # per-image tables (names hashed) go to MLflow only when true
+    ui: str | None = MLFLOW_UI  # the MLflow UI serving a SQLite store, for the links in Dagster's metadata
 
     def uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+    def ui_url(self) -> str | None:
+        """Where a browser finds the runs: the server itself, `ui` for a file store (`make mlflow-ui` by default)."""
+        uri = self.uri()
+        if uri.startswith(("http://", "https://")):
+            return uri.rstrip("/")
+        return self.ui.rstrip("/") if self.ui else None
 
     def client(self):
         from mlflow import MlflowClient
@@ -224,6 +242,11 @@ class MlflowResource(dg.ConfigurableResource):
 
         ready_sqlite_store(self.uri())  # a SQLite store is made whole before anything uses it
         return MlflowClient(tracking_uri=self.uri())
+
+    def experiment_url(self) -> str | None:
+        """The experiment's page in the MLflow UI (see `ui_url`), or None when no UI address is known."""
+        ui = self.ui_url()
+        return f"{ui}/#/experiments/{self.ensure_experiment()}?{MODEL_TRAINING_VIEW}" if ui else None
 
     def _artifact_location(self) -> str | None:
         if self.artifact_location:
@@ -240,17 +263,21 @@ class MlflowResource(dg.ConfigurableResource):
         client = self.client()
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version: MLflow 3 would open it as GenAI
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+            return client.create_experiment(self.experiment, artifact_location=self._artifact_location(),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # another process created it in between
             found = client.get_experiment_by_name(self.experiment)
             if found is None:
                 raise
             return found.experiment_id
 
-    def parent_run(self, dagster_run_id: str, name: str | None = None) -> str:
-        """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use (named `name`)."""
+    def parent_run(self, dagster_run_id: str, name: str | None = None, start_time: int | None = None) -> str:
+        """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use (named `name`, started at
+        `start_time` ms, the Dagster run's start)."""
         client = self.client()
         experiment_id = self.ensure_experiment()
         lock = Path(tempfile.gettempdir()) / f"falco-mlflow-{hashlib.sha1(self.uri().encode()).hexdigest()[:12]}.lock"
@@ -261,7 +288,7 @@ class MlflowResource(dg.ConfigurableResource):
             parents = [r for r in runs if PARENT_TAG not in r.data.tags]
             if parents:
                 return parents[0].info.run_id
-            run = client.create_run(experiment_id, run_name=name or f"dagster-{dagster_run_id[:8]}",
+            run = client.create_run(experiment_id, start_time=start_time, run_name=name or f"dagster-{dagster_run_id[:8]}",
                                     tags={DAGSTER_RUN_TAG: dagster_run_id, "git_commit": git_commit()})
             return run.info.run_id
 
@@ -270,10 +297,11 @@ class MlflowResource(dg.ConfigurableResource):
         self, context: dg.AssetExecutionContext, networks: NetworksResource, params: Any = None,
         method: str | None = None, asset: dg.AssetKey | None = None,
     ) -> Iterator[AssetRun]:
-        """A nested run `<asset>[<variant> <shard>]` (or `<asset>[<method>]` for one of several methods an asset
-        evaluates) under the Dagster run's MLflow run `<job>[<variant> <shard>]`, tagged with its provenance and
-        with `params` (a FalcoParams or a dict) logged, finished (or failed) when the block exits. `asset`: which
-        output of a multi-asset the run is about (default: the asset being materialized)."""
+        """A nested run `<asset> <variant> <shard>` (or `<asset> <method>` for one of several methods an asset
+        evaluates) under the Dagster run's MLflow run `<job> <variant> <shard>`, tagged with its provenance and
+        with `params` (a FalcoParams or a dict) logged. It starts when the Dagster step started (its STEP_START
+        event), so an asset can open it where it logs, and ends (FINISHED or FAILED) when the block exits.
+        `asset`: which output of a multi-asset the run is about (default: the asset being materialized)."""
         from orchestration.partitions import split_key
 
         client = self.client()
@@ -284,7 +312,8 @@ class MlflowResource(dg.ConfigurableResource):
         variant, shard = split_key(partition or None, context.assets_def.partitions_def)
         where = " ".join(p for p in (variant, shard) if p)
         job, run_id = _job_and_run(context)
-        parent = self.parent_run(run_id, f"{job}[{where}]" if where else job)
+        step_start, run_start = _started_ms(context)
+        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start)
         tags = {
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
@@ -293,10 +322,10 @@ class MlflowResource(dg.ConfigurableResource):
             "device": networks.device,
             **{f"weights_sha256.{name}": digest for name, digest in weight_hashes(networks).items()},
         }
-        label = method or where
-        name = f"{asset}[{label}]" if label else asset
-        run = AssetRun(client, client.create_run(experiment_id, run_name=name, tags=tags).info.run_id, parent,
-                       experiment_id, self.uri(), self.log_real_faces, self.log_per_image)
+        name = f"{asset} {method or where}".strip()
+        created = client.create_run(experiment_id, start_time=step_start, run_name=name, tags=tags)
+        run = AssetRun(client, created.info.run_id, parent, experiment_id, self.uri(), self.log_real_faces,
+                       self.log_per_image, self.ui_url())
         status = "FAILED"
         try:
             if params is not None:
@@ -331,6 +360,23 @@ class MlflowResource(dg.ConfigurableResource):
         )
         earlier = [r for r in runs if r.info.run_id != run.run_id]
         return dict(earlier[0].data.metrics) if earlier else None
+
+
+def _started_ms(context: dg.AssetExecutionContext) -> tuple[int | None, int | None]:
+    """(when this step started, when its Dagster run started) in ms since the epoch, from the instance; None for
+    an asset called as a function (MLflow then uses the current time)."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        run_id = context.run.run_id
+    except DagsterInvalidPropertyError:
+        return None, None
+    step = str(context.op_execution_context.op_handle)
+    starts = [r.event_log_entry.timestamp for r in context.instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.STEP_START).records if r.event_log_entry.step_key == step]
+    record = context.instance.get_run_record_by_id(run_id)
+    run_start = record.start_time if record is not None else None
+    return (int(max(starts) * 1000) if starts else None), (int(run_start * 1000) if run_start else None)
 
 
 def _job_and_run(context: dg.AssetExecutionContext) -> tuple[str, str]:

@@ -25,24 +25,30 @@ def _metadata(context) -> dict:
     return {k: getattr(v, "value", v) for k, v in context.get_output_metadata("result").items()}
 
 
-def test_fake_pool_samples_the_configured_number_of_seeded_codes():
+@pytest.fixture
+def tracker(tmp_path) -> MlflowResource:
+    return MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_fake_pool_samples_the_configured_number_of_seeded_codes(tracker):
     networks = NetworksResource(overrides={"pool_size": 5, "seed": 7})
     context = dg.build_asset_context()
-    value = fake_pool.fake_pool(context, networks)
+    value = fake_pool.fake_pool(context, networks, tracker)
     assert value["seeds"].tolist() == [7, 8, 9, 10, 11] and value["w"].shape == (5, 128)
     assert _metadata(context)["num_fakes"] == 5
-    again = fake_pool.fake_pool(dg.build_asset_context(), NetworksResource(overrides={"pool_size": 3, "seed": 7}))
+    again = fake_pool.fake_pool(dg.build_asset_context(), NetworksResource(overrides={"pool_size": 3, "seed": 7}),
+                                tracker)
     np.testing.assert_allclose(again["w"], value["w"][:3], atol=1e-5)  # a smaller pool: a prefix of a larger one
 
 
-def test_real_images_lists_every_file_and_registers_its_shards(tmp_path, lfw_faces, instance):
+def test_real_images_lists_every_file_and_registers_its_shards(tmp_path, lfw_faces, instance, tracker):
     for i in range(3):
         Image.fromarray(lfw_faces[i]).save(tmp_path / f"face_{i}.png")
     (tmp_path / "notes.jpg").write_text("not an image")
     storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(tmp_path))
     networks = NetworksResource(overrides={"pipeline.shard_size": 2, "data.align": False})
     context = dg.build_asset_context(instance=instance)
-    value = real_data.real_images(context, storage, networks)
+    value = real_data.real_images(context, storage, networks, tracker)
     table = value.table.set_index("input")
     assert table.loc["notes.jpg", "status"] == "rejected" and table.loc["notes.jpg", "reason"] == "not_an_image"
     assert table.loc[[f"face_{i}.png" for i in range(3)], "shard"].tolist() == ["shard-00000", "shard-00000",
@@ -52,14 +58,14 @@ def test_real_images_lists_every_file_and_registers_its_shards(tmp_path, lfw_fac
     assert _metadata(context)["num_rejected"] == 1
 
 
-def test_pairs_takes_each_real_images_nearest_fake(lfw_faces):
+def test_pairs_takes_each_real_images_nearest_fake(lfw_faces, tracker):
     real = ImageSet(pd.DataFrame({"input": ["a.png", "b.png"], "image": ["a.png", "b.png"],
                                   "shard": ["shard-00000"] * 2}), lfw_faces[:2])
     fakes = np.eye(4, dtype=np.float32)
     reals = np.array([[0.1, 0.0, 0.9, 0.0], [0.0, 1.0, 0.0, 0.2]], np.float32)
     reals /= np.linalg.norm(reals, axis=1, keepdims=True)
     context = dg.build_asset_context()
-    frame = anonymization.pairs(context, real, reals, fakes, NetworksResource())
+    frame = anonymization.pairs(context, real, reals, fakes, NetworksResource(), tracker)
     assert frame["fake_index"].tolist() == [2, 1] and frame["row"].tolist() == [0, 1]
     np.testing.assert_allclose(frame["similarity"], [reals[0, 2], reals[1, 1]], rtol=1e-6)
     assert _metadata(context)["distinct_fakes"] == 2

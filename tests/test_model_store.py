@@ -405,6 +405,9 @@ def test_cli_list_path_fetch_verify(store: Path, server: Server, monkeypatch, ca
     assert _cli(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert f"model store: {store}" in out and "testpack  [testprof]  missing" in out and _sha(PACK) in out
+    summary = out.splitlines()[1]  # one line per profile first, with the command that completes it
+    assert summary.split() == ["testprof", "2", "of", "2", "entries", "missing", "(testpack,", "testfile):",
+                               "`falco", "models", "fetch", "--profile", "testprof`"]
     assert server.url("testpack.tar") in out and "by hand from https://example.invalid/file" in out
 
     assert _cli(["models", "path", "test_weights"]) == 1

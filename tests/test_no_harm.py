@@ -133,7 +133,7 @@ def test_pipeline_flags_are_checked_before_any_run(tmp_path, lfw_faces, capsys, 
     assert not (tmp_path / "store").exists()  # before: it failed after the whole prepare, in Dagster traces
 
 
-def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, capsys):
+def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, capfd):
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / "notes.txt").write_text("no face here")
     Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "tiny.png")  # too small
@@ -143,8 +143,21 @@ def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, cap
     assert summary.failed == ["prepare"]
     assert summary.errors["prepare"].startswith("real_images: no usable image in") and \
         "not_an_image: 1" in summary.errors["prepare"] and "too_small: 1" in summary.errors["prepare"]
+    logged = capfd.readouterr().err  # Dagster's console log: the failure's message, no stack trace
+    assert "FalcoError: no usable image in" in logged and "Stack Trace" not in logged and "File \"" not in logged
     assert main(["anonymize", str(tmp_path / "faces"), str(tmp_path / "out"), *FAST]) == 1
-    assert "nothing was anonymized" in capsys.readouterr().err
+    assert "nothing was anonymized" in capfd.readouterr().err
+
+
+def test_a_folder_of_non_images_is_refused_before_any_dagster_run(tmp_path):
+    (tmp_path / "faces" / "sub").mkdir(parents=True)
+    (tmp_path / "faces" / "a.jpg").write_text("a text file named .jpg")
+    (tmp_path / "faces" / "sub" / "b.png").write_bytes(b"")
+    fast_params(tmp_path / "params.yaml")
+    with dg.instance_for_test() as instance:
+        with pytest.raises(FalcoError, match=r"no image in .*faces: none of its 2 file\(s\) is a JPEG, PNG"):
+            run(tmp_path, instance)  # before: an internal TypeCheckDidNotPass inside the prepare run
+        assert not instance.get_runs()
 
 
 def _mlflow_creator(db: Path) -> subprocess.Popen:

@@ -61,13 +61,14 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
     for _, nested_run in nested.iterrows():  # a nested run belongs to the parent of its own Dagster run
         parent = parents[parents["run_id"] == nested_run["tags.mlflow.parentRunId"]].iloc[0]
         assert parent["tags.dagster_run_id"] == nested_run["tags.dagster_run_id"]
-    shard_runs = [f"{asset}[{v} {s}]" for asset in ("anonymized_latents", "anonymized_images") for v in VARIANTS
+    shard_runs = [f"{asset} {v} {s}" for asset in ("anonymized_latents", "anonymized_images") for v in VARIANTS
                   for s in SHARDS]
-    assert sorted(nested["tags.mlflow.runName"]) == sorted(
-        [*shard_runs, "evaluation_metrics[default]", "evaluation_metrics[m0.5]", "baseline_metrics[blur]",
-         "baseline_metrics[swap]", "anonymization_report"])
+    prepared = ["fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"]
+    assert sorted(nested["tags.mlflow.runName"]) == sorted(  # every materialization has its run
+        [*prepared, *shard_runs, "attribute_pseudo_labels", "attribute_classifier", "evaluation_metrics default",
+         "evaluation_metrics m0.5", "baseline_metrics blur", "baseline_metrics swap", "anonymization_report"])
     assert sorted(parents["tags.mlflow.runName"]) == sorted(
-        [*(f"anonymize[{v} {s}]" for v in VARIANTS for s in SHARDS), "evaluate[default]", "evaluate[m0.5]",
+        ["prepare", *(f"anonymize {v} {s}" for v in VARIANTS for s in SHARDS), "evaluate default", "evaluate m0.5",
          "evaluate", "evaluate"])  # the references' run and the report's run are not partitioned
     assert (nested["status"] == "FINISHED").all() and (parents["status"] == "FINISHED").all()
 
@@ -101,7 +102,7 @@ def test_loss_histories_metrics_and_artifacts(sweep):
 
     client = MlflowClient(sweep["tracker"].uri())
     nested = sweep["runs"][sweep["runs"]["tags.mlflow.parentRunId"].notna()]
-    latent = nested[nested["tags.mlflow.runName"] == "anonymized_latents[m0.5 shard-00000]"].iloc[0]
+    latent = nested[nested["tags.mlflow.runName"] == "anonymized_latents m0.5 shard-00000"].iloc[0]
     for name in ("identity", "attribute", "total"):
         history = client.get_metric_history(latent["run_id"], f"loss/{name}")
         assert [m.step for m in history] == [0, 1], name
@@ -139,8 +140,39 @@ def test_loss_histories_metrics_and_artifacts(sweep):
 def test_evaluation_metadata_links_the_mlflow_run_of_its_variant(sweep):
     for variant, metadata in sweep["metadata"].items():
         run_id = metadata["mlflow_run_id"].value
-        assert sweep["runs"].set_index("run_id").loc[run_id, "tags.variant"] == variant
+        runs = sweep["runs"].set_index("run_id")
+        assert runs.loc[run_id, "tags.variant"] == variant
         assert "| metric" in metadata["change_vs_previous_run"].value
+        # a SQLite store has no server: the link is the run's page in `make mlflow-ui`
+        assert metadata["mlflow_run"].value == \
+            f"http://127.0.0.1:5000/#/experiments/{runs.loc[run_id, 'experiment_id']}/runs/{run_id}" \
+            "?workflowType=machine_learning"
+
+
+@pytest.mark.slow
+def test_mlflow_runs_last_as_long_as_the_dagster_steps_they_record(sweep):
+    """Before, a run was created after its work: an evaluation of 13 s showed 47 ms in MLflow."""
+    runs = sweep["runs"]
+    nested = runs[runs["tags.mlflow.parentRunId"].notna()].set_index("run_id")
+    with dg.DagsterInstance.from_config(str(sweep["tmp"] / "home")) as instance:
+        for run_id, mlflow_run in nested[nested["tags.asset_key"].isin(["evaluation_metrics", "real_inversions"])
+                                         ].iterrows():
+            [step] = [s for s in instance.get_run_step_stats(mlflow_run["tags.dagster_run_id"])
+                      if s.step_key in ("variant_evaluation", "real_inversions")]
+            started, ended = mlflow_run["start_time"].timestamp(), mlflow_run["end_time"].timestamp()
+            assert abs(started - step.start_time) < 0.01, mlflow_run["tags.mlflow.runName"]
+            assert ended <= step.end_time + 0.5 and ended - started >= 0.5 * (step.end_time - step.start_time)
+        dagster_runs = {r.dagster_run.run_id: r for r in instance.get_run_records()}
+    for _, parent in runs[runs["tags.mlflow.parentRunId"].isna()].iterrows():  # a run starts with its Dagster run
+        assert abs(parent["start_time"].timestamp() - dagster_runs[parent["tags.dagster_run_id"]].start_time) < 0.01
+
+
+@pytest.mark.slow
+def test_the_experiment_opens_in_mlflows_runs_view(sweep):
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(sweep["tracker"].uri()).get_experiment_by_name("falco")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI traces
 
 
 @pytest.mark.slow
@@ -163,6 +195,17 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
 
     with pytest.raises(FalcoError, match="no MLflow experiment 'nope'"):
         args.run(args)
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--metric", "nosuch"])
+    with pytest.raises(FalcoError, match=r"no run logged the metric nosuch; the runs logged: .*reid/dlib/top1_rate"):
+        args.run(args)  # before: a column of NaN and exit 0
+
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri()])
+    assert args.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 120, lines  # before: ~1,200 characters wide
+    assert lines[0].split() == ["default", "m0.5", "blur", "swap"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["optimization.margin"][:2] == ["0.0", "0.5"] and len(rows["reid/dlib/top1_rate"]) == 4
 
 
 @pytest.mark.slow
@@ -269,7 +312,7 @@ def test_logging_to_a_real_mlflow_server_withholds_real_faces(mlflow_server, tmp
     client = MlflowClient(mlflow_server)
     run = client.get_run(meta["mlflow_run_id"].value)
     assert meta["mlflow_run"].value.startswith(f"{mlflow_server}/#/experiments/")
-    assert run.info.run_name == "probe[p0]" and run.data.tags["dagster_run_id"] == result.run_id
+    assert run.info.run_name == "probe p0" and run.data.tags["dagster_run_id"] == result.run_id
     assert run.data.tags["code_version"] == "7" and run.data.params["optimization.margin"] == "0.25"
     assert [m.value for m in client.get_metric_history(run.info.run_id, "loss/total")] == [3.0, 2.0, 1.0]
     assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == ["grid.png", "params.json"]
@@ -308,12 +351,21 @@ def test_mlflow_ui_compares_the_two_variants_evaluations_in_chromium(sweep, tmp_
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=25000", "--window-size=1400,1000"]
         dom = subprocess.run(["chromium", *flags, "--dump-dom", page], capture_output=True, text=True, timeout=180).stdout
-        assert "Comparing 2 Runs" in dom and "evaluation_metrics[m0.5]" in dom, dom[-2000:]
+        assert "Comparing 2 Runs" in dom and "evaluation_metrics m0.5" in dom, dom[-2000:]
         assert "optimization.margin" in dom
         shot = Path(__file__).parent / "artifacts" / "mlflow_compare.png"
         shot.parent.mkdir(exist_ok=True)
         subprocess.run(["chromium", *flags, f"--screenshot={shot}", page], capture_output=True, timeout=180)
         assert shot.exists()
+        # The experiment's own page (what `falco pipeline` prints) lists the runs by job, variant and partition.
+        listing = MlflowResource(tracking_uri=url).experiment_url()
+        assert listing == f"{url}/#/experiments/{evaluations['experiment_id'].iloc[0]}?workflowType=machine_learning"
+        dom = subprocess.run(["chromium", *flags, "--dump-dom", listing], capture_output=True, text=True,
+                             timeout=180).stdout
+        assert "Detect Issues" not in dom and "Training runs" not in dom, dom[-3000:]  # not MLflow's GenAI view
+        assert all(name in dom for name in ("evaluate m0.5", "anonymize default shard-00000", "prepare")), dom[-3000:]
+        subprocess.run(["chromium", *flags, f"--screenshot={shot.with_name('mlflow_runs.png')}", listing],
+                       capture_output=True, timeout=180)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -34,6 +34,7 @@ __all__ = [
     "REJECT_REASONS",
     "ImageRejected",
     "encode_png",
+    "is_image_file",
     "load_rgb",
     "save_png",
     "to_tensor",
@@ -105,6 +106,16 @@ def _sniff_format(path: Path) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     return None
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether the file's header is one of an accepted format (nothing is decoded)."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            return image.format in _ACCEPTED_FORMATS
+    except Exception:  # not an image, unreadable, a bomb header: ingest will say which
+        return False
 
 
 def _riff_is_short(path: Path) -> bool:

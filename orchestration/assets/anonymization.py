@@ -22,7 +22,7 @@ GPU = {"falco/device": "gpu"}
 @dg.asset(group_name=GROUP, code_version="2", deps=["pairing_settings"])
 def pairs(
     context: dg.AssetExecutionContext, real_images: ImageSet, real_features: np.ndarray, fake_features: np.ndarray,
-    networks: NetworksResource,
+    networks: NetworksResource, mlflow: MlflowResource,
 ) -> pd.DataFrame:
     """Each ok real image's nearest fakes in FaRL space (cosine, exact): one row per real image."""
     from anon_core.pairing import nearest_fakes
@@ -34,8 +34,11 @@ def pairs(
                           "fake_index": indices[:, 0], "similarity": similarities[:, 0]})
     for j in range(1, k):
         frame[f"fake_index_{j}"], frame[f"similarity_{j}"] = indices[:, j], similarities[:, j]
-    context.add_output_metadata({"num_pairs": len(frame), "distinct_fakes": int(frame["fake_index"].nunique()),
-                                 "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")})
+    figures = {"num_pairs": len(frame), "distinct_fakes": int(frame["fake_index"].nunique()),
+               "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")}
+    with mlflow.asset_run(context, networks, {"pairing_k": k}) as run:
+        run.log_metrics(figures)
+    context.add_output_metadata({**run.metadata, **figures})
     return frame
 
 

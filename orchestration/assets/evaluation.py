@@ -50,7 +50,7 @@ def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
 def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: ImageSet,
-                            networks: NetworksResource) -> pd.DataFrame:
+                            networks: NetworksResource, mlflow: MlflowResource) -> pd.DataFrame:
     """CelebA attribute labels of the real images from Anycost GAN's and Talk-to-Edit's predictors (the paper's
     protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns."""
     from evaluation.suite import real_pseudo_labels
@@ -59,7 +59,9 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
                                 device=networks.networks().device)
     frame = pd.concat(labels, axis=1)
     frame.columns = [f"{p}/{c}" for p, c in frame.columns]
-    context.add_output_metadata({"predictors": ", ".join(labels), "num_images": len(frame)})
+    with mlflow.asset_run(context, networks, {"predictors": list(labels)}) as run:
+        run.log_metrics({"num_images": len(frame)})
+    context.add_output_metadata({**run.metadata, "predictors": ", ".join(labels), "num_images": len(frame)})
     return frame.rename_axis("image").reset_index()
 
 
@@ -74,7 +76,9 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
 
     reason = skip_reason(real_images.named)
     if reason is not None:
-        context.add_output_metadata({"status": "skipped", "reason": reason})
+        with mlflow.asset_run(context, networks, {"status": "skipped"}) as run:
+            run.set_tag("skipped", reason)
+        context.add_output_metadata({**run.metadata, "status": "skipped", "reason": reason})
         return skipped(reason)
     config = classifier_config(networks.section("attribute_classifier"), str(networks.params_file))
     with mlflow.asset_run(context, networks, {"attribute_classifier": config_dict(config)}) as run:
@@ -110,7 +114,9 @@ def baseline_metrics(context: dg.AssetExecutionContext, real_images: ImageSet, p
 
     names = tuple(networks.setting("evaluation", "baselines"))
     if not names:
-        context.add_output_metadata({"baselines": "none (params.yaml evaluation.baselines is empty)"})
+        with mlflow.asset_run(context, networks, {"baselines": []}) as run:
+            run.set_tag("skipped", "params.yaml evaluation.baselines is empty")
+        context.add_output_metadata({**run.metadata, "baselines": "none (params.yaml evaluation.baselines is empty)"})
         return pd.DataFrame({"method": pd.Series([], dtype=str)})
     suite, nets = _suite(networks), networks.networks()
     fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)

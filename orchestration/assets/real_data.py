@@ -11,13 +11,15 @@ from orchestration.io_manager import REAL_FACES
 from orchestration.metadata import table
 from orchestration.partitions import image_shards, register_partitions, shard_key
 from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import MlflowResource
 
 GROUP = "real_data"
 GPU = {"falco/device": "gpu"}
 
 
 @dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True})
-def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource) -> ImageSet:
+def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
+                mlflow: MlflowResource) -> ImageSet:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
     it is) at the generator's resolution (crops cached privately in `<storage>/.align_cache`), and one row per file with its status (`ok`/`rejected`), reason, output
     name, shard and labels. Registers the shards: `pipeline.shard_size` ok images each."""
@@ -41,7 +43,10 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
     frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
     register_partitions(context.instance, image_shards, sorted(set(frame.loc[ok, "shard"])), delete_others=True)
     counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
-    context.add_output_metadata({
+    with mlflow.asset_run(context, networks, {"data": networks.data(), "shard_size": shard_size}) as run:
+        run.log_metrics({"num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum())})
+        run.log_table(counts, "counts.csv")  # reasons only: file names stay in the storage
+    context.add_output_metadata({**run.metadata,
         "input_dir": dg.MetadataValue.path(storage.input_dir), "dataset": ingested.dataset,
         "alignment": ingested.alignment or "none", "labels": ", ".join(ingested.labels) or "none",
         "num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum()),
@@ -52,22 +57,28 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
-def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource) -> np.ndarray:
+def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
+                  mlflow: MlflowResource) -> np.ndarray:
     """FaRL embeddings of the ok real images, L2-normalized: [N_ok, D], in real_images order."""
     from anon_core.stages import embed_images
 
     features = embed_images(networks.networks(), real_images.images)
-    context.add_output_metadata({"shape": str(features.shape)})
+    with mlflow.asset_run(context, networks) as run:
+        run.log_metrics({"num_images": len(features)})
+    context.add_output_metadata({**run.metadata, "shape": str(features.shape)})
     return features
 
 
 @dg.asset(group_name=GROUP, code_version="2", deps=["inversion_settings"], op_tags=GPU,
           metadata={REAL_FACES: True})  # the generator redraws the real faces from these codes
-def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource) -> np.ndarray:
+def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
+                    mlflow: MlflowResource) -> np.ndarray:
     """W+ codes of the ok real images: [N_ok, num_ws, w_dim] (e4e, or the optimization inverter for `tiny`)."""
     from anon_core.stages import invert_images
 
     params = networks.params()
     ws = invert_images(networks.networks(), params, real_images.images)
-    context.add_output_metadata({"shape": str(ws.shape), "method": params.inversion.method})
+    with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:
+        run.log_metrics({"num_images": len(ws)})
+    context.add_output_metadata({**run.metadata, "shape": str(ws.shape), "method": params.inversion.method})
     return ws

@@ -38,6 +38,9 @@ from orchestration.partitions import variants
 from orchestration.resources import NetworksResource, StorageResource
 
 GROUP = "settings"
+# Observable source assets are a Dagster beta (pinned version); say so once here, not ten times on every command.
+warnings.filterwarnings("ignore", message="Function `observable_source_asset` is currently in beta",
+                        category=dg.BetaWarning)
 
 
 def settings_version(values: Any) -> dg.DataVersion:
