@@ -222,12 +222,13 @@ class ReidentificationReport:
 def summarize_reidentification(
     table: pd.DataFrame,
     scores: np.ndarray,
-    threshold: float,
+    unit: str,
     score_range: tuple[float, float],
     ks: Sequence[int] = TOP_K,
     bins: int = SCORE_BINS,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Rates from a reidentification_table plus the distribution of ``scores`` (native units, e.g. distance).
+    """Rates from a reidentification_table plus the distribution of ``scores``, each image's comparison with its
+    source in the recognizer's own ``unit`` ("distance" or "cosine"), as ``<unit>_to_source_<statistic>``.
 
     Returns (summary, histogram counts, edges). Scores outside ``score_range`` count in the end bins.
     """
@@ -239,13 +240,12 @@ def summarize_reidentification(
         summary[f"top{k}_rate"] = float(table[f"top{k}"].mean())
     summary["verification_rate"] = float(table["verified"].mean())
     summary["pass_rate"] = float(table["passed"].mean())
-    summary["threshold"] = float(threshold)
     for name, value in {
         "mean": scores.mean(), "std": scores.std(), "min": scores.min(), "p05": np.percentile(scores, 5),
         "p25": np.percentile(scores, 25), "median": np.median(scores), "p75": np.percentile(scores, 75),
         "p95": np.percentile(scores, 95), "max": scores.max(),
     }.items():
-        summary[f"score_{name}"] = float(value)
+        summary[f"{unit}_to_source_{name}"] = float(value)
     lo, hi = score_range
     counts, edges = np.histogram(np.clip(scores, lo, hi), bins=bins, range=(lo, hi))
     return summary, counts, edges
@@ -286,8 +286,10 @@ def reidentification_report(
 ) -> ReidentificationReport:
     """Re-identification from embeddings: query [Nq, D] (anonymized image i made from gallery row
     ``source_index[i]``) against gallery [Ng, D]. Queries are ranked ``chunk`` at a time, so memory stays
-    O(chunk x gallery). The table gets ``name`` (when given) and ``score_to_source`` (native units: dlib distance,
-    else cosine) columns."""
+    O(chunk x gallery). The table gets ``name`` (when given), and each image's comparison with its source and with
+    the most alike image of its own identity in the recognizer's units: ``distance_to_source`` and
+    ``distance_to_same_identity`` for dlib (larger = more private), ``cosine_to_source`` and
+    ``cosine_to_same_identity`` for the cosine recognizers (smaller = more private)."""
     source_index = np.asarray(source_index)
     if len(source_index) != len(query_embeddings):
         raise ValueError(f"{len(query_embeddings)} anonymized images but {len(source_index)} source indices")
@@ -302,10 +304,13 @@ def reidentification_report(
         if len(names) != len(table):
             raise ValueError(f"{len(names)} names for {len(table)} anonymized images")
         table.insert(0, "name", list(names))
-    table.insert(table.columns.get_loc("similarity_to_source") + 1, "score_to_source",
-                 recognizer.to_score(table["similarity_to_source"].to_numpy()))
+    unit = "distance" if recognizer.spec.metric == "euclidean" else "cosine"
+    table = table.rename(columns={"similarity_to_source": f"{unit}_to_source",
+                                  "best_same_similarity": f"{unit}_to_same_identity"})
+    for column in (f"{unit}_to_source", f"{unit}_to_same_identity"):  # similarity units -> the recognizer's own
+        table[column] = recognizer.to_score(table[column].to_numpy())
     summary, counts, edges = summarize_reidentification(
-        table, table["score_to_source"].to_numpy(), recognizer.spec.threshold, recognizer.spec.score_range, ks
+        table, table[f"{unit}_to_source"].to_numpy(), unit, recognizer.spec.score_range, ks
     )
     return ReidentificationReport(recognizer.name, summary, counts, edges, table)
 

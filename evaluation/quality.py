@@ -300,8 +300,13 @@ class QualityResult:
     kid_seed: int
 
     def metrics(self) -> dict[str, float]:
-        """{fd_metric: fd, kd_metric: kd_mean, kd_metric + '_std': kd_std}: names that cannot be mixed up."""
-        return {self.fd_metric: self.fd, self.kd_metric: self.kd_mean, f"{self.kd_metric}_std": self.kd_std}
+        """{fd_metric: fd, kd_metric: kd_mean}, names that cannot be mixed up, plus `kd_metric + '_std'` when the
+        KID subsets differ (a subset smaller than a set); with both sets as small as a subset every subset is the
+        whole set and the std is 0 by construction, so it is left out."""
+        values = {self.fd_metric: self.fd, self.kd_metric: self.kd_mean}
+        if self.kid_subset_size < max(self.n_real, self.n_anon):
+            values[f"{self.kd_metric}_std"] = self.kd_std
+        return values
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -3,7 +3,6 @@ Markdown and HTML with PNG figures beside them."""
 
 from __future__ import annotations
 
-import html
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ import pandas as pd
 from anon_core.atomic import write_bytes_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
+from evaluation.glossary import better_of
+from evaluation.report_page import ExampleGrid, PageContent, recognizer_rows, render_page
 from evaluation.suite import AnonymizedSet
 
 RUN_MARKER = {"marker": "o", "color": "tab:blue", "label": "FALCO"}
@@ -22,13 +23,13 @@ BASELINE_MARKER = {"marker": "X", "color": "tab:gray", "label": "baselines"}
 HEADLINE = ("reid/{r}/top1_rate", "reid/{r}/verification_rate", "detection/dlib_hog/rate", "detection/mtcnn/rate")
 
 
-def _plot_png(draw) -> bytes:
+def _plot_png(draw, size: tuple[float, float] = (5.5, 3.6)) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=size, dpi=100)
     draw(ax)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -79,28 +80,35 @@ def privacy_utility_axes(columns: Sequence[str]) -> tuple[str | None, str | None
     return privacy, utility
 
 
-def attribute_bars_png(table: pd.DataFrame, predictor: str) -> bytes:
-    """Per-attribute agreement of one predictor; with a `run` column, one bar per run in each attribute's row."""
+ROW_INCHES = 0.24  # per attribute row of the agreement chart: 9 pt labels stay readable for CelebA's 40
+
+
+def attribute_agreement_png(table: pd.DataFrame, predictor: str) -> bytes:
+    """Per-attribute agreement of one predictor: one row per attribute (sorted by the mean), one marker per method
+    (the `run` column: variants as dots, baselines as crosses); the figure grows with the attributes."""
     rows = table[table["predictor"] == predictor]
     runs = list(dict.fromkeys(rows["run"])) if "run" in rows else [None]
     order = rows.groupby("attribute", sort=False)["agreement"].mean().sort_values().index
     y = np.arange(len(order))
-    height = 0.8 / len(runs)
 
     def draw(ax):
         for i, run in enumerate(runs):
             part = (rows if run is None else rows[rows["run"] == run]).set_index("attribute").reindex(order)
-            ax.barh(y + (i - (len(runs) - 1) / 2) * height, part["agreement"], height=height,
-                    label=None if run is None else str(run))
+            baseline = run in BASELINES
+            ax.scatter(part["agreement"], y, s=22, marker="x" if baseline else "o", zorder=3,
+                       color=f"C{i % 10}", label=None if run is None else str(run))
         ax.set_yticks(y, order)
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("agreement with the real image's label")
-        ax.set_title(f"attribute preservation ({predictor})")
-        ax.tick_params(axis="y", labelsize=6)
+        ax.set_ylim(-0.7, len(order) - 0.3)
+        ax.grid(axis="y", color="#e5e5e5", zorder=0)
+        ax.set_xlim(min(0.5, float(rows["agreement"].min()) - 0.02), 1.01)
+        ax.set_xlabel("agreement with the real image's label (higher = more utility)")
+        ax.set_title(f"attribute agreement ({predictor})")
+        ax.tick_params(axis="y", labelsize=9)
         if len(runs) > 1:
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=min(len(runs), 6),
+                      frameon=False)
 
-    return _plot_png(draw)
+    return _plot_png(draw, size=(7.6, 1.6 + ROW_INCHES * len(order)))
 
 
 def example_columns(sets: Sequence, shown: int = 8) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -132,6 +140,9 @@ def write_report(
     example_titles: list[str],
     context: dict[str, str],
     runs: pd.DataFrame | None = None,
+    settings: pd.DataFrame | None = None,
+    banners: Sequence[str] = (),
+    example_caption: str = "",
 ) -> dict[str, Path]:
     """Write report.md, report.html, metrics.csv, per_image.parquet and figures/*.png; return their paths.
 
@@ -139,7 +150,8 @@ def write_report(
     named as in evaluation.baselines.BASELINES); per_image / attributes: the FALCO rows' tables (with a `run`
     column when several runs are reported). runs: other evaluation runs to compare with (index: label, columns:
     metrics, e.g. earlier runs from MLflow): drawn with the summary's baselines in `privacy_vs_utility_runs.png`.
-    Each scatter's points are also written as `<figure>.csv`."""
+    Each scatter's points are also written as `<figure>.csv`. settings: per row of the summary, the settings in
+    which the rows differ; banners: warnings shown at the top (seeded networks)."""
     out_dir = Path(out_dir)
     baselines = [m for m in summary.index if m in BASELINES]
     privacy, utility = privacy_utility_axes(summary.columns)
@@ -155,7 +167,7 @@ def write_report(
                 points, privacy, utility, baselines)
     if attributes is not None:
         for predictor in attributes["predictor"].unique():
-            figures[f"attributes_{predictor}.png"] = attribute_bars_png(attributes, predictor)
+            figures[f"attributes_{predictor}.png"] = attribute_agreement_png(attributes, predictor)
     for name, data in {**figures, **tables}.items():
         write_bytes_atomic(out_dir / "figures" / name, data)
 
@@ -168,14 +180,18 @@ def write_report(
 
     headline = headline_metrics(list(summary.columns))
     md = ["# FALCO-Ops evaluation report", ""]
+    md += [f"> **Note:** {text}" for text in banners] + ([""] if banners else [])
     md += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
-    md += ["## Summary (FALCO and baselines)", "", summary[headline].round(4).to_markdown(), ""]
-    md += ["Lower re-identification and detection rates mean more privacy; higher attribute agreement and lower "
-           "feature distances mean more utility. Thresholds: see the per-recognizer rows below.", ""]
+    if settings is not None and len(settings.columns):
+        md += ["## Settings that differ", "", settings.to_markdown(), ""]
+    md += ["## Summary (FALCO and baselines)", "", _with_direction(summary[headline].T).to_markdown(), ""]
+    md += ["## Recognizers and thresholds", ""]
+    md += [f"- **{r['name']}**: {r['rule']} ({r['source']})" for r in recognizer_rows(list(summary.columns))] + [""]
     if runs is not None:
         shown = [c for c in headline if c in runs.columns]
-        md += ["## Runs compared (this and earlier evaluations)", "", runs[shown].round(4).to_markdown(), ""]
-    md += ["## All metrics", "", summary.T.round(4).to_markdown(), ""]
+        md += ["## Runs compared (this and earlier evaluations)", "",
+               _with_direction(runs[shown].T).to_markdown(), ""]
+    md += ["## All metrics", "", _with_direction(summary.T).to_markdown(), ""]
     if attributes is not None:
         if "run" in attributes.columns:
             by_run = attributes.pivot_table(index=["predictor", "attribute"], columns="run", values="agreement",
@@ -184,14 +200,41 @@ def write_report(
         else:
             md += ["## Attribute agreement (FALCO)", "", attributes.round(4).to_markdown(index=False), ""]
     md += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figures] + [""]
-    md += [f"Example grid columns: {' | '.join(example_titles)}.", ""]
-    md += ["Per-image results (similarity to source, rank, pass/fail per recognizer): `per_image.parquet`.", ""]
-    text = "\n".join(md)
-    write_bytes_atomic(out_dir / "report.md", text.encode())
-    write_bytes_atomic(out_dir / "report.html", _html(text).encode())
+    md += [f"Example grid columns: {' | '.join(example_titles)}." + (f" {example_caption}" if example_caption else ""),
+           ""]
+    md += ["Per-image results (each recognizer's distance or cosine to the source, rank, pass/fail): "
+           "`per_image.parquet`.", ""]
+    write_bytes_atomic(out_dir / "report.md", "\n".join(md).encode())
+    page = PageContent(
+        title="FALCO-Ops evaluation report", subtitle=", ".join(f"{k}: {v}" for k, v in list(context.items())[:2]),
+        summary=summary, headline=headline, grid=ExampleGrid(example_titles, examples, example_caption),
+        figures=figures, context=context, settings=settings, banners=list(banners), runs=runs)
+    write_bytes_atomic(out_dir / "report.html", render_page(page).encode())
     return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "metrics": out_dir / "metrics.csv",
             "per_image": out_dir / "per_image.parquet",
             **{n: out_dir / "figures" / n for n in {**figures, **tables}}}
+
+
+def _with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:
+    """Metrics as rows (rounded to 4 digits) with a last column saying which way is better."""
+    out = metrics_by_row.apply(pd.to_numeric, errors="coerce").round(4)
+    out.index.name = "metric"
+    return out.assign(better=[better_of(str(m)) for m in out.index])
+
+
+def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: int | None = None) -> list[str]:
+    """The warnings a reader must see first: seeded (random) networks make images or numbers meaningless."""
+    banners = []
+    if generator_seeded:
+        size = f"{resolution} px " if resolution else ""
+        banners.append(f"the generator, the inverter and FaRL of this profile are seeded (random) networks: its "
+                       f"{size}images are blobs that exercise the pipeline, not faces; the privacy numbers still "
+                       "come from dlib's trained recognizer.")
+    seeded = sorted({m.split("/")[1] for m in metrics if m.startswith("attributes/") and "_seeded" in m})
+    if seeded:
+        banners.append(f"the attribute predictors {', '.join(seeded)} are seeded (their trained weights are not "
+                       "installed): their attribute agreement numbers mean nothing.")
+    return banners
 
 
 def metrics_json(summary: pd.DataFrame) -> bytes:
@@ -225,11 +268,18 @@ def write_variant_report(
     fakes_of: Callable[[np.ndarray], np.ndarray],
     context: dict[str, str],
     real_of: Callable[[np.ndarray], np.ndarray] | None = None,
+    baseline_attributes: pd.DataFrame | None = None,
+    settings: pd.DataFrame | None = None,
+    banners: Sequence[str] = (),
 ) -> dict[str, Path]:
     """The pipeline's report of several variants and the baselines: `write_report` with one summary row per variant
     (then the baselines), plus `metrics.json` (`metrics_json`) and `losses/<variant>.csv` for DVC. The example grid
-    shows the first variant's first sources: `fakes_of(sources)` their fake neighbours and, when given,
-    `real_of(sources)` the real faces."""
+    is the paper's comparison: for the first variant's first sources, `fakes_of(sources)` their fake neighbours,
+    each variant's image, and, when `real_of(sources)` is given (real faces shown), the real faces and each
+    baseline applied to them. `baseline_attributes`: the baselines' per-attribute agreement (a `run` column per
+    baseline), drawn beside the variants'."""
+    from evaluation.baselines import apply_baseline
+
     from anon_core.loss_curves import write_losses_csv
 
     out_dir = Path(out_dir)
@@ -239,30 +289,21 @@ def write_variant_report(
     per_image = pd.concat([v.per_image.assign(run=name) for name, v in labelled.items()], ignore_index=True)
     per_image.insert(0, "run", per_image.pop("run"))
     attributes = [v.attributes.assign(run=name) for name, v in labelled.items() if len(v.attributes)]
+    if attributes and baseline_attributes is not None and len(baseline_attributes):
+        attributes.append(baseline_attributes)
     sources, columns = example_columns([v.images for v in labelled.values()])
-    examples, titles = [fakes_of(sources), *columns], ["fake neighbour", *labelled]
+    fakes = fakes_of(sources)
+    examples, titles = [fakes, *columns], ["Fake NN", *(f"FALCO {name}" for name in labelled)]
+    caption = ("Real faces, and the baselines made from them, are shown only with evaluation.show_real_faces: "
+               "true.")
     if real_of is not None:
-        examples, titles = [real_of(sources), *examples], ["real", *titles]
+        real = real_of(sources)
+        names = list(baselines["method"]) if "method" in baselines.columns else []
+        examples = [real, *examples, *(apply_baseline(n, real, fakes=fakes) for n in names)]
+        titles, caption = ["Real", *titles, *names], ""
     paths = write_report(out_dir, summary, per_image, pd.concat(attributes, ignore_index=True) if attributes else None,
-                         examples, titles, context)
+                         examples, titles, context, settings=settings, banners=banners, example_caption=caption)
     write_bytes_atomic(out_dir / "metrics.json", metrics_json(summary))
     for name, v in variants.items():
         paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v.losses)
     return {**paths, "metrics_json": out_dir / "metrics.json"}
-
-
-def _html(markdown: str) -> str:
-    """A self-contained HTML page: markdown tables in <pre>, figures as <img>; no extra dependency."""
-    body = []
-    for block in markdown.split("\n\n"):
-        if block.startswith("# "):
-            body.append(f"<h1>{html.escape(block[2:])}</h1>")
-        elif block.startswith("## "):
-            body.append(f"<h2>{html.escape(block[3:])}</h2>")
-        elif block.startswith("!["):
-            for line in block.splitlines():
-                src = line[line.index("(") + 1 : -1]
-                body.append(f'<img src="{html.escape(src)}" style="max-width:48%">')
-        else:
-            body.append(f"<pre>{html.escape(block)}</pre>")
-    return "<!doctype html><meta charset='utf-8'><title>FALCO-Ops report</title>\n" + "\n".join(body)

@@ -190,6 +190,12 @@ def read_anonymized(run: AnonymizeRun) -> ImageFiles:
     return ImageFiles(paths, run.resolution)
 
 
+def _differing_settings(runs: list[AnonymizeRun], labels: list[str]) -> pd.DataFrame:
+    """One row per run (its label): the parameters in which the runs' params.json differ."""
+    frame = pd.DataFrame([r.params() for r in runs], index=pd.Index(labels, name="run"))
+    return frame.loc[:, frame.astype(str).nunique() > 1]
+
+
 def paired_fakes(run: AnonymizeRun, nets):
     """The fake neighbour of each ok row, regenerated from the run's pool seed when indexed: [N, R, R, 3] uint8."""
     from anon_core.fake_pool import sample_fake_pool
@@ -220,7 +226,7 @@ def evaluate_folders(
     from evaluation.baselines import BASELINES
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
-    from evaluation.report import example_columns, write_report
+    from evaluation.report import example_columns, seeded_banners, write_report
     from evaluation.runs import run_labels
     from evaluation.suite import (
         AnonymizedSet,
@@ -264,14 +270,20 @@ def evaluate_folders(
         per_image.insert(0, "run", per_image.pop("run"))
         per_image.insert(2, "input", [gallery.relpaths[i] for i in per_image["source_index"]])
         attributes = None
-        if all(r.attributes is not None for r in falco):
-            attributes = pd.concat([r.attributes.assign(run=r.method) for r in falco], ignore_index=True)
+        if all(r.attributes is not None for r in falco):  # the runs' and the baselines' bars side by side
+            attributes = pd.concat([r.attributes.assign(run=r.method) for r in results if r.attributes is not None],
+                                   ignore_index=True)
 
         sources, columns = example_columns(sets, EXAMPLES)
-        examples, titles = [fakes[: len(sources)], *columns], ["fake neighbour", *(s.method for s in sets)]
+        neighbours = np.asarray(fakes[: len(sources)])
+        examples, titles = [neighbours, *columns], ["Fake NN", *(s.method for s in sets)]
+        caption = "Real faces, and the baselines made from them, are shown only with --show-real-faces."
         if show_real_faces:
-            examples.insert(0, gallery.images[sources])
-            titles.insert(0, "real")
+            from evaluation.baselines import apply_baseline
+
+            real = gallery.images[sources]
+            examples = [real, *examples, *(apply_baseline(n, real, fakes=neighbours) for n in chosen)]
+            titles, caption = ["Real", *titles, *chosen], ""
         context = {
             "profile": profile,
             "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
@@ -280,7 +292,10 @@ def evaluate_folders(
             "feature extractor": str(falco[0].quality.get("feature_extractor")),
             "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
         }
-        return write_report(Path(out_dir), summary_table(results), per_image, attributes, examples, titles, context)
+        summary = summary_table(results)
+        banners = seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)
+        return write_report(Path(out_dir), summary, per_image, attributes, examples, titles, context,
+                            settings=_differing_settings(runs, labels), banners=banners, example_caption=caption)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

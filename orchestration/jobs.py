@@ -26,7 +26,8 @@ with warnings.catch_warnings():  # include_sources is a beta parameter of Dagste
     SETTINGS = dg.AssetSelection.groups("settings", include_sources=True)
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
-EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics")
+EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics",
+                                                 "baseline_attributes")
 VARIANT_EVALUATION = dg.AssetSelection.assets("evaluation_metrics", "per_image_privacy", "attribute_agreement")
 REPORT = dg.AssetSelection.assets("anonymization_report")
 EVALUATE = EVALUATION_REFERENCES | VARIANT_EVALUATION | REPORT

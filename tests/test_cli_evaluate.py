@@ -80,7 +80,7 @@ def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_ro
     # An image evaluated against itself ranks first and is verified: every one of them fails.
     same = per_image[per_image["run"] == labels["same"]]
     assert (same["dlib/rank"] == 1).all() and same["dlib/verified"].all() and not same["passed_all"].any()
-    assert np.allclose(same["dlib/score_to_source"], 0.0, atol=1e-4)  # dlib distance of an image to itself
+    assert np.allclose(same["dlib/distance_to_source"], 0.0, atol=1e-4)  # dlib distance of an image to itself
     assert summary.loc[labels["same"], "reid/dlib/top1_rate"] == 1.0
 
     md = (report / "report.md").read_text()

@@ -28,7 +28,7 @@ from pipeline_helpers import fast_params, made_since, materializations, run, wri
 VARIANTS = ["default", "m0.5"]
 SHARDS = [f"shard-{i:05d}" for i in range(3)]  # 7 readable faces in shards of 3
 PREPARE = {"fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"}
-REFERENCES = {"attribute_pseudo_labels", "attribute_classifier", "baseline_metrics"}
+REFERENCES = {"attribute_pseudo_labels", "attribute_classifier", "baseline_metrics", "baseline_attributes"}
 PER_VARIANT = {"evaluation_metrics", "per_image_privacy", "attribute_agreement"}
 
 
@@ -143,7 +143,7 @@ def test_a_pool_size_change_reruns_the_pool_its_features_and_the_pairs_but_not_t
     run(root, instance, VARIANTS, overrides={"pool_size": 50})
     made = made_since(before, materializations(instance))
     assert set(made) == {"fake_pool", "fake_features", "pairs", "anonymized_latents", "anonymized_images",
-                         "baseline_metrics", *PER_VARIANT, "anonymization_report"}
+                         "baseline_metrics", "baseline_attributes", *PER_VARIANT, "anonymization_report"}
     assert made["anonymized_latents"] == _partitions()
     assert len(np.load(root / "store" / "fake_pool" / "all.npz")["w"]) == 50
 

@@ -100,10 +100,11 @@ def test_rank_six_is_outside_top5():
 
 def test_summary_rates_and_fixed_histogram():
     table = reidentification_table(SIM, SRC, threshold=0.30, inclusive=True, gallery_identity=IDS)
-    summary, counts, edges = summarize_reidentification(table, np.array([0.2, 0.8, 3.0]), 0.3, (0.0, 1.0), bins=10)
+    summary, counts, edges = summarize_reidentification(table, np.array([0.2, 0.8, 3.0]), "cosine", (0.0, 1.0),
+                                                        bins=10)
     assert summary["top1_rate"] == pytest.approx(1 / 3) and summary["top5_rate"] == 1.0
     assert summary["verification_rate"] == pytest.approx(2 / 3) and summary["pass_rate"] == pytest.approx(1 / 3)
-    assert summary["score_median"] == pytest.approx(0.8) and summary["threshold"] == 0.3
+    assert summary["cosine_to_source_median"] == pytest.approx(0.8) and "threshold" not in summary
     assert edges[0] == 0.0 and edges[-1] == 1.0 and counts.sum() == 3 and counts[-1] == 1  # 3.0 -> last bin
 
 
@@ -195,7 +196,8 @@ def test_dlib_reidentifies_each_image_against_itself_at_rank_1(sample_faces, dli
     report = evaluate_reidentification(dlib_rec, sample_faces, sample_faces, np.arange(len(sample_faces)), names=names)
     table = report.table
     assert table["rank"].eq(1).all() and table["verified"].all() and not table["passed"].any()
-    assert table["score_to_source"].abs().max() < 1e-5  # dlib distance of an image to itself
+    assert table["distance_to_source"].abs().max() < 1e-5  # dlib distance of an image to itself
+    assert "similarity_to_source" not in table  # one value per comparison, in the recognizer's own units
     assert report.summary["top1_rate"] == 1.0 and report.summary["pass_rate"] == 0.0
     assert report.metrics()["reid/dlib/top1_rate"] == 1.0
     assert report.histogram_counts.sum() == len(sample_faces)
@@ -218,7 +220,7 @@ def test_swapping_in_another_real_face_is_never_rank_1(sample_faces, dlib_rec):
     report = evaluate_reidentification(dlib_rec, swapped, sample_faces, np.arange(len(sample_faces)), chunk=3)
     assert report.summary["top1_rate"] == 0.0
     assert (report.table["rank"] >= 2).all()
-    assert report.table.loc[0, "score_to_source"] > 0.6  # astronaut replaced by an LFW face
+    assert report.table.loc[0, "distance_to_source"] > 0.6  # astronaut replaced by an LFW face
 
 
 @pytest.mark.parametrize("detector", ["dlib_hog", "mtcnn"])

@@ -120,7 +120,10 @@ def test_dlib_fallback_fd_and_kd(faces: np.ndarray) -> None:
     assert record["fd_metric"] == "fd_dlib" and record["kd_metric"] == "kd_dlib"
     assert record["feature_extractor"] == "dlib_resnet_v1_pool256" and record["input_size"] == 150
     assert len(record["weights_sha256"]) == 64 and record["resize"]
-    assert set(results[1].metrics()) == {"fd_dlib", "kd_dlib", "kd_dlib_std"}
+    assert set(results[1].metrics()) == {"fd_dlib", "kd_dlib", "kd_dlib_std"}  # subsets of 30 of 40 images
+    assert results[1].kd_std > 0
+    # Subsets as large as both sets are all the whole set: the std is 0 by construction and is not reported.
+    assert set(results[0].metrics()) == {"fd_dlib", "kd_dlib"} and results[0].kid_subset_size == 40
     assert not any("fid" in key for key in results[1].metrics())  # never called FID
 
 

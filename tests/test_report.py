@@ -1,6 +1,7 @@
 """The evaluation report on plain tables: run labels say what differs, the privacy-vs-utility scatter draws one
 marker per run and per baseline, the scatter over earlier runs, and per-run attribute bars."""
 
+import base64
 import io
 
 import numpy as np
@@ -84,9 +85,10 @@ def test_scatter_has_a_blue_dot_per_run_and_a_grey_cross_per_baseline(tmp_path):
     assert "## Attribute agreement per run" in md and "| ('anycost_seeded', 'Young')" in md
     assert "privacy_vs_utility_runs" not in md  # no earlier runs given
     assert pd.read_parquet(paths["per_image"])["dlib/passed"].tolist() == [False, True]
-    assert '<img src="figures/privacy_vs_utility.png"' in paths["html"].read_text()
-    with Image.open(paths["attributes_anycost_seeded.png"]) as bars:
-        assert bars.size == (550, 360)
+    page = paths["html"].read_text()  # self-contained: the figures are embedded
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}"' in page
+    with Image.open(paths["attributes_anycost_seeded.png"]) as chart:  # 2 attributes
+        assert chart.size == (760, round(100 * (1.6 + 0.24 * 2)))
 
 
 def test_scatter_over_earlier_runs_shows_them_with_the_baselines(tmp_path):
@@ -99,3 +101,26 @@ def test_scatter_over_earlier_runs_shows_them_with_the_baselines(tmp_path):
     assert _blobs(paths["privacy_vs_utility_runs.png"].read_bytes(), (31, 119, 180)) == 2 + 1
     md = paths["markdown"].read_text()
     assert "## Runs compared" in md and "m=0.5 (this run)" in md
+
+
+def test_the_html_page_states_directions_thresholds_and_seeded_networks(tmp_path):
+    from evaluation.report import seeded_banners
+
+    summary = _summary().assign(**{"reid/dlib/distance_to_source_median": 0.7,
+                                   "attributes/anycost_seeded/mean_agreement": 0.9})
+    faces = np.zeros((2, 16, 16, 3), np.uint8)
+    banners = seeded_banners(True, list(summary.columns), 64)
+    paths = write_report(tmp_path, summary, pd.DataFrame({"run": ["m=0.0"]}), None, [faces, faces, faces],
+                         ["Fake NN", "FALCO m=0.0", "FALCO m=0.5"], {"profile": "tiny"}, banners=banners,
+                         settings=pd.DataFrame({"optimization.margin": ["0.0", "0.5"]}, index=["m=0.0", "m=0.5"]))
+    page = paths["html"].read_text()
+    assert "**" not in page and "|---" not in page and "<pre>" not in page  # no markdown pasted into the page
+    assert page.count("<table") >= 5
+    assert '<th scope="col">Fake NN</th><th scope="col">FALCO m=0.0</th>' in page  # the grid's column headers
+    assert "distance &lt; 0.6 counts as the same person; distance &gt;= 0.6 counts as not matched" in page
+    assert "64 px images are blobs" in page and "anycost_seeded are seeded" in page
+    assert "lower = more private" in page and "higher = more private" in page  # distance: larger is safer
+    md = paths["markdown"].read_text()
+    assert any("reid/dlib/distance_to_source_median" in line and "higher = more private" in line
+               for line in md.splitlines())
+    assert "optimization.margin" in md  # the settings that tell the rows apart

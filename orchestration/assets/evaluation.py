@@ -102,33 +102,42 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
     return trained.weights
 
 
-@dg.asset(group_name=GROUP, code_version="1", deps=["baseline_settings"], op_tags=GPU)
-def baseline_metrics(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
-                     attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
-                     mlflow: MlflowResource) -> pd.DataFrame:
+@dg.multi_asset(group_name=GROUP, deps=["baseline_settings"], op_tags=GPU,
+                outs={"baseline_metrics": dg.AssetOut(code_version="1"),
+                      "baseline_attributes": dg.AssetOut(code_version="1")})
+def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
+              attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
+              mlflow: MlflowResource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The classic baselines (params.yaml `evaluation.baselines`: blur, pixelate, mask, swap with the paired fake)
-    applied to every real image and run through the evaluation the variants get, once for all variants: one row
-    per baseline. Each baseline is its own MLflow run, `baseline_metrics[<name>]`."""
+    applied to every real image and run through the evaluation the variants get, once for all variants:
+    `baseline_metrics`, one row per baseline, and `baseline_attributes`, their per-attribute agreement (a `run`
+    column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`."""
     from anon_core.fake_pool import generated_images
     from evaluation.suite import evaluate_runs, summary_table
 
     names = tuple(networks.setting("evaluation", "baselines"))
     if not names:
-        with mlflow.asset_run(context, networks, {"baselines": []}) as run:
+        with mlflow.asset_run(context, networks, {"baselines": []}, asset=dg.AssetKey("baseline_metrics")) as run:
             run.set_tag("skipped", "params.yaml evaluation.baselines is empty")
-        context.add_output_metadata({**run.metadata, "baselines": "none (params.yaml evaluation.baselines is empty)"})
-        return pd.DataFrame({"method": pd.Series([], dtype=str)})
+        context.add_output_metadata({**run.metadata, "baselines": "none (params.yaml evaluation.baselines is empty)"},
+                                    output_name="baseline_metrics")
+        return pd.DataFrame({"method": pd.Series([], dtype=str)}), pd.DataFrame({"run": pd.Series([], dtype=str)})
     suite, nets = _suite(networks), networks.networks()
     fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
     results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
         attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images), baseline_index=pairs["row"].to_numpy(),
         baseline_names=pairs["image"].tolist(), **suite)
     for result in results:
-        with mlflow.asset_run(context, networks, {"baseline": result.method}, method=result.method) as run:
+        with mlflow.asset_run(context, networks, {"baseline": result.method}, method=result.method,
+                              asset=dg.AssetKey("baseline_metrics")) as run:
             run.log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
-    context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary)})
-    return summary
+    attributes = [r.attributes.assign(run=r.method) for r in results if r.attributes is not None]
+    attributes = pd.concat(attributes, ignore_index=True) if attributes else pd.DataFrame({"run": pd.Series([], dtype=str)})
+    context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary)},
+                                output_name="baseline_metrics")
+    context.add_output_metadata({"rows": len(attributes)}, output_name="baseline_attributes")
+    return summary, attributes
 
 
 @dg.multi_asset(
@@ -169,9 +178,11 @@ def variant_evaluation(
         run.log_metrics(result.metrics)
         run.log_table(summary, "metrics.csv")
         run.log_per_image_table(result.per_image, "per_image.csv")
-        change = delta_table(mlflow.previous_metrics(run, "evaluation_metrics", variant), result.metrics)
+        previous = mlflow.previous_metrics(run, "evaluation_metrics", variant)
     context.add_output_metadata({**run.metadata, "variant": variant, "num_images": len(anon),
                                  "failed_images": int((~result.per_image["passed_all"]).sum()),
-                                 "attribute_classifier": classifier, "change_vs_previous_run": table(change),
+                                 "attribute_classifier": classifier, "change_vs_previous_run":
+                                     table(delta_table(previous, result.metrics)) if previous is not None else
+                                     dg.MetadataValue.text(f"first evaluation of {variant} in this experiment"),
                                  **{k: float(v) for k, v in result.metrics.items()}}, output_name="evaluation_metrics")
     return summary, result.per_image, result.attributes if result.attributes is not None else pd.DataFrame()

@@ -55,7 +55,8 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
                                                "anonymized_images", "anonymized_latents")})
 def anonymization_report(
     context: dg.AssetExecutionContext, evaluation_metrics: dict, per_image_privacy: dict, attribute_agreement: dict,
-    anonymized_images: dict, anonymized_latents: dict, baseline_metrics: pd.DataFrame, real_images: ImageSet,
+    anonymized_images: dict, anonymized_latents: dict, baseline_metrics: pd.DataFrame,
+    baseline_attributes: pd.DataFrame, real_images: ImageSet,
     pairs: pd.DataFrame, fake_pool: Mapping, storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
     """Markdown and HTML report of the sweep's variants (params.yaml `sweep:`, or the command line's) and the
@@ -63,19 +64,28 @@ def anonymization_report(
     neighbour, then each variant's image of the same faces), plus `metrics.json` and `losses/<variant>.csv` for DVC,
     in `anonymization_report/`."""
     from anon_core.fake_pool import generate
-    from evaluation.report import write_variant_report
+    from evaluation.report import seeded_banners, write_variant_report
+    from orchestration.tracking import flatten
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
                               anonymized_latents)
     nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
     fake_index = pairs.set_index("row")["fake_index"]
+    settings = pd.DataFrame({v: flatten(networks.params(v).to_dict()) for v in variants}).T
+    settings = settings.loc[:, settings.nunique() > 1]  # what tells the variants apart
+    settings.index.name = "variant"
+    metrics = [c for v in variants.values() for c in v.summary.columns]
     paths = write_variant_report(
         storage.asset_dir("anonymization_report"), variants, baseline_metrics,
         lambda rows: generate(nets.generator, fake_pool["w"][fake_index.loc[rows].to_numpy()], device=nets.device),
-        {"profile": networks.profile, "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]),
+        {"profile": f"{networks.profile} ({nets.generator.config.resolution} px, {nets.weights} weights)",
+         "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]) or "none",
+         "real images": f"{len(real_images.named)} ({networks.data()['dataset']} layout)",
          **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section") for v in variants},
          "dagster run": context.run.run_id},
-        real_of=(lambda rows: real_images.images[rows]) if show_real else None)
+        real_of=(lambda rows: real_images.images[rows]) if show_real else None,
+        baseline_attributes=baseline_attributes, settings=settings,
+        banners=seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution))
     with mlflow.asset_run(context, networks, {"sweep": list(variants)}) as run:
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown

@@ -20,7 +20,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `report_settings` | anonymization_report | the sweep it compares, `evaluation.show_real_faces` |
 
 Not versioned on purpose: the device and the `speed:` settings (batch size, bf16, compile), which change how fast
-the same method runs, not what it computes (bf16 changes rounding: README "Speed").
+the same method runs, not what it computes (bf16 changes rounding: docs/speed.md).
 """
 
 from __future__ import annotations

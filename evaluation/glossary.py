@@ -1,0 +1,66 @@
+"""What each evaluation metric is and which direction is better: one table, read by the report and the README.
+
+Names follow one convention: a rate is a share of anonymized images (0..1); a recognizer's comparison of an image
+with its source is named by its unit (`distance_to_source_*` for dlib, where a larger distance is more private;
+`cosine_to_source_*` for the cosine recognizers, where a smaller cosine is more private); quality metrics are
+distances between feature distributions (lower = closer to the real images).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricMeaning:
+    pattern: str  # a regular expression over metric names; <r> stands for a recognizer, <p> a predictor
+    meaning: str
+    better: str  # "lower = more private", "higher = more utility", ...
+    example: str  # a name it matches, for the tables
+
+
+GLOSSARY: tuple[MetricMeaning, ...] = (
+    MetricMeaning(r"reid/[^/]+/top(\d+)_rate", "share of anonymized images whose own source (or, with identity "
+                  "labels, any image of the same person) is among the k real faces the recognizer finds most alike",
+                  "lower = more private", "reid/dlib/top1_rate"),
+    MetricMeaning(r"reid/[^/]+/verification_rate", "share of anonymized images the recognizer verifies as the same "
+                  "person as their source (its threshold, below)", "lower = more private",
+                  "reid/dlib/verification_rate"),
+    MetricMeaning(r"reid/[^/]+/pass_rate", "share of anonymized images neither verified against their source nor "
+                  "ranked first (the privacy check's 'passed')", "higher = more private", "reid/dlib/pass_rate"),
+    MetricMeaning(r"reid/[^/]+/distance_to_source_\w+", "distribution (mean, std, min, percentiles, max) of the "
+                  "recognizer's distance between each anonymized image and its source", "higher = more private",
+                  "reid/dlib/distance_to_source_median"),
+    MetricMeaning(r"reid/[^/]+/cosine_to_source_\w+", "distribution of the cosine similarity between each "
+                  "anonymized image's embedding and its source's", "lower = more private",
+                  "reid/facenet_vggface2/cosine_to_source_median"),
+    MetricMeaning(r"reid/[^/]+/images", "anonymized images compared with the real gallery", "-",
+                  "reid/dlib/images"),
+    MetricMeaning(r"detection/[^/]+/rate", "share of anonymized images in which the detector still finds a face",
+                  "higher = more utility (still a face)", "detection/mtcnn/rate"),
+    MetricMeaning(r"quality/(fid|fd)_\w+", "Fréchet distance between the real and the anonymized images' feature "
+                  "distributions (fid_inception: the official FID; fd_<x>: another extractor, not comparable with "
+                  "FID)", "lower = more utility", "quality/fd_dlib"),
+    MetricMeaning(r"quality/(kid|kd)_\w+", "kernel (polynomial MMD) distance between the same distributions",
+                  "lower = more utility", "quality/kd_dlib"),
+    MetricMeaning(r"attributes/[^/]+/mean_agreement", "share of (image, attribute) pairs for which the attribute "
+                  "predictor gives the anonymized image the label it gives the real one", "higher = more utility",
+                  "attributes/anycost/mean_agreement"),
+    MetricMeaning(r"attributes/attribute_classifier/mean_accuracy_(real|anon)", "the CelebA attribute classifier "
+                  "(trained on the real train split) on the test split: mean accuracy against the labels, on the "
+                  "real images and on their anonymized versions", "higher = more utility",
+                  "attributes/attribute_classifier/mean_accuracy_anon"),
+    MetricMeaning(r"num_images", "images evaluated", "-", "num_images"),
+)
+
+
+def meaning_of(metric: str) -> MetricMeaning | None:
+    """The glossary row whose pattern matches `metric` in full, or None."""
+    return next((m for m in GLOSSARY if re.fullmatch(m.pattern, metric)), None)
+
+
+def better_of(metric: str) -> str:
+    """The direction of `metric` ("lower = more private", ...), or "" when the glossary has no row for it."""
+    found = meaning_of(metric)
+    return found.better if found else ""
