@@ -54,6 +54,7 @@ gpu-carry: install
 	  .gpu/site/face_recognition_models/models/
 	touch .gpu/site/face_recognition_models/__init__.py
 
-# The demo's stored assets and Dagster instance. The MLflow store (mlflow.db, mlruns/) stays: it may hold other runs.
+# What `make demo` wrote: the stored assets, the Dagster instance and the default MLflow store (runs of `falco
+# pipeline` without MLFLOW_TRACKING_URI go there too). The sample data stays: it is the DVC-tracked input.
 clean-demo:
-	rm -rf outputs/pipeline $(DAGSTER_HOME)
+	rm -rf outputs/pipeline $(DAGSTER_HOME) mlflow.db mlruns

@@ -2,12 +2,16 @@
 params.yaml's `attribute_classifier:` section, its weights as a stored value, and its metrics on the anonymized
 test split (evaluation.attributes holds the network, the training loop and the scores).
 
-Data without CelebA attribute labels (LFW, a plain folder) or without a train split gets an explicit `skipped`
-result with the reason, so the rest of the evaluation runs unchanged.
+Data without CelebA attribute labels (LFW, a plain folder) follows the paper's LFW protocol ("similarly to the case
+of CelebA-HQ"): the classifier learns the attribute predictors' pseudo-labels of the real train split (Anycost
+GAN's 40 attributes and Talk-to-Edit's 5, one output each) and is scored on the anonymized test split against the
+real images' pseudo-labels (`training_frame`). Data with neither gets an explicit `skipped` result with the reason,
+so the rest of the evaluation runs unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, fields
 from typing import Any
@@ -32,6 +36,8 @@ from evaluation.attributes import (
 from evaluation.image_sets import ImageSetLike
 
 NAME = "attribute_classifier"  # the predictor name of its rows in the attribute tables and metric names
+CELEBA_LABELS, PSEUDO_LABELS = "celeba labels", "pseudo-labels"  # what the classifier learns
+SPLIT_TENTHS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # for rows the dataset leaves out
 
 
 def classifier_config(values: dict[str, Any], source: str = "params.yaml") -> ClassifierConfig:
@@ -54,8 +60,33 @@ def classifier_config(values: dict[str, Any], source: str = "params.yaml") -> Cl
 
 
 def labelled_attributes(frame: pd.DataFrame) -> list[str]:
-    """The CelebA attribute columns of a real_images table that hold labels, in CelebA's order."""
-    return [a for a in CELEBA_ATTRIBUTES if a in frame.columns and frame[a].notna().any()]
+    """The label columns of a table that hold labels: CelebA's attributes in CelebA's order, or the
+    `<predictor>/<attribute>` pseudo-label columns of `training_frame`."""
+    celeba = [a for a in CELEBA_ATTRIBUTES if a in frame.columns and frame[a].notna().any()]
+    return celeba or [c for c in frame.columns if "/" in c and frame[c].notna().any()]
+
+
+def training_frame(frame: pd.DataFrame, pseudo_labels: pd.DataFrame | None) -> tuple[pd.DataFrame, str]:
+    """(the table the classifier is trained and scored on, which labels it holds): `frame` itself when it has
+    CelebA attribute labels with a train split (the CelebA-HQ protocol); else, given the attribute predictors'
+    pseudo-labels of the real images (`attribute_pseudo_labels`), `frame` with those as its label columns (the LFW
+    protocol) and every row without a split placed in train/val/test (80/10/10) by a hash of its identity (or its
+    image when unlabelled), so one person's images stay in one split and the split never changes."""
+    if skip_reason(frame) is None or pseudo_labels is None or not len(pseudo_labels):
+        return frame, CELEBA_LABELS
+    labels = pseudo_labels.set_index("image")
+    columns = [c for c in labels.columns if not c.endswith("_prob")]
+    out = frame.drop(columns=[c for c in CELEBA_ATTRIBUTES if c in frame.columns])
+    out = out.join(labels[columns].astype(float), on="image")
+    given = out["split"] if "split" in out.columns else pd.Series(None, index=out.index, dtype="string")
+    owner = out["identity"].fillna(out["image"]) if "identity" in out.columns else out["image"]
+    out["split"] = [s if isinstance(s, str) and s else _split_of(str(o)) for s, o in zip(given, owner)]
+    return out, PSEUDO_LABELS
+
+
+def _split_of(owner: str) -> str:
+    tenth = int(hashlib.sha256(owner.encode()).hexdigest()[:8], 16) % 10
+    return next(split for split, tenths in SPLIT_TENTHS.items() if tenth in tenths)
 
 
 def labelled_rows(frame: pd.DataFrame, split: str, attributes: list[str]) -> np.ndarray:
@@ -73,11 +104,12 @@ def ground_truth(frame: pd.DataFrame, rows: np.ndarray, attributes: list[str]) -
 
 
 def skip_reason(frame: pd.DataFrame) -> str | None:
-    """Why no classifier can be trained on these real images (the ok rows of real_images), or None."""
+    """Why no classifier can be trained on this table (the ok rows of real_images, or `training_frame`'s), or
+    None."""
     attributes = labelled_attributes(frame)
     if not attributes:
-        return ("skipped: no CelebA attribute labels (give a CelebA-HQ folder with CelebAMask-HQ-attribute-anno.txt, "
-                "or a labels CSV with attribute columns such as Smiling)")
+        return ("skipped: no CelebA attribute labels and no pseudo-labels (give a CelebA-HQ folder with "
+                "CelebAMask-HQ-attribute-anno.txt, or a labels CSV with attribute columns such as Smiling)")
     if not len(labelled_rows(frame, "train", attributes)):
         return ("skipped: no image of the train split has every attribute labelled (CelebA-HQ needs "
                 "CelebA-HQ-to-CelebA-mapping.txt for its split; a labels CSV needs a split column)")
@@ -99,9 +131,10 @@ class TrainedClassifier:
 
 
 def train_on_real(frame: pd.DataFrame, images: ImageSetLike, config: ClassifierConfig,
-                  device: torch.device | str = "cpu", log=None) -> TrainedClassifier:
-    """Train on the real train split of `frame` (the ok rows of real_images, `images` in the same order) and score
-    the real val split. `log` gets every training step's entry."""
+                  device: torch.device | str = "cpu", log=None, labels: str = CELEBA_LABELS) -> TrainedClassifier:
+    """Train on the real train split of `frame` (the ok rows of real_images, or `training_frame`'s table; `images`
+    in the same order) and score the real val split. `labels` (CELEBA_LABELS or PSEUDO_LABELS) is recorded with the
+    weights. `log` gets every training step's entry."""
     attributes = labelled_attributes(frame)
     train = labelled_rows(frame, "train", attributes)
     val = labelled_rows(frame, "val", attributes)
@@ -120,7 +153,8 @@ def train_on_real(frame: pd.DataFrame, images: ImageSetLike, config: ClassifierC
     }
     arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = Weights(arrays=arrays, metadata={"status": "trained", "attributes": json.dumps(attributes),
-                                               "config": json.dumps(config_dict(config)), "num_train": str(len(train))})
+                                               "config": json.dumps(config_dict(config)), "num_train": str(len(train)),
+                                               "labels": labels})
     return TrainedClassifier(weights, summary, val_table, len(train), len(val), len(history))
 
 

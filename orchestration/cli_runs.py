@@ -120,7 +120,7 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     rows = frame.set_index("variant")[[c for c in frame.columns if c.startswith("param:")] + metrics].T
     rows.index = [i.removeprefix("param:") for i in rows.index]
     rows.index.name = rows.columns.name = None
-    text = rows.map(lambda v: f"{v:.4g}" if isinstance(v, float) else ("-" if v is None else str(v)))
+    text = rows.map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
     return text.to_string()
 
 

@@ -130,7 +130,8 @@ def test_evaluation_reports_per_attribute_accuracy_on_real_and_anonymized_test_i
 
 def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: MlflowResource,
                             device: str = "cpu") -> dg.DagsterInstance:
-    """real_images, then attribute_classifier (the first step of the `evaluate` job), with one epoch at 32 px."""
+    """real_images and its pseudo-labels, then attribute_classifier (the first steps of the `evaluate` job), with one
+    epoch at 32 px."""
     from orchestration.definitions import build_definitions
 
     overrides = {"data.align": False, **{f"data.{k}": v for k, v in data.items()}, "attribute_classifier.epochs": 1,
@@ -138,27 +139,53 @@ def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: Mlflo
     defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(input_dir)),
                              NetworksResource(device=device, overrides=overrides), mlflow)
     instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize(list(defs.assets), selection=dg.AssetSelection.assets("real_images", "attribute_classifier"),
-                          instance=instance, resources=defs.resources).success
+    chosen = dg.AssetSelection.assets("real_images", "attribute_pseudo_labels", "attribute_classifier")
+    assert dg.materialize(list(defs.assets), selection=chosen, instance=instance, resources=defs.resources).success
     return instance
 
 
-def test_lfw_without_attribute_labels_is_an_explicit_skip(tmp_path, lfw_faces, mlflow_store):
-    for i, face in enumerate(lfw_faces[:3]):
-        path = tmp_path / "lfw" / "Person_A" / f"Person_A_{i + 1:04d}.png"
+def test_lfw_trains_on_the_pseudo_labels_of_its_train_split(tmp_path, lfw_faces, mlflow_store):
+    """The paper's LFW protocol: no attribute labels, so the classifier learns the predictors' pseudo-labels
+    (before: skipped), on a split that keeps each person's images together."""
+    for i, face in enumerate(lfw_faces[:24]):
+        person = f"Person_{i // 2:02d}"  # 12 people, 2 images each
+        path = tmp_path / "lfw" / person / f"{person}_{i % 2 + 1:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(face).save(path)
     instance = _materialize_classifier(tmp_path, tmp_path, {"dataset": "lfw"}, mlflow_store)
     meta = _metadata(instance, "attribute_classifier")
-    assert meta["status"] == "skipped" and meta["reason"].startswith("skipped: no CelebA attribute labels")
+    assert meta["status"] == "trained" and meta["labels"] == "pseudo-labels"
+    assert meta["num_attributes"] == 45  # Anycost's 40 and Talk-to-Edit's 5, each its own output
     stored = FalcoIOManager(root=str(tmp_path / "store"))._load(tmp_path / "store" / "attribute_classifier", "all")
-    assert stored.arrays == {} and stored.metadata["status"] == "skipped"
+    assert stored.metadata["labels"] == "pseudo-labels" and 0 < int(stored.metadata["num_train"]) < 24
 
-    from evaluation.attribute_classifier import classifier_scores
 
-    scores, note = classifier_scores(stored, pd.DataFrame({"image": ["a.png"]}), lfw_faces[:1], lfw_faces[:1],
-                                     np.array([0]))
-    assert scores is None and note == meta["reason"]
+def test_the_pseudo_label_split_keeps_people_together_and_the_datasets_own_split():
+    from evaluation.attribute_classifier import PSEUDO_LABELS, labelled_attributes, training_frame
+
+    people = [f"p{i // 3}" for i in range(300)]
+    frame = pd.DataFrame({"image": [f"{p}/{i}.png" for i, p in enumerate(people)], "identity": people,
+                          "split": ["train"] * 3 + [None] * 297})
+    pseudo = pd.DataFrame({"image": frame["image"], "anycost/Smiling": [True, False] * 150,
+                           "anycost/Smiling_prob": 0.5, "tte/Young": True})
+    table, labels = training_frame(frame, pseudo)
+    assert labels == PSEUDO_LABELS and labelled_attributes(table) == ["anycost/Smiling", "tte/Young"]
+    assert table.groupby("identity")["split"].nunique().max() == 1  # a person's images share one split
+    shares = table["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.8) < 0.1 and shares["val"] > 0.03 and shares["test"] > 0.03
+    assert table.loc[:2, "split"].tolist() == ["train"] * 3  # the dataset's own split is kept
+    assert training_frame(frame, pseudo)[0]["split"].tolist() == table["split"].tolist()  # the same every time
+
+
+def test_data_with_neither_labels_nor_pseudo_labels_is_an_explicit_skip(lfw_faces):
+    from evaluation.attribute_classifier import classifier_scores, skip_reason, skipped, training_frame
+
+    frame = pd.DataFrame({"image": ["a.png"], "identity": ["A"]})
+    table, _ = training_frame(frame, None)
+    reason = skip_reason(table)
+    assert reason.startswith("skipped: no CelebA attribute labels and no pseudo-labels")
+    scores, note = classifier_scores(skipped(reason), frame, lfw_faces[:1], lfw_faces[:1], np.array([0]))
+    assert scores is None and note == reason
 
 
 def _labelled_folder(tmp_path: Path, lfw_faces: np.ndarray) -> dict:

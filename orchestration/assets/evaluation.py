@@ -65,23 +65,33 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
     return frame.rename_axis("image").reset_index()
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["classifier_settings"], op_tags=GPU)
-def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
+@dg.asset(group_name=GROUP, code_version="3", deps=["classifier_settings"], op_tags=GPU)
+def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSet,
+                         attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
                          mlflow: MlflowResource) -> Weights:
     """A ResNet classifier of the CelebA attributes, trained from scratch on the real train split (params.yaml's
     `attribute_classifier:`), stored as safetensors with its config; per-attribute accuracy on the real val split in
-    the metadata. Data without attribute labels gives a `skipped` value that says why."""
-    from evaluation.attribute_classifier import classifier_config, skip_reason, skipped, train_on_real
+    the metadata. Data without CelebA labels (LFW) trains it on the predictors' pseudo-labels instead (the paper's
+    LFW protocol, `evaluation.attribute_classifier.training_frame`); data with neither gives a `skipped` value that
+    says why."""
+    from evaluation.attribute_classifier import (
+        classifier_config,
+        skip_reason,
+        skipped,
+        train_on_real,
+        training_frame,
+    )
     from evaluation.attributes import config_dict
 
-    reason = skip_reason(real_images.named)
+    frame, labels = training_frame(real_images.named, attribute_pseudo_labels)
+    reason = skip_reason(frame)
     if reason is not None:
         with mlflow.asset_run(context, networks, {"status": "skipped"}) as run:
             run.set_tag("skipped", reason)
         context.add_output_metadata({**run.metadata, "status": "skipped", "reason": reason})
         return skipped(reason)
     config = classifier_config(networks.section("attribute_classifier"), str(networks.params_file))
-    with mlflow.asset_run(context, networks, {"attribute_classifier": config_dict(config)}) as run:
+    with mlflow.asset_run(context, networks, {"attribute_classifier": config_dict(config), "labels": labels}) as run:
         losses: list[dict] = []
 
         def log(entry: dict | None) -> None:  # every step's loss, sent to MLflow 50 at a time (None: the rest)
@@ -90,12 +100,13 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
                 run.log_histories({"train/loss": [e["loss"] for e in losses]}, first_step=losses[0]["step"])
                 losses.clear()
 
-        trained = train_on_real(real_images.named, real_images.images, config, networks.networks().device, log)
+        trained = train_on_real(frame, real_images.images, config, networks.networks().device, log, labels)
         log(None)
         run.log_metrics({**trained.summary, **{f"val_accuracy/{r.attribute}": r.accuracy
                                                for r in trained.val_accuracy.itertuples()}})
         run.log_table(trained.val_accuracy, "val_accuracy.csv")
-    context.add_output_metadata({**run.metadata, "status": "trained", "num_train": trained.num_train,
+    context.add_output_metadata({**run.metadata, "status": "trained", "labels": labels,
+                                 "num_train": trained.num_train,
                                  "num_val": trained.num_val, "num_attributes": len(trained.val_accuracy),
                                  "steps": trained.steps, "device": str(networks.networks().device),
                                  **trained.summary, "val_accuracy": table(trained.val_accuracy)})
@@ -155,7 +166,7 @@ def variant_evaluation(
     recognizer, detection, attribute agreement, quality), `per_image_privacy` (every image's similarity to its
     source, rank and pass/fail) and `attribute_agreement` (per predictor and attribute, with the CelebA attribute
     classifier's accuracy on the real and the anonymized test split when it was trained)."""
-    from evaluation.attribute_classifier import classifier_metrics, classifier_scores
+    from evaluation.attribute_classifier import classifier_metrics, classifier_scores, training_frame
     from evaluation.image_sets import concatenate
     from evaluation.suite import AnonymizedSet, evaluate_runs, summary_table
 
@@ -167,7 +178,8 @@ def variant_evaluation(
     run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
     [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
                              gallery_identity=_gallery_identity(real_images), **_suite(networks))
-    scores, classifier = classifier_scores(attribute_classifier, real_images.named, real_images.images, images, rows,
+    frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
+    scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
                                            networks.networks().device)
     if scores is not None:
         result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
