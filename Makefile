@@ -29,7 +29,9 @@ demo: install
 ui: install
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
 
+# MLflow 3 opens in its GenAI view; the link below (and the ones `falco pipeline` prints) open the runs instead.
 mlflow-ui: install
+	@echo "MLflow UI: open http://127.0.0.1:5000/#/?workflowType=machine_learning (the model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db -h 127.0.0.1 -p 5000
 
 test: install
