@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import pandas as pd
+
 
 @dataclass(frozen=True)
 class MetricMeaning:
@@ -64,3 +66,10 @@ def better_of(metric: str) -> str:
     """The direction of `metric` ("lower = more private", ...), or "" when the glossary has no row for it."""
     found = meaning_of(metric)
     return found.better if found else ""
+
+
+def with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:
+    """A table whose rows are metrics (index named `metric`), with a last column `better` saying which way is better."""
+    out = metrics_by_row.copy()
+    out.index.name = "metric"
+    return out.assign(better=[better_of(str(m)) for m in out.index])

@@ -14,7 +14,7 @@ import pandas as pd
 from anon_core.atomic import write_bytes_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
-from evaluation.glossary import better_of
+from evaluation.glossary import with_direction
 from evaluation.report_page import ExampleGrid, PageContent, recognizer_rows, render_page
 from evaluation.suite import AnonymizedSet
 
@@ -216,10 +216,8 @@ def write_report(
 
 
 def _with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:
-    """Metrics as rows (rounded to 4 digits) with a last column saying which way is better."""
-    out = metrics_by_row.apply(pd.to_numeric, errors="coerce").round(4)
-    out.index.name = "metric"
-    return out.assign(better=[better_of(str(m)) for m in out.index])
+    """Metrics as rows, rounded to 4 digits for the markdown, with their direction (`glossary.with_direction`)."""
+    return with_direction(metrics_by_row.apply(pd.to_numeric, errors="coerce").round(4))
 
 
 def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: int | None = None) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from evaluation.glossary import GLOSSARY, better_of
+from evaluation.glossary import GLOSSARY, meaning_of, with_direction
 from evaluation.recognizers import RECOGNIZERS
 
 TEMPLATE = "report.html.j2"
@@ -65,12 +64,8 @@ def recognizer_rows(metrics: Sequence[str]) -> list[dict[str, str]]:
     return rows
 
 
-def _table(frame: pd.DataFrame, directions: bool = False) -> str:
-    """A DataFrame as an HTML <table>: numbers right-aligned to 4 significant digits; with `directions`, the
-    rows are metrics and a last column says which way is better."""
-    out = frame.copy()
-    if directions:
-        out["better"] = [better_of(str(name)) for name in out.index]
+def _table(out: pd.DataFrame) -> str:
+    """A DataFrame as an HTML <table>: numbers right-aligned to 4 significant digits."""
     head = "".join(f"<th scope='col'>{html.escape(str(c))}</th>" for c in out.columns)
     body = []
     for name, row in out.iterrows():
@@ -97,23 +92,20 @@ def render_page(content: PageContent) -> str:
 
     env = Environment(loader=PackageLoader("evaluation", "templates"), autoescape=select_autoescape(["j2", "html"]))
 
-    summary = content.summary[content.headline].T
-    summary.index.name = "metric"
-    all_metrics = content.summary.T
-    all_metrics.index.name = "metric"
     rows = [[data_uri(encode_png(column[i])) for column in content.grid.columns]
             for i in range(len(content.grid.columns[0]) if content.grid.columns else 0)]
     figures = {name: data_uri(png) for name, png in content.figures.items()}
     attribute_figures = [(name.removesuffix(".png").replace("attributes_", "attribute agreement: "), src)
                          for name, src in figures.items() if name.startswith("attributes_")]
-    used = [g for g in GLOSSARY if any(re.fullmatch(g.pattern, m) for m in content.summary.columns)]
+    found = {meaning_of(m) for m in content.summary.columns}
+    used = [g for g in GLOSSARY if g in found]
     runs_table = None
     if content.runs is not None:
         shown = [c for c in content.headline if c in content.runs.columns]
-        runs_table = Markup(_table(content.runs[shown].T, directions=True))
+        runs_table = Markup(_table(with_direction(content.runs[shown].T)))
     return env.get_template(TEMPLATE).render(
         title=content.title, subtitle=content.subtitle, banners=content.banners,
-        summary_table=Markup(_table(summary, directions=True)),
+        summary_table=Markup(_table(with_direction(content.summary[content.headline].T))),
         scatter=figures.get("privacy_vs_utility.png"),
         scatter_caption="Each point is a variant (or run, blue dots) or a baseline (grey crosses); x: the first "
                         "recognizer's top-1 re-identification rate (lower = more private), y: the first attribute "
@@ -125,5 +117,5 @@ def render_page(content: PageContent) -> str:
         settings_table=Markup(_table(content.settings)) if content.settings is not None and len(
             content.settings.columns) else None,
         runs_table=runs_table, runs_scatter=figures.get("privacy_vs_utility_runs.png"),
-        all_metrics_table=Markup(_table(all_metrics, directions=True)),
+        all_metrics_table=Markup(_table(with_direction(content.summary.T))),
     )

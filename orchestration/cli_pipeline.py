@@ -121,13 +121,15 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
 def _browse_hints(dagster_home: str) -> str:
     """Where to look next: the Dagster UI on this instance, and the MLflow experiment's page."""
     from orchestration.driver import DEFAULT_DAGSTER_HOME
+    from orchestration.mlflow_store import sqlite_path
     from orchestration.tracking import DEFAULT_DB, MlflowResource
 
     home = Path(dagster_home).resolve()
     ui = "make ui" if home == DEFAULT_DAGSTER_HOME.resolve() else f"DAGSTER_HOME={home} make ui"
     tracker = MlflowResource()
-    where = tracker.experiment_url()
     uri = tracker.uri()
+    database = sqlite_path(uri)
+    where = None if database is not None and not database.exists() else tracker.experiment_url()  # no store made
     serve = "" if uri.startswith(("http://", "https://")) else " after `make mlflow-ui`" \
         if uri == f"sqlite:///{DEFAULT_DB}" else f" after `mlflow ui --backend-store-uri {uri}`"
     return f"Dagster instance: {home}  (browse it with `{ui}`)\nMLflow runs: {where or uri}{serve}"
