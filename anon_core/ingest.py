@@ -38,6 +38,7 @@ TABLE_COLUMNS = (
     "duplicate_of",  # input with the same bytes that came first, if any
     "sha256",  # of the input file
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning or rejected
+    "other_faces_covered",  # other faces inside the crop, pixelated before it was cut; -1 when not aligning
 )
 
 
@@ -170,7 +171,8 @@ def ingest(
     for done, checked in enumerate(check_inputs(files, aligner, cache, read_workers(device)), start=1):
         f = checked.file
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
-               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen}
+               "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen,
+               "other_faces_covered": checked.others_covered}
         if checked.rejected is not None:
             row.update(status="rejected", reason=checked.rejected.reason, detail=checked.rejected.detail)
         else:
@@ -202,15 +204,17 @@ def label_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c not in skip and table[c].notna().any()]
 
 
-def read_input(f: ScannedFile, aligner: FaceAligner | None, cache: AlignmentCache | None) -> tuple[np.ndarray, int]:
-    """One scanned file -> (uint8 [H, W, 3], faces seen). With an aligner the image is the FFHQ-aligned crop of
-    the largest face (cached by file hash); raises ImageRejected with the reason (e.g. "no_face")."""
+def read_input(f: ScannedFile, aligner: FaceAligner | None,
+               cache: AlignmentCache | None) -> tuple[np.ndarray, int, int]:
+    """One scanned file -> (uint8 [H, W, 3], faces seen, other faces covered). With an aligner the image is the
+    FFHQ-aligned crop of the largest face (cached by file hash); raises ImageRejected with the reason (e.g.
+    "no_face")."""
     if f.skip_reason:
         raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
     if aligner is None:
-        return load_rgb(f.path), -1
+        return load_rgb(f.path), -1, -1
     face = aligner.align_cached(f.path, f.sha256 or "", cache, name=f.relpath)
-    return face.image, face.faces_seen
+    return face.image, face.faces_seen, face.others_covered
 
 
 @dataclass
@@ -218,6 +222,7 @@ class CheckedInput:
     file: ScannedFile
     source: Path | None  # where its image is: the input file, or its aligned crop in the cache; None if rejected
     faces_seen: int  # faces the aligner detected; -1 when not aligning or rejected
+    others_covered: int = -1  # other faces pixelated inside the crop; -1 when not aligning or rejected
     rejected: ImageRejected | None = None
 
 
@@ -229,11 +234,12 @@ def check_inputs(
     read = functools.partial(read_input, aligner=aligner, cache=cache)
     for f, reading in read_ahead(read, files, workers, depth=2 * workers):
         try:
-            _, faces_seen = reading.result()
+            _, faces_seen, others_covered = reading.result()
         except ImageRejected as rejected:
-            yield CheckedInput(f, None, -1, rejected)
+            yield CheckedInput(f, None, -1, rejected=rejected)
             continue
-        yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen)
+        yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen,
+                           others_covered)
 
 
 def _str_or_none(value) -> str | None:

@@ -53,6 +53,7 @@ MANIFEST_COLUMNS = (
     "fake_similarity",  # cosine of real and fake FaRL embeddings
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning
+    "other_faces_covered",  # other faces inside the crop, pixelated before it was cut; -1 when not aligning
 )
 # The manifest is rewritten as batches finish, at most this often: each rewrite is the whole table (~3 MB at
 # CelebA-HQ's 30,000 rows), and a resumed run finishes its journaled batches all at once.

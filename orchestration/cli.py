@@ -13,11 +13,16 @@ from pathlib import Path
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("anonymize", help="anonymize every image under INPUT_DIR into OUTPUT_DIR")
+    p = sub.add_parser("anonymize", help="anonymize every image under INPUT_DIR into OUTPUT_DIR",
+                       description="aligned mode (default): the paper's setting, one FFHQ-aligned crop of the largest "
+                       "face per image; photo mode: every face of every photo anonymized in place, the photo kept")
     p.add_argument("input_dir", type=Path, metavar="INPUT_DIR", help="folder of face images (read recursively, never "
                    "written)")
     p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR",
                    help="where images/, manifest.csv, latents.npy, losses.csv, params.json go (outside INPUT_DIR)")
+    p.add_argument("--mode", choices=("aligned", "photo"), default="aligned",
+                   help="aligned: a dataset of faces -> aligned anonymized crops (default, the paper's); photo: every "
+                        "face of each photo anonymized and pasted back, faces that cannot be are covered")
     p.add_argument("--profile", default="tiny", help="network profile: tiny (default, seeded, CPU), ffhq1024, ffhq512")
     p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults (default: the project's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
@@ -45,6 +50,15 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                         "skips the alignment (default); --no-keep-cache aligns into a temporary folder in OUTPUT_DIR "
                         "and removes it when the run ends")
     p.add_argument("--no-cache", dest="keep_cache", action="store_false", help="same as --no-keep-cache")
+    photo = p.add_argument_group("photo mode (--mode photo; defaults: params.yaml photo:)")
+    photo.add_argument("--min-face-size", type=int, default=None, metavar="PX",
+                       help="smallest face box the detector looks for (>= 12)")
+    photo.add_argument("--min-anonymize-size", type=int, default=None, metavar="PX",
+                       help="faces whose box is smaller are covered instead of anonymized")
+    photo.add_argument("--cover", choices=("pixelate", "blur"), default=None,
+                       help="how faces that cannot be anonymized (too small, profile, no alignment) are covered")
+    photo.add_argument("--photo-format", choices=("png", "same"), default=None,
+                       help="png: every photo as lossless PNG; same: JPEG inputs stay JPEG (quality 95)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_anonymize)
 
@@ -75,6 +89,8 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
+    if args.mode == "photo":
+        return _run_anonymize_photos(args, params)
     flags = {"data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
              "data.align": args.align, "data.align_detector": args.align_detector}
     data = data_settings(load_section("data", args.profile, args.params, flags),  # the flags, else params.yaml's
@@ -90,6 +106,56 @@ def _run_anonymize(args: argparse.Namespace) -> int:
               f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
+    from anon_core.errors import FalcoError
+    from anon_core.params import DEFAULT_PARAMS_PATH, load_section
+    from anon_core.photo_faces import photo_settings
+    from anon_core.photos import anonymize_photos
+
+    unused = [flag for flag, value in (("--dataset", args.dataset), ("--labels", args.labels), ("--align", args.align),
+                                       ("--align-detector", args.align_detector)) if value is not None]
+    if unused:
+        raise FalcoError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for aligned mode only; photo mode reads every image of the folder as a "
+                         "photo and aligns each face itself (drop them, or use --mode aligned)")
+    params_file = args.params or DEFAULT_PARAMS_PATH
+    flags = {"photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,
+             "photo.cover": args.cover, "photo.output_format": args.photo_format}
+    settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
+    bound = float(load_section("checks", args.profile, args.params)["privacy_max_match_share"])
+    start = time.perf_counter()
+    summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
+                               show_progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    print(f"{summary.describe()} in {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start included)")
+    share = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
+    print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
+          "params.json)")
+    if share is not None and share > bound:
+        print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the faces to their source "
+              f"(bound checks.privacy_max_match_share = {bound:.0%}); see {summary.output_dir / 'face_privacy.csv'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> float | None:
+    """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv; the matched share."""
+    from anon_core.atomic import atomic_path
+    from evaluation.photo_privacy import face_privacy, match_share
+    from evaluation.recognizers import build_recognizer
+
+    privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device))
+    with atomic_path(output_dir / "face_privacy.csv") as tmp:
+        privacy.to_csv(tmp, index=False, float_format="%.4f")
+    if not len(privacy):
+        print("privacy: no face was found, so none could be checked")
+        return None
+    share = match_share(privacy)
+    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} faces to their source (distance "
+          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
+    return share
 
 
 def _add_sample_data(sub: argparse._SubParsersAction) -> None:

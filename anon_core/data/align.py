@@ -32,7 +32,9 @@ Landmark sources (:class:`FaceAligner` ``detector=``):
   (see :data:`DLIB_MOUTH_RATIO` for where 1.4 comes from), and stands in for both mouth corners (rows 3 and 4
   of ``landmarks`` are that same point). The recipe uses only the mouth's midpoint, so nothing else is invented.
 
-Several faces: the largest detection box is aligned; ``faces_seen`` records how many were found.
+Several faces: the largest detection box is aligned; ``faces_seen`` records how many were found. Every other face
+whose box reaches into the crop's bounding square is pixelated (anon_core.compose.cover_box) before the crop is
+cut, so no bystander's face enters the dataset; ``others_covered`` counts them.
 No face: :class:`~anon_core.data.image_io.ImageRejected` with reason ``"no_face"``.
 
 Cache (:class:`AlignmentCache`): one PNG and one JSON per (file sha256, size, transform size, detector,
@@ -73,7 +75,7 @@ __all__ = [
     "warp_quad",
 ]
 
-ALIGN_VERSION = "1"
+ALIGN_VERSION = "2"  # 2: other faces inside the crop are pixelated
 """Bump whenever the same input and settings would give different aligned pixels; old cache entries then miss."""
 
 DETECTORS = ("mtcnn", "dlib")
@@ -248,8 +250,8 @@ class _DlibDetector:
 
 
 class _MtcnnDetector:
-    def __init__(self, device: str | torch.device) -> None:
-        self._mtcnn = MTCNN(device=device)
+    def __init__(self, device: str | torch.device, min_face_size: int) -> None:
+        self._mtcnn = MTCNN(device=device, min_face_size=min_face_size)
 
     def __call__(self, image: np.ndarray) -> list[Detection]:
         return self._mtcnn.detect(image)
@@ -262,11 +264,18 @@ class AlignedFace:
     quad: np.ndarray         # [4, 2] source-image corners of the crop (top-left, bottom-left, bottom-right, top-right)
     landmarks: np.ndarray    # [5, 2] in the source image (MTCNN order; see the module docstring for dlib)
     faces_seen: int          # detections in the image (the largest face is taken)
+    others_covered: int = 0  # other faces inside the crop, pixelated before it was cut
 
 
 def _box_area(det: Detection) -> float:
     x1, y1, x2, y2 = det.box
     return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+
+
+def _reaches_into(box: tuple[float, float, float, float], quad: np.ndarray) -> bool:
+    """Whether a face box overlaps the axis-aligned bounding square of a crop quad."""
+    x1, y1, x2, y2 = box
+    return x1 < quad[:, 0].max() and x2 > quad[:, 0].min() and y1 < quad[:, 1].max() and y2 > quad[:, 1].min()
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -281,10 +290,11 @@ class FaceAligner:
 
     ``detector``: "mtcnn" (default) or "dlib"; ``device`` is used by MTCNN only (dlib runs on the CPU).
     ``transform_size``: supersampling grid of the quad transform, default ``4 * size`` (the recipe's ratio).
+    ``min_face_size``: MTCNN's smallest face box in pixels (its default 20; photo mode looks for smaller ones).
     """
 
     def __init__(self, size: int, detector: str = "mtcnn", device: str | torch.device = "cpu",
-                 transform_size: int | None = None) -> None:
+                 transform_size: int | None = None, min_face_size: int = 20) -> None:
         if detector not in DETECTORS:
             raise ValueError(f"detector={detector!r} is not one of {DETECTORS}")
         if size < 16:
@@ -294,7 +304,8 @@ class FaceAligner:
         self.transform_size = 4 * size if transform_size is None else transform_size
         if self.transform_size < size:
             raise ValueError(f"transform_size={transform_size} must be >= size={size}")
-        self._detect: _Detector = _MtcnnDetector(device) if detector == "mtcnn" else _DlibDetector()
+        self.min_face_size = min_face_size
+        self._detect: _Detector = _MtcnnDetector(device, min_face_size) if detector == "mtcnn" else _DlibDetector()
 
     @property
     def settings(self) -> str:
@@ -331,8 +342,15 @@ class FaceAligner:
             raise ImageRejected("no_face", f"{where}{self._no_face_detail(image)}")
         landmarks = np.asarray(faces[0].landmarks, dtype=np.float64)
         quad = ffhq_quad(landmarks)
+        others = [face for face in faces[1:] if _reaches_into(face.box, quad)]
+        if others:
+            from anon_core.compose import cover_box  # compose imports this module
+
+            for face in others:
+                image = cover_box(image, face.box, "pixelate")
         aligned = warp_quad(image, quad, self.size, self.transform_size)
-        return AlignedFace(image=aligned, quad=quad, landmarks=landmarks, faces_seen=len(faces))
+        return AlignedFace(image=aligned, quad=quad, landmarks=landmarks, faces_seen=len(faces),
+                           others_covered=len(others))
 
     def _no_face_detail(self, image: np.ndarray) -> str:
         h, w = image.shape[:2]
@@ -400,10 +418,11 @@ class AlignmentCache:
                 image = np.asarray(png.convert("RGB"), dtype=np.uint8)
             quad = np.asarray(record["quad"], dtype=np.float64).reshape(4, 2)
             landmarks = np.asarray(record["landmarks"], dtype=np.float64).reshape(5, 2)
-            faces_seen = int(record["faces_seen"])
+            faces_seen, others_covered = int(record["faces_seen"]), int(record["others_covered"])
         except (OSError, KeyError, TypeError, ValueError):
             return None
-        return AlignedFace(image=image, quad=quad, landmarks=landmarks, faces_seen=faces_seen)
+        return AlignedFace(image=image, quad=quad, landmarks=landmarks, faces_seen=faces_seen,
+                           others_covered=others_covered)
 
     def put(self, sha256: str, settings: str, face: AlignedFace) -> None:
         """Store ``face``: the PNG first, then the JSON that makes the entry visible (both atomic)."""
@@ -417,6 +436,7 @@ class AlignmentCache:
             "quad": np.asarray(face.quad, dtype=np.float64).tolist(),
             "landmarks": np.asarray(face.landmarks, dtype=np.float64).tolist(),
             "faces_seen": int(face.faces_seen),
+            "others_covered": int(face.others_covered),
         }
         write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"), private=True)
 

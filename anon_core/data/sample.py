@@ -23,7 +23,7 @@ from PIL import Image
 from anon_core.atomic import write_bytes_atomic
 from anon_core.data.image_io import MIN_SIDE, encode_png
 
-__all__ = ["ASTRONAUT_FACE_BOX", "LFW_FACE_COUNT", "build_sample_dataset"]
+__all__ = ["ASTRONAUT_FACE_BOX", "GROUP_PHOTO_FACES", "LFW_FACE_COUNT", "build_sample_dataset", "build_sample_photos"]
 
 ASTRONAUT_FACE_BOX = (116, 16, 324, 224)
 """(left, top, right, bottom) in the 512 x 512 astronaut image: a 208 px square centred on the face that dlib's
@@ -102,3 +102,56 @@ def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> 
         paths.append(path)
     _write_if_changed(out_dir / "README.txt", _readme_text(size, num_lfw).encode("utf-8"))
     return paths
+
+
+GROUP_PHOTO_SIZE = (960, 640)  # (width, height) of photos/group.png
+GROUP_PHOTO_FACES = (
+    # (source, left, top, side): where each face is pasted on the group photo; "astronaut" is the sample's face
+    # crop, an integer the LFW face of that index. Sizes from 200 px down to 60 px (its face about 26 px, below
+    # photo mode's 40 px for anonymizing); the last face is cut by the right edge of the frame (110 of 160 px inside).
+    ("astronaut", 40, 60, 200),
+    (0, 300, 50, 150),
+    (1, 500, 80, 110),
+    (2, 680, 60, 80),
+    (3, 110, 380, 60),
+    ("astronaut", 320, 420, 60),
+    ("astronaut", 850, 330, 160),
+)
+
+
+def _soft_ellipse(side: int) -> np.ndarray:
+    """[side, side] float32: 1 inside a circle of 0.935x the square's side, fading to 0 at 1.1x: the corners of the
+    square fade, its edges' middles stay."""
+    centre = (side - 1) / 2.0
+    ys, xs = np.ogrid[:side, :side]
+    distance = np.hypot((xs - centre) / (side * 0.55), (ys - centre) / (side * 0.55))
+    return np.clip((1.0 - distance) / 0.15, 0.0, 1.0).astype(np.float32)
+
+
+def build_sample_photos(out_dir: Path) -> list[Path]:
+    """Photos for photo mode, from what ships in scikit-image: ``group.png`` (the faces of GROUP_PHOTO_FACES pasted
+    (each faded in along an ellipse) on ``skimage.data.coffee()``, upscaled to GROUP_PHOTO_SIZE), ``portrait.jpg`` (``skimage.data.astronaut()``,
+    the whole photo, JPEG quality 95) and ``no_face.png`` (the coffee photo alone). Idempotent, like
+    build_sample_dataset."""
+    import io
+
+    from skimage import data
+
+    out_dir = Path(out_dir)
+    background = Image.fromarray(data.coffee()).resize(GROUP_PHOTO_SIZE, Image.Resampling.BICUBIC)
+    group = np.asarray(background).copy()  # [640, 960, 3]
+    lfw = _lfw_faces(128, 1 + max(s for s, *_ in GROUP_PHOTO_FACES if s != "astronaut"))
+    for source, left, top, side in GROUP_PHOTO_FACES:
+        face = _astronaut_face(side) if source == "astronaut" else np.asarray(
+            Image.fromarray(lfw[source]).resize((side, side), Image.Resampling.BICUBIC))
+        h, w = min(side, group.shape[0] - top), min(side, group.shape[1] - left)
+        alpha = _soft_ellipse(side)[:h, :w, None]  # no square outline: the face fades into the background
+        under = group[top:top + h, left:left + w].astype(np.float32)
+        group[top:top + h, left:left + w] = np.rint(under + (face[:h, :w] - under) * alpha).astype(np.uint8)
+    portrait = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(portrait, format="JPEG", quality=95)
+    files = {"group.png": encode_png(group), "portrait.jpg": portrait.getvalue(),
+             "no_face.png": encode_png(np.asarray(Image.fromarray(data.coffee())))}
+    for name, content in files.items():
+        _write_if_changed(out_dir / name, content)
+    return [out_dir / name for name in files]

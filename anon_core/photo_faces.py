@@ -1,0 +1,132 @@
+"""Every face of a photo and what becomes of it: anonymized by the method, or covered (the fallback), with the
+reason. Photo mode's settings (params.yaml `photo:`) live here too.
+
+A detected face is anonymized when it is large enough for the generator to redraw (`min_anonymize_size`: the
+shorter side of its box, in photo pixels), turned toward the camera enough for FFHQ alignment to make sense, and
+its landmarks give a sane crop. Otherwise it is covered (`cover`: pixelate or blur, anon_core.compose) and the
+reason is recorded:
+
+- ``too_small``: box side below `min_anonymize_size`;
+- ``profile``: the nose is not between the eyes: along the eye-to-eye axis it sits at t (0 = image-left eye, 1 =
+  image-right eye); a frontal face has t near 0.5, a turned one moves toward an eye and past it. Faces with
+  min(t, 1 - t) below `min_frontality` are covered;
+- ``alignment_failed``: the landmarks give no orientation, or a crop whose side is not between
+  :data:`QUAD_TO_BOX` times the box's side (the landmarks disagree with the box).
+
+Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
+floor), so that is the smallest face photo mode can vouch for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anon_core.compose import COVERS
+from anon_core.data.align import ffhq_quad
+from anon_core.errors import ParamsError
+from anon_core.networks.mtcnn import Detection
+
+__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
+           "photo_settings"]
+
+FALLBACK_REASONS = {
+    "too_small": "face smaller than photo.min_anonymize_size",
+    "profile": "face turned too far from the camera (photo.min_frontality)",
+    "alignment_failed": "landmarks give no usable FFHQ crop",
+}
+OUTPUT_FORMATS = ("png", "same")  # png: lossless PNG; same: JPEG inputs as JPEG (quality 95), the rest as PNG
+QUAD_TO_BOX = (1.0, 6.0)
+"""Accepted range of (crop side / box side). FFHQ's crop is 4x the eye distance, about 1.6-2.2x an MTCNN box."""
+
+
+@dataclass(frozen=True)
+class PhotoSettings:
+    min_face_size: int = 16  # detection: smallest face box found, px (>= 12)
+    min_anonymize_size: int = 40  # smaller faces are covered, px
+    min_frontality: float = 0.15  # nose position between the eyes: 0.5 frontal, <= 0 profile
+    cover: str = "pixelate"  # pixelate | blur: the fallback
+    output_format: str = "png"  # png | same
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def photo_settings(section: dict[str, Any], params_file: Path | str) -> PhotoSettings:
+    """params.yaml's `photo:` section (with its overrides), checked: one error naming every bad key."""
+    known = PhotoSettings.__dataclass_fields__
+    problems = [f"photo.{k} is not a setting (known: {', '.join(known)})" for k in section if k not in known]
+    missing = [k for k in known if k not in section]
+    if missing:
+        problems.append(f"photo.{', photo.'.join(missing)} missing (see the project's params.yaml)")
+    if missing:
+        raise ParamsError(f"{params_file}: " + "; ".join(problems))
+    values = PhotoSettings(**{k: v for k, v in section.items() if k in known})
+    if not isinstance(values.min_face_size, int) or values.min_face_size < 12:
+        problems.append(f"photo.min_face_size = {values.min_face_size!r} must be a whole number >= 12 (MTCNN's "
+                        "smallest window)")
+    if not isinstance(values.min_anonymize_size, int) or values.min_anonymize_size < 1:
+        problems.append(f"photo.min_anonymize_size = {values.min_anonymize_size!r} must be a whole number >= 1")
+    if not isinstance(values.min_frontality, (int, float)) or not 0.0 <= values.min_frontality < 0.5:
+        problems.append(f"photo.min_frontality = {values.min_frontality!r} must lie in [0, 0.5)")
+    if values.cover not in COVERS:
+        problems.append(f"photo.cover = {values.cover!r} must be one of {', '.join(COVERS)}")
+    if values.output_format not in OUTPUT_FORMATS:
+        problems.append(f"photo.output_format = {values.output_format!r} must be one of {', '.join(OUTPUT_FORMATS)}")
+    if problems:
+        raise ParamsError(f"{params_file}: " + "; ".join(problems))
+    return values
+
+
+@dataclass(frozen=True)
+class PhotoFace:
+    index: int  # in the photo, largest box first
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in photo pixels
+    score: float  # the detector's face probability
+    landmarks: np.ndarray  # [5, 2] (x, y): eyes, nose, mouth corners (MTCNN's order)
+    quad: np.ndarray | None  # [4, 2] FFHQ crop square; None when the landmarks give none
+    action: str  # "anonymize", or the cover used ("pixelate" | "blur")
+    reason: str  # "" when anonymized, else a key of FALLBACK_REASONS
+
+    @property
+    def anonymized(self) -> bool:
+        return self.action == "anonymize"
+
+
+def frontality(landmarks: np.ndarray) -> float:
+    """min(t, 1 - t) for the nose's position t along the eye-to-eye axis: 0.5 for a frontal face, 0 or less when the
+    nose is at or beyond an eye."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    axis = lm[1] - lm[0]
+    length = float(axis @ axis)
+    if length == 0.0:
+        return 0.0
+    t = float((lm[2] - lm[0]) @ axis) / length
+    return min(t, 1.0 - t)
+
+
+def plan_faces(detections: list[Detection], settings: PhotoSettings) -> list[PhotoFace]:
+    """What happens to each detected face (in the order given: largest first from FaceAligner.detect)."""
+    faces = []
+    for index, det in enumerate(detections):
+        landmarks = np.asarray(det.landmarks, dtype=np.float64)
+        x1, y1, x2, y2 = (float(v) for v in det.box)
+        side = min(x2 - x1, y2 - y1)
+        quad, reason = None, ""
+        try:
+            quad = ffhq_quad(landmarks)
+            quad_side = float(np.hypot(*(quad[3] - quad[0])))
+            if not QUAD_TO_BOX[0] * side <= quad_side <= QUAD_TO_BOX[1] * side:
+                reason = "alignment_failed"
+        except ValueError:
+            reason = "alignment_failed"
+        if not reason and side < settings.min_anonymize_size:
+            reason = "too_small"
+        elif not reason and frontality(landmarks) < settings.min_frontality:
+            reason = "profile"
+        faces.append(PhotoFace(index=index, box=(x1, y1, x2, y2), score=float(det.score), landmarks=landmarks,
+                               quad=quad, action=settings.cover if reason else "anonymize", reason=reason))
+    return faces

@@ -1,0 +1,307 @@
+"""`falco anonymize --mode photo`: every face of every photo anonymized in place.
+
+For each photo (any size, any number of faces): MTCNN finds all faces down to `photo.min_face_size`;
+anon_core.photo_faces decides for each whether the method anonymizes it or a cover hides it; the faces to anonymize
+are FFHQ-aligned at the generator's resolution, anonymized by the method in batches of `batch_size` faces taken
+across photos (pairing, inversion, optimization: anon_core.pipeline.anonymize_images), generated from their codes
+and pasted back (anon_core.compose). A photo is written when its last face is done: same size as the input, lossless
+PNG by default, no metadata carried over (EXIF, GPS). Pixels away from every face keep their exact values.
+
+Memory holds the photos whose faces are still queued (about one batch of faces) and no crop of a real face is
+written to disk. A stopped run, rerun with the same arguments, takes its finished batches from the journal
+(anon_core.journal: the codes; their images are generated again) and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from anon_core.atomic import atomic_path, write_bytes_atomic
+from anon_core.batch_size import resolve_batch_size
+from anon_core.compose import cover_box, paste_face
+from anon_core.data.align import FaceAligner, warp_quad
+from anon_core.data.datasets import load_dataset
+from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
+from anon_core.data.scan import ScannedFile
+from anon_core.errors import FalcoError
+from anon_core.fake_pool import FakePool, generate
+from anon_core.folders import check_separate, exclusive
+from anon_core.ingest import dataset_files, output_names, read_workers
+from anon_core.journal import Journal, run_key
+from anon_core.loss_curves import mean_losses, write_losses_csv
+from anon_core.optimize import LOSS_NAMES
+from anon_core.params import FalcoParams
+from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, plan_faces
+from anon_core.prefetch import read_ahead
+from anon_core.profiles import build_networks
+from anon_core.progress import progress_bar
+from anon_core.stages import build_pool, check_params_fit, resolve_device
+
+PHOTO_MANIFEST_COLUMNS = (
+    "input",  # relative path of the photo under the input folder
+    "output",  # relative path of the written photo under OUTPUT_DIR/images ("" when rejected)
+    "kind",  # photo: one row per file; face: one row per detected face, after its photo's row
+    "face",  # index of the face in its photo, largest box first ("" on photo rows)
+    "status",  # photo rows: ok | rejected; face rows: anonymized | covered
+    "reason",  # photo rows: the rejection's code; face rows: why it was covered (too_small, profile, alignment_failed)
+    "detail",  # human sentence for the reason
+    "faces",  # photo rows: faces detected
+    "box",  # face rows: x1 y1 x2 y2 in photo pixels
+    "score",  # face rows: the detector's face probability
+    "landmarks",  # face rows: 10 numbers, (x, y) of eyes, nose and mouth corners
+    "cover",  # face rows: pixelate | blur for covered faces ("" when anonymized)
+    "latent_index",  # face rows: row in latents.npy of an anonymized face
+    "fake_index",  # paired fake in the pool
+    "fake_similarity",  # cosine of real and fake FaRL embeddings
+    "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
+)
+JPEG_QUALITY = 95
+
+
+@dataclass
+class PhotoSummary:
+    output_dir: Path
+    photos: int = 0
+    rejected: Counter = field(default_factory=Counter)  # reason -> photos
+    anonymized: int = 0  # faces
+    covered: Counter = field(default_factory=Counter)  # reason -> faces
+    resumed: int = 0  # faces whose batch an earlier run with the same arguments finished
+
+    @property
+    def faces(self) -> int:
+        return self.anonymized + sum(self.covered.values())
+
+    def describe(self) -> str:
+        text = f"{self.faces} face(s) in {self.photos} photo(s): {self.anonymized} anonymized"
+        covered = sum(self.covered.values())
+        text += f", {covered} covered"
+        if covered:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.covered.items())) + ")"
+        if self.rejected:
+            text += f"; {sum(self.rejected.values())} file(s) rejected (" + ", ".join(
+                f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
+        if self.resumed:
+            text += f"; {self.resumed} face(s) taken from an earlier run's journal"
+        return text
+
+
+@dataclass
+class _Photo:
+    """A photo on its way: its pixels with the covers applied, its faces, and the faces still waiting."""
+
+    row: int  # index in the file list
+    file: ScannedFile
+    output: str
+    image: np.ndarray  # uint8 [H, W, 3], covers applied; anonymized faces pasted in as they come
+    faces: list[PhotoFace]
+    waiting: int  # anonymized faces not pasted yet
+
+
+def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
+                     device: str | torch.device = "cpu", show_progress: bool = True) -> PhotoSummary:
+    """Anonymize every face of every image under `input_dir` (recursively) into `output_dir`.
+
+    Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
+    (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
+    `latent_index` order), `losses.csv` and `params.json`. Unreadable files become rejected photo rows; a photo
+    without a face is written unchanged (its pixels, without the file's metadata)."""
+    input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
+    check_separate(input_folder=input_dir, output_folder=output_dir)
+    with exclusive(output_dir, "output folder"):
+        return _PhotoRun(input_dir, output_dir, params, settings, resolve_device(device), show_progress).run()
+
+
+class _PhotoRun:
+    def __init__(self, input_dir, output_dir, params, settings, device, show_progress) -> None:
+        self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, device
+        self.show_progress = show_progress
+        self.nets = build_networks(params.profile, device=device)
+        check_params_fit(self.nets, params)
+        self.requested_batch_size = params.batch_size
+        self.params = params.replace(batch_size=resolve_batch_size(self.nets, params))
+        self.resolution = self.nets.generator.config.resolution
+        self.detector = FaceAligner(self.resolution, "mtcnn", device=device, min_face_size=settings.min_face_size)
+        self.files = dataset_files(load_dataset("folder", input_dir, None))
+        if not self.files:
+            raise FalcoError(f"{input_dir} holds no files to anonymize")
+        self.outputs = _output_names(self.files, settings.output_format)
+        self.journal = Journal(output_dir, run_key({
+            "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
+            "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}))
+        self.pool: FakePool | None = None
+        self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
+        self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
+        self.summary = PhotoSummary(output_dir=output_dir)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray]]:
+        """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread)."""
+        if f.skip_reason:
+            raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+        image = load_rgb(f.path)
+        faces = plan_faces(self.detector.detect(image), self.settings)
+        crops = []
+        for face in faces:
+            if face.anonymized:
+                crops.append(warp_quad(image, face.quad, self.resolution))
+        covered = image
+        for face in faces:
+            if not face.anonymized:
+                covered = cover_box(covered, face.box, face.action)
+        return covered, faces, crops
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    def run(self) -> PhotoSummary:
+        reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
+        self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
+        waiting: dict[int, _Photo] = {}
+        queue: list[tuple[int, int, np.ndarray]] = []  # (file index, face index, aligned crop)
+        workers = read_workers(self.device)
+        for row, (f, reading_future) in enumerate(read_ahead(self._read, self.files, workers, depth=2 * workers)):
+            reading.update(1)
+            self.summary.photos += 1
+            try:
+                image, faces, crops = reading_future.result()
+            except ImageRejected as rejected:
+                self.summary.rejected[rejected.reason] += 1
+                self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, rejected.detail, -1)]
+                continue
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
+            self.rows[row] = [self._photo_row(f, photo.output, "ok", "", "", len(faces)),
+                              *(self._face_row(photo, face) for face in faces)]
+            for face in faces:
+                if not face.anonymized:
+                    self.summary.covered[face.reason] += 1
+            if not crops:
+                self._write(photo)
+                continue
+            waiting[row] = photo
+            self.bar.total = (self.bar.total or 0) + len(crops)
+            queue += [(row, face.index, crop) for face, crop in zip((x for x in faces if x.anonymized), crops)]
+            while len(queue) >= self.params.batch_size:
+                self._anonymize(queue[: self.params.batch_size], waiting)
+                queue = queue[self.params.batch_size:]
+        if queue:
+            self._anonymize(queue, waiting)
+        reading.close()
+        self.bar.close()
+        self._write_outputs()
+        return self.summary
+
+    def _anonymize(self, items: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Photo]) -> None:
+        """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
+        photos that are complete are written."""
+        from anon_core.pipeline import anonymize_images
+
+        index = len(self.results)
+        result = self.journal.finished(index)
+        if result is None:
+            if self.pool is None:
+                self.pool = build_pool(self.nets, self.params, show_progress=self.show_progress)
+            done = anonymize_images(self.nets, self.pool, np.stack([crop for _, _, crop in items]), self.params)
+            result = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
+                      "identity_similarity": done.identity_similarity,
+                      **{f"loss_{name}": values for name, values in done.history.items()}}
+            self.journal.record(index, result)
+        else:
+            self.summary.resumed += len(items)
+        self.results.append(result)
+        first_latent = sum(len(r["ws"]) for r in self.results[:-1])
+        generated = generate(self.nets.generator, result["ws"], device=self.device)
+        for i, (row, face_index, _) in enumerate(items):
+            photo = waiting[row]
+            face = photo.faces[face_index]
+            photo.image = paste_face(photo.image, generated[i], face.quad)
+            self.rows[row][1 + face_index].update(
+                latent_index=str(first_latent + i), fake_index=str(int(result["fake_index"][i])),
+                fake_similarity=f"{result['fake_similarity'][i]:.6f}",
+                identity_similarity=f"{result['identity_similarity'][i]:.6f}")
+            self.summary.anonymized += 1
+            photo.waiting -= 1
+            if photo.waiting == 0:
+                self._write(waiting.pop(row))
+        self.bar.update(len(items))
+
+    # -- writing ---------------------------------------------------------------------------------------------
+    def _write(self, photo: _Photo) -> None:
+        path = self.output_dir / "images" / photo.output
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            buffer = io.BytesIO()
+            Image.fromarray(photo.image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+            write_bytes_atomic(path, buffer.getvalue())
+        else:
+            write_bytes_atomic(path, encode_png(photo.image))
+
+    def _photo_row(self, f: ScannedFile, output: str, status: str, reason: str, detail: str, faces: int) -> dict:
+        return {"input": f.relpath, "output": output, "kind": "photo", "status": status, "reason": reason,
+                "detail": detail, "faces": str(faces) if faces >= 0 else ""}
+
+    def _face_row(self, photo: _Photo, face: PhotoFace) -> dict:
+        return {
+            "input": photo.file.relpath, "output": photo.output, "kind": "face", "face": str(face.index),
+            "status": "anonymized" if face.anonymized else "covered", "reason": face.reason,
+            "detail": FALLBACK_REASONS.get(face.reason, ""),
+            "box": " ".join(f"{v:.1f}" for v in face.box), "score": f"{face.score:.4f}",
+            "landmarks": " ".join(f"{v:.2f}" for v in face.landmarks.ravel()),
+            "cover": "" if face.anonymized else face.action,
+        }
+
+    def _write_outputs(self) -> None:
+        rows = [r for key in sorted(self.rows) for r in self.rows[key]]
+        manifest = pd.DataFrame(rows, columns=list(PHOTO_MANIFEST_COLUMNS)).fillna("")
+        with atomic_path(self.output_dir / "manifest.csv") as tmp:
+            manifest.to_csv(tmp, index=False, encoding="utf-8")
+        g = self.nets.generator
+        ws = [r["ws"] for r in self.results]
+        stacked = np.concatenate(ws) if ws else np.zeros((0, g.num_ws, g.config.w_dim), np.float32)
+        with atomic_path(self.output_dir / "latents.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, stacked.astype(np.float32))
+        histories = [{name: r[f"loss_{name}"] for name in LOSS_NAMES} for r in self.results]
+        write_losses_csv(self.output_dir / "losses.csv", mean_losses(histories, self.params.optimization.steps))
+        record = {
+            "mode": "photo", "params": self.params.to_dict(), "photo": self.settings.to_dict(),
+            "batch_size_requested": self.requested_batch_size, "profile_weights": self.nets.weights,
+            "device": str(self.device), "input_dir": str(self.input_dir), "num_ws": g.num_ws,
+            "w_dim": g.config.w_dim, "resolution": self.resolution,
+            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        }
+        write_bytes_atomic(self.output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:
+    """Input relpath -> output relpath: `.png` (ingest.output_names), or with "same" JPEG inputs keep their name."""
+    names = output_names(files)
+    if output_format == "same":
+        for f in files:
+            if Path(f.relpath).suffix.lower() in (".jpg", ".jpeg"):
+                names[f.relpath] = f.relpath
+    return names
+
+
+def read_photo_manifest(output_dir: Path) -> pd.DataFrame:
+    """The manifest of a photo-mode run, every column as text ("" for empty)."""
+    path = Path(output_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FalcoError(f"{path} not found: is {output_dir} the output folder of `falco anonymize --mode photo`?")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("kind", "face", "box", "landmarks") if c not in frame.columns]
+    if missing:
+        raise FalcoError(f"{path} has no {', '.join(missing)} column(s): it was not written by photo mode")
+    return frame
+
+
+def parse_numbers(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    return np.asarray([float(v) for v in text.split()], dtype=np.float64).reshape(shape)
+
+
+__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers", "read_photo_manifest"]

@@ -1,0 +1,65 @@
+"""Privacy of photo mode, face by face: does dlib's recognizer still match each face of an output photo to the same
+face of the input photo?
+
+Each face row of a photo-mode manifest (anon_core.photos) is cut out of the input photo and out of the output photo
+along the same FFHQ crop, the one its input landmarks give (for a face whose landmarks gave none, a square around
+its box of the same scale), at :data:`CROP_SIZE` px; dlib's descriptor of each crop (on its own chip region,
+evaluation.recognizers) is compared: a distance below 0.6 is dlib's "same person". Anonymized and covered faces are
+measured alike. The share of matched faces is what the blocking check and `falco evaluate` bound
+(`checks.privacy_max_match_share`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anon_core.data.align import ffhq_quad, warp_quad
+from anon_core.data.image_io import load_rgb
+from anon_core.photos import parse_numbers, read_photo_manifest
+from evaluation.recognizers import Recognizer, build_recognizer
+
+CROP_SIZE = 256
+BOX_QUAD_SCALE = 1.9
+"""Side of the square used for a face without an FFHQ crop, as a multiple of its box's longer side (FFHQ's crop
+is about 1.6-2.2x an MTCNN box)."""
+
+
+def face_quad(landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The FFHQ crop of a face's landmarks, or an axis-aligned square around its box when they give none."""
+    try:
+        return ffhq_quad(landmarks)
+    except ValueError:
+        x1, y1, x2, y2 = box
+        half = max(x2 - x1, y2 - y1) * BOX_QUAD_SCALE / 2.0
+        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+        return np.array([[cx - half, cy - half], [cx - half, cy + half], [cx + half, cy + half],
+                         [cx + half, cy - half]])
+
+
+def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | None = None) -> pd.DataFrame:
+    """One row per face of a photo-mode output: input, face, status, reason, `dlib_distance` (input face vs output
+    face at the input's landmarks) and `matched` (distance < 0.6)."""
+    manifest = read_photo_manifest(output_dir)
+    faces = manifest[manifest["kind"] == "face"]
+    dlib = recognizer or build_recognizer("dlib")
+    real_crops, out_crops = [], []
+    for photo, rows in faces.groupby("input", sort=False):
+        real = load_rgb(Path(input_dir) / photo)
+        anonymized = load_rgb(Path(output_dir) / "images" / rows["output"].iloc[0])
+        for row in rows.itertuples():
+            quad = face_quad(parse_numbers(row.landmarks, (5, 2)), parse_numbers(row.box, (4,)))
+            real_crops.append(warp_quad(real, quad, CROP_SIZE))
+            out_crops.append(warp_quad(anonymized, quad, CROP_SIZE))
+    table = faces[["input", "face", "status", "reason"]].reset_index(drop=True)
+    if not len(table):
+        return table.assign(dlib_distance=pd.Series(dtype=float), matched=pd.Series(dtype=bool))
+    similarity = dlib.paired_similarity(dlib.embed(np.stack(out_crops)), dlib.embed(np.stack(real_crops)))
+    return table.assign(dlib_distance=dlib.to_score(similarity), matched=dlib.is_match(similarity))
+
+
+def match_share(privacy: pd.DataFrame) -> float:
+    """Share of faces dlib still matches to their source (0 when there is no face)."""
+    return float(privacy["matched"].mean()) if len(privacy) else 0.0

@@ -1,0 +1,222 @@
+"""Photo mode: every detected face of a photo is replaced or covered, the rest of the photo is kept; and aligned mode
+covers the bystanders inside its crop. On photos composed from what ships offline (anon_core.data.sample)."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anon_core.compose import cover_box, face_mask, paste_face
+from anon_core.data.align import FaceAligner, ffhq_quad, warp_quad
+from anon_core.data.sample import GROUP_PHOTO_FACES, build_sample_photos
+from anon_core.errors import ParamsError
+from anon_core.networks.mtcnn import Detection
+from anon_core.params import load_params
+from anon_core.photo_faces import PhotoSettings, frontality, photo_settings, plan_faces
+from anon_core.photos import anonymize_photos
+from evaluation.photo_privacy import face_privacy
+from orchestration.cli import main
+
+FAST = ["--profile", "tiny", "--steps", "5", "--pool-size", "64", "--batch-size", "4", "--quiet"]
+FRONTAL = np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 70.0], [45.0, 90.0], [75.0, 90.0]])  # eyes, nose, mouth
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos") / "in"
+    build_sample_photos(root)
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def photo_run(photos, tmp_path_factory):
+    """One CLI run in photo mode over the sample photos: (output folder, stdout, exit code)."""
+    out = tmp_path_factory.mktemp("photo_run") / "out"
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["anonymize", str(photos), str(out), "--mode", "photo", *FAST])
+    return out, printed.getvalue(), code
+
+
+def _rows(out, name="manifest.csv"):
+    with open(out / name, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _rgb(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _box(row):
+    return [float(v) for v in row["box"].split()]
+
+
+# -- every face --------------------------------------------------------------------------------------------------
+
+
+def test_every_composed_face_is_found_and_replaced_or_covered(photo_run, photos):
+    out, printed, code = photo_run
+    assert code == 0
+    faces = [r for r in _rows(out) if r["kind"] == "face" and r["input"] == "group.png"]
+    for source, left, top, side in GROUP_PHOTO_FACES:  # each pasted face has a detection centred on it
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in map(_box, faces)]
+        assert any(left <= x <= left + side and top <= y <= top + side for x, y in centres), (source, left, top)
+    assert len(faces) == len(GROUP_PHOTO_FACES)
+    by_status = {}
+    for row in faces:
+        by_status.setdefault(row["status"], []).append(row)
+    small = [r for r in faces if min(_box(r)[2] - _box(r)[0], _box(r)[3] - _box(r)[1]) < 40]
+    assert [r["status"] for r in small] == ["covered"] and small[0]["reason"] == "too_small"
+    assert small[0]["cover"] == "pixelate" and small[0]["latent_index"] == ""
+    assert all(r["latent_index"] != "" and r["fake_index"] != "" for r in by_status["anonymized"])
+    portrait = [r for r in _rows(out) if r["input"] == "portrait.jpg"]
+    assert [r["kind"] for r in portrait] == ["photo", "face"] and portrait[1]["status"] == "anonymized"
+    latents = np.load(out / "latents.npy")
+    anonymized = [r for r in _rows(out) if r["status"] == "anonymized"]
+    assert latents.shape == (len(anonymized), 10, 128)
+    assert sorted(int(r["latent_index"]) for r in anonymized) == list(range(len(anonymized)))
+    # the summary counts faces, not files
+    total = len(GROUP_PHOTO_FACES) + 1
+    assert f"{total} face(s) in 4 photo(s): {total - 1} anonymized, 1 covered (too_small: 1)" in printed
+    assert "1 file(s) rejected (" in printed
+
+
+def test_no_face_is_still_matched_by_dlib(photo_run):
+    out, printed, _ = photo_run
+    privacy = _rows(out, "face_privacy.csv")
+    assert len(privacy) == len(GROUP_PHOTO_FACES) + 1
+    assert all(r["matched"] == "False" and float(r["dlib_distance"]) >= 0.6 for r in privacy)
+    assert f"dlib matches 0 of {len(privacy)} faces" in printed
+
+
+def test_the_check_sees_faces_left_in_place(photo_run, photos, tmp_path):
+    """The per-face check is not blind: an output whose photos are the inputs matches every face."""
+    out, _, _ = photo_run
+    same = tmp_path / "same"
+    shutil.copytree(out, same)
+    for row in _rows(out):
+        if row["kind"] == "photo" and row["status"] == "ok":
+            Image.fromarray(_rgb(photos / row["input"])).save(same / "images" / row["output"])
+    privacy = face_privacy(photos, same)
+    assert privacy["matched"].all() and (privacy["dlib_distance"] < 1e-3).all()
+
+
+def test_photos_keep_their_size_and_background(photo_run, photos):
+    out, _, _ = photo_run
+    rows = _rows(out)
+    for row in (r for r in rows if r["kind"] == "photo" and r["status"] == "ok"):
+        real, anonymized = _rgb(photos / row["input"]), _rgb(out / "images" / row["output"])
+        assert anonymized.shape == real.shape and row["output"].endswith(".png")
+        away = np.ones(real.shape[:2], bool)  # pixels outside every face's blend region (and its cover)
+        for face in (r for r in rows if r["kind"] == "face" and r["input"] == row["input"]):
+            x1, y1, x2, y2 = _box(face)
+            quad = ffhq_quad(np.array([float(v) for v in face["landmarks"].split()]).reshape(5, 2))
+            rows_, cols_, mask, _ = face_mask(quad, 64, real.shape[:2])
+            away[rows_, cols_] &= mask == 0
+            w, h = x2 - x1, y2 - y1
+            away[max(int(y1 - h / 4), 0):int(y2 + h / 4) + 1, max(int(x1 - w / 4), 0):int(x2 + w / 4) + 1] = False
+        change = np.abs(anonymized.astype(int) - real.astype(int))[away]
+        assert change.mean() < 1.0 and change.max() == 0  # lossless PNG: exactly the input's pixels
+        if row["faces"] != "0":
+            assert np.abs(anonymized.astype(int) - real.astype(int))[~away].mean() > 5  # the faces did change
+    assert {r["input"]: r["status"] for r in rows if r["kind"] == "photo"}["broken.jpg"] == "rejected"
+    no_face = [r for r in rows if r["input"] == "no_face.png"]
+    assert len(no_face) == 1 and no_face[0]["faces"] == "0"
+    record = json.loads((out / "params.json").read_text())
+    assert record["mode"] == "photo" and record["photo"]["min_anonymize_size"] == 40
+    assert not (out / ".align_cache").exists()  # no crop of a real face is written
+
+
+def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(photos / "portrait.jpg", inputs / "portrait.jpg")
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 3})
+    settings = PhotoSettings(output_format="same", cover="blur")
+    first = anonymize_photos(inputs, tmp_path / "out", params, settings, show_progress=False)
+    written = tmp_path / "out" / "images" / "portrait.jpg"
+    with Image.open(written) as im:
+        assert im.format == "JPEG" and im.size == (512, 512) and not im.info.get("exif")
+    before = written.read_bytes()
+    again = anonymize_photos(inputs, tmp_path / "out", params, settings, show_progress=False)
+    assert first.anonymized == again.anonymized == again.resumed == 1  # the codes came from the journal
+    assert written.read_bytes() == before  # and gave the same photo
+
+
+# -- the parts ---------------------------------------------------------------------------------------------------
+
+
+def test_paste_back_lands_on_the_face_and_leaves_the_rest():
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    landmarks = FRONTAL + [60, 40]  # the face's box is about (90, 75)-(150, 145)
+    quad = ffhq_quad(landmarks)
+    white = np.full((64, 64, 3), 255, np.uint8)
+    out = paste_face(photo, white, quad)
+    rows, cols, mask, _ = face_mask(quad, 64, photo.shape[:2])
+    assert (mask[80 - rows.start:140 - rows.start, 100 - cols.start:140 - cols.start] == 1.0).all()  # the face
+    untouched = np.ones(photo.shape[:2], bool)
+    untouched[rows, cols] = mask == 0
+    assert untouched.mean() > 0.6 and np.array_equal(out[untouched], photo[untouched])
+    # a generated face equal to the crop itself puts the photo back (up to resampling)
+    crop = warp_quad(photo, quad, 256)
+    same = paste_face(photo, crop, quad)
+    rows, cols, mask, _ = face_mask(quad, 256, photo.shape[:2])
+    assert np.abs(same.astype(int) - photo.astype(int))[rows, cols][mask == 1].mean() < 40  # noise resampled
+
+
+def test_cover_pixelates_the_grown_box_only():
+    photo = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    out = cover_box(photo, (50.0, 40.0, 90.0, 80.0), "pixelate")
+    changed = np.argwhere(np.any(out != photo, axis=2))
+    assert changed[:, 0].min() >= 34 and changed[:, 0].max() < 86 and changed[:, 1].min() >= 44
+    assert len(np.unique(out[34:86, 44:96].reshape(-1, 3), axis=0)) <= 25  # 5 x 5 blocks
+    with pytest.raises(ValueError, match="pixelate"):
+        cover_box(photo, (0, 0, 5, 5), "paint")
+
+
+def test_plan_covers_small_turned_and_unalignable_faces():
+    settings = PhotoSettings()
+    profile = FRONTAL.copy()
+    profile[2, 0] = 85.0  # nose beyond the image-right eye
+    flat = np.repeat(FRONTAL[:1], 5, axis=0)  # all landmarks in one point: no orientation
+    detections = [Detection((20.0, 20.0, 100.0, 110.0), 0.99, FRONTAL), Detection((20.0, 20.0, 100.0, 110.0), 0.9, profile),
+                  Detection((20.0, 20.0, 100.0, 110.0), 0.9, flat), Detection((0.0, 0.0, 30.0, 30.0), 0.9, FRONTAL / 3)]
+    plan = plan_faces(detections, settings)
+    assert [(f.action, f.reason) for f in plan] == [("anonymize", ""), ("pixelate", "profile"),
+                                                   ("pixelate", "alignment_failed"), ("pixelate", "too_small")]
+    assert frontality(FRONTAL) == pytest.approx(0.5) and frontality(profile) < 0
+
+
+def test_photo_settings_name_every_bad_value(tmp_path):
+    good = PhotoSettings().to_dict()
+    assert photo_settings(good, "p.yaml") == PhotoSettings()
+    with pytest.raises(ParamsError) as info:
+        photo_settings({**good, "min_face_size": 8, "cover": "paint", "colour": 1}, "p.yaml")
+    message = str(info.value)
+    assert "photo.min_face_size = 8" in message and "photo.cover = 'paint'" in message and "photo.colour" in message
+
+
+def test_aligned_mode_covers_other_faces_inside_its_crop():
+    from skimage import data
+
+    astronaut = data.astronaut()
+    big = np.ascontiguousarray(astronaut[50:210, 140:300])  # her face, tightly
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(astronaut[20:240, 120:340])).resize((100, 100)))
+    aligner = FaceAligner(128)
+    for small_left, covered in ((280, 1), (400, 0)):  # inside the big face's crop square, then beyond it
+        canvas = np.full((300, 520, 3), 128, np.uint8)
+        canvas[60:220, 150:310] = big
+        canvas[100:200, small_left:small_left + 100] = small
+        aligned = aligner.align(canvas)
+        assert aligned.faces_seen == 2 and aligned.others_covered == covered
+        as_it_was = warp_quad(canvas, aligned.quad, 128)
+        assert (np.abs(aligned.image.astype(int) - as_it_was.astype(int)).max() > 50) == bool(covered)
