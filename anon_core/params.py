@@ -114,7 +114,7 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
 
 
 # The top-level sections of params.yaml besides `defaults` and `profiles` (the method's): what `load_section` reads.
-SECTIONS = ("data", "variants", "sweep", "pipeline", "evaluation", "checks", "attribute_classifier")
+SECTIONS = ("data", "photo", "variants", "sweep", "pipeline", "evaluation", "checks", "attribute_classifier")
 METHOD_KEYS = ("seed", "pool_size", "truncation_psi", "pairing_k", "batch_size", "optimization", "inversion", "speed")
 
 

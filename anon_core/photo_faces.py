@@ -56,14 +56,10 @@ class PhotoSettings:
 
 
 def photo_settings(section: dict[str, Any], params_file: Path | str) -> PhotoSettings:
-    """params.yaml's `photo:` section (with its overrides), checked: one error naming every bad key."""
+    """params.yaml's `photo:` section (with its overrides), checked: one error naming every bad key. A key left out
+    takes PhotoSettings' default (the project's params.yaml states them all)."""
     known = PhotoSettings.__dataclass_fields__
     problems = [f"photo.{k} is not a setting (known: {', '.join(known)})" for k in section if k not in known]
-    missing = [k for k in known if k not in section]
-    if missing:
-        problems.append(f"photo.{', photo.'.join(missing)} missing (see the project's params.yaml)")
-    if missing:
-        raise ParamsError(f"{params_file}: " + "; ".join(problems))
     values = PhotoSettings(**{k: v for k, v in section.items() if k in known})
     if not isinstance(values.min_face_size, int) or values.min_face_size < 12:
         problems.append(f"photo.min_face_size = {values.min_face_size!r} must be a whole number >= 12 (MTCNN's "

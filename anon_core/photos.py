@@ -43,7 +43,7 @@ from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, plan_faces
 from anon_core.prefetch import read_ahead
-from anon_core.profiles import build_networks
+from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
@@ -108,8 +108,11 @@ class _Photo:
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
-                     device: str | torch.device = "cpu", show_progress: bool = True) -> PhotoSummary:
-    """Anonymize every face of every image under `input_dir` (recursively) into `output_dir`.
+                     device: str | torch.device = "cpu", show_progress: bool = True, nets: Networks | None = None,
+                     pool: FakePool | None = None, relpaths: list[str] | None = None) -> PhotoSummary:
+    """Anonymize every face of every image under `input_dir` (recursively; only `relpaths` when given) into
+    `output_dir`. `nets` and `pool` (with its features): networks and fake pool already built (the Dagster assets'),
+    else built here on `device`.
 
     Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
     (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
@@ -117,28 +120,34 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     without a face is written unchanged (its pixels, without the file's metadata)."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
+    nets = nets or build_networks(params.profile, device=resolve_device(device))
+    files = dataset_files(load_dataset("folder", input_dir, None))
+    if relpaths is not None:
+        wanted = set(relpaths)
+        files = [f for f in files if f.relpath in wanted]
+    if not files:
+        raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
     with exclusive(output_dir, "output folder"):
-        return _PhotoRun(input_dir, output_dir, params, settings, resolve_device(device), show_progress).run()
+        return _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress).run()
 
 
 class _PhotoRun:
-    def __init__(self, input_dir, output_dir, params, settings, device, show_progress) -> None:
-        self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, device
+    def __init__(self, input_dir, output_dir, params, settings, nets, pool, files, show_progress) -> None:
+        self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, nets.device
         self.show_progress = show_progress
-        self.nets = build_networks(params.profile, device=device)
+        self.nets = nets
         check_params_fit(self.nets, params)
         self.requested_batch_size = params.batch_size
         self.params = params.replace(batch_size=resolve_batch_size(self.nets, params))
         self.resolution = self.nets.generator.config.resolution
-        self.detector = FaceAligner(self.resolution, "mtcnn", device=device, min_face_size=settings.min_face_size)
-        self.files = dataset_files(load_dataset("folder", input_dir, None))
-        if not self.files:
-            raise FalcoError(f"{input_dir} holds no files to anonymize")
+        self.detector = FaceAligner(self.resolution, "mtcnn", device=self.device,
+                                    min_face_size=settings.min_face_size)
+        self.files = files
         self.outputs = _output_names(self.files, settings.output_format)
         self.journal = Journal(output_dir, run_key({
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}))
-        self.pool: FakePool | None = None
+        self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
         self.summary = PhotoSummary(output_dir=output_dir)

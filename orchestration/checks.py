@@ -1,4 +1,5 @@
-"""Asset checks: pairs cover every real image, latents are sane, and a blocking privacy check per variant and shard."""
+"""Asset checks: pairs cover every real image, latents are sane, and a blocking privacy check per variant and shard
+(per image in aligned mode, per face in photo mode)."""
 
 from collections.abc import Mapping
 
@@ -8,10 +9,12 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet
 from orchestration.assets.anonymization import anonymized_images, anonymized_latents, pairs
-from orchestration.partitions import context_shard, context_variant, variant_shards
-from orchestration.resources import NetworksResource
+from orchestration.assets.photos import anonymized_photos, photo_folder
+from orchestration.partitions import context_shard, context_variant, variant_photo_shards, variant_shards
+from orchestration.resources import NetworksResource, StorageResource
 
 PRIVACY_CHECK = "privacy_source_match_share"
+PHOTO_PRIVACY_CHECK = "privacy_face_match_share"
 
 
 @dg.asset_check(asset=pairs, additional_ins={"real_images": dg.AssetIn("real_images"),
@@ -71,4 +74,31 @@ def privacy_source_match_share(
     )
 
 
-ALL_CHECKS = [pairs_cover_every_real, latents_finite_and_fixed_layers_untouched, privacy_source_match_share]
+@dg.asset_check(name=PHOTO_PRIVACY_CHECK, asset=anonymized_photos, blocking=True, partitions_def=variant_photo_shards)
+def privacy_face_match_share(
+    context: dg.AssetCheckExecutionContext, anonymized_photos: pd.DataFrame, storage: StorageResource,
+    networks: NetworksResource,
+) -> dg.AssetCheckResult:
+    """Blocking, per face: dlib's descriptor of each face of the output photos, cut at the input's landmarks, vs the
+    input's (evaluation.photo_privacy); the share matched (distance < 0.6) must not exceed
+    `checks.privacy_max_match_share`. Writes `face_privacy.csv` beside the shard's manifest."""
+    from anon_core.atomic import atomic_path
+    from evaluation.photo_privacy import face_privacy, match_share
+
+    bound = float(networks.setting("checks", "privacy_max_match_share"))
+    folder = photo_folder(storage, context_variant(context), context_shard(context))
+    privacy = face_privacy(storage.input_dir, folder)
+    with atomic_path(folder / "face_privacy.csv") as tmp:
+        privacy.to_csv(tmp, index=False, float_format="%.4f")
+    share, distances = match_share(privacy), privacy["dlib_distance"]
+    return dg.AssetCheckResult(
+        passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
+                  "bound": bound, "faces": len(privacy), "matched_faces": int(privacy["matched"].sum()),
+                  "threshold": "dlib descriptor distance < 0.6, at the input's landmarks",
+                  "min_distance": float(distances.min()) if len(distances) else float("nan")},
+    )
+
+
+ALL_CHECKS = [pairs_cover_every_real, latents_finite_and_fixed_layers_untouched, privacy_source_match_share,
+              privacy_face_match_share]

@@ -1,6 +1,7 @@
 """`falco evaluate REAL_DIR ANON_DIR [ANON_DIR ...] --out REPORT_DIR`: the evaluation suite of the Dagster assets
 (privacy per recognizer, attribute agreement, FID/KID or the named fallback, the baselines once) over the output
-folders of one or more `falco anonymize` runs, written as one report.
+folders of one or more `falco anonymize` runs, written as one report. Outputs of photo mode are measured face by
+face instead (evaluation.photo_privacy: dlib at each input face's landmarks, the blocking check's bound).
 
 Each ANON_DIR's manifest.csv maps its anonymized images to their sources: the `input` paths under REAL_DIR. The
 real gallery is every image of REAL_DIR read as the runs read it (the alignment recorded in their params.json,
@@ -299,6 +300,12 @@ def evaluate_folders(
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    modes = {_run_mode(folder) for folder in args.anon_dirs}
+    if modes == {"photo"}:
+        return _evaluate_photo_runs(args)
+    if len(modes) > 1:
+        raise FalcoError("some of the ANON_DIRs come from photo mode and some from aligned mode; evaluate them in "
+                         "separate `falco evaluate` calls (photo mode is measured face by face)")
     paths = evaluate_folders(
         args.real_dir, args.anon_dirs, args.out, baselines=args.baselines,
         recognizers=[n.strip() for n in args.recognizers.split(",") if n.strip()] if args.recognizers else None,
@@ -307,6 +314,31 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     )
     print(f"report: {paths['markdown']}  (report.html, metrics.csv, per_image.parquet, figures/ beside it)")
     return 0
+
+
+def _run_mode(folder: Path) -> str:
+    """"photo" for the output of `falco anonymize --mode photo`, else "aligned" (read_run checks the rest)."""
+    try:
+        return json.loads((Path(folder) / "params.json").read_text()).get("mode", "aligned")
+    except (OSError, ValueError, AttributeError):
+        return "aligned"
+
+
+def _evaluate_photo_runs(args: argparse.Namespace) -> int:
+    """Photo-mode outputs: dlib's per-face check over every run (evaluation.photo_privacy); exit 1 when a run's
+    matched share is above checks.privacy_max_match_share."""
+    from anon_core.params import load_section
+    from evaluation.photo_privacy import evaluate_photo_runs
+
+    profile = args.profile or json.loads((args.anon_dirs[0] / "params.json").read_text())["params"]["profile"]
+    bound = float(load_section("checks", profile)["privacy_max_match_share"])
+    paths = evaluate_photo_runs(args.real_dir, list(args.anon_dirs), args.out, bound)
+    metrics = pd.read_csv(paths["metrics"])
+    for row in metrics.itertuples():
+        print(f"{row.run}: dlib matches {row.matched_faces} of {row.faces} faces to their source "
+              f"({row.matched_share:.0%}; bound {bound:.0%}); median distance {row.dlib_distance_median:.2f}")
+    print(f"report: {paths['markdown']}  (metrics.csv, faces.csv beside it)")
+    return 0 if metrics["passes_bound"].all() else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -59,6 +59,14 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     shared.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                         help="FFHQ-align faces first (data.align: on, except for CelebA-HQ)")
     shared.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None, help="data.align_detector")
+    photo = p.add_argument_group("photo mode (--mode photo; default: params.yaml photo:)")
+    photo.add_argument("--mode", choices=("aligned", "photo"), default="aligned",
+                       help="aligned: the face dataset graph (default); photo: every face of each photo anonymized in "
+                            "place, jobs prepare_photos and anonymize_photos (no evaluate stage: each shard has its "
+                            "blocking per-face privacy check)")
+    photo.add_argument("--min-face-size", type=int, default=None, metavar="PX", help="photo.min_face_size")
+    photo.add_argument("--min-anonymize-size", type=int, default=None, metavar="PX", help="photo.min_anonymize_size")
+    photo.add_argument("--cover", choices=("pixelate", "blur"), default=None, help="photo.cover")
     p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="Dagster console log level (DEBUG shows every event)")
@@ -74,7 +82,9 @@ def resources_from_args(args: argparse.Namespace):
                               input_dir=str(args.input.resolve()) if args.input else env_storage.input_dir)
     overrides = {"pool_size": args.pool_size, "seed": args.seed, "pipeline.shard_size": args.shard_size,
                  "data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
-                 "data.align": args.align, "data.align_detector": args.align_detector}
+                 "data.align": args.align, "data.align_detector": args.align_detector,
+                 "photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,
+                 "photo.cover": args.cover}
     networks = NetworksResource(
         profile=args.profile or env_networks.profile, device=args.device or env_networks.device,
         params_path=str(args.params.resolve()) if args.params else env_networks.params_path,
@@ -95,15 +105,17 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     instance = dagster_instance()
     start = time.perf_counter()
     summary = run_pipeline(storage, networks, wanted or None, instance=instance, fresh=args.fresh, stages=stages,
-                           log_level=args.log_level)
+                           log_level=args.log_level, mode=args.mode)
     seconds = time.perf_counter() - start
     state = "FAILED" if summary.failed else "done"
     print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
           f"run(s), {len(summary.skipped)} up to date; variants: {', '.join(summary.variants)}")
     if "anonymize" in stages:
+        kind = "anonymized_photos" if args.mode == "photo" else "anonymized_images"
         for variant in summary.variants:
-            print(f"  {variant}: {storage.asset_dir('anonymized_images', variant) / 'images'}")
-    if "evaluate" in stages and not summary.blocked and not summary.failed:
+            folder = storage.asset_dir(kind, variant)
+            print(f"  {variant}: {folder / '<shard>' / 'images' if args.mode == 'photo' else folder / 'images'}")
+    if "evaluate" in stages and args.mode == "aligned" and not summary.blocked and not summary.failed:
         print(f"report: {storage.asset_dir('anonymization_report') / 'report.html'}")
     for label, error in summary.errors.items():
         if label in summary.failed:
@@ -112,8 +124,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         print(f"not evaluated (a shard was not anonymized): {', '.join(summary.blocked)}", file=sys.stderr)
     for variant, shards in summary.privacy_failed.items():
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
-              "matches too many of its images to their sources (params.yaml checks:); evaluated, but do not release "
-              "these images", file=sys.stderr)
+              f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources (params.yaml "
+              "checks:); do not release these images", file=sys.stderr)
     print(_browse_hints(instance.root_directory))
     return 1 if summary.failed or summary.blocked else 0
 

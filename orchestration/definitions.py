@@ -20,11 +20,11 @@ from orchestration.tracking import MlflowResource
 with warnings.catch_warnings():  # observable source assets are a beta, partitioned asset checks a preview feature
     warnings.simplefilter("ignore", dg.BetaWarning)
     warnings.simplefilter("ignore", dg.PreviewWarning)
-    from orchestration.assets import anonymization, evaluation, fake_pool, real_data, report, settings
+    from orchestration.assets import anonymization, evaluation, fake_pool, photos, real_data, report, settings
     from orchestration.checks import ALL_CHECKS
 
 ASSETS = [*settings.ALL_SETTINGS, *dg.load_assets_from_modules([fake_pool, real_data, anonymization, evaluation,
-                                                                  report])]
+                                                                  report, photos])]
 
 
 def build_definitions(

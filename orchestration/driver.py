@@ -29,13 +29,15 @@ from typing import Any
 import dagster as dg
 
 from anon_core.folders import check_separate, exclusive
-from orchestration.jobs import ANONYMIZE, EVALUATION_REFERENCES, PREPARE, REPORT, VARIANT_EVALUATION
-from orchestration.partitions import image_shards, register_partitions, variant_shard_key, variants
+from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
+                                VARIANT_EVALUATION)
+from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
 from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
 STAGES = ("prepare", "anonymize", "evaluate")
+MODES = ("aligned", "photo")
 
 
 @dataclass
@@ -76,10 +78,17 @@ def run_pipeline(
     mlflow: MlflowResource | None = None,
     log: Callable[[str], None] = print,
     log_level: str = "INFO",
+    mode: str = "aligned",
 ) -> PipelineSummary:
     """Run the `stages` of the graph for `variants_to_run` (default: the sweep of params.yaml, or of `networks`'
     `sweep` override), materializing only what is missing or stale. See the module docstring. The input folder,
-    the storage and the Dagster home may not contain one another, and one pipeline at a time holds the storage."""
+    the storage and the Dagster home may not contain one another, and one pipeline at a time holds the storage.
+
+    `mode="photo"` runs photo mode's jobs instead: `prepare_photos`, then `anonymize_photos` per variant and photo
+    shard, each with its blocking per-face privacy check (photo mode has no evaluate stage: that check is its
+    measure)."""
+    if mode not in MODES:
+        raise ValueError(f"mode = {mode!r} must be one of {MODES}")
     if variants_to_run:  # rebuilt, not model_copy'd: Dagster initializes a resource from its constructor config
         networks = NetworksResource(**{**networks.model_dump(), "sweep_variants": list(variants_to_run)})
     wanted = networks.sweep()
@@ -94,10 +103,10 @@ def run_pipeline(
     with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
         for run_id in end_abandoned_runs(instance, mlflow):
             log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")
-        return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level)
+        return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode)
 
 
-def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level) -> PipelineSummary:
+def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode) -> PipelineSummary:
     from orchestration.definitions import build_definitions
 
     defs = build_definitions(storage, networks, mlflow)
@@ -108,6 +117,16 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
 
     if not driver.run("observe_settings", "observe settings", None, None):
+        return summary
+    if mode == "photo":
+        bound = float(networks.setting("checks", "privacy_max_match_share"))
+        if "prepare" in stages and not driver.materialize("prepare_photos", "prepare photos",
+                                                          PREPARE_PHOTOS.resolve(graph)):
+            return summary
+        if "anonymize" in stages:
+            for variant in wanted:
+                for shard in instance.get_dynamic_partitions(photo_shards.name):
+                    driver.anonymize(variant, shard, bound, photos=True)
         return summary
     if "prepare" in stages and not driver.materialize("prepare", "prepare", PREPARE.resolve(graph)):
         return summary
@@ -240,17 +259,21 @@ class _Driver:
             return True
         return self.run(job, label, selection, partition, None if selection else checks)
 
-    def anonymize(self, variant: str, shard: str, bound: float) -> None:
-        from orchestration.checks import PRIVACY_CHECK
+    def anonymize(self, variant: str, shard: str, bound: float, photos: bool = False) -> None:
+        """One (shard, variant) partition of the anonymization (`photos`: of photo mode) and its privacy check."""
+        from orchestration.checks import PHOTO_PRIVACY_CHECK, PRIVACY_CHECK
         from orchestration.staleness import latest_check
 
         partition = str(variant_shard_key(variant, shard))
-        check = dg.AssetCheckKey(dg.AssetKey("anonymized_images"), PRIVACY_CHECK)
+        asset, check_name, job, selection = ("anonymized_photos", PHOTO_PRIVACY_CHECK, "anonymize_photos",
+                                             ANONYMIZE_PHOTOS) if photos else \
+            ("anonymized_images", PRIVACY_CHECK, "anonymize", ANONYMIZE)
+        check = dg.AssetCheckKey(dg.AssetKey(asset), check_name)
         before = latest_check(self.instance, check, partition)
         # Images that are up to date are checked again when the check never ran on them or ran with another bound.
         again = {check} if before is None or before.get("bound") != bound else set()
-        label = f"anonymize {variant} {shard}"
-        self.materialize("anonymize", label, ANONYMIZE.resolve(self.graph), partition, again)
+        label = f"{job.replace('_', ' ')} {variant} {shard}"
+        self.materialize(job, label, selection.resolve(self.graph), partition, again)
         outcome = latest_check(self.instance, check, partition)
         if outcome is None:  # the latents or the images were not made
             self.summary.blocked += [variant] if variant not in self.summary.blocked else []
@@ -260,7 +283,7 @@ class _Driver:
                 self.summary.ran.append(label)
             self.summary.privacy_failed.setdefault(variant, []).append(shard)
             self.log(f"{label}: PRIVACY CHECK FAILED: dlib matches {outcome.get('matched_share', float('nan')):.0%} "
-                     f"of its images to their sources (bound {bound:.0%})")
+                     f"of its {'faces' if photos else 'images'} to their sources (bound {bound:.0%})")
 
     def evaluate(self, wanted: list[str]) -> None:
         if not self.materialize("evaluate", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):

@@ -6,7 +6,9 @@
 - `prepare`: what every variant shares (fake pool, real data, pairs);
 - `anonymize`: one (shard, variant) partition's latents and images, and their checks;
 - `evaluate`: partitioned by variant: a variant's evaluation; launched without a partition, the assets every
-  variant is measured against (pseudo-labels, the attribute classifier, the baselines) and the report.
+  variant is measured against (pseudo-labels, the attribute classifier, the baselines) and the report;
+- photo mode: `prepare_photos` (fake pool, the list of photos) and `anonymize_photos` (one (photo shard, variant)
+  partition and its per-face privacy check).
 
 The runs of `prepare`, `anonymize` and `evaluate` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
 the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
@@ -31,6 +33,8 @@ EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "att
 VARIANT_EVALUATION = dg.AssetSelection.assets("evaluation_metrics", "per_image_privacy", "attribute_agreement")
 REPORT = dg.AssetSelection.assets("anonymization_report")
 EVALUATE = EVALUATION_REFERENCES | VARIANT_EVALUATION | REPORT
+PREPARE_PHOTOS = dg.AssetSelection.groups("fake_pool") | dg.AssetSelection.assets("input_photos")
+ANONYMIZE_PHOTOS = dg.AssetSelection.assets("anonymized_photos")
 
 GPU_POD = {
     "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
@@ -43,7 +47,13 @@ prepare_job = dg.define_asset_job("prepare", selection=PREPARE, tags={"dagster-k
 anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE, tags={"dagster-k8s/config": GPU_POD})
 evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE, tags={"dagster-k8s/config": GPU_POD})
 
-ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job]
+# Photo mode (`falco pipeline --mode photo`): the fake pool and the list of photos, then each (shard, variant).
+prepare_photos_job = dg.define_asset_job("prepare_photos", selection=PREPARE_PHOTOS,
+                                         tags={"dagster-k8s/config": GPU_POD})
+anonymize_photos_job = dg.define_asset_job("anonymize_photos", selection=ANONYMIZE_PHOTOS,
+                                           tags={"dagster-k8s/config": GPU_POD})
+
+ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job, prepare_photos_job, anonymize_photos_job]
 
 
 def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:

@@ -4,7 +4,9 @@ variants (named sets of optimization settings, `anon_core.variants`), which coex
 - `anonymized_latents`, `anonymized_images` and their checks: one partition per (shard, variant), e.g.
   `shard-00003|m0.9` (a Dagster multi-partition key: dimensions in alphabetical order, joined by "|");
 - the per-variant evaluation assets: one partition per variant;
-- everything upstream (fake pool, real data, pairs) is shared by all variants, so it is not partitioned.
+- everything upstream (fake pool, real data, pairs) is shared by all variants, so it is not partitioned;
+- photo mode's `anonymized_photos`: one partition per (photo shard, variant), its shards registered by
+  `input_photos`.
 
 `real_images` registers the shards of the current dataset; the driver (and `falco pipeline`) registers the variants
 it runs. A variant added by hand in the UI ("Add partition") must be a name params.yaml defines or one made of
@@ -18,8 +20,10 @@ import warnings
 import dagster as dg
 
 image_shards = dg.DynamicPartitionsDefinition(name="image_shards")
+photo_shards = dg.DynamicPartitionsDefinition(name="photo_shards")  # photo mode: groups of photos (input_photos)
 variants = dg.DynamicPartitionsDefinition(name="variants")
 variant_shards = dg.MultiPartitionsDefinition({"shard": image_shards, "variant": variants})
+variant_photo_shards = dg.MultiPartitionsDefinition({"shard": photo_shards, "variant": variants})
 with warnings.catch_warnings():  # a beta API of Dagster 1.13, the documented mapping for this
     warnings.simplefilter("ignore", dg.BetaWarning)
     # From a (shard, variant) partition to its variant, and from a variant to all of its shards.

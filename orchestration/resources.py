@@ -101,6 +101,12 @@ class NetworksResource(dg.ConfigurableResource):
 
         return data_settings(self.section("data"), self.params_file)
 
+    def photo(self):
+        """Photo mode's settings: the `photo:` section, checked (anon_core.photo_faces.PhotoSettings)."""
+        from anon_core.photo_faces import photo_settings
+
+        return photo_settings(self.section("photo"), self.params_file)
+
     def shard_size(self) -> int:
         from anon_core.errors import ParamsError
 

@@ -107,6 +107,12 @@ def test_the_check_sees_faces_left_in_place(photo_run, photos, tmp_path):
             Image.fromarray(_rgb(photos / row["input"])).save(same / "images" / row["output"])
     privacy = face_privacy(photos, same)
     assert privacy["matched"].all() and (privacy["dlib_distance"] < 1e-3).all()
+    # `falco evaluate` measures photo-mode outputs face by face, and fails the run that leaves faces in place
+    assert main(["evaluate", str(photos), str(out), "--out", str(tmp_path / "report_ok")]) == 0
+    assert main(["evaluate", str(photos), str(same), "--out", str(tmp_path / "report_same")]) == 1
+    metrics = _rows(tmp_path / "report_same", "metrics.csv")
+    assert metrics[0]["faces"] == str(len(GROUP_PHOTO_FACES) + 1) and metrics[0]["passes_bound"] == "False"
+    assert float(_rows(tmp_path / "report_ok", "metrics.csv")[0]["matched_share"]) == 0.0
 
 
 def test_photos_keep_their_size_and_background(photo_run, photos):

@@ -9,7 +9,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | source | read by | values |
 | --- | --- | --- |
 | `input_images` | real_images | the input folder's files (relative path and sha256 of each) |
-| `ingest_settings` | real_images | profile (resolution), params.yaml `data:`, `pipeline.shard_size` |
+| `ingest_settings` | real_images, input_photos | profile (resolution), params.yaml `data:`, `pipeline.shard_size` |
 | `fake_pool_settings` | fake_pool | profile, weights, seed, pool_size, truncation_psi |
 | `inversion_settings` | real_inversions | profile, weights, inversion method (and its steps and lr) |
 | `pairing_settings` | pairs | pairing_k |
@@ -18,6 +18,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `evaluation_settings` | a variant's evaluation | the recognizers whose weights are present |
 | `baseline_settings` | baseline_metrics | the baselines (`evaluation.baselines`), the recognizers present |
 | `report_settings` | anonymization_report | the sweep it compares, `evaluation.show_real_faces` |
+| `photo_settings` | anonymized_photos | profile, weights, params.yaml `photo:` |
 
 Not versioned on purpose: the device and the `speed:` settings (batch size, bf16, compile), which change how fast
 the same method runs, not what it computes (bf16 changes rounding: docs/speed.md).
@@ -113,6 +114,10 @@ def report_settings(networks: NetworksResource, storage: StorageResource) -> dic
     return {"sweep": networks.sweep(), "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
 
 
+def photo_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    return {"profile": networks.profile, "weights": _weights(networks), **networks.photo().to_dict()}
+
+
 def variant_settings(networks: NetworksResource, variant: str) -> dict[str, Any]:
     """The optimization settings `variant` resolves to (params.yaml's section, its profile entry, the variant)."""
     from dataclasses import asdict
@@ -139,7 +144,7 @@ def _observable(name: str, read: Callable[[NetworksResource, StorageResource], d
 
 
 SETTINGS_READERS = (ingest_settings, fake_pool_settings, inversion_settings, pairing_settings, classifier_settings,
-                    evaluation_settings, baseline_settings, report_settings)
+                    evaluation_settings, baseline_settings, report_settings, photo_settings)
 SETTINGS = {read.__name__: _observable(read.__name__, read) for read in SETTINGS_READERS}
 
 

@@ -1,0 +1,107 @@
+"""Group `photos`: photo mode in the graph. The input folder's photos in shards, then per (shard, variant) every face
+of every photo anonymized in place (anon_core.photos, as `falco anonymize --mode photo` does), with the shared fake
+pool and its features."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from orchestration.metadata import png_markdown, table
+from orchestration.partitions import (BY_VARIANT, context_shard, context_variant, photo_shards, register_partitions,
+                                      shard_key, variant_photo_shards)
+from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import MlflowResource
+
+GROUP = "photos"
+GPU = {"falco/device": "gpu"}
+
+
+def photo_folder(storage: StorageResource, variant: str, shard: str) -> Path:
+    """Where one (shard, variant) partition writes its photos, manifest and codes."""
+    return storage.asset_dir("anonymized_photos", variant) / shard
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=["input_images", "ingest_settings"])  # shard_size
+def input_photos(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
+                 mlflow: MlflowResource) -> pd.DataFrame:
+    """Every file of the input folder as a photo (relative path, sha256, why it will not be read), in shards of
+    `pipeline.shard_size` photos; registers the shards (`photo_shards`). Nothing is decoded here."""
+    from anon_core.data.datasets import load_dataset
+    from anon_core.ingest import dataset_files
+
+    files = dataset_files(load_dataset("folder", Path(storage.input_dir), None))
+    size = networks.shard_size()
+    frame = pd.DataFrame({"input": [f.relpath for f in files], "sha256": [f.sha256 or "" for f in files],
+                          "skip_reason": [f.skip_reason or "" for f in files],
+                          "shard": [shard_key(i // size) for i in range(len(files))]})
+    register_partitions(context.instance, photo_shards, sorted(set(frame["shard"])), delete_others=True)
+    with mlflow.asset_run(context, networks, {"shard_size": size}) as run:
+        run.log_metrics({"num_files": len(frame)})
+    context.add_output_metadata({**run.metadata, "input_dir": dg.MetadataValue.path(storage.input_dir),
+                                 "num_files": len(frame), "num_shards": int(frame["shard"].nunique()),
+                                 "shard_size": size})
+    return frame
+
+
+@dg.asset(group_name=GROUP, code_version="1", partitions_def=variant_photo_shards, op_tags=GPU,
+          deps=[dg.AssetDep("variant_settings", partition_mapping=BY_VARIANT), "photo_settings"])
+def anonymized_photos(
+    context: dg.AssetExecutionContext, input_photos: pd.DataFrame, fake_pool: Mapping, fake_features: np.ndarray,
+    storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
+) -> pd.DataFrame:
+    """One shard's photos with every face anonymized (or covered, with the reason) under one variant's settings:
+    `anonymized_photos/<variant>/<shard>/images/`, beside its `manifest.csv` (a row per photo and per face),
+    `latents.npy` and `losses.csv`. The value is that manifest."""
+    import time
+
+    from anon_core.fake_pool import FakePool
+    from anon_core.photos import anonymize_photos, read_photo_manifest
+    from evaluation.figures import grid_png
+
+    variant, shard = context_variant(context), context_shard(context)
+    photos = input_photos[input_photos["shard"] == shard]
+    params, settings, nets = networks.params(variant), networks.photo(), networks.networks()
+    out = photo_folder(storage, variant, shard)
+    context.log.info(f"{variant} {shard}: {len(photos)} photos, {params.optimization.steps} steps, "
+                     f"m = {params.optimization.margin}, on {nets.device}")
+    pool = FakePool(seeds=np.asarray(fake_pool["seeds"]), w=np.asarray(fake_pool["w"]),
+                    features=np.asarray(fake_features))
+    start = time.perf_counter()
+    summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
+                               relpaths=photos["input"].tolist(), show_progress=False)
+    seconds = time.perf_counter() - start
+    manifest = read_photo_manifest(out)
+    faces = manifest[manifest["kind"] == "face"]
+    figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
+               "faces_covered": sum(summary.covered.values()), "photos_rejected": sum(summary.rejected.values()),
+               "faces_per_second": summary.faces / seconds if seconds else 0.0}
+    reasons = faces[faces["status"] == "covered"].groupby("reason").size().reset_index(name="faces")
+    with mlflow.asset_run(context, networks, params) as run:
+        run.log_metrics(figures)
+        run.log_table(reasons, "covered_faces.csv")
+    preview = _preview(out, manifest)
+    context.add_output_metadata({
+        **run.metadata, "variant": variant, "folder": dg.MetadataValue.path(str(out)), **figures,
+        "covered": table(reasons), "summary": summary.describe(),
+        **({"preview": png_markdown(grid_png([preview], cell=160), "anonymized photos")} if preview is not None else {}),
+    })
+    return manifest
+
+
+def _preview(out: Path, manifest: pd.DataFrame, count: int = 4, side: int = 160) -> np.ndarray | None:
+    """Up to `count` written photos with faces, letterboxed into `side` px squares: uint8 [n, side, side, 3]."""
+    from PIL import Image
+
+    names = manifest[(manifest["kind"] == "photo") & (manifest["status"] == "ok") & (manifest["faces"] != "0")]
+    tiles = []
+    for name in names["output"].head(count):
+        with Image.open(out / "images" / name) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            tile = Image.new("RGB", (side, side), (255, 255, 255))
+            tile.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+            tiles.append(np.asarray(tile))
+    return np.stack(tiles) if tiles else None

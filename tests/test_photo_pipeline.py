@@ -1,0 +1,89 @@
+"""Photo mode in the Dagster graph: `falco pipeline --mode photo` runs the named jobs prepare_photos and
+anonymize_photos per (photo shard, variant), each shard's blocking per-face privacy check, and Dagster's versioning
+says what a change makes stale."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+from dagster._core.storage.event_log.base import PartitionKeyFilter
+from PIL import Image
+
+from anon_core.data.sample import build_sample_photos
+from tests.pipeline_helpers import fast_params, run
+
+VARIANTS = ["default", "m0.5"]
+
+
+def _instance(home: Path) -> dg.DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def _made(instance: dg.DagsterInstance) -> dict[str, int]:
+    return {name: len(instance.fetch_materializations(dg.AssetKey(name), limit=1000).records)
+            for name in ("fake_pool", "fake_features", "input_photos", "anonymized_photos")}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    build_sample_photos(root / "faces")  # group.png (7 faces), no_face.png, portrait.jpg (1 face)
+    fast_params(root / "params.yaml", pipeline={"shard_size": 2, "executor": "in_process", "max_concurrent": 1})
+    with _instance(root / "home") as instance:
+        summary = run(root, instance, VARIANTS, mode="photo")
+    return root, summary
+
+
+@pytest.fixture
+def state(base, tmp_path):
+    root = tmp_path / "state"
+    shutil.copytree(base[0], root)
+    with _instance(root / "home") as instance:
+        yield root, instance
+
+
+def test_photo_mode_runs_as_named_jobs_per_shard_and_variant(base):
+    root, summary = base
+    shards = ["shard-00000", "shard-00001"]  # group.png + no_face.png, then portrait.jpg
+    assert summary.failed == [] and summary.blocked == []
+    assert summary.ran == ["prepare photos", *[f"anonymize photos {v} {s}" for v in VARIANTS for s in shards]]
+    with _instance(root / "home") as instance:
+        runs = instance.get_runs()
+        assert {r.job_name for r in runs} == {"observe_settings", "prepare_photos", "anonymize_photos"}
+        assert {(r.tags["dagster/partition/variant"], r.tags["dagster/partition/shard"]) for r in runs
+                if r.job_name == "anonymize_photos"} == {(v, s) for v in VARIANTS for s in shards}
+        check = dg.AssetCheckKey(dg.AssetKey("anonymized_photos"), "privacy_face_match_share")
+        [record] = instance.event_log_storage.get_asset_check_execution_history(
+            check, limit=1, partition_filter=PartitionKeyFilter(key="shard-00000|default"))
+        metadata = record.event.dagster_event.event_specific_data.metadata
+        assert metadata["faces"].value == 7 and metadata["matched_faces"].value == 0
+    for variant in VARIANTS:
+        first = root / "store" / "anonymized_photos" / variant / "shard-00000"
+        second = root / "store" / "anonymized_photos" / variant / "shard-00001"
+        assert sorted(p.name for p in (first / "images").iterdir()) == ["group.png", "no_face.png"]
+        assert [p.name for p in (second / "images").iterdir()] == ["portrait.png"]
+        manifest = pd.read_csv(first / "manifest.csv", dtype=str, keep_default_na=False)
+        assert (manifest["kind"] == "face").sum() == 7
+        privacy = pd.read_csv(first / "face_privacy.csv")
+        assert len(privacy) == 7
+        with Image.open(first / "images" / "group.png") as im, Image.open(root / "faces" / "group.png") as real:
+            assert im.size == real.size
+    stored = pd.read_parquet(root / "store" / "anonymized_photos" / "default" / "shard-00000.parquet")
+    assert set(stored["input"]) == {"group.png", "no_face.png"}
+
+
+def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(state):
+    root, instance = state
+    before = _made(instance)
+    again = run(root, instance, VARIANTS, mode="photo")
+    assert again.ran == [] and _made(instance) == before
+    changed = run(root, instance, VARIANTS, mode="photo", overrides={"photo.cover": "blur"})
+    after = _made(instance)
+    assert after["anonymized_photos"] == before["anonymized_photos"] + 4  # 2 shards x 2 variants
+    assert {k: after[k] for k in ("fake_pool", "fake_features", "input_photos")} == \
+        {k: before[k] for k in ("fake_pool", "fake_features", "input_photos")}
+    assert len(changed.ran) == 4
