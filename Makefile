@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/sample
+DEMO_PHOTOS := outputs/photos
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
@@ -21,10 +22,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job: the whole Dagster asset graph, in-process, recorded in .dagster_home (what `make ui` shows).
+# The main job: the whole Dagster asset graph, in-process, recorded in .dagster_home (what `make ui` shows); then
+# photo mode on three composed photos (every face replaced or covered in place, checked face by face).
 demo: install
-	$(BIN)/falco sample-data $(DEMO_DATA)
+	$(BIN)/falco sample-data $(DEMO_DATA) --photos $(DEMO_PHOTOS)/input
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/falco pipeline --input $(DEMO_DATA)/images --profile tiny
+	$(BIN)/falco anonymize $(DEMO_PHOTOS)/input $(DEMO_PHOTOS)/anonymized --mode photo --profile tiny --quiet
 
 ui: install
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
@@ -59,4 +62,4 @@ gpu-carry: install
 # What `make demo` wrote: the stored assets, the Dagster instance and the default MLflow store (runs of `falco
 # pipeline` without MLFLOW_TRACKING_URI go there too). The sample data stays: it is the DVC-tracked input.
 clean-demo:
-	rm -rf outputs/pipeline $(DAGSTER_HOME) mlflow.db .mlflow.db.lock mlruns
+	rm -rf outputs/pipeline $(DEMO_PHOTOS) $(DAGSTER_HOME) mlflow.db .mlflow.db.lock mlruns

@@ -162,6 +162,9 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-data", help="write the small sample face dataset (faces shipped in scikit-image)")
     p.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="folder to write images/ and README.txt into")
     p.add_argument("--size", type=int, default=128, help="side of the written images in pixels")
+    p.add_argument("--photos", type=Path, default=None, metavar="DIR",
+                   help="also write photos for photo mode into DIR: a group photo of 7 faces (one cut by the frame, "
+                        "one too small to anonymize), a portrait, a photo without a face")
     p.set_defaults(run=_run_sample_data)
 
 
@@ -170,6 +173,11 @@ def _run_sample_data(args: argparse.Namespace) -> int:
 
     paths = build_sample_dataset(args.output_dir, size=args.size)
     print(f"{len(paths)} sample images in {args.output_dir}")
+    if args.photos is not None:
+        from anon_core.data.sample import build_sample_photos
+
+        photos = build_sample_photos(args.photos)
+        print(f"{len(photos)} sample photos in {args.photos}")
     return 0
 
 
