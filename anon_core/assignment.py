@@ -224,3 +224,42 @@ def _person_ids(person: Sequence | np.ndarray) -> tuple[np.ndarray, int]:
             ids[label], people = people, people + 1
         out[i] = ids[label]
     return out, people
+
+
+def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str,
+                 person: Sequence | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The fake of each real image under a pairing mode (params.yaml `pairing`): "nearest" (the paper's 1-NN,
+    anon_core.pairing), "unique" (unique_fakes) or "identity" (identity_fakes with `person`, one label per image;
+    None: every image is its own person). Returns fake indices [N] int64, cosine of each image to its fake [N]
+    float32, and figures for metadata: the method and collisions."""
+    from anon_core.errors import FalcoError
+
+    if mode == "identity":
+        person = np.arange(len(real_features)) if person is None else person
+        labels = person_labels(person)
+        needed, what = len(set(labels[labels != ""])) + int((labels == "").sum()), "people"
+    else:
+        needed, what = len(real_features), "images"
+    if mode != "nearest" and needed > len(fake_features):
+        raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what} its own fake, but the pool holds "
+                         f"{len(fake_features)}; raise pool_size to at least {needed}")
+    if mode == "nearest":
+        indices, similarities = nearest_fakes(real_features, fake_features, k=1)
+        indices, similarities, info = indices[:, 0], similarities[:, 0], None
+    elif mode == "unique":
+        indices, similarities, info = unique_fakes(real_features, fake_features)
+    elif mode == "identity":
+        indices, similarities, info = identity_fakes(real_features, person, fake_features)
+    else:
+        raise ValueError(f"pairing mode {mode!r} is not one of nearest, unique, identity")
+    figures = {"pairing": mode, "assignment": info.method if info else "1-NN",
+               "assignment_fallback": bool(info.fallback) if info else False, **collisions(indices)}
+    return indices, similarities, figures
+
+
+def person_labels(values) -> np.ndarray:
+    """Identity labels as text, "" where a value is missing (None, NaN, pd.NA, ""): [N] object array."""
+    import pandas as pd
+
+    return np.asarray(["" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v) for v in values],
+                      dtype=object)

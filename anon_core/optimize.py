@@ -5,10 +5,16 @@ from the paired fake's code, while every other layer stays at the real image's i
 
     lambda_id   * | <f(x_anon), f(x_real)> - m |                          (f: L2-normalized identity embedding)
   + lambda_attr * sum over tokens t of mean_c | F_t(x_anon) - F_t(x_real) |  (F: FaRL's last-block tokens)
+  [+ lambda_consistency * (1 - <f(x_anon), f(G(w_fake))>)]                (ours, off by default)
 
 and a batch minimizes the SUM of its images' losses with Adam. Since each image's loss depends only on its own
 code and Adam's update is element-wise, every image gets exactly the update it would get if optimized alone;
 `tests/test_optimize.py` holds the code to that.
+
+The bracketed term is not the paper's: it pulls each anonymized identity toward the identity of its paired fake's
+own image. With identity-aware pairing (anon_core.assignment.identity_fakes) every image of one person starts from
+the same fake, so the term gives them one shared pseudonym, while the first term keeps each away from the real
+person. It is added to the `identity` loss of the history; at 0 (the default) it is not computed at all.
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ LOSS_NAMES = ("identity", "attribute", "total")
 def identity_loss(anon_embedding: torch.Tensor, real_embedding: torch.Tensor, margin: float) -> torch.Tensor:
     """|cos(f(x_anon), f(x_real)) - m| per image: [B]. Inputs are L2-normalized [B, D]."""
     return ((anon_embedding * real_embedding).sum(dim=1) - margin).abs()
+
+
+def consistency_loss(anon_embedding: torch.Tensor, fake_embedding: torch.Tensor) -> torch.Tensor:
+    """1 - cos(f(x_anon), f(G(w_fake))) per image: [B]. Inputs are L2-normalized [B, D]."""
+    return 1.0 - (anon_embedding * fake_embedding).sum(dim=1)
 
 
 def attribute_loss(anon_tokens: torch.Tensor, real_tokens: torch.Tensor) -> torch.Tensor:
@@ -77,13 +88,18 @@ def step_losses(
     real_tokens: torch.Tensor,
     params: OptimizationParams,
     amp_dtype: torch.dtype | None,
+    fake_identity: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward pass of one step: the weighted identity and attribute terms of each image, [B] each, in the
-    dtype of the real images' embeddings."""
+    dtype of the real images' embeddings. `fake_identity` (f(G(w_fake)), [B, D]) adds the consistency term to the
+    identity term."""
     master = real_identity.dtype
     with autocast(w_real.device, amp_dtype):
         images = generator.synthesis(compose_layer_codes(w_real, trainable, params.layer_start, params.layer_stop))
-        id_term = params.lambda_id * identity_loss(identity_net(images).to(master), real_identity, params.margin)
+        anon_identity = identity_net(images).to(master)
+        id_term = params.lambda_id * identity_loss(anon_identity, real_identity, params.margin)
+        if fake_identity is not None:
+            id_term = id_term + params.lambda_consistency * consistency_loss(anon_identity, fake_identity)
         attr_term = params.lambda_attr * attribute_loss(attribute_net(images)[1].to(master), real_tokens)
     return id_term, attr_term
 
@@ -141,6 +157,9 @@ def anonymize_batch(
     with torch.no_grad(), autocast(device, amp_dtype):
         real_identity = identity_net(real_images).to(master)
         real_tokens = attribute_net(real_images)[1].to(master)
+        fake_identity = None
+        if params.lambda_consistency > 0:  # the paired fakes' own images: G(w_fake) in every layer
+            fake_identity = identity_net(generator.synthesis(w_fake.to(device=device, dtype=master))).to(master)
 
     losses = compiled_step_losses(compile_backend) if compile_backend else step_losses
     optimizer = torch.optim.Adam([trainable], lr=params.lr)
@@ -149,9 +168,8 @@ def anonymize_batch(
     history = torch.zeros((params.steps, len(LOSS_NAMES), len(real_images)), dtype=torch.float32, device=device)
 
     for step in progress_bar(range(params.steps), desc="optimize", unit="step", enable=show_progress):
-        id_term, attr_term = losses(
-            generator, identity_net, attribute_net, w_real, trainable, real_identity, real_tokens, params, amp_dtype
-        )
+        id_term, attr_term = losses(generator, identity_net, attribute_net, w_real, trainable, real_identity,
+                                    real_tokens, params, amp_dtype, fake_identity)
         per_image = id_term + attr_term  # [B]
         optimizer.zero_grad(set_to_none=True)
         per_image.sum().backward()

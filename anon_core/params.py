@@ -28,6 +28,7 @@ class OptimizationParams:
     margin: float  # m: the identity loss pulls <f(x_anon), f(x_real)> toward m
     lambda_id: float
     lambda_attr: float
+    lambda_consistency: float  # weight of 1 - <f(x_anon), f(G(w_fake))>: one pseudonym per fake (0: the paper)
     layer_start: int  # first trainable W+ layer
     layer_stop: int  # one past the last trainable W+ layer
     milestones: tuple[float, ...]  # fractions of `steps` where the learning rate is multiplied by gamma
@@ -66,6 +67,7 @@ class FalcoParams:
     pool_size: int
     truncation_psi: float
     pairing_k: int
+    pairing: str  # PAIRING_MODES: nearest (the paper's), unique, identity
     batch_size: int | str  # images optimized together, or "auto" (largest that fits the GPU, see speed)
     optimization: OptimizationParams
     inversion: InversionParams
@@ -85,6 +87,7 @@ class FalcoParams:
 
 
 INVERSION_METHODS = ("e4e", "optimization")
+PAIRING_MODES = ("nearest", "unique", "identity")
 AMP_MODES = ("auto", "bf16", "off")  # speed.amp; auto: bf16 on CUDA, off elsewhere
 
 
@@ -115,7 +118,7 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
 
 # The top-level sections of params.yaml besides `defaults` and `profiles` (the method's): what `load_section` reads.
 SECTIONS = ("data", "photo", "variants", "sweep", "pipeline", "evaluation", "checks", "attribute_classifier")
-METHOD_KEYS = ("seed", "pool_size", "truncation_psi", "pairing_k", "batch_size", "optimization", "inversion", "speed")
+METHOD_KEYS = ("seed", "pool_size", "truncation_psi", "pairing_k", "pairing", "batch_size", "optimization", "inversion", "speed")
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -240,6 +243,7 @@ _RANGES = (
     ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
     ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: 1 <= v[0] <= v[1], "in [1, pool_size]"),
+    ("pairing", lambda p: p.pairing, lambda v: v in PAIRING_MODES, f"one of {PAIRING_MODES}"),
     ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("optimization.steps", lambda p: p.optimization.steps, lambda v: v >= 1, ">= 1"),
     ("optimization.lr", lambda p: p.optimization.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
@@ -248,6 +252,8 @@ _RANGES = (
     ("optimization.lambda_id", lambda p: p.optimization.lambda_id, lambda v: _finite(v) and v >= 0,
      "a finite number >= 0 (a negative weight would pull the identity toward the real one)"),
     ("optimization.lambda_attr", lambda p: p.optimization.lambda_attr, lambda v: _finite(v) and v >= 0,
+     "a finite number >= 0"),
+    ("optimization.lambda_consistency", lambda p: p.optimization.lambda_consistency, lambda v: _finite(v) and v >= 0,
      "a finite number >= 0"),
     ("optimization.layer_start/stop", lambda p: (p.optimization.layer_start, p.optimization.layer_stop),
      lambda v: 0 <= v[0] < v[1], "such that 0 <= start < stop"),

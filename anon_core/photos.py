@@ -120,6 +120,9 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     without a face is written unchanged (its pixels, without the file's metadata)."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
+    if params.pairing != "nearest":
+        raise FalcoError(f"pairing = {params.pairing!r}: photo mode pairs each face with its nearest fake (faces in "
+                         "photos carry no identity labels); use --pairing nearest")
     nets = nets or build_networks(params.profile, device=resolve_device(device))
     files = dataset_files(load_dataset("folder", input_dir, None))
     if relpaths is not None:

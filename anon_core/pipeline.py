@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anon_core.assignment import assign_fakes, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.batch_size import resolve_batch_size
 from anon_core.prefetch import batch_slices, read_parts
@@ -49,6 +50,7 @@ MANIFEST_COLUMNS = (
     "detail",  # human sentence about the rejection
     "duplicate_of",  # input with the same bytes that came first, if any
     "latent_index",  # row in latents.npy
+    "person",  # identity label the pairing grouped by (params.pairing: identity); "" when the image has none
     "fake_index",  # index (= seed - params.seed) of the paired fake in the pool
     "fake_similarity",  # cosine of real and fake FaRL embeddings
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
@@ -71,18 +73,22 @@ class BatchResult:
     history: dict[str, np.ndarray]  # LOSS_NAMES -> [steps, B]
 
 
-def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: FalcoParams) -> BatchResult:
+def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: FalcoParams,
+                     fakes: tuple[np.ndarray, np.ndarray] | None = None) -> BatchResult:
     """Embed, pair, invert, optimize and generate for one batch of real uint8 images [B, R, R, 3] at the
-    generator's resolution."""
-    indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
-    nearest = indices[:, 0]
+    generator's resolution. `fakes`: (fake indices [B], similarities [B]) assigned beforehand over the whole set
+    (pairing modes unique and identity); None pairs each image with its nearest fake (the paper's)."""
+    if fakes is None:
+        indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
+        fakes = (indices[:, 0], similarities[:, 0])
+    fake_index, fake_similarity = fakes
     w_real = invert_images(nets, params, real)
-    result = optimize_images(nets, params, real, w_real, pool.w[nearest])
+    result = optimize_images(nets, params, real, w_real, pool.w[fake_index])
     return BatchResult(
         ws=result.ws,
         images=result.images,
-        fake_index=nearest,
-        fake_similarity=similarities[:, 0],
+        fake_index=np.asarray(fake_index),
+        fake_similarity=np.asarray(fake_similarity),
         identity_similarity=result.identity_similarity,
         history=result.history,
     )
@@ -170,7 +176,9 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     ok = ingested.ok
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     manifest = table.rename(columns={"image": "output"}).drop(columns=["sha256"])
-    manifest = manifest.assign(**{name: "" for name in RESULT_COLUMNS})[[*MANIFEST_COLUMNS, *ingested.labels]]
+    persons = _persons(table, params.pairing)
+    manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
+    manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
     manifest.loc[ok_rows, ["status", "output"]] = ["pending", ""]  # until its batch is finished
     _write_manifest(output_dir, manifest)
     parts = batch_slices(len(ok), params.batch_size)
@@ -199,11 +207,18 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         bar.update(part.stop - part.start)
 
     pool = build_pool(nets, params, show_progress=show_progress) if todo else None
+    assigned = None
+    if todo and params.pairing != "nearest":  # one assignment over the whole set, before any batch
+        features = embed_images(nets, ingested.images(workers=read_workers(device)))
+        fake_index, fake_similarity, _ = assign_fakes(features, pool.features, params.pairing,
+                                                      [p or None for p in persons[ok_rows]])
+        assigned = (fake_index, fake_similarity)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
         writes = [writer.submit(finish, i, r, None) for i, r in enumerate(results) if r is not None]
         images = ingested.images(workers=read_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
-            done = anonymize_images(nets, pool, batch, params)
+            fakes = None if assigned is None else (assigned[0][parts[index]], assigned[1][parts[index]])
+            done = anonymize_images(nets, pool, batch, params, fakes)
             results[index] = {
                 "ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
                 "identity_similarity": done.identity_similarity,
@@ -220,6 +235,14 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     return summary
+
+
+def _persons(table, pairing: str) -> np.ndarray:
+    """Per row, the identity label the pairing groups by: the dataset's `identity` label in identity mode, "" for
+    rows without one (each such image is its own person) and in the other modes."""
+    if pairing != "identity" or "identity" not in table.columns:
+        return np.full(len(table), "", dtype=object)
+    return person_labels(table["identity"])
 
 
 def _write_manifest(output_dir: Path, manifest) -> None:

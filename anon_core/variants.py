@@ -42,6 +42,7 @@ VARIANT_KEYS = (
     VariantKey("lr", "lr", float),
     VariantKey("lambda_id", "lid", float),
     VariantKey("lambda_attr", "lattr", float),
+    VariantKey("lambda_consistency", "lcons", float),
     VariantKey("gamma", "gamma", float),
 )
 BY_KEY = {k.key: k for k in VARIANT_KEYS}

@@ -53,6 +53,24 @@ GLOSSARY: tuple[MetricMeaning, ...] = (
                   "(trained on the real train split) on the test split: mean accuracy against the labels, on the "
                   "real images and on their anonymized versions", "higher = more utility",
                   "attributes/attribute_classifier/mean_accuracy_anon"),
+    MetricMeaning(r"pseudonym/[^/]+/anon_same_person_match_rate", "with identity labels: share of pairs of anonymized "
+                  "images of one person that the recognizer verifies as the same person (a consistent pseudonym; "
+                  "identity-aware pairing)", "higher = more utility (identity structure kept)",
+                  "pseudonym/dlib/anon_same_person_match_rate"),
+    MetricMeaning(r"pseudonym/[^/]+/real_same_person_match_rate", "the same share for the real images of those "
+                  "pairs: what the recognizer achieves on the real data", "- (reference)",
+                  "pseudonym/dlib/real_same_person_match_rate"),
+    MetricMeaning(r"pseudonym/[^/]+/anon_other_person_match_rate", "share of pairs of anonymized images of two "
+                  "different people verified as one person (identities merged)", "lower = more utility",
+                  "pseudonym/dlib/anon_other_person_match_rate"),
+    MetricMeaning(r"pseudonym/[^/]+/anon_separation_auc", "probability that a pair of anonymized images of one person "
+                  "is more alike to the recognizer than a pair of two people (ROC AUC; 0.5: the anonymized set "
+                  "keeps no identity structure, 1: one distinct pseudonym per person), threshold-free",
+                  "higher = more utility (identity structure kept)", "pseudonym/dlib/anon_separation_auc"),
+    MetricMeaning(r"pseudonym/[^/]+/real_separation_auc", "the same on the real images of those pairs",
+                  "- (reference)", "pseudonym/dlib/real_separation_auc"),
+    MetricMeaning(r"pseudonym/[^/]+/pairs", "same-person pairs compared (as many different-person pairs are drawn)",
+                  "-", "pseudonym/dlib/pairs"),
     MetricMeaning(r"num_images", "images evaluated", "-", "num_images"),
 )
 

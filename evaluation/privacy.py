@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata
 
 from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
 from evaluation.recognizers import Recognizer
@@ -328,3 +329,56 @@ def combine_tables(reports: Sequence[ReidentificationReport]) -> pd.DataFrame:
             out[f"{report.recognizer}/{column}"] = report.table[column].to_numpy()
     out["passed_all"] = np.logical_and.reduce([r.table["passed"].to_numpy() for r in reports])
     return out
+
+
+PSEUDONYM_MAX_PAIRS = 100_000  # same-person pairs compared at most (a seeded sample beyond), and as many others
+
+
+def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, real_embeddings: np.ndarray,
+                          person: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """With identity labels: does one person keep one pseudonym? Over pairs of images of the same person, the share
+    the recognizer verifies as one person, for the anonymized images and for their real sources; over as many
+    pairs of different people, the share of anonymized pairs merged into one. `person`: a label per image ("" or
+    None: unlabelled, left out). Empty dict when no person has two labelled images."""
+    from anon_core.assignment import person_labels
+
+    person = person_labels(person)
+    labelled = np.flatnonzero(person != "")
+    groups: dict[str, list[int]] = {}
+    for i in labelled:
+        groups.setdefault(person[i], []).append(int(i))
+    same = [(a, b) for rows in groups.values() for k, a in enumerate(rows) for b in rows[k + 1:]]
+    if not same or len(groups) < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    if len(same) > PSEUDONYM_MAX_PAIRS:
+        same = [same[i] for i in rng.choice(len(same), PSEUDONYM_MAX_PAIRS, replace=False)]
+    first, second = rng.choice(labelled, len(same)), rng.choice(labelled, len(same))
+    keep = person[first] != person[second]
+    other = np.stack([first[keep], second[keep]], axis=1)
+    same = np.asarray(same)
+
+    def similarity(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        return recognizer.paired_similarity(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]]) if len(pairs) else \
+            np.zeros(0)
+
+    def match_rate(similarities: np.ndarray) -> float:
+        return float(np.mean(recognizer.is_match(similarities))) if len(similarities) else float("nan")
+
+    def separation(same_sim: np.ndarray, other_sim: np.ndarray) -> float:
+        """P(a same-person pair is more alike than a different-person pair): the ROC AUC (Mann-Whitney)."""
+        if not len(same_sim) or not len(other_sim):
+            return float("nan")
+        ranks = rankdata(np.concatenate([same_sim, other_sim]))
+        return float((ranks[:len(same_sim)].sum() - len(same_sim) * (len(same_sim) + 1) / 2)
+                     / (len(same_sim) * len(other_sim)))
+
+    name = f"pseudonym/{recognizer.name}"
+    anon_same, anon_other = similarity(anon_embeddings, same), similarity(anon_embeddings, other)
+    real_same, real_other = similarity(real_embeddings, same), similarity(real_embeddings, other)
+    return {f"{name}/anon_same_person_match_rate": match_rate(anon_same),
+            f"{name}/real_same_person_match_rate": match_rate(real_same),
+            f"{name}/anon_other_person_match_rate": match_rate(anon_other),
+            f"{name}/anon_separation_auc": separation(anon_same, anon_other),
+            f"{name}/real_separation_auc": separation(real_same, real_other),
+            f"{name}/pairs": float(len(same))}

@@ -20,7 +20,8 @@ from anon_core.data.image_files import take
 from evaluation.attributes import LABEL_BATCH_SIZE, agreement, pseudo_labels
 from evaluation.baselines import BASELINES, baseline_images
 from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
-from evaluation.privacy import DETECTORS, DetectionResult, combine_tables, detect_faces, reidentification_report
+from evaluation.privacy import (DETECTORS, DetectionResult, combine_tables, detect_faces, pseudonym_consistency,
+                                reidentification_report)
 from evaluation.quality import FEATURE_BATCH_SIZE, FeatureExtractor, compare_features, feature_statistics, features
 from evaluation.recognizers import Recognizer
 
@@ -162,6 +163,11 @@ def evaluate_method(
     ]
     for report in reports:
         metrics |= report.metrics()
+    if gallery_identity is not None:  # labelled data: one pseudonym per person?
+        person = np.asarray(gallery_identity, dtype=object)[np.asarray(source_index)]
+        for r in recognizers:
+            metrics |= pseudonym_consistency(r, anon.embeddings[r.name], gallery[r.name][np.asarray(source_index)],
+                                             person)
     per_image = combine_tables(reports)
     for detector, found in anon.faces.items():
         metrics[f"detection/{detector}/rate"] = found.rate

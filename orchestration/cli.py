@@ -34,6 +34,13 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the optimization step (worth it on a GPU; compiling takes minutes on a CPU)")
     p.add_argument("--steps", type=int, default=None, help="optimization steps (paper: 50)")
     p.add_argument("--margin", type=float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
+    p.add_argument("--pairing", choices=("nearest", "unique", "identity"), default=None,
+                   help="nearest: each image its nearest fake (the paper's); unique: no two images share a fake; "
+                        "identity: one fake per person (identity labels of the dataset or --labels), distinct "
+                        "across people (default: params.yaml pairing)")
+    p.add_argument("--lambda-consistency", type=float, default=None, metavar="W",
+                   help="weight of the pull toward the paired fake's identity (one pseudonym per person with "
+                        "--pairing identity); 0: the paper's loss (default: params.yaml)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
     p.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
     p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
@@ -83,8 +90,9 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         pool_size=args.pool_size,
+        pairing=args.pairing,
         **{"optimization.steps": args.steps, "optimization.margin": args.margin, "speed.amp": args.amp,
-           "speed.compile": args.compile},
+           "speed.compile": args.compile, "optimization.lambda_consistency": args.lambda_consistency},
     )
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)

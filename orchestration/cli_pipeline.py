@@ -16,7 +16,8 @@ from pathlib import Path
 
 from orchestration.driver import STAGES
 
-GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "lambda_attr": float, "gamma": float}
+GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "lambda_attr": float,
+              "lambda_consistency": float, "gamma": float}
 
 
 def _values(kind: type):
@@ -51,6 +52,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     shared = p.add_argument_group("settings every variant shares (default: params.yaml)")
     shared.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
     shared.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
+    shared.add_argument("--pairing", choices=("nearest", "unique", "identity"), default=None,
+                        help="params.yaml pairing: nearest (the paper's), unique, identity (one fake per person)")
     shared.add_argument("--shard-size", type=int, default=None, help="images per partition (params.yaml "
                         "pipeline.shard_size: 1024, 16 for tiny)")
     shared.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
@@ -80,7 +83,7 @@ def resources_from_args(args: argparse.Namespace):
     env_storage, env_networks = storage_from_env(), networks_from_env()
     storage = StorageResource(root=str(args.storage.resolve()) if args.storage else env_storage.root,
                               input_dir=str(args.input.resolve()) if args.input else env_storage.input_dir)
-    overrides = {"pool_size": args.pool_size, "seed": args.seed, "pipeline.shard_size": args.shard_size,
+    overrides = {"pool_size": args.pool_size, "seed": args.seed, "pairing": args.pairing, "pipeline.shard_size": args.shard_size,
                  "data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
                  "data.align": args.align, "data.align_detector": args.align_detector,
                  "photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,

@@ -19,25 +19,33 @@ GROUP = "anonymization"
 GPU = {"falco/device": "gpu"}
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["pairing_settings"])
+@dg.asset(group_name=GROUP, code_version="3", deps=["pairing_settings"])
 def pairs(
     context: dg.AssetExecutionContext, real_images: ImageSet, real_features: np.ndarray, fake_features: np.ndarray,
     networks: NetworksResource, mlflow: MlflowResource,
 ) -> pd.DataFrame:
-    """Each ok real image's nearest fakes in FaRL space (cosine, exact): one row per real image."""
+    """The fake of each ok real image (params.yaml `pairing`): its nearest in FaRL space (cosine, exact; the
+    paper's), a distinct one per image (`unique`), or one per person, distinct across people (`identity`, by the
+    dataset's identity labels; images without one are their own person). One row per real image, with `person`;
+    the metadata counts the fakes shared by several images."""
+    from anon_core.assignment import assign_fakes, person_labels
     from anon_core.pairing import nearest_fakes
 
-    k = networks.params().pairing_k
-    indices, similarities = nearest_fakes(real_features, fake_features, k=k)
+    params = networks.params()
+    k, mode = params.pairing_k, params.pairing
     ok = real_images.named
+    person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
+    fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, [p or None for p in person])
     frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"], "shard": ok["shard"],
-                          "fake_index": indices[:, 0], "similarity": similarities[:, 0]})
-    for j in range(1, k):
-        frame[f"fake_index_{j}"], frame[f"similarity_{j}"] = indices[:, j], similarities[:, j]
-    figures = {"num_pairs": len(frame), "distinct_fakes": int(frame["fake_index"].nunique()),
-               "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")}
-    with mlflow.asset_run(context, networks, {"pairing_k": k}) as run:
-        run.log_metrics(figures)
+                          "person": person, "fake_index": fake_index, "similarity": similarity})
+    if k > 1:  # the further neighbours, for reference
+        indices, similarities = nearest_fakes(real_features, fake_features, k=k)
+        for j in range(1, k):
+            frame[f"fake_index_{j}"], frame[f"similarity_{j}"] = indices[:, j], similarities[:, j]
+    figures |= {"num_pairs": len(frame), "people": int(frame["person"].replace("", np.nan).nunique()),
+                "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")}
+    with mlflow.asset_run(context, networks, {"pairing_k": k, "pairing": mode}) as run:
+        run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     context.add_output_metadata({**run.metadata, **figures})
     return frame
 

@@ -12,7 +12,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `ingest_settings` | real_images, input_photos | profile (resolution), params.yaml `data:`, `pipeline.shard_size` |
 | `fake_pool_settings` | fake_pool | profile, weights, seed, pool_size, truncation_psi |
 | `inversion_settings` | real_inversions | profile, weights, inversion method (and its steps and lr) |
-| `pairing_settings` | pairs | pairing_k |
+| `pairing_settings` | pairs | pairing_k, pairing (nearest, unique, identity) |
 | `variant_settings` | anonymized_latents | per variant: the optimization settings it resolves to |
 | `classifier_settings` | attribute_classifier | params.yaml `attribute_classifier:` |
 | `evaluation_settings` | a variant's evaluation | the recognizers whose weights are present |
@@ -82,7 +82,8 @@ def inversion_settings(networks: NetworksResource, storage: StorageResource) -> 
 
 
 def pairing_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
-    return {"pairing_k": networks.params().pairing_k}
+    p = networks.params()
+    return {"pairing_k": p.pairing_k, "pairing": p.pairing}
 
 
 def classifier_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:

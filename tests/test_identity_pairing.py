@@ -1,0 +1,139 @@
+"""Identity-aware pairing end to end: `--pairing nearest|unique|identity` on labelled faces (same fake within a
+person, distinct across people, all distinct for unique), the pairs asset's collisions, the consistency term, and
+the evaluation's pseudonym figures."""
+
+import csv
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from anon_core.artifacts import ImageSet
+from anon_core.fake_pool import broadcast_ws
+from anon_core.optimize import anonymize_batch
+from anon_core.params import load_params
+from evaluation.privacy import pseudonym_consistency
+from evaluation.recognizers import build_recognizer
+from orchestration.assets import anonymization
+from orchestration.cli import main
+from orchestration.resources import NetworksResource
+from orchestration.tracking import MlflowResource
+
+FAST = ["--profile", "tiny", "--steps", "2", "--pool-size", "40", "--batch-size", "4", "--quiet"]
+PEOPLE = {"Ann": [0, 1], "Bob": [2, 3, 4], "Cy": [5]}  # person -> lfw face indices (stand-ins for photos)
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, lfw_faces):
+    """Six faces of three labelled people and two unlabelled images, with a labels CSV."""
+    root = tmp_path_factory.mktemp("labelled")
+    rows = []
+    for person, faces in PEOPLE.items():
+        (root / "in" / person).mkdir(parents=True)
+        for i in faces:
+            Image.fromarray(lfw_faces[i]).save(root / "in" / person / f"{i}.png")
+            rows.append({"relpath": f"{person}/{i}.png", "identity": person})
+    for i in (6, 7):
+        Image.fromarray(lfw_faces[i]).save(root / "in" / f"stranger_{i}.png")
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["relpath", "identity"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def _manifest(folder):
+    return pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False).set_index("input")
+
+
+@pytest.mark.parametrize("mode", ["nearest", "unique", "identity"])
+def test_pairing_modes_on_labelled_faces(labelled, tmp_path, mode):
+    out = tmp_path / mode
+    args = ["anonymize", str(labelled / "in"), str(out), "--labels", str(labelled / "labels.csv"), *FAST]
+    assert main([*args, "--pairing", mode]) == 0
+    manifest = _manifest(out)
+    fakes = manifest["fake_index"].astype(int)
+    assert len(manifest) == 8
+    if mode == "identity":
+        by_person = {p: set(fakes[[f"{p}/{i}.png" for i in faces]]) for p, faces in PEOPLE.items()}
+        assert all(len(f) == 1 for f in by_person.values())  # one fake per person
+        chosen = [next(iter(f)) for f in by_person.values()] + [fakes["stranger_6.png"], fakes["stranger_7.png"]]
+        assert len(set(chosen)) == 5  # distinct across people; each unlabelled image is its own person
+        assert manifest.loc["Ann/0.png", "person"] == "Ann" and manifest.loc["stranger_6.png", "person"] == ""
+    elif mode == "unique":
+        assert fakes.nunique() == 8
+    else:  # the paper's: each image its nearest fake, as without the flag
+        default = tmp_path / "default"
+        assert main(["anonymize", str(labelled / "in"), str(default), "--labels", str(labelled / "labels.csv"),
+                     *FAST]) == 0
+        assert (_manifest(default)["fake_index"] == manifest["fake_index"]).all()
+    assert (manifest["fake_similarity"].astype(float) <= 1.0).all()
+
+
+@pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
+def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, tmp_path, capsys, mode, needed):
+    args = ["anonymize", str(labelled / "in"), str(tmp_path / "o"), "--labels", str(labelled / "labels.csv"),
+            "--pairing", mode, "--profile", "tiny", "--steps", "2", "--pool-size", "4", "--quiet"]
+    assert main(args) == 2
+    assert f"each of the {needed} its own fake, but the pool holds 4; raise pool_size" in capsys.readouterr().err
+
+
+def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
+    real = ImageSet(pd.DataFrame({"input": list("abcd"), "image": list("abcd"), "shard": ["shard-00000"] * 4,
+                                  "identity": ["p", "p", "q", None]}), lfw_faces[:4])
+    fakes = np.eye(3, dtype=np.float32)
+    reals = np.array([[1, 0.1, 0], [1, 0, 0.1], [0.9, 0.2, 0], [0.8, 0, 0.3]], np.float32)
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for mode, expected in (("nearest", [0, 0, 0, 0]), ("identity", None)):
+        context = dg.build_asset_context()
+        frame = anonymization.pairs(context, real, reals, fakes, NetworksResource(overrides={"pairing": mode}),
+                                    tracker)
+        meta = {k: getattr(v, "value", v) for k, v in context.get_output_metadata("result").items()}
+        if expected:
+            assert frame["fake_index"].tolist() == expected
+            assert meta["shared_fakes"] == 1 and meta["reals_on_shared_fakes"] == 4
+        else:
+            f = frame["fake_index"].tolist()
+            assert f[0] == f[1] and len({f[0], f[2], f[3]}) == 3 and meta["shared_fakes"] == 1
+            assert frame["person"].tolist() == ["p", "p", "q", ""] and meta["people"] == 2
+
+
+def test_consistency_term_draws_two_faces_with_one_fake_to_one_identity(tiny_nets, lfw_faces):
+    """Two different people paired with the same fake: with the consistency term their anonymized identities end
+    closer to each other (and to the fake's) than with the paper's loss alone."""
+    from anon_core.data.image_io import to_tensor
+    from anon_core.stages import invert_images
+
+    params = load_params("tiny", **{"optimization.steps": 15, "inversion.steps": 5})
+    real = lfw_faces[[0, 5]]
+    w_real = torch.from_numpy(invert_images(tiny_nets, params, real))
+    w_fake = torch.from_numpy(np.repeat(np.asarray(tiny_nets.generator.w_avg)[None], 2, axis=0))
+    outcomes = {}
+    for weight in (0.0, 5.0):
+        opt = params.replace(**{"optimization.lambda_consistency": weight}).optimization
+        result = anonymize_batch(tiny_nets.generator, tiny_nets.identity, tiny_nets.farl,
+                                 to_tensor(real, 64), w_real, w_fake, opt)
+        with torch.no_grad():
+            ids = tiny_nets.identity(tiny_nets.generator.synthesis(result.ws))
+            fake = tiny_nets.identity(tiny_nets.generator.synthesis(broadcast_ws(w_fake[:1], tiny_nets.generator.num_ws)))
+        outcomes[weight] = (float(ids[0] @ ids[1]), float((ids @ fake[0]).mean()), result.identity_similarity)
+    assert outcomes[5.0][0] > outcomes[0.0][0] + 0.05  # the two pseudonyms agree more
+    assert outcomes[5.0][1] > outcomes[0.0][1]  # both closer to the fake's identity
+    assert np.all(outcomes[5.0][2] < 0.5)  # and still far from their real people
+
+
+def test_pseudonym_figures_count_same_person_pairs():
+    dlib = build_recognizer("dlib")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 128)).astype(np.float32)
+    anon = np.concatenate([base[[0, 0, 1, 1]], base[[2]]]) * 0.05  # dlib: distance < 0.6 is one person
+    real = rng.normal(size=(5, 128)).astype(np.float32)  # far apart: no real pair matches
+    figures = pseudonym_consistency(dlib, anon, real, np.array(["a", "a", "b", "b", None], dtype=object))
+    assert figures["pseudonym/dlib/pairs"] == 2
+    assert figures["pseudonym/dlib/anon_same_person_match_rate"] == 1.0
+    assert figures["pseudonym/dlib/real_same_person_match_rate"] == 0.0
+    assert figures["pseudonym/dlib/anon_separation_auc"] == 1.0  # every same pair closer than every other pair
+    assert pseudonym_consistency(dlib, anon, real, np.array(["a", "b", "c", "d", "e"])) == {}
