@@ -235,8 +235,7 @@ def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str
     from anon_core.errors import FalcoError
 
     if mode == "identity":
-        person = np.arange(len(real_features)) if person is None else person
-        labels = person_labels(person)
+        labels = person_labels([None] * len(real_features) if person is None else person)
         needed, what = len(set(labels[labels != ""])) + int((labels == "").sum()), "people"
     else:
         needed, what = len(real_features), "images"
@@ -249,7 +248,7 @@ def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str
     elif mode == "unique":
         indices, similarities, info = unique_fakes(real_features, fake_features)
     elif mode == "identity":
-        indices, similarities, info = identity_fakes(real_features, person, fake_features)
+        indices, similarities, info = identity_fakes(real_features, labels, fake_features)
     else:
         raise ValueError(f"pairing mode {mode!r} is not one of nearest, unique, identity")
     figures = {"pairing": mode, "assignment": info.method if info else "1-NN",

@@ -47,6 +47,8 @@ from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
+__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers", "read_photo_manifest"]
+
 PHOTO_MANIFEST_COLUMNS = (
     "input",  # relative path of the photo under the input folder
     "output",  # relative path of the written photo under OUTPUT_DIR/images ("" when rejected)
@@ -315,5 +317,3 @@ def read_photo_manifest(output_dir: Path) -> pd.DataFrame:
 def parse_numbers(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray([float(v) for v in text.split()], dtype=np.float64).reshape(shape)
 
-
-__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers", "read_photo_manifest"]

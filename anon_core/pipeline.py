@@ -210,8 +210,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     assigned = None
     if todo and params.pairing != "nearest":  # one assignment over the whole set, before any batch
         features = embed_images(nets, ingested.images(workers=read_workers(device)))
-        fake_index, fake_similarity, _ = assign_fakes(features, pool.features, params.pairing,
-                                                      [p or None for p in persons[ok_rows]])
+        fake_index, fake_similarity, _ = assign_fakes(features, pool.features, params.pairing, persons[ok_rows])
         assigned = (fake_index, fake_similarity)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
         writes = [writer.submit(finish, i, r, None) for i, r in enumerate(results) if r is not None]

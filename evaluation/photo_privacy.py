@@ -60,6 +60,16 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
     return table.assign(dlib_distance=dlib.to_score(similarity), matched=dlib.is_match(similarity))
 
 
+def write_face_privacy(privacy: pd.DataFrame, folder: Path) -> Path:
+    """`face_privacy.csv` beside a photo-mode run's manifest (atomically)."""
+    from anon_core.atomic import atomic_path
+
+    path = Path(folder) / "face_privacy.csv"
+    with atomic_path(path) as tmp:
+        privacy.to_csv(tmp, index=False, float_format="%.4f")
+    return path
+
+
 def match_share(privacy: pd.DataFrame) -> float:
     """Share of faces dlib still matches to their source (0 when there is no face)."""
     return float(privacy["matched"].mean()) if len(privacy) else 0.0

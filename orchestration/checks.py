@@ -82,14 +82,12 @@ def privacy_face_match_share(
     """Blocking, per face: dlib's descriptor of each face of the output photos, cut at the input's landmarks, vs the
     input's (evaluation.photo_privacy); the share matched (distance < 0.6) must not exceed
     `checks.privacy_max_match_share`. Writes `face_privacy.csv` beside the shard's manifest."""
-    from anon_core.atomic import atomic_path
-    from evaluation.photo_privacy import face_privacy, match_share
+    from evaluation.photo_privacy import face_privacy, match_share, write_face_privacy
 
     bound = float(networks.setting("checks", "privacy_max_match_share"))
     folder = photo_folder(storage, context_variant(context), context_shard(context))
     privacy = face_privacy(storage.input_dir, folder)
-    with atomic_path(folder / "face_privacy.csv") as tmp:
-        privacy.to_csv(tmp, index=False, float_format="%.4f")
+    write_face_privacy(privacy, folder)
     share, distances = match_share(privacy), privacy["dlib_distance"]
     return dg.AssetCheckResult(
         passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,

@@ -150,13 +150,11 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
 
 def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> float | None:
     """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv; the matched share."""
-    from anon_core.atomic import atomic_path
-    from evaluation.photo_privacy import face_privacy, match_share
+    from evaluation.photo_privacy import face_privacy, match_share, write_face_privacy
     from evaluation.recognizers import build_recognizer
 
     privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device))
-    with atomic_path(output_dir / "face_privacy.csv") as tmp:
-        privacy.to_csv(tmp, index=False, float_format="%.4f")
+    write_face_privacy(privacy, output_dir)
     if not len(privacy):
         print("privacy: no face was found, so none could be checked")
         return None

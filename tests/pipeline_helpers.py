@@ -22,6 +22,14 @@ ASSETS = ("fake_pool", "fake_features", "real_images", "real_features", "real_in
           "anonymization_report")
 
 
+def instance_at(home: Path) -> dg.DagsterInstance:
+    """A persistent Dagster instance in `home` (created, telemetry off)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return dg.DagsterInstance.from_config(str(home))
+
+
 def write_faces(folder: Path, faces: np.ndarray, broken: bool = True) -> Path:
     """faces[i] as `Person A/img_<i>.png`, plus an empty `broken.jpg` (a rejected row) unless `broken` is false."""
     (folder / "Person A").mkdir(parents=True, exist_ok=True)

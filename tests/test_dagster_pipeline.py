@@ -23,7 +23,7 @@ from PIL import Image
 from dagster._core.event_api import PartitionKeyFilter
 
 from anon_core.artifacts import ImageSet
-from pipeline_helpers import fast_params, made_since, materializations, run, write_faces
+from pipeline_helpers import fast_params, instance_at, made_since, materializations, run, write_faces
 
 VARIANTS = ["default", "m0.5"]
 SHARDS = [f"shard-{i:05d}" for i in range(3)]  # 7 readable faces in shards of 3
@@ -32,11 +32,6 @@ REFERENCES = {"attribute_pseudo_labels", "attribute_classifier", "baseline_metri
 PER_VARIANT = {"evaluation_metrics", "per_image_privacy", "attribute_agreement"}
 
 
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def base(tmp_path_factory, lfw_faces):
     root = tmp_path_factory.mktemp("base")
     write_faces(root / "faces", lfw_faces[:7])
     fast_params(root / "params.yaml")
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         summary = run(root, instance, VARIANTS)
     return root, summary
 
@@ -54,7 +49,7 @@ def state(base, tmp_path):
     """A copy of the base state to change: (root, instance)."""
     root = tmp_path / "state"
     shutil.copytree(base[0], root)
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         yield root, instance
 
 
@@ -67,7 +62,7 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
     assert summary.failed == [] and summary.blocked == []
     assert summary.ran == ["prepare", *[f"anonymize {v} {s}" for v in VARIANTS for s in SHARDS],
                            "evaluate references", "evaluate default", "evaluate m0.5", "report"]
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         runs = instance.get_runs()
         assert {r.job_name for r in runs} == {"observe_settings", "prepare", "anonymize", "evaluate"}
         shard_runs = [r for r in runs if r.job_name == "anonymize"]
@@ -245,7 +240,7 @@ def test_shard_size_comes_from_params_yaml_unless_the_command_line_sets_it(tmp_p
     from anon_core.errors import ParamsError
 
     write_faces(tmp_path / "faces", lfw_faces[:7])
-    with _instance(tmp_path / "home") as instance:
+    with instance_at(tmp_path / "home") as instance:
         def shards(size_in_file, size_on_command_line=None):
             params = fast_params(tmp_path / "params.yaml", pipeline={"shard_size": 1024, "executor": "in_process",
                                                                      "max_concurrent": 1,

@@ -3,7 +3,6 @@ anonymize_photos per (photo shard, variant), each shard's blocking per-face priv
 says what a change makes stale."""
 
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -12,15 +11,11 @@ from dagster._core.storage.event_log.base import PartitionKeyFilter
 from PIL import Image
 
 from anon_core.data.sample import build_sample_photos
-from tests.pipeline_helpers import fast_params, run
+from tests.pipeline_helpers import fast_params, instance_at, run
 
 VARIANTS = ["default", "m0.5"]
 
 
-def _instance(home: Path) -> dg.DagsterInstance:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    return dg.DagsterInstance.from_config(str(home))
 
 
 def _made(instance: dg.DagsterInstance) -> dict[str, int]:
@@ -33,7 +28,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     build_sample_photos(root / "faces")  # group.png (7 faces), no_face.png, portrait.jpg (1 face)
     fast_params(root / "params.yaml", pipeline={"shard_size": 2, "executor": "in_process", "max_concurrent": 1})
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         summary = run(root, instance, VARIANTS, mode="photo")
     return root, summary
 
@@ -42,7 +37,7 @@ def base(tmp_path_factory):
 def state(base, tmp_path):
     root = tmp_path / "state"
     shutil.copytree(base[0], root)
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         yield root, instance
 
 
@@ -51,7 +46,7 @@ def test_photo_mode_runs_as_named_jobs_per_shard_and_variant(base):
     shards = ["shard-00000", "shard-00001"]  # group.png + no_face.png, then portrait.jpg
     assert summary.failed == [] and summary.blocked == []
     assert summary.ran == ["prepare photos", *[f"anonymize photos {v} {s}" for v in VARIANTS for s in shards]]
-    with _instance(root / "home") as instance:
+    with instance_at(root / "home") as instance:
         runs = instance.get_runs()
         assert {r.job_name for r in runs} == {"observe_settings", "prepare_photos", "anonymize_photos"}
         assert {(r.tags["dagster/partition/variant"], r.tags["dagster/partition/shard"]) for r in runs

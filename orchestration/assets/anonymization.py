@@ -35,7 +35,7 @@ def pairs(
     k, mode = params.pairing_k, params.pairing
     ok = real_images.named
     person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
-    fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, [p or None for p in person])
+    fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, person)
     frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"], "shard": ok["shard"],
                           "person": person, "fake_index": fake_index, "similarity": similarity})
     if k > 1:  # the further neighbours, for reference
