@@ -9,7 +9,7 @@ DEMO_PHOTOS := outputs/photos
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 UI_PORT ?= 3000
 
-.PHONY: install demo ui mlflow-ui test bench gpu-carry clean-demo
+.PHONY: install demo ui mlflow-ui test bench gpu-carry clean-demo cluster-demo cluster-down
 
 # facenet-pytorch is installed without its dependencies (it pins an old torch and imports torchvision):
 # only the MTCNN weight files it ships are read; the package is never imported.
@@ -36,6 +36,16 @@ ui: install
 mlflow-ui: install
 	@echo "MLflow UI: open http://127.0.0.1:5000/#/?workflowType=machine_learning (the model-training view)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db -h 127.0.0.1 -p 5000
+
+# The cluster on this machine, without Docker (README: Cluster): PostgreSQL, Redis (Debian's packages, installed when
+# missing), an MLflow server, one cpu and one gpu worker; the demo graph through the Celery executor, its checks, and
+# everything stopped by PID. `make cluster-down` stops what an interrupted demo left running.
+cluster-demo: install
+	$(BIN)/falco sample-data $(DEMO_DATA)
+	$(BIN)/falco cluster demo --input $(DEMO_DATA)/images
+
+cluster-down: install
+	$(BIN)/falco cluster down
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

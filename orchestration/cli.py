@@ -1,4 +1,5 @@
-"""The `falco` command line: `anonymize`, `evaluate`, `pipeline`, `sample-data`, `models`, `runs`, `stage`.
+"""The `falco` command line: `anonymize`, `evaluate`, `pipeline`, `sample-data`, `models`, `runs`, `stage`, `worker`,
+`cluster`.
 
 Thin: parses flags, resolves parameters from params.yaml, and calls `anon_core`. Heavy imports happen inside the
 sub-commands so `falco --help` is instant.
@@ -190,12 +191,13 @@ def _run_sample_data(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falco", description="FALCO-Ops: attribute-preserving face anonymization")
     sub = parser.add_subparsers(dest="command", required=True)
+    from orchestration.cli_cluster import register as _add_cluster
     from orchestration.cli_evaluate import register as _add_evaluate
     from orchestration.cli_models import register as _add_models
     from orchestration.cli_pipeline import register as _add_pipeline
     from orchestration.cli_runs import register as _add_runs
 
-    for add in (_add_anonymize, _add_evaluate, _add_pipeline, _add_sample_data, _add_models, _add_runs):
+    for add in (_add_anonymize, _add_evaluate, _add_pipeline, _add_sample_data, _add_models, _add_runs, _add_cluster):
         add(sub)
     return parser
 

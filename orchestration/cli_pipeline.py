@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from orchestration.driver import STAGES
+from orchestration.jobs import EXECUTORS
 
 GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "lambda_attr": float,
               "lambda_consistency": float, "gamma": float}
@@ -56,6 +57,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         help="params.yaml pairing: nearest (the paper's), unique, identity (one fake per person)")
     shared.add_argument("--shard-size", type=int, default=None, help="images per partition (params.yaml "
                         "pipeline.shard_size: 1024, 16 for tiny)")
+    shared.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="pipeline.executor: celery hands each step to the `falco worker`s of its queue (README: "
+                             "Cluster)")
     shared.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
                         help="layout of the input folder (params.yaml data.dataset)")
     shared.add_argument("--labels", type=Path, default=None, metavar="CSV", help="labels CSV (data.labels_csv)")
@@ -84,6 +88,7 @@ def resources_from_args(args: argparse.Namespace):
     storage = StorageResource(root=str(args.storage.resolve()) if args.storage else env_storage.root,
                               input_dir=str(args.input.resolve()) if args.input else env_storage.input_dir)
     overrides = {"pool_size": args.pool_size, "seed": args.seed, "pairing": args.pairing, "pipeline.shard_size": args.shard_size,
+                 "pipeline.executor": args.executor,
                  "data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
                  "data.align": args.align, "data.align_detector": args.align_detector,
                  "photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,

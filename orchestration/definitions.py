@@ -1,8 +1,8 @@
 """The Dagster code location: `dagster dev -m orchestration.definitions` (or `make ui`).
 
 `defs` takes its resources from the environment (FALCO_STORAGE, FALCO_INPUT, FALCO_PROFILE, FALCO_DEVICE,
-FALCO_PARAMS), so the UI and a `falco pipeline` run with the same settings see the same storage and, through
-$DAGSTER_HOME, the same instance. `job_for` rebuilds one job from explicit settings: what `falco pipeline`
+FALCO_PARAMS, FALCO_EXECUTOR), so the UI and a `falco pipeline` run with the same settings see the same storage
+and, through $DAGSTER_HOME, the same instance. `job_for` rebuilds one job from explicit settings: what `falco pipeline`
 launches, reconstructed the same way in every process the executor starts.
 """
 

@@ -94,6 +94,8 @@ def run_pipeline(
     wanted = networks.sweep()
     check_settings(storage, networks, wanted)  # a bad parameter or variant fails here, before any run starts
     mlflow = mlflow or MlflowResource()
+    # Every process of a run, on any machine, tracks to the store this driver resolved, not to its own environment's.
+    mlflow = MlflowResource(**{**mlflow.model_dump(), "tracking_uri": mlflow.uri()})
     instance = instance or dagster_instance()
     check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=instance.root_directory)
     if "prepare" in stages:
@@ -115,6 +117,8 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     register_partitions(instance, variants, wanted)
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
+    if networks.setting("pipeline", "executor") == "celery":  # the workers run the partitions side by side
+        driver.parallel_runs = max(1, int(networks.setting("pipeline", "max_concurrent")))
 
     if not driver.run("observe_settings", "observe settings", None, None):
         return summary
@@ -124,18 +128,15 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
                                                           PREPARE_PHOTOS.resolve(graph)):
             return summary
         if "anonymize" in stages:
-            for variant in wanted:
-                for shard in instance.get_dynamic_partitions(photo_shards.name):
-                    driver.anonymize(variant, shard, bound, photos=True)
+            driver.anonymize_all([(variant, shard) for variant in wanted
+                                  for shard in instance.get_dynamic_partitions(photo_shards.name)], bound, photos=True)
         return summary
     if "prepare" in stages and not driver.materialize("prepare", "prepare", PREPARE.resolve(graph)):
         return summary
     shards = instance.get_dynamic_partitions(image_shards.name)
     if "anonymize" in stages:
         bound = float(networks.setting("checks", "privacy_max_match_share"))
-        for variant in wanted:
-            for shard in shards:
-                driver.anonymize(variant, shard, bound)
+        driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound)
     if "evaluate" in stages:
         driver.evaluate(wanted)
     return summary
@@ -200,6 +201,10 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
 
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
+    if networks.setting("pipeline", "executor") == "celery":  # the broker's address, before a run waits on it
+        from orchestration.celery_queue import executor_config
+
+        executor_config()
     for name in wanted:
         settings.variant_settings(networks, name)
     bound = networks.setting("checks", "privacy_max_match_share")
@@ -210,12 +215,39 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
                           "images (a number; 0.05 allows 5% of a shard's images to be matched to their source)")
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One run to execute: `job` for `partition`, limited to `selection`, or to the asset `checks` alone."""
+
+    job: str
+    label: str
+    selection: tuple[dg.AssetKey, ...]
+    partition: str | None = None
+    checks: frozenset[dg.AssetCheckKey] = frozenset()
+
+
+def execute(launch: Launch, config: dict[str, Any], run_config: dict, tags: dict[str, str],
+            instance: dg.DagsterInstance | dg.InstanceRef) -> tuple[str, bool]:
+    """Execute a launch through the instance (given by reference in a process of a pool); (run id, success)."""
+    if not isinstance(instance, dg.DagsterInstance):
+        with dg.DagsterInstance.from_ref(instance) as opened:
+            return execute(launch, config, run_config, tags, opened)
+    reconstructable = dg.build_reconstructable_job("orchestration.definitions", "job_for",
+                                                   reconstructable_args=(launch.job, config))
+    if launch.checks:
+        reconstructable = reconstructable.get_subset(asset_selection=set(), asset_check_selection=set(launch.checks))
+    result = dg.execute_job(reconstructable, instance, run_config=run_config, tags=tags,
+                            asset_selection=list(launch.selection) or None)
+    return result.run_id, result.success
+
+
 class _Driver:
     def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log, log_level: str,
                  mlflow: MlflowResource) -> None:
         self.instance, self.graph, self.config, self.summary, self.fresh, self.log, self.mlflow = \
             instance, graph, config, summary, fresh, log, mlflow
         self.run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+        self.parallel_runs = 1  # partition runs in flight at once (celery executor: pipeline.max_concurrent)
         import socket
 
         self.launched_by = {LAUNCHED_BY: f"{socket.gethostname()}:{os.getpid()}"}
@@ -224,57 +256,91 @@ class _Driver:
             checks: set[dg.AssetCheckKey] | None = None) -> bool:
         """Execute `job` (for `partition`, limited to `selection`, or to the asset `checks` alone) through the
         instance; record how it went."""
-        reconstructable = dg.build_reconstructable_job("orchestration.definitions", "job_for",
-                                                       reconstructable_args=(job, self.config))
-        if checks:
-            reconstructable = reconstructable.get_subset(asset_selection=set(), asset_check_selection=checks)
+        return self.run_all([Launch(job, label, tuple(selection or ()), partition, frozenset(checks or ()))])[0]
+
+    def run_all(self, launches: list[Launch]) -> list[bool]:
+        """Execute the launches, `parallel_runs` at a time, and record each; whether each went well. Side by side,
+        each runs in a process of its own: Dagster's in-process execution configures logging per run, which
+        deadlocks between threads."""
+        tagged = [(launch, self._tags(launch)) for launch in launches]
+        if self.parallel_runs <= 1 or len(launches) <= 1:
+            results = [execute(launch, self.config, self.run_config, tags, self.instance) for launch, tags in tagged]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(self.parallel_runs, len(launches)),
+                                     mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = [pool.submit(execute, launch, self.config, self.run_config, tags, self.instance.get_ref())
+                           for launch, tags in tagged]
+                results = [future.result() for future in futures]
+        return [self._record(launch, run_id, success) for launch, (run_id, success) in zip(launches, results)]
+
+    def _tags(self, launch: Launch) -> dict[str, str]:
         tags = dict(self.launched_by)
-        if partition is not None:
-            partitions_def = self.graph.get(selection[0] if selection else next(iter(checks)).asset_key).partitions_def
-            tags |= dict(partitions_def.get_tags_for_partition_key(partition))
-        result = dg.execute_job(reconstructable, self.instance, run_config=self.run_config, tags=tags,
-                                asset_selection=selection or None)
-        self.summary.run_ids.append(result.run_id)
-        self.mlflow.end_dagster_run(result.run_id, "FINISHED" if result.success else "FAILED")  # the run's own end
-        if result.success:
-            if job != "observe_settings":
+        if launch.partition is not None:
+            key = launch.selection[0] if launch.selection else next(iter(launch.checks)).asset_key
+            tags |= dict(self.graph.get(key).partitions_def.get_tags_for_partition_key(launch.partition))
+        return tags
+
+    def _record(self, launch: Launch, run_id: str, success: bool) -> bool:
+        self.mlflow.end_dagster_run(run_id, "FINISHED" if success else "FAILED")  # the run's own end
+        self.summary.run_ids.append(run_id)
+        label = launch.label
+        if success:
+            if launch.job != "observe_settings":
                 self.summary.ran.append(label)
-                self.log(f"{label}: done (Dagster run {result.run_id[:8]})")
+                self.log(f"{label}: done (Dagster run {run_id[:8]})")
             return True
         self.summary.failed.append(label)
-        self.summary.errors[label] = step_error(self.instance, result.run_id)
-        self.log(f"{label}: FAILED (Dagster run {result.run_id[:8]}): {self.summary.errors[label]}")
+        self.summary.errors[label] = step_error(self.instance, run_id)
+        self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
 
-    def materialize(self, job: str, label: str, keys, partition: str | None = None,
-                    checks: set[dg.AssetCheckKey] | None = None) -> bool:
-        """Run `job` for what of `keys` is missing or stale (and follows from it), else for the asset `checks` to run
-        again; True when that went well."""
+    def plan(self, job: str, label: str, keys, partition: str | None = None,
+             checks: set[dg.AssetCheckKey] | None = None) -> Launch | None:
+        """The run of `job` for what of `keys` is missing or stale (and follows from it), else for the asset `checks`
+        to run again; None (recorded as up to date) when there is nothing to do."""
         from orchestration.staleness import to_run
 
         keys = sorted(keys, key=lambda k: k.to_user_string())
         selection = to_run(self.instance, self.graph, keys, partition, self.fresh)
         if not selection and not checks:
             self.summary.skipped.append(label)
-            return True
-        return self.run(job, label, selection, partition, None if selection else checks)
+            return None
+        return Launch(job, label, tuple(selection), partition, frozenset(() if selection else checks))
 
-    def anonymize(self, variant: str, shard: str, bound: float, photos: bool = False) -> None:
-        """One (shard, variant) partition of the anonymization (`photos`: of photo mode) and its privacy check."""
+    def materialize(self, job: str, label: str, keys, partition: str | None = None,
+                    checks: set[dg.AssetCheckKey] | None = None) -> bool:
+        """`plan`, then run it; True when that went well (or nothing was to do)."""
+        launch = self.plan(job, label, keys, partition, checks)
+        return launch is None or self.run_all([launch])[0]
+
+    def anonymize_all(self, partitions: list[tuple[str, str]], bound: float, photos: bool = False) -> None:
+        """Each (variant, shard) partition of the anonymization (`photos`: of photo mode) that is missing or stale,
+        `parallel_runs` at a time, and its privacy check (again when it never ran on the images or ran with another
+        bound)."""
         from orchestration.checks import PHOTO_PRIVACY_CHECK, PRIVACY_CHECK
         from orchestration.staleness import latest_check
 
-        partition = str(variant_shard_key(variant, shard))
         asset, check_name, job, selection = ("anonymized_photos", PHOTO_PRIVACY_CHECK, "anonymize_photos",
                                              ANONYMIZE_PHOTOS) if photos else \
             ("anonymized_images", PRIVACY_CHECK, "anonymize", ANONYMIZE)
         check = dg.AssetCheckKey(dg.AssetKey(asset), check_name)
-        before = latest_check(self.instance, check, partition)
-        # Images that are up to date are checked again when the check never ran on them or ran with another bound.
-        again = {check} if before is None or before.get("bound") != bound else set()
-        label = f"{job.replace('_', ' ')} {variant} {shard}"
-        self.materialize(job, label, selection.resolve(self.graph), partition, again)
-        outcome = latest_check(self.instance, check, partition)
+        keys = selection.resolve(self.graph)
+        planned = []
+        for variant, shard in partitions:
+            partition = str(variant_shard_key(variant, shard))
+            before = latest_check(self.instance, check, partition)
+            again = {check} if before is None or before.get("bound") != bound else set()
+            label = f"{job.replace('_', ' ')} {variant} {shard}"
+            planned.append((variant, shard, partition, label, self.plan(job, label, keys, partition, again)))
+        self.run_all([launch for *_, launch in planned if launch is not None])
+        for variant, shard, partition, label, _ in planned:
+            self._record_check(variant, shard, label, bound, latest_check(self.instance, check, partition), photos)
+
+    def _record_check(self, variant: str, shard: str, label: str, bound: float, outcome: dict | None,
+                      photos: bool) -> None:
         if outcome is None:  # the latents or the images were not made
             self.summary.blocked += [variant] if variant not in self.summary.blocked else []
         elif not outcome["passed"]:

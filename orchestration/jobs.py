@@ -15,7 +15,8 @@ the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
 
 The executor is params.yaml's `pipeline.executor` (built in orchestration.definitions): `multiprocess` runs steps
 in parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU;
-`in_process` runs them one after another in the run's process.
+`in_process` runs them one after another in the run's process; `celery` hands each step to the `falco worker`s of
+its queue, `gpu` or `cpu` (orchestration.celery_queue), on any machine that shares the storage and the instance.
 """
 
 import warnings
@@ -56,14 +57,24 @@ anonymize_photos_job = dg.define_asset_job("anonymize_photos", selection=ANONYMI
 ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job, prepare_photos_job, anonymize_photos_job]
 
 
+EXECUTORS = ("multiprocess", "in_process", "celery")
+
+
 def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:
-    """params.yaml's `pipeline.executor` (`multiprocess` or `in_process`) as a Dagster executor."""
+    """params.yaml's `pipeline.executor` (one of EXECUTORS) as a Dagster executor."""
     from anon_core.errors import ParamsError
+    from orchestration.celery_queue import DEVICE_TAG
 
     if kind == "in_process":
         return dg.in_process_executor
     if kind == "multiprocess":
         return dg.multiprocess_executor.configured({
             "max_concurrent": int(max_concurrent),
-            "tag_concurrency_limits": [{"key": "falco/device", "value": "gpu", "limit": 1}]})
-    raise ParamsError(f"pipeline.executor = {kind!r} must be multiprocess or in_process")
+            "tag_concurrency_limits": [{"key": DEVICE_TAG, "value": "gpu", "limit": 1}]})
+    if kind == "celery":
+        from dagster_celery import celery_executor
+
+        from orchestration.celery_queue import executor_config
+
+        return celery_executor.configured(executor_config())
+    raise ParamsError(f"pipeline.executor = {kind!r} must be one of {', '.join(EXECUTORS)}")

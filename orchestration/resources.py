@@ -122,10 +122,16 @@ class NetworksResource(dg.ConfigurableResource):
 
 @lru_cache(maxsize=2)
 def _build_networks(profile: str, device: str, weights: str | None):
+    import logging
+
     from anon_core.profiles import build_networks
     from anon_core.stages import resolve_device
 
-    return build_networks(profile, device=resolve_device(device), weights=weights)
+    nets = build_networks(profile, device=resolve_device(device), weights=weights)
+    # A `falco worker`'s log shows this once per process: later steps reuse the networks.
+    logging.getLogger("falco").info("networks of profile %s built on %s in process %d", profile, nets.device,
+                                    os.getpid())
+    return nets
 
 
 def storage_from_env() -> StorageResource:
@@ -136,8 +142,10 @@ def storage_from_env() -> StorageResource:
 
 
 def networks_from_env() -> NetworksResource:
+    executor = os.environ.get("FALCO_EXECUTOR")  # the UI's runs on the cluster's workers: celery
     return NetworksResource(
         profile=os.environ.get("FALCO_PROFILE", "tiny"),
         device=os.environ.get("FALCO_DEVICE", "cpu"),
         params_path=os.environ.get("FALCO_PARAMS") or None,
+        overrides={"pipeline.executor": executor} if executor else {},
     )

@@ -45,6 +45,8 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI opens in its GenAI view without it
 MLFLOW_UI = "http://127.0.0.1:5000"  # what `make mlflow-ui` serves for the default SQLite store
+# With a tracking server MLflow prints two links per run it ends (dozens per pipeline); `falco pipeline` prints one.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
 

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.metadata import png_markdown
 from orchestration.partitions import BY_VARIANT, context_shard, context_variant, variant_shards
 from orchestration.resources import NetworksResource
 from orchestration.tracking import MlflowResource
 
 GROUP = "anonymization"
-GPU = {"falco/device": "gpu"}
 
 
 @dg.asset(group_name=GROUP, code_version="3", deps=["pairing_settings"])

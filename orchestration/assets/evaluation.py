@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet, Weights
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.metadata import table
 from orchestration.partitions import BY_VARIANT, context_variant, variants
 from orchestration.resources import NetworksResource
 from orchestration.tracking import MlflowResource, delta_table
 
 GROUP = "evaluation"
-GPU = {"falco/device": "gpu"}
 
 
 def _predictors(networks: NetworksResource):

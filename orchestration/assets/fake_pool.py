@@ -5,11 +5,11 @@ from collections.abc import Mapping
 import dagster as dg
 import numpy as np
 
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.resources import NetworksResource
 from orchestration.tracking import MlflowResource
 
 GROUP = "fake_pool"
-GPU = {"falco/device": "gpu"}
 
 
 @dg.asset(group_name=GROUP, code_version="2", deps=["fake_pool_settings"], op_tags=GPU)

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.metadata import png_markdown, table
 from orchestration.partitions import (BY_VARIANT, context_shard, context_variant, photo_shards, register_partitions,
                                       shard_key, variant_photo_shards)
@@ -16,7 +17,6 @@ from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 
 GROUP = "photos"
-GPU = {"falco/device": "gpu"}
 
 
 def photo_folder(storage: StorageResource, variant: str, shard: str) -> Path:

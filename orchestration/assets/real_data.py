@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 
 from anon_core.artifacts import ImageSet
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import REAL_FACES
 from orchestration.metadata import table
 from orchestration.partitions import image_shards, register_partitions, shard_key
@@ -14,10 +15,10 @@ from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 
 GROUP = "real_data"
-GPU = {"falco/device": "gpu"}
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True})
+@dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True},
+          op_tags=GPU)  # the face detector of the alignment
 def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
                 mlflow: MlflowResource) -> ImageSet:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as

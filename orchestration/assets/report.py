@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
+from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import ALLOW_MISSING
 from orchestration.metadata import png_markdown
 from orchestration.partitions import split_key, variant_shards
@@ -50,7 +51,7 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
     return results
 
 
-@dg.asset(group_name="evaluation", code_version="3", deps=["report_settings"],
+@dg.asset(group_name="evaluation", code_version="3", deps=["report_settings"], op_tags=GPU,  # generates the fakes
           ins={name: EVERY_STORED for name in ("evaluation_metrics", "per_image_privacy", "attribute_agreement",
                                                "anonymized_images", "anonymized_latents")})
 def anonymization_report(

@@ -1,0 +1,92 @@
+"""`falco worker` (a Celery worker of the `celery` executor) and `falco cluster up|down|demo` (the whole cluster on
+this machine: orchestration.local_cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _queues(text: str) -> str:
+    from orchestration.celery_queue import QUEUES
+
+    names = [q.strip() for q in text.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: queues are a comma-separated list of {', '.join(QUEUES)}")
+    return ",".join(names)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from orchestration.celery_queue import make_celery_app
+
+    if args.concurrency < 1:
+        print("falco: error: --concurrency must be >= 1", file=sys.stderr)
+        return 2
+    app = make_celery_app()  # FalcoError (exit 2) without FALCO_BROKER_URL
+    name = args.name or f"{args.queues.replace(',', '+')}-{os.getpid()}@%h"
+    # One process taking one step at a time keeps its networks from step to step and dies with the step it runs; more
+    # than one: that many pool processes, each keeping its own networks (no limit on the steps a process takes).
+    pool = ["--pool", "solo"] if args.concurrency == 1 else ["--pool", "prefork", "--concurrency",
+                                                              str(args.concurrency)]
+    app.worker_main(["worker", "--queues", args.queues, "--hostname", name, *pool, "--loglevel", args.loglevel,
+                     "--without-gossip", "--without-mingle"])
+    return 0
+
+
+def _run_cluster(args: argparse.Namespace) -> int:
+    from orchestration.local_cluster import LocalCluster
+
+    cluster = LocalCluster(args.root)
+    if args.action == "down":
+        stopped = cluster.stop()
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'} ({cluster.root})")
+        return 0
+    if cluster.processes:
+        print(f"falco: error: a cluster is recorded in {cluster.state_file}; run `falco cluster down` (or "
+              "`make cluster-down`) first", file=sys.stderr)
+        return 2
+    if args.action == "up":
+        env = cluster.start()
+        cluster.start_worker("cpu", "cpu")
+        cluster.start_worker("gpu", "gpu")
+        print("cluster up: PostgreSQL, Redis, MLflow, one cpu and one gpu worker. In another shell:")
+        for key, value in {**env, "FALCO_STORAGE": str(cluster.shared / "pipeline")}.items():
+            print(f"  export {key}={value}")
+        print("  falco pipeline --executor celery ...    # `falco cluster down` stops it all")
+        return 0
+    from orchestration.cluster_demo import run_demo
+
+    return run_demo(cluster, Path(args.input).resolve(), args.profile)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("worker", help="a Celery worker taking the steps of the `celery` executor (README: "
+                              "Cluster); needs FALCO_BROKER_URL and the instance's DAGSTER_HOME")
+    p.add_argument("--queues", type=_queues, default="cpu", help="gpu, cpu or cpu,gpu (default: cpu)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="steps at once (default 1: one process; the networks load once and stay for later steps)")
+    p.add_argument("--name", default=None, help="worker name, as the run's events show it (default: "
+                   "<queues>-<pid>@<host>)")
+    p.add_argument("--loglevel", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(run=_run_worker)
+
+    p = subparsers.add_parser("cluster", help="PostgreSQL, Redis, an MLflow server and workers on this machine "
+                              "(`make cluster-demo`, `make cluster-down`)")
+    p.add_argument("action", choices=("up", "down", "demo"),
+                   help="up: start it (and print the environment to use it); down: stop what is recorded; demo: up, "
+                        "the demo graph through the workers, its checks, down")
+    p.add_argument("--root", type=Path, default=None, help="where its state, logs and shared storage go (default: "
+                   ".cluster/ in the project)")
+    p.add_argument("--input", default="data/sample/images", help="demo: the images (default: data/sample/images)")
+    p.add_argument("--profile", default="tiny", help="demo: network profile (default: tiny)")
+    p.set_defaults(run=lambda args: _run_cluster(_with_root(args)))
+
+
+def _with_root(args: argparse.Namespace) -> argparse.Namespace:
+    from orchestration.local_cluster import DEFAULT_ROOT
+
+    args.root = args.root or DEFAULT_ROOT
+    return args
