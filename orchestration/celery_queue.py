@@ -24,10 +24,6 @@ from typing import Any
 
 from anon_core.errors import FalcoError
 
-# dagster-celery registers its step task again on each submission; Celery 5.7 warns that the first one stays, which is
-# the same task.
-warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
-
 QUEUES = ("cpu", "gpu")
 DEFAULT_QUEUE = "cpu"
 DEVICE_TAG = "falco/device"
@@ -80,6 +76,10 @@ def celery_settings() -> dict[str, Any]:
 
 def executor_config() -> dict[str, Any]:
     """The `celery` executor's config (dagster_celery.celery_executor)."""
+    # dagster-celery registers its step task again on each submission; Celery 5.7 warns that the first one stays,
+    # which is the same task. (Set here, in each process that builds the executor, not at import: the definitions
+    # import the assets inside a warnings.catch_warnings block, which would undo it.)
+    warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already registered")
     broker = broker_url()
     return {"broker": broker, "backend": os.environ.get("FALCO_RESULT_BACKEND") or broker,
             "config_source": celery_settings()}

@@ -49,9 +49,13 @@ def _run_cluster(args: argparse.Namespace) -> int:
               "`make cluster-down`) first", file=sys.stderr)
         return 2
     if args.action == "up":
-        env = cluster.start()
-        cluster.start_worker("cpu", "cpu")
-        cluster.start_worker("gpu", "gpu")
+        try:
+            env = cluster.start()
+            cluster.start_worker("cpu", "cpu")
+            cluster.start_worker("gpu", "gpu")
+        except BaseException:  # nothing half-started stays behind
+            cluster.stop()
+            raise
         print("cluster up: PostgreSQL, Redis, MLflow, one cpu and one gpu worker. In another shell:")
         for key, value in {**env, "FALCO_STORAGE": str(cluster.shared / "pipeline")}.items():
             print(f"  export {key}={value}")

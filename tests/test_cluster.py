@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not servers_installed(), reason="Debian's postgresql and redis-server are not "
                                  "installed (.ci/run and `make cluster-demo` install them)")]
 
-VISIBILITY_S = 20  # longer than any step here; a killed worker's step is handed on after it
+VISIBILITY_S = 30  # 3x the longest step here (10 s); a killed worker's step is handed on after it
 STAGES = ("prepare", "anonymize")
 GPU_STEPS = {"fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "anonymized_latents",
              "anonymized_images"}
