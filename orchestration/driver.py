@@ -241,6 +241,21 @@ def execute(launch: Launch, config: dict[str, Any], run_config: dict, tags: dict
     return result.run_id, result.success
 
 
+def _end_with_parent() -> None:
+    """A process of the partition runs' pool ends when the driver does (Linux's parent-death signal): a killed
+    driver leaves no run going on without it, and the next driver finds the run's launcher gone
+    (end_abandoned_runs) and makes the partition again."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the driver ended before the line above
+        os._exit(1)
+
+
 class _Driver:
     def __init__(self, instance, graph, config, summary: PipelineSummary, fresh: bool, log, log_level: str,
                  mlflow: MlflowResource) -> None:
@@ -269,7 +284,7 @@ class _Driver:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(min(self.parallel_runs, len(launches)),
+            with ProcessPoolExecutor(min(self.parallel_runs, len(launches)), initializer=_end_with_parent,
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(execute, launch, self.config, self.run_config, tags, self.instance.get_ref())
                            for launch, tags in tagged]
