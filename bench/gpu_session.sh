@@ -23,7 +23,8 @@ fi
 timeout 320 python3 bench/gpu_anonymize.py --out "$OUT/gpu_anonymize.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_anonymize.log"
 bench=$?
 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_batch_size.py tests/test_dlib_resnet.py \
-  tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py tests/test_stylegan2.py 2>&1 | tee "$OUT/gpu_tests.log"
+  tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py tests/test_stylegan2.py \
+  tests/test_polyphase_upconv.py 2>&1 | tee "$OUT/gpu_tests.log"
 tests=$?
 echo "bench exit $bench, gpu tests exit $tests"
 exit $(( bench || tests ))

@@ -32,6 +32,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def seeded_rng():
+    """Seed 0 for the test (opt in with usefixtures); the global RNG is left as it was found."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_nets():
     from anon_core.profiles import build_networks

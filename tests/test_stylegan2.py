@@ -25,15 +25,8 @@ SMALL = StyleGAN2Config(resolution=64, z_dim=32, w_dim=32, mapping_layers=2, cha
 ATOL = 1e-5  # fp32 tolerance for "same computation, different batching"
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny convs run faster on one thread
-
-
-@pytest.fixture(autouse=True)
-def seeded_rng():
-    """Every test starts from seed 0 and leaves the global RNG as it found it."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        yield
+# conftest: tiny convs run faster on one thread; every test starts from seed 0
+pytestmark = pytest.mark.usefixtures("one_thread", "seeded_rng")
 
 
 def make_generator(config: StyleGAN2Config = SMALL, seed: int = 0, noisy: bool = False) -> Generator:

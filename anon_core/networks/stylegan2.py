@@ -28,6 +28,7 @@ convs.14 15, convs.15 16, to_rgbs.7 17. Noise buffer ``noises.noise_N`` feeds co
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -52,10 +53,12 @@ __all__ = [
     "ToRGB",
     "fused_leaky_relu",
     "set_modulated_conv_form",
+    "set_upsample_form",
 ]
 
 BLUR_TAPS: tuple[int, ...] = (1, 3, 3, 1)  # config-f resampling filter
 NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
+UP_FORMS: tuple[str, ...] = ("transposed", "polyphase")  # ModulatedConv2d.up_form: the batched up-sampling conv
 # rosinality's channel table; entries at >= 64 px scale with channel_multiplier.
 _BASE_CHANNELS: dict[int, tuple[int, bool]] = {
     4: (512, False), 8: (512, False), 16: (512, False), 32: (512, False),
@@ -174,11 +177,20 @@ class ModulatedConv2d(nn.Module):
     kernel convolved with the 4 x 4 filter (6 x 6) equals the transposed conv followed by the blur, and replaces a
     depthwise filtering pass over the largest feature maps (a fifth of an H100 step) by tensor-core work.
 
+    ``up_form`` (``set_upsample_form``) picks how the batched path runs that up-sampling conv: "transposed" (the
+    default) is the stride-2 transposed conv with the 6 x 6 blur-folded kernel, which cuDNN runs on non-tensor-core
+    kernels; "polyphase" computes the same thing as one stride-1 ``conv2d`` with ``4 * out`` output channels and a
+    pixel shuffle. Output pixel (2a + py, 2b + px) only sees every other tap of the folded kernel, so each of the
+    four phases (py, px) is an ordinary conv of the input with a 3 x 3 sub-kernel of it (for config-f; other even
+    blur filters give other windows, zero taps where one phase has fewer). Same sums of the same products, in
+    another order (equal to float rounding); the per-sample fused path is not affected.
+
     ``gain`` scales the output (folded into the weight or the demodulation coefficients, so it costs no pass);
     ``add`` (broadcastable, e.g. [1, out, H, W]) is added after, in the same pass as the demodulation.
     """
 
     fused: bool | None = None  # None: fused for a batch of one, batched otherwise
+    up_form: str = "transposed"  # UP_FORMS: the batched up-sampling conv as a transposed conv or 4 polyphase convs
 
     def __init__(
         self,
@@ -246,7 +258,9 @@ class ModulatedConv2d(nn.Module):
         batch = x.shape[0]
         weight = self.scale * self.weight[0]  # [out, in, k, k], shared by the batch
         x = x * s.to(x.dtype).reshape(batch, -1, 1, 1)
-        if self.upsample:
+        if self.upsample and self.up_form == "polyphase":
+            out = self._polyphase_up(x, weight)
+        elif self.upsample:
             out = F.conv_transpose2d(x, self._blurred_up_weight(weight), stride=2, padding=self.blur_fold_padding)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
@@ -282,12 +296,79 @@ class ModulatedConv2d(nn.Module):
             kernels = F.conv2d(kernels, fir, padding=fir.shape[-1] - 1)  # full convolution
         return kernels.reshape(in_ch, out_ch, *kernels.shape[-2:]).to(weight.dtype)
 
+    def _polyphase_up_weight(self, weight: Tensor) -> tuple[Tensor, int]:
+        """[out, in, k, k] -> the [out * 4, in, n, n] conv2d weight of the four output phases (channel
+        o * 4 + py * 2 + px, pixel_shuffle's order) and the conv's padding; see _polyphase_taps. The taps are picked
+        from _blurred_up_weight's kernel (its dtype handling; picking them is exact) by slicing only (no index
+        tensor, so no host-to-device copy in the step)."""
+        blurred = self._blurred_up_weight(weight)  # [in, out, K, K], conv_transpose2d's layout
+        in_ch, out_ch, size, _ = blurred.shape
+        starts, n, pad, conv_pad = _polyphase_taps(size, self.blur_fold_padding)
+        flipped = F.pad(blurred, (pad, pad, pad, pad)).flip([2, 3])
+        stop = 2 * n - 1  # n taps, every other one
+        phases = [flipped[:, :, sy : sy + stop : 2, sx : sx + stop : 2] for sy in starts for sx in starts]
+        poly = torch.stack(phases, dim=2)  # [in, out, py * 2 + px, n, n]
+        return poly.permute(1, 2, 0, 3, 4).reshape(out_ch * 4, in_ch, n, n), conv_pad
+
+    def _polyphase_up(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The transposed up-sampling conv (blur folded) as 4 stride-1 phase convs + pixel shuffle: [B, in, H, W] ->
+        [B, out, 2H, 2W], channels-last when the conv's output is (as conv_transpose2d's is for such an input)."""
+        poly, conv_pad = self._polyphase_up_weight(weight)
+        return _pixel_shuffle_2(F.conv2d(x, poly, padding=conv_pad))  # conv: [B, out * 4, H, W]
+
+
+@functools.lru_cache(maxsize=None)
+def _polyphase_taps(size: int, padding: int) -> tuple[tuple[int, int], int, int, int]:
+    """Polyphase form of a stride-2 conv_transpose2d with a `size`-tap kernel W and `padding`, per axis.
+
+    y[Y] = sum_h x[h] W[k] over Y = 2h + k - padding. For output phase py (Y = 2a + py): k = 2t + py + padding and
+    h = a - t, for each t with 0 <= k < size. With the union [t_lo, t_hi] of both phases' t as one window of
+    n = t_hi - t_lo + 1 taps, conv2d (a correlation: y[a] = sum_j x_padded[a + j] w[j]) over the input padded by
+    t_hi before and -t_lo after (H outputs per phase) takes w[j] = W[2 * (t_hi - j) + py + padding], zero where
+    that index is outside W. The transposed conv gives exactly 2H outputs when size = 2 * padding + 2 (which the
+    even-padding check of ModulatedConv2d ensures), and then t_lo = -t_hi: the conv pads evenly, by t_hi.
+
+    Returns ((start_0, start_1), n, pad, t_hi): phase py's w[j] = F[start_py + 2j], F being W zero-padded by `pad`
+    on both sides and flipped; t_hi is the conv's padding.
+    """
+    if size != 2 * padding + 2:
+        raise ValueError(f"a {size}-tap transposed conv with padding {padding} does not up-sample exactly 2x")
+    ts = [(k - py - padding) // 2 for py in (0, 1) for k in range(size) if (k - py - padding) % 2 == 0]
+    lo, hi = min(ts), max(ts)
+    assert lo == -hi, (lo, hi)  # t = (k - py - padding) / 2 spans -(padding + 1) / 2 .. (padding + 1) / 2 (rounded)
+    # the W indices that the window reaches: 2 * lo + padding (phase 0, j = n - 1) .. 2 * hi + 1 + padding (phase 1,
+    # j = 0), i.e. -1 .. size for an odd padding (zero taps at both ends) and 0 .. size - 1 for an even one
+    pad = max(0, -(2 * lo + padding))
+    last = size + 2 * pad - 1  # F[m] = W_padded[last - m] and W[k] = W_padded[k + pad]
+    starts = (last - pad - 2 * hi - padding, last - pad - 2 * hi - 1 - padding)
+    return starts, hi - lo + 1, pad, hi
+
+
+def _pixel_shuffle_2(x: Tensor) -> Tensor:
+    """F.pixel_shuffle(x, 2) ([B, 4C, H, W] -> [B, C, 2H, 2W]) that keeps a channels-last input channels-last, in one
+    copy (PyTorch's may return a contiguous tensor for it, and converting after would be a second pass)."""
+    batch, channels, height, width = x.shape
+    if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        return F.pixel_shuffle(x, 2)
+    out = x.reshape(batch, channels // 4, 2, 2, height, width).permute(0, 4, 2, 5, 3, 1)  # [B, H, py, W, px, C]
+    return out.contiguous().view(batch, 2 * height, 2 * width, channels // 4).permute(0, 3, 1, 2)
+
 
 def set_modulated_conv_form(module: nn.Module, fused: bool | None) -> None:
     """Run every ModulatedConv2d in `module` grouped per sample (True), batched (False) or by batch size (None)."""
     for conv in module.modules():
         if isinstance(conv, ModulatedConv2d):
             conv.fused = fused
+
+
+def set_upsample_form(module: nn.Module, form: str) -> None:
+    """Run the batched up-sampling conv of every ModulatedConv2d in `module` as one stride-2 transposed conv
+    ("transposed", the default) or as four polyphase stride-1 convs and a pixel shuffle ("polyphase")."""
+    if form not in UP_FORMS:
+        raise ValueError(f"unknown up-sampling form {form!r}; use one of {UP_FORMS}")
+    for conv in module.modules():
+        if isinstance(conv, ModulatedConv2d):
+            conv.up_form = form
 
 
 # --- synthesis blocks ---------------------------------------------------------------------------------------------
