@@ -99,3 +99,17 @@ def make_celery_app():
                             for name in QUEUES]
     create_task(app)
     return app
+
+
+def queues_without_worker(timeout: float = 2.0) -> list[str]:
+    """The queues of QUEUES that no worker answered for within `timeout` (a one-process worker busy with a step
+    answers only after it)."""
+    from kombu.exceptions import OperationalError
+
+    try:
+        replies = make_celery_app().control.inspect(timeout=timeout).active_queues() or {}
+    except OperationalError as err:
+        raise FalcoError(f"cannot reach the Redis broker at {broker_url()} ({err}); start it (`falco cluster up` on "
+                         "this machine) or fix FALCO_BROKER_URL") from None
+    served = {queue["name"] for queues in replies.values() for queue in queues}
+    return [name for name in QUEUES if name not in served]

@@ -102,6 +102,12 @@ def run_pipeline(
         from anon_core.ingest import check_input_folder
 
         check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
+    if networks.setting("pipeline", "executor") == "celery":
+        from orchestration.celery_queue import queues_without_worker
+
+        for queue in queues_without_worker():  # a forgotten worker would leave the run waiting without a word
+            log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
+                f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
     with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
         for run_id in end_abandoned_runs(instance, mlflow):
             log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")

@@ -17,6 +17,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from orchestration.celery_queue import queues_without_worker
 from orchestration.cluster_demo import misplaced, step_placements, untracked
 from orchestration.local_cluster import LocalCluster, servers_installed
 from orchestration.resources import NetworksResource, StorageResource
@@ -120,6 +121,7 @@ def test_gpu_steps_ran_on_the_gpu_worker_which_built_its_networks_once(cluster, 
         assert placement["queue"] == expected and placement["workers"][0].startswith(f"{expected}@"), placement
     on_cpu = {s for s, p in ran.items() if p["queue"] == "cpu"}
     assert "pairs" in on_cpu and {"ingest_settings", "variant_settings"} <= on_cpu  # the settings' observations
+    assert queues_without_worker() == []  # both workers answer
     log = (cluster.logs / "worker-gpu.log").read_text()
     assert log.count("networks of profile tiny built") == 1  # for every one of its steps
 
@@ -139,6 +141,13 @@ def test_mlflow_runs_land_in_the_server_with_their_tags(cluster, celery_run):
         assert r.data.tags["variant"] == "default"
         assert r.data.tags["partition"] == f"{r.data.tags['shard']}|default"
         assert r.info.status == "FINISHED"
+    # The artifacts went through the server to its artifact root on the shared storage.
+    ours = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if r.data.tags.get("dagster_run_id") in summary.run_ids]
+    logged = [(r.info.run_id, a.path) for r in ours for a in client.list_artifacts(r.info.run_id)]
+    assert logged
+    root = cluster.shared / "mlflow-artifacts" / experiment.experiment_id
+    assert all((root / run_id / "artifacts" / path).exists() for run_id, path in logged)
 
 
 def test_a_gpu_worker_killed_mid_shard_loses_nothing(cluster, inputs, celery_run):
@@ -157,6 +166,7 @@ def test_a_gpu_worker_killed_mid_shard_loses_nothing(cluster, inputs, celery_run
         run_id = _wait_for_step_on(instance, "anonymized_latents", "gpu@", since)
         time.sleep(1.0)
         cluster.kill("worker-gpu", signal.SIGKILL)
+        assert "gpu" in queues_without_worker()  # what `falco pipeline` warns about before its runs
         cluster.start_worker("gpu", "gpu-2")
         output, _ = anonymize.communicate(timeout=300)
     finally:

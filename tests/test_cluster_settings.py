@@ -53,6 +53,20 @@ def test_a_celery_pipeline_without_a_broker_stops_before_any_run(monkeypatch, tm
     assert not (tmp_path / "store").exists()
 
 
+def test_a_celery_pipeline_whose_broker_is_down_says_so(monkeypatch, tmp_path, capsys, lfw_faces):
+    from orchestration.local_cluster import free_port
+    from pipeline_helpers import write_faces
+
+    monkeypatch.setenv("FALCO_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    code = main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store"),
+                 "--executor", "celery"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach the Redis broker" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
+
+
 def test_cluster_down_stops_only_the_processes_it_started(tmp_path, capsys):
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
