@@ -105,7 +105,8 @@ def run_pipeline(
     if networks.setting("pipeline", "executor") == "celery":
         from orchestration.celery_queue import queues_without_worker
 
-        for queue in queues_without_worker():  # a forgotten worker would leave the run waiting without a word
+        # The broker's address and reachability, and a forgotten worker that would leave the run waiting silently.
+        for queue in queues_without_worker():
             log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
                 f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
     with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
@@ -207,10 +208,6 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
 
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
-    if networks.setting("pipeline", "executor") == "celery":  # the broker's address, before a run waits on it
-        from orchestration.celery_queue import executor_config
-
-        executor_config()
     for name in wanted:
         settings.variant_settings(networks, name)
     bound = networks.setting("checks", "privacy_max_match_share")

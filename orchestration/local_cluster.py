@@ -228,7 +228,8 @@ class LocalCluster:
         if self.postgres_data and Path(self.postgres_data).is_dir():
             shutil.rmtree(self.postgres_data, ignore_errors=True)
         self.postgres_data = None
-        self._save()
+        if self.state_file.exists():  # `down` where nothing was ever started leaves no state behind
+            self._save()
         return order
 
     def _ours(self, entry: dict) -> bool:
