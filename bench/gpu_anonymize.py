@@ -15,6 +15,9 @@ speed does not depend on the weights), real images generated from seeded codes, 
   c_polyphase  c_channels_last (the defaults' settings: bf16, channels-last) with the generator's batched
       up-sampling convs run as 4 polyphase stride-1 convs + pixel shuffle instead of a 6 x 6 stride-2 transposed conv
       (`set_upsample_form`); the default stays "transposed" until this measures it
+  c_matmul_resize  c_channels_last with the identity and attribute networks' input resize run as two matrix
+      products (`set_resize_form(..., "matmul")`, equal to the reference ops) instead of PyTorch's antialiased
+      bicubic / adaptive pooling kernels; the default stays "interpolate" until this measures it
   d   c at the batch that the defaults pick (`batch_size: auto` measured under bf16), what a pipeline run gets
       (c' and d take the generator layout of whichever of c / c_channels_last was faster)
 
@@ -58,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the 
 from anon_core.acceleration import accelerate_networks_, autocast, channels_last_, set_memory_format_  # noqa: E402
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
+from anon_core.networks.resample import set_resize_form  # noqa: E402
 from anon_core.networks.stylegan2 import set_modulated_conv_form, set_upsample_form  # noqa: E402
 from anon_core.prefetch import batch_slices  # noqa: E402
 from anon_core.optimize import LOSS_NAMES, anonymize_batch  # noqa: E402
@@ -305,12 +309,15 @@ def main() -> None:
         return runs[0] | {"s_per_step": float(np.mean([r["s_per_step"] for r in runs])),
                           "peak_memory_gib": runs[0]["peak_memory_gib"]}
 
-    def batched(amp_dtype, backend=None, size=None, fused=None, generator_channels_last=False, up_form="transposed"):
+    def batched(amp_dtype, backend=None, size=None, fused=None, generator_channels_last=False, up_form="transposed",
+                resize_form="interpolate"):
         size = size or batch
 
         def timed() -> dict:
             set_modulated_conv_form(g, fused)
             set_upsample_form(g, up_form)
+            set_resize_form(nets.identity, resize_form)
+            set_resize_form(nets.farl, resize_form)
             if generator_channels_last:
                 channels_last_(g)
             try:
@@ -319,6 +326,8 @@ def main() -> None:
             finally:
                 set_modulated_conv_form(g, None)
                 set_upsample_form(g, "transposed")
+                set_resize_form(nets.identity, "interpolate")
+                set_resize_form(nets.farl, "interpolate")
                 set_memory_format_(g, torch.contiguous_format)
 
         return timed
@@ -334,6 +343,8 @@ def main() -> None:
         batched(torch.bfloat16, generator_channels_last=True))
     run("c_polyphase", f"c_channels_last with polyphase up-sampling convs (phase convs + pixel shuffle), batch {batch}",
         batched(torch.bfloat16, generator_channels_last=True, up_form="polyphase"))
+    run("c_matmul_resize", f"c_channels_last with the networks' input resize as matrix products, batch {batch}",
+        batched(torch.bfloat16, generator_channels_last=True, resize_form="matmul"))
     configs = record["configurations"]
     # d and c' run the faster generator layout of c / c_channels_last
     generator_cl = (configs.get("c_channels_last", {}).get("image_steps_per_s", 0)
@@ -391,7 +402,8 @@ def main() -> None:
         record["identity_network_channels_last"] = identity_channels_last(nets, images[:batch], torch.bfloat16)
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
     pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
-             ("c_channels_last", "c"), ("c_polyphase", "c_channels_last"), ("d", "c"), ("d", "a"))
+             ("c_channels_last", "c"), ("c_polyphase", "c_channels_last"),
+             ("c_matmul_resize", "c_channels_last"), ("d", "c"), ("d", "a"))
     record["ratios"] = {f"{x}/{y}": speed[x] / speed[y] for x, y in pairs if x in speed and y in speed}
     save()
 

@@ -6,7 +6,7 @@
 # machine with the venv and bring the `.gpu/` folder it makes (wheels + two dlib model files, 38 MB).
 #
 #   OUT=results bash bench/gpu_session.sh        # writes gpu.txt, gpu_anonymize.json/.log, gpu_tests.log,
-#                                                # gpu_pipeline.json/.log
+#                                                # resize_forms.json/.log, gpu_pipeline.json/.log
 #   BENCH_ARGS="--profile tiny" PIPELINE_ARGS="--profile tiny" bash ...   # a dry run of the same script on a CPU
 set -u -o pipefail
 OUT=${OUT:-bench/gpu_session}
@@ -25,13 +25,16 @@ timeout 320 python3 bench/gpu_anonymize.py --out "$OUT/gpu_anonymize.json" ${BEN
 bench=$?
 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_batch_size.py tests/test_dlib_resnet.py \
   tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py tests/test_stylegan2.py \
-  tests/test_polyphase_upconv.py 2>&1 | tee "$OUT/gpu_tests.log"
+  tests/test_polyphase_upconv.py tests/test_resample.py 2>&1 | tee "$OUT/gpu_tests.log"
 tests=$?
+# The networks' input resize alone, reference kernels vs matrix products (seconds)
+timeout 60 python3 bench/resize_forms.py --out "$OUT/resize_forms.json" 2>&1 | tee "$OUT/resize_forms.log"
+resize=$?
 # The whole pipeline's stages and CelebA-HQ projected (bench/gpu_pipeline.py), last: what runs out of time here
 # leaves the two results above whole.
 # shellcheck disable=SC2086  # PIPELINE_ARGS holds several arguments
 timeout 150 python3 bench/gpu_pipeline.py --images 128 --pool-sample 512 --out "$OUT/gpu_pipeline.json" \
   ${PIPELINE_ARGS:-} 2>&1 | tee "$OUT/gpu_pipeline.log"
 pipeline=$?
-echo "bench exit $bench, gpu tests exit $tests, pipeline exit $pipeline"
-exit $(( bench || tests || pipeline ))
+echo "bench exit $bench, gpu tests exit $tests, resize exit $resize, pipeline exit $pipeline"
+exit $(( bench || tests || resize || pipeline ))

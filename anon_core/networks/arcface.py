@@ -21,15 +21,35 @@ with torchvision's antialiased bilinear `Resize` instead; this module follows pS
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PSP_SIZE", "PSP_CROP", "IRSEConfig", "ArcFaceEncoder"]
+from anon_core.networks.resample import separable_resample
+
+__all__ = ["PSP_SIZE", "PSP_CROP", "IRSEConfig", "ArcFaceEncoder", "PspCropPool"]
 
 # pSp IDLoss preparation: work at 256 px, keep the face box [top:bottom, left:right].
 PSP_SIZE = 256
 PSP_CROP: tuple[int, int, int, int] = (35, 223, 32, 220)  # (top, bottom, left, right), Python slice bounds
+
+
+@dataclass(frozen=True)
+class PspCropPool:
+    """pSp IDLoss's resampling to `size` px, one axis at a time (resample.AxisMap): to PSP_SIZE (adaptive average
+    pooling when larger, bilinear when smaller), the PSP_CROP rows or columns, adaptive average pooling to `size`."""
+
+    size: int
+
+    def axis_map(self, x: Tensor, axis: str) -> Tensor:
+        if x.shape[-1] > PSP_SIZE:
+            x = F.adaptive_avg_pool2d(x, (1, PSP_SIZE))
+        elif x.shape[-1] < PSP_SIZE:
+            x = F.interpolate(x, size=(1, PSP_SIZE), mode="bilinear", align_corners=False)
+        top, bottom, left, right = PSP_CROP
+        start, stop = (top, bottom) if axis == "rows" else (left, right)
+        return F.adaptive_avg_pool2d(x[..., start:stop], (1, self.size))
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,8 @@ class ArcFaceEncoder(nn.Module):
     loss network. Move it with `.to(device, dtype)`.
     """
 
+    resize_form: ClassVar[str] = "interpolate"  # resample.RESIZE_FORMS; set_resize_form changes it per instance
+
     def __init__(self, config: IRSEConfig) -> None:
         super().__init__()
         self.config = config
@@ -156,7 +178,8 @@ class ArcFaceEncoder(nn.Module):
 
         To 256 px (adaptive average pooling when larger, bilinear with align_corners=False when smaller), crop
         rows 35:223 and columns 32:220 (188 px), adaptive average pooling to `input_size`. Values stay in
-        [-1, 1], the range the network was trained on.
+        [-1, 1], the range the network was trained on. With ``resize_form`` "matmul" the steps after the first
+        pooling (a cheap pass over the large image, kept) run as two small matrix products (PspCropPool).
         """
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
             raise ValueError(
@@ -166,7 +189,9 @@ class ArcFaceEncoder(nn.Module):
         x = images
         if x.shape[-1] > PSP_SIZE:
             x = F.adaptive_avg_pool2d(x, PSP_SIZE)
-        elif x.shape[-1] < PSP_SIZE:
+        if self.resize_form == "matmul":
+            return separable_resample(x, PspCropPool(self.config.input_size))
+        if x.shape[-1] < PSP_SIZE:
             x = F.interpolate(x, size=(PSP_SIZE, PSP_SIZE), mode="bilinear", align_corners=False)
         top, bottom, left, right = PSP_CROP
         x = x[:, :, top:bottom, left:right]  # (B, 3, 188, 188)

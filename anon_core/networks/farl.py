@@ -26,16 +26,36 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ViTConfig", "FaRLEncoder"]
+from anon_core.networks.resample import separable_resample
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipResize", "ViTConfig", "FaRLEncoder"]
 
 # CLIP's image normalization (openai/CLIP `clip/clip.py` `_transform`), applied to [0, 1] RGB.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ClipResize:
+    """CLIP's resize to `size` px: bicubic, align_corners=False, antialiased when shrinking (as PIL's is)."""
+
+    size: int
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._bicubic(x, (self.size, self.size))
+
+    def axis_map(self, x: Tensor, axis: str) -> Tensor:  # resample.AxisMap: the same op along one axis
+        return self._bicubic(x, (1, self.size))
+
+    def _bicubic(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        shrinking = x.shape[-1] > self.size
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=shrinking)
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,8 @@ class FaRLEncoder(nn.Module):
     initialization only makes an untrained model produce non-degenerate tokens. Move it with `.to(device, dtype)`.
     """
 
+    resize_form: ClassVar[str] = "interpolate"  # resample.RESIZE_FORMS; set_resize_form changes it per instance
+
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
@@ -168,15 +190,15 @@ class FaRLEncoder(nn.Module):
     def preprocess(self, images: Tensor) -> Tensor:
         """[B, 3, H, H] images in [-1, 1] -> [B, 3, R, R] CLIP-normalized input, R = config.input_resolution.
 
-        Steps: [-1, 1] -> [0, 1]; bicubic resize to R (align_corners=False, antialiased when shrinking, as
-        CLIP's PIL bicubic resize is); subtract CLIP_MEAN, divide by CLIP_STD. Differentiable throughout.
+        Steps: [-1, 1] -> [0, 1]; bicubic resize to R (ClipResize; as two matrix products when ``resize_form``
+        is "matmul"); subtract CLIP_MEAN, divide by CLIP_STD. Differentiable throughout.
         """
         _check_square_rgb(images, "FaRLEncoder")
         size = self.config.input_resolution
         x = (images + 1.0) / 2.0
         if x.shape[-1] != size:
-            shrinking = x.shape[-1] > size
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=shrinking)
+            resize = ClipResize(size)
+            x = separable_resample(x, resize) if self.resize_form == "matmul" else resize(x)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:

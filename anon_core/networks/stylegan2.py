@@ -31,13 +31,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anon_core.networks.precision import without_autocast
 from anon_core.networks.upfirdn import Blur, Upsample
 
 __all__ = [
@@ -157,11 +157,6 @@ class EqualLinear(nn.Module):
 # --- modulated convolution ----------------------------------------------------------------------------------------
 
 
-def _without_autocast(device_type: str) -> AbstractContextManager:
-    """Autocast off for a few float32 ops (a no-op where autocast does not exist, e.g. the meta device)."""
-    return torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()
-
-
 class ModulatedConv2d(nn.Module):
     """Style-modulated conv (StyleGAN2 weight (de)modulation).
 
@@ -269,7 +264,7 @@ class ModulatedConv2d(nn.Module):
             return out if add is None else out + add.to(out.dtype)
         # 1 / |w * s| per output channel, in float32 at least whatever the autocast: sum_i s_i^2 sum_kk w_oikk^2
         precise = torch.promote_types(weight.dtype, torch.float32)
-        with _without_autocast(x.device.type):
+        with without_autocast(x.device.type):
             energy = s.to(precise).square() @ weight.to(precise).square().sum(dim=(2, 3)).t()  # [B, out]
         coef = (torch.rsqrt(energy + 1e-8) * gain).to(out.dtype).reshape(batch, -1, 1, 1)
         if add is None:
@@ -290,7 +285,7 @@ class ModulatedConv2d(nn.Module):
         out_ch, in_ch, k, _ = weight.shape
         fir = self.blur.kernel
         precise = torch.promote_types(weight.dtype, torch.float32)
-        with _without_autocast(weight.device.type):
+        with without_autocast(weight.device.type):
             kernels = weight.to(precise).transpose(0, 1).reshape(in_ch * out_ch, 1, k, k)
             fir = fir.to(precise).flip([0, 1]).reshape(1, 1, *fir.shape)  # conv2d correlates; flip to convolve
             kernels = F.conv2d(kernels, fir, padding=fir.shape[-1] - 1)  # full convolution
