@@ -1,5 +1,5 @@
 """How the networks run on a device, without changing what the method computes: the autocast dtype of mixed
-precision and the channels-last memory format of convolutional networks.
+precision, the channels-last memory format of convolutional networks and the compilation of their repeated blocks.
 
 Mixed precision keeps the W+ codes and Adam's state in float32 ("master" copies) and runs the frozen networks
 under `torch.autocast`; `tests/test_mixed_precision.py` bounds how far the final losses move. Channels-last
@@ -9,15 +9,19 @@ transposes; on the CPU it changes the kernels but not the results (beyond float 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from anon_core.networks.arcface import BottleneckIRSE
+from anon_core.networks.farl import ResidualAttentionBlock
+from anon_core.networks.stylegan2 import StyledConv, ToRGB
 from anon_core.params import AMP_MODES
 
 
@@ -86,6 +90,39 @@ def accelerate_networks_(nets, channels_last: bool) -> None:
     if channels_last and nets.device.type == "cuda":
         for module in convolutional_networks(nets):
             channels_last_(module)
+
+
+# The blocks that the three networks repeat: the generator's styled convs and ToRGB layers, FaRL's attention blocks,
+# ArcFace's bottleneck units. Their element-wise work (modulation, demodulation, noise, bias, activations, norms) is
+# what a compiler fuses into few kernels; the convolutions and matrix products stay library calls.
+REPEATED_BLOCKS: tuple[type[nn.Module], ...] = (StyledConv, ToRGB, ResidualAttentionBlock, BottleneckIRSE)
+# Graphs one block type may need: a styled conv alone varies in input dtype (the float32 constant input vs bf16
+# feature maps), in which of its input and code take gradients (layers before, at and after the trainable ones),
+# up-sampling or not, and grad mode (the final synthesis): about 20 of torch.compile's default 8 (past which it
+# silently runs the block eagerly).
+BLOCK_RECOMPILE_LIMIT = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_forward(block_type: type[nn.Module], backend: str) -> Callable:
+    """One torch.compile of `block_type.forward` per backend, shared by every block of the type (taken as its first
+    argument): blocks of equal shapes reuse one graph, and sizes that vary become dynamic after a recompilation."""
+    return torch.compile(block_type.forward, backend=backend)
+
+
+def compile_blocks_(module: nn.Module, backend: str | None = "inductor") -> int:
+    """Regional compilation: run every REPEATED_BLOCKS block in `module` through torch.compile with `backend`, or
+    eagerly again with None. In place; returns the number of blocks. Compiling a few block types takes seconds
+    where compiling the whole step (`speed.compile`) takes minutes, and fuses the same element-wise work of the
+    blocks (not the networks' glue, nor the losses). Safe to deepcopy: a copy's blocks call the copy."""
+    blocks = [block for block in module.modules() if isinstance(block, REPEATED_BLOCKS)]
+    if backend is not None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
+    for block in blocks:
+        vars(block).pop("forward", None)  # back to the class's eager forward
+        if backend is not None:
+            block.forward = functools.partial(_compiled_forward(type(block), backend), block)
+    return len(blocks)
 
 
 @dataclass

@@ -18,6 +18,9 @@ speed does not depend on the weights), real images generated from seeded codes, 
   c_matmul_resize  c_channels_last with the identity and attribute networks' input resize run as two matrix
       products (`set_resize_form(..., "matmul")`, equal to the reference ops) instead of PyTorch's antialiased
       bicubic / adaptive pooling kernels; the default stays "interpolate" until this measures it
+  c_compiled_blocks  c_channels_last (or c) with regional compilation: each repeated block of the three networks
+      (styled convs, ToRGBs, FaRL's attention blocks, ArcFace's units) through torch.compile (`compile_blocks_`),
+      the rest eager; its first step shows what compiling costs against c''s
   d   c at the batch that the defaults pick (`batch_size: auto` measured under bf16), what a pipeline run gets
       (c' and d take the generator layout of whichever of c / c_channels_last was faster)
 
@@ -47,6 +50,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
 import platform
 import signal
 import sys
@@ -58,7 +62,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/flops.py, the FLOP counter
 
-from anon_core.acceleration import accelerate_networks_, autocast, channels_last_, set_memory_format_  # noqa: E402
+from anon_core.acceleration import (  # noqa: E402
+    accelerate_networks_,
+    autocast,
+    channels_last_,
+    compile_blocks_,
+    set_memory_format_,
+)
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
 from anon_core.networks.resample import set_resize_form  # noqa: E402
@@ -184,6 +194,27 @@ def summarize(run: dict, gflop: float, peak_tflops: float | None, steps_per_imag
     }
 
 
+def host_cpu() -> str:
+    """The host CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compile_break_even(compiled: dict, eager: dict, steps_per_image: int) -> dict:
+    """Images a process must optimize (params' steps each) before compiling has paid for itself: the compilation
+    (the compiled configuration's first step less one ordinary step) over the time each image saves. A pipeline
+    compiles once per partition run (one process per shard; inductor's on-disk cache may make later ones cheaper)."""
+    overhead_s = compiled["first_step_s"] - compiled["s_per_step"]
+    saved_s = steps_per_image * (1 / eager["image_steps_per_s"] - 1 / compiled["image_steps_per_s"])
+    return {"compile_overhead_s": overhead_s, "saved_s_per_image": saved_s,
+            "break_even_images": overhead_s / saved_s if saved_s > 0 else None}
+
+
 def identity_channels_last(nets, images: torch.Tensor, amp_dtype, repeats: int = 5) -> dict:
     """Forward + input-gradient of the identity network alone, default vs channels-last memory format."""
     out = {}
@@ -257,6 +288,8 @@ def main() -> None:
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "matmul_precision": torch.get_float32_matmul_precision(),
         "cpu_threads": torch.get_num_threads(),
+        "host_cpu": host_cpu(),  # the batch-1 loop is launch-bound (a_batch4): its speed follows the host CPU
+        "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
         "profile": spec.name,
         "resolution": g.config.resolution,
         "batch_size": batch,
@@ -310,10 +343,12 @@ def main() -> None:
                           "peak_memory_gib": runs[0]["peak_memory_gib"]}
 
     def batched(amp_dtype, backend=None, size=None, fused=None, generator_channels_last=False, up_form="transposed",
-                resize_form="interpolate"):
+                resize_form="interpolate", blocks_backend=None):
         size = size or batch
 
         def timed() -> dict:
+            for net in (g, nets.identity, nets.farl):
+                compile_blocks_(net, blocks_backend)
             set_modulated_conv_form(g, fused)
             set_upsample_form(g, up_form)
             set_resize_form(nets.identity, resize_form)
@@ -329,10 +364,19 @@ def main() -> None:
                 set_resize_form(nets.identity, "interpolate")
                 set_resize_form(nets.farl, "interpolate")
                 set_memory_format_(g, torch.contiguous_format)
+                for net in (g, nets.identity, nets.farl):
+                    compile_blocks_(net, None)
 
         return timed
 
     run("a", "official-style loop: batch 1, float32", loop_a)
+    # the loop's kernels (per-sample grouped convs) at 4x the work: a step barely slower than a's means a's time is
+    # kernel launches and Python, i.e. the host CPU, not the GPU (what separated a's 0.040 from 0.057 s/step)
+    run("a_batch4", "a's kernels at batch 4: per-sample grouped convs, float32", batched(None, size=4, fused=True))
+    loop = {name: record["configurations"].get(name, {}).get("s_per_step") for name in ("a", "a_batch4")}
+    if None not in loop.values():
+        ratio = loop["a_batch4"] / loop["a"]
+        record["loop_launch_bound"] = {"step_time_batch4_over_batch1": ratio, "launch_bound": ratio < 2.0}
     accelerate_networks_(nets, channels_last=True)  # from here on our CUDA path: channels-last identity network
     set_memory_format_(g, torch.contiguous_format)  # the generator's layout is each configuration's own
     run("b", f"batched float32, batch {batch}", batched(None))
@@ -382,6 +426,9 @@ def main() -> None:
             signal.signal(signal.SIGALRM, on_alarm)
             signal.alarm(remaining)
         try:
+            run("c_compiled_blocks", f"c with the networks' repeated blocks compiled ({compile_backend}), batch {batch}",
+                batched(torch.bfloat16, generator_channels_last=generator_cl, blocks_backend=compile_backend),
+                may_fail=True)
             run("c_compiled", f"batched bf16 autocast + torch.compile ({compile_backend}), batch {batch}",
                 batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl), may_fail=True)
         finally:
@@ -403,8 +450,13 @@ def main() -> None:
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
     pairs = (("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
              ("c_channels_last", "c"), ("c_polyphase", "c_channels_last"),
-             ("c_matmul_resize", "c_channels_last"), ("d", "c"), ("d", "a"))
+             ("c_matmul_resize", "c_channels_last"), ("c_compiled_blocks", "c"),
+             ("c_compiled_blocks", "c_channels_last"), ("d", "c"), ("d", "a"))
     record["ratios"] = {f"{x}/{y}": speed[x] / speed[y] for x, y in pairs if x in speed and y in speed}
+    eager = "c_channels_last" if generator_cl else "c"
+    record["compile_break_even"] = {name: compile_break_even(configs[name], configs[eager], steps_per_image)
+                                    for name in ("c_compiled", "c_compiled_blocks")
+                                    if "image_steps_per_s" in configs.get(name, {}) and eager in speed}
     save()
 
     print(f"\n{device_name} ({device.type}), profile {spec.name}, batch {batch}, {args.steps} timed steps after "
@@ -424,6 +476,10 @@ def main() -> None:
         d = record["bf16_vs_fp32"]
         print("bf16 vs fp32 final losses: " + ", ".join(f"{k} {v:.2%}" for k, v in
               d["relative_difference_of_final_losses"].items()) + f" (tolerance {d['tolerance']:.0%})")
+    for name, even in record.get("compile_break_even", {}).items():
+        images = f"{even['break_even_images']:.0f} images" if even["break_even_images"] else "never (no gain)"
+        print(f"{name}: compiling costs {even['compile_overhead_s']:.1f} s, saves {even['saved_s_per_image']:.4f} s "
+              f"per image: pays after {images} per process (a shard is params' pipeline.shard_size)")
     if "identity_network_channels_last" in record:
         print(f"identity network fwd+bwd, channels-last vs default: "
               f"{record['identity_network_channels_last']['speedup']:.2f}x")

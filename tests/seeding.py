@@ -68,3 +68,17 @@ def mini_networks() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
                                              input_size=32))
         farl = FaRLEncoder(ViTConfig(input_resolution=32, patch_size=8, width=32, layers=1, heads=2, output_dim=16))
     return tuple(net.eval().requires_grad_(False) for net in (g, identity, farl))
+
+
+def mini_step_inputs(g: torch.nn.Module, batch: int = 2, steps: int = 3):
+    """(optimization params of `steps` steps, w_real [B, num_ws, w_dim], w_fake [B, w_dim], real images) for `g`:
+    real and fake codes from seeded pools, the real images synthesized from their codes."""
+    from anon_core.fake_pool import broadcast_ws, sample_fake_pool
+    from anon_core.params import load_params
+
+    params = load_params("tiny", **{"optimization.steps": steps}).optimization
+    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, batch, 1000, 0.7).w), g.num_ws)
+    w_fake = torch.from_numpy(sample_fake_pool(g, batch, 2000, 0.7).w)
+    with torch.no_grad():
+        images = g.synthesis(w_real)
+    return params, w_real, w_fake, images

@@ -16,8 +16,7 @@ from anon_core.acceleration import (
 )
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool
 from anon_core.optimize import anonymize_batch
-from anon_core.params import load_params
-from seeding import mini_networks
+from seeding import mini_networks, mini_step_inputs
 
 
 def _conv_weights(module):
@@ -80,11 +79,7 @@ def test_compiled_step_gives_the_eager_result():
     # "aot_eager" traces the step's forward and backward graphs as torch.compile does and runs them with the eager
     # kernels; inductor's code generation takes minutes on this CPU and is exercised by bench/gpu_anonymize.py.
     g, identity, farl = mini_networks()
-    params = load_params("tiny", **{"optimization.steps": 3}).optimization
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, 1000, 0.7).w), g.num_ws)
-    w_fake = torch.from_numpy(sample_fake_pool(g, 2, 2000, 0.7).w)
-    with torch.no_grad():
-        images = g.synthesis(w_real)
+    params, w_real, w_fake, images = mini_step_inputs(g)
 
     def run(backend):
         return anonymize_batch(g, identity, farl, images, w_real, w_fake, params, compile_backend=backend)
@@ -111,3 +106,86 @@ def test_cuda_memory_is_expandable_unless_the_user_configured_the_allocator(monk
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "backend:cudaMallocAsync")
     prefer_expandable_cuda_memory()
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def _images_and_code_gradients(g, identity, farl, ws):
+    ws = ws.detach().clone().requires_grad_(True)
+    image = g.synthesis(ws)
+    loss = identity(image).square().sum() + farl(image)[1].square().mean() + image[:, :, ::5].sum()
+    loss.backward()
+    return image.detach(), ws.grad
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")
+def test_compiled_blocks_give_the_eager_result_and_compile_once_per_shape():
+    from torch._dynamo.utils import counters
+
+    from anon_core.acceleration import REPEATED_BLOCKS, compile_blocks_
+
+    nets = mini_networks()
+    g, identity, farl = nets
+    ws = torch.randn(3, g.num_ws, g.config.w_dim, generator=torch.Generator().manual_seed(1))
+    eager = _images_and_code_gradients(*nets, ws)
+    blocks = sum(compile_blocks_(net, "aot_eager") for net in nets)
+    assert blocks == sum(isinstance(m, REPEATED_BLOCKS) for net in nets for m in net.modules()) > 10
+    counters.clear()
+    compiled = _images_and_code_gradients(*nets, ws)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 0 < graphs <= 12  # a few graphs per block type (shapes), not one per block
+    again = _images_and_code_gradients(*nets, ws)
+    assert counters["stats"]["unique_graphs"] == graphs  # the next step reuses them: no compilation per step
+    for got in (compiled, again):
+        torch.testing.assert_close(got[0], eager[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], eager[1], atol=1e-5, rtol=1e-4)
+    for net in nets:
+        compile_blocks_(net, None)
+    assert not any("forward" in vars(m) for net in nets for m in net.modules())  # eager again
+
+
+def test_a_copy_of_compiled_blocks_runs_its_own_weights():
+    from anon_core.acceleration import compile_blocks_
+
+    g = mini_networks()[0]
+    compile_blocks_(g, "eager")
+    twin = copy.deepcopy(g)
+    with torch.no_grad():
+        for p in twin.convs.parameters():
+            p.mul_(1.5)
+    ws = torch.randn(2, g.num_ws, g.config.w_dim, generator=torch.Generator().manual_seed(2))
+    compile_blocks_(g, None)
+    with torch.no_grad():
+        assert not torch.allclose(twin.synthesis(ws), g.synthesis(ws))  # the copy's blocks use the copy's weights
+        compile_blocks_(twin, None)
+        expected = twin.synthesis(ws)
+        compile_blocks_(twin, "eager")
+        torch.testing.assert_close(twin.synthesis(ws), expected)
+
+
+@pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported here")
+def test_compiled_blocks_run_the_whole_optimization_compiled_under_bf16(caplog):
+    """Every variant a block meets in a bf16 step (float32 constant input, layers with and without gradients,
+    the final no-grad synthesis) stays compiled: torch.compile's default limit of 8 graphs per function would
+    silently run the rest eagerly."""
+    from anon_core.acceleration import compile_blocks_
+
+    g, identity, farl = mini_networks()
+    params, w_real, w_fake, images = mini_step_inputs(g)
+
+    def run():
+        return anonymize_batch(g, identity, farl, images, w_real, w_fake, params, amp_dtype=torch.bfloat16)
+
+    eager = run()
+    for net in (g, identity, farl):
+        compile_blocks_(net, "aot_eager")
+    try:
+        with caplog.at_level("WARNING", logger="torch._dynamo"):
+            compiled = run()
+    finally:
+        for net in (g, identity, farl):
+            compile_blocks_(net, None)
+    assert "recompile_limit" not in caplog.text
+    # the traced graphs round bf16 intermediates at other points than the eager ops (exactness is the float32
+    # test's job): the losses agree as closely as bf16 runs of one step do
+    for name in ("identity", "attribute", "total"):
+        torch.testing.assert_close(torch.from_numpy(compiled.history[name]), torch.from_numpy(eager.history[name]),
+                                   rtol=0.02, atol=1e-3)

@@ -10,13 +10,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from anon_core.fake_pool import broadcast_ws, sample_fake_pool
 from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig, PspCropPool
 from anon_core.networks.farl import ClipResize, FaRLEncoder, ViTConfig
 from anon_core.networks.resample import RESIZE_FORMS, resample_matrices, set_resize_form
 from anon_core.networks.stylegan2 import Generator, StyleGAN2Config
 from anon_core.optimize import anonymize_batch
-from anon_core.params import load_params
+from seeding import mini_step_inputs
 
 pytestmark = pytest.mark.usefixtures("seeded_rng")
 
@@ -144,11 +143,7 @@ def test_optimization_gives_the_same_codes_with_either_resize_form():
     g = Generator(StyleGAN2Config(resolution=64, z_dim=16, w_dim=16, mapping_layers=1, channel_max=16))
     g = g.eval().requires_grad_(False)
     identity, attributes = arcface(32), farl(48)  # 64 px images: pooled to 32 (ArcFace), shrunk to 48 (FaRL)
-    params = load_params("tiny", **{"optimization.steps": 3}).optimization
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, 1000, 0.7).w), g.num_ws)
-    w_fake = torch.from_numpy(sample_fake_pool(g, 2, 2000, 0.7).w)
-    with torch.no_grad():
-        images = g.synthesis(w_real)
+    params, w_real, w_fake, images = mini_step_inputs(g)
     results = {}
     for form in RESIZE_FORMS:
         nets = [copy.deepcopy(identity), copy.deepcopy(attributes)]
