@@ -6,7 +6,8 @@
 # machine with the venv and bring the `.gpu/` folder it makes (wheels + two dlib model files, 38 MB).
 #
 #   OUT=results bash bench/gpu_session.sh        # writes gpu.txt, gpu_anonymize.json/.log, gpu_tests.log,
-#                                                # resize_forms.json/.log, gpu_pipeline.json/.log
+#                                                # resize_forms, gpu_pipeline, gpu_compile_warm and
+#                                                # gpu_loop_fixed_segments .json/.log
 #   BENCH_ARGS="--profile tiny" PIPELINE_ARGS="--profile tiny" bash ...   # a dry run of the same script on a CPU
 set -u -o pipefail
 OUT=${OUT:-bench/gpu_session}
@@ -36,5 +37,19 @@ resize=$?
 timeout 150 python3 bench/gpu_pipeline.py --images 128 --pool-sample 512 --out "$OUT/gpu_pipeline.json" \
   ${PIPELINE_ARGS:-} 2>&1 | tee "$OUT/gpu_pipeline.log"
 pipeline=$?
-echo "bench exit $bench, gpu tests exit $tests, resize exit $resize, pipeline exit $pipeline"
-exit $(( bench || tests || resize || pipeline ))
+# What compiling costs in a fresh process once inductor's on-disk caches hold the first run's kernels (a pipeline's
+# next shard on the same machine), and the loop under the allocator's fixed segments (the suspect for its
+# 0.040 vs 0.057 s/step): two short processes, last.
+batch=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['batch_size'])" "$OUT/gpu_anonymize.json" \
+  2>/dev/null || echo auto)
+# shellcheck disable=SC2086
+timeout 120 python3 bench/gpu_anonymize.py --only c_channels_last c_compiled_blocks c_compiled --batch-size "$batch" \
+  --out "$OUT/gpu_compile_warm.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_compile_warm.log"
+warm=$?
+# shellcheck disable=SC2086
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False timeout 60 python3 bench/gpu_anonymize.py --only a a_batch4 \
+  --batch-size 1 --out "$OUT/gpu_loop_fixed_segments.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_loop_fixed_segments.log"
+loop=$?
+echo "bench exit $bench, gpu tests exit $tests, resize exit $resize, pipeline exit $pipeline, warm compile exit $warm," \
+  "loop exit $loop"
+exit $(( bench || tests || resize || pipeline || warm || loop ))
