@@ -426,7 +426,8 @@ def main() -> None:
             signal.signal(signal.SIGALRM, on_alarm)
             signal.alarm(remaining)
         try:
-            run("c_compiled_blocks", f"c with the networks' repeated blocks compiled ({compile_backend}), batch {batch}",
+            run("c_compiled_blocks", f"c with the networks' repeated blocks compiled ({compile_backend}), "
+                f"batch {batch}",
                 batched(torch.bfloat16, generator_channels_last=generator_cl, blocks_backend=compile_backend),
                 may_fail=True)
             run("c_compiled", f"batched bf16 autocast + torch.compile ({compile_backend}), batch {batch}",
@@ -448,8 +449,8 @@ def main() -> None:
     if extras and time.perf_counter() - t0 < args.budget_s:
         record["identity_network_channels_last"] = identity_channels_last(nets, images[:batch], torch.bfloat16)
     speed = {k: v["image_steps_per_s"] for k, v in configs.items() if "image_steps_per_s" in v}
-    pairs = (("a_batch4", "a"), ("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"), ("c_compiled", "a"),
-             ("c_channels_last", "c"), ("c_polyphase", "c_channels_last"),
+    pairs = (("a_batch4", "a"), ("b", "a"), ("c", "a"), ("c", "b"), ("c", "c_grouped"), ("c_compiled", "c"),
+             ("c_compiled", "a"), ("c_channels_last", "c"), ("c_polyphase", "c_channels_last"),
              ("c_matmul_resize", "c_channels_last"), ("c_compiled_blocks", "c"),
              ("c_compiled_blocks", "c_channels_last"), ("d", "c"), ("d", "a"))
     record["ratios"] = {f"{x}/{y}": speed[x] / speed[y] for x, y in pairs if x in speed and y in speed}

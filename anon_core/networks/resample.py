@@ -52,7 +52,8 @@ def axis_matrix(spec: AxisMap, size: int, axis: str) -> Tensor:
 def resample_matrices(spec: AxisMap, size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(R, C) of `spec` for a size x size image, on `device` in `dtype` (built once per spec, size, device, dtype:
     the step must not copy them to the device each time)."""
-    return tuple(axis_matrix(spec, size, axis).to(device=device, dtype=dtype) for axis in AXES)  # type: ignore[return-value]
+    rows, cols = (axis_matrix(spec, size, axis).to(device=device, dtype=dtype) for axis in AXES)
+    return rows, cols
 
 
 def separable_resample(x: Tensor, spec: AxisMap) -> Tensor:
