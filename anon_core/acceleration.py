@@ -104,24 +104,28 @@ BLOCK_RECOMPILE_LIMIT = 64
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_forward(block_type: type[nn.Module], backend: str) -> Callable:
-    """One torch.compile of `block_type.forward` per backend, shared by every block of the type (taken as its first
-    argument): blocks of equal shapes reuse one graph, and sizes that vary become dynamic after a recompilation."""
-    return torch.compile(block_type.forward, backend=backend)
+def _compiled_forward(block_type: type[nn.Module], backend: str, mode: str | None) -> Callable:
+    """One torch.compile of `block_type.forward` per backend and mode, shared by every block of the type (taken as
+    its first argument): blocks of equal shapes reuse one graph, and sizes that vary become dynamic after a
+    recompilation."""
+    return torch.compile(block_type.forward, backend=backend, mode=mode)
 
 
-def compile_blocks_(module: nn.Module, backend: str | None = "inductor") -> int:
-    """Regional compilation: run every REPEATED_BLOCKS block in `module` through torch.compile with `backend`, or
-    eagerly again with None. In place; returns the number of blocks. Compiling a few block types takes seconds
-    where compiling the whole step (`speed.compile`) takes minutes, and fuses the same element-wise work of the
-    blocks (not the networks' glue, nor the losses). Safe to deepcopy: a copy's blocks call the copy."""
+def compile_blocks_(module: nn.Module, backend: str | None = "inductor", mode: str | None = None) -> int:
+    """Regional compilation: run every REPEATED_BLOCKS block in `module` through torch.compile with `backend` (and
+    inductor's `mode`, e.g. "max-autotune-no-cudagraphs" to let it pick Triton convolution templates with the
+    element-wise work fused into them), or eagerly again with None. In place; returns the number of blocks.
+
+    It compiles the graphs of a few small block types instead of the whole step (`speed.compile`) and fuses the
+    blocks' element-wise work, not the networks' glue nor the losses. Safe to deepcopy: a copy's blocks call the
+    copy."""
     blocks = [block for block in module.modules() if isinstance(block, REPEATED_BLOCKS)]
     if backend is not None:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
     for block in blocks:
         vars(block).pop("forward", None)  # back to the class's eager forward
         if backend is not None:
-            block.forward = functools.partial(_compiled_forward(type(block), backend), block)
+            block.forward = functools.partial(_compiled_forward(type(block), backend, mode), block)
     return len(blocks)
 
 

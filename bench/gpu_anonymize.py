@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--loop-images", type=int, default=2, help="images run one by one in configuration a")
     ap.add_argument("--compile", choices=("auto", "inductor", "aot_eager", "off"), default="auto",
                     help="backend of c' (auto: inductor on CUDA, aot_eager on a CPU)")
+    ap.add_argument("--blocks-mode", default=None,
+                    help="torch.compile mode of c_compiled_blocks (e.g. max-autotune-no-cudagraphs; default: none)")
     ap.add_argument("--only", nargs="+", metavar="CONFIG", help="run only these configurations (e.g. a)")
     ap.add_argument("--budget-s", type=float, default=280.0, help="skip or stop what would run past this")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("gpu_anonymize.json"))
@@ -348,7 +350,7 @@ def main() -> None:
 
         def timed() -> dict:
             for net in (g, nets.identity, nets.farl):
-                compile_blocks_(net, blocks_backend)
+                compile_blocks_(net, blocks_backend, args.blocks_mode)
             set_modulated_conv_form(g, fused)
             set_upsample_form(g, up_form)
             set_resize_form(nets.identity, resize_form)
