@@ -21,8 +21,9 @@ from torch import nn
 
 from anon_core.networks.arcface import BottleneckIRSE
 from anon_core.networks.farl import ResidualAttentionBlock
-from anon_core.networks.stylegan2 import StyledConv, ToRGB
-from anon_core.params import AMP_MODES
+from anon_core.networks.resample import set_resize_form
+from anon_core.networks.stylegan2 import StyledConv, ToRGB, set_upsample_form
+from anon_core.params import AMP_MODES, SpeedParams
 
 
 CUDA_ALLOCATOR_CONFIG = "expandable_segments:True"
@@ -84,12 +85,19 @@ def convolutional_networks(nets) -> list[nn.Module]:
     return [m for m in modules if isinstance(m, nn.Module)]
 
 
-def accelerate_networks_(nets, channels_last: bool) -> None:
-    """Put the convolutional networks of `nets` in channels-last format when asked and the device is CUDA (where
-    it helps); otherwise nothing. In place and idempotent."""
-    if channels_last and nets.device.type == "cuda":
+def accelerate_networks_(nets, speed: SpeedParams) -> None:
+    """Apply `speed` to `nets` in place (idempotent): channels-last convolutional networks when asked and the device
+    is CUDA (where it helps), the generator's up-sampling form and the identity and attribute networks' resize form,
+    and regional compilation of their blocks when asked and the whole step is not compiled."""
+    if speed.channels_last and nets.device.type == "cuda":
         for module in convolutional_networks(nets):
             channels_last_(module)
+    set_upsample_form(nets.generator, speed.upsample_form)
+    for net in (nets.identity, nets.farl):
+        set_resize_form(net, speed.resize_form)
+    backend = "inductor" if speed.compile_blocks and not speed.compile else None
+    for net in (nets.generator, nets.identity, nets.farl):
+        compile_blocks_(net, backend)
 
 
 # The blocks that the three networks repeat: the generator's styled convs and ToRGB layers, FaRL's attention blocks,

@@ -126,7 +126,7 @@ def optimize_images(
     1024 px on an H100)."""
     check_params_fit(nets, params)
     speed = params.speed
-    accelerate_networks_(nets, speed.channels_last)
+    accelerate_networks_(nets, speed)
     amp_dtype = resolve_amp(speed.amp, nets.device)
     g, n = nets.generator, len(images)
     out = Anonymized(  # filled batch by batch: a batch's float images are dropped as soon as they are uint8

@@ -379,7 +379,7 @@ def main() -> None:
     if None not in loop.values():
         ratio = loop["a_batch4"] / loop["a"]
         record["loop_launch_bound"] = {"step_time_batch4_over_batch1": ratio, "launch_bound": ratio < 2.0}
-    accelerate_networks_(nets, channels_last=True)  # from here on our CUDA path: channels-last identity network
+    accelerate_networks_(nets, dataclasses.replace(params.speed, channels_last=True))  # channels-last identity net
     set_memory_format_(g, torch.contiguous_format)  # the generator's layout is each configuration's own
     run("b", f"batched float32, batch {batch}", batched(None))
     run("c_grouped", f"c with per-sample grouped modulated convolutions, batch {batch}",

@@ -1,6 +1,7 @@
 """The fast path's switches on the CPU: channels-last and torch.compile change how the step runs, not its result."""
 
 import copy
+import dataclasses
 import os
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from anon_core.acceleration import (
 )
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool
 from anon_core.optimize import anonymize_batch
+from anon_core.params import load_params
 from seeding import mini_networks, mini_step_inputs
 
 
@@ -38,13 +40,43 @@ def test_channels_last_identity_network_gives_the_same_embeddings_and_gradients(
     torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-3)
 
 
+def _copied_nets(tiny_nets) -> SimpleNamespace:
+    return SimpleNamespace(generator=copy.deepcopy(tiny_nets.generator), identity=copy.deepcopy(tiny_nets.identity),
+                           farl=copy.deepcopy(tiny_nets.farl), extra={}, device=torch.device("cpu"))
+
+
 def test_channels_last_is_applied_on_cuda_only(tiny_nets):
-    nets = SimpleNamespace(generator=copy.deepcopy(tiny_nets.generator), identity=copy.deepcopy(tiny_nets.identity),
-                           extra={}, device=torch.device("cpu"))
-    accelerate_networks_(nets, channels_last=True)
+    nets = _copied_nets(tiny_nets)
+    accelerate_networks_(nets, load_params("tiny").speed)
     assert all(w.is_contiguous() for w in _conv_weights(nets.identity))  # CPU: left as it was
     assert nets.generator.input.input.is_contiguous()
     assert convolutional_networks(nets) == [nets.generator, nets.identity]
+
+
+def test_speed_settings_pick_the_forms_and_regional_compilation(tiny_nets):
+    from anon_core.networks.stylegan2 import ModulatedConv2d
+
+    nets = _copied_nets(tiny_nets)
+    convs = [m for m in nets.generator.modules() if isinstance(m, ModulatedConv2d)]
+    speed = load_params("tiny", **{"speed.upsample_form": "polyphase", "speed.resize_form": "matmul",
+                                   "speed.compile_blocks": True}).speed
+    accelerate_networks_(nets, speed)
+    assert {c.up_form for c in convs} == {"polyphase"} and nets.farl.resize_form == "matmul"
+    compiled = [m for net in (nets.generator, nets.farl) for m in net.modules() if "forward" in vars(m)]
+    assert len(compiled) > 5  # the styled convs, ToRGBs and attention blocks run compiled
+    accelerate_networks_(nets, dataclasses.replace(speed, compile=True))  # the whole step compiles instead
+    assert not any("forward" in vars(m) for net in (nets.generator, nets.farl) for m in net.modules())
+    accelerate_networks_(nets, load_params("tiny").speed)  # the defaults put everything back
+    assert {c.up_form for c in convs} == {"transposed"} and nets.farl.resize_form == "interpolate"
+
+
+def test_unknown_forms_in_params_are_refused_with_their_choices():
+    from anon_core.errors import ParamsError
+
+    with pytest.raises(ParamsError, match=r"speed.upsample_form = 'bilinear' must be one of \('transposed', "):
+        load_params("tiny", **{"speed.upsample_form": "bilinear"})
+    with pytest.raises(ParamsError, match=r"speed.resize_form = 'area' must be one of"):
+        load_params("tiny", **{"speed.resize_form": "area"})
 
 
 def test_channels_last_generator_gives_the_same_images_and_code_gradients(tiny_nets):

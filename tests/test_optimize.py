@@ -157,3 +157,32 @@ def test_full_batches_pad_a_short_last_batch_without_changing_its_results(tiny_n
     for name, values in plain.history.items():
         assert padded.history[name].shape == (3, 5)
         np.testing.assert_allclose(padded.history[name], values, rtol=1e-3, atol=1e-4)
+
+
+def test_the_speed_forms_give_the_stage_the_same_codes(tiny_nets, lfw_faces):
+    """`speed.upsample_form: polyphase` and `speed.resize_form: matmul` (params.yaml) reach the networks through the
+    stage and compute the same method: the codes and images match the defaults' (same tolerances as above)."""
+    from anon_core.networks.stylegan2 import ModulatedConv2d
+    from anon_core.stages import optimize_images
+
+    faces = lfw_faces[:4]
+    g = tiny_nets.generator
+    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 4, seed=1000, psi=0.7).w), g.num_ws).numpy()
+    w_fake = sample_fake_pool(g, 4, seed=2000, psi=0.7).w
+    base = {"optimization.steps": 3, "optimization.lr": 0.01}
+    forms = {"speed.upsample_form": "polyphase", "speed.resize_form": "matmul"}
+    seen = []
+    hook = g.convs[0].conv.register_forward_hook(lambda module, args, out: seen.append(module.up_form))
+    try:
+        default = optimize_images(tiny_nets, load_params("tiny", **base), faces, w_real, w_fake, batch_size=2)
+        other = optimize_images(tiny_nets, load_params("tiny", **base, **forms), faces, w_real, w_fake, batch_size=2)
+        assert tiny_nets.farl.resize_form == "matmul"
+    finally:
+        hook.remove()
+        optimize_images(tiny_nets, load_params("tiny", **{"optimization.steps": 1}), faces[:1], w_real[:1],
+                        w_fake[:1])  # the defaults again, for the session's other tests
+    assert {"transposed", "polyphase"} <= set(seen)
+    assert all(m.up_form == "transposed" for m in g.modules() if isinstance(m, ModulatedConv2d))
+    assert tiny_nets.farl.resize_form == "interpolate"
+    np.testing.assert_allclose(other.ws, default.ws, atol=5e-3, rtol=0)
+    assert np.abs(other.images.astype(int) - default.images).mean() < 0.5

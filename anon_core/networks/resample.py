@@ -23,11 +23,11 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from anon_core.networks.forms import RESIZE_FORMS
 from anon_core.networks.precision import without_autocast
 
 __all__ = ["RESIZE_FORMS", "AxisMap", "axis_matrix", "resample_matrices", "separable_resample", "set_resize_form"]
 
-RESIZE_FORMS: tuple[str, ...] = ("interpolate", "matmul")  # the reference op, or its matrices (see module doc)
 AXES: tuple[str, ...] = ("rows", "cols")
 
 

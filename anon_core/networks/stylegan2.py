@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anon_core.networks.forms import UP_FORMS
 from anon_core.networks.precision import without_autocast
 from anon_core.networks.upfirdn import Blur, Upsample
 
@@ -58,7 +59,6 @@ __all__ = [
 
 BLUR_TAPS: tuple[int, ...] = (1, 3, 3, 1)  # config-f resampling filter
 NOISE_MODES: tuple[str, ...] = ("const", "random", "none")
-UP_FORMS: tuple[str, ...] = ("transposed", "polyphase")  # ModulatedConv2d.up_form: the batched up-sampling conv
 # rosinality's channel table; entries at >= 64 px scale with channel_multiplier.
 _BASE_CHANNELS: dict[int, tuple[int, bool]] = {
     4: (512, False), 8: (512, False), 16: (512, False), 32: (512, False),
