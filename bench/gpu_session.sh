@@ -21,35 +21,49 @@ if [ -d .gpu/wheels ]; then
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } | tee "$OUT/gpu.txt"
-# shellcheck disable=SC2086  # BENCH_ARGS holds several arguments
-timeout 320 python3 bench/gpu_anonymize.py --out "$OUT/gpu_anonymize.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_anonymize.log"
+# Every step runs under its own cap and under what is left of DEADLINE seconds (default 570: the whole script fits
+# one 10-minute device command); a step with less than 20 s left is skipped and says so. Most important first.
+START=$SECONDS
+DEADLINE=${DEADLINE:-570}
+step() {  # step CAP LOG COMMAND...
+  local cap=$1 log=$2 left
+  shift 2
+  left=$(( DEADLINE - (SECONDS - START) ))
+  if (( left < 20 )); then
+    echo "skipped: ${DEADLINE} s of the session spent ($*)" | tee "$log"
+    return 124
+  fi
+  timeout $(( left < cap ? left : cap )) "$@" 2>&1 | tee "$log"
+}
+# shellcheck disable=SC2086  # BENCH_ARGS and PIPELINE_ARGS hold several arguments
+step 300 "$OUT/gpu_anonymize.log" python3 bench/gpu_anonymize.py --out "$OUT/gpu_anonymize.json" ${BENCH_ARGS:-}
 bench=$?
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_batch_size.py tests/test_dlib_resnet.py \
-  tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py tests/test_stylegan2.py \
-  tests/test_polyphase_upconv.py tests/test_resample.py 2>&1 | tee "$OUT/gpu_tests.log"
+step 150 "$OUT/gpu_tests.log" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_batch_size.py \
+  tests/test_dlib_resnet.py tests/test_mtcnn.py tests/test_attributes.py tests/test_attribute_predictors.py \
+  tests/test_stylegan2.py tests/test_polyphase_upconv.py tests/test_resample.py
 tests=$?
 # The networks' input resize alone, reference kernels vs matrix products (seconds)
-timeout 60 python3 bench/resize_forms.py --out "$OUT/resize_forms.json" 2>&1 | tee "$OUT/resize_forms.log"
+step 45 "$OUT/resize_forms.log" python3 bench/resize_forms.py --out "$OUT/resize_forms.json"
 resize=$?
-# The whole pipeline's stages and CelebA-HQ projected (bench/gpu_pipeline.py), last: what runs out of time here
-# leaves the two results above whole.
-# shellcheck disable=SC2086  # PIPELINE_ARGS holds several arguments
-timeout 150 python3 bench/gpu_pipeline.py --images 128 --pool-sample 512 --out "$OUT/gpu_pipeline.json" \
-  ${PIPELINE_ARGS:-} 2>&1 | tee "$OUT/gpu_pipeline.log"
+# The loop under the allocator's fixed segments (the suspect for its 0.040 vs 0.057 s/step)
+# shellcheck disable=SC2086
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False step 45 "$OUT/gpu_loop_fixed_segments.log" \
+  python3 bench/gpu_anonymize.py --only a a_batch4 --batch-size 1 --out "$OUT/gpu_loop_fixed_segments.json" \
+  ${BENCH_ARGS:-}
+loop=$?
+# The whole pipeline's stages and CelebA-HQ projected (bench/gpu_pipeline.py)
+# shellcheck disable=SC2086
+step 150 "$OUT/gpu_pipeline.log" python3 bench/gpu_pipeline.py --images 128 --pool-sample 512 \
+  --out "$OUT/gpu_pipeline.json" ${PIPELINE_ARGS:-}
 pipeline=$?
-# What compiling costs in a fresh process once inductor's on-disk caches hold the first run's kernels (a pipeline's
-# next shard on the same machine), and the loop under the allocator's fixed segments (the suspect for its
-# 0.040 vs 0.057 s/step): two short processes, last.
+# What compiling costs in a fresh process once inductor's on-disk caches hold the first run's kernels: what a
+# pipeline's next shard on the same machine pays
 batch=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['batch_size'])" "$OUT/gpu_anonymize.json" \
   2>/dev/null || echo auto)
 # shellcheck disable=SC2086
-timeout 120 python3 bench/gpu_anonymize.py --only c_channels_last c_compiled_blocks c_compiled --batch-size "$batch" \
-  --out "$OUT/gpu_compile_warm.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_compile_warm.log"
+step 120 "$OUT/gpu_compile_warm.log" python3 bench/gpu_anonymize.py --only c_channels_last c_compiled_blocks \
+  c_compiled --batch-size "$batch" --out "$OUT/gpu_compile_warm.json" ${BENCH_ARGS:-}
 warm=$?
-# shellcheck disable=SC2086
-PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False timeout 60 python3 bench/gpu_anonymize.py --only a a_batch4 \
-  --batch-size 1 --out "$OUT/gpu_loop_fixed_segments.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_loop_fixed_segments.log"
-loop=$?
-echo "bench exit $bench, gpu tests exit $tests, resize exit $resize, pipeline exit $pipeline, warm compile exit $warm," \
-  "loop exit $loop"
-exit $(( bench || tests || resize || pipeline || warm || loop ))
+echo "bench exit $bench, gpu tests exit $tests, resize exit $resize, loop exit $loop, pipeline exit $pipeline," \
+  "warm compile exit $warm ($(( SECONDS - START )) s)"
+exit $(( bench || tests || resize || loop || pipeline || warm ))
