@@ -20,7 +20,9 @@ evaluation and the report), not the other variants.
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from typing import Any
 
 import dagster as dg
 
+from anon_core.atomic import write_bytes_atomic
+from anon_core.errors import FalcoError
 from anon_core.folders import check_separate, exclusive
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
@@ -110,6 +114,8 @@ def run_pipeline(
             log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
                 f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
     with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
+        if not instance.is_ephemeral:
+            bind_instance_and_storage(Path(instance.root_directory), Path(storage.root), fresh)
         for run_id in end_abandoned_runs(instance, mlflow):
             log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")
         return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode)
@@ -150,6 +156,48 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
 
 
 LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
+
+
+INSTANCE_MARK = "falco_storage.json"  # in the Dagster home: the pairing with the storage its records describe
+STORAGE_MARK = ".falco_instance.json"  # in the storage: the pairing with the Dagster home that records its files
+
+
+def bind_instance_and_storage(dagster_home: Path, storage: Path, fresh: bool) -> None:
+    """An instance's records describe the files of one storage, and a storage's files the records of one instance.
+    With another pairing Dagster would call an asset up to date from records of files that this storage does not
+    hold (a crash when the step reading them runs) or holds from other settings (a silently wrong result). So the
+    first run pairs the two (the same random id in a mark in each folder, which survives moving or copying both),
+    and a later run that pairs either with another is refused (FalcoError) unless `fresh`: that re-makes
+    everything into this storage under this instance, so it pairs them anew."""
+    home_mark, storage_mark = _read_mark(dagster_home / INSTANCE_MARK), _read_mark(storage / STORAGE_MARK)
+    paired = home_mark is not None and storage_mark is not None and home_mark["id"] == storage_mark["id"]
+    if paired or fresh or home_mark is None and storage_mark is None:
+        pair = {"id": home_mark["id"] if paired else uuid.uuid4().hex, "storage": str(storage.resolve()),
+                "dagster_home": str(dagster_home.resolve())}  # where they are now (they may have moved together)
+        for path, mark in ((dagster_home / INSTANCE_MARK, home_mark), (storage / STORAGE_MARK, storage_mark)):
+            if mark != pair:
+                write_bytes_atomic(path, json.dumps(pair).encode())
+        return
+    fix = f"add --fresh to re-make everything into {storage} under this instance (nothing was run)"
+    if home_mark is not None:
+        raise FalcoError(
+            f"the Dagster instance {dagster_home} records the pipeline of another storage ({home_mark['storage']}), "
+            f"not of {storage}: its records would call values up to date that {storage} does not hold, or holds "
+            f"from other settings. Use that storage, or a Dagster home of this storage's own "
+            f"(DAGSTER_HOME=<new folder>), or {fix}")
+    raise FalcoError(
+        f"the storage {storage} holds the values that another Dagster instance records "
+        f"({storage_mark['dagster_home']}), not {dagster_home}: run with that DAGSTER_HOME, or give this instance a "
+        f"storage of its own (--storage <new folder>), or {fix}")
+
+
+def _read_mark(path: Path) -> dict[str, str] | None:
+    """A pairing mark ({"id", "storage", "dagster_home"}); None when there is none or it cannot be read."""
+    try:
+        mark = json.loads(path.read_text())
+        return mark if all(isinstance(mark.get(k), str) for k in ("id", "storage", "dagster_home")) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[str]:

@@ -164,6 +164,39 @@ def test_fresh_remakes_everything(state):
                                                               "anonymization_report"}
 
 
+def test_an_instance_and_a_storage_stay_paired_unless_fresh_pairs_them_anew(state):
+    """The instance's records describe one storage's files: with another storage it would call values up to date
+    that the storage lacks, or holds from other settings (a pool of another size), so the pairing is refused before
+    any run; --fresh re-makes everything into the new storage and pairs it; the old storage is then refused."""
+    from anon_core.errors import FalcoError
+    from orchestration.driver import run_pipeline
+    from orchestration.resources import NetworksResource, StorageResource
+    from orchestration.tracking import MlflowResource
+
+    root, instance = state
+    networks = NetworksResource(params_path=str(root / "params.yaml"))
+    mlflow = MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+    def pipeline(store: Path, on: dg.DagsterInstance, **kw):
+        storage = StorageResource(root=str(store), input_dir=str(root / "faces"))
+        return run_pipeline(storage, networks, ["default"], instance=on, mlflow=mlflow, log=lambda *_: None,
+                            stages=("prepare",), **kw)
+
+    runs_before = len(instance.get_runs())
+    other = root / "other-store"
+    with pytest.raises(FalcoError, match=f"records the pipeline of another storage .* not of {other}"):
+        pipeline(other, instance)
+    assert len(instance.get_runs()) == runs_before and not (other / "fake_pool").exists()  # nothing ran
+
+    summary = pipeline(other, instance, fresh=True)
+    assert summary.ran == ["prepare"] and (other / "fake_pool" / "all.npz").is_file()
+    with pytest.raises(FalcoError, match=f"records the pipeline of another storage \\({other}\\)"):
+        pipeline(root / "store", instance)  # its files are no longer what the records describe
+    with instance_at(root / "home2") as newcomer, pytest.raises(FalcoError, match="another Dagster instance records"):
+        pipeline(other, newcomer)
+    assert pipeline(other, instance).ran == []  # the pair itself is up to date
+
+
 def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state):
     root, instance = state
     fast_params(root / "params.yaml", checks={"privacy_max_match_share": -1.0})  # a bound no shard can meet
