@@ -7,6 +7,10 @@
   into the same output folder, or a second `falco pipeline` on the same storage, is refused with one line naming
   the holder (PID, host, start time). The lock is the kernel's (`flock`): it is released when its process ends,
   however it ends, so a crash never leaves a stale lock; the holder's details in the file are only a message.
+- `previous_outputs` / `remove_outputs`: a run into an output folder that holds an earlier run's results removes
+  the images of that run which it will not write again (an input since removed or now rejected, a photo-mode
+  output after an aligned run), so `images/` always matches `manifest.csv`. Only files that the earlier manifest
+  names as outputs, inside `images/`, are removed; anything else in the folder is left alone.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from anon_core.errors import FalcoError
 
 LOCK_FILE = ".falco.lock"
+STALE_RESULTS = ("face_privacy.csv",)  # verdicts on the previous run's images (photo mode's CLI writes them anew)
 
 
 def check_separate(**folders: Path | str | None) -> None:
@@ -74,3 +79,39 @@ def _holder(text: str) -> str:
         return f"`{info.get('command', '?')}` (PID {info['pid']} on {info['host']}, since {started})"
     except (ValueError, KeyError, TypeError):
         return "another process"
+
+
+def previous_outputs(output_dir: Path) -> set[str]:
+    """The outputs (relative to `images/`) that the manifest of the run last finished in `output_dir` lists; empty
+    when there is none or it cannot be read."""
+    import pandas as pd
+
+    try:
+        manifest = pd.read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError):  # none yet, or not ours
+        return set()
+    return set(manifest["output"]) - {""} if "output" in manifest.columns else set()
+
+
+def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
+    """Remove `names` (outputs relative to `output_dir/images`) and STALE_RESULTS from `output_dir`, and the
+    folders under `images/` that this leaves empty. A name that leads out of `images/` or is not a plain file is
+    left alone. Returns what was removed, relative to `output_dir`."""
+    output_dir = Path(output_dir).resolve()
+    images = output_dir / "images"
+    removed = []
+    for name in sorted(names):
+        path = images / name
+        if path.is_symlink() or not path.is_file() or images not in path.resolve().parents:
+            continue
+        path.unlink()
+        removed.append(str(path.relative_to(output_dir)))
+        for folder in path.parents:  # the folders this emptied, up to images/
+            if folder == images or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    for name in STALE_RESULTS:
+        if (output_dir / name).is_file():
+            (output_dir / name).unlink()
+            removed.append(name)
+    return removed

@@ -35,7 +35,7 @@ from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
-from anon_core.folders import check_separate, exclusive
+from anon_core.folders import check_separate, exclusive, previous_outputs, remove_outputs
 from anon_core.ingest import dataset_files, output_names, read_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -176,6 +176,8 @@ class _PhotoRun:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
+        previous = previous_outputs(self.output_dir)  # the manifest is replaced only at the end of the run
+        remove_outputs(self.output_dir, set())  # the previous images' privacy verdicts
         reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
         waiting: dict[int, _Photo] = {}
@@ -210,6 +212,8 @@ class _PhotoRun:
         reading.close()
         self.bar.close()
         self._write_outputs()
+        written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
+        remove_outputs(self.output_dir, previous - written)  # the earlier run's images that this one did not write
         return self.summary
 
     def _anonymize(self, items: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Photo]) -> None:

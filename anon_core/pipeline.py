@@ -24,7 +24,7 @@ from anon_core.prefetch import batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
-from anon_core.folders import check_separate, exclusive
+from anon_core.folders import check_separate, exclusive, previous_outputs, remove_outputs
 from anon_core.ingest import alignment_cache, ingest, read_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -133,7 +133,8 @@ def anonymize_folder(
 
     Writes `images/<relpath>.png`, `latents.npy` [N_ok, num_ws, w_dim] in manifest order of the ok rows,
     `manifest.csv`, `losses.csv` (per-step losses averaged over images) and `params.json`. Existing files in
-    `output_dir` are overwritten, never the folder deleted. The dataset is read by `anon_core.ingest.ingest` (the
+    `output_dir` are overwritten, never the folder deleted; the images an earlier run's manifest lists that this
+    run will not write (inputs since removed or now rejected) are removed, nothing else (`folders.remove_outputs`). The dataset is read by `anon_core.ingest.ingest` (the
     four dataset arguments: params.yaml's `data:` section, `ingest.data_settings`), as the `real_images` asset
     reads it: unreadable files and images without a face become `rejected` rows, `dataset`
     (celebahq | lfw | folder | auto) picks the layout and its labels, carried into the manifest, and `align`
@@ -180,6 +181,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
     manifest.loc[ok_rows, ["status", "output"]] = ["pending", ""]  # until its batch is finished
+    remove_outputs(output_dir, previous_outputs(output_dir) - set(ok["image"]))  # before the manifest is replaced
     _write_manifest(output_dir, manifest)
     parts = batch_slices(len(ok), params.batch_size)
     results: list[dict[str, np.ndarray] | None] = [journal.finished(i) for i in range(len(parts))]

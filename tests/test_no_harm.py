@@ -316,3 +316,62 @@ def test_damaged_png_data_is_rejected_as_corrupt(tmp_path, damage):
     with pytest.raises(ImageRejected, match="the decoder says") as rejected:
         load_rgb(tmp_path / "face.png")
     assert rejected.value.reason == "corrupt"
+
+
+def test_a_rerun_after_the_input_changed_removes_its_own_stale_images_and_nothing_else(tmp_path, lfw_faces):
+    """The output's images/ matches its manifest after every run: an input since removed, or now rejected, loses
+    its anonymized image (before, it stayed beside a manifest that no longer listed it, or listed it rejected), a
+    photo-mode run's images and face verdicts do not outlive it, and files falco did not write are left alone."""
+    import pandas as pd
+
+    faces = write_faces(tmp_path / "in", lfw_faces[:4], broken=False) / "Person A"
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 0
+    (out / "images" / "notes.txt").write_text("mine")  # the user's file in the output folder
+    (out / "face_privacy.csv").write_text("verdicts on the previous images\n")
+    (faces / "img_0.png").unlink()
+    (faces / "img_1.png").write_bytes((faces / "img_1.png").read_bytes()[:200])  # truncated: now rejected
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 0
+
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    listed = set(manifest.loc[manifest["status"] == "ok", "output"])
+    assert listed == {"Person A/img_2.png", "Person A/img_3.png"}
+    pngs = {p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png")}
+    assert pngs == listed
+    assert (out / "images" / "notes.txt").read_text() == "mine" and not (out / "face_privacy.csv").exists()
+
+    (faces / "img_1.png").unlink()
+    for name in ("img_2.png", "img_3.png"):
+        (faces / name).unlink()
+    Image.fromarray(lfw_faces[5]).save(tmp_path / "in" / "other.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 0
+    assert not (out / "images" / "Person A").exists()  # the folder its images emptied
+    assert {p.name for p in (out / "images").iterdir()} == {"other.png", "notes.txt"}
+
+
+def test_a_photo_mode_rerun_removes_the_images_of_photos_gone_from_the_input(tmp_path):
+    """Photo mode replaces its manifest at the end of a run: the images the previous manifest listed and this run
+    did not write go then (a run killed before keeps them, with the manifest that lists them)."""
+    import shutil
+
+    from anon_core.data.sample import build_sample_photos
+    from anon_core.params import load_params
+    from anon_core.photo_faces import PhotoSettings
+    from anon_core.photos import anonymize_photos
+
+    samples = tmp_path / "samples"
+    build_sample_photos(samples)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = sorted(p.name for p in samples.iterdir() if p.is_file())[:2]
+    for name in names:
+        shutil.copy(samples / name, inputs / name)
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+    out = tmp_path / "out"
+    anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    written = {p.name for p in (out / "images").iterdir()}
+    assert len(written) == 2
+    (inputs / names[0]).unlink()
+    anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    left = {p.name for p in (out / "images").iterdir()}
+    assert len(left) == 1 and left < written
