@@ -33,6 +33,7 @@ import dagster as dg
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import check_separate, exclusive
+from orchestration.io_manager import prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
@@ -150,6 +151,10 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     if "anonymize" in stages:
         bound = float(networks.setting("checks", "privacy_max_match_share"))
         driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound)
+        for variant in wanted:  # the images of inputs since removed, and of shards no longer registered
+            removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
+            if removed:
+                log(f"anonymized_images {variant}: removed {len(removed)} file(s) of images no longer in the input")
     if "evaluate" in stages:
         driver.evaluate(wanted)
     return summary

@@ -21,6 +21,10 @@ Every file is written by `anon_core.atomic` (a temporary name, then a rename), s
 leaves a half-written file that a later step would read; a table is written after its images, so a table on disk
 means all of its images are there.
 
+A stored image set's `images/` holds what its tables list and nothing else: writing an unpartitioned one removes
+the images its new table does not list (an input since removed), and the driver prunes a partitioned one once its
+shards are all written (`prune_shards`: the tables of shards no longer registered, and images no table lists).
+
 An input that reads every partition of an upstream asset fails on a missing one, unless its definition says
 `metadata={ALLOW_MISSING: True}` (the report: the variants evaluated so far); it then gets the stored ones.
 """
@@ -48,7 +52,8 @@ from anon_core.prefetch import batch_slices, read_parts
 from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
-__all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights"]
+__all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights", "prune_images",
+           "prune_shards"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -100,6 +105,8 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, ImageSet):
             _write_images(base / "images", obj.named["image"].tolist(), obj.images, private)
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table), private)
+            if partition is None:  # its table lists the whole set
+                prune_images(base / "images", set(obj.named["image"]))
         elif isinstance(obj, Weights):
             from safetensors.numpy import save
 
@@ -191,3 +198,39 @@ def _parquet_bytes(table: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     return buf.getvalue()
+
+
+def prune_images(folder: Path, keep: set[str]) -> list[str]:
+    """Remove the files under `folder` whose path relative to it `keep` does not list, and the folders this leaves
+    empty; returns the removed paths (relative)."""
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.rglob("*"), reverse=True):  # a folder's files before the folder
+        name = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif name not in keep:
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
+def prune_shards(base: Path, shards: list[str]) -> list[str]:
+    """A partitioned image set's folder (`<shard>.parquet` per shard, the images of all of them in `images/`): remove
+    the tables of shards not in `shards` (no longer registered) and the images no remaining table lists. Nothing
+    while a shard in `shards` has no table: a step killed after writing its images and before its table would
+    otherwise lose them."""
+    if not base.is_dir() or any(not (base / f"{shard}.parquet").is_file() for shard in shards):
+        return []
+    removed = []
+    for table in sorted(base.glob("*.parquet")):
+        if table.stem not in shards:
+            table.unlink()
+            removed.append(table.name)
+    keep = set()
+    for shard in shards:
+        names = pd.read_parquet(base / f"{shard}.parquet", columns=["image"])["image"]
+        keep.update(name for name in names.fillna("") if name)
+    return removed + [f"images/{name}" for name in prune_images(base / "images", keep)]

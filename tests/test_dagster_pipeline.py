@@ -155,6 +155,29 @@ def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state,
     assert len(list((root / "store" / "anonymized_images" / "m0.5" / "images").rglob("*.png"))) == 8
 
 
+def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
+    """7 faces in shards of 3, then 3 of them removed: the shards become 2 (shard-00002 is no longer registered), and
+    the stored image sets hold exactly what their tables list: no anonymized image, and no real face, of an input
+    that is gone (before, they stayed in `anonymized_images/<variant>/images/`, the folder users take as the
+    dataset, and the real faces in `real_images/images/`)."""
+    root, instance = state
+    for i in (0, 3, 6):
+        (root / "faces" / "Person A" / f"img_{i}.png").unlink()
+    summary = run(root, instance, VARIANTS)
+    assert summary.failed == []
+    store = root / "store"
+    real = pd.read_parquet(store / "real_images" / "all.parquet")
+    real_names = set(real["image"].fillna("")) - {""}
+    assert {p.relative_to(store / "real_images" / "images").as_posix()
+            for p in (store / "real_images" / "images").rglob("*.png")} == real_names
+    for variant in VARIANTS:
+        folder = store / "anonymized_images" / variant
+        assert sorted(p.stem for p in folder.glob("*.parquet")) == SHARDS[:2]
+        listed = set(pd.concat([pd.read_parquet(t) for t in folder.glob("*.parquet")])["image"])
+        assert {p.relative_to(folder / "images").as_posix() for p in (folder / "images").rglob("*.png")} == listed
+        assert len(listed) == 4 and not any(name.endswith(("img_0.png", "img_3.png", "img_6.png")) for name in listed)
+
+
 def test_fresh_remakes_everything(state):
     root, instance = state
     before = materializations(instance)
