@@ -33,7 +33,7 @@ import dagster as dg
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import check_separate, exclusive
-from orchestration.io_manager import prune_shards
+from orchestration.io_manager import prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
@@ -142,8 +142,12 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
                                                           PREPARE_PHOTOS.resolve(graph)):
             return summary
         if "anonymize" in stages:
-            driver.anonymize_all([(variant, shard) for variant in wanted
-                                  for shard in instance.get_dynamic_partitions(photo_shards.name)], bound, photos=True)
+            shards = instance.get_dynamic_partitions(photo_shards.name)
+            driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound, photos=True)
+            for variant in wanted:  # the photos of shards no longer registered (fewer photos than before)
+                removed = prune_shard_folders(storage.asset_dir("anonymized_photos", variant), shards)
+                if removed:
+                    log(f"anonymized_photos {variant}: removed {', '.join(removed)} (shards no longer in the input)")
         return summary
     if "prepare" in stages and not driver.materialize("prepare", "prepare", PREPARE.resolve(graph)):
         return summary

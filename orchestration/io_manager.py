@@ -53,7 +53,7 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights", "prune_images",
-           "prune_shards"]
+           "prune_shard_folders", "prune_shards"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -234,3 +234,19 @@ def prune_shards(base: Path, shards: list[str]) -> list[str]:
         names = pd.read_parquet(base / f"{shard}.parquet", columns=["image"])["image"]
         keep.update(name for name in names.fillna("") if name)
     return removed + [f"images/{name}" for name in prune_images(base / "images", keep)]
+
+
+def prune_shard_folders(base: Path, shards: list[str]) -> list[str]:
+    """Photo mode's variant folder (`<shard>.parquet` and a `<shard>/` folder of photos per shard): remove both for
+    shards not in `shards` (no longer registered). Only names of the shard-key form are touched."""
+    import shutil
+
+    from orchestration.partitions import SHARD_KEY
+
+    removed = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        stem = path.stem if path.suffix == ".parquet" else path.name
+        if SHARD_KEY.fullmatch(stem) and stem not in shards and not path.is_symlink():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.name)
+    return removed

@@ -15,6 +15,7 @@ values (m0.7, m0.5_steps20).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import dagster as dg
@@ -28,6 +29,9 @@ with warnings.catch_warnings():  # a beta API of Dagster 1.13, the documented ma
     warnings.simplefilter("ignore", dg.BetaWarning)
     # From a (shard, variant) partition to its variant, and from a variant to all of its shards.
     BY_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant")
+
+
+SHARD_KEY = re.compile(r"shard-\d{5,}")  # what shard_key makes
 
 
 def shard_key(index: int) -> str:

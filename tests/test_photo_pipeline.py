@@ -82,3 +82,16 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     assert {k: after[k] for k in ("fake_pool", "fake_features", "input_photos")} == \
         {k: before[k] for k in ("fake_pool", "fake_features", "input_photos")}
     assert len(changed.ran) == 4
+
+
+def test_a_shard_that_no_longer_exists_leaves_no_photos_behind(state):
+    """Without portrait.jpg the 2 photos left make one shard: shard-00001's photos and table go (before, they stayed
+    in `anonymized_photos/<variant>/`, photos of an input that is gone)."""
+    root, instance = state
+    (root / "faces" / "portrait.jpg").unlink()
+    summary = run(root, instance, VARIANTS, mode="photo")
+    assert summary.failed == []
+    for variant in VARIANTS:
+        folder = root / "store" / "anonymized_photos" / variant
+        assert sorted(p.name for p in folder.iterdir()) == ["shard-00000", "shard-00000.parquet"]
+        assert sorted(p.name for p in (folder / "shard-00000" / "images").iterdir()) == ["group.png", "no_face.png"]
