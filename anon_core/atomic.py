@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from anon_core.errors import FalcoError
+
 
 @contextmanager
 def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
@@ -22,7 +24,12 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     path = Path(path)
     if private:
         _private_parents(path.parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir())
+        raise FalcoError(f"cannot write {path}: {blocker} is a file where a folder is needed (left by an earlier "
+                         "run?); move it away and run again") from None
     # Hidden (scan_folder skips it), <= 255 bytes, and created with O_EXCL so it never clobbers; mode 0o666 lets
     # the umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
     tmp = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

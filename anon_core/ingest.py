@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -247,14 +247,18 @@ def _str_or_none(value) -> str | None:
 
 
 def output_names(files: list[ScannedFile]) -> dict[str, str]:
-    """Input relpath -> output relpath (`.png`). `a.jpg` and `a.png` in one folder would collide, so the later
-    one keeps its original extension in the name (`a.jpg.png`)."""
+    """Input relpath -> output relpath (`.png`), no two alike and none a folder another output goes in. `a.jpg` and
+    `a.png` in one folder would collide, and so would `a.jpg` with a folder `a.png/`; the later file (the file,
+    against a folder) keeps its original extension in the name (`a.jpg.png`), or, were that taken too, a number
+    (`a.jpg~2.png`). Outputs keep their input's folders, so the folders of the outputs are those of the inputs."""
+    folders = {parent.as_posix() for f in files for parent in PurePosixPath(f.relpath).parents}
     names: dict[str, str] = {}
     taken: set[str] = set()
     for f in files:
-        name = output_relpath(f.relpath)
-        if name in taken:
-            name = f.relpath + ".png"
+        name, number = output_relpath(f.relpath), 1
+        while name in taken or name in folders:
+            name = f.relpath + (".png" if number == 1 else f"~{number}.png")
+            number += 1
         taken.add(name)
         names[f.relpath] = name
     return names

@@ -58,6 +58,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "reason",  # photo rows: the rejection's code; face rows: why it was covered (too_small, profile, alignment_failed)
     "detail",  # human sentence for the reason
     "faces",  # photo rows: faces detected
+    "sha256",  # photo rows: hex sha256 of the input file's bytes ("" when it could not be read)
     "box",  # face rows: x1 y1 x2 y2 in photo pixels
     "score",  # face rows: the detector's face probability
     "landmarks",  # face rows: 10 numbers, (x, y) of eyes, nose and mouth corners
@@ -262,7 +263,7 @@ class _PhotoRun:
 
     def _photo_row(self, f: ScannedFile, output: str, status: str, reason: str, detail: str, faces: int) -> dict:
         return {"input": f.relpath, "output": output, "kind": "photo", "status": status, "reason": reason,
-                "detail": detail, "faces": str(faces) if faces >= 0 else ""}
+                "detail": detail, "faces": str(faces) if faces >= 0 else "", "sha256": f.sha256 or ""}
 
     def _face_row(self, photo: _Photo, face: PhotoFace) -> dict:
         return {

@@ -49,6 +49,7 @@ MANIFEST_COLUMNS = (
     "reason",  # machine code of the rejection ("" when ok)
     "detail",  # human sentence about the rejection
     "duplicate_of",  # input with the same bytes that came first, if any
+    "sha256",  # hex sha256 of the input file's bytes ("" when it could not be read): `falco evaluate` checks REAL_DIR
     "latent_index",  # row in latents.npy
     "person",  # identity label the pairing grouped by (params.pairing: identity); "" when the image has none
     "fake_index",  # index (= seed - params.seed) of the paired fake in the pool
@@ -176,7 +177,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                                            "files": table[["input", "sha256", "status"]].values.tolist()}))
     ok = ingested.ok
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
-    manifest = table.rename(columns={"image": "output"}).drop(columns=["sha256"])
+    manifest = table.rename(columns={"image": "output"})
     persons = _persons(table, params.pairing)
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]

@@ -88,12 +88,32 @@ def photo_run_summary(privacy: pd.DataFrame, bound: float) -> dict[str, float | 
             "passes_bound": share <= bound}
 
 
+def check_photo_sources(real_dir: Path, folders: list[Path]) -> None:
+    """Before any work: FalcoError unless `real_dir` holds, with the bytes each run read (when its manifest records
+    them), every photo the runs' manifests name (evaluation.sources)."""
+    import json
+
+    from evaluation.sources import check_real_folder, scan_real_folder
+
+    manifests = [read_photo_manifest(folder) for folder in folders]  # first: a folder that is not a photo run
+    current = scan_real_folder(Path(real_dir), "folder")  # photo mode reads every file of its folder
+    for folder, manifest in zip(folders, manifests):
+        try:
+            record = json.loads((Path(folder) / "params.json").read_text())
+        except (OSError, ValueError):
+            record = {}
+        used = manifest.loc[(manifest["kind"] == "face") | (manifest["status"] == "ok"), "input"]
+        check_real_folder(Path(real_dir), Path(folder), record if isinstance(record, dict) else {}, manifest, used,
+                          current)
+
+
 def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path, bound: float) -> dict[str, Path]:
     """`falco evaluate` for photo-mode outputs: every face of every run checked by dlib (face_privacy); writes
     `faces.csv` (a row per face and run), `metrics.csv` (a row per run, photo_run_summary) and `report.md`."""
     from anon_core.atomic import write_bytes_atomic
 
     out_dir = Path(out_dir)
+    check_photo_sources(real_dir, folders)
     dlib = build_recognizer("dlib")
     per_face, rows = [], []
     for folder in folders:

@@ -37,6 +37,7 @@ class AnonymizeRun:
     folder: Path
     record: dict  # params.json
     ok: pd.DataFrame  # manifest rows with status ok, as strings
+    manifest: pd.DataFrame | None = None  # every manifest row, as strings (the inputs' sha256, when recorded)
 
     @property
     def resolution(self) -> int:
@@ -92,7 +93,7 @@ def read_run(folder: Path) -> AnonymizeRun:
     if absent:
         raise FalcoError(f"{folder}: {len(absent)} image(s) the manifest lists are missing, e.g. images/{absent[0]}; "
                          "re-run `falco anonymize` into this folder to write them again")
-    return AnonymizeRun(folder, record, ok)
+    return AnonymizeRun(folder, record, ok, manifest)
 
 
 def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
@@ -229,6 +230,7 @@ def evaluate_folders(
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.report import example_columns, seeded_banners, write_report
     from evaluation.runs import run_labels
+    from evaluation.sources import check_real_folder, scan_real_folder
     from evaluation.suite import (
         AnonymizedSet,
         build_attribute_predictors,
@@ -247,6 +249,10 @@ def evaluate_folders(
     anonymized = [read_anonymized(r) for r in runs]
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
+    current = scan_real_folder(Path(real_dir), dataset, labels_csv)  # REAL_DIR is what each run read, or stop
+    for run in runs:
+        check_real_folder(Path(real_dir), run.folder, run.record, run.ok if run.manifest is None else run.manifest,
+                          run.ok["input"], current)
     device = str(resolve_device(device))
     with exclusive(Path(out_dir), "report folder"), _gallery_cache(runs[0], Path(out_dir)) as cache:
         gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device, cache)

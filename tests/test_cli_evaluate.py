@@ -127,3 +127,45 @@ def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
     manifest.to_csv(stranger / "manifest.csv", index=False)
     message = error(stranger)
     assert "'someone_else.png'" in message and "pass as REAL_DIR the folder this run anonymized" in message
+
+
+def _hashed_copy(run, real, folder):
+    """A copy of `run` whose manifest records each input's sha256, as `falco anonymize` writes it."""
+    from anon_core.hashing import sha256_file
+
+    shutil.copytree(run, folder)
+    manifest = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest["sha256"] = [sha256_file(real / p) for p in manifest["input"]]
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+def test_a_real_folder_whose_files_changed_since_the_run_is_refused(runs, lfw_faces, capsys):
+    tmp = runs["tmp"]
+    hashed = _hashed_copy(runs["0.0"], runs["real"], tmp / "hashed")
+    changed = tmp / "changed"
+    shutil.copytree(runs["real"], changed)
+    Image.fromarray(lfw_faces[FACES + 1]).save(changed / "face_1.png")  # another face under the same name
+    report = tmp / "r_changed"
+    assert main(["evaluate", str(changed), str(hashed), "--out", str(report), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{changed}: face_1.png has other bytes than when {hashed} anonymized it" in err
+    assert "the folder no longer holds what the run anonymized" in err
+    assert f"its params.json says {runs['real'].resolve()}" in err
+    assert not report.exists()  # refused before any work
+
+
+def test_the_source_check_passes_the_folder_as_it_was_and_notes_an_older_manifest(runs):
+    from evaluation.sources import check_real_folder, scan_real_folder
+
+    hashed = _hashed_copy(runs["0.0"], runs["real"], runs["tmp"] / "hashed_ok")
+    manifest = pd.read_csv(hashed / "manifest.csv", dtype=str, keep_default_na=False)
+    record = json.loads((hashed / "params.json").read_text())
+    current = scan_real_folder(runs["real"], "folder")
+    notes = []
+    check_real_folder(runs["real"], hashed, record, manifest, manifest["input"], current, log=notes.append)
+    assert notes == []
+    check_real_folder(runs["real"], hashed, record, manifest.drop(columns=["sha256"]), manifest["input"], current,
+                      log=notes.append)
+    assert len(notes) == 1 and "records no sha256 of its inputs" in notes[0] and "not checked" in notes[0]

@@ -226,3 +226,50 @@ def test_aligned_mode_covers_other_faces_inside_its_crop():
         assert aligned.faces_seen == 2 and aligned.others_covered == covered
         as_it_was = warp_quad(canvas, aligned.quad, 128)
         assert (np.abs(aligned.image.astype(int) - as_it_was.astype(int)).max() > 50) == bool(covered)
+
+
+# -- `falco evaluate` checks REAL_DIR first ----------------------------------------------------------------------
+
+
+def _with_hashes(run, photos, folder):
+    """A copy of `run` whose manifest records each photo's sha256 on its photo row, as `falco anonymize` writes it."""
+    from anon_core.hashing import sha256_file
+
+    shutil.copytree(run, folder)
+    rows = _rows(folder)
+    for row in rows:
+        row["sha256"] = sha256_file(photos / row["input"]) if row["kind"] == "photo" else ""
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def test_evaluate_names_the_folder_to_pass_when_real_dir_is_not_what_the_run_read(photo_run, photos, tmp_path,
+                                                                                   capsys):
+    out, _, _ = photo_run
+
+    def error(real, run) -> str:
+        capsys.readouterr()
+        assert main(["evaluate", str(real), str(run), "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err  # one line
+        assert not (tmp_path / "report").exists()  # refused before any work
+        return err
+
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    shutil.copy(photos / "no_face.png", wrong / "no_face.png")
+    message = error(wrong, out)
+    assert f"its manifest's input 'group.png' (2 in all) is not in {wrong}" in message
+    assert f"pass as REAL_DIR the folder this run anonymized (its params.json says {photos.resolve()})" in message
+
+    # A photo the run read has other bytes now: its faces are not the ones anonymized.
+    hashed = _with_hashes(out, photos, tmp_path / "hashed")
+    changed = tmp_path / "changed"
+    shutil.copytree(photos, changed)
+    shutil.copy(photos / "group.png", changed / "portrait.jpg")
+    message = error(changed, hashed)
+    assert f"{changed}: portrait.jpg has other bytes than when {hashed} anonymized it" in message
+    assert "the folder no longer holds what the run anonymized" in message
