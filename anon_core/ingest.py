@@ -116,9 +116,10 @@ def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def check_input_folder(input_dir: Path) -> None:
+def check_input_folder(input_dir: Path, need_image: bool = True) -> None:
     """FalcoError, before any work, when `input_dir` is missing, not a folder, or holds no file that starts like an
-    image this project reads (a quick look at file headers, stopping at the first image; `ingest` checks each)."""
+    image this project reads (a quick look at file headers, stopping at the first image; `ingest` checks each).
+    With `need_image=False`, any (non-hidden) file will do: `falco anonymize` lists the others as rejected rows."""
     from anon_core.data.image_io import is_image_file
     from anon_core.errors import FalcoError
 
@@ -132,10 +133,10 @@ def check_input_folder(input_dir: Path) -> None:
         for name in names:
             if not name.startswith("."):
                 seen += 1
-                if is_image_file(Path(folder) / name):
+                if not need_image or is_image_file(Path(folder) / name):
                     return
     raise FalcoError(f"no image in {input_dir}: none of its {seen} file(s) is a JPEG, PNG, WebP, BMP or TIFF "
-                     "file; point --input at a folder of face images")
+                     "file; give a folder of face images")
 
 
 def read_workers(device: torch.device | str) -> int:

@@ -25,7 +25,7 @@ from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
 from anon_core.folders import check_separate, exclusive, previous_outputs, remove_outputs
-from anon_core.ingest import alignment_cache, ingest, read_workers
+from anon_core.ingest import alignment_cache, check_input_folder, ingest, read_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -146,6 +146,7 @@ def anonymize_folder(
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
+    check_input_folder(input_dir, need_image=False)  # before the output folder is made
     with exclusive(output_dir, "output folder"), alignment_cache(output_dir, keep_cache) as cache:
         return _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
                                  show_progress, cache)

@@ -375,3 +375,11 @@ def test_a_photo_mode_rerun_removes_the_images_of_photos_gone_from_the_input(tmp
     anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
     left = {p.name for p in (out / "images").iterdir()}
     assert len(left) == 1 and left < written
+
+
+def test_an_empty_input_folder_is_refused_before_the_output_folder_is_made(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / ".hidden").write_text("not an input")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *FAST]) == 2
+    assert "no image in" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # before: created, holding only its lock file
