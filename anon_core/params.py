@@ -7,9 +7,11 @@ dataclasses below only give them types and checks. Resolution order: the file's 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -90,15 +92,18 @@ class FalcoParams:
         return params
 
 
+MAX_SEED = 2**63 - 1  # fake i of the pool is drawn from seed + i, an int64 (anon_core.fake_pool.sample_fake_pool)
 INVERSION_METHODS = ("e4e", "optimization")
 PAIRING_MODES = ("nearest", "unique", "identity")
 AMP_MODES = ("auto", "bf16", "off")  # speed.amp; auto: bf16 on CUDA, off elsewhere
 
 
-def load_params(profile: str, path: Path | None = None, **overrides: Any) -> FalcoParams:
+def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str, str] | None = None,
+                **overrides: Any) -> FalcoParams:
     """Resolve the parameters of `profile` from a params file (default: the repository's `params.yaml`).
 
-    Overrides whose value is None are ignored, so command-line flags that were not given fall through.
+    Overrides whose value is None are ignored, so command-line flags that were not given fall through. `sources`:
+    the flag that set an override ({"seed": "--seed"}), named by the error when its value is out of range.
     """
     path, raw = _read(path)
     if "defaults" not in raw:
@@ -116,7 +121,9 @@ def load_params(profile: str, path: Path | None = None, **overrides: Any) -> Fal
         return _build(FalcoParams, {**merged, "profile": profile}, str(path))
     merged = _merge(merged, _nest(given))
     params = _build(FalcoParams, {**merged, "profile": profile}, "overrides")
-    _check(params, "overrides (command line, variant or run config)")
+    source = "overrides (command line, variant or run config)"
+    with naming_sources(f"{source}: invalid parameters", given, sources or {}):  # as _check words its error
+        _check(params, source)
     return params
 
 
@@ -154,6 +161,44 @@ def load_section(name: str, profile: str, path: Path | None = None,
     per_profile = section.pop("profiles", None) or {}
     mine = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.startswith(f"{name}.") and v is not None}
     return _merge(_merge(section, per_profile.get(profile) or {}), _nest(mine))
+
+
+def given_flags(flags: Mapping[str, tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """{dotted key: (flag, value)} -> (the overrides that were given, {key: the flag that gave it}); a None value (the
+    flag left out) is no override."""
+    given = {key: (flag, value) for key, (flag, value) in flags.items() if value is not None}
+    return {key: value for key, (_, value) in given.items()}, {key: flag for key, (flag, _) in given.items()}
+
+
+@contextlib.contextmanager
+def naming_sources(label: Path | str, overrides: Mapping[str, Any], sources: Mapping[str, str]) -> Iterator[None]:
+    """A ParamsError raised inside about a setting that an override set names the override's source (`sources`:
+    dotted key -> "--shard-size", or an environment variable), not the params file. The checkers word their errors
+    `<label>: <key> = <value> <requirement>[; <key> = ...]` (`label`: the params file); such a problem becomes
+    `--shard-size 0: must be ...`, and the file's own problems keep the label."""
+    try:
+        yield
+    except ParamsError as err:
+        message = _name_sources(str(err), f"{label}: ", overrides, sources)
+        if message == str(err):
+            raise
+        raise ParamsError(message) from None
+
+
+def _name_sources(message: str, prefix: str, overrides: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    if not message.startswith(prefix):
+        return message
+    from_sources, from_file = [], []
+    for problem in message[len(prefix):].split("; "):
+        key, equals, rest = problem.partition(" = ")
+        if not equals or key not in sources:
+            from_file.append(problem)
+            continue
+        value = overrides.get(key)
+        shown = next((text for text in (str(value), repr(value)) if rest.startswith(f"{text} ")), None)
+        from_sources.append(f"{sources[key]} {shown}: {rest[len(shown) + 1:]}" if shown is not None
+                            else f"{sources[key]}: {problem}")
+    return "; ".join([*from_sources, *([prefix + "; ".join(from_file)] if from_file else [])])
 
 
 def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
@@ -243,7 +288,8 @@ def _finite(x: float) -> bool:
 
 # (name, value of the params, test, requirement): every parameter with its range, checked in one place.
 _RANGES = (
-    ("seed", lambda p: p.seed, lambda v: v >= 0, ">= 0"),
+    ("seed", lambda p: (p.seed, p.pool_size), lambda v: 0 <= v[0] and v[0] + max(v[1], 1) - 1 <= MAX_SEED,
+     "in [0, 2**63 - pool_size] (fake i is drawn from seed + i, a 64-bit integer)"),
     ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
     ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: 1 <= v[0] <= v[1], "in [1, pool_size]"),
@@ -282,7 +328,7 @@ def _check(p: FalcoParams, source: str) -> None:
     for name, value, ok, requirement in _RANGES:
         v = value(p)
         if not ok(v):
-            shown = v[0] if name == "pairing_k" else v
+            shown = v[0] if name in ("seed", "pairing_k") else v
             problems.append(f"{name} = {shown!r} must be {requirement}")
     if problems:
         raise ParamsError(f"{source}: invalid parameters: " + "; ".join(problems))

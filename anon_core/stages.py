@@ -30,11 +30,31 @@ from anon_core.progress import progress_bar
 ImageSource = np.ndarray | ImageFiles
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FalcoError("--device cuda was asked for, but no CUDA device is visible to torch; use --device cpu")
-    return device
+DEVICE_TYPES = ("cpu", "cuda")  # what the networks run on; torch's other device types (mps, meta, ...) are not
+
+
+def parse_device(device: str | torch.device, source: str = "--device") -> torch.device:
+    """The torch device `device` names, when it is one falco runs on; its form only, not whether this machine has it
+    (a Celery head hands the networks to other machines). `source` names where the value came from in the error."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's own message lists every backend it was built to know
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise FalcoError(f"{source} {device}: not a device this machine has; use cpu or cuda[:N]")
+    return parsed
+
+
+def resolve_device(device: str | torch.device, source: str = "--device") -> torch.device:
+    """`parse_device`, and a FalcoError when this machine has no such device: check it before any work starts."""
+    parsed = parse_device(device, source)
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise FalcoError(f"{source} {device} was asked for, but no CUDA device is visible to torch; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise FalcoError(f"{source} {device}: this machine has {count} CUDA device(s); use cuda:N with N < {count}, "
+                         "or cpu")
+    return parsed
 
 
 def check_params_fit(nets: Networks, params: FalcoParams) -> None:

@@ -82,28 +82,32 @@ def _batch_size(text: str) -> int | str:
 
 def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.ingest import data_settings
-    from anon_core.params import DEFAULT_PARAMS_PATH, load_params, load_section
+    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources
     from anon_core.pipeline import anonymize_folder
+    from anon_core.stages import resolve_device
 
-    params = load_params(
-        args.profile,
-        args.params,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        pool_size=args.pool_size,
-        pairing=args.pairing,
-        **{"optimization.steps": args.steps, "optimization.margin": args.margin, "speed.amp": args.amp,
-           "speed.compile": args.compile, "optimization.lambda_consistency": args.lambda_consistency},
-    )
+    resolve_device(args.device)  # before any work: a device this machine lacks is one line, not a torch traceback
+    overrides, sources = given_flags({
+        "batch_size": ("--batch-size", args.batch_size), "seed": ("--seed", args.seed),
+        "pool_size": ("--pool-size", args.pool_size), "pairing": ("--pairing", args.pairing),
+        "optimization.steps": ("--steps", args.steps), "optimization.margin": ("--margin", args.margin),
+        "speed.amp": ("--amp", args.amp),
+        "speed.compile": ("--compile" if args.compile else "--no-compile", args.compile),
+        "optimization.lambda_consistency": ("--lambda-consistency", args.lambda_consistency)})
+    params = load_params(args.profile, args.params, sources=sources, **overrides)
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
     if args.mode == "photo":
         return _run_anonymize_photos(args, params)
-    flags = {"data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
-             "data.align": args.align, "data.align_detector": args.align_detector}
-    data = data_settings(load_section("data", args.profile, args.params, flags),  # the flags, else params.yaml's
-                         args.params or DEFAULT_PARAMS_PATH)
+    params_file = args.params or DEFAULT_PARAMS_PATH
+    flags, sources = given_flags({
+        "data.dataset": ("--dataset", args.dataset),
+        "data.labels_csv": ("--labels", str(args.labels.resolve()) if args.labels else None),
+        "data.align": ("--align" if args.align else "--no-align", args.align),
+        "data.align_detector": ("--align-detector", args.align_detector)})
+    with naming_sources(params_file, flags, sources):  # a bad flag's value is named by its flag, not by the file
+        data = data_settings(load_section("data", args.profile, args.params, flags), params_file)  # flags, else file
     start = time.perf_counter()
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
                                show_progress=not args.quiet, keep_cache=args.keep_cache, **data)
@@ -119,7 +123,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
 
 def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
     from anon_core.errors import FalcoError
-    from anon_core.params import DEFAULT_PARAMS_PATH, load_section
+    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources
     from anon_core.photo_faces import photo_settings
     from anon_core.photos import anonymize_photos
 
@@ -129,9 +133,12 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
         raise FalcoError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for aligned mode only; photo mode reads every image of the folder as a "
                          "photo and aligns each face itself (drop them, or use --mode aligned)")
     params_file = args.params or DEFAULT_PARAMS_PATH
-    flags = {"photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,
-             "photo.cover": args.cover, "photo.output_format": args.photo_format}
-    settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
+    flags, sources = given_flags({
+        "photo.min_face_size": ("--min-face-size", args.min_face_size),
+        "photo.min_anonymize_size": ("--min-anonymize-size", args.min_anonymize_size),
+        "photo.cover": ("--cover", args.cover), "photo.output_format": ("--photo-format", args.photo_format)})
+    with naming_sources(params_file, flags, sources):
+        settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
     bound = float(load_section("checks", args.profile, args.params)["privacy_max_match_share"])
     start = time.perf_counter()
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
@@ -203,14 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from anon_core.errors import FalcoError
 
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except FalcoError as err:
         print(f"falco: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, in any sub-command: what was finished is kept (runs resume from it)
+        print("\n" * sys.stderr.isatty() + "falco: stopped (Ctrl-C); run the same command again to resume where it "
+              "stopped", file=sys.stderr)  # on a terminal, after the progress bar's line
+        return 130
 
 
 if __name__ == "__main__":

@@ -81,22 +81,29 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 def resources_from_args(args: argparse.Namespace):
     """(storage, networks, variants) from the options (environment and params.yaml for what is not given)."""
+    from anon_core.params import given_flags
     from anon_core.variants import grid_variants
     from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
 
     env_storage, env_networks = storage_from_env(), networks_from_env()
     storage = StorageResource(root=str(args.storage.resolve()) if args.storage else env_storage.root,
                               input_dir=str(args.input.resolve()) if args.input else env_storage.input_dir)
-    overrides = {"pool_size": args.pool_size, "seed": args.seed, "pairing": args.pairing, "pipeline.shard_size": args.shard_size,
-                 "pipeline.executor": args.executor,
-                 "data.dataset": args.dataset, "data.labels_csv": str(args.labels.resolve()) if args.labels else None,
-                 "data.align": args.align, "data.align_detector": args.align_detector,
-                 "photo.min_face_size": args.min_face_size, "photo.min_anonymize_size": args.min_anonymize_size,
-                 "photo.cover": args.cover}
+    overrides, sources = given_flags({
+        "pool_size": ("--pool-size", args.pool_size), "seed": ("--seed", args.seed),
+        "pairing": ("--pairing", args.pairing), "pipeline.shard_size": ("--shard-size", args.shard_size),
+        "pipeline.executor": ("--executor", args.executor), "data.dataset": ("--dataset", args.dataset),
+        "data.labels_csv": ("--labels", str(args.labels.resolve()) if args.labels else None),
+        "data.align": ("--align" if args.align else "--no-align", args.align),
+        "data.align_detector": ("--align-detector", args.align_detector),
+        "photo.min_face_size": ("--min-face-size", args.min_face_size),
+        "photo.min_anonymize_size": ("--min-anonymize-size", args.min_anonymize_size),
+        "photo.cover": ("--cover", args.cover)})
+    if args.device or "device" in env_networks.sources:  # else the default, cpu
+        sources["device"] = "--device" if args.device else env_networks.sources["device"]
     networks = NetworksResource(
         profile=args.profile or env_networks.profile, device=args.device or env_networks.device,
         params_path=str(args.params.resolve()) if args.params else env_networks.params_path,
-        overrides={k: v for k, v in overrides.items() if v is not None})
+        overrides=overrides, sources=sources)
     grid = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key)}
     wanted = [*(args.variant or []), *grid_variants(grid)]
     return storage, networks, list(dict.fromkeys(wanted))
@@ -106,6 +113,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from orchestration.driver import dagster_instance, run_pipeline
 
     storage, networks, wanted = resources_from_args(args)
+    networks.check_device()  # before any run starts: a device this machine lacks is one line, not a failed run
     if "prepare" in stages and not Path(storage.input_dir).is_dir():
         print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
               "(or `dvc pull data.dvc`) or pass --input DIR", file=sys.stderr)

@@ -164,6 +164,7 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     return summary
 
 
+INTERRUPTED = "DagsterExecutionInterruptedError"  # how a run that Ctrl-C stopped ends (its step error's class)
 LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
 
 
@@ -338,8 +339,9 @@ class _Driver:
         each runs in a process of its own: Dagster's in-process execution configures logging per run, which
         deadlocks between threads."""
         tagged = [(launch, self._tags(launch)) for launch in launches]
-        if self.parallel_runs <= 1 or len(launches) <= 1:
-            results = [execute(launch, self.config, self.run_config, tags, self.instance) for launch, tags in tagged]
+        if self.parallel_runs <= 1 or len(launches) <= 1:  # each recorded as it ends: Ctrl-C stops the next ones
+            return [self._record(launch, *execute(launch, self.config, self.run_config, tags, self.instance))
+                    for launch, tags in tagged]
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -369,6 +371,8 @@ class _Driver:
             return True
         self.summary.failed.append(label)
         self.summary.errors[label] = step_error(self.instance, run_id)
+        if INTERRUPTED in self.summary.errors[label]:  # Ctrl-C: Dagster ended the run as failed; the driver stops
+            raise KeyboardInterrupt
         self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
 

@@ -48,6 +48,9 @@ class NetworksResource(dg.ConfigurableResource):
     weights: str | None = None  # "seeded" or "official"; None: the profile's own
     params_path: str | None = None  # None: the project's params.yaml
     overrides: dict[str, Any] = {}
+    # Who set each override and the device, as the user named it ({"pipeline.shard_size": "--shard-size", "device":
+    # "FALCO_DEVICE"}): an error about one of them names it, not the params file.
+    sources: dict[str, str] = {}
     sweep_variants: list[str] = []  # the variants to run and compare; empty: params.yaml's `sweep:`
 
     @property
@@ -63,7 +66,7 @@ class NetworksResource(dg.ConfigurableResource):
         method, _ = split_overrides(self.overrides)
         if variant is not None:
             method |= self.variant_overrides(variant)
-        return load_params(self.profile, self.params_path, **method)
+        return load_params(self.profile, self.params_path, sources=self.sources, **method)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section of the params file other than the method's (`data`, `pipeline`, `checks`, ...), with this
@@ -99,25 +102,42 @@ class NetworksResource(dg.ConfigurableResource):
         """How to read the dataset: the `data:` section, checked (keyword arguments of anon_core.ingest.ingest)."""
         from anon_core.ingest import data_settings
 
-        return data_settings(self.section("data"), self.params_file)
+        with self._naming_sources():
+            return data_settings(self.section("data"), self.params_file)
 
     def photo(self):
         """Photo mode's settings: the `photo:` section, checked (anon_core.photo_faces.PhotoSettings)."""
         from anon_core.photo_faces import photo_settings
 
-        return photo_settings(self.section("photo"), self.params_file)
+        with self._naming_sources():
+            return photo_settings(self.section("photo"), self.params_file)
 
     def shard_size(self) -> int:
         from anon_core.errors import ParamsError
 
         size = self.setting("pipeline", "shard_size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ParamsError(f"{self.params_file}: pipeline.shard_size = {size!r} must be a whole number of "
-                              "images >= 1")
+        with self._naming_sources():
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ParamsError(f"{self.params_file}: pipeline.shard_size = {size!r} must be a whole number of "
+                                  "images >= 1")
         return size
 
     def networks(self):
         return _build_networks(self.profile, self.device, self.weights)
+
+    def _naming_sources(self):
+        """Errors of the checks inside name the flag (or variable) that set a bad value, else the params file."""
+        from anon_core.params import naming_sources
+
+        return naming_sources(self.params_file, self.overrides, self.sources)
+
+    def check_device(self) -> None:
+        """FalcoError, before any run starts, when `device` is not one falco runs on, or one this machine lacks; with
+        the celery executor other machines run the networks, so there only its form is checked."""
+        from anon_core.stages import parse_device, resolve_device
+
+        check = parse_device if self.setting("pipeline", "executor") == "celery" else resolve_device
+        check(self.device, self.sources.get("device", "networks.device"))
 
 
 @lru_cache(maxsize=2)
@@ -148,4 +168,6 @@ def networks_from_env() -> NetworksResource:
         device=os.environ.get("FALCO_DEVICE", "cpu"),
         params_path=os.environ.get("FALCO_PARAMS") or None,
         overrides={"pipeline.executor": executor} if executor else {},
+        sources={**({"device": "FALCO_DEVICE"} if "FALCO_DEVICE" in os.environ else {}),
+                 **({"pipeline.executor": "FALCO_EXECUTOR"} if executor else {})},
     )

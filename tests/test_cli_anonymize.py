@@ -75,3 +75,124 @@ def test_user_errors_are_one_line_messages(face_folder, tmp_path, capsys):
     assert "pool_size" in capsys.readouterr().err
     assert main(["anonymize", str(face_folder), str(face_folder / "out"), *FAST]) == 2
     assert "inside the input folder" in capsys.readouterr().err
+
+
+def test_output_names_never_collide_with_each_other_or_with_an_output_folder():
+    from pathlib import Path
+
+    from anon_core.data.scan import ScannedFile
+    from anon_core.ingest import output_names
+
+    def names(*relpaths):
+        return output_names([ScannedFile(Path("/in") / p, p, None, None, None) for p in relpaths])
+
+    assert names("img.bmp", "img.tiff") == {"img.bmp": "img.png", "img.tiff": "img.tiff.png"}  # file vs file
+    # A file whose `.png` name is a folder other outputs go in keeps its extension, whichever comes first.
+    assert names("a.jpg", "a.png/inner.png") == {"a.jpg": "a.jpg.png", "a.png/inner.png": "a.png/inner.png"}
+    assert names("a.jpg", "a.jpg.png/x.png", "a.png/inner.png")["a.jpg"] == "a.jpg~2.png"
+    for relpaths in (["a.jpg", "a.png", "a.jpg.png", "a.png.png/b.png", "b/c.jpg", "b/c.png/d.jpg"],
+                     ["x.jpg", "x.jpg.png", "x.png", "x.tif"]):
+        out = list(names(*relpaths).values())
+        assert len(set(out)) == len(out)
+        assert not {str(p) for name in out for p in Path(name).parents} & set(out)  # no output is a folder of another
+
+
+def test_an_output_name_that_is_a_folder_of_outputs_does_not_stop_the_run(tmp_path, lfw_faces, capsys):
+    edge = tmp_path / "edge"
+    (edge / "a.png").mkdir(parents=True)
+    Image.fromarray(lfw_faces[0]).save(edge / "a.jpg", quality=95)
+    Image.fromarray(lfw_faces[1]).save(edge / "a.png" / "inner.png")
+    out = tmp_path / "out"
+    assert main(["anonymize", str(edge), str(out), *FAST, "--steps", "2"]) == 0
+    rows = {r["input"]: r for r in _manifest(out)}
+    assert {k: (r["status"], r["output"]) for k, r in rows.items()} == {
+        "a.jpg": ("ok", "a.jpg.png"), "a.png/inner.png": ("ok", "a.png/inner.png")}
+    assert (out / "images" / "a.jpg.png").is_file() and (out / "images" / "a.png" / "inner.png").is_file()
+    assert "2 anonymized" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", ["banana", "mps", "meta"])
+def test_a_device_falco_cannot_use_is_one_line_before_any_work(face_folder, tmp_path, capsys, device):
+    out = tmp_path / "o"
+    assert main(["anonymize", str(face_folder), str(out), *FAST, "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err == f"falco: error: --device {device}: not a device this machine has; use cpu or cuda[:N]\n"
+    assert not out.exists()  # refused before the output folder was touched
+
+
+def test_cuda_without_a_gpu_keeps_its_own_message(face_folder, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--device", "cuda:0"]) == 2
+    assert "--device cuda:0 was asked for, but no CUDA device is visible to torch; use --device cpu" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [str(10**20), str(2**63 - 49)])  # pool of 50: fake 49 would be drawn from 2**63
+def test_a_seed_beyond_the_fake_pools_64_bit_seeds_is_one_line(face_folder, tmp_path, capsys, seed):
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err == f"falco: error: --seed {seed}: must be in [0, 2**63 - pool_size] (fake i is drawn from seed + i, " \
+                  "a 64-bit integer)\n"
+
+
+def test_errors_name_the_flag_that_gave_the_value_and_the_file_otherwise(face_folder, tmp_path, capsys):
+    missing = tmp_path / "nonexistent.csv"
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--labels", str(missing)]) == 2
+    assert capsys.readouterr().err == f"falco: error: --labels {missing}: is not a file\n"
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--mode", "photo",
+                 "--min-face-size", "5"]) == 2
+    assert capsys.readouterr().err == \
+        "falco: error: --min-face-size 5: must be a whole number >= 12 (MTCNN's smallest window)\n"
+
+    import yaml
+
+    from anon_core.params import DEFAULT_PARAMS_PATH
+
+    data = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    data["photo"]["min_face_size"] = 5
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--mode", "photo", "--params", str(params),
+                 "--min-anonymize-size", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "falco: error: --min-anonymize-size 0: must be a whole number >= 1; "
+        f"{params}: photo.min_face_size = 5 must be a whole number >= 12 (MTCNN's smallest window)\n")
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_code_130(face_folder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "orchestration.cli", "anonymize", str(face_folder), str(out), "--profile", "tiny",
+           "--steps", "100000", "--pool-size", "50", "--batch-size", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not (out / ".falco.lock").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(2)  # into the networks' start or the optimization
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines() == [
+        "falco: stopped (Ctrl-C); run the same command again to resume where it stopped"]
+
+
+def test_a_cuda_index_beyond_the_machines_gpus_is_one_line(face_folder, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--device", "cuda:3"]) == 2
+    assert capsys.readouterr().err == "falco: error: --device cuda:3: this machine has 1 CUDA device(s); use cuda:N " \
+                                      "with N < 1, or cpu\n"
+    assert not (tmp_path / "o").exists()

@@ -356,3 +356,53 @@ def test_a_variants_values_go_to_its_own_folder_and_missing_partitions_fail_unle
     assert (tmp_path / "scores" / "m0" / "all.parquet").is_file()
     assert (tmp_path / "codes" / "m0.9" / "shard-00000.npz").is_file()
     assert list(loaded) == ["m0"] and loaded["m0"].equals(table)
+
+
+def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw_faces, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FALCO_DEVICE", raising=False)
+    monkeypatch.delenv("FALCO_BROKER_URL", raising=False)
+    cmd = ["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store")]
+    assert main([*cmd, "--device", "banana"]) == 2
+    assert capsys.readouterr().err == "falco: error: --device banana: not a device this machine has; use cpu or " \
+                                      "cuda[:N]\n"
+    monkeypatch.setenv("FALCO_DEVICE", "mps")
+    assert main(cmd) == 2
+    assert capsys.readouterr().err == "falco: error: FALCO_DEVICE mps: not a device this machine has; use cpu or " \
+                                      "cuda[:N]\n"
+    monkeypatch.delenv("FALCO_DEVICE")
+    assert main([*cmd, "--shard-size", "0"]) == 2
+    assert capsys.readouterr().err == "falco: error: --shard-size 0: must be a whole number of images >= 1\n"
+    assert main([*cmd, "--labels", str(tmp_path / "none.csv")]) == 2
+    assert capsys.readouterr().err == f"falco: error: --labels {tmp_path / 'none.csv'}: is not a file\n"
+    # On a Celery head the workers' machines run the networks: only the device's form is checked here.
+    assert main([*cmd, "--executor", "celery", "--device", "cuda:1"]) == 2
+    assert "FALCO_BROKER_URL" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+    with instance_at(tmp_path / "home") as instance:
+        assert instance.get_runs() == []
+
+
+def test_ctrl_c_stops_the_pipeline_with_one_line_and_exit_code_130(tmp_path, lfw_faces):
+    write_faces(tmp_path / "faces", lfw_faces[:7])
+    params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 20}})
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
+           str(tmp_path / "store"), "--params", str(params), "--shard-size", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = tmp_path / "store" / "anonymized_images" / "default" / "shard-00000.parquet"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.exists() and proc.poll() is None, "the first shard never finished"
+    proc.send_signal(signal.SIGINT)  # in the middle of a later shard's Dagster run
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == \
+        "falco: stopped (Ctrl-C); run the same command again to resume where it stopped"
+    assert not (first.parent / "shard-00003.parquet").exists()  # the driver stopped: no later shard ran

@@ -43,3 +43,18 @@ def test_replace_and_round_trip():
     q = p.replace(**{"optimization.margin": 0.5})
     assert q.optimization.margin == 0.5 and p.optimization.margin == 0.0
     assert q.replace(**q.to_dict()) == q
+
+
+def test_the_largest_seed_allowed_draws_every_fake_from_a_64_bit_seed():
+    import numpy as np
+
+    from anon_core.fake_pool import sample_z
+
+    p = load_params("tiny", seed=2**63 - 50, pool_size=50)
+    seeds = np.arange(p.seed, p.seed + p.pool_size, dtype=np.int64)  # as sample_fake_pool draws them
+    assert seeds[-1] == 2**63 - 1 and np.all(np.diff(seeds) == 1)  # none wrapped
+    assert sample_z(seeds[-1:], 4).shape == (1, 4)
+    with pytest.raises(ParamsError, match=r"seed = 9223372036854775759 must be in \[0, 2\*\*63 - pool_size\]"):
+        load_params("tiny", seed=2**63 - 49, pool_size=50)
+    with pytest.raises(ParamsError, match=r"--seed 9223372036854775759: must be"):
+        load_params("tiny", sources={"seed": "--seed"}, seed=2**63 - 49, pool_size=50)
