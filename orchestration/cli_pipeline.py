@@ -126,6 +126,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     state = "FAILED" if summary.failed else "done"
     print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
           f"run(s), {len(summary.skipped)} up to date; variants: {', '.join(summary.variants)}")
+    rejected = _rejections(storage) if args.mode == "aligned" else None
+    if rejected:
+        print(rejected)
     if "anonymize" in stages:
         kind = "anonymized_photos" if args.mode == "photo" else "anonymized_images"
         for variant in summary.variants:
@@ -144,6 +147,24 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
               "checks:); do not release these images", file=sys.stderr)
     print(_browse_hints(instance.root_directory))
     return 1 if summary.failed or summary.blocked else 0
+
+
+def _rejections(storage) -> str | None:
+    """The input files that `real_images` rejected, counted by reason, and where their rows are; None when it
+    rejected none (or has not been made)."""
+    import pandas as pd
+
+    table_path = storage.asset_dir("real_images") / "all.parquet"
+    try:
+        table = pd.read_parquet(table_path, columns=["status", "reason"])
+    except (OSError, ValueError, KeyError):
+        return None
+    reasons = table.loc[table["status"] != "ok", "reason"].value_counts()
+    if reasons.empty:
+        return None
+    counts = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
+    return (f"input: {len(table)} file(s), {int(reasons.sum())} rejected ({counts}); their rows (input, reason, detail) "
+            f"are in {table_path} and on real_images in the UI")
 
 
 def _browse_hints(dagster_home: str) -> str:

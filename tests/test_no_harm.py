@@ -384,3 +384,19 @@ def test_an_empty_input_folder_is_refused_before_the_output_folder_is_made(tmp_p
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *FAST]) == 2
     assert "no image in" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # before: created, holding only its lock file
+
+
+def test_the_pipeline_says_how_many_inputs_it_rejected_and_why(tmp_path, lfw_faces, capsys, monkeypatch):
+    """Before, `falco pipeline` finished with half the folder rejected and its output never said so."""
+    write_faces(tmp_path / "faces", lfw_faces[:3])  # and an empty broken.jpg
+    (tmp_path / "faces" / "notes.txt").write_text("not an image")
+    params = fast_params(tmp_path / "params.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = main(["stage", "prepare", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store"),
+                 "--params", str(params)])
+    out = capsys.readouterr().out
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("input: "))
+    assert line.startswith("input: 5 file(s), 2 rejected (") and "not_an_image 1" in line
+    assert str(tmp_path / "store" / "real_images" / "all.parquet") in line
