@@ -249,19 +249,28 @@ def test_the_executor_of_params_yaml_applies_to_cli_runs(state):
     assert "multiprocess executor" not in messages and "in process" in messages
 
 
-def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):
+def _pipeline_past_its_first_shard(tmp_path, lfw_faces, **popen) -> tuple[subprocess.Popen, Path, list[str], dict]:
+    """`falco pipeline` in a subprocess on 7 faces in shards of 2 (20 steps each), returned once its first shard's
+    images are stored: (the process, that shard's table, the command, its environment)."""
     write_faces(tmp_path / "faces", lfw_faces[:7])
     params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 20}})
-    home = tmp_path / "home"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
            str(tmp_path / "store"), "--params", str(params), "--shard-size", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, **popen)
     first = tmp_path / "store" / "anonymized_images" / "default" / "shard-00000.parquet"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert first.exists(), "the first shard never finished"
+    assert first.exists() and proc.poll() is None, "the first shard never finished"
+    return proc, first, cmd, env
+
+
+def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):
+    home = tmp_path / "home"
+    proc, first, cmd, env = _pipeline_past_its_first_shard(tmp_path, lfw_faces, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)  # in the middle of a later shard
     proc.wait()
     done_before = {p.stem for p in first.parent.glob("shard-*.parquet")}
@@ -387,18 +396,8 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
 
 
 def test_ctrl_c_stops_the_pipeline_with_one_line_and_exit_code_130(tmp_path, lfw_faces):
-    write_faces(tmp_path / "faces", lfw_faces[:7])
-    params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 20}})
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
-           str(tmp_path / "store"), "--params", str(params), "--shard-size", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = tmp_path / "store" / "anonymized_images" / "default" / "shard-00000.parquet"
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert first.exists() and proc.poll() is None, "the first shard never finished"
+    proc, first, _, _ = _pipeline_past_its_first_shard(tmp_path, lfw_faces, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)  # in the middle of a later shard's Dagster run
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
