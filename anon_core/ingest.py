@@ -33,8 +33,8 @@ TABLE_COLUMNS = (
     "input",  # relative path under the input folder
     "image",  # relative path of its output image (`.png`); "" when rejected
     "status",  # ok | rejected
-    "reason",  # machine code of the rejection ("" when ok)
-    "detail",  # human sentence about the rejection
+    "reason",  # machine code of the rejection; of an ok row, of its note ("stretched"), else ""
+    "detail",  # human sentence about the rejection or the note
     "duplicate_of",  # input with the same bytes that came first, if any
     "sha256",  # of the input file
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning or rejected
@@ -139,9 +139,9 @@ def check_input_folder(input_dir: Path, need_image: bool = True) -> None:
                      "file; give a folder of face images")
 
 
-def read_workers(device: torch.device | str) -> int:
-    """Threads that decode and align images ahead of the networks: one on a CPU, whose cores run the networks; up
-    to 8 with a GPU, so that reading keeps up with it."""
+def io_workers(device: torch.device | str) -> int:
+    """Threads that decode and align images ahead of the networks, or encode and write their outputs behind them:
+    one on a CPU, whose cores run the networks; up to 8 with a GPU, so that reading and writing keep up with it."""
     return 1 if torch.device(device).type != "cuda" else max(1, min(8, os.cpu_count() or 1))
 
 
@@ -169,7 +169,7 @@ def ingest(
     cache = AlignmentCache(cache_dir)
     names = output_names(files)
     rows, sources = [], []
-    for done, checked in enumerate(check_inputs(files, aligner, cache, read_workers(device)), start=1):
+    for done, checked in enumerate(check_inputs(files, aligner, cache, io_workers(device)), start=1):
         f = checked.file
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
                "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen,
@@ -179,6 +179,11 @@ def ingest(
         else:
             row["image"] = names[f.relpath]
             sources.append(checked.source)
+            if checked.size[0] != checked.size[1]:  # only unaligned images can be (aligned crops are square)
+                width, height = checked.size
+                row.update(reason="stretched", detail=(
+                    f"{f.relpath}: {width} x {height}, not square: stretched to {resolution} x {resolution}, which "
+                    "distorts the face; align it (drop --no-align / data.align: false) or crop it square"))
         rows.append(row)
         if on_file is not None:
             on_file(done, len(files))
@@ -225,6 +230,7 @@ class CheckedInput:
     faces_seen: int  # faces the aligner detected; -1 when not aligning or rejected
     others_covered: int = -1  # other faces pixelated inside the crop; -1 when not aligning or rejected
     rejected: ImageRejected | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height) of its image
 
 
 def check_inputs(
@@ -235,12 +241,12 @@ def check_inputs(
     read = functools.partial(read_input, aligner=aligner, cache=cache)
     for f, reading in read_ahead(read, files, workers, depth=2 * workers):
         try:
-            _, faces_seen, others_covered = reading.result()
+            image, faces_seen, others_covered = reading.result()
         except ImageRejected as rejected:
             yield CheckedInput(f, None, -1, rejected=rejected)
             continue
         yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen,
-                           others_covered)
+                           others_covered, size=(image.shape[1], image.shape[0]))
 
 
 def _str_or_none(value) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +36,14 @@ from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
-from anon_core.folders import check_separate, exclusive, previous_outputs, remove_outputs
-from anon_core.ingest import dataset_files, output_names, read_workers
+from anon_core.folders import MANIFEST_EVERY_S, check_separate, exclusive, previous_outputs, remove_outputs
+from anon_core.ingest import dataset_files, output_names, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, plan_faces
-from anon_core.prefetch import read_ahead
+from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import build_pool, check_params_fit, resolve_device
@@ -54,7 +55,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "output",  # relative path of the written photo under OUTPUT_DIR/images ("" when rejected)
     "kind",  # photo: one row per file; face: one row per detected face, after its photo's row
     "face",  # index of the face in its photo, largest box first ("" on photo rows)
-    "status",  # photo rows: ok | rejected; face rows: anonymized | covered
+    "status",  # photo rows: ok | rejected, pending until the photo is written; face rows: anonymized | covered
     "reason",  # photo rows: the rejection's code; face rows: why it was covered (too_small, profile, alignment_failed)
     "detail",  # human sentence for the reason
     "faces",  # photo rows: faces detected
@@ -156,6 +157,8 @@ class _PhotoRun:
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
+        self.written: set[int] = set()  # file indices whose photo is on disk (added by the writer's threads)
+        self.last_manifest = float("-inf")
         self.summary = PhotoSummary(output_dir=output_dir)
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -177,13 +180,28 @@ class _PhotoRun:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
-        previous = previous_outputs(self.output_dir)  # the manifest is replaced only at the end of the run
-        remove_outputs(self.output_dir, set())  # the previous images' privacy verdicts
+        previous = previous_outputs(self.output_dir)
+        # the earlier run's images that no photo of this one will be written to, and its privacy verdicts; the
+        # manifest then names every photo this run will write (`pending` until written)
+        remove_outputs(self.output_dir, previous - set(self.outputs.values()))
+        self._write_manifest()
         reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
+        workers = io_workers(self.device)
+        with WriteBehind(workers) as self.writer:
+            self._run(reading, workers)
+        reading.close()
+        self.bar.close()
+        self._write_outputs()
+        written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
+        remove_outputs(self.output_dir, previous - written)  # e.g. those of photos rejected this time
+        return self.summary
+
+    def _run(self, reading, workers: int) -> None:
+        """Read every photo, cover or queue its faces, anonymize the queue a batch at a time, and write each photo
+        once all its faces are done."""
         waiting: dict[int, _Photo] = {}
         queue: list[tuple[int, int, np.ndarray]] = []  # (file index, face index, aligned crop)
-        workers = read_workers(self.device)
         for row, (f, reading_future) in enumerate(read_ahead(self._read, self.files, workers, depth=2 * workers)):
             reading.update(1)
             self.summary.photos += 1
@@ -196,6 +214,8 @@ class _PhotoRun:
             photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", "", len(faces)),
                               *(self._face_row(photo, face) for face in faces)]
+            if time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
+                self._write_manifest()
             for face in faces:
                 if not face.anonymized:
                     self.summary.covered[face.reason] += 1
@@ -210,12 +230,6 @@ class _PhotoRun:
                 queue = queue[self.params.batch_size:]
         if queue:
             self._anonymize(queue, waiting)
-        reading.close()
-        self.bar.close()
-        self._write_outputs()
-        written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
-        remove_outputs(self.output_dir, previous - written)  # the earlier run's images that this one did not write
-        return self.summary
 
     def _anonymize(self, items: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Photo]) -> None:
         """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
@@ -253,13 +267,13 @@ class _PhotoRun:
 
     # -- writing ---------------------------------------------------------------------------------------------
     def _write(self, photo: _Photo) -> None:
-        path = self.output_dir / "images" / photo.output
-        if path.suffix.lower() in (".jpg", ".jpeg"):
-            buffer = io.BytesIO()
-            Image.fromarray(photo.image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
-            write_bytes_atomic(path, buffer.getvalue())
-        else:
-            write_bytes_atomic(path, encode_png(photo.image))
+        """Hand a finished photo to the writer's threads (a 12-megapixel PNG takes seconds to encode); the manifest
+        calls it done once it is on disk."""
+        def write() -> None:
+            write_photo(self.output_dir / "images" / photo.output, photo.image)
+            self.written.add(photo.row)
+
+        self.writer.submit(write)
 
     def _photo_row(self, f: ScannedFile, output: str, status: str, reason: str, detail: str, faces: int) -> dict:
         return {"input": f.relpath, "output": output, "kind": "photo", "status": status, "reason": reason,
@@ -275,11 +289,24 @@ class _PhotoRun:
             "cover": "" if face.anonymized else face.action,
         }
 
-    def _write_outputs(self) -> None:
-        rows = [r for key in sorted(self.rows) for r in self.rows[key]]
-        manifest = pd.DataFrame(rows, columns=list(PHOTO_MANIFEST_COLUMNS)).fillna("")
+    def _write_manifest(self) -> None:
+        """manifest.csv as of now: the rows of every photo written or rejected, a `pending` row (with the output it
+        will have) for each other photo."""
+        written = set(self.written)  # a copy: the writer's threads add to it
+        rows = []
+        for index, f in enumerate(self.files):
+            done = self.rows.get(index)
+            if done is not None and (index in written or done[0]["status"] == "rejected"):
+                rows += done
+            else:
+                rows.append(self._photo_row(f, self.outputs[f.relpath], "pending", "", "", -1))
+        manifest = pd.DataFrame(rows, columns=list(PHOTO_MANIFEST_COLUMNS), dtype=object).fillna("")
         with atomic_path(self.output_dir / "manifest.csv") as tmp:
             manifest.to_csv(tmp, index=False, encoding="utf-8")
+        self.last_manifest = time.monotonic()
+
+    def _write_outputs(self) -> None:
+        self._write_manifest()  # every photo is written by now
         g = self.nets.generator
         ws = [r["ws"] for r in self.results]
         stacked = np.concatenate(ws) if ws else np.zeros((0, g.num_ws, g.config.w_dim), np.float32)
@@ -322,3 +349,13 @@ def read_photo_manifest(output_dir: Path) -> pd.DataFrame:
 def parse_numbers(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray([float(v) for v in text.split()], dtype=np.float64).reshape(shape)
 
+
+def write_photo(path: Path, image: np.ndarray) -> None:
+    """Write an output photo atomically: JPEG (quality JPEG_QUALITY, no chroma subsampling) for a .jpg/.jpeg
+    name, lossless PNG otherwise."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+        write_bytes_atomic(path, buffer.getvalue())
+    else:
+        write_bytes_atomic(path, encode_png(image))

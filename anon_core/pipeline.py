@@ -20,12 +20,12 @@ import torch
 from anon_core.assignment import assign_fakes, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.batch_size import resolve_batch_size
-from anon_core.prefetch import batch_slices, read_parts
+from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool
-from anon_core.folders import check_separate, exclusive, previous_outputs, remove_outputs
-from anon_core.ingest import alignment_cache, check_input_folder, ingest, read_workers
+from anon_core.folders import MANIFEST_EVERY_S, check_separate, exclusive, previous_outputs, remove_outputs
+from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -45,9 +45,9 @@ from anon_core.stages import (
 MANIFEST_COLUMNS = (
     "input",  # relative path under the input folder
     "output",  # relative path under OUTPUT_DIR/images ("" when rejected)
-    "status",  # ok | rejected
-    "reason",  # machine code of the rejection ("" when ok)
-    "detail",  # human sentence about the rejection
+    "status",  # ok | rejected; pending until its batch is written
+    "reason",  # machine code of the rejection; of an ok row, "stretched" (not square, --no-align) or ""
+    "detail",  # human sentence about the rejection or the note
     "duplicate_of",  # input with the same bytes that came first, if any
     "sha256",  # hex sha256 of the input file's bytes ("" when it could not be read): `falco evaluate` checks REAL_DIR
     "latent_index",  # row in latents.npy
@@ -58,9 +58,6 @@ MANIFEST_COLUMNS = (
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning
     "other_faces_covered",  # other faces inside the crop, pixelated before it was cut; -1 when not aligning
 )
-# The manifest is rewritten as batches finish, at most this often: each rewrite is the whole table (~3 MB at
-# CelebA-HQ's 30,000 rows), and a resumed run finishes its journaled batches all at once.
-MANIFEST_EVERY_S = 5.0
 RESULT_COLUMNS = ("latent_index", "fake_index", "fake_similarity", "identity_similarity")  # "" for rejected rows
 
 
@@ -101,6 +98,7 @@ class RunSummary:
     counts: Counter = field(default_factory=Counter)  # "ok" and every rejection reason
     duplicates: int = 0
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
+    stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
 
     @property
     def ok(self) -> int:
@@ -113,6 +111,9 @@ class RunSummary:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
         if self.duplicates:
             text += f", {self.duplicates} duplicate file(s) noted in the manifest"
+        if self.stretched:
+            text += (f", {self.stretched} not square and stretched (reason `stretched` in the manifest; align them "
+                     "instead)")
         if self.resumed:
             text += f"; {self.resumed} of them finished by an earlier run and taken from its journal"
         return text
@@ -182,7 +183,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     persons = _persons(table, params.pairing)
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
-    manifest.loc[ok_rows, ["status", "output"]] = ["pending", ""]  # until its batch is finished
+    manifest.loc[ok_rows, "status"] = "pending"  # until its batch is finished; `output` names its image already
     remove_outputs(output_dir, previous_outputs(output_dir) - set(ok["image"]))  # before the manifest is replaced
     _write_manifest(output_dir, manifest)
     parts = batch_slices(len(ok), params.batch_size)
@@ -196,11 +197,11 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         part = parts[index]
         if images is not None:
             for i, name in enumerate(ok["image"][part]):
-                save_png(output_dir / "images" / name, images[i])
+                png_writer.submit(save_png, output_dir / "images" / name, images[i])
+            png_writer.wait()  # the journal names a batch done only once its images are on disk
             journal.record(index, result)
         rows = ok_rows[part]
         manifest.loc[rows, "status"] = "ok"
-        manifest.loc[rows, "output"] = ok["image"][part].to_numpy()
         manifest.loc[rows, "latent_index"] = [str(i) for i in range(part.start, part.stop)]
         manifest.loc[rows, "fake_index"] = [str(int(i)) for i in result["fake_index"]]
         manifest.loc[rows, "fake_similarity"] = [f"{v:.6f}" for v in result["fake_similarity"]]
@@ -213,12 +214,15 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     pool = build_pool(nets, params, show_progress=show_progress) if todo else None
     assigned = None
     if todo and params.pairing != "nearest":  # one assignment over the whole set, before any batch
-        features = embed_images(nets, ingested.images(workers=read_workers(device)))
+        features = embed_images(nets, ingested.images(workers=io_workers(device)))
         fake_index, fake_similarity, _ = assign_fakes(features, pool.features, params.pairing, persons[ok_rows])
         assigned = (fake_index, fake_similarity)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-write") as writer:
+    # `finish` runs batch after batch in one thread (the manifest's rows, the journal's order); each batch's PNGs are
+    # encoded by `png_writer`'s threads side by side
+    with WriteBehind(io_workers(device)) as png_writer, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-finish") as writer:
         writes = [writer.submit(finish, i, r, None) for i, r in enumerate(results) if r is not None]
-        images = ingested.images(workers=read_workers(device))
+        images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
             fakes = None if assigned is None else (assigned[0][parts[index]], assigned[1][parts[index]])
             done = anonymize_images(nets, pool, batch, params, fakes)
@@ -237,6 +241,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
+    summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
     return summary
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
+from anon_core.folders import check_finished
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 RUN_FILES = "images/, manifest.csv, params.json"
@@ -70,15 +71,8 @@ def read_run(folder: Path) -> AnonymizeRun:
     folder = Path(folder)
     if not folder.is_dir():
         raise FalcoError(f"{folder} does not exist or is not a folder; pass the OUTPUT_DIR of a `falco anonymize` run")
-    for name in ("manifest.csv", "params.json"):
-        if not (folder / name).is_file():
-            raise _not_a_run(folder, f"no {name}")
-    try:
-        record = json.loads((folder / "params.json").read_text())
-    except ValueError as err:
-        raise _not_a_run(folder, f"params.json is not JSON ({err})") from err
-    if not isinstance(record, dict) or "profile" not in (record.get("params") or {}) or "resolution" not in record:
-        raise _not_a_run(folder, "params.json records no profile and resolution")
+    if not (folder / "manifest.csv").is_file():
+        raise _not_a_run(folder, "no manifest.csv")
     try:
         manifest = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as err:
@@ -86,6 +80,15 @@ def read_run(folder: Path) -> AnonymizeRun:
     missing = [c for c in MANIFEST_NEEDS if c not in manifest.columns]
     if missing:
         raise _not_a_run(folder, f"manifest.csv lacks the column(s) {', '.join(missing)}")
+    check_finished(folder, manifest)  # a stopped run: before params.json, which its first run writes at the end
+    if not (folder / "params.json").is_file():
+        raise _not_a_run(folder, "no params.json")
+    try:
+        record = json.loads((folder / "params.json").read_text())
+    except ValueError as err:
+        raise _not_a_run(folder, f"params.json is not JSON ({err})") from err
+    if not isinstance(record, dict) or "profile" not in (record.get("params") or {}) or "resolution" not in record:
+        raise _not_a_run(folder, "params.json records no profile and resolution")
     ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise FalcoError(f"{folder}: manifest.csv has no `ok` row (every input was rejected); nothing to evaluate")
@@ -136,7 +139,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
     and resize, crops cached in `cache_dir`). Each file is read once to validate (and align into the cache), then
     left on disk: the gallery's images are the input files, or their aligned crops in the cache."""
     from anon_core.data.align import FaceAligner
-    from anon_core.ingest import ingest, read_workers
+    from anon_core.ingest import ingest, io_workers
 
     detector = None
     if run.alignment:
@@ -155,7 +158,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
     # Unlabelled images are their own identity (privacy.py: "the source image itself").
     identity = None if identity is None or identity.isna().all() else \
         identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
-    return RealGallery(relpaths, identity, ingested.images(workers=max(read_workers(device), 4)))
+    return RealGallery(relpaths, identity, ingested.images(workers=max(io_workers(device), 4)))
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ import dagster as dg
 
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
-from anon_core.folders import check_separate, exclusive
+from anon_core.folders import check_separate, exclusive, one_at_a_time
 from orchestration.io_manager import prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
@@ -170,6 +170,7 @@ LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver proce
 
 INSTANCE_MARK = "falco_storage.json"  # in the Dagster home: the pairing with the storage its records describe
 STORAGE_MARK = ".falco_instance.json"  # in the storage: the pairing with the Dagster home that records its files
+PAIRING_LOCK = ".falco_pairing.lock"  # in the Dagster home: one pairing check at a time
 
 
 def bind_instance_and_storage(dagster_home: Path, storage: Path, fresh: bool) -> None:
@@ -179,15 +180,18 @@ def bind_instance_and_storage(dagster_home: Path, storage: Path, fresh: bool) ->
     first run pairs the two (the same random id in a mark in each folder, which survives moving or copying both),
     and a later run that pairs either with another is refused (FalcoError) unless `fresh`: that re-makes
     everything into this storage under this instance, so it pairs them anew."""
-    home_mark, storage_mark = _read_mark(dagster_home / INSTANCE_MARK), _read_mark(storage / STORAGE_MARK)
-    paired = home_mark is not None and storage_mark is not None and home_mark["id"] == storage_mark["id"]
-    if paired or fresh or home_mark is None and storage_mark is None:
-        pair = {"id": home_mark["id"] if paired else uuid.uuid4().hex, "storage": str(storage.resolve()),
-                "dagster_home": str(dagster_home.resolve())}  # where they are now (they may have moved together)
-        for path, mark in ((dagster_home / INSTANCE_MARK, home_mark), (storage / STORAGE_MARK, storage_mark)):
-            if mark != pair:
-                write_bytes_atomic(path, json.dumps(pair).encode())
-        return
+    # Two first runs on two new storages under one new instance hold only their own storage's lock: the instance's
+    # pairing lock makes the second one read the first one's mark (and be refused) instead of pairing too.
+    with one_at_a_time(dagster_home / PAIRING_LOCK):
+        home_mark, storage_mark = _read_mark(dagster_home / INSTANCE_MARK), _read_mark(storage / STORAGE_MARK)
+        paired = home_mark is not None and storage_mark is not None and home_mark["id"] == storage_mark["id"]
+        if paired or fresh or home_mark is None and storage_mark is None:
+            pair = {"id": home_mark["id"] if paired else uuid.uuid4().hex, "storage": str(storage.resolve()),
+                    "dagster_home": str(dagster_home.resolve())}  # where they are now (they may have moved together)
+            for path, mark in ((dagster_home / INSTANCE_MARK, home_mark), (storage / STORAGE_MARK, storage_mark)):
+                if mark != pair:
+                    write_bytes_atomic(path, json.dumps(pair).encode())
+            return
     fix = f"add --fresh to re-make everything into {storage} under this instance (nothing was run)"
     if home_mark is not None:
         raise FalcoError(

@@ -34,7 +34,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import encode_png
 from anon_core.errors import FalcoError
-from anon_core.prefetch import batch_slices, read_parts
+from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
@@ -183,15 +182,14 @@ def _write_images(folder: Path, names: list[str], images, private: bool = False)
     """Write images[i] as PNG names[i]: read in chunks (an ImageFiles decodes, a generated set generates, the next
     chunk while this one is written), each image PNG-encoded and written by a pool of threads. `private`: readable by
     their owner only (real faces)."""
-    workers = _io_workers()
-
     def write(name: str, image: np.ndarray) -> None:
         write_bytes_atomic(folder / name, encode_png(image), private)
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-png") as pool:
+    with WriteBehind(_io_workers()) as writer:
         # 32 images a chunk (a multiple of generate's batch), the next one read meanwhile: 200 MB at 1024 px
         for part, chunk in read_parts(images, batch_slices(len(names), 32), ahead=1):
-            list(pool.map(write, names[part], chunk))  # list(): raises the first failed write
+            for name, image in zip(names[part], chunk):
+                writer.submit(write, name, image)
 
 
 def _parquet_bytes(table: pd.DataFrame) -> bytes:

@@ -196,3 +196,18 @@ def test_a_cuda_index_beyond_the_machines_gpus_is_one_line(face_folder, tmp_path
     assert capsys.readouterr().err == "falco: error: --device cuda:3: this machine has 1 CUDA device(s); use cuda:N " \
                                       "with N < 1, or cpu\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_unaligned_images_that_are_not_square_are_flagged_as_stretched(tmp_path, lfw_faces, capsys):
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    Image.fromarray(lfw_faces[0]).save(folder / "square.png")
+    Image.fromarray(lfw_faces[1][:, 8:-8]).save(folder / "tall.png")  # 48 x 64: not square
+    out = tmp_path / "out"
+    assert main(["anonymize", str(folder), str(out), *FAST, "--steps", "2", "--no-align"]) == 0
+    rows = {r["input"]: r for r in _manifest(out)}
+    assert rows["square.png"]["status"] == "ok" and rows["square.png"]["reason"] == ""
+    tall = rows["tall.png"]
+    assert tall["status"] == "ok" and tall["reason"] == "stretched"
+    assert "48 x 64, not square" in tall["detail"] and "--no-align" in tall["detail"]
+    assert "2 anonymized, 0 rejected, 1 not square and stretched" in capsys.readouterr().out

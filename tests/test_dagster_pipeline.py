@@ -220,6 +220,42 @@ def test_an_instance_and_a_storage_stay_paired_unless_fresh_pairs_them_anew(stat
     assert pipeline(other, instance).ran == []  # the pair itself is up to date
 
 
+def test_two_first_pipelines_on_two_new_storages_under_one_new_instance_cannot_both_pair(tmp_path):
+    """Each holds only its own storage's lock; the instance's pairing lock makes them check one after the other,
+    so the second sees the first one's mark and is refused (it would otherwise pair the instance with its storage
+    too, and the two would share records of different files)."""
+    import threading
+
+    from anon_core.errors import FalcoError
+    from anon_core.folders import one_at_a_time
+    from orchestration.driver import PAIRING_LOCK, bind_instance_and_storage
+
+    home = tmp_path / "home"
+    home.mkdir()
+    outcomes = []
+
+    def first_run(store: Path) -> None:
+        store.mkdir()
+        try:
+            bind_instance_and_storage(home, store, fresh=False)
+            outcomes.append(("paired", store.name))
+        except FalcoError as err:
+            outcomes.append(("refused", str(err)))
+
+    with one_at_a_time(home / PAIRING_LOCK):  # as if a third process were in the middle of its check
+        starts = [threading.Thread(target=first_run, args=(tmp_path / name,)) for name in ("a", "b")]
+        for start in starts:
+            start.start()
+        time.sleep(0.5)
+        assert all(start.is_alive() for start in starts) and not outcomes  # both wait for the lock
+    for start in starts:
+        start.join(30)
+    assert sorted(kind for kind, _ in outcomes) == ["paired", "refused"]
+    winner = next(name for kind, name in outcomes if kind == "paired")
+    assert f"records the pipeline of another storage ({tmp_path / winner})" in next(
+        text for kind, text in outcomes if kind == "refused")
+
+
 def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state):
     root, instance = state
     fast_params(root / "params.yaml", checks={"privacy_max_match_share": -1.0})  # a bound no shard can meet

@@ -285,6 +285,10 @@ def test_a_stopped_anonymize_resumes_from_its_journal_and_its_manifest_is_valid_
     assert set(manifest["status"]) <= {"ok", "pending", "rejected"} and (manifest["status"] == "pending").any()
     for name in manifest.loc[manifest["status"] == "ok", "output"]:
         assert (tmp_path / "out" / "images" / name).is_file()  # a row says ok only once its image is written
+    assert (manifest.loc[manifest["status"] == "pending", "output"] != "").all()  # names the image it will have
+    refused = subprocess.run([*cmd[:3], "evaluate", str(tmp_path / "in"), str(tmp_path / "out"), "--out",
+                              str(tmp_path / "report")], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert refused.returncode == 2 and "has not finished" in refused.stderr, refused.stderr
 
     out = subprocess.run(cmd[:-1], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=600)
     assert out.returncode == 0, out.stderr

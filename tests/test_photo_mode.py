@@ -157,6 +157,45 @@ def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
     assert written.read_bytes() == before  # and gave the same photo
 
 
+def test_a_stopped_photo_run_leaves_a_valid_manifest_that_evaluate_refuses(photos, tmp_path, monkeypatch, capsys):
+    import anon_core.photos
+    import anon_core.pipeline
+
+    out = tmp_path / "out"
+    real_anonymize, calls = anon_core.pipeline.anonymize_images, []
+
+    def stopped_at_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the machine went away")
+        return real_anonymize(*args, **kwargs)
+
+    monkeypatch.setattr(anon_core.pipeline, "anonymize_images", stopped_at_the_second_batch)
+    monkeypatch.setattr(anon_core.photos, "MANIFEST_EVERY_S", 0.0)  # rewritten after every photo read
+    params = load_params("tiny", pool_size=32, batch_size=1, **{"optimization.steps": 2})
+    with pytest.raises(RuntimeError, match="went away"):
+        anonymize_photos(photos, out, params, PhotoSettings(), show_progress=False)
+    stopped = {r["input"]: r for r in _rows(out) if r["kind"] == "photo"}
+    assert set(stopped) == {"broken.jpg", "group.png", "no_face.png", "portrait.jpg"}  # every photo has a row
+    assert stopped["broken.jpg"]["status"] == "rejected"
+    assert stopped["group.png"] == {**stopped["group.png"], "status": "pending", "output": "group.png"}
+    for row in stopped.values():
+        if row["status"] == "ok":
+            assert (out / "images" / row["output"]).is_file()  # a photo row says ok only once the photo is written
+
+    capsys.readouterr()
+    assert main(["evaluate", str(photos), str(out), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "has not finished" in err and "run the same `falco anonymize` command again" in err
+    assert not (tmp_path / "report").exists()
+
+    monkeypatch.undo()
+    anonymize_photos(photos, out, params, PhotoSettings(), show_progress=False)
+    finished = _rows(out)
+    assert "pending" not in {r["status"] for r in finished}
+    assert all((out / "images" / r["output"]).is_file() for r in finished if r["kind"] == "photo" and r["output"])
+
+
 # -- the parts ---------------------------------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
-"""Read-ahead of the input files: results in input order, work done ahead of the caller, errors at their item."""
+"""Read-ahead of the input files (results in input order, work done ahead of the caller, errors at their item) and
+write-behind of the outputs (writes side by side, bounded, none lost, none hidden)."""
 
 import threading
 
 import pytest
 
-from anon_core.prefetch import read_ahead
+from anon_core.prefetch import WriteBehind, read_ahead
 
 WAIT = 30  # seconds; only reached if read-ahead is broken
 
@@ -53,3 +54,72 @@ def test_an_error_surfaces_at_its_own_item():
     assert outcomes == [0, 1, "bad file 2", 3]
     with pytest.raises(ValueError, match="workers"):
         next(read_ahead(fail_on_two, range(4), workers=0, depth=2))
+
+
+def test_writes_run_side_by_side_behind_the_caller():
+    both_running = threading.Barrier(2, timeout=WAIT)  # broken (an error) unless two writes run at once
+    written = []
+
+    def write(i):
+        both_running.wait()
+        written.append(i)
+
+    with WriteBehind(workers=2) as writer:
+        writer.submit(write, 0)
+        writer.submit(write, 1)  # one thread would break the barrier, and the exit would raise its error
+    assert sorted(written) == [0, 1]  # leaving the block waits for every write
+
+
+def test_at_most_depth_writes_wait_and_a_submit_beyond_waits_for_the_oldest():
+    release = threading.Event()
+    started = []
+
+    def write(i):
+        started.append(i)
+        assert release.wait(WAIT)
+
+    with WriteBehind(workers=1, depth=2) as writer:
+        writer.submit(write, 0)
+        writer.submit(write, 1)
+        blocked = threading.Thread(target=writer.submit, args=(write, 2))
+        blocked.start()
+        blocked.join(0.5)
+        assert blocked.is_alive()  # a third pending write (a third image held in memory) waits
+        release.set()
+        blocked.join(WAIT)
+        assert not blocked.is_alive()
+    assert started == [0, 1, 2]
+
+
+def test_a_failed_write_is_raised_not_lost():
+    def write(i):
+        if i == 1:
+            raise OSError(f"disk full writing {i}")
+
+    with pytest.raises(OSError, match="disk full writing 1"):
+        with WriteBehind(workers=2) as writer:
+            for i in range(4):
+                writer.submit(write, i)
+    writer = WriteBehind(workers=1)
+    writer.submit(write, 1)
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+
+
+def test_leaving_on_an_error_drops_the_writes_not_started():
+    gate, first_running = threading.Event(), threading.Event()
+    done = []
+
+    def write(i):
+        first_running.set()
+        assert gate.wait(WAIT)
+        done.append(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        with WriteBehind(workers=1, depth=8) as writer:
+            for i in range(5):
+                writer.submit(write, i)
+            assert first_running.wait(WAIT)
+            threading.Timer(0.2, gate.set).start()
+            raise KeyboardInterrupt
+    assert done == [0]  # the running write finished, the four waiting ones never started

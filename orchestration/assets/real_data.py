@@ -24,7 +24,7 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
     it is) at the generator's resolution (crops cached privately in `<storage>/.align_cache`), and one row per file with its status (`ok`/`rejected`), reason, output
     name, shard and labels. Registers the shards: `pipeline.shard_size` ok images each."""
-    from anon_core.ingest import CACHE_FOLDER, ingest, read_workers
+    from anon_core.ingest import CACHE_FOLDER, ingest, io_workers
 
     def progress(done: int, total: int) -> None:
         if done % max(1, total // 10) == 0:
@@ -54,7 +54,7 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
         "num_shards": int(frame.loc[ok, "shard"].nunique()), "shard_size": shard_size, "counts": table(counts),
         "rejects": table(frame.loc[~ok, ["input", "reason", "detail"]]),
     })
-    return ImageSet(table=frame, images=ingested.images(workers=read_workers(nets.device)))
+    return ImageSet(table=frame, images=ingested.images(workers=io_workers(nets.device)))
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
