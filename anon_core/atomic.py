@@ -30,6 +30,9 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
         blocker = next(p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir())
         raise FalcoError(f"cannot write {path}: {blocker} is a file where a folder is needed (left by an earlier "
                          "run?); move it away and run again") from None
+    if path.is_dir() and not path.is_symlink():
+        raise FalcoError(f"cannot write {path}: a folder is there where the file goes (left by an earlier run?); move "
+                         "it away and run again")
     # Hidden (scan_folder skips it), <= 255 bytes, and created with O_EXCL so it never clobbers; mode 0o666 lets
     # the umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
     tmp = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"

@@ -52,12 +52,50 @@ def check_separate(**folders: Path | str | None) -> None:
                                      f"(nothing was written)")
 
 
+# Columns every manifest falco writes has (aligned and photo mode): a manifest.csv without them is not ours
+OUR_MANIFEST_COLUMNS = frozenset({"input", "output", "status", "reason", "detail", "latent_index", "fake_index",
+                                  "fake_similarity", "identity_similarity"})
+
+
+def check_output_folder(output_dir: Path, input_dir: Path) -> None:
+    """Before a run writes into `output_dir`: FalcoError when a folder link inside it leads into (or around) the
+    input folder, since the outputs written through it would overwrite the inputs, or when it holds a manifest.csv
+    that falco did not write, which the run would overwrite and whose `output` column it would take for its own
+    earlier outputs to remove."""
+    import pandas as pd
+
+    output_dir, input_dir = Path(output_dir), Path(input_dir).resolve()
+    for folder, subfolders, _ in os.walk(output_dir):  # does not follow links: each is checked, not entered
+        for name in subfolders:
+            link = Path(folder) / name
+            if not link.is_symlink():
+                continue
+            target = link.resolve()
+            if target == input_dir or input_dir in target.parents or target in input_dir.parents:
+                raise FalcoError(f"{link} is a link to {target}, in the input folder {input_dir}: the outputs written "
+                                 "through it would overwrite the inputs; remove the link (nothing was written)")
+    manifest = output_dir / "manifest.csv"
+    if manifest.is_file():
+        try:
+            columns = set(pd.read_csv(manifest, nrows=0).columns)
+        except (OSError, ValueError):
+            columns = set()
+        if not OUR_MANIFEST_COLUMNS <= columns:
+            raise FalcoError(f"{manifest} was not written by falco, and a run into {output_dir} would overwrite it; "
+                             "give an output folder of its own (new, empty, or an earlier falco anonymize output), "
+                             "or move that file away (nothing was written)")
+
+
 @contextmanager
 def exclusive(folder: Path, what: str) -> Iterator[None]:
     """Hold the lock of `folder` (created if needed) while the block runs; FalcoError if another process holds it.
     `what` names the folder's role in the message ("output folder", "storage")."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FalcoError(f"the {what} {folder} is a file (or inside one) where a folder is needed; give a folder "
+                         "path") from None
     path = folder / LOCK_FILE
     handle = open(path, "a+")
     try:
@@ -105,7 +143,7 @@ def previous_outputs(output_dir: Path) -> set[str]:
         manifest = pd.read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
     except (OSError, ValueError):  # none yet, or not ours
         return set()
-    return set(manifest["output"]) - {""} if "output" in manifest.columns else set()
+    return set(manifest["output"]) - {""} if OUR_MANIFEST_COLUMNS <= set(manifest.columns) else set()
 
 
 def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:

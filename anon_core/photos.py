@@ -36,7 +36,8 @@ from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
-from anon_core.folders import MANIFEST_EVERY_S, check_separate, exclusive, previous_outputs, remove_outputs
+from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
+                               remove_outputs)
 from anon_core.ingest import dataset_files, output_names, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -124,6 +125,7 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     without a face is written unchanged (its pixels, without the file's metadata)."""
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
+    check_output_folder(output_dir, input_dir)
     if params.pairing != "nearest":
         raise FalcoError(f"pairing = {params.pairing!r}: photo mode pairs each face with its nearest fake (faces in "
                          "photos carry no identity labels); use --pairing nearest")

@@ -23,8 +23,9 @@ from anon_core.batch_size import resolve_batch_size
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool
-from anon_core.folders import MANIFEST_EVERY_S, check_separate, exclusive, previous_outputs, remove_outputs
+from anon_core.fake_pool import FakePool, generate
+from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
+                               remove_outputs)
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -148,6 +149,7 @@ def anonymize_folder(
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
     check_input_folder(input_dir, need_image=False)  # before the output folder is made
+    check_output_folder(output_dir, input_dir)
     with exclusive(output_dir, "output folder"), alignment_cache(output_dir, keep_cache) as cache:
         return _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
                                  show_progress, cache)
@@ -221,7 +223,11 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     # encoded by `png_writer`'s threads side by side
     with WriteBehind(io_workers(device)) as png_writer, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-finish") as writer:
-        writes = [writer.submit(finish, i, r, None) for i, r in enumerate(results) if r is not None]
+        # a journaled batch is finished, but its images may have been deleted since: drawn again from its codes
+        writes = [writer.submit(finish, i, r, generate(nets.generator, r["ws"], device=device)
+                                if any(not (output_dir / "images" / name).is_file() for name in ok["image"][parts[i]])
+                                else None)
+                  for i, r in enumerate(results) if r is not None]
         images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
             fakes = None if assigned is None else (assigned[0][parts[index]], assigned[1][parts[index]])

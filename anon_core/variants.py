@@ -113,6 +113,10 @@ def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None
                               "be redefined; give the variant another name")
         return {}
     if name in defined:
+        if parse_variant_name(name) is not None:  # else `--margin 0.9` would run whatever m0.9 was defined as
+            raise ParamsError(f"{source}: variants: {name!r} is a name made of values ({parse_variant_name(name)}), "
+                              "which stands for those values and cannot be defined; give the variant a name of "
+                              "words, e.g. keep_identity")
         values = defined[name] or {}
         if not isinstance(values, Mapping):
             raise ParamsError(f"{source}: variants: {name} must map optimization keys to values, e.g. {{margin: 0.9}}")

@@ -18,6 +18,7 @@ import pandas as pd
 
 from anon_core.data.align import ffhq_quad, warp_quad
 from anon_core.data.image_io import load_rgb
+from anon_core.errors import FalcoError
 from anon_core.folders import check_finished
 from anon_core.photos import parse_numbers, read_photo_manifest
 from evaluation.recognizers import Recognizer, build_recognizer
@@ -99,6 +100,11 @@ def check_photo_sources(real_dir: Path, folders: list[Path]) -> None:
     manifests = [read_photo_manifest(folder) for folder in folders]  # first: a folder that is not a photo run
     for folder, manifest in zip(folders, manifests):
         check_finished(folder, manifest)
+        written = manifest.loc[(manifest["kind"] == "photo") & (manifest["status"] == "ok"), "output"]
+        absent = [name for name in written if not (Path(folder) / "images" / name).is_file()]
+        if absent:
+            raise FalcoError(f"{folder}: {len(absent)} photo(s) the manifest lists are missing, e.g. images/{absent[0]};"
+                             " re-run `falco anonymize --mode photo` into this folder to write them again")
     current = scan_real_folder(Path(real_dir), "folder")  # photo mode reads every file of its folder
     for folder, manifest in zip(folders, manifests):
         try:

@@ -404,3 +404,48 @@ def test_the_pipeline_says_how_many_inputs_it_rejected_and_why(tmp_path, lfw_fac
     line = next(line for line in out.splitlines() if line.startswith("input: "))
     assert line.startswith("input: 5 file(s), 2 rejected (") and "not_an_image 1" in line
     assert str(tmp_path / "store" / "real_images" / "all.parquet") in line
+
+
+@pytest.mark.parametrize("mode", ["aligned", "photo"])
+def test_a_link_in_the_output_folder_into_the_input_is_refused_before_any_write(tmp_path, lfw_faces, capsys, mode):
+    write_faces(tmp_path / "in", lfw_faces[:2])
+    before = _tree(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "images").symlink_to(tmp_path / "in", target_is_directory=True)
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", mode, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is a link to" in err and "would overwrite the inputs" in err and "Traceback" not in err
+    assert _tree(tmp_path / "in") == before
+
+
+def test_a_manifest_falco_did_not_write_is_neither_overwritten_nor_obeyed(tmp_path, lfw_faces, capsys):
+    write_faces(tmp_path / "in", lfw_faces[:2])
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    Image.fromarray(lfw_faces[5]).save(out / "images" / "mine.png")
+    (out / "manifest.csv").write_text("input,output\nx,mine.png\n")
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 2
+    assert "was not written by falco" in capsys.readouterr().err
+    assert (out / "images" / "mine.png").is_file() and (out / "manifest.csv").read_text() == "input,output\nx,mine.png\n"
+
+
+def test_a_rerun_writes_again_the_images_deleted_since_the_journal_finished_them(tmp_path, lfw_faces):
+    write_faces(tmp_path / "in", lfw_faces[:3])
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 0
+    written = _tree(out / "images")
+    victim = out / "images" / sorted(written)[1]
+    victim.unlink()
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 0  # every batch from the journal
+    assert victim.is_file() and set(_tree(out / "images")) == set(written)
+
+
+def test_a_file_where_a_folder_goes_and_a_folder_where_a_file_goes_are_one_line(tmp_path, lfw_faces, capsys):
+    write_faces(tmp_path / "in", lfw_faces[:2])
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "a_file"), *FAST]) == 2
+    assert "is a file (or inside one) where a folder is needed" in capsys.readouterr().err
+    (tmp_path / "out" / "manifest.csv").mkdir(parents=True)
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "a folder is there where the file goes" in err and "Traceback" not in err

@@ -1,5 +1,5 @@
-"""Variant names and sweeps (anon_core.variants): names made of values read back as the same values, params.yaml
-definitions win, and every bad name or key is one ParamsError that says what to do."""
+"""Variant names and sweeps (anon_core.variants): names made of values read back as the same values (and cannot be
+redefined in params.yaml), other names come from params.yaml's definitions, and every bad name or key is one ParamsError that says what to do."""
 
 import pytest
 
@@ -41,10 +41,12 @@ def test_other_names_are_not_read_as_values(name):
         variant_overrides(name)
 
 
-def test_params_yaml_definitions_win_and_are_checked():
-    defined = {"keep_identity": {"margin": 0.9, "steps": 100}, "m0.5": {"margin": 0.7}}
+def test_params_yaml_definitions_are_used_and_checked():
+    defined = {"keep_identity": {"margin": 0.9, "steps": 100}}
     assert variant_overrides("keep_identity", defined) == {"optimization.margin": 0.9, "optimization.steps": 100}
-    assert variant_overrides("m0.5", defined) == {"optimization.margin": 0.7}
+    for name in ("m0.5", "m0.9_steps100"):  # `--margin 0.5` would otherwise run whatever m0.5 was defined as
+        with pytest.raises(ParamsError, match=f"'{name}' is a name made of values .* cannot be defined"):
+            variant_overrides(name, {name: {"margin": 0.7}})
     with pytest.raises(ParamsError, match="unknown key.*pool_size"):
         variant_overrides("bad", {"bad": {"pool_size": 3}})
     with pytest.raises(ParamsError, match="cannot be redefined"):
