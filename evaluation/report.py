@@ -304,4 +304,7 @@ def write_variant_report(
     write_bytes_atomic(out_dir / "metrics.json", metrics_json(summary))
     for name, v in variants.items():
         paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v.losses)
+    for stale in (out_dir / "losses").glob("*.csv"):  # variants of earlier sweeps: `dvc plots show` reads them all
+        if stale.stem not in variants:
+            stale.unlink()
     return {**paths, "metrics_json": out_dir / "metrics.json"}

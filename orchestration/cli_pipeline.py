@@ -140,7 +140,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         if label in summary.failed:
             print(f"falco: error: {label}: {error}", file=sys.stderr)
     if summary.blocked:
-        print(f"not evaluated (a shard was not anonymized): {', '.join(summary.blocked)}", file=sys.stderr)
+        print(f"not evaluated (a shard's anonymization failed, is missing or is stale; see above): "
+              f"{', '.join(summary.blocked)}", file=sys.stderr)
     for variant, shards in summary.privacy_failed.items():
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
               f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources (params.yaml "

@@ -11,6 +11,7 @@ terminal and limited to the parameters that changed, so the cause of a metric's 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -61,8 +62,18 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool
     database = sqlite_path(resource.uri())
     if database is not None and not database.exists():  # reading runs must not create an empty store
         raise FalcoError(f"no MLflow store at {database}; run `falco pipeline` first, or pass --tracking-uri URI")
-    client = resource.client()
-    found = client.get_experiment_by_name(experiment)
+    uri = resource.uri()
+    if uri.startswith(("http://", "https://")):  # MLflow's defaults retry an unreachable server for minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    try:
+        client = resource.client()
+        found = client.get_experiment_by_name(experiment)
+    except Exception as err:  # MlflowException, or the database driver's refusal of a malformed URI
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = reason.split(". ")[0]
+        raise FalcoError(f"cannot read the MLflow store {uri}: {reason[:200]}; pass --tracking-uri with a "
+                         "sqlite:///PATH database or the http(s):// address of a running MLflow server") from None
     if found is None:
         raise FalcoError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run `falco pipeline` first, "
                          "or pass --experiment NAME / --tracking-uri URI")
@@ -83,11 +94,18 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool
 def _run_compare(args: argparse.Namespace) -> int:
     from evaluation.report import headline_metrics, privacy_utility_axes, privacy_utility_png
 
+    if args.plot is not None and args.plot.is_dir():
+        from anon_core.errors import FalcoError
+
+        raise FalcoError(f"--plot {args.plot} is a folder; give the PNG file to write, e.g. {args.plot / 'compare.png'}")
     runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
+    evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
     if args.variant:
         runs = [r for r in runs if r.data.tags.get("method") or r.data.tags.get("variant") in args.variant]
     if not any(not r.data.tags.get("method") for r in runs):
-        print(f"no {EVALUATION_ASSET} runs in experiment {args.experiment!r}", file=sys.stderr)
+        which = f" of variant {', '.join(args.variant)}" if args.variant and evaluated else ""
+        known = f"; it has runs of {', '.join(evaluated)}" if which else ""
+        print(f"no {EVALUATION_ASSET} runs{which} in experiment {args.experiment!r}{known}", file=sys.stderr)
         return 1
     logged = sorted({k for r in runs for k in r.data.metrics})
     unknown = [m for m in args.metric or [] if m not in logged]

@@ -160,7 +160,7 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             if removed:
                 log(f"anonymized_images {variant}: removed {len(removed)} file(s) of images no longer in the input")
     if "evaluate" in stages:
-        driver.evaluate(wanted)
+        driver.evaluate(wanted, shards)
     return summary
 
 
@@ -422,6 +422,24 @@ class _Driver:
         for variant, shard, partition, label, _ in planned:
             self._record_check(variant, shard, label, bound, latest_check(self.instance, check, partition), photos)
 
+    def _block_if_not_anonymized(self, variant: str, shards: Sequence[str]) -> None:
+        """Evaluating a variant whose anonymization is missing or stale for a shard (its settings, or an upstream
+        value such as the fake pool, changed since; e.g. `falco stage evaluate` run alone) would report numbers of
+        images made otherwise than the report says: block it, naming the stage to run."""
+        from orchestration.staleness import statuses
+
+        keys = ANONYMIZE.resolve(self.graph)
+        for shard in shards:
+            status = statuses(self.instance, self.graph, keys, str(variant_shard_key(variant, shard)))
+            behind = sorted(f"{key.to_user_string()} {value.lower()}" for key, value in status.items()
+                            if value != "FRESH")
+            if behind:
+                self.summary.blocked.append(variant)
+                self.log(f"evaluate {variant}: not evaluated: in {shard}, {', '.join(behind)} (its settings or an "
+                         "upstream value changed since it was made); run `falco stage anonymize` with the same "
+                         "options first, or `falco pipeline`")
+                return
+
     def _record_check(self, variant: str, shard: str, label: str, bound: float, outcome: dict | None,
                       photos: bool) -> None:
         if outcome is None:  # the latents or the images were not made
@@ -434,10 +452,12 @@ class _Driver:
             self.log(f"{label}: PRIVACY CHECK FAILED: dlib matches {outcome.get('matched_share', float('nan')):.0%} "
                      f"of its {'faces' if photos else 'images'} to their sources (bound {bound:.0%})")
 
-    def evaluate(self, wanted: list[str]) -> None:
+    def evaluate(self, wanted: list[str], shards: Sequence[str]) -> None:
         if not self.materialize("evaluate", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):
             return
         for variant in wanted:
+            if variant not in self.summary.blocked:
+                self._block_if_not_anonymized(variant, shards)
             if variant not in self.summary.blocked:
                 self.materialize("evaluate", f"evaluate {variant}", VARIANT_EVALUATION.resolve(self.graph), variant)
         if self.summary.blocked or self.summary.failed:

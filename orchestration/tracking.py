@@ -345,7 +345,8 @@ class MlflowResource(dg.ConfigurableResource):
 
     def end_dagster_run(self, dagster_run_id: str, status: str) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
-        KILLED. (Each nested run also ends its parent, so a run seen only by the UI ends with its last step.)"""
+        KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
+        ends its parent, so a run seen only by the UI ends with its last step.)"""
         client = self.client()
         found = client.get_experiment_by_name(self.experiment)
         if found is None:
@@ -353,6 +354,8 @@ class MlflowResource(dg.ConfigurableResource):
         for run in client.search_runs([found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'"):
             if PARENT_TAG not in run.data.tags:
                 client.set_terminated(run.info.run_id, status)
+            elif run.info.status == "RUNNING":  # a step that was still running when its process was killed
+                client.set_terminated(run.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier nested run of `asset` (and `variant`) in this experiment, or None."""

@@ -118,6 +118,9 @@ def test_a_new_margin_runs_only_that_variants_anonymization_and_evaluation(state
     assert made == {"anonymized_latents": _partitions(["m0.9"]), "anonymized_images": _partitions(["m0.9"]),
                     **{name: {"m0.9"} for name in PER_VARIANT}, "anonymization_report": {None}}
     assert summary.failed == [] and "prepare" in summary.skipped and "evaluate references" in summary.skipped
+    run(root, instance, VARIANTS)  # the sweep without m0.9 again: its loss curve leaves the report (DVC plots)
+    losses = root / "store" / "anonymization_report" / "losses"
+    assert sorted(path.stem for path in losses.glob("*.csv")) == sorted(VARIANTS)
 
 
 def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state):
@@ -141,6 +144,18 @@ def test_a_pool_size_change_reruns_the_pool_its_features_and_the_pairs_but_not_t
                          "baseline_metrics", "baseline_attributes", *PER_VARIANT, "anonymization_report"}
     assert made["anonymized_latents"] == _partitions()
     assert len(np.load(root / "store" / "fake_pool" / "all.npz")["w"]) == 50
+
+
+def test_evaluate_alone_refuses_variants_whose_anonymization_is_stale(state):
+    """`falco stage evaluate` after a changed pool (prepare re-made, anonymize not run): the variants' codes come from
+    the old pool, so evaluating them would report numbers the report's settings did not make."""
+    root, instance = state
+    run(root, instance, VARIANTS, overrides={"pool_size": 50}, stages=("prepare",))
+    before = materializations(instance)
+    summary = run(root, instance, VARIANTS, overrides={"pool_size": 50}, stages=("evaluate",))
+    assert sorted(summary.blocked) == sorted(VARIANTS)
+    made = made_since(before, materializations(instance))
+    assert not set(made) & {*PER_VARIANT, "anonymization_report"}  # no variant evaluated, no report
 
 
 def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state, lfw_faces):
@@ -324,6 +339,12 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces)
             assert len(records) == 1, f"{shard} was redone"
         assert instance.get_materialized_partitions(dg.AssetKey("anonymized_images")) == {
             f"shard-{i:05d}|default" for i in range(4)}
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    tracked = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert tracked and not [r.data.tags.get("mlflow.runName") for r in tracked if r.info.status == "RUNNING"]
+    assert "KILLED" in {r.info.status for r in tracked}  # the killed run and the step it was in
     store = tmp_path / "store"
     from safetensors.numpy import load_file
 

@@ -208,6 +208,19 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert rows["optimization.margin"][:2] == ["0.0", "0.5"] and len(rows["reid/dlib/top1_rate"]) == 4
 
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "nosuch"])
+    assert args.run(args) == 1
+    import re
+
+    assert re.search(r"of variant nosuch in experiment '.+'; it has runs of default, m0.5", capsys.readouterr().err)
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot", str(tmp_path)])
+    with pytest.raises(FalcoError, match="is a folder; give the PNG file to write"):
+        args.run(args)
+    for uri in ("foo://bar", "sqlite://relative.db", str(tmp_path / "a_folder_store")):
+        args = parser.parse_args(["runs", "compare", "--tracking-uri", uri])
+        with pytest.raises(FalcoError, match=f"cannot read the MLflow store {uri}: .*; pass --tracking-uri"):
+            args.run(args)  # before: MLflow's or SQLAlchemy's stack trace
+
 
 @pytest.mark.slow
 def test_no_file_or_person_name_reaches_mlflow(sweep, tmp_path):
