@@ -151,11 +151,18 @@ def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
     return [variant_name(dict(zip(keys, combo))) for combo in itertools.product(*lists)] if keys else []
 
 
+def canonical_name(name: str) -> str:
+    """A name made of values as `variant_name` spells them ("m0.50" and "steps20_m0.5" -> "m0.5", "m0.5_steps20"),
+    so that one setting is one variant, computed once; other names unchanged."""
+    values = parse_variant_name(check_variant_name(name))
+    return variant_name(values) if values else name
+
+
 def sweep_variants(sweep: Mapping[str, Any] | None) -> list[str]:
     """The variants a `sweep:` section asks for: its `variants:` names, then its grid; ["default"] when empty."""
     sweep = dict(sweep or {})
     names = sweep.pop("variants", None) or []
     if isinstance(names, str):
         names = [names]
-    names = [check_variant_name(str(n)) for n in names] + grid_variants(sweep)
+    names = [canonical_name(str(n)) for n in names] + grid_variants(sweep)
     return list(dict.fromkeys(names)) or [DEFAULT_VARIANT]

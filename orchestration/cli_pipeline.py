@@ -23,8 +23,12 @@ GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "l
 
 def _values(kind: type):
     def parse(text: str) -> list:
+        items = [v.strip() for v in text.split(",")]
+        if not all(items):  # `--margin ''` or `--margin 0.5,`: not the sweep of params.yaml, silently
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give comma-separated values, e.g. 0,0.5,0.9 "
+                                             "(a negative first value as --margin=-0.5,...)")
         try:
-            return [kind(v) for v in text.split(",") if v.strip()]
+            return [kind(v) for v in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") \
                 from None

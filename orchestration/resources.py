@@ -83,10 +83,10 @@ class NetworksResource(dg.ConfigurableResource):
 
     def sweep(self) -> list[str]:
         """The variants to run and compare: `sweep_variants` (the command line's), else the `sweep:` section's."""
-        from anon_core.variants import check_variant_name, sweep_variants
+        from anon_core.variants import canonical_name, sweep_variants
 
         if self.sweep_variants:
-            return list(dict.fromkeys(check_variant_name(v) for v in self.sweep_variants))
+            return list(dict.fromkeys(canonical_name(v) for v in self.sweep_variants))
         return sweep_variants(self.section("sweep"))
 
     def setting(self, section: str, key: str) -> Any:

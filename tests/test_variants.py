@@ -7,6 +7,7 @@ from anon_core.errors import ParamsError
 from anon_core.params import load_params
 from anon_core.variants import (
     DEFAULT_VARIANT,
+    canonical_name,
     format_value,
     grid_variants,
     parse_variant_name,
@@ -72,3 +73,10 @@ def test_sweeps_are_names_then_every_combination():
         grid_variants({"pool_size": [1, 2]})
     with pytest.raises(ParamsError, match="no values"):
         grid_variants({"margin": []})
+
+
+def test_one_setting_spelled_two_ways_is_one_variant():
+    assert canonical_name("m0.50") == canonical_name("m0.5") == "m0.5"
+    assert canonical_name("steps20_m0.5") == "m0.5_steps20"
+    assert canonical_name("keep_identity") == "keep_identity" and canonical_name(DEFAULT_VARIANT) == DEFAULT_VARIANT
+    assert sweep_variants({"variants": ["m0.50", "m0.5"], "margin": [0.5]}) == ["m0.5"]  # computed once
