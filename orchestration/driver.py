@@ -158,7 +158,13 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
         for variant in wanted:  # the images of inputs since removed, and of shards no longer registered
             removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
             if removed:
-                log(f"anonymized_images {variant}: removed {len(removed)} file(s) of images no longer in the input")
+                tables = [name for name in removed if not name.startswith("images/")]
+                images = len(removed) - len(tables)
+                log(f"anonymized_images {variant}: removed "
+                    + "; ".join(part for part in (
+                        f"the table(s) of shards no longer registered ({', '.join(tables)})" if tables else "",
+                        f"{images} image(s) that no shard lists (inputs removed or rejected)" if images else "")
+                        if part))
     if "evaluate" in stages:
         driver.evaluate(wanted, shards)
     return summary
