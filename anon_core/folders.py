@@ -146,6 +146,12 @@ def previous_outputs(output_dir: Path) -> set[str]:
     return set(manifest["output"]) - {""} if OUR_MANIFEST_COLUMNS <= set(manifest.columns) else set()
 
 
+def missing_outputs(output_dir: Path, names) -> list[str]:
+    """The outputs among `names` (relative to `output_dir/images`) that are not there as files."""
+    images = Path(output_dir) / "images"
+    return [name for name in names if not (images / name).is_file()]
+
+
 def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
     """Remove `names` (outputs relative to `output_dir/images`) and STALE_RESULTS from `output_dir`, and the
     folders under `images/` that this leaves empty. A name that leads out of `images/` or is not a plain file is

@@ -24,8 +24,8 @@ from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
-from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
-                               remove_outputs)
+from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, missing_outputs,
+                               previous_outputs, remove_outputs)
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -225,8 +225,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-finish") as writer:
         # a journaled batch is finished, but its images may have been deleted since: drawn again from its codes
         writes = [writer.submit(finish, i, r, generate(nets.generator, r["ws"], device=device)
-                                if any(not (output_dir / "images" / name).is_file() for name in ok["image"][parts[i]])
-                                else None)
+                                if missing_outputs(output_dir, ok["image"][parts[i]]) else None)
                   for i, r in enumerate(results) if r is not None]
         images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):

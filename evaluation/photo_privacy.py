@@ -19,7 +19,7 @@ import pandas as pd
 from anon_core.data.align import ffhq_quad, warp_quad
 from anon_core.data.image_io import load_rgb
 from anon_core.errors import FalcoError
-from anon_core.folders import check_finished
+from anon_core.folders import check_finished, missing_outputs
 from anon_core.photos import parse_numbers, read_photo_manifest
 from evaluation.recognizers import Recognizer, build_recognizer
 
@@ -101,7 +101,7 @@ def check_photo_sources(real_dir: Path, folders: list[Path]) -> None:
     for folder, manifest in zip(folders, manifests):
         check_finished(folder, manifest)
         written = manifest.loc[(manifest["kind"] == "photo") & (manifest["status"] == "ok"), "output"]
-        absent = [name for name in written if not (Path(folder) / "images" / name).is_file()]
+        absent = missing_outputs(folder, written)
         if absent:
             raise FalcoError(f"{folder}: {len(absent)} photo(s) the manifest lists are missing, e.g. images/{absent[0]};"
                              " re-run `falco anonymize --mode photo` into this folder to write them again")

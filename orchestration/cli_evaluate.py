@@ -24,7 +24,7 @@ import pandas as pd
 
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
-from anon_core.folders import check_finished
+from anon_core.folders import check_finished, missing_outputs
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 RUN_FILES = "images/, manifest.csv, params.json"
@@ -92,7 +92,7 @@ def read_run(folder: Path) -> AnonymizeRun:
     ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise FalcoError(f"{folder}: manifest.csv has no `ok` row (every input was rejected); nothing to evaluate")
-    absent = [o for o in ok["output"] if not (folder / "images" / o).is_file()]
+    absent = missing_outputs(folder, ok["output"])
     if absent:
         raise FalcoError(f"{folder}: {len(absent)} image(s) the manifest lists are missing, e.g. images/{absent[0]}; "
                          "re-run `falco anonymize` into this folder to write them again")

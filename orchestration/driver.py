@@ -159,12 +159,8 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
             if removed:
                 tables = [name for name in removed if not name.startswith("images/")]
-                images = len(removed) - len(tables)
-                log(f"anonymized_images {variant}: removed "
-                    + "; ".join(part for part in (
-                        f"the table(s) of shards no longer registered ({', '.join(tables)})" if tables else "",
-                        f"{images} image(s) that no shard lists (inputs removed or rejected)" if images else "")
-                        if part))
+                log(f"anonymized_images {variant}: removed the tables of shards no longer registered ({len(tables)}) "
+                    f"and {len(removed) - len(tables)} image(s) that no shard lists (inputs removed or rejected)")
     if "evaluate" in stages:
         driver.evaluate(wanted, shards)
     return summary
