@@ -26,12 +26,22 @@ def _label(run) -> str:
     return tags.get("method") or tags.get("variant") or run.info.run_name or run.info.run_id[:8]
 
 
+def differing_inputs(runs: list) -> list[str]:
+    """The input tags (tracking.INPUT_TAGS: folder, data version, DVC md5) whose values differ between `runs`: runs
+    that read different images, whose metrics do not compare."""
+    from orchestration.tracking import INPUT_TAGS
+
+    return [t for t in INPUT_TAGS if len({r.data.tags.get(t, "<unset>") for r in runs}) > 1]
+
+
 def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
     """One row per run (in the given order): its label (the variant, or the baseline's name), the run's name, start
-    time, Dagster run id, the params whose values differ between the variants' runs, then the metrics (`metrics`, or
-    every metric the runs logged)."""
+    time, Dagster run id, the input tags whose values differ between the runs (`input:<tag>`), the params whose
+    values differ between the variants' runs (`param:<name>`), then the metrics (`metrics`, or every metric the
+    runs logged)."""
     if not runs:
         return pd.DataFrame()
+    inputs = differing_inputs(runs)
     params = pd.DataFrame([r.data.params for r in runs])
     variant_rows = [not r.data.tags.get("method") for r in runs]
     differing = [c for c in sorted(params.columns) if c != "baseline"
@@ -45,13 +55,14 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
             "mlflow_run_id": run.info.run_id,
             "started": pd.Timestamp(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M:%S"),
             "dagster_run_id": run.data.tags.get("dagster_run_id", "")[:8],
+            **{f"input:{t}": run.data.tags.get(t, "<unset>") for t in inputs},
             **{f"param:{c}": p.get(c) for c in differing},
             **{m: run.data.metrics.get(m, float("nan")) for m in names},
         })
     return pd.DataFrame(rows)
 
 
-def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool = True) -> list:
+def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, latest: bool = True) -> list:
     """The experiment's `evaluation_metrics` runs, then its `baseline_metrics` runs, oldest first (`latest`: only the
     newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
     from anon_core.errors import FalcoError
@@ -59,6 +70,7 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str, latest: bool
     from orchestration.tracking import ASSET_TAG, MlflowResource
 
     resource = MlflowResource(tracking_uri=tracking_uri, experiment=experiment)
+    experiment = resource.experiment_name()
     database = sqlite_path(resource.uri())
     if database is not None and not database.exists():  # reading runs must not create an empty store
         raise FalcoError(f"no MLflow store at {database}; run `falco pipeline` first, or pass --tracking-uri URI")
@@ -105,7 +117,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     if not any(not r.data.tags.get("method") for r in runs):
         which = f" of variant {', '.join(args.variant)}" if args.variant and evaluated else ""
         known = f"; it has runs of {', '.join(evaluated)}" if which else ""
-        print(f"no {EVALUATION_ASSET} runs{which} in experiment {args.experiment!r}{known}", file=sys.stderr)
+        from orchestration.tracking import MlflowResource
+
+        experiment = MlflowResource(experiment=args.experiment).experiment_name()
+        print(f"no {EVALUATION_ASSET} runs{which} in experiment {experiment!r}{known}", file=sys.stderr)
         return 1
     logged = sorted({k for r in runs for k in r.data.metrics})
     unknown = [m for m in args.metric or [] if m not in logged]
@@ -114,6 +129,11 @@ def _run_compare(args: argparse.Namespace) -> int:
 
         raise FalcoError(f"no run logged the metric {', '.join(unknown)}; the runs logged: {', '.join(logged)}")
     frame = compare_table(runs, args.metric)
+    mixed = [c.removeprefix("input:") for c in frame.columns if c.startswith("input:")]
+    if mixed:
+        print(f"falco: warning: these runs read different input images ({', '.join(mixed)} differ, shown in the "
+              f"table), so their metrics do not compare; give each input its own experiment "
+              f"(MLFLOW_EXPERIMENT_NAME=NAME falco pipeline ...; falco runs compare --experiment NAME)", file=sys.stderr)
     if args.plot:
         privacy, utility = privacy_utility_axes(frame.columns)
         if not (privacy and utility):
@@ -133,10 +153,14 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
-    """The terminal table: one column per variant or baseline, one row per differing parameter and per metric
+    """The terminal table: one column per run (headed by its variant or baseline, and its start time where a label
+    has several runs, as with --all), one row per differing input tag, per differing parameter and per metric
     (`metrics`), numbers to 4 significant digits; narrow enough for 120 columns with up to 7 runs."""
-    rows = frame.set_index("variant")[[c for c in frame.columns if c.startswith("param:")] + metrics].T
-    rows.index = [i.removeprefix("param:") for i in rows.index]
+    repeated = frame["variant"].duplicated(keep=False)
+    heading = frame["variant"].where(~repeated, frame["variant"] + " " + frame["started"].str[5:16])
+    described = [c for c in frame.columns if c.startswith(("input:", "param:"))]
+    rows = frame.set_index(heading)[described + metrics].T
+    rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None
     text = rows.map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
     return text.to_string()
@@ -147,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = runs.add_subparsers(dest="runs_command", required=True)
     p = sub.add_parser("compare", help="the variants' latest evaluations and the baselines side by side, with the "
                        "parameters that differ")
-    p.add_argument("--experiment", default="falco", help="MLflow experiment (default: falco)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else falco)")
     p.add_argument("--metric", action="append", default=None, metavar="M",
                    help="metric to show (repeatable; default: every metric the runs logged)")
     p.add_argument("--variant", action="append", default=None, metavar="NAME",

@@ -99,8 +99,9 @@ def run_pipeline(
     wanted = networks.sweep()
     check_settings(storage, networks, wanted)  # a bad parameter or variant fails here, before any run starts
     mlflow = mlflow or MlflowResource()
-    # Every process of a run, on any machine, tracks to the store this driver resolved, not to its own environment's.
-    mlflow = MlflowResource(**{**mlflow.model_dump(), "tracking_uri": mlflow.uri()})
+    # Every process of a run, on any machine, tracks to the store and experiment this driver resolved, not to its own
+    # environment's.
+    mlflow = MlflowResource(**{**mlflow.model_dump(), "tracking_uri": mlflow.uri(), "experiment": mlflow.experiment_name()})
     instance = instance or dagster_instance()
     check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=instance.root_directory)
     if "prepare" in stages:

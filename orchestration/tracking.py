@@ -6,8 +6,9 @@ Follows the layout of `dagster-mlflow` (a resource that opens the run of the cur
 definitions does not import it.
 
 Every nested run carries the provenance tags (house rule 10): Dagster run id, asset key, partition, code version,
-git commit, data version (md5 of `data.dvc`, or "none"), sha256 of each weight file used ("seeded" for seeded
-profiles), profile and device. Images that show real faces are only logged when `log_real_faces` is true.
+git commit, the input read (`input_dir`, its `data_version`: the hash of its files that the `input_images`
+observation recorded last, and `dvc_md5`: what the `.dvc` file covering it records), sha256 of each weight file used
+("seeded" for seeded profiles), profile and device. Images that show real faces are only logged when `log_real_faces` is true.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ MLFLOW_UI = "http://127.0.0.1:5000"  # what `make mlflow-ui` serves for the defa
 # With a tracking server MLflow prints two links per run it ends (dozens per pipeline); `falco pipeline` prints one.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
+DEFAULT_EXPERIMENT = "falco"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
 
 
@@ -77,15 +79,22 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def data_version(root: Path = PROJECT_ROOT) -> str:
-    """The md5 DVC recorded for the data (`data.dvc`'s first output), or "none" when the data is not versioned."""
-    path = root / "data.dvc"
-    if not path.is_file():
-        return "none"
-    import yaml
+INPUT_TAGS = ("input_dir", "data_version", "dvc_md5")  # which input a run read; `falco runs compare` checks them
 
-    outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or [{}]
-    return str(outs[0].get("md5", "none"))
+
+def input_provenance(instance: dg.DagsterInstance) -> dict[str, str]:
+    """The input folder a step read, as the `input_images` observation last recorded it in `instance`: its path, its
+    data version (the hash of every file's path and sha256, so it names exactly the images read) and the md5 that DVC
+    records for it ("not tracked by DVC" when no `.dvc` file covers it). "unobserved" when nothing observed it (an
+    asset materialized on its own, outside `falco pipeline` and the UI's jobs)."""
+    record = instance.get_latest_data_version_record(dg.AssetKey("input_images"), is_source=True)
+    observation = record.asset_observation if record is not None else None
+    if observation is None:
+        return dict.fromkeys(INPUT_TAGS, "unobserved")
+    metadata = observation.metadata
+    version = observation.tags.get("dagster/data_version", "unobserved")
+    return {"input_dir": str(getattr(metadata.get("input_dir"), "value", "unobserved")), "data_version": version,
+            "dvc_md5": str(getattr(metadata.get("dvc_md5"), "value", "unobserved"))}
 
 
 @lru_cache(maxsize=64)
@@ -220,7 +229,7 @@ class MlflowResource(dg.ConfigurableResource):
     """Where the MLflow runs go. Call `ensure_experiment()` once before parallel steps start (the runner does)."""
 
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db
-    experiment: str = "falco"
+    experiment: str | None = None  # None: $MLFLOW_EXPERIMENT_NAME, else "falco"
     artifact_location: str | None = None  # None: `mlruns/` beside a sqlite database (<project>/mlruns by default);
     # a server picks its own
     log_real_faces: bool = False  # privacy by default: images of real faces never leave the storage
@@ -229,6 +238,9 @@ class MlflowResource(dg.ConfigurableResource):
 
     def uri(self) -> str:
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+
+    def experiment_name(self) -> str:
+        return self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 
     def ui_url(self) -> str | None:
         """Where a browser finds the runs: the server itself, `ui` for a file store (`make mlflow-ui` by default)."""
@@ -263,16 +275,16 @@ class MlflowResource(dg.ConfigurableResource):
         from mlflow.exceptions import MlflowException
 
         client = self.client()
-        found = client.get_experiment_by_name(self.experiment)
+        found = client.get_experiment_by_name(self.experiment_name())
         if found is not None:
             if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older version: MLflow 3 would open it as GenAI
                 client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return client.create_experiment(self.experiment, artifact_location=self._artifact_location(),
+            return client.create_experiment(self.experiment_name(), artifact_location=self._artifact_location(),
                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # another process created it in between
-            found = client.get_experiment_by_name(self.experiment)
+            found = client.get_experiment_by_name(self.experiment_name())
             if found is None:
                 raise
             return found.experiment_id
@@ -320,7 +332,7 @@ class MlflowResource(dg.ConfigurableResource):
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
             "code_version": str(context.assets_def.code_versions_by_key.get(key) or "none"),
-            "git_commit": git_commit(), "data_version": data_version(), "profile": networks.profile,
+            "git_commit": git_commit(), **input_provenance(context.instance), "profile": networks.profile,
             "device": networks.device,
             **{f"weights_sha256.{name}": digest for name, digest in weight_hashes(networks).items()},
         }
@@ -348,7 +360,7 @@ class MlflowResource(dg.ConfigurableResource):
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
         ends its parent, so a run seen only by the UI ends with its last step.)"""
         client = self.client()
-        found = client.get_experiment_by_name(self.experiment)
+        found = client.get_experiment_by_name(self.experiment_name())
         if found is None:
             return
         for run in client.search_runs([found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'"):

@@ -130,3 +130,19 @@ def test_settings_readers_change_exactly_with_what_they_read():
     assert settings.variant_settings(base, "m0.9")["margin"] == 0.9
     assert settings.variant_settings(base, "m0.9")["lr"] == settings.variant_settings(base, "default")["lr"]
     assert settings.settings_version({"a": 1, "b": [2]}) == settings.settings_version({"b": [2], "a": 1})
+
+
+def test_a_changed_variant_definition_makes_the_report_stale_but_not_a_speed_setting(tmp_path):
+    """The report labels each variant with its definition: redefining one must re-make it even when the codes come
+    out the same (nothing else downstream is then stale); how fast it runs must not."""
+    from orchestration.resources import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    assert text.count("\nvariants: {}") == 1 and text.count("batch_size: 32") == 1
+    versions = []
+    for name, margin, batch_size in (("a", 0.9, 32), ("b", 0.8, 32), ("c", 0.9, 4)):
+        changed = text.replace("\nvariants: {}", f"\nvariants: {{keep: {{margin: {margin}}}}}")
+        (tmp_path / f"{name}.yaml").write_text(changed.replace("batch_size: 32", f"batch_size: {batch_size}"))
+        networks = NetworksResource(params_path=str(tmp_path / f"{name}.yaml"), sweep_variants=["default", "keep"])
+        versions.append(settings.settings_version(settings.report_settings(networks, StorageResource())))
+    assert versions[0] != versions[1] and versions[0] == versions[2]

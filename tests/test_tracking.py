@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from pipeline_helpers import fast_params, run, write_faces
 
-from orchestration.cli_runs import compare_table, register
+from orchestration.cli_runs import compare_table, register, side_by_side
 from orchestration.resources import NetworksResource
-from orchestration.tracking import MlflowResource, data_version, delta_table, flatten
+from orchestration.tracking import MlflowResource, delta_table, flatten
 
 VARIANTS = ["default", "m0.5"]
 SHARDS = [f"shard-{i:05d}" for i in range(3)]
@@ -33,6 +33,7 @@ def sweep(tmp_path_factory, lfw_faces):
     """The tiny pipeline on 7 faces (shards of 3), variants default (m = 0) and m0.5, baselines blur and swap."""
     tmp = tmp_path_factory.mktemp("tracking")
     write_faces(tmp / "faces", lfw_faces[:7], broken=False)
+    (tmp / "faces.dvc").write_text("outs:\n- md5: 0123abcd.dir\n  path: faces\n")  # as `dvc add faces` writes it
     fast_params(tmp / "params.yaml", evaluation={"baselines": ["blur", "swap"], "show_real_faces": False})
     tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     (tmp / "home").mkdir()
@@ -79,8 +80,15 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
     versions = {key.to_user_string(): version for a in ASSETS if isinstance(a, dg.AssetsDefinition)
                 for key, version in a.code_versions_by_key.items()}
     assert (nested["tags.code_version"] == nested["tags.asset_key"].map(versions)).all()  # each asset's own
-    for column, value in {"tags.profile": "tiny", "tags.device": "cpu",
-                          "tags.data_version": data_version(), "tags.weights_sha256.all": "seeded",
+    from orchestration.assets.settings import input_files
+    from orchestration.data_version import files_version
+    from orchestration.resources import StorageResource
+
+    # the input actually read, not the project's data.dvc: its folder, the hash of its files, what DVC records for it
+    faces = sweep["tmp"] / "faces"
+    for column, value in {"tags.profile": "tiny", "tags.device": "cpu", "tags.input_dir": str(faces),
+                          "tags.data_version": files_version(input_files(StorageResource(input_dir=str(faces)))),
+                          "tags.dvc_md5": "0123abcd.dir", "tags.weights_sha256.all": "seeded",
                           "tags.git_commit": commit}.items():
         assert (nested[column] == value).all(), column
     from anon_core.hashing import sha256_file
@@ -251,19 +259,40 @@ def test_report_puts_the_variants_and_the_baselines_in_one_scatter(sweep):
 
 def test_compare_table_and_helpers_on_plain_values(tmp_path):
     class Run:
-        def __init__(self, rid, params, metrics, start):
+        def __init__(self, rid, params, metrics, start, data="sha256:aa"):
             self.info = argparse.Namespace(run_id=rid, run_name=f"r{rid}", start_time=start)
-            self.data = argparse.Namespace(params=params, metrics=metrics, tags={"dagster_run_id": f"d{rid}"})
+            self.data = argparse.Namespace(params=params, metrics=metrics, tags={
+                "dagster_run_id": f"d{rid}", "variant": "default", "input_dir": "/data", "data_version": data})
 
-    frame = compare_table([Run("1", {"a": "1", "b": "x"}, {"m": 0.5}, 0), Run("2", {"a": "2", "b": "x"}, {"m": 0.7}, 1)])
+    runs = [Run("1", {"a": "1", "b": "x"}, {"m": 0.5}, 0), Run("2", {"a": "2", "b": "x"}, {"m": 0.7}, 61_000)]
+    frame = compare_table(runs)
     assert [c for c in frame.columns if c.startswith("param:")] == ["param:a"]
+    assert not [c for c in frame.columns if c.startswith("input:")]  # one input: nothing to say
     assert frame["m"].tolist() == [0.5, 0.7]
-    assert data_version(tmp_path) == "none"
-    (tmp_path / "data.dvc").write_text("outs:\n- md5: 0123abcd.dir\n  path: data\n")
-    assert data_version(tmp_path) == "0123abcd.dir"
+    # two runs of one variant (--all) get their start times in their headings, not the same heading twice
+    assert side_by_side(frame, ["m"]).splitlines()[0].split() == ["default", "01-01", "00:00", "default", "01-01",
+                                                                   "00:01"]
+    # runs that read other images: the differing input tag is a row of the table
+    frame = compare_table([*runs, Run("3", {"a": "2", "b": "x"}, {"m": 0.1}, 2, data="sha256:bb")])
+    assert [c for c in frame.columns if c.startswith("input:")] == ["input:data_version"]
+    rows = {line.split()[0]: line.split()[1:] for line in side_by_side(frame, ["m"]).splitlines()[1:]}
+    assert rows["data_version"] == ["sha256:aa", "sha256:aa", "sha256:bb"]
     assert flatten({"o": {"steps": 2, "layers": [1, 2]}, "p": "tiny"}) == {"o.steps": "2", "o.layers": "[1, 2]", "p": "tiny"}
     delta = delta_table({"falco/top1_rate": 0.25}, {"falco/top1_rate": 0.5, "new": 1.0}).set_index("metric")
     assert delta.loc["falco/top1_rate", "change"] == 0.25 and pd.isna(delta.loc["new", "previous"])
+
+
+def test_mlflow_experiment_name_from_the_environment(tmp_path, monkeypatch):
+    """MLflow's own MLFLOW_EXPERIMENT_NAME picks the experiment (one per input keeps `runs compare` apart); an
+    explicit name wins, and `falco` is the default."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert MlflowResource(tracking_uri=uri).experiment_name() == "falco"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "lfw")
+    assert MlflowResource(tracking_uri=uri, experiment="mine").experiment_name() == "mine"
+    resource = MlflowResource(tracking_uri=uri)
+    experiment_id = resource.ensure_experiment()
+    assert resource.client().get_experiment(experiment_id).name == "lfw"
 
 
 def _free_port() -> int:

@@ -17,7 +17,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `classifier_settings` | attribute_classifier | params.yaml `attribute_classifier:` |
 | `evaluation_settings` | a variant's evaluation | the recognizers whose weights are present |
 | `baseline_settings` | baseline_metrics | the baselines (`evaluation.baselines`), the recognizers present |
-| `report_settings` | anonymization_report | the sweep it compares, `evaluation.show_real_faces` |
+| `report_settings` | anonymization_report | the sweep it compares, each variant's settings, `evaluation.show_real_faces` |
 | `photo_settings` | anonymized_photos | profile, weights, params.yaml `photo:` |
 
 Not versioned on purpose: the device and the `speed:` settings (batch size, bf16, compile), which change how fast
@@ -112,7 +112,11 @@ def baseline_settings(networks: NetworksResource, storage: StorageResource) -> d
 
 
 def report_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
-    return {"sweep": networks.sweep(), "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
+    # Each variant's definition too: the report labels the variants with it, and a changed definition whose codes
+    # come out the same leaves every evaluation up to date.
+    sweep = networks.sweep()
+    return {"sweep": sweep, "definitions": {v: variant_settings(networks, v) for v in sweep},
+            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
 
 
 def photo_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
