@@ -8,9 +8,13 @@ sub-commands so `falco --help` is instant.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
@@ -209,19 +213,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def stop_signals() -> Iterator[Callable[[], str]]:
+    """SIGTERM (`kill`, `timeout`, a container's stop) stops a command as Ctrl-C does, so what was finished is kept and
+    it ends with one line; the block gets a function naming which of the two stopped it. Python writes each handled
+    signal's number to the wakeup file whatever handler runs, which tells them apart even while Dagster runs a job
+    (it hands SIGTERM to its Ctrl-C handler, and afterwards SIGINT's handler to SIGTERM: one handler serves both, so
+    SIGTERM still stops a shell script's background job, which starts with SIGINT ignored). Only in the main thread;
+    the handlers are put back on leaving."""
+    if sys.platform == "win32" or threading_is_not_main():
+        yield lambda: "Ctrl-C"
+        return
+    ignore_ctrl_c = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+    def stop(signum: int, frame) -> None:
+        if not (signum == signal.SIGINT and ignore_ctrl_c):
+            raise KeyboardInterrupt
+
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)
+    previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def which() -> str:
+        try:
+            received = os.read(read, 4096)
+        except BlockingIOError:
+            received = b""
+        return "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
+
+    try:
+        yield which
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read)
+        os.close(write)
+
+
+def threading_is_not_main() -> bool:
+    import threading
+
+    return threading.current_thread() is not threading.main_thread()
+
+
 def main(argv: list[str] | None = None) -> int:
     from anon_core.errors import FalcoError
 
-    try:
-        args = build_parser().parse_args(argv)
-        return args.run(args)
-    except FalcoError as err:
-        print(f"falco: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C, in any sub-command: what was finished is kept (runs resume from it)
-        print("\n" * sys.stderr.isatty() + "falco: stopped (Ctrl-C); run the same command again to resume where it "
-              "stopped", file=sys.stderr)  # on a terminal, after the progress bar's line
-        return 130
+    with stop_signals() as stopped_by:
+        try:
+            args = build_parser().parse_args(argv)
+            return args.run(args)
+        except FalcoError as err:
+            print(f"falco: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in any sub-command: what was finished is kept (runs resume)
+            which = stopped_by()
+            print("\n" * sys.stderr.isatty() + f"falco: stopped ({which}); run the same command again to resume "
+                  "where it stopped", file=sys.stderr)  # on a terminal, after the progress bar's line
+            return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 
 
 if __name__ == "__main__":

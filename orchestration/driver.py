@@ -368,10 +368,10 @@ class _Driver:
         return tags
 
     def _record(self, launch: Launch, run_id: str, success: bool) -> bool:
-        self.mlflow.end_dagster_run(run_id, "FINISHED" if success else "FAILED")  # the run's own end
         self.summary.run_ids.append(run_id)
         label = launch.label
         if success:
+            self.mlflow.end_dagster_run(run_id, "FINISHED")  # the run's own end
             if launch.job != "observe_settings":
                 self.summary.ran.append(label)
                 self.log(f"{label}: done (Dagster run {run_id[:8]})")
@@ -379,7 +379,9 @@ class _Driver:
         self.summary.failed.append(label)
         self.summary.errors[label] = step_error(self.instance, run_id)
         if INTERRUPTED in self.summary.errors[label]:  # Ctrl-C: Dagster ended the run as failed; the driver stops
+            self.mlflow.end_dagster_run(run_id, "KILLED")
             raise KeyboardInterrupt
+        self.mlflow.end_dagster_run(run_id, "FAILED")
         self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
 
@@ -429,11 +431,12 @@ class _Driver:
         """Evaluating a variant whose anonymization is missing or stale for a shard (its settings, or an upstream
         value such as the fake pool, changed since; e.g. `falco stage evaluate` run alone) would report numbers of
         images made otherwise than the report says: block it, naming the stage to run."""
-        from orchestration.staleness import statuses
+        from orchestration.staleness import partition_statuses
 
         keys = ANONYMIZE.resolve(self.graph)
-        for shard in shards:
-            status = statuses(self.instance, self.graph, keys, str(variant_shard_key(variant, shard)))
+        partitions = {str(variant_shard_key(variant, shard)): shard for shard in shards}
+        for partition, status in partition_statuses(self.instance, self.graph, keys, list(partitions)).items():
+            shard = partitions[partition]
             behind = sorted(f"{key.to_user_string()} {value.lower()}" for key, value in status.items()
                             if value != "FRESH")
             if behind:

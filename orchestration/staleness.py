@@ -37,8 +37,14 @@ class _Loading(LoadingContext):
 def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
              partition: str | None = None) -> dict[dg.AssetKey, str]:
     """Dagster's status of each asset (partition): "FRESH", "STALE" or "MISSING"."""
+    return partition_statuses(instance, graph, keys, [partition])[partition]
+
+
+def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
+                       partitions: Sequence[str | None]) -> dict[str | None, dict[dg.AssetKey, str]]:
+    """`statuses` for several partitions, through one resolver (it caches what the partitions share upstream)."""
     resolver = CachingStaleStatusResolver(instance, graph, loading_context=_Loading(instance))
-    return {key: resolver.get_status(key, partition).value for key in keys}
+    return {partition: {key: resolver.get_status(key, partition).value for key in keys} for partition in partitions}
 
 
 def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,

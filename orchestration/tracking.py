@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import dagster as dg
 import numpy as np
+from dagster._core.errors import DagsterExecutionInterruptedError
 import pandas as pd
 
 from orchestration.resources import PROJECT_ROOT, NetworksResource
@@ -348,6 +349,9 @@ class MlflowResource(dg.ConfigurableResource):
                 run.log_bytes(json.dumps(resolved, indent=2, sort_keys=True, default=str).encode(), "params.json")
             yield run
             status = "FINISHED"
+        except (KeyboardInterrupt, DagsterExecutionInterruptedError):  # Ctrl-C or SIGTERM: stopped, not failed
+            status = "KILLED"
+            raise
         finally:
             client.set_terminated(run.run_id, status)
             client.set_terminated(parent, status)

@@ -271,7 +271,7 @@ def test_two_first_pipelines_on_two_new_storages_under_one_new_instance_cannot_b
         text for kind, text in outcomes if kind == "refused")
 
 
-def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state):
+def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state, monkeypatch, capsys):
     root, instance = state
     fast_params(root / "params.yaml", checks={"privacy_max_match_share": -1.0})  # a bound no shard can meet
     before = materializations(instance)
@@ -283,6 +283,17 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
     assert sum(r.status.value == "FAILED" for r in records) == 6
     again = run(root, instance, VARIANTS)  # same bound: not checked again
     assert again.ran == [] and again.privacy_failed == summary.privacy_failed
+    # `falco pipeline` names the failed shards; its exit code says so only with --require-privacy (a release gate)
+    from orchestration.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    cmd = ["pipeline", "--input", str(root / "faces"), "--storage", str(root / "store"), "--params",
+           str(root / "params.yaml"), "--variant", ",".join(VARIANTS)]
+    assert main(cmd) == 0
+    assert f"PRIVACY CHECK FAILED for {VARIANTS[0]} on {len(SHARDS)} shard(s)" in capsys.readouterr().err
+    assert main([*cmd, "--require-privacy"]) == 1
+    assert made_since(before, materializations(instance)) == {}  # the CLI runs found everything up to date
 
     fast_params(root / "params.yaml")  # the bound back to params.yaml's 0.05
     third = run(root, instance, VARIANTS)
@@ -462,3 +473,37 @@ def test_ctrl_c_stops_the_pipeline_with_one_line_and_exit_code_130(tmp_path, lfw
     assert stderr.strip().splitlines()[-1] == \
         "falco: stopped (Ctrl-C); run the same command again to resume where it stopped"
     assert not (first.parent / "shard-00003.parquet").exists()  # the driver stopped: no later shard ran
+
+
+def test_sigterm_stops_a_run_in_flight_and_its_mlflow_run_is_killed_not_failed(tmp_path, lfw_faces):
+    """SIGTERM (`kill`, `timeout`, a container's stop) stops as Ctrl-C does, says so, and exits 143, also in a
+    script's background job (SIGINT ignored; Dagster hands SIGINT's handler to SIGTERM after each run). The stopped
+    Dagster run's MLflow run (made by the step that finished before) ends KILLED, not FAILED or left RUNNING."""
+    from mlflow import MlflowClient
+
+    write_faces(tmp_path / "faces", lfw_faces[:4])
+    params = fast_params(tmp_path / "params.yaml", tiny={"inversion": {"steps": 2000}})  # a long prepare step
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
+         str(tmp_path / "store"), "--params", str(params)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": uri},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `falco pipeline &` in a script starts
+    client, found, deadline = MlflowClient(uri), [], time.time() + 300
+    while not found and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)  # until `prepare` has logged its first steps and inverts the real faces
+        if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("falco"):
+            found = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
+                                       "tags.asset_key = 'real_features'")
+    assert found and proc.poll() is None, "prepare never reached the inversion"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == \
+        "falco: stopped (SIGTERM); run the same command again to resume where it stopped"
+    runs = client.search_runs([client.get_experiment_by_name("falco").experiment_id])
+    status = {r.info.run_name: r.info.status for r in runs}
+    assert status["prepare"] == "KILLED", status  # before: FAILED, as if the step had failed
+    assert "real_inversions" not in status  # the step that was stopped logged nothing
+    assert set(status.values()) == {"FINISHED", "KILLED"}, status
