@@ -8,7 +8,9 @@ their bytes: the last rename wins whole.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,41 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # what atomic_path names its temporaries
+
+
+def remove_orphaned_temporaries(folder: Path, min_age_s: float = 0.0) -> list[Path]:
+    """Remove the temporaries under `folder` that killed writers left (`atomic_path`'s names; links to folders are
+    not followed): those whose process is not running on this machine and that nobody wrote to for `min_age_s`
+    (where processes of other machines write too, their process ids say nothing). Returns what was removed."""
+    now, removed = time.time(), []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            found = _TEMPORARY.fullmatch(name)
+            if found is None or _running(int(found.group(1))):
+                continue
+            path = Path(root) / name
+            try:
+                if now - path.stat().st_mtime >= min_age_s:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_bytes_atomic(path: Path, data: bytes, private: bool = False) -> None:

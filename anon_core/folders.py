@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from anon_core.atomic import remove_orphaned_temporaries
 from anon_core.errors import FalcoError
 
 LOCK_FILE = ".falco.lock"
@@ -87,9 +88,11 @@ def check_output_folder(output_dir: Path, input_dir: Path) -> None:
 
 
 @contextmanager
-def exclusive(folder: Path, what: str) -> Iterator[None]:
+def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Iterator[None]:
     """Hold the lock of `folder` (created if needed) while the block runs; FalcoError if another process holds it.
-    `what` names the folder's role in the message ("output folder", "storage")."""
+    `what` names the folder's role in the message ("output folder", "storage"). Once held, the temporary files that
+    killed writers left in it are removed (atomic.remove_orphaned_temporaries; `orphans_older_than_s` where other
+    machines write into it too)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,7 @@ def exclusive(folder: Path, what: str) -> Iterator[None]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
                                  "command": " ".join(sys.argv[:3])}))
         handle.flush()
+        remove_orphaned_temporaries(folder, orphans_older_than_s)
         yield
     finally:
         handle.close()  # releases the lock

@@ -41,6 +41,7 @@ from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResou
 from orchestration.tracking import MlflowResource
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
+ORPHANS_OLDER_THAN_S = 900.0  # a temporary file in the storage untouched this long has no writer left
 STAGES = ("prepare", "anonymize", "evaluate")
 MODES = ("aligned", "photo")
 
@@ -115,7 +116,8 @@ def run_pipeline(
         for queue in queues_without_worker():
             log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
                 f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
-    with exclusive(Path(storage.root), "storage"):  # a second pipeline on this storage is refused, not interleaved
+    # a second pipeline on this storage is refused, not interleaved; workers of other machines may write into it
+    with exclusive(Path(storage.root), "storage", orphans_older_than_s=ORPHANS_OLDER_THAN_S):
         if not instance.is_ephemeral:
             bind_instance_and_storage(Path(instance.root_directory), Path(storage.root), fresh)
         for run_id in end_abandoned_runs(instance, mlflow):
@@ -392,7 +394,7 @@ class _Driver:
         from orchestration.staleness import to_run
 
         keys = sorted(keys, key=lambda k: k.to_user_string())
-        selection = to_run(self.instance, self.graph, keys, partition, self.fresh)
+        selection = to_run(self.instance, self.graph, keys, partition, self.fresh, self.config["storage"]["root"])
         if not selection and not checks:
             self.summary.skipped.append(label)
             return None
@@ -431,19 +433,24 @@ class _Driver:
         """Evaluating a variant whose anonymization is missing or stale for a shard (its settings, or an upstream
         value such as the fake pool, changed since; e.g. `falco stage evaluate` run alone) would report numbers of
         images made otherwise than the report says: block it, naming the stage to run."""
+        from orchestration.io_manager import unrecorded
         from orchestration.staleness import partition_statuses
 
         keys = ANONYMIZE.resolve(self.graph)
         partitions = {str(variant_shard_key(variant, shard)): shard for shard in shards}
         for partition, status in partition_statuses(self.instance, self.graph, keys, list(partitions)).items():
             shard = partitions[partition]
+            for key in keys:  # a value its run stopped before Dagster recorded is not the one recorded
+                if status[key] == "FRESH" and unrecorded(self.instance, self.config["storage"]["root"], key,
+                                                         self.graph.get(key).partitions_def, partition):
+                    status[key] = "UNRECORDED"
             behind = sorted(f"{key.to_user_string()} {value.lower()}" for key, value in status.items()
                             if value != "FRESH")
             if behind:
                 self.summary.blocked.append(variant)
                 self.log(f"evaluate {variant}: not evaluated: in {shard}, {', '.join(behind)} (its settings or an "
-                         "upstream value changed since it was made); run `falco stage anonymize` with the same "
-                         "options first, or `falco pipeline`")
+                         "upstream value changed since it was made, or its run stopped before it was recorded); run "
+                         "`falco stage anonymize` with the same options first, or `falco pipeline`")
                 return
 
     def _record_check(self, variant: str, shard: str, label: str, bound: float, outcome: dict | None,

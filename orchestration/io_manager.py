@@ -21,6 +21,12 @@ Every file is written by `anon_core.atomic` (a temporary name, then a rename), s
 leaves a half-written file that a later step would read; a table is written after its images, so a table on disk
 means all of its images are there.
 
+Values are replaced in place, and Dagster records a materialization only after its value is written: a run killed
+in between leaves a value the instance does not record (written under other settings, say), which a later run with
+the recorded settings would take as up to date. So before writing a value its writer's run id goes to `.<stem>.run`
+beside it, and a stored value counts only while that is the run of its latest recorded materialization
+(`unrecorded`): the driver makes such a value again, and loading one fails naming the asset to materialize.
+
 A stored image set's `images/` holds what its tables list and nothing else: writing an unpartitioned one removes
 the images its new table does not list (an input since removed), and the driver prunes a partitioned one once its
 shards are all written (`prune_shards`: the tables of shards no longer registered, and images no table lists).
@@ -33,12 +39,13 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
+from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
 import pandas as pd
 from PIL import Image
 
@@ -52,7 +59,7 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights", "prune_images",
-           "prune_shard_folders", "prune_shards"]
+           "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -84,15 +91,42 @@ class LazyArrays(Mapping):
         return len(self._keys)
 
 
+def value_location(root: str | Path, asset_key: dg.AssetKey, partitions_def, partition: str | None) -> tuple[Path, str]:
+    """(the asset's folder, the file stem) of one partition (or of an unpartitioned asset)."""
+    variant, shard = split_key(partition, partitions_def)
+    return asset_dir(root, "/".join(asset_key.path), variant), shard or "all"
+
+
+def _writer_file(base: Path, stem: str) -> Path:
+    return base / f".{stem}.run"
+
+
+def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
+               partition: str | None) -> tuple[str, str | None] | None:
+    """(the run that wrote the stored value, the run of its latest recorded materialization or None) when these
+    differ: the value on disk is not the one the instance records (its writer stopped before Dagster recorded it).
+    None when they agree, or when nothing is stored or the value predates writer files."""
+    try:
+        writer = _writer_file(*value_location(root, asset_key, partitions_def, partition)).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=asset_key, asset_partitions=[partition] if partition is not None else None), limit=1).records
+    recorded = records[0].run_id if records else None
+    return None if writer == recorded else (writer, recorded)
+
+
+class UnrecordedValue(FalcoError):
+    """A stored value that is not the one the instance records (`unrecorded`)."""
+
+
 class FalcoIOManager(dg.ConfigurableIOManager):
     """Typed, atomic, pickle-free storage under `root`."""
 
     root: str
 
     def _where(self, asset_key: dg.AssetKey, partitions_def, partition: str | None) -> tuple[Path, str]:
-        """(the asset's folder, the file stem) of one partition (or of an unpartitioned asset)."""
-        variant, shard = split_key(partition, partitions_def)
-        return asset_dir(self.root, "/".join(asset_key.path), variant), shard or "all"
+        return value_location(self.root, asset_key, partitions_def, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
@@ -101,6 +135,10 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         base, stem = self._where(context.asset_key, context.asset_partitions_def if partition else None, partition)
         private = bool((context.definition_metadata or {}).get(REAL_FACES))
         base.mkdir(parents=True, exist_ok=True)
+        run_id = _provided(lambda: context.run_id)  # a context built by hand (tests) has none, or an ephemeral one
+        if run_id is not None and run_id != RUN_ID_PLACEHOLDER:
+            # first: from here on the stored value is this run's until Dagster records it
+            write_bytes_atomic(_writer_file(base, stem), run_id.encode(), private)
         if isinstance(obj, ImageSet):
             _write_images(base / "images", obj.named["image"].tolist(), obj.images, private)
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table), private)
@@ -128,20 +166,35 @@ class FalcoIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         if not context.has_asset_partitions:
-            return self._load(*self._where(context.asset_key, None, None))
+            return self._load_recorded(context, None, None)
         partitions_def = context.asset_partitions_def  # the upstream asset's
         keys = context.asset_partition_keys
         if context.has_partition_key and [str(k) for k in keys] == [str(context.partition_key)]:
-            return self._load(*self._where(context.asset_key, partitions_def, keys[0]))  # the same partition
+            return self._load_recorded(context, partitions_def, keys[0])  # the same partition
         allow_missing = bool((context.definition_metadata or {}).get(ALLOW_MISSING))
         values = {}
         for key in sorted(keys):  # e.g. every shard of a variant, or every variant
             try:
-                values[str(key)] = self._load(*self._where(context.asset_key, partitions_def, key))
-            except FileNotFoundError:
+                values[str(key)] = self._load_recorded(context, partitions_def, key)
+            except (FileNotFoundError, UnrecordedValue):  # allowed: as if it were not there
                 if not allow_missing:
                     raise
         return values
+
+    def _load_recorded(self, context: dg.InputContext, partitions_def, partition: str | None) -> Any:
+        """The stored value, unless it is not the one the instance records (FalcoError naming what to re-make)."""
+        base, stem = self._where(context.asset_key, partitions_def, partition)
+        value = self._load(base, stem)  # a missing value: FileNotFoundError
+        instance = _provided(lambda: context.instance)  # None for a context built by hand (tests)
+        mismatch = unrecorded(instance, self.root, context.asset_key, partitions_def, partition) if instance else None
+        if mismatch is not None:
+            name = context.asset_key.to_user_string() + (f" {partition}" if partition is not None else "")
+            raise UnrecordedValue(
+                f"the stored {name} ({base}) was written by Dagster run {mismatch[0][:8]}, which stopped before "
+                f"Dagster recorded it, so it is not the value the instance records"
+                f"{f' (run {mismatch[1][:8]})' if mismatch[1] else ''}; materialize {name} again "
+                "(`falco pipeline` re-makes it by itself)")
+        return value
 
     def _load(self, base: Path, stem: str) -> Any:
         for suffix in (".npy", ".npz", ".parquet", ".safetensors"):
@@ -172,6 +225,16 @@ class FalcoIOManager(dg.ConfigurableIOManager):
                                  "materialize it again") from None
             return ImageSet(table=table, images=ImageFiles(paths, size, workers=_io_workers()))
         return table
+
+
+def _provided(read: Callable[[], Any]) -> Any:
+    """What a Dagster context gives, or None where it was built without it."""
+    from dagster._core.errors import DagsterInvariantViolationError
+
+    try:
+        return read()
+    except DagsterInvariantViolationError:
+        return None
 
 
 def _io_workers() -> int:
@@ -226,6 +289,7 @@ def prune_shards(base: Path, shards: list[str]) -> list[str]:
     for table in sorted(base.glob("*.parquet")):
         if table.stem not in shards:
             table.unlink()
+            _writer_file(base, table.stem).unlink(missing_ok=True)
             removed.append(table.name)
     keep = set()
     for shard in shards:
@@ -246,5 +310,6 @@ def prune_shard_folders(base: Path, shards: list[str]) -> list[str]:
         stem = path.stem if path.suffix == ".parquet" else path.name
         if SHARD_KEY.fullmatch(stem) and stem not in shards and not path.is_symlink():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+            _writer_file(base, stem).unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -48,11 +48,20 @@ def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.As
 
 
 def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
-           fresh: bool = False) -> list[dg.AssetKey]:
-    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), and
-    everything among `keys` downstream of them; the outputs of one op go together."""
+           fresh: bool = False, storage_root: str | None = None) -> list[dg.AssetKey]:
+    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), those
+    whose value in `storage_root` is not the one the instance records (io_manager.unrecorded: a run stopped between
+    writing it and Dagster recording it), and everything among `keys` downstream of them; the outputs of one op go
+    together."""
+    from orchestration.io_manager import unrecorded
+
+    def not_recorded(key: dg.AssetKey) -> bool:
+        partitions_def = graph.get(key).partitions_def
+        return storage_root is not None and unrecorded(instance, storage_root, key, partitions_def,
+                                                       partition if partitions_def else None) is not None
+
     status = statuses(instance, graph, keys, partition)
-    chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value}
+    chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value or not_recorded(k)}
     grew = True
     while grew:
         grew = False

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from pipeline_helpers import fast_params, run, write_faces
 
+from anon_core.atomic import atomic_path
 from anon_core.errors import FalcoError, ParamsError
 from anon_core.folders import LOCK_FILE, check_separate, exclusive
 from orchestration.cli import main
@@ -57,16 +58,23 @@ def test_a_second_writer_of_a_folder_is_refused_and_a_crashed_holder_leaves_no_s
                                    f"with exclusive(__import__('pathlib').Path({str(folder)!r}), 'output folder'):\n"
                                    "    pass"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
         assert holder.returncode != 0 and "is in use by" in holder.stderr and f"PID {os.getpid()}" in holder.stderr
-    # A holder killed with SIGKILL: the kernel drops its lock, the next writer goes ahead.
-    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom anon_core.folders import exclusive\n"
-                             f"with exclusive(__import__('pathlib').Path({str(folder)!r}), 'x'):\n"
-                             "    print('held', flush=True); time.sleep(60)"],
+    # A holder killed with SIGKILL in the middle of writing a file: the kernel drops its lock, the next writer goes
+    # ahead and removes the hidden temporary the kill left (a writer of its own keeps its temporaries).
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom pathlib import Path\n"
+                             "from anon_core.atomic import atomic_path\nfrom anon_core.folders import exclusive\n"
+                             f"with exclusive(Path({str(folder)!r}), 'x'), atomic_path(Path({str(folder)!r}) / 'sub' / "
+                             "'codes.npz') as tmp:\n"
+                             "    tmp.write_bytes(b'half'); print('held', flush=True); time.sleep(60)"],
                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     assert proc.stdout.readline().strip() == "held"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    with exclusive(folder, "output folder"):
+    [left] = (folder / "sub").glob(".codes.npz.*.tmp")
+    with exclusive(folder, "storage", orphans_older_than_s=900):
+        assert left.exists()  # where other machines' workers write, only one untouched for 15 minutes is an orphan
+    with atomic_path(folder / "mine.npz") as mine, exclusive(folder, "output folder"):
         assert (folder / LOCK_FILE).exists()
+        assert not left.exists() and mine.exists()
 
 
 def test_two_pipelines_on_one_storage_the_second_is_refused(tmp_path, lfw_faces):
