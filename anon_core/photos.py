@@ -81,6 +81,8 @@ class PhotoSummary:
     anonymized: int = 0  # faces
     covered: Counter = field(default_factory=Counter)  # reason -> faces
     resumed: int = 0  # faces whose batch an earlier run with the same arguments finished
+    below_min_face_size: int = 0  # photos whose shorter side is under photo.min_face_size: no face can be found
+    min_face_size: int = 0
 
     @property
     def faces(self) -> int:
@@ -97,6 +99,9 @@ class PhotoSummary:
                 f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
         if self.resumed:
             text += f"; {self.resumed} face(s) taken from an earlier run's journal"
+        if self.below_min_face_size:
+            text += (f"; {self.below_min_face_size} photo(s) smaller than photo.min_face_size ({self.min_face_size} "
+                     "px) on their shorter side, where no face can be found: lower --min-face-size")
         return text
 
 
@@ -161,7 +166,7 @@ class _PhotoRun:
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
         self.written: set[int] = set()  # file indices whose photo is on disk (added by the writer's threads)
         self.last_manifest = float("-inf")
-        self.summary = PhotoSummary(output_dir=output_dir)
+        self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray]]:
@@ -213,6 +218,8 @@ class _PhotoRun:
                 self.summary.rejected[rejected.reason] += 1
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, rejected.detail, -1)]
                 continue
+            if min(image.shape[:2]) < self.settings.min_face_size:
+                self.summary.below_min_face_size += 1
             photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", "", len(faces)),
                               *(self._face_row(photo, face) for face in faces)]

@@ -157,6 +157,19 @@ def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
     assert written.read_bytes() == before  # and gave the same photo
 
 
+def test_photos_smaller_than_the_smallest_face_searched_for_are_counted_and_named(photos, tmp_path):
+    """A --min-face-size above a photo's shorter side finds nothing in it: the summary says so, not only "0 faces"."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(photos / "portrait.jpg", inputs / "portrait.jpg")  # 512 x 512
+    Image.new("RGB", (900, 600), (90, 120, 150)).save(inputs / "wide.png")
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 1})
+    summary = anonymize_photos(inputs, tmp_path / "out", params, PhotoSettings(min_face_size=550),
+                               show_progress=False)
+    assert summary.faces == 0 and summary.below_min_face_size == 1
+    assert "1 photo(s) smaller than photo.min_face_size (550 px) on their shorter side" in summary.describe()
+
+
 def test_a_stopped_photo_run_leaves_a_valid_manifest_that_evaluate_refuses(photos, tmp_path, monkeypatch, capsys):
     import anon_core.photos
     import anon_core.pipeline
