@@ -105,8 +105,12 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = _holder(handle.read())
+            try:  # held by readers only (`reading`): the file still names the last writer, not them
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                holder = "a command reading it (`falco evaluate`)"
+            except BlockingIOError:
+                handle.seek(0)
+                holder = _holder(handle.read())
             raise FalcoError(f"the {what} {folder} is in use by {holder}; wait for it to finish, or use another "
                              f"{what}") from None
         handle.seek(0)
@@ -118,6 +122,25 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         yield
     finally:
         handle.close()  # releases the lock
+
+
+@contextmanager
+def reading(folder: Path, what: str) -> Iterator[None]:
+    """Hold `folder`'s lock shared while the block reads it: a writer of it (`exclusive`) is refused meanwhile, other
+    readers are not; FalcoError naming the writer if one holds it. Nothing to hold where the folder has no lock file
+    (no falco command ever wrote it, or it is not a folder: the reader's own checks say so)."""
+    try:
+        handle = open(Path(folder) / LOCK_FILE)
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FalcoError(f"the {what} {folder} is being written by {_holder(handle.read())}; wait for it to "
+                             "finish") from None
+        yield
 
 
 @contextmanager

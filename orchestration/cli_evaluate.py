@@ -309,6 +309,15 @@ def evaluate_folders(
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from anon_core.folders import reading
+
+    with contextlib.ExitStack() as held:  # no `falco anonymize` rewrites a run while it is evaluated
+        for folder in args.anon_dirs:
+            held.enter_context(reading(folder, "anonymized folder"))
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     modes = {_run_mode(folder) for folder in args.anon_dirs}
     if modes == {"photo"}:
         return _evaluate_photo_runs(args)

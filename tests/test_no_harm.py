@@ -18,7 +18,7 @@ from pipeline_helpers import fast_params, run, write_faces
 
 from anon_core.atomic import atomic_path
 from anon_core.errors import FalcoError, ParamsError
-from anon_core.folders import LOCK_FILE, check_separate, exclusive
+from anon_core.folders import LOCK_FILE, check_separate, exclusive, reading
 from orchestration.cli import main
 
 FAST = ["--profile", "tiny", "--steps", "2", "--pool-size", "20", "--batch-size", "2", "--quiet"]
@@ -75,6 +75,23 @@ def test_a_second_writer_of_a_folder_is_refused_and_a_crashed_holder_leaves_no_s
     with atomic_path(folder / "mine.npz") as mine, exclusive(folder, "output folder"):
         assert (folder / LOCK_FILE).exists()
         assert not left.exists() and mine.exists()
+
+
+def test_a_folder_being_evaluated_is_not_rewritten_and_one_being_written_is_not_evaluated(tmp_path):
+    """`falco evaluate` reads its run folders under a shared lock: readers go together, a writer waits its turn."""
+    folder = tmp_path / "run"
+    with exclusive(folder, "output folder"):  # `falco anonymize` writing it
+        with pytest.raises(FalcoError, match=f"anonymized folder {folder} is being written by .*PID {os.getpid()}"):
+            with reading(folder, "anonymized folder"):
+                pass
+    with reading(folder, "anonymized folder"), reading(folder, "anonymized folder"):  # two evaluations at once
+        holder = subprocess.run(
+            [sys.executable, "-c", "from pathlib import Path\nfrom anon_core.folders import exclusive\n"
+                                   f"with exclusive(Path({str(folder)!r}), 'output folder'):\n    pass"],
+            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        assert holder.returncode != 0 and "is in use by a command reading it (`falco evaluate`)" in holder.stderr
+    with exclusive(folder, "output folder"):  # once read, it can be written again
+        pass
 
 
 def test_two_pipelines_on_one_storage_the_second_is_refused(tmp_path, lfw_faces):
