@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 from dagster._core.execution.context.output import RUN_ID_PLACEHOLDER
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -59,7 +59,7 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights", "prune_images",
-           "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
+           "claim", "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -114,6 +114,15 @@ def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.Ass
         asset_key=asset_key, asset_partitions=[partition] if partition is not None else None), limit=1).records
     recorded = records[0].run_id if records else None
     return None if writer == recorded else (writer, recorded)
+
+
+def claim(context: dg.AssetExecutionContext, root: str | Path) -> None:
+    """For an asset that writes files of its own into its folder before it returns (photo mode's photos, the
+    report): from here on its stored value is this run's until Dagster records it (as `handle_output` does)."""
+    partitions_def = context.assets_def.partitions_def
+    partition = str(context.partition_key) if context.has_partition_key else None
+    base, stem = value_location(root, context.asset_key, partitions_def, partition)
+    write_bytes_atomic(_writer_file(base, stem), context.run.run_id.encode())
 
 
 class UnrecordedValue(FalcoError):

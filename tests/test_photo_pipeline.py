@@ -84,6 +84,35 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     assert len(changed.ran) == 4
 
 
+def test_a_shard_killed_while_its_photos_were_written_is_made_again_on_the_recorded_settings(state):
+    """A `--cover blur` run killed once it rewrote a photo of a shard leaves that shard's folder half of its
+    settings; back on the recorded ones Dagster alone calls the shard up to date (it kept the killed run's photos)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, instance = state
+    photo = root / "store" / "anonymized_photos" / "m0.5" / "shard-00000" / "images" / "group.png"
+    recorded, written = photo.read_bytes(), photo.stat().st_mtime_ns
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestration.cli", "pipeline", "--mode", "photo", "--input", str(root / "faces"),
+         "--storage", str(root / "store"), "--params", str(root / "params.yaml"), "--variant", "m0.5", "--cover",
+         "blur"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "DAGSTER_HOME": str(root / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'm.db'}"})
+    deadline = time.time() + 300
+    while photo.stat().st_mtime_ns == written and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert photo.stat().st_mtime_ns != written, "the run never rewrote the photo"
+
+    summary = run(root, instance, VARIANTS, mode="photo")
+    assert summary.failed == [] and summary.ran == ["anonymize photos m0.5 shard-00000"]
+    assert photo.read_bytes() == recorded
+
+
 def test_a_shard_that_no_longer_exists_leaves_no_photos_behind(state):
     """Without portrait.jpg the 2 photos left make one shard: shard-00001's photos and table go (before, they stayed
     in `anonymized_photos/<variant>/`, photos of an input that is gone)."""

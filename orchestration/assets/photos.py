@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from orchestration.celery_queue import GPU_STEP as GPU
+from orchestration.io_manager import claim
 from orchestration.metadata import png_markdown, table
 from orchestration.partitions import (BY_VARIANT, context_shard, context_variant, photo_shards, register_partitions,
                                       shard_key, variant_photo_shards)
@@ -69,6 +70,7 @@ def anonymized_photos(
                      f"m = {params.optimization.margin}, on {nets.device}")
     pool = FakePool(seeds=np.asarray(fake_pool["seeds"]), w=np.asarray(fake_pool["w"]),
                     features=np.asarray(fake_features))
+    claim(context, storage.root)  # the shard's folder is rewritten from here on
     start = time.perf_counter()
     summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
                                relpaths=photos["input"].tolist(), show_progress=False)

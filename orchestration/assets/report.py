@@ -7,7 +7,7 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import ALLOW_MISSING
+from orchestration.io_manager import ALLOW_MISSING, claim
 from orchestration.metadata import png_markdown
 from orchestration.partitions import split_key, variant_shards
 from orchestration.resources import NetworksResource, StorageResource
@@ -70,6 +70,7 @@ def anonymization_report(
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
                               anonymized_latents)
+    claim(context, storage.root)  # its files are rewritten from here on
     nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
     fake_index = pairs.set_index("row")["fake_index"]
     settings = pd.DataFrame({v: flatten(networks.params(v).to_dict()) for v in variants}).T
