@@ -221,7 +221,9 @@ def stop_signals() -> Iterator[Callable[[], str]]:
     (it hands SIGTERM to its Ctrl-C handler, and afterwards SIGINT's handler to SIGTERM: one handler serves both, so
     SIGTERM still stops a shell script's background job, which starts with SIGINT ignored). Only in the main thread;
     the handlers are put back on leaving."""
-    if sys.platform == "win32" or threading_is_not_main():
+    import threading
+
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
         yield lambda: "Ctrl-C"
         return
     ignore_ctrl_c = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
@@ -251,12 +253,6 @@ def stop_signals() -> Iterator[Callable[[], str]]:
         signal.set_wakeup_fd(previous_fd)
         os.close(read)
         os.close(write)
-
-
-def threading_is_not_main() -> bool:
-    import threading
-
-    return threading.current_thread() is not threading.main_thread()
 
 
 def main(argv: list[str] | None = None) -> int:
