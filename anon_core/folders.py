@@ -102,15 +102,9 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
     path = folder / LOCK_FILE
     handle = open(path, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:  # held by readers only (`reading`): the file still names the last writer, not them
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                holder = "a command reading it (`falco evaluate`)"
-            except BlockingIOError:
-                handle.seek(0)
-                holder = _holder(handle.read())
+        if not _lock(handle, fcntl.LOCK_EX):
+            # held by readers only (`reading`) when a shared lock is still free: the file names the last writer
+            holder = "a command reading it (`falco evaluate`)" if _lock(handle, fcntl.LOCK_SH) else _holder(handle)
             raise FalcoError(f"the {what} {folder} is in use by {holder}; wait for it to finish, or use another "
                              f"{what}") from None
         handle.seek(0)
@@ -135,11 +129,8 @@ def reading(folder: Path, what: str) -> Iterator[None]:
         yield
         return
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FalcoError(f"the {what} {folder} is being written by {_holder(handle.read())}; wait for it to "
-                             "finish") from None
+        if not _lock(handle, fcntl.LOCK_SH):
+            raise FalcoError(f"the {what} {folder} is being written by {_holder(handle)}; wait for it to finish")
         yield
 
 
@@ -152,9 +143,21 @@ def one_at_a_time(path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def _holder(text: str) -> str:
+def _lock(handle, mode: int) -> bool:
+    """Take the lock of the open file `handle` in `mode` (fcntl.LOCK_EX or LOCK_SH) without waiting; False where
+    another process holds it in a mode that excludes this one."""
     try:
-        info = json.loads(text)
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _holder(handle) -> str:
+    """Who holds a lock, as its file names them (`exclusive` writes it)."""
+    handle.seek(0)
+    try:
+        info = json.loads(handle.read())
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
         return f"`{info.get('command', '?')}` (PID {info['pid']} on {info['host']}, since {started})"
     except (ValueError, KeyError, TypeError):

@@ -8,13 +8,14 @@ sub-commands so `falco --help` is instant.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
@@ -272,5 +273,23 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 
 
+def run() -> NoReturn:
+    """The `falco` command. Stopped by Ctrl-C or SIGTERM, it ends as killed by that signal once cleaned up (its exit
+    handlers have run: MLflow's, logging's), as a program that does not catch the signal would; shells report 130
+    and 143. bash stops a script only when its child died of SIGINT, so a sweep script's loop of `falco` commands
+    stops on Ctrl-C instead of going on to its next command, and a service manager reads SIGTERM's end as a stop.
+    Not by Python's own way for Ctrl-C (an uncaught KeyboardInterrupt): the exit status that gives depends on a flag
+    that every exec() or eval() of a string (a dataclass being made) sets or clears, at exit too."""
+    code = main()
+    signum = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}.get(code)
+    if signum is not None:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

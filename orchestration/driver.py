@@ -433,17 +433,13 @@ class _Driver:
         """Evaluating a variant whose anonymization is missing or stale for a shard (its settings, or an upstream
         value such as the fake pool, changed since; e.g. `falco stage evaluate` run alone) would report numbers of
         images made otherwise than the report says: block it, naming the stage to run."""
-        from orchestration.io_manager import unrecorded
         from orchestration.staleness import partition_statuses
 
         keys = ANONYMIZE.resolve(self.graph)
         partitions = {str(variant_shard_key(variant, shard)): shard for shard in shards}
-        for partition, status in partition_statuses(self.instance, self.graph, keys, list(partitions)).items():
+        for partition, status in partition_statuses(self.instance, self.graph, keys, list(partitions),
+                                                    self.config["storage"]["root"]).items():
             shard = partitions[partition]
-            for key in keys:  # a value its run stopped before Dagster recorded is not the one recorded
-                if status[key] == "FRESH" and unrecorded(self.instance, self.config["storage"]["root"], key,
-                                                         self.graph.get(key).partitions_def, partition):
-                    status[key] = "UNRECORDED"
             behind = sorted(f"{key.to_user_string()} {value.lower()}" for key, value in status.items()
                             if value != "FRESH")
             if behind:

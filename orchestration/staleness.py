@@ -34,34 +34,40 @@ class _Loading(LoadingContext):
         return self._loaders
 
 
-def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
-             partition: str | None = None) -> dict[dg.AssetKey, str]:
-    """Dagster's status of each asset (partition): "FRESH", "STALE" or "MISSING"."""
-    return partition_statuses(instance, graph, keys, [partition])[partition]
+def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
+             storage_root: str | None = None) -> dict[dg.AssetKey, str]:
+    """Dagster's status of each asset (partition): "FRESH", "STALE" or "MISSING"; with `storage_root`,
+    "UNRECORDED" for a fresh one whose stored value is not the one the instance records (io_manager.unrecorded: a
+    run stopped between writing it and Dagster recording it)."""
+    return partition_statuses(instance, graph, keys, [partition], storage_root)[partition]
 
 
 def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey],
-                       partitions: Sequence[str | None]) -> dict[str | None, dict[dg.AssetKey, str]]:
+                       partitions: Sequence[str | None],
+                       storage_root: str | None = None) -> dict[str | None, dict[dg.AssetKey, str]]:
     """`statuses` for several partitions, through one resolver (it caches what the partitions share upstream)."""
+    from orchestration.io_manager import unrecorded
+
     resolver = CachingStaleStatusResolver(instance, graph, loading_context=_Loading(instance))
-    return {partition: {key: resolver.get_status(key, partition).value for key in keys} for partition in partitions}
+
+    def status(key: dg.AssetKey, partition: str | None) -> str:
+        value = resolver.get_status(key, partition).value
+        partitions_def = graph.get(key).partitions_def
+        if value == StaleStatus.FRESH.value and storage_root is not None and unrecorded(
+                instance, storage_root, key, partitions_def, partition if partitions_def else None):
+            return "UNRECORDED"
+        return value
+
+    return {partition: {key: status(key, partition) for key in keys} for partition in partitions}
 
 
 def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
            fresh: bool = False, storage_root: str | None = None) -> list[dg.AssetKey]:
-    """The assets among `keys` to materialize for `partition`: the missing and stale ones (all with `fresh`), those
-    whose value in `storage_root` is not the one the instance records (io_manager.unrecorded: a run stopped between
-    writing it and Dagster recording it), and everything among `keys` downstream of them; the outputs of one op go
+    """The assets among `keys` to materialize for `partition`: the missing, stale and (with `storage_root`)
+    unrecorded ones (all with `fresh`), and everything among `keys` downstream of them; the outputs of one op go
     together."""
-    from orchestration.io_manager import unrecorded
-
-    def not_recorded(key: dg.AssetKey) -> bool:
-        partitions_def = graph.get(key).partitions_def
-        return storage_root is not None and unrecorded(instance, storage_root, key, partitions_def,
-                                                       partition if partitions_def else None) is not None
-
-    status = statuses(instance, graph, keys, partition)
-    chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value or not_recorded(k)}
+    status = statuses(instance, graph, keys, partition, storage_root)
+    chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value}
     grew = True
     while grew:
         grew = False

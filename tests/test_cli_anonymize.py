@@ -164,7 +164,12 @@ def test_errors_name_the_flag_that_gave_the_value_and_the_file_otherwise(face_fo
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_stops_with_one_line_and_the_shells_exit_code(face_folder, tmp_path, sig):
+    """Ctrl-C reaches a sweep script and the command it runs (the terminal's process group): the command stops with
+    one line, and so does the script, instead of going on to its next command. SIGTERM (`kill`, `timeout`, a
+    container's stop) goes to the command alone, also when it runs as a script's background job (`falco ... &`),
+    which starts with SIGINT ignored."""
     import os
+    import shlex
     import signal
     import subprocess
     import sys
@@ -173,19 +178,32 @@ def test_ctrl_c_or_sigterm_stops_with_one_line_and_the_shells_exit_code(face_fol
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "orchestration.cli", "anonymize", str(face_folder), str(out), "--profile", "tiny",
            "--steps", "100000", "--pool-size", "50", "--batch-size", "2", "--quiet"]
-    # SIGTERM goes to a command started as a shell script's background job (`falco ... &`), which starts with
-    # SIGINT ignored: it must still stop
-    ignore_ctrl_c = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sig == "SIGTERM" else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=ignore_ctrl_c)
+    if sig == "SIGINT":
+        sweep = f"for steps in 100000 200000; do {shlex.join(cmd)}; echo next command; done"
+        proc = subprocess.Popen(["bash", "-c", sweep], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.time() + 120
     while not (out / ".falco.lock").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     time.sleep(2)  # into the networks' start or the optimization
-    proc.send_signal(getattr(signal, sig))  # SIGTERM: `kill`, `timeout`, a container's stop
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + getattr(signal, sig), stdout + stderr
+    if sig == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL) if sig == "SIGINT" else proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"still running 60 s after {sig}:\n{stdout}{stderr}")
+    # it ends as killed by the signal (the shell's 130 or 143), so bash stopped the loop
+    assert proc.returncode == -getattr(signal, sig), stdout + stderr
+    assert "next command" not in stdout
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert stderr.strip().splitlines() == [
         f"falco: stopped ({'Ctrl-C' if sig == 'SIGINT' else sig}); run the same command again to resume where it "
