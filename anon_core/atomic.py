@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +24,37 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     error it is removed. Creates the parent folders. `private`: the file is readable by its owner only (0600, its
     new folders 0700), for real faces."""
     path = Path(path)
+    tmp = _temporary_beside(path, private)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_files_atomic(files: Mapping[Path, bytes]) -> None:
+    """Write several files as one (a report's pages, tables and figures): every file to its temporary first, fsynced,
+    then all renamed in one go. A call stopped on the way (Ctrl-C, a full disk) leaves each previous file as it was,
+    not some old and some new; only a kill in the instant of the renames can."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            written.append((_temporary_beside(path, private=False), path))
+            written[-1][0].write_bytes(data)
+            _fsync(written[-1][0])
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _temporary_beside(path: Path, private: bool) -> Path:
+    """A new, empty, hidden temporary file beside `path` (its folders created), for `path`'s new bytes."""
     if private:
         _private_parents(path.parent)
     try:
@@ -39,14 +70,12 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     # the umask decide permissions as for any ordinary file (tempfile.mkstemp would leave 0o600).
     tmp = path.parent / f".{path.name[:50]}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666))
-    try:
-        yield tmp
-        with open(tmp, "rb+") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return tmp
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as written:
+        os.fsync(written.fileno())
 
 
 _TEMPORARY = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")  # what atomic_path names its temporaries

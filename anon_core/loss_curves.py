@@ -32,7 +32,12 @@ def mean_losses(histories: Iterable[Mapping[str, np.ndarray]], steps: int) -> pd
     return frame
 
 
+def losses_csv(table: pd.DataFrame) -> bytes:
+    """A `mean_losses` table as CSV (6 decimals)."""
+    return table.to_csv(index=False, float_format="%.6f").encode()
+
+
 def write_losses_csv(path: Path, table: pd.DataFrame) -> Path:
-    """Write a `mean_losses` table as CSV (6 decimals), atomically."""
-    write_bytes_atomic(Path(path), table.to_csv(index=False, float_format="%.6f").encode())
+    """Write a `mean_losses` table as CSV, atomically."""
+    write_bytes_atomic(Path(path), losses_csv(table))
     return Path(path)

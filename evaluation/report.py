@@ -4,14 +4,15 @@ Markdown and HTML with PNG figures beside them."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from anon_core.atomic import write_bytes_atomic
+from anon_core.atomic import write_files_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
 from evaluation.glossary import with_direction
@@ -131,6 +132,10 @@ def _scatter_figure(points: pd.DataFrame, privacy: str, utility: str, baselines:
     return privacy_utility_png(points, privacy, utility, baselines), plotted.to_csv(index=False).encode()
 
 
+# The figures a report writes (write_report): an earlier report's that the new one has not are removed
+_REPORT_FIGURE = re.compile(r"(examples|privacy_vs_utility(_runs)?|attributes_.+)\.(png|csv)")
+
+
 def write_report(
     out_dir: Path,
     summary: pd.DataFrame,
@@ -143,8 +148,11 @@ def write_report(
     settings: pd.DataFrame | None = None,
     banners: Sequence[str] = (),
     example_caption: str = "",
+    more: Mapping[str, tuple[str, bytes]] | None = None,
 ) -> dict[str, Path]:
-    """Write report.md, report.html, metrics.csv, per_image.parquet and figures/*.png; return their paths.
+    """Write report.md, report.html, metrics.csv, per_image.parquet, figures/*.png and `more` (name: (path relative
+    to `out_dir`, bytes)), all at once (a report stopped on the way is the old one or the new one); return their
+    paths by name.
 
     summary: `summary_table` (one row per method: FALCO, or one row per run, then the baselines, which are the rows
     named as in evaluation.baselines.BASELINES); per_image / attributes: the FALCO rows' tables (with a `run`
@@ -168,15 +176,10 @@ def write_report(
     if attributes is not None:
         for predictor in attributes["predictor"].unique():
             figures[f"attributes_{predictor}.png"] = attribute_agreement_png(attributes, predictor)
-    for name, data in {**figures, **tables}.items():
-        write_bytes_atomic(out_dir / "figures" / name, data)
-
     buf = io.StringIO()
     summary.to_csv(buf)
-    write_bytes_atomic(out_dir / "metrics.csv", buf.getvalue().encode())
     pbuf = io.BytesIO()
     per_image.to_parquet(pbuf, index=False)
-    write_bytes_atomic(out_dir / "per_image.parquet", pbuf.getvalue())
 
     headline = headline_metrics(list(summary.columns))
     md = ["# FALCO-Ops evaluation report", ""]
@@ -204,15 +207,23 @@ def write_report(
            ""]
     md += ["Per-image results (each recognizer's distance or cosine to the source, rank, pass/fail): "
            "`per_image.parquet`.", ""]
-    write_bytes_atomic(out_dir / "report.md", "\n".join(md).encode())
     page = PageContent(
         title="FALCO-Ops evaluation report", subtitle=", ".join(f"{k}: {v}" for k, v in list(context.items())[:2]),
         summary=summary, headline=headline, grid=ExampleGrid(example_titles, examples, example_caption),
         figures=figures, context=context, settings=settings, banners=list(banners), runs=runs)
-    write_bytes_atomic(out_dir / "report.html", render_page(page).encode())
-    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "metrics": out_dir / "metrics.csv",
-            "per_image": out_dir / "per_image.parquet",
-            **{n: out_dir / "figures" / n for n in {**figures, **tables}}}
+    paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "metrics": out_dir / "metrics.csv",
+             "per_image": out_dir / "per_image.parquet",
+             **{n: out_dir / "figures" / n for n in {**figures, **tables}}}
+    contents = {"markdown": "\n".join(md).encode(), "html": render_page(page).encode(),
+                "metrics": buf.getvalue().encode(), "per_image": pbuf.getvalue(), **figures, **tables}
+    for name, (relative, data) in (more or {}).items():
+        paths[name], contents[name] = out_dir / relative, data
+    # All made before any is written, then written as one: a report stopped (Ctrl-C) is the old one or the new one
+    write_files_atomic({paths[name]: data for name, data in contents.items()})
+    for stale in sorted((out_dir / "figures").glob("*")):  # an earlier report's figures this one has not
+        if stale.is_file() and stale not in paths.values() and _REPORT_FIGURE.fullmatch(stale.name):
+            stale.unlink()
+    return paths
 
 
 def _with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:
@@ -278,7 +289,7 @@ def write_variant_report(
     baseline), drawn beside the variants'."""
     from evaluation.baselines import apply_baseline
 
-    from anon_core.loss_curves import write_losses_csv
+    from anon_core.loss_curves import losses_csv
 
     out_dir = Path(out_dir)
     labelled = {f"falco {name}" if name in BASELINES else name: v for name, v in variants.items()}  # rows stay apart
@@ -300,11 +311,11 @@ def write_variant_report(
         examples = [real, *examples, *(apply_baseline(n, real, fakes=fakes) for n in names)]
         titles, caption = ["Real", *titles, *names], ""
     paths = write_report(out_dir, summary, per_image, pd.concat(attributes, ignore_index=True) if attributes else None,
-                         examples, titles, context, settings=settings, banners=banners, example_caption=caption)
-    write_bytes_atomic(out_dir / "metrics.json", metrics_json(summary))
-    for name, v in variants.items():
-        paths[f"losses/{name}.csv"] = write_losses_csv(out_dir / "losses" / f"{name}.csv", v.losses)
+                         examples, titles, context, settings=settings, banners=banners, example_caption=caption,
+                         more={"metrics_json": ("metrics.json", metrics_json(summary)),
+                               **{f"losses/{name}.csv": (f"losses/{name}.csv", losses_csv(v.losses))
+                                  for name, v in variants.items()}})
     for stale in (out_dir / "losses").glob("*.csv"):  # variants of earlier sweeps: `dvc plots show` reads them all
         if stale.stem not in variants:
             stale.unlink()
-    return {**paths, "metrics_json": out_dir / "metrics.json"}
+    return paths

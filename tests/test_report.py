@@ -124,3 +124,38 @@ def test_the_html_page_states_directions_thresholds_and_seeded_networks(tmp_path
     assert any("reid/dlib/distance_to_source_median" in line and "higher = more private" in line
                for line in md.splitlines())
     assert "optimization.margin" in md  # the settings that tell the rows apart
+
+
+def test_a_report_stopped_while_it_is_written_is_the_old_one_and_a_new_one_drops_old_figures(tmp_path, monkeypatch):
+    """Ctrl-C while the report's files are written leaves the previous report whole (not a new metrics.csv beside
+    an old report.html); a report over an earlier one keeps none of the earlier one's figures it does not draw."""
+    import os
+
+    runs = pd.DataFrame({PRIVACY: [0.2], UTILITY: [0.7]}, index=["m=0.0"])
+    before = {p: p.read_bytes() for p in _report(tmp_path, runs=runs).values()}
+    assert (tmp_path / "figures" / "privacy_vs_utility_runs.png") in before
+    (tmp_path / "figures" / "notes.txt").write_text("the user's own file")
+
+    fsync, calls = os.fsync, []
+
+    def stopped_on_the_fourth_file(fd):
+        calls.append(fd)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", stopped_on_the_fourth_file)
+    summary = _summary()
+    summary[PRIVACY] = 0.3  # another report's numbers
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path, summary, pd.DataFrame({"run": ["m=0.0"]}), None, [np.zeros((1, 16, 16, 3), np.uint8)],
+                     ["m=0.0"], {"profile": "tiny"})
+    assert {p: p.read_bytes() for p in before} == before
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    paths = write_report(tmp_path, summary, pd.DataFrame({"run": ["m=0.0"]}), None,
+                         [np.zeros((1, 16, 16, 3), np.uint8)], ["m=0.0"], {"profile": "tiny"})
+    assert pd.read_csv(paths["metrics"])[PRIVACY].tolist() == [0.3] * 5
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert figures == ["examples.png", "notes.txt", "privacy_vs_utility.csv", "privacy_vs_utility.png"]
