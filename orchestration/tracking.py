@@ -315,7 +315,8 @@ class MlflowResource(dg.ConfigurableResource):
         """A nested run `<asset> <variant> <shard>` (or `<asset> <method>` for one of several methods an asset
         evaluates) under the Dagster run's MLflow run `<job> <variant> <shard>`, tagged with its provenance and
         with `params` (a FalcoParams or a dict) logged. It starts when the Dagster step started (its STEP_START
-        event), so an asset can open it where it logs, and ends (FINISHED or FAILED) when the block exits.
+        event); assets open it before their work, so MLflow shows it RUNNING while they work, and it ends when the
+        block exits: FINISHED, FAILED, or KILLED where Ctrl-C or SIGTERM stopped the work.
         `asset`: which output of a multi-asset the run is about (default: the asset being materialized)."""
         from orchestration.partitions import split_key
 

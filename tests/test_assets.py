@@ -42,10 +42,12 @@ def test_fake_pool_samples_the_configured_number_of_seeded_codes(tracker):
 
 
 def test_real_images_lists_every_file_and_registers_its_shards(tmp_path, lfw_faces, instance, tracker):
+    faces = tmp_path / "faces"  # beside the MLflow store, which the asset's run writes as it starts
+    faces.mkdir()
     for i in range(3):
-        Image.fromarray(lfw_faces[i]).save(tmp_path / f"face_{i}.png")
-    (tmp_path / "notes.jpg").write_text("not an image")
-    storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(tmp_path))
+        Image.fromarray(lfw_faces[i]).save(faces / f"face_{i}.png")
+    (faces / "notes.jpg").write_text("not an image")
+    storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(faces))
     networks = NetworksResource(overrides={"pipeline.shard_size": 2, "data.align": False})
     context = dg.build_asset_context(instance=instance)
     value = real_data.real_images(context, storage, networks, tracker)

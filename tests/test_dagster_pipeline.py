@@ -508,7 +508,7 @@ def test_ctrl_c_stops_the_pipeline_with_one_line_and_dies_of_sigint(tmp_path, lf
 def test_sigterm_stops_a_run_in_flight_and_its_mlflow_run_is_killed_not_failed(tmp_path, lfw_faces):
     """SIGTERM (`kill`, `timeout`, a container's stop) stops as Ctrl-C does, says so, and ends as killed by it, also
     in a script's background job (SIGINT ignored; Dagster hands SIGINT's handler to SIGTERM after each run). The stopped
-    Dagster run's MLflow run (made by the step that finished before) ends KILLED, not FAILED or left RUNNING."""
+    Dagster run's MLflow run and the stopped step's own run end KILLED, not FAILED or left RUNNING."""
     from mlflow import MlflowClient
 
     write_faces(tmp_path / "faces", lfw_faces[:4])
@@ -521,11 +521,12 @@ def test_sigterm_stops_a_run_in_flight_and_its_mlflow_run_is_killed_not_failed(t
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as `falco pipeline &` in a script starts
     client, found, deadline = MlflowClient(uri), [], time.time() + 300
     while not found and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)  # until `prepare` has logged its first steps and inverts the real faces
+        time.sleep(0.5)  # until `prepare` inverts the real faces: its MLflow run is there, RUNNING, meanwhile
         if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("falco"):
             found = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
-                                       "tags.asset_key = 'real_features'")
+                                       "tags.asset_key = 'real_inversions'")
     assert found and proc.poll() is None, "prepare never reached the inversion"
+    assert found[0].info.status == "RUNNING" and found[0].data.params["inversion.steps"] == "2000"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGTERM, stderr  # ends as killed by it: the shell says 143
@@ -535,5 +536,5 @@ def test_sigterm_stops_a_run_in_flight_and_its_mlflow_run_is_killed_not_failed(t
     runs = client.search_runs([client.get_experiment_by_name("falco").experiment_id])
     status = {r.info.run_name: r.info.status for r in runs}
     assert status["prepare"] == "KILLED", status  # before: FAILED, as if the step had failed
-    assert "real_inversions" not in status  # the step that was stopped logged nothing
+    assert status["real_inversions"] == "KILLED"  # the step that was stopped
     assert set(status.values()) == {"FINISHED", "KILLED"}, status

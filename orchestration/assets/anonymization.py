@@ -33,18 +33,18 @@ def pairs(
 
     params = networks.params()
     k, mode = params.pairing_k, params.pairing
-    ok = real_images.named
-    person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
-    fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, person)
-    frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"], "shard": ok["shard"],
-                          "person": person, "fake_index": fake_index, "similarity": similarity})
-    if k > 1:  # the further neighbours, for reference
-        indices, similarities = nearest_fakes(real_features, fake_features, k=k)
-        for j in range(1, k):
-            frame[f"fake_index_{j}"], frame[f"similarity_{j}"] = indices[:, j], similarities[:, j]
-    figures |= {"num_pairs": len(frame), "people": int(frame["person"].replace("", np.nan).nunique()),
-                "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")}
     with mlflow.asset_run(context, networks, {"pairing_k": k, "pairing": mode}) as run:
+        ok = real_images.named
+        person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
+        fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, person)
+        frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"],
+                              "shard": ok["shard"], "person": person, "fake_index": fake_index, "similarity": similarity})
+        if k > 1:  # the further neighbours, for reference
+            indices, similarities = nearest_fakes(real_features, fake_features, k=k)
+            for j in range(1, k):
+                frame[f"fake_index_{j}"], frame[f"similarity_{j}"] = indices[:, j], similarities[:, j]
+        figures |= {"num_pairs": len(frame), "people": int(frame["person"].replace("", np.nan).nunique()),
+                    "mean_similarity": float(frame["similarity"].mean()) if len(frame) else float("nan")}
         run.log_metrics({k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     context.add_output_metadata({**run.metadata, **figures})
     return frame
@@ -67,20 +67,21 @@ def anonymized_latents(
     from anon_core.stages import optimize_images
     from evaluation.figures import loss_curve_png
 
-    nets, variant = networks.networks(), context_variant(context)
+    variant = context_variant(context)
     requested = networks.params(variant)
-    params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits this device
-    shard = pairs[pairs["shard"] == context_shard(context)]
-    rows = shard["row"].to_numpy()
-    context.log.info(f"{variant} {context_shard(context)}: {len(rows)} images, {params.optimization.steps} steps, "
-                     f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
-    with measure_throughput(nets.device) as timing:
-        result = optimize_images(nets, params, take(real_images.images, rows), real_inversions[rows],
-                                 fake_pool["w"][shard["fake_index"].to_numpy()], keep_images=False,
-                                 on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"))
-    speed = timing.metrics(len(rows), params.optimization.steps)
-    similarity = float(result.identity_similarity.mean()) if len(rows) else float("nan")
     with mlflow.asset_run(context, networks, requested) as run:  # requested: batch_size "auto" stays "auto"
+        nets = networks.networks()
+        params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits this device
+        shard = pairs[pairs["shard"] == context_shard(context)]
+        rows = shard["row"].to_numpy()
+        context.log.info(f"{variant} {context_shard(context)}: {len(rows)} images, {params.optimization.steps} steps, "
+                         f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
+        with measure_throughput(nets.device) as timing:
+            result = optimize_images(nets, params, take(real_images.images, rows), real_inversions[rows],
+                                     fake_pool["w"][shard["fake_index"].to_numpy()], keep_images=False,
+                                     on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"))
+        speed = timing.metrics(len(rows), params.optimization.steps)
+        similarity = float(result.identity_similarity.mean()) if len(rows) else float("nan")
         run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in result.history.items()
                            if values.shape[1]})  # [steps, K] -> mean over images per step
         run.log_metrics({"mean_identity_similarity": similarity, "num_images": len(rows),
@@ -110,20 +111,20 @@ def anonymized_images(
     from anon_core.fake_pool import generate, generated_images
     from evaluation.figures import grid_png
 
-    nets, rows = networks.networks(), np.asarray(anonymized_latents["row"])
-    # Generated batch by batch as the IO manager writes them, so the shard's images are never all in memory.
-    images = generated_images(nets.generator, anonymized_latents["ws"], np.arange(len(rows)), device=nets.device)
-    shard = pairs.set_index("row").loc[rows]
-    frame = pd.DataFrame({"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
-                          "fake_index": shard["fake_index"].to_numpy(), "shard": context_shard(context),
-                          "identity_similarity": anonymized_latents["identity_similarity"]})
-    shown = slice(0, min(8, len(rows)))
-    columns = [generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device),
-               images[shown]]
-    real_faces = bool(networks.setting("evaluation", "show_real_faces"))
-    if real_faces:
-        columns.insert(0, real_images.images[rows[shown]])
     with mlflow.asset_run(context, networks) as run:
+        nets, rows = networks.networks(), np.asarray(anonymized_latents["row"])
+        # Generated batch by batch as the IO manager writes them, so the shard's images are never all in memory.
+        images = generated_images(nets.generator, anonymized_latents["ws"], np.arange(len(rows)), device=nets.device)
+        shard = pairs.set_index("row").loc[rows]
+        frame = pd.DataFrame({"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
+                              "fake_index": shard["fake_index"].to_numpy(), "shard": context_shard(context),
+                              "identity_similarity": anonymized_latents["identity_similarity"]})
+        shown = slice(0, min(8, len(rows)))
+        columns = [generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device),
+                   images[shown]]
+        real_faces = bool(networks.setting("evaluation", "show_real_faces"))
+        if real_faces:
+            columns.insert(0, real_images.images[rows[shown]])
         run.log_image(grid_png(columns[-2:]), "fake_anonymized_grid.png")
     context.add_output_metadata({"variant": context_variant(context), "num_images": len(rows), **run.metadata,
                                  "grid": png_markdown(grid_png(columns), ("real | " if real_faces else "") +

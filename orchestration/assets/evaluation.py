@@ -2,6 +2,7 @@
 classifier of the real images, the baselines), then per variant its metrics, per-image privacy and attribute
 agreement, and one report that puts the variants and the baselines side by side."""
 
+import contextlib
 from collections.abc import Mapping
 
 import dagster as dg
@@ -55,11 +56,12 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
     protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns."""
     from evaluation.suite import real_pseudo_labels
 
-    labels = real_pseudo_labels(real_images.images, _predictors(networks), real_images.named["image"].tolist(),
-                                device=networks.networks().device)
-    frame = pd.concat(labels, axis=1)
-    frame.columns = [f"{p}/{c}" for p, c in frame.columns]
-    with mlflow.asset_run(context, networks, {"predictors": list(labels)}) as run:
+    with mlflow.asset_run(context, networks) as run:
+        labels = real_pseudo_labels(real_images.images, _predictors(networks), real_images.named["image"].tolist(),
+                                    device=networks.networks().device)
+        frame = pd.concat(labels, axis=1)
+        frame.columns = [f"{p}/{c}" for p, c in frame.columns]
+        run.log_params({"predictors": list(labels)})
         run.log_metrics({"num_images": len(frame)})
     context.add_output_metadata({**run.metadata, "predictors": ", ".join(labels), "num_images": len(frame)})
     return frame.rename_axis("image").reset_index()
@@ -133,15 +135,16 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
         context.add_output_metadata({**run.metadata, "baselines": "none (params.yaml evaluation.baselines is empty)"},
                                     output_name="baseline_metrics")
         return pd.DataFrame({"method": pd.Series([], dtype=str)}), pd.DataFrame({"run": pd.Series([], dtype=str)})
-    suite, nets = _suite(networks), networks.networks()
-    fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
-    results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
-        attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images), baseline_index=pairs["row"].to_numpy(),
-        baseline_names=pairs["image"].tolist(), **suite)
-    for result in results:
-        with mlflow.asset_run(context, networks, {"baseline": result.method}, method=result.method,
-                              asset=dg.AssetKey("baseline_metrics")) as run:
-            run.log_metrics(result.metrics)
+    with contextlib.ExitStack() as opened:  # one run per baseline, open while they are evaluated together
+        runs = {name: opened.enter_context(mlflow.asset_run(context, networks, {"baseline": name}, method=name,
+                                                            asset=dg.AssetKey("baseline_metrics"))) for name in names}
+        suite, nets = _suite(networks), networks.networks()
+        fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
+        results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
+            attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
+            baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(), **suite)
+        for result in results:
+            runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
     attributes = [r.attributes.assign(run=r.method) for r in results if r.attributes is not None]
     attributes = pd.concat(attributes, ignore_index=True) if attributes else pd.DataFrame({"run": pd.Series([], dtype=str)})
@@ -171,22 +174,22 @@ def variant_evaluation(
     from evaluation.suite import AnonymizedSet, evaluate_runs, summary_table
 
     variant = context_variant(context)
-    shards = [anonymized_images[k] for k in sorted(anonymized_images)]
-    anon = pd.concat([s.table for s in shards], ignore_index=True)
-    images = concatenate([s.images for s in shards])  # left on disk, read batch by batch
-    rows = anon["row"].to_numpy()
-    run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
-    [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
-                             gallery_identity=_gallery_identity(real_images), **_suite(networks))
-    frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
-    scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
-                                           networks.networks().device)
-    if scores is not None:
-        result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
-        result.metrics |= classifier_metrics(scores)
-    result.metrics["num_images"] = len(anon)
-    summary = summary_table([result]).reset_index()
     with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
+        shards = [anonymized_images[k] for k in sorted(anonymized_images)]
+        anon = pd.concat([s.table for s in shards], ignore_index=True)
+        images = concatenate([s.images for s in shards])  # left on disk, read batch by batch
+        rows = anon["row"].to_numpy()
+        run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
+        [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
+                                 gallery_identity=_gallery_identity(real_images), **_suite(networks))
+        frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
+        scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
+                                               networks.networks().device)
+        if scores is not None:
+            result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
+            result.metrics |= classifier_metrics(scores)
+        result.metrics["num_images"] = len(anon)
+        summary = summary_table([result]).reset_index()
         run.log_metrics(result.metrics)
         run.log_table(summary, "metrics.csv")
         run.log_per_image_table(result.per_image, "per_image.csv")

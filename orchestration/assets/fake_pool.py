@@ -18,10 +18,11 @@ def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource, mlf
     from anon_core.fake_pool import sample_fake_pool
 
     params = networks.params()
-    nets = networks.networks()
-    pool = sample_fake_pool(nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device)
     settings = {"pool_size": params.pool_size, "seed": params.seed, "truncation_psi": params.truncation_psi}
     with mlflow.asset_run(context, networks, settings) as run:
+        nets = networks.networks()
+        pool = sample_fake_pool(nets.generator, params.pool_size, params.seed, params.truncation_psi,
+                                device=nets.device)
         run.log_metrics({"num_fakes": len(pool)})
     context.add_output_metadata({**run.metadata, "num_fakes": len(pool), "seed": params.seed,
                                  "truncation_psi": params.truncation_psi, "profile": params.profile,
@@ -35,10 +36,10 @@ def fake_features(context: dg.AssetExecutionContext, fake_pool: Mapping, network
     """FaRL embeddings of every fake image, L2-normalized: [N, D]. The images are regenerated from the codes."""
     from anon_core.fake_pool import FakePool, embed_fake_pool
 
-    nets = networks.networks()
-    pool = FakePool(seeds=fake_pool["seeds"], w=fake_pool["w"])
-    features = embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device, show_progress=False)
     with mlflow.asset_run(context, networks) as run:
+        nets = networks.networks()
+        pool = FakePool(seeds=fake_pool["seeds"], w=fake_pool["w"])
+        features = embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device, show_progress=False)
         run.log_metrics({"num_fakes": len(features)})
     context.add_output_metadata({**run.metadata, "shape": str(features.shape)})
     return features

@@ -33,13 +33,13 @@ def input_photos(context: dg.AssetExecutionContext, storage: StorageResource, ne
     from anon_core.data.datasets import load_dataset
     from anon_core.ingest import dataset_files
 
-    files = dataset_files(load_dataset("folder", Path(storage.input_dir), None))
     size = networks.shard_size()
-    frame = pd.DataFrame({"input": [f.relpath for f in files], "sha256": [f.sha256 or "" for f in files],
-                          "skip_reason": [f.skip_reason or "" for f in files],
-                          "shard": [shard_key(i // size) for i in range(len(files))]})
-    register_partitions(context.instance, photo_shards, sorted(set(frame["shard"])), delete_others=True)
     with mlflow.asset_run(context, networks, {"shard_size": size}) as run:
+        files = dataset_files(load_dataset("folder", Path(storage.input_dir), None))
+        frame = pd.DataFrame({"input": [f.relpath for f in files], "sha256": [f.sha256 or "" for f in files],
+                              "skip_reason": [f.skip_reason or "" for f in files],
+                              "shard": [shard_key(i // size) for i in range(len(files))]})
+        register_partitions(context.instance, photo_shards, sorted(set(frame["shard"])), delete_others=True)
         run.log_metrics({"num_files": len(frame)})
     context.add_output_metadata({**run.metadata, "input_dir": dg.MetadataValue.path(storage.input_dir),
                                  "num_files": len(frame), "num_shards": int(frame["shard"].nunique()),
@@ -64,24 +64,25 @@ def anonymized_photos(
 
     variant, shard = context_variant(context), context_shard(context)
     photos = input_photos[input_photos["shard"] == shard]
-    params, settings, nets = networks.params(variant), networks.photo(), networks.networks()
-    out = photo_folder(storage, variant, shard)
-    context.log.info(f"{variant} {shard}: {len(photos)} photos, {params.optimization.steps} steps, "
-                     f"m = {params.optimization.margin}, on {nets.device}")
-    pool = FakePool(seeds=np.asarray(fake_pool["seeds"]), w=np.asarray(fake_pool["w"]),
-                    features=np.asarray(fake_features))
-    claim(context, storage.root)  # the shard's folder is rewritten from here on
-    start = time.perf_counter()
-    summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
-                               relpaths=photos["input"].tolist(), show_progress=False)
-    seconds = time.perf_counter() - start
-    manifest = read_photo_manifest(out)
-    faces = manifest[manifest["kind"] == "face"]
-    figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
-               "faces_covered": sum(summary.covered.values()), "photos_rejected": sum(summary.rejected.values()),
-               "faces_per_second": summary.faces / seconds if seconds else 0.0}
-    reasons = faces[faces["status"] == "covered"].groupby("reason").size().reset_index(name="faces")
+    params, settings = networks.params(variant), networks.photo()
     with mlflow.asset_run(context, networks, params) as run:
+        nets = networks.networks()
+        out = photo_folder(storage, variant, shard)
+        context.log.info(f"{variant} {shard}: {len(photos)} photos, {params.optimization.steps} steps, "
+                         f"m = {params.optimization.margin}, on {nets.device}")
+        pool = FakePool(seeds=np.asarray(fake_pool["seeds"]), w=np.asarray(fake_pool["w"]),
+                        features=np.asarray(fake_features))
+        claim(context, storage.root)  # the shard's folder is rewritten from here on
+        start = time.perf_counter()
+        summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
+                                   relpaths=photos["input"].tolist(), show_progress=False)
+        seconds = time.perf_counter() - start
+        manifest = read_photo_manifest(out)
+        faces = manifest[manifest["kind"] == "face"]
+        figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
+                   "faces_covered": sum(summary.covered.values()), "photos_rejected": sum(summary.rejected.values()),
+                   "faces_per_second": summary.faces / seconds if seconds else 0.0}
+        reasons = faces[faces["status"] == "covered"].groupby("reason").size().reset_index(name="faces")
         run.log_metrics(figures)
         run.log_table(reasons, "covered_faces.csv")
     preview = _preview(out, manifest)

@@ -30,21 +30,21 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
         if done % max(1, total // 10) == 0:
             context.log.info(f"read {done}/{total} files")
 
-    nets = networks.networks()
-    ingested = ingest(Path(storage.input_dir), nets.generator.config.resolution, **networks.data(),
-                      cache_dir=Path(storage.root) / CACHE_FOLDER, device=nets.device, on_file=progress)
-    frame, ok = ingested.table.assign(shard=""), ingested.table["status"] == "ok"
-    if not ok.any():
-        from anon_core.errors import FalcoError
-
-        reasons = ", ".join(f"{r}: {n}" for r, n in frame["reason"].value_counts().items())
-        raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
-                         f"({reasons}); point --input at a folder of face images")
     shard_size = networks.shard_size()
-    frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
-    register_partitions(context.instance, image_shards, sorted(set(frame.loc[ok, "shard"])), delete_others=True)
-    counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
     with mlflow.asset_run(context, networks, {"data": networks.data(), "shard_size": shard_size}) as run:
+        nets = networks.networks()
+        ingested = ingest(Path(storage.input_dir), nets.generator.config.resolution, **networks.data(),
+                          cache_dir=Path(storage.root) / CACHE_FOLDER, device=nets.device, on_file=progress)
+        frame, ok = ingested.table.assign(shard=""), ingested.table["status"] == "ok"
+        if not ok.any():
+            from anon_core.errors import FalcoError
+
+            reasons = ", ".join(f"{r}: {n}" for r, n in frame["reason"].value_counts().items())
+            raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
+                             f"({reasons}); point --input at a folder of face images")
+        frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
+        register_partitions(context.instance, image_shards, sorted(set(frame.loc[ok, "shard"])), delete_others=True)
+        counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
         run.log_metrics({"num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum())})
         run.log_table(counts, "counts.csv")  # reasons only: file names stay in the storage
     context.add_output_metadata({**run.metadata,
@@ -63,8 +63,8 @@ def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, netw
     """FaRL embeddings of the ok real images, L2-normalized: [N_ok, D], in real_images order."""
     from anon_core.stages import embed_images
 
-    features = embed_images(networks.networks(), real_images.images)
     with mlflow.asset_run(context, networks) as run:
+        features = embed_images(networks.networks(), real_images.images)
         run.log_metrics({"num_images": len(features)})
     context.add_output_metadata({**run.metadata, "shape": str(features.shape)})
     return features
@@ -78,8 +78,8 @@ def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, ne
     from anon_core.stages import invert_images
 
     params = networks.params()
-    ws = invert_images(networks.networks(), params, real_images.images)
     with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:
+        ws = invert_images(networks.networks(), params, real_images.images)
         run.log_metrics({"num_images": len(ws)})
     context.add_output_metadata({**run.metadata, "shape": str(ws.shape), "method": params.inversion.method})
     return ws

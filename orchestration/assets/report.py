@@ -70,25 +70,26 @@ def anonymization_report(
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
                               anonymized_latents)
-    claim(context, storage.root)  # its files are rewritten from here on
-    nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
-    fake_index = pairs.set_index("row")["fake_index"]
-    settings = pd.DataFrame({v: flatten(networks.params(v).to_dict()) for v in variants}).T
-    settings = settings.loc[:, settings.nunique() > 1]  # what tells the variants apart
-    settings.index.name = "variant"
-    metrics = [c for v in variants.values() for c in v.summary.columns]
-    paths = write_variant_report(
-        storage.asset_dir("anonymization_report"), variants, baseline_metrics,
-        lambda rows: generate(nets.generator, fake_pool["w"][fake_index.loc[rows].to_numpy()], device=nets.device),
-        {"profile": f"{networks.profile} ({nets.generator.config.resolution} px, {nets.weights} weights)",
-         "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]) or "none",
-         "real images": f"{len(real_images.named)} ({networks.data()['dataset']} layout)",
-         **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section") for v in variants},
-         "dagster run": context.run.run_id},
-        real_of=(lambda rows: real_images.images[rows]) if show_real else None,
-        baseline_attributes=baseline_attributes, settings=settings,
-        banners=seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution))
     with mlflow.asset_run(context, networks, {"sweep": list(variants)}) as run:
+        claim(context, storage.root)  # its files are rewritten from here on
+        nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
+        fake_index = pairs.set_index("row")["fake_index"]
+        settings = pd.DataFrame({v: flatten(networks.params(v).to_dict()) for v in variants}).T
+        settings = settings.loc[:, settings.nunique() > 1]  # what tells the variants apart
+        settings.index.name = "variant"
+        metrics = [c for v in variants.values() for c in v.summary.columns]
+        paths = write_variant_report(
+            storage.asset_dir("anonymization_report"), variants, baseline_metrics,
+            lambda rows: generate(nets.generator, fake_pool["w"][fake_index.loc[rows].to_numpy()], device=nets.device),
+            {"profile": f"{networks.profile} ({nets.generator.config.resolution} px, {nets.weights} weights)",
+             "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]) or "none",
+             "real images": f"{len(real_images.named)} ({networks.data()['dataset']} layout)",
+             **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section")
+                for v in variants},
+             "dagster run": context.run.run_id},
+            real_of=(lambda rows: real_images.images[rows]) if show_real else None,
+            baseline_attributes=baseline_attributes, settings=settings,
+            banners=seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution))
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
                 run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)
