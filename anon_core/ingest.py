@@ -155,19 +155,22 @@ def ingest(
     cache_dir: Path,
     device: torch.device | str = "cpu",
     on_file: Callable[[int, int], None] | None = None,
+    table: pd.DataFrame | None = None,
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
     labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
     of each image at `resolution`, caching the crops in `cache_dir` (see `alignment_cache`). Unreadable files and images without a face become `rejected` rows; `on_file`
-    is called with (files done, files in all) as they are checked."""
-    table = load_dataset(dataset, Path(input_dir), labels_csv)
+    is called with (files done, files in all) as they are checked. `table`: the `load_dataset` table of these
+    arguments where the caller read it already (every file hashed), so the folder is not scanned twice."""
+    if table is None:
+        table = load_dataset(dataset, Path(input_dir), labels_csv)
     files = dataset_files(table)
     kind = table.attrs.get("kind", dataset)
     if align is None:
         align = kind != "celebahq"
     aligner = FaceAligner(resolution, align_detector, device=device) if align else None
     cache = AlignmentCache(cache_dir)
-    names = output_names(files)
+    names = output_names(named_files(files))
     rows, sources = [], []
     for done, checked in enumerate(check_inputs(files, aligner, cache, io_workers(device)), start=1):
         f = checked.file
@@ -253,15 +256,25 @@ def _str_or_none(value) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
 
 
+def named_files(files: list[ScannedFile]) -> list[ScannedFile]:
+    """The files that get an output name (`output_names`): those that may be read, whose header is of an image
+    format this project reads. A file that is no image (`x.gif`, `notes.txt`) is rejected without taking the name
+    of an image beside it (`x.png` would otherwise be written as `x.png.png`)."""
+    from anon_core.data.image_io import is_image_file
+
+    return [f for f in files if f.skip_reason is None and is_image_file(f.path)]
+
+
 def output_names(files: list[ScannedFile]) -> dict[str, str]:
     """Input relpath -> output relpath (`.png`), no two alike and none a folder another output goes in. `a.jpg` and
-    `a.png` in one folder would collide, and so would `a.jpg` with a folder `a.png/`; the later file (the file,
-    against a folder) keeps its original extension in the name (`a.jpg.png`), or, were that taken too, a number
-    (`a.jpg~2.png`). Outputs keep their input's folders, so the folders of the outputs are those of the inputs."""
+    `a.png` in one folder would collide, and so would `a.jpg` with a folder `a.png/`; a `.png` input keeps its
+    name, and the other file (the file, against a folder; the later one, between two non-PNG files) keeps its
+    original extension in the name (`a.jpg.png`), or, were that taken too, a number (`a.jpg~2.png`). Outputs keep their input's folders, so the folders of the outputs are those of the inputs."""
     folders = {parent.as_posix() for f in files for parent in PurePosixPath(f.relpath).parents}
     names: dict[str, str] = {}
     taken: set[str] = set()
-    for f in files:
+    # PNG inputs first: `a.png` keeps its name and `a.jpg` beside it becomes `a.jpg.png`, whatever the name order
+    for f in sorted(files, key=lambda f: output_relpath(f.relpath) != f.relpath):
         name, number = output_relpath(f.relpath), 1
         while name in taken or name in folders:
             name = f.relpath + (".png" if number == 1 else f"~{number}.png")

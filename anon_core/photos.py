@@ -38,7 +38,7 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
 from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
                                remove_outputs)
-from anon_core.ingest import dataset_files, output_names, io_workers
+from anon_core.ingest import dataset_files, io_workers, named_files, output_names
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -308,7 +308,7 @@ class _PhotoRun:
             if done is not None and (index in written or done[0]["status"] == "rejected"):
                 rows += done
             else:
-                rows.append(self._photo_row(f, self.outputs[f.relpath], "pending", "", "", -1))
+                rows.append(self._photo_row(f, self.outputs.get(f.relpath, ""), "pending", "", "", -1))
         manifest = pd.DataFrame(rows, columns=list(PHOTO_MANIFEST_COLUMNS), dtype=object).fillna("")
         with atomic_path(self.output_dir / "manifest.csv") as tmp:
             manifest.to_csv(tmp, index=False, encoding="utf-8")
@@ -334,11 +334,12 @@ class _PhotoRun:
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:
-    """Input relpath -> output relpath: `.png` (ingest.output_names), or with "same" JPEG inputs keep their name."""
-    names = output_names(files)
+    """Input relpath -> output relpath, for the files `ingest.named_files` names: `.png` (ingest.output_names), or
+    with "same" JPEG inputs keep their name."""
+    names = output_names(named_files(files))
     if output_format == "same":
         for f in files:
-            if Path(f.relpath).suffix.lower() in (".jpg", ".jpeg"):
+            if f.relpath in names and Path(f.relpath).suffix.lower() in (".jpg", ".jpeg"):
                 names[f.relpath] = f.relpath
     return names
 

@@ -30,9 +30,15 @@ def scan_real_folder(real_dir: Path, dataset: str, labels_csv: Path | None = Non
     """Every file of REAL_DIR as a run reads it (`dataset`: the layout; photo mode reads "folder"): relpath under
     the dataset's image folder -> sha256 of its bytes (None: it cannot be read)."""
     from anon_core.data.datasets import load_dataset
+
+    return file_hashes(load_dataset(dataset, Path(real_dir), labels_csv))
+
+
+def file_hashes(table: pd.DataFrame) -> dict[str, str | None]:
+    """`scan_real_folder` of a `load_dataset` table already read."""
     from anon_core.ingest import dataset_files
 
-    return {f.relpath: f.sha256 for f in dataset_files(load_dataset(dataset, Path(real_dir), labels_csv))}
+    return {f.relpath: f.sha256 for f in dataset_files(table)}
 
 
 def check_real_folder(real_dir: Path, run_folder: Path, record: dict, manifest: pd.DataFrame, used: Iterable[str],

@@ -279,9 +279,16 @@ def run() -> NoReturn:
     and 143. bash stops a script only when its child died of SIGINT, so a sweep script's loop of `falco` commands
     stops on Ctrl-C instead of going on to its next command, and a service manager reads SIGTERM's end as a stop.
     Not by Python's own way for Ctrl-C (an uncaught KeyboardInterrupt): the exit status that gives depends on a flag
-    that every exec() or eval() of a string (a dataclass being made) sets or clears, at exit too."""
+    that every exec() or eval() of a string (a dataclass being made) sets or clears, at exit too. A signal that
+    comes once the command's work is done (after its own handlers are put back) ends it the same way, without a
+    traceback."""
+    late: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) != signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+            signal.signal(sig, lambda signum, frame: late.append(signum))
     code = main()
     signum = {128 + signal.SIGINT: signal.SIGINT, 128 + signal.SIGTERM: signal.SIGTERM}.get(code)
+    signum = signum or (late[0] if late else None)
     if signum is not None:
         atexit._run_exitfuncs()
         sys.stdout.flush()

@@ -134,10 +134,11 @@ class RealGallery:
 
 
 def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device,
-                 cache_dir: Path) -> RealGallery:
+                 cache_dir: Path, table: pd.DataFrame | None = None) -> RealGallery:
     """Every readable image of `real_dir`, read as `run` read its inputs (`anon_core.ingest` with the same aligner
     and resize, crops cached in `cache_dir`). Each file is read once to validate (and align into the cache), then
-    left on disk: the gallery's images are the input files, or their aligned crops in the cache."""
+    left on disk: the gallery's images are the input files, or their aligned crops in the cache. `table`: the
+    folder's `load_dataset` table where it was read already (its files hashed)."""
     from anon_core.data.align import FaceAligner
     from anon_core.ingest import ingest, io_workers
 
@@ -148,7 +149,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
         except ValueError as err:
             raise FalcoError(f"{run.folder}: {err}; re-run `falco anonymize` with this version") from err
     ingested = ingest(Path(real_dir), run.resolution, dataset, labels_csv, align=detector is not None,
-                      align_detector=detector or "mtcnn", cache_dir=cache_dir, device=device)
+                      align_detector=detector or "mtcnn", cache_dir=cache_dir, device=device, table=table)
     if ingested.alignment != run.alignment:
         raise FalcoError(f"{run.folder}: the run aligned its faces as {run.alignment}, this version aligns as "
                          f"{ingested.alignment}; re-run `falco anonymize` with this version")
@@ -233,7 +234,8 @@ def evaluate_folders(
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.report import example_columns, seeded_banners, write_report
     from evaluation.runs import run_labels
-    from evaluation.sources import check_real_folder, scan_real_folder
+    from anon_core.data.datasets import load_dataset
+    from evaluation.sources import check_real_folder, file_hashes
     from evaluation.suite import (
         AnonymizedSet,
         build_attribute_predictors,
@@ -252,13 +254,14 @@ def evaluate_folders(
     anonymized = [read_anonymized(r) for r in runs]
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
-    current = scan_real_folder(Path(real_dir), dataset, labels_csv)  # REAL_DIR is what each run read, or stop
+    real_files = load_dataset(dataset, Path(real_dir), labels_csv)  # every file hashed, once
+    current = file_hashes(real_files)  # REAL_DIR is what each run read, or stop
     for run in runs:
         check_real_folder(Path(real_dir), run.folder, run.record, run.ok if run.manifest is None else run.manifest,
                           run.ok["input"], current)
     device = str(resolve_device(device))
     with exclusive(Path(out_dir), "report folder"), _gallery_cache(runs[0], Path(out_dir)) as cache:
-        gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device, cache)
+        gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device, cache, real_files)
         sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist())
                 for label, images, run in zip(labels, anonymized, runs)]
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -87,6 +88,7 @@ def test_output_names_never_collide_with_each_other_or_with_an_output_folder():
         return output_names([ScannedFile(Path("/in") / p, p, None, None, None) for p in relpaths])
 
     assert names("img.bmp", "img.tiff") == {"img.bmp": "img.png", "img.tiff": "img.tiff.png"}  # file vs file
+    assert names("a.jpg", "a.png") == {"a.jpg": "a.jpg.png", "a.png": "a.png"}  # a PNG keeps its name
     # A file whose `.png` name is a folder other outputs go in keeps its extension, whichever comes first.
     assert names("a.jpg", "a.png/inner.png") == {"a.jpg": "a.jpg.png", "a.png/inner.png": "a.png/inner.png"}
     assert names("a.jpg", "a.jpg.png/x.png", "a.png/inner.png")["a.jpg"] == "a.jpg~2.png"
@@ -109,6 +111,22 @@ def test_an_output_name_that_is_a_folder_of_outputs_does_not_stop_the_run(tmp_pa
         "a.jpg": ("ok", "a.jpg.png"), "a.png/inner.png": ("ok", "a.png/inner.png")}
     assert (out / "images" / "a.jpg.png").is_file() and (out / "images" / "a.png" / "inner.png").is_file()
     assert "2 anonymized" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["aligned", "photo"])
+def test_a_file_that_is_no_image_does_not_take_the_name_of_the_image_beside_it(tmp_path, lfw_faces, mode):
+    """`x.gif` sorts before `x.png` and both would be written as `x.png`: the GIF, rejected, takes no name."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(lfw_faces[0]).save(folder / "x.gif")
+    Image.fromarray(lfw_faces[1]).save(folder / "x.png")
+    out = tmp_path / "out"
+    args = ["--mode", "photo", "--min-anonymize-size", "20"] if mode == "photo" else []
+    assert main(["anonymize", str(folder), str(out), *FAST, "--steps", "2", *args]) in (0, 1)  # 1: privacy check
+    rows = {r["input"]: r for r in _manifest(out) if r.get("kind", "photo") == "photo"}
+    assert rows["x.gif"]["status"] == "rejected" and rows["x.gif"]["output"] == ""
+    assert rows["x.png"]["status"] == "ok" and rows["x.png"]["output"] == "x.png"
+    assert (out / "images" / "x.png").is_file() and not (out / "images" / "x.png.png").exists()
 
 
 @pytest.mark.parametrize("device", ["banana", "mps", "meta"])
@@ -208,6 +226,22 @@ def test_ctrl_c_or_sigterm_stops_with_one_line_and_the_shells_exit_code(face_fol
     assert stderr.strip().splitlines() == [
         f"falco: stopped ({'Ctrl-C' if sig == 'SIGINT' else sig}); run the same command again to resume where it "
         "stopped"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_instant_a_command_ends_stops_it_without_a_traceback(sig):
+    """Ctrl-C (or SIGTERM) just as a command's work is done, once its own handlers are put back: it ends as killed
+    by that signal (a sweep script stops), with no KeyboardInterrupt traceback from the exit handlers."""
+    import subprocess
+    import sys
+
+    finished_then_stopped = (
+        "import os, signal, orchestration.cli as cli\n"
+        f"cli.main = lambda argv=None: os.kill(os.getpid(), signal.{sig}) or 0  # the work done, then the signal\n"
+        "cli.run()\n")
+    proc = subprocess.run([sys.executable, "-c", finished_then_stopped], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -getattr(signal, sig), proc.stderr
+    assert proc.stderr == ""
 
 
 def test_a_cuda_index_beyond_the_machines_gpus_is_one_line(face_folder, tmp_path, capsys, monkeypatch):

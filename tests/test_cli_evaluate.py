@@ -3,6 +3,7 @@ and a run whose images are its real sources, evaluated into one report; the erro
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,11 @@ def runs(tmp_path_factory, lfw_faces):
     return {"tmp": tmp, "real": real, "same": same, **out}
 
 
-def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_row(runs, capsys):
+def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_row(runs, capsys, monkeypatch):
+    import anon_core.data.scan as scan
+
+    hashed, sha256_file = [], scan.sha256_file
+    monkeypatch.setattr(scan, "sha256_file", lambda path: hashed.append(Path(path)) or sha256_file(path))
     report = runs["tmp"] / "report"
     assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), str(runs["1.0"]), str(runs["same"]),
                  "--out", str(report), "--recognizers", "dlib", "--quiet"]) == 0
@@ -53,6 +58,8 @@ def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_ro
     for name in ("report.md", "report.html", "metrics.csv", "per_image.parquet", "figures/examples.png",
                  "figures/privacy_vs_utility.png", "figures/attributes_anycost_seeded.png"):
         assert (report / name).is_file(), name
+    # REAL_DIR is read once: the files its sources check hashed are the ones the gallery reads
+    assert sorted(p.name for p in hashed if runs["real"] in p.parents) == [f"face_{i}.png" for i in range(FACES)]
 
     # Labels say what differs; `same` has the first run's params.json, so both get their folder name too.
     labels = {"0.0": "m=0.0 [anon_m0.0]", "1.0": "m=1.0", "same": "m=0.0 [same]"}
