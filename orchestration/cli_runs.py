@@ -63,8 +63,8 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
 
 
 def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, latest: bool = True) -> list:
-    """The experiment's `evaluation_metrics` runs, then its `baseline_metrics` runs, oldest first (`latest`: only the
-    newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
+    """The experiment's finished `evaluation_metrics` runs, then its finished `baseline_metrics` runs, oldest
+    first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
     from anon_core.errors import FalcoError
     from orchestration.mlflow_store import sqlite_path
     from orchestration.tracking import ASSET_TAG, MlflowResource
@@ -91,7 +91,8 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
                          "or pass --experiment NAME / --tracking-uri URI")
     runs = []
     for asset in (EVALUATION_ASSET, BASELINE_ASSET):
-        found_runs = client.search_runs([found.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}'",
+        finished = f"tags.{ASSET_TAG} = '{asset}' and attributes.status = 'FINISHED'"  # a stopped one has no metrics
+        found_runs = client.search_runs([found.experiment_id], filter_string=finished,
                                         order_by=["attributes.start_time ASC"], max_results=5000)
         if latest:
             newest = {}

@@ -375,9 +375,11 @@ class MlflowResource(dg.ConfigurableResource):
                 client.set_terminated(run.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
-        """Final metrics of the latest earlier nested run of `asset` (and `variant`) in this experiment, or None."""
+        """Final metrics of the latest earlier finished nested run of `asset` (and `variant`) in this experiment, or
+        None (a stopped or failed one logged none)."""
         runs = run.client.search_runs(
-            [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}' and tags.{VARIANT_TAG} = '{variant}'",
+            [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}' and tags.{VARIANT_TAG} = '{variant}' "
+                                               "and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=10,
         )
         earlier = [r for r in runs if r.info.run_id != run.run_id]

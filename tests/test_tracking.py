@@ -477,3 +477,27 @@ def test_the_report_page_renders_in_chromium_at_1280_px(sweep, tmp_path):
     text = measured["text"]
     assert "**" not in text and "|---" not in text and "distance >= 0.6 counts as not matched" in text
     assert "are seeded" in text  # tiny's banner
+
+
+def test_a_stopped_or_running_evaluation_is_not_the_latest_to_compare(tmp_path):
+    """Evaluation runs are open while they work: a run stopped (KILLED) or still RUNNING after a finished one has
+    no metrics, so `falco runs compare` and the "change vs previous run" read the finished one."""
+    from mlflow import MlflowClient
+
+    from orchestration.cli_runs import find_evaluation_runs
+
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment = MlflowClient(tracker.uri()), tracker.ensure_experiment()
+    tags = {"asset_key": "evaluation_metrics", "variant": "m0.5"}
+    finished = client.create_run(experiment, start_time=1_000, tags=tags).info.run_id
+    client.log_metric(finished, "reid/dlib/top1_rate", 0.25)
+    client.set_terminated(finished, "FINISHED")
+    stopped = client.create_run(experiment, start_time=2_000, tags=tags).info.run_id
+    client.set_terminated(stopped, "KILLED")
+    running = client.create_run(experiment, start_time=3_000, tags=tags).info.run_id
+
+    [latest] = find_evaluation_runs(tracker.uri(), None)
+    assert latest.info.run_id == finished and latest.data.metrics == {"reid/dlib/top1_rate": 0.25}
+    assert [r.info.run_id for r in find_evaluation_runs(tracker.uri(), None, latest=False)] == [finished]
+    this_run = argparse.Namespace(client=client, experiment_id=experiment, run_id=running)
+    assert tracker.previous_metrics(this_run, "evaluation_metrics", "m0.5") == {"reid/dlib/top1_rate": 0.25}
