@@ -269,7 +269,8 @@ def output_names(files: list[ScannedFile]) -> dict[str, str]:
     """Input relpath -> output relpath (`.png`), no two alike and none a folder another output goes in. `a.jpg` and
     `a.png` in one folder would collide, and so would `a.jpg` with a folder `a.png/`; a `.png` input keeps its
     name, and the other file (the file, against a folder; the later one, between two non-PNG files) keeps its
-    original extension in the name (`a.jpg.png`), or, were that taken too, a number (`a.jpg~2.png`). Outputs keep their input's folders, so the folders of the outputs are those of the inputs."""
+    original extension in the name (`a.jpg.png`), or, were that taken too, a number (`a.jpg~2.png`). Outputs keep
+    their input's folders, so the folders of the outputs are those of the inputs."""
     folders = {parent.as_posix() for f in files for parent in PurePosixPath(f.relpath).parents}
     names: dict[str, str] = {}
     taken: set[str] = set()

@@ -64,7 +64,8 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
 
 def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, latest: bool = True) -> list:
     """The experiment's finished `evaluation_metrics` runs, then its finished `baseline_metrics` runs, oldest
-    first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when there is no such experiment."""
+    first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when there is no
+    such experiment."""
     from anon_core.errors import FalcoError
     from orchestration.mlflow_store import sqlite_path
     from orchestration.tracking import ASSET_TAG, MlflowResource

@@ -38,7 +38,8 @@ def pairs(
         person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
         fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, person)
         frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"],
-                              "shard": ok["shard"], "person": person, "fake_index": fake_index, "similarity": similarity})
+                              "shard": ok["shard"], "person": person, "fake_index": fake_index,
+                              "similarity": similarity})
         if k > 1:  # the further neighbours, for reference
             indices, similarities = nearest_fakes(real_features, fake_features, k=k)
             for j in range(1, k):
