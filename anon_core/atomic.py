@@ -41,10 +41,10 @@ def write_files_atomic(files: Mapping[Path, bytes]) -> None:
     written: list[tuple[Path, Path]] = []
     try:
         for path, data in files.items():
-            path = Path(path)
-            written.append((_temporary_beside(path, private=False), path))
-            written[-1][0].write_bytes(data)
-            _fsync(written[-1][0])
+            tmp = _temporary_beside(Path(path), private=False)
+            written.append((tmp, Path(path)))
+            tmp.write_bytes(data)
+            _fsync(tmp)
         for tmp, path in written:
             os.replace(tmp, path)
     except BaseException:
