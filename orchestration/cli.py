@@ -221,7 +221,11 @@ def stop_signals() -> Iterator[Callable[[], str]]:
     signal's number to the wakeup file whatever handler runs, which tells them apart even while Dagster runs a job
     (it hands SIGTERM to its Ctrl-C handler, and afterwards SIGINT's handler to SIGTERM: one handler serves both, so
     SIGTERM still stops a shell script's background job, which starts with SIGINT ignored). Only in the main thread;
-    the handlers are put back on leaving."""
+    the handlers are put back on leaving.
+
+    A handler's exception raised while Python runs a garbage-collection or weakref callback (SQLAlchemy's, in any
+    MLflow call) is printed as "Exception ignored" and dropped, and the command would run on to its end. Such a
+    dropped interrupt is sent again from another thread, so it lands once the callback is over."""
     import threading
 
     if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
@@ -236,24 +240,41 @@ def stop_signals() -> Iterator[Callable[[], str]]:
     read, write = os.pipe()
     for fd in (read, write):
         os.set_blocking(fd, False)
+    received: list[int] = []
+
+    def drain() -> list[int]:
+        try:
+            received.extend(os.read(read, 4096))
+        except BlockingIOError:
+            pass
+        return received
+
+    def send_dropped_interrupt_again(unraisable) -> None:
+        if not _is_interrupt(unraisable.exc_value):
+            return previous_hook(unraisable)
+        import _thread  # not threading: its start() waits for the thread, and the signal would land in this hook
+
+        _thread.start_new_thread(os.kill, (os.getpid(), (drain() or [signal.SIGINT])[-1]))
+
+    previous_hook, sys.unraisablehook = sys.unraisablehook, send_dropped_interrupt_again
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def which() -> str:
-        try:
-            received = os.read(read, 4096)
-        except BlockingIOError:
-            received = b""
-        return "SIGTERM" if signal.SIGTERM in received else "Ctrl-C"
-
     try:
-        yield which
+        yield lambda: "SIGTERM" if signal.SIGTERM in drain() else "Ctrl-C"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(previous_fd)
+        sys.unraisablehook = previous_hook
         os.close(read)
         os.close(write)
+
+
+def _is_interrupt(error: BaseException | None) -> bool:
+    """Whether `error` is what a stop signal's handler raises: ours, or Dagster's while it runs a job."""
+    dagster_errors = sys.modules.get("dagster._core.errors")
+    return isinstance(error, (KeyboardInterrupt, getattr(dagster_errors, "DagsterExecutionInterruptedError",
+                                                           KeyboardInterrupt)))
 
 
 def main(argv: list[str] | None = None) -> int:
