@@ -163,6 +163,21 @@ def load_section(name: str, profile: str, path: Path | None = None,
     return _merge(_merge(section, per_profile.get(profile) or {}), _nest(mine))
 
 
+def privacy_bound(checks: Mapping[str, Any], params_file: Path | str) -> float:
+    """`checks.privacy_max_match_share` of a `checks` section (`load_section`), checked: the share of faces, 0 to 1,
+    that dlib may still match to their own source before a privacy check fails. A value out of range would let the
+    release gate pass anything (5 meant as 5 % allows 500 %), so it is refused, naming the file."""
+    value = checks.get("privacy_max_match_share")
+    if value is None:
+        raise ParamsError(f"{params_file}: checks.privacy_max_match_share is missing; add it (e.g. 0.05: at most 5% "
+                          "of the faces may still be matched to their source; see the project's params.yaml)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        hint = f"; for {value:g}% write {value / 100:g}" if isinstance(value, (int, float)) and 1 < value <= 100 else ""
+        raise ParamsError(f"{params_file}: checks.privacy_max_match_share = {value!r} must be a share between 0 "
+                          f"and 1 (0.05 allows 5% of the faces to be matched to their source){hint}")
+    return float(value)
+
+
 def given_flags(flags: Mapping[str, tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
     """{dotted key: (flag, value)} -> (the overrides that were given, {key: the flag that gave it}); a None value (the
     flag left out) is no override."""

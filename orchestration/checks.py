@@ -58,7 +58,7 @@ def privacy_source_match_share(
     from anon_core.data.image_files import take
     from evaluation.recognizers import build_recognizer
 
-    bound = float(networks.setting("checks", "privacy_max_match_share"))
+    bound = networks.privacy_bound()
     rows = anonymized_images.table["row"].to_numpy()
     dlib = build_recognizer("dlib")  # on dlib's own chip crop of the FFHQ-aligned faces
     sources = take(real_images.images, rows)  # lazy for images left on disk: embed reads both sets batch by batch
@@ -84,7 +84,7 @@ def privacy_face_match_share(
     `checks.privacy_max_match_share`. Writes `face_privacy.csv` beside the shard's manifest."""
     from evaluation.photo_privacy import face_privacy, match_share, write_face_privacy
 
-    bound = float(networks.setting("checks", "privacy_max_match_share"))
+    bound = networks.privacy_bound()
     folder = photo_folder(storage, context_variant(context), context_shard(context))
     privacy = face_privacy(storage.input_dir, folder)
     write_face_privacy(privacy, folder)

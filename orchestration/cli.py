@@ -128,7 +128,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
 
 def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
     from anon_core.errors import FalcoError
-    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources
+    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources, privacy_bound
     from anon_core.photo_faces import photo_settings
     from anon_core.photos import anonymize_photos
 
@@ -144,7 +144,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
         "photo.cover": ("--cover", args.cover), "photo.output_format": ("--photo-format", args.photo_format)})
     with naming_sources(params_file, flags, sources):
         settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
-    bound = float(load_section("checks", args.profile, args.params)["privacy_max_match_share"])
+    bound = privacy_bound(load_section("checks", args.profile, args.params), params_file)
     start = time.perf_counter()
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
                                show_progress=not args.quiet)

@@ -348,11 +348,11 @@ def _run_mode(folder: Path) -> str:
 def _evaluate_photo_runs(args: argparse.Namespace) -> int:
     """Photo-mode outputs: dlib's per-face check over every run (evaluation.photo_privacy); exit 1 when a run's
     matched share is above checks.privacy_max_match_share."""
-    from anon_core.params import load_section
+    from anon_core.params import DEFAULT_PARAMS_PATH, load_section, privacy_bound
     from evaluation.photo_privacy import evaluate_photo_runs
 
     profile = args.profile or json.loads((args.anon_dirs[0] / "params.json").read_text())["params"]["profile"]
-    bound = float(load_section("checks", profile)["privacy_max_match_share"])
+    bound = privacy_bound(load_section("checks", profile, args.params), args.params or DEFAULT_PARAMS_PATH)
     paths = evaluate_photo_runs(args.real_dir, list(args.anon_dirs), args.out, bound)
     metrics = pd.read_csv(paths["metrics"])
     for row in metrics.itertuples():
@@ -374,6 +374,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma-separated: dlib, facenet_vggface2, facenet_casia, arcface_irse50 (default: every "
                         "one whose weights are present)")
     p.add_argument("--profile", default=None, help="the runs' profile (default: read from their params.json)")
+    p.add_argument("--params", type=Path, default=None, metavar="FILE", help="params file whose "
+                   "checks.privacy_max_match_share a photo-mode run is held to: the one it was anonymized with "
+                   "(default: the project's params.yaml)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
                    help="layout of REAL_DIR (default: the one the runs recorded)")

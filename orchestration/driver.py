@@ -140,7 +140,7 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     if not driver.run("observe_settings", "observe settings", None, None):
         return summary
     if mode == "photo":
-        bound = float(networks.setting("checks", "privacy_max_match_share"))
+        bound = networks.privacy_bound()
         if "prepare" in stages and not driver.materialize("prepare_photos", "prepare photos",
                                                           PREPARE_PHOTOS.resolve(graph)):
             return summary
@@ -156,7 +156,7 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
         return summary
     shards = instance.get_dynamic_partitions(image_shards.name)
     if "anonymize" in stages:
-        bound = float(networks.setting("checks", "privacy_max_match_share"))
+        bound = networks.privacy_bound()
         driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound)
         for variant in wanted:  # the images of inputs since removed, and of shards no longer registered
             removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
@@ -277,12 +277,7 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
         read(networks, storage)
     for name in wanted:
         settings.variant_settings(networks, name)
-    bound = networks.setting("checks", "privacy_max_match_share")
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
-        from anon_core.errors import ParamsError
-
-        raise ParamsError(f"{networks.params_file}: checks.privacy_max_match_share = {bound!r} must be a share of "
-                          "images (a number; 0.05 allows 5% of a shard's images to be matched to their source)")
+    networks.privacy_bound()
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,13 @@ class NetworksResource(dg.ConfigurableResource):
             raise ParamsError(f"{self.params_file}: {section}.{key} is missing; add it (see the project's params.yaml)")
         return values[key]
 
+    def privacy_bound(self) -> float:
+        """checks.privacy_max_match_share, checked (anon_core.params.privacy_bound)."""
+        from anon_core.params import privacy_bound
+
+        with self._naming_sources():
+            return privacy_bound(self.section("checks"), self.params_file)
+
     def data(self) -> dict[str, Any]:
         """How to read the dataset: the `data:` section, checked (keyword arguments of anon_core.ingest.ingest)."""
         from anon_core.ingest import data_settings

@@ -271,33 +271,55 @@ def test_two_first_pipelines_on_two_new_storages_under_one_new_instance_cannot_b
         text for kind, text in outcomes if kind == "refused")
 
 
-def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(state, monkeypatch, capsys):
-    root, instance = state
-    fast_params(root / "params.yaml", checks={"privacy_max_match_share": -1.0})  # a bound no shard can meet
-    before = materializations(instance)
-    summary = run(root, instance, VARIANTS)
-    assert summary.failed == [] and summary.privacy_failed == {v: SHARDS for v in VARIANTS}
-    assert made_since(before, materializations(instance)) == {}  # up to date: only checked again
-    records = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=100)
-    assert sum(r.status.value == "FAILED" for r in records) == 6
-    again = run(root, instance, VARIANTS)  # same bound: not checked again
-    assert again.ran == [] and again.privacy_failed == summary.privacy_failed
-    # `falco pipeline` names the failed shards; its exit code says so only with --require-privacy (a release gate)
-    from orchestration.cli import main
+@pytest.fixture(scope="module")
+def tiny_faces() -> np.ndarray:
+    """6 images of the tiny profile's generator: dlib takes its blobs for one person (distances 0.2-0.4 < 0.6), so
+    every anonymized blob is still matched to its source blob and a privacy check fails for real."""
+    import torch
 
-    monkeypatch.setenv("DAGSTER_HOME", str(root / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    cmd = ["pipeline", "--input", str(root / "faces"), "--storage", str(root / "store"), "--params",
-           str(root / "params.yaml"), "--variant", ",".join(VARIANTS)]
-    assert main(cmd) == 0
-    assert f"PRIVACY CHECK FAILED for {VARIANTS[0]} on {len(SHARDS)} shard(s)" in capsys.readouterr().err
-    assert main([*cmd, "--require-privacy"]) == 1
-    assert made_since(before, materializations(instance)) == {}  # the CLI runs found everything up to date
+    from anon_core.fake_pool import generate
+    from anon_core.profiles import build_networks
 
-    fast_params(root / "params.yaml")  # the bound back to params.yaml's 0.05
-    third = run(root, instance, VARIANTS)
-    assert "default" not in third.privacy_failed and len(third.ran) == 6 and third.failed == []
+    generator = build_networks("tiny").generator
+    with torch.no_grad():
+        ws = generator.mapping(torch.randn(6, generator.config.z_dim, generator=torch.Generator().manual_seed(3)))
+    return generate(generator, ws.numpy())
+
+
+def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_changes(tmp_path, tiny_faces,
+                                                                                      monkeypatch, capsys):
+    root, shards = tmp_path, SHARDS[:2]  # 6 faces in shards of 3
+    write_faces(root / "faces", tiny_faces, broken=False)
+    data = {**yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["data"], "align": False}
+    fast_params(root / "params.yaml", data=data, checks={"privacy_max_match_share": 1.0})  # anything passes
+    with instance_at(root / "home") as instance:
+        first = run(root, instance, VARIANTS)
+        assert first.failed == [] and first.privacy_failed == {}
+        fast_params(root / "params.yaml", data=data, checks={"privacy_max_match_share": 0.05})
+        before = materializations(instance)
+        summary = run(root, instance, VARIANTS)
+        assert summary.failed == [] and summary.privacy_failed == {v: shards for v in VARIANTS}
+        assert made_since(before, materializations(instance)) == {}  # up to date: only checked again
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=100)
+        assert sum(r.status.value == "FAILED" for r in records) == 4
+        again = run(root, instance, VARIANTS)  # same bound: not checked again
+        assert again.ran == [] and again.privacy_failed == summary.privacy_failed
+        # `falco pipeline` names the failed shards; its exit code says so only with --require-privacy (a release gate)
+        from orchestration.cli import main
+
+        monkeypatch.setenv("DAGSTER_HOME", str(root / "home"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        cmd = ["pipeline", "--input", str(root / "faces"), "--storage", str(root / "store"), "--params",
+               str(root / "params.yaml"), "--variant", ",".join(VARIANTS)]
+        assert main(cmd) == 0
+        assert f"PRIVACY CHECK FAILED for {VARIANTS[0]} on {len(shards)} shard(s)" in capsys.readouterr().err
+        assert main([*cmd, "--require-privacy"]) == 1
+        assert made_since(before, materializations(instance)) == {}  # the CLI runs found everything up to date
+
+        fast_params(root / "params.yaml", data=data, checks={"privacy_max_match_share": 1.0})
+        third = run(root, instance, VARIANTS)
+        assert third.privacy_failed == {} and len(third.ran) == 4 and third.failed == []
 
 
 def test_a_value_whose_run_stopped_before_dagster_recorded_it_is_made_again(state):
@@ -485,6 +507,11 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     assert capsys.readouterr().err == "falco: error: --shard-size 0: must be a whole number of images >= 1\n"
     assert main([*cmd, "--labels", str(tmp_path / "none.csv")]) == 2
     assert capsys.readouterr().err == f"falco: error: --labels {tmp_path / 'none.csv'}: is not a file\n"
+    fast_params(tmp_path / "percent.yaml", checks={"privacy_max_match_share": 5})  # meant as 5 %
+    assert main([*cmd, "--params", str(tmp_path / "percent.yaml")]) == 2
+    assert capsys.readouterr().err == (f"falco: error: {tmp_path / 'percent.yaml'}: checks.privacy_max_match_share = "
+                                       "5 must be a share between 0 and 1 (0.05 allows 5% of the faces to be matched "
+                                       "to their source); for 5% write 0.05\n")
     # On a Celery head the workers' machines run the networks: only the device's form is checked here.
     assert main([*cmd, "--executor", "celery", "--device", "cuda:1"]) == 2
     assert "FALCO_BROKER_URL" in capsys.readouterr().err

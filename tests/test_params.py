@@ -58,3 +58,17 @@ def test_the_largest_seed_allowed_draws_every_fake_from_a_64_bit_seed():
         load_params("tiny", seed=2**63 - 49, pool_size=50)
     with pytest.raises(ParamsError, match=r"--seed 9223372036854775759: must be"):
         load_params("tiny", sources={"seed": "--seed"}, seed=2**63 - 49, pool_size=50)
+
+
+def test_the_privacy_bound_is_a_share_and_a_percent_gets_the_value_to_write():
+    from anon_core.params import privacy_bound
+
+    assert [privacy_bound({"privacy_max_match_share": v}, "p.yaml") for v in (0, 0.05, 1)] == [0.0, 0.05, 1.0]
+    with pytest.raises(ParamsError, match=r"p.yaml: checks.privacy_max_match_share = 5 must be a share between 0 "
+                                          r"and 1 .*; for 5% write 0.05"):
+        privacy_bound({"privacy_max_match_share": 5}, "p.yaml")  # would let 500% through: any run passes
+    for bad in (-0.1, 1.5, float("nan"), "5%", True):
+        with pytest.raises(ParamsError, match="must be a share between 0 and 1"):
+            privacy_bound({"privacy_max_match_share": bad}, "p.yaml")
+    with pytest.raises(ParamsError, match="p.yaml: checks.privacy_max_match_share is missing"):
+        privacy_bound({}, "p.yaml")

@@ -263,6 +263,29 @@ def test_photo_settings_name_every_bad_value(tmp_path):
     assert "photo.min_face_size = 8" in message and "photo.cover = 'paint'" in message and "photo.colour" in message
 
 
+def test_a_privacy_bound_out_of_range_or_missing_is_one_line_before_any_photo_is_read(photos, photo_run, tmp_path,
+                                                                                     capsys):
+    import yaml
+
+    from anon_core.params import DEFAULT_PARAMS_PATH
+
+    raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    for name, checks, expected in (("percent", {"privacy_max_match_share": 5}, "must be a share between 0 and 1"),
+                                   ("missing", None, "checks.privacy_max_match_share is missing")):
+        params = tmp_path / f"{name}.yaml"
+        params.write_text(yaml.safe_dump({**raw, "checks": checks}))
+        code = main(["anonymize", str(photos), str(tmp_path / name), "--mode", "photo", "--profile", "tiny",
+                     "--params", str(params)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"falco: error: {params}: ") and expected in err and err.count("\n") == 1
+        assert not (tmp_path / name).exists()
+        # evaluate holds a run to the bound of the --params it is given (the run's own)
+        code = main(["evaluate", str(photos), str(photo_run[0]), "--out", str(tmp_path / f"report-{name}"), "--params",
+                     str(params)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"falco: error: {params}: ") and expected in err
+
+
 def test_aligned_mode_covers_other_faces_inside_its_crop():
     from skimage import data
 
