@@ -177,12 +177,14 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     extra = {"dataset": ingested.dataset, "aligned": ingested.alignment is not None,
              "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
              "dataset_warnings": ingested.warnings}
+    persons = _persons(table, params.pairing)
+    # who is who decides the pairing: a changed labels CSV is another run, not its journal's
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
-                                           "files": table[["input", "sha256", "status"]].values.tolist()}))
+                                           "files": table[["input", "sha256", "status"]].values.tolist(),
+                                           "persons": persons.tolist()}))
     ok = ingested.ok
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     manifest = table.rename(columns={"image": "output"})
-    persons = _persons(table, params.pairing)
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
     manifest.loc[ok_rows, "status"] = "pending"  # until its batch is finished; `output` names its image already

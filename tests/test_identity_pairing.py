@@ -73,6 +73,28 @@ def test_pairing_modes_on_labelled_faces(labelled, tmp_path, mode):
     assert (manifest["fake_similarity"].astype(float) <= 1.0).all()
 
 
+def test_a_changed_labels_csv_pairs_again_instead_of_resuming(labelled, tmp_path):
+    """The same command after a label was corrected: the new people get one fake each, as a fresh run gives them,
+    not the journal's pairs of the old labels."""
+    table = pd.read_csv(labelled / "labels.csv")
+    relabelled = tmp_path / "labels.csv"
+    table.assign(identity=table["identity"].replace({"Cy": "Ann"})).to_csv(relabelled, index=False)  # Cy is Ann
+    out = tmp_path / "out"
+    args = ["anonymize", str(labelled / "in"), str(out), "--pairing", "identity", *FAST]
+    assert main([*args, "--labels", str(labelled / "labels.csv")]) == 0
+    before = _manifest(out)
+    assert before.loc["Cy/5.png", "fake_index"] != before.loc["Ann/0.png", "fake_index"]
+    assert main([*args, "--labels", str(relabelled)]) == 0
+    after = _manifest(out)
+    assert after.loc["Cy/5.png", "person"] == "Ann"
+    assert after.loc["Cy/5.png", "fake_index"] == after.loc["Ann/0.png", "fake_index"] == after.loc["Ann/1.png",
+                                                                                                    "fake_index"]
+    assert main(["anonymize", str(labelled / "in"), str(tmp_path / "fresh"), "--pairing", "identity", *FAST,
+                 "--labels", str(relabelled)]) == 0
+    assert (_manifest(tmp_path / "fresh")["fake_index"] == after["fake_index"]).all()
+    assert np.array_equal(np.load(tmp_path / "fresh" / "latents.npy"), np.load(out / "latents.npy"))
+
+
 @pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
 def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, tmp_path, capsys, mode, needed):
     args = ["anonymize", str(labelled / "in"), str(tmp_path / "o"), "--labels", str(labelled / "labels.csv"),
