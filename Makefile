@@ -72,4 +72,4 @@ gpu-carry: install
 # What `make demo` wrote: the stored assets, the Dagster instance and the default MLflow store (runs of `falco
 # pipeline` without MLFLOW_TRACKING_URI go there too). The sample data stays: it is the DVC-tracked input.
 clean-demo:
-	rm -rf outputs/pipeline $(DEMO_PHOTOS) $(DAGSTER_HOME) mlflow.db .mlflow.db.lock mlruns
+	rm -rf outputs/pipeline $(DEMO_PHOTOS) $(DAGSTER_HOME) mlflow.db mlflow.db-wal mlflow.db-shm .mlflow.db.lock mlruns

@@ -14,6 +14,7 @@ import fcntl
 import os
 import sqlite3
 import time
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,10 +28,17 @@ def sqlite_path(uri: str) -> Path | None:
 
 @lru_cache(maxsize=None)
 def ready_sqlite_store(uri: str) -> None:
-    """Make sure the SQLite store of `uri` exists and is complete (once per process and URI); other URIs pass."""
+    """Make sure the SQLite store of `uri` exists, is complete and keeps a write-ahead log (once per process and URI);
+    other URIs pass."""
     path = sqlite_path(uri)
-    if path is None or _state(path) == "complete":
+    if path is None:
         return
+    if _state(path) != "complete":
+        _make(path)
+    _write_ahead_log(path)
+
+
+def _make(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one creator; the others wait, then find it made
@@ -56,6 +64,18 @@ def ready_sqlite_store(uri: str) -> None:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _write_ahead_log(path: Path) -> None:
+    """Put the store in WAL mode (kept in the file): readers never block a writer. Ctrl-C among the rows of an MLflow
+    query leaves that read open in the process, and in SQLite's default mode every later write (marking the stopped
+    run KILLED) waited 20 s for its lock and failed; steps writing their runs side by side wait less too. Set after
+    the rename: the log file is named after the database. Busy (another process in a write): left to a later one."""
+    try:
+        with closing(sqlite3.connect(path, timeout=5)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:
+        pass
 
 
 def _state(path: Path) -> str:

@@ -226,6 +226,29 @@ def hashed_names(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def end_runs(client, run_ids: list[str], status: str, log) -> None:
+    """End MLflow runs as `status` where a step failed or was stopped: a tracking store that cannot take it (down,
+    locked) is one warning, so the step's own error or stop is what the user sees; the runs stay RUNNING there."""
+    from mlflow.exceptions import MlflowException
+
+    drop_pooled_connections(client)
+    try:
+        for run_id in run_ids:
+            client.set_terminated(run_id, status)
+    except MlflowException as error:
+        log.warning(f"MLflow did not record the runs as {status}: {str(error).splitlines()[0]}")
+
+
+def drop_pooled_connections(client) -> None:
+    """Close the SQLite connections MLflow keeps for reuse. A stop (Ctrl-C, SIGTERM) among the rows of a query leaves
+    that connection inside its read, and a write reusing it failed with "database is locked" after a 20 s wait; new
+    connections write beside such a read (the store keeps a write-ahead log, `mlflow_store`). Stores other than
+    SQLAlchemy's (a server) have no engine: nothing to do."""
+    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 class MlflowResource(dg.ConfigurableResource):
     """Where the MLflow runs go. Call `ensure_experiment()` once before parallel steps start (the runner does)."""
 
@@ -354,8 +377,11 @@ class MlflowResource(dg.ConfigurableResource):
             status = "KILLED"
             raise
         finally:
-            client.set_terminated(run.run_id, status)
-            client.set_terminated(parent, status)
+            if status == "FINISHED":
+                client.set_terminated(run.run_id, status)
+                client.set_terminated(parent, status)
+            else:  # an error or a stop is what the step reports, not a tracking server that cannot record its end
+                end_runs(client, [run.run_id, parent], status, context.log)
             if run.skipped:
                 context.log.info(f"not logged to MLflow (real faces, or per-image rows; log_real_faces and "
                                  f"log_per_image are false): {run.skipped}")
@@ -365,6 +391,8 @@ class MlflowResource(dg.ConfigurableResource):
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
         ends its parent, so a run seen only by the UI ends with its last step.)"""
         client = self.client()
+        if status != "FINISHED":  # it may follow a stop inside a query
+            drop_pooled_connections(client)
         found = client.get_experiment_by_name(self.experiment_name())
         if found is None:
             return

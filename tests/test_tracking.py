@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import subprocess
+import os
 import sys
 import time
 import urllib.parse
@@ -501,3 +502,43 @@ def test_a_stopped_or_running_evaluation_is_not_the_latest_to_compare(tmp_path):
     assert [r.info.run_id for r in find_evaluation_runs(tracker.uri(), None, latest=False)] == [finished]
     this_run = argparse.Namespace(client=client, experiment_id=experiment, run_id=running)
     assert tracker.previous_metrics(this_run, "evaluation_metrics", "m0.5") == {"reid/dlib/top1_rate": 0.25}
+
+
+def test_a_stop_inside_an_mlflow_query_ends_the_step_killed_at_once_not_failed_on_a_locked_store(tmp_path):
+    """Ctrl-C landing while MLflow reads SQLite rows (1 in 8 Ctrl-Cs of a sweep): the step's run is still recorded
+    KILLED and the step reports the stop, not "database is locked" after the store's 20 s busy wait."""
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    stopped = []
+
+    def ctrl_c_among_the_rows(frame, event, arg):  # where a signal's handler would raise, as the sweep saw
+        if event == "call" and frame.f_code.co_filename.endswith(os.path.join("sqlalchemy", "orm", "loading.py")):
+            sys.settrace(None)
+            stopped.append(frame.f_code.co_name)
+            raise KeyboardInterrupt
+        return None
+
+    @dg.asset
+    def probe(context: dg.AssetExecutionContext, mlflow: MlflowResource, networks: NetworksResource) -> None:
+        with mlflow.asset_run(context, networks, {}) as run:
+            sys.settrace(ctrl_c_among_the_rows)
+            try:
+                run.client.get_run(run.run_id)
+            finally:
+                sys.settrace(None)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([probe], instance=instance, raise_on_error=False,
+                                resources={"mlflow": tracker, "networks": NetworksResource()})
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert stopped, "the stop was not injected: sqlalchemy reads rows elsewhere now"
+    assert "KeyboardInterrupt" in str(failure.event_specific_data.error) and "locked" not in str(
+        failure.event_specific_data.error)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracker.uri())
+    runs = client.search_runs([client.get_experiment_by_name(tracker.experiment_name()).experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the step's run and its Dagster run's
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # a read left open blocks no write
