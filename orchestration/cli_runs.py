@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from anon_core.atomic import write_bytes_atomic
+
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
 
@@ -108,10 +110,8 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
 def _run_compare(args: argparse.Namespace) -> int:
     from evaluation.report import headline_metrics, privacy_utility_axes, privacy_utility_png
 
-    if args.plot is not None and args.plot.is_dir():
-        from anon_core.errors import FalcoError
-
-        raise FalcoError(f"--plot {args.plot} is a folder; give the PNG file to write, e.g. {args.plot / 'compare.png'}")
+    if args.plot is not None:
+        _check_plot_path(args.plot)
     runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
     evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
     if args.variant:
@@ -144,7 +144,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         points = frame.drop_duplicates("variant", keep="last").set_index("variant")
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        args.plot.write_bytes(privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility, baselines))
+        write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
+                                                          baselines))
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "markdown":
@@ -152,6 +153,21 @@ def _run_compare(args: argparse.Namespace) -> int:
     else:
         print(side_by_side(frame, args.metric or headline_metrics(logged)))
     return 0
+
+
+def _check_plot_path(path: Path) -> None:
+    """--plot names a PNG to write: a `.png` name, and where a file is there already, a PNG (an earlier plot). A typo
+    such as `--plot params.yaml` would otherwise replace that file with an image."""
+    from anon_core.errors import FalcoError
+
+    if path.is_dir():
+        raise FalcoError(f"--plot {path} is a folder; give the PNG file to write, e.g. {path / 'compare.png'}")
+    if path.suffix.lower() != ".png":
+        raise FalcoError(f"--plot {path}: the plot is a PNG; give a name ending in .png, e.g. {path.with_suffix('.png')}")
+    if path.exists():
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise FalcoError(f"--plot {path} exists and is not a PNG: it is left as it is; give another name")
 
 
 def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:

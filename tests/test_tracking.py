@@ -225,6 +225,15 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot", str(tmp_path)])
     with pytest.raises(FalcoError, match="is a folder; give the PNG file to write"):
         args.run(args)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    for name, message in (("params.yaml", "give a name ending in .png"), ("notes.png", "exists and is not a PNG")):
+        if name == "notes.png":
+            (tmp_path / name).write_text("my notes")
+        args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
+                                  str(tmp_path / name)])
+        with pytest.raises(FalcoError, match=message):
+            args.run(args)
+    assert (tmp_path / "params.yaml").read_text() == "seed: 0\n" and (tmp_path / "notes.png").read_text() == "my notes"
     for uri in ("foo://bar", "sqlite://relative.db", str(tmp_path / "a_folder_store")):
         args = parser.parse_args(["runs", "compare", "--tracking-uri", uri])
         with pytest.raises(FalcoError, match=f"cannot read the MLflow store {uri}: .*; pass --tracking-uri"):
