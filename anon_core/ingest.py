@@ -159,7 +159,7 @@ def ingest(
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
     labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
-    of each image at `resolution`, caching the crops in `cache_dir` (see `alignment_cache`). Unreadable files and images without a face become `rejected` rows; `on_file`
+    of each image at `resolution`, caching the crops in `cache_dir` (see `alignment_cache`; the crops of files no longer in the folder are removed from it). Unreadable files and images without a face become `rejected` rows; `on_file`
     is called with (files done, files in all) as they are checked. `table`: the `load_dataset` table of these
     arguments where the caller read it already (every file hashed), so the folder is not scanned twice."""
     if table is None:
@@ -190,6 +190,7 @@ def ingest(
         rows.append(row)
         if on_file is not None:
             on_file(done, len(files))
+    cache.prune({f.sha256 for f in files if f.sha256})  # the crops of inputs since removed go
     frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     labels = label_columns(table)
     if labels:

@@ -280,6 +280,17 @@ def test_aligned_real_faces_stay_in_the_output_folder_or_are_removed_with_no_cac
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), *args]) == 0
     cache = tmp_path / "kept" / ".align_cache"
     assert len([p for p in cache.rglob("*") if p.is_file()]) >= 3 and _private(cache)
+    # An erasure request: a person's photo is deleted from the input; the next run removes its crop from the cache
+    import hashlib
+
+    erased = tmp_path / "in" / "Person A" / "img_1.png"
+    digest = hashlib.sha256(erased.read_bytes()).hexdigest()
+    kept = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "in").rglob("*.png") if p != erased}
+    assert {p.name.split(".")[0] for p in cache.rglob("*.png")} == kept | {digest}
+    erased.unlink()
+    (cache / digest[:2] / f".{digest}.png.1234.abcd.tmp").write_bytes(b"a killed write")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), *args]) == 0
+    assert {p.name.split(".")[0] for p in cache.rglob("*") if p.is_file()} == kept  # no file of it, not even a temporary
 
     (tmp_path / "none" / ".align_cache-tmp-killed").mkdir(parents=True)  # what a killed --no-cache run leaves
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "none"), "--no-cache", *args]) == 0

@@ -440,6 +440,20 @@ class AlignmentCache:
         }
         write_bytes_atomic(json_path, json.dumps(record, indent=1).encode("utf-8"), private=True)
 
+    def prune(self, keep: set[str]) -> int:
+        """Remove every entry of a file whose digest is not in `keep`, and the temporaries of killed writes: the crop
+        of an input since deleted is a real face that no run needs, and deleting a person's photo from the input
+        (an erasure request) removes their crop with the next run. Returns the number of entries removed."""
+        removed = 0
+        for path in self.cache_dir.glob("??/*"):
+            if path.name.split(".", 1)[0] not in keep:  # a temporary (".<name>...tmp") splits to ""
+                removed += path.suffix == ".json"
+                path.unlink(missing_ok=True)
+        for folder in self.cache_dir.glob("??"):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
     def put_rejection(self, sha256: str, settings: str, detail: str) -> None:
         """Remember that the file with this digest has no face under these settings."""
         _, json_path = self._paths(sha256, settings)
