@@ -158,10 +158,12 @@ def ingest(
     table: pd.DataFrame | None = None,
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
-    labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face
-    of each image at `resolution`, caching the crops in `cache_dir` (see `alignment_cache`; the crops of files no longer in the folder are removed from it). Unreadable files and images without a face become `rejected` rows; `on_file`
-    is called with (files done, files in all) as they are checked. `table`: the `load_dataset` table of these
-    arguments where the caller read it already (every file hashed), so the folder is not scanned twice."""
+    labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except
+    for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face of each image at `resolution`, caching the
+    crops in `cache_dir` (see `alignment_cache`; the crops of files no longer in the folder are removed from it).
+    Unreadable files and images without a face become `rejected` rows; `on_file` is called with (files done, files
+    in all) as they are checked. `table`: the `load_dataset` table of these arguments where the caller read it
+    already (every file hashed), so the folder is not scanned twice."""
     if table is None:
         table = load_dataset(dataset, Path(input_dir), labels_csv)
     files = dataset_files(table)
