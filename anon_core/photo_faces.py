@@ -13,6 +13,10 @@ reason is recorded:
 - ``alignment_failed``: the landmarks give no orientation, or a crop whose side is not between
   :data:`QUAD_TO_BOX` times the box's side (the landmarks disagree with the box).
 
+A photo stored sideways or upside down without an EXIF orientation shows the detector no upright face; where none
+is found upright, the photo is searched turned (`try_turns`, `TURNS`) and its faces are handled in the first turn
+that shows any, then the photo is turned back.
+
 Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
 floor), so that is the smallest face photo mode can vouch for.
 """
@@ -30,8 +34,8 @@ from anon_core.data.align import ffhq_quad
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 
-__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
-           "photo_settings"]
+__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURNS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
+           "photo_settings", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",
@@ -39,6 +43,9 @@ FALLBACK_REASONS = {
     "alignment_failed": "landmarks give no usable FFHQ crop",
 }
 OUTPUT_FORMATS = ("png", "same")  # png: lossless PNG; same: JPEG inputs as JPEG (quality 95), the rest as PNG
+TURNS = (1, 3, 2)
+"""Quarter turns counter-clockwise (np.rot90's k) tried, in order, on a photo with no face upright: a phone photo
+stored sideways is a quarter turn either way off; upside down comes last."""
 QUAD_TO_BOX = (1.0, 6.0)
 """Accepted range of (crop side / box side). FFHQ's crop is 4x the eye distance, about 1.6-2.2x an MTCNN box."""
 
@@ -50,6 +57,7 @@ class PhotoSettings:
     min_frontality: float = 0.15  # nose position between the eyes: 0.5 frontal, <= 0 profile
     cover: str = "pixelate"  # pixelate | blur: the fallback
     output_format: str = "png"  # png | same
+    try_turns: bool = True  # no face upright: look again with the photo turned 90, 270 and 180 degrees
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +78,8 @@ def photo_settings(section: dict[str, Any], params_file: Path | str) -> PhotoSet
         problems.append(f"photo.min_frontality = {values.min_frontality!r} must lie in [0, 0.5)")
     if values.cover not in COVERS:
         problems.append(f"photo.cover = {values.cover!r} must be one of {', '.join(COVERS)}")
+    if not isinstance(values.try_turns, bool):
+        problems.append(f"photo.try_turns = {values.try_turns!r} must be true or false")
     if values.output_format not in OUTPUT_FORMATS:
         problems.append(f"photo.output_format = {values.output_format!r} must be one of {', '.join(OUTPUT_FORMATS)}")
     if problems:
@@ -90,6 +100,17 @@ class PhotoFace:
     @property
     def anonymized(self) -> bool:
         return self.action == "anonymize"
+
+
+def unturn_points(points: np.ndarray, turns: int, shape: tuple[int, ...]) -> np.ndarray:
+    """(x, y) points of a photo turned `turns` quarter turns counter-clockwise (np.rot90's k), whose shape is
+    `shape` (H, W, ...), in the photo as it was before the turns: [N, 2] float64."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    height, width = shape[:2]
+    for _ in range(turns % 4):  # one turn back: the frame before it was as wide as this one is high
+        points = np.stack([height - points[:, 1], points[:, 0]], axis=1)
+        height, width = width, height
+    return points
 
 
 def frontality(landmarks: np.ndarray) -> float:

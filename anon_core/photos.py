@@ -43,7 +43,7 @@ from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, plan_faces
+from anon_core.photo_faces import FALLBACK_REASONS, TURNS, PhotoFace, PhotoSettings, plan_faces, unturn_points
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
@@ -83,6 +83,8 @@ class PhotoSummary:
     resumed: int = 0  # faces whose batch an earlier run with the same arguments finished
     below_min_face_size: int = 0  # photos whose shorter side is under photo.min_face_size: no face can be found
     min_face_size: int = 0
+    turned: int = 0  # photos whose faces were found only with the photo turned (stored sideways or upside down)
+    faceless: list[str] = field(default_factory=list)  # photos read in which no face was found, written unchanged
 
     @property
     def faces(self) -> int:
@@ -99,6 +101,13 @@ class PhotoSummary:
                 f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
         if self.resumed:
             text += f"; {self.resumed} face(s) taken from an earlier run's journal"
+        if self.turned:
+            text += (f"; {self.turned} photo(s) stored sideways or upside down: their faces were found with the photo "
+                     "turned (manifest.csv's detail)")
+        if self.faceless:
+            shown = ", ".join(self.faceless[:3]) + (", ..." if len(self.faceless) > 3 else "")
+            text += (f"; {len(self.faceless)} photo(s) in which no face was found, written unchanged ({shown}): look "
+                     "at them, a face the detector missed is not anonymized")
         if self.below_min_face_size:
             text += (f"; {self.below_min_face_size} photo(s) smaller than photo.min_face_size ({self.min_face_size} "
                      "px) on their shorter side, where no face can be found: lower --min-face-size")
@@ -115,6 +124,7 @@ class _Photo:
     image: np.ndarray  # uint8 [H, W, 3], covers applied; anonymized faces pasted in as they come
     faces: list[PhotoFace]
     waiting: int  # anonymized faces not pasted yet
+    turns: int = 0  # quarter turns (np.rot90's k) `image` and the faces' coordinates are turned from the photo
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
@@ -169,12 +179,13 @@ class _PhotoRun:
         self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray]]:
-        """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread)."""
+    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], int]:
+        """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread); all of it in
+        the photo turned by the returned quarter turns, where its faces were found."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-        image = load_rgb(f.path)
-        faces = plan_faces(self.detector.detect(image), self.settings)
+        image, turns, detections = self._find_faces(load_rgb(f.path))
+        faces = plan_faces(detections, self.settings)
         crops = []
         for face in faces:
             if face.anonymized:
@@ -183,7 +194,18 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        return covered, faces, crops
+        return covered, faces, crops, turns
+
+    def _find_faces(self, image: np.ndarray) -> tuple[np.ndarray, int, list]:
+        """The photo's faces upright; where there is none, in the first of TURNS that shows any (a photo stored
+        sideways without an EXIF orientation). Returns (the photo as turned, the turns, the detections)."""
+        detections = self.detector.detect(image)
+        for turns in TURNS if not detections and self.settings.try_turns else ():
+            turned = np.ascontiguousarray(np.rot90(image, turns))
+            found = self.detector.detect(turned)
+            if found:
+                return turned, turns, found
+        return image, 0, detections
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
@@ -213,15 +235,20 @@ class _PhotoRun:
             reading.update(1)
             self.summary.photos += 1
             try:
-                image, faces, crops = reading_future.result()
+                image, faces, crops, turns = reading_future.result()
             except ImageRejected as rejected:
                 self.summary.rejected[rejected.reason] += 1
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, rejected.detail, -1)]
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
-            self.rows[row] = [self._photo_row(f, photo.output, "ok", "", "", len(faces)),
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), turns=turns)
+            turned = (f"{f.relpath}: stored sideways or upside down; its faces were found with the photo turned "
+                      f"{90 * turns} degrees counter-clockwise, and it is written as stored") if turns else ""
+            self.summary.turned += bool(turns)
+            if not faces:
+                self.summary.faceless.append(f.relpath)
+            self.rows[row] = [self._photo_row(f, photo.output, "ok", "", turned, len(faces)),
                               *(self._face_row(photo, face) for face in faces)]
             if time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
                 self._write_manifest()
@@ -279,7 +306,8 @@ class _PhotoRun:
         """Hand a finished photo to the writer's threads (a 12-megapixel PNG takes seconds to encode); the manifest
         calls it done once it is on disk."""
         def write() -> None:
-            write_photo(self.output_dir / "images" / photo.output, photo.image)
+            write_photo(self.output_dir / "images" / photo.output, np.ascontiguousarray(np.rot90(photo.image,
+                                                                                                  -photo.turns)))
             self.written.add(photo.row)
 
         self.writer.submit(write)
@@ -289,12 +317,16 @@ class _PhotoRun:
                 "detail": detail, "faces": str(faces) if faces >= 0 else "", "sha256": f.sha256 or ""}
 
     def _face_row(self, photo: _Photo, face: PhotoFace) -> dict:
+        """The face's row; its box and landmarks in the photo as stored (turned back)."""
+        corners = unturn_points(np.reshape(face.box, (2, 2)), photo.turns, photo.image.shape)
+        box = (*corners.min(axis=0), *corners.max(axis=0))
+        landmarks = unturn_points(face.landmarks, photo.turns, photo.image.shape)
         return {
             "input": photo.file.relpath, "output": photo.output, "kind": "face", "face": str(face.index),
             "status": "anonymized" if face.anonymized else "covered", "reason": face.reason,
             "detail": FALLBACK_REASONS.get(face.reason, ""),
-            "box": " ".join(f"{v:.1f}" for v in face.box), "score": f"{face.score:.4f}",
-            "landmarks": " ".join(f"{v:.2f}" for v in face.landmarks.ravel()),
+            "box": " ".join(f"{v:.1f}" for v in box), "score": f"{face.score:.4f}",
+            "landmarks": " ".join(f"{v:.2f}" for v in landmarks.ravel()),
             "cover": "" if face.anonymized else face.action,
         }
 

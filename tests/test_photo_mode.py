@@ -15,8 +15,8 @@ from anon_core.data.sample import GROUP_PHOTO_FACES, build_sample_photos
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 from anon_core.params import load_params
-from anon_core.photo_faces import PhotoSettings, frontality, photo_settings, plan_faces
-from anon_core.photos import anonymize_photos
+from anon_core.photo_faces import PhotoSettings, frontality, photo_settings, plan_faces, unturn_points
+from anon_core.photos import anonymize_photos, parse_numbers
 from evaluation.photo_privacy import face_privacy
 from orchestration.cli import main
 
@@ -87,6 +87,51 @@ def test_every_composed_face_is_found_and_replaced_or_covered(photo_run, photos)
     total = len(GROUP_PHOTO_FACES) + 1
     assert f"{total} face(s) in 4 photo(s): {total - 1} anonymized, 1 covered (too_small: 1)" in printed
     assert "1 file(s) rejected (" in printed
+
+
+def test_unturned_points_land_on_the_same_pixel_of_the_stored_photo():
+    photo = np.zeros((30, 50), np.uint8)
+    photo[20, 10] = 255  # the pixel whose centre is (x, y) = (10.5, 20.5)
+    for turns in range(4):
+        turned = np.rot90(photo, turns)
+        row, col = np.argwhere(turned == 255)[0]
+        assert unturn_points([[col + 0.5, row + 0.5]], turns, turned.shape).tolist() == [[10.5, 20.5]]
+
+
+@pytest.mark.parametrize("turns", [1, 2])
+def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymized(photos, photo_run, tmp_path, turns):
+    """A phone photo stored turned, without an EXIF orientation: no face upright, so before it was written out
+    unchanged with its face. Its face is found with the photo turned back, anonymized, and the photo written as
+    stored; the manifest's box and landmarks are in the stored photo, where the privacy check cuts the face."""
+    stored = np.ascontiguousarray(np.rot90(_rgb(photos / "portrait.jpg"), turns))
+    (tmp_path / "in").mkdir()
+    Image.fromarray(stored).save(tmp_path / "in" / "sideways.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 0
+    photo, face = _rows(tmp_path / "out")
+    assert photo["faces"] == "1" and "stored sideways or upside down" in photo["detail"]
+    assert face["status"] == "anonymized"
+    written = _rgb(tmp_path / "out" / "images" / "sideways.png")
+    assert written.shape == stored.shape
+    x1, y1, x2, y2 = _box(face)
+    changed = np.argwhere(np.any(written != stored, axis=2))
+    assert len(changed) and ((changed[:, 1] >= x1 - 0.5 * (x2 - x1)) & (changed[:, 1] <= x2 + 0.5 * (x2 - x1))).all()
+    landmarks = parse_numbers(face["landmarks"], (5, 2))
+    assert ((landmarks >= 0) & (landmarks <= [stored.shape[1], stored.shape[0]])).all()
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in landmarks)  # the turned-back points stay on the face
+    upright = next(r for r in _rows(photo_run[0]) if r["input"] == "portrait.jpg" and r["kind"] == "face")
+    assert np.allclose(unturn_points(landmarks, turns, stored.shape), parse_numbers(upright["landmarks"], (5, 2)),
+                       atol=0.02)  # found as in the upright photo, and put back where the stored photo has them
+    privacy = _rows(tmp_path / "out", "face_privacy.csv")
+    assert len(privacy) == 1 and privacy[0]["matched"] == "False"
+    import yaml
+
+    from anon_core.params import DEFAULT_PARAMS_PATH
+
+    raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    (tmp_path / "upright.yaml").write_text(yaml.safe_dump({**raw, "photo": {**raw["photo"], "try_turns": False}}))
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "upright-only"), "--mode", "photo", *FAST,
+                 "--params", str(tmp_path / "upright.yaml")]) == 0
+    assert _rows(tmp_path / "upright-only")[0]["faces"] == "0"  # what it was before: the face left in place
 
 
 def test_no_face_is_still_matched_by_dlib(photo_run):
