@@ -226,22 +226,30 @@ def _person_ids(person: Sequence | np.ndarray) -> tuple[np.ndarray, int]:
     return out, people
 
 
+def check_pool_holds(mode: str, pool_size: int, images: int, person: Sequence | np.ndarray | None = None) -> None:
+    """FalcoError when a pairing mode that gives each image ("unique") or person ("identity", `person`: one label
+    per image, None: each image its own person) a fake of its own has fewer fakes than that: checked once the
+    images are known, before the pool is made."""
+    from anon_core.errors import FalcoError
+
+    if mode == "identity":
+        labels = person_labels([None] * images if person is None else person)
+        needed, what = len(set(labels[labels != ""])) + int((labels == "").sum()), "people"
+    else:
+        needed, what = images, "images"
+    if mode != "nearest" and needed > pool_size:
+        raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what} its own fake, but the pool holds "
+                         f"{pool_size}; raise pool_size to at least {needed}")
+
+
 def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str,
                  person: Sequence | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """The fake of each real image under a pairing mode (params.yaml `pairing`): "nearest" (the paper's 1-NN,
     anon_core.pairing), "unique" (unique_fakes) or "identity" (identity_fakes with `person`, one label per image;
     None: every image is its own person). Returns fake indices [N] int64, cosine of each image to its fake [N]
     float32, and figures for metadata: the method and collisions."""
-    from anon_core.errors import FalcoError
-
-    if mode == "identity":
-        labels = person_labels([None] * len(real_features) if person is None else person)
-        needed, what = len(set(labels[labels != ""])) + int((labels == "").sum()), "people"
-    else:
-        needed, what = len(real_features), "images"
-    if mode != "nearest" and needed > len(fake_features):
-        raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what} its own fake, but the pool holds "
-                         f"{len(fake_features)}; raise pool_size to at least {needed}")
+    check_pool_holds(mode, len(fake_features), len(real_features), person)
+    labels = person_labels([None] * len(real_features) if person is None else person)
     if mode == "nearest":
         indices, similarities = nearest_fakes(real_features, fake_features, k=1)
         indices, similarities, info = indices[:, 0], similarities[:, 0], None

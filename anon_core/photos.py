@@ -49,7 +49,8 @@ from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
-__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers", "read_photo_manifest"]
+__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "find_faces", "parse_numbers",
+           "read_photo_manifest"]
 
 PHOTO_MANIFEST_COLUMNS = (
     "input",  # relative path of the photo under the input folder
@@ -184,7 +185,7 @@ class _PhotoRun:
         the photo turned by the returned quarter turns, where its faces were found."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-        image, turns, detections = self._find_faces(load_rgb(f.path))
+        image, turns, detections = find_faces(self.detector, load_rgb(f.path), self.settings.try_turns)
         faces = plan_faces(detections, self.settings)
         crops = []
         for face in faces:
@@ -195,17 +196,6 @@ class _PhotoRun:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
         return covered, faces, crops, turns
-
-    def _find_faces(self, image: np.ndarray) -> tuple[np.ndarray, int, list]:
-        """The photo's faces upright; where there is none, in the first of TURNS that shows any (a photo stored
-        sideways without an EXIF orientation). Returns (the photo as turned, the turns, the detections)."""
-        detections = self.detector.detect(image)
-        for turns in TURNS if not detections and self.settings.try_turns else ():
-            turned = np.ascontiguousarray(np.rot90(image, turns))
-            found = self.detector.detect(turned)
-            if found:
-                return turned, turns, found
-        return image, 0, detections
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
@@ -363,6 +353,18 @@ class _PhotoRun:
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         }
         write_bytes_atomic(self.output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def find_faces(detector: FaceAligner, image: np.ndarray, try_turns: bool = True) -> tuple[np.ndarray, int, list]:
+    """A photo's faces upright; where there is none and `try_turns`, in the first of TURNS that shows any (a photo
+    stored sideways without an EXIF orientation). Returns (the photo as turned, the turns, the detections)."""
+    detections = detector.detect(image)
+    for turns in TURNS if not detections and try_turns else ():
+        turned = np.ascontiguousarray(np.rot90(image, turns))
+        found = detector.detect(turned)
+        if found:
+            return turned, turns, found
+    return image, 0, detections
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:

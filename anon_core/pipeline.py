@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anon_core.assignment import assign_fakes, person_labels
+from anon_core.assignment import assign_fakes, check_pool_holds, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.batch_size import resolve_batch_size
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
@@ -178,12 +178,13 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
              "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
              "dataset_warnings": ingested.warnings}
     persons = _persons(table, params.pairing)
+    ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
+    check_pool_holds(params.pairing, params.pool_size, len(ok_rows), persons[ok_rows])  # before any fake is made
     # who is who decides the pairing: a changed labels CSV is another run, not its journal's
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),
                                            "persons": persons.tolist()}))
     ok = ingested.ok
-    ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     manifest = table.rename(columns={"image": "output"})
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]

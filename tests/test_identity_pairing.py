@@ -101,6 +101,7 @@ def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, t
             "--pairing", mode, "--profile", "tiny", "--steps", "2", "--pool-size", "4", "--quiet"]
     assert main(args) == 2
     assert f"each of the {needed} its own fake, but the pool holds 4; raise pool_size" in capsys.readouterr().err
+    assert not {"manifest.csv", "images", ".journal"} & {p.name for p in (tmp_path / "o").iterdir()}  # nothing made
 
 
 def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
