@@ -94,6 +94,7 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
     killed writers left in it are removed (atomic.remove_orphaned_temporaries; `orphans_older_than_s` where other
     machines write into it too)."""
     folder = Path(folder)
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -114,6 +115,11 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         handle.flush()
         remove_orphaned_temporaries(folder, orphans_older_than_s)
         yield
+    except BaseException:
+        if made and os.listdir(folder) == [LOCK_FILE]:  # a command that failed before writing leaves no folder
+            path.unlink()
+            folder.rmdir()
+        raise
     finally:
         handle.close()  # releases the lock
 

@@ -94,6 +94,22 @@ def test_a_folder_being_evaluated_is_not_rewritten_and_one_being_written_is_not_
         pass
 
 
+def test_a_command_that_fails_before_writing_leaves_no_folder_it_made(tmp_path):
+    """`falco evaluate --out R` or `falco anonymize IN OUT` failing (bad weights, bad settings) before its first
+    file: no empty R or OUT is left behind; a folder that was there, or one the command wrote into, stays."""
+    for folder, before, write in ((tmp_path / "new" / "report", False, False), (tmp_path / "there", True, False),
+                                  (tmp_path / "written", False, True)):
+        if before:
+            folder.mkdir()
+        with pytest.raises(FalcoError, match="no weights"):
+            with exclusive(folder, "report folder"):
+                if write:
+                    (folder / "metrics.csv").write_text("a\n")
+                raise FalcoError("no weights")
+        assert folder.exists() == (before or write)
+    assert (tmp_path / "new").is_dir()  # only the folder the command was given is removed
+
+
 def test_two_pipelines_on_one_storage_the_second_is_refused(tmp_path, lfw_faces):
     write_faces(tmp_path / "faces", lfw_faces[:2])
     fast_params(tmp_path / "params.yaml")
