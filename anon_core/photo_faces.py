@@ -14,8 +14,9 @@ reason is recorded:
   :data:`QUAD_TO_BOX` times the box's side (the landmarks disagree with the box).
 
 A photo stored sideways or upside down without an EXIF orientation shows the detector no upright face; where none
-is found upright, the photo is searched turned (`try_turns`, `TURNS`) and its faces are handled in the first turn
-that shows any, then the photo is turned back.
+is found upright, or every face found lies on its side, the photo is also searched turned (`turns`, `TURNS`; with
+`turns: always`, every photo); its faces are handled in the orientation that shows the most, then the photo is
+turned back.
 
 Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
 floor), so that is the smallest face photo mode can vouch for.
@@ -34,7 +35,7 @@ from anon_core.data.align import ffhq_quad
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 
-__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURNS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
+__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
            "photo_settings", "unturn_points"]
 
 FALLBACK_REASONS = {
@@ -42,10 +43,13 @@ FALLBACK_REASONS = {
     "profile": "face turned too far from the camera (photo.min_frontality)",
     "alignment_failed": "landmarks give no usable FFHQ crop",
 }
+TURN_MODES = ("no_upright_face", "always", "never")
+"""When a photo is also searched turned: when no upright face is found in it (none, or each lies on its side), for
+every photo (4 detections each), or never (a photo stored sideways keeps its faces)."""
 OUTPUT_FORMATS = ("png", "same")  # png: lossless PNG; same: JPEG inputs as JPEG (quality 95), the rest as PNG
 TURNS = (1, 3, 2)
-"""Quarter turns counter-clockwise (np.rot90's k) tried, in order, on a photo with no face upright: a phone photo
-stored sideways is a quarter turn either way off; upside down comes last."""
+"""Quarter turns counter-clockwise (np.rot90's k) tried on a photo with no upright face found: a phone photo stored
+sideways is a quarter turn either way off; upside down comes last (ties keep the earlier)."""
 QUAD_TO_BOX = (1.0, 6.0)
 """Accepted range of (crop side / box side). FFHQ's crop is 4x the eye distance, about 1.6-2.2x an MTCNN box."""
 
@@ -57,7 +61,7 @@ class PhotoSettings:
     min_frontality: float = 0.15  # nose position between the eyes: 0.5 frontal, <= 0 profile
     cover: str = "pixelate"  # pixelate | blur: the fallback
     output_format: str = "png"  # png | same
-    try_turns: bool = True  # no face upright: look again with the photo turned 90, 270 and 180 degrees
+    turns: str = "no_upright_face"  # when to look again with the photo turned 90, 270, 180 degrees (TURN_MODES)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,8 +82,8 @@ def photo_settings(section: dict[str, Any], params_file: Path | str) -> PhotoSet
         problems.append(f"photo.min_frontality = {values.min_frontality!r} must lie in [0, 0.5)")
     if values.cover not in COVERS:
         problems.append(f"photo.cover = {values.cover!r} must be one of {', '.join(COVERS)}")
-    if not isinstance(values.try_turns, bool):
-        problems.append(f"photo.try_turns = {values.try_turns!r} must be true or false")
+    if values.turns not in TURN_MODES:
+        problems.append(f"photo.turns = {values.turns!r} must be one of {', '.join(TURN_MODES)}")
     if values.output_format not in OUTPUT_FORMATS:
         problems.append(f"photo.output_format = {values.output_format!r} must be one of {', '.join(OUTPUT_FORMATS)}")
     if problems:

@@ -185,7 +185,7 @@ class _PhotoRun:
         the photo turned by the returned quarter turns, where its faces were found."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-        image, turns, detections = find_faces(self.detector, load_rgb(f.path), self.settings.try_turns)
+        image, turns, detections = find_faces(self.detector, load_rgb(f.path), self.settings.turns)
         faces = plan_faces(detections, self.settings)
         crops = []
         for face in faces:
@@ -355,16 +355,31 @@ class _PhotoRun:
         write_bytes_atomic(self.output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())
 
 
-def find_faces(detector: FaceAligner, image: np.ndarray, try_turns: bool = True) -> tuple[np.ndarray, int, list]:
-    """A photo's faces upright; where there is none and `try_turns`, in the first of TURNS that shows any (a photo
-    stored sideways without an EXIF orientation). Returns (the photo as turned, the turns, the detections)."""
+def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_upright_face") -> tuple[np.ndarray, int,
+                                                                                                    list]:
+    """A photo's faces, found upright; and, by `turns` (photo_faces.TURN_MODES), where none is found upright or every
+    face found lies on its side or upside down (a photo stored sideways without an EXIF orientation, where MTCNN may
+    still box a face or two), or for every photo: found in whichever of the photo and its TURNS shows the most faces.
+    Returns (the photo as turned, the quarter turns, the detections)."""
     detections = detector.detect(image)
-    for turns in TURNS if not detections and try_turns else ():
-        turned = np.ascontiguousarray(np.rot90(image, turns))
+    best = (image, 0, detections)
+    upright = any(not _turned(d.landmarks) for d in detections)
+    if turns == "never" or (turns == "no_upright_face" and upright):
+        return best
+    for k in TURNS:
+        turned = np.ascontiguousarray(np.rot90(image, k))
         found = detector.detect(turned)
-        if found:
-            return turned, turns, found
-    return image, 0, detections
+        if len(found) > len(best[2]):
+            best = (turned, k, found)
+    return best
+
+
+def _turned(landmarks: np.ndarray) -> bool:
+    """Whether a face's landmarks (eyes, nose, mouth corners) put its mouth beside or above its eyes: more than 45
+    degrees off upright."""
+    eyes, mouth = np.mean(landmarks[:2], axis=0), np.mean(landmarks[3:5], axis=0)
+    down = mouth - eyes
+    return not down[1] > abs(down[0])
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:

@@ -6,8 +6,8 @@ sizes (the astronaut's face and 10 LFW crops, 16 to 600 px, blended in with the 
 A face's true box is where MTCNN boxes that source face alone on a grey canvas, scaled to where it was pasted; a
 face counts as found when a detection overlaps it with IoU >= 0.4 (each detection used once). Detection runs as
 photo mode runs it (`anon_core.photos.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then each photo
-turned a quarter turn, as a phone photo stored sideways without an EXIF orientation: faces found with
-`photo.try_turns` on and off (off is how photo mode ran before).
+turned a quarter turn, as a phone photo stored sideways without an EXIF orientation: faces found under each of
+`photo.turns`' modes (`never` is how photo mode ran before), and the time its detection took.
 
     .venv/bin/python bench/photo_detection_recall.py [--canvas 640 1280 2000 3000] [--min-face-size 16]
 """
@@ -23,7 +23,7 @@ from PIL import Image
 
 from anon_core.data.align import FaceAligner
 from anon_core.data.sample import _astronaut_face, _lfw_faces, _soft_ellipse
-from anon_core.photo_faces import unturn_points
+from anon_core.photo_faces import TURN_MODES, unturn_points
 from anon_core.photos import find_faces
 
 FACE_SIZES = (16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 600)
@@ -122,12 +122,12 @@ def main() -> None:
     print(f"sources found alone (their true boxes): {', '.join(faces)}")
     found, seconds, false = defaultdict(list), defaultdict(list), 0
     by_source = defaultdict(list)
-    turned = {True: [0, 0], False: [0, 0]}  # try_turns -> [faces found, faces]
+    turned = {mode: [0, 0, 0.0] for mode in TURN_MODES}  # mode -> [faces found, faces, seconds]
     for width in args.canvas:
         for kind in BACKGROUNDS:
             photo, truth = compose(width, kind, faces, rng)
             started = time.perf_counter()
-            _, _, detections = find_faces(detector, photo, try_turns=False)
+            _, _, detections = find_faces(detector, photo, "never")
             seconds[width].append(time.perf_counter() - started)
             hits, left = matched(truth, [np.asarray(d.box) for d in detections])
             false += left
@@ -136,12 +136,16 @@ def main() -> None:
                 by_source[face["source"]].append(hit)
             if kind == "coffee":  # the photo stored sideways: turned a quarter turn clockwise (k = 3)
                 sideways = np.ascontiguousarray(np.rot90(photo, 3))
-                for try_turns in (True, False):
-                    image, turns, detections = find_faces(detector, sideways, try_turns)  # image = rot90(photo, 3 + k)
+                for mode in TURN_MODES:
+                    started = time.perf_counter()
+                    image, turns, detections = find_faces(detector, sideways, mode)  # image = rot90(photo, 3 + k)
+                    turned[mode][2] += time.perf_counter() - started
                     boxes = [turned_back(d.box, (3 + turns) % 4, image.shape) for d in detections]
                     sideways_hits, _ = matched(truth, boxes)
-                    turned[try_turns][0] += sum(sideways_hits)
-                    turned[try_turns][1] += len(sideways_hits)
+                    turned[mode][0] += sum(sideways_hits)
+                    turned[mode][1] += len(sideways_hits)
+                    print(f"{width} px {kind} stored sideways, photo.turns {mode}: "
+                          f"{sum(sideways_hits)}/{len(truth)} (searched in quarter turns {turns})", flush=True)
             print(f"{width} px {kind}: {sum(hits)}/{len(truth)}", flush=True)
     sizes = sorted({size for _, size in found})
     print("\nfaces found, by photo width (rows) and face size (columns, px)")
@@ -154,9 +158,8 @@ def main() -> None:
     every = [h for v in found.values() for h in v]
     print(f"all: {sum(every)}/{len(every)} found ({sum(every) / len(every):.1%}); {false} false detection(s)")
     print("by source face: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in by_source.items()))
-    for try_turns in (True, False):
-        hit, total = turned[try_turns]
-        print(f"photos stored sideways, photo.try_turns {str(try_turns).lower()}: {hit}/{total} faces found")
+    for mode, (hit, total, spent) in turned.items():
+        print(f"photos stored sideways, photo.turns {mode}: {hit}/{total} faces found, detection {spent:.1f} s")
 
 
 if __name__ == "__main__":

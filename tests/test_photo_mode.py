@@ -98,6 +98,16 @@ def test_unturned_points_land_on_the_same_pixel_of_the_stored_photo():
         assert unturn_points([[col + 0.5, row + 0.5]], turns, turned.shape).tolist() == [[10.5, 20.5]]
 
 
+def test_a_face_lying_on_its_side_or_upside_down_is_told_from_an_upright_one():
+    from anon_core.photos import _turned
+
+    upright = np.array([[30, 40], [60, 40], [45, 55], [34, 70], [56, 70]], float)  # eyes, nose, mouth corners
+    assert not _turned(upright)
+    assert not _turned(upright @ np.array([[np.cos(0.5), np.sin(0.5)], [-np.sin(0.5), np.cos(0.5)]]))  # tilted
+    for turns in (1, 2, 3):  # the landmarks of the face in the photo turned back and forth
+        assert _turned(unturn_points(upright, turns, (100, 100)))
+
+
 @pytest.mark.parametrize("turns", [1, 2])
 def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymized(photos, photo_run, tmp_path, turns):
     """A phone photo stored turned, without an EXIF orientation: no face upright, so before it was written out
@@ -128,7 +138,7 @@ def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymize
     from anon_core.params import DEFAULT_PARAMS_PATH
 
     raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
-    (tmp_path / "upright.yaml").write_text(yaml.safe_dump({**raw, "photo": {**raw["photo"], "try_turns": False}}))
+    (tmp_path / "upright.yaml").write_text(yaml.safe_dump({**raw, "photo": {**raw["photo"], "turns": "never"}}))
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "upright-only"), "--mode", "photo", *FAST,
                  "--params", str(tmp_path / "upright.yaml")]) == 0
     assert _rows(tmp_path / "upright-only")[0]["faces"] == "0"  # what it was before: the face left in place
