@@ -35,8 +35,8 @@ from anon_core.data.align import ffhq_quad
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 
-__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "PhotoFace", "PhotoSettings", "frontality", "plan_faces",
-           "photo_settings", "unturn_points"]
+__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "PhotoFace", "PhotoSettings", "frontality",
+           "plan_faces", "photo_settings", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",

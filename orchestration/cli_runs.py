@@ -163,7 +163,8 @@ def _check_plot_path(path: Path) -> None:
     if path.is_dir():
         raise FalcoError(f"--plot {path} is a folder; give the PNG file to write, e.g. {path / 'compare.png'}")
     if path.suffix.lower() != ".png":
-        raise FalcoError(f"--plot {path}: the plot is a PNG; give a name ending in .png, e.g. {path.with_suffix('.png')}")
+        raise FalcoError(f"--plot {path}: the plot is a PNG; give a name ending in .png, e.g. "
+                         f"{path.with_suffix('.png')}")
     if path.exists():
         with open(path, "rb") as handle:
             if handle.read(8) != b"\x89PNG\r\n\x1a\n":

@@ -306,7 +306,7 @@ def test_aligned_real_faces_stay_in_the_output_folder_or_are_removed_with_no_cac
     erased.unlink()
     (cache / digest[:2] / f".{digest}.png.1234.abcd.tmp").write_bytes(b"a killed write")
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), *args]) == 0
-    assert {p.name.split(".")[0] for p in cache.rglob("*") if p.is_file()} == kept  # no file of it, not even a temporary
+    assert {p.name.split(".")[0] for p in cache.rglob("*") if p.is_file()} == kept  # nothing of it, nor a temporary
 
     (tmp_path / "none" / ".align_cache-tmp-killed").mkdir(parents=True)  # what a killed --no-cache run leaves
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "none"), "--no-cache", *args]) == 0
