@@ -149,7 +149,8 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
                                show_progress=not args.quiet)
     seconds = time.perf_counter() - start
-    print(f"{summary.describe()} in {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start included)")
+    print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
+          "included)")
     share = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
