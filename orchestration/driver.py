@@ -376,21 +376,11 @@ class _Driver:
         self.summary.failed.append(label)
         self.summary.errors[label] = step_error(self.instance, run_id)
         if INTERRUPTED in self.summary.errors[label]:  # Ctrl-C: Dagster ended the run as failed; the driver stops
-            self._end_mlflow_run(run_id, "KILLED")
+            self.mlflow.end_dagster_run(run_id, "KILLED", self.log)
             raise KeyboardInterrupt
-        self._end_mlflow_run(run_id, "FAILED")
+        self.mlflow.end_dagster_run(run_id, "FAILED", self.log)
         self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
-
-    def _end_mlflow_run(self, run_id: str, status: str) -> None:
-        """A failed or stopped run's MLflow end; a tracking store that cannot take it is one line, so the failure or
-        the stop stays what the command reports."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.mlflow.end_dagster_run(run_id, status)
-        except MlflowException as error:
-            self.log(f"MLflow did not record Dagster run {run_id[:8]} as {status}: {str(error).splitlines()[0]}")
 
     def plan(self, job: str, label: str, keys, partition: str | None = None,
              checks: set[dg.AssetCheckKey] | None = None) -> Launch | None:

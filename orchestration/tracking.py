@@ -16,12 +16,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import subprocess
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -226,17 +227,24 @@ def hashed_names(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def end_runs(client, run_ids: list[str], status: str, log) -> None:
-    """End MLflow runs as `status` where a step failed or was stopped: a tracking store that cannot take it (down,
-    locked) is one warning, so the step's own error or stop is what the user sees; the runs stay RUNNING there."""
-    from mlflow.exceptions import MlflowException
-
-    drop_pooled_connections(client)
-    try:
+def end_runs(client, run_ids: list[str], status: str, warn) -> None:
+    """End MLflow runs as `status` where a step failed or was stopped (`ended_or_warned`)."""
+    with ended_or_warned(client, status, warn):
         for run_id in run_ids:
             client.set_terminated(run_id, status)
+
+
+@contextmanager
+def ended_or_warned(client, status: str, warn):
+    """Around recording a failed or stopped end in MLflow: a tracking store that cannot take it (down, locked) is one
+    `warn` line, so the failure or the stop is what the user sees; the runs stay RUNNING there."""
+    from mlflow.exceptions import MlflowException
+
+    drop_pooled_connections(client)  # the stop may have landed inside a query
+    try:
+        yield
     except MlflowException as error:
-        log.warning(f"MLflow did not record the runs as {status}: {str(error).splitlines()[0]}")
+        warn(f"MLflow did not record the runs as {status}: {str(error).splitlines()[0]}")
 
 
 def drop_pooled_connections(client) -> None:
@@ -381,26 +389,26 @@ class MlflowResource(dg.ConfigurableResource):
                 client.set_terminated(run.run_id, status)
                 client.set_terminated(parent, status)
             else:  # an error or a stop is what the step reports, not a tracking server that cannot record its end
-                end_runs(client, [run.run_id, parent], status, context.log)
+                end_runs(client, [run.run_id, parent], status, context.log.warning)
             if run.skipped:
                 context.log.info(f"not logged to MLflow (real faces, or per-image rows; log_real_faces and "
                                  f"log_per_image are false): {run.skipped}")
 
-    def end_dagster_run(self, dagster_run_id: str, status: str) -> None:
+    def end_dagster_run(self, dagster_run_id: str, status: str, warn=logging.getLogger(__name__).warning) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
-        ends its parent, so a run seen only by the UI ends with its last step.)"""
+        ends its parent, so a run seen only by the UI ends with its last step.) A failed or stopped end that the
+        store cannot record is one `warn` line."""
         client = self.client()
-        if status != "FINISHED":  # it may follow a stop inside a query
-            drop_pooled_connections(client)
-        found = client.get_experiment_by_name(self.experiment_name())
-        if found is None:
-            return
-        for run in client.search_runs([found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'"):
-            if PARENT_TAG not in run.data.tags:
-                client.set_terminated(run.info.run_id, status)
-            elif run.info.status == "RUNNING":  # a step that was still running when its process was killed
-                client.set_terminated(run.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
+        with nullcontext() if status == "FINISHED" else ended_or_warned(client, status, warn):
+            found = client.get_experiment_by_name(self.experiment_name())
+            runs = [] if found is None else client.search_runs(
+                [found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
+            for run in runs:
+                if PARENT_TAG not in run.data.tags:
+                    client.set_terminated(run.info.run_id, status)
+                elif run.info.status == "RUNNING":  # a step that was still running when its process was killed
+                    client.set_terminated(run.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier finished nested run of `asset` (and `variant`) in this experiment, or
