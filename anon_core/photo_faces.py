@@ -15,8 +15,8 @@ reason is recorded:
 
 A photo stored sideways or upside down without an EXIF orientation shows the detector no upright face; where none
 is found upright, or every face found lies on its side, the photo is also searched turned (`turns`, `TURNS`; with
-`turns: always`, every photo); its faces are handled in the orientation that shows the most, then the photo is
-turned back.
+`turns: always`, every photo); its faces are handled in the orientation that shows the most upright faces, then the photo
+is turned back.
 
 Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
 floor), so that is the smallest face photo mode can vouch for.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +35,11 @@ from anon_core.data.align import ffhq_quad
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 
-__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "PhotoFace", "PhotoSettings", "frontality",
-           "plan_faces", "photo_settings", "unturn_points"]
+if TYPE_CHECKING:
+    from anon_core.data.align import FaceAligner
+
+__all__ = ["FALLBACK_REASONS", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "PhotoFace", "PhotoSettings", "find_faces",
+           "frontality", "lies_turned", "plan_faces", "photo_settings", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",
@@ -115,6 +118,36 @@ def unturn_points(points: np.ndarray, turns: int, shape: tuple[int, ...]) -> np.
         points = np.stack([height - points[:, 1], points[:, 0]], axis=1)
         height, width = width, height
     return points
+
+
+def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_upright_face") -> tuple[np.ndarray, int,
+                                                                                                    list[Detection]]:
+    """A photo's faces, found upright; and, by `turns` (TURN_MODES), where no upright face is found (none, or each
+    lies on its side or upside down: a photo stored sideways without an EXIF orientation, where MTCNN may still box a
+    face or two), or for every photo: found in whichever of the photo and its TURNS shows the most upright faces (then
+    the most faces; ties keep the earlier). Counting upright faces keeps a turn whose extra boxes are sideways faces
+    or false detections from winning. Returns (the photo as turned, the quarter turns, the detections)."""
+    def score(found: list[Detection]) -> tuple[int, int]:
+        return sum(not lies_turned(d.landmarks) for d in found), len(found)
+
+    detections = detector.detect(image)
+    best, best_score = (image, 0, detections), score(detections)
+    if turns == "never" or (turns == "no_upright_face" and best_score[0]):
+        return best
+    for k in TURNS:
+        turned = np.ascontiguousarray(np.rot90(image, k))
+        found = detector.detect(turned)
+        if score(found) > best_score:
+            best, best_score = (turned, k, found), score(found)
+    return best
+
+
+def lies_turned(landmarks: np.ndarray) -> bool:
+    """Whether a face's landmarks (eyes, nose, mouth corners) put its mouth beside or above its eyes: more than 45
+    degrees off upright."""
+    eyes, mouth = np.mean(landmarks[:2], axis=0), np.mean(landmarks[3:5], axis=0)
+    down = mouth - eyes
+    return not down[1] > abs(down[0])
 
 
 def frontality(landmarks: np.ndarray) -> float:

@@ -43,13 +43,13 @@ from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import FALLBACK_REASONS, TURNS, PhotoFace, PhotoSettings, plan_faces, unturn_points
+from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces, unturn_points
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
-__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "find_faces", "parse_numbers",
+__all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers",
            "read_photo_manifest"]
 
 PHOTO_MANIFEST_COLUMNS = (
@@ -353,33 +353,6 @@ class _PhotoRun:
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         }
         write_bytes_atomic(self.output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())
-
-
-def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_upright_face") -> tuple[np.ndarray, int,
-                                                                                                    list]:
-    """A photo's faces, found upright; and, by `turns` (photo_faces.TURN_MODES), where none is found upright or every
-    face found lies on its side or upside down (a photo stored sideways without an EXIF orientation, where MTCNN may
-    still box a face or two), or for every photo: found in whichever of the photo and its TURNS shows the most faces.
-    Returns (the photo as turned, the quarter turns, the detections)."""
-    detections = detector.detect(image)
-    best = (image, 0, detections)
-    upright = any(not _turned(d.landmarks) for d in detections)
-    if turns == "never" or (turns == "no_upright_face" and upright):
-        return best
-    for k in TURNS:
-        turned = np.ascontiguousarray(np.rot90(image, k))
-        found = detector.detect(turned)
-        if len(found) > len(best[2]):
-            best = (turned, k, found)
-    return best
-
-
-def _turned(landmarks: np.ndarray) -> bool:
-    """Whether a face's landmarks (eyes, nose, mouth corners) put its mouth beside or above its eyes: more than 45
-    degrees off upright."""
-    eyes, mouth = np.mean(landmarks[:2], axis=0), np.mean(landmarks[3:5], axis=0)
-    down = mouth - eyes
-    return not down[1] > abs(down[0])
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ A face photo mode does not find is written as it was, so its recall is a privacy
 sizes (the astronaut's face and 10 LFW crops, 16 to 600 px, blended in with the sample photos' soft ellipse).
 A face's true box is where MTCNN boxes that source face alone on a grey canvas, scaled to where it was pasted; a
 face counts as found when a detection overlaps it with IoU >= 0.4 (each detection used once). Detection runs as
-photo mode runs it (`anon_core.photos.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then each photo
+photo mode runs it (`anon_core.photo_faces.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then each photo
 turned a quarter turn, as a phone photo stored sideways without an EXIF orientation: faces found under each of
 `photo.turns`' modes (`never` is how photo mode ran before), and the time its detection took.
 
@@ -24,7 +24,7 @@ from PIL import Image
 from anon_core.data.align import FaceAligner
 from anon_core.data.sample import _astronaut_face, _lfw_faces, _soft_ellipse
 from anon_core.photo_faces import TURN_MODES, unturn_points
-from anon_core.photos import find_faces
+from anon_core.photo_faces import find_faces
 
 FACE_SIZES = (16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 600)
 BACKGROUNDS = ("coffee", "plain", "noise", "chelsea", "rocket")

@@ -15,7 +15,8 @@ from anon_core.data.sample import GROUP_PHOTO_FACES, build_sample_photos
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 from anon_core.params import load_params
-from anon_core.photo_faces import PhotoSettings, frontality, photo_settings, plan_faces, unturn_points
+from anon_core.photo_faces import (PhotoSettings, find_faces, frontality, lies_turned, photo_settings, plan_faces,
+                                   unturn_points)
 from anon_core.photos import anonymize_photos, parse_numbers
 from evaluation.photo_privacy import face_privacy
 from orchestration.cli import main
@@ -99,13 +100,39 @@ def test_unturned_points_land_on_the_same_pixel_of_the_stored_photo():
 
 
 def test_a_face_lying_on_its_side_or_upside_down_is_told_from_an_upright_one():
-    from anon_core.photos import _turned
-
     upright = np.array([[30, 40], [60, 40], [45, 55], [34, 70], [56, 70]], float)  # eyes, nose, mouth corners
-    assert not _turned(upright)
-    assert not _turned(upright @ np.array([[np.cos(0.5), np.sin(0.5)], [-np.sin(0.5), np.cos(0.5)]]))  # tilted
+    assert not lies_turned(upright)
+    assert not lies_turned(upright @ np.array([[np.cos(0.5), np.sin(0.5)], [-np.sin(0.5), np.cos(0.5)]]))  # tilted
     for turns in (1, 2, 3):  # the landmarks of the face in the photo turned back and forth
-        assert _turned(unturn_points(upright, turns, (100, 100)))
+        assert lies_turned(unturn_points(upright, turns, (100, 100)))
+
+
+class _BoxesByOrientation:
+    """A detector whose detections in each orientation of a photo are given (told apart by the value of the photo's
+    top-left pixel): MTCNN's false and sideways boxes, which no real photo gives on demand."""
+
+    def __init__(self, found: dict[int, list[Detection]]):
+        self.found = found
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return self.found.get(int(image[0, 0, 0]), [])
+
+
+def test_a_turn_with_more_boxes_wins_only_with_more_upright_faces():
+    photo = np.zeros((6, 8, 3), np.uint8)
+    photo[0, -1], photo[-1, -1], photo[-1, 0] = 1, 2, 3  # top-left after 0, 1, 2, 3 quarter turns (np.rot90's k)
+    upright = np.array([[30, 40], [60, 40], [45, 55], [34, 70], [56, 70]], float)
+    sideways = unturn_points(upright, 1, (100, 100))
+    face = Detection((20, 20, 70, 80), 0.99, upright)
+    lying = Detection((20, 20, 70, 80), 0.95, sideways)
+    one_upright_face = {0: [face], 1: [lying, lying, lying], 3: [lying]}  # turned: more boxes, none upright
+    for mode in ("always", "no_upright_face"):
+        assert find_faces(_BoxesByOrientation(one_upright_face), photo, mode)[1] == 0
+    stored_sideways = {0: [lying, lying], 1: [face, face], 3: [face, lying, lying]}  # more boxes but fewer upright
+    for mode in ("always", "no_upright_face"):
+        image, turns, found = find_faces(_BoxesByOrientation(stored_sideways), photo, mode)
+        assert (turns, len(found)) == (1, 2) and image.shape == (8, 6, 3)
+    assert find_faces(_BoxesByOrientation(stored_sideways), photo, "never")[1] == 0
 
 
 @pytest.mark.parametrize("turns", [1, 2])
