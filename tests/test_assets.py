@@ -135,8 +135,8 @@ def test_settings_readers_change_exactly_with_what_they_read():
 
 
 def test_a_changed_variant_definition_makes_the_report_stale_but_not_a_speed_setting(tmp_path):
-    """The report labels each variant with its definition: redefining one must re-make it even when the codes come
-    out the same (nothing else downstream is then stale); how fast it runs must not."""
+    """The report labels each variant with its definition: redefining one must re-make it; how fast it runs must
+    not."""
     from orchestration.resources import PROJECT_ROOT
 
     text = (PROJECT_ROOT / "params.yaml").read_text()

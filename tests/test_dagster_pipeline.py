@@ -123,6 +123,28 @@ def test_a_new_margin_runs_only_that_variants_anonymization_and_evaluation(state
     assert sorted(path.stem for path in losses.glob("*.csv")) == sorted(VARIANTS)
 
 
+def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_under_its_new_definition(state):
+    """|cos - m| has the same gradient for two margins the similarity stays below, so the codes come out bit for bit
+    the same; the variant's evaluation must still be re-made, or `runs compare` shows the old definition."""
+    from orchestration.cli_runs import find_evaluation_runs
+
+    root, instance = state
+    latents = root / "store" / "anonymized_latents" / "keep"
+    codes = []
+    for margin in (0.8, 0.85):
+        fast_params(root / "params.yaml", variants={"keep": {"margin": margin}})
+        before = materializations(instance)
+        run(root, instance, ["default", "keep"])
+        codes.append([np.load(latents / f"{s}.npz")["ws"] for s in SHARDS])
+        assert made_since(before, materializations(instance)) == {
+            "anonymized_latents": _partitions(["keep"]), "anonymized_images": _partitions(["keep"]),
+            **{name: {"keep"} for name in PER_VARIANT}, "anonymization_report": {None}}
+    assert all(np.array_equal(a, b) for a, b in zip(*codes))  # the case this test is about
+    [evaluation] = [r for r in find_evaluation_runs(f"sqlite:///{root / 'mlflow.db'}", None)
+                    if r.data.tags.get("variant") == "keep"]
+    assert float(evaluation.data.params["optimization.margin"]) == 0.85
+
+
 def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state):
     root, instance = state
     fast_params(root / "params.yaml", tiny={"optimization": {"steps": 3}})

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
+from orchestration.assets.settings import settings_version, variant_settings
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.metadata import png_markdown
 from orchestration.partitions import BY_VARIANT, context_shard, context_variant, variant_shards
@@ -60,8 +61,10 @@ def anonymized_latents(
     """FALCO's optimized W+ codes for one shard under one variant's settings: `ws` [K, num_ws, w_dim], `row` (index
     into the ok real images), `identity_similarity` [K], and the per-step losses `loss_<name>` [steps, K].
 
-    Its data version is the hash of the codes: Dagster's own version of a partition leaves out the version of the
-    variant's settings (a partitioned source), so new settings would not reach the images and the evaluation."""
+    Its data version hashes the codes and the variant's definition: Dagster's own version of a partition leaves out
+    the version of the variant's settings (a partitioned source), so new settings would not reach the images and
+    the evaluation; and a redefinition whose codes come out the same (a margin the loss never reached) still
+    re-makes them, so the evaluation's MLflow run records the definition it now stands for."""
     from anon_core.acceleration import measure_throughput
     from anon_core.batch_size import resolve_batch_size
     from anon_core.data.image_files import take
@@ -96,7 +99,9 @@ def anonymized_latents(
     })
     value = {"ws": result.ws, "row": rows, "identity_similarity": result.identity_similarity,
              **{f"loss_{name}": values for name, values in result.history.items()}}
-    digest = hashlib.sha256(np.ascontiguousarray(result.ws).tobytes() + rows.astype(np.int64).tobytes()).hexdigest()
+    definition = settings_version(variant_settings(networks, variant)).value.encode()
+    digest = hashlib.sha256(np.ascontiguousarray(result.ws).tobytes() + rows.astype(np.int64).tobytes()
+                            + definition).hexdigest()
     with warnings.catch_warnings():  # `data_version` is Dagster's beta API for an asset that reports its version
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.Output(value, data_version=dg.DataVersion(digest[:24]))

@@ -112,8 +112,7 @@ def baseline_settings(networks: NetworksResource, storage: StorageResource) -> d
 
 
 def report_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
-    # Each variant's definition too: the report labels the variants with it, and a changed definition whose codes
-    # come out the same leaves every evaluation up to date.
+    # Each variant's definition too: the report labels the variants with it.
     sweep = networks.sweep()
     return {"sweep": sweep, "definitions": {v: variant_settings(networks, v) for v in sweep},
             "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
