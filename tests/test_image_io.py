@@ -254,6 +254,19 @@ def test_32bit_int_outside_16bit_range_rejected(tmp_path: Path) -> None:
     assert _reject(path).reason == "unsupported_format"
 
 
+@pytest.mark.parametrize("dtype, says", [(np.float32, "3 samples of 32-bit floating-point"),
+                                         (np.int8, "3 samples of 8-bit signed integer")])
+def test_a_tiff_of_pixels_pillow_cannot_read_is_named_unsupported_not_truncated(tmp_path: Path, dtype, says) -> None:
+    import tifffile  # scikit-image's TIFF writer: Pillow cannot write these either
+
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, (_rng_image(32, 32) // 2).astype(dtype), photometric="rgb")
+    rejected = _reject(path)
+    assert rejected.reason == "unsupported_format" and says in rejected.detail
+    path.write_bytes(path.read_bytes()[:60])  # its directory cut short: truncated after all
+    assert _reject(path).reason == "truncated"
+
+
 def test_rgba_alpha_composited_on_white(tmp_path: Path) -> None:
     rgba = np.zeros((32, 48, 4), dtype=np.uint8)
     rgba[:, :16] = (10, 20, 30, 255)   # opaque

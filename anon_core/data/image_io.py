@@ -108,6 +108,32 @@ def _sniff_format(path: Path) -> str | None:
     return None
 
 
+_TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "untyped", 5: "complex",
+                        6: "complex floating-point"}
+
+
+def _tiff_pixels(path: Path) -> str | None:
+    """What a TIFF's first image directory says its pixels are ("3 samples of 32-bit floating-point"), or None when
+    that directory cannot be read (the file is truncated or corrupt)."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow warns, and goes on, where the directory is cut short
+            directory = TiffImagePlugin.ImageFileDirectory_v2(handle.read(8))
+            handle.seek(directory.next)
+            directory.load(handle)
+        if not {256, 257, 258} <= set(directory):  # width, height, bits per sample
+            return None
+        bits = directory[258]
+        formats = directory.get(339, (1,))
+        samples = int(directory.get(277, len(bits)))
+        return (f"{samples} sample{'s' * (samples != 1)} of {bits[0]}-bit "
+                f"{_TIFF_SAMPLE_FORMATS.get(formats[0], f'sample format {formats[0]}')} per pixel")
+    except Exception:  # SyntaxError, struct.error, OSError, IndexError: no readable directory
+        return None
+
+
 def is_image_file(path: Path) -> bool:
     """Whether the file's header is one of an accepted format (nothing is decoded)."""
     try:
@@ -208,6 +234,11 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
         ) from exc
     except UnidentifiedImageError as exc:
         sniffed = _sniff_format(path)
+        pixels = _tiff_pixels(path) if sniffed == "TIFF" else None
+        if pixels is not None:  # a whole header, of pixels no decoder here reads
+            raise ImageRejected(
+                "unsupported_format", f"{path}: a TIFF of {pixels}, which Pillow cannot read; save the image as 8- or "
+                                      "16-bit integer RGB or greyscale.") from exc
         if sniffed is not None:
             raise ImageRejected(
                 "truncated",
