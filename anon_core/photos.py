@@ -32,7 +32,7 @@ from anon_core.batch_size import resolve_batch_size
 from anon_core.compose import cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.datasets import load_dataset
-from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
+from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, generate
@@ -59,7 +59,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "face",  # index of the face in its photo, largest box first ("" on photo rows)
     "status",  # photo rows: ok | rejected, pending until the photo is written; face rows: anonymized | covered
     "reason",  # photo rows: the rejection's code; face rows: why it was covered (too_small, profile, alignment_failed)
-    "detail",  # human sentence for the reason
+    "detail",  # human sentence for the reason; of a photo row, what reading it did (turned, frames or alpha lost)
     "faces",  # photo rows: faces detected
     "sha256",  # photo rows: hex sha256 of the input file's bytes ("" when it could not be read)
     "box",  # face rows: x1 y1 x2 y2 in photo pixels
@@ -180,9 +180,10 @@ class _PhotoRun:
         self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], int]:
+    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], int, list[str]]:
         """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread); all of it in
-        the photo turned by the returned quarter turns, where its faces were found."""
+        the photo turned by the returned quarter turns, where its faces were found; and what the decoding left out
+        (`image_io.flattened`)."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
         image, turns, detections = find_faces(self.detector, load_rgb(f.path), self.settings.turns)
@@ -195,7 +196,7 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        return covered, faces, crops, turns
+        return covered, faces, crops, turns, flattened(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
@@ -225,7 +226,7 @@ class _PhotoRun:
             reading.update(1)
             self.summary.photos += 1
             try:
-                image, faces, crops, turns = reading_future.result()
+                image, faces, crops, turns, left_out = reading_future.result()
             except ImageRejected as rejected:
                 self.summary.rejected[rejected.reason] += 1
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, rejected.detail, -1)]
@@ -233,12 +234,13 @@ class _PhotoRun:
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
             photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), turns=turns)
-            turned = (f"{f.relpath}: stored sideways or upside down; its faces were found with the photo turned "
-                      f"{90 * turns} degrees counter-clockwise, and it is written as stored") if turns else ""
+            notes = ([f"stored sideways or upside down; its faces were found with the photo turned {90 * turns} "
+                      "degrees counter-clockwise, and it is written as stored"] if turns else []) + left_out
+            detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
             self.summary.turned += bool(turns)
             if not faces:
                 self.summary.faceless.append(f.relpath)
-            self.rows[row] = [self._photo_row(f, photo.output, "ok", "", turned, len(faces)),
+            self.rows[row] = [self._photo_row(f, photo.output, "ok", "", detail, len(faces)),
                               *(self._face_row(photo, face) for face in faces)]
             if time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
                 self._write_manifest()

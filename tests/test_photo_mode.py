@@ -135,6 +135,23 @@ def test_a_turn_with_more_boxes_wins_only_with_more_upright_faces():
     assert find_faces(_BoxesByOrientation(stored_sideways), photo, "never")[1] == 0
 
 
+def test_the_manifest_says_which_frames_and_transparency_a_photo_lost(photos, photo_run, tmp_path):
+    """A photo is read as one RGB image: a multi-page TIFF's later pages and a PNG's transparency are not written out,
+    and the photo's manifest row says so, where nothing was lost it says nothing."""
+    portrait = Image.fromarray(_rgb(photos / "portrait.jpg"))
+    (tmp_path / "in").mkdir()
+    portrait.save(tmp_path / "in" / "pages.tif", save_all=True,
+                  append_images=[portrait.rotate(5), portrait.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    cut_out = portrait.convert("RGBA")
+    cut_out.putalpha(Image.fromarray(np.pad(np.full((portrait.height - 8, portrait.width - 8), 255, np.uint8), 4)))
+    cut_out.save(tmp_path / "in" / "cut_out.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 0
+    details = {r["input"]: r["detail"] for r in _rows(tmp_path / "out") if r["kind"] == "photo"}
+    assert details == {"pages.tif": "pages.tif: only its first frame of 3 was read",
+                       "cut_out.png": "cut_out.png: its transparency was flattened onto white"}
+    assert all(r["detail"] == "" for r in _rows(photo_run[0]) if r["kind"] == "photo" and r["status"] == "ok")
+
+
 @pytest.mark.parametrize("turns", [1, 2])
 def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymized(photos, photo_run, tmp_path, turns):
     """A phone photo stored turned, without an EXIF orientation: no face upright, so before it was written out

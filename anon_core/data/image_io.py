@@ -134,6 +134,20 @@ def _tiff_pixels(path: Path) -> str | None:
         return None
 
 
+def flattened(path: Path) -> list[str]:
+    """What reading the file as one RGB image (`load_rgb`) leaves out, from its header: frames after the first (an
+    MPO's extra pictures, a phone's previews, not counted) and transparency. Empty for an unreadable file."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+            alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    except Exception:
+        return []
+    return ([f"only its first frame of {frames} was read"] if frames > 1 else []) + \
+        (["its transparency was flattened onto white"] if alpha else [])
+
+
 def is_image_file(path: Path) -> bool:
     """Whether the file's header is one of an accepted format (nothing is decoded)."""
     try:
