@@ -50,14 +50,15 @@ def test_real_images_lists_every_file_and_registers_its_shards(tmp_path, lfw_fac
     storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(faces))
     networks = NetworksResource(overrides={"pipeline.shard_size": 2, "data.align": False})
     context = dg.build_asset_context(instance=instance)
-    value = real_data.real_images(context, storage, networks, tracker)
+    [output] = real_data.real_images(context, storage, networks, tracker)
+    value = output.value
     table = value.table.set_index("input")
     assert table.loc["notes.jpg", "status"] == "rejected" and table.loc["notes.jpg", "reason"] == "not_an_image"
     assert table.loc[[f"face_{i}.png" for i in range(3)], "shard"].tolist() == ["shard-00000", "shard-00000",
                                                                                  "shard-00001"]
     assert value.images.shape == (3, 64, 64, 3)
     assert instance.get_dynamic_partitions("image_shards") == ["shard-00000", "shard-00001"]
-    assert _metadata(context)["num_rejected"] == 1
+    assert output.metadata["num_rejected"].value == 1
 
 
 def test_pairs_takes_each_real_images_nearest_fake(lfw_faces, tracker):
@@ -115,10 +116,20 @@ def test_anonymized_images_generate_the_codes_images_in_input_order(tmp_path, in
              "identity_similarity": np.array([0.1, 0.2], np.float32)}
     mlflow = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     context = dg.build_asset_context(partition_key="shard-00000|m0.9", instance=instance)
-    value = anonymization.anonymized_images(context, codes, real, pairs, pool, NetworksResource(), mlflow)
+    outputs = anonymization.anonymized_images(context, codes, real, pairs, pool, NetworksResource(), mlflow)
+    output = next(outputs)
+    value, run_id = output.value, output.metadata["mlflow_run_id"].value
     assert value.table["image"].tolist() == ["b.png", "a.png"] and value.table["fake_index"].tolist() == [0, 2]
     np.testing.assert_array_equal(value.images[:], generate(tiny_nets.generator, codes["ws"]))
-    assert _metadata(context)["variant"] == "m0.9"
+    assert output.metadata["variant"].value == "m0.9"
+    # The images are generated as the IO manager writes them: the MLflow run ends after that, with how it went
+    assert mlflow.client().get_run(run_id).info.status == "RUNNING"
+    assert list(outputs) == [] and mlflow.client().get_run(run_id).info.status == "FINISHED"
+    context = dg.build_asset_context(partition_key="shard-00000|m0.9", instance=instance)
+    outputs = anonymization.anonymized_images(context, codes, real, pairs, pool, NetworksResource(), mlflow)
+    run_id = next(outputs).metadata["mlflow_run_id"].value
+    outputs.close()  # what Dagster does where the IO manager fails (a full disk)
+    assert mlflow.client().get_run(run_id).info.status == "FAILED"
 
 
 def test_settings_readers_change_exactly_with_what_they_read():

@@ -3,7 +3,7 @@ their images."""
 
 import hashlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 import numpy as np
@@ -111,7 +111,7 @@ def anonymized_latents(
 def anonymized_images(
     context: dg.AssetExecutionContext, anonymized_latents: Mapping, real_images: ImageSet, pairs: pd.DataFrame,
     fake_pool: Mapping, networks: NetworksResource, mlflow: MlflowResource,
-) -> ImageSet:
+) -> Iterator[dg.Output[ImageSet]]:
     """G(w_anon) for one shard of one variant, as PNG under the input's relative path: together a variant's shards
     form its anonymized dataset folder, `anonymized_images/<variant>/images/`."""
     from anon_core.fake_pool import generate, generated_images
@@ -132,7 +132,8 @@ def anonymized_images(
         if real_faces:
             columns.insert(0, real_images.images[rows[shown]])
         run.log_image(grid_png(columns[-2:]), "fake_anonymized_grid.png")
-    context.add_output_metadata({"variant": context_variant(context), "num_images": len(rows), **run.metadata,
-                                 "grid": png_markdown(grid_png(columns), ("real | " if real_faces else "") +
-                                                      "fake | anonymized")})
-    return ImageSet(table=frame, images=images)
+        # Yielded inside the MLflow run: Dagster's IO manager generates and writes the images before the generator
+        # goes on, so the run ends FINISHED only once they are stored, and FAILED where that fails.
+        yield dg.Output(ImageSet(table=frame, images=images), metadata={
+            "variant": context_variant(context), "num_images": len(rows), **run.metadata,
+            "grid": png_markdown(grid_png(columns), ("real | " if real_faces else "") + "fake | anonymized")})

@@ -1,6 +1,7 @@
 """Group `real_data`: the real images (ingested and validated, rejects kept as rows), their FaRL features and their
 W+ inversions, shared by every variant."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +21,7 @@ GROUP = "real_data"
 @dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True},
           op_tags=GPU)  # the face detector of the alignment
 def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
-                mlflow: MlflowResource) -> ImageSet:
+                mlflow: MlflowResource) -> Iterator[dg.Output[ImageSet]]:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
     it is) at the generator's resolution (crops cached privately in `<storage>/.align_cache`), and one row per file with its status (`ok`/`rejected`), reason, output
     name, shard and labels. Registers the shards: `pipeline.shard_size` ok images each."""
@@ -47,14 +48,13 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
         counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
         run.log_metrics({"num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum())})
         run.log_table(counts, "counts.csv")  # reasons only: file names stay in the storage
-    context.add_output_metadata({**run.metadata,
-        "input_dir": dg.MetadataValue.path(storage.input_dir), "dataset": ingested.dataset,
-        "alignment": ingested.alignment or "none", "labels": ", ".join(ingested.labels) or "none",
-        "num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum()),
-        "num_shards": int(frame.loc[ok, "shard"].nunique()), "shard_size": shard_size, "counts": table(counts),
-        "rejects": table(frame.loc[~ok, ["input", "reason", "detail"]]),
-    })
-    return ImageSet(table=frame, images=ingested.images(workers=io_workers(nets.device)))
+        # Yielded inside the MLflow run, which ends once the IO manager has stored the images (anonymized_images)
+        yield dg.Output(ImageSet(table=frame, images=ingested.images(workers=io_workers(nets.device))), metadata={
+            **run.metadata, "input_dir": dg.MetadataValue.path(storage.input_dir), "dataset": ingested.dataset,
+            "alignment": ingested.alignment or "none", "labels": ", ".join(ingested.labels) or "none",
+            "num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum()),
+            "num_shards": int(frame.loc[ok, "shard"].nunique()), "shard_size": shard_size, "counts": table(counts),
+            "rejects": table(frame.loc[~ok, ["input", "reason", "detail"]])})
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
