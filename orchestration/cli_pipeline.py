@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     rejected = _rejections(storage) if args.mode == "aligned" else None
     if rejected:
         print(rejected)
-    if "anonymize" in stages:
+    if "anonymize" in stages and "prepare" not in summary.failed:
         kind = "anonymized_photos" if args.mode == "photo" else "anonymized_images"
         for variant in summary.variants:
             folder = storage.asset_dir(kind, variant)

@@ -139,6 +139,9 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
 
     if not driver.run("observe_settings", "observe settings", None, None):
         return summary
+    if "prepare" not in stages and not driver.prepared((PREPARE_PHOTOS if mode == "photo" else PREPARE).resolve(graph),
+                                                       mode):
+        return summary
     if mode == "photo":
         bound = networks.privacy_bound()
         if "prepare" in stages and not driver.materialize("prepare_photos", "prepare photos",
@@ -423,6 +426,27 @@ class _Driver:
         self.run_all([launch for *_, launch in planned if launch is not None])
         for variant, shard, partition, label, _ in planned:
             self._record_check(variant, shard, label, bound, latest_check(self.instance, check, partition), photos)
+
+    def prepared(self, keys, mode: str) -> bool:
+        """Whether every value of the prepare stage is up to date, for a command that runs later stages alone
+        (`falco stage anonymize`, `evaluate`): they read the stored values as they are, so a fake pool of other
+        settings, or none at all, would give images paired otherwise than recorded, or no images and a "done". Else
+        one failure naming the stage to run."""
+        from orchestration.staleness import statuses
+
+        status = statuses(self.instance, self.graph, sorted(keys, key=lambda k: k.to_user_string()), None,
+                          self.config["storage"]["root"])
+        behind = [f"{key.to_user_string()} {value.lower()}" for key, value in status.items() if value != "FRESH"]
+        if not behind:
+            return True
+        flag = " --mode photo" if mode == "photo" else ""
+        self.summary.failed.append("prepare")
+        state = ("has not run on this storage" if all(v == "MISSING" for v in status.values()) else
+                 f"is not up to date ({', '.join(behind)}: its settings or the input changed since it ran)")
+        self.summary.errors["prepare"] = (
+            f"the prepare stage {state}; run `falco stage prepare{flag}` with the same options first, or `falco "
+            f"pipeline{flag}`, which runs every stage (nothing was run)")
+        return False
 
     def _block_if_not_anonymized(self, variant: str, shards: Sequence[str]) -> None:
         """Evaluating a variant whose anonymization is missing or stale for a shard (its settings, or an upstream

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +24,9 @@ from PIL import Image
 from dagster._core.event_api import PartitionKeyFilter
 
 from anon_core.artifacts import ImageSet
+from orchestration.driver import run_pipeline
+from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import MlflowResource
 from pipeline_helpers import fast_params, instance_at, made_since, materializations, run, write_faces
 
 VARIANTS = ["default", "m0.5"]
@@ -143,6 +147,27 @@ def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_un
     [evaluation] = [r for r in find_evaluation_runs(f"sqlite:///{root / 'mlflow.db'}", None)
                     if r.data.tags.get("variant") == "keep"]
     assert float(evaluation.data.params["optimization.margin"]) == 0.85
+
+
+@pytest.mark.parametrize("stage", ["anonymize", "evaluate"])
+def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(state, tmp_path, stage):
+    """`falco stage anonymize` after the pool size changed read the old pool, and logged the new size to MLflow; on a
+    new storage it ran nothing and said done. Both are one failure naming `falco stage prepare`, before any run."""
+    root, instance = state
+    before = materializations(instance)
+    summary = run(root, instance, VARIANTS, stages=(stage,), overrides={"pool_size": 50})
+    assert summary.failed == ["prepare"] and summary.ran == []
+    assert "fake_pool stale" in summary.errors["prepare"] and "falco stage prepare" in summary.errors["prepare"]
+    assert made_since(before, materializations(instance)) == {}
+    with instance_at(tmp_path / "new_home") as new_instance:
+        storage = StorageResource(root=str(tmp_path / "new_store"), input_dir=str(root / "faces"))
+        networks = NetworksResource(params_path=str(root / "params.yaml"))
+        summary = run_pipeline(storage, networks, VARIANTS, instance=new_instance, stages=(stage,),
+                               log=lambda *_: None, mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+        assert summary.failed == ["prepare"] and "has not run on this storage" in summary.errors["prepare"]
+        assert materializations(new_instance) == Counter()
+    summary = run(root, instance, VARIANTS, stages=(stage,))  # as prepared: nothing to refuse, nothing to do
+    assert summary.failed == [] and summary.ran == []
 
 
 def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state):
