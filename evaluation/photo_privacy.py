@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from anon_core.data.align import ffhq_quad, warp_quad
-from anon_core.data.image_io import load_rgb
+from anon_core.data.image_io import displayed_size, load_rgb
 from anon_core.errors import FalcoError
-from anon_core.folders import check_finished, missing_outputs
+from anon_core.folders import check_finished, check_separate, exclusive, missing_outputs
 from anon_core.photos import parse_numbers, read_photo_manifest
 from evaluation.recognizers import Recognizer, build_recognizer
 
@@ -51,6 +51,9 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
     for photo, rows in faces.groupby("input", sort=False):
         real = load_rgb(Path(input_dir) / photo)
         anonymized = load_rgb(Path(output_dir) / "images" / rows["output"].iloc[0])
+        if anonymized.shape != real.shape:
+            raise _resized(Path(output_dir), rows["output"].iloc[0], anonymized.shape[1::-1], photo,
+                           real.shape[1::-1])
         for row in rows.itertuples():
             quad = face_quad(parse_numbers(row.landmarks, (5, 2)), parse_numbers(row.box, (4,)))
             real_crops.append(warp_quad(real, quad, CROP_SIZE))
@@ -60,6 +63,12 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
         return table.assign(dlib_distance=pd.Series(dtype=float), matched=pd.Series(dtype=bool))
     similarity = dlib.paired_similarity(dlib.embed(np.stack(out_crops)), dlib.embed(np.stack(real_crops)))
     return table.assign(dlib_distance=dlib.to_score(similarity), matched=dlib.is_match(similarity))
+
+
+def _resized(folder: Path, output: str, size, photo: str, real_size) -> FalcoError:
+    return FalcoError(f"{folder}: images/{output} is {size[0]} x {size[1]} px but its input {photo} is {real_size[0]} "
+                      f"x {real_size[1]}: not the photo `falco anonymize --mode photo` wrote (its faces would be cut "
+                      "at the wrong places); re-run it into this folder")
 
 
 def write_face_privacy(privacy: pd.DataFrame, folder: Path) -> Path:
@@ -114,6 +123,12 @@ def check_photo_sources(real_dir: Path, folders: list[Path]) -> None:
         used = manifest.loc[(manifest["kind"] == "face") | (manifest["status"] == "ok"), "input"]
         check_real_folder(Path(real_dir), Path(folder), record if isinstance(record, dict) else {}, manifest, used,
                           current)
+        faces = manifest[manifest["kind"] == "face"].drop_duplicates("input")
+        for photo, output in zip(faces["input"], faces["output"]):  # the sizes from the headers, before any work
+            size = displayed_size(Path(folder) / "images" / output)
+            real_size = displayed_size(Path(real_dir) / photo)
+            if None not in (size, real_size) and size != real_size:
+                raise _resized(Path(folder), output, size, photo, real_size)
 
 
 def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path, bound: float) -> dict[str, Path]:
@@ -122,22 +137,25 @@ def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path, boun
     from anon_core.atomic import write_bytes_atomic
 
     out_dir = Path(out_dir)
+    check_separate(real_folder=real_dir, report_folder=out_dir,
+                   **{f"anonymized_folder_{i + 1}": d for i, d in enumerate(folders)})
     check_photo_sources(real_dir, folders)
-    dlib = build_recognizer("dlib")
-    per_face, rows = [], []
-    for folder in folders:
-        privacy = face_privacy(real_dir, folder, dlib)
-        per_face.append(privacy.assign(run=str(folder)))
-        rows.append({"run": str(folder), **photo_run_summary(privacy, bound)})
-    metrics = pd.DataFrame(rows)
-    faces = pd.concat(per_face, ignore_index=True)
-    paths = {"metrics": out_dir / "metrics.csv", "faces": out_dir / "faces.csv", "markdown": out_dir / "report.md"}
-    write_bytes_atomic(paths["metrics"], metrics.to_csv(index=False, float_format="%.4f").encode())
-    write_bytes_atomic(paths["faces"], faces.to_csv(index=False, float_format="%.4f").encode())
-    text = ["# Photo mode: privacy per face", "",
-            f"Each face of each output photo, cut at the input's landmarks, against the same face of the input photo "
-            f"by dlib's recognizer (same person when the descriptor distance is below 0.6). Bound on the matched "
-            f"share: {bound:.0%} (params.yaml checks.privacy_max_match_share).", "",
-            metrics.to_markdown(index=False, floatfmt=".3f"), ""]
-    write_bytes_atomic(paths["markdown"], "\n".join(text).encode())
+    with exclusive(out_dir, "report folder"):  # one evaluate at a time writes it
+        dlib = build_recognizer("dlib")
+        per_face, rows = [], []
+        for folder in folders:
+            privacy = face_privacy(real_dir, folder, dlib)
+            per_face.append(privacy.assign(run=str(folder)))
+            rows.append({"run": str(folder), **photo_run_summary(privacy, bound)})
+        metrics = pd.DataFrame(rows)
+        faces = pd.concat(per_face, ignore_index=True)
+        paths = {"metrics": out_dir / "metrics.csv", "faces": out_dir / "faces.csv", "markdown": out_dir / "report.md"}
+        text = ["# Photo mode: privacy per face", "",
+                f"Each face of each output photo, cut at the input's landmarks, against the same face of the input "
+                f"photo by dlib's recognizer (same person when the descriptor distance is below 0.6). Bound on the "
+                f"matched share: {bound:.0%} (params.yaml checks.privacy_max_match_share).", "",
+                metrics.to_markdown(index=False, floatfmt=".3f"), ""]
+        write_bytes_atomic(paths["metrics"], metrics.to_csv(index=False, float_format="%.4f").encode())
+        write_bytes_atomic(paths["faces"], faces.to_csv(index=False, float_format="%.4f").encode())
+        write_bytes_atomic(paths["markdown"], "\n".join(text).encode())
     return paths

@@ -447,3 +447,28 @@ def test_evaluate_names_the_folder_to_pass_when_real_dir_is_not_what_the_run_rea
     message = error(changed, hashed)
     assert f"{changed}: portrait.jpg has other bytes than when {hashed} anonymized it" in message
     assert "the folder no longer holds what the run anonymized" in message
+
+
+def test_evaluate_refuses_an_output_photo_of_another_size_and_a_report_among_the_photos(photo_run, photos, tmp_path,
+                                                                                        capsys):
+    """A photo the run did not write (the input, upscaled: its real faces) was cut at the input's coordinates, in the
+    wrong places, and passed the privacy bound; downscaled, a traceback. And `--out` into the input folder wrote the
+    report over the user's own files."""
+    out, _, _ = photo_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (tmp_path / "report").mkdir()
+    for size in ((1920, 1280), (480, 320)):
+        Image.open(photos / "group.png").convert("RGB").resize(size).save(run / "images" / "group.png")
+        capsys.readouterr()
+        assert main(["evaluate", str(photos), str(run), "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"images/group.png is {size[0]} x {size[1]} px but its input group.png is" in err
+        assert not any((tmp_path / "report").iterdir())  # refused before anything was written
+    for report in (photos, out, out / "images"):
+        listed = sorted(p.name for p in report.iterdir())
+        assert main(["evaluate", str(photos), str(out), "--out", str(report)]) == 2
+        err = capsys.readouterr().err
+        assert "nothing was written" in err or "same folder" in err, err
+        assert sorted(p.name for p in report.iterdir()) == listed

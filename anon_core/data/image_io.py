@@ -148,6 +148,19 @@ def flattened(path: Path) -> list[str]:
         (["its transparency was flattened onto white"] if alpha else [])
 
 
+def displayed_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the image `load_rgb` gives (its EXIF orientation applied), from the header; None when the
+    header cannot be read."""
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn, or a transpose
+    except Exception:
+        return None
+    return (height, width) if turned else (width, height)
+
+
 def is_image_file(path: Path) -> bool:
     """Whether the file's header is one of an accepted format (nothing is decoded)."""
     try:
