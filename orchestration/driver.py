@@ -278,7 +278,7 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
 
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
-    for name in wanted:
+    for name in [*networks.section("variants"), *wanted]:  # every definition, not only the variants this run makes
         settings.variant_settings(networks, name)
     networks.privacy_bound()
 

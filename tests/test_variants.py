@@ -80,3 +80,23 @@ def test_one_setting_spelled_two_ways_is_one_variant():
     assert canonical_name("steps20_m0.5") == "m0.5_steps20"
     assert canonical_name("keep_identity") == "keep_identity" and canonical_name(DEFAULT_VARIANT) == DEFAULT_VARIANT
     assert sweep_variants({"variants": ["m0.50", "m0.5"], "margin": [0.5]}) == ["m0.5"]  # computed once
+
+
+def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_makes(tmp_path):
+    """A bad definition in params.yaml surfaced only on the day someone ran that variant."""
+    import yaml
+
+    from orchestration.driver import check_settings
+    from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
+
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    storage = StorageResource(root=str(tmp_path / "store"), input_dir=str(tmp_path / "faces"))
+    for variants, error in (({"keep": {"margin": 0.9}, "m0.9": {"margin": 0.1}}, "'m0.9' is a name made of values"),
+                            ({"keep": {"margin": 0.9}, "odd": {"pool_size": 3}}, "odd: unknown key"),
+                            (["keep"], "'variants:' must be a mapping")):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": variants}))
+        networks = NetworksResource(params_path=str(tmp_path / "params.yaml"))
+        with pytest.raises(ParamsError, match=error):
+            check_settings(storage, networks, ["default"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
+    check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
