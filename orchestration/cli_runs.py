@@ -141,8 +141,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         if not (privacy and utility):
             print("falco: error: the runs logged no re-identification and utility metrics to plot", file=sys.stderr)
             return 2
-        points = frame.drop_duplicates("variant", keep="last").set_index("variant")
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
+        points = plot_points(frame, baselines, every_run=args.all)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
                                                           baselines))
@@ -153,6 +153,15 @@ def _run_compare(args: argparse.Namespace) -> int:
     else:
         print(side_by_side(frame, args.metric or headline_metrics(logged)))
     return 0
+
+
+def plot_points(frame: pd.DataFrame, baselines: list[str], every_run: bool) -> pd.DataFrame:
+    """The rows of a `compare_table` to plot, indexed by their label: the latest of each variant and baseline, or
+    (`every_run`, with --all) every evaluation, named by its variant and start, beside the baselines' latest."""
+    labels = frame["variant"]
+    if every_run:
+        labels = labels.where(labels.isin(baselines), labels + " " + frame["started"])
+    return frame.assign(variant=labels).drop_duplicates("variant", keep="last").set_index("variant")
 
 
 def _check_plot_path(path: Path) -> None:

@@ -551,3 +551,14 @@ def test_a_stop_inside_an_mlflow_query_ends_the_step_killed_at_once_not_failed_o
 
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # a read left open blocks no write
+
+
+def test_runs_compare_all_plots_every_evaluation_of_a_variant_not_only_its_latest():
+    from orchestration.cli_runs import plot_points
+
+    frame = pd.DataFrame({"variant": ["m0.5", "blur", "m0.5", "blur"], "reid": [0.4, 0.9, 0.2, 0.8],
+                          "started": ["2026-12-01 10:00:00", "2026-12-01 10:00:00", "2026-12-02 09:00:00",
+                                      "2026-12-02 09:00:00"]})
+    assert plot_points(frame, ["blur"], every_run=False)["reid"].to_dict() == {"m0.5": 0.2, "blur": 0.8}
+    assert plot_points(frame, ["blur"], every_run=True)["reid"].to_dict() == {
+        "m0.5 2026-12-01 10:00:00": 0.4, "m0.5 2026-12-02 09:00:00": 0.2, "blur": 0.8}
