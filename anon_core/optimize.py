@@ -8,8 +8,10 @@ from the paired fake's code, while every other layer stays at the real image's i
   [+ lambda_consistency * (1 - <f(x_anon), f(G(w_fake))>)]                (ours, off by default)
 
 and a batch minimizes the SUM of its images' losses with Adam. Since each image's loss depends only on its own
-code and Adam's update is element-wise, every image gets exactly the update it would get if optimized alone;
-`tests/test_optimize.py` holds the code to that.
+code and Adam's update is element-wise, every image gets the update it would get if optimized alone: exactly in
+float64 (`tests/test_optimize.py` holds the code to that); in float32 the networks' kernels sum in an order that
+depends on the batch's size, and the steps carry that rounding into other codes (as with another thread count), so
+results are bit-identical for the same batches, not across batch sizes or batch companions.
 
 The bracketed term is not the paper's: it pulls each anonymized identity toward the identity of its paired fake's
 own image. With identity-aware pairing (anon_core.assignment.identity_fakes) every image of one person starts from
