@@ -15,8 +15,8 @@ reason is recorded:
 
 A photo stored sideways or upside down without an EXIF orientation shows the detector no upright face; where none
 is found upright, or every face found lies on its side, the photo is also searched turned (`turns`, `TURNS`; with
-`turns: always`, every photo); its faces are handled in the orientation that shows the most upright faces, then the photo
-is turned back.
+`turns: always`, every photo); its faces are handled in the orientation that shows the most upright faces, then the
+photo is turned back.
 
 Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
 floor), so that is the smallest face photo mode can vouch for.

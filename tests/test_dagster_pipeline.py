@@ -163,7 +163,8 @@ def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(
         storage = StorageResource(root=str(tmp_path / "new_store"), input_dir=str(root / "faces"))
         networks = NetworksResource(params_path=str(root / "params.yaml"))
         summary = run_pipeline(storage, networks, VARIANTS, instance=new_instance, stages=(stage,),
-                               log=lambda *_: None, mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
+                               log=lambda *_: None,
+                               mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
         assert summary.failed == ["prepare"] and "has not run on this storage" in summary.errors["prepare"]
         assert materializations(new_instance) == Counter()
     summary = run(root, instance, VARIANTS, stages=(stage,))  # as prepared: nothing to refuse, nothing to do
