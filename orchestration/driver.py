@@ -441,8 +441,11 @@ class _Driver:
             return True
         flag = " --mode photo" if mode == "photo" else ""
         self.summary.failed.append("prepare")
+        causes = {"STALE": "stale: its settings or the input changed since it ran", "MISSING": "missing: not made",
+                  "UNRECORDED": "unrecorded: its run stopped before Dagster recorded it"}
+        why = "; ".join(text for value, text in causes.items() if value in status.values())
         state = ("has not run on this storage" if all(v == "MISSING" for v in status.values()) else
-                 f"is not up to date ({', '.join(behind)}: its settings or the input changed since it ran)")
+                 f"is not up to date ({', '.join(behind)}; {why})")
         self.summary.errors["prepare"] = (
             f"the prepare stage {state}; run `falco stage prepare{flag}` with the same options first, or `falco "
             f"pipeline{flag}`, which runs every stage (nothing was run)")
