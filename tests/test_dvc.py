@@ -155,3 +155,17 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
         latents = instance.fetch_materializations(dg.AssetKey("anonymized_latents"), limit=100).records
         assert sorted(r.partition_key.split("|")[1] for r in latents) == ["default", "m0.5", "m0.9"]  # one shard each
     assert set(json.loads(metrics_file.read_text())) == {"default", "m0.5", "m0.9", "blur"}
+
+
+def test_the_prepare_stage_follows_every_defaults_key_its_assets_read():
+    """`pairing` was missing from the stage's params: `dvc repro` after changing it skipped every stage and kept the
+    old pairs."""
+    from orchestration.assets import settings
+    from orchestration.resources import NetworksResource, StorageResource
+
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["prepare"]
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["defaults"]
+    read = {key for reader in (settings.fake_pool_settings, settings.pairing_settings, settings.inversion_settings)
+            for key in reader(NetworksResource(), StorageResource())}
+    assert {"pairing", "pool_size", "seed"} <= read & set(defaults)
+    assert {f"defaults.{key}" for key in read & set(defaults)} <= set(stage["params"])
