@@ -29,7 +29,6 @@ mismatch of a file is reported in one `CheckpointError` that names the file.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from anon_core.checkpoint_file import CheckpointError, read_checkpoint
 from anon_core.errors import FalcoError, MissingWeightsError
 from anon_core.networks.arcface import ArcFaceEncoder, IRSEConfig
 from anon_core.networks.e4e import E4EConfig, E4EEncoder, E4EInverter
@@ -66,10 +66,6 @@ __all__ = [
 GENERATOR_FORMATS: tuple[str, ...] = ("auto", "genforce", "rosinality", "e4e")
 OFFICIAL_ROLES: tuple[str, ...] = ("generator", "e4e", "farl", "arcface")  # keys of load_official_networks' paths
 _SHOWN = 8  # keys listed per kind of problem in an error message
-
-
-class CheckpointError(FalcoError):
-    """A checkpoint file that cannot be read or does not fit the network it is loaded into."""
 
 
 class _Transform(NamedTuple):
@@ -171,40 +167,6 @@ def e4e_encoder_table(config: E4EConfig) -> KeyTable:
 
 
 # --------------------------------------------------------------------------------------------- machinery
-_MAGIC = (b"PK\x03\x04", b"\x80")  # torch's zip format; the legacy format starts with a pickle protocol byte
-
-
-def _read(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"checkpoint {path} does not exist; fetch it (`falco models fetch NAME`, see `falco models list`) or "
-            "pass the path of the file you have"
-        )
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if not head.startswith(_MAGIC):
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (it starts with {head!r}: a web page, or a partial "
-            "download?); fetch it again (`falco models fetch NAME` verifies its sha256)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "WeightsUnpickler error" in line), str(err))
-        raise CheckpointError(
-            f"{path} holds Python objects besides tensors, so it is not loaded (weights_only=True refuses to "
-            f"unpickle them: {detail.split('. Please use')[0]}); re-save just its weights (e.g. torch.save({{'g_ema': "
-            "ckpt['g_ema'], 'latent_avg': ckpt['latent_avg']}, ...)) in a trusted environment, or use the official file"
-        ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({first}); it may be truncated: fetch it again "
-            "(`falco models fetch NAME` verifies its sha256)"
-        ) from err
-
-
 def _section(obj: Any, path: Path, keys: tuple[str, ...], what: str) -> dict[str, Tensor]:
     """The first of `keys` present at the checkpoint's top level, as a state dict."""
     if not isinstance(obj, Mapping):
@@ -315,7 +277,7 @@ def _genforce_from(obj: Any, path: Path, config: StyleGAN2Config) -> Generator:
 
 def load_genforce_stylegan2(path: str | Path, config: StyleGAN2Config) -> Generator:
     """GenForce StyleGAN2 checkpoint (`generator_smooth`, else `generator`) -> our Generator (CPU, eval)."""
-    return _genforce_from(_read(path), Path(path), config)
+    return _genforce_from(read_checkpoint(path), Path(path), config)
 
 
 def _rosinality_w_avg(latent_avg: Any, config: StyleGAN2Config, path: Path) -> Tensor:
@@ -348,7 +310,7 @@ def load_rosinality_stylegan2(path: str | Path, config: StyleGAN2Config) -> Gene
     `w_avg` is the file's `latent_avg`; a file without one (a rosinality training checkpoint) gets the mean of
     10,000 mapped z ~ N(0, I) (seed 0), as rosinality's `mean_latent` computes it.
     """
-    return _rosinality_from(_read(path), Path(path), config)
+    return _rosinality_from(read_checkpoint(path), Path(path), config)
 
 
 def _e4e_parts(obj: Any, path: Path) -> tuple[dict[str, Tensor], Mapping[str, Any]]:
@@ -374,7 +336,7 @@ def load_e4e(path: str | Path, config: E4EConfig | None = None) -> E4EEncoder:
     the other sizes from E4EConfig's defaults (IR-SE50, 256 px input).
     """
     path = Path(path)
-    obj = _read(path)
+    obj = read_checkpoint(path)
     state, opts = _e4e_parts(obj, path)
     if config is None:
         heads = [k for k in state if k.startswith("encoder.styles.") and k.endswith(".linear.weight")]
@@ -413,7 +375,7 @@ def _e4e_decoder_from(obj: Any, path: Path, config: StyleGAN2Config) -> Generato
 def load_e4e_decoder(path: str | Path, config: StyleGAN2Config) -> Generator:
     """The generator inside an e4e checkpoint (`decoder.*`, rosinality names) -> our Generator (CPU, eval);
     `w_avg` = the file's `latent_avg` (one row of it: e4e stores the mean latent repeated per layer)."""
-    return _e4e_decoder_from(_read(path), Path(path), config)
+    return _e4e_decoder_from(read_checkpoint(path), Path(path), config)
 
 
 _GENERATOR_READERS: dict[str, Callable[[Any, Path, StyleGAN2Config], Generator]] = {
@@ -435,7 +397,7 @@ def load_generator(path: str | Path, config: StyleGAN2Config, fmt: str = "auto")
     path = Path(path)
     if fmt not in GENERATOR_FORMATS:
         raise CheckpointError(f"generator format {fmt!r} is not one of {GENERATOR_FORMATS}")
-    obj = _read(path)
+    obj = read_checkpoint(path)
     if fmt == "auto":
         top = {str(key) for key in obj} if isinstance(obj, Mapping) else set()
         fmt = next((name for marker, name in _FORMAT_MARKERS if marker in top), "")
@@ -453,7 +415,7 @@ def load_farl(path: str | Path, config: ViTConfig = ViTConfig()) -> FaRLEncoder:
     """FaRL checkpoint (`state_dict` holding a whole CLIP model) -> FaRLEncoder from its `visual.*` entries; the
     other entries (text tower, logit_scale, ...) are not ours and are ignored."""
     path = Path(path)
-    whole = _section(_read(path), path, ("state_dict",), "FaRL")
+    whole = _section(read_checkpoint(path), path, ("state_dict",), "FaRL")
     state = {key: value for key, value in whole.items() if key.startswith("visual.")}
     if not state:
         raise CheckpointError(
@@ -470,7 +432,7 @@ def load_farl(path: str | Path, config: ViTConfig = ViTConfig()) -> FaRLEncoder:
 def load_arcface(path: str | Path, config: IRSEConfig = IRSEConfig()) -> ArcFaceEncoder:
     """TreB1eN ArcFace state dict (`model_ir_se50.pth`; also accepted under a `state_dict` key) -> ArcFaceEncoder."""
     path = Path(path)
-    obj = _read(path)
+    obj = read_checkpoint(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

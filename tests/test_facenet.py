@@ -167,5 +167,5 @@ def test_non_state_dict_is_refused(tmp_path):
     with pytest.raises(FalcoError, match="flat state dict"):
         load_facenet(path)
     path.write_bytes(b"not a torch file")
-    with pytest.raises(FalcoError, match="cannot read"):
+    with pytest.raises(FalcoError, match="not a readable PyTorch checkpoint"):
         load_facenet(path)

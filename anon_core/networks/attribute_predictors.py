@@ -26,7 +26,6 @@ Neither set of weights is offline; the loaders raise MissingWeightsError naming 
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anon_core.celeba import CELEBA_ATTRIBUTES
+from anon_core.checkpoint_file import read_checkpoint
 from anon_core.errors import MissingWeightsError
 from anon_core.networks.resnet50 import RESNET50, CheckpointMismatchError, ResNet, ResNetConfig, check_state_dict
 
@@ -249,14 +249,8 @@ def _read_state_dict(path: Path | str | None, fmt: _Format) -> tuple[Path, dict[
             f"{fmt.what} weights not found: {path}. They are not available offline: {how_to_get(fmt.store_name)}; "
             f"or download {' or '.join(fmt.accepted_names)} from {fmt.source} and pass its path."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointMismatchError(
-            f"{path}: holds Python objects other than tensors, which are not unpickled (weights_only=True). If you "
-            f"trust the file, re-save only its weights: torch.save({{'{fmt.state_key}': "
-            f"torch.load(path, weights_only=False)['{fmt.state_key}']}}, path). ({error})"
-        ) from None
+    checkpoint = read_checkpoint(path, resave=f"torch.save({{'{fmt.state_key}': torch.load(path, "
+                                              f"weights_only=False)['{fmt.state_key}']}}, path)")
     if isinstance(checkpoint, Mapping) and fmt.state_key in checkpoint:
         state = checkpoint[fmt.state_key]
     elif isinstance(checkpoint, Mapping) and all(isinstance(v, Tensor) for v in checkpoint.values()):

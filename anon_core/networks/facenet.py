@@ -22,7 +22,6 @@ Input: 160 x 160 RGB faces, pixels p in 0..255 whitened as (p - 127.5) / 128 (fa
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anon_core.checkpoint_file import read_checkpoint
 from anon_core.errors import FalcoError, MissingWeightsError
 
 __all__ = [
@@ -291,10 +291,7 @@ def load_facenet(
     if not path.is_file():
         names = " or ".join(f"{w.file} ({w.url})" for w in FACENET_WEIGHTS.values())
         raise MissingWeightsError(f"FaceNet weights not found at {path}; download {names} and pass its path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise FalcoError(f"cannot read {path} as a PyTorch state dict ({type(exc).__name__}: {exc})") from exc
+    state = read_checkpoint(path, resave="torch.save(model.state_dict(), path)")
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise FalcoError(f"{path} does not hold a flat state dict of tensors (got {type(state).__name__})")
     model = InceptionResnetV1()

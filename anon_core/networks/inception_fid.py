@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anon_core.hashing import sha256_file
+from anon_core.checkpoint_file import read_checkpoint
 from anon_core.errors import MissingWeightsError
 from anon_core.networks.resnet50 import CheckpointMismatchError, check_state_dict
 
@@ -236,7 +237,7 @@ def load_fid_inception(
             f"FID Inception weights not found: {path}. They are not available offline: {how_to_get(FID_STORE_NAME)}; "
             f"or download {FID_INCEPTION_FILE} from {FID_INCEPTION_URL} and pass its path."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, resave="torch.save(model.state_dict(), path)")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointMismatchError(
             f"{path}: expected a flat state dict of tensors (pytorch-fid's {FID_INCEPTION_FILE}), got "

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anon_core.checkpoint_file import read_checkpoint
+
 __all__ = ["Detection", "MTCNN", "ONet", "PNet", "RNet", "mtcnn_weights_dir", "nms"]
 
 FACENET_PIP = "pip install --no-deps facenet-pytorch==2.6.0"
@@ -150,7 +152,7 @@ def _load_net(net: nn.Module, path: Path) -> None:
             f"MTCNN weight file {path} is missing; pass weights_dir= a folder holding "
             f"{', '.join(WEIGHT_FILES.values())}, or run: {FACENET_PIP}"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, resave="torch.save(net.state_dict(), path)")
     net.load_state_dict(state, strict=True)
 
 
