@@ -37,6 +37,30 @@ def sample_z(seeds: np.ndarray, z_dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux's MemAvailable); None where it does not say."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_pool_fits(size: int, w_dim: int, feature_dim: int) -> None:
+    """FalcoError when a pool of `size` fakes (its W codes and features, float32) cannot fit in the memory this
+    machine has available: one line before it is drawn, not numpy's allocation error after a run began."""
+    from anon_core.errors import FalcoError
+
+    needed, available = size * (w_dim + feature_dim) * 4, available_memory()
+    if available is not None and needed > available:
+        raise FalcoError(f"a fake pool of {size:,} takes {needed / 2**30:.1f} GiB of memory (its codes and features), "
+                         f"and this machine has {available / 2**30:.1f} GiB available; lower pool_size (the paper "
+                         "uses 60,000)")
+
+
 def sample_fake_pool(
     generator: torch.nn.Module,
     size: int,
@@ -46,6 +70,7 @@ def sample_fake_pool(
     batch_size: int = 256,
 ) -> FakePool:
     """Map `size` seeded z to W and truncate toward w_avg (paper: psi = 0.7)."""
+    check_pool_fits(size, generator.config.w_dim, 0)
     seeds = np.arange(seed, seed + size, dtype=np.int64)
     w = np.empty((size, generator.config.w_dim), dtype=np.float32)
     for part in batch_slices(size, batch_size):

@@ -35,7 +35,7 @@ from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, generate
+from anon_core.fake_pool import FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
                                remove_outputs)
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
@@ -162,6 +162,8 @@ class _PhotoRun:
         self.show_progress = show_progress
         self.nets = nets
         check_params_fit(self.nets, params)
+        if pool is None:  # drawn at the first batch, after the manifest is written: checked here, before
+            check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)
         self.requested_batch_size = params.batch_size
         self.params = params.replace(batch_size=resolve_batch_size(self.nets, params))
         self.resolution = self.nets.generator.config.resolution

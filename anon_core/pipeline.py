@@ -23,7 +23,7 @@ from anon_core.batch_size import resolve_batch_size
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, generate
+from anon_core.fake_pool import FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, missing_outputs,
                                previous_outputs, remove_outputs)
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
@@ -180,6 +180,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     persons = _persons(table, params.pairing)
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     check_pool_holds(params.pairing, params.pool_size, len(ok_rows), persons[ok_rows])  # before any fake is made
+    check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)  # and before any write
     # who is who decides the pairing: a changed labels CSV is another run, not its journal's
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),

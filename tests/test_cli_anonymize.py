@@ -268,3 +268,19 @@ def test_unaligned_images_that_are_not_square_are_flagged_as_stretched(tmp_path,
     assert tall["status"] == "ok" and tall["reason"] == "stretched"
     assert "48 x 64, not square" in tall["detail"] and "--no-align" in tall["detail"]
     assert "2 anonymized, 0 rejected, 1 not square and stretched" in capsys.readouterr().out
+
+
+def test_a_pool_larger_than_memory_is_refused_before_the_earlier_run_is_touched(face_folder, tmp_path, capsys):
+    """--pool-size 100000000 failed with numpy's allocation traceback after the manifest had been rewritten as
+    pending and the journal emptied: the earlier, finished run could no longer be evaluated."""
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    def files():  # but the lock file, which each run rewrites
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".falco.lock"}
+
+    before = files()
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST, "--pool-size", str(10**12)]) == 2
+    err = capsys.readouterr().err
+    assert "a fake pool of 1,000,000,000,000 takes" in err and "lower pool_size" in err and "Traceback" not in err
+    assert files() == before
