@@ -84,9 +84,17 @@ class UnsafeArchiveError(FalcoError):
 
 # --------------------------------------------------------------------------------------------- lookup
 def store_dir() -> Path:
-    """``$FALCO_MODELS`` if set, else ``~/.cache/falco/models`` (not created here)."""
+    """``$FALCO_MODELS`` if set, else ``~/.cache/falco/models`` (not created here). FalcoError where that path is
+    a file: every command would otherwise fail its own way (a traceback, a misleading "unreadable" bookkeeping
+    file, or "0 mismatch")."""
     env = os.environ.get(STORE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "falco" / "models"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "falco" / "models"
+    if path.exists() and not path.is_dir():
+        from anon_core.errors import FalcoError
+
+        raise FalcoError(f"the model store {path} is a file, not a folder"
+                         + (f" (${STORE_ENV}); point ${STORE_ENV} at a folder" if env else "; move that file away"))
+    return path
 
 
 def _resolve(name: str) -> tuple[ModelEntry, Member | None]:

@@ -482,3 +482,15 @@ def test_store_dir_and_dlib_cache_share_one_helper(monkeypatch, tmp_path: Path) 
     assert model_store.store_dir() == dlib_resnet.default_model_cache_dir() == tmp_path / "m"
     monkeypatch.delenv("FALCO_MODELS")
     assert model_store.store_dir() == Path.home() / ".cache" / "falco" / "models"
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "verify"], ["models", "fetch", "fid-inception"]])
+def test_a_model_store_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys, command):
+    """Before: `fetch` a FileExistsError traceback, `list` a misleading "unreadable .verified.json", `verify` exit 0."""
+    from orchestration.cli import main
+
+    (tmp_path / "models").write_text("not a folder")
+    monkeypatch.setenv("FALCO_MODELS", str(tmp_path / "models"))
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the model store {tmp_path / 'models'} is a file" in err
