@@ -100,6 +100,7 @@ class RunSummary:
     duplicates: int = 0
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
     stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
+    unlabelled: bool = False  # identity pairing, and no image had an identity label: each its own person
 
     @property
     def ok(self) -> int:
@@ -118,6 +119,14 @@ class RunSummary:
         if self.resumed:
             text += f"; {self.resumed} of them finished by an earlier run and taken from its journal"
         return text
+
+    @property
+    def warning(self) -> str | None:
+        """What the user should know before using the outputs, or None."""
+        if self.unlabelled:
+            return ("--pairing identity found no identity label (no --labels CSV, and not an LFW or CelebA-HQ "
+                    "layout), so each image was paired as its own person, as with unique")
+        return None
 
 
 def anonymize_folder(
@@ -251,6 +260,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
+    summary.unlabelled = params.pairing == "identity" and not any(persons[ok_rows])
     return summary
 
 

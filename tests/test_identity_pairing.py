@@ -95,6 +95,18 @@ def test_a_changed_labels_csv_pairs_again_instead_of_resuming(labelled, tmp_path
     assert np.array_equal(np.load(tmp_path / "fresh" / "latents.npy"), np.load(out / "latents.npy"))
 
 
+def test_identity_pairing_without_any_label_warns_that_it_paired_like_unique(labelled, tmp_path, capsys):
+    """Before: 8 images of 3 people in folders of a plain layout, no labels CSV, and not a word: every image got its
+    own fake."""
+    args = ["anonymize", str(labelled / "in"), "--pairing", "identity", *FAST]
+    assert main([args[0], args[1], str(tmp_path / "bare"), *args[2:]]) == 0
+    assert "falco: warning: --pairing identity found no identity label" in capsys.readouterr().err
+    assert _manifest(tmp_path / "bare")["fake_index"].nunique() == 8
+    assert main([args[0], args[1], str(tmp_path / "labelled"), *args[2:], "--labels",
+                 str(labelled / "labels.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
 def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, tmp_path, capsys, mode, needed):
     args = ["anonymize", str(labelled / "in"), str(tmp_path / "o"), "--labels", str(labelled / "labels.csv"),
