@@ -255,7 +255,8 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
 
     latents = [r["ws"] for r in results]
     histories = [{name: r[f"loss_{name}"] for name in LOSS_NAMES} for r in results]
-    _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra)
+    labels = {"labels_csv": str(Path(labels_csv).resolve()) if labels_csv is not None else None}  # for evaluate
+    _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra | labels)
     summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))

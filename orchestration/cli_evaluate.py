@@ -254,6 +254,13 @@ def evaluate_folders(
     anonymized = [read_anonymized(r) for r in runs]
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
+    recorded = next((r.record["labels_csv"] for r in runs if r.record.get("labels_csv")), None)
+    if labels_csv is None and recorded is not None:  # the identities the run was paired by, and measured by
+        if not Path(recorded).is_file():
+            raise FalcoError(f"{runs[0].folder} was anonymized with the labels {recorded}, which is gone; pass "
+                             "--labels CSV (its identities give the pseudonym figures and the gallery's identities)")
+        labels_csv = Path(recorded)
+        log(f"labels: {recorded} (the one the run was anonymized with; --labels picks another)")
     real_files = load_dataset(dataset, Path(real_dir), labels_csv)  # every file hashed, once
     current = file_hashes(real_files)  # REAL_DIR is what each run read, or stop
     for run in runs:

@@ -3,6 +3,7 @@ person, distinct across people, all distinct for unique), the pairs asset's coll
 the evaluation's pseudonym figures."""
 
 import csv
+import shutil
 
 import dagster as dg
 import numpy as np
@@ -105,6 +106,27 @@ def test_identity_pairing_without_any_label_warns_that_it_paired_like_unique(lab
     assert main([args[0], args[1], str(tmp_path / "labelled"), *args[2:], "--labels",
                  str(labelled / "labels.csv")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_labels_the_run_was_anonymized_with(labelled, tmp_path, capsys):
+    """Before: `falco evaluate` without --labels measured a run paired by identity as if it had no identities (no
+    pseudonym figures, another top-1 rate), without a word."""
+    labels = tmp_path / "labels.csv"
+    shutil.copy(labelled / "labels.csv", labels)
+    run = tmp_path / "run"
+    assert main(["anonymize", str(labelled / "in"), str(run), "--pairing", "identity", "--labels", str(labels),
+                 *FAST]) == 0
+    reports = {}
+    for name, extra in (("given", ["--labels", str(labels)]), ("recorded", [])):
+        assert main(["evaluate", str(labelled / "in"), str(run), "--out", str(tmp_path / name), "--no-baselines",
+                     *extra]) == 0
+        reports[name] = pd.read_csv(tmp_path / name / "metrics.csv", index_col=0)
+    assert any(c.startswith("pseudonym/") for c in reports["recorded"].columns)
+    pd.testing.assert_frame_equal(reports["recorded"], reports["given"])
+    assert f"labels: {labels.resolve()} (the one the run was anonymized with" in capsys.readouterr().out
+    labels.unlink()
+    assert main(["evaluate", str(labelled / "in"), str(run), "--out", str(tmp_path / "gone"), "--no-baselines"]) == 2
+    assert f"anonymized with the labels {labels.resolve()}, which is gone; pass --labels" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
