@@ -219,7 +219,9 @@ def test_folder_with_csv_manifest(tmp_path: Path) -> None:
     assert df["Smiling"].dtype == "Int8" and df["Smiling"].tolist()[:3] == [1, pd.NA, 0]
     assert df["Young"].tolist()[:3] == [0, 1, 1]
     warnings = " | ".join(df.attrs["warnings"])
-    assert "missing.png" in warnings and "'age'" in warnings and "1 file(s) in the image folder have no row" in warnings
+    assert "missing.png" in warnings and "'age'" in warnings and f"1 file(s) in the image folder {root} have no row" \
+        in warnings
+    assert f"name files that are not in the image folder {root} (relpaths are relative to it)" in warnings
 
 
 def test_csv_inside_the_folder_is_not_a_row_and_bad_csvs_fail(tmp_path: Path) -> None:

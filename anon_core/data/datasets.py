@@ -440,8 +440,10 @@ def _normalise_relpath(value: str) -> str:
     return text
 
 
-def _read_labels_csv(path: Path, known: set[str], warnings: list[str]) -> pd.DataFrame:
-    """The CSV manifest -> label columns (identity, split, attributes) indexed by relpath."""
+def _read_labels_csv(path: Path, known: set[str], warnings: list[str], image_root: Path | None = None) -> pd.DataFrame:
+    """The CSV manifest -> label columns (identity, split, attributes) indexed by relpath (relative to
+    `image_root`, the layout's image folder, which the warnings name)."""
+    folder = f"the image folder {image_root}" if image_root is not None else "the image folder"
     if not path.is_file():
         raise DatasetError(f"labels CSV {path} does not exist; pass an existing file to --labels")
     try:
@@ -485,11 +487,12 @@ def _read_labels_csv(path: Path, known: set[str], warnings: list[str]) -> pd.Dat
                         f"{unused[:10]}")
     unknown = [r for r in relpaths if r not in known]
     if unknown:
-        warnings.append(f"labels CSV {path.name}: {len(unknown)} row(s) name files that are not in the image "
-                        f"folder, ignored: {unknown[:5]}")
+        warnings.append(f"labels CSV {path.name}: {len(unknown)} row(s) name files that are not in {folder} "
+                        f"(relpaths are relative to it), ignored: {unknown[:5]}")
     missing = len(known - set(relpaths))
     if missing:
-        warnings.append(f"labels CSV {path.name}: {missing} file(s) in the image folder have no row; labels empty")
+        warnings.append(f"labels CSV {path.name}: {missing} file(s) in {folder} have no row; they keep only "
+                        "what the layout gives them (an LFW person folder's identity), else no labels")
     return labels[[r in known for r in relpaths]]
 
 
@@ -523,7 +526,7 @@ def load_dataset(kind: str, root: Path, labels_csv: Path | None = None) -> pd.Da
     })
     labels = spec.labeler(table, found, warnings)
     if labels_csv is not None:
-        extra = _read_labels_csv(Path(labels_csv), set(table["relpath"]), warnings)
+        extra = _read_labels_csv(Path(labels_csv), set(table["relpath"]), warnings, image_root)
         for column in extra.columns:
             given = extra[column].reindex(labels.index)
             labels[column] = given if column not in labels else given.where(given.notna(), labels[column])
