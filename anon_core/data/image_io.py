@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -134,41 +135,46 @@ def _tiff_pixels(path: Path) -> str | None:
         return None
 
 
-def flattened(path: Path) -> list[str]:
-    """What reading the file as one RGB image (`load_rgb`) leaves out, from its header: frames after the first (an
-    MPO's extra pictures, a phone's previews, not counted) and transparency. Empty for an unreadable file."""
+T = TypeVar("T")
+
+
+def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T) -> T:
+    """`read` of the opened image (its header; nothing is decoded unless `read` asks), or `otherwise` where the file
+    cannot be opened as an image (not one, unreadable, a bomb header: `load_rgb` will say which)."""
     try:
         with warnings.catch_warnings(), Image.open(path) as image:
             warnings.simplefilter("ignore")
-            frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
-            alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+            return read(image)
     except Exception:
-        return []
-    return ([f"only its first frame of {frames} was read"] if frames > 1 else []) + \
-        (["its transparency was flattened onto white"] if alpha else [])
+        return otherwise
+
+
+def flattened(path: Path) -> list[str]:
+    """What reading the file as one RGB image (`load_rgb`) leaves out, from its header: frames after the first (an
+    MPO's extra pictures, a phone's previews, not counted) and transparency. Empty for an unreadable file."""
+    def left_out(image: Image.Image) -> list[str]:
+        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
+        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+        return ([f"only its first frame of {frames} was read"] if frames > 1 else []) + \
+            (["its transparency was flattened onto white"] if alpha else [])
+
+    return _from_header(path, left_out, [])
 
 
 def displayed_size(path: Path) -> tuple[int, int] | None:
     """(width, height) of the image `load_rgb` gives (its EXIF orientation applied), from the header; None when the
     header cannot be read."""
-    try:
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore")
-            width, height = image.size
-            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn, or a transpose
-    except Exception:
-        return None
-    return (height, width) if turned else (width, height)
+    def size(image: Image.Image) -> tuple[int, int]:
+        width, height = image.size
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn, or a transpose
+        return (height, width) if turned else (width, height)
+
+    return _from_header(path, size, None)
 
 
 def is_image_file(path: Path) -> bool:
     """Whether the file's header is one of an accepted format (nothing is decoded)."""
-    try:
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore")
-            return image.format in _ACCEPTED_FORMATS
-    except Exception:  # not an image, unreadable, a bomb header: ingest will say which
-        return False
+    return _from_header(path, lambda image: image.format in _ACCEPTED_FORMATS, False)
 
 
 def _riff_is_short(path: Path) -> bool:
