@@ -21,6 +21,7 @@ from torch import nn
 
 from anon_core.networks.arcface import BottleneckIRSE
 from anon_core.networks.farl import ResidualAttentionBlock
+from anon_core.networks.forms import resolve_resize_form
 from anon_core.networks.resample import set_resize_form
 from anon_core.networks.stylegan2 import StyledConv, ToRGB, set_upsample_form
 from anon_core.params import AMP_MODES, SpeedParams
@@ -94,7 +95,7 @@ def accelerate_networks_(nets, speed: SpeedParams) -> None:
             channels_last_(module)
     set_upsample_form(nets.generator, speed.upsample_form)
     for net in (nets.identity, nets.farl):
-        set_resize_form(net, speed.resize_form)
+        set_resize_form(net, resolve_resize_form(speed.resize_form, nets.device.type))
     backend = "inductor" if speed.compile_blocks and not speed.compile else None
     for net in (nets.generator, nets.identity, nets.farl):
         compile_blocks_(net, backend)

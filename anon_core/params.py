@@ -57,7 +57,7 @@ class SpeedParams:
     compile: bool  # torch.compile the optimization step (compiles once per batch shape, then runs faster)
     compile_blocks: bool  # torch.compile each repeated network block instead (regional); ignored when `compile` is on
     upsample_form: str  # UP_FORMS: the generator's batched up-sampling conv (same maths; docs/speed.md)
-    resize_form: str  # RESIZE_FORMS: the identity and attribute networks' input resize (same maths; docs/speed.md)
+    resize_form: str  # auto or RESIZE_FORMS: the identity and attribute networks' input resize (same maths; docs/speed.md)
     auto_max_batch_size: int  # cap of batch_size: auto
     auto_memory_fraction: float  # share of the free GPU memory that batch_size: auto may plan to fill
     auto_cpu_batch_size: int  # what batch_size: auto means without a GPU (no device memory to measure)
@@ -330,7 +330,8 @@ _RANGES = (
     ("inversion.lr", lambda p: p.inversion.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("speed.amp", lambda p: p.speed.amp, lambda v: v in AMP_MODES, f"one of {AMP_MODES}"),
     ("speed.upsample_form", lambda p: p.speed.upsample_form, lambda v: v in UP_FORMS, f"one of {UP_FORMS}"),
-    ("speed.resize_form", lambda p: p.speed.resize_form, lambda v: v in RESIZE_FORMS, f"one of {RESIZE_FORMS}"),
+    ("speed.resize_form", lambda p: p.speed.resize_form, lambda v: v in ("auto", *RESIZE_FORMS),
+     f"one of {('auto', *RESIZE_FORMS)}"),
     ("speed.auto_max_batch_size", lambda p: p.speed.auto_max_batch_size, lambda v: v >= 1, ">= 1"),
     ("speed.auto_cpu_batch_size", lambda p: p.speed.auto_cpu_batch_size, lambda v: v >= 1, ">= 1"),
     ("speed.auto_memory_fraction", lambda p: p.speed.auto_memory_fraction, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),

@@ -10,19 +10,21 @@ speed does not depend on the weights), real images generated from seeded codes, 
   c_grouped  c with the generator's modulated convolutions run as per-sample conv groups (the only path before
       the batched one; isolates what it brings)
   c   batched bf16 autocast (codes and Adam state float32), channels-last
-  c'  c + torch.compile of the step (inductor on CUDA; aot_eager on a CPU, where inductor takes many minutes)
+  c'  the defaults' forms (as d) + torch.compile of the step (inductor on CUDA; aot_eager on a CPU, where inductor
+      takes many minutes)
   c_channels_last  c with the generator's feature maps channels-last as well
   c_polyphase  c_channels_last (the defaults' settings: bf16, channels-last) with the generator's batched
       up-sampling convs run as 4 polyphase stride-1 convs + pixel shuffle instead of a 6 x 6 stride-2 transposed conv
-      (`set_upsample_form`); the default stays "transposed" until this measures it
+      (`set_upsample_form`); the default stays "transposed" (an H200 measured polyphase 0.88x)
   c_matmul_resize  c_channels_last with the identity and attribute networks' input resize run as two matrix
       products (`set_resize_form(..., "matmul")`, equal to the reference ops) instead of PyTorch's antialiased
-      bicubic / adaptive pooling kernels; the default stays "interpolate" until this measures it
+      bicubic / adaptive pooling kernels (the default on CUDA, `resize_form: auto`, since an H200 measured 1.06x)
   c_compiled_blocks  c_channels_last (or c) with regional compilation: each repeated block of the three networks
       (styled convs, ToRGBs, FaRL's attention blocks, ArcFace's units) through torch.compile (`compile_blocks_`),
       the rest eager; its first step shows what compiling costs against c''s
-  d   c at the batch that the defaults pick (`batch_size: auto` measured under bf16), what a pipeline run gets
-      (c' and d take the generator layout of whichever of c / c_channels_last was faster)
+  d   the defaults: c at the batch they pick (`batch_size: auto` measured under bf16) with params.yaml's up-sampling
+      and resize forms, what a pipeline run gets (c' and d take the generator layout of whichever of c /
+      c_channels_last was faster)
 
 Each configuration runs `--warmup` untimed steps, then `--steps` timed ones (torch.cuda.synchronize after every
 step; the first step, which includes compilation, is reported separately). Reported per configuration: seconds
@@ -71,6 +73,7 @@ from anon_core.acceleration import (  # noqa: E402
 )
 from anon_core.batch_size import resolve_batch_size  # noqa: E402
 from anon_core.fake_pool import broadcast_ws, sample_fake_pool  # noqa: E402
+from anon_core.networks.forms import resolve_resize_form  # noqa: E402
 from anon_core.networks.resample import set_resize_form  # noqa: E402
 from anon_core.networks.stylegan2 import set_modulated_conv_form, set_upsample_form  # noqa: E402
 from anon_core.prefetch import batch_slices  # noqa: E402
@@ -397,9 +400,14 @@ def main() -> None:
                     > configs.get("c", {}).get("image_steps_per_s", 0))
     extras = not args.only  # the whole optimization, the kernel profile and the identity network's layouts
     record["generator_channels_last_in_c_compiled_and_d"] = generator_cl
+    # d and c' take the defaults' forms (params.yaml's speed: section, "auto" resolved for this device)
+    forms = {"up_form": params.speed.upsample_form,
+             "resize_form": resolve_resize_form(params.speed.resize_form, device.type)}
+    record["default_forms"] = forms
     if bf16_batch:
-        run("d", f"c at the defaults' batch (auto under bf16), batch {bf16_batch}",
-            batched(torch.bfloat16, size=bf16_batch, generator_channels_last=generator_cl))
+        run("d", f"the defaults: c at their batch (auto under bf16), {forms['up_form']} up-sampling, "
+            f"{forms['resize_form']} resize, batch {bf16_batch}",
+            batched(torch.bfloat16, size=bf16_batch, generator_channels_last=generator_cl, **forms))
     if extras and bf16_batch and time.perf_counter() - t0 < args.budget_s:
         record["whole_optimization"] = whole_optimization(nets, args.profile, images[:bf16_batch],
                                                           w_real[:bf16_batch], w_fake[:bf16_batch])
@@ -432,8 +440,9 @@ def main() -> None:
                 f"batch {batch}",
                 batched(torch.bfloat16, generator_channels_last=generator_cl, blocks_backend=compile_backend),
                 may_fail=True)
-            run("c_compiled", f"batched bf16 autocast + torch.compile ({compile_backend}), batch {batch}",
-                batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl), may_fail=True)
+            run("c_compiled", f"the defaults' forms + torch.compile ({compile_backend}), batch {batch}",
+                batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl, **forms),
+                may_fail=True)
         finally:
             signal.alarm(0)
 

@@ -165,5 +165,7 @@ def test_cuda_matrices_equal_the_cuda_kernels(monkeypatch):
     for net, prepare in ((farl(224).cuda(), "preprocess"), (arcface().cuda(), "prepare")):
         reference, grad_reference, probe = resized_and_gradient(getattr(net, prepare), net, "interpolate", images)
         matmul, grad_matmul, _ = resized_and_gradient(getattr(net, prepare), net, "matmul", images, probe)
-        torch.testing.assert_close(matmul, reference, atol=2e-5, rtol=0)
-        torch.testing.assert_close(grad_matmul, grad_reference, atol=2e-6, rtol=0)
+        # float32 in both forms: PyTorch's own kernels compute their bicubic weights in float32, which puts them
+        # about 2e-5 of the largest value away from the exact maps (measured the same on the CPU and on an H200)
+        for got, want in ((matmul, reference), (grad_matmul, grad_reference)):
+            torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
