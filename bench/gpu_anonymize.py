@@ -436,12 +436,13 @@ def main() -> None:
             signal.signal(signal.SIGALRM, on_alarm)
             signal.alarm(remaining)
         try:
+            # the whole step first: whether `speed.compile` should be a default is the question this answers
+            run("c_compiled", f"the defaults' forms + torch.compile ({compile_backend}), batch {batch}",
+                batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl, **forms),
+                may_fail=True)
             run("c_compiled_blocks", f"c with the networks' repeated blocks compiled ({compile_backend}), "
                 f"batch {batch}",
                 batched(torch.bfloat16, generator_channels_last=generator_cl, blocks_backend=compile_backend),
-                may_fail=True)
-            run("c_compiled", f"the defaults' forms + torch.compile ({compile_backend}), batch {batch}",
-                batched(torch.bfloat16, compile_backend, generator_channels_last=generator_cl, **forms),
                 may_fail=True)
         finally:
             signal.alarm(0)
