@@ -254,7 +254,12 @@ def evaluate_folders(
     anonymized = [read_anonymized(r) for r in runs]
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
-    recorded = next((r.record["labels_csv"] for r in runs if r.record.get("labels_csv")), None)
+    used = {r.folder: r.record.get("labels_csv") for r in runs}
+    if labels_csv is None and len(set(used.values())) > 1:  # one gallery measures every run: one set of identities
+        listed = "; ".join(f"{folder}: {csv or 'no labels CSV'}" for folder, csv in used.items())
+        raise FalcoError(f"the runs were anonymized with different labels ({listed}); pass --labels CSV to measure "
+                         "them all by one set of identities, or evaluate them apart")
+    recorded = next(iter(used.values()))
     if labels_csv is None and recorded is not None:  # the identities the run was paired by, and measured by
         if not Path(recorded).is_file():
             raise FalcoError(f"{runs[0].folder} was anonymized with the labels {recorded}, which is gone; pass "

@@ -29,8 +29,8 @@ def _label(run) -> str:
 
 
 def differing_inputs(runs: list) -> list[str]:
-    """The input tags (tracking.INPUT_TAGS: folder, data version, DVC md5) whose values differ between `runs`: runs
-    that read different images, whose metrics do not compare."""
+    """The input tags (tracking.INPUT_TAGS: folder, data version, DVC md5, labels CSV's sha256) whose values differ
+    between `runs`: runs that read different images or identities, whose metrics do not compare."""
     from orchestration.tracking import INPUT_TAGS
 
     return [t for t in INPUT_TAGS if len({r.data.tags.get(t, "<unset>") for r in runs}) > 1]
@@ -133,7 +133,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     frame = compare_table(runs, args.metric)
     mixed = [c.removeprefix("input:") for c in frame.columns if c.startswith("input:")]
     if mixed:
-        print(f"falco: warning: these runs read different input images ({', '.join(mixed)} differ, shown in the "
+        print(f"falco: warning: these runs read different inputs ({', '.join(mixed)} differ, shown in the "
               f"table), so their metrics do not compare; give each input its own experiment "
               f"(MLFLOW_EXPERIMENT_NAME=NAME falco pipeline ...; falco runs compare --experiment NAME)", file=sys.stderr)
     if args.plot:

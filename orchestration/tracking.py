@@ -81,22 +81,33 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-INPUT_TAGS = ("input_dir", "data_version", "dvc_md5")  # which input a run read; `falco runs compare` checks them
+INPUT_TAGS = ("input_dir", "data_version", "dvc_md5", "labels_sha256")  # which input a run read; `falco runs compare`
+# checks them
+
+
+def _latest_observation(instance: dg.DagsterInstance, asset: str):
+    record = instance.get_latest_data_version_record(dg.AssetKey(asset), is_source=True)
+    return record.asset_observation if record is not None else None
 
 
 def input_provenance(instance: dg.DagsterInstance) -> dict[str, str]:
-    """The input folder a step read, as the `input_images` observation last recorded it in `instance`: its path, its
-    data version (the hash of every file's path and sha256, so it names exactly the images read) and the md5 that DVC
-    records for it ("not tracked by DVC" when no `.dvc` file covers it). "unobserved" when nothing observed it (an
-    asset materialized on its own, outside `falco pipeline` and the UI's jobs)."""
-    record = instance.get_latest_data_version_record(dg.AssetKey("input_images"), is_source=True)
-    observation = record.asset_observation if record is not None else None
-    if observation is None:
-        return dict.fromkeys(INPUT_TAGS, "unobserved")
-    metadata = observation.metadata
-    version = observation.tags.get("dagster/data_version", "unobserved")
-    return {"input_dir": str(getattr(metadata.get("input_dir"), "value", "unobserved")), "data_version": version,
-            "dvc_md5": str(getattr(metadata.get("dvc_md5"), "value", "unobserved"))}
+    """The input a step read, as the last observations in `instance` recorded it: `input_images`' folder, its data
+    version (the hash of every file's path and sha256, so it names exactly the images read) and the md5 that DVC
+    records for it ("not tracked by DVC" when no `.dvc` file covers it); `ingest_settings`' labels CSV's sha256 ("none"
+    without one: the folder's own identities), which sets the identities that pairing and the pseudonym figures use.
+    "unobserved" when nothing observed them (an asset materialized on its own, outside `falco pipeline` and the UI's
+    jobs)."""
+    provenance = dict.fromkeys(INPUT_TAGS, "unobserved")
+    images = _latest_observation(instance, "input_images")
+    if images is not None:
+        provenance |= {"input_dir": str(getattr(images.metadata.get("input_dir"), "value", "unobserved")),
+                       "data_version": images.tags.get("dagster/data_version", "unobserved"),
+                       "dvc_md5": str(getattr(images.metadata.get("dvc_md5"), "value", "unobserved"))}
+    ingest = _latest_observation(instance, "ingest_settings")
+    labels = getattr(ingest.metadata.get("labels_sha256"), "value", None) if ingest is not None else None
+    if labels is not None:  # the observation's metadata holds each value as JSON
+        provenance["labels_sha256"] = json.loads(labels) or "none"
+    return provenance
 
 
 @lru_cache(maxsize=64)

@@ -129,6 +129,22 @@ def test_evaluate_takes_the_labels_the_run_was_anonymized_with(labelled, tmp_pat
     assert f"anonymized with the labels {labels.resolve()}, which is gone; pass --labels" in capsys.readouterr().err
 
 
+def test_evaluating_runs_anonymized_with_different_labels_asks_which_identities(labelled, tmp_path, capsys):
+    """One gallery measures every run given: runs anonymized with different labels CSVs (or one with and one without)
+    used to be measured by whichever CSV the first run recorded, without a word."""
+    runs = {"with": tmp_path / "with", "without": tmp_path / "without"}
+    assert main(["anonymize", str(labelled / "in"), str(runs["with"]), "--labels", str(labelled / "labels.csv"),
+                 *FAST]) == 0
+    assert main(["anonymize", str(labelled / "in"), str(runs["without"]), *FAST]) == 0
+    both = ["evaluate", str(labelled / "in"), str(runs["with"]), str(runs["without"]), "--no-baselines"]
+    assert main([*both, "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err
+    assert "anonymized with different labels" in err and "no labels CSV" in err and "pass --labels CSV" in err
+    assert not (tmp_path / "mixed").exists()
+    assert main([*both, "--out", str(tmp_path / "chosen"), "--labels", str(labelled / "labels.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "chosen" / "metrics.csv", index_col=0)) == 2
+
+
 @pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
 def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, tmp_path, capsys, mode, needed):
     args = ["anonymize", str(labelled / "in"), str(tmp_path / "o"), "--labels", str(labelled / "labels.csv"),

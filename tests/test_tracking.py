@@ -89,7 +89,7 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
     faces = sweep["tmp"] / "faces"
     for column, value in {"tags.profile": "tiny", "tags.device": "cpu", "tags.input_dir": str(faces),
                           "tags.data_version": files_version(input_files(StorageResource(input_dir=str(faces)))),
-                          "tags.dvc_md5": "0123abcd.dir", "tags.weights_sha256.all": "seeded",
+                          "tags.dvc_md5": "0123abcd.dir", "tags.labels_sha256": "none", "tags.weights_sha256.all": "seeded",
                           "tags.git_commit": commit}.items():
         assert (nested[column] == value).all(), column
     from anon_core.hashing import sha256_file
@@ -562,3 +562,24 @@ def test_runs_compare_all_plots_every_evaluation_of_a_variant_not_only_its_lates
     assert plot_points(frame, ["blur"], every_run=False)["reid"].to_dict() == {"m0.5": 0.2, "blur": 0.8}
     assert plot_points(frame, ["blur"], every_run=True)["reid"].to_dict() == {
         "m0.5 2026-12-01 10:00:00": 0.4, "m0.5 2026-12-02 09:00:00": 0.2, "blur": 0.8}
+
+
+def test_provenance_names_the_labels_csv_that_set_the_identities(tmp_path):
+    """Two runs over the same images with other labels CSVs pair and measure other identities: the run's tags say
+    which labels (their sha256, from the last `ingest_settings` observation), so `falco runs compare` shows it."""
+    import hashlib
+
+    from orchestration.tracking import input_provenance
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert set(input_provenance(instance).values()) == {"unobserved"}
+
+    def observe_labels(value):
+        instance.report_runless_asset_event(dg.AssetObservation(
+            "ingest_settings", metadata={"labels_sha256": dg.MetadataValue.text(json.dumps(value))},
+            tags={"dagster/data_version": hashlib.sha256(json.dumps(value).encode()).hexdigest()[:24]}))
+
+    observe_labels(None)
+    assert input_provenance(instance)["labels_sha256"] == "none"
+    observe_labels("ab" * 32)
+    assert input_provenance(instance)["labels_sha256"] == "ab" * 32
