@@ -25,7 +25,7 @@ import torch
 from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_files import ImageFiles
-from anon_core.data.image_io import ImageRejected, load_rgb
+from anon_core.data.image_io import ImageRejected, flattened, load_rgb
 from anon_core.data.scan import ScannedFile, output_relpath
 from anon_core.prefetch import read_ahead
 
@@ -33,7 +33,7 @@ TABLE_COLUMNS = (
     "input",  # relative path under the input folder
     "image",  # relative path of its output image (`.png`); "" when rejected
     "status",  # ok | rejected
-    "reason",  # machine code of the rejection; of an ok row, of its note ("stretched"), else ""
+    "reason",  # machine code of the rejection; of an ok row, of its note ("stretched", else "flattened"), else ""
     "detail",  # human sentence about the rejection or the note
     "duplicate_of",  # input with the same bytes that came first, if any
     "sha256",  # of the input file
@@ -184,11 +184,14 @@ def ingest(
         else:
             row["image"] = names[f.relpath]
             sources.append(checked.source)
+            notes = flattened(f.path)  # later frames, transparency: what reading it as one RGB image left out
             if checked.size[0] != checked.size[1]:  # only unaligned images can be (aligned crops are square)
                 width, height = checked.size
-                row.update(reason="stretched", detail=(
+                row.update(reason="stretched", detail="; ".join([
                     f"{f.relpath}: {width} x {height}, not square: stretched to {resolution} x {resolution}, which "
-                    "distorts the face; align it (drop --no-align / data.align: false) or crop it square"))
+                    "distorts the face; align it (drop --no-align / data.align: false) or crop it square", *notes]))
+            elif notes:
+                row.update(reason="flattened", detail=f"{f.relpath}: {'; '.join(notes)}")
         rows.append(row)
         if on_file is not None:
             on_file(done, len(files))

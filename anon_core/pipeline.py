@@ -47,7 +47,7 @@ MANIFEST_COLUMNS = (
     "input",  # relative path under the input folder
     "output",  # relative path under OUTPUT_DIR/images ("" when rejected)
     "status",  # ok | rejected; pending until its batch is written
-    "reason",  # machine code of the rejection; of an ok row, "stretched" (not square, --no-align) or ""
+    "reason",  # machine code of the rejection; of an ok row, "stretched" (not square, --no-align), "flattened" or ""
     "detail",  # human sentence about the rejection or the note
     "duplicate_of",  # input with the same bytes that came first, if any
     "sha256",  # hex sha256 of the input file's bytes ("" when it could not be read): `falco evaluate` checks REAL_DIR

@@ -270,6 +270,32 @@ def test_unaligned_images_that_are_not_square_are_flagged_as_stretched(tmp_path,
     assert "2 anonymized, 0 rejected, 1 not square and stretched" in capsys.readouterr().out
 
 
+def test_the_manifest_says_which_frames_and_transparency_an_input_lost(tmp_path, lfw_faces):
+    """Each input is read as one RGB image: a multi-page TIFF's later pages and a PNG's transparency are not used, and
+    its row says so (reason `flattened`, or in the detail after `stretched`); a plain image's row says nothing."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    faces = [Image.fromarray(face) for face in lfw_faces[:4]]
+    faces[0].save(folder / "plain.png")
+    faces[1].save(folder / "pages.tif", save_all=True, append_images=faces[2:4])
+    cut_out = faces[2].convert("RGBA")
+    cut_out.putalpha(Image.fromarray(np.pad(np.full((56, 56), 255, np.uint8), 4)))
+    cut_out.save(folder / "cut_out.png")
+    tall = Image.fromarray(lfw_faces[3][:, 8:-8]).convert("LA")
+    tall.save(folder / "tall.png")  # grey with alpha: stretched, and flattened
+    out = tmp_path / "out"
+    assert main(["anonymize", str(folder), str(out), *FAST, "--steps", "1", "--no-align"]) == 0
+    rows = {r["input"]: r for r in _manifest(out)}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert (rows["plain.png"]["reason"], rows["plain.png"]["detail"]) == ("", "")
+    assert (rows["pages.tif"]["reason"], rows["pages.tif"]["detail"]) == (
+        "flattened", "pages.tif: only its first frame of 3 was read")
+    assert (rows["cut_out.png"]["reason"], rows["cut_out.png"]["detail"]) == (
+        "flattened", "cut_out.png: its transparency was flattened onto white")
+    assert rows["tall.png"]["reason"] == "stretched"
+    assert rows["tall.png"]["detail"].endswith("or crop it square; its transparency was flattened onto white")
+
+
 def test_a_pool_larger_than_memory_is_refused_before_the_earlier_run_is_touched(face_folder, tmp_path, capsys):
     """--pool-size 100000000 failed with numpy's allocation traceback after the manifest had been rewritten as
     pending and the journal emptied: the earlier, finished run could no longer be evaluated."""
