@@ -27,14 +27,25 @@ def run_key(record: Any) -> str:
 
 
 class Journal:
-    def __init__(self, output_dir: Path, key: str) -> None:
+    """start: take the journal over now (see `start`); False leaves another key's batches in place until `start`,
+    while `finished` already ignores them, so that a run whose preparation fails keeps the earlier run whole."""
+
+    def __init__(self, output_dir: Path, key: str, start: bool = True) -> None:
         self.folder = Path(output_dir) / FOLDER
+        self.key = key
         stamp = self.folder / "run.json"
-        previous = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
-        if previous != key:  # another run's batches: not ours to reuse
-            for old in self.folder.glob("batch-*.npz"):
-                old.unlink()
-            write_bytes_atomic(stamp, json.dumps({"key": key}).encode())
+        self.reusable = (json.loads(stamp.read_text()).get("key") if stamp.is_file() else None) == key
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Make the journal this run's: another key's batches (other work, not ours to reuse) are removed."""
+        if self.reusable:
+            return
+        for old in self.folder.glob("batch-*.npz"):
+            old.unlink()
+        write_bytes_atomic(self.folder / "run.json", json.dumps({"key": self.key}).encode())
+        self.reusable = True
 
     def _path(self, index: int) -> Path:
         return self.folder / f"batch-{index:06d}.npz"
@@ -42,12 +53,13 @@ class Journal:
     def finished(self, index: int) -> dict[str, np.ndarray] | None:
         """The results of batch `index` if a run with this key finished it, else None."""
         path = self._path(index)
-        if not path.is_file():
+        if not self.reusable or not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
     def record(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Batch `index` is finished (call after its images are written)."""
+        self.start()
         with atomic_path(self._path(index)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)

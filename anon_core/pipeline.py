@@ -193,22 +193,32 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     # who is who decides the pairing: a changed labels CSV is another run, not its journal's
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),
-                                           "persons": persons.tolist()}))
+                                           "persons": persons.tolist()}), start=False)
     ok = ingested.ok
     manifest = table.rename(columns={"image": "output"})
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
     manifest.loc[ok_rows, "status"] = "pending"  # until its batch is finished; `output` names its image already
-    remove_outputs(output_dir, previous_outputs(output_dir) - set(ok["image"]))  # before the manifest is replaced
-    _write_manifest(output_dir, manifest)
     parts = batch_slices(len(ok), params.batch_size)
     results: list[dict[str, np.ndarray] | None] = [journal.finished(i) for i in range(len(parts))]
     todo = [i for i, r in enumerate(results) if r is None]
     last_write = [float("-inf")]
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
+    taken_over = []
+
+    def take_over() -> None:
+        """The earlier run's folder becomes this run's: its journal, its images this run will not write, its manifest
+        (every row of this run pending). Done just before the first image is written, so a run that fails before
+        (building the pool, pairing, the first batch) leaves an earlier, finished run whole and usable."""
+        if not taken_over:
+            journal.start()
+            remove_outputs(output_dir, previous_outputs(output_dir) - set(ok["image"]))  # before it is replaced
+            _write_manifest(output_dir, manifest)
+            taken_over.append(True)
 
     def finish(index: int, result: dict[str, np.ndarray], images: np.ndarray | None) -> None:
         """Write a batch's images, then its journal entry, then the manifest with its rows done (writer thread)."""
+        take_over()
         part = parts[index]
         if images is not None:
             for i, name in enumerate(ok["image"][part]):
@@ -251,6 +261,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
             writes.append(writer.submit(finish, index, results[index], done.images))
         for write in writes:
             write.result()  # raises the first failed write, if any
+    take_over()  # where no batch was written (no usable image)
     bar.close()
 
     latents = [r["ws"] for r in results]

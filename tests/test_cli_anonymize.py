@@ -1,8 +1,10 @@
 """`falco anonymize` end to end on the tiny profile: outputs, rejections, manifest, determinism."""
 
 import csv
+import io
 import json
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +312,44 @@ def test_a_pool_larger_than_memory_is_refused_before_the_earlier_run_is_touched(
     err = capsys.readouterr().err
     assert "a fake pool of 1,000,000,000,000 takes" in err and "lower pool_size" in err and "Traceback" not in err
     assert files() == before
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()])
+def test_a_rerun_that_fails_before_its_first_images_leaves_the_earlier_run_whole(face_folder, tmp_path, capsys,
+                                                                               monkeypatch, failure):
+    """A re-run with other settings used to reset the manifest to pending and empty the journal before building its
+    pool: when it then failed (out of memory in its first batch, Ctrl-C), the earlier run could no longer be evaluated
+    or resumed. Now the folder changes hands only when the first new image is written."""
+    import anon_core.pipeline as pipeline
+
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+
+    def files():  # but the lock file, which each run rewrites
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".falco.lock"}
+
+    before = files()
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "anonymize_images", fail)
+        if isinstance(failure, KeyboardInterrupt):  # falco's own handling: a line and exit status 130
+            assert main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"]) == 130
+        else:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"])
+    assert files() == before
+    capsys.readouterr()
+    # and it is still the earlier run: run again as it was, every batch comes from its journal
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+    after = files()
+    assert {k: v for k, v in after.items() if k.name != "manifest.csv"} == \
+        {k: v for k, v in before.items() if k.name != "manifest.csv"}
+    # the manifest too, but for the alignment's note "(cached result)" on the face that was not found again
+    def results(manifest: bytes):
+        return [{k: v for k, v in row.items() if k != "detail"} for row in csv.DictReader(io.StringIO(manifest.decode()))]
+
+    assert results(after[Path("manifest.csv")]) == results(before[Path("manifest.csv")])
