@@ -173,7 +173,10 @@ class _PhotoRun:
         self.outputs = _output_names(self.files, settings.output_format)
         self.journal = Journal(output_dir, run_key({
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
-            "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}))
+            "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
+            start=False)
+        self.previous = previous_outputs(output_dir)
+        self.taken_over = False
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -201,12 +204,18 @@ class _PhotoRun:
         return covered, faces, crops, turns, flattened(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
+    def _take_over(self) -> None:
+        """The earlier run's folder becomes this run's, just before its first photo or journal entry is written, so a
+        run that fails before (reading, the pool, an out-of-memory first batch) leaves an earlier run whole: its
+        journal, the earlier images that no photo of this one will be written to, and a manifest that names every
+        photo this run will write (`pending` until written)."""
+        if not self.taken_over:
+            self.taken_over = True
+            self.journal.start()
+            remove_outputs(self.output_dir, self.previous - set(self.outputs.values()))
+            self._write_manifest()
+
     def run(self) -> PhotoSummary:
-        previous = previous_outputs(self.output_dir)
-        # the earlier run's images that no photo of this one will be written to, and its privacy verdicts; the
-        # manifest then names every photo this run will write (`pending` until written)
-        remove_outputs(self.output_dir, previous - set(self.outputs.values()))
-        self._write_manifest()
         reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
         workers = io_workers(self.device)
@@ -214,9 +223,10 @@ class _PhotoRun:
             self._run(reading, workers)
         reading.close()
         self.bar.close()
+        self._take_over()  # where nothing was written (every photo rejected)
         self._write_outputs()
         written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
-        remove_outputs(self.output_dir, previous - written)  # e.g. those of photos rejected this time
+        remove_outputs(self.output_dir, self.previous - written)  # e.g. those of photos rejected this time
         return self.summary
 
     def _run(self, reading, workers: int) -> None:
@@ -244,7 +254,7 @@ class _PhotoRun:
                 self.summary.faceless.append(f.relpath)
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", detail, len(faces)),
                               *(self._face_row(photo, face) for face in faces)]
-            if time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
+            if self.taken_over and time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
                 self._write_manifest()
             for face in faces:
                 if not face.anonymized:
@@ -275,6 +285,7 @@ class _PhotoRun:
             result = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
                       "identity_similarity": done.identity_similarity,
                       **{f"loss_{name}": values for name, values in done.history.items()}}
+            self._take_over()
             self.journal.record(index, result)
         else:
             self.summary.resumed += len(items)
@@ -304,6 +315,7 @@ class _PhotoRun:
                                                                                                   -photo.turns)))
             self.written.add(photo.row)
 
+        self._take_over()
         self.writer.submit(write)
 
     def _photo_row(self, f: ScannedFile, output: str, status: str, reason: str, detail: str, faces: int) -> dict:

@@ -472,3 +472,27 @@ def test_evaluate_refuses_an_output_photo_of_another_size_and_a_report_among_the
         err = capsys.readouterr().err
         assert "nothing was written" in err or "same folder" in err, err
         assert sorted(p.name for p in report.iterdir()) == listed
+
+
+def test_a_photo_rerun_that_fails_before_writing_leaves_the_earlier_run_whole(photos, tmp_path, monkeypatch):
+    """As in aligned mode: a re-run with other settings that fails before it writes a photo or a journal entry (here
+    Ctrl-C in its first batch of faces) leaves the earlier run's photos, manifest and journal as they were."""
+    import anon_core.pipeline as pipeline
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(photos / "portrait.jpg", tmp_path / "in")  # every photo has a face to anonymize: none written early
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", "photo", *FAST]) == 0
+
+    def files():
+        return {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".falco.lock"}
+
+    before = files()
+    assert any(p.parts[0] == "images" for p in before) and any(p.parts[0] == ".journal" for p in before)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "anonymize_images", stopped)
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", "photo", *FAST, "--steps", "2"]) == 130
+    assert files() == before
