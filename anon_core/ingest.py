@@ -180,7 +180,7 @@ def ingest(
                "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen,
                "other_faces_covered": checked.others_covered}
         if checked.rejected is not None:
-            row.update(status="rejected", reason=checked.rejected.reason, detail=checked.rejected.detail)
+            row.update(status="rejected", reason=checked.rejected.reason, detail=f.named(checked.rejected.detail))
         else:
             row["image"] = names[f.relpath]
             sources.append(checked.source)

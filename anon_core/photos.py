@@ -241,7 +241,7 @@ class _PhotoRun:
                 image, faces, crops, turns, left_out = reading_future.result()
             except ImageRejected as rejected:
                 self.summary.rejected[rejected.reason] += 1
-                self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, rejected.detail, -1)]
+                self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, f.named(rejected.detail), -1)]
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1

@@ -26,6 +26,7 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, missing_outputs,
                                previous_outputs, remove_outputs)
+from anon_core.hashing import sha256_file
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -176,6 +177,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         reading.total = total
         reading.update(1)
 
+    labels_sha256 = sha256_file(labels_csv) if labels_csv is not None else None  # the identities as ingest read them
     ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, align_cache, device, on_file)
     reading.close()
     table = ingested.table
@@ -259,6 +261,9 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                 "identity_similarity": done.identity_similarity,
                 **{f"loss_{name}": values for name, values in done.history.items()}}
             writes.append(writer.submit(finish, index, results[index], done.images))
+            for write in writes:  # a batch that could not be written stops the run now, not after every batch
+                if write.done() and write.exception() is not None:
+                    write.result()
         for write in writes:
             write.result()  # raises the first failed write, if any
     take_over()  # where no batch was written (no usable image)
@@ -266,7 +271,8 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
 
     latents = [r["ws"] for r in results]
     histories = [{name: r[f"loss_{name}"] for name in LOSS_NAMES} for r in results]
-    labels = {"labels_csv": str(Path(labels_csv).resolve()) if labels_csv is not None else None}  # for evaluate
+    labels = {"labels_csv": str(Path(labels_csv).resolve()) if labels_csv is not None else None,  # for evaluate
+              "labels_sha256": labels_sha256}
     _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra | labels)
     summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))

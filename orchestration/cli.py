@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
 import os
 import signal
 import sys
@@ -280,6 +281,24 @@ def _is_interrupt(error: BaseException | None) -> bool:
                                                            KeyboardInterrupt)))
 
 
+_FILE_ERROR_FIXES = {
+    errno.EACCES: "check that you may write there (permissions, a read-only or immutable file)",
+    errno.EPERM: "check that you may write there (permissions, a read-only or immutable file)",
+    errno.ENOSPC: "free some space there, or write elsewhere",
+    errno.EDQUOT: "free some space there (disk quota), or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+}
+
+
+def file_error(err: OSError) -> str:
+    """One line for an OSError: what failed, on which file (a rename names where it was going), and the fix where
+    the cause says it; what was finished is kept, so the same command resumes once it is fixed."""
+    where = err.filename2 or err.filename
+    text = f"{err.strerror or err}" + (f": {where}" if where else "")
+    fix = _FILE_ERROR_FIXES.get(err.errno)
+    return text + (f"; {fix}, then run the same command again" if fix else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     from anon_core.errors import FalcoError
 
@@ -289,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
         except FalcoError as err:
             print(f"falco: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # a file that could not be read or written: the disk, permissions, not falco's code
+            print(f"falco: error: {file_error(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in any sub-command: what was finished is kept (runs resume)
             which = stopped_by()

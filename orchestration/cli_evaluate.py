@@ -133,6 +133,31 @@ class RealGallery:
         return np.array([index[p] for p in run.ok["input"]], dtype=np.int64)
 
 
+def recorded_labels(runs: list[AnonymizeRun]) -> Path | None:
+    """The labels CSV the runs were anonymized with (their params.json), which gives the gallery its identities; None
+    for runs that had none. Stops where the runs differ (by the CSV's content, or its path for runs that recorded no
+    hash), where the file is gone, or where it changed since: one gallery measures every run by one set of
+    identities, the ones the pairing used."""
+    from anon_core.errors import FalcoError
+    from anon_core.hashing import sha256_file
+
+    used = {r.folder: (r.record.get("labels_csv"), r.record.get("labels_sha256")) for r in runs}
+    if len({sha or path for path, sha in used.values()}) > 1:
+        listed = "; ".join(f"{folder}: {path or 'no labels CSV'}" for folder, (path, _) in used.items())
+        raise FalcoError(f"the runs were anonymized with different labels ({listed}); pass --labels CSV to measure "
+                         "them all by one set of identities, or evaluate them apart")
+    (folder, (path, sha)), = list(used.items())[:1]
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FalcoError(f"{folder} was anonymized with the labels {path}, which is gone; pass --labels CSV (its "
+                         "identities give the pseudonym figures and the gallery's identities)")
+    if sha is not None and sha256_file(path) != sha:
+        raise FalcoError(f"{folder} was anonymized with the labels {path}, which has changed since; pass --labels "
+                         "CSV to measure by the file as it is now, or restore the one the run used")
+    return Path(path)
+
+
 def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Path | None, device,
                  cache_dir: Path, table: pd.DataFrame | None = None) -> RealGallery:
     """Every readable image of `real_dir`, read as `run` read its inputs (`anon_core.ingest` with the same aligner
@@ -254,18 +279,10 @@ def evaluate_folders(
     anonymized = [read_anonymized(r) for r in runs]
     if dataset == "auto":
         dataset = runs[0].record.get("dataset", "auto")
-    used = {r.folder: r.record.get("labels_csv") for r in runs}
-    if labels_csv is None and len(set(used.values())) > 1:  # one gallery measures every run: one set of identities
-        listed = "; ".join(f"{folder}: {csv or 'no labels CSV'}" for folder, csv in used.items())
-        raise FalcoError(f"the runs were anonymized with different labels ({listed}); pass --labels CSV to measure "
-                         "them all by one set of identities, or evaluate them apart")
-    recorded = next(iter(used.values()))
-    if labels_csv is None and recorded is not None:  # the identities the run was paired by, and measured by
-        if not Path(recorded).is_file():
-            raise FalcoError(f"{runs[0].folder} was anonymized with the labels {recorded}, which is gone; pass "
-                             "--labels CSV (its identities give the pseudonym figures and the gallery's identities)")
-        labels_csv = Path(recorded)
-        log(f"labels: {recorded} (the one the run was anonymized with; --labels picks another)")
+    if labels_csv is None:  # the identities the runs were paired by, and measured by
+        labels_csv = recorded_labels(runs)
+        if labels_csv is not None:
+            log(f"labels: {labels_csv} (the one the run was anonymized with; --labels picks another)")
     real_files = load_dataset(dataset, Path(real_dir), labels_csv)  # every file hashed, once
     current = file_hashes(real_files)  # REAL_DIR is what each run read, or stop
     for run in runs:

@@ -284,12 +284,20 @@ def test_the_manifest_says_which_frames_and_transparency_an_input_lost(tmp_path,
     cut_out.putalpha(Image.fromarray(np.pad(np.full((56, 56), 255, np.uint8), 4)))
     cut_out.save(folder / "cut_out.png")
     tall = Image.fromarray(lfw_faces[3][:, 8:-8]).convert("LA")
-    tall.save(folder / "tall.png")  # grey with alpha: stretched, and flattened
+    tall.putpixel((0, 0), (0, 0))
+    tall.save(folder / "tall.png")  # grey with a transparent corner: stretched, and flattened
+    opaque = faces[3].convert("RGBA")
+    opaque.save(folder / "opaque.png")  # an alpha channel that hides nothing: no note
+    faces[0].save(folder / "anim.gif", save_all=True, append_images=faces[1:3])  # not an accepted format
     out = tmp_path / "out"
     assert main(["anonymize", str(folder), str(out), *FAST, "--steps", "1", "--no-align"]) == 0
     rows = {r["input"]: r for r in _manifest(out)}
+    gif = rows.pop("anim.gif")  # named by its relpath, as the notes of the rows that were read are
+    assert (gif["status"], gif["reason"]) == ("rejected", "unsupported_format")
+    assert gif["detail"].startswith("anim.gif: ") and str(folder) not in gif["detail"]
     assert all(r["status"] == "ok" for r in rows.values())
     assert (rows["plain.png"]["reason"], rows["plain.png"]["detail"]) == ("", "")
+    assert (rows["opaque.png"]["reason"], rows["opaque.png"]["detail"]) == ("", "")
     assert (rows["pages.tif"]["reason"], rows["pages.tif"]["detail"]) == (
         "flattened", "pages.tif: only its first frame of 3 was read")
     assert (rows["cut_out.png"]["reason"], rows["cut_out.png"]["detail"]) == (
@@ -353,3 +361,28 @@ def test_a_rerun_that_fails_before_its_first_images_leaves_the_earlier_run_whole
         return [{k: v for k, v in row.items() if k != "detail"} for row in csv.DictReader(io.StringIO(manifest.decode()))]
 
     assert results(after[Path("manifest.csv")]) == results(before[Path("manifest.csv")])
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp_path, capsys, monkeypatch):
+    """A file the run cannot write (permissions, an immutable file, a full disk) was a 40-line traceback."""
+    import errno
+
+    import anon_core.pipeline as pipeline
+
+    out = tmp_path / "out"
+    real_save = pipeline.save_png
+
+    def save(path, image):
+        if path.name == "zoë.png":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path.with_name(".zoë.png.1.tmp")),
+                                  None, str(path))
+        real_save(path, image)
+
+    monkeypatch.setattr(pipeline, "save_png", save)
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"falco: error: Operation not permitted: {out / 'images' / 'zoë.png'}; check that you may write "
+                   "there (permissions, a read-only or immutable file), then run the same command again\n")
+    monkeypatch.setattr(pipeline, "save_png", real_save)
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0  # and the same command then finishes
+    assert (out / "images" / "zoë.png").is_file()

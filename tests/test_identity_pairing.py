@@ -210,3 +210,24 @@ def test_pseudonym_figures_count_same_person_pairs():
     assert figures["pseudonym/dlib/real_same_person_match_rate"] == 0.0
     assert figures["pseudonym/dlib/anon_separation_auc"] == 1.0  # every same pair closer than every other pair
     assert pseudonym_consistency(dlib, anon, real, np.array(["a", "b", "c", "d", "e"])) == {}
+
+
+def test_evaluate_compares_labels_by_their_content(labelled, tmp_path, capsys):
+    """The runs recorded their labels CSV's path only: a CSV edited after a run measured that run by identities it
+    was not paired by, and two identical CSVs at two paths were refused as different."""
+    labels, copy = tmp_path / "labels.csv", tmp_path / "same_labels.csv"
+    shutil.copy(labelled / "labels.csv", labels)
+    shutil.copy(labels, copy)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run, csv in zip(runs, (labels, copy)):
+        assert main(["anonymize", str(labelled / "in"), str(run), "--labels", str(csv), "--pairing", "identity",
+                     *FAST]) == 0
+    both = ["evaluate", str(labelled / "in"), *map(str, runs), "--no-baselines"]
+    assert main([*both, "--out", str(tmp_path / "same")]) == 0  # one content at two paths: one set of identities
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")  # other people for the same files
+    assert main(["evaluate", str(labelled / "in"), str(runs[0]), "--no-baselines", "--out", str(tmp_path / "x")]) == 2
+    assert "which has changed since; pass --labels" in capsys.readouterr().err
+    assert main([*both, "--out", str(tmp_path / "edited")]) == 2  # both runs were paired by the CSV as it was
+    assert "which has changed since" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("x", "edited"))

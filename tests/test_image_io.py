@@ -476,3 +476,21 @@ def test_output_relpath() -> None:
         output_relpath("../escape.jpg")
     with pytest.raises(ValueError):
         output_relpath("/abs.jpg")
+
+
+def test_only_an_image_with_a_transparent_pixel_is_said_to_lose_its_transparency(tmp_path):
+    """An alpha channel that is opaque everywhere (a lossless WebP opens as RGBA, many exports add one) loses nothing
+    when flattened onto white: its row gets no note, where one transparent pixel gets it."""
+    from anon_core.data.image_io import flattened
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "opaque.png")
+    Image.fromarray(rgb).convert("LA").save(tmp_path / "grey_opaque.png")
+    frames = [Image.fromarray(rgb), Image.fromarray(rgb[::-1])]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    holed = Image.fromarray(rgb).convert("RGBA")
+    holed.putpixel((3, 3), (0, 0, 0, 254))
+    holed.save(tmp_path / "one_pixel.png")
+    assert flattened(tmp_path / "opaque.png") == flattened(tmp_path / "grey_opaque.png") == []
+    assert flattened(tmp_path / "anim.webp") == ["only its first frame of 2 was read"]
+    assert flattened(tmp_path / "one_pixel.png") == ["its transparency was flattened onto white"]

@@ -154,15 +154,26 @@ def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T) -> 
 
 
 def flattened(path: Path) -> list[str]:
-    """What reading the file as one RGB image (`load_rgb`) leaves out, from its header: frames after the first (an
-    MPO's extra pictures, a phone's previews, not counted) and transparency. Empty for an unreadable file."""
+    """What reading the file as one RGB image (`load_rgb`) leaves out: frames after the first (from the header; an
+    MPO's extra pictures, a phone's previews, not counted) and transparency where a pixel of the first frame has
+    some (an opaque image with an alpha channel loses nothing). Empty for an unreadable file."""
     def left_out(image: Image.Image) -> list[str]:
         frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
-        alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
         return ([f"only its first frame of {frames} was read"] if frames > 1 else []) + \
-            (["its transparency was flattened onto white"] if alpha else [])
+            (["its transparency was flattened onto white"] if _has_transparent_pixel(image) else [])
 
     return _from_header(path, left_out, [])
+
+
+def _has_transparent_pixel(image: Image.Image) -> bool:
+    """Whether the first frame has a pixel that is not fully opaque (decodes it; only images that can have one)."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
+        return False
+    try:
+        image.seek(0)
+        return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    except Exception:  # a mode Pillow cannot convert: say what may have been lost
+        return True
 
 
 def displayed_size(path: Path) -> tuple[int, int] | None:

@@ -39,6 +39,10 @@ class ScannedFile:
     duplicate_of: str | None   # relpath of the first file (sorted order) with the same bytes, else None
     skip_reason: str | None    # "outside_input" | "unreadable"; None when the file can be processed
 
+    def named(self, text: str) -> str:
+        """`text` (a rejection's detail) naming the file by its relpath, as the manifest's other notes do."""
+        return text.replace(str(self.path), self.relpath)
+
 
 def _is_inside(target: str, root_real: str) -> bool:
     return target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep)
