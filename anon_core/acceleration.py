@@ -51,6 +51,17 @@ def resolve_amp(mode: str, device: torch.device | str) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else None
 
 
+def resolved_for(nets, params):
+    """`params` with the settings that `auto` leaves to the device written as what they are there: `batch_size`
+    (measured), `speed.amp` (bf16 or off) and `speed.resize_form`. A run records and keys these, so `auto` and the
+    setting it means share a journal (they compute the same)."""
+    from anon_core.batch_size import resolve_batch_size
+
+    amp = "bf16" if resolve_amp(params.speed.amp, nets.device) is not None else "off"
+    return params.replace(batch_size=resolve_batch_size(nets, params), **{
+        "speed.amp": amp, "speed.resize_form": resolve_resize_form(params.speed.resize_form, nets.device.type)})
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """`torch.autocast` with `dtype` on `device`'s type, or nothing when dtype is None."""
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from anon_core.acceleration import resolved_for
 from anon_core.atomic import atomic_path, write_bytes_atomic
-from anon_core.batch_size import resolve_batch_size
 from anon_core.compose import cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.datasets import load_dataset
@@ -165,7 +165,7 @@ class _PhotoRun:
         if pool is None:  # drawn at the first batch, after the manifest is written: checked here, before
             check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)
         self.requested_batch_size = params.batch_size
-        self.params = params.replace(batch_size=resolve_batch_size(self.nets, params))
+        self.params = resolved_for(self.nets, params)
         self.resolution = self.nets.generator.config.resolution
         self.detector = FaceAligner(self.resolution, "mtcnn", device=self.device,
                                     min_face_size=settings.min_face_size)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anon_core.acceleration import resolved_for
 from anon_core.assignment import assign_fakes, check_pool_holds, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
-from anon_core.batch_size import resolve_batch_size
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
@@ -184,7 +184,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     if table.empty:
         raise FalcoError(f"{input_dir} holds no files to anonymize")
     requested_batch_size = params.batch_size
-    params = params.replace(batch_size=resolve_batch_size(nets, params))  # "auto" -> what fits this device
+    params = resolved_for(nets, params)  # "auto" -> what fits this device, what it means there
     extra = {"dataset": ingested.dataset, "aligned": ingested.alignment is not None,
              "batch_size_requested": requested_batch_size, "alignment": ingested.alignment,
              "dataset_warnings": ingested.warnings}

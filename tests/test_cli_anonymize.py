@@ -386,3 +386,16 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp
     monkeypatch.setattr(pipeline, "save_png", real_save)
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0  # and the same command then finishes
     assert (out / "images" / "zoë.png").is_file()
+
+
+def test_auto_settings_are_recorded_as_what_they_mean_on_the_device(face_folder, tmp_path, capsys):
+    """`speed.amp: auto` and `speed.resize_form: auto` compute on a CPU exactly what `off` and `interpolate` do:
+    params.json records the resolved values and a re-run spelling them out resumes from the journal (it used to start
+    over under another key)."""
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    speed = json.loads((out / "params.json").read_text())["params"]["speed"]
+    assert (speed["amp"], speed["resize_form"]) == ("off", "interpolate")
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST, "--amp", "off"]) == 0
+    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
