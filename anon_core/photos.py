@@ -162,7 +162,7 @@ class _PhotoRun:
         self.show_progress = show_progress
         self.nets = nets
         check_params_fit(self.nets, params)
-        if pool is None:  # drawn at the first batch, after the manifest is written: checked here, before
+        if pool is None:  # drawn at the first batch of faces: whether it fits is checked here, before any write
             check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)
         self.requested_batch_size = params.batch_size
         self.params = resolved_for(self.nets, params)

@@ -65,9 +65,9 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
 
 
 def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, latest: bool = True) -> list:
-    """The experiment's finished `evaluation_metrics` runs, then its finished `baseline_metrics` runs, oldest
-    first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when there is no
-    such experiment."""
+    """The experiment's finished `evaluation_metrics` runs, then its finished `baseline_metrics` runs that measured
+    something, oldest first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when
+    there is no such experiment."""
     from anon_core.errors import FalcoError
     from orchestration.mlflow_store import sqlite_path
     from orchestration.tracking import ASSET_TAG, MlflowResource
@@ -97,6 +97,8 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
         finished = f"tags.{ASSET_TAG} = '{asset}' and attributes.status = 'FINISHED'"  # a stopped one has no metrics
         found_runs = client.search_runs([found.experiment_id], filter_string=finished,
                                         order_by=["attributes.start_time ASC"], max_results=5000)
+        if asset == BASELINE_ASSET:  # `evaluation.baselines: []` records its empty list in a run that measures nothing
+            found_runs = [run for run in found_runs if run.data.metrics]
         if latest:
             newest = {}
             for run in found_runs:  # oldest first: the last one of each label wins

@@ -489,6 +489,27 @@ def test_the_report_page_renders_in_chromium_at_1280_px(sweep, tmp_path):
     assert "are seeded" in text  # tiny's banner
 
 
+def test_a_baseline_run_that_measured_nothing_is_not_compared(tmp_path):
+    """`evaluation.baselines: []` still opens a `baseline_metrics` run (it records the empty list); it has no
+    metrics, and `falco runs compare` showed it as an empty column."""
+    from mlflow import MlflowClient
+
+    from orchestration.cli_runs import find_evaluation_runs
+
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment = MlflowClient(tracker.uri()), tracker.ensure_experiment()
+    runs = {}
+    for name, tags, metric in (("variant", {"asset_key": "evaluation_metrics", "variant": "default"}, 0.3),
+                               ("blur", {"asset_key": "baseline_metrics", "method": "blur"}, 0.9),
+                               ("none", {"asset_key": "baseline_metrics"}, None)):
+        runs[name] = client.create_run(experiment, tags=tags).info.run_id
+        if metric is not None:
+            client.log_metric(runs[name], "reid/dlib/top1_rate", metric)
+        client.set_terminated(runs[name], "FINISHED")
+    assert sorted(r.info.run_id for r in find_evaluation_runs(tracker.uri(), None)) == sorted(
+        [runs["variant"], runs["blur"]])
+
+
 def test_a_stopped_or_running_evaluation_is_not_the_latest_to_compare(tmp_path):
     """Evaluation runs are open while they work: a run stopped (KILLED) or still RUNNING after a finished one has
     no metrics, so `falco runs compare` and the "change vs previous run" read the finished one."""
