@@ -9,7 +9,6 @@ holding its images; `Ingested.images` gives them back as an `ImageFiles` read on
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import tempfile
@@ -184,7 +183,7 @@ def ingest(
         else:
             row["image"] = names[f.relpath]
             sources.append(checked.source)
-            notes = flattened(f.path)  # later frames, transparency: what reading it as one RGB image left out
+            notes = checked.notes
             if checked.size[0] != checked.size[1]:  # only unaligned images can be (aligned crops are square)
                 width, height = checked.size
                 row.update(reason="stretched", detail="; ".join([
@@ -240,6 +239,7 @@ class CheckedInput:
     others_covered: int = -1  # other faces pixelated inside the crop; -1 when not aligning or rejected
     rejected: ImageRejected | None = None
     size: tuple[int, int] = (0, 0)  # (width, height) of its image
+    notes: tuple[str, ...] = ()  # what reading it as one RGB image left out (`image_io.flattened`)
 
 
 def check_inputs(
@@ -247,15 +247,17 @@ def check_inputs(
 ) -> Iterator[CheckedInput]:
     """Each file read (and aligned into `cache`) in `workers` threads, in order, to validate it, then dropped:
     only where its image is stays, so a set of any size can be listed without holding its images."""
-    read = functools.partial(read_input, aligner=aligner, cache=cache)
+    def read(f: ScannedFile):
+        return read_input(f, aligner=aligner, cache=cache), tuple(flattened(f.path))
+
     for f, reading in read_ahead(read, files, workers, depth=2 * workers):
         try:
-            image, faces_seen, others_covered = reading.result()
+            (image, faces_seen, others_covered), notes = reading.result()
         except ImageRejected as rejected:
             yield CheckedInput(f, None, -1, rejected=rejected)
             continue
         yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen,
-                           others_covered, size=(image.shape[1], image.shape[0]))
+                           others_covered, size=(image.shape[1], image.shape[0]), notes=notes)
 
 
 def _str_or_none(value) -> str | None:
