@@ -11,9 +11,11 @@ same --images files into a fresh temporary folder, atomically, as the run does (
 A GPU that anonymizes R images/s needs at least R x (seconds per image on one thread) encoding threads' worth of
 cores beside it; the printed "keeps up with" column is that rate.
 
-Second table: zlib's compression level (`image_io.PNG_COMPRESS_LEVEL`; Pillow's default is 6) on one thread, seconds
-and bytes per image, for the faces and for seeded-generator-like content (smooth noise, what `gpu_pipeline.py`'s
-seeded networks draw), side by side.
+Second table: zlib's level and strategy on one thread (`image_io.PNG_COMPRESS_LEVEL`, `PNG_ZLIB_STRATEGY`; Pillow's
+default is level 6 with the default strategy), seconds and bytes per image, side by side for three kinds of content:
+the sample faces (blown up from 250 px, so smoother than a camera's or the generator's 1024 px), photographs
+(scikit-image's astronaut, blown up from 512 px, and a 1024 px crop of its retina photograph) and smooth noise (what
+`gpu_pipeline.py`'s seeded networks draw). Every encoding is decoded and compared: all are lossless.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anon_core.data.image_io import IMAGE_EXTENSIONS, PNG_COMPRESS_LEVEL, save_png  # noqa: E402
+from anon_core.data.image_io import (IMAGE_EXTENSIONS, PNG_COMPRESS_LEVEL, PNG_ZLIB_STRATEGY,  # noqa: E402
+                                     encode_png, save_png)
 from anon_core.prefetch import WriteBehind  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "images"
@@ -72,14 +76,36 @@ def noisy_images(count: int, size: int) -> list[np.ndarray]:
     return out
 
 
-def encode_cost(images: list[np.ndarray], level: int) -> tuple[float, float]:
-    """(seconds, bytes) per image at zlib level `level`, one thread."""
-    start, size = time.perf_counter(), 0
+def photographs(size: int) -> list[np.ndarray]:
+    """Camera content: the astronaut resized to `size`, and a size x size crop of the retina photograph (1411 px)."""
+    from skimage import data
+
+    astronaut = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.BICUBIC))
+    retina = data.retina()
+    top = max(0, (retina.shape[0] - size) // 2)
+    crop = retina[top:top + size, top:top + size]
+    return [astronaut, np.asarray(Image.fromarray(crop).resize((size, size), Image.BICUBIC))]
+
+
+ENCODINGS = {  # name -> Pillow's PNG options
+    "level 6 (Pillow's default, before)": {"compress_level": 6},
+    "level 1": {"compress_level": 1},
+    "level 6, run-length strategy": {"compress_level": 6, "compress_type": zlib.Z_RLE},
+}
+
+
+def encode_cost(images: list[np.ndarray], options: dict) -> tuple[float, float]:
+    """(seconds, bytes) per image with Pillow's PNG `options`, one thread; each result decoded and compared."""
+    seconds, size = 0.0, 0
     for image in images:
         buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=level)
+        start = time.perf_counter()
+        Image.fromarray(image).save(buffer, format="PNG", **options)
+        seconds += time.perf_counter() - start
         size += buffer.tell()
-    return (time.perf_counter() - start) / len(images), size / len(images)
+        if not np.array_equal(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")), image):
+            raise SystemExit(f"{options} did not round-trip")
+    return seconds / len(images), size / len(images)
 
 
 def main() -> None:
@@ -101,14 +127,24 @@ def main() -> None:
         name = "one thread (before)" if workers == 0 else f"WriteBehind({workers})"
         print(f"| {name} | {1 / rate:.4f} | {rate:.2f} | {rate / base:.2f}x |", flush=True)
 
-    print(f"\nPNG compression level, one thread (the level in use: {PNG_COMPRESS_LEVEL})")
-    print("| images | level | s/image | MB/image | speed vs level 6 | size vs level 6 |\n| --- | --- | --- | --- | --- | --- |")
-    for name, sample in (("faces", images[:8]), ("smooth noise", noisy_images(8, args.size))):
-        costs = {level: encode_cost(sample, level) for level in (6, 3, 1)}
-        for level, (seconds, size) in costs.items():
-            print(f"| {name} | {level} | {seconds:.4f} | {size / 1e6:.2f} | {costs[6][0] / seconds:.2f}x | "
-                  f"{size / costs[6][1]:.2f}x |", flush=True)
+    in_use = {"compress_level": PNG_COMPRESS_LEVEL, "compress_type": PNG_ZLIB_STRATEGY}
+    assert encode_png(images[0]) == _encoded(images[0], in_use), "encode_png writes with image_io's PNG_COMPRESS_LEVEL and PNG_ZLIB_STRATEGY"
+    print(f"\nPNG encoding, one thread (in use: level {PNG_COMPRESS_LEVEL}, strategy {PNG_ZLIB_STRATEGY})")
+    print("| images | encoding | s/image | MB/image | speed vs Pillow's default | size vs Pillow's default |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for name, sample in (("sample faces", images[:8]), ("photographs", photographs(args.size)),
+                         ("smooth noise", noisy_images(4, args.size))):
+        costs = {encoding: encode_cost(sample, options) for encoding, options in ENCODINGS.items()}
+        base_seconds, base_size = next(iter(costs.values()))
+        for encoding, (seconds, size) in costs.items():
+            print(f"| {name} | {encoding} | {seconds:.4f} | {size / 1e6:.2f} | {base_seconds / seconds:.2f}x | "
+                  f"{size / base_size:.2f}x |", flush=True)
 
+
+def _encoded(image: np.ndarray, options: dict) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
 
 if __name__ == "__main__":
     main()

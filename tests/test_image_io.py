@@ -364,6 +364,22 @@ def test_save_png_round_trips_exactly_and_atomically(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.png"], "no temporary file left behind"
 
 
+def test_photographs_are_written_exactly_and_no_larger_than_pillows_default(tmp_path: Path) -> None:
+    """The anonymized faces, the photos of photo mode and the cached alignments are photographs: their PNGs must read
+    back exactly, and the faster encoding (zlib's run-length strategy) must not cost disk space on them."""
+    from skimage import data
+
+    astronaut = np.asarray(Image.fromarray(data.astronaut()).resize((1024, 1024), Image.BICUBIC))
+    retina = np.ascontiguousarray(data.retina()[190:190 + 768, 190:190 + 768])
+    for name, image in (("astronaut", astronaut), ("retina", retina)):
+        path = tmp_path / f"{name}.png"
+        save_png(path, image)
+        np.testing.assert_array_equal(load_rgb(path), image)
+        pillow_default = io.BytesIO()
+        Image.fromarray(image).save(pillow_default, format="PNG")
+        assert path.stat().st_size < pillow_default.tell(), name
+
+
 def test_save_png_rejects_wrong_dtype(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint8"):
         save_png(tmp_path / "x.png", np.zeros((8, 8, 3), dtype=np.float32))
