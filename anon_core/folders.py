@@ -11,6 +11,10 @@
   the images of that run which it will not write again (an input since removed or now rejected, a photo-mode
   output after an aligned run), so `images/` always matches `manifest.csv`. Only files that the earlier manifest
   names as outputs, inside `images/`, are removed; anything else in the folder is left alone.
+- `TakeOver`: when that happens. The earlier run's folder becomes this run's (its journal, the removals above, the
+  new run's manifest) only just before this run writes its first output or journal entry, so a run that fails
+  before (building the pool, pairing, an out-of-memory first batch, every input rejected) leaves an earlier,
+  finished run whole, evaluable and resumable.
 - `MANIFEST_EVERY_S` / `check_finished`: a run's manifest is valid at every moment: rows not done yet say
   `pending` (with the output name they will have, so a stopped run's images are never lost track of), and
   `falco evaluate` refuses a run that still has such rows.
@@ -24,7 +28,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,6 +214,25 @@ def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
             (output_dir / name).unlink()
             removed.append(name)
     return removed
+
+
+class TakeOver:
+    """Call before each write of the run (the first call does the work; the later ones nothing): start `journal`
+    (the run's `anon_core.journal.Journal`, made with start=False), remove the outputs of the earlier run that this
+    run will not write (its manifest's outputs minus `keep`), and `write_manifest` (this run's, every row pending).
+    Not thread-safe: call it from one thread at a time."""
+
+    def __init__(self, output_dir: Path, journal, keep: set[str], write_manifest: Callable[[], None]) -> None:
+        self.output_dir, self.journal, self.keep, self.write_manifest = Path(output_dir), journal, keep, write_manifest
+        self.previous = previous_outputs(self.output_dir)  # the earlier run's outputs, as its manifest names them
+        self.done = False
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.journal.start()
+            remove_outputs(self.output_dir, self.previous - self.keep)  # before its manifest is replaced
+            self.write_manifest()
+            self.done = True
 
 
 def check_finished(output_dir: Path, manifest) -> None:

@@ -273,6 +273,8 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
 
 def _coerce(value: Any, type_name: Any, where: str) -> Any:
     type_name = str(type_name)
+    if value is None:  # `key:` or `key: null`; str(None) would pass as the word "None"
+        raise ParamsError(f"{where} is empty (null); give it a value (the repository's params.yaml has the default)")
     try:
         if type_name == "int | str":  # batch_size: a number or "auto"
             return AUTO if value == AUTO else _coerce(value, "int", where)

@@ -36,8 +36,8 @@ from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_r
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
-from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, previous_outputs,
-                               remove_outputs)
+from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, remove_outputs,
+                               TakeOver)
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -175,8 +175,7 @@ class _PhotoRun:
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
             start=False)
-        self.previous = previous_outputs(output_dir)
-        self.taken_over = False
+        self.take_over = TakeOver(output_dir, self.journal, set(self.outputs.values()), self._write_manifest)
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -204,17 +203,6 @@ class _PhotoRun:
         return covered, faces, crops, turns, flattened(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
-    def _take_over(self) -> None:
-        """The earlier run's folder becomes this run's, just before its first photo or journal entry is written, so a
-        run that fails before (reading, the pool, an out-of-memory first batch) leaves an earlier run whole: its
-        journal, the earlier images that no photo of this one will be written to, and a manifest that names every
-        photo this run will write (`pending` until written)."""
-        if not self.taken_over:
-            self.taken_over = True
-            self.journal.start()
-            remove_outputs(self.output_dir, self.previous - set(self.outputs.values()))
-            self._write_manifest()
-
     def run(self) -> PhotoSummary:
         reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
@@ -223,10 +211,10 @@ class _PhotoRun:
             self._run(reading, workers)
         reading.close()
         self.bar.close()
-        self._take_over()  # where nothing was written (every photo rejected)
+        self.take_over()  # where nothing was written (every photo rejected)
         self._write_outputs()
         written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
-        remove_outputs(self.output_dir, self.previous - written)  # e.g. those of photos rejected this time
+        remove_outputs(self.output_dir, self.take_over.previous - written)  # e.g. of photos rejected this time
         return self.summary
 
     def _run(self, reading, workers: int) -> None:
@@ -254,7 +242,7 @@ class _PhotoRun:
                 self.summary.faceless.append(f.relpath)
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", detail, len(faces)),
                               *(self._face_row(photo, face) for face in faces)]
-            if self.taken_over and time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
+            if self.take_over.done and time.monotonic() - self.last_manifest >= MANIFEST_EVERY_S:
                 self._write_manifest()
             for face in faces:
                 if not face.anonymized:
@@ -285,7 +273,7 @@ class _PhotoRun:
             result = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
                       "identity_similarity": done.identity_similarity,
                       **{f"loss_{name}": values for name, values in done.history.items()}}
-            self._take_over()
+            self.take_over()
             self.journal.record(index, result)
         else:
             self.summary.resumed += len(items)
@@ -315,7 +303,7 @@ class _PhotoRun:
                                                                                                   -photo.turns)))
             self.written.add(photo.row)
 
-        self._take_over()
+        self.take_over()
         self.writer.submit(write)
 
     def _photo_row(self, f: ScannedFile, output: str, status: str, reason: str, detail: str, faces: int) -> dict:

@@ -25,7 +25,7 @@ from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, missing_outputs,
-                               previous_outputs, remove_outputs)
+                               TakeOver)
 from anon_core.hashing import sha256_file
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
@@ -206,17 +206,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     todo = [i for i, r in enumerate(results) if r is None]
     last_write = [float("-inf")]
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
-    taken_over = []
-
-    def take_over() -> None:
-        """The earlier run's folder becomes this run's: its journal, its images this run will not write, its manifest
-        (every row of this run pending). Done just before the first image is written, so a run that fails before
-        (building the pool, pairing, the first batch) leaves an earlier, finished run whole and usable."""
-        if not taken_over:
-            journal.start()
-            remove_outputs(output_dir, previous_outputs(output_dir) - set(ok["image"]))  # before it is replaced
-            _write_manifest(output_dir, manifest)
-            taken_over.append(True)
+    take_over = TakeOver(output_dir, journal, set(ok["image"]), lambda: _write_manifest(output_dir, manifest))
 
     def finish(index: int, result: dict[str, np.ndarray], images: np.ndarray | None) -> None:
         """Write a batch's images, then its journal entry, then the manifest with its rows done (writer thread)."""

@@ -38,6 +38,17 @@ def test_invalid_values_are_refused():
         load_params("tiny", **{"optimization.steps": "many"})
 
 
+def test_an_empty_setting_is_named_not_read_as_the_word_none(tmp_path):
+    text = DEFAULT_PARAMS_PATH.read_text()
+    for line, name in (("  resize_form: auto", "speed.resize_form"), ("  seed: 0", "seed")):
+        assert line in text, line
+        bad = tmp_path / f"{name}.yaml"
+        bad.write_text(text.replace(line, line.split(":")[0] + ":", 1))
+        with pytest.raises(ParamsError, match=rf"{bad}: {name} is empty \(null\); give it a value") as err:
+            load_params("tiny", bad)
+        assert "None" not in str(err.value)
+
+
 def test_replace_and_round_trip():
     p = load_params("tiny")
     q = p.replace(**{"optimization.margin": 0.5})
