@@ -36,6 +36,7 @@ from anon_core.atomic import remove_orphaned_temporaries
 from anon_core.errors import FalcoError
 
 LOCK_FILE = ".falco.lock"
+PIPELINE_STORAGE_MARK = ".falco_instance.json"  # in a `falco pipeline` storage's root (orchestration.driver)
 # The manifest is rewritten as work finishes, at most this often: each rewrite is the whole table (~3 MB at
 # CelebA-HQ's 30,000 rows), and a resumed run finishes its journaled batches all at once.
 MANIFEST_EVERY_S = 5.0
@@ -63,13 +64,20 @@ OUR_MANIFEST_COLUMNS = frozenset({"input", "output", "status", "reason", "detail
 
 
 def check_output_folder(output_dir: Path, input_dir: Path) -> None:
-    """Before a run writes into `output_dir`: FalcoError when a folder link inside it leads into (or around) the
-    input folder, since the outputs written through it would overwrite the inputs, or when it holds a manifest.csv
+    """Before a run writes into `output_dir`: FalcoError when it is inside a `falco pipeline` storage, when a folder
+    link inside it leads into (or around) the input folder, since the outputs written through it would overwrite the
+    inputs, or when it holds a manifest.csv
     that falco did not write, which the run would overwrite and whose `output` column it would take for its own
     earlier outputs to remove."""
     import pandas as pd
 
     output_dir, input_dir = Path(output_dir), Path(input_dir).resolve()
+    for folder in (output_dir.resolve(), *output_dir.resolve().parents):
+        if (folder / PIPELINE_STORAGE_MARK).is_file():
+            raise FalcoError(f"{output_dir} is inside the storage of a `falco pipeline` ({folder}), whose folders hold "
+                             "the pipeline's own values: the run's files (its journal, aligned real faces) would end up "
+                             "among them, in an anonymized dataset folder to be released; give an output folder "
+                             "outside it (nothing was written)")
     for folder, subfolders, _ in os.walk(output_dir):  # does not follow links: each is checked, not entered
         for name in subfolders:
             link = Path(folder) / name

@@ -221,9 +221,15 @@ def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
     if not path.is_file():
         raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path} is not a text file; pass --params PATH to a params.yaml") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{path} is not valid YAML{where}: {problem}; compare it with the project's "
+                          "params.yaml") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections ('defaults:', 'profiles:', ...)")
     return path, raw

@@ -147,6 +147,9 @@ def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         if not values:
             raise ParamsError(f"sweep: {key} has no values")
+        for value in values:  # YAML reads `true` as a bool, which float() would take as 1.0
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParamsError(f"sweep: {key}: {value!r} is not a number; give a number or a list of numbers")
         lists.append(values)
     return [variant_name(dict(zip(keys, combo))) for combo in itertools.product(*lists)] if keys else []
 

@@ -11,7 +11,6 @@ terminal and limited to the parameters that changed, so the cause of a metric's 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -77,18 +76,8 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
     database = sqlite_path(resource.uri())
     if database is not None and not database.exists():  # reading runs must not create an empty store
         raise FalcoError(f"no MLflow store at {database}; run `falco pipeline` first, or pass --tracking-uri URI")
-    uri = resource.uri()
-    if uri.startswith(("http://", "https://")):  # MLflow's defaults retry an unreachable server for minutes
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    try:
-        client = resource.client()
-        found = client.get_experiment_by_name(experiment)
-    except Exception as err:  # MlflowException, or the database driver's refusal of a malformed URI
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        reason = reason.split(". ")[0]
-        raise FalcoError(f"cannot read the MLflow store {uri}: {reason[:200]}; pass --tracking-uri with a "
-                         "sqlite:///PATH database or the http(s):// address of a running MLflow server") from None
+    found = resource.check_store()
+    client = resource.client()
     if found is None:
         raise FalcoError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run `falco pipeline` first, "
                          "or pass --experiment NAME / --tracking-uri URI")

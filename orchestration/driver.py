@@ -32,7 +32,7 @@ import dagster as dg
 
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
-from anon_core.folders import check_separate, exclusive, one_at_a_time
+from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
 from orchestration.io_manager import prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
@@ -59,8 +59,10 @@ class PipelineSummary:
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The persistent instance at $DAGSTER_HOME (default: <project>/.dagster_home), created if needed."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME)))
+    """The persistent instance at $DAGSTER_HOME (default, and when it is empty: <project>/.dagster_home), created if
+    needed. A relative $DAGSTER_HOME is taken from the current folder (Dagster itself accepts only absolute ones)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)  # as the run's processes and Dagster's own code will read it
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():  # no telemetry, and no "join the community" pop-up in the UI
@@ -116,6 +118,7 @@ def run_pipeline(
         for queue in queues_without_worker():
             log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
                 f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
+    mlflow.check_store()  # a server that does not answer stops the command now, not after minutes of MLflow's retries
     # a second pipeline on this storage is refused, not interleaved; workers of other machines may write into it
     with exclusive(Path(storage.root), "storage", orphans_older_than_s=ORPHANS_OLDER_THAN_S):
         if not instance.is_ephemeral:
@@ -177,7 +180,7 @@ LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver proce
 
 
 INSTANCE_MARK = "falco_storage.json"  # in the Dagster home: the pairing with the storage its records describe
-STORAGE_MARK = ".falco_instance.json"  # in the storage: the pairing with the Dagster home that records its files
+STORAGE_MARK = PIPELINE_STORAGE_MARK  # in the storage: the pairing with the Dagster home that records its files
 PAIRING_LOCK = ".falco_pairing.lock"  # in the Dagster home: one pairing check at a time
 
 

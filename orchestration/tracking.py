@@ -300,6 +300,29 @@ class MlflowResource(dg.ConfigurableResource):
         ready_sqlite_store(self.uri())  # a SQLite store is made whole before anything uses it
         return MlflowClient(tracking_uri=self.uri())
 
+    def check_store(self):
+        """The experiment as the store holds it (an MLflow Experiment, or None when there is none yet), read with one
+        try and a 15 s timeout (MLflow's defaults retry an unreachable server for minutes); FalcoError in one line when
+        the store cannot be used: a server that does not answer, a malformed URI, a store MLflow refuses. Commands ask
+        it once before their work, so a wrong address stops them at once; later requests keep MLflow's retries."""
+        from anon_core.errors import FalcoError
+
+        uri = self.uri()
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+        before = {name: os.environ.get(name) for name in quick}
+        os.environ.update({name: value for name, value in quick.items() if before[name] is None})  # the user's win
+        try:
+            return self.client().get_experiment_by_name(self.experiment_name())
+        except Exception as err:  # MlflowException, a refused URI scheme, the database driver's own errors
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise FalcoError(f"cannot use the MLflow store {uri}: {reason.split('. ')[0][:200]}; start that server, "
+                             "or set MLFLOW_TRACKING_URI (falco runs: --tracking-uri) to a sqlite:///PATH database or "
+                             "the http(s):// address of a running MLflow server") from None
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+
     def experiment_url(self) -> str | None:
         """The experiment's page in the MLflow UI (see `ui_url`), or None when no UI address is known."""
         ui = self.ui_url()

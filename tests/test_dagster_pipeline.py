@@ -563,6 +563,34 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     # On a Celery head the workers' machines run the networks: only the device's form is checked here.
     assert main([*cmd, "--executor", "celery", "--device", "cuda:1"]) == 2
     assert "FALCO_BROKER_URL" in capsys.readouterr().err
+    # A params file that is not text, or not YAML: one line with where, not a decoder's stack trace
+    assert main([*cmd, "--params", str(tmp_path / "faces" / "Person A" / "img_0.png")]) == 2
+    assert capsys.readouterr().err == f"falco: error: {tmp_path / 'faces' / 'Person A' / 'img_0.png'} is not a text " \
+                                      "file; pass --params PATH to a params.yaml\n"
+    (tmp_path / "indented.yaml").write_text("defaults:\n  seed: 0\n   bad: [1\n")
+    assert main([*cmd, "--params", str(tmp_path / "indented.yaml")]) == 2
+    assert capsys.readouterr().err == (f"falco: error: {tmp_path / 'indented.yaml'} is not valid YAML (line 3, column "
+                                       "7): mapping values are not allowed here; compare it with the project's "
+                                       "params.yaml\n")
+    # A sweep value YAML reads as a bool or a word: refused, not run as margin 1.0 or a traceback
+    for value, shown in (("true", "True"), ("abc", "'abc'")):
+        fast_params(tmp_path / "sweep.yaml", sweep={"margin": [0.0, yaml.safe_load(value)]})
+        assert main([*cmd, "--params", str(tmp_path / "sweep.yaml")]) == 2
+        assert capsys.readouterr().err == f"falco: error: sweep: margin: {shown} is not a number; give a number or " \
+                                          "a list of numbers\n"
+    # An MLflow server that does not answer: one line at once (MLflow's retries took 4.5 minutes, then a traceback)
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"falco: error: cannot use the MLflow store http://127.0.0.1:{port}: ") and \
+        err.endswith("start that server, or set MLFLOW_TRACKING_URI (falco runs: --tracking-uri) to a sqlite:///PATH "
+                     "database or the http(s):// address of a running MLflow server\n") and err.count("\n") == 1
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # put back for what follows in the process
     assert not (tmp_path / "store").exists()
     with instance_at(tmp_path / "home") as instance:
         assert instance.get_runs() == []

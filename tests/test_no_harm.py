@@ -37,6 +37,26 @@ def test_an_input_inside_the_output_is_refused_and_left_untouched(tmp_path, lfw_
     assert _tree(out) == before  # before: `falco anonymize OUT/images OUT` overwrote these with anonymized faces
 
 
+@pytest.mark.parametrize("mode", ["aligned", "photo"])
+def test_an_output_inside_a_pipeline_storage_is_refused(tmp_path, lfw_faces, capsys, mode):
+    from orchestration.driver import bind_instance_and_storage
+
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    store = tmp_path / "store"
+    released = store / "anonymized_images" / "m0" / "images"  # the folder `falco pipeline` names the dataset
+    released.mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    bind_instance_and_storage(tmp_path / "home", store, fresh=False)  # as a first `falco pipeline` marks them
+    before = _tree(store)
+    for out in (released, store):
+        assert main(["anonymize", str(tmp_path / "faces"), str(out), "--mode", mode, *FAST]) == 2
+        assert capsys.readouterr().err == (
+            f"falco: error: {out} is inside the storage of a `falco pipeline` ({store}), whose folders hold the "
+            "pipeline's own values: the run's files (its journal, aligned real faces) would end up among them, in an "
+            "anonymized dataset folder to be released; give an output folder outside it (nothing was written)\n")
+    assert _tree(store) == before  # before: its journal, manifest and aligned real faces landed in `released`
+
+
 @pytest.mark.parametrize("layout", ["same", "output_inside_input", "input_inside_output", "through_a_symlink"])
 def test_one_overlap_rule_for_every_pair_of_folders(tmp_path, layout):
     data = tmp_path / "data"
@@ -501,3 +521,17 @@ def test_a_file_where_a_folder_goes_and_a_folder_where_a_file_goes_are_one_line(
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *FAST]) == 2
     err = capsys.readouterr().err
     assert "a folder is there where the file goes" in err and "Traceback" not in err
+
+
+def test_a_relative_or_empty_dagster_home_is_used_not_a_traceback(tmp_path, monkeypatch):
+    import orchestration.driver as driver
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(driver, "DEFAULT_DAGSTER_HOME", tmp_path / "default_home")
+    for value, home in (("relative_home", tmp_path / "relative_home"), ("", tmp_path / "default_home")):
+        monkeypatch.setenv("DAGSTER_HOME", value)
+        instance = driver.dagster_instance()  # before: Dagster's "must be an absolute path" stack trace
+        try:
+            assert Path(instance.root_directory) == home and os.environ["DAGSTER_HOME"] == str(home)
+        finally:
+            instance.dispose()

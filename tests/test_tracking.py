@@ -236,7 +236,8 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     assert (tmp_path / "params.yaml").read_text() == "seed: 0\n" and (tmp_path / "notes.png").read_text() == "my notes"
     for uri in ("foo://bar", "sqlite://relative.db", str(tmp_path / "a_folder_store")):
         args = parser.parse_args(["runs", "compare", "--tracking-uri", uri])
-        with pytest.raises(FalcoError, match=f"cannot read the MLflow store {uri}: .*; pass --tracking-uri"):
+        with pytest.raises(FalcoError, match=f"cannot use the MLflow store {uri}: .*; start that server, or set MLFLOW_TRACKING_URI "
+                                               r"\(falco runs: --tracking-uri\)"):
             args.run(args)  # before: MLflow's or SQLAlchemy's stack trace
 
 
