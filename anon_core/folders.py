@@ -40,6 +40,7 @@ PIPELINE_STORAGE_MARK = ".falco_instance.json"  # in a `falco pipeline` storage'
 # The manifest is rewritten as work finishes, at most this often: each rewrite is the whole table (~3 MB at
 # CelebA-HQ's 30,000 rows), and a resumed run finishes its journaled batches all at once.
 MANIFEST_EVERY_S = 5.0
+RUN_RECORD = ("params.json", "latents.npy", "losses.csv")  # what a run writes about itself once it has finished
 STALE_RESULTS = ("face_privacy.csv",)  # verdicts on the previous run's images (photo mode's CLI writes them anew)
 
 
@@ -227,8 +228,9 @@ def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
 class TakeOver:
     """Call before each write of the run (the first call does the work; the later ones nothing): start `journal`
     (the run's `anon_core.journal.Journal`, made with start=False), remove the outputs of the earlier run that this
-    run will not write (its manifest's outputs minus `keep`), and `write_manifest` (this run's, every row pending).
-    Not thread-safe: call it from one thread at a time."""
+    run will not write (its manifest's outputs minus `keep`) and its RUN_RECORD (a run stopped after this would
+    otherwise leave the earlier run's params.json describing the folder), and `write_manifest` (this run's, every
+    row pending). Not thread-safe: call it from one thread at a time."""
 
     def __init__(self, output_dir: Path, journal, keep: set[str], write_manifest: Callable[[], None]) -> None:
         self.output_dir, self.journal, self.keep, self.write_manifest = Path(output_dir), journal, keep, write_manifest
@@ -239,6 +241,8 @@ class TakeOver:
         if not self.done:
             self.journal.start()
             remove_outputs(self.output_dir, self.previous - self.keep)  # before its manifest is replaced
+            for name in RUN_RECORD:
+                (self.output_dir / name).unlink(missing_ok=True)
             self.write_manifest()
             self.done = True
 

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -361,6 +362,37 @@ def test_a_rerun_that_fails_before_its_first_images_leaves_the_earlier_run_whole
         return [{k: v for k, v in row.items() if k != "detail"} for row in csv.DictReader(io.StringIO(manifest.decode()))]
 
     assert results(after[Path("manifest.csv")]) == results(before[Path("manifest.csv")])
+
+
+def test_a_rerun_stopped_after_taking_the_folder_over_leaves_no_record_of_the_earlier_run(face_folder, tmp_path,
+                                                                                         capsys, monkeypatch):
+    """A re-run with other settings stopped after its first batch left the earlier run's params.json, latents.npy
+    and losses.csv beside its own half-written manifest: params.json described settings no image there was made
+    with. Until the re-run finishes, the folder says `pending` and holds no record of either run."""
+    import anon_core.pipeline as pipeline
+
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert {"params.json", "latents.npy", "losses.csv"} <= {p.name for p in out.iterdir()}
+    real = pipeline.anonymize_images
+    calls = []
+
+    def second_batch_stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "anonymize_images", second_batch_stopped)
+        assert main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"]) == 130
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert (manifest["status"] == "pending").any()
+    assert not {"params.json", "latents.npy", "losses.csv"} & {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"]) == 0  # and it finishes
+    assert "2 of them finished by an earlier run" in capsys.readouterr().out
+    assert json.loads((out / "params.json").read_text())["params"]["optimization"]["steps"] == 2
 
 
 def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp_path, capsys, monkeypatch):
