@@ -64,21 +64,26 @@ OUR_MANIFEST_COLUMNS = frozenset({"input", "output", "status", "reason", "detail
                                   "fake_similarity", "identity_similarity"})
 
 
-def check_output_folder(output_dir: Path, input_dir: Path) -> None:
-    """Before a run writes into `output_dir`: FalcoError when it is inside a `falco pipeline` storage, when a folder
-    link inside it leads into (or around) the input folder, since the outputs written through it would overwrite the
-    inputs, or when it holds a manifest.csv
-    that falco did not write, which the run would overwrite and whose `output` column it would take for its own
-    earlier outputs to remove."""
-    import pandas as pd
-
-    output_dir, input_dir = Path(output_dir), Path(input_dir).resolve()
+def check_outside_pipeline_storage(output_dir: Path) -> None:
+    """FalcoError when `output_dir` is inside the storage of a `falco pipeline` (a user's `falco anonymize`; the
+    pipeline's own photo-mode asset writes there on purpose)."""
+    output_dir = Path(output_dir)
     for folder in (output_dir.resolve(), *output_dir.resolve().parents):
         if (folder / PIPELINE_STORAGE_MARK).is_file():
             raise FalcoError(f"{output_dir} is inside the storage of a `falco pipeline` ({folder}), whose folders hold "
                              "the pipeline's own values: the run's files (its journal, aligned real faces) would end up "
                              "among them, in an anonymized dataset folder to be released; give an output folder "
                              "outside it (nothing was written)")
+
+
+def check_output_folder(output_dir: Path, input_dir: Path) -> None:
+    """Before a run writes into `output_dir`: FalcoError when a folder link inside it leads into (or around) the
+    input folder, since the outputs written through it would overwrite the inputs, or when it holds a manifest.csv
+    that falco did not write, which the run would overwrite and whose `output` column it would take for its own
+    earlier outputs to remove."""
+    import pandas as pd
+
+    output_dir, input_dir = Path(output_dir), Path(input_dir).resolve()
     for folder, subfolders, _ in os.walk(output_dir):  # does not follow links: each is checked, not entered
         for name in subfolders:
             link = Path(folder) / name

@@ -72,6 +72,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
 )
 JPEG_QUALITY = 95
+TURNED_NOTE = "stored sideways or upside down"  # begins the detail of a photo whose faces were found turned
 
 
 @dataclass
@@ -90,6 +91,19 @@ class PhotoSummary:
     @property
     def faces(self) -> int:
         return self.anonymized + sum(self.covered.values())
+
+    @classmethod
+    def from_manifest(cls, output_dir: Path, manifest: pd.DataFrame, min_face_size: int = 0) -> PhotoSummary:
+        """What a finished run's manifest.csv (`read_photo_manifest`) records; the faces taken from a journal and
+        the photos below `min_face_size` are not in it, so they count 0."""
+        photos, faces = manifest[manifest["kind"] == "photo"], manifest[manifest["kind"] == "face"]
+        read = photos[photos["status"] == "ok"]
+        covered = faces[faces["status"] == "covered"]
+        return cls(output_dir=Path(output_dir), photos=len(photos), min_face_size=min_face_size,
+                   rejected=Counter(photos.loc[photos["status"] == "rejected", "reason"]),
+                   anonymized=int((faces["status"] == "anonymized").sum()), covered=Counter(covered["reason"]),
+                   turned=int(read["detail"].str.contains(TURNED_NOTE, regex=False).sum()),
+                   faceless=read.loc[read["faces"] == "0", "input"].tolist())
 
     def describe(self) -> str:
         text = f"{self.faces} face(s) in {self.photos} photo(s): {self.anonymized} anonymized"
@@ -234,8 +248,8 @@ class _PhotoRun:
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
             photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), turns=turns)
-            notes = ([f"stored sideways or upside down; its faces were found with the photo turned {90 * turns} "
-                      "degrees counter-clockwise, and it is written as stored"] if turns else []) + left_out
+            notes = ([f"{TURNED_NOTE}; its faces were found with the photo turned {90 * turns} degrees "
+                      "counter-clockwise, and it is written as stored"] if turns else []) + left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
             self.summary.turned += bool(turns)
             if not faces:

@@ -87,6 +87,7 @@ def _batch_size(text: str) -> int | str:
 
 
 def _run_anonymize(args: argparse.Namespace) -> int:
+    from anon_core.folders import check_outside_pipeline_storage
     from anon_core.ingest import data_settings
     from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources
     from anon_core.pipeline import anonymize_folder
@@ -104,6 +105,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     if not args.input_dir.is_dir():
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
+    check_outside_pipeline_storage(args.output_dir)
     if args.mode == "photo":
         return _run_anonymize_photos(args, params)
     params_file = args.params or DEFAULT_PARAMS_PATH

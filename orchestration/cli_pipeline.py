@@ -141,6 +141,10 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         for variant in summary.variants:
             folder = storage.asset_dir(kind, variant)
             print(f"  {variant}: {folder / '<shard>' / 'images' if args.mode == 'photo' else folder / 'images'}")
+            if args.mode == "photo":
+                described = _photos_described(folder)
+                if described:
+                    print(f"    {described}")
     if "evaluate" in stages and args.mode == "aligned" and not summary.blocked and not summary.failed:
         print(f"report: {storage.asset_dir('anonymization_report') / 'report.html'}")
     for label, error in summary.errors.items():
@@ -155,6 +159,20 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
               "checks:); do not release these images", file=sys.stderr)
     print(_browse_hints(instance.root_directory))
     return 1 if summary.failed or summary.blocked or (args.require_privacy and summary.privacy_failed) else 0
+
+
+def _photos_described(folder: Path) -> str | None:
+    """What photo mode did to a variant's photos, over the manifests of its shards, as `falco anonymize --mode photo`
+    says it (faces anonymized and covered, files rejected, photos turned, photos without a face); None when no shard
+    has a manifest."""
+    import pandas as pd
+
+    from anon_core.photos import PhotoSummary, read_photo_manifest
+
+    manifests = [read_photo_manifest(path.parent) for path in sorted(Path(folder).glob("*/manifest.csv"))]
+    if not manifests:
+        return None
+    return PhotoSummary.from_manifest(folder, pd.concat(manifests, ignore_index=True)).describe()
 
 
 def _rejections(storage) -> str | None:

@@ -124,3 +124,26 @@ def test_a_shard_that_no_longer_exists_leaves_no_photos_behind(state):
         folder = root / "store" / "anonymized_photos" / variant
         assert sorted(p.name for p in folder.iterdir()) == [".shard-00000.run", "shard-00000", "shard-00000.parquet"]
         assert sorted(p.name for p in (folder / "shard-00000" / "images").iterdir()) == ["group.png", "no_face.png"]
+
+
+def test_the_pipeline_says_what_photo_mode_did_to_each_variants_photos(state, capsys, monkeypatch):
+    """`falco pipeline --mode photo` named only the folders: the photo without a face, the covered faces and the
+    rejected files were only in each shard's manifest.csv, where `falco anonymize --mode photo` names them."""
+    from orchestration.cli import main
+
+    root, instance = state
+    (root / "faces" / "notes.txt").write_text("not a photo")
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "home"))
+    assert main(["pipeline", "--mode", "photo", "--input", str(root / "faces"), "--storage", str(root / "store"),
+                 "--params", str(root / "params.yaml"), "--variant", ",".join(VARIANTS), "--log-level", "ERROR"]) == 0
+    out = capsys.readouterr().out
+    for variant in VARIANTS:
+        folder = root / "store" / "anonymized_photos" / variant
+        faces = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in folder.glob("*/manifest.csv")])
+        faces = faces[faces["kind"] == "face"]
+        anonymized, covered = (faces["status"] == "anonymized").sum(), (faces["status"] == "covered").sum()
+        assert anonymized + covered == 8  # group.png's 7 and the portrait's 1
+        line = out.split(f"  {variant}: {folder / '<shard>' / 'images'}\n", 1)[1].splitlines()[0]
+        assert line.startswith(f"    8 face(s) in 4 photo(s): {anonymized} anonymized, {covered} covered")
+        assert "; 1 file(s) rejected (not_an_image: 1);" in line
+        assert "1 photo(s) in which no face was found, written unchanged (no_face.png)" in line
