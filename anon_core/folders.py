@@ -206,6 +206,18 @@ def missing_outputs(output_dir: Path, names) -> list[str]:
     return [name for name in names if not (images / name).is_file()]
 
 
+def changed_outputs(output_dir: Path, names, digests=None) -> list[str]:
+    """The outputs among `names` that are not there as files or, where `digests` (the sha256 each was written
+    with, hex) are given, whose bytes are no longer those: damaged, or replaced by hand."""
+    from anon_core.hashing import sha256_file
+
+    missing = missing_outputs(output_dir, names)
+    if missing or digests is None:
+        return missing
+    images = Path(output_dir) / "images"
+    return [name for name, digest in zip(names, digests) if sha256_file(images / name) != digest]
+
+
 def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
     """Remove `names` (outputs relative to `output_dir/images`) and STALE_RESULTS from `output_dir`, and the
     folders under `images/` that this leaves empty. A name that leads out of `images/` or is not a plain file is

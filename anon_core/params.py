@@ -93,6 +93,7 @@ class FalcoParams:
 
 
 MAX_SEED = 2**63 - 1  # fake i of the pool is drawn from seed + i, an int64 (anon_core.fake_pool.sample_fake_pool)
+MAX_STEPS = 100_000  # optimization and inversion steps: the paper's 50, 2000 times over
 INVERSION_METHODS = ("e4e", "optimization")
 PAIRING_MODES = ("nearest", "unique", "identity")
 AMP_MODES = ("auto", "bf16", "off")  # speed.amp; auto: bf16 on CUDA, off elsewhere
@@ -281,6 +282,8 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
     type_name = str(type_name)
     if value is None:  # `key:` or `key: null`; str(None) would pass as the word "None"
         raise ParamsError(f"{where} is empty (null); give it a value (the repository's params.yaml has the default)")
+    if isinstance(value, bool) and type_name in ("int", "float", "int | str"):
+        raise ParamsError(f"{where} = {value!r} is not a number (YAML reads true/false/yes/no/on/off as such)")
     try:
         if type_name == "int | str":  # batch_size: a number or "auto"
             return AUTO if value == AUTO else _coerce(value, "int", where)
@@ -299,6 +302,8 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
         if type_name == "str":
             return str(value)
         if type_name.startswith("tuple"):
+            if isinstance(value, (bool, str)) or any(isinstance(v, (bool, str)) for v in value):
+                raise ValueError
             return tuple(float(v) for v in value)
     except (TypeError, ValueError, OverflowError):
         raise ParamsError(f"{where} = {value!r} is not a valid {type_name}") from None
@@ -318,7 +323,7 @@ _RANGES = (
     ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: 1 <= v[0] <= v[1], "in [1, pool_size]"),
     ("pairing", lambda p: p.pairing, lambda v: v in PAIRING_MODES, f"one of {PAIRING_MODES}"),
     ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    ("optimization.steps", lambda p: p.optimization.steps, lambda v: v >= 1, ">= 1"),
+    ("optimization.steps", lambda p: p.optimization.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),
     ("optimization.lr", lambda p: p.optimization.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("optimization.margin", lambda p: p.optimization.margin, lambda v: 0.0 <= v <= 1.0,
      "in [0, 1] (a cosine similarity to aim at: 0 unrelated, 1 the same face)"),
@@ -334,7 +339,7 @@ _RANGES = (
      "fractions in (0, 1]"),
     ("optimization.gamma", lambda p: p.optimization.gamma, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("inversion.method", lambda p: p.inversion.method, lambda v: v in INVERSION_METHODS, f"one of {INVERSION_METHODS}"),
-    ("inversion.steps", lambda p: p.inversion.steps, lambda v: v >= 1, ">= 1"),
+    ("inversion.steps", lambda p: p.inversion.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),
     ("inversion.lr", lambda p: p.inversion.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("speed.amp", lambda p: p.speed.amp, lambda v: v in AMP_MODES, f"one of {AMP_MODES}"),
     ("speed.upsample_form", lambda p: p.speed.upsample_form, lambda v: v in UP_FORMS, f"one of {UP_FORMS}"),

@@ -24,7 +24,7 @@ from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
-from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, missing_outputs,
+from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, changed_outputs,
                                TakeOver)
 from anon_core.hashing import sha256_file
 from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
@@ -61,6 +61,7 @@ MANIFEST_COLUMNS = (
     "other_faces_covered",  # other faces inside the crop, pixelated before it was cut; -1 when not aligning
 )
 RESULT_COLUMNS = ("latent_index", "fake_index", "fake_similarity", "identity_similarity")  # "" for rejected rows
+OUTPUT_DIGESTS = "png_sha256"  # a journal entry's sha256 of each image of its batch as written (a re-run checks them)
 
 
 @dataclass
@@ -213,10 +214,15 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         take_over()
         part = parts[index]
         if images is not None:
+            digests = [""] * (part.stop - part.start)
+
+            def write(i: int, name: str) -> None:
+                digests[i] = save_png(output_dir / "images" / name, images[i])
+
             for i, name in enumerate(ok["image"][part]):
-                png_writer.submit(save_png, output_dir / "images" / name, images[i])
+                png_writer.submit(write, i, name)
             png_writer.wait()  # the journal names a batch done only once its images are on disk
-            journal.record(index, result)
+            journal.record(index, {**result, OUTPUT_DIGESTS: np.array(digests)})
         rows = ok_rows[part]
         manifest.loc[rows, "status"] = "ok"
         manifest.loc[rows, "latent_index"] = [str(i) for i in range(part.start, part.stop)]
@@ -238,9 +244,11 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     # encoded by `png_writer`'s threads side by side
     with WriteBehind(io_workers(device)) as png_writer, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-finish") as writer:
-        # a journaled batch is finished, but its images may have been deleted since: drawn again from its codes
+        # a journaled batch is finished, but its images may have been deleted, damaged or replaced since: drawn
+        # again from its codes
         writes = [writer.submit(finish, i, r, generate(nets.generator, r["ws"], device=device)
-                                if missing_outputs(output_dir, ok["image"][parts[i]]) else None)
+                                if changed_outputs(output_dir, ok["image"][parts[i]], r.get(OUTPUT_DIGESTS))
+                                else None)
                   for i, r in enumerate(results) if r is not None]
         images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):

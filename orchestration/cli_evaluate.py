@@ -25,6 +25,7 @@ import pandas as pd
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, missing_outputs
+from orchestration.cli_types import given_path
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 RUN_FILES = "images/, manifest.csv, params.json"
@@ -358,7 +359,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "separate `falco evaluate` calls (photo mode is measured face by face)")
     paths = evaluate_folders(
         args.real_dir, args.anon_dirs, args.out, baselines=args.baselines,
-        recognizers=[n.strip() for n in args.recognizers.split(",") if n.strip()] if args.recognizers else None,
+        recognizers=list(dict.fromkeys(n.strip() for n in args.recognizers.split(",") if n.strip()))  # each once
+        if args.recognizers else None,
         profile=args.profile, device=args.device, dataset=args.dataset, labels_csv=args.labels,
         show_real_faces=args.show_real_faces, log=(lambda *_: None) if args.quiet else print,
     )
@@ -393,23 +395,23 @@ def _evaluate_photo_runs(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate the outputs of `falco anonymize` runs and write a report")
-    p.add_argument("real_dir", type=Path, metavar="REAL_DIR", help="the folder the runs anonymized")
-    p.add_argument("anon_dirs", type=Path, nargs="+", metavar="ANON_DIR",
+    p.add_argument("real_dir", type=given_path, metavar="REAL_DIR", help="the folder the runs anonymized")
+    p.add_argument("anon_dirs", type=given_path, nargs="+", metavar="ANON_DIR",
                    help="OUTPUT_DIR of one `falco anonymize` run; several for one row (and scatter point) each")
-    p.add_argument("--out", type=Path, required=True, metavar="REPORT_DIR", help="where the report goes")
+    p.add_argument("--out", type=given_path, required=True, metavar="REPORT_DIR", help="where the report goes")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate blur, pixelate, mask and swap on the first run's sources (default: on)")
     p.add_argument("--recognizers", default=None, metavar="NAMES",
                    help="comma-separated: dlib, facenet_vggface2, facenet_casia, arcface_irse50 (default: every "
                         "one whose weights are present)")
     p.add_argument("--profile", default=None, help="the runs' profile (default: read from their params.json)")
-    p.add_argument("--params", type=Path, default=None, metavar="FILE", help="params file whose "
+    p.add_argument("--params", type=given_path, default=None, metavar="FILE", help="params file whose "
                    "checks.privacy_max_match_share a photo-mode run is held to: the one it was anonymized with "
                    "(default: the project's params.yaml)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
                    help="layout of REAL_DIR (default: the one the runs recorded)")
-    p.add_argument("--labels", type=Path, default=None, metavar="CSV",
+    p.add_argument("--labels", type=given_path, default=None, metavar="CSV",
                    help="labels CSV (identity column: which gallery images count as the same person)")
     p.add_argument("--show-real-faces", action="store_true",
                    help="put the real faces in the example grid (off: the report shows no real face)")

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration.cli_types import given_path
 from orchestration.driver import STAGES
 from orchestration.jobs import EXECUTORS
 
@@ -37,14 +38,14 @@ def _values(kind: type):
 
 
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", type=Path, default=None, help="folder of real images (default: $FALCO_INPUT or "
+    p.add_argument("--input", type=given_path, default=None, help="folder of real images (default: $FALCO_INPUT or "
                    "data/sample/images)")
-    p.add_argument("--storage", type=Path, default=None, help="where asset values go (default: $FALCO_STORAGE or "
+    p.add_argument("--storage", type=given_path, default=None, help="where asset values go (default: $FALCO_STORAGE or "
                    "outputs/pipeline)")
     p.add_argument("--profile", default=None, help="network profile: tiny, ffhq1024, ffhq512 (default: "
                    "$FALCO_PROFILE or tiny)")
     p.add_argument("--device", default=None, help="cpu or cuda (cuda:N) (default: $FALCO_DEVICE or cpu)")
-    p.add_argument("--params", type=Path, default=None, help="params.yaml with the defaults (default: $FALCO_PARAMS "
+    p.add_argument("--params", type=given_path, default=None, help="params.yaml with the defaults (default: $FALCO_PARAMS "
                    "or the project's)")
     variants = p.add_argument_group("variants (default: params.yaml's sweep:)")
     variants.add_argument("--variant", type=_values(str), default=None, metavar="NAME[,NAME]",
@@ -66,7 +67,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                              "Cluster)")
     shared.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
                         help="layout of the input folder (params.yaml data.dataset)")
-    shared.add_argument("--labels", type=Path, default=None, metavar="CSV", help="labels CSV (data.labels_csv)")
+    shared.add_argument("--labels", type=given_path, default=None, metavar="CSV", help="labels CSV (data.labels_csv)")
     shared.add_argument("--align", action=argparse.BooleanOptionalAction, default=None,
                         help="FFHQ-align faces first (data.align: on, except for CelebA-HQ)")
     shared.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None, help="data.align_detector")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from anon_core.atomic import write_bytes_atomic
+from orchestration.cli_types import given_path
 
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
@@ -196,7 +197,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", action="append", default=None, metavar="NAME",
                    help="only this variant (repeatable; the baselines are always shown)")
     p.add_argument("--all", action="store_true", help="every evaluation run, not only the latest of each variant")
-    p.add_argument("--plot", type=Path, default=None, metavar="PNG",
+    p.add_argument("--plot", type=given_path, default=None, metavar="PNG",
                    help="also write the privacy-vs-utility scatter of the variants (dots) and baselines (crosses)")
     p.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
                    help="table (default): runs side by side, the headline metrics (or --metric); csv, markdown: one "

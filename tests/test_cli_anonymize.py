@@ -395,6 +395,26 @@ def test_a_rerun_stopped_after_taking_the_folder_over_leaves_no_record_of_the_ea
     assert json.loads((out / "params.json").read_text())["params"]["optimization"]["steps"] == 2
 
 
+def test_a_rerun_writes_again_the_images_damaged_or_replaced_since(face_folder, tmp_path, capsys):
+    """A re-run took every batch from the journal and left a damaged image (which evaluate refuses, telling the user
+    to re-run) and an image replaced by a real face (which evaluate accepted) as they were."""
+    from anon_core.data.image_io import save_png
+
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    written = {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
+    damaged, replaced, *_ = written
+    damaged.write_bytes(b"garbage")
+    with Image.open(replaced) as anonymized:
+        side = anonymized.size
+    real = np.asarray(Image.open(face_folder / "zoë.png").convert("RGB").resize(side))
+    save_png(replaced, real)  # the real face, where the anonymized one was
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == written
+
+
 def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp_path, capsys, monkeypatch):
     """A file the run cannot write (permissions, an immutable file, a full disk) was a 40-line traceback."""
     import errno

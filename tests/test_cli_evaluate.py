@@ -176,3 +176,12 @@ def test_the_source_check_passes_the_folder_as_it_was_and_notes_an_older_manifes
     check_real_folder(runs["real"], hashed, record, manifest.drop(columns=["sha256"]), manifest["input"], current,
                       log=notes.append)
     assert len(notes) == 1 and "records no sha256 of its inputs" in notes[0] and "not checked" in notes[0]
+
+
+def test_a_recognizer_named_twice_is_measured_once(runs, capsys):
+    """`--recognizers dlib,dlib` stopped with numpy's "6 anonymized images but 3 source indices" traceback."""
+    report = runs["tmp"] / "report_twice"
+    assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(report), "--recognizers", "dlib,dlib",
+                 "--no-baselines", "--quiet"]) == 0
+    summary = pd.read_csv(report / "metrics.csv", index_col="method")
+    assert summary["reid/dlib/images"].tolist()[0] == FACES

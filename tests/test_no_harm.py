@@ -155,15 +155,21 @@ def test_a_storage_inside_the_input_is_refused_before_anything_runs(tmp_path, lf
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"optimization.steps": 0}, "optimization.steps = 0 must be >= 1"),
+    ({"optimization.steps": 0}, "optimization.steps = 0 must be in [1, 100000]"),
     ({"optimization.margin": 5.0}, "optimization.margin = 5.0 must be in"),
     ({"optimization.margin": float("nan")}, "optimization.margin = nan"),
     ({"optimization.lr": float("inf")}, "optimization.lr = inf must be a finite number"),
     ({"optimization.lambda_id": -10.0}, "optimization.lambda_id = -10.0 must be a finite number >= 0"),
     ({"optimization.gamma": -0.5}, "optimization.gamma = -0.5 must be in"),
-    ({"inversion.steps": -5}, "inversion.steps = -5 must be >= 1"),
+    ({"inversion.steps": -5}, "inversion.steps = -5 must be in [1, 100000]"),
     ({"seed": -1}, "seed = -1 must be in [0, 2**63 - pool_size]"),
     ({"pool_size": float("inf")}, "pool_size = inf is not a valid int"),
+    ({"optimization.steps": 10**20}, "optimization.steps = 100000000000000000000 must be in [1, 100000]"),
+    # YAML's true/false: float(True) ran `lambda_id: true` as 1.0, `steps: true` as one step
+    ({"optimization.lambda_id": True}, "optimization.lambda_id = True is not a number (YAML reads true/false"),
+    ({"optimization.steps": True}, "optimization.steps = True is not a number"),
+    ({"batch_size": False}, "batch_size = False is not a number"),
+    ({"optimization.milestones": [0.5, True]}, "optimization.milestones = [0.5, True] is not a valid tuple"),
 ])
 def test_every_parameter_is_checked_with_its_range(override, message):
     from anon_core.params import load_params
@@ -191,7 +197,7 @@ def test_pipeline_flags_are_checked_before_any_run(tmp_path, lfw_faces, capsys, 
     code = main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store"),
                  "--steps", "-1"])
     err = capsys.readouterr().err
-    assert code == 2 and "optimization.steps = -1 must be >= 1" in err and "Traceback" not in err
+    assert code == 2 and "optimization.steps = -1 must be in [1, 100000]" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()  # before: it failed after the whole prepare, in Dagster traces
 
 
@@ -535,3 +541,36 @@ def test_a_relative_or_empty_dagster_home_is_used_not_a_traceback(tmp_path, monk
             assert Path(instance.root_directory) == home and os.environ["DAGSTER_HOME"] == str(home)
         finally:
             instance.dispose()
+
+
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path, monkeypatch, capsys):
+    """`falco anonymize "$IN" out` with IN unset anonymized the current folder (the whole checkout); an empty output
+    wrote the run's files into it."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["anonymize", "", "out"], ["anonymize", "in", ""], ["evaluate", "in", "out", "--out", ""],
+                 ["pipeline", "--input", ""], ["sample-data", ""]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2
+        assert "an empty path (an unset shell variable?); give the folder or file" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_data_refuses_a_folder_of_someone_elses_files(tmp_path, capsys):
+    """`falco sample-data DIR` overwrote DIR/README.txt and DIR/images/astronaut.png of a user's folder."""
+    user = tmp_path / "mine"
+    (user / "images").mkdir(parents=True)
+    (user / "README.txt").write_text("my notes")
+    (user / "images" / "astronaut.png").write_bytes(b"my picture")
+    for folder in (user / "images", user):  # sample-named files without its README, and a README of the user's
+        before = _tree(user)
+        assert main(["sample-data", str(folder)]) == 2
+        assert f"falco: error: {folder} holds files the sample data does not write" in capsys.readouterr().err
+        assert _tree(user) == before
+    assert main(["sample-data", str(tmp_path / "new"), "--photos", str(user)]) == 2  # photos: the same rule
+    assert _tree(user) == before
+    assert main(["sample-data", str(tmp_path / "new"), "--photos", str(tmp_path / "photos")]) == 0
+    assert main(["sample-data", str(tmp_path / "new"), "--photos", str(tmp_path / "photos")]) == 0  # its own: again
+    assert main(["sample-data", str(tmp_path / "small"), "--size", "0"]) == 2
+    assert capsys.readouterr().err.endswith("falco: error: size must be between 32 (load_rgb's minimum) and 4096 px, "
+                                            "got 0\n")

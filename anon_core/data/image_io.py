@@ -14,6 +14,7 @@ any pixel is decoded).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 import zlib
@@ -387,13 +388,15 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    """Write uint8 [H, W, 3] RGB as a lossless PNG, atomically; creates parent folders."""
+def save_png(path: Path, image: np.ndarray) -> str:
+    """Write uint8 [H, W, 3] RGB as a lossless PNG, atomically; creates parent folders. Returns the file's sha256
+    (hex), so that a caller can tell later whether the file is still what it wrote."""
     try:
         data = encode_png(image)
     except ValueError as exc:
         raise ValueError(f"cannot save {path}: {exc}") from exc
     write_bytes_atomic(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def to_tensor(images: list[np.ndarray] | np.ndarray, size: int) -> "torch.Tensor":
