@@ -123,7 +123,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     storage, networks, wanted = resources_from_args(args)
     networks.check_device()  # before any run starts: a device this machine lacks is one line, not a failed run
     if "prepare" in stages and not Path(storage.input_dir).is_dir():
-        print(f"falco: error: input folder {storage.input_dir} does not exist; run `falco sample-data data/sample` "
+        what = "is a file, not a folder" if Path(storage.input_dir).exists() else "does not exist"
+        print(f"falco: error: input folder {storage.input_dir} {what}; run `falco sample-data data/sample` "
               "(or `dvc pull data.dvc`) or pass --input DIR", file=sys.stderr)
         return 2
     instance = dagster_instance()
