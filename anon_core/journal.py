@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,11 @@ class Journal:
         path = self._path(index)
         if not self.reusable or not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError):  # a damaged entry: the batch is done again
+            return None
 
     def record(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Batch `index` is finished (call after its images are written)."""

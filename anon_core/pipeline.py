@@ -222,7 +222,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
             for i, name in enumerate(ok["image"][part]):
                 png_writer.submit(write, i, name)
             png_writer.wait()  # the journal names a batch done only once its images are on disk
-            journal.record(index, {**result, OUTPUT_DIGESTS: np.array(digests)})
+            journal.record(index, {**result, OUTPUT_DIGESTS: np.array(digests, dtype=str)})
         rows = ok_rows[part]
         manifest.loc[rows, "status"] = "ok"
         manifest.loc[rows, "latent_index"] = [str(i) for i in range(part.start, part.stop)]

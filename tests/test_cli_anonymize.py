@@ -415,6 +415,18 @@ def test_a_rerun_writes_again_the_images_damaged_or_replaced_since(face_folder, 
     assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == written
 
 
+def test_a_damaged_journal_entry_is_done_again_not_a_traceback(face_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    latents = np.load(out / "latents.npy")
+    entries = sorted((out / ".journal").glob("batch-*.npz"))
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # cut short: a disk error, a copy interrupted
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0  # before: numpy's BadZipFile traceback
+    assert "2 of them finished by an earlier run" in capsys.readouterr().out  # the other batch
+    np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
+
+
 def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp_path, capsys, monkeypatch):
     """A file the run cannot write (permissions, an immutable file, a full disk) was a 40-line traceback."""
     import errno
@@ -428,7 +440,7 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it(face_folder, tmp
         if path.name == "zoë.png":
             raise PermissionError(errno.EPERM, "Operation not permitted", str(path.with_name(".zoë.png.1.tmp")),
                                   None, str(path))
-        real_save(path, image)
+        return real_save(path, image)
 
     monkeypatch.setattr(pipeline, "save_png", save)
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 2
