@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
+from orchestration import stop_request
 from orchestration.cli_types import given_path
 
 
@@ -268,7 +269,10 @@ def stop_signals() -> Iterator[Callable[[], str]]:
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: "SIGTERM" if signal.SIGTERM in drain() else "Ctrl-C"
+        # a background job's SIGINT is ignored, though Python still writes its number to the wakeup file
+        with stop_request.watching(lambda: any(sig == signal.SIGTERM or sig == signal.SIGINT and not ignore_ctrl_c
+                                               for sig in drain())):
+            yield lambda: "SIGTERM" if signal.SIGTERM in drain() else "Ctrl-C"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -33,6 +33,7 @@ import dagster as dg
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
+from orchestration import stop_request
 from orchestration.io_manager import prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
@@ -381,7 +382,8 @@ class _Driver:
             return True
         self.summary.failed.append(label)
         self.summary.errors[label] = step_error(self.instance, run_id)
-        if INTERRUPTED in self.summary.errors[label]:  # Ctrl-C: Dagster ended the run as failed; the driver stops
+        # Ctrl-C: Dagster ended the run as failed (or the step's library turned the interrupt into another error)
+        if INTERRUPTED in self.summary.errors[label] or stop_request.requested():
             self.mlflow.end_dagster_run(run_id, "KILLED", self.log)
             raise KeyboardInterrupt
         self.mlflow.end_dagster_run(run_id, "FAILED", self.log)

@@ -574,3 +574,28 @@ def test_sample_data_refuses_a_folder_of_someone_elses_files(tmp_path, capsys):
     assert main(["sample-data", str(tmp_path / "small"), "--size", "0"]) == 2
     assert capsys.readouterr().err.endswith("falco: error: size must be between 32 (load_rgb's minimum) and 4096 px, "
                                             "got 0\n")
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_stop_that_a_step_turned_into_another_error_still_stops_the_pipeline(tmp_path, lfw_faces, monkeypatch,
+                                                                               stopped):
+    """A Ctrl-C landing inside torch's tensor-from-list conversion comes out of the step as torch's ValueError: the
+    run was recorded FAILED and the pipeline went on to the next shards. A failure while a stop signal has come is
+    the stop (tiny's in-process executor: the step runs in this process)."""
+    import anon_core.stages as stages
+    from orchestration import stop_request
+
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    fast_params(tmp_path / "params.yaml")
+
+    def swallowed_interrupt(*args, **kwargs):
+        raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    monkeypatch.setattr(stages, "invert_images", swallowed_interrupt)
+    with stop_request.watching(lambda: stopped), dg.instance_for_test() as instance:
+        if stopped:
+            with pytest.raises(KeyboardInterrupt):
+                run(tmp_path, instance)
+        else:
+            summary = run(tmp_path, instance)
+            assert summary.failed == ["prepare"] and "could not determine the shape" in summary.errors["prepare"]
