@@ -70,10 +70,10 @@ def check_outside_pipeline_storage(output_dir: Path) -> None:
     output_dir = Path(output_dir)
     for folder in (output_dir.resolve(), *output_dir.resolve().parents):
         if (folder / PIPELINE_STORAGE_MARK).is_file():
-            raise FalcoError(f"{output_dir} is inside the storage of a `falco pipeline` ({folder}), whose folders hold "
-                             "the pipeline's own values: the run's files (its journal, aligned real faces) would end up "
-                             "among them, in an anonymized dataset folder to be released; give an output folder "
-                             "outside it (nothing was written)")
+            raise FalcoError(f"{output_dir} is inside the storage of a `falco pipeline` ({folder}), whose folders "
+                             "hold the pipeline's own values: the run's files (its journal, aligned real faces) would "
+                             "end up among them, in an anonymized dataset folder to be released; give an output "
+                             "folder outside it (nothing was written)")
 
 
 def check_output_folder(output_dir: Path, input_dir: Path) -> None:

@@ -93,13 +93,13 @@ class PhotoSummary:
         return self.anonymized + sum(self.covered.values())
 
     @classmethod
-    def from_manifest(cls, output_dir: Path, manifest: pd.DataFrame, min_face_size: int = 0) -> PhotoSummary:
+    def from_manifest(cls, output_dir: Path, manifest: pd.DataFrame) -> PhotoSummary:
         """What a finished run's manifest.csv (`read_photo_manifest`) records; the faces taken from a journal and
-        the photos below `min_face_size` are not in it, so they count 0."""
+        the photos below photo.min_face_size are not in it, so they count 0."""
         photos, faces = manifest[manifest["kind"] == "photo"], manifest[manifest["kind"] == "face"]
         read = photos[photos["status"] == "ok"]
         covered = faces[faces["status"] == "covered"]
-        return cls(output_dir=Path(output_dir), photos=len(photos), min_face_size=min_face_size,
+        return cls(output_dir=Path(output_dir), photos=len(photos),
                    rejected=Counter(photos.loc[photos["status"] == "rejected", "reason"]),
                    anonymized=int((faces["status"] == "anonymized").sum()), covered=Counter(covered["reason"]),
                    turned=int(read["detail"].str.contains(TURNED_NOTE, regex=False).sum()),

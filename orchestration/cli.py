@@ -26,7 +26,8 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anonymize", help="anonymize every image under INPUT_DIR into OUTPUT_DIR",
                        description="aligned mode (default): the paper's setting, one FFHQ-aligned crop of the largest "
                        "face per image; photo mode: every face of every photo anonymized in place, the photo kept")
-    p.add_argument("input_dir", type=given_path, metavar="INPUT_DIR", help="folder of face images (read recursively, never "
+    p.add_argument("input_dir", type=given_path, metavar="INPUT_DIR",
+                   help="folder of face images (read recursively, never "
                    "written)")
     p.add_argument("output_dir", type=given_path, metavar="OUTPUT_DIR",
                    help="where images/, manifest.csv, latents.npy, losses.csv, params.json go (outside INPUT_DIR)")
@@ -34,7 +35,8 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="aligned: a dataset of faces -> aligned anonymized crops (default, the paper's); photo: every "
                         "face of each photo anonymized and pasted back, faces that cannot be are covered")
     p.add_argument("--profile", default="tiny", help="network profile: tiny (default, seeded, CPU), ffhq1024, ffhq512")
-    p.add_argument("--params", type=given_path, default=None, help="params.yaml with the defaults (default: the project's)")
+    p.add_argument("--params", type=given_path, default=None,
+                   help="params.yaml with the defaults (default: the project's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--batch-size", type=_batch_size, default=None, metavar="N|auto",
                    help="images optimized together; auto: the largest that fits the GPU's free memory")
@@ -188,7 +190,8 @@ def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> floa
 
 def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-data", help="write the small sample face dataset (faces shipped in scikit-image)")
-    p.add_argument("output_dir", type=given_path, metavar="OUTPUT_DIR", help="folder to write images/ and README.txt into")
+    p.add_argument("output_dir", type=given_path, metavar="OUTPUT_DIR",
+                   help="folder to write images/ and README.txt into")
     p.add_argument("--size", type=int, default=128, help="side of the written images in pixels")
     p.add_argument("--photos", type=given_path, default=None, metavar="DIR",
                    help="also write photos for photo mode into DIR: a group photo of 7 faces (one cut by the frame, "

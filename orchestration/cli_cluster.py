@@ -84,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=("up", "down", "demo"),
                    help="up: start it (and print the environment to use it); down: stop what is recorded; demo: up, "
                         "the demo graph through the workers, its checks, down")
-    p.add_argument("--root", type=given_path, default=None, help="where its state, logs and shared storage go (default: "
+    p.add_argument("--root", type=given_path, default=None,
+                   help="where its state, logs and shared storage go (default: "
                    ".cluster/ in the project)")
     p.add_argument("--input", default="data/sample/images", help="demo: the images (default: data/sample/images)")
     p.add_argument("--profile", default="tiny", help="demo: network profile (default: tiny)")

@@ -45,7 +45,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="network profile: tiny, ffhq1024, ffhq512 (default: "
                    "$FALCO_PROFILE or tiny)")
     p.add_argument("--device", default=None, help="cpu or cuda (cuda:N) (default: $FALCO_DEVICE or cpu)")
-    p.add_argument("--params", type=given_path, default=None, help="params.yaml with the defaults (default: $FALCO_PARAMS "
+    p.add_argument("--params", type=given_path, default=None,
+                   help="params.yaml with the defaults (default: $FALCO_PARAMS "
                    "or the project's)")
     variants = p.add_argument_group("variants (default: params.yaml's sweep:)")
     variants.add_argument("--variant", type=_values(str), default=None, metavar="NAME[,NAME]",
