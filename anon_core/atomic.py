@@ -29,6 +29,9 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _naming(err, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -47,10 +50,22 @@ def write_files_atomic(files: Mapping[Path, bytes]) -> None:
             _fsync(tmp)
         for tmp, path in written:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         for tmp, _ in written:
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and written:
+            raise _naming(err, written[-1][1])
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err`, naming `path` where it names no file: a write() that fails (a full disk, a quota) says only "No space
+    left on device", and the user cannot tell which disk."""
+    if err.filename is not None or err.errno is None:
+        return err
+    named = type(err)(err.errno, err.strerror, str(path))
+    named.__cause__ = err
+    return named
 
 
 def _temporary_beside(path: Path, private: bool) -> Path:

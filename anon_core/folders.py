@@ -14,7 +14,8 @@
 - `TakeOver`: when that happens. The earlier run's folder becomes this run's (its journal, the removals above, the
   new run's manifest) only just before this run writes its first output or journal entry, so a run that fails
   before (building the pool, pairing, an out-of-memory first batch, every input rejected) leaves an earlier,
-  finished run whole, evaluable and resumable.
+  finished run whole, evaluable and resumable. A file already where this run writes an output, which no earlier
+  manifest names (a user's own `images/x.png`), is refused before anything is written (`check_not_foreign`).
 - `MANIFEST_EVERY_S` / `check_finished`: a run's manifest is valid at every moment: rows not done yet say
   `pending` (with the output name they will have, so a stopped run's images are never lost track of), and
   `falco evaluate` refuses a run that still has such rows.
@@ -119,6 +120,7 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         raise FalcoError(f"the {what} {folder} is a file (or inside one) where a folder is needed; give a folder "
                          "path") from None
     path = folder / LOCK_FILE
+    lock_made = not path.exists()
     handle = open(path, "a+")
     try:
         if not _lock(handle, fcntl.LOCK_EX):
@@ -134,9 +136,10 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         remove_orphaned_temporaries(folder, orphans_older_than_s)
         yield
     except BaseException:
-        if made and os.listdir(folder) == [LOCK_FILE]:  # a command that failed before writing leaves no folder
-            path.unlink()
-            folder.rmdir()
+        if lock_made and _lock(handle, fcntl.LOCK_EX):  # a failed command leaves no lock file it made, and a
+            path.unlink()  # command that failed before writing no folder it made
+            if made and not os.listdir(folder):
+                folder.rmdir()
         raise
     finally:
         handle.close()  # releases the lock
@@ -242,6 +245,19 @@ def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:
     return removed
 
 
+def check_not_foreign(output_dir: Path, names: set[str]) -> None:
+    """FalcoError when a file (or link) is already where one of `names` (outputs relative to `images/` that no falco
+    manifest in `output_dir` names) would be written: it is someone's own file, which the run would overwrite."""
+    images = Path(output_dir) / "images"
+    there = sorted(name for name in names if (images / name).is_symlink() or (images / name).exists())
+    if there:
+        more = f" and {len(there) - 1} more" if len(there) > 1 else ""
+        raise FalcoError(f"{images / there[0]}{more}: falco did not write {'these' if more else 'this'} (no manifest "
+                         f"of {output_dir} names {'them' if more else 'it'}), and this run would overwrite "
+                         f"{'them' if more else 'it'} with its outputs of the same name; move {'them' if more else 'it'} "
+                         "away or give an output folder of its own (nothing was written)")
+
+
 class TakeOver:
     """Call before each write of the run (the first call does the work; the later ones nothing): start `journal`
     (the run's `anon_core.journal.Journal`, made with start=False), remove the outputs of the earlier run that this
@@ -253,6 +269,7 @@ class TakeOver:
         self.output_dir, self.journal, self.keep, self.write_manifest = Path(output_dir), journal, keep, write_manifest
         self.previous = previous_outputs(self.output_dir)  # the earlier run's outputs, as its manifest names them
         self.done = False
+        check_not_foreign(self.output_dir, keep - self.previous)
 
     def __call__(self) -> None:
         if not self.done:

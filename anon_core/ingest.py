@@ -264,6 +264,12 @@ def _str_or_none(value) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
 
 
+def candidate_outputs(table: pd.DataFrame) -> set[str]:
+    """The output names (relative to `images/`) that `ingest` gives the files of a `load_dataset` table: a superset of
+    a run's outputs (some of these files may still be rejected), known before any file is read."""
+    return set(output_names(named_files(dataset_files(table))).values())
+
+
 def named_files(files: list[ScannedFile]) -> list[ScannedFile]:
     """The files that get an output name (`output_names`): those that may be read, whose header is of an image
     format this project reads. A file that is no image (`x.gif`, `notes.txt`) is rejected without taking the name

@@ -111,10 +111,9 @@ def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str,
         raise ParamsError(f"{path} has no top-level 'defaults:' section")
     profiles = raw.get("profiles") or {}
     if profile not in profiles:
-        raise ParamsError(
-            f"profile {profile!r} is not in {path} (known: {', '.join(sorted(profiles))}); "
-            "add it under 'profiles:' or pick a known one"
-        )
+        known = f"known: {', '.join(sorted(profiles))}" if profiles else "it has no 'profiles:' section"
+        raise ParamsError(f"profile {profile!r} is not in {path} ({known}); add it under 'profiles:' or pick a known "
+                          "one")
     merged = _merge(raw["defaults"], profiles[profile] or {})
     _check(_build(FalcoParams, {**merged, "profile": profile}, str(path)), str(path))  # the file, as written
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -320,7 +319,8 @@ _RANGES = (
      "in [0, 2**63 - pool_size] (fake i is drawn from seed + i, a 64-bit integer)"),
     ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
-    ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: 1 <= v[0] <= v[1], "in [1, pool_size]"),
+    ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: v[0] >= 1 and (v[1] < 1 or v[0] <= v[1]),
+     "in [1, pool_size]"),  # a pool_size below 1 is its own error
     ("pairing", lambda p: p.pairing, lambda v: v in PAIRING_MODES, f"one of {PAIRING_MODES}"),
     ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("optimization.steps", lambda p: p.optimization.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),

@@ -21,13 +21,14 @@ from anon_core.acceleration import resolved_for
 from anon_core.assignment import assign_fakes, check_pool_holds, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
+from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
-from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, changed_outputs,
-                               TakeOver)
+from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, changed_outputs, check_not_foreign, check_output_folder,
+                               check_separate, exclusive, previous_outputs)
 from anon_core.hashing import sha256_file
-from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers
+from anon_core.ingest import alignment_cache, candidate_outputs, check_input_folder, ingest, io_workers
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -179,7 +180,11 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         reading.update(1)
 
     labels_sha256 = sha256_file(labels_csv) if labels_csv is not None else None  # the identities as ingest read them
-    ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, align_cache, device, on_file)
+    files = load_dataset(dataset, input_dir, labels_csv)
+    # before ingest writes the alignment cache: a user's own file where an output goes stops the run
+    check_not_foreign(output_dir, candidate_outputs(files) - previous_outputs(output_dir))
+    ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, align_cache, device, on_file,
+                      table=files)
     reading.close()
     table = ingested.table
     if table.empty:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 from orchestration import stop_request
-from orchestration.cli_types import given_path
+from orchestration.cli_types import check_mode_flags, given_path
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
@@ -98,6 +98,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.pipeline import anonymize_folder
     from anon_core.stages import resolve_device
 
+    check_mode_flags(args)
     resolve_device(args.device)  # before any work: a device this machine lacks is one line, not a torch traceback
     overrides, sources = given_flags({
         "batch_size": ("--batch-size", args.batch_size), "seed": ("--seed", args.seed),
@@ -137,16 +138,10 @@ def _run_anonymize(args: argparse.Namespace) -> int:
 
 
 def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
-    from anon_core.errors import FalcoError
     from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources, privacy_bound
     from anon_core.photo_faces import photo_settings
     from anon_core.photos import anonymize_photos
 
-    unused = [flag for flag, value in (("--dataset", args.dataset), ("--labels", args.labels), ("--align", args.align),
-                                       ("--align-detector", args.align_detector)) if value is not None]
-    if unused:
-        raise FalcoError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for aligned mode only; photo mode reads every image of the folder as a "
-                         "photo and aligns each face itself (drop them, or use --mode aligned)")
     params_file = args.params or DEFAULT_PARAMS_PATH
     flags, sources = given_flags({
         "photo.min_face_size": ("--min-face-size", args.min_face_size),

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration.cli_types import given_path
+from orchestration.cli_types import check_mode_flags, given_path
 from orchestration.driver import STAGES
 from orchestration.jobs import EXECUTORS
 
@@ -121,6 +121,7 @@ def resources_from_args(args: argparse.Namespace):
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from orchestration.driver import dagster_instance, run_pipeline
 
+    check_mode_flags(args)
     storage, networks, wanted = resources_from_args(args)
     networks.check_device()  # before any run starts: a device this machine lacks is one line, not a failed run
     if "prepare" in stages and not Path(storage.input_dir).is_dir():

@@ -100,6 +100,7 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from anon_core.errors import FalcoError
     from evaluation.report import headline_metrics, privacy_utility_axes, privacy_utility_png
 
     if args.plot is not None:
@@ -110,17 +111,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r.data.tags.get("method") or r.data.tags.get("variant") in args.variant]
     if not any(not r.data.tags.get("method") for r in runs):
         which = f" of variant {', '.join(args.variant)}" if args.variant and evaluated else ""
-        known = f"; it has runs of {', '.join(evaluated)}" if which else ""
+        known = f"; it has runs of {', '.join(evaluated)}" if which else "; run `falco pipeline` first"
         from orchestration.tracking import MlflowResource
 
         experiment = MlflowResource(experiment=args.experiment).experiment_name()
-        print(f"no {EVALUATION_ASSET} runs{which} in experiment {experiment!r}{known}", file=sys.stderr)
-        return 1
+        raise FalcoError(f"no {EVALUATION_ASSET} runs{which} in experiment {experiment!r}{known}")
     logged = sorted({k for r in runs for k in r.data.metrics})
     unknown = [m for m in args.metric or [] if m not in logged]
     if unknown:
-        from anon_core.errors import FalcoError
-
         raise FalcoError(f"no run logged the metric {', '.join(unknown)}; the runs logged: {', '.join(logged)}")
     frame = compare_table(runs, args.metric)
     mixed = [c.removeprefix("input:") for c in frame.columns if c.startswith("input:")]
@@ -135,7 +133,6 @@ def _run_compare(args: argparse.Namespace) -> int:
             return 2
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
         points = plot_points(frame, baselines, every_run=args.all)
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
                                                           baselines))
     if args.format == "csv":
@@ -163,6 +160,9 @@ def _check_plot_path(path: Path) -> None:
 
     if path.is_dir():
         raise FalcoError(f"--plot {path} is a folder; give the PNG file to write, e.g. {path / 'compare.png'}")
+    if not path.absolute().parent.is_dir():  # a typo in the folder would otherwise become new folders
+        raise FalcoError(f"--plot {path}: the folder {path.absolute().parent} does not exist; make it first, or give "
+                         "a PNG in an existing folder")
     if path.suffix.lower() != ".png":
         raise FalcoError(f"--plot {path}: the plot is a PNG; give a name ending in .png, e.g. "
                          f"{path.with_suffix('.png')}")

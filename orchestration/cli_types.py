@@ -1,4 +1,4 @@
-"""Argument types shared by the `falco` sub-commands."""
+"""Argument types and checks shared by the `falco` sub-commands."""
 
 import argparse
 from pathlib import Path
@@ -10,3 +10,28 @@ def given_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); give the folder or file")
     return Path(text)
+
+
+# dest -> flag of the options that only one --mode reads (`falco anonymize`, `falco pipeline`)
+ALIGNED_MODE_FLAGS = {"dataset": "--dataset", "labels": "--labels", "align": "--align",
+                      "align_detector": "--align-detector"}
+PHOTO_MODE_FLAGS = {"min_face_size": "--min-face-size", "min_anonymize_size": "--min-anonymize-size",
+                    "cover": "--cover", "photo_format": "--photo-format"}
+
+
+def check_mode_flags(args: argparse.Namespace) -> None:
+    """FalcoError when an option of the other --mode is given: it would be ignored, and the run not be the one asked
+    for (`--min-face-size 80` without `--mode photo` anonymizes the aligned dataset)."""
+    from anon_core.errors import FalcoError
+
+    other = PHOTO_MODE_FLAGS if args.mode == "aligned" else ALIGNED_MODE_FLAGS
+    given = [("--no-align" if value is False else flag) for dest, flag in other.items()
+             if (value := getattr(args, dest, None)) is not None]
+    if not given:
+        return
+    verb = "is" if len(given) == 1 else "are"
+    if args.mode == "photo":
+        raise FalcoError(f"{', '.join(given)} {verb} for aligned mode only; photo mode reads every image of the folder "
+                         "as a photo and aligns each face itself (drop them, or use --mode aligned)")
+    raise FalcoError(f"{', '.join(given)} {verb} for photo mode only; aligned mode anonymizes one face per image "
+                     "(drop them, or add --mode photo)")

@@ -185,3 +185,14 @@ def test_a_recognizer_named_twice_is_measured_once(runs, capsys):
                  "--no-baselines", "--quiet"]) == 0
     summary = pd.read_csv(report / "metrics.csv", index_col="method")
     assert summary["reid/dlib/images"].tolist()[0] == FACES
+
+
+def test_an_option_the_run_kind_does_not_read_is_refused(runs, capsys):
+    """`--params missing.yaml` on an aligned run was ignored silently (it is read for photo-mode runs only)."""
+    report = runs["tmp"] / "report_params"
+    assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(report), "--params",
+                 str(runs["tmp"] / "missing.yaml"), "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "falco: error: --params is read for photo-mode runs only (the privacy bound their faces are held to); an "
+        "aligned run is evaluated with the settings its params.json records: drop --params\n")
+    assert not report.exists()

@@ -241,6 +241,9 @@ def test_csv_inside_the_folder_is_not_a_row_and_bad_csvs_fail(tmp_path: Path) ->
             load_dataset("folder", root, labels_csv=tmp_path / "bad.csv")
     with pytest.raises(DatasetError, match="nope.csv does not exist"):
         load_dataset("folder", root, labels_csv=tmp_path / "nope.csv")
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(DatasetError, match="labels is a folder; pass an existing CSV file"):  # was "does not exist"
+        load_dataset("folder", root, labels_csv=tmp_path / "labels")
 
 
 def test_csv_overrides_layout_labels(tmp_path: Path) -> None:

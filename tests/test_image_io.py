@@ -510,3 +510,12 @@ def test_only_an_image_with_a_transparent_pixel_is_said_to_lose_its_transparency
     assert flattened(tmp_path / "opaque.png") == flattened(tmp_path / "grey_opaque.png") == []
     assert flattened(tmp_path / "anim.webp") == ["only its first frame of 2 was read"]
     assert flattened(tmp_path / "one_pixel.png") == ["its transparency was flattened onto white"]
+
+
+def test_a_fifo_in_the_input_is_listed_as_unreadable_and_never_opened(tmp_path: Path) -> None:
+    """A FIFO (or a link to one) got no row at all; opening one would block the run until something writes to it."""
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink(tmp_path / "pipe.png", tmp_path / "link.png")
+    (tmp_path / "x.png").write_bytes(b"x")
+    scanned = {item.relpath: item.skip_reason for item in scan_folder(tmp_path)}  # returns: nothing was opened
+    assert scanned == {"pipe.png": "unreadable", "link.png": "unreadable", "x.png": None}

@@ -170,12 +170,24 @@ def test_a_storage_inside_the_input_is_refused_before_anything_runs(tmp_path, lf
     ({"optimization.steps": True}, "optimization.steps = True is not a number"),
     ({"batch_size": False}, "batch_size = False is not a number"),
     ({"optimization.milestones": [0.5, True]}, "optimization.milestones = [0.5, True] is not a valid tuple"),
+    # one error, one clause: pairing_k's range is pool_size's, so an empty pool said more than what was wrong
+    ({"pool_size": 0}, "invalid parameters: pool_size = 0 must be >= 1$"),
+    ({"pairing_k": 0}, "invalid parameters: pairing_k = 0 must be in [1, pool_size]$"),
 ])
 def test_every_parameter_is_checked_with_its_range(override, message):
     from anon_core.params import load_params
 
-    with pytest.raises(ParamsError, match=re.escape(message)):
+    with pytest.raises(ParamsError, match=re.escape(message).replace(r"\$", "$")):
         load_params("tiny", **override)
+
+
+def test_a_params_file_without_the_profile_says_which_it_has(tmp_path):
+    from anon_core.params import load_params
+
+    (tmp_path / "params.yaml").write_text("defaults:\n  seed: 0\n")
+    with pytest.raises(ParamsError, match=re.escape("profile 'tiny' is not in ") + ".*" + re.escape(
+            "params.yaml (it has no 'profiles:' section); add it under 'profiles:'")):  # before: "(known: )"
+        load_params("tiny", tmp_path / "params.yaml")
 
 
 def test_a_wrong_value_in_the_file_is_reported_even_when_a_flag_replaces_it(tmp_path):
@@ -599,3 +611,61 @@ def test_a_stop_that_a_step_turned_into_another_error_still_stops_the_pipeline(t
         else:
             summary = run(tmp_path, instance)
             assert summary.failed == ["prepare"] and "could not determine the shape" in summary.errors["prepare"]
+
+
+@pytest.mark.parametrize("mode", ["aligned", "photo"])
+def test_a_users_own_file_where_an_output_goes_is_not_overwritten(tmp_path, lfw_faces, capsys, mode):
+    """A user's `images/Person A/img_1.png` in the output folder was replaced by the anonymized face of that name,
+    in a new folder and beside an earlier run's outputs alike."""
+    write_faces(tmp_path / "in", lfw_faces[:2], broken=False)
+    out = tmp_path / "out"
+    mine = out / "images" / "Person A" / "img_1.png"
+    mine.parent.mkdir(parents=True)
+    Image.fromarray(lfw_faces[7]).save(mine)
+    before = _tree(out)
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", mode, *FAST]) == 2
+    assert capsys.readouterr().err == (
+        f"falco: error: {mine}: falco did not write this (no manifest of {out} names it), and this run would "
+        "overwrite it with its outputs of the same name; move it away or give an output folder of its own "
+        "(nothing was written)\n")
+    assert _tree(out) == before
+    mine.rename(tmp_path / "mine.png")  # moved away: the run goes; then the user's file comes back with a new input
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", mode, *FAST]) == 0
+    Image.fromarray(lfw_faces[3]).save(tmp_path / "in" / "Person A" / "img_2.png")
+    (tmp_path / "mine.png").rename(out / "images" / "Person A" / "img_2.png")
+    before = _tree(out)
+    assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", mode, *FAST]) == 2
+    assert "img_2.png: falco did not write this" in capsys.readouterr().err
+    before.pop(LOCK_FILE), (after := _tree(out)).pop(LOCK_FILE)  # the lock names its last holder
+    assert after == before  # the earlier run stays whole too
+
+
+@pytest.mark.parametrize("command", ["anonymize", "pipeline"])
+def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path, lfw_faces, capsys, command, monkeypatch):
+    """`--min-face-size 80` without `--mode photo` ran the aligned dataset graph, the option silently unused."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    write_faces(tmp_path / "in", lfw_faces[:2])
+    where = ([str(tmp_path / "in"), str(tmp_path / "out")] if command == "anonymize"
+             else ["--input", str(tmp_path / "in"), "--storage", str(tmp_path / "out")])
+    for mode, flags, message in (
+            ("aligned", ["--min-face-size", "80", "--cover", "blur"],
+             "--min-face-size, --cover are for photo mode only; aligned mode anonymizes one face per image (drop "
+             "them, or add --mode photo)"),
+            ("photo", ["--no-align"], "--no-align is for aligned mode only; photo mode reads every image of the folder "
+             "as a photo and aligns each face itself (drop them, or use --mode aligned)")):
+        assert main([command, *where, "--mode", mode, *flags, "--profile", "tiny"]) == 2
+        assert capsys.readouterr().err == f"falco: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, storage or Dagster home made
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
+    """A full disk said only "No space left on device": a write() names no file. /dev/full fails every write so."""
+    from orchestration.cli import file_error
+
+    target = tmp_path / "images" / "a.png"
+    with pytest.raises(OSError) as info:
+        with atomic_path(target), open("/dev/full", "wb", buffering=0) as full:
+            full.write(b"\x89PNG")
+    assert file_error(info.value) == (f"No space left on device: {target}; free some space there, or write "
+                                      "elsewhere, then run the same command again")
+    assert list(target.parent.iterdir()) == []  # no temporary left

@@ -383,6 +383,13 @@ def test_a_privacy_bound_out_of_range_or_missing_is_one_line_before_any_photo_is
                      str(params)])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"falco: error: {params}: ") and expected in err
+    # what only an aligned run's evaluation reads is refused, not ignored
+    code = main(["evaluate", str(photos), str(photo_run[0]), "--out", str(tmp_path / "report-flags"), "--recognizers",
+                 "arcface_irse50", "--show-real-faces"])
+    assert code == 2 and capsys.readouterr().err == (
+        "falco: error: --recognizers, --show-real-faces are for aligned runs only; a photo-mode run is measured face "
+        "by face with dlib (drop them)\n")
+    assert not (tmp_path / "report-flags").exists()
 
 
 def test_aligned_mode_covers_other_faces_inside_its_crop():

@@ -218,10 +218,13 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     assert rows["optimization.margin"][:2] == ["0.0", "0.5"] and len(rows["reid/dlib/top1_rate"]) == 4
 
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "nosuch"])
-    assert args.run(args) == 1
-    import re
-
-    assert re.search(r"of variant nosuch in experiment '.+'; it has runs of default, m0.5", capsys.readouterr().err)
+    with pytest.raises(FalcoError, match=r"of variant nosuch in experiment '.+'; it has runs of default, m0.5$"):
+        args.run(args)  # before: exit 1 without `falco: error:`
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
+                              str(tmp_path / "typo" / "compare.png")])
+    with pytest.raises(FalcoError, match="typo does not exist; make it first"):
+        args.run(args)  # before: the folder `typo` was made
+    assert not (tmp_path / "typo").exists()
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot", str(tmp_path)])
     with pytest.raises(FalcoError, match="is a folder; give the PNG file to write"):
         args.run(args)

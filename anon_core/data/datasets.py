@@ -445,7 +445,8 @@ def _read_labels_csv(path: Path, known: set[str], warnings: list[str], image_roo
     `image_root`, the layout's image folder, which the warnings name)."""
     folder = f"the image folder {image_root}" if image_root is not None else "the image folder"
     if not path.is_file():
-        raise DatasetError(f"labels CSV {path} does not exist; pass an existing file to --labels")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DatasetError(f"labels CSV {path} {what}; pass an existing CSV file to --labels")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (ValueError, OSError, UnicodeDecodeError) as exc:

@@ -12,7 +12,8 @@ Rules:
   ``skip_reason="outside_input"``: anonymising a dataset must never pull in files from elsewhere.
 - A file symlink inside the root is read like a file; a folder symlink inside the root is not descended
   (its files are reached through their real path).
-- Broken links, link loops and files or folders we may not read come back with ``skip_reason="unreadable"``.
+- Broken links, link loops, files or folders we may not read, and FIFOs, sockets and devices (reading a FIFO would
+  block the run) come back with ``skip_reason="unreadable"``.
 - ``duplicate_of`` names the first readable file (in sorted order) with the same bytes.
 """
 
@@ -96,13 +97,13 @@ def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[Sc
                         if keep(child.name):
                             entries.append((relpath, child_path, "unreadable"))
                         continue
-                    if stat.S_ISREG(mode) and keep(child.name):
-                        entries.append((relpath, child_path, None))
+                    if not stat.S_ISDIR(mode) and keep(child.name):  # a link to a FIFO, socket or device: not read
+                        entries.append((relpath, child_path, None if stat.S_ISREG(mode) else "unreadable"))
                     continue  # folder links inside the root are reached through their real path
                 if child.is_dir(follow_symlinks=False):
                     walk(child_path, parts)
-                elif child.is_file(follow_symlinks=False) and keep(child.name):
-                    entries.append((relpath, child_path, None))
+                elif keep(child.name):  # a FIFO, socket or device is listed, not read (a FIFO would block the run)
+                    entries.append((relpath, child_path, None if child.is_file(follow_symlinks=False) else "unreadable"))
             except OSError:
                 if keep(child.name):
                     entries.append((relpath, child_path, "unreadable"))
