@@ -65,16 +65,18 @@ OUR_MANIFEST_COLUMNS = frozenset({"input", "output", "status", "reason", "detail
                                   "fake_similarity", "identity_similarity"})
 
 
-def check_outside_pipeline_storage(output_dir: Path) -> None:
-    """FalcoError when `output_dir` is inside the storage of a `falco pipeline` (a user's `falco anonymize`; the
-    pipeline's own photo-mode asset writes there on purpose)."""
-    output_dir = Path(output_dir)
-    for folder in (output_dir.resolve(), *output_dir.resolve().parents):
+ANONYMIZE_IN_STORAGE = ("the run's files (its journal, aligned real faces) would end up among them, in an anonymized "
+                        "dataset folder to be released")
+
+
+def check_outside_pipeline_storage(path: Path, harm: str = ANONYMIZE_IN_STORAGE, what: str = "an output folder") -> None:
+    """FalcoError when `path`, which a user's command writes (`what`), is inside the storage of a `falco pipeline`;
+    `harm` says what would go wrong there. The pipeline's own assets write there on purpose, not through this."""
+    path = Path(path)
+    for folder in (path.resolve(), *path.resolve().parents):
         if (folder / PIPELINE_STORAGE_MARK).is_file():
-            raise FalcoError(f"{output_dir} is inside the storage of a `falco pipeline` ({folder}), whose folders "
-                             "hold the pipeline's own values: the run's files (its journal, aligned real faces) would "
-                             "end up among them, in an anonymized dataset folder to be released; give an output "
-                             "folder outside it (nothing was written)")
+            raise FalcoError(f"{path} is inside the storage of a `falco pipeline` ({folder}), whose folders hold the "
+                             f"pipeline's own values: {harm}; give {what} outside it (nothing was written)")
 
 
 def check_output_folder(output_dir: Path, input_dir: Path) -> None:

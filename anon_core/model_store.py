@@ -149,6 +149,12 @@ def model_path(name: str) -> Path:
     return _files(entry, member)[0][2]
 
 
+def weight_profiles() -> list[str]:
+    """The profiles (and uses such as "evaluation") that some weight file is listed for."""
+    listed = {p for entry in REGISTRY for item in (entry, *entry.members) for p in item.profiles}
+    return sorted(listed - {"all"})
+
+
 def profile_weights(profile: str) -> tuple[str, ...]:
     """Names of the files a profile (or a use such as "evaluation") needs; entries marked "all" included."""
     names: list[str] = []

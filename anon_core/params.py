@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -216,12 +216,33 @@ def _name_sources(message: str, prefix: str, overrides: Mapping[str, Any], sourc
     return "; ".join([*from_sources, *([prefix + "; ".join(from_file)] if from_file else [])])
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: YAML keeps the last silently, so a second
+    `fast:` variant (or `margin:`) would replace the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` is overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):  # the base loader says what is wrong with it
+                    continue
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is written twice in one mapping (YAML would keep only the last)",
+                        key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
     path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
     if not path.is_file():
         raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise ParamsError(f"{path} is not a text file; pass --params PATH to a params.yaml") from None
     except yaml.YAMLError as err:

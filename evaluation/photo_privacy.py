@@ -22,6 +22,7 @@ from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, check_separate, exclusive, missing_outputs
 from anon_core.photos import parse_numbers, read_photo_manifest
 from evaluation.recognizers import Recognizer, build_recognizer
+from evaluation.report_folder import PHOTO_REPORT_TITLE
 
 CROP_SIZE = 256
 BOX_QUAD_SCALE = 1.9
@@ -150,7 +151,7 @@ def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path, boun
         metrics = pd.DataFrame(rows)
         faces = pd.concat(per_face, ignore_index=True)
         paths = {"metrics": out_dir / "metrics.csv", "faces": out_dir / "faces.csv", "markdown": out_dir / "report.md"}
-        text = ["# Photo mode: privacy per face", "",
+        text = [PHOTO_REPORT_TITLE, "",
                 f"Each face of each output photo, cut at the input's landmarks, against the same face of the input "
                 f"photo by dlib's recognizer (same person when the descriptor distance is below 0.6). Bound on the "
                 f"matched share: {bound:.0%} (params.yaml checks.privacy_max_match_share).", "",

@@ -220,6 +220,9 @@ def features(
     return np.concatenate(out) if out else np.zeros((0, extractor.dim))
 
 
+MIN_IMAGES_FOR_DISTANCES = 2  # a covariance (FD) and KID's unbiased estimate need two images of each set
+
+
 def feature_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Features [N, D] -> (mean [D], covariance [D, D]) in float64 (unbiased covariance, as np.cov)."""
     feats = np.asarray(feats, dtype=np.float64)
@@ -324,10 +327,15 @@ def compare_features(
     """Frechet and kernel distance between precomputed features of the real and the anonymized set.
 
     `real_statistics`: `feature_statistics(real)` computed once, when many sets are compared with one real set.
+    Both distances compare two distributions, each estimated from its set: with a single image in either set they
+    are not defined, and come back NaN.
     """
-    real_mu, real_sigma = feature_statistics(real) if real_statistics is None else real_statistics
-    fd = frechet_distance(real_mu, real_sigma, *feature_statistics(anon))
-    kd_mean, kd_std = kid(real, anon, kid_subsets, kid_subset_size, seed)
+    if min(len(real), len(anon)) < MIN_IMAGES_FOR_DISTANCES:
+        fd = kd_mean = kd_std = float("nan")
+    else:
+        real_mu, real_sigma = feature_statistics(real) if real_statistics is None else real_statistics
+        fd = frechet_distance(real_mu, real_sigma, *feature_statistics(anon))
+        kd_mean, kd_std = kid(real, anon, kid_subsets, kid_subset_size, seed)
     return QualityResult(
         fd_metric=extractor.fd_metric,
         fd=fd,

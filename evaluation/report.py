@@ -16,11 +16,14 @@ from anon_core.atomic import write_files_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
 from evaluation.glossary import with_direction
+from evaluation.report_folder import ALIGNED_REPORT_TITLE
 from evaluation.report_page import ExampleGrid, PageContent, recognizer_rows, render_page
 from evaluation.suite import AnonymizedSet
 
 RUN_MARKER = {"marker": "o", "color": "tab:blue", "label": "FALCO"}
 BASELINE_MARKER = {"marker": "X", "color": "tab:gray", "label": "baselines"}
+PLOT_SOFTWARE = "FALCO-Ops"  # the PNG text chunk that marks a plot as falco's: `falco runs compare --plot` replaces
+# an existing file only when it is one
 HEADLINE = ("reid/{r}/top1_rate", "reid/{r}/verification_rate", "detection/dlib_hog/rate", "detection/mtcnn/rate")
 
 
@@ -34,7 +37,7 @@ def _plot_png(draw, size: tuple[float, float] = (5.5, 3.6)) -> bytes:
     draw(ax)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
     return buf.getvalue()
 
@@ -182,7 +185,7 @@ def write_report(
     per_image.to_parquet(pbuf, index=False)
 
     headline = headline_metrics(list(summary.columns))
-    md = ["# FALCO-Ops evaluation report", ""]
+    md = [ALIGNED_REPORT_TITLE, ""]
     md += [f"> **Note:** {text}" for text in banners] + ([""] if banners else [])
     md += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
     if settings is not None and len(settings.columns):

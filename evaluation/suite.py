@@ -22,7 +22,8 @@ from evaluation.baselines import BASELINES, baseline_images
 from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
 from evaluation.privacy import (DETECTORS, DetectionResult, combine_tables, detect_faces, pseudonym_consistency,
                                 reidentification_report)
-from evaluation.quality import FEATURE_BATCH_SIZE, FeatureExtractor, compare_features, feature_statistics, features
+from evaluation.quality import (FEATURE_BATCH_SIZE, MIN_IMAGES_FOR_DISTANCES, FeatureExtractor, compare_features,
+                                feature_statistics, features)
 from evaluation.recognizers import Recognizer
 
 
@@ -229,7 +230,8 @@ def evaluate_runs(
     if label_real:
         kwargs["real_labels"] = real_outputs.labels
     common = dict(recognizers=recognizers, extractor=extractor, real_features=real_outputs.features,
-                  real_statistics=feature_statistics(real_outputs.features),
+                  real_statistics=feature_statistics(real_outputs.features)
+                  if len(real_outputs.features) >= MIN_IMAGES_FOR_DISTANCES else None,
                   gallery_embeddings=real_outputs.embeddings, batch_size=batch_size, **kwargs)
     results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
                for run in runs]

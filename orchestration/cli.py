@@ -305,9 +305,15 @@ def file_error(err: OSError) -> str:
     return text + (f"; {fix}, then run the same command again" if fix else "")
 
 
+# the sub-commands that keep what they finished and go on from there when run again (journal, Dagster's assets,
+# a download's .part file); the others start over
+RESUMING_COMMANDS = frozenset({"anonymize", "pipeline", "stage", "models"})
+
+
 def main(argv: list[str] | None = None) -> int:
     from anon_core.errors import FalcoError
 
+    args = None
     with stop_signals() as stopped_by:
         try:
             args = build_parser().parse_args(argv)
@@ -320,8 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in any sub-command: what was finished is kept (runs resume)
             which = stopped_by()
-            print("\n" * sys.stderr.isatty() + f"falco: stopped ({which}); run the same command again to resume "
-                  "where it stopped", file=sys.stderr)  # on a terminal, after the progress bar's line
+            again = "to resume where it stopped" if getattr(args, "command", None) in RESUMING_COMMANDS else \
+                "to start it over (it leaves nothing half-written)"
+            print("\n" * sys.stderr.isatty() + f"falco: stopped ({which}); run the same command again {again}",
+                  file=sys.stderr)  # on a terminal, after the progress bar's line
             return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, missing_outputs
-from orchestration.cli_types import given_path
+from orchestration.cli_types import given_path, name_list
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 RUN_FILES = "images/, manifest.csv, params.json"
@@ -88,8 +88,9 @@ def read_run(folder: Path) -> AnonymizeRun:
         record = json.loads((folder / "params.json").read_text())
     except ValueError as err:
         raise _not_a_run(folder, f"params.json is not JSON ({err})") from err
-    if not isinstance(record, dict) or "profile" not in (record.get("params") or {}) or "resolution" not in record:
-        raise _not_a_run(folder, "params.json records no profile and resolution")
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict) or \
+            "profile" not in record["params"] or type(record.get("resolution")) is not int:
+        raise _not_a_run(folder, "params.json records no profile and resolution (in pixels)")
     ok = manifest[manifest["status"] == "ok"].reset_index(drop=True)
     if ok.empty:
         raise FalcoError(f"{folder}: manifest.csv has no `ok` row (every input was rejected); nothing to evaluate")
@@ -219,7 +220,8 @@ def read_anonymized(run: AnonymizeRun) -> ImageFiles:
                 f"{run.folder}: images/{path.relative_to(run.folder / 'images')} is {size[0]}x{size[1]} px but "
                 f"params.json says the run made {run.resolution} px images; the folder mixes outputs of different "
                 "runs: re-run `falco anonymize` into an empty folder")
-    return ImageFiles(paths, run.resolution)
+    return ImageFiles(paths, run.resolution, when_changed=f"re-run `falco anonymize` into {run.folder} (it writes "
+                      "damaged images again), then evaluate")
 
 
 def _differing_settings(runs: list[AnonymizeRun], labels: list[str]) -> pd.DataFrame:
@@ -351,6 +353,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from evaluation.report_folder import check_report_folder
+
+    check_report_folder(args.out)
     modes = {_run_mode(folder) for folder in args.anon_dirs}
     if modes == {"photo"}:
         unused = [flag for flag, given in (("--recognizers", args.recognizers is not None),
@@ -368,8 +373,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                          "aligned run is evaluated with the settings its params.json records: drop --params")
     paths = evaluate_folders(
         args.real_dir, args.anon_dirs, args.out, baselines=args.baselines,
-        recognizers=list(dict.fromkeys(n.strip() for n in args.recognizers.split(",") if n.strip()))  # each once
-        if args.recognizers else None,
+        recognizers=args.recognizers,
         profile=args.profile, device=args.device, dataset=args.dataset, labels_csv=args.labels,
         show_real_faces=args.show_real_faces, log=(lambda *_: None) if args.quiet else print,
     )
@@ -410,7 +414,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=given_path, required=True, metavar="REPORT_DIR", help="where the report goes")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate blur, pixelate, mask and swap on the first run's sources (default: on)")
-    p.add_argument("--recognizers", default=None, metavar="NAMES",
+    p.add_argument("--recognizers", type=name_list, default=None, metavar="NAMES",
                    help="comma-separated: dlib, facenet_vggface2, facenet_casia, arcface_irse50 (default: every "
                         "one whose weights are present)")
     p.add_argument("--profile", default=None, help="the runs' profile (default: read from their params.json)")

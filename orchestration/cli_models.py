@@ -106,6 +106,11 @@ def _run_fetch(args: argparse.Namespace) -> int:
 
     names = list(args.names)
     if args.profile:
+        from anon_core.profiles import PROFILES
+
+        known = sorted({*PROFILES, *model_store.weight_profiles()})
+        if args.profile not in known:  # a typo fetched only the files every profile shares, and said done
+            raise FalcoError(f"unknown profile {args.profile!r}; known: {', '.join(known)}")
         names += [n for n in model_store.profile_weights(args.profile) if n not in names]
     if not names:
         raise FalcoError("name at least one weight file (see `falco models list`) or pass --profile PROFILE")

@@ -119,7 +119,7 @@ def resources_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
-    from orchestration.driver import dagster_instance, run_pipeline
+    from orchestration.driver import dagster_home, run_pipeline
 
     check_mode_flags(args)
     storage, networks, wanted = resources_from_args(args)
@@ -129,10 +129,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         print(f"falco: error: input folder {storage.input_dir} {what}; run `falco sample-data data/sample` "
               "(or `dvc pull data.dvc`) or pass --input DIR", file=sys.stderr)
         return 2
-    instance = dagster_instance()
     start = time.perf_counter()
-    summary = run_pipeline(storage, networks, wanted or None, instance=instance, fresh=args.fresh, stages=stages,
-                           log_level=args.log_level, mode=args.mode)
+    summary = run_pipeline(storage, networks, wanted or None, fresh=args.fresh, stages=stages,
+                           log_level=args.log_level, mode=args.mode)  # makes the instance at $DAGSTER_HOME, once checked
     seconds = time.perf_counter() - start
     state = "FAILED" if summary.failed else "done"
     print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
@@ -161,7 +160,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
               f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources (params.yaml "
               "checks:); do not release these images", file=sys.stderr)
-    print(_browse_hints(instance.root_directory))
+    print(_browse_hints(str(dagster_home())))
     return 1 if summary.failed or summary.blocked or (args.require_privacy and summary.privacy_failed) else 0
 
 

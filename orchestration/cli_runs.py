@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from anon_core.atomic import write_bytes_atomic
-from orchestration.cli_types import given_path
+from orchestration.cli_types import given_path, given_text
 
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
@@ -75,7 +75,8 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
     resource = MlflowResource(tracking_uri=tracking_uri, experiment=experiment)
     experiment = resource.experiment_name()
     database = sqlite_path(resource.uri())
-    if database is not None and not database.exists():  # reading runs must not create an empty store
+    # reading runs must not create a store, nor take an empty file for a half-made one to move aside and make anew
+    if database is not None and (not database.exists() or database.is_file() and database.stat().st_size == 0):
         raise FalcoError(f"no MLflow store at {database}; run `falco pipeline` first, or pass --tracking-uri URI")
     found = resource.check_store()
     client = resource.client()
@@ -154,9 +155,11 @@ def plot_points(frame: pd.DataFrame, baselines: list[str], every_run: bool) -> p
 
 
 def _check_plot_path(path: Path) -> None:
-    """--plot names a PNG to write: a `.png` name, and where a file is there already, a PNG (an earlier plot). A typo
-    such as `--plot params.yaml` would otherwise replace that file with an image."""
+    """--plot names a PNG to write: a `.png` name, in an existing folder outside a pipeline's storage, and where a
+    file is there already, an earlier plot. A typo such as `--plot params.yaml`, or a path to one of the images, would
+    otherwise replace that file with the plot."""
     from anon_core.errors import FalcoError
+    from anon_core.folders import check_outside_pipeline_storage
 
     if path.is_dir():
         raise FalcoError(f"--plot {path} is a folder; give the PNG file to write, e.g. {path / 'compare.png'}")
@@ -166,10 +169,23 @@ def _check_plot_path(path: Path) -> None:
     if path.suffix.lower() != ".png":
         raise FalcoError(f"--plot {path}: the plot is a PNG; give a name ending in .png, e.g. "
                          f"{path.with_suffix('.png')}")
-    if path.exists():
-        with open(path, "rb") as handle:
-            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
-                raise FalcoError(f"--plot {path} exists and is not a PNG: it is left as it is; give another name")
+    check_outside_pipeline_storage(path, harm="a file of yours would end up among them", what="--plot a file")
+    if path.exists() and not _plotted_by_falco(path):
+        raise FalcoError(f"--plot {path} exists and is not a plot falco wrote: it is left as it is; give another name "
+                         "(an earlier `--plot` file is replaced)")
+
+
+def _plotted_by_falco(path: Path) -> bool:
+    """Whether `path` is a PNG that falco's plotting wrote (its Software text chunk)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from evaluation.report import PLOT_SOFTWARE
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
@@ -191,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = runs.add_subparsers(dest="runs_command", required=True)
     p = sub.add_parser("compare", help="the variants' latest evaluations and the baselines side by side, with the "
                        "parameters that differ")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else falco)")
+    p.add_argument("--experiment", type=given_text, default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else falco)")
     p.add_argument("--metric", action="append", default=None, metavar="M",
                    help="metric to show (repeatable; default: every metric the runs logged)")
     p.add_argument("--variant", action="append", default=None, metavar="NAME",
@@ -202,6 +218,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "csv", "markdown"), default="table",
                    help="table (default): runs side by side, the headline metrics (or --metric); csv, markdown: one "
                         "row per run with every metric, its MLflow and Dagster run ids")
-    p.add_argument("--tracking-uri", default=None,
+    p.add_argument("--tracking-uri", type=given_text, default=None,
                    help="default: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")
     p.set_defaults(run=_run_compare)

@@ -12,6 +12,24 @@ def given_path(text: str) -> Path:
     return Path(text)
 
 
+def given_text(text: str) -> str:
+    """A value that must not be empty (a URI, a list of names): empty, it would fall back to the default silently,
+    where the user meant to give one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value (an unset shell variable?); give one, or leave the option out "
+                                         "for the default")
+    return text
+
+
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of names (`dlib,arcface_irse50`), each once, in order; empty is refused like
+    `given_text`."""
+    names = list(dict.fromkeys(name.strip() for name in given_text(text).split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names nothing; give comma-separated names")
+    return names
+
+
 # dest -> flag of the options that only one --mode reads (`falco anonymize`, `falco pipeline`)
 ALIGNED_MODE_FLAGS = {"dataset": "--dataset", "labels": "--labels", "align": "--align",
                       "align_detector": "--align-detector"}

@@ -14,6 +14,7 @@ import dagster as dg
 from orchestration.console_log import console_logger
 from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, build_executor
+from orchestration.log_tails import start_log_tails_in_their_own_group
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
 from orchestration.tracking import MlflowResource
 
@@ -49,7 +50,9 @@ def definitions_for(config: dict[str, Any]) -> dg.Definitions:
 
 
 def job_for(name: str, config: dict[str, Any]) -> dg.JobDefinition:
-    """The job `name` with the resources of `config` (dagster.build_reconstructable_job's reconstructor)."""
+    """The job `name` with the resources of `config` (dagster.build_reconstructable_job's reconstructor), in every
+    process that runs its steps; there, a Ctrl-C does not reach Dagster's log mirrors (orchestration.log_tails)."""
+    start_log_tails_in_their_own_group()
     return definitions_for(config).resolve_job_def(name)
 
 

@@ -59,11 +59,18 @@ class PipelineSummary:
     run_ids: list[str] = field(default_factory=list)
 
 
-def dagster_instance() -> dg.DagsterInstance:
-    """The persistent instance at $DAGSTER_HOME (default, and when it is empty: <project>/.dagster_home), created if
-    needed. A relative $DAGSTER_HOME is taken from the current folder (Dagster itself accepts only absolute ones)."""
+def dagster_home() -> Path:
+    """$DAGSTER_HOME (default, and when it is empty: <project>/.dagster_home), absolute: a relative one is taken from
+    the current folder (Dagster itself accepts only absolute ones), and set so in the environment, as the run's
+    processes and Dagster's own code will read it. Nothing is made."""
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    os.environ["DAGSTER_HOME"] = str(home)  # as the run's processes and Dagster's own code will read it
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def dagster_instance() -> dg.DagsterInstance:
+    """The persistent instance at `dagster_home()`, created if needed."""
+    home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():  # no telemetry, and no "join the community" pop-up in the UI
@@ -106,8 +113,9 @@ def run_pipeline(
     # Every process of a run, on any machine, tracks to the store and experiment this driver resolved, not to its own
     # environment's.
     mlflow = MlflowResource(**{**mlflow.model_dump(), "tracking_uri": mlflow.uri(), "experiment": mlflow.experiment_name()})
-    instance = instance or dagster_instance()
-    check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=instance.root_directory)
+    # the checks come before the instance is made: a refused command leaves no Dagster home behind
+    home = instance.root_directory if instance is not None else dagster_home()
+    check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=home)
     if "prepare" in stages:
         from anon_core.ingest import check_input_folder
 
@@ -120,6 +128,7 @@ def run_pipeline(
             log(f"no worker answered for the Celery queue {queue!r}: its steps wait until one does (`falco worker "
                 f"--queues {queue}` on a machine that shares the storage; a busy worker answers only after its step)")
     mlflow.check_store()  # a server that does not answer stops the command now, not after minutes of MLflow's retries
+    instance = instance or dagster_instance()
     # a second pipeline on this storage is refused, not interleaved; workers of other machines may write into it
     with exclusive(Path(storage.root), "storage", orphans_older_than_s=ORPHANS_OLDER_THAN_S):
         if not instance.is_ephemeral:

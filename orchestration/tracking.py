@@ -313,6 +313,8 @@ class MlflowResource(dg.ConfigurableResource):
         os.environ.update({name: value for name, value in quick.items() if before[name] is None})  # the user's win
         try:
             return self.client().get_experiment_by_name(self.experiment_name())
+        except FalcoError:  # the store's own diagnosis (mlflow_store: a file that is not an MLflow database)
+            raise
         except Exception as err:  # MlflowException, a refused URI scheme, the database driver's own errors
             reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise FalcoError(f"cannot use the MLflow store {uri}: {reason.split('. ')[0][:200]}; start that server, "

@@ -120,12 +120,22 @@ def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
     (missing / "images" / first).unlink()
     assert f"images/{first}" in error(missing) and "re-run `falco anonymize`" in error(missing)
 
+    cut = tmp / "cut_image"  # a PNG cut short: its header reads, its pixels do not
+    shutil.copytree(runs["0.0"], cut)
+    (cut / "images" / first).write_bytes((runs["0.0"] / "images" / first).read_bytes()[:100])
+    message = error(cut)  # before: the path twice, and "materialize the asset" among three fixes
+    assert message.count(f"images/{first}") == 1 and "materialize" not in message
+    assert message.endswith(f"re-run `falco anonymize` into {cut} (it writes damaged images again), then evaluate\n")
+
     other = tmp / "other_profile"
     shutil.copytree(runs["0.0"], other)
     record = json.loads((other / "params.json").read_text())
     record["resolution"] = 1024
     (other / "params.json").write_text(json.dumps(record))
     assert "resolution" in error(runs["0.0"], other)
+    record["resolution"] = "abc"  # a hand-edited params.json: before, int()'s traceback
+    (other / "params.json").write_text(json.dumps(record))
+    assert "params.json records no profile and resolution (in pixels)" in error(other)
 
     stranger = tmp / "stranger"
     shutil.copytree(runs["0.0"], stranger)
@@ -196,3 +206,52 @@ def test_an_option_the_run_kind_does_not_read_is_refused(runs, capsys):
         "falco: error: --params is read for photo-mode runs only (the privacy bound their faces are held to); an "
         "aligned run is evaluated with the settings its params.json records: drop --params\n")
     assert not report.exists()
+
+
+def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs, capsys):
+    """`--out mydocs` replaced the user's report.md, metrics.csv and figures/examples.png; `--out
+    STORE/anonymization_report` replaced the pipeline's report, which the pipeline then called up to date."""
+    from orchestration.driver import bind_instance_and_storage
+
+    mine = runs["tmp"] / "mydocs"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "report.md").write_text("# my own notes\n")
+    (mine / "metrics.csv").write_text("a,b\n")
+    shutil.copy(runs["real"] / "face_0.png", mine / "figures" / "examples.png")
+    store = runs["tmp"] / "store"
+    (store / "anonymization_report").mkdir(parents=True)
+    (runs["tmp"] / "home").mkdir()
+    bind_instance_and_storage(runs["tmp"] / "home", store, fresh=False)  # as a first `falco pipeline` marks them
+    before = {p: p.read_bytes() for folder in (mine, store) for p in folder.rglob("*") if p.is_file()}
+    for out, message in (
+            (mine, f"{mine} holds report.md, metrics.csv, figures, and not a report falco wrote (its report.md would "
+                   "begin '# FALCO-Ops evaluation report'): the report would replace them; give --out a new or "
+                   "empty folder, or an earlier report's (nothing was written)"),
+            (store / "anonymization_report",
+             f"{store / 'anonymization_report'} is inside the storage of a `falco pipeline` ({store}), whose folders "
+             "hold the pipeline's own values: the pipeline would take this report for its own; give a report folder "
+             "outside it (nothing was written)")):
+        assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(out), "--no-baselines",
+                     "--recognizers", "dlib", "--quiet"]) == 2
+        assert capsys.readouterr().err == f"falco: error: {message}\n"
+    assert {p: p.read_bytes() for folder in (mine, store) for p in folder.rglob("*") if p.is_file()} == before
+    report = runs["tmp"] / "report_again"  # an earlier report is replaced
+    for _ in range(2):
+        assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(report), "--no-baselines",
+                     "--recognizers", "dlib", "--quiet"]) == 0
+
+
+def test_a_run_of_one_image_is_evaluated_without_the_distances_it_cannot_have(runs, capsys):
+    """A single image stopped evaluate (and the pipeline's evaluate stage) with numpy's "feature_statistics needs
+    features [N >= 2, D]" traceback: FD and KD compare two distributions, each needs two images at least."""
+    one = runs["tmp"] / "one"
+    one.mkdir()
+    shutil.copy(runs["real"] / "face_0.png", one / "face_0.png")
+    assert main(["anonymize", str(one), str(runs["tmp"] / "one_run"), "--profile", "tiny", "--steps", "2",
+                 "--pool-size", "20", "--quiet"]) == 0
+    report = runs["tmp"] / "report_one"
+    assert main(["evaluate", str(one), str(runs["tmp"] / "one_run"), "--out", str(report), "--recognizers", "dlib",
+                 "--quiet"]) == 0
+    summary = pd.read_csv(report / "metrics.csv", index_col="method")
+    assert summary["reid/dlib/images"].tolist() == [1] * 5  # the run and its four baselines, re-identified
+    assert summary[["quality/fd_dlib", "quality/kd_dlib"]].isna().all().all()

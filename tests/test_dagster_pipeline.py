@@ -576,6 +576,15 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     assert capsys.readouterr().err == (f"falco: error: {tmp_path / 'indented.yaml'} is not valid YAML (line 3, column "
                                        "7): mapping values are not allowed here; compare it with the project's "
                                        "params.yaml\n")
+    # A variant written twice: YAML kept the last one silently (`fast` ran with 3 steps)
+    text = fast_params(tmp_path / "twice.yaml").read_text().replace(
+        "\nvariants: {}\n", "\nvariants:\n  fast: {steps: 2}\n  fast: {steps: 3}\n")
+    (tmp_path / "twice.yaml").write_text(text)
+    assert main([*cmd, "--params", str(tmp_path / "twice.yaml")]) == 2
+    line = text.splitlines().index("  fast: {steps: 3}") + 1
+    assert capsys.readouterr().err == (f"falco: error: {tmp_path / 'twice.yaml'} is not valid YAML (line {line}, "
+                                       "column 3): the key 'fast' is written twice in one mapping (YAML would keep "
+                                       "only the last); compare it with the project's params.yaml\n")
     # A sweep value YAML reads as a bool or a word: refused, not run as margin 1.0 or a traceback
     for value, shown in (("true", "True"), ("abc", "'abc'")):
         fast_params(tmp_path / "sweep.yaml", sweep={"margin": [0.0, yaml.safe_load(value)]})
@@ -602,11 +611,11 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
 
 def test_ctrl_c_stops_the_pipeline_with_one_line_and_dies_of_sigint(tmp_path, lfw_faces):
     proc, first, _, _ = _pipeline_past_its_first_shard(tmp_path, lfw_faces, stdout=subprocess.PIPE,
-                                                       stderr=subprocess.PIPE, text=True)
-    proc.send_signal(signal.SIGINT)  # in the middle of a later shard's Dagster run
+                                                       stderr=subprocess.PIPE, text=True, start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal's Ctrl-C: to every process of the group, in a later shard
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGINT, stdout + stderr  # ends as killed by it: the shell says 130
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr  # before: two, of Dagster's log mirrors (orchestration.log_tails)
     assert stderr.strip().splitlines()[-1] == \
         "falco: stopped (Ctrl-C); run the same command again to resume where it stopped"
     assert not (first.parent / "shard-00003.parquet").exists()  # the driver stopped: no later shard ran

@@ -414,6 +414,9 @@ def test_cli_list_path_fetch_verify(store: Path, server: Server, monkeypatch, ca
     err = capsys.readouterr().err
     assert str(store / "pack" / "weights.pt") in err and "falco models fetch testpack" in err
 
+    # A profile no file is listed for (a typo) is refused: before, it fetched the shared files and exited 0
+    with pytest.raises(FalcoError, match="unknown profile 'testprfo'; known: .*testprof"):
+        _cli(["models", "fetch", "--profile", "testprfo", "--quiet"])
     # A profile's files are all attempted; the ones that fail are reported together at the end.
     with pytest.raises(FalcoError, match="(?s)1 of 2 failed:\ntestfile: no direct download"):
         _cli(["models", "fetch", "--profile", "testprof", "--quiet"])

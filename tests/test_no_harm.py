@@ -565,6 +565,13 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path, monk
             main(args)
         assert stop.value.code == 2
         assert "an empty path (an unset shell variable?); give the folder or file" in capsys.readouterr().err
+    # an empty URI or list of names fell back to the default silently (the project's store, every recognizer)
+    for args, message in ((["runs", "compare", "--tracking-uri", ""], "an empty value (an unset shell variable?)"),
+                          (["evaluate", "in", "out", "--out", "r", "--recognizers", ""], "an empty value"),
+                          (["evaluate", "in", "out", "--out", "r", "--recognizers", ", ,"], "names nothing")):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -669,3 +676,14 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     assert file_error(info.value) == (f"No space left on device: {target}; free some space there, or write "
                                       "elsewhere, then run the same command again")
     assert list(target.parent.iterdir()) == []  # no temporary left
+
+
+def test_a_refused_pipeline_leaves_no_dagster_home(tmp_path, lfw_faces, monkeypatch, capsys):
+    """A pipeline its checks refused (here: its storage inside its input) still made $DAGSTER_HOME's instance."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    write_faces(tmp_path / "faces", lfw_faces[:2])
+    before = _tree(tmp_path / "faces")
+    assert main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "faces" / "store"),
+                 "--profile", "tiny"]) == 2
+    assert "is inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"] and _tree(tmp_path / "faces") == before

@@ -47,3 +47,23 @@ def test_a_stop_signal_dropped_in_a_callback_still_stops_the_command(handler, na
     assert words[:2] == [expected, "SIGTERM" if name == "TERM" else "Ctrl-C"], done.stdout + done.stderr
     assert float(words[3]) < 2, done.stdout  # within moments, not once the work is over
     assert "Exception ignored" not in done.stderr  # the dropped one is not printed as a traceback
+
+
+@pytest.mark.parametrize("command, again", [("evaluate", "to start it over (it leaves nothing half-written)"),
+                                            ("anonymize", "to resume where it stopped")])
+def test_a_stopped_command_says_whether_running_it_again_resumes(tmp_path, monkeypatch, capsys, command, again):
+    """`falco evaluate` stopped by Ctrl-C said "run the same command again to resume where it stopped"; it starts
+    over. Here the stop lands in the command's work (its function raises what Ctrl-C raises)."""
+    import orchestration.cli as cli
+    import orchestration.cli_evaluate as cli_evaluate
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_evaluate, "_evaluate", stopped)
+    monkeypatch.setattr(cli, "_run_anonymize", stopped)
+    (tmp_path / "in").mkdir()
+    args = {"evaluate": ["evaluate", str(tmp_path / "in"), str(tmp_path / "run"), "--out", str(tmp_path / "r")],
+            "anonymize": ["anonymize", str(tmp_path / "in"), str(tmp_path / "out")]}[command]
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.endswith(f"falco: stopped (Ctrl-C); run the same command again {again}\n")

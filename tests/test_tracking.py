@@ -229,19 +229,33 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     with pytest.raises(FalcoError, match="is a folder; give the PNG file to write"):
         args.run(args)
     (tmp_path / "params.yaml").write_text("seed: 0\n")
-    for name, message in (("params.yaml", "give a name ending in .png"), ("notes.png", "exists and is not a PNG")):
-        if name == "notes.png":
-            (tmp_path / name).write_text("my notes")
-        args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
-                                  str(tmp_path / name)])
+    (tmp_path / "notes.png").write_text("my notes")
+    photo = sweep["tmp"] / "faces" / "Person A" / "img_0.png"  # an input image: before, replaced by the plot
+    kept = {path: path.read_bytes() for path in (tmp_path / "params.yaml", tmp_path / "notes.png", photo)}
+    for path, message in ((tmp_path / "params.yaml", "give a name ending in .png"),
+                          (tmp_path / "notes.png", "exists and is not a plot falco wrote"),
+                          (photo, "exists and is not a plot falco wrote")):
+        args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot", str(path)])
         with pytest.raises(FalcoError, match=message):
             args.run(args)
-    assert (tmp_path / "params.yaml").read_text() == "seed: 0\n" and (tmp_path / "notes.png").read_text() == "my notes"
+    assert {path: path.read_bytes() for path in kept} == kept
+    earlier = (tmp_path / "scatter.png").stat().st_mtime_ns
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
+                              str(tmp_path / "scatter.png")])
+    assert args.run(args) == 0 and (tmp_path / "scatter.png").stat().st_mtime_ns != earlier  # its own plot: replaced
     for uri in ("foo://bar", "sqlite://relative.db", str(tmp_path / "a_folder_store")):
         args = parser.parse_args(["runs", "compare", "--tracking-uri", uri])
         with pytest.raises(FalcoError, match=f"cannot use the MLflow store {uri}: .*; start that server, or set MLFLOW_TRACKING_URI "
                                                r"\(falco runs: --tracking-uri\)"):
             args.run(args)  # before: MLflow's or SQLAlchemy's stack trace
+    (tmp_path / "text.db").write_text("not a database")
+    (tmp_path / "empty.db").write_bytes(b"")
+    for name, message in (("text.db", r"text.db is not a readable MLflow store \(.*\); move it away and run again$"),
+                          ("empty.db", "no MLflow store at .*empty.db; run `falco pipeline` first")):
+        args = parser.parse_args(["runs", "compare", "--tracking-uri", f"sqlite:///{tmp_path / name}"])
+        with pytest.raises(FalcoError, match=message):  # before: a second, contradicting fix; a new store made
+            args.run(args)
+    assert (tmp_path / "empty.db").read_bytes() == b"" and not list(tmp_path.glob("empty.db.*"))
 
 
 @pytest.mark.slow

@@ -19,18 +19,23 @@ from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.errors import FalcoError
 from anon_core.prefetch import batch_slices, read_parts
 
+WHEN_CHANGED = "restore it, or make again what listed it (materialize the asset again, or re-run the command)"
+
+
 class ImageFiles:
     """Images read from `paths` on indexing, each resized to `size` x `size` (uint8 RGB)."""
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, paths: Sequence[Path | str], size: int, workers: int = 4) -> None:
+    def __init__(self, paths: Sequence[Path | str], size: int, workers: int = 4,
+                 when_changed: str = WHEN_CHANGED) -> None:
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         self.paths = [Path(p) for p in paths]
         self.size = size
         self.workers = max(1, workers)
+        self.when_changed = when_changed  # the fix a file that went bad since the set was listed calls for
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -48,9 +53,8 @@ class ImageFiles:
         try:
             image = load_rgb(path)
         except ImageRejected as rejected:
-            raise FalcoError(f"{path}: {rejected.detail}; it was readable when this image set was listed, so it has "
-                             "been changed or removed since: restore it, or re-run what listed it (materialize the "
-                             "asset, or rerun the command)") from None
+            raise FalcoError(f"{rejected.detail.rstrip('.')}; it was readable when this image set was listed, so it "
+                             f"has been changed or removed since: {self.when_changed}") from None
         if image.shape[:2] != (self.size, self.size):
             image = to_uint8(to_tensor([image], self.size))[0]
         return image
@@ -85,7 +89,7 @@ class ImageFiles:
 
     def subset(self, index) -> ImageFiles:
         """The images at `index` (slice, int array or mask) as another ImageFiles; nothing is read."""
-        return ImageFiles([self.paths[p] for p in self._positions(index)], self.size, self.workers)
+        return ImageFiles([self.paths[p] for p in self._positions(index)], self.size, self.workers, self.when_changed)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images = self[:]

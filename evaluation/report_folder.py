@@ -1,0 +1,41 @@
+"""The folder a user's `falco evaluate` writes its report into: new, empty, or a report falco wrote before.
+
+A report is several files written as one (report.md, report.html, metrics.csv, per_image.parquet, figures/; photo
+mode: report.md, metrics.csv, faces.csv). Written into a folder of the user's own files of those names, or into the
+report folder of a `falco pipeline`'s storage (which the pipeline would then serve as its own, up to date), it
+replaces them without a word; so an earlier report is known by its report.md's first line, and anything else there
+under a report's names stops the command before it writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anon_core.errors import FalcoError
+from anon_core.folders import check_outside_pipeline_storage
+
+ALIGNED_REPORT_TITLE = "# FALCO-Ops evaluation report"
+PHOTO_REPORT_TITLE = "# Photo mode: privacy per face"
+REPORT_NAMES = ("report.md", "report.html", "metrics.csv", "per_image.parquet", "faces.csv", "figures")
+
+
+def check_report_folder(out_dir: Path) -> None:
+    """FalcoError when `out_dir` is inside a pipeline's storage, or holds files under a report's names while its
+    report.md is not a report falco wrote (first line: one of the titles above)."""
+    out_dir = Path(out_dir)
+    check_outside_pipeline_storage(out_dir, harm="the pipeline would take this report for its own", what="a report "
+                                   "folder")
+    if not out_dir.is_dir():
+        return
+    taken = [name for name in REPORT_NAMES if (out_dir / name).exists()]
+    if not taken:
+        return
+    try:
+        with open(out_dir / "report.md", encoding="utf-8") as handle:
+            first_line = handle.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        first_line = ""
+    if first_line not in (ALIGNED_REPORT_TITLE, PHOTO_REPORT_TITLE):
+        raise FalcoError(f"{out_dir} holds {', '.join(taken)}, and not a report falco wrote (its report.md would "
+                         f"begin {ALIGNED_REPORT_TITLE!r}): the report would replace them; give --out a new or empty "
+                         "folder, or an earlier report's (nothing was written)")
