@@ -35,6 +35,7 @@ from pathlib import Path
 
 from anon_core.atomic import remove_orphaned_temporaries
 from anon_core.errors import FalcoError
+from anon_core.journal import FOLDER as JOURNAL_FOLDER
 
 LOCK_FILE = ".falco.lock"
 PIPELINE_STORAGE_MARK = ".falco_instance.json"  # in a `falco pipeline` storage's root (orchestration.driver)
@@ -97,15 +98,26 @@ def check_output_folder(output_dir: Path, input_dir: Path) -> None:
                 raise FalcoError(f"{link} is a link to {target}, in the input folder {input_dir}: the outputs written "
                                  "through it would overwrite the inputs; remove the link (nothing was written)")
     manifest = output_dir / "manifest.csv"
-    if manifest.is_file():
-        try:
-            columns = set(pd.read_csv(manifest, nrows=0).columns)
-        except (OSError, ValueError):
-            columns = set()
+    if (manifest.exists() or manifest.is_symlink()) and not manifest.is_dir():  # a folder there: atomic's message
+        columns = set()
+        if manifest.is_file():  # not a FIFO, whose read would block
+            try:
+                columns = set(pd.read_csv(manifest, nrows=0).columns)
+            except (OSError, ValueError):
+                pass
         if not OUR_MANIFEST_COLUMNS <= columns:
             raise FalcoError(f"{manifest} was not written by falco, and a run into {output_dir} would overwrite it; "
                              "give an output folder of its own (new, empty, or an earlier falco anonymize output), "
                              "or move that file away (nothing was written)")
+    else:  # no manifest: nothing in the folder is an earlier run's, so what a run writes beside it must not be there
+        theirs = [name for name in (*RUN_RECORD, *STALE_RESULTS)
+                  if (output_dir / name).exists() or (output_dir / name).is_symlink()]
+        if theirs:
+            journal = " (a falco journal is there: was its manifest.csv removed? put it back to resume)" \
+                if (output_dir / JOURNAL_FOLDER).is_dir() else ""
+            raise FalcoError(f"{output_dir} holds {', '.join(theirs)} but no manifest.csv of falco's{journal}: a run "
+                             "would overwrite or remove them; give an output folder of its own (new, empty, or an "
+                             "earlier falco anonymize output), or move them away (nothing was written)")
 
 
 @contextmanager
@@ -123,13 +135,11 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
                          "path") from None
     path = folder / LOCK_FILE
     lock_made = not path.exists()
-    handle = open(path, "a+")
+    handle = _open_current(path, fcntl.LOCK_EX, "a+")
+    if handle is None:
+        raise FalcoError(f"the {what} {folder} is in use by {_holder(path)}; wait for it to finish, or use another "
+                         f"{what}")
     try:
-        if not _lock(handle, fcntl.LOCK_EX):
-            # held by readers only (`reading`) when a shared lock is still free: the file names the last writer
-            holder = "a command reading it (`falco evaluate`)" if _lock(handle, fcntl.LOCK_SH) else _holder(handle)
-            raise FalcoError(f"the {what} {folder} is in use by {holder}; wait for it to finish, or use another "
-                             f"{what}") from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
@@ -138,8 +148,8 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         remove_orphaned_temporaries(folder, orphans_older_than_s)
         yield
     except BaseException:
-        if lock_made and _lock(handle, fcntl.LOCK_EX):  # a failed command leaves no lock file it made, and a
-            path.unlink()  # command that failed before writing no folder it made
+        if lock_made:  # a failed command leaves no lock file it made, and a command that failed before writing no
+            path.unlink(missing_ok=True)  # folder it made (the lock is still held: no other process took the file)
             if made and not os.listdir(folder):
                 folder.rmdir()
         raise
@@ -152,14 +162,15 @@ def reading(folder: Path, what: str) -> Iterator[None]:
     """Hold `folder`'s lock shared while the block reads it: a writer of it (`exclusive`) is refused meanwhile, other
     readers are not; FalcoError naming the writer if one holds it. Nothing to hold where the folder has no lock file
     (no falco command ever wrote it, or it is not a folder: the reader's own checks say so)."""
+    path = Path(folder) / LOCK_FILE
     try:
-        handle = open(Path(folder) / LOCK_FILE)
+        handle = _open_current(path, fcntl.LOCK_SH)
     except OSError:
         yield
         return
+    if handle is None:
+        raise FalcoError(f"the {what} {folder} is being written by {_holder(path)}; wait for it to finish")
     with handle:
-        if not _lock(handle, fcntl.LOCK_SH):
-            raise FalcoError(f"the {what} {folder} is being written by {_holder(handle)}; wait for it to finish")
         yield
 
 
@@ -172,6 +183,24 @@ def one_at_a_time(path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
+def _open_current(path: Path, mode: int, how: str = "r"):
+    """The lock file `path` opened and locked in `mode` (fcntl.LOCK_EX or LOCK_SH); None where another process holds
+    it. A failed command removes the lock file it made (`exclusive`): one opened just before that is locked here only
+    if it is still the file at `path`, else the new one is opened, so two writers never hold two files."""
+    while True:
+        handle = open(path, how)
+        if not _lock(handle, mode):
+            handle.close()
+            return None
+        try:
+            current = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return handle
+        handle.close()
+
+
 def _lock(handle, mode: int) -> bool:
     """Take the lock of the open file `handle` in `mode` (fcntl.LOCK_EX or LOCK_SH) without waiting; False where
     another process holds it in a mode that excludes this one."""
@@ -182,11 +211,18 @@ def _lock(handle, mode: int) -> bool:
         return False
 
 
-def _holder(handle) -> str:
-    """Who holds a lock, as its file names them (`exclusive` writes it)."""
-    handle.seek(0)
+def _holder(path: Path) -> str:
+    """Who holds the lock of the file `path`, as it names them (`exclusive` writes it); readers only (`reading`)
+    when a shared lock is still free."""
     try:
-        info = json.loads(handle.read())
+        with open(path) as handle:
+            if _lock(handle, fcntl.LOCK_SH):
+                return "a command reading it (`falco evaluate`)"
+            text = handle.read()
+    except OSError:
+        return "another process"
+    try:
+        info = json.loads(text)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
         return f"`{info.get('command', '?')}` (PID {info['pid']} on {info['host']}, since {started})"
     except (ValueError, KeyError, TypeError):
@@ -196,13 +232,29 @@ def _holder(handle) -> str:
 def previous_outputs(output_dir: Path) -> set[str]:
     """The outputs (relative to `images/`) that the manifest of the run last finished in `output_dir` lists; empty
     when there is none or it cannot be read."""
+    manifest = _our_manifest(output_dir)
+    return set() if manifest is None else set(manifest["output"]) - {""}
+
+
+def previous_inputs(output_dir: Path, status: str) -> set[str]:
+    """The inputs that the manifest in `output_dir` lists with `status` (e.g. rejected); empty as above."""
+    manifest = _our_manifest(output_dir)
+    return set() if manifest is None else set(manifest.loc[manifest["status"] == status, "input"])
+
+
+def _our_manifest(output_dir: Path):
+    """The manifest.csv falco wrote in `output_dir` (a DataFrame of strings), or None: none, not a regular file (a
+    FIFO would block the read), unreadable, or not ours."""
     import pandas as pd
 
+    path = Path(output_dir) / "manifest.csv"
+    if not path.is_file():
+        return None
     try:
-        manifest = pd.read_csv(Path(output_dir) / "manifest.csv", dtype=str, keep_default_na=False)
-    except (OSError, ValueError):  # none yet, or not ours
-        return set()
-    return set(manifest["output"]) - {""} if OUR_MANIFEST_COLUMNS <= set(manifest.columns) else set()
+        manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError):
+        return None
+    return manifest if OUR_MANIFEST_COLUMNS <= set(manifest.columns) else None
 
 
 def missing_outputs(output_dir: Path, names) -> list[str]:
@@ -252,6 +304,10 @@ def check_not_foreign(output_dir: Path, names: set[str]) -> None:
     manifest in `output_dir` names) would be written: it is someone's own file, which the run would overwrite."""
     images = Path(output_dir) / "images"
     there = sorted(name for name in names if (images / name).is_symlink() or (images / name).exists())
+    if there and not (Path(output_dir) / "manifest.csv").exists() and (Path(output_dir) / JOURNAL_FOLDER).is_dir():
+        raise FalcoError(f"{output_dir} holds falco's journal but no manifest.csv (removed?), and without it falco cannot "
+                         f"tell its images from yours ({images / there[0]} is where an output goes): put manifest.csv "
+                         "back to resume, or move images/ away to start over (nothing was written)")
     if there:
         more = f" and {len(there) - 1} more" if len(there) > 1 else ""
         raise FalcoError(f"{images / there[0]}{more}: falco did not write {'these' if more else 'this'} (no manifest "
@@ -267,9 +323,12 @@ class TakeOver:
     otherwise leave the earlier run's params.json describing the folder), and `write_manifest` (this run's, every
     row pending). Not thread-safe: call it from one thread at a time."""
 
-    def __init__(self, output_dir: Path, journal, keep: set[str], write_manifest: Callable[[], None]) -> None:
+    def __init__(self, output_dir: Path, journal, keep: set[str], write_manifest: Callable[[], None],
+                 also_earlier: set[str] = frozenset()) -> None:
         self.output_dir, self.journal, self.keep, self.write_manifest = Path(output_dir), journal, keep, write_manifest
-        self.previous = previous_outputs(self.output_dir)  # the earlier run's outputs, as its manifest names them
+        # the earlier run's outputs, as its manifest names them, and `also_earlier`: names the caller knows an earlier
+        # run wrote although that manifest does not name them
+        self.previous = previous_outputs(self.output_dir) | set(also_earlier)
         self.done = False
         check_not_foreign(self.output_dir, keep - self.previous)
 

@@ -240,7 +240,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
     path = Path(path) if path is not None else DEFAULT_PARAMS_PATH
     if not path.is_file():
-        raise ParamsError(f"parameter file {path} not found; pass --params PATH to a params.yaml")
+        what = "is not a regular file" if path.exists() else "not found"
+        raise ParamsError(f"parameter file {path} {what}; pass --params PATH to a params.yaml")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:

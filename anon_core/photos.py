@@ -36,8 +36,8 @@ from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_r
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import FakePool, check_pool_fits, generate
-from anon_core.folders import (MANIFEST_EVERY_S, check_output_folder, check_separate, exclusive, remove_outputs,
-                               TakeOver)
+from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
+                               previous_inputs, remove_outputs)
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -189,7 +189,11 @@ class _PhotoRun:
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
             start=False)
-        self.take_over = TakeOver(output_dir, self.journal, set(self.outputs.values()), self._write_manifest)
+        # A stopped run's manifest names no output for a photo it rejected, while the image an earlier run wrote for
+        # that photo is removed only at the end of a run: it is still falco's
+        rejected_before = {self.outputs[name] for name in previous_inputs(output_dir, "rejected") if name in self.outputs}
+        self.take_over = TakeOver(output_dir, self.journal, set(self.outputs.values()), self._write_manifest,
+                                  also_earlier=rejected_before)
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order

@@ -22,12 +22,14 @@ from evaluation.suite import AnonymizedSet
 
 RUN_MARKER = {"marker": "o", "color": "tab:blue", "label": "FALCO"}
 BASELINE_MARKER = {"marker": "X", "color": "tab:gray", "label": "baselines"}
-PLOT_SOFTWARE = "FALCO-Ops"  # the PNG text chunk that marks a plot as falco's: `falco runs compare --plot` replaces
-# an existing file only when it is one
+# The PNG text chunk (Software) of the figures: `falco runs compare --plot` replaces an existing file only when it is
+# one of its own plots, not a report's figure
+FIGURE_SOFTWARE = "FALCO-Ops"
+PLOT_SOFTWARE = "FALCO-Ops runs compare --plot"
 HEADLINE = ("reid/{r}/top1_rate", "reid/{r}/verification_rate", "detection/dlib_hog/rate", "detection/mtcnn/rate")
 
 
-def _plot_png(draw, size: tuple[float, float] = (5.5, 3.6)) -> bytes:
+def _plot_png(draw, size: tuple[float, float] = (5.5, 3.6), software: str = FIGURE_SOFTWARE) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,14 +39,16 @@ def _plot_png(draw, size: tuple[float, float] = (5.5, 3.6)) -> bytes:
     draw(ax)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": PLOT_SOFTWARE})
+    fig.savefig(buf, format="png", metadata={"Software": software})
     plt.close(fig)
     return buf.getvalue()
 
 
-def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baselines: Sequence[str] = ()) -> bytes:
+def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baselines: Sequence[str] = (),
+                        software: str = FIGURE_SOFTWARE) -> bytes:
     """points: index = label (method or run), columns privacy and utility metrics. Rows named in `baselines`
-    are drawn as grey crosses, every other row (FALCO, or each run) as a blue dot; each point is labelled."""
+    are drawn as grey crosses, every other row (FALCO, or each run) as a blue dot; each point is labelled.
+    `software`: the PNG's Software text (PLOT_SOFTWARE for `falco runs compare --plot`)."""
     is_baseline = points.index.isin(list(baselines))
 
     def draw(ax):
@@ -62,7 +66,7 @@ def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baseli
         ax.set_title("privacy vs. utility")
         ax.legend(fontsize=7, loc="best")
 
-    return _plot_png(draw)
+    return _plot_png(draw, software=software)
 
 
 def headline_metrics(columns: Sequence[str]) -> list[str]:

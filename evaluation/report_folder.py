@@ -19,9 +19,10 @@ PHOTO_REPORT_TITLE = "# Photo mode: privacy per face"
 REPORT_NAMES = ("report.md", "report.html", "metrics.csv", "per_image.parquet", "faces.csv", "figures")
 
 
-def check_report_folder(out_dir: Path) -> None:
+def check_report_folder(out_dir: Path, title: str = ALIGNED_REPORT_TITLE) -> None:
     """FalcoError when `out_dir` is inside a pipeline's storage, or holds files under a report's names while its
-    report.md is not a report falco wrote (first line: one of the titles above)."""
+    report.md is not a report falco wrote, or one of the other kind (`title`: the first line of the report to be
+    written; an aligned report's files would otherwise stay beside a photo-mode one, and the other way round)."""
     out_dir = Path(out_dir)
     check_outside_pipeline_storage(out_dir, harm="the pipeline would take this report for its own", what="a report "
                                    "folder")
@@ -30,12 +31,18 @@ def check_report_folder(out_dir: Path) -> None:
     taken = [name for name in REPORT_NAMES if (out_dir / name).exists()]
     if not taken:
         return
-    try:
-        with open(out_dir / "report.md", encoding="utf-8") as handle:
-            first_line = handle.readline().rstrip("\n")
-    except (OSError, UnicodeDecodeError):
-        first_line = ""
-    if first_line not in (ALIGNED_REPORT_TITLE, PHOTO_REPORT_TITLE):
+    first_line = ""
+    if (out_dir / "report.md").is_file():  # not a FIFO, whose read would block
+        try:
+            with open(out_dir / "report.md", encoding="utf-8") as handle:
+                first_line = handle.readline().rstrip("\n")
+        except (OSError, UnicodeDecodeError):
+            pass
+    if first_line in (ALIGNED_REPORT_TITLE, PHOTO_REPORT_TITLE) and first_line != title:
+        kinds = {ALIGNED_REPORT_TITLE: "aligned", PHOTO_REPORT_TITLE: "photo-mode"}
+        raise FalcoError(f"{out_dir} holds the report of {kinds[first_line]} runs, and these are {kinds[title]} runs: "
+                         "their files would be mixed; give --out a folder of its own (nothing was written)")
+    if first_line != title:
         raise FalcoError(f"{out_dir} holds {', '.join(taken)}, and not a report falco wrote (its report.md would "
                          f"begin {ALIGNED_REPORT_TITLE!r}): the report would replace them; give --out a new or empty "
                          "folder, or an earlier report's (nothing was written)")

@@ -64,7 +64,7 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="FFHQ-align faces first (default: on, except --dataset celebahq, which is aligned already)")
     p.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None,
                    help="landmarks for alignment: mtcnn or dlib HOG + 5-point (default: params.yaml data.align_detector)")
-    p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the aligned crops of the real faces in OUTPUT_DIR/.align_cache (private, 0600) so a re-run "
                         "skips the alignment (default); --no-keep-cache aligns into a temporary folder in OUTPUT_DIR "
                         "and removes it when the run ends")
@@ -124,7 +124,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         data = data_settings(load_section("data", args.profile, args.params, flags), params_file)  # flags, else file
     start = time.perf_counter()
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
-                               show_progress=not args.quiet, keep_cache=args.keep_cache, **data)
+                               show_progress=not args.quiet, keep_cache=args.keep_cache is not False, **data)
     seconds = time.perf_counter() - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
     if summary.warning:

@@ -353,10 +353,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from evaluation.report_folder import check_report_folder
+    from evaluation.report_folder import ALIGNED_REPORT_TITLE, PHOTO_REPORT_TITLE, check_report_folder
 
-    check_report_folder(args.out)
+    for folder in args.anon_dirs:  # a typo is named as such, not taken for a run of the other mode
+        if not (Path(folder) / "params.json").is_file():
+            read_run(Path(folder))  # says what the folder lacks
     modes = {_run_mode(folder) for folder in args.anon_dirs}
+    check_report_folder(args.out, PHOTO_REPORT_TITLE if modes == {"photo"} else ALIGNED_REPORT_TITLE)
     if modes == {"photo"}:
         unused = [flag for flag, given in (("--recognizers", args.recognizers is not None),
                                            ("--dataset", args.dataset != "auto"), ("--labels", args.labels is not None),

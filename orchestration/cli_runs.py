@@ -102,7 +102,7 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
 
 def _run_compare(args: argparse.Namespace) -> int:
     from anon_core.errors import FalcoError
-    from evaluation.report import headline_metrics, privacy_utility_axes, privacy_utility_png
+    from evaluation.report import PLOT_SOFTWARE, headline_metrics, privacy_utility_axes, privacy_utility_png
 
     if args.plot is not None:
         _check_plot_path(args.plot)
@@ -134,8 +134,9 @@ def _run_compare(args: argparse.Namespace) -> int:
             return 2
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
         points = plot_points(frame, baselines, every_run=args.all)
+        _check_outside_inputs(args.plot, runs)
         write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
-                                                          baselines))
+                                                          baselines, software=PLOT_SOFTWARE))
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "markdown":
@@ -175,12 +176,26 @@ def _check_plot_path(path: Path) -> None:
                          "(an earlier `--plot` file is replaced)")
 
 
+def _check_outside_inputs(path: Path, runs: list) -> None:
+    """FalcoError when `path` lies in the input folder of one of `runs` (their `input_dir` tag): the next pipeline
+    would read the plot as a new image."""
+    from anon_core.errors import FalcoError
+
+    target = path.resolve()
+    for folder in sorted({r.data.tags.get("input_dir", "") for r in runs} - {"", "unobserved"}):
+        if Path(folder).resolve() in target.parents:
+            raise FalcoError(f"--plot {path} is inside {folder}, the input folder of these runs: the next pipeline "
+                             "would read the plot as one more image; give a path outside it")
+
+
 def _plotted_by_falco(path: Path) -> bool:
-    """Whether `path` is a PNG that falco's plotting wrote (its Software text chunk)."""
+    """Whether `path` is a PNG that `falco runs compare --plot` wrote (its Software text chunk)."""
     from PIL import Image, UnidentifiedImageError
 
     from evaluation.report import PLOT_SOFTWARE
 
+    if not path.is_file():  # a FIFO would block the read
+        return False
     try:
         with Image.open(path) as image:
             return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE

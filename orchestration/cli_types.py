@@ -31,8 +31,8 @@ def name_list(text: str) -> list[str]:
 
 
 # dest -> flag of the options that only one --mode reads (`falco anonymize`, `falco pipeline`)
-ALIGNED_MODE_FLAGS = {"dataset": "--dataset", "labels": "--labels", "align": "--align",
-                      "align_detector": "--align-detector"}
+ALIGNED_MODE_FLAGS = {"dataset": "--dataset", "labels": "--labels", "align": ("--align", "--no-align"),
+                      "align_detector": "--align-detector", "keep_cache": ("--keep-cache", "--no-cache")}
 PHOTO_MODE_FLAGS = {"min_face_size": "--min-face-size", "min_anonymize_size": "--min-anonymize-size",
                     "cover": "--cover", "photo_format": "--photo-format"}
 
@@ -43,8 +43,8 @@ def check_mode_flags(args: argparse.Namespace) -> None:
     from anon_core.errors import FalcoError
 
     other = PHOTO_MODE_FLAGS if args.mode == "aligned" else ALIGNED_MODE_FLAGS
-    given = [("--no-align" if value is False else flag) for dest, flag in other.items()
-             if (value := getattr(args, dest, None)) is not None]
+    given = [(flag if isinstance(flag, str) else flag[0] if value else flag[1]) for dest, flag in other.items()
+             if (value := getattr(args, dest, None)) is not None]  # (if true, if false) for a switch
     if not given:
         return
     verb = "is" if len(given) == 1 else "are"

@@ -84,3 +84,16 @@ def made_since(before: Counter, after: Counter) -> dict[str, set]:
         if count > before.get((name, partition), 0):
             made.setdefault(name, set()).add(partition)
     return made
+
+
+def stopped_at_call(function, call: int, error: BaseException):
+    """`function`, raising `error` at its `call`-th call instead: a stop (Ctrl-C, a crash) in the middle of a run."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return function(*args, **kwargs)
+
+    return wrapped

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pipeline_helpers import stopped_at_call
 
 from orchestration.cli import main
 
@@ -374,17 +375,8 @@ def test_a_rerun_stopped_after_taking_the_folder_over_leaves_no_record_of_the_ea
     out = tmp_path / "out"
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
     assert {"params.json", "latents.npy", "losses.csv"} <= {p.name for p in out.iterdir()}
-    real = pipeline.anonymize_images
-    calls = []
-
-    def second_batch_stopped(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(pipeline, "anonymize_images", second_batch_stopped)
+        patch.setattr(pipeline, "anonymize_images", stopped_at_call(pipeline.anonymize_images, 2, KeyboardInterrupt()))
         assert main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"]) == 130
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     assert (manifest["status"] == "pending").any()

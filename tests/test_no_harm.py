@@ -659,7 +659,10 @@ def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path, lfw_faces,
              "--min-face-size, --cover are for photo mode only; aligned mode anonymizes one face per image (drop "
              "them, or add --mode photo)"),
             ("photo", ["--no-align"], "--no-align is for aligned mode only; photo mode reads every image of the folder "
-             "as a photo and aligns each face itself (drop them, or use --mode aligned)")):
+             "as a photo and aligns each face itself (drop them, or use --mode aligned)"),
+            ("photo", ["--no-cache"] if command == "anonymize" else ["--align"], ("--no-cache" if command == "anonymize"
+             else "--align") + " is for aligned mode only; photo mode reads every image of the folder as a photo and "
+             "aligns each face itself (drop them, or use --mode aligned)")):
         assert main([command, *where, "--mode", mode, *flags, "--profile", "tiny"]) == 2
         assert capsys.readouterr().err == f"falco: error: {message}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, storage or Dagster home made
@@ -687,3 +690,43 @@ def test_a_refused_pipeline_leaves_no_dagster_home(tmp_path, lfw_faces, monkeypa
                  "--profile", "tiny"]) == 2
     assert "is inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"] and _tree(tmp_path / "faces") == before
+
+
+def test_a_folder_without_falcos_manifest_keeps_the_files_a_run_would_write_beside_it(tmp_path, lfw_faces, capsys):
+    """Without a manifest, a user's own params.json, latents.npy and losses.csv were overwritten and their
+    face_privacy.csv deleted; after the user removed a run's manifest, its re-run said "falco did not write this"."""
+    write_faces(tmp_path / "in", lfw_faces[:2], broken=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("params.json", "face_privacy.csv"):
+        (out / name).write_text("mine\n")
+    before = _tree(out)
+    assert main(["anonymize", str(tmp_path / "in"), str(out), *FAST]) == 2
+    assert capsys.readouterr().err == (
+        f"falco: error: {out} holds params.json, face_privacy.csv but no manifest.csv of falco's: a run would "
+        "overwrite or remove them; give an output folder of its own (new, empty, or an earlier falco anonymize "
+        "output), or move them away (nothing was written)\n")
+    assert _tree(out) == before
+
+    run = tmp_path / "run"
+    assert main(["anonymize", str(tmp_path / "in"), str(run), *FAST]) == 0
+    manifest = (run / "manifest.csv").read_bytes()
+    (run / "manifest.csv").unlink()
+    assert main(["anonymize", str(tmp_path / "in"), str(run), *FAST]) == 2
+    assert "(a falco journal is there: was its manifest.csv removed? put it back to resume)" in capsys.readouterr().err
+    (run / "manifest.csv").write_bytes(manifest)
+    assert main(["anonymize", str(tmp_path / "in"), str(run), *FAST]) == 0  # put back: every batch from the journal
+
+
+def test_a_fifo_where_falco_reads_a_file_of_its_own_is_refused_not_waited_on(tmp_path, lfw_faces, capsys):
+    """A FIFO named manifest.csv in the output folder (or report.md in a report folder) blocked the command forever."""
+    write_faces(tmp_path / "in", lfw_faces[:2], broken=False)
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "manifest.csv")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), *FAST]) == 2  # returns: nothing opened it
+    assert "manifest.csv was not written by falco" in capsys.readouterr().err
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "run"), *FAST]) == 0
+    (tmp_path / "report").mkdir()
+    os.mkfifo(tmp_path / "report" / "report.md")
+    assert main(["evaluate", str(tmp_path / "in"), str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 2
+    assert "holds report.md, and not a report falco wrote" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from pipeline_helpers import stopped_at_call
 
 from anon_core.compose import cover_box, face_mask, paste_face
 from anon_core.data.align import FaceAligner, ffhq_quad, warp_quad
@@ -274,15 +275,8 @@ def test_a_stopped_photo_run_leaves_a_valid_manifest_that_evaluate_refuses(photo
     import anon_core.pipeline
 
     out = tmp_path / "out"
-    real_anonymize, calls = anon_core.pipeline.anonymize_images, []
-
-    def stopped_at_the_second_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("the machine went away")
-        return real_anonymize(*args, **kwargs)
-
-    monkeypatch.setattr(anon_core.pipeline, "anonymize_images", stopped_at_the_second_batch)
+    monkeypatch.setattr(anon_core.pipeline, "anonymize_images", stopped_at_call(
+        anon_core.pipeline.anonymize_images, 2, RuntimeError("the machine went away")))
     monkeypatch.setattr(anon_core.photos, "MANIFEST_EVERY_S", 0.0)  # rewritten after every photo read
     params = load_params("tiny", pool_size=32, batch_size=1, **{"optimization.steps": 2})
     with pytest.raises(RuntimeError, match="went away"):
@@ -306,6 +300,38 @@ def test_a_stopped_photo_run_leaves_a_valid_manifest_that_evaluate_refuses(photo
     finished = _rows(out)
     assert "pending" not in {r["status"] for r in finished}
     assert all((out / "images" / r["output"]).is_file() for r in finished if r["kind"] == "photo" and r["output"])
+
+
+def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path, monkeypatch):
+    """A photo an earlier run wrote, now damaged: a run stopped mid-way lists it rejected with no output, while its
+    earlier image stays until the end of a run; the re-run refused that image as "falco did not write this"."""
+    import anon_core.photos
+    import anon_core.pipeline
+
+    folder = tmp_path / "in"
+    shutil.copytree(photos, folder)
+    shutil.copy(folder / "group.png", folder / "a_group.png")  # read first
+    out = tmp_path / "out"
+    params = load_params("tiny", pool_size=32, batch_size=1, **{"optimization.steps": 2})
+    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
+    assert (out / "images" / "a_group.png").is_file()
+    # cut short after its header: still named as an image, rejected once read
+    (folder / "a_group.png").write_bytes((folder / "a_group.png").read_bytes()[:300])
+
+    with monkeypatch.context() as patch:
+        patch.setattr(anon_core.pipeline, "anonymize_images",
+                      stopped_at_call(anon_core.pipeline.anonymize_images, 2, KeyboardInterrupt()))
+        patch.setattr(anon_core.photos, "MANIFEST_EVERY_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):
+            anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
+    stopped = {r["input"]: r for r in _rows(out) if r["kind"] == "photo"}
+    assert stopped["a_group.png"]["status"] == "rejected" and (out / "images" / "a_group.png").is_file()
+    assert "pending" in {row["status"] for row in stopped.values()}
+
+    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)  # before: refused
+    finished = {r["input"]: r for r in _rows(out) if r["kind"] == "photo"}
+    assert finished["a_group.png"]["status"] == "rejected" and not (out / "images" / "a_group.png").exists()
+    assert finished["group.png"]["status"] == "ok"
 
 
 # -- the parts ---------------------------------------------------------------------------------------------------
@@ -390,6 +416,15 @@ def test_a_privacy_bound_out_of_range_or_missing_is_one_line_before_any_photo_is
         "falco: error: --recognizers, --show-real-faces are for aligned runs only; a photo-mode run is measured face "
         "by face with dlib (drop them)\n")
     assert not (tmp_path / "report-flags").exists()
+    # a typo beside a photo run is named as such (it said "some ... come from photo mode and some from aligned mode")
+    assert main(["evaluate", str(photos), str(photo_run[0]), str(tmp_path / "typo"), "--out",
+                 str(tmp_path / "report-typo")]) == 2
+    assert f"{tmp_path / 'typo'} does not exist or is not a folder" in capsys.readouterr().err
+    aligned_report = tmp_path / "aligned-report"  # an aligned run's report: a photo report would mix with it
+    aligned_report.mkdir()
+    (aligned_report / "report.md").write_text("# FALCO-Ops evaluation report\n")
+    assert main(["evaluate", str(photos), str(photo_run[0]), "--out", str(aligned_report)]) == 2
+    assert "holds the report of aligned runs, and these are photo-mode runs" in capsys.readouterr().err
 
 
 def test_aligned_mode_covers_other_faces_inside_its_crop():

@@ -239,6 +239,14 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
         with pytest.raises(FalcoError, match=message):
             args.run(args)
     assert {path: path.read_bytes() for path in kept} == kept
+    figure = tmp_path / "figure.png"  # a report's figure, also falco's: not a --plot, so not replaced
+    shutil.copy(sweep["tmp"] / "store" / "anonymization_report" / "figures" / "privacy_vs_utility.png", figure)
+    for path, message in ((figure, "exists and is not a plot falco wrote"),
+                          (sweep["tmp"] / "faces" / "new.png", "the input folder of these runs: the next pipeline")):
+        args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot", str(path)])
+        with pytest.raises(FalcoError, match=message):
+            args.run(args)
+    assert not (sweep["tmp"] / "faces" / "new.png").exists()
     earlier = (tmp_path / "scatter.png").stat().st_mtime_ns
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
                               str(tmp_path / "scatter.png")])
