@@ -155,6 +155,7 @@ def ingest(
     device: torch.device | str = "cpu",
     on_file: Callable[[int, int], None] | None = None,
     table: pd.DataFrame | None = None,
+    names: dict[str, str] | None = None,
 ) -> Ingested:
     """Read every file of the dataset under `input_dir` (layout `dataset`: celebahq | lfw | folder | auto, plus a
     labels CSV; these four come from params.yaml's `data:` section, `data_settings`). `align` (default: on, except
@@ -162,7 +163,8 @@ def ingest(
     crops in `cache_dir` (see `alignment_cache`; the crops of files no longer in the folder are removed from it).
     Unreadable files and images without a face become `rejected` rows; `on_file` is called with (files done, files
     in all) as they are checked. `table`: the `load_dataset` table of these arguments where the caller read it
-    already (every file hashed), so the folder is not scanned twice."""
+    already (every file hashed), so the folder is not scanned twice; `names`: its `planned_outputs`, where the caller
+    has them (each file's header read once)."""
     if table is None:
         table = load_dataset(dataset, Path(input_dir), labels_csv)
     files = dataset_files(table)
@@ -171,7 +173,7 @@ def ingest(
         align = kind != "celebahq"
     aligner = FaceAligner(resolution, align_detector, device=device) if align else None
     cache = AlignmentCache(cache_dir)
-    names = output_names(named_files(files))
+    names = planned_outputs(table) if names is None else names
     rows, sources = [], []
     for done, checked in enumerate(check_inputs(files, aligner, cache, io_workers(device)), start=1):
         f = checked.file
@@ -264,10 +266,10 @@ def _str_or_none(value) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or value == "" else str(value)
 
 
-def candidate_outputs(table: pd.DataFrame) -> set[str]:
-    """The output names (relative to `images/`) that `ingest` gives the files of a `load_dataset` table: a superset of
-    a run's outputs (some of these files may still be rejected), known before any file is read."""
-    return set(output_names(named_files(dataset_files(table))).values())
+def planned_outputs(table: pd.DataFrame) -> dict[str, str]:
+    """Input relpath -> output name (relative to `images/`) that `ingest` gives the files of a `load_dataset` table,
+    known before any image is decoded: a superset of a run's outputs (some of these files may still be rejected)."""
+    return output_names(named_files(dataset_files(table)))
 
 
 def named_files(files: list[ScannedFile]) -> list[ScannedFile]:

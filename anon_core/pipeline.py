@@ -28,7 +28,7 @@ from anon_core.fake_pool import FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, changed_outputs, check_not_foreign, check_output_folder,
                                check_separate, exclusive, previous_outputs)
 from anon_core.hashing import sha256_file
-from anon_core.ingest import alignment_cache, candidate_outputs, check_input_folder, ingest, io_workers
+from anon_core.ingest import alignment_cache, check_input_folder, ingest, io_workers, planned_outputs
 from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -181,10 +181,11 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
 
     labels_sha256 = sha256_file(labels_csv) if labels_csv is not None else None  # the identities as ingest read them
     files = load_dataset(dataset, input_dir, labels_csv)
+    names = planned_outputs(files)
     # before ingest writes the alignment cache: a user's own file where an output goes stops the run
-    check_not_foreign(output_dir, candidate_outputs(files) - previous_outputs(output_dir))
+    check_not_foreign(output_dir, set(names.values()) - previous_outputs(output_dir))
     ingested = ingest(input_dir, resolution, dataset, labels_csv, align, align_detector, align_cache, device, on_file,
-                      table=files)
+                      table=files, names=names)
     reading.close()
     table = ingested.table
     if table.empty:

@@ -25,7 +25,7 @@ import pandas as pd
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, missing_outputs
-from orchestration.cli_types import given_path, name_list
+from orchestration.cli_types import given_path, name_list, refuse_flags
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 RUN_FILES = "images/, manifest.csv, params.json"
@@ -361,19 +361,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     modes = {_run_mode(folder) for folder in args.anon_dirs}
     check_report_folder(args.out, PHOTO_REPORT_TITLE if modes == {"photo"} else ALIGNED_REPORT_TITLE)
     if modes == {"photo"}:
-        unused = [flag for flag, given in (("--recognizers", args.recognizers is not None),
-                                           ("--dataset", args.dataset != "auto"), ("--labels", args.labels is not None),
-                                           ("--show-real-faces", args.show_real_faces)) if given]
-        if unused:
-            raise FalcoError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for aligned runs only; a "
-                             "photo-mode run is measured face by face with dlib (drop them)")
+        refuse_flags([flag for flag, given in (("--recognizers", args.recognizers is not None),
+                                               ("--dataset", args.dataset != "auto"),
+                                               ("--labels", args.labels is not None),
+                                               ("--show-real-faces", args.show_real_faces)) if given],
+                     "for aligned runs only; a photo-mode run is measured face by face with dlib (drop them)")
         return _evaluate_photo_runs(args)
     if len(modes) > 1:
         raise FalcoError("some of the ANON_DIRs come from photo mode and some from aligned mode; evaluate them in "
                          "separate `falco evaluate` calls (photo mode is measured face by face)")
-    if args.params is not None:
-        raise FalcoError("--params is read for photo-mode runs only (the privacy bound their faces are held to); an "
-                         "aligned run is evaluated with the settings its params.json records: drop --params")
+    refuse_flags(["--params"] if args.params is not None else [], "read for photo-mode runs only (the privacy bound "
+                 "their faces are held to); an aligned run is evaluated with the settings its params.json records: "
+                 "drop --params")
     paths = evaluate_folders(
         args.real_dir, args.anon_dirs, args.out, baselines=args.baselines,
         recognizers=args.recognizers,

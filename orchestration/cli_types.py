@@ -40,16 +40,19 @@ PHOTO_MODE_FLAGS = {"min_face_size": "--min-face-size", "min_anonymize_size": "-
 def check_mode_flags(args: argparse.Namespace) -> None:
     """FalcoError when an option of the other --mode is given: it would be ignored, and the run not be the one asked
     for (`--min-face-size 80` without `--mode photo` anonymizes the aligned dataset)."""
-    from anon_core.errors import FalcoError
-
     other = PHOTO_MODE_FLAGS if args.mode == "aligned" else ALIGNED_MODE_FLAGS
     given = [(flag if isinstance(flag, str) else flag[0] if value else flag[1]) for dest, flag in other.items()
              if (value := getattr(args, dest, None)) is not None]  # (if true, if false) for a switch
-    if not given:
-        return
-    verb = "is" if len(given) == 1 else "are"
     if args.mode == "photo":
-        raise FalcoError(f"{', '.join(given)} {verb} for aligned mode only; photo mode reads every image of the folder "
-                         "as a photo and aligns each face itself (drop them, or use --mode aligned)")
-    raise FalcoError(f"{', '.join(given)} {verb} for photo mode only; aligned mode anonymizes one face per image "
-                     "(drop them, or add --mode photo)")
+        refuse_flags(given, "for aligned mode only; photo mode reads every image of the folder as a photo and aligns "
+                            "each face itself (drop them, or use --mode aligned)")
+    refuse_flags(given, "for photo mode only; aligned mode anonymizes one face per image (drop them, or add --mode "
+                        "photo)")
+
+
+def refuse_flags(given: list[str], reason: str) -> None:
+    """FalcoError "<flags> is/are <reason>" when options that the command would not read were `given`."""
+    from anon_core.errors import FalcoError
+
+    if given:
+        raise FalcoError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} {reason}")
