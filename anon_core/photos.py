@@ -43,7 +43,7 @@ from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces, unturn_points
+from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
@@ -72,7 +72,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
 )
 JPEG_QUALITY = 95
-TURNED_NOTE = "stored sideways or upside down"  # begins the detail of a photo whose faces were found turned
+TURNED_NOTE = "found with the photo turned"  # in the detail of a photo some of whose faces were found turned
 
 
 @dataclass
@@ -85,7 +85,7 @@ class PhotoSummary:
     resumed: int = 0  # faces whose batch an earlier run with the same arguments finished
     below_min_face_size: int = 0  # photos whose shorter side is under photo.min_face_size: no face can be found
     min_face_size: int = 0
-    turned: int = 0  # photos whose faces were found only with the photo turned (stored sideways or upside down)
+    turned: int = 0  # photos with faces found only with the photo turned (stored sideways or upside down, or lying)
     faceless: list[str] = field(default_factory=list)  # photos read in which no face was found, written unchanged
 
     @property
@@ -117,8 +117,8 @@ class PhotoSummary:
         if self.resumed:
             text += f"; {self.resumed} face(s) taken from an earlier run's journal"
         if self.turned:
-            text += (f"; {self.turned} photo(s) stored sideways or upside down: their faces were found with the photo "
-                     "turned (manifest.csv's detail)")
+            text += (f"; {self.turned} photo(s) with faces {TURNED_NOTE} (stored sideways or upside down, or a face "
+                     "lying; manifest.csv's detail)")
         if self.faceless:
             shown = ", ".join(self.faceless[:3]) + (", ..." if len(self.faceless) > 3 else "")
             text += (f"; {len(self.faceless)} photo(s) in which no face was found, written unchanged ({shown}): look "
@@ -139,7 +139,6 @@ class _Photo:
     image: np.ndarray  # uint8 [H, W, 3], covers applied; anonymized faces pasted in as they come
     faces: list[PhotoFace]
     waiting: int  # anonymized faces not pasted yet
-    turns: int = 0  # quarter turns (np.rot90's k) `image` and the faces' coordinates are turned from the photo
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
@@ -168,6 +167,15 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
     with exclusive(output_dir, "output folder"):
         return _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress).run()
+
+
+def _turned_notes(turns: list[int]) -> list[str]:
+    """The photo row's note on its faces found only with the photo turned (`turns`: each face's quarter turns)."""
+    if not any(turns):
+        return []
+    angles = " or ".join(str(90 * k) for k in sorted(set(turns) - {0}))
+    return [f"{sum(k != 0 for k in turns)} of its {len(turns)} face(s) {TURNED_NOTE} {angles} degrees "
+            "counter-clockwise (stored sideways or upside down, or lying); the photo is written as stored"]
 
 
 class _PhotoRun:
@@ -202,14 +210,15 @@ class _PhotoRun:
         self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], int, list[str]]:
-        """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread); all of it in
-        the photo turned by the returned quarter turns, where its faces were found; and what the decoding left out
-        (`image_io.flattened`)."""
+    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], list[int], list[str]]:
+        """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread), all of it in
+        the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); and what the
+        decoding left out (`image_io.flattened`)."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
-        image, turns, detections = find_faces(self.detector, load_rgb(f.path), self.settings.turns)
-        faces = plan_faces(detections, self.settings)
+        image = load_rgb(f.path)
+        found = find_faces(self.detector, image, self.settings.turns)
+        faces = plan_faces([face.detection for face in found], self.settings)
         crops = []
         for face in faces:
             if face.anonymized:
@@ -218,7 +227,7 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        return covered, faces, crops, turns, flattened(f.path)
+        return covered, faces, crops, [face.turns for face in found], flattened(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> PhotoSummary:
@@ -251,11 +260,10 @@ class _PhotoRun:
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), turns=turns)
-            notes = ([f"{TURNED_NOTE}; its faces were found with the photo turned {90 * turns} degrees "
-                      "counter-clockwise, and it is written as stored"] if turns else []) + left_out
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
+            notes = _turned_notes(turns) + left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
-            self.summary.turned += bool(turns)
+            self.summary.turned += any(turns)
             if not faces:
                 self.summary.faceless.append(f.relpath)
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", detail, len(faces)),
@@ -317,8 +325,7 @@ class _PhotoRun:
         """Hand a finished photo to the writer's threads (a 12-megapixel PNG takes seconds to encode); the manifest
         calls it done once it is on disk."""
         def write() -> None:
-            write_photo(self.output_dir / "images" / photo.output, np.ascontiguousarray(np.rot90(photo.image,
-                                                                                                  -photo.turns)))
+            write_photo(self.output_dir / "images" / photo.output, photo.image)
             self.written.add(photo.row)
 
         self.take_over()
@@ -329,10 +336,8 @@ class _PhotoRun:
                 "detail": detail, "faces": str(faces) if faces >= 0 else "", "sha256": f.sha256 or ""}
 
     def _face_row(self, photo: _Photo, face: PhotoFace) -> dict:
-        """The face's row; its box and landmarks in the photo as stored (turned back)."""
-        corners = unturn_points(np.reshape(face.box, (2, 2)), photo.turns, photo.image.shape)
-        box = (*corners.min(axis=0), *corners.max(axis=0))
-        landmarks = unturn_points(face.landmarks, photo.turns, photo.image.shape)
+        """The face's row; its box and landmarks in the photo as stored."""
+        box, landmarks = face.box, face.landmarks
         return {
             "input": photo.file.relpath, "output": photo.output, "kind": "face", "face": str(face.index),
             "status": "anonymized" if face.anonymized else "covered", "reason": face.reason,

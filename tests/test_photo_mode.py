@@ -17,7 +17,7 @@ from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 from anon_core.params import load_params
 from anon_core.photo_faces import (PhotoSettings, find_faces, frontality, lies_turned, photo_settings, plan_faces,
-                                   unturn_points)
+                                   shows_upright, unturn_points)
 from anon_core.photos import anonymize_photos, parse_numbers
 from evaluation.photo_privacy import face_privacy
 from orchestration.cli import main
@@ -119,21 +119,56 @@ class _BoxesByOrientation:
         return self.found.get(int(image[0, 0, 0]), [])
 
 
-def test_a_turn_with_more_boxes_wins_only_with_more_upright_faces():
-    photo = np.zeros((6, 8, 3), np.uint8)
+def _seen_upright(box, turns: int, shape, score: float = 0.99, crowded: bool = False) -> Detection:
+    """The detection of a face whose `box` is in the photo as stored (shape `shape`) that shows upright in the photo
+    turned `turns` quarter turns, in that turned photo's coordinates; `crowded`: landmarks squeezed into the box's
+    middle, as MTCNN gives a face lying sideways that it calls upright."""
+    corners = unturn_points(np.reshape(box, (2, 2)), (4 - turns) % 4, shape)  # turned forward
+    (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
+    unit = np.array([[0.28, 0.4], [0.72, 0.4], [0.5, 0.55], [0.34, 0.75], [0.66, 0.75]])
+    if crowded:
+        unit = 0.5 + (unit - 0.5) * 0.5
+    return Detection((x1, y1, x2, y2), score, np.array([x1, y1]) + unit * [x2 - x1, y2 - y1])
+
+
+def test_each_face_is_kept_once_from_the_orientation_where_it_shows_upright():
+    """MTCNN's boxes in each orientation of a photo, given: a face is kept once, with the landmarks of the orientation
+    where it shows upright, in the photo as stored; faces lying in another direction than the others are kept too
+    (`always`); a photo with a face that shows upright is searched no further by default."""
+    photo = np.zeros((100, 120, 3), np.uint8)
     photo[0, -1], photo[-1, -1], photo[-1, 0] = 1, 2, 3  # top-left after 0, 1, 2, 3 quarter turns (np.rot90's k)
-    upright = np.array([[30, 40], [60, 40], [45, 55], [34, 70], [56, 70]], float)
-    sideways = unturn_points(upright, 1, (100, 100))
-    face = Detection((20, 20, 70, 80), 0.99, upright)
-    lying = Detection((20, 20, 70, 80), 0.95, sideways)
-    one_upright_face = {0: [face], 1: [lying, lying, lying], 3: [lying]}  # turned: more boxes, none upright
+    turned = {k: np.rot90(photo, k).shape for k in range(4)}
+    a, b = (10, 10, 60, 60), (70, 40, 110, 80)  # two faces' boxes in the photo as stored
+
+    def lying(box, upright_in: int) -> Detection:  # the face upright in another orientation, as the stored photo shows it
+        seen = _seen_upright(box, upright_in, photo.shape)
+        return Detection(box, 0.9, unturn_points(seen.landmarks, upright_in, turned[upright_in]))
+
+    stored_sideways = {0: [_seen_upright(a, 0, photo.shape, score=0.999, crowded=True)],
+                       1: [_seen_upright(a, 1, photo.shape)]}
     for mode in ("always", "no_upright_face"):
-        assert find_faces(_BoxesByOrientation(one_upright_face), photo, mode)[1] == 0
-    stored_sideways = {0: [lying, lying], 1: [face, face], 3: [face, lying, lying]}  # more boxes but fewer upright
-    for mode in ("always", "no_upright_face"):
-        image, turns, found = find_faces(_BoxesByOrientation(stored_sideways), photo, mode)
-        assert (turns, len(found)) == (1, 2) and image.shape == (8, 6, 3)
-    assert find_faces(_BoxesByOrientation(stored_sideways), photo, "never")[1] == 0
+        (face,) = find_faces(_BoxesByOrientation(stored_sideways), photo, mode)
+        assert face.turns == 1 and face.upright and lies_turned(face.detection.landmarks)
+        assert np.allclose(face.detection.box, a)
+        assert np.allclose(face.detection.landmarks, lying(a, 1).landmarks)  # mapped back onto the stored photo
+    (face,) = find_faces(_BoxesByOrientation(stored_sideways), photo, "never")
+    assert face.turns == 0 and not face.upright
+
+    upright_a_and_lying_b = {0: [_seen_upright(a, 0, photo.shape), lying(b, 1)],
+                             1: [_seen_upright(b, 1, photo.shape), _seen_upright(a, 1, photo.shape, crowded=True)],
+                             3: [_seen_upright(a, 3, photo.shape, crowded=True)]}
+    found = find_faces(_BoxesByOrientation(upright_a_and_lying_b), photo, "always")
+    assert [(f.turns, f.upright) for f in found] == [(0, True), (1, True)]  # largest box first
+    assert np.allclose(found[1].detection.landmarks, lying(b, 1).landmarks)
+    by_default = find_faces(_BoxesByOrientation(upright_a_and_lying_b), photo, "no_upright_face")
+    assert [(f.turns, f.upright) for f in by_default] == [(0, True), (0, False)]  # b as found in the stored photo
+
+
+def test_an_upright_face_is_one_whose_eyes_span_its_box():
+    face = _seen_upright((0, 0, 100, 100), 0, (100, 100, 3))
+    assert shows_upright(face)
+    assert not shows_upright(_seen_upright((0, 0, 100, 100), 0, (100, 100, 3), crowded=True))
+    assert not shows_upright(Detection(face.box, face.score, unturn_points(face.landmarks, 1, (100, 100))))
 
 
 def test_the_manifest_says_which_frames_and_transparency_a_photo_lost(photos, photo_run, tmp_path):
