@@ -242,6 +242,11 @@ def previous_inputs(output_dir: Path, status: str) -> set[str]:
     return set() if manifest is None else set(manifest.loc[manifest["status"] == status, "input"])
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` holds a run's manifest.csv falco wrote, or its journal (a stopped first run)."""
+    return _our_manifest(folder) is not None or (Path(folder) / JOURNAL_FOLDER).is_dir()
+
+
 def _our_manifest(output_dir: Path):
     """The manifest.csv falco wrote in `output_dir` (a DataFrame of strings), or None: none, not a regular file (a
     FIFO would block the read), unreadable, or not ours."""

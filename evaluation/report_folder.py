@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anon_core.errors import FalcoError
-from anon_core.folders import check_outside_pipeline_storage
+from anon_core.folders import check_outside_pipeline_storage, is_run_folder
 
 ALIGNED_REPORT_TITLE = "# FALCO-Ops evaluation report"
 PHOTO_REPORT_TITLE = "# Photo mode: privacy per face"
@@ -28,6 +28,10 @@ def check_report_folder(out_dir: Path, title: str = ALIGNED_REPORT_TITLE) -> Non
                                    "folder")
     if not out_dir.is_dir():
         return
+    if is_run_folder(out_dir):
+        raise FalcoError(f"{out_dir} is the output folder of a `falco anonymize` run (its manifest.csv): the report "
+                         "would sit among its outputs, and the next run into it would take the report for its own "
+                         "files; give --out a folder of its own (nothing was written)")
     taken = [name for name in REPORT_NAMES if (out_dir / name).exists()]
     if not taken:
         return

@@ -210,7 +210,8 @@ def test_an_option_the_run_kind_does_not_read_is_refused(runs, capsys):
 
 def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs, capsys):
     """`--out mydocs` replaced the user's report.md, metrics.csv and figures/examples.png; `--out
-    STORE/anonymization_report` replaced the pipeline's report, which the pipeline then called up to date."""
+    STORE/anonymization_report` replaced the pipeline's report, which the pipeline then called up to date; `--out`
+    another run's folder put the report among that run's outputs."""
     from orchestration.driver import bind_instance_and_storage
 
     mine = runs["tmp"] / "mydocs"
@@ -230,7 +231,10 @@ def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs
             (store / "anonymization_report",
              f"{store / 'anonymization_report'} is inside the storage of a `falco pipeline` ({store}), whose folders "
              "hold the pipeline's own values: the pipeline would take this report for its own; give a report folder "
-             "outside it (nothing was written)")):
+             "outside it (nothing was written)"),
+            (runs["1.0"], f"{runs['1.0']} is the output folder of a `falco anonymize` run (its manifest.csv): the "
+                          "report would sit among its outputs, and the next run into it would take the report for "
+                          "its own files; give --out a folder of its own (nothing was written)")):
         assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(out), "--no-baselines",
                      "--recognizers", "dlib", "--quiet"]) == 2
         assert capsys.readouterr().err == f"falco: error: {message}\n"

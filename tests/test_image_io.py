@@ -136,6 +136,35 @@ def test_formats_pillow_opens_but_we_refuse(tmp_path: Path, fmt: str) -> None:
     assert fmt in error.detail
 
 
+@pytest.mark.parametrize("brand, kind", [(b"heic", "HEIC"), (b"mif1", "HEIF"), (b"avif", "AVIF")])
+def test_a_phone_heic_photo_is_an_unsupported_format_not_a_damaged_file(tmp_path: Path, brand: bytes,
+                                                                         kind: str) -> None:
+    """An iPhone's HEIC was "not an image file", which reads as damaged; it is a format falco does not read."""
+    for name in ("IMG_0001.HEIC", "renamed.jpg"):
+        path = tmp_path / name
+        path.write_bytes(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic" + bytes(64))
+        error = _reject(path)
+        assert error.reason == "unsupported_format"
+        assert f"a {kind} image (as phones save photos), which falco does not read; convert it to JPEG" in error.detail
+
+
+def test_a_damaged_exif_block_prints_no_warning(tmp_path: Path) -> None:
+    """Pillow's "Corrupt EXIF data" / "Truncated File Read" warnings appeared amid the summary without naming the
+    photo; the pixels are read whole and no metadata is written out."""
+    import subprocess
+    import sys
+
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Camera maker " * 8
+    path = tmp_path / "cut_exif.jpg"
+    path.write_bytes(_jpeg_bytes(_rng_image(40, 64), exif=exif.tobytes()[:-20]))
+    code = ("import sys; from pathlib import Path; from anon_core.data.image_io import load_rgb, displayed_size; "
+            "image = load_rgb(Path(sys.argv[1])); print(image.shape, displayed_size(Path(sys.argv[1])))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stderr == "" and done.stdout.strip() in ("(64, 40, 3) (40, 64)", "(40, 64, 3) (64, 40)")
+
+
 def test_gif_named_jpg_is_judged_by_content(tmp_path: Path) -> None:
     path = tmp_path / "face.jpg"
     Image.fromarray(_rng_image(48, 48)).save(path, format="GIF")
@@ -336,6 +365,23 @@ def test_exif_orientation_applied(tmp_path: Path) -> None:
     assert loaded.shape == (64, 40, 3), "portrait after applying orientation 6"
     np.testing.assert_array_equal(loaded, np.rot90(raw, k=-1))  # lossless transpose of decoded pixels
     assert loaded[8, 40 - 8, 0] > 200 and loaded[8, 8, 0] < 60, "marker moved to the top-right"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "tiff"])
+def test_displayed_size_is_the_size_of_the_loaded_image_under_every_orientation(tmp_path: Path, fmt: str) -> None:
+    """`falco evaluate` compares a photo's displayed size (from its header) with the output's: Pillow's TIFF reader
+    turns the size itself, where the others leave it to the EXIF orientation."""
+    from anon_core.data.image_io import displayed_size
+
+    stored = Image.fromarray(_rng_image(40, 64))
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.{fmt}"
+        stored.save(path, format=fmt.upper(), exif=exif)
+        height, width = load_rgb(path).shape[:2]
+        assert displayed_size(path) == (width, height), orientation
+        assert (height, width) == ((64, 40) if orientation >= 5 else (40, 64))
 
 
 def test_spaces_and_non_ascii_names(tmp_path: Path) -> None:

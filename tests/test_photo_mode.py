@@ -401,6 +401,19 @@ def test_cover_pixelates_the_grown_box_only():
         cover_box(photo, (0, 0, 5, 5), "paint")
 
 
+def test_a_face_cut_by_the_frame_is_pixelated_as_coarsely_as_a_whole_one():
+    """Blocks sized on the visible part of a face half outside the photo came out half as large, and dlib still
+    matched such faces; they follow the whole grown box's grid."""
+    photo = np.random.default_rng(2).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    out = cover_box(photo, (-40.0, 50.0, 60.0, 150.0), "pixelate")  # grown: x from -55 to 75, blocks of 26 px
+    row = out[100, :76].astype(int)
+    edges = np.flatnonzero(np.any(np.diff(row, axis=0) != 0, axis=1)) + 1
+    assert edges.tolist() == [23, 49, 75]  # -55 + 26 k inside the photo, then the cover's end
+    blurred = cover_box(photo, (-40.0, 50.0, 60.0, 150.0), "blur")
+    whole = cover_box(np.pad(photo, ((0, 0), (100, 0), (0, 0)), mode="edge"), (60.0, 50.0, 160.0, 150.0), "blur")
+    assert np.abs(blurred[60:140, 10:60].astype(int) - whole[60:140, 110:160].astype(int)).max() <= 1
+
+
 def test_plan_covers_small_turned_and_unalignable_faces():
     settings = PhotoSettings()
     profile = FRONTAL.copy()

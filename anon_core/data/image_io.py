@@ -44,6 +44,11 @@ __all__ = [
     "to_uint8",
 ]
 
+# Pillow warns (and reads on) where a photo's EXIF block is damaged ("Corrupt EXIF data", "Truncated File Read"),
+# without naming the file. Its pixels are read whole and no metadata is written out, so the warning tells a user
+# nothing to act on. (`_tiff_pixels`'s "error" filter comes first and still sees a cut TIFF directory.)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+
 MIN_SIDE = 32
 """Images whose shorter side is below this many pixels are rejected ("too_small"): no face in them can be
 aligned to the networks' input sizes without inventing detail."""
@@ -122,6 +127,21 @@ def _sniff_format(path: Path) -> str | None:
     return None
 
 
+_HEIF_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC", b"hevx": "HEIC",
+                b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _heif_kind(path: Path) -> str | None:
+    """"HEIC", "HEIF" or "AVIF" for a file that starts with an ISO media `ftyp` box of those brands (what phones
+    write), which Pillow does not read; else None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return None
+    return _HEIF_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
+
+
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "untyped", 5: "complex",
                         6: "complex floating-point"}
 
@@ -191,6 +211,8 @@ def displayed_size(path: Path) -> tuple[int, int] | None:
     def size(image: Image.Image) -> tuple[int, int]:
         width, height = image.size
         turned = image.getexif().get(0x0112) in (5, 6, 7, 8)  # Orientation: a quarter turn, or a transpose
+        if turned and image.format == "TIFF" and (image.tag_v2.get(256), image.tag_v2.get(257)) != (width, height):
+            turned = False  # this Pillow's TIFF reader gives the turned size (and turns the pixels) itself
         return (height, width) if turned else (width, height)
 
     return _from_header(path, size, None)
@@ -302,6 +324,11 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
                 f"{path}: starts like a {sniffed} file but its header cannot be parsed; "
                 "the file is truncated or corrupt, re-copy it.",
             ) from exc
+        heif = _heif_kind(path)
+        if heif is not None:
+            raise ImageRejected(
+                "unsupported_format", f"{path}: a {heif} image (as phones save photos), which falco does not read; "
+                                      "convert it to JPEG or PNG first.") from exc
         raise ImageRejected(
             "not_an_image", f"{path}: not an image file (no image format recognises its bytes)."
         ) from exc
