@@ -1,7 +1,9 @@
 """The fake pool: seeded latent codes, their truncated W codes, and the features of their images.
 
-Sample i is drawn from its own seed (`seed + i`), so any fake can be regenerated alone from its seed, and a
-pool of N is the first N samples of any larger pool with the same seed.
+Sample i is drawn from its own seed, `seed * SEED_STRIDE + i` (`pool_seeds`), so any fake can be regenerated alone
+from its seed, a pool of N is the first N samples of any larger pool with the same seed, and the pools of two
+seeds share no fake. (With `seed + i`, seeds 0 and 1 shared all fakes but one, so a sweep over seeds measured no
+variance: nearest pairing picked the same fakes. Seed 0's pool is the same under both.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class FakePool:
 
     def __len__(self) -> int:
         return len(self.seeds)
+
+
+SEED_STRIDE = 2**32
+"""Seeds between the first fakes of two consecutive pool seeds: pools of up to 2**32 fakes never overlap."""
+POOL_SEEDS = "seed * 2**32 + i"  # how fakes are seeded, in a journal's key: a run stopped under `seed + i` starts over
+
+
+def pool_seeds(seed: int, size: int) -> np.ndarray:
+    """The per-fake seeds of a pool: [size] int64, `seed * SEED_STRIDE + i`."""
+    return np.int64(seed) * np.int64(SEED_STRIDE) + np.arange(size, dtype=np.int64)
 
 
 def sample_z(seeds: np.ndarray, z_dim: int) -> torch.Tensor:
@@ -71,7 +83,7 @@ def sample_fake_pool(
 ) -> FakePool:
     """Map `size` seeded z to W and truncate toward w_avg (paper: psi = 0.7)."""
     check_pool_fits(size, generator.config.w_dim, 0)
-    seeds = np.arange(seed, seed + size, dtype=np.int64)
+    seeds = pool_seeds(seed, size)
     w = np.empty((size, generator.config.w_dim), dtype=np.float32)
     for part in batch_slices(size, batch_size):
         z = sample_z(seeds[part], generator.config.z_dim).to(device)

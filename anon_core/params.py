@@ -92,7 +92,8 @@ class FalcoParams:
         return params
 
 
-MAX_SEED = 2**63 - 1  # fake i of the pool is drawn from seed + i, an int64 (anon_core.fake_pool.sample_fake_pool)
+MAX_SEED = 2**31 - 1  # fake i is drawn from seed * 2**32 + i, an int64 (anon_core.fake_pool.pool_seeds)
+MAX_POOL_SIZE = 2**32  # the pools of two seeds never share a fake
 MAX_STEPS = 100_000  # optimization and inversion steps: the paper's 50, 2000 times over
 INVERSION_METHODS = ("e4e", "optimization")
 PAIRING_MODES = ("nearest", "unique", "identity")
@@ -337,14 +338,15 @@ def _finite(x: float) -> bool:
 
 # (name, value of the params, test, requirement): every parameter with its range, checked in one place.
 _RANGES = (
-    ("seed", lambda p: (p.seed, p.pool_size), lambda v: 0 <= v[0] and v[0] + max(v[1], 1) - 1 <= MAX_SEED,
-     "in [0, 2**63 - pool_size] (fake i is drawn from seed + i, a 64-bit integer)"),
-    ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
+    ("seed", lambda p: p.seed, lambda v: 0 <= v <= MAX_SEED,
+     "in [0, 2**31) (fake i of the pool is drawn from seed * 2**32 + i, a 64-bit integer)"),
+    ("pool_size", lambda p: p.pool_size, lambda v: 1 <= v <= MAX_POOL_SIZE, "in [1, 2**32]"),
     ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
     ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: v[0] >= 1 and (v[1] < 1 or v[0] <= v[1]),
      "in [1, pool_size]"),  # a pool_size below 1 is its own error
     ("pairing", lambda p: p.pairing, lambda v: v in PAIRING_MODES, f"one of {PAIRING_MODES}"),
-    ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 < v <= 1.0,
+     "in (0, 1] (at 0 every fake is the average face w_avg)"),
     ("optimization.steps", lambda p: p.optimization.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),
     ("optimization.lr", lambda p: p.optimization.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
     ("optimization.margin", lambda p: p.optimization.margin, lambda v: 0.0 <= v <= 1.0,
@@ -355,6 +357,10 @@ _RANGES = (
      "a finite number >= 0"),
     ("optimization.lambda_consistency", lambda p: p.optimization.lambda_consistency, lambda v: _finite(v) and v >= 0,
      "a finite number >= 0"),
+    ("optimization.lambda_id/attr/consistency",
+     lambda p: (p.optimization.lambda_id, p.optimization.lambda_attr, p.optimization.lambda_consistency),
+     lambda v: not all(_finite(x) and x >= 0 for x in v) or any(x > 0 for x in v),  # each one's range comes above
+     "not all 0 (the loss would be 0 and the codes would stay the real faces' inversions)"),
     ("optimization.layer_start/stop", lambda p: (p.optimization.layer_start, p.optimization.layer_stop),
      lambda v: 0 <= v[0] < v[1], "such that 0 <= start < stop"),
     ("optimization.milestones", lambda p: p.optimization.milestones, lambda v: all(0.0 < m <= 1.0 for m in v),
@@ -379,7 +385,7 @@ def _check(p: FalcoParams, source: str) -> None:
     for name, value, ok, requirement in _RANGES:
         v = value(p)
         if not ok(v):
-            shown = v[0] if name in ("seed", "pairing_k") else v
+            shown = v[0] if name == "pairing_k" else v
             problems.append(f"{name} = {shown!r} must be {requirement}")
     if problems:
         raise ParamsError(f"{source}: invalid parameters: " + "; ".join(problems))

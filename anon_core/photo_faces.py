@@ -39,9 +39,9 @@ from anon_core.networks.mtcnn import Detection
 if TYPE_CHECKING:
     from anon_core.data.align import FaceAligner
 
-__all__ = ["FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "FoundFace", "PhotoFace",
-           "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces", "photo_settings", "shows_upright",
-           "unturn_points"]
+__all__ = ["DETECTION_RULE", "FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "FoundFace",
+           "PhotoFace", "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces", "photo_settings",
+           "shows_upright", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",
@@ -125,10 +125,11 @@ def unturn_points(points: np.ndarray, turns: int, shape: tuple[int, ...]) -> np.
 MIN_EYE_SPAN = 0.40
 """Eye-to-eye distance over the box's side (the square root of its area) below which a face's upright-looking
 landmarks are not trusted: MTCNN sometimes boxes a face lying on its side and gives it landmarks crowded into the
-box's middle that look upright. Measured on `bench/photo_detection_recall.py`'s photos: 0.42 to 0.55 for the 307 faces
-found upright in upright photos; 0.24 to 0.47 for the "upright" ones found in the same photos stored sideways, all but
-3 of 30 below 0.40."""
+box's middle that look upright. Measured on `bench/photo_detection_recall.py`'s photos: 0.42 or more (median 0.48)
+for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright" ones found in the same photos
+stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
+DETECTION_RULE = "every orientation's faces, eye span 0.40"  # in a journal's key: which faces a photo's batches hold
 
 
 @dataclass(frozen=True)

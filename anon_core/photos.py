@@ -35,7 +35,7 @@ from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, check_pool_fits, generate
+from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
                                previous_inputs, remove_outputs)
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
@@ -43,7 +43,7 @@ from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
+from anon_core.photo_faces import DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
@@ -195,6 +195,7 @@ class _PhotoRun:
         self.outputs = _output_names(self.files, settings.output_format)
         self.journal = Journal(output_dir, run_key({
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
+            "pool_seeds": POOL_SEEDS, "detection": DETECTION_RULE,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
             start=False)
         # A stopped run's manifest names no output for a photo it rejected, while the image an earlier run wrote for

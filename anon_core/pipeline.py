@@ -24,7 +24,7 @@ from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
-from anon_core.fake_pool import FakePool, check_pool_fits, generate
+from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, changed_outputs, check_not_foreign, check_output_folder,
                                check_separate, exclusive, previous_outputs)
 from anon_core.hashing import sha256_file
@@ -201,6 +201,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)  # and before any write
     # who is who decides the pairing: a changed labels CSV is another run, not its journal's
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
+                                           "pool_seeds": POOL_SEEDS,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),
                                            "persons": persons.tolist()}), start=False)
     ok = ingested.ok

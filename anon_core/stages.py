@@ -58,11 +58,14 @@ def resolve_device(device: str | torch.device, source: str = "--device") -> torc
 
 
 def check_params_fit(nets: Networks, params: FalcoParams) -> None:
-    if params.optimization.layer_stop > nets.generator.num_ws:
-        raise FalcoError(
-            f"optimization.layer_stop = {params.optimization.layer_stop} exceeds the {nets.generator.num_ws} W+ "
-            f"layers of profile {params.profile!r}; lower it in params.yaml"
-        )
+    check_layers_fit(params, nets.generator.num_ws)
+
+
+def check_layers_fit(params: FalcoParams, num_ws: int, where: str = "the params file (--params)") -> None:
+    """FalcoError when the optimized W+ layers reach past the generator's `num_ws` (`where`: what sets them)."""
+    if params.optimization.layer_stop > num_ws:
+        raise FalcoError(f"optimization.layer_stop = {params.optimization.layer_stop} exceeds the {num_ws} W+ layers "
+                         f"of profile {params.profile!r}; lower it in {where}")
 
 
 # -- data -------------------------------------------------------------------------------------------------------

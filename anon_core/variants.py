@@ -117,13 +117,19 @@ def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None
             raise ParamsError(f"{source}: variants: {name!r} is a name made of values ({parse_variant_name(name)}), "
                               "which stands for those values and cannot be defined; give the variant a name of "
                               "words, e.g. keep_identity")
-        values = defined[name] or {}
+        values = defined[name]
+        if not values:  # `keep:` or `keep: {}`: it ran as default under another name
+            raise ParamsError(f"{source}: variants: {name} sets nothing, so it would run as '{DEFAULT_VARIANT}'; give "
+                              "it values, e.g. {margin: 0.9}, or remove it")
         if not isinstance(values, Mapping):
             raise ParamsError(f"{source}: variants: {name} must map optimization keys to values, e.g. {{margin: 0.9}}")
         unknown = sorted(set(values) - set(DEFINABLE_KEYS))
         if unknown:
             raise ParamsError(f"{source}: variants: {name}: unknown key(s) {', '.join(unknown)}; a variant sets keys "
                               f"of the optimization section: {', '.join(DEFINABLE_KEYS)}")
+        empty = sorted(k for k, v in values.items() if v is None)
+        if empty:  # an override of None means "not given": it ran the section's value, and the report said None
+            raise ParamsError(f"{source}: variants: {name}: {', '.join(empty)} is empty (null); give it a value")
     else:
         values = parse_variant_name(name)
         if values is None:
@@ -150,6 +156,10 @@ def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
         for value in values:  # YAML reads `true` as a bool, which float() would take as 1.0
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"sweep: {key}: {value!r} is not a number; give a number or a list of numbers")
+            if not math.isfinite(value):
+                raise ParamsError(f"sweep: {key}: {value!r} is not a finite number")
+            if BY_KEY[key].kind is int and value != int(value):
+                raise ParamsError(f"sweep: {key}: {value!r} is not a whole number")
         lists.append(values)
     return [variant_name(dict(zip(keys, combo))) for combo in itertools.product(*lists)] if keys else []
 

@@ -5,11 +5,12 @@ A face photo mode does not find is written as it was, so its recall is a privacy
 sizes (the astronaut's face and 10 LFW crops, 16 to 600 px, blended in with the sample photos' soft ellipse).
 A face's true box is where MTCNN boxes that source face alone on a grey canvas, scaled to where it was pasted; a
 face counts as found when a detection overlaps it with IoU >= 0.4 (each detection used once). Detection runs as
-photo mode runs it (`anon_core.photo_faces.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then each photo
-turned a quarter turn, as a phone photo stored sideways without an EXIF orientation: faces found under each of
-`photo.turns`' modes (`never` is how photo mode ran before), and the time its detection took.
+photo mode runs it (`anon_core.photo_faces.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then the
+photos of `--sideways` backgrounds (coffee's, or all) turned a quarter turn, as a phone photo stored sideways without
+an EXIF orientation: faces found and false detections under each of `photo.turns`' modes, and the time detection took.
 
-    .venv/bin/python bench/photo_detection_recall.py [--canvas 640 1280 2000 3000] [--min-face-size 16]
+    .venv/bin/python bench/photo_detection_recall.py [--canvas 640 1280 2000 3000] [--min-face-size 16] \
+        [--sideways coffee|all|none]
 """
 
 from __future__ import annotations
@@ -136,20 +137,20 @@ def main() -> None:
             for face, hit in zip(truth, hits):
                 found[(width, face["size"])].append(hit)
                 by_source[face["source"]].append(hit)
-            if args.sideways == "all" or args.sideways == kind:  # the photo stored sideways: turned a quarter turn clockwise (k = 3)
+            if args.sideways in ("all", kind):  # the photo stored sideways: turned a quarter turn clockwise (k = 3)
                 sideways = np.ascontiguousarray(np.rot90(photo, 3))
                 for mode in TURN_MODES:
                     started = time.perf_counter()
-                    found = find_faces(detector, sideways, mode)  # in the sideways photo
+                    kept = find_faces(detector, sideways, mode)  # in the sideways photo
                     turned[mode][2] += time.perf_counter() - started
-                    boxes = [turned_back(f.detection.box, 3, sideways.shape) for f in found]
+                    boxes = [turned_back(f.detection.box, 3, sideways.shape) for f in kept]
                     sideways_hits, sideways_false = matched(truth, boxes)
                     turned[mode][0] += sum(sideways_hits)
                     turned[mode][1] += len(sideways_hits)
                     turned[mode][3] += sideways_false
+                    orientations = sorted({f.turns for f in kept})
                     print(f"{width} px {kind} stored sideways, photo.turns {mode}: "
-                          f"{sum(sideways_hits)}/{len(truth)} (found in quarter turns {sorted({f.turns for f in found})})",
-                          flush=True)
+                          f"{sum(sideways_hits)}/{len(truth)} (found in quarter turns {orientations})", flush=True)
             print(f"{width} px {kind}: {sum(hits)}/{len(truth)}", flush=True)
     sizes = sorted({size for _, size in found})
     print("\nfaces found, by photo width (rows) and face size (columns, px)")

@@ -10,6 +10,7 @@ combination) runs one variant per value, named after it (m0, m0.5, m0.9); `--var
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,10 +30,14 @@ def _values(kind: type):
             raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give comma-separated values, e.g. 0,0.5,0.9 "
                                              "(a negative first value as --margin=-0.5,...)")
         try:
-            return [kind(v) for v in items]
+            values = [kind(v) for v in items]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") \
                 from None
+        infinite = [v for v in values if kind is float and not math.isfinite(v)]
+        if infinite:  # else "variant value nan is not a finite number", without the flag
+            raise argparse.ArgumentTypeError(f"{text!r} holds {infinite[0]}, not a finite number")
+        return values
 
     return parse
 
@@ -143,6 +148,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         kind = "anonymized_photos" if args.mode == "photo" else "anonymized_images"
         for variant in summary.variants:
             folder = storage.asset_dir(kind, variant)
+            if variant in summary.blocked:  # its folder holds what an earlier run made, not this variant's result
+                print(f"  {variant}: not made (a shard failed or is stale; see below)")
+                continue
             print(f"  {variant}: {folder / '<shard>' / 'images' if args.mode == 'photo' else folder / 'images'}")
             if args.mode == "photo":
                 described = _photos_described(folder)

@@ -106,6 +106,10 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         _check_plot_path(args.plot)
+    if args.variant:  # spelled as the pipeline names it: --variant m0.50 is m0.5's runs
+        from anon_core.variants import canonical_name
+
+        args.variant = [canonical_name(v) for v in args.variant]
     runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
     evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
     if args.variant:

@@ -16,6 +16,7 @@ from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, build_executor
 from orchestration.log_tails import start_log_tails_in_their_own_group
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
+from orchestration.step_process import end_with_parent
 from orchestration.tracking import MlflowResource
 
 with warnings.catch_warnings():  # observable source assets are a beta, partitioned asset checks a preview feature
@@ -51,8 +52,10 @@ def definitions_for(config: dict[str, Any]) -> dg.Definitions:
 
 def job_for(name: str, config: dict[str, Any]) -> dg.JobDefinition:
     """The job `name` with the resources of `config` (dagster.build_reconstructable_job's reconstructor), in every
-    process that runs its steps; there, a Ctrl-C does not reach Dagster's log mirrors (orchestration.log_tails)."""
+    process that runs its steps; there, a Ctrl-C does not reach Dagster's log mirrors (orchestration.log_tails), and
+    a step's own process ends with the falco process that started it (orchestration.step_process)."""
     start_log_tails_in_their_own_group()
+    end_with_parent()
     return definitions_for(config).resolve_job_def(name)
 
 

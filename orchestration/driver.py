@@ -179,7 +179,8 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             if removed:
                 tables = [name for name in removed if not name.startswith("images/")]
                 log(f"anonymized_images {variant}: removed the tables of shards no longer registered ({len(tables)}) "
-                    f"and {len(removed) - len(tables)} image(s) that no shard lists (inputs removed or rejected)")
+                    f"and {len(removed) - len(tables)} image(s) that no shard lists (of inputs removed or rejected, or "
+                    "written by a run stopped before its shard's table)")
     if "evaluate" in stages:
         driver.evaluate(wanted, shards)
     return summary
@@ -291,8 +292,15 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
 
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
-    for name in [*networks.section("variants"), *wanted]:  # every definition, not only the variants this run makes
+    from anon_core.profiles import get_profile
+    from anon_core.stages import check_layers_fit
+
+    defined = networks.section("variants")
+    for name in [*defined, *wanted]:  # every definition, not only the variants this run makes
         settings.variant_settings(networks, name)
+        params = networks.params(name)  # and its W+ layers, from the profile's sizes (no network is built)
+        check_layers_fit(params, get_profile(params.profile).generator.num_ws,
+                         f"{networks.params_file}, variants: {name}" if name in defined else str(networks.params_file))
     networks.privacy_bound()
 
 

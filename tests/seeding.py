@@ -72,13 +72,22 @@ def mini_networks() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
 
 def mini_step_inputs(g: torch.nn.Module, batch: int = 2, steps: int = 3):
     """(optimization params of `steps` steps, w_real [B, num_ws, w_dim], w_fake [B, w_dim], real images) for `g`:
-    real and fake codes from seeded pools, the real images synthesized from their codes."""
-    from anon_core.fake_pool import broadcast_ws, sample_fake_pool
+    real and fake codes of z drawn from the seeds 1000, 1001, ... and 2000, 2001, ... (fixed, whatever the pool's
+    seeding: a compiled step is compared with the eager one on them, and Adam's first steps, lr * sign(gradient),
+    flip with float rounding where a gradient is near 0), the real images synthesized from their codes."""
+    import numpy as np
+
+    from anon_core.fake_pool import broadcast_ws, sample_z
     from anon_core.params import load_params
 
+    def codes(first_seed: int) -> torch.Tensor:
+        z = sample_z(np.arange(first_seed, first_seed + batch), g.config.z_dim)
+        with torch.no_grad():
+            return g.truncate(g.mapping(z), 0.7).float()
+
     params = load_params("tiny", **{"optimization.steps": steps}).optimization
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, batch, 1000, 0.7).w), g.num_ws)
-    w_fake = torch.from_numpy(sample_fake_pool(g, batch, 2000, 0.7).w)
+    w_real = broadcast_ws(codes(1000), g.num_ws)
+    w_fake = codes(2000)
     with torch.no_grad():
         images = g.synthesis(w_real)
     return params, w_real, w_fake, images

@@ -411,15 +411,16 @@ def test_the_executor_of_params_yaml_applies_to_cli_runs(state):
     assert "multiprocess executor" not in messages and "in process" in messages
 
 
-def _pipeline_past_its_first_shard(tmp_path, lfw_faces, **popen) -> tuple[subprocess.Popen, Path, list[str], dict]:
-    """`falco pipeline` in a subprocess on 7 faces in shards of 2 (20 steps each), returned once its first shard's
-    images are stored: (the process, that shard's table, the command, its environment)."""
+def _pipeline_past_its_first_shard(tmp_path, lfw_faces, extra=(), **popen) -> tuple[subprocess.Popen, Path, list[str],
+                                                                                      dict]:
+    """`falco pipeline` (with `extra` arguments) in a subprocess on 7 faces in shards of 2 (20 steps each), returned
+    once its first shard's images are stored: (the process, that shard's table, the command, its environment)."""
     write_faces(tmp_path / "faces", lfw_faces[:7])
     params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 20}})
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     cmd = [sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"), "--storage",
-           str(tmp_path / "store"), "--params", str(params), "--shard-size", "2"]
+           str(tmp_path / "store"), "--params", str(params), "--shard-size", "2", *extra]
     proc = subprocess.Popen(cmd, env=env, **popen)
     first = tmp_path / "store" / "anonymized_images" / "default" / "shard-00000.parquet"
     deadline = time.time() + 300
@@ -427,6 +428,69 @@ def _pipeline_past_its_first_shard(tmp_path, lfw_faces, **popen) -> tuple[subpro
         time.sleep(0.2)
     assert first.exists() and proc.poll() is None, "the first shard never finished"
     return proc, first, cmd, env
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended since it was listed
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_a_step_process_ends_when_the_falco_process_is_killed_alone(tmp_path, lfw_faces):
+    """`kill -9` of the falco process alone (as the out-of-memory killer does) left the multiprocess executor's step
+    running beside the re-run, writing into the storage (its shard's codes, after a re-run with other settings had
+    started), and then hung for good. It now ends at once, writing nothing more."""
+    write_faces(tmp_path / "faces", lfw_faces[:4])
+    params = fast_params(tmp_path / "params.yaml", tiny={"optimization": {"steps": 2000}})  # minutes per shard
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "pipeline", "--input", str(tmp_path / "faces"),
+                             "--storage", str(tmp_path / "store"), "--params", str(params), "--shard-size", "2",
+                             "--executor", "multiprocess"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        pairs, deadline, steps = tmp_path / "store" / "pairs", time.time() + 300, set()
+        while not steps and time.time() < deadline:  # a shard's step, in its own process (multiprocessing)
+            if pairs.exists():
+                steps = {pid for pid in _children(proc.pid) if b"multiprocessing" in _cmdline(pid)}
+            time.sleep(0.05)
+        assert steps, "no step process was seen"
+        time.sleep(15)  # into its optimization
+        os.kill(proc.pid, signal.SIGKILL)  # the falco process only
+        proc.wait()
+        stored = {p for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.name.startswith(".")}
+        deadline = time.time() + 30
+        while any(_alive(pid) for pid in steps) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in steps if _alive(pid)], "a step process outlived the falco process"
+        assert {p for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.name.startswith(".")} == stored
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
 
 
 def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):
@@ -616,6 +680,7 @@ def test_ctrl_c_stops_the_pipeline_with_one_line_and_dies_of_sigint(tmp_path, lf
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGINT, stdout + stderr  # ends as killed by it: the shell says 130
     assert "Traceback" not in stderr  # before: two, of Dagster's log mirrors (orchestration.log_tails)
+    assert "DagsterExecutionInterruptedError" not in stdout + stderr  # the stopped step's failure, logged above it
     assert stderr.strip().splitlines()[-1] == \
         "falco: stopped (Ctrl-C); run the same command again to resume where it stopped"
     assert not (first.parent / "shard-00003.parquet").exists()  # the driver stopped: no later shard ran
@@ -646,7 +711,7 @@ def test_sigterm_stops_a_run_in_flight_and_its_mlflow_run_is_killed_not_failed(t
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGTERM, stderr  # ends as killed by it: the shell says 143
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "DagsterExecutionInterruptedError" not in stderr
     assert stderr.strip().splitlines()[-1] == \
         "falco: stopped (SIGTERM); run the same command again to resume where it stopped"
     runs = client.search_runs([client.get_experiment_by_name("falco").experiment_id])

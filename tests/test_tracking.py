@@ -220,6 +220,10 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "nosuch"])
     with pytest.raises(FalcoError, match=r"of variant nosuch in experiment '.+'; it has runs of default, m0.5$"):
         args.run(args)  # before: exit 1 without `falco: error:`
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "m0.50",
+                              "--format", "csv"])
+    assert args.run(args) == 0  # spelled as `falco pipeline --variant m0.50` takes it: m0.5's runs
+    assert pd.read_csv(io.StringIO(capsys.readouterr().out))["variant"].tolist() == ["m0.5", "blur", "swap"]
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--plot",
                               str(tmp_path / "typo" / "compare.png")])
     with pytest.raises(FalcoError, match="typo does not exist; make it first"):

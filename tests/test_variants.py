@@ -1,6 +1,8 @@
 """Variant names and sweeps (anon_core.variants): names made of values read back as the same values (and cannot be
 redefined in params.yaml), other names come from params.yaml's definitions, and every bad name or key is one ParamsError that says what to do."""
 
+import argparse
+
 import pytest
 
 from anon_core.errors import ParamsError
@@ -52,6 +54,12 @@ def test_params_yaml_definitions_are_used_and_checked():
         variant_overrides("bad", {"bad": {"pool_size": 3}})
     with pytest.raises(ParamsError, match="cannot be redefined"):
         variant_overrides(DEFAULT_VARIANT, {DEFAULT_VARIANT: {"margin": 0.5}})
+    # `margin:` left empty ran the section's margin (and the report said None); an empty variant ran as default
+    with pytest.raises(ParamsError, match=r"variants: nullm: margin is empty \(null\); give it a value$"):
+        variant_overrides("nullm", {"nullm": {"margin": None, "steps": 10}})
+    for empty in (None, {}):
+        with pytest.raises(ParamsError, match="variants: keep sets nothing, so it would run as 'default'"):
+            variant_overrides("keep", {"keep": empty})
     for bad in ("", "a/b", "a|b", "-x", "x" * 65, "m 0.5"):
         with pytest.raises(ParamsError, match="variant name"):
             variant_overrides(bad)
@@ -71,6 +79,15 @@ def test_sweeps_are_names_then_every_combination():
     assert sweep_variants({"variants": ["m0.5", "m0.5"], "margin": 0.5}) == ["m0.5"]  # duplicates once
     with pytest.raises(ParamsError, match="cannot sweep pool_size"):
         grid_variants({"pool_size": [1, 2]})
+    # before: "variant 'steps10.5' is not defined under variants:", and "variant value inf" without the key
+    with pytest.raises(ParamsError, match=r"^sweep: steps: 10.5 is not a whole number$"):
+        grid_variants({"steps": [10, 10.5]})
+    with pytest.raises(ParamsError, match=r"^sweep: lr: inf is not a finite number$"):
+        grid_variants({"lr": [float("inf")]})
+    from orchestration.cli_pipeline import _values
+
+    with pytest.raises(argparse.ArgumentTypeError, match="'0,nan' holds nan, not a finite number"):
+        _values(float)("0,nan")  # argparse names the flag: "argument --margin: '0,nan' holds nan, ..."
     with pytest.raises(ParamsError, match="no values"):
         grid_variants({"margin": []})
 
@@ -98,5 +115,11 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
         networks = NetworksResource(params_path=str(tmp_path / "params.yaml"))
         with pytest.raises(ParamsError, match=error):
             check_settings(storage, networks, ["default"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"layer_stop": 50}}}))
+    from anon_core.errors import FalcoError
+
+    with pytest.raises(FalcoError, match=r"layer_stop = 50 exceeds the \d+ W\+ layers of profile '\w+'; lower it in "
+                                         r".*params.yaml, variants: keep$"):  # before: inside the variant's run
+        check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
     check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])

@@ -12,7 +12,7 @@ from orchestration.tracking import MlflowResource
 GROUP = "fake_pool"
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["fake_pool_settings"], op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="3", deps=["fake_pool_settings"], op_tags=GPU)
 def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource, mlflow: MlflowResource) -> dict:
     """N seeded latent codes mapped to W and truncated toward w_avg: `seeds` [N], `w` [N, w_dim]."""
     from anon_core.fake_pool import sample_fake_pool
