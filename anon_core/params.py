@@ -92,8 +92,7 @@ class FalcoParams:
         return params
 
 
-MAX_SEED = 2**31 - 1  # fake i is drawn from seed * 2**32 + i, an int64 (anon_core.fake_pool.pool_seeds)
-MAX_POOL_SIZE = 2**32  # the pools of two seeds never share a fake
+MAX_SEED = 2**12 - 1  # fake i is drawn from torch seed seed * 2**20 + i, and torch keeps 32 bits of a seed
 MAX_STEPS = 100_000  # optimization and inversion steps: the paper's 50, 2000 times over
 INVERSION_METHODS = ("e4e", "optimization")
 PAIRING_MODES = ("nearest", "unique", "identity")
@@ -339,8 +338,8 @@ def _finite(x: float) -> bool:
 # (name, value of the params, test, requirement): every parameter with its range, checked in one place.
 _RANGES = (
     ("seed", lambda p: p.seed, lambda v: 0 <= v <= MAX_SEED,
-     "in [0, 2**31) (fake i of the pool is drawn from seed * 2**32 + i, a 64-bit integer)"),
-    ("pool_size", lambda p: p.pool_size, lambda v: 1 <= v <= MAX_POOL_SIZE, "in [1, 2**32]"),
+     "in [0, 4096) (fake i of the pool is drawn from torch seed seed * 2**20 + i, and torch keeps 32 bits of a seed)"),
+    ("pool_size", lambda p: p.pool_size, lambda v: v >= 1, ">= 1"),
     ("batch_size", lambda p: p.batch_size, lambda v: v == AUTO or v >= 1, ">= 1 or auto"),
     ("pairing_k", lambda p: (p.pairing_k, p.pool_size), lambda v: v[0] >= 1 and (v[1] < 1 or v[0] <= v[1]),
      "in [1, pool_size]"),  # a pool_size below 1 is its own error
