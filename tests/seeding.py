@@ -70,24 +70,27 @@ def mini_networks() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     return tuple(net.eval().requires_grad_(False) for net in (g, identity, farl))
 
 
+def seeded_codes(g: torch.nn.Module, first_seed: int, n: int, psi: float = 0.7):
+    """W codes [n, w_dim] float32 (numpy) of z drawn from the torch seeds first_seed, first_seed + 1, ..., mapped and
+    truncated as the fake pool's are: fixed test inputs whatever the pool's seeding (`anon_core.fake_pool.pool_seeds`).
+    The tests that compare two ways of running the optimization were tuned on them: Adam's first steps move each
+    code by lr * sign(gradient), which float rounding flips where a gradient is near 0."""
+    from anon_core.fake_pool import sample_z
+
+    z = sample_z(np.arange(first_seed, first_seed + n), g.config.z_dim)
+    with torch.no_grad():
+        return g.truncate(g.mapping(z), psi).float().cpu().numpy()
+
+
 def mini_step_inputs(g: torch.nn.Module, batch: int = 2, steps: int = 3):
     """(optimization params of `steps` steps, w_real [B, num_ws, w_dim], w_fake [B, w_dim], real images) for `g`:
-    real and fake codes of z drawn from the seeds 1000, 1001, ... and 2000, 2001, ... (fixed, whatever the pool's
-    seeding: a compiled step is compared with the eager one on them, and Adam's first steps, lr * sign(gradient),
-    flip with float rounding where a gradient is near 0), the real images synthesized from their codes."""
-    import numpy as np
-
-    from anon_core.fake_pool import broadcast_ws, sample_z
+    real and fake codes `seeded_codes` 1000 and 2000, the real images synthesized from their codes."""
+    from anon_core.fake_pool import broadcast_ws
     from anon_core.params import load_params
 
-    def codes(first_seed: int) -> torch.Tensor:
-        z = sample_z(np.arange(first_seed, first_seed + batch), g.config.z_dim)
-        with torch.no_grad():
-            return g.truncate(g.mapping(z), 0.7).float()
-
     params = load_params("tiny", **{"optimization.steps": steps}).optimization
-    w_real = broadcast_ws(codes(1000), g.num_ws)
-    w_fake = codes(2000)
+    w_real = broadcast_ws(torch.from_numpy(seeded_codes(g, 1000, batch)), g.num_ws)
+    w_fake = torch.from_numpy(seeded_codes(g, 2000, batch))
     with torch.no_grad():
         images = g.synthesis(w_real)
     return params, w_real, w_fake, images

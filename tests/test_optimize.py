@@ -7,20 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from anon_core.fake_pool import broadcast_ws, sample_fake_pool
+from anon_core.fake_pool import broadcast_ws
 from anon_core.optimize import anonymize_batch, attribute_loss, identity_loss
 from anon_core.params import load_params
+from seeding import seeded_codes
 
 
 def _setup(nets, n=4, **overrides):
     params = load_params("tiny", **overrides).optimization
     g = nets.generator
-    reals = sample_fake_pool(g, n, seed=1000, psi=0.7)
-    fakes = sample_fake_pool(g, n, seed=2000, psi=0.7)
-    w_real = broadcast_ws(torch.from_numpy(reals.w), g.num_ws)
+    w_real = broadcast_ws(torch.from_numpy(seeded_codes(g, 1000, n)), g.num_ws)
     with torch.no_grad():
         images = g.synthesis(w_real)
-    return params, images, w_real, torch.from_numpy(fakes.w)
+    return params, images, w_real, torch.from_numpy(seeded_codes(g, 2000, n))
 
 
 def _run(nets, params, images, w_real, w_fake):
@@ -113,8 +112,8 @@ def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets
         save_png(path, face)
     params = load_params("tiny", **{"optimization.steps": 3, "optimization.lr": 0.01})  # tolerances set at lr 0.01
     g = tiny_nets.generator
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 5, seed=1000, psi=0.7).w), g.num_ws).numpy()
-    w_fake = sample_fake_pool(g, 5, seed=2000, psi=0.7).w
+    w_real = broadcast_ws(torch.from_numpy(seeded_codes(g, 1000, 5)), g.num_ws).numpy()
+    w_fake = seeded_codes(g, 2000, 5)
 
     from_array = optimize_images(tiny_nets, params, faces, w_real, w_fake, batch_size=2)
     from_files = optimize_images(tiny_nets, params, ImageFiles(paths, 64), w_real, w_fake, batch_size=2,
@@ -140,8 +139,8 @@ def test_full_batches_pad_a_short_last_batch_without_changing_its_results(tiny_n
     faces = lfw_faces[:5]
     params = load_params("tiny", **{"optimization.steps": 3, "optimization.lr": 0.01})  # tolerances set at lr 0.01
     g = tiny_nets.generator
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 5, seed=1000, psi=0.7).w), g.num_ws).numpy()
-    w_fake = sample_fake_pool(g, 5, seed=2000, psi=0.7).w
+    w_real = broadcast_ws(torch.from_numpy(seeded_codes(g, 1000, 5)), g.num_ws).numpy()
+    w_fake = seeded_codes(g, 2000, 5)
     shapes = []
     hook = g.input.register_forward_hook(lambda module, args, out: shapes.append(args[0]))  # batch per synthesis
     try:
@@ -167,8 +166,8 @@ def test_the_speed_forms_give_the_stage_the_same_codes(tiny_nets, lfw_faces):
 
     faces = lfw_faces[:4]
     g = tiny_nets.generator
-    w_real = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 4, seed=1000, psi=0.7).w), g.num_ws).numpy()
-    w_fake = sample_fake_pool(g, 4, seed=2000, psi=0.7).w
+    w_real = broadcast_ws(torch.from_numpy(seeded_codes(g, 1000, 4)), g.num_ws).numpy()
+    w_fake = seeded_codes(g, 2000, 4)
     base = {"optimization.steps": 3, "optimization.lr": 0.01}
     forms = {"speed.upsample_form": "polyphase", "speed.resize_form": "matmul"}
     seen = []
