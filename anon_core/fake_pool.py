@@ -35,7 +35,8 @@ class FakePool:
 SEED_STRIDE = 2**20
 """Seeds between the first fakes of two consecutive pool seeds: pools of up to 2**20 (1,048,576) fakes, 17 times the
 paper's, never overlap, and with seeds below 2**12 every fake's seed is a distinct 32-bit number."""
-POOL_SEEDS = "seed * 2**20 + i"  # how fakes are seeded, in a journal's key: a run stopped under `seed + i` starts over
+POOL_SEEDS = f"seed * {SEED_STRIDE} + i"  # how fakes are seeded, in a journal's key (a run stopped under `seed + i`
+# starts over)
 
 
 def pool_seeds(seed: int, size: int) -> np.ndarray:

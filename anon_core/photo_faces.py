@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anon_core.compose import COVERS
-from anon_core.data.align import ffhq_quad
+from anon_core.data.align import box_area, ffhq_quad
 from anon_core.errors import ParamsError
 from anon_core.networks.mtcnn import Detection
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DETECTION_RULE", "FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "FoundFace",
            "PhotoFace", "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces", "photo_settings",
-           "shows_upright", "unturn_points"]
+           "shows_upright", "unturn_box", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",
@@ -129,7 +129,8 @@ box's middle that look upright. Measured on `bench/photo_detection_recall.py`'s 
 for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright" ones found in the same photos
 stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
-DETECTION_RULE = "every orientation's faces, eye span 0.40"  # in a journal's key: which faces a photo's batches hold
+# in a journal's key: which faces a photo's batches hold
+DETECTION_RULE = f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}"
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,7 @@ def shows_upright(detection: Detection) -> bool:
     """Whether a detection shows a face upright that can be trusted to be one: its landmarks put the mouth below the
     eyes (`lies_turned`), and its eyes are as far apart as a face's in its box (`MIN_EYE_SPAN`)."""
     landmarks = np.asarray(detection.landmarks, dtype=np.float64)
-    x1, y1, x2, y2 = (float(v) for v in detection.box)
-    side = np.sqrt(max(x2 - x1, 0.0) * max(y2 - y1, 0.0))
+    side = np.sqrt(box_area(detection.box))
     span = float(np.hypot(*(landmarks[1] - landmarks[0])))
     return not lies_turned(landmarks) and span >= MIN_EYE_SPAN * side
 
@@ -171,23 +171,24 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_uprigh
         if all(face.turns == other.turns or _iou(face.detection.box, other.detection.box) < SAME_FACE_IOU
                for other in kept):
             kept.append(face)
-    return sorted(kept, key=lambda f: _area(f.detection.box), reverse=True)
+    return sorted(kept, key=lambda f: box_area(f.detection.box), reverse=True)
+
+
+def unturn_box(box, turns: int, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """An (x1, y1, x2, y2) box of a photo turned `turns` quarter turns (its shape `shape`), in the photo before."""
+    corners = unturn_points(np.reshape(box, (2, 2)), turns, shape)
+    return tuple(float(v) for v in (*corners.min(axis=0), *corners.max(axis=0)))
 
 
 def _turned_back(detection: Detection, turns: int, shape: tuple[int, ...]) -> Detection:
     """A detection of the photo turned `turns` quarter turns (its shape `shape`), in the photo as stored."""
-    corners = unturn_points(np.reshape(detection.box, (2, 2)), turns, shape)
-    box = (*corners.min(axis=0), *corners.max(axis=0))
-    return Detection(tuple(float(v) for v in box), detection.score, unturn_points(detection.landmarks, turns, shape))
-
-
-def _area(box) -> float:
-    return max(float(box[2]) - float(box[0]), 0.0) * max(float(box[3]) - float(box[1]), 0.0)
+    return Detection(unturn_box(detection.box, turns, shape), detection.score,
+                     unturn_points(detection.landmarks, turns, shape))
 
 
 def _iou(a, b) -> float:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    union = _area(a) + _area(b) - inter
+    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = box_area(a) + box_area(b) - inter
     return inter / union if union > 0 else 0.0
 
 

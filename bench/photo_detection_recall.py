@@ -24,8 +24,7 @@ from PIL import Image
 
 from anon_core.data.align import FaceAligner
 from anon_core.data.sample import _astronaut_face, _lfw_faces, _soft_ellipse
-from anon_core.photo_faces import TURN_MODES, unturn_points
-from anon_core.photo_faces import find_faces
+from anon_core.photo_faces import TURN_MODES, find_faces, unturn_box
 
 FACE_SIZES = (16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 600)
 BACKGROUNDS = ("coffee", "plain", "noise", "chelsea", "rocket")
@@ -106,12 +105,6 @@ def matched(truth: list[dict], boxes: list[np.ndarray]) -> tuple[list[bool], int
     return hits, len(free)
 
 
-def turned_back(box, turns: int, shape) -> np.ndarray:
-    """A box of a photo turned `turns` quarter turns (np.rot90's k) from the upright one, in the upright one."""
-    corners = unturn_points(np.reshape(box, (2, 2)), turns, shape)
-    return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--canvas", type=int, nargs="+", default=[640, 1280, 2000, 3000], help="photo widths, px")
@@ -143,7 +136,7 @@ def main() -> None:
                     started = time.perf_counter()
                     kept = find_faces(detector, sideways, mode)  # in the sideways photo
                     turned[mode][2] += time.perf_counter() - started
-                    boxes = [turned_back(f.detection.box, 3, sideways.shape) for f in kept]
+                    boxes = [np.asarray(unturn_box(f.detection.box, 3, sideways.shape)) for f in kept]
                     sideways_hits, sideways_false = matched(truth, boxes)
                     turned[mode][0] += sum(sideways_hits)
                     turned[mode][1] += len(sideways_hits)

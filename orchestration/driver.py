@@ -288,17 +288,16 @@ def step_error(instance: dg.DagsterInstance, run_id: str) -> str:
 def check_settings(storage: StorageResource, networks: NetworksResource, wanted: Sequence[str]) -> None:
     """Read every setting the assets will read (what the settings sources observe), so a bad value in params.yaml,
     the flags or a variant is one ParamsError before anything runs."""
+    from anon_core.profiles import get_profile
+    from anon_core.stages import check_layers_fit
     from orchestration.assets import settings
 
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
-    from anon_core.profiles import get_profile
-    from anon_core.stages import check_layers_fit
-
     defined = networks.section("variants")
     for name in [*defined, *wanted]:  # every definition, not only the variants this run makes
-        settings.variant_settings(networks, name)
-        params = networks.params(name)  # and its W+ layers, from the profile's sizes (no network is built)
+        # what settings.variant_settings reads; then its W+ layers against the profile's sizes (no network is built)
+        params = networks.params(name)
         check_layers_fit(params, get_profile(params.profile).generator.num_ws,
                          f"{networks.params_file}, variants: {name}" if name in defined else str(networks.params_file))
     networks.privacy_bound()

@@ -267,9 +267,14 @@ class AlignedFace:
     others_covered: int = 0  # other faces inside the crop, pixelated before it was cut
 
 
-def _box_area(det: Detection) -> float:
-    x1, y1, x2, y2 = det.box
+def box_area(box) -> float:
+    """Area of an (x1, y1, x2, y2) box; 0 for an empty one."""
+    x1, y1, x2, y2 = (float(v) for v in box)
     return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+
+
+def _box_area(det: Detection) -> float:
+    return box_area(det.box)
 
 
 def _reaches_into(box: tuple[float, float, float, float], quad: np.ndarray) -> bool:
