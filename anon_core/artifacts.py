@@ -44,3 +44,17 @@ class Weights:
 
     arrays: dict[str, np.ndarray]
     metadata: dict[str, str]
+
+
+@dataclass
+class KeyedArray:
+    """An array whose rows each carry the key of what decided them (`anon_core.reuse`): stored as `<stem>.npy` and
+    `<stem>.keys.npy`, and loaded as the plain array; a later run reads the keys to take the rows it would
+    compute again."""
+
+    array: np.ndarray  # [N, ...]
+    keys: np.ndarray  # [N] str
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.array):
+            raise ValueError(f"KeyedArray has {len(self.array)} rows but {len(self.keys)} keys")

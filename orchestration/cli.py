@@ -159,6 +159,11 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
     share = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
+    if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
+        print(f"falco: error: nothing was anonymized: no face was found in any of the {summary.photos} photo(s) of "
+              f"{args.input_dir}, and the photos were written unchanged; if they show faces, look at manifest.csv's "
+              "detail, and try photo.turns: always or a lower --min-face-size", file=sys.stderr)
+        return 1
     if share is not None and share > bound:
         print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the faces to their source "
               f"(bound checks.privacy_max_match_share = {bound:.0%}); see {summary.output_dir / 'face_privacy.csv'}",

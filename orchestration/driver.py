@@ -34,7 +34,7 @@ from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
 from orchestration import stop_request
-from orchestration.io_manager import prune_shard_folders, prune_shards
+from orchestration.io_manager import prune_moved_rows, prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
@@ -175,6 +175,8 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
         bound = networks.privacy_bound()
         driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound)
         for variant in wanted:  # the images of inputs since removed, and of shards no longer registered
+            if not any(label.startswith(f"anonymize {variant} ") for label in summary.failed):
+                prune_moved_rows(storage.asset_dir("anonymized_latents", variant))  # every shard holds its own
             removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
             if removed:
                 tables = [name for name in removed if not name.startswith("images/")]
@@ -252,7 +254,7 @@ def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> 
             continue
         instance.report_run_failed(run, f"the falco process that ran it (PID {pid}) ended before the run did: "
                                         "killed")
-        mlflow.end_dagster_run(run.run_id, "KILLED")
+        mlflow.end_dagster_run(run.run_id, "KILLED", instance=instance)
         ended.append(run.run_id)
     return ended
 
@@ -400,9 +402,9 @@ class _Driver:
         self.summary.errors[label] = step_error(self.instance, run_id)
         # Ctrl-C: Dagster ended the run as failed (or the step's library turned the interrupt into another error)
         if INTERRUPTED in self.summary.errors[label] or stop_request.requested():
-            self.mlflow.end_dagster_run(run_id, "KILLED", self.log)
+            self.mlflow.end_dagster_run(run_id, "KILLED", self.log, self.instance)
             raise KeyboardInterrupt
-        self.mlflow.end_dagster_run(run_id, "FAILED", self.log)
+        self.mlflow.end_dagster_run(run_id, "FAILED", self.log, self.instance)
         self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
 

@@ -6,6 +6,7 @@
 | dict of numpy arrays       | `<stem>.npz`                                         |
 | pandas DataFrame           | `<stem>.parquet`                                     |
 | ImageSet (table + images)  | `<stem>.parquet` + `images/<name>.png`               |
+| KeyedArray (array + keys)  | `<stem>.npy` + `<stem>.keys.npy`, loaded as the array |
 | Weights (arrays + strings) | `<stem>.safetensors` (string metadata in its header) |
 
 The asset's folder is `resources.asset_dir`: `<root>/<asset>`, or `<root>/<asset>/<variant>` for a variant's
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from anon_core.artifacts import ImageSet, Weights
+from anon_core.artifacts import ImageSet, KeyedArray, Weights
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import encode_png
@@ -58,8 +60,9 @@ from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
-__all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "LazyArrays", "Weights", "prune_images",
-           "claim", "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
+__all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
+           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "prune_images", "prune_moved_rows",
+           "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -125,6 +128,79 @@ def claim(context: dg.AssetExecutionContext, root: str | Path) -> None:
     write_bytes_atomic(_writer_file(base, stem), context.run.run_id.encode())
 
 
+KEYS_SUFFIX = ".keys.npy"
+
+
+def keyed_array(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, name: str
+                ) -> dict[str, np.ndarray] | None:
+    """An unpartitioned KeyedArray as stored, `{reuse.KEY: its keys, name: the array (memory-mapped)}`, for
+    `reuse.reuse_rows`; None when there is none, or when it is not the value the instance records (a run stopped
+    between writing the keys and the array, say)."""
+    from anon_core.reuse import KEY
+
+    base, stem = value_location(root, asset_key, None, None)
+    if unrecorded(instance, root, asset_key, None, None) is not None:
+        return None
+    try:
+        keys = np.load(base / f"{stem}{KEYS_SUFFIX}", allow_pickle=False)
+        array = np.load(base / f"{stem}.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return {KEY: keys, name: array} if len(keys) == len(array) else None
+
+
+def keyed_dicts(root: str | Path, asset: str) -> Iterator[LazyArrays]:
+    """Every stored dict of arrays of `asset` (each partition of each variant) that holds row keys. Each is one
+    file, written whole or not at all, and its keys name what its rows were computed from, so one that Dagster did
+    not record is as good as one it did."""
+    from anon_core.reuse import KEY
+
+    for path in sorted((Path(root) / asset).rglob("*.npz")):
+        try:
+            value = LazyArrays(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            continue
+        if KEY in value:
+            yield value
+
+
+def _moved_file(base: Path, stem: str) -> Path:
+    return base / f".{stem}.moved.npz"
+
+
+def keep_dropped_rows(root: str | Path, asset_key: dg.AssetKey, partitions_def, partition: str | None,
+                      keys: np.ndarray, axes: Mapping[str, int]) -> int:
+    """Before a partition's dict of arrays with row keys is replaced by one with `keys`: keep the rows the
+    replacement drops (images that moved to another shard) in `.<stem>.moved.npz`, where `keyed_dicts` finds them,
+    until `prune_moved_rows`. Returns how many rows that file holds."""
+    from anon_core.reuse import dropped_rows
+
+    base, stem = value_location(root, asset_key, partitions_def, partition)
+    moved = _moved_file(base, stem)
+    stored = []
+    for path in (base / f"{stem}.npz", moved):
+        try:
+            stored.append(LazyArrays(path))
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            continue  # none, or unreadable: nothing of it to keep
+    rows = dropped_rows(stored, keys, axes)
+    if rows is None:
+        moved.unlink(missing_ok=True)
+        return 0
+    with atomic_path(moved) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **rows)
+    return len(next(iter(rows.values())))
+
+
+def prune_moved_rows(folder: Path) -> list[str]:
+    """Remove the rows kept by `keep_dropped_rows` in `folder` (a variant's, once all of its shards are made)."""
+    removed = []
+    for path in sorted(folder.glob(".*.moved.npz")) if folder.is_dir() else []:
+        path.unlink()
+        removed.append(path.name)
+    return removed
+
+
 class UnrecordedValue(FalcoError):
     """A stored value that is not the one the instance records (`unrecorded`)."""
 
@@ -160,6 +236,11 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             write_bytes_atomic(base / f"{stem}.safetensors", save(arrays, metadata=obj.metadata), private)
         elif isinstance(obj, pd.DataFrame):
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj), private)
+        elif isinstance(obj, KeyedArray):  # the keys first: the writer file keeps a torn pair from being reused
+            with atomic_path(base / f"{stem}{KEYS_SUFFIX}", private) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(obj.keys, dtype=str), allow_pickle=False)
+            with atomic_path(base / f"{stem}.npy", private) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, obj.array, allow_pickle=False)
         elif isinstance(obj, np.ndarray):
             with atomic_path(base / f"{stem}.npy", private) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, obj, allow_pickle=False)

@@ -64,9 +64,14 @@ class NetworksResource(dg.ConfigurableResource):
         from anon_core.params import load_params, split_overrides
 
         method, _ = split_overrides(self.overrides)
+        sources = dict(self.sources)
         if variant is not None:
-            method |= self.variant_overrides(variant)
-        return load_params(self.profile, self.params_path, sources=self.sources, **method)
+            from_variant = self.variant_overrides(variant)
+            method |= from_variant
+            where = f"{self.params_file}: variants: {variant}:" if variant in self.section("variants") else \
+                f"variant {variant}:"
+            sources |= {key: f"{where} {key.rsplit('.', 1)[-1]}" for key in from_variant}  # an error names it
+        return load_params(self.profile, self.params_path, sources=sources, **method)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section of the params file other than the method's (`data`, `pipeline`, `checks`, ...), with this

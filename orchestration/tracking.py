@@ -72,6 +72,14 @@ def metric_name(name: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def _recorded_in(instance: dg.DagsterInstance, dagster_run_id: str) -> set[tuple[str, str]]:
+    """(asset, partition or "") of every materialization Dagster recorded in a run."""
+    records = instance.all_logs(dagster_run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    events = [record.dagster_event for record in records]
+    return {(event.asset_key.to_user_string(), event.partition or "")
+            for event in events if event is not None and event.asset_key is not None}
+
+
 def git_commit(root: Path = PROJECT_ROOT) -> str:
     """`git rev-parse HEAD` of the project, or "unknown" outside a git checkout."""
     try:
@@ -430,21 +438,29 @@ class MlflowResource(dg.ConfigurableResource):
                 context.log.info(f"not logged to MLflow (real faces, or per-image rows; log_real_faces and "
                                  f"log_per_image are false): {run.skipped}")
 
-    def end_dagster_run(self, dagster_run_id: str, status: str, warn=logging.getLogger(__name__).warning) -> None:
+    def end_dagster_run(self, dagster_run_id: str, status: str, warn=logging.getLogger(__name__).warning,
+                        instance: dg.DagsterInstance | None = None) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
-        ends its parent, so a run seen only by the UI ends with its last step.) A failed or stopped end that the
-        store cannot record is one `warn` line."""
+        ends its parent, so a run seen only by the UI ends with its last step.) With the `instance`, a nested run
+        that ended FINISHED for a value Dagster never recorded (the run stopped after the asset's work, while its
+        value was being stored) ends like the Dagster run too: the value is made again, and that run's metrics are
+        not of a recorded value. A failed or stopped end that the store cannot record is one `warn` line."""
         client = self.client()
         with nullcontext() if status == "FINISHED" else ended_or_warned(client, status, warn):
             found = client.get_experiment_by_name(self.experiment_name())
             runs = [] if found is None else client.search_runs(
                 [found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
+            ended = "KILLED" if status == "KILLED" else "FAILED"
+            recorded = None if status == "FINISHED" or instance is None else _recorded_in(instance, dagster_run_id)
             for run in runs:
                 if PARENT_TAG not in run.data.tags:
                     client.set_terminated(run.info.run_id, status)
                 elif run.info.status == "RUNNING":  # a step that was still running when its process was killed
-                    client.set_terminated(run.info.run_id, "KILLED" if status == "KILLED" else "FAILED")
+                    client.set_terminated(run.info.run_id, ended)
+                elif recorded is not None and run.info.status == "FINISHED" and ASSET_TAG in run.data.tags and (
+                        run.data.tags[ASSET_TAG], run.data.tags.get(PARTITION_TAG, "")) not in recorded:
+                    client.set_terminated(run.info.run_id, ended)
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier finished nested run of `asset` (and `variant`) in this experiment, or

@@ -83,7 +83,8 @@ def shard_inputs(lfw_faces, tiny_nets):
     g = tiny_nets.generator
     pool = sample_fake_pool(g, 3, seed=0, psi=0.7)
     inversions = broadcast_ws(torch.from_numpy(sample_fake_pool(g, 2, seed=100, psi=0.7).w), g.num_ws).numpy()
-    table = pd.DataFrame({"input": ["a.png", "b.png"], "image": ["a.png", "b.png"], "shard": ["shard-00000"] * 2})
+    table = pd.DataFrame({"input": ["a.png", "b.png"], "image": ["a.png", "b.png"], "shard": ["shard-00000"] * 2,
+                          "sha256": ["a" * 64, "b" * 64]})
     pairs = table.assign(row=[0, 1], fake_index=[2, 0], similarity=[0.5, 0.4])
     return ImageSet(table, lfw_faces[:2]), inversions, pairs, {"seeds": pool.seeds, "w": pool.w}
 
@@ -95,7 +96,8 @@ def test_anonymized_latents_optimize_a_shard_with_its_variants_settings(tmp_path
     results = {}
     for variant in ("default", "m0.9"):
         context = dg.build_asset_context(partition_key=f"shard-00000|{variant}", instance=instance)
-        output = anonymization.anonymized_latents(context, real, inversions, pairs, pool, networks, mlflow)
+        output = anonymization.anonymized_latents(context, real, inversions, pairs, pool,
+                                                  StorageResource(root=str(tmp_path / "store")), networks, mlflow)
         results[variant] = (output.value, output.data_version.value, _metadata(context))
     codes, version, metadata = results["m0.9"]
     assert codes["ws"].shape == (2, 10, 128) and codes["row"].tolist() == [0, 1]

@@ -218,6 +218,55 @@ def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state,
     assert len(list((root / "store" / "anonymized_images" / "m0.5" / "images").rglob("*.png"))) == 8
 
 
+def _codes_by_input(store: Path, variant: str) -> dict[str, np.ndarray]:
+    """{input path: its stored anonymized codes} over every shard of `variant`."""
+    named = pd.read_parquet(store / "real_images" / "all.parquet").query("image != ''").reset_index(drop=True)
+    codes = {}
+    for path in (store / "anonymized_latents" / variant).glob("shard-*.npz"):
+        with np.load(path) as value:
+            codes |= {named["input"][row]: ws for row, ws in zip(value["row"], value["ws"])}
+    return codes
+
+
+def _latest_metadata(instance, asset: str, key: str) -> list:
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
+    latest = {}
+    for record in sorted(records, key=lambda r: r.storage_id):
+        latest[record.partition_key] = record.asset_materialization.metadata[key].value
+    return list(latest.values())
+
+
+def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces):
+    """An image that sorts before the others moves every image to the next place, so every shard holds other
+    images and Dagster re-runs them all; each shard takes its earlier images' inversions and codes, by the key of
+    what decided them, from wherever they are stored, and optimizes only the new image. A variant defined like
+    another takes that one's codes."""
+    root, instance = state
+    store = root / "store"
+    before = {variant: _codes_by_input(store, variant) for variant in VARIANTS}
+    (root / "faces" / "Person 0").mkdir()
+    Image.fromarray(lfw_faces[7]).save(root / "faces" / "Person 0" / "img_0.png")  # sorts before "Person A/..."
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["variants"] = {**params.get("variants", {}), "like_default": {"margin": 0.0}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    summary = run(root, instance, [*VARIANTS, "like_default"])
+    assert summary.failed == []
+    assert _latest_metadata(instance, "real_inversions", "num_inverted") == [1]
+    assert _latest_metadata(instance, "real_inversions", "num_reused") == [7]
+    optimized = _latest_metadata(instance, "anonymized_latents", "num_optimized")
+    assert sum(optimized) == len(VARIANTS) and len(optimized) == 3 * len(VARIANTS) + 3  # one new image per variant
+    for variant in VARIANTS:
+        after = _codes_by_input(store, variant)
+        assert sorted(after) == sorted([*before[variant], "Person 0/img_0.png"])
+        for name, ws in before[variant].items():  # the same codes, though every image moved to another shard
+            np.testing.assert_array_equal(after[name], ws)
+    like = _codes_by_input(store, "like_default")
+    default = _codes_by_input(store, "default")
+    assert all(np.array_equal(like[name], default[name]) for name in default)
+    # the rows kept for the shard an image moved to are gone once every shard holds its own
+    assert not list((store / "anonymized_latents").rglob(".*.moved.npz"))
+
+
 def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
     """7 faces in shards of 3, then 3 of them removed: the shards become 2 (shard-00002 is no longer registered), and
     the stored image sets hold exactly what their tables list: no anonymized image, and no real face, of an input
@@ -398,6 +447,39 @@ def test_a_value_whose_run_stopped_before_dagster_recorded_it_is_made_again(stat
         for key, value in recorded.items():
             np.testing.assert_array_equal(data[key], value)
     assert manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("fake_pool"), instance=instance))
+
+
+def test_a_step_that_fails_while_its_value_is_stored_leaves_no_finished_mlflow_run_for_it(state, monkeypatch):
+    """`pairs` did its work and its value was written, then its step failed before Dagster recorded it (a stop, a
+    full disk): the value is made again, and its MLflow run, which ended FINISHED when the asset returned, ends
+    FAILED with the Dagster run (before: FINISHED, beside a value made again)."""
+    from orchestration.io_manager import FalcoIOManager
+    from orchestration.tracking import ASSET_TAG, DAGSTER_RUN_TAG, DEFAULT_EXPERIMENT, MlflowResource
+
+    root, instance = state
+    store = FalcoIOManager.handle_output
+
+    def failing_after_storing_pairs(self, context, obj):
+        store(self, context, obj)
+        if context.asset_key == dg.AssetKey("pairs"):
+            raise OSError("No space left on device")
+
+    monkeypatch.setattr(FalcoIOManager, "handle_output", failing_after_storing_pairs)
+    assert run(root, instance, VARIANTS, fresh=True).failed == ["prepare"]
+    client = MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").client()
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+
+    def latest_pairs_run():
+        return client.search_runs([experiment], filter_string=f"tags.{ASSET_TAG} = 'pairs'",
+                                  order_by=["attributes.start_time DESC"])[0]
+
+    stopped = latest_pairs_run()
+    recorded = instance.fetch_materializations(dg.AssetKey("pairs"), limit=1).records[0]
+    assert recorded.run_id != stopped.data.tags[DAGSTER_RUN_TAG]  # Dagster did not record it
+    assert stopped.info.status == "FAILED"
+    monkeypatch.setattr(FalcoIOManager, "handle_output", store)
+    assert run(root, instance, VARIANTS).failed == []
+    assert latest_pairs_run().info.status == "FINISHED"
 
 
 def test_the_executor_of_params_yaml_applies_to_cli_runs(state):

@@ -188,6 +188,17 @@ def test_the_manifest_says_which_frames_and_transparency_a_photo_lost(photos, ph
     assert all(r["detail"] == "" for r in _rows(photo_run[0]) if r["kind"] == "photo" and r["status"] == "ok")
 
 
+def test_photos_in_which_no_face_is_found_end_as_nothing_anonymized(photos, tmp_path, capsys):
+    """As aligned mode when nothing is anonymized: exit 1, not a success a script would take as anonymized photos;
+    the photos are still written unchanged and listed."""
+    (tmp_path / "in").mkdir()
+    shutil.copy(photos / "no_face.png", tmp_path / "in" / "landscape.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "nothing was anonymized: no face was found in any of the 1 photo(s)" in err and "Traceback" not in err
+    assert [r["input"] for r in _rows(tmp_path / "out") if r["kind"] == "photo"] == ["landscape.png"]
+
+
 @pytest.mark.parametrize("turns", [1, 2])
 def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymized(photos, photo_run, tmp_path, turns):
     """A phone photo stored turned, without an EXIF orientation: no face upright, so before it was written out

@@ -121,5 +121,9 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
     with pytest.raises(FalcoError, match=r"layer_stop = 50 exceeds the \d+ W\+ layers of profile '\w+'; lower it in "
                                          r".*params.yaml, variants: keep$"):  # before: inside the variant's run
         check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
+    # a value out of range names the variant and the file, not "overrides (command line, variant or run config)"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": float("nan")}}}))
+    with pytest.raises(ParamsError, match=r"params.yaml: variants: keep: margin nan: must be in \[0, 1\]"):
+        check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
     check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
-from orchestration.assets.settings import settings_version, variant_settings
+from orchestration.assets.settings import image_ids, reuse_context, settings_version, variant_settings
 from orchestration.celery_queue import GPU_STEP as GPU
+from orchestration.io_manager import keep_dropped_rows, keyed_dicts
 from orchestration.metadata import png_markdown
 from orchestration.partitions import BY_VARIANT, context_shard, context_variant, variant_shards
-from orchestration.resources import NetworksResource
+from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 
 GROUP = "anonymization"
@@ -56,10 +57,12 @@ def pairs(
           deps=[dg.AssetDep("variant_settings", partition_mapping=BY_VARIANT)])
 def anonymized_latents(
     context: dg.AssetExecutionContext, real_images: ImageSet, real_inversions: np.ndarray, pairs: pd.DataFrame,
-    fake_pool: Mapping, networks: NetworksResource, mlflow: MlflowResource,
+    fake_pool: Mapping, storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
 ) -> dg.Output[dict]:
     """FALCO's optimized W+ codes for one shard under one variant's settings: `ws` [K, num_ws, w_dim], `row` (index
-    into the ok real images), `identity_similarity` [K], and the per-step losses `loss_<name>` [steps, K].
+    into the ok real images), `identity_similarity` [K], the per-step losses `loss_<name>` [steps, K], and `key` [K]
+    (`anon_core.reuse`: what decided each image's codes). An image whose key a stored value of any shard or variant
+    holds keeps its codes from there: new data optimizes only the images it adds.
 
     Its data version hashes the codes and the variant's definition: Dagster's own version of a partition leaves out
     the version of the variant's settings (a partitioned source), so new settings would not reach the images and
@@ -68,39 +71,63 @@ def anonymized_latents(
     from anon_core.acceleration import measure_throughput
     from anon_core.batch_size import resolve_batch_size
     from anon_core.data.image_files import take
+    from anon_core.optimize import LOSS_NAMES
+    from anon_core.reuse import KEY, merge_rows, reuse_rows, row_keys
     from anon_core.stages import optimize_images
     from evaluation.figures import loss_curve_png
+    from orchestration.tracking import weight_hashes
 
     variant = context_variant(context)
     requested = networks.params(variant)
+    shard = pairs[pairs["shard"] == context_shard(context)]
+    rows, fakes = shard["row"].to_numpy(), fake_pool["w"][shard["fake_index"].to_numpy()]
+    keys = row_keys(reuse_context(context, networks, storage, definition=variant_settings(networks, variant),
+                                  weights=weight_hashes(networks)),
+                    np.array(image_ids(real_images.named))[rows].tolist(), real_inversions[rows], fakes)
+    # Rows stored under the same key, by any shard and any variant (one defined the same way): new data, or
+    # shards re-cut by an image added before them, re-optimize only the images that are new to them.
+    per_image = {"ws": 0, "identity_similarity": 0, **{f"loss_{name}": 1 for name in LOSS_NAMES}}  # row axis
+    found, reused = reuse_rows(keyed_dicts(storage.root, context.asset_key.path[-1]), keys, per_image)
+    todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, requested) as run:  # requested: batch_size "auto" stays "auto"
-        nets = networks.networks()
-        params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits this device
-        shard = pairs[pairs["shard"] == context_shard(context)]
-        rows = shard["row"].to_numpy()
-        context.log.info(f"{variant} {context_shard(context)}: {len(rows)} images, {params.optimization.steps} steps, "
-                         f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
-        with measure_throughput(nets.device) as timing:
-            result = optimize_images(nets, params, take(real_images.images, rows), real_inversions[rows],
-                                     fake_pool["w"][shard["fake_index"].to_numpy()], keep_images=False,
-                                     on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"))
-        speed = timing.metrics(len(rows), params.optimization.steps)
-        similarity = float(result.identity_similarity.mean()) if len(rows) else float("nan")
-        run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in result.history.items()
+        computed, params, speed, device = {}, requested, {}, "none (every image reused)"
+        if len(todo) or not found.any():
+            nets = networks.networks()
+            params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits here
+            device = str(nets.device)
+            context.log.info(f"{variant} {context_shard(context)}: {len(todo)} of {len(rows)} images to optimize "
+                             f"({int(found.sum())} stored already), {params.optimization.steps} steps, "
+                             f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
+            with measure_throughput(nets.device) as timing:
+                result = optimize_images(nets, params, take(real_images.images, rows[todo]),
+                                         real_inversions[rows[todo]], fakes[todo], keep_images=False,
+                                         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"))
+            speed = timing.metrics(len(todo), params.optimization.steps)
+            computed = {"ws": result.ws, "identity_similarity": result.identity_similarity,
+                        **{f"loss_{name}": values for name, values in result.history.items()}}
+        else:
+            context.log.info(f"{variant} {context_shard(context)}: all {len(rows)} images stored already")
+        value = {"row": rows, KEY: keys, **merge_rows(found, reused, computed, per_image)}
+        history = {name: value[f"loss_{name}"] for name in LOSS_NAMES}
+        similarity = float(value["identity_similarity"].mean()) if len(rows) else float("nan")
+        run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in history.items()
                            if values.shape[1]})  # [steps, K] -> mean over images per step
-        run.log_metrics({"mean_identity_similarity": similarity, "num_images": len(rows),
-                         **{f"speed/{k}": v for k, v in speed.items()}, "speed/batch_size": params.batch_size})
+        run.log_metrics({"mean_identity_similarity": similarity, "num_images": len(rows), "num_optimized": len(todo),
+                         "num_reused": int(found.sum()), **{f"speed/{k}": v for k, v in speed.items()},
+                         "speed/batch_size": params.batch_size})
     context.add_output_metadata({
-        **run.metadata, "variant": variant, "num_images": len(rows), "steps": params.optimization.steps,
+        **run.metadata, "variant": variant, "num_images": len(rows), "num_optimized": len(todo),
+        "num_reused": int(found.sum()), "steps": params.optimization.steps,
         "margin": params.optimization.margin, "mean_identity_similarity": similarity,
-        **{f"final_{name}_loss": float(v[-1].mean()) for name, v in result.history.items() if v.size},
-        "loss_curve": png_markdown(loss_curve_png(result.history), "loss curve"), "batch_size": params.batch_size,
-        "device": str(nets.device), **{f"speed_{k}": v for k, v in speed.items()},
+        **{f"final_{name}_loss": float(v[-1].mean()) for name, v in history.items() if v.size},
+        "loss_curve": png_markdown(loss_curve_png(history), "loss curve"), "batch_size": params.batch_size,
+        "device": device, **{f"speed_{k}": v for k, v in speed.items()},
     })
-    value = {"ws": result.ws, "row": rows, "identity_similarity": result.identity_similarity,
-             **{f"loss_{name}": values for name, values in result.history.items()}}
+    # the images this shard held before and holds no more keep their codes for the shard that holds them now
+    keep_dropped_rows(storage.root, context.asset_key, context.assets_def.partitions_def, str(context.partition_key),
+                      keys, per_image)
     definition = settings_version(variant_settings(networks, variant)).value.encode()
-    digest = hashlib.sha256(np.ascontiguousarray(result.ws).tobytes() + rows.astype(np.int64).tobytes()
+    digest = hashlib.sha256(np.ascontiguousarray(value["ws"]).tobytes() + rows.astype(np.int64).tobytes()
                             + definition).hexdigest()
     with warnings.catch_warnings():  # `data_version` is Dagster's beta API for an asset that reports its version
         warnings.simplefilter("ignore", dg.BetaWarning)

@@ -7,9 +7,10 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from anon_core.artifacts import ImageSet
+from anon_core.artifacts import ImageSet, KeyedArray
+from orchestration.assets.settings import image_ids, inversion_settings, reuse_context
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import REAL_FACES
+from orchestration.io_manager import REAL_FACES, keyed_array
 from orchestration.metadata import table
 from orchestration.partitions import image_shards, register_partitions, shard_key
 from orchestration.resources import NetworksResource, StorageResource
@@ -72,14 +73,27 @@ def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, netw
 
 @dg.asset(group_name=GROUP, code_version="2", deps=["inversion_settings"], op_tags=GPU,
           metadata={REAL_FACES: True})  # the generator redraws the real faces from these codes
-def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
-                    mlflow: MlflowResource) -> np.ndarray:
-    """W+ codes of the ok real images: [N_ok, num_ws, w_dim] (e4e, or the optimization inverter for `tiny`)."""
+def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, storage: StorageResource,
+                    networks: NetworksResource, mlflow: MlflowResource) -> KeyedArray:
+    """W+ codes of the ok real images: [N_ok, num_ws, w_dim] (e4e, or the optimization inverter for `tiny`). An image
+    that the stored value inverted under the same settings (the same input bytes, alignment, inversion and weights)
+    keeps its codes, so new data inverts only the images it adds."""
+    from anon_core.data.image_files import take
+    from anon_core.reuse import merge_rows, reuse_rows, row_keys
     from anon_core.stages import invert_images
 
     params = networks.params()
+    keys = row_keys(reuse_context(context, networks, storage, inversion=inversion_settings(networks, storage)),
+                    image_ids(real_images.named))
+    stored = keyed_array(context.instance, storage.root, context.asset_key, "ws")
+    found, reused = reuse_rows([stored] if stored is not None else [], keys, {"ws": 0})
+    todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:
-        ws = invert_images(networks.networks(), params, real_images.images)
-        run.log_metrics({"num_images": len(ws)})
-    context.add_output_metadata({**run.metadata, "shape": str(ws.shape), "method": params.inversion.method})
-    return ws
+        context.log.info(f"{len(todo)} of {len(keys)} images to invert; the others' codes are stored already")
+        computed = {"ws": invert_images(networks.networks(), params, take(real_images.images, todo))} \
+            if len(todo) or not found.any() else {}
+        ws = merge_rows(found, reused, computed, {"ws": 0})["ws"]
+        run.log_metrics({"num_images": len(ws), "num_inverted": len(todo), "num_reused": int(found.sum())})
+    context.add_output_metadata({**run.metadata, "shape": str(ws.shape), "method": params.inversion.method,
+                                 "num_inverted": len(todo), "num_reused": int(found.sum())})
+    return KeyedArray(ws, keys)

@@ -73,6 +73,31 @@ def ingest_settings(networks: NetworksResource, storage: StorageResource) -> dic
             "labels_sha256": sha256_file(labels) if labels else None, "shard_size": networks.shard_size()}
 
 
+def image_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    """What decides an ok input's image as the networks see it, besides the input file's bytes: the ingest settings
+    without the labels and the shard size (the keys of `anon_core.reuse` for its inversion and its codes)."""
+    return {k: v for k, v in ingest_settings(networks, storage).items()
+            if k not in ("labels_csv", "labels_sha256", "shard_size")}
+
+
+def image_ids(table) -> list[str]:
+    """Each row's input sha256, what its image is made from besides `image_settings`; a row without one (no ok row
+    lacks it) gets an id no other run makes, so nothing is reused for it."""
+    import uuid
+
+    return [digest if isinstance(digest, str) and digest else f"unread-{uuid.uuid4().hex}"
+            for digest in table["sha256"]]
+
+
+def reuse_context(context: dg.AssetExecutionContext, networks: NetworksResource, storage: StorageResource,
+                  **settings: Any) -> dict[str, Any]:
+    """The settings shared by every row of an asset that reuses rows across runs (`anon_core.reuse`): the asset and
+    its code version, how the images were read, and `settings` (what else decides its rows)."""
+    return {"asset": context.asset_key.to_user_string(),
+            "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
+            "image": image_settings(networks, storage), **settings}
+
+
 def inversion_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
     inversion = networks.params().inversion
     values = {"profile": networks.profile, "weights": _weights(networks), "method": inversion.method}
