@@ -1,10 +1,13 @@
 """The journal of a `falco anonymize` run: each finished batch's results, so that a run stopped at 29,000 of 30,000
-images, rerun with the same arguments, redoes only what was not finished.
+images, rerun with the same arguments, redoes only what was not finished; and a run with other inputs (10 images
+added) takes each image an earlier run finished from its batch, by the image's key (`anon_core.reuse`).
 
-`<output>/.journal/run.json` holds the key of the run (a hash of everything that decides its results: the resolved
-parameters, the weights, the alignment and every input file's path and sha256); `batch-<index>.npz` holds a
-finished batch's codes, pairs, similarities and losses, written (atomically) only after all of its images are. A
-journal with another key is of other work: its batches are removed when a run with a new key starts.
+`<output>/.journal/run.json` holds the key of the latest run (a hash of everything that decides its results: the
+resolved parameters, the weights, the alignment and every input file's path and sha256);
+`batch-<key[:16]>-<index>.npz` holds a finished batch's codes, pairs, similarities, losses and each row's key,
+written (atomically) only after all of its images are. The batches of other keys (earlier runs, other work) stay
+until a run finishes (`end`): until then they are where its images' codes are looked up, and a run whose preparation
+fails leaves them as they were.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +32,26 @@ def run_key(record: Any) -> str:
 
 
 class Journal:
-    """start: take the journal over now (see `start`); False leaves another key's batches in place until `start`,
-    while `finished` already ignores them, so that a run whose preparation fails keeps the earlier run whole."""
+    """The batches of one run key in `<output_dir>/.journal`. `start` writes the key as the folder's latest (called
+    before the run's first write); `earlier` gives the batches of other keys, `end` removes them."""
 
     def __init__(self, output_dir: Path, key: str, start: bool = True) -> None:
         self.folder = Path(output_dir) / FOLDER
         self.key = key
-        stamp = self.folder / "run.json"
-        self.reusable = (json.loads(stamp.read_text()).get("key") if stamp.is_file() else None) == key
+        self._prefix = f"batch-{key[:16]}-"
         if start:
             self.start()
 
     def start(self) -> None:
-        """Make the journal this run's: another key's batches (other work, not ours to reuse) are removed."""
-        if self.reusable:
-            return
-        for old in self.folder.glob("batch-*.npz"):
-            old.unlink()
         write_bytes_atomic(self.folder / "run.json", json.dumps({"key": self.key}).encode())
-        self.reusable = True
 
     def _path(self, index: int) -> Path:
-        return self.folder / f"batch-{index:06d}.npz"
+        return self.folder / f"{self._prefix}{index:06d}.npz"
 
     def finished(self, index: int) -> dict[str, np.ndarray] | None:
         """The results of batch `index` if a run with this key finished it, else None."""
         path = self._path(index)
-        if not self.reusable or not path.is_file():
+        if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -64,6 +61,54 @@ class Journal:
 
     def record(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Batch `index` is finished (call after its images are written)."""
-        self.start()
         with atomic_path(self._path(index)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+
+    def _others(self) -> list[Path]:
+        return sorted(p for p in self.folder.glob("batch-*.npz") if not p.name.startswith(self._prefix))
+
+    def earlier(self) -> list[BatchFile]:
+        """The finished batches of other keys that hold their rows' keys (`reuse.KEY`), for `reuse.reuse_rows`."""
+        from anon_core.reuse import KEY
+
+        batches = []
+        for path in self._others():
+            batch = BatchFile(path)
+            try:
+                batch[KEY]
+            except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError):
+                continue  # of an older falco, or damaged
+            batches.append(batch)
+        return batches
+
+    def end(self) -> None:
+        """The run finished: the batches of other keys go (the images it took from them are its own batches now)."""
+        for path in self._others():
+            path.unlink(missing_ok=True)
+
+
+class BatchFile(Mapping):
+    """A journal batch's arrays, read from its file when asked for (not kept: a run reads thousands), its row keys
+    read once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._keys: np.ndarray | None = None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from anon_core.reuse import KEY
+
+        if name == KEY and self._keys is not None:
+            return self._keys
+        with np.load(self.path, allow_pickle=False) as data:
+            value = data[name]
+        if name == KEY:
+            self._keys = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        with np.load(self.path, allow_pickle=False) as data:
+            return iter(list(data.files))
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))

@@ -243,6 +243,7 @@ class _PhotoRun:
         self._write_outputs()
         written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
         remove_outputs(self.output_dir, self.take_over.previous - written)  # e.g. of photos rejected this time
+        self.journal.end()  # the batches of runs with other settings
         return self.summary
 
     def _run(self, reading, workers: int) -> None:

@@ -35,6 +35,7 @@ from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
+from anon_core.reuse import KEY, StoredRows, input_ids, merge_rows, row_keys
 from anon_core.stages import (
     build_pool,
     check_params_fit,
@@ -96,12 +97,41 @@ def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: F
     )
 
 
+REUSE_VERSION = 1  # bump when a change to the method changes an image's result: earlier runs' rows are not taken
+# a journal batch's arrays with one entry per image, and the axis it is on
+ROW_AXES = {"ws": 0, "fake_index": 0, "fake_similarity": 0, "identity_similarity": 0,
+            **{f"loss_{name}": 1 for name in LOSS_NAMES}}
+
+
+def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
+                   earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """One batch's results (ROW_AXES and each row's `reuse.KEY`) and images, and how many of its rows were taken
+    from `earlier` journal batches (the rows an earlier run finished under the same key, drawn again from their
+    codes); the other rows are anonymized (`fakes`: their assigned fakes, or None for the nearest)."""
+    found, reused = earlier.take(keys, ROW_AXES)
+    computed, images = {}, np.empty(batch.shape, np.uint8)
+    if not found.all():
+        todo = ~found
+        done = anonymize_images(nets, pool, batch[todo], params,
+                                None if fakes is None else (fakes[0][todo], fakes[1][todo]))
+        computed = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
+                    "identity_similarity": done.identity_similarity,
+                    **{f"loss_{name}": values for name, values in done.history.items()}}
+        images[todo] = done.images
+    result = {**merge_rows(found, reused, computed, ROW_AXES), KEY: keys}
+    if found.any():
+        images[found] = generate(nets.generator, result["ws"][found], device=nets.device)
+    return result, images, int(found.sum())
+
+
 @dataclass
 class RunSummary:
     output_dir: Path
     counts: Counter = field(default_factory=Counter)  # "ok" and every rejection reason
     duplicates: int = 0
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
+    reused: int = 0  # images an earlier run with other inputs had finished under the same settings (its journal)
     stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
     unlabelled: bool = False  # identity pairing, and no image had an identity label: each its own person
 
@@ -121,6 +151,9 @@ class RunSummary:
                      "instead)")
         if self.resumed:
             text += f"; {self.resumed} of them finished by an earlier run and taken from its journal"
+        if self.reused:
+            text += (f"; {self.reused} of them the same images under the same settings as in an earlier run, "
+                     "taken from its journal")
         return text
 
     @property
@@ -212,6 +245,12 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     parts = batch_slices(len(ok), params.batch_size)
     results: list[dict[str, np.ndarray] | None] = [journal.finished(i) for i in range(len(parts))]
     todo = [i for i, r in enumerate(results) if r is None]
+    # Images that a run with other inputs finished (its batches are still in the journal) under the same settings
+    # are taken from there, by their keys: new images added to a folder are the only ones optimized.
+    earlier = StoredRows(journal.earlier() if todo else [])
+    settings = {"params": {k: v for k, v in params.to_dict().items() if k not in ("speed", "batch_size")},
+                "weights": nets.weights, "aligned": extra["aligned"], "alignment": extra["alignment"],
+                "pool_seeds": POOL_SEEDS, "code": REUSE_VERSION}
     last_write = [float("-inf")]
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
     take_over = TakeOver(output_dir, journal, set(ok["image"]), lambda: _write_manifest(output_dir, manifest))
@@ -241,12 +280,18 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
             last_write[0] = time.monotonic()
         bar.update(part.stop - part.start)
 
-    pool = build_pool(nets, params, show_progress=show_progress) if todo else None
     assigned = None
     if todo and params.pairing != "nearest":  # one assignment over the whole set, before any batch
+        pool = build_pool(nets, params, show_progress=show_progress)
         features = embed_images(nets, ingested.images(workers=io_workers(device)))
         fake_index, fake_similarity, _ = assign_fakes(features, pool.features, params.pairing, persons[ok_rows])
         assigned = (fake_index, fake_similarity)
+        keys = row_keys(settings, input_ids(ok["sha256"]), fake_index)  # its fake, chosen with the others'
+    else:  # its nearest fake, which the image and the pool's settings decide
+        keys = row_keys(settings, input_ids(ok["sha256"]))
+        missing = any(key not in earlier for i in todo for key in keys[parts[i]].tolist())
+        pool = build_pool(nets, params, show_progress=show_progress) if missing else None
+    reused = [0]
     # `finish` runs batch after batch in one thread (the manifest's rows, the journal's order); each batch's PNGs are
     # encoded by `png_writer`'s threads side by side
     with WriteBehind(io_workers(device)) as png_writer, \
@@ -259,13 +304,12 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                   for i, r in enumerate(results) if r is not None]
         images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
-            fakes = None if assigned is None else (assigned[0][parts[index]], assigned[1][parts[index]])
-            done = anonymize_images(nets, pool, batch, params, fakes)
-            results[index] = {
-                "ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
-                "identity_similarity": done.identity_similarity,
-                **{f"loss_{name}": values for name, values in done.history.items()}}
-            writes.append(writer.submit(finish, index, results[index], done.images))
+            part = parts[index]
+            results[index], batch_images, taken = _batch_results(
+                nets, pool, batch, params, keys[part], earlier,
+                None if assigned is None else (assigned[0][part], assigned[1][part]))
+            reused[0] += taken
+            writes.append(writer.submit(finish, index, results[index], batch_images))
             for write in writes:  # a batch that could not be written stops the run now, not after every batch
                 if write.done() and write.exception() is not None:
                     write.result()
@@ -279,8 +323,9 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     labels = {"labels_csv": str(Path(labels_csv).resolve()) if labels_csv is not None else None,  # for evaluate
               "labels_sha256": labels_sha256}
     _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra | labels)
+    journal.end()  # the batches of earlier runs: this run's own batches hold the images it took from them
     summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
-                         resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo))
+                         resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0])
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
     summary.unlabelled = params.pairing == "identity" and not any(persons[ok_rows])

@@ -21,12 +21,18 @@ from typing import Any
 import numpy as np
 
 KEY = "key"  # the member of a stored dict of arrays that holds its rows' keys, in row order
+CONTEXT = "key_context"  # and the member holding `context_digest` of the settings its keys were made under
+
+
+def context_digest(context: Any) -> str:
+    """sha256 (hex) of JSON-able settings, keys sorted: what `row_keys` hashes into every key."""
+    return hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def row_keys(context: Any, *per_row: Sequence[str | bytes | np.ndarray]) -> np.ndarray:
     """One hex key per row: sha256 of `context` (JSON-able, keys sorted) and of the row's entry in each of
     `per_row` (strings, bytes or arrays, hashed with their length so that no two splits of the bytes collide)."""
-    base = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode()).digest()
+    base = bytes.fromhex(context_digest(context))
     keys = []
     for parts in zip(*per_row, strict=True):
         digest = hashlib.sha256(base)
@@ -37,48 +43,76 @@ def row_keys(context: Any, *per_row: Sequence[str | bytes | np.ndarray]) -> np.n
     return np.array(keys, dtype="<U64").reshape(len(keys))
 
 
+def input_ids(sha256s: Iterable[Any]) -> list[str]:
+    """Each row's input file sha256, what its image is made from besides the settings; a row without one (an ok
+    row always has one) gets an id no other run makes, so nothing is taken for it."""
+    import uuid
+
+    return [digest if isinstance(digest, str) and digest else f"unread-{uuid.uuid4().hex}" for digest in sha256s]
+
+
+_UNREADABLE = (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile)
+
+
+class StoredRows:
+    """The rows of stored values (each: a mapping with `KEY` and per-row members along their axis), found by key;
+    each value's keys are read once. A value whose keys cannot be read holds none."""
+
+    def __init__(self, stored: Iterable[Mapping[str, np.ndarray]]) -> None:
+        self.stored = list(stored)
+        self.where: dict[str, tuple[int, int]] = {}  # key -> (value, row): the first value holding it
+        for number, value in enumerate(self.stored):
+            try:
+                keys = np.asarray(value[KEY]).tolist()
+            except _UNREADABLE:
+                continue
+            for row, key in enumerate(keys):
+                self.where.setdefault(key, (number, row))
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def take(self, keys: np.ndarray, axes: Mapping[str, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(found [N] bool, {name: the found rows' values, in row order along `axes[name]`}). A value that cannot
+        be read whole, lacks a member, or holds rows of another shape than the first value read, gives none of its
+        rows: they are computed again."""
+        by_value: dict[int, tuple[list[int], list[int]]] = {}
+        for row, key in enumerate(np.asarray(keys).tolist()):
+            if key in self.where:
+                number, theirs = self.where[key]
+                ours, rows = by_value.setdefault(number, ([], []))
+                ours.append(row)
+                rows.append(theirs)
+        found = np.zeros(len(keys), bool)
+        order: list[np.ndarray] = []
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in axes}
+        for number, (ours, theirs) in sorted(by_value.items()):
+            try:
+                taken = {name: np.take(np.asarray(self.stored[number][name]), theirs, axis=axis)
+                         for name, axis in axes.items()}
+            except _UNREADABLE:
+                continue
+            if order and any(_row_shape(taken[n], a) != _row_shape(parts[n][0], a) for n, a in axes.items()):
+                continue  # keys hash the settings, so this cannot be the same computation: not trusted
+            found[ours] = True
+            order.append(np.array(ours))
+            for name in axes:
+                parts[name].append(taken[name])
+        if not order:
+            return found, {}
+        ranks = np.argsort(np.concatenate(order), kind="stable")
+        return found, {name: np.take(np.concatenate(parts[name], axis=axes[name]), ranks, axis=axes[name])
+                       for name in axes}
+
+
+def _row_shape(array: np.ndarray, axis: int) -> tuple[int, ...]:
+    return array.shape[:axis] + array.shape[axis + 1:]
+
+
 def reuse_rows(stored: Iterable[Mapping[str, np.ndarray]], keys: np.ndarray, axes: Mapping[str, int]
                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(found [N] bool, {name: the found rows' values, in row order along `axes[name]`}) for the rows whose key
-    one of `stored` holds (each: a mapping with `KEY` and the members `axes` names, its rows along their axis).
-    A stored value that cannot be read whole, or lacks a member, is skipped: its rows are computed again."""
-    wanted: dict[str, list[int]] = {}
-    for row, key in enumerate(keys.tolist()):
-        wanted.setdefault(key, []).append(row)
-    found = np.zeros(len(keys), bool)
-    rows: list[np.ndarray] = []
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in axes}
-    for value in stored:
-        if not wanted:
-            break
-        try:
-            their_keys = np.asarray(value[KEY]).tolist()
-            ours, theirs, seen = [], [], set()
-            for index, key in enumerate(their_keys):
-                if key in wanted and key not in seen:  # a key stored twice: its first row
-                    seen.add(key)
-                    ours += wanted[key]
-                    theirs += [index] * len(wanted[key])
-            if not ours:
-                continue
-            taken = {name: np.take(np.asarray(value[name]), theirs, axis=axis) for name, axis in axes.items()}
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
-            continue  # unreadable or of another layout: not reused
-        if parts[next(iter(axes))] and any(taken[n].shape[:a] + taken[n].shape[a + 1:]
-                                           != parts[n][0].shape[:a] + parts[n][0].shape[a + 1:]
-                                           for n, a in axes.items()):
-            continue  # rows of another shape under the same key cannot be (keys hash the settings): not trusted
-        for row in ours:
-            wanted.pop(str(keys[row]), None)
-        found[ours] = True
-        rows.append(np.array(ours))
-        for name in axes:
-            parts[name].append(taken[name])
-    if not rows:
-        return found, {}
-    order = np.argsort(np.concatenate(rows), kind="stable")
-    return found, {name: np.take(np.concatenate(parts[name], axis=axes[name]), order, axis=axes[name])
-                   for name in axes}
+    """`StoredRows(stored).take(keys, axes)`: the rows of `keys` that one of `stored` holds."""
+    return StoredRows(stored).take(keys, axes)
 
 
 def merge_rows(found: np.ndarray, reused: Mapping[str, np.ndarray], computed: Mapping[str, np.ndarray],
@@ -105,12 +139,8 @@ def dropped_rows(stored: Sequence[Mapping[str, np.ndarray]], keep: np.ndarray, a
                  ) -> dict[str, np.ndarray] | None:
     """The rows of `stored` whose key `keep` lacks, once each, with their keys (`KEY`): what a value that replaces
     them drops, kept for the shard that now holds those images. None when there are none."""
+    rows = StoredRows(stored)
     keep_set = set(np.asarray(keep).tolist())
-    keys: dict[str, None] = {}
-    for value in stored:
-        try:
-            keys |= dict.fromkeys(k for k in np.asarray(value[KEY]).tolist() if k not in keep_set)
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
-            continue
-    found, rows = reuse_rows(stored, np.array(list(keys), dtype="<U64"), axes)
-    return {KEY: np.array(list(keys), dtype="<U64")[found], **rows} if found.any() else None
+    keys = np.array([key for key in rows.where if key not in keep_set], dtype="<U64")
+    found, values = rows.take(keys, axes)
+    return {KEY: keys[found], **values} if found.any() else None

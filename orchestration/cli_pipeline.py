@@ -85,7 +85,9 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     photo.add_argument("--min-face-size", type=int, default=None, metavar="PX", help="photo.min_face_size")
     photo.add_argument("--min-anonymize-size", type=int, default=None, metavar="PX", help="photo.min_anonymize_size")
     photo.add_argument("--cover", choices=("pixelate", "blur"), default=None, help="photo.cover")
-    p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date")
+    p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date, "
+                   "and every image's inversion and codes (without it, images stored under the same settings are "
+                   "taken as they are)")
     p.add_argument("--require-privacy", action="store_true",
                    help="exit 1 when a shard fails its privacy check (default: it is named at the end and the exit "
                         "code stays 0, since a sweep may keep identity on purpose); for a release gate")

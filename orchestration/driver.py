@@ -34,6 +34,7 @@ from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
 from orchestration import stop_request
+from orchestration.assets.settings import FRESH_TAG
 from orchestration.io_manager import prune_moved_rows, prune_shard_folders, prune_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
@@ -356,6 +357,8 @@ class _Driver:
         import socket
 
         self.launched_by = {LAUNCHED_BY: f"{socket.gethostname()}:{os.getpid()}"}
+        if fresh:  # the assets take no row from earlier runs (orchestration.assets.settings.reuses_rows)
+            self.launched_by[FRESH_TAG] = "true"
 
     def run(self, job: str, label: str, selection: list[dg.AssetKey] | None, partition: str | None,
             checks: set[dg.AssetCheckKey] | None = None) -> bool:

@@ -169,27 +169,30 @@ def _moved_file(base: Path, stem: str) -> Path:
 
 
 def keep_dropped_rows(root: str | Path, asset_key: dg.AssetKey, partitions_def, partition: str | None,
-                      keys: np.ndarray, axes: Mapping[str, int]) -> int:
-    """Before a partition's dict of arrays with row keys is replaced by one with `keys`: keep the rows the
-    replacement drops (images that moved to another shard) in `.<stem>.moved.npz`, where `keyed_dicts` finds them,
-    until `prune_moved_rows`. Returns how many rows that file holds."""
-    from anon_core.reuse import dropped_rows
+                      keys: np.ndarray, context: str, axes: Mapping[str, int]) -> int:
+    """Before a partition's dict of arrays with row keys is replaced by one with `keys`, made under the settings
+    `context` (`reuse.context_digest`): keep the rows the replacement drops that were made under the same settings
+    (images that moved to another shard; rows of other settings, a new margin say, are of no use to its shards) in
+    `.<stem>.moved.npz`, where `keyed_dicts` finds them, until `prune_moved_rows`. Returns how many rows it holds."""
+    from anon_core.reuse import CONTEXT, KEY, dropped_rows
 
     base, stem = value_location(root, asset_key, partitions_def, partition)
     moved = _moved_file(base, stem)
     stored = []
     for path in (base / f"{stem}.npz", moved):
         try:
-            stored.append(LazyArrays(path))
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            continue  # none, or unreadable: nothing of it to keep
+            value = LazyArrays(path)
+            if str(value[CONTEXT]) == context:
+                stored.append(value)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue  # none, unreadable, or of an older falco: nothing of it to keep
     rows = dropped_rows(stored, keys, axes)
     if rows is None:
         moved.unlink(missing_ok=True)
         return 0
     with atomic_path(moved) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **rows)
-    return len(next(iter(rows.values())))
+        np.savez(fh, **rows, **{CONTEXT: np.array(context)})
+    return len(rows[KEY])
 
 
 def prune_moved_rows(folder: Path) -> list[str]:

@@ -68,9 +68,9 @@ class NetworksResource(dg.ConfigurableResource):
         if variant is not None:
             from_variant = self.variant_overrides(variant)
             method |= from_variant
-            where = f"{self.params_file}: variants: {variant}:" if variant in self.section("variants") else \
-                f"variant {variant}:"
-            sources |= {key: f"{where} {key.rsplit('.', 1)[-1]}" for key in from_variant}  # an error names it
+            if variant in self.section("variants"):  # a named one: an error names it and its file
+                sources |= {key: f"{self.params_file}: variants: {variant}: {key.rsplit('.', 1)[-1]}"
+                            for key in from_variant}
         return load_params(self.profile, self.params_path, sources=sources, **method)
 
     def section(self, name: str) -> dict[str, Any]:

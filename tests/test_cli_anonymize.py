@@ -407,6 +407,57 @@ def test_a_rerun_writes_again_the_images_damaged_or_replaced_since(face_folder, 
     assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == written
 
 
+def _latents_by_input(out) -> dict[str, np.ndarray]:
+    latents = np.load(out / "latents.npy")
+    return {r["input"]: latents[int(r["latent_index"])] for r in _manifest(out) if r["status"] == "ok"}
+
+
+def test_images_added_to_the_folder_are_the_only_ones_anonymized_on_a_re_run(face_folder, tmp_path, capsys,
+                                                                              lfw_faces):
+    """A new image that sorts first moves every other image to another batch; each is taken from the earlier run's
+    journal by its key (the same file, the same settings) and drawn again from its codes, and only the new one is
+    optimized. Other settings take nothing, and the earlier batches go once a run finishes."""
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    before = _latents_by_input(out)
+    images = {p.relative_to(out): p.read_bytes() for p in (out / "images").rglob("*.png")}
+    Image.fromarray(lfw_faces[4]).save(face_folder / "Another Person.png")  # sorts before "Some Person/..."
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert "4 of them the same images under the same settings as in an earlier run" in capsys.readouterr().out
+    after = _latents_by_input(out)
+    assert sorted(after) == sorted([*before, "Another Person.png"])
+    for name, ws in before.items():
+        np.testing.assert_array_equal(after[name], ws)
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "images").rglob("*.png") if p.relative_to(out) in
+            images} == images  # drawn again from the same codes: the same PNG bytes
+    assert len(list((out / ".journal").glob("batch-*.npz"))) == 3  # this run's 5 images in batches of 2
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST[:-1], "--margin", "0.3", "--quiet"]) == 0
+    assert "same settings as in an earlier run" not in capsys.readouterr().out
+
+
+def test_another_batch_size_takes_every_image_from_the_journal_without_building_the_pool(face_folder, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """The batch size changes how fast, not what: a re-run with another one (another run, by its key) finds every
+    image under its own key, so it neither builds the fake pool nor optimizes anything, and writes the same outputs."""
+    import anon_core.pipeline as pipeline
+
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    latents = np.load(out / "latents.npy")
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the fake pool was built")
+
+    monkeypatch.setattr(pipeline, "build_pool", no_pool)
+    monkeypatch.setattr(pipeline, "anonymize_images", no_pool)
+    capsys.readouterr()
+    assert main(["anonymize", str(face_folder), str(out), *FAST[:-3], "--batch-size", "3", "--quiet"]) == 0
+    assert "4 of them the same images under the same settings" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
+
+
 def test_a_damaged_journal_entry_is_done_again_not_a_traceback(face_folder, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0

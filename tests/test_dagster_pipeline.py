@@ -297,6 +297,9 @@ def test_fresh_remakes_everything(state):
     made = made_since(before, materializations(instance))
     assert set(made) == PREPARE | REFERENCES | PER_VARIANT | {"anonymized_latents", "anonymized_images",
                                                               "anonymization_report"}
+    # computed anew, not taken from the stored rows
+    assert _latest_metadata(instance, "real_inversions", "num_inverted") == [7]
+    assert sum(_latest_metadata(instance, "anonymized_latents", "num_optimized")) == 7 * len(VARIANTS)
 
 
 def test_an_instance_and_a_storage_stay_paired_unless_fresh_pairs_them_anew(state):

@@ -84,6 +84,7 @@ def test_a_changed_labels_csv_pairs_again_instead_of_resuming(labelled, tmp_path
     args = ["anonymize", str(labelled / "in"), str(out), "--pairing", "identity", *FAST]
     assert main([*args, "--labels", str(labelled / "labels.csv")]) == 0
     before = _manifest(out)
+    codes_before = np.load(out / "latents.npy")
     assert before.loc["Cy/5.png", "fake_index"] != before.loc["Ann/0.png", "fake_index"]
     assert main([*args, "--labels", str(relabelled)]) == 0
     after = _manifest(out)
@@ -93,7 +94,11 @@ def test_a_changed_labels_csv_pairs_again_instead_of_resuming(labelled, tmp_path
     assert main(["anonymize", str(labelled / "in"), str(tmp_path / "fresh"), "--pairing", "identity", *FAST,
                  "--labels", str(relabelled)]) == 0
     assert (_manifest(tmp_path / "fresh")["fake_index"] == after["fake_index"]).all()
-    assert np.array_equal(np.load(tmp_path / "fresh" / "latents.npy"), np.load(out / "latents.npy"))
+    # an image keeps its codes from the journal only where its fake is the one it had: Cy is optimized again
+    codes = np.load(out / "latents.npy")
+    for name in after.index[after["status"] == "ok"]:
+        old, new = (codes_before[int(before.loc[name, "latent_index"])], codes[int(after.loc[name, "latent_index"])])
+        assert np.array_equal(old, new) == (before.loc[name, "fake_index"] == after.loc[name, "fake_index"]), name
 
 
 def test_identity_pairing_without_any_label_warns_that_it_paired_like_unique(labelled, tmp_path, capsys):
@@ -180,7 +185,9 @@ def test_consistency_term_draws_two_faces_with_one_fake_to_one_identity(tiny_net
     from anon_core.data.image_io import to_tensor
     from anon_core.stages import invert_images
 
-    params = load_params("tiny", **{"optimization.steps": 15, "inversion.steps": 5})
+    # 40 steps: at 15 the two paper-loss pseudonyms of this pair were already 0.90 alike on an AMD EPYC, and the term
+    # added 0.015; at 40 it adds 0.075 here (0.23 and 0.14 on the pairs 1-6 and 2-7)
+    params = load_params("tiny", **{"optimization.steps": 40, "inversion.steps": 5})
     real = lfw_faces[[0, 5]]
     w_real = torch.from_numpy(invert_images(tiny_nets, params, real))
     w_fake = torch.from_numpy(np.repeat(np.asarray(tiny_nets.generator.w_avg)[None], 2, axis=0))

@@ -29,7 +29,9 @@ def _pairwise_cosines(embeddings: torch.Tensor) -> np.ndarray:
 
 def test_the_stored_mean_is_the_sample_faces_mean(aligned_sample_faces):
     raw = load_dlib_identity(centered=False)
-    np.testing.assert_allclose(face_population_mean(raw, aligned_sample_faces), np.load(FACE_MEAN_FILE), atol=1e-5)
+    # 1e-4: the file was made on another CPU; alignment, resizing and the ResNet sum in other orders on an AMD EPYC,
+    # where 10 of the 128 values differ by up to 1.2e-5 (of values around 0.02 to 0.3)
+    np.testing.assert_allclose(face_population_mean(raw, aligned_sample_faces), np.load(FACE_MEAN_FILE), atol=1e-4)
 
 
 def test_unrelated_faces_sit_near_cosine_zero_once_centred(aligned_sample_faces):

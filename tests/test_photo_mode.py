@@ -231,7 +231,7 @@ def test_a_photo_stored_sideways_or_upside_down_has_its_face_found_and_anonymize
     raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
     (tmp_path / "upright.yaml").write_text(yaml.safe_dump({**raw, "photo": {**raw["photo"], "turns": "never"}}))
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "upright-only"), "--mode", "photo", *FAST,
-                 "--params", str(tmp_path / "upright.yaml")]) == 0
+                 "--params", str(tmp_path / "upright.yaml")]) == 1  # no face found in any photo: nothing anonymized
     assert _rows(tmp_path / "upright-only")[0]["faces"] == "0"  # what it was before: the face left in place
 
 

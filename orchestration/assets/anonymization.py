@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
-from orchestration.assets.settings import image_ids, reuse_context, settings_version, variant_settings
+from orchestration.assets.settings import reuse_context, reuses_rows, settings_version, variant_settings
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import keep_dropped_rows, keyed_dicts
 from orchestration.metadata import png_markdown
@@ -60,9 +60,10 @@ def anonymized_latents(
     fake_pool: Mapping, storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
 ) -> dg.Output[dict]:
     """FALCO's optimized W+ codes for one shard under one variant's settings: `ws` [K, num_ws, w_dim], `row` (index
-    into the ok real images), `identity_similarity` [K], the per-step losses `loss_<name>` [steps, K], and `key` [K]
-    (`anon_core.reuse`: what decided each image's codes). An image whose key a stored value of any shard or variant
-    holds keeps its codes from there: new data optimizes only the images it adds.
+    into the ok real images), `identity_similarity` [K], the per-step losses `loss_<name>` [steps, K], `key` [K]
+    (`anon_core.reuse`: what decided each image's codes) and `key_context` (the digest of the settings in the keys).
+    An image whose key a stored value of any shard or variant holds keeps its codes from there: new data optimizes
+    only the images it adds (not under `--fresh`).
 
     Its data version hashes the codes and the variant's definition: Dagster's own version of a partition leaves out
     the version of the variant's settings (a partitioned source), so new settings would not reach the images and
@@ -72,7 +73,7 @@ def anonymized_latents(
     from anon_core.batch_size import resolve_batch_size
     from anon_core.data.image_files import take
     from anon_core.optimize import LOSS_NAMES
-    from anon_core.reuse import KEY, merge_rows, reuse_rows, row_keys
+    from anon_core.reuse import CONTEXT, KEY, context_digest, input_ids, merge_rows, reuse_rows, row_keys
     from anon_core.stages import optimize_images
     from evaluation.figures import loss_curve_png
     from orchestration.tracking import weight_hashes
@@ -81,13 +82,15 @@ def anonymized_latents(
     requested = networks.params(variant)
     shard = pairs[pairs["shard"] == context_shard(context)]
     rows, fakes = shard["row"].to_numpy(), fake_pool["w"][shard["fake_index"].to_numpy()]
-    keys = row_keys(reuse_context(context, networks, storage, definition=variant_settings(networks, variant),
-                                  weights=weight_hashes(networks)),
-                    np.array(image_ids(real_images.named))[rows].tolist(), real_inversions[rows], fakes)
+    settings = reuse_context(context, networks, storage, definition=variant_settings(networks, variant),
+                             weights=weight_hashes(networks))
+    inputs = np.array(input_ids(real_images.named["sha256"]))[rows].tolist()
+    keys = row_keys(settings, inputs, real_inversions[rows], fakes)
     # Rows stored under the same key, by any shard and any variant (one defined the same way): new data, or
     # shards re-cut by an image added before them, re-optimize only the images that are new to them.
     per_image = {"ws": 0, "identity_similarity": 0, **{f"loss_{name}": 1 for name in LOSS_NAMES}}  # row axis
-    found, reused = reuse_rows(keyed_dicts(storage.root, context.asset_key.path[-1]), keys, per_image)
+    stored = keyed_dicts(storage.root, context.asset_key.path[-1]) if reuses_rows(context) else []
+    found, reused = reuse_rows(stored, keys, per_image)
     todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, requested) as run:  # requested: batch_size "auto" stays "auto"
         computed, params, speed, device = {}, requested, {}, "none (every image reused)"
@@ -107,7 +110,8 @@ def anonymized_latents(
                         **{f"loss_{name}": values for name, values in result.history.items()}}
         else:
             context.log.info(f"{variant} {context_shard(context)}: all {len(rows)} images stored already")
-        value = {"row": rows, KEY: keys, **merge_rows(found, reused, computed, per_image)}
+        value = {"row": rows, KEY: keys, CONTEXT: np.array(context_digest(settings)),
+                 **merge_rows(found, reused, computed, per_image)}
         history = {name: value[f"loss_{name}"] for name in LOSS_NAMES}
         similarity = float(value["identity_similarity"].mean()) if len(rows) else float("nan")
         run.log_histories({f"loss/{name}": values.mean(axis=1) for name, values in history.items()
@@ -125,7 +129,7 @@ def anonymized_latents(
     })
     # the images this shard held before and holds no more keep their codes for the shard that holds them now
     keep_dropped_rows(storage.root, context.asset_key, context.assets_def.partitions_def, str(context.partition_key),
-                      keys, per_image)
+                      keys, context_digest(settings), per_image)
     definition = settings_version(variant_settings(networks, variant)).value.encode()
     digest = hashlib.sha256(np.ascontiguousarray(value["ws"]).tobytes() + rows.astype(np.int64).tobytes()
                             + definition).hexdigest()

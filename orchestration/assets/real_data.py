@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 
 from anon_core.artifacts import ImageSet, KeyedArray
-from orchestration.assets.settings import image_ids, inversion_settings, reuse_context
+from orchestration.assets.settings import inversion_settings, reuse_context, reuses_rows
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import REAL_FACES, keyed_array
 from orchestration.metadata import table
@@ -79,13 +79,13 @@ def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, st
     that the stored value inverted under the same settings (the same input bytes, alignment, inversion and weights)
     keeps its codes, so new data inverts only the images it adds."""
     from anon_core.data.image_files import take
-    from anon_core.reuse import merge_rows, reuse_rows, row_keys
+    from anon_core.reuse import input_ids, merge_rows, reuse_rows, row_keys
     from anon_core.stages import invert_images
 
     params = networks.params()
     keys = row_keys(reuse_context(context, networks, storage, inversion=inversion_settings(networks, storage)),
-                    image_ids(real_images.named))
-    stored = keyed_array(context.instance, storage.root, context.asset_key, "ws")
+                    input_ids(real_images.named["sha256"]))
+    stored = keyed_array(context.instance, storage.root, context.asset_key, "ws") if reuses_rows(context) else None
     found, reused = reuse_rows([stored] if stored is not None else [], keys, {"ws": 0})
     todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:

@@ -80,13 +80,19 @@ def image_settings(networks: NetworksResource, storage: StorageResource) -> dict
             if k not in ("labels_csv", "labels_sha256", "shard_size")}
 
 
-def image_ids(table) -> list[str]:
-    """Each row's input sha256, what its image is made from besides `image_settings`; a row without one (no ok row
-    lacks it) gets an id no other run makes, so nothing is reused for it."""
-    import uuid
+FRESH_TAG = "falco/fresh"  # run tag: "true" where `falco pipeline --fresh` launched it; rows are computed anew
 
-    return [digest if isinstance(digest, str) and digest else f"unread-{uuid.uuid4().hex}"
-            for digest in table["sha256"]]
+
+def reuses_rows(context: dg.AssetExecutionContext) -> bool:
+    """Whether this run may take rows stored by earlier runs (`anon_core.reuse`): not under `--fresh` (or a run
+    launched from the UI with the tag `falco/fresh: true`), which re-makes everything."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        tags = context.run.tags
+    except DagsterInvalidPropertyError:  # an asset invoked directly (tests) has no run
+        return True
+    return tags.get(FRESH_TAG) != "true"
 
 
 def reuse_context(context: dg.AssetExecutionContext, networks: NetworksResource, storage: StorageResource,
