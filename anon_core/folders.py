@@ -143,7 +143,7 @@ def exclusive(folder: Path, what: str, orphans_older_than_s: float = 0.0) -> Ite
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                                 "command": " ".join(sys.argv[:3])}))
+                                 "command": _command_line()}))
         handle.flush()
         remove_orphaned_temporaries(folder, orphans_older_than_s)
         yield
@@ -209,6 +209,16 @@ def _lock(handle, mode: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def _command_line(limit: int = 300) -> str:
+    """This process's command as a user would type it again (`falco anonymize in out --margin 0.5`), cut at
+    `limit` characters: what the message of a command refused by its lock names."""
+    import shlex
+
+    words = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    text = shlex.join(words)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _holder(path: Path) -> str:

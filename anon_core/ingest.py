@@ -226,7 +226,7 @@ def read_input(f: ScannedFile, aligner: FaceAligner | None,
     FFHQ-aligned crop of the largest face (cached by file hash); raises ImageRejected with the reason (e.g.
     "no_face")."""
     if f.skip_reason:
-        raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+        raise ImageRejected(f.skip_reason, f.skip_detail())
     if aligner is None:
         return load_rgb(f.path), -1, -1
     face = aligner.align_cached(f.path, f.sha256 or "", cache, name=f.relpath)

@@ -68,7 +68,7 @@ class Journal:
         return sorted(p for p in self.folder.glob("batch-*.npz") if not p.name.startswith(self._prefix))
 
     def earlier(self) -> list[BatchFile]:
-        """The finished batches of other keys that hold their rows' keys (`reuse.KEY`), for `reuse.reuse_rows`."""
+        """The finished batches of other keys that hold their rows' keys (`reuse.KEY`), for `reuse.StoredRows`."""
         from anon_core.reuse import KEY
 
         batches = []

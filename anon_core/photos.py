@@ -216,7 +216,7 @@ class _PhotoRun:
         the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); and what the
         decoding left out (`image_io.flattened`)."""
         if f.skip_reason:
-            raise ImageRejected(f.skip_reason, f"{f.relpath}: not read ({f.skip_reason})")
+            raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
         found = find_faces(self.detector, image, self.settings.turns)
         faces = plan_faces([face.detection for face in found], self.settings)

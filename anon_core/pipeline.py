@@ -35,7 +35,7 @@ from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import progress_bar
-from anon_core.reuse import KEY, StoredRows, input_ids, merge_rows, row_keys
+from anon_core.reuse import KEY, METHOD_VERSION, StoredRows, input_ids, merge_rows, row_keys
 from anon_core.stages import (
     build_pool,
     check_params_fit,
@@ -97,7 +97,6 @@ def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: F
     )
 
 
-REUSE_VERSION = 1  # bump when a change to the method changes an image's result: earlier runs' rows are not taken
 # a journal batch's arrays with one entry per image, and the axis it is on
 ROW_AXES = {"ws": 0, "fake_index": 0, "fake_similarity": 0, "identity_similarity": 0,
             **{f"loss_{name}": 1 for name in LOSS_NAMES}}
@@ -250,7 +249,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     earlier = StoredRows(journal.earlier() if todo else [])
     settings = {"params": {k: v for k, v in params.to_dict().items() if k not in ("speed", "batch_size")},
                 "weights": nets.weights, "aligned": extra["aligned"], "alignment": extra["alignment"],
-                "pool_seeds": POOL_SEEDS, "code": REUSE_VERSION}
+                "pool_seeds": POOL_SEEDS, "code": METHOD_VERSION}
     last_write = [float("-inf")]
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
     take_over = TakeOver(output_dir, journal, set(ok["image"]), lambda: _write_manifest(output_dir, manifest))

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+METHOD_VERSION = 1
+"""Bump when a change to the method changes a row's result (an image's inversion, its codes): every key hashes it,
+in `falco anonymize`'s journal and in the pipeline's stored values, so no row of an earlier version is taken."""
 KEY = "key"  # the member of a stored dict of arrays that holds its rows' keys, in row order
 CONTEXT = "key_context"  # and the member holding `context_digest` of the settings its keys were made under
 
@@ -107,12 +110,6 @@ class StoredRows:
 
 def _row_shape(array: np.ndarray, axis: int) -> tuple[int, ...]:
     return array.shape[:axis] + array.shape[axis + 1:]
-
-
-def reuse_rows(stored: Iterable[Mapping[str, np.ndarray]], keys: np.ndarray, axes: Mapping[str, int]
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`StoredRows(stored).take(keys, axes)`: the rows of `keys` that one of `stored` holds."""
-    return StoredRows(stored).take(keys, axes)
 
 
 def merge_rows(found: np.ndarray, reused: Mapping[str, np.ndarray], computed: Mapping[str, np.ndarray],

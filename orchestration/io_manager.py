@@ -134,7 +134,7 @@ KEYS_SUFFIX = ".keys.npy"
 def keyed_array(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, name: str
                 ) -> dict[str, np.ndarray] | None:
     """An unpartitioned KeyedArray as stored, `{reuse.KEY: its keys, name: the array (memory-mapped)}`, for
-    `reuse.reuse_rows`; None when there is none, or when it is not the value the instance records (a run stopped
+    `reuse.StoredRows`; None when there is none, or when it is not the value the instance records (a run stopped
     between writing the keys and the array, say)."""
     from anon_core.reuse import KEY
 

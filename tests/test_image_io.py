@@ -511,6 +511,9 @@ def test_scan_does_not_follow_symlinks_outside_root(tmp_path: Path) -> None:
     assert scanned["inside_link.png"].skip_reason is None
     assert scanned["inside_link.png"].sha256 == scanned["real.png"].sha256
     assert scanned["real.png"].duplicate_of == "inside_link.png", "first in sorted order wins"
+    detail = scanned["link.png"].skip_detail()  # the manifest's note: what the link points at, and the fix
+    assert detail.startswith("link.png: a link to ") and str(outside / "secret.png") in detail
+    assert "copy the file into the input folder" in detail
 
 
 def test_scan_survives_symlink_loops_and_broken_links(tmp_path: Path) -> None:
@@ -519,10 +522,14 @@ def test_scan_survives_symlink_loops_and_broken_links(tmp_path: Path) -> None:
     os.symlink(tmp_path, tmp_path / "sub" / "loop_to_root")  # directory cycle
     os.symlink(tmp_path / "self.png", tmp_path / "self.png")  # link to itself
     os.symlink(tmp_path / "gone.png", tmp_path / "broken.png")
+    os.symlink("/nonexistent/elsewhere.png", tmp_path / "broken_outside.png")  # broken first, outside second
     scanned = {item.relpath: item for item in scan_folder(tmp_path)}
-    assert set(scanned) == {"sub/x.png", "self.png", "broken.png"}
-    assert scanned["self.png"].skip_reason == "unreadable"
-    assert scanned["broken.png"].skip_reason == "unreadable"
+    assert set(scanned) == {"sub/x.png", "self.png", "broken.png", "broken_outside.png"}
+    for name in ("self.png", "broken.png", "broken_outside.png"):
+        assert scanned[name].skip_reason == "unreadable"
+    assert scanned["broken_outside.png"].skip_detail() == (
+        "broken_outside.png: a broken link (to /nonexistent/elsewhere.png, which does not exist, or a link loop): "
+        "not read")
 
 
 def test_scan_missing_root_names_the_folder(tmp_path: Path) -> None:

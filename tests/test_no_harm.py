@@ -70,14 +70,16 @@ def test_one_overlap_rule_for_every_pair_of_folders(tmp_path, layout):
     check_separate(input_folder=data, output_folder=tmp_path / "elsewhere", storage=None)
 
 
-def test_a_second_writer_of_a_folder_is_refused_and_a_crashed_holder_leaves_no_stale_lock(tmp_path):
+def test_a_second_writer_of_a_folder_is_refused_and_a_crashed_holder_leaves_no_stale_lock(tmp_path, monkeypatch):
     folder = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["/home/me/.venv/bin/falco", "anonymize", "my faces", "out", "--margin", "0.5"])
     with exclusive(folder, "output folder"):
         holder = subprocess.run(
             [sys.executable, "-c", "from anon_core.folders import exclusive\n"
                                    f"with exclusive(__import__('pathlib').Path({str(folder)!r}), 'output folder'):\n"
                                    "    pass"], capture_output=True, text=True, cwd=Path(__file__).parents[1])
         assert holder.returncode != 0 and "is in use by" in holder.stderr and f"PID {os.getpid()}" in holder.stderr
+        assert "`falco anonymize 'my faces' out --margin 0.5`" in holder.stderr  # the holder's whole command
     # A holder killed with SIGKILL in the middle of writing a file: the kernel drops its lock, the next writer goes
     # ahead and removes the hidden temporary the kill left (a writer of its own keeps its temporaries).
     proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom pathlib import Path\n"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from anon_core.reuse import KEY, dropped_rows, merge_rows, reuse_rows, row_keys
+from anon_core.reuse import KEY, StoredRows, dropped_rows, merge_rows, row_keys
 
 AXES = {"ws": 0, "loss": 1}
 
@@ -28,7 +28,7 @@ def test_rows_are_found_in_any_stored_value_and_merged_in_row_order():
     first = _stored(["k1", "k2"], [[1.0], [2.0]], [[10.0, 20.0]])
     second = _stored(["k3", "k2"], [[3.0], [99.0]], [[30.0, 99.0]])  # k2 again: the first value found wins
     keys = np.array(["k3", "new", "k2", "k1"])
-    found, reused = reuse_rows([first, second], keys, AXES)
+    found, reused = StoredRows([first, second]).take(keys, AXES)
     assert found.tolist() == [True, False, True, True]
     np.testing.assert_array_equal(reused["ws"][:, 0], [3.0, 2.0, 1.0])  # rows 0, 2, 3
     np.testing.assert_array_equal(reused["loss"][0], [30.0, 20.0, 10.0])
@@ -38,7 +38,7 @@ def test_rows_are_found_in_any_stored_value_and_merged_in_row_order():
 
 
 def test_a_repeated_key_among_the_rows_takes_the_one_stored_row_for_each():
-    found, reused = reuse_rows([_stored(["k1"], [[1.0]], [[5.0]])], np.array(["k1", "x", "k1"]), AXES)
+    found, reused = StoredRows([_stored(["k1"], [[1.0]], [[5.0]])]).take(np.array(["k1", "x", "k1"]), AXES)
     assert found.tolist() == [True, False, True]
     np.testing.assert_array_equal(reused["ws"][:, 0], [1.0, 1.0])
 
@@ -47,7 +47,7 @@ def test_a_stored_value_missing_a_member_or_of_another_shape_is_not_used():
     no_loss = {KEY: np.array(["k1"]), "ws": np.ones((1, 1), np.float32)}
     good = _stored(["k2"], [[2.0]], [[4.0]])
     other_shape = _stored(["k3"], [[3.0, 3.0]], [[6.0]])
-    found, reused = reuse_rows([no_loss, good, other_shape], np.array(["k1", "k2", "k3"]), AXES)
+    found, reused = StoredRows([no_loss, good, other_shape]).take(np.array(["k1", "k2", "k3"]), AXES)
     assert found.tolist() == [False, True, False]
     np.testing.assert_array_equal(reused["ws"], [[2.0]])
 

@@ -9,7 +9,8 @@ Rules:
 - Results are sorted by ``relpath`` (POSIX, relative to the root, names kept exactly as on disk).
 - Hidden files and folders (name starting with ".") are skipped, as are sockets, FIFOs and devices.
 - A symlink (to a file or a folder) that resolves outside the root is not read and comes back with
-  ``skip_reason="outside_input"``: anonymising a dataset must never pull in files from elsewhere.
+  ``skip_reason="outside_input"``: anonymising a dataset must never pull in files from elsewhere. A broken one is
+  ``"unreadable"`` wherever it points (`ScannedFile.skip_detail` says which and why).
 - A file symlink inside the root is read like a file; a folder symlink inside the root is not descended
   (its files are reached through their real path).
 - Broken links, link loops, files or folders we may not read, and FIFOs, sockets and devices (reading a FIFO would
@@ -43,6 +44,24 @@ class ScannedFile:
     def named(self, text: str) -> str:
         """`text` (a rejection's detail) naming the file by its relpath, as the manifest's other notes do."""
         return text.replace(str(self.path), self.relpath)
+
+    def skip_detail(self) -> str:
+        """Why a file with a `skip_reason` is not read, and what to do, for its manifest row."""
+        target = _link_target(self.path)
+        if self.skip_reason == "outside_input":
+            return (f"{self.relpath}: a link to {target}, outside the input folder: not read (files from elsewhere "
+                    "are never pulled in; copy the file into the input folder to anonymize it)")
+        if target is not None and not os.path.exists(self.path):
+            return f"{self.relpath}: a broken link (to {target}, which does not exist, or a link loop): not read"
+        return (f"{self.relpath}: not read: it cannot be opened or listed (check its permissions), or it is a FIFO, "
+                "socket or device")
+
+
+def _link_target(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:  # not a link (any more)
+        return None
 
 
 def _is_inside(target: str, root_real: str) -> bool:
@@ -86,16 +105,15 @@ def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[Sc
             child_path = folder / child.name
             try:
                 if child.is_symlink():
-                    target = os.path.realpath(child_path)
-                    if not _is_inside(target, root_real):
-                        if keep(child.name):
-                            entries.append((relpath, child_path, "outside_input"))
-                        continue
                     try:
                         mode = os.stat(child_path).st_mode  # follows the link; ELOOP / ENOENT if broken
                     except OSError:
                         if keep(child.name):
                             entries.append((relpath, child_path, "unreadable"))
+                        continue
+                    if not _is_inside(os.path.realpath(child_path), root_real):
+                        if keep(child.name):
+                            entries.append((relpath, child_path, "outside_input"))
                         continue
                     if not stat.S_ISDIR(mode) and keep(child.name):  # a link to a FIFO, socket or device: not read
                         entries.append((relpath, child_path, None if stat.S_ISREG(mode) else "unreadable"))

@@ -73,7 +73,7 @@ def anonymized_latents(
     from anon_core.batch_size import resolve_batch_size
     from anon_core.data.image_files import take
     from anon_core.optimize import LOSS_NAMES
-    from anon_core.reuse import CONTEXT, KEY, context_digest, input_ids, merge_rows, reuse_rows, row_keys
+    from anon_core.reuse import CONTEXT, KEY, StoredRows, context_digest, input_ids, merge_rows, row_keys
     from anon_core.stages import optimize_images
     from evaluation.figures import loss_curve_png
     from orchestration.tracking import weight_hashes
@@ -84,13 +84,13 @@ def anonymized_latents(
     rows, fakes = shard["row"].to_numpy(), fake_pool["w"][shard["fake_index"].to_numpy()]
     settings = reuse_context(context, networks, storage, definition=variant_settings(networks, variant),
                              weights=weight_hashes(networks))
-    inputs = np.array(input_ids(real_images.named["sha256"]))[rows].tolist()
+    inputs = input_ids(real_images.named["sha256"].to_numpy()[rows])
     keys = row_keys(settings, inputs, real_inversions[rows], fakes)
     # Rows stored under the same key, by any shard and any variant (one defined the same way): new data, or
     # shards re-cut by an image added before them, re-optimize only the images that are new to them.
     per_image = {"ws": 0, "identity_similarity": 0, **{f"loss_{name}": 1 for name in LOSS_NAMES}}  # row axis
     stored = keyed_dicts(storage.root, context.asset_key.path[-1]) if reuses_rows(context) else []
-    found, reused = reuse_rows(stored, keys, per_image)
+    found, reused = StoredRows(stored).take(keys, per_image)
     todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, requested) as run:  # requested: batch_size "auto" stays "auto"
         computed, params, speed, device = {}, requested, {}, "none (every image reused)"

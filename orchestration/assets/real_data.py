@@ -79,14 +79,14 @@ def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, st
     that the stored value inverted under the same settings (the same input bytes, alignment, inversion and weights)
     keeps its codes, so new data inverts only the images it adds."""
     from anon_core.data.image_files import take
-    from anon_core.reuse import input_ids, merge_rows, reuse_rows, row_keys
+    from anon_core.reuse import StoredRows, input_ids, merge_rows, row_keys
     from anon_core.stages import invert_images
 
     params = networks.params()
     keys = row_keys(reuse_context(context, networks, storage, inversion=inversion_settings(networks, storage)),
                     input_ids(real_images.named["sha256"]))
     stored = keyed_array(context.instance, storage.root, context.asset_key, "ws") if reuses_rows(context) else None
-    found, reused = reuse_rows([stored] if stored is not None else [], keys, {"ws": 0})
+    found, reused = StoredRows([stored] if stored is not None else []).take(keys, {"ws": 0})
     todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:
         context.log.info(f"{len(todo)} of {len(keys)} images to invert; the others' codes are stored already")

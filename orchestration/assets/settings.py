@@ -64,20 +64,19 @@ def fake_pool_settings(networks: NetworksResource, storage: StorageResource) -> 
 
 def ingest_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
     from anon_core.hashing import sha256_file
-    from anon_core.profiles import get_profile
 
-    data = networks.data()
-    labels = data["labels_csv"]
-    return {"profile": networks.profile, "resolution": get_profile(networks.profile).generator.resolution,
-            **data, "labels_csv": str(labels) if labels else None,
+    labels = networks.data()["labels_csv"]
+    return {**image_settings(networks, storage), "labels_csv": str(labels) if labels else None,
             "labels_sha256": sha256_file(labels) if labels else None, "shard_size": networks.shard_size()}
 
 
 def image_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
     """What decides an ok input's image as the networks see it, besides the input file's bytes: the ingest settings
     without the labels and the shard size (the keys of `anon_core.reuse` for its inversion and its codes)."""
-    return {k: v for k, v in ingest_settings(networks, storage).items()
-            if k not in ("labels_csv", "labels_sha256", "shard_size")}
+    from anon_core.profiles import get_profile
+
+    data = {k: v for k, v in networks.data().items() if k != "labels_csv"}
+    return {"profile": networks.profile, "resolution": get_profile(networks.profile).generator.resolution, **data}
 
 
 FRESH_TAG = "falco/fresh"  # run tag: "true" where `falco pipeline --fresh` launched it; rows are computed anew
@@ -97,9 +96,12 @@ def reuses_rows(context: dg.AssetExecutionContext) -> bool:
 
 def reuse_context(context: dg.AssetExecutionContext, networks: NetworksResource, storage: StorageResource,
                   **settings: Any) -> dict[str, Any]:
-    """The settings shared by every row of an asset that reuses rows across runs (`anon_core.reuse`): the asset and
-    its code version, how the images were read, and `settings` (what else decides its rows)."""
-    return {"asset": context.asset_key.to_user_string(),
+    """The settings shared by every row of an asset that reuses rows across runs (`anon_core.reuse`): the asset, its
+    code version and the method's (`METHOD_VERSION`, which `falco anonymize`'s keys hash too), how the images were
+    read, and `settings` (what else decides its rows)."""
+    from anon_core.reuse import METHOD_VERSION
+
+    return {"asset": context.asset_key.to_user_string(), "method": METHOD_VERSION,
             "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
             "image": image_settings(networks, storage), **settings}
 
