@@ -174,16 +174,23 @@ def seeded_extractor(dim: int = 32, seed: int = 0, device: torch.device | str = 
 EXTRACTORS = ("inception", "dlib", "seeded", "auto")
 
 
+def resolve_extractor(name: str, inception_weights: Path | str | None = None) -> tuple[str, Path | str | None]:
+    """(the extractor `name` stands for, its Inception weights): "auto" is "inception" where pytorch-fid's weights are
+    in the model store (or `inception_weights` is a file), else "dlib"."""
+    if name != "auto":
+        return name, inception_weights
+    from anon_core.model_store import model_path
+    from anon_core.networks.inception_fid import FID_STORE_NAME
+
+    weights = Path(inception_weights) if inception_weights is not None else model_path(FID_STORE_NAME)
+    return ("inception", weights) if weights.is_file() else ("dlib", None)
+
+
 def build_extractor(
     name: str, device: torch.device | str = "cpu", inception_weights: Path | str | None = None
 ) -> FeatureExtractor:
     """Build the extractor `name` (one of EXTRACTORS); `inception_weights` overrides the model store's file."""
-    if name == "auto":
-        from anon_core.model_store import model_path
-        from anon_core.networks.inception_fid import FID_STORE_NAME
-
-        weights = Path(inception_weights) if inception_weights is not None else model_path(FID_STORE_NAME)
-        name, inception_weights = ("inception", weights) if weights.is_file() else ("dlib", None)
+    name, inception_weights = resolve_extractor(name, inception_weights)
     if name == "inception":
         return inception_extractor(inception_weights, device)
     if name == "dlib":

@@ -73,6 +73,24 @@ class SetOutputs:
     faces: dict[str, DetectionResult]  # detector -> faces found per image
     features: np.ndarray | None  # [N, dim] of the quality feature extractor
     labels: dict[str, pd.DataFrame]  # predictor name -> its pseudo_labels table
+    extractor: str | None = None  # the name of the extractor of `features`
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The embeddings and features as a dict of arrays (a real gallery stored once for many evaluations)."""
+        return {**{f"{EMBEDDING}{name}": e for name, e in self.embeddings.items()},
+                **({"features": self.features, "extractor": np.array(self.extractor or "")}
+                   if self.features is not None else {})}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> SetOutputs:
+        """`to_arrays`' dict (or a stored one) back: embeddings and features, no detections or labels."""
+        names = list(arrays)
+        return cls(embeddings={n.removeprefix(EMBEDDING): np.asarray(arrays[n]) for n in names if n.startswith(EMBEDDING)},
+                   faces={}, features=np.asarray(arrays["features"]) if "features" in names else None, labels={},
+                   extractor=str(arrays["extractor"]) if "extractor" in names else None)
+
+
+EMBEDDING = "embedding_"  # prefix of a recognizer's embeddings in `SetOutputs.to_arrays`
 
 
 def read_set(
@@ -121,7 +139,16 @@ def read_set(
         faces={d: DetectionResult(d, np.concatenate(parts)) for d, parts in faces.items()},
         features=np.concatenate(feats) if extractor is not None else None,
         labels=tables,
+        extractor=extractor.name if extractor is not None else None,
     )
+
+
+def read_gallery(real: ImageSetLike, recognizers: Sequence[Recognizer], extractor: FeatureExtractor,
+                 device: torch.device | str = "cpu", batch_size: int | None = None) -> SetOutputs:
+    """What every evaluation against the real set reads of it (each recognizer's embeddings, the quality features):
+    read once, it can be given to any number of `evaluate_runs` calls (`real_outputs`), which then read only their
+    anonymized sets."""
+    return read_set(real, recognizers, extractor, device=device, batch_size=batch_size)
 
 
 def real_pseudo_labels(real: ImageSetLike, predictors: list, ids: list[str], device="cpu") -> dict[str, pd.DataFrame]:
@@ -213,20 +240,24 @@ def evaluate_runs(
     real_ids: Sequence[str] | None = None,
     baseline_index: np.ndarray | None = None,
     baseline_names: list[str] | None = None,
+    real_outputs: SetOutputs | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
     The baselines are made batch by batch from the real rows `baseline_index` (named `baseline_names`; default: the
     first run's sources and names), `fakes` being those rows' paired fakes (for "swap"); `batch_size`: images per
     read (see `read_set`). With `predictors` but no `real_labels`, the real set's pseudo-labels (rows named by
-    `real_ids`) are made in the same read as its embeddings and features."""
+    `real_ids`) are made in the same read as its embeddings and features. `real_outputs` (`read_gallery` of `real`):
+    the real set is not read again, unless its features come from another extractor, labels are to be made, or it
+    lacks a recognizer's embeddings (those alone are read)."""
     if baselines and baseline_index is None:
         if not runs:
             raise ValueError("baselines need baseline_index (or a run whose sources they take)")
         baseline_index, baseline_names = runs[0].source_index, runs[0].names
     label_real = bool(kwargs.get("predictors")) and kwargs.get("real_labels") is None
-    real_outputs = read_set(real, recognizers, extractor, predictors=kwargs["predictors"] if label_real else (),
-                            ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size)
+    if real_outputs is None or label_real or real_outputs.extractor != extractor.name:
+        real_outputs = read_set(real, recognizers, extractor, predictors=kwargs["predictors"] if label_real else (),
+                                ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size)
     if label_real:
         kwargs["real_labels"] = real_outputs.labels
     common = dict(recognizers=recognizers, extractor=extractor, real_features=real_outputs.features,

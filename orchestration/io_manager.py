@@ -32,6 +32,11 @@ A stored image set's `images/` holds what its tables list and nothing else: writ
 the images its new table does not list (an input since removed), and the driver prunes a partitioned one once its
 shards are all written (`prune_shards`: the tables of shards no longer registered, and images no table lists).
 
+An image set whose table has a `key` column (`anon_core.reuse`: what decided each image) writes only what changed:
+its table records each file's size and modification time as written, and an image a table of the set recorded
+under the same key, its file unchanged since, is neither read (generated, decoded) nor written again
+(`unchanged_images`); a shard keeps the records of images that moved to another shard until `prune_shards`.
+
 An input that reads every partition of an upstream asset fails on a missing one, unless its definition says
 `metadata={ALLOW_MISSING: True}` (the report: the variants evaluated so far); it then gets the stored ones.
 """
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -57,6 +63,7 @@ from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import encode_png
 from anon_core.errors import FalcoError
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
+from anon_core.reuse import KEY
 from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
@@ -136,8 +143,6 @@ def keyed_array(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.As
     """An unpartitioned KeyedArray as stored, `{reuse.KEY: its keys, name: the array (memory-mapped)}`, for
     `reuse.StoredRows`; None when there is none, or when it is not the value the instance records (a run stopped
     between writing the keys and the array, say)."""
-    from anon_core.reuse import KEY
-
     base, stem = value_location(root, asset_key, None, None)
     if unrecorded(instance, root, asset_key, None, None) is not None:
         return None
@@ -153,8 +158,6 @@ def keyed_dicts(root: str | Path, asset: str) -> Iterator[LazyArrays]:
     """Every stored dict of arrays of `asset` (each partition of each variant) that holds row keys. Each is one
     file, written whole or not at all, and its keys name what its rows were computed from, so one that Dagster did
     not record is as good as one it did."""
-    from anon_core.reuse import KEY
-
     for path in sorted((Path(root) / asset).rglob("*.npz")):
         try:
             value = LazyArrays(path)
@@ -174,7 +177,7 @@ def keep_dropped_rows(root: str | Path, asset_key: dg.AssetKey, partitions_def, 
     `context` (`reuse.context_digest`): keep the rows the replacement drops that were made under the same settings
     (images that moved to another shard; rows of other settings, a new margin say, are of no use to its shards) in
     `.<stem>.moved.npz`, where `keyed_dicts` finds them, until `prune_moved_rows`. Returns how many rows it holds."""
-    from anon_core.reuse import CONTEXT, KEY, dropped_rows
+    from anon_core.reuse import CONTEXT, dropped_rows
 
     base, stem = value_location(root, asset_key, partitions_def, partition)
     moved = _moved_file(base, stem)
@@ -228,10 +231,19 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             # first: from here on the stored value is this run's until Dagster records it
             write_bytes_atomic(_writer_file(base, stem), run_id.encode(), private)
         if isinstance(obj, ImageSet):
-            _write_images(base / "images", obj.named["image"].tolist(), obj.images, private)
-            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj.table), private)
+            names = obj.named["image"].tolist()
+            keys = obj.named[KEY].tolist() if KEY in obj.table.columns else None
+            unchanged = unchanged_images(base, names, keys)
+            _write_images(base / "images", names, obj.images, private, skip=unchanged)
+            table = obj.table if keys is None else _with_file_stamps(obj, base / "images")
+            if keys is not None and partition is not None:
+                _keep_dropped_records(base, stem, set(names), private)
+            write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(table), private)
             if partition is None:  # its table lists the whole set
-                prune_images(base / "images", set(obj.named["image"]))
+                prune_images(base / "images", set(names))
+            if keys is not None:
+                context.add_output_metadata({"num_images_written": int((~unchanged).sum()),
+                                             "num_images_unchanged": int(unchanged.sum())})
         elif isinstance(obj, Weights):
             from safetensors.numpy import save
 
@@ -334,18 +346,86 @@ def _io_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _write_images(folder: Path, names: list[str], images, private: bool = False) -> None:
-    """Write images[i] as PNG names[i]: read in chunks (an ImageFiles decodes, a generated set generates, the next
-    chunk while this one is written), each image PNG-encoded and written by a pool of threads. `private`: readable by
-    their owner only (real faces)."""
+def _write_images(folder: Path, names: list[str], images, private: bool = False, skip: np.ndarray | None = None
+                  ) -> None:
+    """Write images[i] as PNG names[i], except where `skip[i]` (neither read nor written): read in chunks (an
+    ImageFiles decodes, a generated set generates, the next chunk while this one is written), each image PNG-encoded
+    and written by a pool of threads. `private`: readable by their owner only (real faces)."""
     def write(name: str, image: np.ndarray) -> None:
         write_bytes_atomic(folder / name, encode_png(image), private)
 
+    todo = np.flatnonzero(~skip) if skip is not None else np.arange(len(names))
+    names = np.asarray(names, dtype=object)
     with WriteBehind(_io_workers()) as writer:
         # 32 images a chunk (a multiple of generate's batch), the next one read meanwhile: 200 MB at 1024 px
-        for part, chunk in read_parts(images, batch_slices(len(names), 32), ahead=1):
+        parts = [todo[chunk] for chunk in batch_slices(len(todo), 32)]
+        for part, chunk in read_parts(images, parts, ahead=1):
             for name, image in zip(names[part], chunk):
                 writer.submit(write, name, image)
+
+
+FILE_STAMP = ("file_size", "file_mtime_ns")
+"""Columns of a keyed image set's table (one with `reuse.KEY`): each image file's size and modification time as it
+was written, by which a later write of the set knows the file unchanged (`unchanged_images`)."""
+
+
+def _with_file_stamps(images: ImageSet, folder: Path) -> pd.DataFrame:
+    """`images.table` with `FILE_STAMP` of each named row's file under `folder`, as written."""
+    table = images.table.copy()
+    stats = [os.stat(folder / name) for name in images.named["image"]]
+    has_image = images.has_image.to_numpy()
+    for column, values in zip(FILE_STAMP, ([st.st_size for st in stats], [st.st_mtime_ns for st in stats])):
+        table[column] = pd.array([pd.NA] * len(table), dtype="Int64")
+        table.loc[has_image, column] = values
+    return table
+
+
+def _recorded_files(path: Path) -> pd.DataFrame | None:
+    """The image, key and `FILE_STAMP` of each image a stored table recorded writing; None when there is no such
+    table (none, torn, or written without keys)."""
+    try:
+        return pd.read_parquet(path, columns=["image", KEY, *FILE_STAMP]).dropna()
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _keep_dropped_records(base: Path, stem: str, names: set[str], private: bool) -> None:
+    """Before a shard's keyed image set replaces its table: keep the records of the images the old table (or the
+    records kept before) lists and the new one does not, images that moved to another shard, in
+    `.<stem>.moved.parquet`, where `unchanged_images` finds them for the shard that holds them now, until
+    `prune_shards` (every shard written)."""
+    moved = base / f".{stem}.moved.parquet"
+    parts = [table[~table["image"].isin(names)] for table in map(_recorded_files, (base / f"{stem}.parquet", moved))
+             if table is not None]
+    dropped = pd.concat(parts, ignore_index=True).drop_duplicates() if parts else None
+    if dropped is None or dropped.empty:
+        moved.unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(moved, _parquet_bytes(dropped), private)
+
+
+def unchanged_images(base: Path, names: list[str], keys: list[str] | None) -> np.ndarray:
+    """Which of the images `names`, made under `keys` (`reuse.KEY`: what decided each image), are on disk in
+    `base / "images"` as a table of `base` (any shard's) recorded writing them under the same key: the same name,
+    key, size and modification time (rsync's quick check; a file replaced or touched since is written again). These
+    need neither making nor writing: new data re-writes only the images it changes."""
+    if keys is None:
+        return np.zeros(len(names), bool)
+    recorded: set[tuple] = set()
+    for path in base.glob("*.parquet"):  # every shard's table, and the records kept of moved images
+        table = _recorded_files(path)
+        if table is None:
+            continue
+        recorded.update(zip(table["image"], table[KEY], table[FILE_STAMP[0]].astype("int64"),
+                            table[FILE_STAMP[1]].astype("int64")))
+    unchanged = np.zeros(len(names), bool)
+    for i, (name, key) in enumerate(zip(names, keys)):
+        try:
+            st = os.stat(base / "images" / name, follow_symlinks=False)
+        except OSError:
+            continue
+        unchanged[i] = stat.S_ISREG(st.st_mode) and (name, key, st.st_size, st.st_mtime_ns) in recorded
+    return unchanged
 
 
 def _parquet_bytes(table: pd.DataFrame) -> bytes:
@@ -373,14 +453,17 @@ def prune_images(folder: Path, keep: set[str]) -> list[str]:
 
 def prune_shards(base: Path, shards: list[str]) -> list[str]:
     """A partitioned image set's folder (`<shard>.parquet` per shard, the images of all of them in `images/`): remove
-    the tables of shards not in `shards` (no longer registered) and the images no remaining table lists. Nothing
+    the tables of shards not in `shards` (no longer registered), the records kept of moved images (`.<shard>.moved.
+    parquet`: every image is in its shard's table now) and the images no remaining table lists. Nothing
     while a shard in `shards` has no table: a step killed after writing its images and before its table would
     otherwise lose them."""
     if not base.is_dir() or any(not (base / f"{shard}.parquet").is_file() for shard in shards):
         return []
     removed = []
     for table in sorted(base.glob("*.parquet")):
-        if table.stem not in shards:
+        if table.name.startswith("."):  # records of moved images: each is in its shard's table now
+            table.unlink()
+        elif table.stem not in shards:
             table.unlink()
             _writer_file(base, table.stem).unlink(missing_ok=True)
             removed.append(table.name)

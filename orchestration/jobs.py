@@ -6,7 +6,7 @@
 - `prepare`: what every variant shares (fake pool, real data, pairs);
 - `anonymize`: one (shard, variant) partition's latents and images, and their checks;
 - `evaluate`: partitioned by variant: a variant's evaluation; launched without a partition, the assets every
-  variant is measured against (pseudo-labels, the attribute classifier, the baselines) and the report;
+  variant is measured against (the real gallery, pseudo-labels, the attribute classifier, the baselines) and the report;
 - photo mode: `prepare_photos` (fake pool, the list of photos) and `anonymize_photos` (one (photo shard, variant)
   partition and its per-face privacy check).
 
@@ -29,8 +29,8 @@ with warnings.catch_warnings():  # include_sources is a beta parameter of Dagste
     SETTINGS = dg.AssetSelection.groups("settings", include_sources=True)
 PREPARE = dg.AssetSelection.groups("fake_pool", "real_data") | dg.AssetSelection.assets("pairs")
 ANONYMIZE = dg.AssetSelection.assets("anonymized_latents", "anonymized_images")
-EVALUATION_REFERENCES = dg.AssetSelection.assets("attribute_pseudo_labels", "attribute_classifier", "baseline_metrics",
-                                                 "baseline_attributes")
+EVALUATION_REFERENCES = dg.AssetSelection.assets("real_gallery", "attribute_pseudo_labels", "attribute_classifier",
+                                                 "baseline_metrics", "baseline_attributes")
 VARIANT_EVALUATION = dg.AssetSelection.assets("evaluation_metrics", "per_image_privacy", "attribute_agreement")
 REPORT = dg.AssetSelection.assets("anonymization_report")
 EVALUATE = EVALUATION_REFERENCES | VARIANT_EVALUATION | REPORT

@@ -17,7 +17,7 @@ from orchestration.tracking import MlflowResource
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ("fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs",
-          "anonymized_latents", "anonymized_images", "attribute_pseudo_labels", "attribute_classifier",
+          "anonymized_latents", "anonymized_images", "real_gallery", "attribute_pseudo_labels", "attribute_classifier",
           "baseline_metrics", "baseline_attributes", "evaluation_metrics", "per_image_privacy", "attribute_agreement",
           "anonymization_report")
 

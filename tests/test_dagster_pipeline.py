@@ -32,7 +32,7 @@ from pipeline_helpers import fast_params, instance_at, made_since, materializati
 VARIANTS = ["default", "m0.5"]
 SHARDS = [f"shard-{i:05d}" for i in range(3)]  # 7 readable faces in shards of 3
 PREPARE = {"fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"}
-REFERENCES = {"attribute_pseudo_labels", "attribute_classifier", "baseline_metrics", "baseline_attributes"}
+REFERENCES = {"real_gallery", "attribute_pseudo_labels", "attribute_classifier", "baseline_metrics", "baseline_attributes"}
 PER_VARIANT = {"evaluation_metrics", "per_image_privacy", "attribute_agreement"}
 
 
@@ -228,6 +228,11 @@ def _codes_by_input(store: Path, variant: str) -> dict[str, np.ndarray]:
     return codes
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def _latest_metadata(instance, asset: str, key: str) -> list:
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
     latest = {}
@@ -244,6 +249,8 @@ def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces
     root, instance = state
     store = root / "store"
     before = {variant: _codes_by_input(store, variant) for variant in VARIANTS}
+    files_before = {path: _stamp(path) for path in [*store.glob("anonymized_images/*/images/**/*.png"),
+                                                   *store.glob("real_images/images/**/*.png")]}
     (root / "faces" / "Person 0").mkdir()
     Image.fromarray(lfw_faces[7]).save(root / "faces" / "Person 0" / "img_0.png")  # sorts before "Person A/..."
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -265,6 +272,15 @@ def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces
     assert all(np.array_equal(like[name], default[name]) for name in default)
     # the rows kept for the shard an image moved to are gone once every shard holds its own
     assert not list((store / "anonymized_latents").rglob(".*.moved.npz"))
+    # and the images of codes that did not change are neither generated nor written again: the files stay as they
+    # were (same inode and modification time), only the new image's are written (8 in the new variant's folder)
+    changed = sorted(str(path.relative_to(store)) for path, stamp in files_before.items() if _stamp(path) != stamp)
+    assert files_before and not changed
+    assert _latest_metadata(instance, "real_images", "num_images_written") == [1]
+    written = _latest_metadata(instance, "anonymized_images", "num_images_written")
+    assert sorted(written) == sorted([1] * len(VARIANTS) + [0] * 2 * len(VARIANTS) + [3, 3, 2])
+    assert len(list(store.glob("anonymized_images/like_default/images/**/*.png"))) == 8
+    assert not list(store.glob("anonymized_images/*/.*.moved.parquet"))  # every image is in its shard's table
 
 
 def test_removed_inputs_leave_no_image_behind_in_the_storage(state):

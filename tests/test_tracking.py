@@ -67,7 +67,7 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
                   for s in SHARDS]
     prepared = ["fake_pool", "fake_features", "real_images", "real_features", "real_inversions", "pairs"]
     assert sorted(nested["tags.mlflow.runName"]) == sorted(  # every materialization has its run
-        [*prepared, *shard_runs, "attribute_pseudo_labels", "attribute_classifier", "evaluation_metrics default",
+        [*prepared, *shard_runs, "real_gallery", "attribute_pseudo_labels", "attribute_classifier", "evaluation_metrics default",
          "evaluation_metrics m0.5", "baseline_metrics blur", "baseline_metrics swap", "anonymization_report"])
     assert sorted(parents["tags.mlflow.runName"]) == sorted(
         ["prepare", *(f"anonymize {v} {s}" for v in VARIANTS for s in SHARDS), "evaluate default", "evaluate m0.5",

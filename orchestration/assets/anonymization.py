@@ -144,8 +144,11 @@ def anonymized_images(
     fake_pool: Mapping, networks: NetworksResource, mlflow: MlflowResource,
 ) -> Iterator[dg.Output[ImageSet]]:
     """G(w_anon) for one shard of one variant, as PNG under the input's relative path: together a variant's shards
-    form its anonymized dataset folder, `anonymized_images/<variant>/images/`."""
+    form its anonymized dataset folder, `anonymized_images/<variant>/images/`. Each row's `key` hashes its codes'
+    key (`anon_core.reuse`), so an image already written from the same codes is neither generated nor written again
+    (`io_manager.unchanged_images`): new data re-writes only the images it changes."""
     from anon_core.fake_pool import generate, generated_images
+    from anon_core.reuse import KEY, METHOD_VERSION, row_keys
     from evaluation.figures import grid_png
 
     with mlflow.asset_run(context, networks) as run:
@@ -156,6 +159,10 @@ def anonymized_images(
         frame = pd.DataFrame({"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
                               "fake_index": shard["fake_index"].to_numpy(), "shard": context_shard(context),
                               "identity_similarity": anonymized_latents["identity_similarity"]})
+        if KEY in anonymized_latents:  # (codes stored before keys were: every image is written)
+            frame[KEY] = row_keys({"asset": context.asset_key.to_user_string(), "method": METHOD_VERSION,
+                                   "code_version": context.assets_def.code_versions_by_key.get(context.asset_key)},
+                                  np.asarray(anonymized_latents[KEY]).tolist())
         shown = slice(0, min(8, len(rows)))
         columns = [generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device),
                    images[shown]]

@@ -1,5 +1,5 @@
-"""Group `evaluation`: what every variant is measured against (attribute pseudo-labels and the CelebA attribute
-classifier of the real images, the baselines), then per variant its metrics, per-image privacy and attribute
+"""Group `evaluation`: what every variant is measured against (the real gallery's embeddings and features,
+attribute pseudo-labels and the CelebA attribute classifier of the real images, the baselines), then per variant its metrics, per-image privacy and attribute
 agreement, and one report that puts the variants and the baselines side by side."""
 
 import contextlib
@@ -11,6 +11,7 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet, Weights
 from orchestration.celery_queue import GPU_STEP as GPU
+from orchestration.io_manager import REAL_FACES
 from orchestration.metadata import table
 from orchestration.partitions import BY_VARIANT, context_variant, variants
 from orchestration.resources import NetworksResource
@@ -26,14 +27,23 @@ def _predictors(networks: NetworksResource):
     return build_attribute_predictors(seeded=nets.weights == "seeded", device=nets.device)
 
 
-def _suite(networks: NetworksResource) -> dict:
-    """The evaluation networks, and the keyword arguments of evaluation.suite.evaluate_runs they make."""
+def _readers(networks: NetworksResource) -> dict:
+    """The networks that read the real gallery (`real_gallery`): recognizers, the quality extractor, the device."""
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
 
     device = networks.networks().device
     return {"recognizers": [build_recognizer(n, device=device) for n in available_recognizers()],
-            "extractor": build_extractor("auto", device=device), "predictors": _predictors(networks), "device": device}
+            "extractor": build_extractor("auto", device=device), "device": device}
+
+
+def _suite(networks: NetworksResource, real_gallery: Mapping) -> dict:
+    """The evaluation networks, and the keyword arguments of evaluation.suite.evaluate_runs they make, with the real
+    gallery as `real_gallery` stored it (not read again)."""
+    from evaluation.suite import SetOutputs
+
+    return {**_readers(networks), "predictors": _predictors(networks),
+            "real_outputs": SetOutputs.from_arrays(real_gallery)}
 
 
 def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
@@ -47,6 +57,23 @@ def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     names = sorted({c.split("/")[0] for c in indexed.columns})
     return {n: indexed[[c for c in indexed.columns if c.startswith(n + "/")]].rename(columns=lambda c: c.split("/", 1)[1])
             for n in names}
+
+
+@dg.asset(group_name=GROUP, code_version="1", deps=["evaluation_settings"], op_tags=GPU,
+          metadata={REAL_FACES: True})  # identity embeddings of real faces: stored readable by their owner only
+def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
+                 mlflow: MlflowResource) -> dict:
+    """The ok real images as the evaluation reads them, once for every variant's evaluation and the baselines (each
+    of which reads only its own images then): every recognizer's embeddings, `embedding_<name>` [N_ok, D], and the
+    quality extractor's features, `features` [N_ok, dim] with its name in `extractor`."""
+    from evaluation.suite import read_gallery
+
+    with mlflow.asset_run(context, networks) as run:
+        outputs = read_gallery(real_images.images, **_readers(networks))
+        run.log_metrics({"num_images": len(outputs.features)})
+    context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "extractor": outputs.extractor,
+                                 "recognizers": ", ".join(outputs.embeddings)})
+    return outputs.to_arrays()
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
@@ -119,7 +146,7 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
                 outs={"baseline_metrics": dg.AssetOut(code_version="1"),
                       "baseline_attributes": dg.AssetOut(code_version="1")})
 def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
-              attribute_pseudo_labels: pd.DataFrame, networks: NetworksResource,
+              attribute_pseudo_labels: pd.DataFrame, real_gallery: Mapping, networks: NetworksResource,
               mlflow: MlflowResource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The classic baselines (params.yaml `evaluation.baselines`: blur, pixelate, mask, swap with the paired fake)
     applied to every real image and run through the evaluation the variants get, once for all variants:
@@ -138,7 +165,7 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
     with contextlib.ExitStack() as opened:  # one run per baseline, open while they are evaluated together
         runs = {name: opened.enter_context(mlflow.asset_run(context, networks, {"baseline": name}, method=name,
                                                             asset=dg.AssetKey("baseline_metrics"))) for name in names}
-        suite, nets = _suite(networks), networks.networks()
+        suite, nets = _suite(networks, real_gallery), networks.networks()
         fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
         results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
             attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
@@ -162,8 +189,8 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
 )
 def variant_evaluation(
     context: dg.AssetExecutionContext, anonymized_images: dict, real_images: ImageSet,
-    attribute_pseudo_labels: pd.DataFrame, attribute_classifier: Weights, networks: NetworksResource,
-    mlflow: MlflowResource,
+    attribute_pseudo_labels: pd.DataFrame, attribute_classifier: Weights, real_gallery: Mapping,
+    networks: NetworksResource, mlflow: MlflowResource,
 ):
     """One variant's whole anonymized set against the real gallery: `evaluation_metrics` (one row: privacy per
     recognizer, detection, attribute agreement, quality), `per_image_privacy` (every image's similarity to its
@@ -181,7 +208,7 @@ def variant_evaluation(
         rows = anon["row"].to_numpy()
         run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
         [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
-                                 gallery_identity=_gallery_identity(real_images), **_suite(networks))
+                                 gallery_identity=_gallery_identity(real_images), **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
         scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
                                                networks.networks().device)

@@ -25,8 +25,10 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
                 mlflow: MlflowResource) -> Iterator[dg.Output[ImageSet]]:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
     it is) at the generator's resolution (crops cached privately in `<storage>/.align_cache`), and one row per file with its status (`ok`/`rejected`), reason, output
-    name, shard and labels. Registers the shards: `pipeline.shard_size` ok images each."""
+    name, shard, labels and `key` (`anon_core.reuse`: its input's sha256 and how it was read; a crop stored under
+    its key is not written again). Registers the shards: `pipeline.shard_size` ok images each."""
     from anon_core.ingest import CACHE_FOLDER, ingest, io_workers
+    from anon_core.reuse import KEY, input_ids, row_keys
 
     def progress(done: int, total: int) -> None:
         if done % max(1, total // 10) == 0:
@@ -45,6 +47,9 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
             raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
                              f"({reasons}); point --input at a folder of face images")
         frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
+        # what decided each crop: a crop already stored under its key is neither read nor written again
+        frame[KEY] = ""
+        frame.loc[ok, KEY] = row_keys(reuse_context(context, networks, storage), input_ids(frame.loc[ok, "sha256"]))
         register_partitions(context.instance, image_shards, sorted(set(frame.loc[ok, "shard"])), delete_others=True)
         counts = frame.groupby(["status", "reason"]).size().reset_index(name="files")
         run.log_metrics({"num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum())})

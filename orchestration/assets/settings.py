@@ -15,7 +15,7 @@ and nothing else. `falco pipeline` observes them first on every run; in the UI, 
 | `pairing_settings` | pairs | pairing_k, pairing (nearest, unique, identity) |
 | `variant_settings` | anonymized_latents | per variant: the optimization settings it resolves to |
 | `classifier_settings` | attribute_classifier | params.yaml `attribute_classifier:` |
-| `evaluation_settings` | a variant's evaluation | the recognizers whose weights are present |
+| `evaluation_settings` | the real gallery, a variant's evaluation | the recognizers whose weights are present, the quality extractor (Inception where its weights are present, else dlib) |
 | `baseline_settings` | baseline_metrics | the baselines (`evaluation.baselines`), the recognizers present |
 | `report_settings` | anonymization_report | the sweep it compares, each variant's settings, `evaluation.show_real_faces` |
 | `photo_settings` | anonymized_photos | profile, weights, params.yaml `photo:` |
@@ -127,9 +127,10 @@ def classifier_settings(networks: NetworksResource, storage: StorageResource) ->
 
 
 def evaluation_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
+    from evaluation.quality import resolve_extractor
     from evaluation.recognizers import available_recognizers
 
-    return {"recognizers": available_recognizers()}
+    return {"recognizers": available_recognizers(), "extractor": resolve_extractor("auto")[0]}
 
 
 def baseline_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
