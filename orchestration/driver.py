@@ -35,7 +35,7 @@ from anon_core.errors import FalcoError
 from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
 from orchestration import stop_request
 from orchestration.assets.settings import FRESH_TAG
-from orchestration.io_manager import prune_moved_rows, prune_shard_folders, prune_shards
+from orchestration.io_manager import prune_moved_rows, prune_shards, prune_unregistered_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
@@ -165,7 +165,7 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             shards = instance.get_dynamic_partitions(photo_shards.name)
             driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound, photos=True)
             for variant in wanted:  # the photos of shards no longer registered (fewer photos than before)
-                removed = prune_shard_folders(storage.asset_dir("anonymized_photos", variant), shards)
+                removed = prune_unregistered_shards(storage.asset_dir("anonymized_photos", variant), shards)
                 if removed:
                     log(f"anonymized_photos {variant}: removed {', '.join(removed)} (shards no longer in the input)")
         return summary
@@ -177,7 +177,10 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
         driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound)
         for variant in wanted:  # the images of inputs since removed, and of shards no longer registered
             if not any(label.startswith(f"anonymize {variant} ") for label in summary.failed):
-                prune_moved_rows(storage.asset_dir("anonymized_latents", variant))  # every shard holds its own
+                # every shard holds its own rows now: those kept for moved images, and the values of shards no
+                # longer registered (the input shrank), are no longer a source of them
+                prune_moved_rows(storage.asset_dir("anonymized_latents", variant))
+                prune_unregistered_shards(storage.asset_dir("anonymized_latents", variant), shards)
             removed = prune_shards(storage.asset_dir("anonymized_images", variant), shards)
             if removed:
                 tables = [name for name in removed if not name.startswith("images/")]

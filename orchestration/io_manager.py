@@ -69,7 +69,7 @@ from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
            "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "prune_images", "prune_moved_rows",
-           "prune_shard_folders", "prune_shards", "unrecorded", "value_location"]
+           "prune_unregistered_shards", "prune_shards", "unrecorded", "value_location"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -474,16 +474,17 @@ def prune_shards(base: Path, shards: list[str]) -> list[str]:
     return removed + [f"images/{name}" for name in prune_images(base / "images", keep)]
 
 
-def prune_shard_folders(base: Path, shards: list[str]) -> list[str]:
-    """Photo mode's variant folder (`<shard>.parquet` and a `<shard>/` folder of photos per shard): remove both for
-    shards not in `shards` (no longer registered). Only names of the shard-key form are touched."""
+def prune_unregistered_shards(base: Path, shards: list[str]) -> list[str]:
+    """A variant's folder of per-shard values (`<shard>.npz`; photo mode's `<shard>.parquet` and `<shard>/` folder of
+    photos): remove those of shards not in `shards` (no longer registered: the input shrank), so that none is left
+    behind, nor serves as a source of rows (`keyed_dicts`). Only names of the shard-key form are touched."""
     import shutil
 
     from orchestration.partitions import SHARD_KEY
 
     removed = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
-        stem = path.stem if path.suffix == ".parquet" else path.name
+        stem = path.name.split(".", 1)[0]
         if SHARD_KEY.fullmatch(stem) and stem not in shards and not path.is_symlink():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             _writer_file(base, stem).unlink(missing_ok=True)

@@ -304,6 +304,9 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
         listed = set(pd.concat([pd.read_parquet(t) for t in folder.glob("*.parquet")])["image"])
         assert {p.relative_to(folder / "images").as_posix() for p in (folder / "images").rglob("*.png")} == listed
         assert len(listed) == 4 and not any(name.endswith(("img_0.png", "img_3.png", "img_6.png")) for name in listed)
+        latents = store / "anonymized_latents" / variant  # nor the codes of the shard no longer registered
+        assert sorted(p.name for p in latents.iterdir()) == \
+            [".shard-00000.run", ".shard-00001.run", "shard-00000.npz", "shard-00001.npz"]
 
 
 def test_fresh_remakes_everything(state):
