@@ -402,6 +402,25 @@ def test_paste_back_lands_on_the_face_and_leaves_the_rest():
     assert np.abs(same.astype(int) - photo.astype(int))[rows, cols][mask == 1].mean() < 40  # noise resampled
 
 
+def test_a_black_and_white_photo_gets_a_black_and_white_face_and_a_colour_one_keeps_its_colours():
+    """A generated face is in colour; pasted into a black-and-white photo (decoded to RGB, three equal channels) it
+    made the photo a colour one with a coloured face. It is made grey first there, and only there."""
+    rng = np.random.default_rng(3)
+    gray = np.repeat(rng.integers(0, 256, (200, 240, 1), dtype=np.uint8), 3, axis=2)
+    quad = ffhq_quad(FRONTAL + [60, 40])
+    face = np.zeros((64, 64, 3), np.uint8)
+    face[..., 0], face[..., 1], face[..., 2] = 200, 120, 40  # an orange face
+    out = paste_face(gray, face, quad)
+    rows, cols, mask, _ = face_mask(quad, 64, gray.shape[:2])
+    assert not np.array_equal(out, gray) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    inside = out[rows, cols][mask == 1].astype(int)  # the face's grey: its luma, shifted to the band's light
+    assert np.ptp(inside[:, 0]) <= 1
+    colour = gray.copy()
+    colour[..., 2] //= 2  # a colour photo (a blue cast halved): its faces stay in colour
+    out = paste_face(colour, face, quad)
+    assert (out[rows, cols][mask == 1][:, 0] > out[rows, cols][mask == 1][:, 2]).all()  # orange: red over blue
+
+
 def test_cover_pixelates_the_grown_box_only():
     photo = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     out = cover_box(photo, (50.0, 40.0, 90.0, 80.0), "pixelate")
