@@ -169,3 +169,17 @@ def test_the_prepare_stage_follows_every_defaults_key_its_assets_read():
             for key in reader(NetworksResource(), StorageResource())}
     assert {"pairing", "pool_size", "seed"} <= read & set(defaults)
     assert {f"defaults.{key}" for key in read & set(defaults)} <= set(stage["params"])
+
+
+def test_each_stage_declares_the_folder_of_every_asset_its_job_stores():
+    """`real_gallery` joined the evaluate job without an entry in the stage's outs: DVC would not have tracked it."""
+    from orchestration.definitions import defs
+    from orchestration.jobs import ANONYMIZE, EVALUATE, PREPARE
+
+    graph = defs.resolve_asset_graph()
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, selection in (("prepare", PREPARE), ("anonymize", ANONYMIZE), ("evaluate", EVALUATE)):
+        outs = {next(iter(out)) if isinstance(out, dict) else out for out in stages[name]["outs"]}
+        folders = {out.removeprefix("${store}/").split("/")[0] for out in outs}
+        stored = {key.path[-1] for key in selection.resolve(graph)}
+        assert stored == folders, f"stage {name}: {sorted(stored ^ folders)}"
