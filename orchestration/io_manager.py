@@ -69,7 +69,7 @@ from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
            "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "prune_images", "prune_moved_rows",
-           "prune_unregistered_shards", "prune_shards", "unrecorded", "value_location"]
+           "prune_shards", "prune_unregistered_shards", "unrecorded", "value_location"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
