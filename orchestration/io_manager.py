@@ -35,7 +35,8 @@ shards are all written (`prune_shards`: the tables of shards no longer registere
 An image set whose table has a `key` column (`anon_core.reuse`: what decided each image) writes only what changed:
 its table records each file's size and modification time as written, and an image a table of the set recorded
 under the same key, its file unchanged since, is neither read (generated, decoded) nor written again
-(`unchanged_images`); a shard keeps the records of images that moved to another shard until `prune_shards`.
+(`unchanged_images`); a shard keeps the records of images that moved to another shard until `prune_shards`. A
+variant's image that another variant holds under the same key (a variant defined like another) is copied from there.
 
 An input that reads every partition of an upstream asset fails on a missing one, unless its definition says
 `metadata={ALLOW_MISSING: True}` (the report: the variants evaluated so far); it then gets the stored ones.
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -234,7 +236,9 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             names = obj.named["image"].tolist()
             keys = obj.named[KEY].tolist() if KEY in obj.table.columns else None
             unchanged = unchanged_images(base, names, keys)
-            _write_images(base / "images", names, obj.images, private, skip=unchanged)
+            copied = _copy_from_other_variants(base, names, keys, ~unchanged, private) \
+                if keys is not None and partition is not None else np.zeros(len(names), bool)
+            _write_images(base / "images", names, obj.images, private, skip=unchanged | copied)
             table = obj.table if keys is None else _with_file_stamps(obj, base / "images")
             if keys is not None and partition is not None:
                 _keep_dropped_records(base, stem, set(names), private)
@@ -242,8 +246,9 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             if partition is None:  # its table lists the whole set
                 prune_images(base / "images", set(names))
             if keys is not None:
-                context.add_output_metadata({"num_images_written": int((~unchanged).sum()),
-                                             "num_images_unchanged": int(unchanged.sum())})
+                context.add_output_metadata({"num_images_written": int((~unchanged & ~copied).sum()),
+                                             "num_images_unchanged": int(unchanged.sum()),
+                                             "num_images_copied": int(copied.sum())})
         elif isinstance(obj, Weights):
             from safetensors.numpy import save
 
@@ -428,6 +433,27 @@ def unchanged_images(base: Path, names: list[str], keys: list[str] | None) -> np
     return unchanged
 
 
+def _copy_from_other_variants(base: Path, names: list[str], keys: list[str], wanted: np.ndarray, private: bool
+                              ) -> np.ndarray:
+    """Which of the images `names` (where `wanted`) another variant's folder beside `base` holds under the same key,
+    unchanged since written (`unchanged_images`): a variant defined like another has the same codes, so the same
+    images. Those are copied (not linked: editing one variant's file in place must not change another's) instead of
+    generated and encoded."""
+    copied = np.zeros(len(names), bool)
+    todo = {i: (names[i], keys[i]) for i in np.flatnonzero(wanted)}
+    for other in sorted(p for p in base.parent.iterdir() if p.is_dir() and p != base) if todo else []:
+        rows = list(todo)
+        found = unchanged_images(other, [todo[i][0] for i in rows], [todo[i][1] for i in rows])
+        for i in np.asarray(rows)[found]:
+            with atomic_path(base / "images" / names[i], private) as tmp:
+                shutil.copyfile(other / "images" / names[i], tmp)
+            copied[i] = True
+            del todo[i]
+        if not todo:
+            break
+    return copied
+
+
 def _parquet_bytes(table: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
@@ -478,8 +504,6 @@ def prune_unregistered_shards(base: Path, shards: list[str]) -> list[str]:
     """A variant's folder of per-shard values (`<shard>.npz`; photo mode's `<shard>.parquet` and `<shard>/` folder of
     photos): remove those of shards not in `shards` (no longer registered: the input shrank), so that none is left
     behind, nor serves as a source of rows (`keyed_dicts`). Only names of the shard-key form are touched."""
-    import shutil
-
     from orchestration.partitions import SHARD_KEY
 
     removed = []

@@ -278,8 +278,13 @@ def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces
     assert files_before and not changed
     assert _latest_metadata(instance, "real_images", "num_images_written") == [1]
     written = _latest_metadata(instance, "anonymized_images", "num_images_written")
-    assert sorted(written) == sorted([1] * len(VARIANTS) + [0] * 2 * len(VARIANTS) + [3, 3, 2])
-    assert len(list(store.glob("anonymized_images/like_default/images/**/*.png"))) == 8
+    assert sorted(written) == sorted([1] * len(VARIANTS) + [0] * 2 * len(VARIANTS) + [0, 0, 0])
+    # the variant defined like `default` has its images: copied from `default`'s folder, byte for byte
+    assert sorted(_latest_metadata(instance, "anonymized_images", "num_images_copied")) == \
+        sorted([0] * 3 * len(VARIANTS) + [3, 3, 2])
+    like = sorted(store.glob("anonymized_images/like_default/images/**/*.png"))
+    assert len(like) == 8 and all(path.read_bytes() == (store / "anonymized_images" / "default" / path.relative_to(
+        store / "anonymized_images" / "like_default")).read_bytes() for path in like)
     assert not list(store.glob("anonymized_images/*/.*.moved.parquet"))  # every image is in its shard's table
 
 

@@ -105,37 +105,36 @@ def test_io_manager_streams_image_sets_in_and_out(tmp_path):
 def test_a_keyed_image_set_makes_and_writes_only_the_images_whose_file_is_not_what_it_would_write(tmp_path):
     """Shards of one variant (as anonymized_images stores them): an image whose file a table recorded writing under
     the same key, and that nobody changed since, is neither made nor written; one that moved to another shard keeps
-    its file too; a new key, a file edited by hand or one deleted is made and written again."""
+    its file too; a new key, a file edited by hand or one deleted is made and written again. Another variant's
+    images of the same keys (a variant defined like the first) are copied, not made."""
     from anon_core.data.mapped_images import MappedImages
     from orchestration.io_manager import prune_shards
 
-    partitions = dg.MultiPartitionsDefinition({"variant": dg.StaticPartitionsDefinition(["v"]),
+    partitions = dg.MultiPartitionsDefinition({"variant": dg.StaticPartitionsDefinition(["v", "w"]),
                                                "shard": dg.StaticPartitionsDefinition(["shard-00000", "shard-00001"])})
     manager = FalcoIOManager(root=str(tmp_path / "store"))
     made: list[int] = []
 
-    def store(shard: str, names: list[str], keys: list[str], values: list[int]) -> dict:
-        def make(rows):
-            made.extend(int(v) for v in rows)
-            return np.stack([np.full((8, 8, 3), v, np.uint8) for v in rows])
+    def make(rows):  # image i is filled with its value, and made only when read
+        made.extend(int(v) for v in rows)
+        return np.stack([np.full((8, 8, 3), v, np.uint8) for v in rows])
 
+    def store(shard: str, names: list[str], keys: list[str], values: list[int], variant: str = "v") -> tuple:
+        """(images written, unchanged, copied from another variant)."""
         out = dg.build_output_context(asset_key=dg.AssetKey("anonymized_images"), asset_partitions_def=partitions,
-                                      partition_key=dg.MultiPartitionKey({"variant": "v", "shard": shard}))
+                                      partition_key=dg.MultiPartitionKey({"variant": variant, "shard": shard}))
         table = pd.DataFrame({"image": names, "key": keys})
         manager.handle_output(out, ImageSet(table=table, images=MappedImages(make, [np.array(values)], (8, 8, 3))))
-        return {name: value.value for name, value in out.get_logged_metadata().items()
-                if name.startswith("num_images")}
+        counts = {name: value.value for name, value in out.get_logged_metadata().items()}
+        return counts["num_images_written"], counts["num_images_unchanged"], counts["num_images_copied"]
 
     folder = tmp_path / "store" / "anonymized_images" / "v"
-    assert store("shard-00000", ["a.png", "b.png"], ["ka", "kb"], [1, 2]) == \
-        {"num_images_written": 2, "num_images_unchanged": 0}
-    assert store("shard-00001", ["c.png"], ["kc"], [3]) == {"num_images_written": 1, "num_images_unchanged": 0}
+    assert store("shard-00000", ["a.png", "b.png"], ["ka", "kb"], [1, 2]) == (2, 0, 0)
+    assert store("shard-00001", ["c.png"], ["kc"], [3]) == (1, 0, 0)
     made.clear()
     # an image added before the others: "b" moves to the next shard, whose step runs after the first one's
-    assert store("shard-00000", ["0.png", "a.png"], ["k0", "ka"], [10, 1]) == \
-        {"num_images_written": 1, "num_images_unchanged": 1}
-    assert store("shard-00001", ["b.png", "c.png"], ["kb", "kc"], [2, 3]) == \
-        {"num_images_written": 0, "num_images_unchanged": 2}
+    assert store("shard-00000", ["0.png", "a.png"], ["k0", "ka"], [10, 1]) == (1, 1, 0)
+    assert store("shard-00001", ["b.png", "c.png"], ["kb", "kc"], [2, 3]) == (0, 2, 0)
     assert made == [10]  # the one new image, nothing else generated
     assert (folder / ".shard-00000.moved.parquet").is_file()
     assert prune_shards(folder, ["shard-00000", "shard-00001"]) == []  # the kept records go, quietly
@@ -144,11 +143,16 @@ def test_a_keyed_image_set_makes_and_writes_only_the_images_whose_file_is_not_wh
     save_png(folder / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
     (folder / "images" / "c.png").unlink()
     made.clear()
-    assert store("shard-00001", ["b.png", "c.png"], ["kb2", "kc"], [20, 3]) == \
-        {"num_images_written": 2, "num_images_unchanged": 0}
-    assert store("shard-00000", ["0.png", "a.png"], ["k0", "ka"], [10, 1]) == \
-        {"num_images_written": 1, "num_images_unchanged": 1}
+    assert store("shard-00001", ["b.png", "c.png"], ["kb2", "kc"], [20, 3]) == (2, 0, 0)
+    assert store("shard-00000", ["0.png", "a.png"], ["k0", "ka"], [10, 1]) == (1, 1, 0)
     assert sorted(made) == [1, 3, 20]
     loaded = {name: int(np.asarray(Image.open(folder / "images" / name))[0, 0, 0])
               for name in ("0.png", "a.png", "b.png", "c.png")}
     assert loaded == {"0.png": 10, "a.png": 1, "b.png": 20, "c.png": 3}
+    # variant "w": two images of "v"'s keys are copied (not linked), one of a key of its own is made
+    made.clear()
+    assert store("shard-00000", ["0.png", "a.png", "b.png"], ["k0", "ka", "kw"], [10, 1, 7], variant="w") == (1, 0, 2)
+    assert made == [7]
+    copies = tmp_path / "store" / "anonymized_images" / "w" / "images"
+    assert (copies / "a.png").read_bytes() == (folder / "images" / "a.png").read_bytes()
+    assert (copies / "a.png").stat().st_ino != (folder / "images" / "a.png").stat().st_ino
