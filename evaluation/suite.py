@@ -143,14 +143,6 @@ def read_set(
     )
 
 
-def read_gallery(real: ImageSetLike, recognizers: Sequence[Recognizer], extractor: FeatureExtractor,
-                 device: torch.device | str = "cpu", batch_size: int | None = None) -> SetOutputs:
-    """What every evaluation against the real set reads of it (each recognizer's embeddings, the quality features):
-    read once, it can be given to any number of `evaluate_runs` calls (`real_outputs`), which then read only their
-    anonymized sets."""
-    return read_set(real, recognizers, extractor, device=device, batch_size=batch_size)
-
-
 def real_pseudo_labels(real: ImageSetLike, predictors: list, ids: list[str], device="cpu") -> dict[str, pd.DataFrame]:
     return read_set(real, predictors=predictors, ids=ids, device=device).labels
 
@@ -247,7 +239,7 @@ def evaluate_runs(
     The baselines are made batch by batch from the real rows `baseline_index` (named `baseline_names`; default: the
     first run's sources and names), `fakes` being those rows' paired fakes (for "swap"); `batch_size`: images per
     read (see `read_set`). With `predictors` but no `real_labels`, the real set's pseudo-labels (rows named by
-    `real_ids`) are made in the same read as its embeddings and features. `real_outputs` (`read_gallery` of `real`):
+    `real_ids`) are made in the same read as its embeddings and features. `real_outputs` (`read_set` of `real` with the same networks):
     the real set is not read again, unless its features come from another extractor, labels are to be made, or it
     lacks a recognizer's embeddings (those alone are read)."""
     if baselines and baseline_index is None:

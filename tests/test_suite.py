@@ -33,10 +33,10 @@ def test_real_side_computed_once_gives_the_numbers_of_each_method_alone(lfw_face
 
 
 def test_a_real_gallery_read_once_and_stored_gives_the_same_numbers_without_reading_the_real_set_again(lfw_faces):
-    """What the pipeline's `real_gallery` stores (`read_gallery`, as a dict of arrays) stands in for the real set's
+    """What the pipeline's `real_gallery` stores (`read_set` of the real set, as a dict of arrays) stands in for the real set's
     read: the same numbers to the last bit, and the real images are not read again; a gallery of another
     extractor is not used, and one lacking a recognizer has that recognizer's embeddings read alone."""
-    from evaluation.suite import SetOutputs, read_gallery
+    from evaluation.suite import SetOutputs, read_set
 
     real, source = lfw_faces, np.array([1, 4, 6])
     run = AnonymizedSet("falco", apply_baseline("pixelate", real[source]), source, [f"a{i}" for i in source])
@@ -56,7 +56,7 @@ def test_a_real_gallery_read_once_and_stored_gives_the_same_numbers_without_read
             self.read += len(batch)
             return batch
 
-    stored = SetOutputs.from_arrays(read_gallery(real, recognizers, extractor).to_arrays())
+    stored = SetOutputs.from_arrays(read_set(real, recognizers, extractor).to_arrays())
     counted = Counted(real)
     again = evaluate_runs([run], counted, recognizers, extractor, baselines=("blur",), real_outputs=stored)
     for a, b in zip(inline, again):

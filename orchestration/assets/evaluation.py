@@ -66,10 +66,10 @@ def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, netwo
     """The ok real images as the evaluation reads them, once for every variant's evaluation and the baselines (each
     of which reads only its own images then): every recognizer's embeddings, `embedding_<name>` [N_ok, D], and the
     quality extractor's features, `features` [N_ok, dim] with its name in `extractor`."""
-    from evaluation.suite import read_gallery
+    from evaluation.suite import read_set
 
     with mlflow.asset_run(context, networks) as run:
-        outputs = read_gallery(real_images.images, **_readers(networks))
+        outputs = read_set(real_images.images, **_readers(networks))
         run.log_metrics({"num_images": len(outputs.features)})
     context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "extractor": outputs.extractor,
                                  "recognizers": ", ".join(outputs.embeddings)})
