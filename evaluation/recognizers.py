@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -149,6 +150,7 @@ class Recognizer:
         device: torch.device | str = "cpu",
         crop: str | None = None,
         batch_size: int = 32,
+        weights_file: Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -159,6 +161,7 @@ class Recognizer:
         if self.crop not in FACE_CROPS:
             raise FalcoError(f"crop={self.crop!r} is not one of {sorted(FACE_CROPS)}")
         self.batch_size = batch_size
+        self.weights_file = weights_file  # where its weights were read from (None: not from a file)
 
     @property
     def name(self) -> str:
@@ -277,4 +280,5 @@ def build_recognizer(
     if path is None:
         path = model_store.require([spec.weights])[spec.weights]  # MissingWeightsError with the fetch command
     device = torch.device(device)
-    return Recognizer(spec, _BUILDERS[name](path, device), device=device, crop=crop, batch_size=batch_size)
+    return Recognizer(spec, _BUILDERS[name](path, device), device=device, crop=crop, batch_size=batch_size,
+                      weights_file=Path(path))

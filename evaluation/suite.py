@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ from evaluation.quality import (FEATURE_BATCH_SIZE, MIN_IMAGES_FOR_DISTANCES, Fe
                                 feature_statistics, features)
 from evaluation.recognizers import Recognizer
 
+if TYPE_CHECKING:
+    from evaluation.output_store import OutputStore
+
 
 @dataclass
 class MethodResult:
@@ -34,6 +38,7 @@ class MethodResult:
     per_image: pd.DataFrame  # privacy per image: every recognizer's similarity, rank, pass/fail; detections
     attributes: pd.DataFrame | None = None  # per attribute agreement with the real images' labels
     quality: dict = field(default_factory=dict)
+    images_read: int | None = None  # how many of its images the networks read (the others' outputs were stored)
 
 
 def build_attribute_predictors(seeded: bool, device: torch.device | str = "cpu") -> list:
@@ -76,21 +81,40 @@ class SetOutputs:
     extractor: str | None = None  # the name of the extractor of `features`
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The embeddings and features as a dict of arrays (a real gallery stored once for many evaluations)."""
-        return {**{f"{EMBEDDING}{name}": e for name, e in self.embeddings.items()},
-                **({"features": self.features, "extractor": np.array(self.extractor or "")}
-                   if self.features is not None else {})}
+        """Every per-image output as a dict of arrays, one row per image (a real gallery stored once for many
+        evaluations, `evaluation.output_store`): `embedding_<recognizer>`, `features` (with its `extractor`'s name,
+        a 0-d array), `faces_<detector>` and `label:<predictor>:<column>` per column of its pseudo_labels table."""
+        arrays = {f"{EMBEDDING}{name}": e for name, e in self.embeddings.items()}
+        if self.features is not None:
+            arrays |= {"features": self.features, "extractor": np.array(self.extractor or "")}
+        arrays |= {f"{FACES}{name}": found.faces for name, found in self.faces.items()}
+        for name, frame in self.labels.items():
+            arrays |= {f"{LABEL}{name}:{column}": frame[column].to_numpy() for column in frame.columns}
+        return arrays
 
     @classmethod
-    def from_arrays(cls, arrays) -> SetOutputs:
-        """`to_arrays`' dict (or a stored one) back: embeddings and features, no detections or labels."""
+    def from_arrays(cls, arrays, ids: Sequence[str] | None = None) -> SetOutputs:
+        """`to_arrays`' dict (or a stored one) back; `ids`: the label tables' row names (default "0", "1", ...)."""
         names = list(arrays)
+        labels: dict[str, pd.DataFrame] = {}
+        for name in names:
+            if name.startswith(LABEL):
+                predictor, column = name.removeprefix(LABEL).split(":", 1)
+                labels.setdefault(predictor, {})[column] = np.asarray(arrays[name])
+        for predictor, columns in labels.items():
+            n = len(next(iter(columns.values())))
+            index = pd.Index([str(i) for i in (range(n) if ids is None else ids)], name="image")
+            labels[predictor] = pd.DataFrame(columns, index=index)
+            labels[predictor].attrs["predictor"] = predictor
         return cls(embeddings={n.removeprefix(EMBEDDING): np.asarray(arrays[n]) for n in names if n.startswith(EMBEDDING)},
-                   faces={}, features=np.asarray(arrays["features"]) if "features" in names else None, labels={},
+                   faces={n.removeprefix(FACES): DetectionResult(n.removeprefix(FACES), np.asarray(arrays[n]))
+                          for n in names if n.startswith(FACES)},
+                   features=np.asarray(arrays["features"]) if "features" in names else None, labels=labels,
                    extractor=str(arrays["extractor"]) if "extractor" in names else None)
 
 
-EMBEDDING = "embedding_"  # prefix of a recognizer's embeddings in `SetOutputs.to_arrays`
+# prefixes of `SetOutputs.to_arrays`' names: a recognizer's embeddings, a detector's face counts, a label column
+EMBEDDING, FACES, LABEL = "embedding_", "faces_", "label:"
 
 
 def read_set(
@@ -143,10 +167,6 @@ def read_set(
     )
 
 
-def real_pseudo_labels(real: ImageSetLike, predictors: list, ids: list[str], device="cpu") -> dict[str, pd.DataFrame]:
-    return read_set(real, predictors=predictors, ids=ids, device=device).labels
-
-
 def evaluate_method(
     method: str,
     anonymized: ImageSetLike,
@@ -163,14 +183,21 @@ def evaluate_method(
     names: list[str] | None = None,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
+    keys: Sequence[str | None] | None = None,
+    store: OutputStore | None = None,
 ) -> MethodResult:
     """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]]), read once
-    in batches of `batch_size` (see `read_set`).
+    in batches of `batch_size` (see `read_set`); with a `store` (`evaluation.output_store`) and the images' `keys`,
+    only the images whose outputs it does not hold are read.
 
     What depends on the real set alone can be passed in, computed once for many sets: `real_features`,
     `real_statistics` (their `feature_statistics`), `gallery_embeddings` (per recognizer) and `real_labels`."""
     ids = names or [str(i) for i in range(len(anonymized))]
-    anon = read_set(anonymized, recognizers, extractor, DETECTORS, predictors or (), ids, device, batch_size)
+    readers = (recognizers, extractor, DETECTORS, predictors or ())
+    if store is not None and keys is not None:
+        anon, images_read = store.read(anonymized, keys, *readers, ids, device, batch_size)
+    else:
+        anon, images_read = read_set(anonymized, *readers, ids, device, batch_size), len(anonymized)
     gallery = dict(gallery_embeddings or {})
     missing = [r for r in recognizers if r.name not in gallery]
     if missing:
@@ -208,7 +235,7 @@ def evaluate_method(
             parts.append(part)
             metrics[f"attributes/{p.name}/mean_agreement"] = float(part["agreement"].mean())
         table = pd.concat(parts, ignore_index=True)
-    return MethodResult(method, metrics, per_image, table, quality.as_dict())
+    return MethodResult(method, metrics, per_image, table, quality.as_dict(), images_read)
 
 
 @dataclass
@@ -219,6 +246,7 @@ class AnonymizedSet:
     images: ImageSetLike  # uint8 [N, H, W, 3]: an ndarray, or an ImageFiles left on disk
     source_index: np.ndarray  # int [N]: row i was made from real[source_index[i]]
     names: list[str] | None = None  # per-image names for the per-image tables
+    keys: list[str | None] | None = None  # what decided each image (anon_core.reuse.KEY), for an OutputStore
 
 
 def evaluate_runs(
@@ -233,6 +261,7 @@ def evaluate_runs(
     baseline_index: np.ndarray | None = None,
     baseline_names: list[str] | None = None,
     real_outputs: SetOutputs | None = None,
+    store: OutputStore | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
@@ -241,7 +270,8 @@ def evaluate_runs(
     read (see `read_set`). With `predictors` but no `real_labels`, the real set's pseudo-labels (rows named by
     `real_ids`) are made in the same read as its embeddings and features. `real_outputs` (`read_set` of `real` with the same networks):
     the real set is not read again, unless its features come from another extractor, labels are to be made, or it
-    lacks a recognizer's embeddings (those alone are read)."""
+    lacks a recognizer's embeddings (those alone are read). `store`: the runs' outputs kept by their images' keys
+    (`evaluation.output_store`), so an image evaluated before is not read again."""
     if baselines and baseline_index is None:
         if not runs:
             raise ValueError("baselines need baseline_index (or a run whose sources they take)")
@@ -256,8 +286,8 @@ def evaluate_runs(
                   real_statistics=feature_statistics(real_outputs.features)
                   if len(real_outputs.features) >= MIN_IMAGES_FOR_DISTANCES else None,
                   gallery_embeddings=real_outputs.embeddings, batch_size=batch_size, **kwargs)
-    results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, **common)
-               for run in runs]
+    results = [evaluate_method(run.method, run.images, real, run.source_index, names=run.names, keys=run.keys,
+                               store=store, **common) for run in runs]
     for name in baselines:
         images = baseline_images(name, take(real, baseline_index), fakes=fakes if BASELINES[name].needs_fakes else None)
         results.append(evaluate_method(name, images, real, baseline_index, names=baseline_names, **common))

@@ -71,7 +71,7 @@ from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
            "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "prune_images", "prune_moved_rows",
-           "prune_shards", "prune_unregistered_shards", "unrecorded", "value_location"]
+           "prune_shards", "prune_unregistered_shards", "unrecorded", "value_location", "verified_keys"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
@@ -383,6 +383,24 @@ def _with_file_stamps(images: ImageSet, folder: Path) -> pd.DataFrame:
         table[column] = pd.array([pd.NA] * len(table), dtype="Int64")
         table.loc[has_image, column] = values
     return table
+
+
+def verified_keys(images: ImageSet) -> list[str | None] | None:
+    """Each stored image's key (`reuse.KEY`: what decided it), where its file is as its table recorded writing it
+    (`FILE_STAMP`), else None (replaced or edited by hand since, or gone); None for a set stored without keys. What is
+    computed of an image under its key (`evaluation.output_store`) holds for the file only while that is so."""
+    named = images.named
+    if KEY not in named.columns or not set(FILE_STAMP) <= set(named.columns) or not isinstance(images.images, ImageFiles):
+        return None
+    keys: list[str | None] = []
+    for path, key, size, mtime in zip(images.images.paths, named[KEY], named[FILE_STAMP[0]], named[FILE_STAMP[1]]):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            st = None
+        recorded = st is not None and not pd.isna(size) and (st.st_size, st.st_mtime_ns) == (int(size), int(mtime))
+        keys.append(str(key) if recorded and stat.S_ISREG(st.st_mode) else None)
+    return keys
 
 
 def _recorded_files(path: Path) -> pd.DataFrame | None:

@@ -233,12 +233,16 @@ def _stamp(path: Path) -> tuple[int, int]:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _latest_metadata(instance, asset: str, key: str) -> list:
+def _latest_by_partition(instance, asset: str, key: str) -> dict:
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
     latest = {}
     for record in sorted(records, key=lambda r: r.storage_id):
         latest[record.partition_key] = record.asset_materialization.metadata[key].value
-    return list(latest.values())
+    return latest
+
+
+def _latest_metadata(instance, asset: str, key: str) -> list:
+    return list(_latest_by_partition(instance, asset, key).values())
 
 
 def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces):
@@ -286,6 +290,17 @@ def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces
     assert len(like) == 8 and all(path.read_bytes() == (store / "anonymized_images" / "default" / path.relative_to(
         store / "anonymized_images" / "like_default")).read_bytes() for path in like)
     assert not list(store.glob("anonymized_images/*/.*.moved.parquet"))  # every image is in its shard's table
+    # the real gallery and the pseudo-labels read the new real image only; each variant's evaluation read only the
+    # image it had not read before, the variant defined like `default` none
+    assert _latest_metadata(instance, "real_gallery", "num_images_read") == [1]
+    assert _latest_metadata(instance, "attribute_pseudo_labels", "num_images_read") == [1]
+    assert oct((store / "evaluation_outputs" / "real").stat().st_mode & 0o777) == "0o700"  # identity embeddings
+    # (its images are default's, under the same keys), and its numbers are default's
+    assert _latest_by_partition(instance, "evaluation_metrics", "num_images_read") == \
+        {"default": 1, "m0.5": 1, "like_default": 0}
+    metrics = {v: pd.read_parquet(store / "evaluation_metrics" / v / "all.parquet").drop(columns="method")
+               for v in ("default", "like_default")}
+    pd.testing.assert_frame_equal(metrics["default"], metrics["like_default"], check_exact=True)
 
 
 def test_removed_inputs_leave_no_image_behind_in_the_storage(state):

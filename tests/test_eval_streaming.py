@@ -24,7 +24,7 @@ from evaluation.suite import (
     AnonymizedSet,
     build_attribute_predictors,
     evaluate_runs,
-    real_pseudo_labels,
+    read_set,
     summary_table,
 )
 from seeding import mini_networks
@@ -84,7 +84,7 @@ def test_suite_on_files_gives_the_numbers_of_the_suite_on_arrays(tmp_path, lfw_f
     ids = [f"r{i}" for i in range(len(real))]
 
     def evaluate(real_set, anon_set, fakes_set):
-        labels = real_pseudo_labels(real_set, predictors, ids)
+        labels = read_set(real_set, predictors=predictors, ids=ids).labels
         results = evaluate_runs([AnonymizedSet("falco", anon_set, source, names)], real_set, recognizers,
                                 seeded_extractor(), baselines=tuple(BASELINES), fakes=fakes_set,
                                 predictors=predictors, real_labels=labels, batch_size=4)

@@ -4,6 +4,7 @@ agreement, and one report that puts the variants and the baselines side by side.
 
 import contextlib
 from collections.abc import Mapping
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -11,13 +12,27 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet, Weights
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import REAL_FACES
+from orchestration.io_manager import REAL_FACES, verified_keys
 from orchestration.metadata import table
 from orchestration.partitions import BY_VARIANT, context_variant, variants
-from orchestration.resources import NetworksResource
+from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource, delta_table
 
 GROUP = "evaluation"
+OUTPUTS_FOLDER = "evaluation_outputs"  # under the storage root: the evaluation networks' per-image outputs, kept by
+# image key so an evaluation reads only the images it has not read before (evaluation.output_store); those of the
+# real images in its `real/`, readable by their owner only
+
+
+def _store(context: dg.AssetExecutionContext, storage: StorageResource, real: bool = False):
+    """The evaluation networks' outputs kept by image key: of the anonymized images, or (`real`) of the real ones,
+    private; `--fresh` reads every image again."""
+    from evaluation.output_store import OutputStore
+
+    from orchestration.assets.settings import reuses_rows
+
+    root = Path(storage.root) / OUTPUTS_FOLDER
+    return OutputStore(root / "real" if real else root, private=real, reuse=reuses_rows(context))
 
 
 def _predictors(networks: NetworksResource):
@@ -46,6 +61,11 @@ def _suite(networks: NetworksResource, real_gallery: Mapping) -> dict:
             "real_outputs": SetOutputs.from_arrays(real_gallery)}
 
 
+def _real_keys(real_images: ImageSet) -> list[str | None]:
+    keys = verified_keys(real_images)
+    return [None] * len(real_images.images) if keys is None else keys
+
+
 def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
     named = real_images.named
     return named["identity"].to_numpy() if "identity" in named.columns else None
@@ -61,36 +81,38 @@ def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 @dg.asset(group_name=GROUP, code_version="1", deps=["evaluation_settings"], op_tags=GPU,
           metadata={REAL_FACES: True})  # identity embeddings of real faces: stored readable by their owner only
-def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
-                 mlflow: MlflowResource) -> dict:
+def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, storage: StorageResource,
+                 networks: NetworksResource, mlflow: MlflowResource) -> dict:
     """The ok real images as the evaluation reads them, once for every variant's evaluation and the baselines (each
     of which reads only its own images then): every recognizer's embeddings, `embedding_<name>` [N_ok, D], and the
-    quality extractor's features, `features` [N_ok, dim] with its name in `extractor`."""
-    from evaluation.suite import read_set
-
+    quality extractor's features, `features` [N_ok, dim] with its name in `extractor`. New data reads only the
+    images it adds (the others' outputs are kept by their key)."""
     with mlflow.asset_run(context, networks) as run:
-        outputs = read_set(real_images.images, **_readers(networks))
+        outputs, read = _store(context, storage, real=True).read(real_images.images, _real_keys(real_images),
+                                                                 **_readers(networks))
         run.log_metrics({"num_images": len(outputs.features)})
-    context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "extractor": outputs.extractor,
-                                 "recognizers": ", ".join(outputs.embeddings)})
+    context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "num_images_read": read,
+                                 "extractor": outputs.extractor, "recognizers": ", ".join(outputs.embeddings)})
     return outputs.to_arrays()
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
-def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: ImageSet,
+def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: ImageSet, storage: StorageResource,
                             networks: NetworksResource, mlflow: MlflowResource) -> pd.DataFrame:
     """CelebA attribute labels of the real images from Anycost GAN's and Talk-to-Edit's predictors (the paper's
-    protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns."""
-    from evaluation.suite import real_pseudo_labels
-
+    protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns. New data labels only
+    the images it adds."""
     with mlflow.asset_run(context, networks) as run:
-        labels = real_pseudo_labels(real_images.images, _predictors(networks), real_images.named["image"].tolist(),
-                                    device=networks.networks().device)
+        outputs, read = _store(context, storage, real=True).read(
+            real_images.images, _real_keys(real_images), predictors=_predictors(networks),
+            ids=real_images.named["image"].tolist(), device=networks.networks().device)
+        labels = outputs.labels
         frame = pd.concat(labels, axis=1)
         frame.columns = [f"{p}/{c}" for p, c in frame.columns]
         run.log_params({"predictors": list(labels)})
         run.log_metrics({"num_images": len(frame)})
-    context.add_output_metadata({**run.metadata, "predictors": ", ".join(labels), "num_images": len(frame)})
+    context.add_output_metadata({**run.metadata, "predictors": ", ".join(labels), "num_images": len(frame),
+                                 "num_images_read": read})
     return frame.rename_axis("image").reset_index()
 
 
@@ -190,7 +212,7 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
 def variant_evaluation(
     context: dg.AssetExecutionContext, anonymized_images: dict, real_images: ImageSet,
     attribute_pseudo_labels: pd.DataFrame, attribute_classifier: Weights, real_gallery: Mapping,
-    networks: NetworksResource, mlflow: MlflowResource,
+    storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource,
 ):
     """One variant's whole anonymized set against the real gallery: `evaluation_metrics` (one row: privacy per
     recognizer, detection, attribute agreement, quality), `per_image_privacy` (every image's similarity to its
@@ -206,9 +228,12 @@ def variant_evaluation(
         anon = pd.concat([s.table for s in shards], ignore_index=True)
         images = concatenate([s.images for s in shards])  # left on disk, read batch by batch
         rows = anon["row"].to_numpy()
-        run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist())
+        keys = [verified_keys(s) for s in shards]
+        run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist(),
+                                None if None in keys else [key for part in keys for key in part])
         [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
-                                 gallery_identity=_gallery_identity(real_images), **_suite(networks, real_gallery))
+                                 gallery_identity=_gallery_identity(real_images), store=_store(context, storage),
+                                 **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
         scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
                                                networks.networks().device)
@@ -222,6 +247,7 @@ def variant_evaluation(
         run.log_per_image_table(result.per_image, "per_image.csv")
         previous = mlflow.previous_metrics(run, "evaluation_metrics", variant)
     context.add_output_metadata({**run.metadata, "variant": variant, "num_images": len(anon),
+                                 "num_images_read": result.images_read,
                                  "failed_images": int((~result.per_image["passed_all"]).sum()),
                                  "attribute_classifier": classifier, "change_vs_previous_run":
                                      table(delta_table(previous, result.metrics)) if previous is not None else

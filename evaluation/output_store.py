@@ -1,0 +1,165 @@
+"""The evaluation networks' per-image outputs (`suite.SetOutputs`: embeddings, quality features, face counts,
+pseudo-labels) kept on disk by image key (`anon_core.reuse.KEY`: what decided the image), so that an image evaluated
+before is not read again: after new data a variant's evaluation reads only the images the data added, and a variant
+defined like another (the same images under the same keys) reads none.
+
+A store keeps one folder per set of networks (`networks_signature`: their names, their weights, how they read an
+image), holding parts `<time>-<random>.npz`: `SetOutputs.to_arrays` of some images and their `key`s. A part is
+written whole (`anon_core.atomic`), so a process killed mid-write leaves all of it or none, and evaluations running
+at once write parts of their own. A part that cannot be read is skipped (its images are read again).
+
+An output taken from the store is the one computed when its image was first read, in that read's batches; reading
+the image again in other batches could differ in the last bits (batched convolutions round differently), so the
+metrics of a set read in several goes equal those of one read to float32 rounding, not to the last bit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anon_core.atomic import atomic_path
+from anon_core.data.image_files import take
+from evaluation.image_sets import ImageSetLike
+from evaluation.quality import FeatureExtractor
+from evaluation.recognizers import Recognizer
+from evaluation.suite import SetOutputs, read_set
+
+OUTPUTS_VERSION = "1"  # bump when what the suite computes of an image changes (a crop, a preparation, a detector)
+KEYS = "key"  # a part's array of image keys
+
+
+def networks_signature(recognizers: Sequence[Recognizer] = (), extractor: FeatureExtractor | None = None,
+                       detectors: Sequence[str] = (), predictors: Sequence = ()) -> str:
+    """A name for what these networks make of an image: each recognizer's name, crop and weight file (its size and
+    modification time), the extractor's name, weights and input, the detectors, and each predictor's name,
+    attributes and parameters."""
+    def file_stamp(path: Path | None) -> list | None:
+        if path is None or not Path(path).is_file():
+            return None
+        st = Path(path).stat()
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+    described = {
+        "version": OUTPUTS_VERSION,
+        "recognizers": [[r.name, r.crop, file_stamp(r.weights_file)] for r in recognizers],
+        "extractor": None if extractor is None else [extractor.name, extractor.weights_sha256, extractor.input_size,
+                                                     extractor.resize],
+        "detectors": list(detectors),
+        "predictors": [[p.name, list(p.attributes), _parameters_digest(p)] for p in predictors],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parameters_digest(module) -> str | None:
+    if not isinstance(module, torch.nn.Module):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class OutputStore:
+    """Per-image outputs of the evaluation networks under `root`, by image key (see the module's doc). `private`:
+    parts readable by their owner only (outputs of real faces: identity embeddings are biometric data). `reuse`:
+    False reads every image (and keeps what it read, which newer reads then take)."""
+
+    def __init__(self, root: Path | str, private: bool = False, reuse: bool = True) -> None:
+        self.root = Path(root)
+        self.private = private
+        self.reuse = reuse
+
+    def read(
+        self,
+        images: ImageSetLike,
+        keys: Sequence[str | None],
+        recognizers: Sequence[Recognizer] = (),
+        extractor: FeatureExtractor | None = None,
+        detectors: Sequence[str] = (),
+        predictors: Sequence = (),
+        ids: Sequence[str] | None = None,
+        device: torch.device | str = "cpu",
+        batch_size: int | None = None,
+    ) -> tuple[SetOutputs, int]:
+        """`read_set`'s outputs of `images` (row i made under `keys[i]`; None: not known, always read, never
+        kept), and how many images were read: only those whose key the store does not hold; their outputs are
+        kept for the next read."""
+        if len(keys) != len(images):
+            raise ValueError(f"{len(keys)} keys for {len(images)} images")
+        networks = dict(recognizers=recognizers, extractor=extractor, detectors=detectors, predictors=predictors,
+                        device=device, batch_size=batch_size)
+        folder = self.root / networks_signature(recognizers, extractor, detectors, predictors)
+        ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
+        arrays, found = self._stored(folder, keys) if self.reuse else ({}, np.zeros(len(keys), bool))
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            subset = images if len(missing) == len(images) else take(images, missing)
+            fresh = read_set(subset, ids=[ids[i] for i in missing], **networks).to_arrays()
+            for name, values in fresh.items():
+                _put(arrays, name, missing, values, len(images))
+            self._keep(folder, [keys[i] for i in missing], fresh)
+        elif not len(images):
+            raise ValueError("no images to evaluate")
+        return SetOutputs.from_arrays(arrays, ids), len(missing)
+
+    def _stored(self, folder: Path, keys: Sequence[str | None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The stored outputs of the rows whose key a part holds (newer parts first), and which rows those are."""
+        wanted: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                wanted.setdefault(key, []).append(i)
+        arrays: dict[str, np.ndarray] = {}
+        found = np.zeros(len(keys), bool)
+        for part in sorted(folder.glob("*.npz"), reverse=True) if wanted else []:
+            try:
+                with np.load(part, allow_pickle=False) as data:
+                    rows = [(i, row) for row, key in enumerate(data[KEYS].tolist())
+                            for i in wanted.get(key, ()) if not found[i]]
+                    if not rows:
+                        continue
+                    here, there = np.array(rows).T
+                    values = {name: data[name] for name in data.files if name != KEYS}
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                warnings.warn(f"{part}: not read ({err}); its images are evaluated again", stacklevel=2)
+                continue
+            if arrays and set(values) != set(arrays):  # another layout than the parts read so far: not used
+                continue
+            for name, stored in values.items():
+                _put(arrays, name, here, stored if stored.ndim == 0 else stored[there], len(keys))
+            found[here] = True
+        return arrays, found
+
+    def _keep(self, folder: Path, keys: list[str | None], arrays: dict[str, np.ndarray]) -> None:
+        """A new part with the outputs of the rows that have a key (each key once)."""
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                first.setdefault(key, i)
+        if not first:
+            return
+        rows = np.fromiter(first.values(), dtype=np.int64)
+        part = {KEYS: np.asarray(list(first), dtype=str),
+                **{name: values if values.ndim == 0 else values[rows] for name, values in arrays.items()}}
+        path = folder / f"{time.time_ns():020d}-{secrets.token_hex(4)}.npz"
+        with atomic_path(path, self.private) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **part)
+
+
+def _put(arrays: dict[str, np.ndarray], name: str, rows: np.ndarray, values: np.ndarray, n: int) -> None:
+    """arrays[name][rows] = values, the array made [n, ...] on first use; a 0-d value (a name) is kept as it is."""
+    if values.ndim == 0:
+        arrays[name] = values
+        return
+    if name not in arrays:
+        arrays[name] = np.empty((n, *values.shape[1:]), values.dtype)
+    arrays[name][rows] = values

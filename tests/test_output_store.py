@@ -1,0 +1,126 @@
+"""The evaluation's per-image outputs kept by image key (evaluation.output_store): an image evaluated before is not
+read again, a new image is, what comes back equals what a fresh read gives, and an evaluation served from the store
+has the numbers of one that read everything."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.baselines import apply_baseline
+from evaluation.output_store import OutputStore
+from evaluation.privacy import DETECTORS
+from evaluation.quality import seeded_extractor
+from evaluation.recognizers import build_recognizer
+from evaluation.suite import AnonymizedSet, build_attribute_predictors, evaluate_runs, read_set
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Counted:
+    """An image set counting the images read from it."""
+
+    def __init__(self, images):
+        self.images, self.read = images, 0
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        batch = self.images[index]
+        self.read += len(batch)
+        return batch
+
+
+@pytest.fixture(scope="module")
+def networks():
+    return dict(recognizers=[build_recognizer("dlib", crop="full")], extractor=seeded_extractor(),
+                detectors=DETECTORS, predictors=build_attribute_predictors(seeded=True))
+
+
+def _assert_outputs_equal(a, b, rows=slice(None), exact=True):
+    check = np.testing.assert_array_equal if exact else (lambda x, y: np.testing.assert_allclose(x, y, atol=1e-5))
+    assert a.embeddings.keys() == b.embeddings.keys() and a.labels.keys() == b.labels.keys()
+    for name in a.embeddings:
+        check(a.embeddings[name][rows], b.embeddings[name][rows])
+    check(a.features[rows], b.features[rows])
+    for name in a.faces:
+        np.testing.assert_array_equal(a.faces[name].faces[rows], b.faces[name].faces[rows])
+    for name in a.labels:
+        pd.testing.assert_frame_equal(a.labels[name].iloc[rows], b.labels[name].iloc[rows], check_exact=exact,
+                                      atol=1e-5)
+    assert a.extractor == b.extractor
+
+
+def test_an_image_is_read_once_and_a_new_one_alone(tmp_path, lfw_faces, networks):
+    faces, keys, ids = lfw_faces[:6], [f"k{i}" for i in range(6)], [f"face{i}.png" for i in range(6)]
+    store = OutputStore(tmp_path / "outputs")
+    fresh = read_set(faces, ids=ids, **networks)
+
+    counted = Counted(faces)
+    first, read = store.read(counted, keys, ids=ids, **networks)
+    assert read == counted.read == 6
+    _assert_outputs_equal(first, fresh)  # the whole set read in one go: the batches of a plain read, to the last bit
+
+    counted = Counted(faces)
+    again, read = store.read(counted, keys, ids=ids, **networks)
+    assert read == counted.read == 0  # nothing read: every output came from the store
+    _assert_outputs_equal(again, fresh)
+    assert list(again.labels[networks["predictors"][0].name].index) == ids
+
+    # two images added in front, the rest in another order: only the two are read, every row is its image's
+    more = np.concatenate([lfw_faces[6:8], faces[::-1]])
+    more_keys, more_ids = ["k6", "k7", *keys[::-1]], ["face6.png", "face7.png", *ids[::-1]]
+    counted = Counted(more)
+    grown, read = store.read(counted, more_keys, ids=more_ids, **networks)
+    assert read == counted.read == 2
+    whole = read_set(more, ids=more_ids, **networks)
+    _assert_outputs_equal(grown, whole, rows=slice(2, None))  # stored rows: exactly what was computed then
+    _assert_outputs_equal(grown, whole, rows=slice(0, 2), exact=False)  # read in another batch: float32 rounding
+
+
+def test_what_the_store_does_not_serve(tmp_path, lfw_faces, networks):
+    faces, keys = lfw_faces[:4], ["a", None, "c", "a"]  # row 1: no key; rows 0 and 3 claim the same key
+    store = OutputStore(tmp_path / "outputs")
+    store.read(faces, keys, **networks)
+    counted = Counted(faces)
+    _, read = store.read(counted, keys, **networks)
+    assert read == counted.read == 1  # an image without a key is read every time, and never kept
+    [folder] = (tmp_path / "outputs").iterdir()
+    [part] = folder.glob("*.npz")
+    assert sorted(np.load(part)["key"]) == ["a", "c"]
+
+    # a part that cannot be read (a disk error, say) is skipped with a warning: its images are read again
+    part.write_bytes(part.read_bytes()[:100])
+    counted = Counted(faces)
+    with pytest.warns(UserWarning, match="not read"):
+        _, read = store.read(counted, keys, **networks)
+    assert read == counted.read == 4
+
+    # other networks (here another quality extractor) have a store of their own: everything is read for them
+    other = {**networks, "extractor": seeded_extractor(seed=1)}
+    counted = Counted(faces)
+    _, read = store.read(counted, keys, **other)
+    assert read == counted.read == 4
+    assert len(list((tmp_path / "outputs").iterdir())) == 2
+
+
+def test_an_evaluation_served_from_the_store_has_the_numbers_of_one_that_read_everything(tmp_path, lfw_faces,
+                                                                                          networks):
+    """A sweep's variant defined like another has the same images under the same keys: its evaluation reads none
+    of them and gets exactly the other's numbers."""
+    real, source = lfw_faces, np.array([0, 2, 3, 5, 7])
+    images = apply_baseline("blur", real[source], sigma=2.0)
+    names, keys = [f"a{i}.png" for i in source], [f"key{i}" for i in source]
+    common = dict(recognizers=networks["recognizers"], extractor=networks["extractor"],
+                  predictors=networks["predictors"])
+    real_labels = read_set(real, predictors=networks["predictors"]).labels
+    plain = evaluate_runs([AnonymizedSet("default", images, source, names)], real, real_labels=real_labels, **common)
+    store = OutputStore(tmp_path / "outputs")
+    runs = [AnonymizedSet("default", images, source, names, keys),
+            AnonymizedSet("m0", Counted(images), source, names, keys)]
+    default, like = evaluate_runs(runs, real, store=store, real_labels=real_labels, **common)
+    assert (default.images_read, like.images_read, runs[1].images.read) == (5, 0, 0)
+    for result in (default, like):
+        pd.testing.assert_series_equal(pd.Series(result.metrics), pd.Series(plain[0].metrics), check_exact=True)
+        pd.testing.assert_frame_equal(result.per_image, plain[0].per_image, check_exact=True)
+        pd.testing.assert_frame_equal(result.attributes, plain[0].attributes, check_exact=True)
