@@ -15,7 +15,9 @@ that do not fit in memory, with the pixels :func:`apply_baseline` makes for the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +32,7 @@ __all__ = [
     "Baseline",
     "apply_baseline",
     "baseline_images",
+    "baseline_keys",
     "black_mask",
     "gaussian_blur",
     "pixelate",
@@ -37,6 +40,7 @@ __all__ = [
 ]
 
 REFERENCE_SIZE = 256  # the crop width the default pixel sizes are stated for
+BASELINES_VERSION = "1"  # in every baseline image's key: bump when a baseline's function changes what it makes
 
 
 def _check(images: np.ndarray) -> np.ndarray:
@@ -133,6 +137,13 @@ BASELINES: dict[str, Baseline] = {
 def _resolve(name: str, width: int, fakes, params: dict) -> tuple[Baseline, dict]:
     """The baseline and its parameters for images `width` px wide: defaults (pixel sizes scaled to the width)
     overridden by `params`, taken as given in pixels of the actual images."""
+    baseline, resolved = _parameters(name, width, params)
+    if baseline.needs_fakes and fakes is None:
+        raise ValueError(f"baseline {name!r} needs the paired fake images (fakes=)")
+    return baseline, resolved
+
+
+def _parameters(name: str, width: int, params: dict) -> tuple[Baseline, dict]:
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     baseline = BASELINES[name]
@@ -146,9 +157,17 @@ def _resolve(name: str, width: int, fakes, params: dict) -> tuple[Baseline, dict
     if "block_size" in resolved and "block_size" not in params:
         resolved["block_size"] = max(1, round(resolved["block_size"]))
     resolved.update(params)
-    if baseline.needs_fakes and fakes is None:
-        raise ValueError(f"baseline {name!r} needs the paired fake images (fakes=)")
     return baseline, resolved
+
+
+def baseline_keys(name: str, width: int, source_keys: Sequence[str | None], **params) -> list[str | None]:
+    """The key of each image `baseline_images(name, ...)` makes at `width` px (`evaluation.output_store`): the
+    baseline, its resolved parameters and the key of what it is made from (the real source's, or for a baseline that
+    takes the paired fakes, the fake's); None where that key is None."""
+    baseline, resolved = _parameters(name, width, params)
+    made = hashlib.sha256(json.dumps([BASELINES_VERSION, name, width, resolved], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+    return [None if key is None else f"{name}:{made}:{key}" for key in source_keys]
 
 
 def apply_baseline(name: str, images: np.ndarray, fakes: np.ndarray | None = None, **params) -> np.ndarray:

@@ -54,12 +54,13 @@ def networks_signature(recognizers: Sequence[Recognizer] = (), extractor: Featur
         "extractor": None if extractor is None else [extractor.name, extractor.weights_sha256, extractor.input_size,
                                                      extractor.resize],
         "detectors": list(detectors),
-        "predictors": [[p.name, list(p.attributes), _parameters_digest(p)] for p in predictors],
+        "predictors": [[p.name, list(p.attributes), parameters_digest(p)] for p in predictors],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _parameters_digest(module) -> str | None:
+def parameters_digest(module) -> str | None:
+    """A digest of a network's parameters and buffers (None for what is not an nn.Module)."""
     if not isinstance(module, torch.nn.Module):
         return None
     digest = hashlib.blake2b(digest_size=16)

@@ -9,7 +9,7 @@ once, batch by batch (`read_set`), every network and detector gets each batch in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -262,6 +262,7 @@ def evaluate_runs(
     baseline_names: list[str] | None = None,
     real_outputs: SetOutputs | None = None,
     store: OutputStore | None = None,
+    baseline_keys: Mapping[str, Sequence[str | None]] | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
@@ -271,7 +272,9 @@ def evaluate_runs(
     `real_ids`) are made in the same read as its embeddings and features. `real_outputs` (`read_set` of `real` with the same networks):
     the real set is not read again, unless its features come from another extractor, labels are to be made, or it
     lacks a recognizer's embeddings (those alone are read). `store`: the runs' outputs kept by their images' keys
-    (`evaluation.output_store`), so an image evaluated before is not read again."""
+    (`evaluation.output_store`), so an image evaluated before is not read again; `baseline_keys`: per baseline, the
+    keys of its images (`evaluation.baselines.baseline_keys`), so that a baseline image made before is not read
+    again either."""
     if baselines and baseline_index is None:
         if not runs:
             raise ValueError("baselines need baseline_index (or a run whose sources they take)")
@@ -290,7 +293,8 @@ def evaluate_runs(
                                store=store, **common) for run in runs]
     for name in baselines:
         images = baseline_images(name, take(real, baseline_index), fakes=fakes if BASELINES[name].needs_fakes else None)
-        results.append(evaluate_method(name, images, real, baseline_index, names=baseline_names, **common))
+        results.append(evaluate_method(name, images, real, baseline_index, names=baseline_names,
+                                       keys=(baseline_keys or {}).get(name), store=store, **common))
     return results
 
 

@@ -28,6 +28,8 @@ from anon_core.folders import check_finished, missing_outputs
 from orchestration.cli_types import given_path, name_list, refuse_flags
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
+OUTPUTS_FOLDER = ".evaluation_outputs"  # in REPORT_DIR: what the networks made of each image, by its key, so that a
+# later evaluation into the same folder reads only the images it has not read (evaluation.output_store)
 RUN_FILES = "images/, manifest.csv, params.json"
 EXAMPLES = 8  # rows of the example grid
 
@@ -230,15 +232,45 @@ def _differing_settings(runs: list[AnonymizeRun], labels: list[str]) -> pd.DataF
     return frame.loc[:, frame.astype(str).nunique() > 1]
 
 
-def paired_fakes(run: AnonymizeRun, nets):
-    """The fake neighbour of each ok row, regenerated from the run's pool seed when indexed: [N, R, R, 3] uint8."""
+def paired_fakes(run: AnonymizeRun, nets) -> tuple:
+    """The fake neighbour of each ok row, regenerated from the run's pool seed when indexed: [N, R, R, 3] uint8; and
+    each one's key for the output store (its code's bytes under the generator's parameters)."""
     from anon_core.fake_pool import sample_fake_pool
+    from anon_core.reuse import row_keys
     from evaluation.image_sets import generated_images
+    from evaluation.output_store import parameters_digest
 
     p = run.record["params"]
     index = run.ok["fake_index"].astype(int).to_numpy()
     pool = sample_fake_pool(nets.generator, int(index.max()) + 1, p["seed"], p["truncation_psi"], device=nets.device)
-    return generated_images(nets.generator, pool.w, index, device=nets.device)
+    keys = row_keys({"fake": "generated", "generator": parameters_digest(nets.generator)}, [pool.w[i] for i in index])
+    return generated_images(nets.generator, pool.w, index, device=nets.device), keys.tolist()
+
+
+def _content_keys(images: ImageFiles) -> list[str]:
+    """Each anonymized file's key for the output store: the sha256 of its bytes and the size it is read at (the same
+    image in two run folders is read once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anon_core.hashing import sha256_file
+
+    with ThreadPoolExecutor(max(1, images.workers)) as pool:
+        return [f"{sha}:{images.size}" for sha in pool.map(sha256_file, images.paths)]
+
+
+def _gallery_keys(gallery: RealGallery, run: AnonymizeRun, dataset: str, hashes: dict[str, str | None]
+                  ) -> list[str | None]:
+    """Each real image's key for the output store: its file's sha256 and how the runs read it (None: not hashed)."""
+    from anon_core.reuse import row_keys
+
+    shas = [hashes.get(path) for path in gallery.relpaths]
+    known = [i for i, sha in enumerate(shas) if sha]
+    keys: list[str | None] = [None] * len(shas)
+    made = row_keys({"gallery": 1, "alignment": run.alignment, "resolution": run.resolution, "dataset": dataset},
+                    [shas[i] for i in known]) if known else []
+    for i, key in zip(known, made):
+        keys[i] = str(key)
+    return keys
 
 
 def evaluate_folders(
@@ -257,7 +289,8 @@ def evaluate_folders(
     """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths."""
     from anon_core.profiles import build_networks
     from anon_core.stages import resolve_device
-    from evaluation.baselines import BASELINES
+    from evaluation.baselines import BASELINES, baseline_keys
+    from evaluation.output_store import OutputStore
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.report import example_columns, seeded_banners, write_report
@@ -294,22 +327,32 @@ def evaluate_folders(
     device = str(resolve_device(device))
     with exclusive(Path(out_dir), "report folder"), _gallery_cache(runs[0], Path(out_dir)) as cache:
         gallery = read_gallery(Path(real_dir), runs[0], dataset, labels_csv, device, cache, real_files)
-        sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist())
+        sets = [AnonymizedSet(label, images, gallery.rows(run), run.ok["output"].tolist(), _content_keys(images))
                 for label, images, run in zip(labels, anonymized, runs)]
 
         nets = build_networks(profile, device=device)
-        fakes = paired_fakes(runs[0], nets)
+        fakes, fake_keys = paired_fakes(runs[0], nets)
         names = recognizers or available_recognizers()
         built = [build_recognizer(n, device=device) for n in names]
+        extractor = build_extractor("auto", device=device)
         predictors = build_attribute_predictors(seeded=nets.weights == "seeded", device=device)
         chosen = tuple(BASELINES) if baselines else ()
         log(f"evaluating {', '.join(f'{s.method} ({len(s.images)} images)' for s in sets)} against {len(gallery.images)} "
             f"real images with {', '.join(names)}" + (f"; baselines {', '.join(chosen)}" if chosen else ""))
+        stored = Path(out_dir) / OUTPUTS_FOLDER
+        real_keys = _gallery_keys(gallery, runs[0], dataset, current)
+        real, real_read = OutputStore(stored / "real", private=True).read(
+            gallery.images, real_keys, built, extractor, predictors=predictors, ids=gallery.relpaths, device=device)
+        sources = [real_keys[i] for i in sets[0].source_index]
         results = evaluate_runs(
-            sets, gallery.images, built, build_extractor("auto", device=device), baselines=chosen, fakes=fakes,
-            gallery_identity=gallery.identity, predictors=predictors, device=device,
-            real_ids=gallery.relpaths,  # the gallery's pseudo-labels come from the same read as its embeddings
-        )
+            sets, gallery.images, built, extractor, baselines=chosen, fakes=fakes,
+            gallery_identity=gallery.identity, predictors=predictors, device=device, real_outputs=real,
+            real_labels=real.labels, store=OutputStore(stored), baseline_keys={
+                name: baseline_keys(name, gallery.images.size, fake_keys if BASELINES[name].needs_fakes else sources)
+                for name in chosen})
+        log(f"images read: real {real_read} of {len(gallery.images)}, " + ", ".join(
+            f"{r.method} {r.images_read} of {len(r.per_image)}" for r in results) +
+            f" (the others' outputs were kept in {stored} by an earlier evaluation)")
         falco = results[: len(sets)]
         per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
         per_image.insert(0, "run", per_image.pop("run"))

@@ -170,7 +170,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
               f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources (params.yaml "
               "checks:); do not release these images", file=sys.stderr)
-    print(_browse_hints(str(dagster_home())))
+    if summary.ran or summary.skipped:  # a command refused before any run has nothing to browse
+        print(_browse_hints(str(dagster_home())))
     return 1 if summary.failed or summary.blocked or (args.require_privacy and summary.privacy_failed) else 0
 
 

@@ -117,6 +117,10 @@ def run_pipeline(
     # the checks come before the instance is made: a refused command leaves no Dagster home behind
     home = instance.root_directory if instance is not None else dagster_home()
     check_separate(input_folder=storage.input_dir, storage=storage.root, dagster_home=home)
+    if "prepare" not in stages and not Path(storage.root).is_dir():  # refused before anything is made (its lock)
+        summary = PipelineSummary(variants=wanted, failed=["prepare"])
+        summary.errors["prepare"] = _unprepared(f"has not run on this storage ({storage.root} does not exist)", mode)
+        return summary
     if "prepare" in stages:
         from anon_core.ingest import check_input_folder
 
@@ -190,6 +194,13 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     if "evaluate" in stages:
         driver.evaluate(wanted, shards)
     return summary
+
+
+def _unprepared(state: str, mode: str) -> str:
+    """The refusal of a later stage run alone while the prepare stage `state` (has not run, is not up to date)."""
+    flag = " --mode photo" if mode == "photo" else ""
+    return (f"the prepare stage {state}; run `falco stage prepare{flag}` with the same options first, or `falco "
+            f"pipeline{flag}`, which runs every stage (nothing was run)")
 
 
 INTERRUPTED = "DagsterExecutionInterruptedError"  # how a run that Ctrl-C stopped ends (its step error's class)
@@ -468,16 +479,13 @@ class _Driver:
         behind = [f"{key.to_user_string()} {value.lower()}" for key, value in status.items() if value != "FRESH"]
         if not behind:
             return True
-        flag = " --mode photo" if mode == "photo" else ""
         self.summary.failed.append("prepare")
         causes = {"STALE": "stale: its settings or the input changed since it ran", "MISSING": "missing: not made",
                   "UNRECORDED": "unrecorded: its run stopped before Dagster recorded it"}
         why = "; ".join(text for value, text in causes.items() if value in status.values())
         state = ("has not run on this storage" if all(v == "MISSING" for v in status.values()) else
                  f"is not up to date ({', '.join(behind)}; {why})")
-        self.summary.errors["prepare"] = (
-            f"the prepare stage {state}; run `falco stage prepare{flag}` with the same options first, or `falco "
-            f"pipeline{flag}`, which runs every stage (nothing was run)")
+        self.summary.errors["prepare"] = _unprepared(state, mode)
         return False
 
     def _block_if_not_anonymized(self, variant: str, shards: Sequence[str]) -> None:

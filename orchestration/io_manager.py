@@ -390,7 +390,11 @@ def verified_keys(images: ImageSet) -> list[str | None] | None:
     (`FILE_STAMP`), else None (replaced or edited by hand since, or gone); None for a set stored without keys. What is
     computed of an image under its key (`evaluation.output_store`) holds for the file only while that is so."""
     named = images.named
-    if KEY not in named.columns or not set(FILE_STAMP) <= set(named.columns) or not isinstance(images.images, ImageFiles):
+    if KEY not in named.columns or not set(FILE_STAMP) <= set(named.columns):
+        return None
+    if not len(named):  # a shard without images (stored as an empty array)
+        return []
+    if not isinstance(images.images, ImageFiles):
         return None
     keys: list[str | None] = []
     for path, key, size, mtime in zip(images.images.paths, named[KEY], named[FILE_STAMP[0]], named[FILE_STAMP[1]]):

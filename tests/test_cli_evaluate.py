@@ -259,3 +259,27 @@ def test_a_run_of_one_image_is_evaluated_without_the_distances_it_cannot_have(ru
     summary = pd.read_csv(report / "metrics.csv", index_col="method")
     assert summary["reid/dlib/images"].tolist() == [1] * 5  # the run and its four baselines, re-identified
     assert summary[["quality/fd_dlib", "quality/kd_dlib"]].isna().all().all()
+
+
+def test_an_evaluation_into_the_same_report_folder_reads_only_the_images_it_has_not_read(runs, capsys):
+    """Adding a run to a comparison reads that run's images alone: the real gallery's, the first run's and the
+    baselines' outputs were kept (by each image's key) in the report folder by the first evaluation, and the first
+    run's numbers come out the same."""
+    import re
+
+    report = runs["tmp"] / "report_growing"
+
+    def evaluate(*folders) -> dict[str, int]:
+        assert main(["evaluate", str(runs["real"]), *map(str, folders), "--out", str(report),
+                     "--recognizers", "dlib"]) == 0
+        [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("images read:")]
+        return {name: int(read) for name, read in re.findall(r"(\S+) (\d+) of \d+", line)}
+
+    first = evaluate(runs["0.0"])
+    assert set(first.values()) == {FACES}  # a new report folder: every image read
+    before = pd.read_csv(report / "metrics.csv", index_col="method")
+    second = evaluate(runs["0.0"], runs["1.0"])
+    assert second == {"real": 0, "m=0.0": 0, "m=1.0": FACES, "blur": 0, "pixelate": 0, "mask": 0, "swap": 0}
+    after = pd.read_csv(report / "metrics.csv", index_col="method")
+    pd.testing.assert_series_equal(before.iloc[0], after.loc["m=0.0"], check_names=False)
+    assert oct((report / ".evaluation_outputs" / "real").stat().st_mode & 0o777) == "0o700"

@@ -152,7 +152,8 @@ def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_un
 @pytest.mark.parametrize("stage", ["anonymize", "evaluate"])
 def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(state, tmp_path, stage):
     """`falco stage anonymize` after the pool size changed read the old pool, and logged the new size to MLflow; on a
-    new storage it ran nothing and said done. Both are one failure naming `falco stage prepare`, before any run."""
+    new storage it ran nothing and said done. Both are one failure naming `falco stage prepare`, before any run; a
+    storage that does not exist is not made."""
     root, instance = state
     before = materializations(instance)
     summary = run(root, instance, VARIANTS, stages=(stage,), overrides={"pool_size": 50})
@@ -167,6 +168,7 @@ def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(
                                mlflow=MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"))
         assert summary.failed == ["prepare"] and "has not run on this storage" in summary.errors["prepare"]
         assert materializations(new_instance) == Counter()
+        assert not (tmp_path / "new_store").exists()  # refused before its lock made the folder
     summary = run(root, instance, VARIANTS, stages=(stage,))  # as prepared: nothing to refuse, nothing to do
     assert summary.failed == [] and summary.ran == []
 
@@ -294,6 +296,8 @@ def test_new_data_inverts_and_optimizes_only_the_images_it_adds(state, lfw_faces
     # image it had not read before, the variant defined like `default` none
     assert _latest_metadata(instance, "real_gallery", "num_images_read") == [1]
     assert _latest_metadata(instance, "attribute_pseudo_labels", "num_images_read") == [1]
+    [baselines_read] = _latest_metadata(instance, "baseline_metrics", "num_images_read")
+    assert baselines_read["blur"] == 1  # the new source's blurred image; swap reads the fakes whose pairing changed
     assert oct((store / "evaluation_outputs" / "real").stat().st_mode & 0o777) == "0o700"  # identity embeddings
     # (its images are default's, under the same keys), and its numbers are default's
     assert _latest_by_partition(instance, "evaluation_metrics", "num_images_read") == \

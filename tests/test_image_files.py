@@ -156,3 +156,14 @@ def test_a_keyed_image_set_makes_and_writes_only_the_images_whose_file_is_not_wh
     copies = tmp_path / "store" / "anonymized_images" / "w" / "images"
     assert (copies / "a.png").read_bytes() == (folder / "images" / "a.png").read_bytes()
     assert (copies / "a.png").stat().st_ino != (folder / "images" / "a.png").stat().st_ino
+
+    # what the evaluation keeps of an image holds while its file is the one the table recorded (verified_keys)
+    from orchestration.io_manager import verified_keys
+
+    in_context = dg.build_input_context(asset_key=dg.AssetKey("anonymized_images"), asset_partitions_def=partitions,
+                                        partition_key=dg.MultiPartitionKey({"variant": "w", "shard": "shard-00000"}))
+    stored = manager.load_input(in_context)
+    assert verified_keys(stored) == ["k0", "ka", "kw"]
+    save_png(copies / "b.png", np.zeros((8, 8, 3), np.uint8))  # edited by hand since
+    (copies / "0.png").unlink()
+    assert verified_keys(stored) == [None, "ka", None]

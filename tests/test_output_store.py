@@ -124,3 +124,34 @@ def test_an_evaluation_served_from_the_store_has_the_numbers_of_one_that_read_ev
         pd.testing.assert_series_equal(pd.Series(result.metrics), pd.Series(plain[0].metrics), check_exact=True)
         pd.testing.assert_frame_equal(result.per_image, plain[0].per_image, check_exact=True)
         pd.testing.assert_frame_equal(result.attributes, plain[0].attributes, check_exact=True)
+
+
+def test_baseline_images_made_before_are_not_read_again(tmp_path, lfw_faces, networks):
+    """New data re-evaluates the baselines over every real image; with their images' keys only the new ones are
+    read (a baseline's key: its name, its parameters at the image width, its source's key)."""
+    from evaluation.baselines import baseline_keys
+
+    real, fakes = lfw_faces, lfw_faces[::-1].copy()
+    common = dict(recognizers=networks["recognizers"], extractor=networks["extractor"])
+    real_keys = [f"real{i}" for i in range(len(real))]
+    fake_keys = [f"fake{i}" for i in range(len(real))]
+
+    def evaluate(index, store):
+        keys = {"blur": baseline_keys("blur", 64, [real_keys[i] for i in index]),
+                "swap": baseline_keys("swap", 64, [fake_keys[i] for i in index])}
+        return evaluate_runs([], real, baselines=("blur", "swap"), fakes=fakes[index], baseline_index=index,
+                             baseline_names=[f"r{i}" for i in index], store=store, baseline_keys=keys, **common)
+
+    store = OutputStore(tmp_path / "outputs")
+    first = evaluate(np.arange(6), store)
+    assert [r.images_read for r in first] == [6, 6]
+    index = np.array([7, *range(6)])  # one image added in front
+    grown, plain = evaluate(index, store), evaluate(index, None)
+    assert [r.images_read for r in grown] == [1, 1] and [r.images_read for r in plain] == [7, 7]
+    for a, b in zip(grown, plain):
+        assert a.metrics.keys() == b.metrics.keys()
+        np.testing.assert_allclose([a.metrics[k] for k in a.metrics], [b.metrics[k] for k in a.metrics], rtol=1e-5)
+
+    assert baseline_keys("blur", 64, ["k"]) != baseline_keys("blur", 128, ["k"])  # sigma scales with the width
+    assert baseline_keys("blur", 64, ["k"]) != baseline_keys("blur", 64, ["k"], sigma=3.0)
+    assert baseline_keys("blur", 64, ["k", None])[1] is None

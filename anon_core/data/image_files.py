@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
 from anon_core.errors import FalcoError
 from anon_core.prefetch import batch_slices, read_parts
+
+if TYPE_CHECKING:
+    from anon_core.data.mapped_images import MappedImages
 
 WHEN_CHANGED = "restore it, or make again what listed it (materialize the asset again, or re-run the command)"
 
@@ -96,9 +100,9 @@ class ImageFiles:
         return images if dtype is None else images.astype(dtype)
 
 
-def take(images: np.ndarray | ImageFiles, index) -> np.ndarray | ImageFiles:
-    """`images[index]` that stays lazy for an ImageFiles (a view, not a decoded copy)."""
-    return images.subset(index) if isinstance(images, ImageFiles) else images[index]
+def take(images: np.ndarray | ImageFiles | MappedImages, index) -> np.ndarray | ImageFiles | MappedImages:
+    """`images[index]` that stays lazy for an ImageFiles or a MappedImages (a view, not a decoded or computed copy)."""
+    return images.subset(index) if hasattr(images, "subset") else images[index]
 
 
 def read_batches(

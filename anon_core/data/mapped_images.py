@@ -52,6 +52,13 @@ class MappedImages:
                              f"{(len(rows), *self.image_shape)}")
         return out
 
+    def subset(self, index) -> MappedImages:
+        """The images at `index` (slice, int array or mask) as another MappedImages; nothing is made."""
+        from anon_core.data.image_files import take
+
+        rows = np.arange(len(self))[index]
+        return MappedImages(self.fn, [take(x, rows) for x in self.inputs], self.image_shape, self.name)
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images = self[:]
         return images if dtype is None else images.astype(dtype)

@@ -66,6 +66,23 @@ def _real_keys(real_images: ImageSet) -> list[str | None]:
     return [None] * len(real_images.images) if keys is None else keys
 
 
+def _baseline_keys(names, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
+                   networks: NetworksResource) -> dict[str, list[str | None]]:
+    """Each baseline's image keys (`evaluation.baselines.baseline_keys`): made from the real source of each pair, or
+    (swap) from its fake, whose key is its code's bytes under the generator's weights."""
+    from anon_core.reuse import row_keys
+    from evaluation.baselines import BASELINES, baseline_keys
+    from orchestration.tracking import weight_hashes
+
+    real_keys = _real_keys(real_images)
+    sources = [real_keys[row] for row in pairs["row"]]
+    ws = np.asarray(fake_pool["w"])
+    fakes = row_keys({"fake": "generated", "profile": networks.profile, "weights": weight_hashes(networks)},
+                     [ws[i] for i in pairs["fake_index"]]).tolist()
+    width = real_images.images.shape[2]
+    return {name: baseline_keys(name, width, fakes if BASELINES[name].needs_fakes else sources) for name in names}
+
+
 def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
     named = real_images.named
     return named["identity"].to_numpy() if "identity" in named.columns else None
@@ -168,12 +185,13 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
                 outs={"baseline_metrics": dg.AssetOut(code_version="1"),
                       "baseline_attributes": dg.AssetOut(code_version="1")})
 def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
-              attribute_pseudo_labels: pd.DataFrame, real_gallery: Mapping, networks: NetworksResource,
-              mlflow: MlflowResource) -> tuple[pd.DataFrame, pd.DataFrame]:
+              attribute_pseudo_labels: pd.DataFrame, real_gallery: Mapping, storage: StorageResource,
+              networks: NetworksResource, mlflow: MlflowResource) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The classic baselines (params.yaml `evaluation.baselines`: blur, pixelate, mask, swap with the paired fake)
     applied to every real image and run through the evaluation the variants get, once for all variants:
     `baseline_metrics`, one row per baseline, and `baseline_attributes`, their per-attribute agreement (a `run`
-    column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`."""
+    column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`. A baseline image
+    made before (its key: the baseline, its parameters, its source's key) is not read again."""
     from anon_core.fake_pool import generated_images
     from evaluation.suite import evaluate_runs, summary_table
 
@@ -191,13 +209,16 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
         fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
         results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
             attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
-            baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(), **suite)
+            baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
+            store=_store(context, storage), baseline_keys=_baseline_keys(names, real_images, pairs, fake_pool, networks),
+            **suite)
         for result in results:
             runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
     attributes = [r.attributes.assign(run=r.method) for r in results if r.attributes is not None]
     attributes = pd.concat(attributes, ignore_index=True) if attributes else pd.DataFrame({"run": pd.Series([], dtype=str)})
-    context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary)},
+    context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary),
+                                 "num_images_read": {r.method: r.images_read for r in results}},
                                 output_name="baseline_metrics")
     context.add_output_metadata({"rows": len(attributes)}, output_name="baseline_attributes")
     return summary, attributes
