@@ -67,6 +67,11 @@ def test_an_image_is_read_once_and_a_new_one_alone(tmp_path, lfw_faces, networks
     _assert_outputs_equal(again, fresh)
     assert list(again.labels[networks["predictors"][0].name].index) == ids
 
+    counted = Counted(faces)  # `--fresh`: every image read again, and kept
+    _, read = OutputStore(tmp_path / "outputs", reuse=False).read(counted, keys, ids=ids, **networks)
+    assert read == counted.read == 6
+    assert len(list((tmp_path / "outputs").glob("*/*.npz"))) == 2
+
     # two images added in front, the rest in another order: only the two are read, every row is its image's
     more = np.concatenate([lfw_faces[6:8], faces[::-1]])
     more_keys, more_ids = ["k6", "k7", *keys[::-1]], ["face6.png", "face7.png", *ids[::-1]]
