@@ -81,9 +81,10 @@ class SetOutputs:
     extractor: str | None = None  # the name of the extractor of `features`
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Every per-image output as a dict of arrays, one row per image (a real gallery stored once for many
-        evaluations, `evaluation.output_store`): `embedding_<recognizer>`, `features` (with its `extractor`'s name,
-        a 0-d array), `faces_<detector>` and `label:<predictor>:<column>` per column of its pseudo_labels table."""
+        """Every per-image output as a dict of arrays, one row per image, as the pipeline's `real_gallery` and the
+        parts of `evaluation.output_store` keep them: `embedding_<recognizer>`, `features` (with its `extractor`'s
+        name, a 0-d array), `faces_<detector>` and `label:<predictor>:<column>` per column of its pseudo_labels
+        table."""
         arrays = {f"{EMBEDDING}{name}": e for name, e in self.embeddings.items()}
         if self.features is not None:
             arrays |= {"features": self.features, "extractor": np.array(self.extractor or "")}
