@@ -28,6 +28,7 @@ import torch
 
 from anon_core.atomic import atomic_path
 from anon_core.data.image_files import take
+from anon_core.errors import FalcoError
 from evaluation.image_sets import ImageSetLike
 from evaluation.quality import FeatureExtractor
 from evaluation.recognizers import Recognizer
@@ -141,7 +142,8 @@ class OutputStore:
         return arrays, found
 
     def _keep(self, folder: Path, keys: list[str | None], arrays: dict[str, np.ndarray]) -> None:
-        """A new part with the outputs of the rows that have a key (each key once)."""
+        """A new part with the outputs of the rows that have a key (each key once); one that cannot be written is a
+        warning, not a failed evaluation."""
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key is not None:
@@ -152,8 +154,12 @@ class OutputStore:
         part = {KEYS: np.asarray(list(first), dtype=str),
                 **{name: values if values.ndim == 0 else values[rows] for name, values in arrays.items()}}
         path = folder / f"{time.time_ns():020d}-{secrets.token_hex(4)}.npz"
-        with atomic_path(path, self.private) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, **part)
+        try:
+            with atomic_path(path, self.private) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, **part)
+        except (OSError, FalcoError) as err:  # a full disk, say: the evaluation itself is done and stands
+            warnings.warn(f"the outputs of {len(rows)} image(s) could not be kept in {folder} ({err}); the next "
+                          "evaluation reads them again", stacklevel=3)
 
 
 def _put(arrays: dict[str, np.ndarray], name: str, rows: np.ndarray, values: np.ndarray, n: int) -> None:

@@ -101,6 +101,14 @@ def test_what_the_store_does_not_serve(tmp_path, lfw_faces, networks):
         _, read = store.read(counted, keys, **networks)
     assert read == counted.read == 4
 
+    # a store that cannot be written (here a file where its folder goes; a full disk alike) warns, and the outputs
+    # are still returned
+    blocked = OutputStore(tmp_path / "blocked")
+    (tmp_path / "blocked").write_text("not a folder")
+    with pytest.warns(UserWarning, match="could not be kept"):
+        outputs, read = blocked.read(faces, keys, **networks)
+    assert read == 4 and len(outputs.features) == 4
+
     # other networks (here another quality extractor) have a store of their own: everything is read for them
     other = {**networks, "extractor": seeded_extractor(seed=1)}
     counted = Counted(faces)
