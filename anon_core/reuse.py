@@ -54,7 +54,8 @@ def input_ids(sha256s: Iterable[Any]) -> list[str]:
     return [digest if isinstance(digest, str) and digest else f"unread-{uuid.uuid4().hex}" for digest in sha256s]
 
 
-_UNREADABLE = (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile)
+UNREADABLE = (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile)  # what a stored file that is torn,
+# cut short or not what it should be raises when read
 
 
 class StoredRows:
@@ -67,7 +68,7 @@ class StoredRows:
         for number, value in enumerate(self.stored):
             try:
                 keys = np.asarray(value[KEY]).tolist()
-            except _UNREADABLE:
+            except UNREADABLE:
                 continue
             for row, key in enumerate(keys):
                 self.where.setdefault(key, (number, row))
@@ -93,7 +94,7 @@ class StoredRows:
             try:
                 taken = {name: np.take(np.asarray(self.stored[number][name]), theirs, axis=axis)
                          for name, axis in axes.items()}
-            except _UNREADABLE:
+            except UNREADABLE:
                 continue
             if order and any(_row_shape(taken[n], a) != _row_shape(parts[n][0], a) for n, a in axes.items()):
                 continue  # keys hash the settings, so this cannot be the same computation: not trusted

@@ -19,7 +19,6 @@ import json
 import secrets
 import time
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from anon_core.atomic import atomic_path
 from anon_core.data.image_files import take
 from anon_core.errors import FalcoError
+from anon_core.reuse import UNREADABLE
 from evaluation.image_sets import ImageSetLike
 from evaluation.quality import FeatureExtractor
 from evaluation.recognizers import Recognizer
@@ -131,7 +131,7 @@ class OutputStore:
                         continue
                     here, there = np.array(rows).T
                     values = {name: data[name] for name in data.files if name != KEYS}
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            except UNREADABLE as err:  # torn, truncated, or not a part
                 warnings.warn(f"{part}: not read ({err}); its images are evaluated again", stacklevel=2)
                 continue
             if arrays and set(values) != set(arrays):  # another layout than the parts read so far: not used

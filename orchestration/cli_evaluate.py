@@ -350,9 +350,10 @@ def evaluate_folders(
             real_labels=real.labels, store=OutputStore(stored), baseline_keys={
                 name: baseline_keys(name, gallery.images.size, fake_keys if BASELINES[name].needs_fakes else sources)
                 for name in chosen})
+        kept = real_read < len(gallery.images) or any(r.images_read < len(r.per_image) for r in results)
         log(f"images read: real {real_read} of {len(gallery.images)}, " + ", ".join(
             f"{r.method} {r.images_read} of {len(r.per_image)}" for r in results) +
-            f" (the others' outputs were kept in {stored} by an earlier evaluation)")
+            (f" (the others' outputs were kept in {stored} by an earlier evaluation)" if kept else ""))
         falco = results[: len(sets)]
         per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
         per_image.insert(0, "run", per_image.pop("run"))

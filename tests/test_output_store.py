@@ -94,12 +94,16 @@ def test_what_the_store_does_not_serve(tmp_path, lfw_faces, networks):
     [part] = folder.glob("*.npz")
     assert sorted(np.load(part)["key"]) == ["a", "c"]
 
-    # a part that cannot be read (a disk error, say) is skipped with a warning: its images are read again
-    part.write_bytes(part.read_bytes()[:100])
-    counted = Counted(faces)
-    with pytest.warns(UserWarning, match="not read"):
-        _, read = store.read(counted, keys, **networks)
-    assert read == counted.read == 4
+    # a part that cannot be read (cut short by a disk error, say) is skipped with a warning: its images are read again
+    original = part.read_bytes()
+    for cut in (0, 100, len(original) // 2):  # empty, or cut short: numpy and zipfile fail in other ways
+        part.write_bytes(original[:cut])
+        for newer in set(folder.glob("*.npz")) - {part}:
+            newer.unlink()
+        counted = Counted(faces)
+        with pytest.warns(UserWarning, match="not read"):
+            _, read = store.read(counted, keys, **networks)
+        assert read == counted.read == 4
 
     # a store that cannot be written (here a file where its folder goes; a full disk alike) warns, and the outputs
     # are still returned
