@@ -131,8 +131,15 @@ class OutputStore:
                         continue
                     here, there = np.array(rows).T
                     values = {name: data[name] for name in data.files if name != KEYS}
-            except UNREADABLE as err:  # torn, truncated, or not a part
-                warnings.warn(f"{part}: not read ({err}); its images are evaluated again", stacklevel=2)
+            except UNREADABLE as err:
+                # Parts are written under a temporary name and renamed whole, so a *.npz that does not read as one
+                # was damaged since (a disk error, a hand): removed, so it costs one warning, not one per read. An
+                # error of the file system itself (permissions, a network mount) leaves it in place.
+                damaged = not isinstance(err, OSError)
+                if damaged:
+                    part.unlink(missing_ok=True)
+                warnings.warn(f"{part}: not read ({err}){'; removed' if damaged else ''}; its images are evaluated "
+                              "again", stacklevel=2)
                 continue
             if arrays and set(values) != set(arrays):  # another layout than the parts read so far: not used
                 continue

@@ -101,9 +101,10 @@ def test_what_the_store_does_not_serve(tmp_path, lfw_faces, networks):
         for newer in set(folder.glob("*.npz")) - {part}:
             newer.unlink()
         counted = Counted(faces)
-        with pytest.warns(UserWarning, match="not read"):
+        with pytest.warns(UserWarning, match="not read .*; removed"):
             _, read = store.read(counted, keys, **networks)
         assert read == counted.read == 4
+        assert not part.exists()  # damaged: removed, so the next read neither warns nor reads it again
 
     # a store that cannot be written (here a file where its folder goes; a full disk alike) warns, and the outputs
     # are still returned
