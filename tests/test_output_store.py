@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from counting import Counted
 from evaluation.baselines import apply_baseline
 from evaluation.output_store import OutputStore
 from evaluation.privacy import DETECTORS
@@ -14,21 +15,6 @@ from evaluation.recognizers import build_recognizer
 from evaluation.suite import AnonymizedSet, build_attribute_predictors, evaluate_runs, read_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Counted:
-    """An image set counting the images read from it."""
-
-    def __init__(self, images):
-        self.images, self.read = images, 0
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        batch = self.images[index]
-        self.read += len(batch)
-        return batch
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from counting import Counted
 from evaluation.baselines import apply_baseline
 from evaluation.quality import features, seeded_extractor
 from evaluation.recognizers import build_recognizer
@@ -43,18 +44,6 @@ def test_a_real_gallery_read_once_and_stored_gives_the_same_numbers_without_read
     recognizers = [build_recognizer("dlib", crop="full")]
     extractor = seeded_extractor()
     inline = evaluate_runs([run], real, recognizers, extractor, baselines=("blur",))
-
-    class Counted:  # the real set, counting the images read from it
-        def __init__(self, images):
-            self.images, self.read = images, 0
-
-        def __len__(self):
-            return len(self.images)
-
-        def __getitem__(self, index):
-            batch = self.images[index]
-            self.read += len(batch)
-            return batch
 
     stored = SetOutputs.from_arrays(read_set(real, recognizers, extractor).to_arrays())
     counted = Counted(real)
