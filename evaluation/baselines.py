@@ -31,6 +31,8 @@ __all__ = [
     "REFERENCE_SIZE",
     "Baseline",
     "apply_baseline",
+    "made_from_real",
+    "real_source",
     "baseline_images",
     "baseline_keys",
     "black_mask",
@@ -168,6 +170,19 @@ def baseline_keys(name: str, width: int, source_keys: Sequence[str | None], **pa
     made = hashlib.sha256(json.dumps([BASELINES_VERSION, name, width, resolved], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
     return [None if key is None else f"{name}:{made}:{key}" for key in source_keys]
+
+
+def made_from_real(key: str) -> bool:
+    """Whether a key of `baseline_keys` names an image made from a real face's pixels (blur, pixelate, mask: the
+    face hidden, not replaced; what the evaluation networks make of it is kept as privately as the real face's)."""
+    name, _, rest = key.partition(":")
+    return name in BASELINES and not BASELINES[name].needs_fakes and ":" in rest
+
+
+def real_source(key: str) -> str:
+    """The key of the real image whose pixels an image keyed `key` shows: a baseline made from real pixels shows
+    its source's; any other image, itself."""
+    return key.split(":", 2)[2] if made_from_real(key) else key
 
 
 def apply_baseline(name: str, images: np.ndarray, fakes: np.ndarray | None = None, **params) -> np.ndarray:

@@ -8,18 +8,22 @@ image), holding parts `<time>-<random>.npz`: `SetOutputs.to_arrays` of some imag
 written whole (`anon_core.atomic`), so a process killed mid-write leaves all of it or none, and evaluations running
 at once write parts of their own. A part that cannot be read is skipped (its images are read again).
 
+`forget` removes kept outputs by key: a store of real faces' outputs holds only the images its owner still
+evaluates (their identity embeddings are biometric data; an image removed from the data takes them with it).
+
 An output taken from the store is the one computed when its image was first read, in that read's batches; reading
 the image again in other batches could differ in the last bits (batched convolutions round differently), so the
 metrics of a set read in several goes equal those of one read to float32 rounding, not to the last bit."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ from anon_core.atomic import atomic_path
 from anon_core.data.image_files import take
 from anon_core.errors import FalcoError
 from anon_core.reuse import UNREADABLE
+from evaluation.baselines import real_source
 from evaluation.image_sets import ImageSetLike
 from evaluation.quality import FeatureExtractor
 from evaluation.recognizers import Recognizer
@@ -36,6 +41,7 @@ from evaluation.suite import SetOutputs, read_set
 
 OUTPUTS_VERSION = "1"  # bump when what the suite computes of an image changes (a crop, a preparation, a detector)
 KEYS = "key"  # a part's array of image keys
+SIGNATURE_LENGTH = 16  # hex digits of a networks folder's name (`networks_signature`)
 
 
 def networks_signature(recognizers: Sequence[Recognizer] = (), extractor: FeatureExtractor | None = None,
@@ -57,7 +63,7 @@ def networks_signature(recognizers: Sequence[Recognizer] = (), extractor: Featur
         "detectors": list(detectors),
         "predictors": [[p.name, list(p.attributes), parameters_digest(p)] for p in predictors],
     }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:SIGNATURE_LENGTH]
 
 
 def parameters_digest(module) -> str | None:
@@ -131,6 +137,8 @@ class OutputStore:
                         continue
                     here, there = np.array(rows).T
                     values = {name: data[name] for name in data.files if name != KEYS}
+            except FileNotFoundError:  # replaced by another process's `forget` since it was listed
+                continue
             except UNREADABLE as err:
                 # Parts are written under a temporary name and renamed whole, so a *.npz that does not read as one
                 # was damaged since (a disk error, a hand): removed, so it costs one warning, not one per read. An
@@ -144,9 +152,56 @@ class OutputStore:
             if arrays and set(values) != set(arrays):  # another layout than the parts read so far: not used
                 continue
             for name, stored in values.items():
-                _put(arrays, name, here, stored if stored.ndim == 0 else stored[there], len(keys))
+                _put(arrays, name, here, _rows(stored, there), len(keys))
             found[here] = True
         return arrays, found
+
+    def forget(self, drop: Callable[[str], bool]) -> int:
+        """Remove the kept outputs of every key for which `drop` is true, in the folders of all networks: a part
+        holding only such keys is deleted, one holding some is written again without them (keeping its name's time,
+        so it keeps its place among the parts) before the old one goes. Returns how many rows were removed. Parts
+        that cannot be read are left to `read`'s warning; other subfolders (a store inside this one) are not
+        touched."""
+        removed = 0
+        for folder in self._folders():
+            for part in sorted(folder.glob("*.npz")):
+                try:
+                    with np.load(part, allow_pickle=False) as data:
+                        keys = data[KEYS]
+                        gone = np.fromiter((drop(key) for key in keys.tolist()), dtype=bool, count=len(keys))
+                        if not gone.any():
+                            continue
+                        kept = {} if gone.all() else {name: _rows(data[name], ~gone) for name in data.files}
+                except UNREADABLE:  # gone meanwhile (another process's forget), or damaged: `read` warns of it
+                    continue
+                try:
+                    if kept:
+                        replacement = part.with_name(f"{part.name.split('-')[0]}-{secrets.token_hex(4)}.npz")
+                        with atomic_path(replacement, self.private) as tmp, open(tmp, "wb") as fh:
+                            np.savez(fh, **kept)
+                    part.unlink(missing_ok=True)
+                except (OSError, FalcoError) as err:  # a read-only or full disk: said, and the evaluation stands
+                    warnings.warn(f"{part}: the outputs of {int(gone.sum())} image(s) no longer evaluated could not "
+                                  f"be removed ({err}); delete {self.root} to remove them", stacklevel=2)
+                    continue
+                removed += int(gone.sum())
+            with contextlib.suppress(OSError):  # only if empty
+                folder.rmdir()
+        return removed
+
+    def keep_only_real(self, real_keys: Sequence[str | None]) -> int:
+        """Remove every kept output but those of these real images and of the baselines made from their pixels
+        (`baselines.real_source`): a real images' store holds only the faces still in the data. Returns how many
+        rows were removed."""
+        live = set(real_keys) - {None}
+        return self.forget(lambda key: real_source(key) not in live)
+
+    def _folders(self) -> list[Path]:
+        """The networks folders of this store (named by `networks_signature`)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and len(p.name) == SIGNATURE_LENGTH
+                      and all(c in "0123456789abcdef" for c in p.name))
 
     def _keep(self, folder: Path, keys: list[str | None], arrays: dict[str, np.ndarray]) -> None:
         """A new part with the outputs of the rows that have a key (each key once); one that cannot be written is a
@@ -159,7 +214,7 @@ class OutputStore:
             return
         rows = np.fromiter(first.values(), dtype=np.int64)
         part = {KEYS: np.asarray(list(first), dtype=str),
-                **{name: values if values.ndim == 0 else values[rows] for name, values in arrays.items()}}
+                **{name: _rows(values, rows) for name, values in arrays.items()}}
         path = folder / f"{time.time_ns():020d}-{secrets.token_hex(4)}.npz"
         try:
             with atomic_path(path, self.private) as tmp, open(tmp, "wb") as fh:
@@ -167,6 +222,11 @@ class OutputStore:
         except (OSError, FalcoError) as err:  # a full disk, say: the evaluation itself is done and stands
             warnings.warn(f"the outputs of {len(rows)} image(s) could not be kept in {folder} ({err}); the next "
                           "evaluation reads them again", stacklevel=3)
+
+
+def _rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """values[rows] of a per-row array; a 0-d value (a name) as it is."""
+    return values if values.ndim == 0 else values[rows]
 
 
 def _put(arrays: dict[str, np.ndarray], name: str, rows: np.ndarray, values: np.ndarray, n: int) -> None:

@@ -264,6 +264,7 @@ def evaluate_runs(
     real_outputs: SetOutputs | None = None,
     store: OutputStore | None = None,
     baseline_keys: Mapping[str, Sequence[str | None]] | None = None,
+    real_store: OutputStore | None = None,
     **kwargs,
 ) -> list[MethodResult]:
     """Every set in `runs`, then every baseline, through `evaluate_method` with the real gallery embedded once.
@@ -275,7 +276,8 @@ def evaluate_runs(
     lacks a recognizer's embeddings (those alone are read). `store`: the runs' outputs kept by their images' keys
     (`evaluation.output_store`), so an image evaluated before is not read again; `baseline_keys`: per baseline, the
     keys of its images (`evaluation.baselines.baseline_keys`), so that a baseline image made before is not read
-    again either."""
+    again either; those made from real pixels (blur, pixelate, mask) are kept in `real_store` (the real images' own,
+    private; without one they are read every time)."""
     if baselines and baseline_index is None:
         if not runs:
             raise ValueError("baselines need baseline_index (or a run whose sources they take)")
@@ -295,7 +297,8 @@ def evaluate_runs(
     for name in baselines:
         images = baseline_images(name, take(real, baseline_index), fakes=fakes if BASELINES[name].needs_fakes else None)
         results.append(evaluate_method(name, images, real, baseline_index, names=baseline_names,
-                                       keys=(baseline_keys or {}).get(name), store=store, **common))
+                                       keys=(baseline_keys or {}).get(name),
+                                       store=store if BASELINES[name].needs_fakes else real_store, **common))
     return results
 
 

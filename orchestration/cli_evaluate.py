@@ -289,7 +289,7 @@ def evaluate_folders(
     """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths."""
     from anon_core.profiles import build_networks
     from anon_core.stages import resolve_device
-    from evaluation.baselines import BASELINES, baseline_keys
+    from evaluation.baselines import BASELINES, baseline_keys, made_from_real
     from evaluation.output_store import OutputStore
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
@@ -341,13 +341,16 @@ def evaluate_folders(
             f"real images with {', '.join(names)}" + (f"; baselines {', '.join(chosen)}" if chosen else ""))
         stored = Path(out_dir) / OUTPUTS_FOLDER
         real_keys = _gallery_keys(gallery, runs[0], dataset, current)
-        real, real_read = OutputStore(stored / "real", private=True).read(
-            gallery.images, real_keys, built, extractor, predictors=predictors, ids=gallery.relpaths, device=device)
+        real_store, anonymized_store = OutputStore(stored / "real", private=True), OutputStore(stored)
+        real, real_read = real_store.read(gallery.images, real_keys, built, extractor, predictors=predictors,
+                                          ids=gallery.relpaths, device=device)
+        real_store.keep_only_real(real_keys)  # a face no longer in REAL_DIR leaves no embedding behind
+        anonymized_store.forget(made_from_real)  # private: kept in real_store (earlier versions kept them here)
         sources = [real_keys[i] for i in sets[0].source_index]
         results = evaluate_runs(
             sets, gallery.images, built, extractor, baselines=chosen, fakes=fakes,
             gallery_identity=gallery.identity, predictors=predictors, device=device, real_outputs=real,
-            real_labels=real.labels, store=OutputStore(stored), baseline_keys={
+            real_labels=real.labels, store=anonymized_store, real_store=real_store, baseline_keys={
                 name: baseline_keys(name, gallery.images.size, fake_keys if BASELINES[name].needs_fakes else sources)
                 for name in chosen})
         kept = real_read < len(gallery.images) or any(r.images_read < len(r.per_image) for r in results)

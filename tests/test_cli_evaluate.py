@@ -15,6 +15,7 @@ from anon_core.data.align import FaceAligner
 from anon_core.data.image_io import load_rgb, save_png
 from anon_core.params import DEFAULT_PARAMS_PATH
 from orchestration.cli import main
+from store_checks import kept_keys
 
 FACES = 3
 # Every step here is tiny convolutions: on a shared 2-core machine, one thread took the module from 92 s to 8 s.
@@ -283,3 +284,29 @@ def test_an_evaluation_into_the_same_report_folder_reads_only_the_images_it_has_
     after = pd.read_csv(report / "metrics.csv", index_col="method")
     pd.testing.assert_series_equal(before.iloc[0], after.loc["m=0.0"], check_names=False)
     assert oct((report / ".evaluation_outputs" / "real").stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_face_removed_from_the_data_leaves_no_embedding_in_the_report_folder(runs, capsys):
+    """The report folder keeps the identity embeddings of the real faces, and of their blurred, pixelated and
+    masked images, only while they are in the data: once a face is removed from REAL_DIR (and the runs made again
+    without it), the next evaluation into that folder removes what it kept of it, and reads none of the others."""
+    from evaluation.baselines import made_from_real, real_source
+
+    report, fewer = runs["tmp"] / "report_erasure", runs["tmp"] / "real_fewer"
+    real_store = report / ".evaluation_outputs" / "real"
+    assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(report), "--recognizers", "dlib",
+                 "--quiet"]) == 0
+    kept = kept_keys(real_store)
+    assert len({real_source(k) for k in kept}) == FACES and sum(map(made_from_real, kept)) == 3 * FACES
+    assert not any(map(made_from_real, kept_keys(report / ".evaluation_outputs")))  # private ones only in real/
+
+    shutil.copytree(runs["real"], fewer)
+    (fewer / "face_1.png").unlink()
+    again = runs["tmp"] / "anon_fewer"
+    assert main(["anonymize", str(fewer), str(again), "--profile", "tiny", "--params", str(runs["tmp"] / "params.yaml"),
+                 "--steps", "2", "--pool-size", "20", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(fewer), str(again), "--out", str(report), "--recognizers", "dlib"]) == 0
+    assert f"images read: real 0 of {FACES - 1}, " in capsys.readouterr().out
+    left = kept_keys(real_store)
+    assert {real_source(k) for k in left} < {real_source(k) for k in kept} and len(left) == 4 * (FACES - 1)

@@ -28,6 +28,7 @@ from orchestration.driver import run_pipeline
 from orchestration.resources import NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 from pipeline_helpers import fast_params, instance_at, made_since, materializations, run, write_faces
+from store_checks import kept_keys
 
 VARIANTS = ["default", "m0.5"]
 SHARDS = [f"shard-{i:05d}" for i in range(3)]  # 7 readable faces in shards of 3
@@ -312,12 +313,18 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
     the stored image sets hold exactly what their tables list: no anonymized image, and no real face, of an input
     that is gone (before, they stayed in `anonymized_images/<variant>/images/`, the folder users take as the
     dataset, and the real faces in `real_images/images/`)."""
+    from evaluation.baselines import made_from_real, real_source
+
     root, instance = state
-    for i in (0, 3, 6):
-        (root / "faces" / "Person A" / f"img_{i}.png").unlink()
+    store = root / "store"
+    real = pd.read_parquet(store / "real_images" / "all.parquet")
+    removed = [f"Person A/img_{i}.png" for i in (0, 3, 6)]
+    removed_keys = set(real.loc[real["input"].isin(removed), "key"])
+    assert len(removed_keys) == 3 and removed_keys <= kept_keys(store / "evaluation_outputs" / "real")
+    for name in removed:
+        (root / "faces" / name).unlink()
     summary = run(root, instance, VARIANTS)
     assert summary.failed == []
-    store = root / "store"
     real = pd.read_parquet(store / "real_images" / "all.parquet")
     real_names = set(real["image"].fillna("")) - {""}
     assert {p.relative_to(store / "real_images" / "images").as_posix()
@@ -331,6 +338,14 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
         latents = store / "anonymized_latents" / variant  # nor the codes of the shard no longer registered
         assert sorted(p.name for p in latents.iterdir()) == \
             [".shard-00000.run", ".shard-00001.run", "shard-00000.npz", "shard-00001.npz"]
+    # nor what the evaluation networks made of them: the identity embeddings of the removed faces and of their
+    # blurred, pixelated and masked images are gone from the private store, the remaining faces' kept
+    kept_real = kept_keys(store / "evaluation_outputs" / "real")
+    assert {real_source(key) for key in kept_real} == set(real.loc[real["status"] == "ok", "key"])
+    assert any(made_from_real(key) for key in kept_real)
+    assert not any(made_from_real(key) for key in kept_keys(store / "evaluation_outputs"))  # never beside the fakes
+    assert sum(_latest_metadata(instance, "real_gallery", "num_outputs_removed") +
+               _latest_metadata(instance, "attribute_pseudo_labels", "num_outputs_removed")) >= 3 * 2
 
 
 def test_fresh_remakes_everything(state):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from counting import Counted
+from store_checks import Counted, kept_keys
 from evaluation.baselines import apply_baseline
 from evaluation.output_store import OutputStore
 from evaluation.privacy import DETECTORS
@@ -140,17 +140,18 @@ def test_baseline_images_made_before_are_not_read_again(tmp_path, lfw_faces, net
     real_keys = [f"real{i}" for i in range(len(real))]
     fake_keys = [f"fake{i}" for i in range(len(real))]
 
-    def evaluate(index, store):
+    def evaluate(index, store, real_store):
         keys = {"blur": baseline_keys("blur", 64, [real_keys[i] for i in index]),
                 "swap": baseline_keys("swap", 64, [fake_keys[i] for i in index])}
         return evaluate_runs([], real, baselines=("blur", "swap"), fakes=fakes[index], baseline_index=index,
-                             baseline_names=[f"r{i}" for i in index], store=store, baseline_keys=keys, **common)
+                             baseline_names=[f"r{i}" for i in index], store=store, real_store=real_store,
+                             baseline_keys=keys, **common)
 
-    store = OutputStore(tmp_path / "outputs")
-    first = evaluate(np.arange(6), store)
+    stores = OutputStore(tmp_path / "outputs"), OutputStore(tmp_path / "outputs" / "real", private=True)
+    first = evaluate(np.arange(6), *stores)
     assert [r.images_read for r in first] == [6, 6]
     index = np.array([7, *range(6)])  # one image added in front
-    grown, plain = evaluate(index, store), evaluate(index, None)
+    grown, plain = evaluate(index, *stores), evaluate(index, None, None)
     assert [r.images_read for r in grown] == [1, 1] and [r.images_read for r in plain] == [7, 7]
     for a, b in zip(grown, plain):
         assert a.metrics.keys() == b.metrics.keys()
@@ -159,3 +160,63 @@ def test_baseline_images_made_before_are_not_read_again(tmp_path, lfw_faces, net
     assert baseline_keys("blur", 64, ["k"]) != baseline_keys("blur", 128, ["k"])  # sigma scales with the width
     assert baseline_keys("blur", 64, ["k"]) != baseline_keys("blur", 64, ["k"], sigma=3.0)
     assert baseline_keys("blur", 64, ["k", None])[1] is None
+
+
+def test_a_real_image_removed_from_the_data_leaves_no_output_behind(tmp_path, lfw_faces, networks):
+    """The real store holds identity embeddings (biometric data) of every real image read, and of the baselines that
+    only hide a face (blur, pixelate, mask); an image removed from the data takes them with it, the others stay
+    served from the store. Baseline outputs of real pixels go to the private real store, swap's (fakes) do not."""
+    import os
+
+    from evaluation.baselines import baseline_keys, made_from_real
+
+    real, fakes = lfw_faces[:6], lfw_faces[::-1][:6].copy()
+    real_keys, fake_keys = [f"real{i}" for i in range(6)], [f"fake{i}" for i in range(6)]
+    stores = OutputStore(tmp_path / "outputs" / "real", private=True), OutputStore(tmp_path / "outputs")
+    common = dict(recognizers=networks["recognizers"], extractor=networks["extractor"])
+
+    def evaluate(index):
+        keys = {"blur": baseline_keys("blur", 64, [real_keys[i] for i in index]),
+                "swap": baseline_keys("swap", 64, [fake_keys[i] for i in index])}
+        return evaluate_runs([], real, baselines=("blur", "swap"), fakes=fakes[index], baseline_index=index,
+                             store=stores[1], real_store=stores[0], baseline_keys=keys, **common)
+
+    stores[0].read(real, real_keys, **common)
+    evaluate(np.arange(6))
+    kept = kept_keys(stores[0].root)
+    assert {k for k in kept if not made_from_real(k)} == set(real_keys) and len(kept) == 12  # the reals and blur's
+    assert kept_keys(stores[1].root) == set(baseline_keys("swap", 64, fake_keys))  # swap shows fakes only
+
+    assert stores[0].keep_only_real(real_keys[:4] + [None]) == 4  # real4, real5 and their blurred images
+    kept = kept_keys(stores[0].root)
+    assert not any(k.endswith(("real4", "real5")) for k in kept) and len(kept) == 8
+    for part in stores[0].root.glob("*/*.npz"):  # written again without the rows: private still
+        assert oct(os.stat(part).st_mode & 0o777) == "0o600"
+    counted = Counted(real)
+    _, read = stores[0].read(counted, real_keys, **common)  # the four kept are served, the two removed read again
+    assert read == counted.read == 2
+    assert [r.images_read for r in evaluate(np.arange(4))] == [0, 0]
+
+    assert stores[0].keep_only_real([]) == 10 and kept_keys(stores[0].root) == set()
+    assert not list(stores[0].root.iterdir())  # no folder of networks left empty
+    # the anonymized images' store holds no blurred real face, even one an earlier version put there
+    stores[1].read(apply_baseline("blur", real), baseline_keys("blur", 64, real_keys), **common)
+    assert stores[1].forget(made_from_real) == 6
+    assert kept_keys(stores[1].root) == set(baseline_keys("swap", 64, fake_keys))
+
+
+def test_forget_keeps_a_part_s_place_among_the_parts(tmp_path, lfw_faces, networks):
+    """A part written again without some rows keeps its time, so an output kept twice (a `--fresh` read) is still
+    taken from the newer part."""
+    common = dict(recognizers=networks["recognizers"], extractor=networks["extractor"])
+    store = OutputStore(tmp_path / "outputs")
+    store.read(lfw_faces[:3], ["a", "b", "c"], **common)
+    OutputStore(tmp_path / "outputs", reuse=False).read(lfw_faces[3:5], ["a", "d"], **common)  # "a" again, newer
+    [folder] = (tmp_path / "outputs").iterdir()
+    older, newer = sorted(folder.glob("*.npz"))
+    assert store.forget(lambda key: key == "b") == 1
+    assert sorted(p.name.split("-")[0] for p in folder.glob("*.npz")) == \
+        [older.name.split("-")[0], newer.name.split("-")[0]] and not older.exists() and newer.exists()
+    outputs, read = store.read(Counted(lfw_faces[3:4]), ["a"], **common)
+    assert read == 0
+    np.testing.assert_array_equal(outputs.features, read_set(lfw_faces[3:4], **common).features)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from counting import Counted
+from store_checks import Counted
 from evaluation.baselines import apply_baseline
 from evaluation.quality import features, seeded_extractor
 from evaluation.recognizers import build_recognizer

@@ -21,12 +21,13 @@ from orchestration.tracking import MlflowResource, delta_table
 GROUP = "evaluation"
 OUTPUTS_FOLDER = "evaluation_outputs"  # under the storage root: the evaluation networks' per-image outputs, kept by
 # image key so an evaluation reads only the images it has not read before (evaluation.output_store); those of the
-# real images in its `real/`, readable by their owner only
+# real images, and of the baselines made from their pixels, in its `real/`: readable by their owner only, and only
+# while the image is in the data
 
 
 def _store(context: dg.AssetExecutionContext, storage: StorageResource, real: bool = False):
-    """The evaluation networks' outputs kept by image key: of the anonymized images, or (`real`) of the real ones,
-    private; `--fresh` reads every image again."""
+    """The evaluation networks' outputs kept by image key: of the anonymized images and the fakes, or (`real`) of
+    the real images and the baselines made from their pixels, private; `--fresh` reads every image again."""
     from evaluation.output_store import OutputStore
 
     from orchestration.assets.settings import reuses_rows
@@ -105,11 +106,13 @@ def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, stora
     quality extractor's features, `features` [N_ok, dim] with its name in `extractor`. New data reads only the
     images it adds (the others' outputs are kept by their key)."""
     with mlflow.asset_run(context, networks) as run:
-        outputs, read = _store(context, storage, real=True).read(real_images.images, _real_keys(real_images),
-                                                                 **_readers(networks))
+        keys, store = _real_keys(real_images), _store(context, storage, real=True)
+        outputs, read = store.read(real_images.images, keys, **_readers(networks))
+        removed = store.keep_only_real(keys)
         run.log_metrics({"num_images": len(outputs.features)})
     context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "num_images_read": read,
-                                 "extractor": outputs.extractor, "recognizers": ", ".join(outputs.embeddings)})
+                                 "num_outputs_removed": removed, "extractor": outputs.extractor,
+                                 "recognizers": ", ".join(outputs.embeddings)})
     return outputs.to_arrays()
 
 
@@ -120,16 +123,17 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
     protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns. New data labels only
     the images it adds."""
     with mlflow.asset_run(context, networks) as run:
-        outputs, read = _store(context, storage, real=True).read(
-            real_images.images, _real_keys(real_images), predictors=_predictors(networks),
-            ids=real_images.named["image"].tolist(), device=networks.networks().device)
+        keys, store = _real_keys(real_images), _store(context, storage, real=True)
+        outputs, read = store.read(real_images.images, keys, predictors=_predictors(networks),
+                                   ids=real_images.named["image"].tolist(), device=networks.networks().device)
+        removed = store.keep_only_real(keys)
         labels = outputs.labels
         frame = pd.concat(labels, axis=1)
         frame.columns = [f"{p}/{c}" for p, c in frame.columns]
         run.log_params({"predictors": list(labels)})
         run.log_metrics({"num_images": len(frame)})
     context.add_output_metadata({**run.metadata, "predictors": ", ".join(labels), "num_images": len(frame),
-                                 "num_images_read": read})
+                                 "num_images_read": read, "num_outputs_removed": removed})
     return frame.rename_axis("image").reset_index()
 
 
@@ -193,8 +197,12 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
     column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`. A baseline image
     made before (its key: the baseline, its parameters, its source's key) is not read again."""
     from anon_core.fake_pool import generated_images
+    from evaluation.baselines import made_from_real
     from evaluation.suite import evaluate_runs, summary_table
 
+    # outputs of blurred, pixelated or masked real faces belong in the private store: any kept beside the anonymized
+    # images (as an earlier version did) go
+    _store(context, storage).forget(made_from_real)
     names = tuple(networks.setting("evaluation", "baselines"))
     if not names:
         with mlflow.asset_run(context, networks, {"baselines": []}, asset=dg.AssetKey("baseline_metrics")) as run:
@@ -210,8 +218,8 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
         results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
             attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
             baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
-            store=_store(context, storage), baseline_keys=_baseline_keys(names, real_images, pairs, fake_pool, networks),
-            **suite)
+            store=_store(context, storage), real_store=_store(context, storage, real=True),
+            baseline_keys=_baseline_keys(names, real_images, pairs, fake_pool, networks), **suite)
         for result in results:
             runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
