@@ -44,6 +44,13 @@ def lfw_rgb(index: int, upscale: int) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
+def grid_of_sixteen() -> np.ndarray:
+    """16 LFW faces, each 3x nearest upscaled, in a 4 x 4 grid: uint8 [300, 300, 3]."""
+    faces = skimage_data.lfw_subset()[:16]
+    tile = np.block([[np.kron(faces[r * 4 + c], np.ones((3, 3))) for c in range(4)] for r in range(4)])
+    return np.repeat((tile * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+
 # ------------------------------------------------------------------------------------------- weights
 def test_weights_dir_found_without_importing_facenet_pytorch() -> None:
     folder = mtcnn_weights_dir()
@@ -192,15 +199,41 @@ def test_lfw_faces_upscaled_2x_are_found(detector: MTCNN, index: int) -> None:
 
 
 def test_grid_of_sixteen_faces_one_detection_each_sorted(detector: MTCNN) -> None:
-    faces = skimage_data.lfw_subset()[:16]
-    tile = np.block([[np.kron(faces[r * 4 + c], np.ones((3, 3))) for c in range(4)] for r in range(4)])
-    img = np.repeat((tile * 255).round().astype(np.uint8)[..., None], 3, axis=2)  # [300, 300, 3]
+    img = grid_of_sixteen()
     dets = detector.detect(img)
     assert len(dets) == 16
     scores = [d.score for d in dets]
     assert scores == sorted(scores, reverse=True) and min(scores) > 0.9
     cells = {(int((d.box[1] + d.box[3]) / 2 // 75), int((d.box[0] + d.box[2]) / 2 // 75)) for d in dets}
     assert cells == {(r, c) for r in range(4) for c in range(4)}
+
+
+@pytest.mark.parametrize("height", [40, 41, 63, 64, 333])
+@pytest.mark.parametrize("rows", [1, 2, 7])
+def test_pnet_in_strips_of_rows_equals_one_pass(detector: MTCNN, monkeypatch: pytest.MonkeyPatch, height: int,
+                                                 rows: int) -> None:
+    """A large pyramid level goes through P-Net in strips of output rows (its activations are GBs for a 24 MP
+    photo): every output equals one pass's to float32 rounding, the last rows (P-Net's ceil-mode pooling) too."""
+    level = torch.from_numpy(np.random.default_rng(height).integers(0, 256, (1, 3, height, 57)).astype(np.float32))
+    whole = detector.pnet(detector._normalize(level))
+    monkeypatch.setattr(mtcnn_mod, "PNET_STRIP_ROWS", rows)
+    strips = detector._pnet(level)
+    for a, b in zip(whole, strips):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_faces_found_in_strips_are_the_faces_found_in_one_pass(detector: MTCNN,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    img = grid_of_sixteen()
+    monkeypatch.setattr(mtcnn_mod, "PNET_STRIP_ROWS", 1 << 30)
+    whole = detector.detect(img)
+    monkeypatch.setattr(mtcnn_mod, "PNET_STRIP_ROWS", 5)  # every level of the pyramid in strips
+    strips = detector.detect(img)
+    assert len(strips) == len(whole) == 16
+    for a, b in zip(whole, strips):
+        np.testing.assert_allclose(b.box, a.box, atol=1e-3)
+        np.testing.assert_allclose(b.landmarks, a.landmarks, atol=1e-3)
 
 
 @pytest.mark.gpu

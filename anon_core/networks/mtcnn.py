@@ -36,6 +36,9 @@ __all__ = ["Detection", "MTCNN", "ONet", "PNet", "RNet", "mtcnn_weights_dir", "n
 
 FACENET_PIP = "pip install --no-deps facenet-pytorch==2.6.0"
 WEIGHT_FILES = {"pnet": "pnet.pt", "rnet": "rnet.pt", "onet": "onet.pt"}
+PNET_STRIP_ROWS = 256
+"""P-Net output rows per pass over a pyramid level: a larger level goes in strips of rows, so its activations (10
+to 32 channels at the level's full and half size: 1.2 GB for a 24 MP photo in one pass) stay those of a strip."""
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -278,6 +281,20 @@ class MTCNN:
             return img.new_zeros(0, 3, size, size), valid
         return self._normalize(torch.cat(crops)), valid
 
+    def _pnet(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net over one pyramid level (unnormalized [1, 3, H, W]), in strips of PNET_STRIP_ROWS output rows.
+        Output row r sees input rows 2r to 2r + 11 (three valid 3x3 convs around a 2x2 pooling), so a strip of
+        output rows [a, b) needs input rows [2a, 2b + 10): strips start on even rows, as the pooling's windows do,
+        and the last one ends where the level does (its ceil-mode window is the whole level's). Every output
+        equals one pass's to float32 rounding (the convolutions' kernels may block a smaller input otherwise)."""
+        height = level.shape[-2]
+        out_rows = (height - 1) // 2 - 4  # conv: H - 2, ceil-mode pool: ceil((H - 2) / 2), two convs: -4
+        if out_rows <= PNET_STRIP_ROWS:
+            return self.pnet(self._normalize(level))
+        strips = [self.pnet(self._normalize(level[:, :, 2 * a: 2 * min(a + PNET_STRIP_ROWS, out_rows) + 10]))
+                  for a in range(0, out_rows, PNET_STRIP_ROWS)]
+        return torch.cat([r for r, _ in strips], dim=2), torch.cat([p for _, p in strips], dim=2)
+
     # -- stages ----------------------------------------------------------------------------------------
     def _stage1(self, img: torch.Tensor) -> np.ndarray:
         """P-Net over the pyramid; returns [N, 5] boxes (x1, y1, x2, y2, score), regressed and squared."""
@@ -285,7 +302,7 @@ class MTCNN:
         found = []
         for scale in self._scales(h, w):
             small = F.interpolate(img, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-            reg, prob = self.pnet(self._normalize(small))
+            reg, prob = self._pnet(small)
             face = prob[0, 1]  # [h', w']
             rows, cols = torch.nonzero(face >= self.thresholds[0], as_tuple=True)
             if rows.numel() == 0:
