@@ -31,6 +31,7 @@ __all__ = [
     "REFERENCE_SIZE",
     "Baseline",
     "apply_baseline",
+    "baseline_of",
     "made_from_real",
     "real_source",
     "baseline_images",
@@ -172,11 +173,17 @@ def baseline_keys(name: str, width: int, source_keys: Sequence[str | None], **pa
     return [None if key is None else f"{name}:{made}:{key}" for key in source_keys]
 
 
+def baseline_of(key: str) -> str | None:
+    """The baseline whose image a key of `baseline_keys` names; None for any other key."""
+    name, _, rest = key.partition(":")
+    return name if name in BASELINES and ":" in rest else None
+
+
 def made_from_real(key: str) -> bool:
     """Whether a key of `baseline_keys` names an image made from a real face's pixels (blur, pixelate, mask: the
     face hidden, not replaced; what the evaluation networks make of it is kept as privately as the real face's)."""
-    name, _, rest = key.partition(":")
-    return name in BASELINES and not BASELINES[name].needs_fakes and ":" in rest
+    name = baseline_of(key)
+    return name is not None and not BASELINES[name].needs_fakes
 
 
 def real_source(key: str) -> str:

@@ -455,6 +455,18 @@ def unchanged_images(base: Path, names: list[str], keys: list[str] | None) -> np
     return unchanged
 
 
+def recorded_keys(asset_dir: Path) -> set[str]:
+    """The keys of the images that a table in any of `asset_dir`'s variant folders records writing: every shard's,
+    registered still or not, and the records kept of moved images. What the variants on disk hold, whichever of
+    them a run covers."""
+    keys: set[str] = set()
+    for path in Path(asset_dir).glob("*/*.parquet"):
+        table = _recorded_files(path)
+        if table is not None:
+            keys.update(table[KEY].astype(str))
+    return keys
+
+
 def _copy_from_other_variants(base: Path, names: list[str], keys: list[str], wanted: np.ndarray, private: bool
                               ) -> np.ndarray:
     """Which of the images `names` (where `wanted`) another variant's folder beside `base` holds under the same key,

@@ -321,8 +321,22 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
     removed = [f"Person A/img_{i}.png" for i in (0, 3, 6)]
     removed_keys = set(real.loc[real["input"].isin(removed), "key"])
     assert len(removed_keys) == 3 and removed_keys <= kept_keys(store / "evaluation_outputs" / "real")
+
+    def anonymized_keys(variant: str) -> set[str]:  # the keys of the removed inputs' images in a variant's tables
+        tables = pd.concat([pd.read_parquet(t) for t in (store / "anonymized_images" / variant).glob("*.parquet")])
+        return set(tables.loc[tables["input"].isin(removed), "key"])
+
+    removed_images = {v: anonymized_keys(v) for v in VARIANTS}
+    assert all(len(keys) == 3 for keys in removed_images.values())
+    assert set().union(*removed_images.values()) <= kept_keys(store / "evaluation_outputs")
     for name in removed:
         (root / "faces" / name).unlink()
+    # `default` alone first: m0.5, not run, still holds the removed inputs' images on disk, so what the evaluation
+    # made of them is kept for its next evaluation; default's go with its images
+    summary = run(root, instance, ["default"])
+    assert summary.failed == []
+    kept_anonymized = kept_keys(store / "evaluation_outputs")
+    assert not removed_images["default"] & kept_anonymized and removed_images["m0.5"] <= kept_anonymized
     summary = run(root, instance, VARIANTS)
     assert summary.failed == []
     real = pd.read_parquet(store / "real_images" / "all.parquet")
@@ -344,6 +358,9 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
     assert {real_source(key) for key in kept_real} == set(real.loc[real["status"] == "ok", "key"])
     assert any(made_from_real(key) for key in kept_real)
     assert not any(made_from_real(key) for key in kept_keys(store / "evaluation_outputs"))  # never beside the fakes
+    # now m0.5's too; the images left were all read before
+    assert not set().union(*removed_images.values()) & kept_keys(store / "evaluation_outputs")
+    assert _latest_by_partition(instance, "evaluation_metrics", "num_images_read") == {"default": 0, "m0.5": 0}
     assert sum(_latest_metadata(instance, "real_gallery", "num_outputs_removed") +
                _latest_metadata(instance, "attribute_pseudo_labels", "num_outputs_removed")) >= 3 * 2
 

@@ -25,7 +25,7 @@ OUTPUTS_FOLDER = "evaluation_outputs"  # under the storage root: the evaluation 
 # while the image is in the data
 
 
-def _store(context: dg.AssetExecutionContext, storage: StorageResource, real: bool = False):
+def output_store(context: dg.AssetExecutionContext, storage: StorageResource, real: bool = False):
     """The evaluation networks' outputs kept by image key: of the anonymized images and the fakes, or (`real`) of
     the real images and the baselines made from their pixels, private; `--fresh` reads every image again."""
     from evaluation.output_store import OutputStore
@@ -106,7 +106,7 @@ def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, stora
     quality extractor's features, `features` [N_ok, dim] with its name in `extractor`. New data reads only the
     images it adds (the others' outputs are kept by their key)."""
     with mlflow.asset_run(context, networks) as run:
-        keys, store = _real_keys(real_images), _store(context, storage, real=True)
+        keys, store = _real_keys(real_images), output_store(context, storage, real=True)
         outputs, read = store.read(real_images.images, keys, **_readers(networks))
         removed = store.keep_only_real(keys)
         run.log_metrics({"num_images": len(outputs.features)})
@@ -123,7 +123,7 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
     protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns. New data labels only
     the images it adds."""
     with mlflow.asset_run(context, networks) as run:
-        keys, store = _real_keys(real_images), _store(context, storage, real=True)
+        keys, store = _real_keys(real_images), output_store(context, storage, real=True)
         outputs, read = store.read(real_images.images, keys, predictors=_predictors(networks),
                                    ids=real_images.named["image"].tolist(), device=networks.networks().device)
         removed = store.keep_only_real(keys)
@@ -197,13 +197,15 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
     column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`. A baseline image
     made before (its key: the baseline, its parameters, its source's key) is not read again."""
     from anon_core.fake_pool import generated_images
-    from evaluation.baselines import made_from_real
+    from evaluation.baselines import BASELINES, baseline_of
     from evaluation.suite import evaluate_runs, summary_table
 
-    # outputs of blurred, pixelated or masked real faces belong in the private store: any kept beside the anonymized
-    # images (as an earlier version did) go
-    _store(context, storage).forget(made_from_real)
     names = tuple(networks.setting("evaluation", "baselines"))
+    keys = _baseline_keys(names, real_images, pairs, fake_pool, networks)
+    # Beside the anonymized images, only the current fakes' outputs stay: those of fakes no longer paired go, and
+    # those of blurred, pixelated or masked real faces (kept there by an earlier version) belong in the private store
+    current = {key for name in names if BASELINES[name].needs_fakes for key in keys[name]}
+    removed = output_store(context, storage).forget(lambda key: baseline_of(key) is not None and key not in current)
     if not names:
         with mlflow.asset_run(context, networks, {"baselines": []}, asset=dg.AssetKey("baseline_metrics")) as run:
             run.set_tag("skipped", "params.yaml evaluation.baselines is empty")
@@ -218,16 +220,16 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
         results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
             attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
             baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
-            store=_store(context, storage), real_store=_store(context, storage, real=True),
-            baseline_keys=_baseline_keys(names, real_images, pairs, fake_pool, networks), **suite)
+            store=output_store(context, storage), real_store=output_store(context, storage, real=True),
+            baseline_keys=keys, **suite)
         for result in results:
             runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
     attributes = [r.attributes.assign(run=r.method) for r in results if r.attributes is not None]
     attributes = pd.concat(attributes, ignore_index=True) if attributes else pd.DataFrame({"run": pd.Series([], dtype=str)})
     context.add_output_metadata({"baselines": ", ".join(names), "metrics": table(summary),
-                                 "num_images_read": {r.method: r.images_read for r in results}},
-                                output_name="baseline_metrics")
+                                 "num_images_read": {r.method: r.images_read for r in results},
+                                 "num_outputs_removed": removed}, output_name="baseline_metrics")
     context.add_output_metadata({"rows": len(attributes)}, output_name="baseline_attributes")
     return summary, attributes
 
@@ -261,7 +263,7 @@ def variant_evaluation(
         run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist(),
                                 None if None in keys else [key for part in keys for key in part])
         [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
-                                 gallery_identity=_gallery_identity(real_images), store=_store(context, storage),
+                                 gallery_identity=_gallery_identity(real_images), store=output_store(context, storage),
                                  **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
         scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,

@@ -7,7 +7,7 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import ALLOW_MISSING, claim
+from orchestration.io_manager import ALLOW_MISSING, claim, recorded_keys
 from orchestration.metadata import png_markdown
 from orchestration.partitions import split_key, variant_shards
 from orchestration.resources import NetworksResource, StorageResource
@@ -65,7 +65,9 @@ def anonymization_report(
     neighbour, then each variant's image of the same faces), plus `metrics.json` and `losses/<variant>.csv` for DVC,
     in `anonymization_report/`."""
     from anon_core.fake_pool import generate
+    from evaluation.baselines import baseline_of
     from evaluation.report import seeded_banners, write_variant_report
+    from orchestration.assets.evaluation import output_store
     from orchestration.tracking import flatten
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
@@ -93,9 +95,14 @@ def anonymization_report(
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
                 run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)
+    # what the evaluation networks made of anonymized images no variant on disk holds any more (inputs removed, codes
+    # made again) is not kept: the store holds the images of the variants' folders and the current fakes
+    held = recorded_keys(storage.asset_dir("anonymized_images"))
+    removed = output_store(context, storage).forget(lambda key: baseline_of(key) is None and key not in held)
     scatter = paths.get("privacy_vs_utility.png")
     return dg.MaterializeResult(metadata={
         **run.metadata, "variants": ", ".join(variants), "report": dg.MetadataValue.path(str(paths["markdown"])),
+        "num_outputs_removed": removed,
         "html": dg.MetadataValue.path(str(paths["html"])),
         **({"privacy_vs_utility": png_markdown(scatter.read_bytes(), "privacy vs utility")} if scatter else {}),
     })
