@@ -344,7 +344,7 @@ def evaluate_folders(
         real_store, anonymized_store = OutputStore(stored / "real", private=True), OutputStore(stored)
         real, real_read = real_store.read(gallery.images, real_keys, built, extractor, predictors=predictors,
                                           ids=gallery.relpaths, device=device)
-        real_store.keep_only_real(real_keys)  # a face no longer in REAL_DIR leaves no embedding behind
+        forgotten = real_store.keep_only_real(real_keys)  # a face no longer in REAL_DIR leaves no embedding behind
         anonymized_store.forget(made_from_real)  # private: kept in real_store (earlier versions kept them here)
         sources = [real_keys[i] for i in sets[0].source_index]
         results = evaluate_runs(
@@ -357,6 +357,9 @@ def evaluate_folders(
         log(f"images read: real {real_read} of {len(gallery.images)}, " + ", ".join(
             f"{r.method} {r.images_read} of {len(r.per_image)}" for r in results) +
             (f" (the others' outputs were kept in {stored} by an earlier evaluation)" if kept else ""))
+        if forgotten:
+            log(f"removed from {stored / 'real'}: {forgotten} kept output(s) of faces no longer in {real_dir} (their "
+                "embeddings, features and labels, and their blurred, pixelated and masked images')")
         falco = results[: len(sets)]
         per_image = pd.concat([r.per_image.assign(run=r.method) for r in falco], ignore_index=True)
         per_image.insert(0, "run", per_image.pop("run"))

@@ -307,6 +307,8 @@ def test_a_face_removed_from_the_data_leaves_no_embedding_in_the_report_folder(r
                  "--steps", "2", "--pool-size", "20", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(fewer), str(again), "--out", str(report), "--recognizers", "dlib"]) == 0
-    assert f"images read: real 0 of {FACES - 1}, " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"images read: real 0 of {FACES - 1}, " in out
+    assert f"removed from {real_store}: 4 kept output(s) of faces no longer in {fewer}" in out  # 1 face, 3 baselines
     left = kept_keys(real_store)
     assert {real_source(k) for k in left} < {real_source(k) for k in kept} and len(left) == 4 * (FACES - 1)
