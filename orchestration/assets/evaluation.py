@@ -67,6 +67,14 @@ def _real_keys(real_images: ImageSet) -> list[str | None]:
     return [None] * len(real_images.images) if keys is None else keys
 
 
+def _read_real(context: dg.AssetExecutionContext, storage: StorageResource, real_images: ImageSet, **networks):
+    """The real images read through the private store (`OutputStore.read` with `networks`), then every kept output of
+    an image no longer in the data removed: (outputs, images read, outputs removed)."""
+    keys, store = _real_keys(real_images), output_store(context, storage, real=True)
+    outputs, read = store.read(real_images.images, keys, **networks)
+    return outputs, read, store.keep_only_real(keys)
+
+
 def _baseline_keys(names, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
                    networks: NetworksResource) -> dict[str, list[str | None]]:
     """Each baseline's image keys (`evaluation.baselines.baseline_keys`): made from the real source of each pair, or
@@ -106,9 +114,7 @@ def real_gallery(context: dg.AssetExecutionContext, real_images: ImageSet, stora
     quality extractor's features, `features` [N_ok, dim] with its name in `extractor`. New data reads only the
     images it adds (the others' outputs are kept by their key)."""
     with mlflow.asset_run(context, networks) as run:
-        keys, store = _real_keys(real_images), output_store(context, storage, real=True)
-        outputs, read = store.read(real_images.images, keys, **_readers(networks))
-        removed = store.keep_only_real(keys)
+        outputs, read, removed = _read_real(context, storage, real_images, **_readers(networks))
         run.log_metrics({"num_images": len(outputs.features)})
     context.add_output_metadata({**run.metadata, "num_images": len(outputs.features), "num_images_read": read,
                                  "num_outputs_removed": removed, "extractor": outputs.extractor,
@@ -123,10 +129,8 @@ def attribute_pseudo_labels(context: dg.AssetExecutionContext, real_images: Imag
     protocol for LFW, which has no labels); `<predictor>/<attribute>` bool and `_prob` columns. New data labels only
     the images it adds."""
     with mlflow.asset_run(context, networks) as run:
-        keys, store = _real_keys(real_images), output_store(context, storage, real=True)
-        outputs, read = store.read(real_images.images, keys, predictors=_predictors(networks),
-                                   ids=real_images.named["image"].tolist(), device=networks.networks().device)
-        removed = store.keep_only_real(keys)
+        outputs, read, removed = _read_real(context, storage, real_images, predictors=_predictors(networks),
+                                            ids=real_images.named["image"].tolist(), device=networks.networks().device)
         labels = outputs.labels
         frame = pd.concat(labels, axis=1)
         frame.columns = [f"{p}/{c}" for p, c in frame.columns]
