@@ -8,8 +8,8 @@ cut (``quad_to_output``, bilinear). It is blended in with a mask drawn in the cr
 ears, chin) and falling smoothly to 0 over a band of :data:`FEATHER` of its size, so no seam is sharp and every
 pixel beyond the band keeps its exact value. Before blending, the generated pixels are shifted by the mean colour
 difference between the photo and the generated image on that band (per channel), so the face takes the light of
-its surroundings; among grey pixels (a black-and-white photo), they are first made grey (:data:`LUMA`), so the
-photo stays black and white.
+its surroundings; among grey pixels (a black-and-white photo), they are first made grey (anon_core.data.colour's
+:data:`LUMA`), so the photo stays black and white.
 
 Cover (:func:`cover_box`): the face box grown by :data:`COVER_GROW` on each side, pixelated to
 :data:`PIXEL_BLOCKS` blocks across (each block the mean of its pixels) or Gaussian-blurred with sigma = box side /
@@ -23,6 +23,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from anon_core.data.align import quad_to_output
+from anon_core.data.colour import LUMA, is_grey
 
 __all__ = ["COVERS", "FEATHER", "cover_box", "face_mask", "paste_face"]
 
@@ -67,7 +68,7 @@ def paste_face(photo: np.ndarray, generated: np.ndarray, quad: np.ndarray) -> np
     face = np.stack([map_coordinates(generated[:, :, c].astype(np.float32), coords, order=1, mode="nearest")
                      for c in range(3)], axis=1).reshape(*mask.shape, 3)  # [h, w, 3]
     region = photo[rows, cols].astype(np.float32)
-    if _is_gray(photo[rows, cols]):  # a black-and-white photo (or part of one) gets a black-and-white face
+    if is_grey(photo[rows, cols]):  # a black-and-white photo (or part of one) gets a black-and-white face
         face = np.repeat(face @ LUMA[:, None], 3, axis=-1)
     band = (mask > 0.0) & (mask < 1.0)
     if band.any():
@@ -75,15 +76,6 @@ def paste_face(photo: np.ndarray, generated: np.ndarray, quad: np.ndarray) -> np
     blended = region + (face - region) * mask[:, :, None]
     out[rows, cols] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return out
-
-
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-"""ITU-R 601 luma weights (Pillow's "L"): a generated face pasted among grey pixels is made grey by them."""
-
-
-def _is_gray(pixels: np.ndarray) -> bool:
-    """Whether uint8 [..., 3] pixels have three equal channels: a black-and-white photo decoded to RGB."""
-    return bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
 
 
 def cover_box(photo: np.ndarray, box: tuple[float, float, float, float], how: str) -> np.ndarray:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anon_core.data.colour import keep_grey
 from anon_core.data.image_io import to_uint8
 from anon_core.data.mapped_images import MappedImages
 from anon_core.prefetch import batch_slices
@@ -136,10 +137,12 @@ def generate(
 
 
 def generated_images(generator: torch.nn.Module, ws: np.ndarray, index: np.ndarray,
-                     device: torch.device | str = "cpu") -> MappedImages:
+                     device: torch.device | str = "cpu", grey: np.ndarray | None = None) -> MappedImages:
     """Images of the generator for the codes `ws[index]` (W [N, w_dim] or W+ [N, num_ws, w_dim]), generated on
-    indexing: row i is `generate(generator, ws[index[i]])`. Read in batches of a multiple of
-    `generate`'s own batch size (16), the images are bit for bit those of generating every row at once."""
+    indexing: row i is `generate(generator, ws[index[i]])`, made grey where `grey` [N] is true (anonymized faces of
+    black-and-white sources, `colour.keep_grey`). Read in batches of a multiple of `generate`'s own batch size (16),
+    the images are bit for bit those of generating every row at once."""
     resolution = generator.config.resolution
-    return MappedImages(lambda rows: generate(generator, ws[rows], device=device),
-                        [np.asarray(index)], (resolution, resolution, 3), name="generated")
+    grey = np.zeros(len(index), bool) if grey is None else np.asarray(grey, bool)
+    return MappedImages(lambda rows, grey_rows: keep_grey(generate(generator, ws[rows], device=device), grey_rows),
+                        [np.asarray(index), grey], (resolution, resolution, 3), name="generated")

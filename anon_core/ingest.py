@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from anon_core.data.align import AlignmentCache, FaceAligner
+from anon_core.data.colour import is_grey
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import ImageRejected, flattened, load_rgb
@@ -38,6 +39,7 @@ TABLE_COLUMNS = (
     "sha256",  # of the input file
     "faces_seen",  # faces the aligner detected (the largest is used); -1 when not aligning or rejected
     "other_faces_covered",  # other faces inside the crop, pixelated before it was cut; -1 when not aligning
+    "grey",  # its image is black and white (three equal channels): its anonymized face is written grey too
 )
 
 
@@ -179,7 +181,7 @@ def ingest(
         f = checked.file
         row = {"input": f.relpath, "image": "", "status": "ok", "reason": "", "detail": "",
                "duplicate_of": f.duplicate_of or "", "sha256": f.sha256 or "", "faces_seen": checked.faces_seen,
-               "other_faces_covered": checked.others_covered}
+               "other_faces_covered": checked.others_covered, "grey": checked.grey}
         if checked.rejected is not None:
             row.update(status="rejected", reason=checked.rejected.reason, detail=f.named(checked.rejected.detail))
         else:
@@ -242,6 +244,7 @@ class CheckedInput:
     rejected: ImageRejected | None = None
     size: tuple[int, int] = (0, 0)  # (width, height) of its image
     notes: tuple[str, ...] = ()  # what reading it as one RGB image left out (`image_io.flattened`)
+    grey: bool = False  # its image has three equal channels (anon_core.data.colour)
 
 
 def check_inputs(
@@ -259,7 +262,7 @@ def check_inputs(
             yield CheckedInput(f, None, -1, rejected=rejected)
             continue
         yield CheckedInput(f, cache.image_path(f.sha256, aligner.settings) if aligner else f.path, faces_seen,
-                           others_covered, size=(image.shape[1], image.shape[0]), notes=notes)
+                           others_covered, size=(image.shape[1], image.shape[0]), notes=notes, grey=is_grey(image))
 
 
 def _str_or_none(value) -> str | None:

@@ -21,6 +21,7 @@ from anon_core.acceleration import resolved_for
 from anon_core.assignment import assign_fakes, check_pool_holds, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
+from anon_core.data.colour import GREY_RULE, keep_grey
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
@@ -231,9 +232,10 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
     check_pool_holds(params.pairing, params.pool_size, len(ok_rows), persons[ok_rows])  # before any fake is made
     check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)  # and before any write
-    # who is who decides the pairing: a changed labels CSV is another run, not its journal's
+    # who is who decides the pairing: a changed labels CSV is another run, not its journal's; the images of a run
+    # written by another GREY_RULE are written again (their codes are taken by key, as any earlier run's)
     journal = Journal(output_dir, run_key({"params": params.to_dict(), "weights": nets.weights, **extra,
-                                           "pool_seeds": POOL_SEEDS,
+                                           "pool_seeds": POOL_SEEDS, "images": GREY_RULE,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),
                                            "persons": persons.tolist()}), start=False)
     ok = ingested.ok
@@ -259,6 +261,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         take_over()
         part = parts[index]
         if images is not None:
+            images = keep_grey(images, ok["grey"].to_numpy(bool)[part])
             digests = [""] * (part.stop - part.start)
 
             def write(i: int, name: str) -> None:

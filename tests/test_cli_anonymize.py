@@ -506,3 +506,43 @@ def test_auto_settings_are_recorded_as_what_they_mean_on_the_device(face_folder,
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST, "--amp", "off"]) == 0
     assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+
+
+def test_black_and_white_inputs_get_black_and_white_faces_and_earlier_colour_ones_are_written_again(
+        tmp_path, lfw_faces, capsys, monkeypatch):
+    """The generator draws in colour; a grey input's face is written as the luma of the face its codes give, a
+    colour input's as drawn. A run made before that rule (colour faces for grey inputs) is another run: its codes
+    are taken from its journal by key and only the grey input's image changes."""
+    import anon_core.pipeline as pipeline
+    from anon_core.data.colour import is_grey, to_grey
+    from anon_core.fake_pool import generate
+    from anon_core.profiles import build_networks
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(lfw_faces[0]).save(folder / "grey.jpg", quality=95)  # decodes to three equal channels
+    tinted = np.clip(lfw_faces[1] * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)
+    Image.fromarray(tinted).save(folder / "colour.png")
+
+    def written() -> dict[str, np.ndarray]:
+        return {p.name: np.asarray(Image.open(p)) for p in (out / "images").glob("*.png")}
+
+    with monkeypatch.context() as earlier_version:
+        earlier_version.setattr(pipeline, "GREY_RULE", "faces written as drawn")
+        earlier_version.setattr(pipeline, "keep_grey", lambda images, grey: images)
+        assert main(["anonymize", str(folder), str(out), *FAST]) == 0
+    before = written()
+    assert not is_grey(before["grey.png"]) and not is_grey(before["colour.png"])
+    latents = np.load(out / "latents.npy")
+    capsys.readouterr()
+
+    assert main(["anonymize", str(folder), str(out), *FAST]) == 0
+    assert "2 of them the same images under the same settings as in an earlier run" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
+    after = written()
+    np.testing.assert_array_equal(after["colour.png"], before["colour.png"])
+    assert is_grey(after["grey.png"])
+    index = {r["input"]: int(r["latent_index"]) for r in _manifest(out)}
+    drawn = generate(build_networks("tiny").generator, latents[[index["grey.jpg"]]])[0]
+    np.testing.assert_array_equal(after["grey.png"], to_grey(drawn))
+    np.testing.assert_array_equal(before["grey.png"], drawn)

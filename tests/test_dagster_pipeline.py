@@ -210,15 +210,23 @@ def test_evaluate_alone_refuses_variants_whose_anonymization_is_stale(state):
 
 
 def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state, lfw_faces):
+    """(The new face is in colour, the others black and white: each anonymized face is drawn as its source is.)"""
+    from anon_core.data.colour import is_grey
+
     root, instance = state
-    Image.fromarray(lfw_faces[7]).save(root / "faces" / "Person A" / "img_7.png")
+    tinted = np.clip(lfw_faces[7] * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)  # a colour photo
+    Image.fromarray(tinted).save(root / "faces" / "Person A" / "img_7.png")
     before = materializations(instance)
     run(root, instance, VARIANTS)
     made = made_since(before, materializations(instance))
     assert not {"fake_pool", "fake_features"} & set(made)
     assert {"real_images", "real_features", "real_inversions", "pairs", *REFERENCES, *PER_VARIANT} <= set(made)
     assert made["anonymized_images"] == _partitions()  # 8 faces: still 3 shards, all of them new
-    assert len(list((root / "store" / "anonymized_images" / "m0.5" / "images").rglob("*.png"))) == 8
+    for variant in VARIANTS:
+        written = sorted((root / "store" / "anonymized_images" / variant / "images").rglob("*.png"))
+        assert len(written) == 8
+        grey = {p.name: is_grey(np.asarray(Image.open(p))) for p in written}
+        assert grey == {f"img_{i}.png": i != 7 for i in range(8)}
 
 
 def _codes_by_input(store: Path, variant: str) -> dict[str, np.ndarray]:

@@ -138,7 +138,7 @@ def anonymized_latents(
         return dg.Output(value, data_version=dg.DataVersion(digest[:24]))
 
 
-@dg.asset(group_name=GROUP, code_version="3", partitions_def=variant_shards, op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="4", partitions_def=variant_shards, op_tags=GPU)
 def anonymized_images(
     context: dg.AssetExecutionContext, anonymized_latents: Mapping, real_images: ImageSet, pairs: pd.DataFrame,
     fake_pool: Mapping, networks: NetworksResource, mlflow: MlflowResource,
@@ -147,22 +147,29 @@ def anonymized_images(
     form its anonymized dataset folder, `anonymized_images/<variant>/images/`. Each row's `key` hashes its codes'
     key (`anon_core.reuse`), so an image already written from the same codes is neither generated nor written again
     (`io_manager.unchanged_images`): new data re-writes only the images it changes."""
+    from anon_core.data.colour import GREY_RULE, is_grey
     from anon_core.fake_pool import generate, generated_images
     from anon_core.reuse import KEY, METHOD_VERSION, row_keys
     from evaluation.figures import grid_png
 
     with mlflow.asset_run(context, networks) as run:
         nets, rows = networks.networks(), np.asarray(anonymized_latents["row"])
+        named = real_images.named
+        # black-and-white sources get grey faces; a table stored before `grey` was a column: from their pixels
+        grey = named["grey"].to_numpy(bool)[rows] if "grey" in named else \
+            np.array([is_grey(real_images.images[row]) for row in rows], bool)
         # Generated batch by batch as the IO manager writes them, so the shard's images are never all in memory.
-        images = generated_images(nets.generator, anonymized_latents["ws"], np.arange(len(rows)), device=nets.device)
+        images = generated_images(nets.generator, anonymized_latents["ws"], np.arange(len(rows)), device=nets.device,
+                                  grey=grey)
         shard = pairs.set_index("row").loc[rows]
         frame = pd.DataFrame({"row": rows, "input": shard["input"].to_numpy(), "image": shard["image"].to_numpy(),
                               "fake_index": shard["fake_index"].to_numpy(), "shard": context_shard(context),
-                              "identity_similarity": anonymized_latents["identity_similarity"]})
+                              "identity_similarity": anonymized_latents["identity_similarity"], "grey": grey})
         if KEY in anonymized_latents:  # (codes stored before keys were: every image is written)
             frame[KEY] = row_keys({"asset": context.asset_key.to_user_string(), "method": METHOD_VERSION,
-                                   "code_version": context.assets_def.code_versions_by_key.get(context.asset_key)},
-                                  np.asarray(anonymized_latents[KEY]).tolist())
+                                   "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
+                                   "images": GREY_RULE},
+                                  np.asarray(anonymized_latents[KEY]).tolist(), np.where(grey, "grey", "colour"))
         shown = slice(0, min(8, len(rows)))
         columns = [generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device),
                    images[shown]]
@@ -173,5 +180,5 @@ def anonymized_images(
         # Yielded inside the MLflow run: Dagster's IO manager generates and writes the images before the generator
         # goes on, so the run ends FINISHED only once they are stored, and FAILED where that fails.
         yield dg.Output(ImageSet(table=frame, images=images), metadata={
-            "variant": context_variant(context), "num_images": len(rows), **run.metadata,
+            "variant": context_variant(context), "num_images": len(rows), "num_grey": int(grey.sum()), **run.metadata,
             "grid": png_markdown(grid_png(columns), ("real | " if real_faces else "") + "fake | anonymized")})

@@ -19,7 +19,7 @@ from orchestration.tracking import MlflowResource
 GROUP = "real_data"
 
 
-@dg.asset(group_name=GROUP, code_version="2", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True},
+@dg.asset(group_name=GROUP, code_version="3", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True},
           op_tags=GPU)  # the face detector of the alignment
 def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
                 mlflow: MlflowResource) -> Iterator[dg.Output[ImageSet]]:
