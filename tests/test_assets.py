@@ -110,9 +110,14 @@ def test_anonymized_latents_optimize_a_shard_with_its_variants_settings(tmp_path
 
 
 def test_anonymized_images_generate_the_codes_images_in_input_order(tmp_path, instance, shard_inputs, tiny_nets):
+    """(b.png is black and white, a.png in colour: b's face is written as the luma of the face its codes give. A
+    table without `grey`, stored before it was a column, is read from the images' pixels.)"""
+    from anon_core.data.colour import to_grey
     from anon_core.fake_pool import generate
 
     real, _, pairs, pool = shard_inputs
+    tinted = np.clip(real.images[0] * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)
+    real = ImageSet(real.table, np.stack([tinted, real.images[1]]))
     rng = np.random.default_rng(0)
     codes = {"ws": rng.normal(size=(2, 10, 128)).astype(np.float32), "row": np.array([1, 0]),
              "identity_similarity": np.array([0.1, 0.2], np.float32)}
@@ -122,7 +127,9 @@ def test_anonymized_images_generate_the_codes_images_in_input_order(tmp_path, in
     output = next(outputs)
     value, run_id = output.value, output.metadata["mlflow_run_id"].value
     assert value.table["image"].tolist() == ["b.png", "a.png"] and value.table["fake_index"].tolist() == [0, 2]
-    np.testing.assert_array_equal(value.images[:], generate(tiny_nets.generator, codes["ws"]))
+    drawn = generate(tiny_nets.generator, codes["ws"])
+    np.testing.assert_array_equal(value.images[:], np.stack([to_grey(drawn[0]), drawn[1]]))
+    assert value.table["grey"].tolist() == [True, False] and output.metadata["num_grey"].value == 1
     assert output.metadata["variant"].value == "m0.9"
     # The images are generated as the IO manager writes them: the MLflow run ends after that, with how it went
     assert mlflow.client().get_run(run_id).info.status == "RUNNING"
@@ -132,6 +139,11 @@ def test_anonymized_images_generate_the_codes_images_in_input_order(tmp_path, in
     run_id = next(outputs).metadata["mlflow_run_id"].value
     outputs.close()  # what Dagster does where the IO manager fails (a full disk)
     assert mlflow.client().get_run(run_id).info.status == "FAILED"
+    recorded = ImageSet(real.table.assign(grey=[False, False]), real.images)  # what ingest found decides
+    context = dg.build_asset_context(partition_key="shard-00000|m0.9", instance=instance)
+    outputs = anonymization.anonymized_images(context, codes, recorded, pairs, pool, NetworksResource(), mlflow)
+    np.testing.assert_array_equal(next(outputs).value.images[:], drawn)
+    outputs.close()
 
 
 def test_settings_readers_change_exactly_with_what_they_read():
