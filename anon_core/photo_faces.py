@@ -13,9 +13,11 @@ reason is recorded:
 - ``alignment_failed``: the landmarks give no orientation, or a crop whose side is not between
   :data:`QUAD_TO_BOX` times the box's side (the landmarks disagree with the box).
 
-A photo stored sideways or upside down without an EXIF orientation shows the detector no upright face; where no
-face found shows upright (`shows_upright`: none found, or each lies on its side or has landmarks that cannot be
-trusted), the photo is also searched turned (`turns`, `TURNS`; with `turns: always`, every photo). Every face found
+MTCNN finds only faces that show about upright: a face lying on its side or upside down (someone lying down, a photo
+stored sideways without an EXIF orientation) is found by searching the photo turned as well (`turns`, `TURNS`). By
+default every photo is (`turns: always`); `no_upright_face` searches only photos where no face found shows upright
+(`shows_upright`: none found, or each lies on its side or has landmarks that cannot be trusted), which costs less
+but misses a face lying beside upright ones. Every face found
 in any orientation is kept, once, with the landmarks of the orientation where it shows upright, mapped back onto the
 photo as stored: alignment, covers and pasting work there, whatever way each face lies.
 
@@ -39,18 +41,19 @@ from anon_core.networks.mtcnn import Detection
 if TYPE_CHECKING:
     from anon_core.data.align import FaceAligner
 
-__all__ = ["DETECTION_RULE", "FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURN_MODES", "TURNS", "FoundFace",
-           "PhotoFace", "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces", "photo_settings",
-           "shows_upright", "unturn_box", "unturn_points"]
+__all__ = ["DETECTION_RULE", "FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURNED_MIN_SCORE", "TURN_MODES",
+           "TURNS", "FoundFace", "PhotoFace", "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces",
+           "photo_settings", "shows_upright", "unturn_box", "unturn_points"]
 
 FALLBACK_REASONS = {
     "too_small": "face smaller than photo.min_anonymize_size",
     "profile": "face turned too far from the camera (photo.min_frontality)",
     "alignment_failed": "landmarks give no usable FFHQ crop",
 }
-TURN_MODES = ("no_upright_face", "always", "never")
-"""When a photo is also searched turned: when no upright face is found in it (none, or each lies on its side), for
-every photo (4 detections each), or never (a photo stored sideways keeps its faces)."""
+TURN_MODES = ("always", "no_upright_face", "never")
+"""When a photo is also searched turned: for every photo (4 detections each: the default, the only mode that finds a
+face lying beside upright ones), when no upright face is found in it (none, or each lies on its side: a photo stored
+sideways), or never (a photo stored sideways keeps its faces)."""
 OUTPUT_FORMATS = ("png", "same")  # png: lossless PNG; same: JPEG inputs as JPEG (quality 95), the rest as PNG
 TURNS = (1, 3, 2)
 """Quarter turns counter-clockwise (np.rot90's k) tried on a photo with no upright face found: a phone photo stored
@@ -66,7 +69,7 @@ class PhotoSettings:
     min_frontality: float = 0.15  # nose position between the eyes: 0.5 frontal, <= 0 profile
     cover: str = "pixelate"  # pixelate | blur: the fallback
     output_format: str = "png"  # png | same
-    turns: str = "no_upright_face"  # when to look again with the photo turned 90, 270, 180 degrees (TURN_MODES)
+    turns: str = "always"  # when to look again with the photo turned 90, 270, 180 degrees (TURN_MODES)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,8 +132,17 @@ box's middle that look upright. Measured on `bench/photo_detection_recall.py`'s 
 for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright" ones found in the same photos
 stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
+TURNED_MIN_SCORE = 0.9
+"""Face probability a detection in a turned copy of a photo needs (in the photo as stored: MTCNN's own 0.7). Each
+orientation searched adds its own false detections, and a false detection is covered, which the privacy check then
+counts as a face still matched (dlib matches a covered patch of background to itself). Measured on photos drawn by
+`bench/photo_detection_recall.py`'s `compose` (640, 1280, 2000 px, its 5 backgrounds; 15 with 30% of their faces
+lying, seed 1, and 15 upright only, seed 5), all turned copies searched:
+of 15 false detections from turned copies, 12 scored below 0.9 (0.70 to 0.89, the others 0.91, 0.91, 0.97); of
+the 93 faces found only in a turned copy, 89 scored 0.9 or more, the other 4 (0.75 to 0.87) were 12 to 34 px."""
 # in a journal's key: which faces a photo's batches hold
-DETECTION_RULE = f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}"
+DETECTION_RULE = (f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}, turned "
+                  f"ones scoring {TURNED_MIN_SCORE}")
 
 
 @dataclass(frozen=True)
@@ -152,11 +164,11 @@ def shows_upright(detection: Detection) -> bool:
     return not lies_turned(landmarks) and span >= MIN_EYE_SPAN * side
 
 
-def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_upright_face") -> list[FoundFace]:
-    """A photo's faces, in the photo as stored, largest box first: found upright; and, by `turns` (TURN_MODES), where
-    no face shows upright (`shows_upright`: none found, or each lies on its side or upside down, or has landmarks
-    that cannot be trusted: a photo stored sideways without an EXIF orientation, where MTCNN may still box a face or
-    two), or for every photo: also in the photo turned by each of TURNS. A face found in several orientations is
+def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "always") -> list[FoundFace]:
+    """A photo's faces, in the photo as stored, largest box first: found upright; and, by `turns` (TURN_MODES), for
+    every photo, or where no face shows upright (`shows_upright`: none found, or each lies on its side or upside
+    down, or has landmarks that cannot be trusted: a photo stored sideways without an EXIF orientation, where MTCNN
+    may still box a face or two): also in the photo turned by each of TURNS. A face found in several orientations is
     kept once (boxes overlapping by SAME_FACE_IOU), from the orientation where it shows upright (then the most
     confident), so that each face is aligned by landmarks MTCNN gave it upright, and faces lying in different
     directions in one photo are all kept."""
@@ -165,7 +177,8 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "no_uprigh
         return found
     for k in TURNS:
         turned = np.ascontiguousarray(np.rot90(image, k))
-        found += [FoundFace(_turned_back(d, k, turned.shape), k, shows_upright(d)) for d in detector.detect(turned)]
+        found += [FoundFace(_turned_back(d, k, turned.shape), k, shows_upright(d)) for d in detector.detect(turned)
+                  if d.score >= TURNED_MIN_SCORE]
     kept: list[FoundFace] = []
     for face in sorted(found, key=lambda f: (f.upright, f.detection.score), reverse=True):
         if all(face.turns == other.turns or _iou(face.detection.box, other.detection.box) < SAME_FACE_IOU

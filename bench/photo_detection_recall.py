@@ -8,9 +8,11 @@ face counts as found when a detection overlaps it with IoU >= 0.4 (each detectio
 photo mode runs it (`anon_core.photo_faces.find_faces` with a `FaceAligner` at `photo.min_face_size`). Then the
 photos of `--sideways` backgrounds (coffee's, or all) turned a quarter turn, as a phone photo stored sideways without
 an EXIF orientation: faces found and false detections under each of `photo.turns`' modes, and the time detection took.
+With `--lying`, as many photos again where that share of the faces lies on its side or upside down beside upright
+ones (a group photo with someone lying down): faces found of each kind under each mode.
 
     .venv/bin/python bench/photo_detection_recall.py [--canvas 640 1280 2000 3000] [--min-face-size 16] \
-        [--sideways coffee|all|none]
+        [--sideways coffee|all|none] [--lying 0.3]
 """
 
 from __future__ import annotations
@@ -59,8 +61,19 @@ def background(kind: str, width: int, height: int, rng: np.random.Generator) -> 
     return np.array(Image.fromarray(picture).resize((width, height), Image.Resampling.BICUBIC))
 
 
-def compose(width: int, kind: str, faces: dict, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """A 3:2 photo `width` px wide with non-overlapping faces (3 of each size to 48 px, 2 to 128, then 1)."""
+def turned_box(rel: np.ndarray, turns: int) -> np.ndarray:
+    """A box (x1, y1, x2, y2) relative to a square crop, in the crop turned `turns` quarter turns counter-clockwise
+    (np.rot90's k): each turn takes (x, y) to (y, 1 - x)."""
+    corners = np.reshape(rel, (2, 2)).astype(np.float64)
+    for _ in range(turns % 4):
+        corners = np.stack([corners[:, 1], 1.0 - corners[:, 0]], axis=1)
+    return np.concatenate([corners.min(axis=0), corners.max(axis=0)])
+
+
+def compose(width: int, kind: str, faces: dict, rng: np.random.Generator,
+            lying: float = 0.0) -> tuple[np.ndarray, list[dict]]:
+    """A 3:2 photo `width` px wide with non-overlapping faces (3 of each size to 48 px, 2 to 128, then 1); each face
+    lies on its side or upside down (turned by 90, 270 or 180 degrees) with probability `lying`."""
     height = 2 * width // 3
     photo, placed, truth = background(kind, width, height, rng), [], []
     wanted = sorted((s for s in FACE_SIZES for _ in range(3 if s <= 48 else 2 if s <= 128 else 1)), reverse=True)
@@ -78,11 +91,14 @@ def compose(width: int, kind: str, faces: dict, rng: np.random.Generator) -> tup
         else:
             continue
         placed.append((x, y, side))
+        turns = int(rng.choice([1, 3, 2])) if lying and rng.random() < lying else 0
         pasted = np.asarray(Image.fromarray(face).resize((side, side), Image.Resampling.BICUBIC), np.float32)
+        pasted = np.rot90(pasted, turns)
         alpha = _soft_ellipse(side)[:, :, None]
         under = photo[y:y + side, x:x + side].astype(np.float32)
         photo[y:y + side, x:x + side] = np.rint(under + (pasted - under) * alpha).astype(np.uint8)
-        truth.append({"source": name, "size": size, "box": np.array([x, y, x, y]) + rel * side})
+        truth.append({"source": name, "size": size, "turns": turns,
+                      "box": np.array([x, y, x, y]) + turned_box(rel, turns) * side})
     return photo, truth
 
 
@@ -112,6 +128,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sideways", choices=("coffee", "all", "none"), default="coffee",
                         help="which backgrounds' photos are also searched stored sideways")
+    parser.add_argument("--lying", type=float, default=0.0,
+                        help="also compose photos (as many, other draws) where this share of the faces lies on its "
+                             "side or upside down beside upright ones, and search them under each photo.turns")
     args = parser.parse_args()
     faces, rng = sources(), np.random.default_rng(args.seed)
     detector = FaceAligner(256, "mtcnn", min_face_size=args.min_face_size)
@@ -119,12 +138,16 @@ def main() -> None:
     found, seconds, false = defaultdict(list), defaultdict(list), 0
     by_source = defaultdict(list)
     turned = {mode: [0, 0, 0.0, 0] for mode in TURN_MODES}  # mode -> [faces found, faces, seconds, false detections]
+    searched_turned = defaultdict(int)  # mode -> upright photos it would search turned as well
     for width in args.canvas:
         for kind in BACKGROUNDS:
             photo, truth = compose(width, kind, faces, rng)
             started = time.perf_counter()
             found_upright = find_faces(detector, photo, "never")
             seconds[width].append(time.perf_counter() - started)
+            upright = [f.upright for f in found_upright]
+            searched_turned["no_upright_face"] += not any(upright)
+            searched_turned["not_all_upright"] += not (upright and all(upright))
             hits, left = matched(truth, [np.asarray(f.detection.box) for f in found_upright])
             false += left
             for face, hit in zip(truth, hits):
@@ -159,6 +182,42 @@ def main() -> None:
     for mode, (hit, total, spent, wrong) in turned.items():
         print(f"photos stored sideways, photo.turns {mode}: {hit}/{total} faces found, {wrong} false detection(s), "
               f"detection {spent:.1f} s")
+    photos = len(args.canvas) * len(BACKGROUNDS)
+    print("upright photos searched turned as well: " + ", ".join(
+        f"{mode} {searched_turned[mode]}/{photos}" for mode in ("no_upright_face", "not_all_upright")))
+    if args.lying:
+        lying_faces(args, faces, detector)
+
+
+def lying_faces(args, faces: dict, detector: FaceAligner) -> None:
+    """Photos where a share of the faces lies beside upright ones, searched under each of photo.turns' modes."""
+    rng = np.random.default_rng(args.seed + 1)
+    totals = {mode: defaultdict(float) for mode in TURN_MODES}
+    print(f"\nphotos with {args.lying:.0%} of their faces lying on their side or upside down")
+    for width in args.canvas:
+        for kind in BACKGROUNDS:
+            photo, truth = compose(width, kind, faces, rng, lying=args.lying)
+            line = []
+            for mode in TURN_MODES:
+                started = time.perf_counter()
+                kept = find_faces(detector, photo, mode)
+                spent = time.perf_counter() - started
+                hits, wrong = matched(truth, [np.asarray(f.detection.box) for f in kept])
+                row = totals[mode]
+                for face, hit in zip(truth, hits):
+                    group = "lying" if face["turns"] else "upright"
+                    row[f"{group}_found"] += hit
+                    row[group] += 1
+                row["false"] += wrong
+                row["seconds"] += spent
+                line.append(f"{mode} {sum(h for f, h in zip(truth, hits) if f['turns'])}")
+            lying_count = sum(1 for f in truth if f["turns"])
+            print(f"{width} px {kind}: lying faces found of {lying_count}: " + ", ".join(line), flush=True)
+    print("| photo.turns | upright faces found | lying faces found | false detections | detection s |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode, row in totals.items():
+        print(f"| `{mode}` | {row['upright_found']:.0f}/{row['upright']:.0f} | {row['lying_found']:.0f}/"
+              f"{row['lying']:.0f} | {row['false']:.0f} | {row['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -360,7 +360,8 @@ class FaceAligner:
     def _no_face_detail(self, image: np.ndarray) -> str:
         h, w = image.shape[:2]
         return (f"no face found by the {self.detector} detector in the {w}x{h} image; "
-                "check the file shows a face, or drop it from the dataset")
+                "check the file shows a face, upright (a face stored lying on its side or upside down is not "
+                "searched for turned here: turn the file), or drop it from the dataset")
 
     def align_cached(self, image: np.ndarray | Path, sha256: str, cache: AlignmentCache,
                      name: str | None = None) -> AlignedFace:
