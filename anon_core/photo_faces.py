@@ -133,8 +133,9 @@ for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright
 stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
 TURNED_MIN_SCORE = 0.9
-"""Face probability a detection in a turned copy of a photo needs (in the photo as stored: MTCNN's own 0.7). Each
-orientation searched adds its own false detections, and a false detection is covered, which the privacy check then
+"""Face probability a detection in a turned copy of a photo with an upright face needs (in the photo as stored, and in
+the turned copies of a photo where no face shows upright, stored sideways: MTCNN's own 0.7). Each orientation
+searched adds its own false detections, and a false detection is covered, which the privacy check then
 counts as a face still matched (dlib matches a covered patch of background to itself). Measured on photos drawn by
 `bench/photo_detection_recall.py`'s `compose` (640, 1280, 2000 px, its 5 backgrounds; 15 with 30% of their faces
 lying, seed 1, and 15 upright only, seed 5), all turned copies searched:
@@ -173,12 +174,14 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "always") 
     confident), so that each face is aligned by landmarks MTCNN gave it upright, and faces lying in different
     directions in one photo are all kept."""
     found = [FoundFace(d, 0, shows_upright(d)) for d in detector.detect(image)]
-    if turns == "never" or (turns == "no_upright_face" and any(f.upright for f in found)):
+    upright_photo = any(f.upright for f in found)
+    if turns == "never" or (turns == "no_upright_face" and upright_photo):
         return found
+    min_score = TURNED_MIN_SCORE if upright_photo else 0.0  # a photo stored turned: its turned copies are the photo
     for k in TURNS:
         turned = np.ascontiguousarray(np.rot90(image, k))
         found += [FoundFace(_turned_back(d, k, turned.shape), k, shows_upright(d)) for d in detector.detect(turned)
-                  if d.score >= TURNED_MIN_SCORE]
+                  if d.score >= min_score]
     kept: list[FoundFace] = []
     for face in sorted(found, key=lambda f: (f.upright, f.detection.score), reverse=True):
         if all(face.turns == other.turns or _iou(face.detection.box, other.detection.box) < SAME_FACE_IOU

@@ -146,8 +146,8 @@ def main() -> None:
             found_upright = find_faces(detector, photo, "never")
             seconds[width].append(time.perf_counter() - started)
             upright = [f.upright for f in found_upright]
-            searched_turned["no_upright_face"] += not any(upright)
-            searched_turned["not_all_upright"] += not (upright and all(upright))
+            searched_turned["no upright face"] += not any(upright)
+            searched_turned["a face not upright"] += not (upright and all(upright))
             hits, left = matched(truth, [np.asarray(f.detection.box) for f in found_upright])
             false += left
             for face, hit in zip(truth, hits):
@@ -183,8 +183,8 @@ def main() -> None:
         print(f"photos stored sideways, photo.turns {mode}: {hit}/{total} faces found, {wrong} false detection(s), "
               f"detection {spent:.1f} s")
     photos = len(args.canvas) * len(BACKGROUNDS)
-    print("upright photos searched turned as well: " + ", ".join(
-        f"{mode} {searched_turned[mode]}/{photos}" for mode in ("no_upright_face", "not_all_upright")))
+    # a rule searching turned copies only where a face found does not show upright would search nearly all photos
+    print("upright photos with " + ", with ".join(f"{what}: {count}/{photos}" for what, count in searched_turned.items()))
     if args.lying:
         lying_faces(args, faces, detector)
 

@@ -162,7 +162,8 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
         print(f"falco: error: nothing was anonymized: no face was found in any of the {summary.photos} photo(s) of "
               f"{args.input_dir}, and the photos were written unchanged; if they show faces, look at manifest.csv's "
-              "detail, and try photo.turns: always or a lower --min-face-size", file=sys.stderr)
+              "detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets another)",
+              file=sys.stderr)
         return 1
     if share is not None and share > bound:
         print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the faces to their source "

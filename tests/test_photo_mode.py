@@ -167,9 +167,10 @@ def test_each_face_is_kept_once_from_the_orientation_where_it_shows_upright():
         assert [f.turns for f in find_faces(_BoxesByOrientation(b_not_boxed), photo, mode)] == turns
 
 
-def test_a_turned_copy_of_a_photo_adds_only_confident_faces():
+def test_a_turned_copy_of_an_upright_photo_adds_only_confident_faces():
     """Each orientation searched adds its own false detections, which are covered and then counted by the privacy
-    check as faces still matched: in a turned copy a face needs TURNED_MIN_SCORE; in the photo as stored MTCNN's own
+    check as faces still matched: beside an upright face, a face of a turned copy needs TURNED_MIN_SCORE; in the
+    photo as stored, and in the turned copies of a photo where no face shows upright (stored sideways), MTCNN's own
     threshold (its 0.7) holds."""
     from anon_core.photo_faces import TURNED_MIN_SCORE
 
@@ -181,6 +182,8 @@ def test_a_turned_copy_of_a_photo_adds_only_confident_faces():
                  _seen_upright(c, 1, photo.shape, score=TURNED_MIN_SCORE - 0.01)]}
     kept = find_faces(_BoxesByOrientation(found), photo)
     assert [(f.turns, round(f.detection.score, 2)) for f in kept] == [(0, 0.75), (1, TURNED_MIN_SCORE)]
+    stored_sideways = {0: [], 1: [_seen_upright(c, 1, photo.shape, score=0.75)]}
+    assert [f.turns for f in find_faces(_BoxesByOrientation(stored_sideways), photo)] == [1]
 
 
 def test_an_upright_face_is_one_whose_eyes_span_its_box():
