@@ -17,9 +17,9 @@ MTCNN finds only faces that show about upright: a face lying on its side or upsi
 stored sideways without an EXIF orientation) is found by searching the photo turned as well (`turns`, `TURNS`). By
 default every photo is (`turns: always`); `no_upright_face` searches only photos where no face found shows upright
 (`shows_upright`: none found, or each lies on its side or has landmarks that cannot be trusted), which costs less
-but misses a face lying beside upright ones. Every face found
-in any orientation is kept, once, with the landmarks of the orientation where it shows upright, mapped back onto the
-photo as stored: alignment, covers and pasting work there, whatever way each face lies.
+but misses a face lying beside upright ones. Every face found in any orientation is kept, once, with the landmarks
+of the orientation where it shows upright, mapped back onto the photo as stored: alignment, covers and pasting work
+there, whatever way each face lies.
 
 Faces whose box is smaller than `min_face_size` are not found at all (MTCNN's pyramid starts there; 12 px is its
 floor), so that is the smallest face photo mode can vouch for.
@@ -56,8 +56,9 @@ face lying beside upright ones), when no upright face is found in it (none, or e
 sideways), or never (a photo stored sideways keeps its faces)."""
 OUTPUT_FORMATS = ("png", "same")  # png: lossless PNG; same: JPEG inputs as JPEG (quality 95), the rest as PNG
 TURNS = (1, 3, 2)
-"""Quarter turns counter-clockwise (np.rot90's k) tried on a photo with no upright face found: a phone photo stored
-sideways is a quarter turn either way off; upside down comes last (ties keep the earlier)."""
+"""Quarter turns counter-clockwise (np.rot90's k) of the copies of a photo searched besides the photo itself
+(TURN_MODES): a face lying on its side, or a phone photo stored sideways, is a quarter turn either way off; upside
+down comes last (ties keep the earlier)."""
 QUAD_TO_BOX = (1.0, 6.0)
 """Accepted range of (crop side / box side). FFHQ's crop is 4x the eye distance, about 1.6-2.2x an MTCNN box."""
 
@@ -133,17 +134,17 @@ for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright
 stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
 TURNED_MIN_SCORE = 0.9
-"""Face probability a detection in a turned copy of a photo with an upright face needs (in the photo as stored, and in
-the turned copies of a photo where no face shows upright, stored sideways: MTCNN's own 0.7). Each orientation
-searched adds its own false detections, and a false detection is covered, which the privacy check then
-counts as a face still matched (dlib matches a covered patch of background to itself). Measured on photos drawn by
+"""Face probability a detection in a turned copy of a photo with an upright face needs (in the photo as stored, and
+in the turned copies of a photo where no face shows upright, stored sideways: MTCNN's own 0.7). Each orientation
+searched adds its own false detections, and a false detection is covered, which the privacy check then counts as a
+face still matched (dlib matches a covered patch of background to itself). Measured on photos drawn by
 `bench/photo_detection_recall.py`'s `compose` (640, 1280, 2000 px, its 5 backgrounds; 15 with 30% of their faces
-lying, seed 1, and 15 upright only, seed 5), all turned copies searched:
-of 15 false detections from turned copies, 12 scored below 0.9 (0.70 to 0.89, the others 0.91, 0.91, 0.97); of
-the 93 faces found only in a turned copy, 89 scored 0.9 or more, the other 4 (0.75 to 0.87) were 12 to 34 px."""
+lying, seed 1, and 15 upright only, seed 5), every turned copy searched: of 15 false detections from turned copies,
+12 scored below 0.9 (0.70 to 0.89, the others 0.91, 0.91, 0.97); of the 93 faces found only in a turned copy, 89
+scored 0.9 or more, the other 4 (0.75 to 0.87) were 12 to 34 px."""
 # in a journal's key: which faces a photo's batches hold
 DETECTION_RULE = (f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}, turned "
-                  f"ones scoring {TURNED_MIN_SCORE}")
+                  f"ones beside an upright face scoring {TURNED_MIN_SCORE}")
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,8 @@ def main() -> None:
               f"detection {spent:.1f} s")
     photos = len(args.canvas) * len(BACKGROUNDS)
     # a rule searching turned copies only where a face found does not show upright would search nearly all photos
-    print("upright photos with " + ", with ".join(f"{what}: {count}/{photos}" for what, count in searched_turned.items()))
+    print("upright photos with " + ", with ".join(f"{what}: {count}/{photos}"
+                                                 for what, count in searched_turned.items()))
     if args.lying:
         lying_faces(args, faces, detector)
 
