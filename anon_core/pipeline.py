@@ -239,6 +239,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                                            "files": table[["input", "sha256", "status"]].values.tolist(),
                                            "persons": persons.tolist()}), start=False)
     ok = ingested.ok
+    grey = ok["grey"].to_numpy(bool)  # black-and-white inputs, whose faces are written grey
     manifest = table.rename(columns={"image": "output"})
     manifest = manifest.assign(person=persons, **{name: "" for name in RESULT_COLUMNS})
     manifest = manifest[[*MANIFEST_COLUMNS, *ingested.labels]]
@@ -261,7 +262,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         take_over()
         part = parts[index]
         if images is not None:
-            images = keep_grey(images, ok["grey"].to_numpy(bool)[part])
+            images = keep_grey(images, grey[part])
             digests = [""] * (part.stop - part.start)
 
             def write(i: int, name: str) -> None:

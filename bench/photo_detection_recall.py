@@ -138,7 +138,7 @@ def main() -> None:
     found, seconds, false = defaultdict(list), defaultdict(list), 0
     by_source = defaultdict(list)
     turned = {mode: [0, 0, 0.0, 0] for mode in TURN_MODES}  # mode -> [faces found, faces, seconds, false detections]
-    searched_turned = defaultdict(int)  # mode -> upright photos it would search turned as well
+    searched_turned = defaultdict(int)  # what a rule would search turned for -> upright photos that have it
     for width in args.canvas:
         for kind in BACKGROUNDS:
             photo, truth = compose(width, kind, faces, rng)
