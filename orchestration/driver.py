@@ -204,6 +204,7 @@ def _unprepared(state: str, mode: str) -> str:
 
 
 INTERRUPTED = "DagsterExecutionInterruptedError"  # how a run that Ctrl-C stopped ends (its step error's class)
+CHECK_FAILED = "DagsterAssetCheckFailedError"  # how a run whose blocking (privacy) check failed ends
 LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
 
 
@@ -297,6 +298,8 @@ def step_error(instance: dg.DagsterInstance, run_id: str) -> str:
         if prefix.rsplit(".", 1)[-1] == error.cls_name and rest:  # "anon_core.errors.FalcoError: <its words>"
             ours = prefix.startswith(("anon_core.", "evaluation.", "orchestration."))  # our errors say it all
             text = rest if ours else f"{error.cls_name}: {rest}"
+        elif error.cls_name == CHECK_FAILED:  # its last line names the check alone
+            text = f"{CHECK_FAILED}: {text}"
         return f"{record.event_log_entry.step_key}: {text}"
     run = instance.get_run_by_id(run_id)
     return f"the run ended {run.status.value if run else 'unknown'} (see it in the Dagster UI)"
@@ -422,7 +425,8 @@ class _Driver:
             self.mlflow.end_dagster_run(run_id, "KILLED", self.log, self.instance)
             raise KeyboardInterrupt
         self.mlflow.end_dagster_run(run_id, "FAILED", self.log, self.instance)
-        self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
+        if CHECK_FAILED not in self.summary.errors[label]:  # a failed privacy check gets its own line (_record_check)
+            self.log(f"{label}: FAILED (Dagster run {run_id[:8]}): {self.summary.errors[label]}")
         return False
 
     def plan(self, job: str, label: str, keys, partition: str | None = None,

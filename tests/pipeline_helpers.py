@@ -65,7 +65,8 @@ def run(root: Path, instance: dg.DagsterInstance, variants=None, params: Path | 
     storage = StorageResource(root=str(root / "store"), input_dir=str(root / "faces"))
     networks = NetworksResource(params_path=str(params or root / "params.yaml"), overrides=kw.pop("overrides", {}))
     mlflow = MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    return run_pipeline(storage, networks, variants, instance=instance, mlflow=mlflow, log=lambda *_: None, **kw)
+    return run_pipeline(storage, networks, variants, instance=instance, mlflow=mlflow,
+                        log=kw.pop("log", lambda *_: None), **kw)
 
 
 def materializations(instance: dg.DagsterInstance) -> Counter:
