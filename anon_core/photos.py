@@ -198,8 +198,8 @@ class _PhotoRun:
             "pool_seeds": POOL_SEEDS, "detection": DETECTION_RULE,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
             start=False)
-        # A stopped run's manifest names no output for a photo it rejected, while the image an earlier run wrote for
-        # that photo is removed only at the end of a run: it is still falco's
+        # A run stopped by an earlier falco named no output for a photo it rejected, while the image an earlier run
+        # wrote for that photo stayed until the end of the run: it is still falco's
         rejected_before = {self.outputs[name] for name in previous_inputs(output_dir, "rejected") if name in self.outputs}
         self.take_over = TakeOver(output_dir, self.journal, set(self.outputs.values()), self._write_manifest,
                                   also_earlier=rejected_before)
@@ -257,6 +257,10 @@ class _PhotoRun:
             try:
                 image, faces, crops, turns, left_out = reading_future.result()
             except ImageRejected as rejected:
+                stale = {self.outputs.get(f.relpath)} & self.take_over.previous
+                if stale:  # the earlier run's image of this photo goes before any manifest lists the photo rejected
+                    self.take_over()
+                    remove_outputs(self.output_dir, stale)
                 self.summary.rejected[rejected.reason] += 1
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, f.named(rejected.detail), -1)]
                 continue

@@ -400,8 +400,9 @@ def test_a_stopped_photo_run_leaves_a_valid_manifest_that_evaluate_refuses(photo
 
 
 def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path, monkeypatch):
-    """A photo an earlier run wrote, now damaged: a run stopped mid-way lists it rejected with no output, while its
-    earlier image stays until the end of a run; the re-run refused that image as "falco did not write this"."""
+    """A photo an earlier run wrote, now damaged: a run stopped mid-way lists it rejected with no output, and its
+    earlier image is gone by then (it stayed until the end of a run: a re-run refused it as "falco did not write
+    this", and after the damaged photo was deleted it stayed in images/ under no manifest's name)."""
     import anon_core.photos
     import anon_core.pipeline
 
@@ -422,13 +423,25 @@ def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path,
         with pytest.raises(KeyboardInterrupt):
             anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
     stopped = {r["input"]: r for r in _rows(out) if r["kind"] == "photo"}
-    assert stopped["a_group.png"]["status"] == "rejected" and (out / "images" / "a_group.png").is_file()
+    assert stopped["a_group.png"]["status"] == "rejected" and not (out / "images" / "a_group.png").exists()
     assert "pending" in {row["status"] for row in stopped.values()}
+    stopped_out = tmp_path / "stopped"
+    shutil.copytree(out, stopped_out)
 
-    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)  # before: refused
+    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
     finished = {r["input"]: r for r in _rows(out) if r["kind"] == "photo"}
     assert finished["a_group.png"]["status"] == "rejected" and not (out / "images" / "a_group.png").exists()
     assert finished["group.png"]["status"] == "ok"
+
+    # the damaged photo deleted before the re-run, then a photo of that name added: images/ holds what the
+    # manifest names, and the new photo is written
+    (folder / "a_group.png").unlink()
+    anonymize_photos(folder, stopped_out, params, PhotoSettings(), show_progress=False)
+    named = {r["output"] for r in _rows(stopped_out) if r["kind"] == "photo" and r["output"]}
+    assert {str(p.relative_to(stopped_out / "images")) for p in (stopped_out / "images").rglob("*.png")} == named
+    shutil.copy(photos / "portrait.jpg", folder / "a_group.png")
+    anonymize_photos(folder, stopped_out, params, PhotoSettings(), show_progress=False)
+    assert {r["input"]: r["status"] for r in _rows(stopped_out) if r["kind"] == "photo"}["a_group.png"] == "ok"
 
 
 # -- the parts ---------------------------------------------------------------------------------------------------
