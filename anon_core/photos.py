@@ -9,7 +9,9 @@ PNG by default, no metadata carried over (EXIF, GPS). Pixels away from every fac
 
 Memory holds the photos whose faces are still queued (about one batch of faces) and no crop of a real face is
 written to disk. A stopped run, rerun with the same arguments, takes its finished batches from the journal
-(anon_core.journal: the codes; their images are generated again) and redoes the rest.
+(anon_core.journal: the codes; their images are generated again) and redoes the rest; a run over a folder that
+changed since (photos added, removed, renamed or replaced) takes each face an earlier run finished from its journal
+by the face's key (its aligned crop and the settings: anon_core.reuse), so only the new faces are optimized.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ from anon_core.params import FalcoParams
 from anon_core.photo_faces import DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
+from anon_core.pipeline import batch_codes, key_settings
 from anon_core.progress import progress_bar
+from anon_core.reuse import StoredRows, row_keys
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
 __all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers",
@@ -83,6 +87,7 @@ class PhotoSummary:
     anonymized: int = 0  # faces
     covered: Counter = field(default_factory=Counter)  # reason -> faces
     resumed: int = 0  # faces whose batch an earlier run with the same arguments finished
+    reused: int = 0  # faces an earlier run over other photos finished under the same settings (the same crop)
     below_min_face_size: int = 0  # photos whose shorter side is under photo.min_face_size: no face can be found
     min_face_size: int = 0
     turned: int = 0  # photos with faces found only with the photo turned (stored sideways or upside down, or lying)
@@ -116,6 +121,9 @@ class PhotoSummary:
                 f"{k}: {v}" for k, v in sorted(self.rejected.items())) + ")"
         if self.resumed:
             text += f"; {self.resumed} face(s) taken from an earlier run's journal"
+        if self.reused:
+            text += (f"; {self.reused} face(s) the same as in an earlier run under the same settings, taken from its "
+                     "journal")
         if self.turned:
             text += (f"; {self.turned} photo(s) with faces {TURNED_NOTE} (stored sideways or upside down, or a face "
                      "lying; manifest.csv's detail)")
@@ -203,6 +211,9 @@ class _PhotoRun:
         rejected_before = {self.outputs[name] for name in previous_inputs(output_dir, "rejected") if name in self.outputs}
         self.take_over = TakeOver(output_dir, self.journal, set(self.outputs.values()), self._write_manifest,
                                   also_earlier=rejected_before)
+        # a face's codes are decided by its aligned crop and these: its key in every run's journal batches
+        self.face_context = key_settings(self.params, self.nets.weights, mode="photo")
+        self.earlier = StoredRows(self.journal.earlier())  # the batches of runs over other photos or settings
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -294,17 +305,15 @@ class _PhotoRun:
     def _anonymize(self, items: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Photo]) -> None:
         """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
         photos that are complete are written."""
-        from anon_core.pipeline import anonymize_images
-
         index = len(self.results)
         result = self.journal.finished(index)
         if result is None:
-            if self.pool is None:
+            crops = np.stack([crop for _, _, crop in items])
+            keys = row_keys(self.face_context, list(crops))
+            if self.pool is None and not all(key in self.earlier for key in keys.tolist()):
                 self.pool = build_pool(self.nets, self.params, show_progress=self.show_progress)
-            done = anonymize_images(self.nets, self.pool, np.stack([crop for _, _, crop in items]), self.params)
-            result = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
-                      "identity_similarity": done.identity_similarity,
-                      **{f"loss_{name}": values for name, values in done.history.items()}}
+            result, found, _ = batch_codes(self.nets, self.pool, crops, self.params, keys, self.earlier)
+            self.summary.reused += int(found.sum())
             self.take_over()
             self.journal.record(index, result)
         else:

@@ -103,14 +103,23 @@ ROW_AXES = {"ws": 0, "fake_index": 0, "fake_similarity": 0, "identity_similarity
             **{f"loss_{name}": 1 for name in LOSS_NAMES}}
 
 
-def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
-                   earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None
-                   ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
-    """One batch's results (ROW_AXES and each row's `reuse.KEY`) and images, and how many of its rows were taken
-    from `earlier` journal batches (the rows an earlier run finished under the same key, drawn again from their
-    codes); the other rows are anonymized (`fakes`: their assigned fakes, or None for the nearest)."""
+def key_settings(params: FalcoParams, weights: str, **extra) -> dict:
+    """What every row's key (`reuse.row_keys`) hashes besides the row's own input: the method's parameters (not the
+    speed settings or the batch size, which change how fast, not what), the weights, how fakes are seeded, the
+    method's version, and `extra`."""
+    return {"params": {k: v for k, v in params.to_dict().items() if k not in ("speed", "batch_size")},
+            "weights": weights, "pool_seeds": POOL_SEEDS, "code": METHOD_VERSION, **extra}
+
+
+def batch_codes(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
+                earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+    """One batch's results (ROW_AXES and each row's `reuse.KEY`), which rows were taken from `earlier` journal
+    batches (the rows an earlier run finished under the same key), and the images of the others, which are
+    anonymized (`fakes`: their assigned fakes, or None for the nearest; `pool` may be None when every row is found),
+    None when there are none."""
     found, reused = earlier.take(keys, ROW_AXES)
-    computed, images = {}, np.empty(batch.shape, np.uint8)
+    computed, images = {}, None
     if not found.all():
         todo = ~found
         done = anonymize_images(nets, pool, batch[todo], params,
@@ -118,8 +127,19 @@ def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, par
         computed = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
                     "identity_similarity": done.identity_similarity,
                     **{f"loss_{name}": values for name, values in done.history.items()}}
-        images[todo] = done.images
-    result = {**merge_rows(found, reused, computed, ROW_AXES), KEY: keys}
+        images = done.images
+    return {**merge_rows(found, reused, computed, ROW_AXES), KEY: keys}, found, images
+
+
+def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
+                   earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    """`batch_codes`, with every row's image (the found rows drawn again from their codes), and how many rows
+    were found."""
+    result, found, computed = batch_codes(nets, pool, batch, params, keys, earlier, fakes)
+    images = np.empty(batch.shape, np.uint8)
+    if computed is not None:
+        images[~found] = computed
     if found.any():
         images[found] = generate(nets.generator, result["ws"][found], device=nets.device)
     return result, images, int(found.sum())
@@ -250,9 +270,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     # Images that a run with other inputs finished (its batches are still in the journal) under the same settings
     # are taken from there, by their keys: new images added to a folder are the only ones optimized.
     earlier = StoredRows(journal.earlier() if todo else [])
-    settings = {"params": {k: v for k, v in params.to_dict().items() if k not in ("speed", "batch_size")},
-                "weights": nets.weights, "aligned": extra["aligned"], "alignment": extra["alignment"],
-                "pool_seeds": POOL_SEEDS, "code": METHOD_VERSION}
+    settings = key_settings(params, nets.weights, aligned=extra["aligned"], alignment=extra["alignment"])
     last_write = [float("-inf")]
     bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
     take_over = TakeOver(output_dir, journal, set(ok["image"]), lambda: _write_manifest(output_dir, manifest))

@@ -354,6 +354,53 @@ def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
     assert written.read_bytes() == before  # and gave the same photo
 
 
+def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_path, monkeypatch):
+    """Photos renamed, added and removed since the last run: each face an earlier run finished is found in its
+    journal by its key (its aligned crop and the settings), wherever it now falls in the batches, and drawn again
+    from its codes; only the new photo's face is optimized. Other settings take nothing."""
+    import anon_core.pipeline
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("portrait.jpg", "group.png", "no_face.png"):
+        shutil.copy(photos / name, inputs / name)
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+    first = anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    assert first.anonymized >= 3
+
+    def by_face(folder):  # (input, face) -> its codes
+        latents = np.load(folder / "latents.npy")
+        return {(r["input"], r["face"]): latents[int(r["latent_index"])] for r in _rows(folder)
+                if r["kind"] == "face" and r["latent_index"]}
+
+    before, group = by_face(out), (out / "images" / "group.png").read_bytes()
+    portrait = (out / "images" / "portrait.png").read_bytes()
+    (inputs / "portrait.jpg").rename(inputs / "a_portrait.jpg")  # sorts first: every face moves to another batch
+    (inputs / "no_face.png").unlink()
+    mirrored = Image.open(photos / "portrait.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(inputs / "mirrored.png")  # a new face
+    optimized = []
+    real = anon_core.pipeline.anonymize_images
+    monkeypatch.setattr(anon_core.pipeline, "anonymize_images",
+                        lambda nets, pool, batch, *a, **kw: optimized.append(len(batch)) or real(nets, pool, batch,
+                                                                                              *a, **kw))
+    second = anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    assert sum(optimized) == 1 and second.reused == first.anonymized and second.anonymized == first.anonymized + 1
+    assert f"{first.anonymized} face(s) the same as in an earlier run" in second.describe()
+    after = by_face(out)
+    for (name, face), ws in before.items():
+        np.testing.assert_array_equal(after[("a_portrait.jpg" if name == "portrait.jpg" else name, face)], ws)
+    assert (out / "images" / "group.png").read_bytes() == group
+    assert (out / "images" / "a_portrait.png").read_bytes() == portrait
+    assert not (out / "images" / "no_face.png").exists() and not (out / "images" / "portrait.png").exists()
+    assert len(np.load(out / "latents.npy")) == second.anonymized
+
+    optimized.clear()
+    third = anonymize_photos(inputs, out, load_params("tiny", pool_size=32, batch_size=2, **{
+        "optimization.steps": 2, "optimization.margin": 0.3}), PhotoSettings(), show_progress=False)
+    assert third.reused == 0 and sum(optimized) == third.anonymized
+
+
 def test_photos_smaller_than_the_smallest_face_searched_for_are_counted_and_named(photos, tmp_path):
     """A --min-face-size above a photo's shorter side finds nothing in it: the summary says so, not only "0 faces"."""
     inputs = tmp_path / "in"
@@ -404,7 +451,6 @@ def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path,
     earlier image is gone by then (it stayed until the end of a run: a re-run refused it as "falco did not write
     this", and after the damaged photo was deleted it stayed in images/ under no manifest's name)."""
     import anon_core.photos
-    import anon_core.pipeline
 
     folder = tmp_path / "in"
     shutil.copytree(photos, folder)
@@ -416,9 +462,8 @@ def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path,
     # cut short after its header: still named as an image, rejected once read
     (folder / "a_group.png").write_bytes((folder / "a_group.png").read_bytes()[:300])
 
-    with monkeypatch.context() as patch:
-        patch.setattr(anon_core.pipeline, "anonymize_images",
-                      stopped_at_call(anon_core.pipeline.anonymize_images, 2, KeyboardInterrupt()))
+    with monkeypatch.context() as patch:  # stopped at its second batch of faces (each taken from the journal)
+        patch.setattr(anon_core.photos, "generate", stopped_at_call(anon_core.photos.generate, 2, KeyboardInterrupt()))
         patch.setattr(anon_core.photos, "MANIFEST_EVERY_S", 0.0)
         with pytest.raises(KeyboardInterrupt):
             anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)

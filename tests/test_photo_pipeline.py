@@ -82,6 +82,11 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     assert {k: after[k] for k in ("fake_pool", "fake_features", "input_photos")} == \
         {k: before[k] for k in ("fake_pool", "fake_features", "input_photos")}
     assert len(changed.ran) == 4
+    # a cover changes no anonymized face: every shard took its faces' codes from its journal, optimizing none
+    latest = instance.fetch_materializations(dg.AssetKey("anonymized_photos"), limit=4).records
+    figures = [(r.asset_materialization.metadata["faces_from_journal"].value,
+                r.asset_materialization.metadata["faces_anonymized"].value) for r in latest]
+    assert sorted(figures) == [(1, 1), (1, 1), (6, 6), (6, 6)]
 
 
 def test_a_shard_killed_while_its_photos_were_written_is_made_again_on_the_recorded_settings(state):
