@@ -212,7 +212,9 @@ def test_an_option_the_run_kind_does_not_read_is_refused(runs, capsys):
 def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs, capsys):
     """`--out mydocs` replaced the user's report.md, metrics.csv and figures/examples.png; `--out
     STORE/anonymization_report` replaced the pipeline's report, which the pipeline then called up to date; `--out`
-    another run's folder put the report among that run's outputs."""
+    another run's folder put the report among that run's outputs; `--out` a folder of faces (another dataset) put
+    the report and the real faces' embeddings among them, and the next `falco anonymize` of it read the report's
+    files as images."""
     from orchestration.driver import bind_instance_and_storage
 
     mine = runs["tmp"] / "mydocs"
@@ -224,8 +226,16 @@ def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs
     (store / "anonymization_report").mkdir(parents=True)
     (runs["tmp"] / "home").mkdir()
     bind_instance_and_storage(runs["tmp"] / "home", store, fresh=False)  # as a first `falco pipeline` marks them
-    before = {p: p.read_bytes() for folder in (mine, store) for p in folder.rglob("*") if p.is_file()}
+    faces = runs["tmp"] / "other_faces"
+    (faces / "person").mkdir(parents=True)
+    for i in range(4):
+        shutil.copy(runs["real"] / "face_0.png", faces / ("person" if i else "") / f"face_{i}.png")
+    before = {p: p.read_bytes() for folder in (mine, store, faces) for p in folder.rglob("*") if p.is_file()}
     for out, message in (
+            (faces, f"{faces} holds face_0.png, person, and no report falco wrote: the report's files (and the "
+                    "private outputs of the real faces) would be mixed among them, and a dataset folder would read "
+                    "them as its images; give --out a new or empty folder, or an earlier report's (nothing was "
+                    "written)"),
             (mine, f"{mine} holds report.md, metrics.csv, figures, and not a report falco wrote (its report.md would "
                    "begin '# FALCO-Ops evaluation report'): the report would replace them; give --out a new or "
                    "empty folder, or an earlier report's (nothing was written)"),
@@ -239,8 +249,10 @@ def test_a_report_folder_of_other_files_or_in_a_pipeline_storage_is_refused(runs
         assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(out), "--no-baselines",
                      "--recognizers", "dlib", "--quiet"]) == 2
         assert capsys.readouterr().err == f"falco: error: {message}\n"
-    assert {p: p.read_bytes() for folder in (mine, store) for p in folder.rglob("*") if p.is_file()} == before
-    report = runs["tmp"] / "report_again"  # an earlier report is replaced
+    assert {p: p.read_bytes() for folder in (mine, store, faces) for p in folder.rglob("*") if p.is_file()} == before
+    report = runs["tmp"] / "report_again"  # an earlier report is replaced; a folder of hidden files alone is empty
+    report.mkdir()
+    (report / ".DS_Store").write_bytes(b"\0")
     for _ in range(2):
         assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(report), "--no-baselines",
                      "--recognizers", "dlib", "--quiet"]) == 0
