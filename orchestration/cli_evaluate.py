@@ -356,7 +356,8 @@ def evaluate_folders(
         kept = real_read < len(gallery.images) or any(r.images_read < len(r.per_image) for r in results)
         log(f"images read: real {real_read} of {len(gallery.images)}, " + ", ".join(
             f"{r.method} {r.images_read} of {len(r.per_image)}" for r in results) +
-            (f" (the others' outputs were kept in {stored} by an earlier evaluation)" if kept else ""))
+            (f" (the others' outputs were kept in {stored}, by an earlier evaluation or for the same image read "
+             "earlier in this one)" if kept else ""))
         if forgotten:
             log(f"removed from {stored / 'real'}: {forgotten} kept output(s) of faces no longer in {real_dir} (their "
                 "embeddings, features and labels, and their blurred, pixelated and masked images')")
