@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +69,43 @@ class Journal:
 
     def earlier(self) -> list[BatchFile]:
         """The finished batches of other keys that hold their rows' keys (`reuse.KEY`), for `reuse.StoredRows`."""
-        from anon_core.reuse import KEY
-
-        batches = []
-        for path in self._others():
-            batch = BatchFile(path)
-            try:
-                batch[KEY]
-            except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError):
-                continue  # of an older falco, or damaged
-            batches.append(batch)
-        return batches
+        return keyed_batches(self._others())
 
     def end(self) -> None:
         """The run finished: the batches of other keys go (the images it took from them are its own batches now)."""
         for path in self._others():
             path.unlink(missing_ok=True)
+
+
+def keyed_batches(paths: Iterable[Path]) -> list[BatchFile]:
+    """The journal batches among `paths` that hold their rows' keys (`reuse.KEY`): not of an older falco, not
+    damaged, not removed since listed."""
+    from anon_core.reuse import KEY
+
+    batches = []
+    for path in paths:
+        batch = BatchFile(path)
+        try:
+            batch[KEY]
+        except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError):
+            continue
+        batches.append(batch)
+    return batches
+
+
+def run_batches(output_dir: Path) -> list[BatchFile]:
+    """Every keyed batch in the journal of another output folder, of any run key, for `reuse.StoredRows`."""
+    return keyed_batches(sorted((Path(output_dir) / FOLDER).glob("batch-*.npz")))
+
+
+def end_latest_run(output_dir: Path) -> None:
+    """`Journal.end` for the latest run in `output_dir` (its run.json), whose earlier batches were left for the
+    runs of other folders to take from; nothing when there is no readable run.json."""
+    try:
+        key = json.loads((Path(output_dir) / FOLDER / "run.json").read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    Journal(output_dir, str(key), start=False).end()
 
 
 class BatchFile(Mapping):

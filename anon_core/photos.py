@@ -21,6 +21,7 @@ import json
 import platform
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
                                previous_inputs, remove_outputs)
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
-from anon_core.journal import Journal, run_key
+from anon_core.journal import Journal, run_batches, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
@@ -151,10 +152,13 @@ class _Photo:
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
                      device: str | torch.device = "cpu", show_progress: bool = True, nets: Networks | None = None,
-                     pool: FakePool | None = None, relpaths: list[str] | None = None) -> PhotoSummary:
+                     pool: FakePool | None = None, relpaths: list[str] | None = None,
+                     other_runs: Sequence[Path] = (), keep_earlier_batches: bool = False) -> PhotoSummary:
     """Anonymize every face of every image under `input_dir` (recursively; only `relpaths` when given) into
     `output_dir`. `nets` and `pool` (with its features): networks and fake pool already built (the Dagster assets'),
-    else built here on `device`.
+    else built here on `device`. `other_runs`: output folders of other runs (the pipeline's other shards) whose
+    journals hold faces to take by key, as this folder's earlier runs do; `keep_earlier_batches`: leave this folder's
+    earlier batches for them (`journal.end_latest_run` removes them later), rather than removing them at the end.
 
     Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
     (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
@@ -174,7 +178,8 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
     with exclusive(output_dir, "output folder"):
-        return _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress).run()
+        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs)
+        return run.run(end_journal=not keep_earlier_batches)
 
 
 def _turned_notes(turns: list[int]) -> list[str]:
@@ -187,7 +192,8 @@ def _turned_notes(turns: list[int]) -> list[str]:
 
 
 class _PhotoRun:
-    def __init__(self, input_dir, output_dir, params, settings, nets, pool, files, show_progress) -> None:
+    def __init__(self, input_dir, output_dir, params, settings, nets, pool, files, show_progress,
+                 other_runs=()) -> None:
         self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, nets.device
         self.show_progress = show_progress
         self.nets = nets
@@ -213,7 +219,8 @@ class _PhotoRun:
                                   also_earlier=rejected_before)
         # a face's codes are decided by its aligned crop and these: its key in every run's journal batches
         self.face_context = key_settings(self.params, self.nets.weights, mode="photo")
-        self.earlier = StoredRows(self.journal.earlier())  # the batches of runs over other photos or settings
+        # the batches of runs over other photos or settings, here and in `other_runs`
+        self.earlier = StoredRows([*self.journal.earlier(), *(b for run in other_runs for b in run_batches(run))])
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -242,7 +249,7 @@ class _PhotoRun:
         return covered, faces, crops, [face.turns for face in found], flattened(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
-    def run(self) -> PhotoSummary:
+    def run(self, end_journal: bool = True) -> PhotoSummary:
         reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
         workers = io_workers(self.device)
@@ -254,7 +261,8 @@ class _PhotoRun:
         self._write_outputs()
         written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}
         remove_outputs(self.output_dir, self.take_over.previous - written)  # e.g. of photos rejected this time
-        self.journal.end()  # the batches of runs with other settings
+        if end_journal:
+            self.journal.end()  # the batches of runs with other settings
         return self.summary
 
     def _run(self, reading, workers: int) -> None:

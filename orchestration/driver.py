@@ -33,6 +33,7 @@ import dagster as dg
 from anon_core.atomic import write_bytes_atomic
 from anon_core.errors import FalcoError
 from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, one_at_a_time
+from anon_core.journal import end_latest_run
 from orchestration import stop_request
 from orchestration.assets.settings import FRESH_TAG
 from orchestration.io_manager import prune_moved_rows, prune_shards, prune_unregistered_shards
@@ -169,6 +170,10 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             shards = instance.get_dynamic_partitions(photo_shards.name)
             driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound, photos=True)
             for variant in wanted:  # the photos of shards no longer registered (fewer photos than before)
+                if not any(label.startswith(f"anonymize photos {variant} ") for label in summary.failed):
+                    base = storage.asset_dir("anonymized_photos", variant)
+                    for folder in (d for d in base.iterdir() if d.is_dir()) if base.is_dir() else ():
+                        end_latest_run(folder)  # each shard holds its own faces: the batches kept for others go
                 removed = prune_unregistered_shards(storage.asset_dir("anonymized_photos", variant), shards)
                 if removed:
                     log(f"anonymized_photos {variant}: removed {', '.join(removed)} (shards no longer in the input)")

@@ -2,6 +2,7 @@
 anonymize_photos per (photo shard, variant), each shard's blocking per-face privacy check, and Dagster's versioning
 says what a change makes stale."""
 
+import json
 import shutil
 
 import dagster as dg
@@ -87,6 +88,29 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     figures = [(r.asset_materialization.metadata["faces_from_journal"].value,
                 r.asset_materialization.metadata["faces_anonymized"].value) for r in latest]
     assert sorted(figures) == [(1, 1), (1, 1), (6, 6), (6, 6)]
+
+
+def test_photos_added_before_the_others_optimize_only_their_own_faces(state):
+    """Two photos that sort first move every photo to the next shard, so each shard holds other photos and runs
+    again; a face whose photo moved is taken by its key from the journal of the shard folder it was in, and once
+    every shard is made each journal holds its own run's batches only (before, each shard re-optimized every face
+    it held)."""
+    root, instance = state
+    with Image.open(root / "faces" / "portrait.jpg") as im:
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(root / "faces" / "a1_mirrored.png")  # a new face
+    shutil.copy(root / "faces" / "no_face.png", root / "faces" / "a2_nothing.png")
+    summary = run(root, instance, VARIANTS, mode="photo")
+    assert summary.failed == [] and summary.blocked == []
+    latest = instance.fetch_materializations(dg.AssetKey("anonymized_photos"), limit=6).records
+    figures = {r.partition_key: (r.asset_materialization.metadata["faces_from_journal"].value,
+                                 r.asset_materialization.metadata["faces_anonymized"].value) for r in latest}
+    # shard-00000: the two new photos; shard-00001: group.png (was in shard-00000); shard-00002: portrait.jpg
+    assert figures == {f"{shard}|{v}": counts for v in VARIANTS
+                       for shard, counts in (("shard-00000", (0, 1)), ("shard-00001", (6, 6)), ("shard-00002", (1, 1)))}
+    for folder in (root / "store" / "anonymized_photos").glob("*/shard-*"):
+        if folder.is_dir():
+            latest_key = json.loads((folder / ".journal" / "run.json").read_text())["key"]
+            assert {p.name[6:22] for p in (folder / ".journal").glob("batch-*.npz")} == {latest_key[:16]}
 
 
 def test_a_shard_killed_while_its_photos_were_written_is_made_again_on_the_recorded_settings(state):

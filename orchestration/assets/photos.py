@@ -74,8 +74,12 @@ def anonymized_photos(
                         features=np.asarray(fake_features))
         claim(context, storage.root)  # the shard's folder is rewritten from here on
         start = time.perf_counter()
+        # a face whose photo moved here from another shard (photos added or removed before it) is taken by its key
+        # from that shard's journal, whose earlier batches stay until every shard of the variant is made
+        others = [d for d in storage.asset_dir("anonymized_photos").glob("*/*") if d.is_dir() and d != out]
         summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
-                                   relpaths=photos["input"].tolist(), show_progress=False)
+                                   relpaths=photos["input"].tolist(), show_progress=False, other_runs=others,
+                                   keep_earlier_batches=True)
         seconds = time.perf_counter() - start
         manifest = read_photo_manifest(out)
         faces = manifest[manifest["kind"] == "face"]
