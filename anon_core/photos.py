@@ -153,12 +153,14 @@ class _Photo:
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
                      device: str | torch.device = "cpu", show_progress: bool = True, nets: Networks | None = None,
                      pool: FakePool | None = None, relpaths: list[str] | None = None,
-                     other_runs: Sequence[Path] = (), keep_earlier_batches: bool = False) -> PhotoSummary:
+                     other_runs: Sequence[Path] = (), keep_earlier_batches: bool = False,
+                     reuse: bool = True) -> PhotoSummary:
     """Anonymize every face of every image under `input_dir` (recursively; only `relpaths` when given) into
     `output_dir`. `nets` and `pool` (with its features): networks and fake pool already built (the Dagster assets'),
     else built here on `device`. `other_runs`: output folders of other runs (the pipeline's other shards) whose
     journals hold faces to take by key, as this folder's earlier runs do; `keep_earlier_batches`: leave this folder's
     earlier batches for them (`journal.end_latest_run` removes them later), rather than removing them at the end.
+    `reuse`: False optimizes every face, taking nothing from any journal (`falco pipeline --fresh`).
 
     Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
     (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
@@ -178,7 +180,8 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
     with exclusive(output_dir, "output folder"):
-        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs)
+        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress,
+                        other_runs if reuse else (), reuse)
         return run.run(end_journal=not keep_earlier_batches)
 
 
@@ -193,7 +196,7 @@ def _turned_notes(turns: list[int]) -> list[str]:
 
 class _PhotoRun:
     def __init__(self, input_dir, output_dir, params, settings, nets, pool, files, show_progress,
-                 other_runs=()) -> None:
+                 other_runs=(), reuse=True) -> None:
         self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, nets.device
         self.show_progress = show_progress
         self.nets = nets
@@ -220,7 +223,9 @@ class _PhotoRun:
         # a face's codes are decided by its aligned crop and these: its key in every run's journal batches
         self.face_context = key_settings(self.params, self.nets.weights, mode="photo")
         # the batches of runs over other photos or settings, here and in `other_runs`
-        self.earlier = StoredRows([*self.journal.earlier(), *(b for run in other_runs for b in run_batches(run))])
+        self.earlier = StoredRows([*self.journal.earlier(), *(b for run in other_runs for b in run_batches(run))]
+                                  if reuse else [])
+        self.reuse = reuse
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -314,7 +319,7 @@ class _PhotoRun:
         """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
         photos that are complete are written."""
         index = len(self.results)
-        result = self.journal.finished(index)
+        result = self.journal.finished(index) if self.reuse else None
         if result is None:
             crops = np.stack([crop for _, _, crop in items])
             keys = row_keys(self.face_context, list(crops))

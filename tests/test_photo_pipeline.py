@@ -111,6 +111,10 @@ def test_photos_added_before_the_others_optimize_only_their_own_faces(state):
         if folder.is_dir():
             latest_key = json.loads((folder / ".journal" / "run.json").read_text())["key"]
             assert {p.name[6:22] for p in (folder / ".journal").glob("batch-*.npz")} == {latest_key[:16]}
+    again = run(root, instance, VARIANTS[:1], mode="photo", fresh=True)  # --fresh: every face optimized again
+    assert again.failed == [] and len(again.ran) == 4  # prepare photos and the variant's 3 shards
+    latest = instance.fetch_materializations(dg.AssetKey("anonymized_photos"), limit=3).records
+    assert [r.asset_materialization.metadata["faces_from_journal"].value for r in latest] == [0, 0, 0]
 
 
 def test_a_shard_killed_while_its_photos_were_written_is_made_again_on_the_recorded_settings(state):

@@ -9,6 +9,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from orchestration.assets.settings import reuses_rows
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import claim
 from orchestration.metadata import png_markdown, table
@@ -79,7 +80,7 @@ def anonymized_photos(
         others = [d for d in storage.asset_dir("anonymized_photos").glob("*/*") if d.is_dir() and d != out]
         summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
                                    relpaths=photos["input"].tolist(), show_progress=False, other_runs=others,
-                                   keep_earlier_batches=True)
+                                   keep_earlier_batches=True, reuse=reuses_rows(context))
         seconds = time.perf_counter() - start
         manifest = read_photo_manifest(out)
         faces = manifest[manifest["kind"] == "face"]
