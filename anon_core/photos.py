@@ -47,9 +47,9 @@ from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.photo_faces import DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
+from anon_core.pipeline import batch_codes, key_settings
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
-from anon_core.pipeline import batch_codes, key_settings
 from anon_core.progress import progress_bar
 from anon_core.reuse import StoredRows, row_keys
 from anon_core.stages import build_pool, check_params_fit, resolve_device
@@ -180,8 +180,7 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
     with exclusive(output_dir, "output folder"):
-        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress,
-                        other_runs if reuse else (), reuse)
+        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs, reuse)
         return run.run(end_journal=not keep_earlier_batches)
 
 
@@ -222,9 +221,10 @@ class _PhotoRun:
                                   also_earlier=rejected_before)
         # a face's codes are decided by its aligned crop and these: its key in every run's journal batches
         self.face_context = key_settings(self.params, self.nets.weights, mode="photo")
-        # the batches of runs over other photos or settings, here and in `other_runs`
-        self.earlier = StoredRows([*self.journal.earlier(), *(b for run in other_runs for b in run_batches(run))]
-                                  if reuse else [])
+        # the batches of runs over other photos or settings here; those of `other_runs` are read only when a face
+        # is not found here (a shard's photos moved), not when the shard's own faces are all here (a new cover)
+        self.earlier = StoredRows(self.journal.earlier() if reuse else [])
+        self.other_runs = list(other_runs) if reuse else []
         self.reuse = reuse
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
@@ -323,6 +323,10 @@ class _PhotoRun:
         if result is None:
             crops = np.stack([crop for _, _, crop in items])
             keys = row_keys(self.face_context, list(crops))
+            if self.other_runs and not all(key in self.earlier for key in keys.tolist()):
+                self.earlier = StoredRows([*self.earlier.stored, *(b for run in self.other_runs
+                                                                   for b in run_batches(run))])
+                self.other_runs = []
             if self.pool is None and not all(key in self.earlier for key in keys.tolist()):
                 self.pool = build_pool(self.nets, self.params, show_progress=self.show_progress)
             result, found, _ = batch_codes(self.nets, self.pool, crops, self.params, keys, self.earlier)

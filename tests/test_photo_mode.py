@@ -358,6 +358,7 @@ def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_
     """Photos renamed, added and removed since the last run: each face an earlier run finished is found in its
     journal by its key (its aligned crop and the settings), wherever it now falls in the batches, and drawn again
     from its codes; only the new photo's face is optimized. Other settings take nothing."""
+    import anon_core.photos
     import anon_core.pipeline
 
     inputs, out = tmp_path / "in", tmp_path / "out"
@@ -394,6 +395,12 @@ def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_
     assert (out / "images" / "a_portrait.png").read_bytes() == portrait
     assert not (out / "images" / "no_face.png").exists() and not (out / "images" / "portrait.png").exists()
     assert len(np.load(out / "latents.npy")) == second.anonymized
+
+    # every face in this folder's own journal (another cover): no other run's journal is read (the pipeline's shards)
+    monkeypatch.setattr(anon_core.photos, "run_batches", lambda folder: pytest.fail(f"read {folder}'s journal"))
+    covered = anonymize_photos(inputs, out, params, PhotoSettings(cover="blur"), show_progress=False,
+                               other_runs=[tmp_path / "another_shard"])
+    assert covered.reused == second.anonymized and sum(optimized) == 1
 
     optimized.clear()
     third = anonymize_photos(inputs, out, load_params("tiny", pool_size=32, batch_size=2, **{
