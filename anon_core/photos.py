@@ -323,11 +323,13 @@ class _PhotoRun:
         if result is None:
             crops = np.stack([crop for _, _, crop in items])
             keys = row_keys(self.face_context, list(crops))
-            if self.other_runs and not all(key in self.earlier for key in keys.tolist()):
+            missing = not all(key in self.earlier for key in keys.tolist())
+            if missing and self.other_runs:
                 self.earlier = StoredRows([*self.earlier.stored, *(b for run in self.other_runs
                                                                    for b in run_batches(run))])
                 self.other_runs = []
-            if self.pool is None and not all(key in self.earlier for key in keys.tolist()):
+                missing = not all(key in self.earlier for key in keys.tolist())
+            if missing and self.pool is None:
                 self.pool = build_pool(self.nets, self.params, show_progress=self.show_progress)
             result, found, _ = batch_codes(self.nets, self.pool, crops, self.params, keys, self.earlier)
             self.summary.reused += int(found.sum())

@@ -170,11 +170,12 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             shards = instance.get_dynamic_partitions(photo_shards.name)
             driver.anonymize_all([(variant, shard) for variant in wanted for shard in shards], bound, photos=True)
             for variant in wanted:  # the photos of shards no longer registered (fewer photos than before)
-                if not any(label.startswith(f"anonymize photos {variant} ") for label in summary.failed):
-                    base = storage.asset_dir("anonymized_photos", variant)
-                    for folder in (d for d in base.iterdir() if d.is_dir()) if base.is_dir() else ():
+                base = storage.asset_dir("anonymized_photos", variant)
+                if base.is_dir() and not any(label.startswith(f"anonymize photos {variant} ")
+                                             for label in summary.failed):
+                    for folder in (d for d in base.iterdir() if d.is_dir()):
                         end_latest_run(folder)  # each shard holds its own faces: the batches kept for others go
-                removed = prune_unregistered_shards(storage.asset_dir("anonymized_photos", variant), shards)
+                removed = prune_unregistered_shards(base, shards)
                 if removed:
                     log(f"anonymized_photos {variant}: removed {', '.join(removed)} (shards no longer in the input)")
         return summary
