@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 from orchestration import stop_request
-from orchestration.cli_types import check_mode_flags, given_path
+from orchestration.cli_types import check_mode_flags, finite_float, given_path
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
@@ -45,12 +45,12 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the optimization step (worth it on a GPU; compiling takes minutes on a CPU)")
     p.add_argument("--steps", type=int, default=None, help="optimization steps (paper: 50)")
-    p.add_argument("--margin", type=float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
+    p.add_argument("--margin", type=finite_float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
     p.add_argument("--pairing", choices=("nearest", "unique", "identity"), default=None,
                    help="nearest: each image its nearest fake (the paper's); unique: no two images share a fake; "
                         "identity: one fake per person (identity labels of the dataset or --labels), distinct "
                         "across people (default: params.yaml pairing)")
-    p.add_argument("--lambda-consistency", type=float, default=None, metavar="W",
+    p.add_argument("--lambda-consistency", type=finite_float, default=None, metavar="W",
                    help="weight of the pull toward the paired fake's identity (one pseudonym per person with "
                         "--pairing identity); 0: the paper's loss (default: params.yaml)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")

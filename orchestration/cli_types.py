@@ -12,6 +12,21 @@ def given_path(text: str) -> Path:
     return Path(text)
 
 
+def finite_float(text: str) -> float:
+    """A float option's value; nan and inf (also `1e400`, which float() reads as inf) are refused by what was typed,
+    not by the value a later range check would name."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        shown = "" if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity") else f" ({value})"
+        raise argparse.ArgumentTypeError(f"{text!r}{shown} is not a finite number")
+    return value
+
+
 def given_text(text: str) -> str:
     """A value that must not be empty (a URI, a list of names): empty, it would fall back to the default silently,
     where the user meant to give one."""

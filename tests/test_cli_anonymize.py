@@ -160,6 +160,18 @@ def test_a_seed_beyond_the_fake_pools_32_bit_seeds_is_one_line(face_folder, tmp_
                   "seed * 2**20 + i, and torch keeps 32 bits of a seed)\n"
 
 
+@pytest.mark.parametrize("flag, value, shown", [("--margin", "1e400", "'1e400' (inf)"), ("--margin", "nan", "'nan'"),
+                                               ("--lambda-consistency", "-inf", "'-inf'")])
+def test_a_value_that_is_not_finite_is_refused_as_typed(face_folder, tmp_path, capsys, flag, value, shown):
+    """`--margin 1e400` was refused as "--margin inf: must be in [0, 1]", naming a value the user never typed."""
+    with pytest.raises(SystemExit) as stop:
+        main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, f"{flag}={value}"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"falco anonymize: error: argument {flag}: {shown} is not a finite number"
+    assert not (tmp_path / "o").exists()
+
+
 def test_errors_name_the_flag_that_gave_the_value_and_the_file_otherwise(face_folder, tmp_path, capsys):
     missing = tmp_path / "nonexistent.csv"
     assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--labels", str(missing)]) == 2
