@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -240,6 +241,30 @@ def check_pool_holds(mode: str, pool_size: int, images: int, person: Sequence | 
     if mode != "nearest" and needed > pool_size:
         raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what} its own fake, but the pool holds "
                          f"{pool_size}; raise pool_size to at least {needed}")
+
+
+def check_identities(mode: str, person: Sequence | np.ndarray | None, labels_csv: Path | str | None = None) -> None:
+    """FalcoError when pairing "identity" finds no identity label on any image (`person`, one per image; None: the
+    data has no identity column): every image would be its own person, unique pairing under another name, and a
+    labels CSV whose header is misspelt would be ignored. Checked once the files are listed, before any work."""
+    from anon_core.errors import FalcoError
+
+    if mode != "identity" or (person is not None and (not len(person) or (person_labels(person) != "").any())):
+        return  # (no image left: nothing to pair)
+    if labels_csv is None:
+        why = "no labels CSV was given (--labels, data.labels_csv) and the folder is not an LFW or CelebA-HQ layout"
+    else:
+        import pandas as pd
+
+        try:
+            header = list(pd.read_csv(labels_csv, nrows=0, dtype=str).columns)
+        except (ValueError, OSError, UnicodeDecodeError):
+            header = []
+        has_column = any(str(c).strip().lower() == "identity" for c in header)
+        why = (f"the labels CSV {labels_csv} " + ("gives none of these images an identity" if has_column else
+                                                  f"has no identity column (its columns: {header})"))
+    raise FalcoError(f"pairing 'identity' needs the images' identity labels, but none has one: {why}; give a labels "
+                     "CSV with a relpath and an identity column, or use pairing unique (no two images share a fake)")
 
 
 def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str,

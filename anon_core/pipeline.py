@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anon_core.acceleration import resolved_for
-from anon_core.assignment import assign_fakes, check_pool_holds, person_labels
+from anon_core.assignment import assign_fakes, check_identities, check_pool_holds, person_labels
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.colour import GREY_RULE, keep_grey
@@ -153,7 +153,6 @@ class RunSummary:
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
     reused: int = 0  # images an earlier run with other inputs had finished under the same settings (its journal)
     stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
-    unlabelled: bool = False  # identity pairing, and no image had an identity label: each its own person
 
     @property
     def ok(self) -> int:
@@ -175,14 +174,6 @@ class RunSummary:
             text += (f"; {self.reused} of them the same images under the same settings as in an earlier run, "
                      "taken from its journal")
         return text
-
-    @property
-    def warning(self) -> str | None:
-        """What the user should know before using the outputs, or None."""
-        if self.unlabelled:
-            return ("--pairing identity found no identity label (no --labels CSV, and not an LFW or CelebA-HQ "
-                    "layout), so each image was paired as its own person, as with unique")
-        return None
 
 
 def anonymize_folder(
@@ -234,6 +225,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
 
     labels_sha256 = sha256_file(labels_csv) if labels_csv is not None else None  # the identities as ingest read them
     files = load_dataset(dataset, input_dir, labels_csv)
+    check_identities(params.pairing, files["identity"], labels_csv)  # before the alignment, as the pool below
     names = planned_outputs(files)
     # before ingest writes the alignment cache: a user's own file where an output goes stops the run
     check_not_foreign(output_dir, set(names.values()) - previous_outputs(output_dir))
@@ -250,6 +242,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
              "dataset_warnings": ingested.warnings}
     persons = _persons(table, params.pairing)
     ok_rows = np.flatnonzero((table["status"] == "ok").to_numpy())
+    check_identities(params.pairing, persons[ok_rows], labels_csv)  # the labelled images may all be rejected
     check_pool_holds(params.pairing, params.pool_size, len(ok_rows), persons[ok_rows])  # before any fake is made
     check_pool_fits(params.pool_size, nets.generator.config.w_dim, nets.farl.config.output_dim)  # and before any write
     # who is who decides the pairing: a changed labels CSV is another run, not its journal's; the images of a run
@@ -349,7 +342,6 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0])
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
-    summary.unlabelled = params.pairing == "identity" and not any(persons[ok_rows])
     return summary
 
 

@@ -127,8 +127,6 @@ def _run_anonymize(args: argparse.Namespace) -> int:
                                show_progress=not args.quiet, keep_cache=args.keep_cache is not False, **data)
     seconds = time.perf_counter() - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
-    if summary.warning:
-        print(f"falco: warning: {summary.warning}", file=sys.stderr)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, latents.npy, losses.csv, params.json)")
     if not summary.ok:
         print(f"falco: error: nothing was anonymized: every file of {args.input_dir} was rejected (reasons in "

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from anon_core.artifacts import ImageSet
+from anon_core.errors import FalcoError
 from anon_core.fake_pool import broadcast_ws
 from anon_core.optimize import anonymize_batch
 from anon_core.params import load_params
@@ -101,16 +102,50 @@ def test_a_changed_labels_csv_pairs_again_instead_of_resuming(labelled, tmp_path
         assert np.array_equal(old, new) == (before.loc[name, "fake_index"] == after.loc[name, "fake_index"]), name
 
 
-def test_identity_pairing_without_any_label_warns_that_it_paired_like_unique(labelled, tmp_path, capsys):
-    """Before: 8 images of 3 people in folders of a plain layout, no labels CSV, and not a word: every image got its
-    own fake."""
+def test_identity_pairing_without_any_label_is_refused_before_any_work(labelled, tmp_path, capsys):
+    """Before: 8 images of 3 people in folders of a plain layout with no labels CSV, or with a CSV whose identity
+    column was misspelt, got 8 fakes (unique pairing), and one warning came after the whole run, with exit 0."""
     args = ["anonymize", str(labelled / "in"), "--pairing", "identity", *FAST]
-    assert main([args[0], args[1], str(tmp_path / "bare"), *args[2:]]) == 0
-    assert "falco: warning: --pairing identity found no identity label" in capsys.readouterr().err
-    assert _manifest(tmp_path / "bare")["fake_index"].nunique() == 8
+    assert main([args[0], args[1], str(tmp_path / "bare"), *args[2:]]) == 2
+    assert capsys.readouterr().err == (
+        "falco: error: pairing 'identity' needs the images' identity labels, but none has one: no labels CSV was "
+        "given (--labels, data.labels_csv) and the folder is not an LFW or CelebA-HQ layout; give a labels CSV with "
+        "a relpath and an identity column, or use pairing unique (no two images share a fake)\n")
+    misspelt = tmp_path / "misspelt.csv"
+    misspelt.write_text((labelled / "labels.csv").read_text().replace("identity", "identiy", 1))
+    assert main([args[0], args[1], str(tmp_path / "typo"), *args[2:], "--labels", str(misspelt)]) == 2
+    assert f"but none has one: the labels CSV {misspelt} has no identity column (its columns: ['relpath', " \
+           "'identiy']); give a labels CSV" in capsys.readouterr().err
+    for out in (tmp_path / "bare", tmp_path / "typo"):
+        assert not (out / "images").exists() and not (out / "manifest.csv").exists()
+        assert not (out / ".align_cache").exists() or not any((out / ".align_cache").iterdir())
     assert main([args[0], args[1], str(tmp_path / "labelled"), *args[2:], "--labels",
                  str(labelled / "labels.csv")]) == 0
-    assert "warning" not in capsys.readouterr().err
+    assert "error" not in capsys.readouterr().err
+
+
+def test_a_name_in_either_unicode_form_is_one_person(labelled, tmp_path):
+    """`José` typed composed (NFC) for one image and decomposed (NFD, as macOS saves names) for another were two
+    people with two fakes, and looked the same in the manifest; a CSV relpath in the other form than the file's
+    name did not name the file."""
+    import unicodedata
+
+    folder = tmp_path / "in"
+    shutil.copytree(labelled / "in", folder)
+    decomposed = unicodedata.normalize("NFD", "Zoë.png")
+    (folder / "stranger_6.png").rename(folder / decomposed)
+    rows = [("Ann/0.png", unicodedata.normalize("NFC", "José")), ("Ann/1.png", unicodedata.normalize("NFD", "José")),
+            (unicodedata.normalize("NFC", "Zoë.png"), "Zoë"), ("Bob/2.png", "Bob"), ("Bob/3.png", "Bob")]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("relpath,identity\n" + "".join(f"{r},{p}\n" for r, p in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["anonymize", str(folder), str(out), "--labels", str(labels), "--pairing", "identity", *FAST]) == 0
+    manifest = _manifest(out)
+    assert manifest.loc["Ann/0.png", "person"] == manifest.loc["Ann/1.png", "person"] == \
+        unicodedata.normalize("NFC", "José")
+    assert manifest.loc["Ann/0.png", "fake_index"] == manifest.loc["Ann/1.png", "fake_index"]
+    assert manifest.loc[decomposed, "person"] == "Zoë"
+    assert manifest.loc["Ann/0.png", "fake_index"] != manifest.loc[decomposed, "fake_index"]
 
 
 def test_evaluate_takes_the_labels_the_run_was_anonymized_with(labelled, tmp_path, capsys):
@@ -177,6 +212,10 @@ def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
             f = frame["fake_index"].tolist()
             assert f[0] == f[1] and len({f[0], f[2], f[3]}) == 3 and meta["shared_fakes"] == 1
             assert frame["person"].tolist() == ["p", "p", "q", ""] and meta["people"] == 2
+    unlabelled = ImageSet(real.table.assign(identity=None), lfw_faces[:4])
+    with pytest.raises(FalcoError, match=r"^pairing 'identity' needs the images' identity labels, but none has one"):
+        anonymization.pairs(dg.build_asset_context(), unlabelled, reals, fakes,
+                            NetworksResource(overrides={"pairing": "identity"}), tracker)
 
 
 def test_consistency_term_draws_two_faces_with_one_fake_to_one_identity(tiny_nets, lfw_faces):

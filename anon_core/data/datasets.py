@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -456,7 +457,10 @@ def _read_labels_csv(path: Path, known: set[str], warnings: list[str], image_roo
     if key is None:
         raise DatasetError(f"labels CSV {path} has no 'relpath' or 'file' column (columns: {list(raw.columns)}); "
                            "add one holding each image's path relative to the image folder")
-    relpaths = [_normalise_relpath(v) for v in raw[key]]
+    # a path typed in one Unicode form names the file saved in the other (macOS writes decomposed names)
+    by_form = {unicodedata.normalize("NFC", k): k for k in known}
+    relpaths = [r if r in known else by_form.get(unicodedata.normalize("NFC", r), r)
+                for r in map(_normalise_relpath, raw[key])]
     duplicated = sorted(r for r, n in Counter(relpaths).items() if n > 1)
     if duplicated:
         raise DatasetError(f"labels CSV {path} lists these files more than once: {duplicated[:5]}; keep one row each")
@@ -533,7 +537,10 @@ def load_dataset(kind: str, root: Path, labels_csv: Path | None = None) -> pd.Da
             labels[column] = given if column not in labels else given.where(given.notna(), labels[column])
 
     out = table.set_index("relpath", drop=False)
-    out["identity"] = labels["identity"] if "identity" in labels else pd.array([None] * len(out), dtype="string")
+    # one person whatever Unicode form their name was typed or saved in: `José` composed in a CSV, decomposed in a
+    # folder name copied from macOS
+    out["identity"] = labels["identity"].map(lambda name: unicodedata.normalize("NFC", name), na_action="ignore") \
+        .astype("string") if "identity" in labels else pd.array([None] * len(out), dtype="string")
     out["split"] = labels["split"] if "split" in labels else pd.array([None] * len(out), dtype="string")
     if "fold" in labels:
         out["fold"] = labels["fold"]

@@ -28,15 +28,16 @@ def pairs(
 ) -> pd.DataFrame:
     """The fake of each ok real image (params.yaml `pairing`): its nearest in FaRL space (cosine, exact; the
     paper's), a distinct one per image (`unique`), or one per person, distinct across people (`identity`, by the
-    dataset's identity labels; images without one are their own person). One row per real image, with `person`;
-    the metadata counts the fakes shared by several images."""
-    from anon_core.assignment import assign_fakes, person_labels
+    dataset's identity labels; images without one are their own person; none labelled is an error). One row per
+    real image, with `person`; the metadata counts the fakes shared by several images."""
+    from anon_core.assignment import assign_fakes, check_identities, person_labels
     from anon_core.pairing import nearest_fakes
 
     params = networks.params()
     k, mode = params.pairing_k, params.pairing
+    ok = real_images.named
+    check_identities(mode, ok["identity"] if "identity" in ok.columns else None, networks.data()["labels_csv"])
     with mlflow.asset_run(context, networks, {"pairing_k": k, "pairing": mode}) as run:
-        ok = real_images.named
         person = person_labels(ok["identity"] if "identity" in ok.columns and mode == "identity" else [None] * len(ok))
         fake_index, similarity, figures = assign_fakes(real_features, fake_features, mode, person)
         frame = pd.DataFrame({"row": np.arange(len(ok)), "input": ok["input"], "image": ok["image"],
