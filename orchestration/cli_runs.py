@@ -112,10 +112,11 @@ def _run_compare(args: argparse.Namespace) -> int:
         args.variant = [canonical_name(v) for v in args.variant]
     runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
     evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
+    absent = [v for v in args.variant or [] if v not in evaluated]  # one misspelt name among several is no less
     if args.variant:
         runs = [r for r in runs if r.data.tags.get("method") or r.data.tags.get("variant") in args.variant]
-    if not any(not r.data.tags.get("method") for r in runs):
-        which = f" of variant {', '.join(args.variant)}" if args.variant and evaluated else ""
+    if absent or not any(not r.data.tags.get("method") for r in runs):
+        which = f" of variant {', '.join(absent)}" if absent and evaluated else ""
         known = f"; it has runs of {', '.join(evaluated)}" if which else "; run `falco pipeline` first"
         from orchestration.tracking import MlflowResource
 

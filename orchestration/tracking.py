@@ -276,6 +276,19 @@ def drop_pooled_connections(client) -> None:
         engine.dispose()
 
 
+def _short_reason(text: str) -> str:
+    """An MLflow client error in a few words: a connection's own cause ("Connection refused", "Read timed out", a
+    name that does not resolve) rather than urllib3's retry wrapper around it, cut at MLflow's URL; else its first
+    sentence, at most 200 characters, cut between words."""
+    caused = re.search(r"\(Caused by \w+\((.*)\)\)\s*$", text, re.S)
+    if caused:
+        inner = caused.group(1).rsplit("): ", 1)[-1]
+        errno = re.search(r"\w+Error\(\d+, '([^']+)'\)", inner)  # ProtocolError(('Connection aborted.', ...))
+        return "no answer: " + (errno.group(1) if errno else inner.strip("'\""))
+    first = text.split(". ")[0]
+    return first if len(first) <= 200 else first[:200].rsplit(" ", 1)[0] + " ..."
+
+
 class MlflowResource(dg.ConfigurableResource):
     """Where the MLflow runs go. Call `ensure_experiment()` once before parallel steps start (the runner does)."""
 
@@ -325,7 +338,7 @@ class MlflowResource(dg.ConfigurableResource):
             raise
         except Exception as err:  # MlflowException, a refused URI scheme, the database driver's own errors
             reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise FalcoError(f"cannot use the MLflow store {uri}: {reason.split('. ')[0][:200]}; start that server, "
+            raise FalcoError(f"cannot use the MLflow store {uri}: {_short_reason(reason)}; start that server, "
                              "or set MLFLOW_TRACKING_URI (falco runs: --tracking-uri) to a sqlite:///PATH database or "
                              "the http(s):// address of a running MLflow server") from None
         finally:

@@ -836,7 +836,8 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     assert main(cmd) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"falco: error: cannot use the MLflow store http://127.0.0.1:{port}: ") and \
+    assert err.startswith(f"falco: error: cannot use the MLflow store http://127.0.0.1:{port}: no answer: Failed to "
+                          "establish a new connection: [Errno 111] Connection refused; ") and \
         err.endswith("start that server, or set MLFLOW_TRACKING_URI (falco runs: --tracking-uri) to a sqlite:///PATH "
                      "database or the http(s):// address of a running MLflow server\n") and err.count("\n") == 1
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # put back for what follows in the process

@@ -220,6 +220,10 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "nosuch"])
     with pytest.raises(FalcoError, match=r"of variant nosuch in experiment '.+'; it has runs of default, m0.5$"):
         args.run(args)  # before: exit 1 without `falco: error:`
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "nosuch",
+                              "--variant", "m0.5"])
+    with pytest.raises(FalcoError, match=r"of variant nosuch in experiment '.+'; it has runs of default, m0.5$"):
+        args.run(args)  # before: m0.5 alone, exit 0, nosuch not named
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "m0.50",
                               "--format", "csv"])
     assert args.run(args) == 0  # spelled as `falco pipeline --variant m0.50` takes it: m0.5's runs
@@ -333,6 +337,22 @@ def test_mlflow_experiment_name_from_the_environment(tmp_path, monkeypatch):
     resource = MlflowResource(tracking_uri=uri)
     experiment_id = resource.ensure_experiment()
     assert resource.client().get_experiment(experiment_id).name == "lfw"
+
+
+def test_a_server_that_never_answers_is_named_in_a_few_words(monkeypatch):
+    """A port that accepts a connection and never answers: one line saying the read timed out, not urllib3's retry
+    wrapper cut at 200 characters in the middle of MLflow's URL ("... with url: /api/2.0/mlflow/experi")."""
+    from anon_core.errors import FalcoError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")  # the user's own value wins over the check's 15 s
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the connection; nothing reads or writes it
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(FalcoError) as raised:
+            MlflowResource(tracking_uri=uri).check_store()
+    assert str(raised.value).startswith(f"cannot use the MLflow store {uri}: no answer: Read timed out. (read "
+                                        "timeout=2); start that server, or set MLFLOW_TRACKING_URI")
 
 
 def _free_port() -> int:
