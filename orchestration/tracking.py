@@ -406,8 +406,11 @@ class MlflowResource(dg.ConfigurableResource):
         event); assets open it before their work, so MLflow shows it RUNNING while they work, and it ends when the
         block exits: FINISHED, FAILED, or KILLED where Ctrl-C or SIGTERM stopped the work.
         `asset`: which output of a multi-asset the run is about (default: the asset being materialized)."""
-        from orchestration.partitions import split_key
+        from orchestration.assets.settings import check_observed
+        from orchestration.partitions import check_run_partition, split_key
 
+        check_run_partition(context)
+        check_observed(context, networks)  # before a run is opened for work that would be recorded as another's
         client = self.client()
         experiment_id = self.ensure_experiment()
         key = asset or context.asset_key

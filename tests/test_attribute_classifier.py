@@ -139,6 +139,7 @@ def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: Mlflo
     defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(input_dir)),
                              NetworksResource(device=device, overrides=overrides), mlflow)
     instance = dg.DagsterInstance.ephemeral()
+    assert defs.resolve_job_def("observe_settings").execute_in_process(instance=instance).success  # as falco does
     chosen = dg.AssetSelection.assets("real_images", "attribute_pseudo_labels", "attribute_classifier")
     assert dg.materialize(list(defs.assets), selection=chosen, instance=instance, resources=defs.resources).success
     return instance

@@ -128,6 +128,70 @@ def test_a_new_margin_runs_only_that_variants_anonymization_and_evaluation(state
     assert sorted(path.stem for path in losses.glob("*.csv")) == sorted(VARIANTS)
 
 
+def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(state):
+    """The UI's way to a new variant (Add partition, then materialize its shards) ran before any observation of its
+    settings, recorded their version as INITIAL and was never stale again: a later margin change left its images. A
+    Launchpad run config overriding the margin recorded its codes as made from the observed margin. Both are refused
+    before any work; observed first, the same run goes through."""
+    from orchestration.definitions import build_definitions
+    from orchestration.driver import step_error
+
+    root, instance = state
+    storage = StorageResource(root=str(root / "store"), input_dir=str(root / "faces"))
+    mlflow = MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+    def launch(job: str, partition: str | None = None, **overrides):
+        networks = NetworksResource(params_path=str(root / "params.yaml"), overrides=overrides)
+        result = build_definitions(storage, networks, mlflow).resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False)
+        return result.success, None if result.success else step_error(instance, result.run_id)
+
+    before = materializations(instance)
+    instance.add_dynamic_partitions("variants", ["m0.9"])
+    assert launch("anonymize", "shard-00000|m0.9") == (False, (
+        "anonymized_latents: variant_settings [m0.9] has not been observed since the variant was added; Dagster would record this run's "
+        "result as made from the observed settings, and a later change would not make it stale. Observe the sources "
+        "first, with this run's config (the observe_settings job, or Observe sources in the UI), then launch it "
+        "again (falco pipeline and falco stage observe them themselves)"))
+    ok, error = launch("anonymize", "shard-00000|default", **{"optimization.margin": 0.9})
+    assert not ok and error.startswith("anonymized_latents: variant_settings [default] was observed with other values than this run "
+                                       "reads: a run config that overrides params.yaml, or params.yaml changed since;")
+    ok, error = launch("prepare", None, pool_size=50)
+    assert not ok and error.startswith("fake_pool: fake_pool_settings was observed with other values than this run reads "
+                                       "(pool_size): ")
+    refused = {"fake_pool", "fake_features", "pairs", "anonymized_latents", "anonymized_images"}
+    assert {k for k in materializations(instance) - before if k[0] in refused} == set()  # the prepare job's real
+    assert launch("observe_settings") == (True, None)  # data went through: its settings were the observed ones
+    before = materializations(instance)
+    assert launch("anonymize", "shard-00000|m0.9") == (True, None)
+    assert materializations(instance) - before == Counter({("anonymized_latents", "shard-00000|m0.9"): 1,
+                                                           ("anonymized_images", "shard-00000|m0.9"): 1})
+
+
+def test_the_evaluate_job_launched_whole_from_the_ui_says_how_to_launch_it(state):
+    """The UI launches a whole job: `evaluate` for a variant failed in real_gallery with Dagster's "Attempting to
+    access partitions def for asset real_gallery, but it is not partitioned", once its work was done. (Launched
+    without a partition, Dagster stops the variant's step before its code, with "Cannot access partition_key for a
+    non-partitioned run"; docs/pipeline.md says how to launch it.)"""
+    from orchestration.definitions import build_definitions
+    from orchestration.driver import step_error
+
+    root, instance = state
+    defs = build_definitions(StorageResource(root=str(root / "store"), input_dir=str(root / "faces")),
+                             NetworksResource(params_path=str(root / "params.yaml")),
+                             MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
+    job = defs.resolve_job_def("evaluate")
+    before = materializations(instance)
+    result = job.execute_in_process(instance=instance, partition_key="default", raise_on_error=False)
+    assert not result.success and step_error(instance, result.run_id).startswith(
+        "attribute_pseudo_labels: attribute_pseudo_labels is not partitioned: launch the evaluate job without a "
+        "partition. "
+        "A job that holds both kinds (evaluate: the references and the report without a partition, each variant's "
+        "evaluation with its own) runs in parts: select the assets of each part to launch (Materialize selected in "
+        "the UI), or run `falco stage evaluate`, which launches them so")
+    assert materializations(instance) == before
+
+
 def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_under_its_new_definition(state):
     """|cos - m| has the same gradient for two margins the similarity stays below, so the codes come out bit for bit
     the same; the variant's evaluation must still be re-made, or `runs compare` shows the old definition."""

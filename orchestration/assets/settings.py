@@ -220,3 +220,49 @@ def observe_variant_settings(context, networks: NetworksResource) -> dg.DataVers
 
 
 ALL_SETTINGS = [input_images, *SETTINGS.values(), observe_variant_settings]
+OBSERVED_TAG = "dagster/data_version"  # an observation's data version
+
+
+def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource) -> None:
+    """FalcoError, before any work, when a settings source this step reads (not `input_images`, whose files are
+    hashed by its observation alone) was not observed, or observed with other values than this run reads. Dagster
+    records the latest observation as the materialization's input; a variant materialized from the UI before its
+    settings were observed recorded none and was never stale again, and a run config overriding params.yaml (the
+    Launchpad's `networks.config.overrides`) recorded its results as made from the observed settings. `falco
+    pipeline` and `falco stage` observe before every run; an asset invoked directly (tests) is not checked."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    from anon_core.errors import FalcoError
+    from orchestration.partitions import split_key
+
+    try:
+        context.run
+    except DagsterInvalidPropertyError:
+        return
+    readers = {read.__name__: read for read in SETTINGS_READERS}
+    for key in sorted(set().union(*context.assets_def.asset_deps.values()), key=lambda k: k.to_user_string()):
+        name = key.to_user_string()
+        if name == "variant_settings":
+            variant, _ = split_key(context.partition_key, context.assets_def.partitions_def)
+            values, partition, what = variant_settings(networks, variant), variant, f"variant_settings [{variant}]"
+        elif name in readers:
+            values, partition, what = readers[name](networks, None), None, name
+        else:
+            continue
+        record = context.instance.get_latest_data_version_record(key, is_source=True, partition_key=partition)
+        observation = record.asset_observation if record is not None else None
+        observed = observation.tags.get(OBSERVED_TAG) if observation is not None else None
+        if observed == settings_version(values).value:
+            continue
+        if observed is None:
+            why = f"{what} has not been observed{' since the variant was added' if partition else ''}"
+        else:
+            recorded = {k: getattr(v, "value", None) for k, v in observation.metadata.items()}
+            changed = [k for k, v in values.items() if k in recorded and recorded[k] != json.dumps(v, default=str)]
+            why = (f"{what} was observed with other values than this run reads"
+                   f"{' (' + ', '.join(changed) + ')' if changed else ''}: a run config that overrides params.yaml, or "
+                   "params.yaml changed since")
+        raise FalcoError(f"{why}; Dagster would record this run's result as made from the observed settings, and a "
+                         "later change would not make it stale. Observe the sources first, with this run's config "
+                         "(the observe_settings job, or Observe sources in the UI), then launch it again (falco "
+                         "pipeline and falco stage observe them themselves)")
