@@ -16,6 +16,7 @@ from orchestration.io_manager import FalcoIOManager
 from orchestration.jobs import ALL_JOBS, build_executor
 from orchestration.log_tails import start_log_tails_in_their_own_group
 from orchestration.resources import NetworksResource, StorageResource, networks_from_env, storage_from_env
+from orchestration.run_ends import RUN_END_SENSORS
 from orchestration.step_process import end_with_parent
 from orchestration.tracking import MlflowResource
 
@@ -37,6 +38,7 @@ def build_definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=ALL_JOBS,
+        sensors=RUN_END_SENSORS,
         executor=build_executor(networks.setting("pipeline", "executor"), networks.setting("pipeline", "max_concurrent")),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
                    "mlflow": mlflow or MlflowResource()},

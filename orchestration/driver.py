@@ -41,6 +41,7 @@ from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENC
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
 from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
+from orchestration.run_ends import LAUNCHED_BY
 from orchestration.tracking import MlflowResource
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
@@ -211,7 +212,6 @@ def _unprepared(state: str, mode: str) -> str:
 
 INTERRUPTED = "DagsterExecutionInterruptedError"  # how a run that Ctrl-C stopped ends (its step error's class)
 CHECK_FAILED = "DagsterAssetCheckFailedError"  # how a run whose blocking (privacy) check failed ends
-LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
 
 
 INSTANCE_MARK = "falco_storage.json"  # in the Dagster home: the pairing with the storage its records describe

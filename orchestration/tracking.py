@@ -458,7 +458,8 @@ class MlflowResource(dg.ConfigurableResource):
                         instance: dg.DagsterInstance | None = None) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
-        ends its parent, so a run seen only by the UI ends with its last step.) With the `instance`, a nested run
+        ends its parent; a run launched from the UI gets its real end from orchestration.run_ends' sensors.) With the
+        `instance`, a nested run
         that ended FINISHED for a value Dagster never recorded (the run stopped after the asset's work, while its
         value was being stored) ends like the Dagster run too: the value is made again, and that run's metrics are
         not of a recorded value. A failed or stopped end that the store cannot record is one `warn` line."""

@@ -654,3 +654,43 @@ def test_provenance_names_the_labels_csv_that_set_the_identities(tmp_path):
     assert input_provenance(instance)["labels_sha256"] == "none"
     observe_labels("ab" * 32)
     assert input_provenance(instance)["labels_sha256"] == "ab" * 32
+
+
+def test_a_run_launched_outside_falco_ends_in_mlflow_as_it_ended_in_dagster(tmp_path):
+    """A run from the UI whose blocking check failed (or with a failed step beside a finished one) ended FINISHED in
+    MLflow: its parent run ended with its last step. The daemon's run status sensor gives it the Dagster run's end;
+    a run that falco's driver launched (tagged falco/launched_by) is left to the driver."""
+    from mlflow import MlflowClient
+
+    from orchestration.run_ends import LAUNCHED_BY, RUN_END_SENSORS
+
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    @dg.asset(check_specs=[dg.AssetCheckSpec("bound", asset="probe", blocking=True)])
+    def probe(context: dg.AssetExecutionContext, mlflow: MlflowResource, networks: NetworksResource):
+        with mlflow.asset_run(context, networks, {}):
+            pass
+        yield dg.Output(1)
+        yield dg.AssetCheckResult(passed=False, check_name="bound")
+
+    [on_failure] = [s for s in RUN_END_SENSORS if s.name == "mlflow_run_end_failure"]
+    client = MlflowClient(tracker.uri())
+    statuses = {}
+    with dg.instance_for_test() as instance:
+        for tags in ({}, {LAUNCHED_BY: "host:1"}):
+            result = dg.materialize([probe], instance=instance, raise_on_error=False, tags=tags,
+                                    resources={"mlflow": tracker, "networks": NetworksResource()})
+            assert not result.success
+            run = instance.get_run_by_id(result.run_id)
+            [record] = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+            failure = record.event_log_entry.dagster_event
+            [parent] = client.search_runs([tracker.ensure_experiment()],
+                                          filter_string=f"tags.dagster_run_id = '{result.run_id}' and "
+                                                        "attributes.run_name LIKE '__ephemeral%'")
+            assert parent.info.status == "FINISHED"  # what the run's last step left
+            context = dg.build_run_status_sensor_context(sensor_name=on_failure.name, dagster_instance=instance,
+                                                         dagster_run=run, dagster_event=failure,
+                                                         resources={"mlflow": tracker})
+            on_failure(context)
+            statuses[bool(tags)] = client.get_run(parent.info.run_id).info.status
+    assert statuses == {False: "FAILED", True: "FINISHED"}
