@@ -57,8 +57,9 @@ def split_key(partition_key: str | None, partitions_def: dg.PartitionsDefinition
 def check_run_partition(context: dg.AssetExecutionContext) -> None:
     """FalcoError, before any work, when an unpartitioned asset runs in a run for a partition: the UI launches a whole
     job so, and the `evaluate` job holds both kinds; Dagster's own error ("Attempting to access partitions def for
-    asset ..., but it is not partitioned") came at the end of the step and named no way out. (The other way round,
-    a partitioned step in a run without a partition, Dagster stops before the step's code runs.)"""
+    asset ..., but it is not partitioned") came at the end of the step's work and named no way out. (The other way
+    round, a partitioned step in a run without a partition, Dagster stops while it reads the step's input versions,
+    before any of our code runs: "Cannot access partition_key for a non-partitioned run".)"""
     from dagster._core.errors import DagsterInvalidPropertyError
 
     from anon_core.errors import FalcoError
@@ -68,12 +69,12 @@ def check_run_partition(context: dg.AssetExecutionContext) -> None:
     try:
         job = f"the {context.run.job_name} job"
     except DagsterInvalidPropertyError:  # invoked directly (tests)
-        job = "it"
+        job = "the job"
     names = ", ".join(sorted(k.to_user_string() for k in context.selected_asset_keys))
-    raise FalcoError(f"{names} is not partitioned: launch {job} without a partition. A job that holds both kinds "
-                     "(evaluate: the references and the report without a partition, each variant's evaluation with "
-                     "its own) runs in parts: select the assets of each part to launch (Materialize selected in the "
-                     "UI), or run `falco stage evaluate`, which launches them so")
+    raise FalcoError(f"{names} is not partitioned, and this run of {job} is for a partition. A job that holds both "
+                     "kinds (evaluate: the references and the report without a partition, each variant's evaluation "
+                     "with its own) runs in parts: select the assets of each part to launch (Materialize selected in "
+                     "the UI), or run `falco stage evaluate`, which launches them so")
 
 
 def context_variant(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:

@@ -171,8 +171,8 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
 def test_the_evaluate_job_launched_whole_from_the_ui_says_how_to_launch_it(state):
     """The UI launches a whole job: `evaluate` for a variant failed in real_gallery with Dagster's "Attempting to
     access partitions def for asset real_gallery, but it is not partitioned", once its work was done. (Launched
-    without a partition, Dagster stops the variant's step before its code, with "Cannot access partition_key for a
-    non-partitioned run"; docs/pipeline.md says how to launch it.)"""
+    without a partition, Dagster stops the variant's step while reading its input versions, before our code, with
+    "Cannot access partition_key for a non-partitioned run"; docs/pipeline.md says how to launch it.)"""
     from orchestration.definitions import build_definitions
     from orchestration.driver import step_error
 
@@ -184,8 +184,8 @@ def test_the_evaluate_job_launched_whole_from_the_ui_says_how_to_launch_it(state
     before = materializations(instance)
     result = job.execute_in_process(instance=instance, partition_key="default", raise_on_error=False)
     assert not result.success and step_error(instance, result.run_id).startswith(
-        "attribute_pseudo_labels: attribute_pseudo_labels is not partitioned: launch the evaluate job without a "
-        "partition. "
+        "attribute_pseudo_labels: attribute_pseudo_labels is not partitioned, and this run of the evaluate job is "
+        "for a partition. "
         "A job that holds both kinds (evaluate: the references and the report without a partition, each variant's "
         "evaluation with its own) runs in parts: select the assets of each part to launch (Materialize selected in "
         "the UI), or run `falco stage evaluate`, which launches them so")
