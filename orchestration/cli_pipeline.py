@@ -140,7 +140,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     summary = run_pipeline(storage, networks, wanted or None, fresh=args.fresh, stages=stages,
                            log_level=args.log_level, mode=args.mode)  # makes the instance at $DAGSTER_HOME, once checked
     seconds = time.perf_counter() - start
-    state = "FAILED" if summary.failed else "done"
+    # a variant left unmade or unevaluated (a stale shard, say) is not "done", though no run failed
+    state = "FAILED" if summary.failed else "incomplete" if summary.blocked else "done"
     print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
           f"run(s), {len(summary.skipped)} up to date; variants: {', '.join(summary.variants)}")
     rejected = _rejections(storage) if args.mode == "aligned" else None

@@ -261,9 +261,12 @@ def test_a_pool_size_change_reruns_the_pool_its_features_and_the_pairs_but_not_t
     assert len(np.load(root / "store" / "fake_pool" / "all.npz")["w"]) == 50
 
 
-def test_evaluate_alone_refuses_variants_whose_anonymization_is_stale(state):
+def test_evaluate_alone_refuses_variants_whose_anonymization_is_stale(state, monkeypatch, capsys):
     """`falco stage evaluate` after a changed pool (prepare re-made, anonymize not run): the variants' codes come from
-    the old pool, so evaluating them would report numbers the report's settings did not make."""
+    the old pool, so evaluating them would report numbers the report's settings did not make. Its summary line said
+    "evaluate done in ..." above "not evaluated"."""
+    from orchestration.cli import main
+
     root, instance = state
     run(root, instance, VARIANTS, overrides={"pool_size": 50}, stages=("prepare",))
     before = materializations(instance)
@@ -271,6 +274,14 @@ def test_evaluate_alone_refuses_variants_whose_anonymization_is_stale(state):
     assert sorted(summary.blocked) == sorted(VARIANTS)
     made = made_since(before, materializations(instance))
     assert not set(made) & {*PER_VARIANT, "anonymization_report"}  # no variant evaluated, no report
+    monkeypatch.setenv("DAGSTER_HOME", str(root / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    capsys.readouterr()
+    assert main(["stage", "evaluate", "--input", str(root / "faces"), "--storage", str(root / "store"), "--params",
+                 str(root / "params.yaml"), "--profile", "tiny", "--pool-size", "50", "--variant", "default",
+                 "--variant", "m0.5"]) == 1
+    captured = capsys.readouterr()
+    assert "\nevaluate incomplete in " in f"\n{captured.out}" and "not evaluated" in captured.err
 
 
 def test_new_data_reruns_what_reads_the_real_images_but_not_the_fake_pool(state, lfw_faces):
