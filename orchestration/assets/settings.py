@@ -170,20 +170,26 @@ def input_files(storage: StorageResource) -> list[tuple[str, str]]:
     return [(f.relpath, f.sha256 or "") for f in scan_folder(Path(storage.input_dir))]
 
 
+def _shown(value: Any) -> str:
+    """A setting's value as its observation's metadata shows it (and `check_observed` compares it)."""
+    return json.dumps(value, default=str)
+
+
 def _observable(name: str, read: Callable[[NetworksResource, StorageResource], dict[str, Any]]) -> dg.SourceAsset:
     @dg.observable_source_asset(name=name, group_name=GROUP, description=f"What its readers take from outside the "
                                 f"graph ({read.__name__}); the data version hashes these values.")
     def observe(networks: NetworksResource, storage: StorageResource) -> dg.ObserveResult:
         values = read(networks, storage)
         return dg.ObserveResult(data_version=settings_version(values),
-                                metadata={k: dg.MetadataValue.text(json.dumps(v, default=str)) for k, v in values.items()})
+                                metadata={k: dg.MetadataValue.text(_shown(v)) for k, v in values.items()})
 
     return observe
 
 
 SETTINGS_READERS = (ingest_settings, fake_pool_settings, inversion_settings, pairing_settings, classifier_settings,
                     evaluation_settings, baseline_settings, report_settings, photo_settings)
-SETTINGS = {read.__name__: _observable(read.__name__, read) for read in SETTINGS_READERS}
+READERS = {read.__name__: read for read in SETTINGS_READERS}
+SETTINGS = {name: _observable(name, read) for name, read in READERS.items()}
 
 
 @dg.observable_source_asset(group_name=GROUP)
@@ -239,14 +245,13 @@ def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource
         context.run
     except DagsterInvalidPropertyError:
         return
-    readers = {read.__name__: read for read in SETTINGS_READERS}
     for key in sorted(set().union(*context.assets_def.asset_deps.values()), key=lambda k: k.to_user_string()):
         name = key.to_user_string()
         if name == "variant_settings":
             variant, _ = split_key(context.partition_key, context.assets_def.partitions_def)
             values, partition, what = variant_settings(networks, variant), variant, f"variant_settings [{variant}]"
-        elif name in readers:
-            values, partition, what = readers[name](networks, None), None, name
+        elif name in READERS:
+            values, partition, what = READERS[name](networks, None), None, name
         else:
             continue
         record = context.instance.get_latest_data_version_record(key, is_source=True, partition_key=partition)
@@ -258,7 +263,7 @@ def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource
             why = f"{what} has not been observed{' since the variant was added' if partition else ''}"
         else:
             recorded = {k: getattr(v, "value", None) for k, v in observation.metadata.items()}
-            changed = [k for k, v in values.items() if k in recorded and recorded[k] != json.dumps(v, default=str)]
+            changed = [k for k, v in values.items() if k in recorded and recorded[k] != _shown(v)]
             why = (f"{what} was observed with other values than this run reads"
                    f"{' (' + ', '.join(changed) + ')' if changed else ''}: a run config that overrides params.yaml, or "
                    "params.yaml changed since")
