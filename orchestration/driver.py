@@ -1,14 +1,14 @@
 """The one driver of the asset graph: `falco pipeline`, `falco stage` (and so `dvc repro`) and the tests launch the
 named jobs of orchestration/jobs.py through the Dagster instance at $DAGSTER_HOME, as the UI does, with the job's
-executor (params.yaml `pipeline.executor`); every run shows in the UI as `prepare`, `anonymize` or `evaluate`, tagged
-with its variant and shard.
+executor (params.yaml `pipeline.executor`); every run shows in the UI under its job (`prepare`, `anonymize`,
+`evaluate_references`, `evaluate`, `evaluate_report`), tagged with its variant and shard.
 
 A pipeline run:
 1. registers the variants to run (params.yaml `sweep:`, or the command line's) as partitions, checking that each
    resolves to valid settings before anything starts;
 2. runs `observe_settings`, so Dagster sees what changed in params.yaml, the flags and the input folder;
-3. runs `prepare`, `anonymize` (one run per variant and shard) and `evaluate` (the references, one run per
-   variant, the report), each selecting only what Dagster reports missing or stale and what follows from it
+3. runs `prepare`, `anonymize` (one run per variant and shard) and the evaluate stage (`evaluate_references`,
+   `evaluate` once per variant, `evaluate_report`), each selecting only what Dagster reports missing or stale and what follows from it
    (orchestration.staleness); `fresh` re-makes everything. A killed run therefore resumes where it stopped.
 
 The blocking privacy check fails a shard's run when dlib still matches too many of its images to their sources
@@ -531,7 +531,7 @@ class _Driver:
                      f"of its {'faces' if photos else 'images'} to their sources (bound {bound:.0%})")
 
     def evaluate(self, wanted: list[str], shards: Sequence[str]) -> None:
-        if not self.materialize("evaluate", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):
+        if not self.materialize("evaluate_references", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):
             return
         for variant in wanted:
             if variant not in self.summary.blocked:
@@ -541,4 +541,4 @@ class _Driver:
         if self.summary.blocked or self.summary.failed:
             self.log("report not made: it compares every variant of the sweep, and not all were evaluated")
             return
-        self.materialize("evaluate", "report", REPORT.resolve(self.graph))
+        self.materialize("evaluate_report", "report", REPORT.resolve(self.graph))

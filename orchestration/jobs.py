@@ -5,12 +5,14 @@
   so Dagster knows what is stale;
 - `prepare`: what every variant shares (fake pool, real data, pairs);
 - `anonymize`: one (shard, variant) partition's latents and images, and their checks;
-- `evaluate`: partitioned by variant: a variant's evaluation; launched without a partition, the assets every
-  variant is measured against (the real gallery, pseudo-labels, the attribute classifier, the baselines) and the report;
+- the evaluation, in three jobs, as a job's assets are either all partitioned or none (Dagster launches a job for
+  one partition or for none, so a job holding both kinds could not be launched whole): `evaluate_references`, what
+  every variant is measured against (the real gallery, pseudo-labels, the attribute classifier, the baselines);
+  `evaluate`, one variant's evaluation (partitioned by variant); `evaluate_report`, the report over the variants;
 - photo mode: `prepare_photos` (fake pool, the list of photos) and `anonymize_photos` (one (photo shard, variant)
   partition and its per-face privacy check).
 
-The runs of `prepare`, `anonymize` and `evaluate` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
+The runs of every job but `observe_settings` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
 the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
 
 The executor is params.yaml's `pipeline.executor` (built in orchestration.definitions): `multiprocess` runs steps
@@ -46,7 +48,11 @@ observe_settings_job = dg.define_asset_job("observe_settings", selection=SETTING
 # Every job that runs networks asks Kubernetes for a GPU pod (docs/deployment.md); observing the settings does not.
 prepare_job = dg.define_asset_job("prepare", selection=PREPARE, tags={"dagster-k8s/config": GPU_POD})
 anonymize_job = dg.define_asset_job("anonymize", selection=ANONYMIZE, tags={"dagster-k8s/config": GPU_POD})
-evaluate_job = dg.define_asset_job("evaluate", selection=EVALUATE, tags={"dagster-k8s/config": GPU_POD})
+evaluate_references_job = dg.define_asset_job("evaluate_references", selection=EVALUATION_REFERENCES,
+                                              tags={"dagster-k8s/config": GPU_POD})
+evaluate_job = dg.define_asset_job("evaluate", selection=VARIANT_EVALUATION, tags={"dagster-k8s/config": GPU_POD})
+# The report draws the fakes and the grid with the generator, so it asks for a GPU too.
+evaluate_report_job = dg.define_asset_job("evaluate_report", selection=REPORT, tags={"dagster-k8s/config": GPU_POD})
 
 # Photo mode (`falco pipeline --mode photo`): the fake pool and the list of photos, then each (shard, variant).
 prepare_photos_job = dg.define_asset_job("prepare_photos", selection=PREPARE_PHOTOS,
@@ -54,7 +60,8 @@ prepare_photos_job = dg.define_asset_job("prepare_photos", selection=PREPARE_PHO
 anonymize_photos_job = dg.define_asset_job("anonymize_photos", selection=ANONYMIZE_PHOTOS,
                                            tags={"dagster-k8s/config": GPU_POD})
 
-ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_job, prepare_photos_job, anonymize_photos_job]
+ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_references_job, evaluate_job,
+            evaluate_report_job, prepare_photos_job, anonymize_photos_job]
 
 
 EXECUTORS = ("multiprocess", "in_process", "celery")

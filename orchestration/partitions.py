@@ -55,11 +55,12 @@ def split_key(partition_key: str | None, partitions_def: dg.PartitionsDefinition
 
 
 def check_run_partition(context: dg.AssetExecutionContext) -> None:
-    """FalcoError, before any work, when an unpartitioned asset runs in a run for a partition: the UI launches a whole
-    job so, and the `evaluate` job holds both kinds; Dagster's own error ("Attempting to access partitions def for
-    asset ..., but it is not partitioned") came at the end of the step's work and named no way out. (The other way
-    round, a partitioned step in a run without a partition, Dagster stops while it reads the step's input versions,
-    before any of our code runs: "Cannot access partition_key for a non-partitioned run".)"""
+    """FalcoError, before any work, when an unpartitioned asset runs in a run for a partition (a selection of assets
+    of both kinds launched for a partition): Dagster's own error ("Attempting to access partitions def for asset
+    ..., but it is not partitioned") came at the end of the step's work and named no way out. (The other way round,
+    a partitioned step in a run without a partition, Dagster stops while it reads the step's input versions, before
+    any of our code runs: "Cannot access partition_key for a non-partitioned run".) Every job of
+    orchestration.jobs holds one kind only, so a whole job launches as it is."""
     from dagster._core.errors import DagsterInvalidPropertyError
 
     from anon_core.errors import FalcoError
@@ -71,10 +72,10 @@ def check_run_partition(context: dg.AssetExecutionContext) -> None:
     except DagsterInvalidPropertyError:  # invoked directly (tests)
         job = "the job"
     names = ", ".join(sorted(k.to_user_string() for k in context.selected_asset_keys))
-    raise FalcoError(f"{names} is not partitioned, and this run of {job} is for a partition. A job that holds both "
-                     "kinds (evaluate: the references and the report without a partition, each variant's evaluation "
-                     "with its own) runs in parts: select the assets of each part to launch (Materialize selected in "
-                     "the UI), or run `falco stage evaluate`, which launches them so")
+    raise FalcoError(f"{names} is not partitioned, and this run of {job} is for a partition: launch it without "
+                     "one, apart from the partitioned assets (the jobs evaluate_references and evaluate_report hold "
+                     "the evaluation's unpartitioned assets, evaluate the per-variant ones), or run `falco stage "
+                     "evaluate`, which launches them so")
 
 
 def context_variant(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:

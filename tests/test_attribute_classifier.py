@@ -217,17 +217,17 @@ def test_the_gpu_job_trains_on_cuda(tmp_path, lfw_faces, mlflow_store):
     assert meta["status"] == "trained" and meta["device"] == "cuda"
 
 
-def test_classifier_is_a_gpu_step_of_the_evaluate_job_shared_by_every_variant():
+def test_classifier_is_a_gpu_step_of_the_evaluation_references_shared_by_every_variant():
     from orchestration.definitions import defs
 
     (spec,) = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and dg.AssetKey("attribute_classifier")
                in a.keys]
     assert spec.op.tags["falco/device"] == "gpu" and spec.group_names_by_key[spec.key] == "evaluation"
     assert spec.partitions_def is None  # trained once on the real images, whatever the variants
-    evaluate = defs.resolve_job_def("evaluate")
-    assert {dg.AssetKey("evaluation_metrics"), dg.AssetKey("attribute_classifier")} <= \
-        evaluate.asset_layer.selected_asset_keys
-    for job in ("prepare", "anonymize", "evaluate"):  # one GPU pod per run on Kubernetes
+    assert dg.AssetKey("attribute_classifier") in \
+        defs.resolve_job_def("evaluate_references").asset_layer.selected_asset_keys
+    assert dg.AssetKey("evaluation_metrics") in defs.resolve_job_def("evaluate").asset_layer.selected_asset_keys
+    for job in ("prepare", "anonymize", "evaluate_references", "evaluate", "evaluate_report"):  # one GPU pod each
         assert "nvidia.com/gpu" in defs.resolve_job_def(job).tags["dagster-k8s/config"], job
 
 

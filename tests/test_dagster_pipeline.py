@@ -69,11 +69,13 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
                            "evaluate references", "evaluate default", "evaluate m0.5", "report"]
     with instance_at(root / "home") as instance:
         runs = instance.get_runs()
-        assert {r.job_name for r in runs} == {"observe_settings", "prepare", "anonymize", "evaluate"}
+        assert {r.job_name for r in runs} == {"observe_settings", "prepare", "anonymize", "evaluate_references",
+                                              "evaluate", "evaluate_report"}
         shard_runs = [r for r in runs if r.job_name == "anonymize"]
         assert {(r.tags["dagster/partition/variant"], r.tags["dagster/partition/shard"]) for r in shard_runs} == \
             {(v, s) for v in VARIANTS for s in SHARDS}
-        assert {r.tags.get("dagster/partition") for r in runs if r.job_name == "evaluate"} == {None, *VARIANTS}
+        assert {r.tags.get("dagster/partition") for r in runs if r.job_name == "evaluate"} == set(VARIANTS)
+        assert {r.tags.get("dagster/partition") for r in runs if r.job_name.startswith("evaluate_")} == {None}
         assert instance.get_materialized_partitions(dg.AssetKey("anonymized_images")) == _partitions()
         assert instance.get_materialized_partitions(dg.AssetKey("evaluation_metrics")) == set(VARIANTS)
         for partition in _partitions(["default"]):
@@ -168,11 +170,12 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
                                                            ("anonymized_images", "shard-00000|m0.9"): 1})
 
 
-def test_the_evaluate_job_launched_whole_from_the_ui_says_how_to_launch_it(state):
-    """The UI launches a whole job: `evaluate` for a variant failed in real_gallery with Dagster's "Attempting to
-    access partitions def for asset real_gallery, but it is not partitioned", once its work was done. (Launched
-    without a partition, Dagster stops the variant's step while reading its input versions, before our code, with
-    "Cannot access partition_key for a non-partitioned run"; docs/pipeline.md says how to launch it.)"""
+def test_the_evaluation_jobs_launch_whole_from_the_ui(state):
+    """The UI launches a whole job. One `evaluate` job held the references and the report (no partition) beside the
+    per-variant assets: launched for a variant, real_gallery failed with Dagster's "Attempting to access partitions
+    def for asset real_gallery, but it is not partitioned" after its work; launched without one, Dagster failed the
+    variant's step ("Cannot access partition_key for a non-partitioned run"). Now each job holds one kind, and each
+    launches whole; a selection of both kinds launched for a partition stops before any work, saying so."""
     from orchestration.definitions import build_definitions
     from orchestration.driver import step_error
 
@@ -180,15 +183,23 @@ def test_the_evaluate_job_launched_whole_from_the_ui_says_how_to_launch_it(state
     defs = build_definitions(StorageResource(root=str(root / "store"), input_dir=str(root / "faces")),
                              NetworksResource(params_path=str(root / "params.yaml")),
                              MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
-    job = defs.resolve_job_def("evaluate")
     before = materializations(instance)
-    result = job.execute_in_process(instance=instance, partition_key="default", raise_on_error=False)
+    for job, partition in (("observe_settings", None), ("evaluate_references", None), ("evaluate", "m0.5"),
+                           ("evaluate_report", None)):  # the UI's sweep is params.yaml's, not the driver's: observe
+        assert defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition).success
+    assert made_since(before, materializations(instance)) == {
+        "real_gallery": {None}, "attribute_pseudo_labels": {None}, "attribute_classifier": {None},
+        "baseline_metrics": {None}, "baseline_attributes": {None}, **{name: {"m0.5"} for name in PER_VARIANT},
+        "anonymization_report": {None}}
+
+    mixed = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(name) for name in ("real_gallery", *PER_VARIANT)})
+    before = materializations(instance)
+    result = mixed.execute_in_process(instance=instance, partition_key="default", raise_on_error=False)
     assert not result.success and step_error(instance, result.run_id).startswith(
-        "attribute_pseudo_labels: attribute_pseudo_labels is not partitioned, and this run of the evaluate job is "
-        "for a partition. "
-        "A job that holds both kinds (evaluate: the references and the report without a partition, each variant's "
-        "evaluation with its own) runs in parts: select the assets of each part to launch (Materialize selected in "
-        "the UI), or run `falco stage evaluate`, which launches them so")
+        "real_gallery: real_gallery is not partitioned, and this run of the __ASSET_JOB job is for a partition: "
+        "launch it without one, apart from the partitioned assets (the jobs evaluate_references and evaluate_report "
+        "hold the evaluation's unpartitioned assets, evaluate the per-variant ones), or run `falco stage evaluate`")
     assert materializations(instance) == before
 
 

@@ -100,7 +100,8 @@ def test_graphql_reports_every_asset_materialized(webserver):
 def test_the_cli_runs_are_the_named_jobs_and_the_ui_sees_them_up_to_date(webserver):
     runs = _graphql(webserver, "{ runsOrError { ... on Runs { results { jobName tags { key value } } } } }")
     results = runs["runsOrError"]["results"]
-    assert {r["jobName"] for r in results} == {"observe_settings", "prepare", "anonymize", "evaluate"}
+    assert {r["jobName"] for r in results} == {"observe_settings", "prepare", "anonymize",
+                                               "evaluate_references", "evaluate", "evaluate_report"}
     shards = {tuple(sorted((t["key"], t["value"]) for t in r["tags"] if t["key"].startswith("dagster/partition/")))
               for r in results if r["jobName"] == "anonymize"}
     assert shards == {(("dagster/partition/shard", f"shard-0000{i}"), ("dagster/partition/variant", "default"))

@@ -143,7 +143,8 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
 
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
-        assert {r.job_name for r in instance.get_runs()} == {"observe_settings", "prepare", "anonymize", "evaluate"}
+        assert {r.job_name for r in instance.get_runs()} == {"observe_settings", "prepare", "anonymize",
+                                                              "evaluate_references", "evaluate", "evaluate_report"}
         observed = instance.fetch_observations(dg.AssetKey("input_images"), limit=1).records[0]
         assert observed.asset_observation.metadata["dvc_md5"].value == md5
 

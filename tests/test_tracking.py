@@ -71,7 +71,7 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
          "evaluation_metrics m0.5", "baseline_metrics blur", "baseline_metrics swap", "anonymization_report"])
     assert sorted(parents["tags.mlflow.runName"]) == sorted(
         ["prepare", *(f"anonymize {v} {s}" for v in VARIANTS for s in SHARDS), "evaluate default", "evaluate m0.5",
-         "evaluate", "evaluate"])  # the references' run and the report's run are not partitioned
+         "evaluate_references", "evaluate_report"])  # named after their jobs, with the variant and shard
     assert (nested["status"] == "FINISHED").all() and (parents["status"] == "FINISHED").all()
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
