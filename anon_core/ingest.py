@@ -27,6 +27,7 @@ from anon_core.data.datasets import load_dataset
 from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import ImageRejected, flattened, load_rgb
 from anon_core.data.scan import ScannedFile, output_relpath
+from anon_core.params import SECTION_KEYS
 from anon_core.prefetch import read_ahead
 
 TABLE_COLUMNS = (
@@ -63,7 +64,7 @@ class Ingested:
 
 
 DATASET_KINDS = ("auto", "celebahq", "lfw", "folder")
-DATA_KEYS = ("dataset", "labels_csv", "align", "align_detector")
+DATA_KEYS = SECTION_KEYS["data"]
 
 
 def data_settings(section: dict[str, Any], params_file: Path) -> dict[str, Any]:

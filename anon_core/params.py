@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,13 @@ def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str,
         known = f"known: {', '.join(sorted(profiles))}" if profiles else "it has no 'profiles:' section"
         raise ParamsError(f"profile {profile!r} is not in {path} ({known}); add it under 'profiles:' or pick a known "
                           "one")
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) or v is None for v in profiles.values()):
+        raise ParamsError(f"{path}: 'profiles:' must map each profile's name to its settings")
+    for name in [profile, *sorted(set(profiles) - {profile})]:  # the file as written, every profile: a bad value
+        # under `defaults:` that this profile replaces would otherwise wait for a run of another profile
+        source = str(path) if name == profile else f"{path} (profile {name})"
+        _check(_build(FalcoParams, {**_merge(raw["defaults"], profiles[name] or {}), "profile": name}, source), source)
     merged = _merge(raw["defaults"], profiles[profile] or {})
-    _check(_build(FalcoParams, {**merged, "profile": profile}, str(path)), str(path))  # the file, as written
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return _build(FalcoParams, {**merged, "profile": profile}, str(path))
@@ -129,6 +135,14 @@ def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str,
 
 # The top-level sections of params.yaml besides `defaults` and `profiles` (the method's): what `load_section` reads.
 SECTIONS = ("data", "photo", "variants", "sweep", "pipeline", "evaluation", "checks", "attribute_classifier")
+# The keys of the sections that no reader of their own checks for strays (photo's, attribute_classifier's, the
+# variants' and the sweep's readers name an unknown key themselves).
+SECTION_KEYS = {
+    "data": ("dataset", "labels_csv", "align", "align_detector"),
+    "pipeline": ("shard_size", "executor", "max_concurrent"),
+    "evaluation": ("baselines", "show_real_faces"),
+    "checks": ("privacy_max_match_share",),
+}
 METHOD_KEYS = ("seed", "pool_size", "truncation_psi", "pairing_k", "pairing", "batch_size", "optimization", "inversion", "speed")
 
 
@@ -161,6 +175,43 @@ def load_section(name: str, profile: str, path: Path | None = None,
     per_profile = section.pop("profiles", None) or {}
     mine = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.startswith(f"{name}.") and v is not None}
     return _merge(_merge(section, per_profile.get(profile) or {}), _nest(mine))
+
+
+def _check_sections(raw: dict[str, Any], path: Path) -> None:
+    """ParamsError naming a top-level key of the file that is not a section, or a key of a section of SECTION_KEYS
+    (or of one of its profiles' entries) that is not one of its settings: YAML hands a misspelt key to no reader, so
+    the setting it meant would keep its default without a word. Checked on every read, whichever sections the
+    command reads."""
+    sections = ("defaults", "profiles", *SECTIONS)
+    unknown = [str(key) for key in raw if key not in sections]
+    if unknown:
+        # a method's setting written at the top level, maybe misspelt: `optimisation:`, `steps:`
+        method = {**{f.name: f"{name}.{f.name}" for name, cls in (("speed", SpeedParams), ("inversion", InversionParams),
+                                                                   ("optimization", OptimizationParams))
+                     for f in fields(cls)}, **{key: key for key in METHOD_KEYS}}
+        key = unknown[0]
+        close = [key] if key in method else difflib.get_close_matches(key, method, 1, 0.75)
+        where = (f": the method's settings ({method[close[0]]}) go under 'defaults:' or 'profiles: <name>:'" if close
+                 else _did_you_mean(key, sections))
+        verb = "is not a section" if len(unknown) == 1 else "are not sections"
+        raise ParamsError(f"{path}: {', '.join(map(repr, unknown))} {verb}{where}; the file's sections are "
+                          f"{', '.join(sections)} (variables of your own for dvc.yaml go under its 'vars:')")
+    for name, known in SECTION_KEYS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            continue  # load_section names it when it is read
+        entries = [section, *((section.get("profiles") or {}).values() if isinstance(section.get("profiles"), dict)
+                              else ())]
+        strays = sorted({key for entry in entries if isinstance(entry, dict) for key in entry
+                         if key not in known and key != "profiles"}, key=str)
+        if strays:
+            raise ParamsError("; ".join(f"{path}: {name}.{key} is not a setting{_did_you_mean(key, known)}"
+                                        for key in strays) + f" (known: {', '.join(known)})")
+
+
+def _did_you_mean(key: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def privacy_bound(checks: Mapping[str, Any], params_file: Path | str) -> float:
@@ -254,6 +305,7 @@ def _read(path: Path | None) -> tuple[Path, dict[str, Any]]:
                           "params.yaml") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections ('defaults:', 'profiles:', ...)")
+    _check_sections(raw, path)
     return path, raw
 
 

@@ -94,7 +94,8 @@ def _batch_size(text: str) -> int | str:
 def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.folders import check_outside_pipeline_storage
     from anon_core.ingest import data_settings
-    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources
+    from anon_core.params import (DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources,
+                                  privacy_bound)
     from anon_core.pipeline import anonymize_folder
     from anon_core.stages import resolve_device
 
@@ -112,9 +113,11 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         print(f"falco: error: input folder {args.input_dir} does not exist or is not a folder", file=sys.stderr)
         return 2
     check_outside_pipeline_storage(args.output_dir)
-    if args.mode == "photo":
-        return _run_anonymize_photos(args, params)
     params_file = args.params or DEFAULT_PARAMS_PATH
+    # photo mode's release gate; checked in either mode, so a bad value in the file is refused whichever reads it
+    bound = privacy_bound(load_section("checks", args.profile, args.params), params_file)
+    if args.mode == "photo":
+        return _run_anonymize_photos(args, params, bound)
     flags, sources = given_flags({
         "data.dataset": ("--dataset", args.dataset),
         "data.labels_csv": ("--labels", str(args.labels.resolve()) if args.labels else None),
@@ -135,8 +138,8 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
-    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources, privacy_bound
+def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int:
+    from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources
     from anon_core.photo_faces import photo_settings
     from anon_core.photos import anonymize_photos
 
@@ -147,7 +150,6 @@ def _run_anonymize_photos(args: argparse.Namespace, params) -> int:
         "photo.cover": ("--cover", args.cover), "photo.output_format": ("--photo-format", args.photo_format)})
     with naming_sources(params_file, flags, sources):
         settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
-    bound = privacy_bound(load_section("checks", args.profile, args.params), params_file)
     start = time.perf_counter()
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
                                show_progress=not args.quiet)

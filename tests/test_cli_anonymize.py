@@ -195,6 +195,14 @@ def test_errors_name_the_flag_that_gave_the_value_and_the_file_otherwise(face_fo
         "falco: error: --min-anonymize-size 0: must be a whole number >= 1; "
         f"{params}: photo.min_face_size = 5 must be a whole number >= 12 (MTCNN's smallest window)\n")
 
+    data["photo"]["min_face_size"] = 16
+    data["checks"]["privacy_max_match_share"] = 5  # the release gate: refused in aligned mode too, before any work
+    params.write_text(yaml.safe_dump(data))
+    assert main(["anonymize", str(face_folder), str(tmp_path / "o"), *FAST, "--params", str(params)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"falco: error: {params}: checks.privacy_max_match_share = 5 must be a share between 0 and 1")
+    assert not (tmp_path / "o").exists()
+
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_stops_with_one_line_and_the_shells_exit_code(face_folder, tmp_path, sig):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from anon_core.errors import ParamsError
@@ -88,3 +90,51 @@ def test_the_privacy_bound_is_a_share_and_a_percent_gets_the_value_to_write():
             privacy_bound({"privacy_max_match_share": bad}, "p.yaml")
     with pytest.raises(ParamsError, match="p.yaml: checks.privacy_max_match_share is missing"):
         privacy_bound({}, "p.yaml")
+
+
+def _edited(tmp_path, name: str, edit) -> "Path":
+    import yaml
+
+    data = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    edit(data)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_bad_value_is_refused_also_where_the_profile_run_replaces_it(tmp_path):
+    """tiny replaces the learning rate and the pool size, so a broken `defaults:` value passed every tiny run and
+    failed only in the first run of a real profile."""
+    lr = _edited(tmp_path, "lr", lambda d: d["defaults"]["optimization"].update(lr="abc"))
+    with pytest.raises(ParamsError, match=rf"^{lr} \(profile ffhq1024\): optimization.lr = 'abc' is not a valid float$"):
+        load_params("tiny", lr)
+    pool = _edited(tmp_path, "pool", lambda d: d["defaults"].update(pool_size=10.5))
+    with pytest.raises(ParamsError, match=r"\(profile ffhq1024\): pool_size = 10.5 is not a valid int"):
+        load_params("tiny", pool, pool_size=5)  # a flag replacing it too
+    broken = _edited(tmp_path, "ffhq512", lambda d: d["profiles"]["ffhq512"].update(seed=-3))
+    with pytest.raises(ParamsError, match=r"\(profile ffhq512\): invalid parameters: seed = -3 must be"):
+        load_params("ffhq1024", broken)
+    assert load_params("tiny").optimization.lr == 0.05  # the project's file passes for every profile
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(optimisation={"steps": 3}), "'optimisation' is not a section: the method's settings "
+                                                    "(optimization) go under 'defaults:' or 'profiles: <name>:'"),
+    (lambda d: d.update(steps=3), "'steps' is not a section: the method's settings (optimization.steps) go under"),
+    (lambda d: d.update(chekcs={"privacy_max_match_share": 0.1}), "'chekcs' is not a section (did you mean checks?)"),
+    (lambda d: d["pipeline"].update(shard_sise=4), "pipeline.shard_sise is not a setting (did you mean shard_size?) "
+                                                   "(known: shard_size, executor, max_concurrent)"),
+    (lambda d: d["pipeline"]["profiles"]["tiny"].update(executr="celery"), "pipeline.executr is not a setting (did "
+                                                                           "you mean executor?)"),
+    (lambda d: d["data"].update(labels="x.csv"), "data.labels is not a setting (did you mean labels_csv?)"),
+    (lambda d: d["evaluation"].update(show_real=True), "evaluation.show_real is not a setting"),
+])
+def test_a_misspelt_section_or_setting_is_refused_not_ignored(tmp_path, edit, message):
+    """YAML hands a misspelt key to no reader: the setting meant kept its default without a word, whichever
+    command read the file."""
+    from anon_core.params import load_section
+
+    path = _edited(tmp_path, "typo", edit)
+    for read in (lambda: load_params("tiny", path), lambda: load_section("photo", "tiny", path)):
+        with pytest.raises(ParamsError, match="^" + re.escape(f"{path}: {message}")):
+            read()
