@@ -273,9 +273,10 @@ def stop_signals() -> Iterator[Callable[[], str]]:
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        # a background job's SIGINT is ignored, though Python still writes its number to the wakeup file
-        with stop_request.watching(lambda: any(sig == signal.SIGTERM or sig == signal.SIGINT and not ignore_ctrl_c
-                                               for sig in drain())):
+        # A background job's SIGINT is ignored here (Python still writes its number to the wakeup file), but Dagster
+        # puts a handler of its own on SIGINT while it runs a job, whatever was there, and so do its step processes:
+        # a run that Dagster stopped on it is a stop, not a failure (exit 1, the MLflow run FAILED), so it counts.
+        with stop_request.watching(lambda: any(sig in (signal.SIGTERM, signal.SIGINT) for sig in drain())):
             yield lambda: "SIGTERM" if signal.SIGTERM in drain() else "Ctrl-C"
     finally:
         for sig, handler in previous.items():

@@ -67,3 +67,36 @@ def test_a_stopped_command_says_whether_running_it_again_resumes(tmp_path, monke
             "anonymize": ["anonymize", str(tmp_path / "in"), str(tmp_path / "out")]}[command]
     assert cli.main(args) == 130
     assert capsys.readouterr().err.endswith(f"falco: stopped (Ctrl-C); run the same command again {again}\n")
+
+
+BACKGROUND = textwrap.dedent("""
+    import os, signal, time
+    from dagster._core.errors import DagsterExecutionInterruptedError
+    from dagster._utils.interrupts import raise_interrupts_as
+    from orchestration import stop_request
+    from orchestration.cli import stop_signals
+
+    with stop_signals() as stopped_by:
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: falco goes on
+        time.sleep(0.2)
+        print("went on")
+        try:
+            with raise_interrupts_as(DagsterExecutionInterruptedError):  # as Dagster runs a job
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        except DagsterExecutionInterruptedError:
+            print("stopped by", stopped_by(), "requested", stop_request.requested())
+""")
+
+
+def test_a_background_jobs_sigint_that_dagster_stops_a_run_on_is_a_stop_not_a_failure():
+    """A script's background job starts with SIGINT ignored, and falco leaves it so; but Dagster puts its own handler
+    on SIGINT while it runs a job (and its step processes take one too), so a Ctrl-C meant for the script's
+    foreground stopped the run. The driver asked whether a stop was requested, heard no, and reported the run FAILED
+    (exit 1, ChildProcessCrashException, the MLflow run FAILED) instead of stopped (130, KILLED)."""
+    import signal
+
+    done = subprocess.run([sys.executable, "-c", BACKGROUND], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["went on", "stopped by Ctrl-C requested True"], done.stdout + done.stderr
