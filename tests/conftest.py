@@ -33,6 +33,16 @@ def one_thread():
 
 
 @pytest.fixture
+def single_thread():
+    """One torch thread for the test, whose runs must come out bit-identical: with two, MKL's sgemm rounds some of
+    dlib's small products differently from run to run (docs/anonymize.md, bench/mkl_reproducibility.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def seeded_rng():
     """Seed 0 for the test (opt in with usefixtures); the global RNG is left as it was found."""
     with torch.random.fork_rng():

@@ -65,7 +65,7 @@ def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_pa
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 3
 
 
-def test_same_arguments_give_bit_identical_latents(face_folder, tmp_path):
+def test_same_arguments_give_bit_identical_latents(face_folder, tmp_path, single_thread):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["anonymize", str(face_folder), str(a), *FAST]) == 0
     assert main(["anonymize", str(face_folder), str(b), *FAST]) == 0
