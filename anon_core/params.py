@@ -168,10 +168,7 @@ def load_section(name: str, profile: str, path: Path | None = None,
     with its own `profiles.<profile>` entry applied, then the dotted `overrides` that start with `<name>.` (None
     values ignored); {} when the file has no such section."""
     path, raw = _read(path)
-    section = raw.get(name) or {}
-    if not isinstance(section, dict):
-        raise ParamsError(f"{path}: '{name}:' must be a mapping of settings")
-    section = dict(section)
+    section = dict(raw.get(name) or {})  # a mapping: _read checked every section
     per_profile = section.pop("profiles", None) or {}
     mine = {k.split(".", 1)[1]: v for k, v in (overrides or {}).items() if k.startswith(f"{name}.") and v is not None}
     return _merge(_merge(section, per_profile.get(profile) or {}), _nest(mine))
@@ -196,10 +193,11 @@ def _check_sections(raw: dict[str, Any], path: Path) -> None:
         verb = "is not a section" if len(unknown) == 1 else "are not sections"
         raise ParamsError(f"{path}: {', '.join(map(repr, unknown))} {verb}{where}; the file's sections are "
                           f"{', '.join(sections)} (variables of your own for dvc.yaml go under its 'vars:')")
+    for name in SECTIONS:
+        if not isinstance(raw.get(name) or {}, dict):
+            raise ParamsError(f"{path}: '{name}:' must be a mapping of settings")
     for name, known in SECTION_KEYS.items():
         section = raw.get(name) or {}
-        if not isinstance(section, dict):
-            continue  # load_section names it when it is read
         entries = [section, *((section.get("profiles") or {}).values() if isinstance(section.get("profiles"), dict)
                               else ())]
         strays = sorted({key for entry in entries if isinstance(entry, dict) for key in entry

@@ -128,6 +128,7 @@ def test_a_bad_value_is_refused_also_where_the_profile_run_replaces_it(tmp_path)
                                                                            "you mean executor?)"),
     (lambda d: d["data"].update(labels="x.csv"), "data.labels is not a setting (did you mean labels_csv?)"),
     (lambda d: d["evaluation"].update(show_real=True), "evaluation.show_real is not a setting"),
+    (lambda d: d.update(pipeline=[1, 2]), "'pipeline:' must be a mapping of settings"),
 ])
 def test_a_misspelt_section_or_setting_is_refused_not_ignored(tmp_path, edit, message):
     """YAML hands a misspelt key to no reader: the setting meant kept its default without a word, whichever
