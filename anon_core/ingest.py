@@ -64,7 +64,6 @@ class Ingested:
 
 
 DATASET_KINDS = ("auto", "celebahq", "lfw", "folder")
-DATA_KEYS = SECTION_KEYS["data"]
 
 
 def data_settings(section: dict[str, Any], params_file: Path) -> dict[str, Any]:
@@ -73,10 +72,11 @@ def data_settings(section: dict[str, Any], params_file: Path) -> dict[str, Any]:
     from anon_core.data.align import DETECTORS
     from anon_core.errors import ParamsError
 
-    missing = [k for k in DATA_KEYS if k not in section]
+    keys = SECTION_KEYS["data"]
+    missing = [k for k in keys if k not in section]
     if missing:
         raise ParamsError(f"{params_file}: data.{', data.'.join(missing)} missing; add it (see the project's params.yaml)")
-    values = {k: section[k] for k in DATA_KEYS}
+    values = {k: section[k] for k in keys}
     problems = []
     if values["dataset"] not in DATASET_KINDS:
         problems.append(f"data.dataset = {values['dataset']!r} must be one of {', '.join(DATASET_KINDS)}")
