@@ -43,7 +43,7 @@ PIPELINE_STORAGE_MARK = ".falco_instance.json"  # in a `falco pipeline` storage'
 # CelebA-HQ's 30,000 rows), and a resumed run finishes its journaled batches all at once.
 MANIFEST_EVERY_S = 5.0
 RUN_RECORD = ("params.json", "latents.npy", "losses.csv")  # what a run writes about itself once it has finished
-STALE_RESULTS = ("face_privacy.csv",)  # verdicts on the previous run's images (photo mode's CLI writes them anew)
+STALE_RESULTS = ("face_privacy.csv",)  # verdicts on the previous run's images (the CLI writes them anew at the end)
 
 
 def check_separate(**folders: Path | str | None) -> None:

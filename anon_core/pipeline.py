@@ -13,8 +13,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from anon_core.acceleration import resolved_for
@@ -23,6 +25,7 @@ from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.prefetch import WriteBehind, batch_slices, read_parts
 from anon_core.data.colour import GREY_RULE, keep_grey
 from anon_core.data.datasets import load_dataset
+from anon_core.data.image_files import ImageFiles
 from anon_core.data.image_io import save_png
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -187,6 +190,7 @@ def anonymize_folder(
     device: str | torch.device = "cpu",
     show_progress: bool = True,
     keep_cache: bool = True,
+    check_outputs: Callable[[ImageFiles, pd.DataFrame], object] | None = None,
 ) -> RunSummary:
     """Anonymize every image under `input_dir` (recursively) into `output_dir`.
 
@@ -200,7 +204,10 @@ def anonymize_folder(
     (default: on, except for CelebA-HQ, which is aligned already) FFHQ-aligns the largest face of each image. The
     ok images are then read a batch ahead of the one being optimized, and written by another thread, so the
     device is not left waiting on either. Aligned crops of the real faces are cached in `output_dir/.align_cache`
-    for re-runs, or with `keep_cache=False` in a temporary folder there that the run removes.
+    for re-runs, or with `keep_cache=False` in a temporary folder there that the run removes. `check_outputs`, when
+    given, is called once every output is written, while those crops still exist: with the real images of the ok
+    rows (their aligned crops, read on indexing) and their manifest rows (`input`, `output`), in the same order
+    (`falco anonymize`'s privacy check).
     """
     input_dir, output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
     check_separate(input_folder=input_dir, output_folder=output_dir)
@@ -208,11 +215,11 @@ def anonymize_folder(
     check_output_folder(output_dir, input_dir)
     with exclusive(output_dir, "output folder"), alignment_cache(output_dir, keep_cache) as cache:
         return _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
-                                 show_progress, cache)
+                                 show_progress, cache, check_outputs)
 
 
 def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
-                      show_progress, align_cache) -> RunSummary:
+                      show_progress, align_cache, check_outputs) -> RunSummary:
     device = resolve_device(device)
     nets = build_networks(params.profile, device=device)
     check_params_fit(nets, params)
@@ -342,6 +349,8 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0])
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
+    if check_outputs is not None:
+        check_outputs(ingested.images(workers=io_workers(device)), ok.rename(columns={"image": "output"}))
     return summary
 
 

@@ -62,8 +62,8 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
     table = faces[["input", "face", "status", "reason"]].reset_index(drop=True)
     if not len(table):
         return table.assign(dlib_distance=pd.Series(dtype=float), matched=pd.Series(dtype=bool))
-    similarity = dlib.paired_similarity(dlib.embed(np.stack(out_crops)), dlib.embed(np.stack(real_crops)))
-    return table.assign(dlib_distance=dlib.to_score(similarity), matched=dlib.is_match(similarity))
+    distances, matched = dlib.match_pairs(np.stack(out_crops), np.stack(real_crops))
+    return table.assign(dlib_distance=distances, matched=matched)
 
 
 def _resized(folder: Path, output: str, size, photo: str, real_size) -> FalcoError:

@@ -201,6 +201,12 @@ class Recognizer:
             return 0.0 - np.linalg.norm(a - b, axis=1)
         return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
+    def match_pairs(self, images: ImageSetLike, sources: ImageSetLike) -> tuple[np.ndarray, np.ndarray]:
+        """Row by row, each image against its own source: the native score [N] (dlib: distance) and whether the
+        recognizer calls them the same person [N] (the privacy checks' verdict)."""
+        similarity = self.paired_similarity(self.embed(images), self.embed(sources))
+        return self.to_score(similarity), self.is_match(similarity)
+
     def is_match(self, similarity: np.ndarray | float) -> np.ndarray:
         """Same identity by the recognizer's stated rule (dlib: distance < 0.6; others: cosine >= threshold)."""
         sim = np.asarray(similarity)

@@ -62,8 +62,7 @@ def privacy_source_match_share(
     rows = anonymized_images.table["row"].to_numpy()
     dlib = build_recognizer("dlib")  # on dlib's own chip crop of the FFHQ-aligned faces
     sources = take(real_images.images, rows)  # lazy for images left on disk: embed reads both sets batch by batch
-    similarity = dlib.paired_similarity(dlib.embed(anonymized_images.images), dlib.embed(sources))
-    distances, matched = dlib.to_score(similarity), dlib.is_match(similarity)
+    distances, matched = dlib.match_pairs(anonymized_images.images, sources)
     share = float(matched.mean()) if len(matched) else 0.0
     return dg.AssetCheckResult(
         passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,

@@ -125,15 +125,51 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         "data.align_detector": ("--align-detector", args.align_detector)})
     with naming_sources(params_file, flags, sources):  # a bad flag's value is named by its flag, not by the file
         data = data_settings(load_section("data", args.profile, args.params, flags), params_file)  # flags, else file
-    start = time.perf_counter()
+    start, checked = time.perf_counter(), {}
+
+    def check_privacy(real_images, rows) -> None:  # while the real faces' aligned crops exist (--no-cache)
+        checked["at"] = time.perf_counter()
+        if len(rows):
+            checked["privacy"] = _aligned_privacy(real_images, rows, args.output_dir, args.device, args.quiet)
+
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
-                               show_progress=not args.quiet, keep_cache=args.keep_cache is not False, **data)
-    seconds = time.perf_counter() - start
+                               show_progress=not args.quiet, keep_cache=args.keep_cache is not False,
+                               check_outputs=check_privacy, **data)
+    seconds = checked["at"] - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
-    print(f"results: {summary.output_dir}  (images/, manifest.csv, latents.npy, losses.csv, params.json)")
     if not summary.ok:
+        print(f"results: {summary.output_dir}  (manifest.csv, params.json)")
         print(f"falco: error: nothing was anonymized: every file of {args.input_dir} was rejected (reasons in "
               f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
+        return 1
+    privacy = checked["privacy"]
+    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} images to their source (distance "
+          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
+    print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
+          "params.json)")
+    from evaluation.photo_privacy import match_share
+
+    return _privacy_verdict(match_share(privacy), bound, summary.output_dir, "images")
+
+
+def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool):
+    """dlib's verdict on every image of an aligned run, written to face_privacy.csv."""
+    from evaluation.aligned_privacy import aligned_face_privacy
+    from evaluation.photo_privacy import write_face_privacy
+    from evaluation.recognizers import build_recognizer
+
+    privacy = aligned_face_privacy(real_images, output_dir, rows, build_recognizer("dlib", device=device),
+                                   show_progress=not quiet)
+    write_face_privacy(privacy, output_dir)
+    return privacy
+
+
+def _privacy_verdict(share: float | None, bound: float, output_dir: Path, what: str) -> int:
+    """1, with the error line, when dlib matched more than the bound's share of the run's `what` to their source."""
+    if share is not None and share > bound:
+        print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the {what} to their source "
+              f"(bound checks.privacy_max_match_share = {bound:.0%}); see {output_dir / 'face_privacy.csv'}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -165,12 +201,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
               "detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets another)",
               file=sys.stderr)
         return 1
-    if share is not None and share > bound:
-        print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the faces to their source "
-              f"(bound checks.privacy_max_match_share = {bound:.0%}); see {summary.output_dir / 'face_privacy.csv'}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _privacy_verdict(share, bound, summary.output_dir, "faces")
 
 
 def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> float | None:

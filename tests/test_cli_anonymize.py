@@ -566,3 +566,39 @@ def test_black_and_white_inputs_get_black_and_white_faces_and_earlier_colour_one
     drawn = generate(build_networks("tiny").generator, latents[[index["grey.jpg"]]])[0]
     np.testing.assert_array_equal(after["grey.png"], to_grey(drawn))
     np.testing.assert_array_equal(before["grey.png"], drawn)
+
+
+def test_every_image_is_checked_by_dlib_against_its_own_inputs_crop(face_folder, tmp_path, capsys):
+    """Aligned mode's own privacy check: face_privacy.csv holds, for each anonymized image in manifest order, dlib's
+    distance between the image written and the aligned crop of its own input; it is made before a temporary
+    alignment cache is removed, and it is not blind: the crops themselves as outputs are all matched."""
+    from anon_core.data.image_files import ImageFiles
+    from evaluation.aligned_privacy import aligned_face_privacy
+    from evaluation.recognizers import build_recognizer
+
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    printed = capsys.readouterr().out
+    ok = [r for r in _manifest(out) if r["status"] == "ok"]
+    privacy = pd.read_csv(out / "face_privacy.csv", keep_default_na=False)
+    assert privacy[["input", "output"]].values.tolist() == [[r["input"], r["output"]] for r in ok]
+    crops = [next((out / ".align_cache" / r["sha256"][:2]).glob(f"{r['sha256']}.*.png")) for r in ok]
+    dlib = build_recognizer("dlib")
+    distances, matched = dlib.match_pairs(ImageFiles([out / "images" / r["output"] for r in ok], 64),
+                                          ImageFiles(crops, 64))
+    np.testing.assert_allclose(privacy["dlib_distance"], distances, atol=1e-4)
+    assert privacy["matched"].tolist() == matched.tolist()
+    assert f"privacy: dlib matches {int(matched.sum())} of 4 images to their source" in printed
+
+    same = tmp_path / "same"  # an "anonymized" folder whose images are the real faces
+    for r, crop in zip(ok, crops):
+        (same / "images" / r["output"]).parent.mkdir(parents=True, exist_ok=True)
+        (same / "images" / r["output"]).write_bytes(crop.read_bytes())
+    left = aligned_face_privacy(ImageFiles(crops, 64), same, pd.DataFrame(ok), dlib)
+    assert left["matched"].all() and (left["dlib_distance"] < 1e-3).all()
+
+    uncached = tmp_path / "uncached"
+    assert main(["anonymize", str(face_folder), str(uncached), *FAST, "--no-cache"]) == 0
+    assert pd.read_csv(uncached / "face_privacy.csv", keep_default_na=False)["input"].tolist() == \
+        privacy["input"].tolist()
+    assert not list(uncached.glob(".align_cache*"))
