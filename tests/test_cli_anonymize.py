@@ -602,3 +602,20 @@ def test_every_image_is_checked_by_dlib_against_its_own_inputs_crop(face_folder,
     assert pd.read_csv(uncached / "face_privacy.csv", keep_default_na=False)["input"].tolist() == \
         privacy["input"].tolist()
     assert not list(uncached.glob(".align_cache*"))
+
+
+def test_a_run_that_keeps_identity_fails_its_privacy_check_and_keeps_its_outputs(face_folder, tmp_path, capsys):
+    """At m = 0.9 the optimization keeps the identity (tiny's identity loss is dlib's descriptor), dlib matches the
+    images to their inputs, and the command says so and exits 1; the images stay, for the user to look at. (The
+    photo-mode exit takes the same path, `orchestration.cli._privacy_verdict`.)"""
+    out = tmp_path / "out"
+    assert main(["anonymize", str(face_folder), str(out), "--profile", "tiny", "--pool-size", "50", "--quiet",
+                 "--margin", "0.9", "--steps", "100"]) == 1  # 4 of 4 matched, distances 0.46-0.52 (40: 2 of 4)
+    printed = capsys.readouterr()
+    privacy = pd.read_csv(out / "face_privacy.csv", keep_default_na=False)
+    share = privacy["matched"].mean()
+    assert share > 0.05 and (privacy["dlib_distance"] < 0.6).tolist() == privacy["matched"].tolist()
+    assert printed.err == (f"falco: error: privacy check failed: dlib still matches {share:.0%} of the images to their "
+                           "source (bound checks.privacy_max_match_share = 5%); see "
+                           f"{out.resolve() / 'face_privacy.csv'}\n")
+    assert len(list((out / "images").rglob("*.png"))) == len(privacy) == 4
