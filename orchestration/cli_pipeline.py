@@ -122,7 +122,28 @@ def resources_from_args(args: argparse.Namespace):
         overrides=overrides, sources=sources)
     grid = {key: getattr(args, key) for key in GRID_FLAGS if getattr(args, key)}
     wanted = [*(args.variant or []), *grid_variants(grid)]
+    _note_repeats(wanted)
     return storage, networks, list(dict.fromkeys(wanted))
+
+
+def _note_repeats(wanted: list[str]) -> None:
+    """A variant asked for more than once (`--margin 0.5,.5`, `--variant m0.5 --margin 0.5`) runs once: said, not
+    silently merged, as the user may have meant another value."""
+    from collections import Counter
+
+    from anon_core.errors import ParamsError
+    from anon_core.variants import canonical_name
+
+    def canonical(name: str) -> str:
+        try:
+            return canonical_name(name)
+        except ParamsError:  # a bad name is refused, with its reason, when the variants are resolved
+            return name
+
+    for name, times in Counter(canonical(v) for v in wanted).items():
+        if times > 1:
+            print(f"note: variant {name} is asked for {times} times (one value written {times} ways, or repeated); it "
+                  "runs once", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:

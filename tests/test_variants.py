@@ -99,6 +99,21 @@ def test_one_setting_spelled_two_ways_is_one_variant():
     assert sweep_variants({"variants": ["m0.50", "m0.5"], "margin": [0.5]}) == ["m0.5"]  # computed once
 
 
+def test_a_variant_asked_for_twice_on_the_command_line_is_said_to_run_once(capsys):
+    from orchestration.cli import build_parser
+    from orchestration.cli_pipeline import resources_from_args
+
+    args = build_parser().parse_args(["pipeline", "--margin", "0.5,.5,0.50,0.9", "--variant", "m0.90,keep"])
+    _, networks, wanted = resources_from_args(args)
+    networks = networks.model_copy(update={"sweep_variants": wanted})
+    assert networks.sweep() == ["m0.9", "keep", "m0.5"]
+    assert capsys.readouterr().err == (
+        "note: variant m0.9 is asked for 2 times (one value written 2 ways, or repeated); it runs once\n"
+        "note: variant m0.5 is asked for 3 times (one value written 3 ways, or repeated); it runs once\n")
+    resources_from_args(build_parser().parse_args(["pipeline", "--margin", "0.5,0.9"]))
+    assert capsys.readouterr().err == ""
+
+
 def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_makes(tmp_path):
     """A bad definition in params.yaml surfaced only on the day someone ran that variant."""
     import yaml
