@@ -28,7 +28,7 @@ def _mlflow_in_tmp(tmp_path, monkeypatch):
 def one_thread():
     """For modules of many tiny convolutions (opt in: ``pytestmark = pytest.mark.usefixtures("one_thread")``):
     they gain nothing from threads, and on a shared 2-core machine OpenMP barriers made them 10-20x slower."""
-    with _torch_threads(1):
+    with torch_threads(1):
         yield
 
 
@@ -36,12 +36,12 @@ def one_thread():
 def single_thread():
     """One torch thread for the test, whose runs must come out bit-identical: with two, MKL's sgemm rounds some of
     dlib's small products differently from run to run (docs/anonymize.md, bench/mkl_reproducibility.py)."""
-    with _torch_threads(1):
+    with torch_threads(1):
         yield
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int):
+def torch_threads(count: int):
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
