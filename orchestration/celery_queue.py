@@ -62,6 +62,10 @@ def celery_settings() -> dict[str, Any]:
         "task_acks_late": True,  # acknowledged when the step is done, not when it is taken
         "task_reject_on_worker_lost": True,  # a pool process that dies puts its step back
         "worker_prefetch_multiplier": 1,  # a worker holds no step it is not running
+        # A step running longer than the visibility timeout is handed out again, even to the worker running it,
+        # which took the copy once done and ran the step again, as often as a run outlasted the timeout, while the
+        # run waited. A copy of a step whose result says it succeeded is acknowledged and dropped instead.
+        "worker_deduplicate_successful_tasks": True,
         "broker_connection_retry_on_startup": True,
         "result_expires": 7 * 24 * 3600,
         "broker_transport_options": {
