@@ -18,6 +18,7 @@ takes one step at a time (`--pool solo`).
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -29,6 +30,7 @@ DEFAULT_QUEUE = "cpu"
 DEVICE_TAG = "falco/device"
 GPU_STEP = {DEVICE_TAG: "gpu", "dagster-celery/queue": "gpu"}  # op_tags of every step that runs networks
 DEFAULT_VISIBILITY_TIMEOUT = 3 * 3600
+LOG = logging.getLogger("falco.worker")
 
 
 def broker_url() -> str:
@@ -102,7 +104,29 @@ def make_celery_app():
     app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=f"{name}.execute_plan")
                             for name in QUEUES]
     create_task(app)
+    from celery.signals import task_prerun
+
+    task_prerun.connect(_say_handed_out_again, weak=False)
     return app
+
+
+def _say_handed_out_again(task=None, kwargs=None, **_) -> None:
+    """A worker's log line for a step it runs that was handed out again (one that succeeded is dropped before):
+    its first worker died, which is what the timeout is for, or it is still running there, which runs it twice."""
+    if not (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
+        return
+    from dagster._grpc.types import ExecuteStepArgs
+    from dagster._serdes import unpack_value
+
+    try:
+        packed = (kwargs or {})["execute_step_args_packed"]  # dagster-celery submits it by keyword
+        steps = ", ".join(unpack_value(packed, as_type=ExecuteStepArgs).step_keys_to_execute or [])
+    except Exception:  # only a log line: never stop a step over it
+        steps = "?"
+    LOG.warning(
+        f"step {steps} was handed out again after FALCO_VISIBILITY_TIMEOUT ({visibility_timeout()} s): the worker "
+        "that took it died, or it has run longer than that there and now runs twice; keep the timeout above the "
+        "longest step")
 
 
 def queues_without_worker(timeout: float = 2.0) -> list[str]:

@@ -182,6 +182,8 @@ def test_a_gpu_worker_killed_mid_shard_loses_nothing(cluster, inputs, celery_run
     assert anonymize.returncode == 0, output
     killed = [p for p in step_placements(instance, [run_id]) if p["step"] == "anonymized_latents"]
     assert [w.split("@")[0] for w in killed[0]["workers"]] == ["gpu", "gpu-2"]  # taken again by the new worker
+    assert (f"step anonymized_latents was handed out again after FALCO_VISIBILITY_TIMEOUT ({VISIBILITY_S} s): the "
+            "worker that took it died") in (cluster.logs / "worker-gpu-2.log").read_text(errors="replace")
     assert misplaced(step_placements(instance, [run_id])) == []
     _assert_same_outputs(cluster.shared / "killed", inputs / "store")
 
