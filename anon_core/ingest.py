@@ -101,15 +101,18 @@ _TEMPORARY_CACHE = ".align_cache-tmp-"
 @contextlib.contextmanager
 def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
     """Where a run keeps the aligned crops of the real faces: `<folder>/.align_cache`, beside the run's outputs and
-    kept for re-runs; with `keep=False` a private temporary folder inside `folder`, removed when the run ends. The
-    caller holds `folder`'s lock, so leftovers of a killed `keep=False` run are removed here too. Real faces are
-    never cached outside the folder the user gave."""
+    kept for re-runs; with `keep=False` a private temporary folder inside `folder`, removed when the run ends (and
+    the `.align_cache` an earlier run kept there, at the start). The caller holds `folder`'s lock, so leftovers of a
+    killed `keep=False` run are removed here too. Real faces are never cached outside the folder the user gave."""
     folder = Path(folder)
     for leftover in folder.glob(_TEMPORARY_CACHE + "*"):
         shutil.rmtree(leftover, ignore_errors=True)
     if keep:
         yield folder / CACHE_FOLDER
         return
+    # a cache an earlier run kept here goes too: asked for none, the user expects none, not the crops of inputs
+    # deleted since (a kept cache loses those only when a run uses it)
+    shutil.rmtree(folder / CACHE_FOLDER, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=_TEMPORARY_CACHE, dir=folder))  # 0700
     try:

@@ -205,6 +205,13 @@ def _check_sections(raw: dict[str, Any], path: Path) -> None:
         if strays:
             raise ParamsError("; ".join(f"{path}: {name}.{key} is not a setting{_did_you_mean(key, known)}"
                                         for key in strays) + f" (known: {', '.join(known)})")
+    # the release gate's bound, in every profile's entry: a bad one fails any run, not the first run of its profile
+    checks = raw.get("checks") or {}
+    profiles = checks.get("profiles") if isinstance(checks.get("profiles"), dict) else {}
+    entries = [(str(path), checks), *((f"{path} (profile {name})", entry) for name, entry in profiles.items())]
+    for where, entry in entries:
+        if isinstance(entry, dict) and "privacy_max_match_share" in entry:
+            _match_share(entry["privacy_max_match_share"], where)
 
 
 def _did_you_mean(key: Any, known: Sequence[str]) -> str:
@@ -215,16 +222,30 @@ def _did_you_mean(key: Any, known: Sequence[str]) -> str:
 def privacy_bound(checks: Mapping[str, Any], params_file: Path | str) -> float:
     """`checks.privacy_max_match_share` of a `checks` section (`load_section`), checked: the share of faces, 0 to 1,
     that dlib may still match to their own source before a privacy check fails. A value out of range would let the
-    release gate pass anything (5 meant as 5 % allows 500 %), so it is refused, naming the file."""
-    value = checks.get("privacy_max_match_share")
-    if value is None:
+    release gate pass anything (5 meant as 5 % allows 500 %), so it is refused, naming the file. (Every profile's
+    value in the file is checked on each read, `_check_sections`.)"""
+    if "privacy_max_match_share" not in checks:
         raise ParamsError(f"{params_file}: checks.privacy_max_match_share is missing; add it (e.g. 0.05: at most 5% "
                           "of the faces may still be matched to their source; see the project's params.yaml)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        hint = f"; for {value:g}% write {value / 100:g}" if isinstance(value, (int, float)) and 1 < value <= 100 else ""
-        raise ParamsError(f"{params_file}: checks.privacy_max_match_share = {value!r} must be a share between 0 "
-                          f"and 1 (0.05 allows 5% of the faces to be matched to their source){hint}")
-    return float(value)
+    return _match_share(checks["privacy_max_match_share"], f"{params_file}")
+
+
+def _match_share(value: Any, where: str) -> float:
+    """A `privacy_max_match_share` value as a float in [0, 1]; a number YAML read as text (`1e-4`, YAML 1.1 wants
+    `1.0e-4`) is taken, as the method's settings take it."""
+    if value is None:
+        raise ParamsError(f"{where}: checks.privacy_max_match_share is empty (null); give it a value (e.g. 0.05: at "
+                          "most 5% of the faces may still be matched to their source)")
+    number = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 1:
+        hint = f"; for {number:g}% write {number / 100:g}" if isinstance(number, (int, float)) and not \
+            isinstance(number, bool) and 1 < number <= 100 else ""
+        raise ParamsError(f"{where}: checks.privacy_max_match_share = {value!r} must be a share between 0 and 1 "
+                          f"(0.05 allows 5% of the faces to be matched to their source){hint}")
+    return float(number)
 
 
 def given_flags(flags: Mapping[str, tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -30,7 +30,9 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="folder of face images (read recursively, never "
                    "written)")
     p.add_argument("output_dir", type=given_path, metavar="OUTPUT_DIR",
-                   help="where images/, manifest.csv, latents.npy, losses.csv, params.json go (outside INPUT_DIR)")
+                   help="where images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, params.json go "
+                        "(outside INPUT_DIR); the command exits 1 when dlib still matches more of the faces to their "
+                        "source than checks.privacy_max_match_share of --params allows (face_privacy.csv)")
     p.add_argument("--mode", choices=("aligned", "photo"), default="aligned",
                    help="aligned: a dataset of faces -> aligned anonymized crops (default, the paper's); photo: every "
                         "face of each photo anonymized and pasted back, faces that cannot be are covered")
@@ -147,9 +149,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
           f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
-    from evaluation.photo_privacy import match_share
-
-    return _privacy_verdict(match_share(privacy), bound, summary.output_dir, "images")
+    return _privacy_verdict(privacy, bound, summary.output_dir, "images")
 
 
 def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool):
@@ -164,14 +164,17 @@ def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bo
     return privacy
 
 
-def _privacy_verdict(share: float | None, bound: float, output_dir: Path, what: str) -> int:
-    """1, with the error line, when dlib matched more than the bound's share of the run's `what` to their source."""
-    if share is not None and share > bound:
-        print(f"falco: error: privacy check failed: dlib still matches {share:.0%} of the {what} to their source "
-              f"(bound checks.privacy_max_match_share = {bound:.0%}); see {output_dir / 'face_privacy.csv'}",
-              file=sys.stderr)
-        return 1
-    return 0
+def _privacy_verdict(privacy, bound: float, output_dir: Path, what: str) -> int:
+    """1, with the error line, when dlib matched more than the bound's share of the run's `what` (the rows of
+    face_privacy.csv's table; None: none was checked) to their source."""
+    from evaluation.photo_privacy import match_share
+
+    if privacy is None or match_share(privacy) <= bound:
+        return 0
+    print(f"falco: error: privacy check failed: dlib still matches {int(privacy['matched'].sum())} of {len(privacy)} "
+          f"{what} to their source ({match_share(privacy):.1%}), more than checks.privacy_max_match_share = {bound:g} "
+          f"allows; see {output_dir / 'face_privacy.csv'}", file=sys.stderr)
+    return 1
 
 
 def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int:
@@ -192,7 +195,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     seconds = time.perf_counter() - start
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")
-    share = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
+    privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
@@ -201,12 +204,12 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
               "detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets another)",
               file=sys.stderr)
         return 1
-    return _privacy_verdict(share, bound, summary.output_dir, "faces")
+    return _privacy_verdict(privacy, bound, summary.output_dir, "faces")
 
 
-def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> float | None:
-    """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv; the matched share."""
-    from evaluation.photo_privacy import face_privacy, match_share, write_face_privacy
+def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str):
+    """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv; its table (None: no face)."""
+    from evaluation.photo_privacy import face_privacy, write_face_privacy
     from evaluation.recognizers import build_recognizer
 
     privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device))
@@ -214,10 +217,9 @@ def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str) -> floa
     if not len(privacy):
         print("privacy: no face was found, so none could be checked")
         return None
-    share = match_share(privacy)
     print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} faces to their source (distance "
           f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
-    return share
+    return privacy
 
 
 def _add_sample_data(sub: argparse._SubParsersAction) -> None:

@@ -615,7 +615,7 @@ def test_a_run_that_keeps_identity_fails_its_privacy_check_and_keeps_its_outputs
     privacy = pd.read_csv(out / "face_privacy.csv", keep_default_na=False)
     share = privacy["matched"].mean()
     assert share > 0.05 and (privacy["dlib_distance"] < 0.6).tolist() == privacy["matched"].tolist()
-    assert printed.err == (f"falco: error: privacy check failed: dlib still matches {share:.0%} of the images to their "
-                           "source (bound checks.privacy_max_match_share = 5%); see "
-                           f"{out.resolve() / 'face_privacy.csv'}\n")
+    assert printed.err == (f"falco: error: privacy check failed: dlib still matches {privacy['matched'].sum()} of 4 "
+                           f"images to their source ({share:.1%}), more than checks.privacy_max_match_share = 0.05 "
+                           f"allows; see {out.resolve() / 'face_privacy.csv'}\n")
     assert len(list((out / "images").rglob("*.png"))) == len(privacy) == 4

@@ -361,6 +361,11 @@ def test_aligned_real_faces_stay_in_the_output_folder_or_are_removed_with_no_cac
     assert _tree(tmp_path / "none" / "images") == _tree(tmp_path / "cached" / "images")
     home = [p.relative_to(tmp_path / "home") for p in (tmp_path / "home").rglob("*") if p.is_file()]
     assert all(p.parts[:3] == (".cache", "falco", "models") for p in home)  # weights only, no face
+    # --no-cache into a folder whose earlier run kept its cache: that cache goes too (it kept the crop of an input
+    # deleted since, which only a run using the cache removes)
+    (tmp_path / "in" / "Person A" / "img_0.png").unlink()
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "cached"), "--no-cache", *args]) == 0
+    assert not [p.name for p in (tmp_path / "cached").iterdir() if p.name.startswith(".align")]
 
 
 def test_a_stopped_anonymize_resumes_from_its_journal_and_its_manifest_is_valid_meanwhile(tmp_path, lfw_faces):

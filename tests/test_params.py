@@ -90,6 +90,25 @@ def test_the_privacy_bound_is_a_share_and_a_percent_gets_the_value_to_write():
             privacy_bound({"privacy_max_match_share": bad}, "p.yaml")
     with pytest.raises(ParamsError, match="p.yaml: checks.privacy_max_match_share is missing"):
         privacy_bound({}, "p.yaml")
+    with pytest.raises(ParamsError, match=r"p.yaml: checks.privacy_max_match_share is empty \(null\); give it a value"):
+        privacy_bound({"privacy_max_match_share": None}, "p.yaml")
+    # YAML 1.1 reads 1e-4 (no dot) as text; the method's settings take it as the number, so does the bound
+    assert privacy_bound({"privacy_max_match_share": "1e-4"}, "p.yaml") == 1e-4
+
+
+def test_a_bad_privacy_bound_in_any_profile_is_refused_by_every_run(tmp_path):
+    """A bound of 5 (meant as 5 %) under `checks: profiles: ffhq1024:` let every tiny run go, and failed only the
+    first run of ffhq1024; as with the method's settings, every profile's value is checked on every read."""
+    from anon_core.params import load_section
+
+    path = _edited(tmp_path, "bound", lambda d: d["checks"].update(profiles={"ffhq1024": {"privacy_max_match_share": 5}}))
+    expected = rf"^{path} \(profile ffhq1024\): checks.privacy_max_match_share = 5 must be a share between 0 and 1"
+    with pytest.raises(ParamsError, match=expected):
+        load_params("tiny", path)
+    with pytest.raises(ParamsError, match=expected):
+        load_section("data", "tiny", path)
+    fine = _edited(tmp_path, "fine", lambda d: d["checks"].update(profiles={"tiny": {"privacy_max_match_share": 0.2}}))
+    assert load_section("checks", "tiny", fine)["privacy_max_match_share"] == 0.2
 
 
 def _edited(tmp_path, name: str, edit) -> "Path":
