@@ -74,10 +74,16 @@ def check_outside_pipeline_storage(path: Path, harm: str = ANONYMIZE_IN_STORAGE,
     """FalcoError when `path`, which a user's command writes (`what`), is inside the storage of a `falco pipeline`;
     `harm` says what would go wrong there. The pipeline's own assets write there on purpose, not through this."""
     path = Path(path)
-    for folder in (path.resolve(), *path.resolve().parents):
-        if (folder / PIPELINE_STORAGE_MARK).is_file():
-            raise FalcoError(f"{path} is inside the storage of a `falco pipeline` ({folder}), whose folders hold the "
-                             f"pipeline's own values: {harm}; give {what} outside it (nothing was written)")
+    folder = pipeline_storage_of(path)
+    if folder is not None:
+        raise FalcoError(f"{path} is inside the storage of a `falco pipeline` ({folder}), whose folders hold the "
+                         f"pipeline's own values: {harm}; give {what} outside it (nothing was written)")
+
+
+def pipeline_storage_of(path: Path) -> Path | None:
+    """The root of the `falco pipeline` storage that `path` is in (or is), None when it is in none."""
+    path = Path(path).resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / PIPELINE_STORAGE_MARK).is_file()), None)
 
 
 def check_output_folder(output_dir: Path, input_dir: Path) -> None:

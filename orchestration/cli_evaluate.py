@@ -65,6 +65,13 @@ class AnonymizeRun:
 
 
 def _not_a_run(folder: Path, what: str) -> FalcoError:
+    from anon_core.folders import pipeline_storage_of
+
+    storage = pipeline_storage_of(folder)
+    if storage is not None:  # `falco anonymize` refuses to write there: the pipeline evaluates its own variants
+        return FalcoError(f"{folder}: {what}: it is in the storage of a `falco pipeline` ({storage}), whose variants "
+                          f"the pipeline evaluates itself: see {storage / 'anonymization_report' / 'report.md'} and "
+                          "`falco runs compare`; `falco evaluate` takes output folders of `falco anonymize`")
     return FalcoError(f"{folder}: {what}, so it is not the output folder of `falco anonymize`; pass that folder "
                       f"(it holds {RUN_FILES}), or make one with `falco anonymize REAL_DIR {folder}`")
 

@@ -107,6 +107,16 @@ def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
 
     message = error(runs["real"])
     assert "no manifest.csv" in message and f"falco anonymize REAL_DIR {runs['real']}" in message
+    # a variant's folder in a pipeline's storage: not the `falco anonymize` that would be refused there, the report
+    from orchestration.driver import bind_instance_and_storage
+
+    variant = tmp / "pipeline_store" / "anonymized_images" / "m0.9"
+    variant.mkdir(parents=True)
+    (tmp / "pipeline_home").mkdir()
+    bind_instance_and_storage(tmp / "pipeline_home", tmp / "pipeline_store", fresh=False)  # as `falco pipeline` does
+    message = error(variant)
+    assert f"it is in the storage of a `falco pipeline` ({tmp / 'pipeline_store'})" in message
+    assert "anonymization_report" in message and "falco anonymize REAL_DIR" not in message
     assert "does not exist" in error(tmp / "missing")
 
     small = tmp / "small"
