@@ -253,6 +253,25 @@ def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: i
     return banners
 
 
+RELEASE_CHECK = "reid/dlib/verification_rate"  # the share of images dlib still matches to their own source
+
+
+def privacy_banners(variants: dict[str, VariantResults], bound: float) -> list[str]:
+    """One warning per variant whose images dlib still matches to their own source more often than the release bound
+    (`checks.privacy_max_match_share`) allows: the blocking check failed its shards, and a reader choosing a variant
+    from the report must see it."""
+    banners = []
+    for name, result in variants.items():
+        if RELEASE_CHECK not in result.summary.columns:
+            continue
+        share = float(result.summary[RELEASE_CHECK].iloc[0])
+        if share > bound:
+            banners.append(f"{name} failed the privacy check: do not release its images. dlib still matches "
+                           f"{share:.1%} of them to their own source (distance < 0.6), more than "
+                           f"checks.privacy_max_match_share = {bound:g} allows.")
+    return banners
+
+
 def metrics_json(summary: pd.DataFrame) -> bytes:
     """`metrics.json` for `dvc metrics show`: {method: {metric: value}} with the finite numbers of each row of a
     summary table (variants and baselines), so DVC compares every variant's numbers across commits."""

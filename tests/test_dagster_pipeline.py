@@ -573,7 +573,11 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
         # one line per shard says the check failed; the run is not also reported FAILED
         assert sum("PRIVACY CHECK FAILED: dlib matches" in line for line in lines) == 4
         assert not [line for line in lines if "FAILED (Dagster run" in line]
-        assert made_since(before, materializations(instance)) == {}  # up to date: only checked again
+        # only checked again, and the report made again: it marks each variant that fails the check
+        assert made_since(before, materializations(instance)) == {"anonymization_report": {None}}
+        report = (root / "store" / "anonymization_report" / "report.md").read_text()
+        for variant in VARIANTS:
+            assert f"{variant} failed the privacy check: do not release its images. dlib still matches" in report
         records = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("anonymized_images"), "privacy_source_match_share"), limit=100)
         assert sum(r.status.value == "FAILED" for r in records) == 4
@@ -589,11 +593,13 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
         assert main(cmd) == 0
         assert f"PRIVACY CHECK FAILED for {VARIANTS[0]} on {len(shards)} shard(s)" in capsys.readouterr().err
         assert main([*cmd, "--require-privacy"]) == 1
-        assert made_since(before, materializations(instance)) == {}  # the CLI runs found everything up to date
+        assert made_since(before, materializations(instance)) == {"anonymization_report": {None}}  # the CLI
+        # runs found everything up to date
 
         fast_params(root / "params.yaml", data=data, checks={"privacy_max_match_share": 1.0})
         third = run(root, instance, VARIANTS)
-        assert third.privacy_failed == {} and len(third.ran) == 4 and third.failed == []
+        assert third.privacy_failed == {} and len(third.ran) == 5 and third.failed == []  # 4 checks and the report
+        assert "failed the privacy check" not in (root / "store" / "anonymization_report" / "report.md").read_text()
 
 
 def test_a_value_whose_run_stopped_before_dagster_recorded_it_is_made_again(state):

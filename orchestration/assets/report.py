@@ -66,7 +66,7 @@ def anonymization_report(
     in `anonymization_report/`."""
     from anon_core.fake_pool import generate
     from evaluation.baselines import baseline_of
-    from evaluation.report import seeded_banners, write_variant_report
+    from evaluation.report import privacy_banners, seeded_banners, write_variant_report
     from orchestration.assets.evaluation import output_store
     from orchestration.tracking import flatten
 
@@ -91,7 +91,8 @@ def anonymization_report(
              "dagster run": context.run.run_id},
             real_of=(lambda rows: real_images.images[rows]) if show_real else None,
             baseline_attributes=baseline_attributes, settings=settings,
-            banners=seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution))
+            banners=[*privacy_banners(variants, networks.privacy_bound()),
+                     *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
                 run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)

@@ -149,7 +149,8 @@ def report_settings(networks: NetworksResource, storage: StorageResource) -> dic
     # Each variant's definition too: the report labels the variants with it.
     sweep = networks.sweep()
     return {"sweep": sweep, "definitions": {v: variant_settings(networks, v) for v in sweep},
-            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces"))}
+            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces")),
+            "privacy_max_match_share": networks.privacy_bound()}  # which variants it marks as failing the check
 
 
 def photo_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
