@@ -145,8 +145,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
               f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
         return 1
     privacy = checked["privacy"]
-    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} images to their source (distance "
-          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
+    _print_privacy(privacy, "images")
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     return _privacy_verdict(privacy, bound, summary.output_dir, "images")
@@ -162,6 +161,12 @@ def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bo
                                    show_progress=not quiet)
     write_face_privacy(privacy, output_dir)
     return privacy
+
+
+def _print_privacy(privacy, what: str) -> None:
+    """The line that sums up face_privacy.csv's table (`what`: the run's images or faces)."""
+    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} {what} to their source (distance "
+          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
 
 
 def _privacy_verdict(privacy, bound: float, output_dir: Path, what: str) -> int:
@@ -217,8 +222,7 @@ def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str):
     if not len(privacy):
         print("privacy: no face was found, so none could be checked")
         return None
-    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} faces to their source (distance "
-          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
+    _print_privacy(privacy, "faces")
     return privacy
 
 
