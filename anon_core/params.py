@@ -241,8 +241,8 @@ def _match_share(value: Any, where: str) -> float:
         with contextlib.suppress(ValueError):
             number = float(value)
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 1:
-        hint = f"; for {number:g}% write {number / 100:g}" if isinstance(number, (int, float)) and not \
-            isinstance(number, bool) and 1 < number <= 100 else ""
+        hint = f"; for {number:g}% write {number / 100:g}" if isinstance(number, (int, float)) and 1 < number <= 100 \
+            else ""  # (True is 1: no hint)
         raise ParamsError(f"{where}: checks.privacy_max_match_share = {value!r} must be a share between 0 and 1 "
                           f"(0.05 allows 5% of the faces to be matched to their source){hint}")
     return float(number)
