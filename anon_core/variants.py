@@ -70,7 +70,14 @@ def variant_name(values: Mapping[str, Any]) -> str:
                           f"(keys with short names: {', '.join(BY_KEY)})")
     parts = [f"{k.short}{format_value(k.kind(values[k.key]) if k.kind is float else values[k.key])}"
              for k in VARIANT_KEYS if k.key in values]
-    return "_".join(parts) or DEFAULT_VARIANT
+    name = "_".join(parts) or DEFAULT_VARIANT
+    if not NAME_PATTERN.match(name):  # too long: the values cannot name their variant, a word can
+        settings = ", ".join(f"{k}: {values[k]!r}" for k in BY_KEY if k in values)
+        raise ParamsError(f"these values would name their variant {name!r}, {len(name)} characters, more than the 64 "
+                          f"a variant name may have (it names a folder and a Dagster partition); define it under "
+                          f"`variants:` in params.yaml, e.g. `my_variant: {{{settings}}}`, and run it with "
+                          "--variant my_variant (or list it under `sweep: variants:`)")
+    return name
 
 
 def parse_variant_name(name: str) -> dict[str, Any] | None:

@@ -114,6 +114,28 @@ def test_a_variant_asked_for_twice_on_the_command_line_is_said_to_run_once(capsy
     assert capsys.readouterr().err == ""
 
 
+def test_values_too_long_for_a_name_say_to_define_a_named_variant():
+    """Before: "variant name 'm0.1234..._lattr0.12...' must be 1-64 letters ...", with no way out named."""
+    from orchestration.cli import build_parser
+    from orchestration.cli_pipeline import resources_from_args
+
+    values = {"margin": 0.123456789012345, "lr": 0.0123456789012345, "lambda_id": 10.5,
+              "lambda_attr": 0.123456789012345}
+    flags = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    with pytest.raises(ParamsError) as raised:
+        resources_from_args(build_parser().parse_args(["pipeline", *flags]))
+    assert str(raised.value).startswith(
+        "these values would name their variant 'm0.123456789012345_lr0.0123456789012345_lid10.5_lattr0.123456789012345'"
+        ", 70 characters, more than the 64 a variant name may have")
+    assert ("define it under `variants:` in params.yaml, e.g. `my_variant: {margin: 0.123456789012345, lr: "
+            "0.0123456789012345, lambda_id: 10.5, lambda_attr: 0.123456789012345}`, and run it with --variant "
+            "my_variant") in str(raised.value)
+    # the definition it suggests runs those values
+    assert variant_overrides("my_variant", {"my_variant": values}) == {f"optimization.{k}": v for k, v in values.items()}
+    with pytest.raises(ParamsError, match="70 characters"):  # params.yaml's `sweep:` grid too
+        sweep_variants({k: [v] for k, v in values.items()})
+
+
 def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_makes(tmp_path):
     """A bad definition in params.yaml surfaced only on the day someone ran that variant."""
     import yaml
