@@ -164,3 +164,43 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
         check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
     check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
+
+
+def test_a_variant_of_another_params_file_is_left_out_with_how_to_run_or_drop_it(tmp_path):
+    """A run with `--params mine.yaml --variant half` leaves the partition `half` in the instance; later runs with
+    params.yaml cannot resolve it. Before, the warning gave the resolution error alone, on every run."""
+    import dagster as dg
+    import yaml
+
+    from anon_core.params import DEFAULT_PARAMS_PATH
+    from orchestration.definitions import build_definitions
+    from orchestration.partitions import variants
+    from orchestration.resources import NetworksResource, StorageResource
+    from orchestration.tracking import MlflowResource
+
+    mine = tmp_path / "mine.yaml"
+    raw = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())
+    raw["variants"] = {**(raw.get("variants") or {}), "half": {"margin": 0.5}}
+    mine.write_text(yaml.safe_dump(raw))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(variants.name, ["default", "half"])
+
+    def observe(params_path):
+        defs = build_definitions(StorageResource(root=str(tmp_path / "store"), input_dir=str(tmp_path)),
+                                 NetworksResource(params_path=params_path),
+                                 MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        result = defs.resolve_job_def("observe_settings").execute_in_process(instance=instance)
+        assert result.success
+        warned = [e.message for e in instance.all_logs(result.run_id) if e.level == 30 and "variant" in e.message]
+        observed = instance.fetch_observations(dg.AssetKey("variant_settings"), limit=10).records
+        return warned, {r.partition_key for r in observed if r.run_id == result.run_id}
+
+    warned, observed = observe(str(mine))  # the file that defines it: both observed, no warning
+    assert warned == [] and observed == {"default", "half"}
+    warned, observed = observe(None)  # params.yaml
+    assert observed == {"default"}
+    assert len(warned) == 1 and warned[0].startswith("variant half is left out (it cannot run with these settings): "
+                                                     "variant 'half' is not defined under `variants:`")
+    assert warned[0].endswith("run it with the params file that defines it (--params FILE), or drop it by deleting "
+                              "the partition half of `variants` (Dagster UI: an asset's Partitions tab, Delete "
+                              "partitions)")

@@ -219,8 +219,11 @@ def observe_variant_settings(context, networks: NetworksResource) -> dg.DataVers
     for name in context.instance.get_dynamic_partitions(variants.name):
         try:
             versions[name] = settings_version(variant_settings(networks, name))
-        except ParamsError as err:
-            context.log.warning(f"variant {name}: {err}")
+        except ParamsError as err:  # typically a variant of another params file, which stays in the instance
+            context.log.warning(f"variant {name} is left out (it cannot run with these settings): {err}. An earlier "
+                                "run or the UI added it: run it with the params file that defines it (--params FILE), "
+                                f"or drop it by deleting the partition {name} of `variants` (Dagster UI: an asset's "
+                                "Partitions tab, Delete partitions)")
     with warnings.catch_warnings():  # Dagster 1.13's (beta) way for a partitioned source to report versions
         warnings.simplefilter("ignore", dg.BetaWarning)
         return dg.DataVersionsByPartition(versions)
