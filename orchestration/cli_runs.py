@@ -21,6 +21,8 @@ from orchestration.cli_types import given_path, given_text
 
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
+REPORT_ASSET = "anonymization_report"
+BOUND_PARAM = "checks.privacy_max_match_share"  # logged by the report's run
 
 
 def _label(run) -> str:
@@ -36,11 +38,11 @@ def differing_inputs(runs: list) -> list[str]:
     return [t for t in INPUT_TAGS if len({r.data.tags.get(t, "<unset>") for r in runs}) > 1]
 
 
-def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
+def compare_table(runs: list, metrics: list[str] | None = None, bound: float | None = None) -> pd.DataFrame:
     """One row per run (in the given order): its label (the variant, or the baseline's name), the run's name, start
     time, Dagster run id, the input tags whose values differ between the runs (`input:<tag>`), the params whose
-    values differ between the variants' runs (`param:<name>`), then the metrics (`metrics`, or every metric the
-    runs logged)."""
+    values differ between the variants' runs (`param:<name>`), with a privacy `bound` its verdict
+    (`check:privacy_check`, `privacy_verdicts`), then the metrics (`metrics`, or every metric the runs logged)."""
     if not runs:
         return pd.DataFrame()
     inputs = differing_inputs(runs)
@@ -49,8 +51,9 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
     differing = [c for c in sorted(params.columns) if c != "baseline"
                  and params.loc[variant_rows, c].fillna("<unset>").nunique() > 1]
     names = sorted({k for r in runs for k in r.data.metrics}) if not metrics else list(metrics)
+    verdicts = privacy_verdicts(runs, bound) if bound is not None else [None] * len(runs)
     rows = []
-    for run, (_, p) in zip(runs, params.iterrows()):
+    for run, (_, p), verdict in zip(runs, params.iterrows(), verdicts):
         rows.append({
             "variant": _label(run),
             "run": run.info.run_name or run.info.run_id[:8],
@@ -59,6 +62,7 @@ def compare_table(runs: list, metrics: list[str] | None = None) -> pd.DataFrame:
             "dagster_run_id": run.data.tags.get("dagster_run_id", "")[:8],
             **{f"input:{t}": run.data.tags.get(t, "<unset>") for t in inputs},
             **{f"param:{c}": p.get(c) for c in differing},
+            **({} if verdict is None else {"check:privacy_check": verdict}),
             **{m: run.data.metrics.get(m, float("nan")) for m in names},
         })
     return pd.DataFrame(rows)
@@ -68,9 +72,14 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
     """The experiment's finished `evaluation_metrics` runs, then its finished `baseline_metrics` runs that measured
     something, oldest first (`latest`: only the newest of each variant and of each baseline). Raises FalcoError when
     there is no such experiment."""
+    return evaluation_runs(*open_experiment(tracking_uri, experiment), latest)
+
+
+def open_experiment(tracking_uri: str | None, experiment: str | None) -> tuple:
+    """(MLflow client, experiment id) of an existing experiment; FalcoError, naming the fix, when there is none."""
     from anon_core.errors import FalcoError
     from orchestration.mlflow_store import sqlite_path
-    from orchestration.tracking import ASSET_TAG, MlflowResource
+    from orchestration.tracking import MlflowResource
 
     resource = MlflowResource(tracking_uri=tracking_uri, experiment=experiment)
     experiment = resource.experiment_name()
@@ -83,11 +92,23 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
     if found is None:
         raise FalcoError(f"no MLflow experiment {experiment!r} at {client.tracking_uri}; run `falco pipeline` first, "
                          "or pass --experiment NAME / --tracking-uri URI")
+    return client, found.experiment_id
+
+
+def _finished(client, experiment_id: str, asset: str, newest_first: bool = False, max_results: int = 5000) -> list:
+    from orchestration.tracking import ASSET_TAG
+
+    finished = f"tags.{ASSET_TAG} = '{asset}' and attributes.status = 'FINISHED'"  # a stopped one has no metrics
+    order = "DESC" if newest_first else "ASC"
+    return client.search_runs([experiment_id], filter_string=finished, order_by=[f"attributes.start_time {order}"],
+                              max_results=max_results)
+
+
+def evaluation_runs(client, experiment_id: str, latest: bool = True) -> list:
+    """`find_evaluation_runs` in an open experiment."""
     runs = []
     for asset in (EVALUATION_ASSET, BASELINE_ASSET):
-        finished = f"tags.{ASSET_TAG} = '{asset}' and attributes.status = 'FINISHED'"  # a stopped one has no metrics
-        found_runs = client.search_runs([found.experiment_id], filter_string=finished,
-                                        order_by=["attributes.start_time ASC"], max_results=5000)
+        found_runs = _finished(client, experiment_id, asset)
         if asset == BASELINE_ASSET:  # `evaluation.baselines: []` records its empty list in a run that measures nothing
             found_runs = [run for run in found_runs if run.data.metrics]
         if latest:
@@ -100,6 +121,41 @@ def find_evaluation_runs(tracking_uri: str | None, experiment: str | None, lates
     return runs
 
 
+def report_bound(client, experiment_id: str) -> float | None:
+    """`checks.privacy_max_match_share` as the experiment's latest report used it (the report is made again when
+    the bound changes, so this is the bound its warnings apply); None before any report logged one."""
+    for run in _finished(client, experiment_id, REPORT_ASSET, newest_first=True, max_results=1):
+        value = run.data.params.get(BOUND_PARAM)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def failed_variants(runs: list, bound: float | None) -> dict[str, float]:
+    """The variants whose latest evaluation among `runs` (oldest first) fails the privacy `bound`, with the share of
+    their images that dlib still matches to their own source."""
+    if bound is None:
+        return {}
+    from evaluation.report import RELEASE_CHECK
+    from orchestration.tracking import metric_name
+
+    latest = {_label(r): (verdict, r.data.metrics.get(metric_name(RELEASE_CHECK)))
+              for r, verdict in zip(runs, privacy_verdicts(runs, bound)) if not r.data.tags.get("method")}
+    return {variant: share for variant, (verdict, share) in latest.items() if verdict == "FAILED"}
+
+
+def privacy_verdicts(runs: list, bound: float) -> list[str]:
+    """Per run, `passed` or `FAILED`: whether dlib matched at most `bound` of its images to their own source (the
+    blocking check's rule, over the whole set, as the report's warnings); `-` for a run that did not measure it."""
+    from evaluation.report import RELEASE_CHECK
+    from orchestration.tracking import metric_name
+
+    shares = [run.data.metrics.get(metric_name(RELEASE_CHECK)) for run in runs]
+    return ["-" if share is None else "passed" if share <= bound else "FAILED" for share in shares]
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from anon_core.errors import FalcoError
     from evaluation.report import PLOT_SOFTWARE, headline_metrics, privacy_utility_axes, privacy_utility_png
@@ -110,7 +166,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         from anon_core.variants import canonical_name
 
         args.variant = [canonical_name(v) for v in args.variant]
-    runs = find_evaluation_runs(args.tracking_uri, args.experiment, latest=not args.all)
+    client, experiment_id = open_experiment(args.tracking_uri, args.experiment)
+    runs = evaluation_runs(client, experiment_id, latest=not args.all)
     evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
     absent = [v for v in args.variant or [] if v not in evaluated]  # one misspelt name among several is no less
     if args.variant:
@@ -126,7 +183,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metric or [] if m not in logged]
     if unknown:
         raise FalcoError(f"no run logged the metric {', '.join(unknown)}; the runs logged: {', '.join(logged)}")
-    frame = compare_table(runs, args.metric)
+    bound = report_bound(client, experiment_id)
+    frame = compare_table(runs, args.metric, bound)
+    for variant, share in failed_variants(runs, bound).items():
+        print(f"falco: warning: {variant} fails the privacy check: dlib still matches {share:.1%} of its images to "
+              f"their own source, more than checks.privacy_max_match_share = {bound:g} (the bound of the latest "
+              "report) allows; do not release its images", file=sys.stderr)
     mixed = [c.removeprefix("input:") for c in frame.columns if c.startswith("input:")]
     if mixed:
         print(f"falco: warning: these runs read different inputs ({', '.join(mixed)} differ, shown in the "
@@ -214,7 +276,7 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     (`metrics`), numbers to 4 significant digits; narrow enough for 120 columns with up to 7 runs."""
     repeated = frame["variant"].duplicated(keep=False)
     heading = frame["variant"].where(~repeated, frame["variant"] + " " + frame["started"].str[5:16])
-    described = [c for c in frame.columns if c.startswith(("input:", "param:"))]
+    described = [c for c in frame.columns if c.startswith(("input:", "param:", "check:"))]
     rows = frame.set_index(heading)[described + metrics].T
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None

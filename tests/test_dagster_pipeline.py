@@ -5,6 +5,7 @@ privacy check, a run killed in the middle of a shard, and the storage contract.
 A module fixture runs the graph once for the variants `default` and `m0.5`; each staleness test starts from its own
 copy of that state (faces, params.yaml, store, Dagster instance, MLflow database), so no test depends on another."""
 
+import io
 import os
 import shutil
 import signal
@@ -593,6 +594,16 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
         assert main(cmd) == 0
         assert f"PRIVACY CHECK FAILED for {VARIANTS[0]} on {len(shards)} shard(s)" in capsys.readouterr().err
         assert main([*cmd, "--require-privacy"]) == 1
+        capsys.readouterr()
+        # `falco runs compare` judges each variant by the report's bound, as the report does
+        assert main(["runs", "compare", "--format", "csv"]) == 0
+        compared = capsys.readouterr()
+        frame = pd.read_csv(io.StringIO(compared.out)).set_index("variant")
+        assert frame.loc[VARIANTS, "check:privacy_check"].tolist() == ["FAILED"] * len(VARIANTS)
+        for variant in VARIANTS:
+            assert (f"falco: warning: {variant} fails the privacy check: dlib still matches "
+                    f"{frame.loc[variant, 'reid/dlib/verification_rate']:.1%} of its images to their own source, more "
+                    "than checks.privacy_max_match_share = 0.05 (the bound of the latest report) allows") in compared.err
         assert made_since(before, materializations(instance)) == {"anonymization_report": {None}}  # the CLI
         # runs found everything up to date
 
@@ -600,6 +611,11 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
         third = run(root, instance, VARIANTS)
         assert third.privacy_failed == {} and len(third.ran) == 5 and third.failed == []  # 4 checks and the report
         assert "failed the privacy check" not in (root / "store" / "anonymization_report" / "report.md").read_text()
+        assert main(["runs", "compare", "--format", "csv"]) == 0
+        compared = capsys.readouterr()
+        frame = pd.read_csv(io.StringIO(compared.out)).set_index("variant")
+        assert frame.loc[VARIANTS, "check:privacy_check"].tolist() == ["passed"] * len(VARIANTS)
+        assert "fails the privacy check" not in compared.err
 
 
 def test_a_value_whose_run_stopped_before_dagster_recorded_it_is_made_again(state):

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from pipeline_helpers import fast_params, run, write_faces
 
-from orchestration.cli_runs import compare_table, register, side_by_side
+from orchestration.cli_runs import compare_table, failed_variants, register, side_by_side
 from orchestration.resources import NetworksResource
 from orchestration.tracking import MlflowResource, delta_table, flatten
 
@@ -195,6 +195,10 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert frame["variant"].tolist() == ["default", "m0.5", "blur", "swap"]
     assert frame["param:optimization.margin"].tolist()[:2] == [0.0, 0.5]
+    # judged by the bound the report logged (params.yaml's 0.05), from each run's own dlib verification rate
+    rate = frame["reid/dlib/verification_rate"]
+    assert frame["check:privacy_check"].tolist() == ["passed" if r <= 0.05 else "FAILED" for r in rate]
+    assert frame["check:privacy_check"].tolist()[:2] == ["passed", "passed"]  # the pipeline's check let them through
     assert not any(c == "param:optimization.steps" for c in frame.columns)  # equal in both: not shown
     from PIL import Image
 
@@ -321,6 +325,23 @@ def test_compare_table_and_helpers_on_plain_values(tmp_path):
     assert [c for c in frame.columns if c.startswith("input:")] == ["input:data_version"]
     rows = {line.split()[0]: line.split()[1:] for line in side_by_side(frame, ["m"]).splitlines()[1:]}
     assert rows["data_version"] == ["sha256:aa", "sha256:aa", "sha256:bb"]
+    # the privacy verdict by a bound, per run: the share dlib still matches to the source, at most the bound
+    rate = "reid/dlib/verification_rate"
+    judged = [Run("4", {"a": "1"}, {rate: 0.0}, 3), Run("5", {"a": "2"}, {rate: 0.25}, 4), Run("6", {"a": "2"}, {}, 5)]
+    assert compare_table(judged, [rate], bound=0.05)["check:privacy_check"].tolist() == ["passed", "FAILED", "-"]
+    assert compare_table(judged, [rate], bound=0.25)["check:privacy_check"].tolist() == ["passed", "passed", "-"]
+    assert "check:privacy_check" not in compare_table(judged, [rate])  # no report logged a bound: no verdict
+    rows = {line.split()[0]: line.split()[1:] for line in
+            side_by_side(compare_table(judged, [rate], bound=0.05), [rate]).splitlines()[1:]}
+    assert rows["privacy_check"] == ["passed", "FAILED", "-"]
+    # the warning names a variant whose latest evaluation fails (with --all, runs are oldest first), not a baseline
+    later = Run("7", {"a": "3"}, {rate: 0.5}, 6)
+    later.data.tags["variant"] = "m0.9"
+    blur = Run("8", {}, {rate: 1.0}, 7)
+    blur.data.tags["method"] = "blur"
+    assert failed_variants([*judged, later, blur], 0.05) == {"m0.9": 0.5}  # default's latest (run 6) measured nothing
+    assert failed_variants([judged[1], later], 0.05) == {"default": 0.25, "m0.9": 0.5}
+    assert failed_variants([judged[1], judged[0]], 0.05) == {} and failed_variants([judged[1]], None) == {}
     assert flatten({"o": {"steps": 2, "layers": [1, 2]}, "p": "tiny"}) == {"o.steps": "2", "o.layers": "[1, 2]", "p": "tiny"}
     delta = delta_table({"falco/top1_rate": 0.25}, {"falco/top1_rate": 0.5, "new": 1.0}).set_index("metric")
     assert delta.loc["falco/top1_rate", "change"] == 0.25 and pd.isna(delta.loc["new", "previous"])

@@ -72,7 +72,9 @@ def anonymization_report(
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
                               anonymized_latents)
-    with mlflow.asset_run(context, networks, {"sweep": list(variants)}) as run:
+    bound = networks.privacy_bound()  # logged: `falco runs compare` judges the evaluations by the report's bound
+    with mlflow.asset_run(context, networks, {"sweep": list(variants),
+                                              "checks": {"privacy_max_match_share": bound}}) as run:
         claim(context, storage.root)  # its files are rewritten from here on
         nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
         fake_index = pairs.set_index("row")["fake_index"]
@@ -91,7 +93,7 @@ def anonymization_report(
              "dagster run": context.run.run_id},
             real_of=(lambda rows: real_images.images[rows]) if show_real else None,
             baseline_attributes=baseline_attributes, settings=settings,
-            banners=[*privacy_banners(variants, networks.privacy_bound()),
+            banners=[*privacy_banners(variants, bound),
                      *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
