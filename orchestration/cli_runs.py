@@ -5,7 +5,8 @@ Reads what `orchestration.tracking` logged: each run of the asset `evaluation_me
 its whole anonymized set (tag `variant`), each `baseline_metrics[<name>]` run one baseline's. By default the latest
 evaluation of every variant and of every baseline is shown (what the report of a sweep compares); `--all` lists every
 evaluation run, oldest first, to follow a variant over time. Like `mlflow runs compare` in the MLflow UI, but in the
-terminal and limited to the parameters that changed, so the cause of a metric's change is on the same line.
+terminal and limited to the parameters that changed, so the cause of a metric's change is on the same line. Each run
+is also judged by the privacy bound the latest report used (`checks.privacy_max_match_share`, logged by its run).
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     runs = subparsers.add_parser("runs", help="MLflow runs of the pipeline")
     sub = runs.add_subparsers(dest="runs_command", required=True)
     p = sub.add_parser("compare", help="the variants' latest evaluations and the baselines side by side, with the "
-                       "parameters that differ")
+                       "parameters that differ and each one's privacy verdict (passed/FAILED)")
     p.add_argument("--experiment", type=given_text, default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else falco)")
     p.add_argument("--metric", action="append", default=None, metavar="M",
                    help="metric to show (repeatable; default: every metric the runs logged)")
