@@ -6,6 +6,8 @@ shorter side of its box, in photo pixels), turned toward the camera enough for F
 its landmarks give a sane crop. Otherwise it is covered (`cover`: pixelate or blur, anon_core.compose) and the
 reason is recorded:
 
+- ``cut_by_edge``: the face is cut by an edge of the photo so far that MTCNN finds it only in the photo extended by
+  its mirror image (`cut_by_edge_faces`), where half its landmarks are the mirror's: no FFHQ crop can be trusted;
 - ``too_small``: box side below `min_anonymize_size`;
 - ``profile``: the nose is not between the eyes: along the eye-to-eye axis it sits at t (0 = image-left eye, 1 =
   image-right eye); a frontal face has t near 0.5, a turned one moves toward an eye and past it. Faces with
@@ -42,10 +44,11 @@ if TYPE_CHECKING:
     from anon_core.data.align import FaceAligner
 
 __all__ = ["DETECTION_RULE", "FALLBACK_REASONS", "MIN_EYE_SPAN", "OUTPUT_FORMATS", "TURNED_MIN_SCORE", "TURN_MODES",
-           "TURNS", "FoundFace", "PhotoFace", "PhotoSettings", "find_faces", "frontality", "lies_turned", "plan_faces",
-           "photo_settings", "shows_upright", "unturn_box", "unturn_points"]
+           "TURNS", "FoundFace", "PhotoFace", "PhotoSettings", "cut_by_edge_faces", "find_faces", "frontality",
+           "lies_turned", "plan_faces", "photo_settings", "shows_upright", "unturn_box", "unturn_points"]
 
 FALLBACK_REASONS = {
+    "cut_by_edge": "face cut by the photo's edge, found only with the photo extended by its mirror image",
     "too_small": "face smaller than photo.min_anonymize_size",
     "profile": "face turned too far from the camera (photo.min_frontality)",
     "alignment_failed": "landmarks give no usable FFHQ crop",
@@ -142,19 +145,30 @@ face still matched (dlib matches a covered patch of background to itself). Measu
 lying, seed 1, and 15 upright only, seed 5), every turned copy searched: of 15 false detections from turned copies,
 12 scored below 0.9 (0.70 to 0.89, the others 0.91, 0.91, 0.97); of the 93 faces found only in a turned copy, 89
 scored 0.9 or more, the other 4 (0.75 to 0.87) were 12 to 34 px."""
+EDGE_MIRROR = 0.25
+"""Width of the mirror image of a photo added beyond each of its edges (as a share of its shorter side) for the search
+for faces cut by an edge, which MTCNN misses when less than about 60% of the face is in the photo: mirrored, the part
+in the photo becomes a whole, symmetric face again. Measured in `bench/photo_edge_faces.py`."""
+EDGE_MIN_VISIBLE = 1 / 3
+"""Share of a face's box that must lie in the photo for a face found past an edge: a face cut by the edge centres on
+it (about half its box in the photo); a face-like pattern made by mirroring a corner, or the mirror image of a whole
+face near the edge, lies mostly or wholly outside."""
 # in a journal's key: which faces a photo's batches hold
 DETECTION_RULE = (f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}, turned "
-                  f"ones beside an upright face scoring {TURNED_MIN_SCORE}")
+                  f"ones beside an upright face scoring {TURNED_MIN_SCORE}, faces cut by an edge found in a mirror of "
+                  f"{EDGE_MIRROR} with {EDGE_MIN_VISIBLE:.3f} in the photo")
 
 
 @dataclass(frozen=True)
 class FoundFace:
     """A detection, its box and landmarks in the photo as stored; `turns`: the quarter turns (np.rot90's k) of the
-    copy of the photo it was found in; `upright`: whether it showed upright there (`shows_upright`)."""
+    copy of the photo it was found in; `upright`: whether it showed upright there (`shows_upright`);
+    `cut_by_edge`: found only in the photo extended by its mirror image."""
 
     detection: Detection
     turns: int
     upright: bool
+    cut_by_edge: bool = False  # found only past an edge of the photo (`cut_by_edge_faces`); its box reaches past it
 
 
 def shows_upright(detection: Detection) -> bool:
@@ -189,6 +203,38 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "always") 
                for other in kept):
             kept.append(face)
     return sorted(kept, key=lambda f: box_area(f.detection.box), reverse=True)
+
+
+def cut_by_edge_faces(detector: FaceAligner, image: np.ndarray, found: list[FoundFace]) -> list[FoundFace]:
+    """Faces cut by an edge of the photo, as stored, that are not among `found`: searched in the photo extended by its
+    mirror image beyond every edge (EDGE_MIRROR), where the part of such a face in the photo and its mirror image make
+    a whole face. A detection counts when its box reaches past an edge with at least EDGE_MIN_VISIBLE of it in the
+    photo, and does not lie on a face already found (half of the smaller box); its box and landmarks are in the photo's
+    coordinates, reaching past the edge."""
+    height, width = image.shape[:2]
+    pad = int(round(EDGE_MIRROR * min(height, width)))
+    if pad < 1:
+        return []
+    mirrored = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    cut: list[FoundFace] = []
+    for detection in detector.detect(mirrored):
+        box = tuple(float(v) - pad for v in detection.box)
+        inside = box_area((max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height)))
+        area = box_area(box)
+        if area <= 0 or inside == area or inside < EDGE_MIN_VISIBLE * area:
+            continue
+        if any(_overlap(box, other.detection.box) >= 0.5 for other in [*found, *cut]):
+            continue
+        moved = Detection(box, detection.score, np.asarray(detection.landmarks, dtype=np.float64) - pad)
+        cut.append(FoundFace(moved, 0, shows_upright(moved), cut_by_edge=True))
+    return cut
+
+
+def _overlap(a, b) -> float:
+    """The area two boxes share, over the smaller one's."""
+    inter = box_area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    smaller = min(box_area(a), box_area(b))
+    return inter / smaller if smaller > 0 else 0.0
 
 
 def unturn_box(box, turns: int, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
@@ -229,10 +275,13 @@ def frontality(landmarks: np.ndarray) -> float:
     return min(t, 1.0 - t)
 
 
-def plan_faces(detections: list[Detection], settings: PhotoSettings) -> list[PhotoFace]:
-    """What happens to each detected face (in the order given: largest first from FaceAligner.detect)."""
+def plan_faces(detections: list[Detection], settings: PhotoSettings,
+               cut_by_edge: list[bool] | None = None) -> list[PhotoFace]:
+    """What happens to each detected face (in the order given: largest first from FaceAligner.detect); those marked
+    in `cut_by_edge` (found only past the photo's edge, half their landmarks in its mirror image) are covered."""
     faces = []
-    for index, det in enumerate(detections):
+    cut_by_edge = cut_by_edge or [False] * len(detections)
+    for index, (det, cut) in enumerate(zip(detections, cut_by_edge)):
         landmarks = np.asarray(det.landmarks, dtype=np.float64)
         x1, y1, x2, y2 = (float(v) for v in det.box)
         side = min(x2 - x1, y2 - y1)
@@ -244,7 +293,9 @@ def plan_faces(detections: list[Detection], settings: PhotoSettings) -> list[Pho
                 reason = "alignment_failed"
         except ValueError:
             reason = "alignment_failed"
-        if not reason and side < settings.min_anonymize_size:
+        if cut:
+            reason = "cut_by_edge"
+        elif not reason and side < settings.min_anonymize_size:
             reason = "too_small"
         elif not reason and frontality(landmarks) < settings.min_frontality:
             reason = "profile"

@@ -46,7 +46,8 @@ from anon_core.journal import Journal, run_batches, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, find_faces, plan_faces
+from anon_core.photo_faces import (DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, cut_by_edge_faces,
+                                   find_faces, plan_faces)
 from anon_core.pipeline import batch_codes, key_settings
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
@@ -242,7 +243,8 @@ class _PhotoRun:
             raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
         found = find_faces(self.detector, image, self.settings.turns)
-        faces = plan_faces([face.detection for face in found], self.settings)
+        found += cut_by_edge_faces(self.detector, image, found)
+        faces = plan_faces([face.detection for face in found], self.settings, [face.cut_by_edge for face in found])
         crops = []
         for face in faces:
             if face.anonymized:

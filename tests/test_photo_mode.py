@@ -167,6 +167,66 @@ def test_each_face_is_kept_once_from_the_orientation_where_it_shows_upright():
         assert [f.turns for f in find_faces(_BoxesByOrientation(b_not_boxed), photo, mode)] == turns
 
 
+class _InMirroredPhoto:
+    """A detector that boxes `found` (in the photo's coordinates) only in the photo extended by its mirror image, in
+    that extended photo's coordinates (shifted by the mirror's width)."""
+
+    def __init__(self, shape, found: list[tuple[float, float, float, float]]):
+        self.shape, self.found = shape, found
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        pad = (image.shape[0] - self.shape[0]) // 2
+        if pad <= 0:
+            return []
+        return [Detection(tuple(v + pad for v in box), 0.99, np.tile([(box[0] + box[2]) / 2 + pad,
+                                                                      (box[1] + box[3]) / 2 + pad], (5, 1)))
+                for box in self.found]
+
+
+def test_a_face_cut_by_the_edge_is_found_in_the_mirrored_photo_and_nothing_else_is():
+    """Kept: a box reaching past an edge with a third or more of it in the photo, not on a face found already. Left
+    out: one wholly inside (the ordinary search's), a corner's mirror pattern (a quarter in the photo), the mirror
+    image of a whole face (wholly outside), and a second box on a face already found."""
+    from anon_core.photo_faces import EDGE_MIRROR, FoundFace, cut_by_edge_faces
+
+    photo = np.zeros((100, 160, 3), np.uint8)
+    cut_left, corner, outside, inside = (-20, 30, 20, 70), (-10, -10, 10, 10), (-45, 30, -5, 70), (60, 30, 100, 70)
+    known, on_known = (120, 0, 160, 40), (125, -10, 165, 30)
+    found = [FoundFace(Detection(known, 0.99, np.zeros((5, 2))), 0, True)]
+    detector = _InMirroredPhoto(photo.shape, [cut_left, corner, outside, inside, on_known])
+    (face,) = cut_by_edge_faces(detector, photo, found)
+    assert face.cut_by_edge and face.turns == 0 and np.allclose(face.detection.box, cut_left)
+    assert np.allclose(face.detection.landmarks, [[0, 50]] * 5)  # in the photo's coordinates
+    assert round(EDGE_MIRROR * 100) == 25  # the mirror is a quarter of the shorter side wide
+    plan = plan_faces([face.detection], PhotoSettings(), [True])
+    assert [(p.action, p.reason) for p in plan] == [("pixelate", "cut_by_edge")]
+
+
+def test_a_face_cut_by_the_edge_of_a_real_photo_is_covered_not_passed_through(photos, tmp_path):
+    """The sample portrait cut through the middle of the face: MTCNN finds no face in it, and the photo was written
+    unchanged with exit 0 (the face plainly recognisable). Now the face is found in the mirrored photo and
+    pixelated; the rest of the photo keeps its pixels, and dlib no longer matches it to its source."""
+    portrait = _rgb(photos / "portrait.jpg")
+    (whole,) = FaceAligner(256, min_face_size=16).detect(portrait)
+    left = int(round(whole.box[0] + 0.45 * (whole.box[2] - whole.box[0])))  # 45% of the face's box cut off
+    cut = portrait[:, left:]
+    assert FaceAligner(256, min_face_size=16).detect(cut) == []  # what made it pass through
+    (tmp_path / "in").mkdir()
+    Image.fromarray(cut).save(tmp_path / "in" / "cut.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 0
+    (face,) = [r for r in _rows(tmp_path / "out") if r["kind"] == "face"]
+    assert (face["status"], face["reason"], face["cover"]) == ("covered", "cut_by_edge", "pixelate")
+    x1, y1, x2, y2 = _box(face)
+    assert x1 < 0 < x2 and abs(y1 - whole.box[1]) < 20  # reaching past the left edge, at the face's height
+    written = _rgb(tmp_path / "out" / "images" / "cut.png")
+    face_part = (slice(int(y1) + 5, int(y2) - 5), slice(0, int(x2) - 5))
+    assert np.abs(written[face_part].astype(int) - cut[face_part]).mean() > 5  # covered
+    far = (slice(None), slice(int(x2 + 0.3 * (x2 - x1)) + 2, None))  # beyond the grown box: untouched
+    assert np.array_equal(written[far], cut[far])
+    (checked,) = _rows(tmp_path / "out", "face_privacy.csv")
+    assert checked["reason"] == "cut_by_edge" and checked["matched"] == "False"
+
+
 def test_a_turned_copy_of_an_upright_photo_adds_only_confident_faces():
     """Each orientation searched adds its own false detections, which are covered and then counted by the privacy
     check as faces still matched: beside an upright face, a face of a turned copy needs TURNED_MIN_SCORE; in the
