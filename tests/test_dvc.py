@@ -140,6 +140,15 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
     assert "up to date" in _sh([DVC, "status"], repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "anonymize", "evaluate"}
+    # the real faces (and what redraws or identifies them) stay where they were written, owner-only, and DVC keeps no
+    # copy of them: before, its cache held them readable by everyone, and kept them after a person was erased
+    cached = {p.name for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
+    for stage, folder in (("prepare", "real_images"), ("prepare", "real_inversions"), ("evaluate", "real_gallery")):
+        (out,) = [o for o in lock["stages"][stage]["outs"] if o["path"].endswith(f"/{folder}")]
+        assert out["md5"].removesuffix(".dir")[2:] not in {name.removesuffix(".dir") for name in cached}, folder
+        written = [p for p in (store / folder).rglob("*") if p.is_file()]
+        assert written and all((p.stat().st_mode & 0o777) == 0o600 for p in written), folder
+    assert any(name.endswith(".dir") for name in cached)  # the other outs are cached as before
 
     md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
