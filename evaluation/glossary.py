@@ -31,10 +31,14 @@ GLOSSARY: tuple[MetricMeaning, ...] = (
                   "reid/dlib/verification_rate"),
     MetricMeaning(r"reid/[^/]+/pass_rate", "share of anonymized images neither verified against their source nor "
                   "ranked first (the privacy check's 'passed')", "higher = more private", "reid/dlib/pass_rate"),
-    MetricMeaning(r"reid/[^/]+/distance_to_source_\w+", "distribution (mean, std, min, percentiles, max) of the "
+    MetricMeaning(r"reid/[^/]+/(distance|cosine)_to_source_std", "spread (standard deviation) of the recognizer's "
+                  "distance (or cosine) between each anonymized image and its source: how evenly the variant "
+                  "anonymizes, not how much", "-", "reid/dlib/distance_to_source_std"),
+    MetricMeaning(r"reid/[^/]+/distance_to_source_\w+", "distribution (mean, min, percentiles, max) of the "
                   "recognizer's distance between each anonymized image and its source", "higher = more private",
                   "reid/dlib/distance_to_source_median"),
-    MetricMeaning(r"reid/[^/]+/cosine_to_source_\w+", "distribution of the cosine similarity between each "
+    MetricMeaning(r"reid/[^/]+/cosine_to_source_\w+", "distribution (mean, min, percentiles, max) of the "
+                  "cosine similarity between each "
                   "anonymized image's embedding and its source's", "lower = more private",
                   "reid/facenet_vggface2/cosine_to_source_median"),
     MetricMeaning(r"reid/[^/]+/images", "anonymized images compared with the real gallery", "-",

@@ -146,6 +146,14 @@ def _note_repeats(wanted: list[str]) -> None:
                   "runs once", file=sys.stderr)
 
 
+def _shard_images(folder: Path) -> str:
+    """Where a photo-mode variant's photos are: each shard's own `images/` folder."""
+    shards = sorted(p.name for p in folder.glob("shard-*") if p.is_dir()) if folder.is_dir() else []
+    if len(shards) == 1:
+        return str(folder / shards[0] / "images")
+    return f"{folder / 'shard-*' / 'images'} ({len(shards)} shards)"
+
+
 def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     from orchestration.driver import dagster_home, run_pipeline
 
@@ -154,8 +162,8 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     networks.check_device()  # before any run starts: a device this machine lacks is one line, not a failed run
     if "prepare" in stages and not Path(storage.input_dir).is_dir():
         what = "is a file, not a folder" if Path(storage.input_dir).exists() else "does not exist"
-        print(f"falco: error: input folder {storage.input_dir} {what}; run `falco sample-data data/sample` "
-              "(or `dvc pull data.dvc`) or pass --input DIR", file=sys.stderr)
+        print(f"falco: error: input folder {storage.input_dir} {what}; pass --input DIR, a folder of images (the "
+              "sample set: `falco sample-data data/sample`)", file=sys.stderr)
         return 2
     start = time.perf_counter()
     summary = run_pipeline(storage, networks, wanted or None, fresh=args.fresh, stages=stages,
@@ -175,7 +183,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
             if variant in summary.blocked:  # its folder holds what an earlier run made, not this variant's result
                 print(f"  {variant}: not made (a shard failed or is stale; see below)")
                 continue
-            print(f"  {variant}: {folder / '<shard>' / 'images' if args.mode == 'photo' else folder / 'images'}")
+            print(f"  {variant}: {_shard_images(folder) if args.mode == 'photo' else folder / 'images'}")
             if args.mode == "photo":
                 described = _photos_described(folder)
                 if described:

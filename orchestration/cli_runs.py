@@ -163,10 +163,12 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     if args.plot is not None:
         _check_plot_path(args.plot)
+    typed = {}
     if args.variant:  # spelled as the pipeline names it: --variant m0.50 is m0.5's runs
         from anon_core.variants import canonical_name
 
-        args.variant = [canonical_name(v) for v in args.variant]
+        typed = {canonical_name(v): v for v in args.variant}
+        args.variant = list(typed)
     client, experiment_id = open_experiment(args.tracking_uri, args.experiment)
     runs = evaluation_runs(client, experiment_id, latest=not args.all)
     evaluated = sorted({r.data.tags.get("variant", "") for r in runs if not r.data.tags.get("method")})
@@ -174,7 +176,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.variant:
         runs = [r for r in runs if r.data.tags.get("method") or r.data.tags.get("variant") in args.variant]
     if absent or not any(not r.data.tags.get("method") for r in runs):
-        which = f" of variant {', '.join(absent)}" if absent and evaluated else ""
+        named = [v if typed.get(v, v) == v else f"{typed[v]} (read as {v})" for v in absent]  # m05 is m5: margin 5
+        which = f" of variant {', '.join(named)}" if absent and evaluated else ""
         known = f"; it has runs of {', '.join(evaluated)}" if which else "; run `falco pipeline` first"
         from orchestration.tracking import MlflowResource
 
@@ -205,6 +208,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         _check_outside_inputs(args.plot, runs)
         write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
                                                           baselines, software=PLOT_SOFTWARE))
+        print(f"plot: {args.plot} ({privacy} against {utility})", file=sys.stderr)  # stdout: the table alone
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "markdown":

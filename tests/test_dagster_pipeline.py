@@ -910,8 +910,8 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     assert "FALCO_BROKER_URL" in capsys.readouterr().err
     image = tmp_path / "faces" / "Person A" / "img_0.png"
     assert main(["pipeline", "--input", str(image), "--storage", str(tmp_path / "store")]) == 2
-    assert capsys.readouterr().err == f"falco: error: input folder {image} is a file, not a folder; run `falco " \
-                                      "sample-data data/sample` (or `dvc pull data.dvc`) or pass --input DIR\n"
+    assert capsys.readouterr().err == f"falco: error: input folder {image} is a file, not a folder; pass --input " \
+                                      "DIR, a folder of images (the sample set: `falco sample-data data/sample`)\n"
     # A params file that is not text, or not YAML: one line with where, not a decoder's stack trace
     assert main([*cmd, "--params", str(tmp_path / "faces" / "Person A" / "img_0.png")]) == 2
     assert capsys.readouterr().err == f"falco: error: {tmp_path / 'faces' / 'Person A' / 'img_0.png'} is not a text " \

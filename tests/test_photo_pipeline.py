@@ -170,13 +170,17 @@ def test_the_pipeline_says_what_photo_mode_did_to_each_variants_photos(state, ca
     assert main(["pipeline", "--mode", "photo", "--input", str(root / "faces"), "--storage", str(root / "store"),
                  "--params", str(root / "params.yaml"), "--variant", ",".join(VARIANTS), "--log-level", "ERROR"]) == 0
     out = capsys.readouterr().out
+    assert "<shard>" not in out
     for variant in VARIANTS:
         folder = root / "store" / "anonymized_photos" / variant
         faces = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in folder.glob("*/manifest.csv")])
         faces = faces[faces["kind"] == "face"]
         anonymized, covered = (faces["status"] == "anonymized").sum(), (faces["status"] == "covered").sum()
         assert anonymized + covered == 8  # group.png's 7 and the portrait's 1
-        line = out.split(f"  {variant}: {folder / '<shard>' / 'images'}\n", 1)[1].splitlines()[0]
+        shards = sorted(p.name for p in folder.glob("shard-*") if p.is_dir())  # before: a literal "<shard>"
+        where = folder / shards[0] / "images" if len(shards) == 1 else \
+            f"{folder / 'shard-*' / 'images'} ({len(shards)} shards)"
+        line = out.split(f"  {variant}: {where}\n", 1)[1].splitlines()[0]
         assert line.startswith(f"    8 face(s) in 4 photo(s): {anonymized} anonymized, {covered} covered")
         assert "; 1 file(s) rejected (not_an_image: 1);" in line
         assert "1 photo(s) in which no face was found, written unchanged (no_face.png)" in line

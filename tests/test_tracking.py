@@ -192,7 +192,9 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--format", "csv",
                               "--plot", str(tmp_path / "scatter.png")])
     assert args.run(args) == 0
-    frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    printed = capsys.readouterr()
+    frame = pd.read_csv(io.StringIO(printed.out))
+    assert printed.err.startswith(f"plot: {tmp_path / 'scatter.png'} (")  # before: written without a word
     assert frame["variant"].tolist() == ["default", "m0.5", "blur", "swap"]
     assert frame["param:optimization.margin"].tolist()[:2] == [0.0, 0.5]
     # judged by the bound the report logged (params.yaml's 0.05), from each run's own dlib verification rate
@@ -228,6 +230,9 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
                               "--variant", "m0.5"])
     with pytest.raises(FalcoError, match=r"of variant nosuch in experiment '.+'; it has runs of default, m0.5$"):
         args.run(args)  # before: m0.5 alone, exit 0, nosuch not named
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "m05"])
+    with pytest.raises(FalcoError, match=r"of variant m05 \(read as m5\) in experiment"):
+        args.run(args)  # before: "of variant m5", a name the user never typed
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--variant", "m0.50",
                               "--format", "csv"])
     assert args.run(args) == 0  # spelled as `falco pipeline --variant m0.50` takes it: m0.5's runs

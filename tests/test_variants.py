@@ -131,7 +131,8 @@ def test_values_too_long_for_a_name_say_to_define_a_named_variant():
             "0.0123456789012345, lambda_id: 10.5, lambda_attr: 0.123456789012345}`, and run it with --variant "
             "my_variant") in str(raised.value)
     # the definition it suggests runs those values
-    assert variant_overrides("my_variant", {"my_variant": values}) == {f"optimization.{k}": v for k, v in values.items()}
+    suggested = variant_overrides("my_variant", {"my_variant": values})
+    assert suggested == {f"optimization.{k}": v for k, v in values.items()}
     with pytest.raises(ParamsError, match="70 characters"):  # params.yaml's `sweep:` grid too
         sweep_variants({k: [v] for k, v in values.items()})
 
