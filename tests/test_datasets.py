@@ -234,11 +234,17 @@ def test_csv_inside_the_folder_is_not_a_row_and_bad_csvs_fail(tmp_path: Path) ->
         "relpath,split\na/x.png,holdout\n": r"split holds \['holdout'\]",
         "relpath,Smiling\na/x.png,maybe\n": r"attribute Smiling holds \['maybe'\]",
         "relpath\na/x.png\n./a/x.png\n": r"more than once: \['a/x.png'\]",
+        # before: the last of the two silently won, and one person got three pseudonyms
+        "relpath,identity,Identity\na/x.png,eileen,a\n": "has columns 'identity' and 'Identity', which name the same label",
+        "relpath,Smiling, smiling\na/x.png,1,0\n": "has columns 'Smiling' and 'smiling', which name the same label",
     }
     for text, message in bad.items():
         (tmp_path / "bad.csv").write_text(text)
         with pytest.raises(DatasetError, match=message):
             load_dataset("folder", root, labels_csv=tmp_path / "bad.csv")
+    (tmp_path / "latin1.csv").write_bytes("relpath,identity\na/x.png,José\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin1.csv is not UTF-8 text \(byte b'\\xe9'\); save it as UTF-8"):
+        load_dataset("folder", root, labels_csv=tmp_path / "latin1.csv")  # before: the codec's position message
     with pytest.raises(DatasetError, match="nope.csv does not exist"):
         load_dataset("folder", root, labels_csv=tmp_path / "nope.csv")
     (tmp_path / "labels").mkdir()

@@ -450,8 +450,18 @@ def _read_labels_csv(path: Path, known: set[str], warnings: list[str], image_roo
         raise DatasetError(f"labels CSV {path} {what}; pass an existing CSV file to --labels")
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252
+        raise DatasetError(f"labels CSV {path} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}); "
+                           "save it as UTF-8 (a spreadsheet's \"CSV UTF-8\") and run again") from exc
+    except (ValueError, OSError) as exc:
         raise DatasetError(f"cannot read labels CSV {path}: {exc}") from exc
+    by_name: dict[str, list[str]] = {}
+    for column in raw.columns:
+        by_name.setdefault(column.strip().lower(), []).append(column)
+    clashing = [names for names in by_name.values() if len(names) > 1]
+    if clashing:  # else the last one silently won: a person split across pseudonyms
+        raise DatasetError(f"labels CSV {path} has columns {' and '.join(map(repr, clashing[0]))}, which name the same "
+                           "label (case and spaces aside); keep one")
     columns = {c.strip().lower(): c for c in raw.columns}
     key = columns.get("relpath") or columns.get("file")
     if key is None:
