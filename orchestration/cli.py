@@ -204,10 +204,17 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
-        print(f"falco: error: nothing was anonymized: no face was found in any of the {summary.photos} photo(s) of "
-              f"{args.input_dir}, and the photos were written unchanged; if they show faces, look at manifest.csv's "
-              "detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets another)",
-              file=sys.stderr)
+        rejected = sum(summary.rejected.values())
+        read = summary.photos - rejected
+        if not read:
+            print(f"falco: error: nothing was anonymized: every file of {args.input_dir} was rejected (reasons in "
+                  f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
+            return 1
+        others = f" ({rejected} other file(s) rejected, not written: see manifest.csv)" if rejected else ""
+        print(f"falco: error: nothing was anonymized: no face was found in any of the {read} photo(s) read of "
+              f"{args.input_dir}{others}, and those photos were written unchanged; if they show faces, look at "
+              "manifest.csv's detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets "
+              "another)", file=sys.stderr)
         return 1
     return _privacy_verdict(privacy, bound, summary.output_dir, "faces")
 

@@ -279,6 +279,17 @@ def test_photos_in_which_no_face_is_found_end_as_nothing_anonymized(photos, tmp_
     err = capsys.readouterr().err
     assert "nothing was anonymized: no face was found in any of the 1 photo(s)" in err and "Traceback" not in err
     assert [r["input"] for r in _rows(tmp_path / "out") if r["kind"] == "photo"] == ["landscape.png"]
+    # files that could not be read are not among the photos "written unchanged" (before: all 3 counted as such)
+    (tmp_path / "in" / "notes.jpg").write_text("not a photo")
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert (f"no face was found in any of the 1 photo(s) read of {tmp_path / 'in'} (2 other file(s) rejected, not "
+            "written: see manifest.csv), and those photos were written unchanged") in err
+    (tmp_path / "in" / "landscape.png").unlink()
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 1
+    assert f"nothing was anonymized: every file of {tmp_path / 'in'} was rejected (reasons in " in \
+        capsys.readouterr().err
 
 
 def test_a_face_lying_beside_an_upright_one_is_found_and_anonymized_by_default(photos, tmp_path):
