@@ -64,7 +64,7 @@ PHOTO_MANIFEST_COLUMNS = (
     "kind",  # photo: one row per file; face: one row per detected face, after its photo's row
     "face",  # index of the face in its photo, largest box first ("" on photo rows)
     "status",  # photo rows: ok | rejected, pending until the photo is written; face rows: anonymized | covered
-    "reason",  # photo rows: the rejection's code; face rows: why it was covered (too_small, profile, alignment_failed)
+    "reason",  # photo rows: the rejection's code; face rows: why it was covered (FALLBACK_REASONS)
     "detail",  # human sentence for the reason; of a photo row, what reading it did (turned, frames or alpha lost)
     "faces",  # photo rows: faces detected
     "sha256",  # photo rows: hex sha256 of the input file's bytes ("" when it could not be read)
