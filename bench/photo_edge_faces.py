@@ -11,12 +11,19 @@ and what it costs.
    privacy check would count it as a face still matched). Also the time of the edge search beside `find_faces`
    (`photo.turns: always`, the default).
 
+3. With `--memory WxH`: the peak resident memory (above the loaded networks, each in its own process, one thread) of
+   MTCNN over the sample astronaut resized to that size, and of the edge search over it (2.25x its pixels).
+
     .venv/bin/python bench/photo_edge_faces.py [--size 128] [--canvas 640 1280] [--backgrounds coffee noise]
+    .venv/bin/python bench/photo_edge_faces.py --memory 9600x6400   # 64 MP, MAX_PIXELS
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 
@@ -57,6 +64,36 @@ def cut_photo(face: np.ndarray, rel: np.ndarray, size: int, kind: str, edge: str
     return photo[:int(round(box[3] - cut * bh))], box
 
 
+PEAK = """
+import json, resource, sys, time
+import numpy as np, torch
+from PIL import Image
+from skimage.data import astronaut
+from anon_core.data.align import FaceAligner
+from anon_core.photo_faces import cut_by_edge_faces
+torch.set_num_threads(1)
+width, height, edge = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "edge"
+photo = np.asarray(Image.fromarray(astronaut()).resize((width, height), Image.Resampling.BICUBIC))
+detector = FaceAligner(256, "mtcnn", min_face_size=16)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+found = cut_by_edge_faces(detector, photo, []) if edge else detector.detect(photo)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "above_networks_mib": (peak - before) / 1024}))
+"""
+
+
+def peak_memory(size: str) -> None:
+    width, height = (int(v) for v in size.split("x"))
+    for what in ("detect", "edge"):
+        done = subprocess.run([sys.executable, "-c", PEAK, str(width), str(height), what], check=True,
+                              capture_output=True, text=True)
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{size} {'MTCNN on the photo' if what == 'detect' else 'the edge search'}: "
+              f"{measured['above_networks_mib']:.0f} MiB above the networks, {measured['seconds']:.1f} s")
+
+
 def clipped(box, shape) -> np.ndarray:
     height, width = shape[:2]
     return np.array([max(box[0], 0), max(box[1], 0), min(box[2], width), min(box[3], height)], dtype=np.float64)
@@ -68,7 +105,11 @@ def main() -> None:
     parser.add_argument("--canvas", type=int, nargs="+", default=[640, 1280], help="composed photos' widths, px")
     parser.add_argument("--backgrounds", nargs="+", default=["coffee", "noise"], choices=BACKGROUNDS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", metavar="WxH", help="only measure the peak memory at this photo size")
     args = parser.parse_args()
+    if args.memory:
+        peak_memory(args.memory)
+        return
     faces, rng = sources(), np.random.default_rng(args.seed)
     detector = FaceAligner(256, "mtcnn", min_face_size=16)
 
