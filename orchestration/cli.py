@@ -257,6 +257,24 @@ def _run_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
+    """`build_parser().parse_args`, except that an unknown flag is reported by the sub-command it was given to (its
+    usage line and `falco anonymize: error: unrecognized arguments: --stesp 2`), not by the top-level parser, whose
+    usage lists only the sub-commands."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        innermost = parser
+        while True:  # down the sub-commands given: `runs compare --x` is compare's
+            choices = next((a for a in innermost._actions if isinstance(a, argparse._SubParsersAction)), None)
+            chosen = getattr(args, choices.dest, None) if choices is not None else None
+            if chosen not in (choices.choices if choices is not None else {}):
+                break
+            innermost = choices.choices[chosen]
+        innermost.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falco", description="FALCO-Ops: attribute-preserving face anonymization")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -367,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     with stop_signals() as stopped_by:
         try:
-            args = build_parser().parse_args(argv)
+            args = parse_command(argv)
             return args.run(args)
         except FalcoError as err:
             print(f"falco: error: {err}", file=sys.stderr)

@@ -592,6 +592,23 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_mistyped_flag_is_reported_by_its_sub_command(tmp_path, monkeypatch, capsys):
+    """Before: `falco anonymize IN OUT --stesp 2` printed the top-level usage (`falco [-h] {anonymize,...}`), which
+    does not show the flag meant."""
+    monkeypatch.chdir(tmp_path)
+    for args, usage, error in ((["anonymize", "in", "out", "--stesp", "2"], "usage: falco anonymize ",
+                                "falco anonymize: error: unrecognized arguments: --stesp 2"),
+                               (["runs", "compare", "--nope"], "usage: falco runs compare ",
+                                "falco runs compare: error: unrecognized arguments: --nope"),
+                               (["pipeline", "--margn", "0.5"], "usage: falco pipeline ",
+                                "falco pipeline: error: unrecognized arguments: --margn 0.5")):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(usage) and err.rstrip().endswith(error)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sample_data_refuses_a_folder_of_someone_elses_files(tmp_path, capsys):
     """`falco sample-data DIR` overwrote DIR/README.txt and DIR/images/astronaut.png of a user's folder."""
     user = tmp_path / "mine"
