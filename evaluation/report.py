@@ -256,6 +256,11 @@ def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: i
 RELEASE_CHECK = "reid/dlib/verification_rate"  # the share of images dlib still matches to their own source
 
 
+def fails_release(share: float, bound: float) -> bool:
+    """The release rule of the blocking privacy check: more than `bound` of the images still matched fails."""
+    return share > bound
+
+
 def privacy_banners(variants: dict[str, VariantResults], bound: float) -> list[str]:
     """One warning per variant whose images dlib still matches to their own source more often than the release bound
     (`checks.privacy_max_match_share`) allows: the blocking check failed its shards, and a reader choosing a variant
@@ -265,7 +270,7 @@ def privacy_banners(variants: dict[str, VariantResults], bound: float) -> list[s
         if RELEASE_CHECK not in result.summary.columns:
             continue
         share = float(result.summary[RELEASE_CHECK].iloc[0])
-        if share > bound:
+        if fails_release(share, bound):
             banners.append(f"{name} failed the privacy check: do not release its images. dlib still matches "
                            f"{share:.1%} of them to their own source (distance < 0.6), more than "
                            f"checks.privacy_max_match_share = {bound:g} allows.")

@@ -150,11 +150,11 @@ def failed_variants(runs: list, bound: float | None) -> dict[str, float]:
 def privacy_verdicts(runs: list, bound: float) -> list[str]:
     """Per run, `passed` or `FAILED`: whether dlib matched at most `bound` of its images to their own source (the
     blocking check's rule, over the whole set, as the report's warnings); `-` for a run that did not measure it."""
-    from evaluation.report import RELEASE_CHECK
+    from evaluation.report import RELEASE_CHECK, fails_release
     from orchestration.tracking import metric_name
 
     shares = [run.data.metrics.get(metric_name(RELEASE_CHECK)) for run in runs]
-    return ["-" if share is None else "passed" if share <= bound else "FAILED" for share in shares]
+    return ["-" if share is None else "FAILED" if fails_release(share, bound) else "passed" for share in shares]
 
 
 def _run_compare(args: argparse.Namespace) -> int:
