@@ -20,7 +20,7 @@ from anon_core.data.colour import keep_grey
 from anon_core.data.image_io import to_uint8
 from anon_core.data.mapped_images import MappedImages
 from anon_core.prefetch import batch_slices
-from anon_core.progress import progress_bar
+from anon_core.progress import Progress, progress_bar
 
 
 @dataclass
@@ -108,7 +108,7 @@ def embed_fake_pool(
     embed: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device | str = "cpu",
     batch_size: int = 64,
-    show_progress: bool = True,
+    show_progress: Progress = True,
 ) -> np.ndarray:
     """Generate every fake image and embed it: [N, D] float32. Images are not kept (regenerate from seeds)."""
     features: list[np.ndarray] = []

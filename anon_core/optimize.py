@@ -129,6 +129,7 @@ def anonymize_batch(
     show_progress: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     return_images: bool = True,
+    on_step_queued: Callable[[int], None] | None = None,
 ) -> OptimizationResult:
     """Optimize a batch of anonymized codes. The networks must be frozen (parameters without grad): only the
     trainable layers of the codes get gradients.
@@ -141,7 +142,10 @@ def anonymize_batch(
             state stay float32.
         compile_backend: run the step's forward and backward through torch.compile with this backend
             (`compiled_step_losses`; "inductor" is torch.compile's default); None runs it eagerly.
-        on_step: called after every step with the step index and the batch-summed losses.
+        on_step: called after every step with the step index and the batch-summed losses (waits for the step).
+        on_step_queued: called with the step index once the step's work is queued, without waiting for the
+            device (on a GPU, the count may run ahead of the device by what its launch queue holds): for
+            progress reports.
         return_images: copy the final images to the CPU (False: `images` is None, for callers that regenerate
             them later; at 1024 px the copy is 12 MB per image).
     """
@@ -178,6 +182,8 @@ def anonymize_batch(
         optimizer.step()
         scheduler.step()
         history[step] = torch.stack((id_term, attr_term, per_image)).detach().float()
+        if on_step_queued is not None:
+            on_step_queued(step)
         if on_step is not None:
             on_step(step, {name: float(value) for name, value in zip(LOSS_NAMES, history[step].sum(dim=1).tolist())})
 

@@ -51,7 +51,7 @@ from anon_core.photo_faces import (DETECTION_RULE, FALLBACK_REASONS, PhotoFace, 
 from anon_core.pipeline import batch_codes, key_settings
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
-from anon_core.progress import progress_bar
+from anon_core.progress import Progress, progress_bar
 from anon_core.reuse import StoredRows, row_keys
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
@@ -152,7 +152,7 @@ class _Photo:
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
-                     device: str | torch.device = "cpu", show_progress: bool = True, nets: Networks | None = None,
+                     device: str | torch.device = "cpu", show_progress: Progress = True, nets: Networks | None = None,
                      pool: FakePool | None = None, relpaths: list[str] | None = None,
                      other_runs: Sequence[Path] = (), keep_earlier_batches: bool = False,
                      reuse: bool = True) -> PhotoSummary:
@@ -333,7 +333,8 @@ class _PhotoRun:
                 missing = not all(key in self.earlier for key in keys.tolist())
             if missing and self.pool is None:
                 self.pool = build_pool(self.nets, self.params, show_progress=self.show_progress)
-            result, found, _ = batch_codes(self.nets, self.pool, crops, self.params, keys, self.earlier)
+            result, found, _ = batch_codes(self.nets, self.pool, crops, self.params, keys, self.earlier,
+                                           show_progress=self.show_progress)
             self.summary.reused += int(found.sum())
             self.take_over()
             self.journal.record(index, result)

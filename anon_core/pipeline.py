@@ -38,7 +38,7 @@ from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks, build_networks
-from anon_core.progress import progress_bar
+from anon_core.progress import Progress, progress_bar
 from anon_core.reuse import KEY, METHOD_VERSION, StoredRows, input_ids, merge_rows, row_keys
 from anon_core.stages import (
     build_pool,
@@ -81,16 +81,18 @@ class BatchResult:
 
 
 def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: FalcoParams,
-                     fakes: tuple[np.ndarray, np.ndarray] | None = None) -> BatchResult:
+                     fakes: tuple[np.ndarray, np.ndarray] | None = None, show_progress: Progress = False
+                     ) -> BatchResult:
     """Embed, pair, invert, optimize and generate for one batch of real uint8 images [B, R, R, 3] at the
     generator's resolution. `fakes`: (fake indices [B], similarities [B]) assigned beforehand over the whole set
-    (pairing modes unique and identity); None pairs each image with its nearest fake (the paper's)."""
+    (pairing modes unique and identity); None pairs each image with its nearest fake (the paper's). `show_progress`:
+    the optimization's steps (`anon_core.progress`)."""
     if fakes is None:
         indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
         fakes = (indices[:, 0], similarities[:, 0])
     fake_index, fake_similarity = fakes
     w_real = invert_images(nets, params, real)
-    result = optimize_images(nets, params, real, w_real, pool.w[fake_index])
+    result = optimize_images(nets, params, real, w_real, pool.w[fake_index], show_progress=show_progress)
     return BatchResult(
         ws=result.ws,
         images=result.images,
@@ -115,8 +117,8 @@ def key_settings(params: FalcoParams, weights: str, **extra) -> dict:
 
 
 def batch_codes(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
-                earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+                earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None = None,
+                show_progress: Progress = False) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
     """One batch's results (ROW_AXES and each row's `reuse.KEY`), which rows were taken from `earlier` journal
     batches (the rows an earlier run finished under the same key), and the images of the others, which are
     anonymized (`fakes`: their assigned fakes, or None for the nearest; `pool` may be None when every row is found),
@@ -126,7 +128,7 @@ def batch_codes(nets: Networks, pool: FakePool | None, batch: np.ndarray, params
     if not found.all():
         todo = ~found
         done = anonymize_images(nets, pool, batch[todo], params,
-                                None if fakes is None else (fakes[0][todo], fakes[1][todo]))
+                                None if fakes is None else (fakes[0][todo], fakes[1][todo]), show_progress)
         computed = {"ws": done.ws, "fake_index": done.fake_index, "fake_similarity": done.fake_similarity,
                     "identity_similarity": done.identity_similarity,
                     **{f"loss_{name}": values for name, values in done.history.items()}}
@@ -135,11 +137,11 @@ def batch_codes(nets: Networks, pool: FakePool | None, batch: np.ndarray, params
 
 
 def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, params: FalcoParams, keys: np.ndarray,
-                   earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None
+                   earlier: StoredRows, fakes: tuple[np.ndarray, np.ndarray] | None, show_progress: Progress
                    ) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
     """`batch_codes`, with every row's image (the found rows drawn again from their codes), and how many rows
     were found."""
-    result, found, computed = batch_codes(nets, pool, batch, params, keys, earlier, fakes)
+    result, found, computed = batch_codes(nets, pool, batch, params, keys, earlier, fakes, show_progress)
     images = np.empty(batch.shape, np.uint8)
     if computed is not None:
         images[~found] = computed
@@ -152,7 +154,7 @@ def _batch_results(nets: Networks, pool: FakePool | None, batch: np.ndarray, par
 class RunSummary:
     output_dir: Path
     counts: Counter = field(default_factory=Counter)  # "ok" and every rejection reason
-    duplicates: int = 0
+    duplicates: int = 0  # anonymized images whose file has the bytes of an earlier one (`duplicate_of`)
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
     reused: int = 0  # images an earlier run with other inputs had finished under the same settings (its journal)
     stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
@@ -167,7 +169,8 @@ class RunSummary:
         if rejected:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
         if self.duplicates:
-            text += f", {self.duplicates} duplicate file(s) noted in the manifest"
+            text += (f", {self.duplicates} of them the same file as another input (column duplicate_of in the "
+                     "manifest)")
         if self.stretched:
             text += (f", {self.stretched} not square and stretched (reason `stretched` in the manifest; align them "
                      "instead)")
@@ -188,7 +191,7 @@ def anonymize_folder(
     align: bool | None,
     align_detector: str,
     device: str | torch.device = "cpu",
-    show_progress: bool = True,
+    show_progress: Progress = True,
     keep_cache: bool = True,
     check_outputs: Callable[[ImageFiles, pd.DataFrame], object] | None = None,
 ) -> RunSummary:
@@ -328,7 +331,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
             part = parts[index]
             results[index], batch_images, taken = _batch_results(
                 nets, pool, batch, params, keys[part], earlier,
-                None if assigned is None else (assigned[0][part], assigned[1][part]))
+                None if assigned is None else (assigned[0][part], assigned[1][part]), show_progress)
             reused[0] += taken
             writes.append(writer.submit(finish, index, results[index], batch_images))
             for write in writes:  # a batch that could not be written stops the run now, not after every batch
@@ -345,7 +348,8 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
               "labels_sha256": labels_sha256}
     _write_outputs(output_dir, manifest, latents, histories, params, nets, device, input_dir, extra | labels)
     journal.end()  # the batches of earlier runs: this run's own batches hold the images it took from them
-    summary = RunSummary(output_dir=output_dir, duplicates=int((table["duplicate_of"] != "").sum()),
+    duplicates = int(((table["duplicate_of"] != "") & (table["status"] == "ok")).sum())
+    summary = RunSummary(output_dir=output_dir, duplicates=duplicates,
                          resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0])
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())

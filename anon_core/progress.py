@@ -1,14 +1,89 @@
-"""Progress reporting for long loops: tqdm on stderr, switched off by the caller when not wanted."""
+"""Progress reporting for long loops: a tqdm bar on stderr, a line in a log now and then, or nothing.
+
+`Progress` is what the long stages take: True draws a bar (the `falco` commands), False shows nothing, and a function
+(a Dagster asset's `context.log.info`) gets one line at most every `log_every_s()` seconds (30, or
+$FALCO_PROGRESS_EVERY_S), for logs that show no live bar. Nothing is logged by a loop that ends sooner.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import os
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as plain_tqdm
+
+from anon_core.errors import FalcoError
 
 T = TypeVar("T")
 
+Progress = bool | Callable[[str], None]
 
-def progress_bar(iterable: Iterable[T], desc: str, unit: str = "it", enable: bool = True, total: int | None = None) -> tqdm:
+LOG_EVERY_S = 30.0
+EVERY_ENV = "FALCO_PROGRESS_EVERY_S"
+
+
+def log_every_s() -> float:
+    """Seconds between two progress lines in a log: $FALCO_PROGRESS_EVERY_S, else LOG_EVERY_S."""
+    value = os.environ.get(EVERY_ENV)
+    if value is None:
+        return LOG_EVERY_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise FalcoError(f"{EVERY_ENV}={value!r}: not a number of seconds >= 0 (how often a long step logs its "
+                         f"progress; unset it for {LOG_EVERY_S:g})")
+    return seconds
+
+
+def progress_bar(iterable: Iterable[T] | None, desc: str, unit: str = "it", enable: Progress = True,
+                 total: int | None = None) -> tqdm:
+    if callable(enable):
+        return _LogLines(iterable, desc=desc, unit=unit, total=total, log=enable, every_s=log_every_s())
     return tqdm(iterable, desc=desc, unit=unit, total=total, disable=not enable, dynamic_ncols=True, leave=False)
+
+
+class _LogLines(plain_tqdm):
+    """A tqdm whose display is one log line (`log(line)`), at most one every `every_s` seconds, the first after
+    `every_s`: "optimize: 120/500 steps (24%), 02:00 elapsed, about 06:20 left, batch 3/10". Its time left is the
+    average rate so far applied to what remains."""
+
+    def __init__(self, *args, log: Callable[[str], None], every_s: float, **kwargs):
+        self.log = log
+        # miniters=0: every update (update(0) too) may log once `every_s` has passed; tqdm would otherwise learn to
+        # skip updates and could stay silent through a slow stretch
+        super().__init__(*args, mininterval=every_s, delay=every_s, miniters=0, smoothing=0, leave=False,
+                         file=_Nowhere(), **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg is None:  # tqdm clears the line with msg="" on close: nothing to log
+            self.log(self.line())
+        return True
+
+    def line(self) -> str:
+        n, total = self.n, self.total
+        elapsed = self._time() - self.start_t if hasattr(self, "start_t") else 0.0  # 0: tqdm's first display
+        units = _plural(self.unit)
+        text = f"{self.desc}: {n}/{total} {units} ({100 * n / total:.0f}%)" if total else f"{self.desc}: {n} {units}"
+        text += f", {self.format_interval(elapsed)} elapsed"
+        if total and 0 < n < total:
+            text += f", about {self.format_interval(elapsed * (total - n) / n)} left"
+        return text + (f", {self.postfix}" if self.postfix else "")
+
+
+class _Nowhere:
+    """tqdm's output stream when its lines go to a log: the cursor moves and clearing it writes are dropped."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")

@@ -24,7 +24,7 @@ from anon_core.optimize import LOSS_NAMES, anonymize_batch
 from anon_core.pairing import nearest_fakes
 from anon_core.params import FalcoParams
 from anon_core.profiles import Networks
-from anon_core.progress import progress_bar
+from anon_core.progress import Progress, progress_bar
 
 
 ImageSource = np.ndarray | ImageFiles
@@ -79,7 +79,7 @@ def resize_images(images: list[np.ndarray], size: int) -> np.ndarray:
 # -- features and pairs -----------------------------------------------------------------------------------------
 
 
-def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_progress: bool = True) -> FakePool:
+def build_pool(nets: Networks, params: FalcoParams, batch_size: int = 64, show_progress: Progress = True) -> FakePool:
     """The seeded fake pool and its FaRL embeddings."""
     pool = sample_fake_pool(nets.generator, params.pool_size, params.seed, params.truncation_psi, device=nets.device)
     embed_fake_pool(
@@ -107,7 +107,7 @@ def pair(real_features: np.ndarray, pool: FakePool, k: int) -> tuple[np.ndarray,
 
 def invert_images(
     nets: Networks, params: FalcoParams, images: ImageSource, batch_size: int | None = None,
-    show_progress: bool = False,
+    show_progress: Progress = False,
 ) -> np.ndarray:
     """W+ codes of real images: uint8 [N, R, R, 3] -> float32 [N, num_ws, w_dim]."""
     inverter = nets.inverter(params.inversion)
@@ -137,6 +137,7 @@ def optimize_images(
     on_batch: Callable[[int, int], None] | None = None,
     keep_images: bool = True,
     full_batches: bool | None = None,
+    show_progress: Progress = False,
 ) -> Anonymized:
     """FALCO's optimization for N images, in batches: real uint8 images, their inversions [N, num_ws, w_dim] and
     their paired fakes' W codes [N, w_dim] -> anonymized codes and images. `params.speed` sets autocast,
@@ -146,7 +147,9 @@ def optimize_images(
     full_batches: run a short last batch at the full batch size, its rows repeated and the copies' results dropped
     (each image's optimization is independent of the others in its batch, so the results are the same). Default:
     when compiling, since a compiled step is specialized to its batch shape and a new one compiles again (87 s at
-    1024 px on an H100)."""
+    1024 px on an H100).
+
+    show_progress: the optimization steps of every batch (`anon_core.progress`; a batch can take minutes)."""
     check_params_fit(nets, params)
     speed = params.speed
     accelerate_networks_(nets, speed)
@@ -161,7 +164,11 @@ def optimize_images(
     batch_size = batch_size or resolve_batch_size(nets, params)
     full_batches = speed.compile if full_batches is None else full_batches
     num_batches = -(-n // batch_size)
+    steps = progress_bar(None, desc="optimize", unit="step", total=num_batches * params.optimization.steps,
+                         enable=show_progress)
     for done, (part, batch) in enumerate(read_batches(images, batch_size)):
+        if num_batches > 1:
+            steps.set_postfix_str(f"batch {done + 1}/{num_batches}", refresh=False)
         k, codes_real, codes_fake = len(batch), w_real[part], w_fake[part]
         if full_batches and k < batch_size:
             rows = np.arange(batch_size) % k  # the batch's rows, repeated up to the full size
@@ -177,6 +184,7 @@ def optimize_images(
             amp_dtype=amp_dtype,
             compile_backend="inductor" if speed.compile else None,
             return_images=keep_images,
+            on_step_queued=lambda _: steps.update(),
         )
         out.ws[part] = result.ws[:k].float().numpy()
         if keep_images:
@@ -186,6 +194,7 @@ def optimize_images(
             out.history[name][:, part] = result.history[name][:, :k]
         if on_batch is not None:
             on_batch(done + 1, num_batches)
+    steps.close()
     return out
 
 

@@ -32,6 +32,7 @@ import torch
 from anon_core.atomic import atomic_path
 from anon_core.data.image_files import take
 from anon_core.errors import FalcoError
+from anon_core.progress import Progress
 from anon_core.reuse import UNREADABLE
 from evaluation.baselines import real_source
 from evaluation.image_sets import ImageSetLike
@@ -98,10 +99,12 @@ class OutputStore:
         ids: Sequence[str] | None = None,
         device: torch.device | str = "cpu",
         batch_size: int | None = None,
+        show_progress: Progress = False,
+        desc: str = "read",
     ) -> tuple[SetOutputs, int]:
         """`read_set`'s outputs of `images` (row i made under `keys[i]`; None: not known, always read, never
         kept), and how many images were read: only those whose key the store does not hold; their outputs are
-        kept for the next read."""
+        kept for the next read. `show_progress`, `desc`: the reading's progress (`read_set`)."""
         if len(keys) != len(images):
             raise ValueError(f"{len(keys)} keys for {len(images)} images")
         networks = dict(recognizers=recognizers, extractor=extractor, detectors=detectors, predictors=predictors,
@@ -112,7 +115,8 @@ class OutputStore:
         missing = np.flatnonzero(~found)
         if len(missing):
             subset = images if len(missing) == len(images) else take(images, missing)
-            fresh = read_set(subset, ids=[ids[i] for i in missing], **networks).to_arrays()
+            fresh = read_set(subset, ids=[ids[i] for i in missing], show_progress=show_progress, desc=desc,
+                             **networks).to_arrays()
             for name, values in fresh.items():
                 _put(arrays, name, missing, values, len(images))
             self._keep(folder, [keys[i] for i in missing], fresh)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from anon_core.data.image_files import take
+from anon_core.progress import Progress, progress_bar
 from evaluation.attributes import LABEL_BATCH_SIZE, agreement, pseudo_labels
 from evaluation.baselines import BASELINES, baseline_images
 from evaluation.image_sets import ImageSetLike, batch_slices, read_parts
@@ -127,6 +128,8 @@ def read_set(
     ids: Sequence[str] | None = None,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
+    show_progress: Progress = False,
+    desc: str = "read",
 ) -> SetOutputs:
     """Everything the suite needs of `images`, in one pass: each batch is read (or computed) once, given to every
     recognizer, detector, the feature extractor and every predictor, and dropped. `ids`: the predictors' row
@@ -134,7 +137,7 @@ def read_set(
 
     `batch_size`: images per read. The default, the least common multiple of the networks' own batch sizes, hands
     every network the very batches it would cut from the whole set, so the numbers equal those of whole-set calls
-    to the last bit."""
+    to the last bit. `show_progress`: its batches, named `desc` (`anon_core.progress`)."""
     if not len(images):
         raise ValueError("no images to evaluate")
     if batch_size is None:
@@ -146,7 +149,9 @@ def read_set(
     faces: dict[str, list] = {d: [] for d in detectors}
     labels: dict[str, list] = {p.name: [] for p in predictors}
     feats = []
-    for rows, batch in read_parts(images, batch_slices(len(images), batch_size)):
+    parts = batch_slices(len(images), batch_size)
+    for rows, batch in progress_bar(read_parts(images, parts), desc=desc, unit="batch", total=len(parts),
+                                    enable=show_progress):
         for r in recognizers:
             embeddings[r.name].append(r.embed(batch))
         for d in detectors:
@@ -186,19 +191,22 @@ def evaluate_method(
     batch_size: int | None = None,
     keys: Sequence[str | None] | None = None,
     store: OutputStore | None = None,
+    show_progress: Progress = False,
 ) -> MethodResult:
     """All metrics of one anonymized set (uint8 [N, H, W, 3], row i made from real[source_index[i]]), read once
     in batches of `batch_size` (see `read_set`); with a `store` (`evaluation.output_store`) and the images' `keys`,
     only the images whose outputs it does not hold are read.
 
     What depends on the real set alone can be passed in, computed once for many sets: `real_features`,
-    `real_statistics` (their `feature_statistics`), `gallery_embeddings` (per recognizer) and `real_labels`."""
+    `real_statistics` (their `feature_statistics`), `gallery_embeddings` (per recognizer) and `real_labels`.
+    `show_progress`: the batches read (`anon_core.progress`)."""
     ids = names or [str(i) for i in range(len(anonymized))]
     readers = (recognizers, extractor, DETECTORS, predictors or ())
+    progress = {"show_progress": show_progress, "desc": f"evaluate {method}"}
     if store is not None and keys is not None:
-        anon, images_read = store.read(anonymized, keys, *readers, ids, device, batch_size)
+        anon, images_read = store.read(anonymized, keys, *readers, ids, device, batch_size, **progress)
     else:
-        anon, images_read = read_set(anonymized, *readers, ids, device, batch_size), len(anonymized)
+        anon, images_read = read_set(anonymized, *readers, ids, device, batch_size, **progress), len(anonymized)
     gallery = dict(gallery_embeddings or {})
     missing = [r for r in recognizers if r.name not in gallery]
     if missing:
@@ -285,7 +293,8 @@ def evaluate_runs(
     label_real = bool(kwargs.get("predictors")) and kwargs.get("real_labels") is None
     if real_outputs is None or label_real or real_outputs.extractor != extractor.name:
         real_outputs = read_set(real, recognizers, extractor, predictors=kwargs["predictors"] if label_real else (),
-                                ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size)
+                                ids=real_ids, device=kwargs.get("device", "cpu"), batch_size=batch_size,
+                                show_progress=kwargs.get("show_progress", False), desc="read the real images")
     if label_real:
         kwargs["real_labels"] = real_outputs.labels
     common = dict(recognizers=recognizers, extractor=extractor, real_features=real_outputs.features,

@@ -292,8 +292,10 @@ def evaluate_folders(
     labels_csv: Path | None = None,
     show_real_faces: bool = False,
     log=print,
+    show_progress: bool = False,
 ) -> dict[str, Path]:
-    """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths."""
+    """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths.
+    `show_progress`: a bar per image set read."""
     from anon_core.profiles import build_networks
     from anon_core.stages import resolve_device
     from evaluation.baselines import BASELINES, baseline_keys, made_from_real
@@ -350,14 +352,16 @@ def evaluate_folders(
         real_keys = _gallery_keys(gallery, runs[0], dataset, current)
         real_store, anonymized_store = OutputStore(stored / "real", private=True), OutputStore(stored)
         real, real_read = real_store.read(gallery.images, real_keys, built, extractor, predictors=predictors,
-                                          ids=gallery.relpaths, device=device)
+                                          ids=gallery.relpaths, device=device, show_progress=show_progress,
+                                          desc="read the real images")
         forgotten = real_store.keep_only_real(real_keys)  # a face no longer in REAL_DIR leaves no embedding behind
         anonymized_store.forget(made_from_real)  # private: kept in real_store (earlier versions kept them here)
         sources = [real_keys[i] for i in sets[0].source_index]
         results = evaluate_runs(
             sets, gallery.images, built, extractor, baselines=chosen, fakes=fakes,
             gallery_identity=gallery.identity, predictors=predictors, device=device, real_outputs=real,
-            real_labels=real.labels, store=anonymized_store, real_store=real_store, baseline_keys={
+            real_labels=real.labels, store=anonymized_store, real_store=real_store, show_progress=show_progress,
+            baseline_keys={
                 name: baseline_keys(name, gallery.images.size, fake_keys if BASELINES[name].needs_fakes else sources)
                 for name in chosen})
         kept = real_read < len(gallery.images) or any(r.images_read < len(r.per_image) for r in results)
@@ -436,6 +440,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         recognizers=args.recognizers,
         profile=args.profile, device=args.device, dataset=args.dataset, labels_csv=args.labels,
         show_real_faces=args.show_real_faces, log=(lambda *_: None) if args.quiet else print,
+        show_progress=not args.quiet,
     )
     print(f"report: {paths['markdown']}  (report.html, metrics.csv, per_image.parquet, figures/ beside it)")
     return 0

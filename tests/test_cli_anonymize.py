@@ -37,20 +37,26 @@ def _manifest(out):
 
 def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_path, capsys):
     out = tmp_path / "out"
+    # copies: one of a face (anonymized again, and said to be a copy), one of the text file (rejected, not counted)
+    person = face_folder / "Some Person"
+    (person / "face_0_copy.jpg").write_bytes((person / "face_0.jpg").read_bytes())
+    (face_folder / "notes_copy.jpg").write_text("this is not an image")
     assert main(["anonymize", str(face_folder), str(out), *FAST, "--margin", "0.2", "--seed", "5"]) == 0
     rows = _manifest(out)
     by_input = {r["input"]: r for r in rows}
     assert set(by_input) == {"Some Person/face_0.jpg", "Some Person/face_1.jpg", "Some Person/face_2.jpg",
-                             "zoë.png", "notes.jpg", "noise.png"}
+                             "Some Person/face_0_copy.jpg", "zoë.png", "notes.jpg", "notes_copy.jpg", "noise.png"}
+    assert by_input["Some Person/face_0_copy.jpg"]["duplicate_of"] == "Some Person/face_0.jpg"  # the first, sorted
+    assert by_input["notes_copy.jpg"]["duplicate_of"] == "notes.jpg"
     assert by_input["notes.jpg"]["status"] == "rejected" and by_input["notes.jpg"]["reason"] == "not_an_image"
     assert by_input["noise.png"]["status"] == "rejected" and by_input["noise.png"]["reason"] == "no_face"
     assert by_input["zoë.png"]["faces_seen"] == "1"
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == 4
+    assert len(ok) == 5
 
     latents = np.load(out / "latents.npy")
-    assert latents.shape == (4, 10, 128) and latents.dtype == np.float32
-    assert [int(r["latent_index"]) for r in ok] == [0, 1, 2, 3]
+    assert latents.shape == (5, 10, 128) and latents.dtype == np.float32
+    assert [int(r["latent_index"]) for r in ok] == [0, 1, 2, 3, 4]
     written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
     assert written == sorted(r["output"] for r in ok)
     assert by_input["Some Person/face_1.jpg"]["output"] == "Some Person/face_1.png"
@@ -61,7 +67,8 @@ def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_pa
     record = json.loads((out / "params.json").read_text())
     assert record["params"]["seed"] == 5 and record["params"]["optimization"]["margin"] == 0.2
     assert record["params"]["optimization"]["steps"] == 3 and record["params"]["pool_size"] == 50
-    assert "4 anonymized, 2 rejected (no_face: 1, not_an_image: 1)" in capsys.readouterr().out
+    assert "5 anonymized, 3 rejected (no_face: 1, not_an_image: 2), 1 of them the same file as another input " \
+           "(column duplicate_of in the manifest)" in capsys.readouterr().out
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 3
 
 

@@ -7,6 +7,7 @@ copy of that state (faces, params.yaml, store, Dagster instance, MLflow database
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,7 +46,8 @@ def base(tmp_path_factory, lfw_faces):
     root = tmp_path_factory.mktemp("base")
     write_faces(root / "faces", lfw_faces[:7])
     fast_params(root / "params.yaml")
-    with instance_at(root / "home") as instance:
+    with instance_at(root / "home") as instance, pytest.MonkeyPatch.context() as env:
+        env.setenv("FALCO_PROGRESS_EVERY_S", "0")  # every progress line of the long steps, in Dagster's log
         summary = run(root, instance, VARIANTS)
     return root, summary
 
@@ -85,6 +87,20 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
                 partition_filter=PartitionKeyFilter(key=partition))
             metadata = record.event.dagster_event.event_specific_data.metadata
             assert record.status.value == "SUCCEEDED" and metadata["variant"].value == "default"
+        # the long steps log how far they got (every update here; every 30 s by default), up to their end
+        logged = {r.job_name: [] for r in runs}
+        for r in runs:
+            logged[r.job_name] += [e.user_message for e in instance.all_logs(r.run_id) if e.user_message]
+
+        def finished(job: str, what: str, unit: str) -> bool:
+            return any(re.match(rf"{re.escape(what)}: (\d+)/\1 {unit} \(100%\), 00:\d\d elapsed", m)
+                       for m in logged[job])
+
+        assert finished("prepare", "fake pool", "batches") and finished("prepare", "invert", "batches")
+        assert all(finished("anonymize", f"{v} {s}: optimize", "steps") for v in VARIANTS for s in SHARDS)
+        assert finished("evaluate_references", "read the real images", "batches")
+        assert finished("evaluate_references", "evaluate blur", "batches")
+        assert all(finished("evaluate", f"evaluate {v}", "batches") for v in VARIANTS)
 
     store = root / "store"
     for variant in VARIANTS:

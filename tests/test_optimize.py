@@ -1,6 +1,7 @@
 """The latent optimization: batching, frozen layers, and that both loss terms do what the paper says."""
 
 import copy
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,9 +95,10 @@ def test_trainable_range_must_fit_the_generator(tiny_nets):
         _run(tiny_nets, params, images, w_real, w_fake)
 
 
-def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets, lfw_faces, tmp_path):
+def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets, lfw_faces, tmp_path, monkeypatch):
     """The stage over 5 faces in batches of 2: the faces read from PNG files (ImageFiles) give the array's results,
-    each batch's codes and per-step losses land in its own rows, and keep_images=False only drops the images.
+    each batch's codes and per-step losses land in its own rows, and keep_images=False only drops the images. A log
+    given as `show_progress` hears of every step of every batch (here with no interval between lines).
 
     Tolerances, not equality: on a loaded machine float32 kernels may split their sums over fewer threads (MKL's
     dynamic threading), a ~1e-7 difference that Adam's per-element normalization grows to ~3e-4 in the codes
@@ -116,8 +118,15 @@ def test_optimize_images_reads_files_in_batches_and_places_every_batch(tiny_nets
     w_fake = seeded_codes(g, 2000, 5)
 
     from_array = optimize_images(tiny_nets, params, faces, w_real, w_fake, batch_size=2)
+    monkeypatch.setenv("FALCO_PROGRESS_EVERY_S", "0")
+    lines: list[str] = []
     from_files = optimize_images(tiny_nets, params, ImageFiles(paths, 64), w_real, w_fake, batch_size=2,
-                                 keep_images=False)
+                                 keep_images=False, show_progress=lines.append)
+    line_form = r"optimize: (\d+)/9 steps \(\d+%\), 00:\d\d elapsed(?:, about 00:\d\d left)?(?:, batch (\d)/3)?$"
+    counted = [re.match(line_form, line) for line in lines]
+    assert all(counted), lines
+    batches = [(step, str((step - 1) // 3 + 1)) for step in range(1, 10)]  # 3 batches of 3 steps
+    assert [(int(m[1]), m[2]) for m in counted] == [(0, None), *batches]
     middle = optimize_images(tiny_nets, params, faces[2:4], w_real[2:4], w_fake[2:4], batch_size=2)
 
     assert from_files.images is None and from_array.images.shape == (5, 64, 64, 3)

@@ -99,13 +99,15 @@ def anonymized_latents(
             nets = networks.networks()
             params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits here
             device = str(nets.device)
-            context.log.info(f"{variant} {context_shard(context)}: {len(todo)} of {len(rows)} images to optimize "
+            where = f"{variant} {context_shard(context)}"
+            context.log.info(f"{where}: {len(todo)} of {len(rows)} images to optimize "
                              f"({int(found.sum())} stored already), {params.optimization.steps} steps, "
                              f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
             with measure_throughput(nets.device) as timing:
                 result = optimize_images(nets, params, take(real_images.images, rows[todo]),
                                          real_inversions[rows[todo]], fakes[todo], keep_images=False,
-                                         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"))
+                                         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
+                                         show_progress=lambda line: context.log.info(f"{where}: {line}"))
             speed = timing.metrics(len(todo), params.optimization.steps)
             computed = {"ws": result.ws, "identity_similarity": result.identity_similarity,
                         **{f"loss_{name}": values for name, values in result.history.items()}}

@@ -71,7 +71,8 @@ def _read_real(context: dg.AssetExecutionContext, storage: StorageResource, real
     """The real images read through the private store (`OutputStore.read` with `networks`), then every kept output of
     an image no longer in the data removed: (outputs, images read, outputs removed)."""
     keys, store = _real_keys(real_images), output_store(context, storage, real=True)
-    outputs, read = store.read(real_images.images, keys, **networks)
+    outputs, read = store.read(real_images.images, keys, show_progress=context.log.info, desc="read the real images",
+                               **networks)
     return outputs, read, store.keep_only_real(keys)
 
 
@@ -225,7 +226,7 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
             attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
             baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
             store=output_store(context, storage), real_store=output_store(context, storage, real=True),
-            baseline_keys=keys, **suite)
+            baseline_keys=keys, show_progress=context.log.info, **suite)
         for result in results:
             runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
@@ -268,7 +269,7 @@ def variant_evaluation(
                                 None if None in keys else [key for part in keys for key in part])
         [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
                                  gallery_identity=_gallery_identity(real_images), store=output_store(context, storage),
-                                 **_suite(networks, real_gallery))
+                                 show_progress=context.log.info, **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
         scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
                                                networks.networks().device)

@@ -39,7 +39,8 @@ def fake_features(context: dg.AssetExecutionContext, fake_pool: Mapping, network
     with mlflow.asset_run(context, networks) as run:
         nets = networks.networks()
         pool = FakePool(seeds=fake_pool["seeds"], w=fake_pool["w"])
-        features = embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device, show_progress=False)
+        features = embed_fake_pool(pool, nets.generator, nets.farl.embed, device=nets.device,
+                                   show_progress=context.log.info)
         run.log_metrics({"num_fakes": len(features)})
     context.add_output_metadata({**run.metadata, "shape": str(features.shape)})
     return features

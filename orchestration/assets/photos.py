@@ -79,7 +79,8 @@ def anonymized_photos(
         # from that shard's journal, whose earlier batches stay until every shard of the variant is made
         others = [d for d in storage.asset_dir("anonymized_photos").glob("*/*") if d.is_dir() and d != out]
         summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
-                                   relpaths=photos["input"].tolist(), show_progress=False, other_runs=others,
+                                   relpaths=photos["input"].tolist(), other_runs=others,
+                                   show_progress=lambda line: context.log.info(f"{variant} {shard}: {line}"),
                                    keep_earlier_batches=True, reuse=reuses_rows(context))
         seconds = time.perf_counter() - start
         manifest = read_photo_manifest(out)

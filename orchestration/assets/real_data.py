@@ -95,7 +95,8 @@ def real_inversions(context: dg.AssetExecutionContext, real_images: ImageSet, st
     todo = np.flatnonzero(~found)
     with mlflow.asset_run(context, networks, {"inversion": params.to_dict()["inversion"]}) as run:
         context.log.info(f"{len(todo)} of {len(keys)} images to invert; the others' codes are stored already")
-        computed = {"ws": invert_images(networks.networks(), params, take(real_images.images, todo))} \
+        computed = {"ws": invert_images(networks.networks(), params, take(real_images.images, todo),
+                                        show_progress=context.log.info)} \
             if len(todo) or not found.any() else {}
         ws = merge_rows(found, reused, computed, {"ws": 0})["ws"]
         run.log_metrics({"num_images": len(ws), "num_inverted": len(todo), "num_reused": int(found.sum())})
