@@ -3,6 +3,7 @@ anonymize_photos per (photo shard, variant), each shard's blocking per-face priv
 says what a change makes stale."""
 
 import json
+import re
 import shutil
 
 import dagster as dg
@@ -29,7 +30,8 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
     build_sample_photos(root / "faces")  # group.png (7 faces), no_face.png, portrait.jpg (1 face)
     fast_params(root / "params.yaml", pipeline={"shard_size": 2, "executor": "in_process", "max_concurrent": 1})
-    with instance_at(root / "home") as instance:
+    with instance_at(root / "home") as instance, pytest.MonkeyPatch.context() as env:
+        env.setenv("FALCO_PROGRESS_EVERY_S", "0")  # every progress line, in Dagster's log
         summary = run(root, instance, VARIANTS, mode="photo")
     return root, summary
 
@@ -57,6 +59,13 @@ def test_photo_mode_runs_as_named_jobs_per_shard_and_variant(base):
             check, limit=1, partition_filter=PartitionKeyFilter(key="shard-00000|default"))
         metadata = record.event.dagster_event.event_specific_data.metadata
         assert metadata["faces"].value == 7 and metadata["matched_faces"].value == 0
+        # a shard logs how far it got through its photos and faces (each update here; every 30 s by default)
+        [first] = [r for r in runs if r.job_name == "anonymize_photos" and r.tags["dagster/partition"] ==
+                   "shard-00000|default"]
+        logged = [e.user_message for e in instance.all_logs(first.run_id) if e.user_message]
+        assert any(m.startswith("default shard-00000: photos: 2/2 photos (100%), 00:") for m in logged), logged
+        assert any(re.match(r"default shard-00000: anonymize: (\d)/\1 faces \(100%\), 00:", m) for m in logged)
+        assert any(m.startswith("default shard-00000: optimize: ") for m in logged)
     for variant in VARIANTS:
         first = root / "store" / "anonymized_photos" / variant / "shard-00000"
         second = root / "store" / "anonymized_photos" / variant / "shard-00001"
