@@ -8,8 +8,9 @@ cut (``quad_to_output``, bilinear). It is blended in with a mask drawn in the cr
 ears, chin) and falling smoothly to 0 over a band of :data:`FEATHER` of its size, so no seam is sharp and every
 pixel beyond the band keeps its exact value. Before blending, the generated pixels are shifted by the mean colour
 difference between the photo and the generated image on that band (per channel), so the face takes the light of
-its surroundings; among grey pixels (a black-and-white photo), they are first made grey (anon_core.data.colour's
-:data:`LUMA`), so the photo stays black and white.
+its surroundings; among the pixels of a black-and-white photo, grey or toned (sepia, a scanner's tint), they are
+first made its luma in the photo's tone (anon_core.data.colour's :func:`monochrome_tone`), so the photo stays black
+and white.
 
 Cover (:func:`cover_box`): the face box grown by :data:`COVER_GROW` on each side, pixelated to
 :data:`PIXEL_BLOCKS` blocks across (each block the mean of its pixels) or Gaussian-blurred with sigma = box side /
@@ -23,7 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from anon_core.data.align import quad_to_output
-from anon_core.data.colour import LUMA, is_grey
+from anon_core.data.colour import in_tone, monochrome_tone
 
 __all__ = ["COVERS", "FEATHER", "cover_box", "face_mask", "paste_face"]
 
@@ -68,8 +69,9 @@ def paste_face(photo: np.ndarray, generated: np.ndarray, quad: np.ndarray) -> np
     face = np.stack([map_coordinates(generated[:, :, c].astype(np.float32), coords, order=1, mode="nearest")
                      for c in range(3)], axis=1).reshape(*mask.shape, 3)  # [h, w, 3]
     region = photo[rows, cols].astype(np.float32)
-    if is_grey(photo[rows, cols]):  # a black-and-white photo (or part of one) gets a black-and-white face
-        face = np.repeat(face @ LUMA[:, None], 3, axis=-1)
+    tone = monochrome_tone(photo[rows, cols])
+    if tone is not None:  # a black-and-white photo (or part of one) gets a black-and-white face, in its tone
+        face = in_tone(face, tone)
     band = (mask > 0.0) & (mask < 1.0)
     if band.any():
         face += region[band].mean(axis=0) - face[band].mean(axis=0)

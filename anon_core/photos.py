@@ -34,6 +34,7 @@ from anon_core.acceleration import resolved_for
 from anon_core.atomic import atomic_path, write_bytes_atomic
 from anon_core.compose import cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
+from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb
 from anon_core.data.scan import ScannedFile
@@ -212,7 +213,7 @@ class _PhotoRun:
         self.outputs = _output_names(self.files, settings.output_format)
         self.journal = Journal(output_dir, run_key({
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
-            "pool_seeds": POOL_SEEDS, "detection": DETECTION_RULE,
+            "pool_seeds": POOL_SEEDS, "detection": DETECTION_RULE, "paste": TONE_RULE,
             "photo": settings.to_dict(), "files": [[f.relpath, f.sha256, f.skip_reason] for f in self.files]}),
             start=False)
         # A run stopped by an earlier falco named no output for a photo it rejected, while the image an earlier run

@@ -25,3 +25,61 @@ def test_keep_grey_makes_only_the_rows_it_names_grey_as_pillows_luma():
     assert np.abs(out[1][..., 0].astype(int) - pillow).max() <= 1  # the same weights; Pillow rounds in fixed point
     assert keep_grey(images, np.zeros(3, bool)) is images
     np.testing.assert_array_equal(to_grey(out[1]), out[1])  # grey stays as it is
+
+
+def _toned(luma: np.ndarray, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A black-and-white image in a sepia tone whose tint is strongest in the mid-tones, with scanner noise."""
+    mid = luma / 255.0
+    tint = 4 * mid * (1 - mid)
+    toned = np.stack([luma + 40 * tint, luma + 10 * tint, luma - 30 * tint], axis=-1)
+    toned += np.random.default_rng(seed).normal(0, noise, toned.shape)
+    return np.clip(np.rint(toned), 0, 255).astype(np.uint8)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def test_a_toned_or_scanned_black_and_white_photo_is_monochrome_and_a_colour_face_is_not():
+    """The astronaut's face (the one colour face that ships offline) in colour, and made black and white: grey,
+    sepia-toned, with a scanner's noise, saved as JPEG."""
+    from skimage.data import astronaut
+
+    from anon_core.data.colour import LUMA, monochrome_tone
+
+    face = astronaut()[20:220, 120:300]
+    luma = face.astype(np.float32) @ LUMA
+    assert monochrome_tone(face) is None
+    assert monochrome_tone(face[:8, :8]) is None  # too few pixels to tell a tone: only exact grey counts there
+    grey = np.repeat(np.rint(luma).astype(np.uint8)[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(monochrome_tone(grey), np.zeros((32, 3), np.float32))
+    np.testing.assert_array_equal(monochrome_tone(grey[:4, :4]), np.zeros((32, 3), np.float32))
+    for toned in (_toned(luma), _toned(luma, noise=4.0), _jpeg(_toned(luma, noise=2.0), 75)):
+        tone = monochrome_tone(toned)
+        assert tone is not None
+        middle = tone[14:18][~np.isnan(tone[14:18, 0])].mean(axis=0)  # luma near 128: the strongest tint
+        assert middle[0] > 15 and middle[2] < -10  # warm: red above the luma, blue below
+    faded = np.clip(np.rint(luma[..., None] + (face - luma[..., None]) * 0.5), 0, 255).astype(np.uint8)
+    assert monochrome_tone(faded) is None  # a colour photo at half its saturation is still colour
+
+
+def test_in_tone_gives_a_colour_image_the_luma_and_tone_of_a_black_and_white_one():
+    from skimage.data import astronaut
+
+    from anon_core.data.colour import LUMA, in_tone, monochrome_tone
+
+    face = astronaut()[20:220, 120:300]
+    luma = face.astype(np.float32) @ LUMA
+    toned = _toned(luma)
+    tone = monochrome_tone(toned)
+    assert np.abs(in_tone(toned, tone) - toned).mean() < 1.0  # a toned photo is its own luma in its tone
+    out = in_tone(face.astype(np.float32), tone)  # the colour face: its own luma, the photo's tone
+    np.testing.assert_allclose(out @ LUMA, luma, atol=1e-3)
+    assert monochrome_tone(np.clip(np.rint(out), 0, 255).astype(np.uint8)) is not None
+    assert (out[..., 0] >= out[..., 2]).all() and (out[..., 0] - out[..., 2]).mean() > 30  # warm throughout
+    grey = in_tone(face.astype(np.float32), np.zeros((32, 3), np.float32))
+    np.testing.assert_array_equal(grey, np.repeat(face.astype(np.float32) @ LUMA[:, None], 3, axis=-1))

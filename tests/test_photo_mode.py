@@ -591,7 +591,8 @@ def test_paste_back_lands_on_the_face_and_leaves_the_rest():
 
 def test_a_black_and_white_photo_gets_a_black_and_white_face_and_a_colour_one_keeps_its_colours():
     """A generated face is in colour; pasted into a black-and-white photo (decoded to RGB, three equal channels) it
-    made the photo a colour one with a coloured face. It is made grey first there, and only there."""
+    made the photo a colour one with a coloured face. It is made grey first there, in a toned photo its luma in the
+    photo's tone, and in a colour photo it keeps its colours."""
     rng = np.random.default_rng(3)
     gray = np.repeat(rng.integers(0, 256, (200, 240, 1), dtype=np.uint8), 3, axis=2)
     quad = ffhq_quad(FRONTAL + [60, 40])
@@ -602,10 +603,19 @@ def test_a_black_and_white_photo_gets_a_black_and_white_face_and_a_colour_one_ke
     assert not np.array_equal(out, gray) and (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
     inside = out[rows, cols][mask == 1].astype(int)  # the face's grey: its luma, shifted to the band's light
     assert np.ptp(inside[:, 0]) <= 1
-    colour = gray.copy()
-    colour[..., 2] //= 2  # a colour photo (a blue cast halved): its faces stay in colour
-    out = paste_face(colour, face, quad)
-    assert (out[rows, cols][mask == 1][:, 0] > out[rows, cols][mask == 1][:, 2]).all()  # orange: red over blue
+    # a toned black-and-white photo (sepia: red above the grey, blue below it, by as much at every level) gets a
+    # face in that tone, not an orange one: the face's luma with the photo's chroma
+    shaded = face.copy()
+    shaded[..., 0] = np.linspace(100, 250, 64).astype(np.uint8)  # red from left to right, green and blue even
+    sepia = np.clip(gray.astype(int) + np.array([24, 4, -22]), 0, 255).astype(np.uint8)
+    out = paste_face(sepia, shaded, quad).astype(int)
+    inside = out[rows, cols][mask == 1]
+    middle = inside[(inside[:, 1] > 40) & (inside[:, 1] < 210)]  # away from the clipped ends
+    assert len(middle) > 100
+    assert np.abs(middle[:, 0] - middle[:, 1] - 20).max() <= 2 and np.abs(middle[:, 2] - middle[:, 1] + 26).max() <= 2
+    colour = np.random.default_rng(4).integers(0, 256, (200, 240, 3), dtype=np.uint8)  # a colour photo
+    out = paste_face(colour, shaded, quad).astype(int)[rows, cols][mask == 1]
+    assert np.ptp(out[:, 0] - out[:, 2]) > 100 and np.ptp(out[:, 1] - out[:, 2]) <= 2  # its colours, not a tone
 
 
 def test_cover_pixelates_the_grown_box_only():
