@@ -48,7 +48,8 @@ def input_photos(context: dg.AssetExecutionContext, storage: StorageResource, ne
     return frame
 
 
-@dg.asset(group_name=GROUP, code_version="1", partitions_def=variant_photo_shards, op_tags=GPU,
+# code_version 2: faces cut by the photo's edge are covered, toned black-and-white photos get toned faces
+@dg.asset(group_name=GROUP, code_version="2", partitions_def=variant_photo_shards, op_tags=GPU,
           deps=[dg.AssetDep("variant_settings", partition_mapping=BY_VARIANT), "photo_settings"])
 def anonymized_photos(
     context: dg.AssetExecutionContext, input_photos: pd.DataFrame, fake_pool: Mapping, fake_features: np.ndarray,
