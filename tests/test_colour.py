@@ -27,20 +27,18 @@ def test_keep_grey_makes_only_the_rows_it_names_grey_as_pillows_luma():
     np.testing.assert_array_equal(to_grey(out[1]), out[1])  # grey stays as it is
 
 
-def _toned(luma: np.ndarray, noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    """A black-and-white image in a sepia tone whose tint is strongest in the mid-tones, with scanner noise."""
-    mid = luma / 255.0
-    tint = 4 * mid * (1 - mid)
-    toned = np.stack([luma + 40 * tint, luma + 10 * tint, luma - 30 * tint], axis=-1)
-    toned += np.random.default_rng(seed).normal(0, noise, toned.shape)
-    return np.clip(np.rint(toned), 0, 255).astype(np.uint8)
-
-
-def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+def _sepia(luma: np.ndarray, noise: float = 0.0, jpeg_quality: int | None = None) -> np.ndarray:
+    """A black-and-white image printed in sepia (each channel a line in the luma), with a scanner's noise (sd in
+    levels), maybe saved as JPEG."""
     import io
 
+    lines = np.array([1.0, 0.88, 0.66], np.float32), np.array([24.0, 10.0, 2.0], np.float32)
+    noisy = luma[..., None] * lines[0] + lines[1] + np.random.default_rng(0).normal(0, noise, (*luma.shape, 3))
+    image = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if jpeg_quality is None:
+        return image
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    Image.fromarray(image).save(buffer, format="JPEG", quality=jpeg_quality)
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
@@ -58,10 +56,10 @@ def test_a_toned_or_scanned_black_and_white_photo_is_monochrome_and_a_colour_fac
     grey = np.repeat(np.rint(luma).astype(np.uint8)[..., None], 3, axis=-1)
     np.testing.assert_array_equal(monochrome_tone(grey), np.zeros((32, 3), np.float32))
     np.testing.assert_array_equal(monochrome_tone(grey[:4, :4]), np.zeros((32, 3), np.float32))
-    for toned in (_toned(luma), _toned(luma, noise=4.0), _jpeg(_toned(luma, noise=2.0), 75)):
+    for toned in (_sepia(luma), _sepia(luma, noise=4.0), _sepia(luma, noise=2.0, jpeg_quality=75)):
         tone = monochrome_tone(toned)
         assert tone is not None
-        middle = tone[14:18][~np.isnan(tone[14:18, 0])].mean(axis=0)  # luma near 128: the strongest tint
+        middle = tone[14:18][~np.isnan(tone[14:18, 0])].mean(axis=0)  # luma near 128
         assert middle[0] > 15 and middle[2] < -10  # warm: red above the luma, blue below
     faded = np.clip(np.rint(luma[..., None] + (face - luma[..., None]) * 0.5), 0, 255).astype(np.uint8)
     assert monochrome_tone(faded) is None  # a colour photo at half its saturation is still colour
@@ -74,7 +72,7 @@ def test_in_tone_gives_a_colour_image_the_luma_and_tone_of_a_black_and_white_one
 
     face = astronaut()[20:220, 120:300]
     luma = face.astype(np.float32) @ LUMA
-    toned = _toned(luma)
+    toned = _sepia(luma)
     tone = monochrome_tone(toned)
     assert np.abs(in_tone(toned, tone) - toned).mean() < 1.0  # a toned photo is its own luma in its tone
     out = in_tone(face.astype(np.float32), tone)  # the colour face: its own luma, the photo's tone
