@@ -258,13 +258,13 @@ class _PhotoRun:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:
-        reading = progress_bar(None, desc="photos", unit="photo", total=len(self.files), enable=self.show_progress)
+        reading = progress_bar(None, desc="read", unit="photo", total=len(self.files), enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
         workers = io_workers(self.device)
         with WriteBehind(workers) as self.writer:
             self._run(reading, workers)
+        self.bar.close()  # the inner bar first: closed the other way round, tqdm leaves the cursor past its line
         reading.close()
-        self.bar.close()
         self.take_over()  # where nothing was written (every photo rejected)
         self._write_outputs()
         written = {r["output"] for rows in self.rows.values() for r in rows if r["kind"] == "photo" and r["output"]}

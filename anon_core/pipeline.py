@@ -91,7 +91,7 @@ def anonymize_images(nets: Networks, pool: FakePool, real: np.ndarray, params: F
         indices, similarities = pair(embed_images(nets, real), pool, params.pairing_k)
         fakes = (indices[:, 0], similarities[:, 0])
     fake_index, fake_similarity = fakes
-    w_real = invert_images(nets, params, real)
+    w_real = invert_images(nets, params, real, show_progress=show_progress)
     result = optimize_images(nets, params, real, w_real, pool.w[fake_index], show_progress=show_progress)
     return BatchResult(
         ws=result.ws,
@@ -275,7 +275,7 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     earlier = StoredRows(journal.earlier() if todo else [])
     settings = key_settings(params, nets.weights, aligned=extra["aligned"], alignment=extra["alignment"])
     last_write = [float("-inf")]
-    bar = progress_bar(None, desc="anonymize", unit="img", total=len(ok), enable=show_progress)
+    bar = progress_bar(None, desc="anonymize", unit="image", total=len(ok), enable=show_progress)
     take_over = TakeOver(output_dir, journal, set(ok["image"]), lambda: _write_manifest(output_dir, manifest))
 
     def finish(index: int, result: dict[str, np.ndarray], images: np.ndarray | None) -> None:

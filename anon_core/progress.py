@@ -1,14 +1,16 @@
 """Progress reporting for long loops: a tqdm bar on stderr, a line in a log now and then, or nothing.
 
-`Progress` is what the long stages take: True draws a bar (the `falco` commands), False shows nothing, and a function
-(a Dagster asset's `context.log.info`) gets one line at most every `log_every_s()` seconds (30, or
-$FALCO_PROGRESS_EVERY_S), for logs that show no live bar. Nothing is logged by a loop that ends sooner.
+`Progress` is what the long stages take: True draws a bar (the `falco` commands; when stderr is not a terminal, a
+file or a pipe, plain lines on it instead), False shows nothing, and a function (a Dagster asset's
+`context.log.info`) gets one line at most every `log_every_s()` seconds (30, or $FALCO_PROGRESS_EVERY_S), for logs
+that show no live bar. Nothing is logged by a loop that ends sooner.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -27,24 +29,46 @@ EVERY_ENV = "FALCO_PROGRESS_EVERY_S"
 
 def log_every_s() -> float:
     """Seconds between two progress lines in a log: $FALCO_PROGRESS_EVERY_S, else LOG_EVERY_S."""
-    value = os.environ.get(EVERY_ENV)
-    if value is None:
+    value = os.environ.get(EVERY_ENV, "").strip()
+    if not value:  # unset, or set to nothing
         return LOG_EVERY_S
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
     if not 0 <= seconds < math.inf:
-        raise FalcoError(f"{EVERY_ENV}={value!r}: not a number of seconds >= 0 (how often a long step logs its "
-                         f"progress; unset it for {LOG_EVERY_S:g})")
+        raise FalcoError(f"{EVERY_ENV}={value!r}: not a number of seconds, 0 or more (how often a long step logs "
+                         f"its progress; unset it for {LOG_EVERY_S:g})")
     return seconds
 
 
 def progress_bar(iterable: Iterable[T] | None, desc: str, unit: str = "it", enable: Progress = True,
                  total: int | None = None) -> tqdm:
+    if enable is True and not _on_terminal():  # a bar's redraws would fill a log file with \r and cursor moves
+        enable = _print_line
     if callable(enable):
         return _LogLines(iterable, desc=desc, unit=unit, total=total, log=enable, every_s=log_every_s())
     return tqdm(iterable, desc=desc, unit=unit, total=total, disable=not enable, dynamic_ncols=True, leave=False)
+
+
+def close_bars() -> None:
+    """Close every bar still drawn, innermost first, leaving the cursor at the start of a cleared line: before the
+    message of a command ended early (Ctrl-C, an error), which would otherwise be written over the bars."""
+    bars = sorted(plain_tqdm._instances, key=lambda bar: -abs(getattr(bar, "pos", 0)))
+    for bar in bars:
+        bar.close()
+    if bars and _on_terminal():
+        sys.stderr.write("\r")
+        sys.stderr.flush()
+
+
+def _on_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def _print_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class _LogLines(plain_tqdm):

@@ -164,37 +164,36 @@ def optimize_images(
     batch_size = batch_size or resolve_batch_size(nets, params)
     full_batches = speed.compile if full_batches is None else full_batches
     num_batches = -(-n // batch_size)
-    steps = progress_bar(None, desc="optimize", unit="step", total=num_batches * params.optimization.steps,
-                         enable=show_progress)
-    for done, (part, batch) in enumerate(read_batches(images, batch_size)):
-        if num_batches > 1:
-            steps.set_postfix_str(f"batch {done + 1}/{num_batches}", refresh=False)
-        k, codes_real, codes_fake = len(batch), w_real[part], w_fake[part]
-        if full_batches and k < batch_size:
-            rows = np.arange(batch_size) % k  # the batch's rows, repeated up to the full size
-            batch, codes_real, codes_fake = batch[rows], codes_real[rows], codes_fake[rows]
-        result = anonymize_batch(
-            nets.generator,
-            nets.identity,
-            nets.farl,
-            _as_tensor(batch, nets),
-            torch.from_numpy(np.ascontiguousarray(codes_real)).to(nets.device),
-            torch.from_numpy(np.ascontiguousarray(codes_fake)).to(nets.device),
-            params.optimization,
-            amp_dtype=amp_dtype,
-            compile_backend="inductor" if speed.compile else None,
-            return_images=keep_images,
-            on_step_queued=lambda _: steps.update(),
-        )
-        out.ws[part] = result.ws[:k].float().numpy()
-        if keep_images:
-            out.images[part] = to_uint8(result.images[:k].float())
-        out.identity_similarity[part] = result.identity_similarity[:k]
-        for name in LOSS_NAMES:
-            out.history[name][:, part] = result.history[name][:, :k]
-        if on_batch is not None:
-            on_batch(done + 1, num_batches)
-    steps.close()
+    with progress_bar(None, desc="optimize", unit="step", total=num_batches * params.optimization.steps,
+                      enable=show_progress) as steps:
+        for done, (part, batch) in enumerate(read_batches(images, batch_size)):
+            if num_batches > 1:
+                steps.set_postfix_str(f"batch {done + 1}/{num_batches}", refresh=False)
+            k, codes_real, codes_fake = len(batch), w_real[part], w_fake[part]
+            if full_batches and k < batch_size:
+                rows = np.arange(batch_size) % k  # the batch's rows, repeated up to the full size
+                batch, codes_real, codes_fake = batch[rows], codes_real[rows], codes_fake[rows]
+            result = anonymize_batch(
+                nets.generator,
+                nets.identity,
+                nets.farl,
+                _as_tensor(batch, nets),
+                torch.from_numpy(np.ascontiguousarray(codes_real)).to(nets.device),
+                torch.from_numpy(np.ascontiguousarray(codes_fake)).to(nets.device),
+                params.optimization,
+                amp_dtype=amp_dtype,
+                compile_backend="inductor" if speed.compile else None,
+                return_images=keep_images,
+                on_step_queued=lambda _: steps.update(),
+            )
+            out.ws[part] = result.ws[:k].float().numpy()
+            if keep_images:
+                out.images[part] = to_uint8(result.images[:k].float())
+            out.identity_similarity[part] = result.identity_similarity[:k]
+            for name in LOSS_NAMES:
+                out.history[name][:, part] = result.history[name][:, :k]
+            if on_batch is not None:
+                on_batch(done + 1, num_batches)
     return out
 
 

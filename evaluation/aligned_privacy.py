@@ -39,7 +39,7 @@ def aligned_face_privacy(real_images: ImageSetLike, output_dir: Path, rows: pd.D
                             when_changed=REWRITE)
     dlib = recognizer or build_recognizer("dlib")
     distances, matched = np.empty(len(table)), np.empty(len(table), bool)
-    with progress_bar(None, desc="privacy check", unit="img", total=len(table), enable=show_progress) as bar:
+    with progress_bar(None, desc="privacy check", unit="image", total=len(table), enable=show_progress) as bar:
         for part in batch_slices(len(table), CHUNK):
             distances[part], matched[part] = dlib.match_pairs(take(anonymized, part), take(real_images, part))
             bar.update(part.stop - part.start)

@@ -381,24 +381,28 @@ RESUMING_COMMANDS = frozenset({"anonymize", "pipeline", "stage", "models"})
 
 def main(argv: list[str] | None = None) -> int:
     from anon_core.errors import FalcoError
+    from anon_core.progress import close_bars, log_every_s
 
     args = None
     with stop_signals() as stopped_by:
         try:
             args = parse_command(argv)
+            log_every_s()  # a bad $FALCO_PROGRESS_EVERY_S: one line now, not a failed step later
             return args.run(args)
         except FalcoError as err:
+            close_bars()
             print(f"falco: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # a file that could not be read or written: the disk, permissions, not falco's code
+            close_bars()
             print(f"falco: error: {file_error(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in any sub-command: what was finished is kept (runs resume)
+            close_bars()  # the line goes where they were, not over them
             which = stopped_by()
             again = "to resume where it stopped" if getattr(args, "command", None) in RESUMING_COMMANDS else \
                 "to start it over (it leaves nothing half-written)"
-            print("\n" * sys.stderr.isatty() + f"falco: stopped ({which}); run the same command again {again}",
-                  file=sys.stderr)  # on a terminal, after the progress bar's line
+            print(f"falco: stopped ({which}); run the same command again {again}", file=sys.stderr)
             return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 
 

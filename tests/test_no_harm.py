@@ -219,7 +219,7 @@ def test_pipeline_flags_are_checked_before_any_run(tmp_path, lfw_faces, capsys, 
     assert not (tmp_path / "store").exists()  # before: it failed after the whole prepare, in Dagster traces
 
 
-def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, capfd):
+def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, capfd, monkeypatch):
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / "notes.txt").write_text("no face here")
     Image.new("RGB", (8, 8)).save(tmp_path / "faces" / "tiny.png")  # too small
@@ -231,6 +231,12 @@ def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, cap
         "not_an_image: 1" in summary.errors["prepare"] and "too_small: 1" in summary.errors["prepare"]
     logged = capfd.readouterr().err  # Dagster's console log: the failure's message, no stack trace
     assert "FalcoError: no usable image in" in logged and "Stack Trace" not in logged and "File \"" not in logged
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))  # the command: its summary counts the failed run
+    assert main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "cli_store"),
+                 "--params", str(tmp_path / "params.yaml")]) == 1
+    printed = capfd.readouterr()
+    assert re.search(r"^pipeline FAILED in [\d.]+ s: 0 run\(s\) done, 1 failed, 0 up to date;", printed.out, re.M)
+    assert "falco: error: prepare: real_images: no usable image in" in printed.err
     assert main(["anonymize", str(tmp_path / "faces"), str(tmp_path / "out"), *FAST]) == 1
     assert "nothing was anonymized" in capfd.readouterr().err
 

@@ -64,6 +64,53 @@ def test_the_interval_comes_from_the_environment_and_a_bad_value_is_named(clock,
                      "read the real images: 4/4 batches (100%), 00:12 elapsed"]
     for bad in ("soon", "-1", "inf", "nan"):
         monkeypatch.setenv(EVERY_ENV, bad)
-        with pytest.raises(FalcoError, match=f"FALCO_PROGRESS_EVERY_S='{bad}': not a number of seconds >= 0"):
+        with pytest.raises(FalcoError, match=f"FALCO_PROGRESS_EVERY_S='{bad}': not a number of seconds, 0 or more"):
             progress_bar(range(3), desc="x", enable=lines.append)
     assert progress_bar(range(3), desc="x", enable=False).disable  # no log, no bar: the variable is not read
+    for unset in ("", " "):  # set to nothing: as if unset
+        monkeypatch.setenv(EVERY_ENV, unset)
+        assert log_every_s() == 30.0
+
+
+def test_a_bad_interval_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    monkeypatch.setenv(EVERY_ENV, "every minute")
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path), str(out), "--profile", "tiny"]) == 2
+    assert capsys.readouterr().err == ("falco: error: FALCO_PROGRESS_EVERY_S='every minute': not a number of seconds, "
+                                       "0 or more (how often a long step logs its progress; unset it for 30)\n")
+    assert not out.exists()
+
+
+def test_without_a_terminal_a_bar_is_plain_lines_on_stderr(clock, monkeypatch, capsys):
+    """Piped or redirected, a bar's redraws (carriage returns, cursor moves) would fill the file: lines instead."""
+    monkeypatch.delenv(EVERY_ENV, raising=False)
+    for _ in progress_bar(range(4), desc="anonymize", unit="image", enable=True):
+        clock.now += 20.0
+    assert capsys.readouterr().err == ("anonymize: 2/4 images (50%), 00:40 elapsed, about 00:40 left\n"
+                                       "anonymize: 4/4 images (100%), 01:20 elapsed\n")
+
+
+def test_closing_the_bars_leaves_none_drawn(monkeypatch):
+    """A command stopped or failed in the middle of nested bars closes them all, innermost first, so its last line
+    is not written over them."""
+    import io
+
+    from tqdm.std import tqdm
+
+    from anon_core.progress import close_bars
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    outer = progress_bar(None, desc="anonymize", unit="image", total=12)
+    inner = progress_bar(None, desc="optimize", unit="step", total=200)
+    inner.update(73)
+    assert {bar.pos for bar in (outer, inner)} == {0, 1} and not outer.disable
+    close_bars()
+    assert not tqdm._instances and outer.disable and inner.disable
+    assert terminal.getvalue().endswith("\r")  # at the start of a line

@@ -103,10 +103,13 @@ def anonymized_latents(
             context.log.info(f"{where}: {len(todo)} of {len(rows)} images to optimize "
                              f"({int(found.sum())} stored already), {params.optimization.steps} steps, "
                              f"m = {params.optimization.margin}, batches of {params.batch_size} on {nets.device}")
+            def batch_done(done: int, total: int) -> None:
+                context.log.info(f"{where}: batch {done}/{total} done")
+
             with measure_throughput(nets.device) as timing:
                 result = optimize_images(nets, params, take(real_images.images, rows[todo]),
                                          real_inversions[rows[todo]], fakes[todo], keep_images=False,
-                                         on_batch=lambda done, total: context.log.info(f"batch {done}/{total} done"),
+                                         on_batch=batch_done,
                                          show_progress=lambda line: context.log.info(f"{where}: {line}"))
             speed = timing.metrics(len(todo), params.optimization.steps)
             computed = {"ws": result.ws, "identity_similarity": result.identity_similarity,
