@@ -365,8 +365,8 @@ def evaluate_folders(
                 name: baseline_keys(name, gallery.images.size, fake_keys if BASELINES[name].needs_fakes else sources)
                 for name in chosen})
         kept = real_read < len(gallery.images) or any(r.images_read < len(r.per_image) for r in results)
-        log(f"images read: real {real_read} of {len(gallery.images)}, " + ", ".join(
-            f"{r.method} {r.images_read} of {len(r.per_image)}" for r in results) +
+        log(f"images read: real: {real_read} of {len(gallery.images)}; " + "; ".join(  # labels may hold commas
+            f"{r.method}: {r.images_read} of {len(r.per_image)}" for r in results) +
             (f" (the others' outputs were kept in {stored}, by an earlier evaluation or for the same image read "
              "earlier in this one)" if kept else ""))
         if forgotten:

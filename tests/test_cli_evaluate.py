@@ -296,7 +296,8 @@ def test_an_evaluation_into_the_same_report_folder_reads_only_the_images_it_has_
         assert main(["evaluate", str(runs["real"]), *map(str, folders), "--out", str(report),
                      "--recognizers", "dlib"]) == 0
         [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("images read:")]
-        return {name: int(read) for name, read in re.findall(r"(\S+) (\d+) of \d+", line)}
+        return {name: int(read) for name, read in re.findall(r"([^:;]+): (\d+) of \d+", line.removeprefix(
+            "images read: ").replace("; ", ";"))}
 
     first = evaluate(runs["0.0"])
     assert set(first.values()) == {FACES}  # a new report folder: every image read
@@ -330,7 +331,7 @@ def test_a_face_removed_from_the_data_leaves_no_embedding_in_the_report_folder(r
     capsys.readouterr()
     assert main(["evaluate", str(fewer), str(again), "--out", str(report), "--recognizers", "dlib"]) == 0
     out = capsys.readouterr().out
-    assert f"images read: real 0 of {FACES - 1}, " in out
+    assert f"images read: real: 0 of {FACES - 1}; " in out
     assert f"removed from {real_store}: 4 kept output(s) of faces no longer in {fewer}" in out  # 1 face, 3 baselines
     left = kept_keys(real_store)
     assert {real_source(k) for k in left} < {real_source(k) for k in kept} and len(left) == 4 * (FACES - 1)
