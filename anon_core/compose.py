@@ -8,9 +8,9 @@ cut (``quad_to_output``, bilinear). It is blended in with a mask drawn in the cr
 ears, chin) and falling smoothly to 0 over a band of :data:`FEATHER` of its size, so no seam is sharp and every
 pixel beyond the band keeps its exact value. Before blending, the generated pixels are shifted by the mean colour
 difference between the photo and the generated image on that band (per channel), so the face takes the light of
-its surroundings; among the pixels of a black-and-white photo, grey or toned (sepia, a scanner's tint), they are
-first made its luma in the photo's tone (anon_core.data.colour's :func:`monochrome_tone`), so the photo stays black
-and white.
+its surroundings. Where the face goes (the mask's pixels) the photo may be black and white, grey or toned (sepia, a
+scanner's tint: anon_core.data.colour's :func:`monochrome_tone`): the face is then its luma, shifted by the band's
+mean luma difference, in that tone, so the photo stays black and white.
 
 Cover (:func:`cover_box`): the face box grown by :data:`COVER_GROW` on each side, pixelated to
 :data:`PIXEL_BLOCKS` blocks across (each block the mean of its pixels) or Gaussian-blurred with sigma = box side /
@@ -24,7 +24,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from anon_core.data.align import quad_to_output
-from anon_core.data.colour import in_tone, monochrome_tone
+from anon_core.data.colour import LUMA, in_tone, monochrome_tone
 
 __all__ = ["COVERS", "FEATHER", "cover_box", "face_mask", "paste_face"]
 
@@ -69,11 +69,16 @@ def paste_face(photo: np.ndarray, generated: np.ndarray, quad: np.ndarray) -> np
     face = np.stack([map_coordinates(generated[:, :, c].astype(np.float32), coords, order=1, mode="nearest")
                      for c in range(3)], axis=1).reshape(*mask.shape, 3)  # [h, w, 3]
     region = photo[rows, cols].astype(np.float32)
-    tone = monochrome_tone(photo[rows, cols])
-    if tone is not None:  # a black-and-white photo (or part of one) gets a black-and-white face, in its tone
-        face = in_tone(face, tone)
     band = (mask > 0.0) & (mask < 1.0)
-    if band.any():
+    # judged on the pixels the face goes over, not on the crop's whole box: a coloured mark beside the head, or a
+    # colour photo beside a black-and-white one, does not make a black-and-white face a colour one
+    tone = monochrome_tone(photo[rows, cols][mask > 0.0])
+    if tone is not None:  # black and white: the face's luma, lit as its band, in the photo's tone
+        luma = face @ LUMA
+        if band.any():
+            luma += (region[band] @ LUMA).mean() - luma[band].mean()
+        face = in_tone(luma, tone)
+    elif band.any():
         face += region[band].mean(axis=0) - face[band].mean(axis=0)
     blended = region + (face - region) * mask[:, :, None]
     out[rows, cols] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

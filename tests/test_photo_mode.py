@@ -618,6 +618,40 @@ def test_a_black_and_white_photo_gets_a_black_and_white_face_and_a_colour_one_ke
     assert np.ptp(out[:, 0] - out[:, 2]) > 100 and np.ptp(out[:, 1] - out[:, 2]) <= 2  # its colours, not a tone
 
 
+def test_the_tone_is_judged_where_the_face_goes_and_the_face_follows_it_at_every_level():
+    """A coloured mark beside the head (inside the crop's box, outside the face's mask) made a grey photo's face a
+    colour one; and shifting the toned face per channel to its band's mean colour added a chroma the photo's tone
+    does not have at the face's own levels (a dark face in a mid-grey sepia photo came out cooler)."""
+    from anon_core.data.colour import monochrome_tone
+
+    rng = np.random.default_rng(5)
+    gray = np.repeat(rng.integers(60, 200, (200, 240, 1), dtype=np.uint8), 3, axis=2)
+    quad = ffhq_quad(FRONTAL + [60, 40])
+    rows, cols, mask, _ = face_mask(quad, 64, gray.shape[:2])
+    face = np.zeros((64, 64, 3), np.uint8)
+    face[..., 0], face[..., 1], face[..., 2] = 60, 30, 10  # a dark brown face
+    face[:, :32, 0] = 120
+    stamped = gray.copy()
+    corner = np.zeros(gray.shape[:2], bool)
+    corner[rows, cols] = mask == 0
+    corner[rows.start + 12:, :] = False  # the box's top rows, beside the head
+    assert corner.sum() > 200
+    stamped[corner] = (230, 20, 20)  # a red stamp
+    out = paste_face(stamped, face, quad)
+    under = out[rows, cols][mask > 0]
+    assert (under[:, 0] == under[:, 1]).all() and (under[:, 1] == under[:, 2]).all()  # grey where the face went
+
+    luma = gray[..., 0].astype(np.float32)
+    sepia = np.clip(np.rint(np.stack([luma * 1.1 + 10, luma * 0.8 + 10, luma * 0.45], axis=-1)), 0, 255)
+    sepia = sepia.astype(np.uint8)
+    out = paste_face(sepia, face, quad)
+    photo_tone, face_tone = monochrome_tone(sepia), monochrome_tone(out[rows, cols][mask == 1])
+    assert face_tone is not None
+    both = ~np.isnan(photo_tone[:, 0]) & ~np.isnan(face_tone[:, 0])
+    # the photo's tone, level by level (up to the bins' interpolation); shifted per channel: 6.5 levels off
+    assert both.sum() >= 3 and np.abs(face_tone[both] - photo_tone[both]).max() < 3.0
+
+
 def test_cover_pixelates_the_grown_box_only():
     photo = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     out = cover_box(photo, (50.0, 40.0, 90.0, 80.0), "pixelate")

@@ -25,8 +25,9 @@ white, halfway between the two nearest cases measured (bench/monochrome_tone.py)
 0.94, with scanner noise of sd 2 / 4 levels 2.47 / 4.61, with noise sd 2 saved as JPEG at quality 90-60 3.35-4.14;
 in colour 12.85, at 50% of its saturation 6.43, at 30% 3.86 (counted as toned: its face takes the mean tint); the
 sample group photo's faces 12.46-33.21."""
-TONE_RULE = (f"a face pasted into a black-and-white region (chroma within {MONOCHROME_MAX_RESIDUAL:g} levels RMS of "
-             f"its mean over {TONE_BINS} luma bins) is its luma in the region's tone")
+TONE_RULE = (f"a face pasted where the photo is black and white (chroma under the face within "
+             f"{MONOCHROME_MAX_RESIDUAL:g} levels RMS of its mean over {TONE_BINS} luma bins) is its luma, lit as "
+             "the band around it, in that tone")
 """In photo mode's run key: photos pasted by another rule are pasted again."""
 
 
@@ -66,11 +67,10 @@ def tone_residual(pixels: np.ndarray) -> tuple[np.ndarray, float]:
     return tone, residual
 
 
-def in_tone(images: np.ndarray, tone: np.ndarray) -> np.ndarray:
-    """Float [..., 3] images as their luma in `tone` (`monochrome_tone`): luma plus the tone's chroma at that luma
-    (linear between bin centres, the nearest bin's beyond them); float32. A grey tone gives the luma in all three
-    channels."""
-    luma = np.asarray(images, np.float32) @ LUMA
+def in_tone(luma: np.ndarray, tone: np.ndarray) -> np.ndarray:
+    """Float luma [...] in `tone` (`monochrome_tone`): [..., 3], the luma plus the tone's chroma at that luma (linear
+    between bin centres, the nearest bin's beyond them); float32. A grey tone gives the luma in all three channels."""
+    luma = np.asarray(luma, np.float32)
     known = ~np.isnan(tone[:, 0])
     centres = (np.arange(TONE_BINS, dtype=np.float32) + 0.5) * (256.0 / TONE_BINS)
     chroma = [np.interp(luma, centres[known], tone[known, c]).astype(np.float32) for c in range(3)]
