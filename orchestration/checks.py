@@ -81,17 +81,19 @@ def privacy_face_match_share(
     """Blocking, per face: dlib's descriptor of each face of the output photos, cut at the input's landmarks, vs the
     input's (evaluation.photo_privacy); the share matched (distance < 0.6) must not exceed
     `checks.privacy_max_match_share`. Writes `face_privacy.csv` beside the shard's manifest."""
-    from evaluation.photo_privacy import face_privacy, match_share, write_face_privacy
+    from evaluation.photo_privacy import (face_privacy, match_share, measured_distances, measured_faces,
+                                          write_face_privacy)
 
     bound = networks.privacy_bound()
     folder = photo_folder(storage, context_variant(context), context_shard(context))
     privacy = face_privacy(storage.input_dir, folder)
     write_face_privacy(privacy, folder)
-    share, distances = match_share(privacy), privacy["dlib_distance"]
+    share, distances = match_share(privacy), measured_distances(privacy)
     return dg.AssetCheckResult(
         passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
-                  "bound": bound, "faces": len(privacy), "matched_faces": int(privacy["matched"].sum()),
+                  "bound": bound, "faces": len(privacy), "faces_measured": measured_faces(privacy),
+                  "matched_faces": int(privacy["matched"].sum()),
                   "threshold": "dlib descriptor distance < 0.6, at the input's landmarks",
                   "min_distance": float(distances.min()) if len(distances) else float("nan")},
     )

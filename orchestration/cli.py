@@ -165,18 +165,24 @@ def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bo
 
 def _print_privacy(privacy, what: str) -> None:
     """The line that sums up face_privacy.csv's table (`what`: the run's images or faces)."""
-    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {len(privacy)} {what} to their source (distance "
-          f"< 0.6; smallest distance {privacy['dlib_distance'].min():.2f})")
+    from evaluation.photo_privacy import measured_distances, measured_faces, unmeasured_note
+
+    if not measured_faces(privacy):
+        print(f"privacy: dlib measured none of the {what}{unmeasured_note(privacy)}")
+        return
+    print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {measured_faces(privacy)} {what} to their source "
+          f"(distance < 0.6; smallest distance {measured_distances(privacy).min():.2f}){unmeasured_note(privacy)}")
 
 
 def _privacy_verdict(privacy, bound: float, output_dir: Path, what: str) -> int:
     """1, with the error line, when dlib matched more than the bound's share of the run's `what` (the rows of
     face_privacy.csv's table; None: none was checked) to their source."""
-    from evaluation.photo_privacy import match_share
+    from evaluation.photo_privacy import match_share, measured_faces
 
     if privacy is None or match_share(privacy) <= bound:
         return 0
-    print(f"falco: error: privacy check failed: dlib still matches {int(privacy['matched'].sum())} of {len(privacy)} "
+    print(f"falco: error: privacy check failed: dlib still matches {int(privacy['matched'].sum())} of "
+          f"{measured_faces(privacy)} "
           f"{what} to their source ({match_share(privacy):.1%}), more than checks.privacy_max_match_share = {bound:g} "
           f"allows; see {output_dir / 'face_privacy.csv'}", file=sys.stderr)
     return 1

@@ -465,7 +465,7 @@ def _evaluate_photo_runs(args: argparse.Namespace) -> int:
     paths = evaluate_photo_runs(args.real_dir, list(args.anon_dirs), args.out, bound)
     metrics = pd.read_csv(paths["metrics"])
     for row in metrics.itertuples():
-        print(f"{row.run}: dlib matches {row.matched_faces} of {row.faces} faces to their source "
+        print(f"{row.run}: dlib matches {row.matched_faces} of {row.faces_measured} faces to their source "
               f"({row.matched_share:.0%}; bound {bound:.0%}); median distance {row.dlib_distance_median:.2f}")
     print(f"report: {paths['markdown']}  (metrics.csv, faces.csv beside it)")
     return 0 if metrics["passes_bound"].all() else 1
