@@ -57,6 +57,7 @@ def privacy_source_match_share(
     does, the shard's run fails and its variant is not evaluated."""
     from anon_core.data.image_files import take
     from evaluation.recognizers import build_recognizer
+    from evaluation.report import fails_release
 
     bound = networks.privacy_bound()
     rows = anonymized_images.table["row"].to_numpy()
@@ -65,7 +66,7 @@ def privacy_source_match_share(
     distances, matched = dlib.match_pairs(anonymized_images.images, sources)
     share = float(matched.mean()) if len(matched) else 0.0
     return dg.AssetCheckResult(
-        passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,
+        passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
                   "bound": bound, "threshold": "dlib descriptor distance < 0.6",
                   "min_distance": float(distances.min()) if len(distances) else float("nan"),
@@ -83,6 +84,7 @@ def privacy_face_match_share(
     `checks.privacy_max_match_share`. Writes `face_privacy.csv` beside the shard's manifest."""
     from evaluation.photo_privacy import (face_privacy, match_share, measured_distances, measured_faces,
                                           write_face_privacy)
+    from evaluation.report import fails_release
 
     bound = networks.privacy_bound()
     folder = photo_folder(storage, context_variant(context), context_shard(context))
@@ -90,7 +92,7 @@ def privacy_face_match_share(
     write_face_privacy(privacy, folder)
     share, distances = match_share(privacy), measured_distances(privacy)
     return dg.AssetCheckResult(
-        passed=share <= bound, severity=dg.AssetCheckSeverity.ERROR,
+        passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
                   "bound": bound, "faces": len(privacy), "faces_measured": measured_faces(privacy),
                   "matched_faces": int(privacy["matched"].sum()),

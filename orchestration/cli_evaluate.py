@@ -25,6 +25,7 @@ import pandas as pd
 from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, missing_outputs
+from anon_core.progress import Progress
 from orchestration.cli_types import given_path, name_list, refuse_flags
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
@@ -292,7 +293,7 @@ def evaluate_folders(
     labels_csv: Path | None = None,
     show_real_faces: bool = False,
     log=print,
-    show_progress: bool = False,
+    show_progress: Progress = False,
 ) -> dict[str, Path]:
     """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths.
     `show_progress`: a bar per image set read."""
