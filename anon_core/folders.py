@@ -290,10 +290,10 @@ def changed_outputs(output_dir: Path, names, digests=None) -> list[str]:
     from anon_core.hashing import sha256_file
 
     missing = missing_outputs(output_dir, names)
-    if missing or digests is None:
+    if digests is None:
         return missing
-    images = Path(output_dir) / "images"
-    return [name for name, digest in zip(names, digests) if sha256_file(images / name) != digest]
+    images, gone = Path(output_dir) / "images", set(missing)
+    return [name for name, digest in zip(names, digests) if name in gone or sha256_file(images / name) != digest]
 
 
 def remove_outputs(output_dir: Path, names: set[str]) -> list[str]:

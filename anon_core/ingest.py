@@ -9,6 +9,7 @@ holding its images; `Ingested.images` gives them back as an `ImageFiles` read on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -299,10 +300,25 @@ def output_names(files: list[ScannedFile]) -> dict[str, str]:
     taken: set[str] = set()
     # PNG inputs first: `a.png` keeps its name and `a.jpg` beside it becomes `a.jpg.png`, whatever the name order
     for f in sorted(files, key=lambda f: output_relpath(f.relpath) != f.relpath):
-        name, number = output_relpath(f.relpath), 1
+        name, number = _within_name_max(output_relpath(f.relpath)), 1
         while name in taken or name in folders:
-            name = f.relpath + (".png" if number == 1 else f"~{number}.png")
+            name = _within_name_max(f.relpath + (".png" if number == 1 else f"~{number}.png"))
             number += 1
         taken.add(name)
         names[f.relpath] = name
     return names
+
+
+NAME_MAX = 255
+"""Bytes in a file name on Linux's and macOS's file systems (ext4, XFS, Btrfs, APFS)."""
+
+
+def _within_name_max(relpath: str) -> str:
+    """`relpath`, or where its file name is longer than NAME_MAX bytes (a 252-byte `x.jpg` whose output is
+    `x.jpg.png`), the name cut to fit and told apart by a digest of the whole name: `xxx~1a2b3c4d.png`."""
+    path = PurePosixPath(relpath)
+    if len(path.name.encode()) <= NAME_MAX:
+        return relpath
+    tail = f"~{hashlib.sha256(path.name.encode()).hexdigest()[:8]}{path.suffix}"
+    stem = path.name.encode()[: NAME_MAX - len(tail.encode())].decode("utf-8", "ignore")
+    return path.with_name(stem + tail).as_posix()

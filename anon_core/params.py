@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,40 @@ def _check_sections(raw: dict[str, Any], path: Path) -> None:
     for where, entry in entries:
         if isinstance(entry, dict) and "privacy_max_match_share" in entry:
             _match_share(entry["privacy_max_match_share"], where)
+
+
+PIPELINE_EXECUTORS = ("multiprocess", "in_process", "celery")
+"""`pipeline.executor`: Dagster's executors that `falco pipeline` runs its steps with (orchestration/jobs.py)."""
+
+
+def pipeline_settings(section: Mapping[str, Any], params_file: Path | str) -> dict[str, Any]:
+    """params.yaml's `pipeline:` section (`load_section`, with its overrides), checked: ParamsError naming every
+    missing or bad key."""
+    problems = [f"pipeline.{key} is missing; add it (see the project's params.yaml)"
+                for key in SECTION_KEYS["pipeline"] if key not in section]
+    for key, unit in (("shard_size", "images"), ("max_concurrent", "steps at a time")):
+        value = section.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"pipeline.{key} = {value!r} must be a whole number of {unit} >= 1")
+    if section.get("executor", PIPELINE_EXECUTORS[0]) not in PIPELINE_EXECUTORS:
+        problems.append(f"pipeline.executor = {section['executor']!r} must be one of {', '.join(PIPELINE_EXECUTORS)}")
+    if problems:
+        raise ParamsError(f"{params_file}: " + "; ".join(problems))
+    return {key: section[key] for key in SECTION_KEYS["pipeline"]}
+
+
+def check_every_profile(path: Path | str | None, readers: Mapping[str, Callable[[dict[str, Any], str], Any]],
+                        first: str | None = None) -> None:
+    """Each section of `readers` ({section: its checking reader, called with the section and where it is}) as every
+    profile reads it from the file, flags aside: a bad value that another profile reads (`pipeline: profiles:
+    ffhq1024: shard_size: 0`) or that a flag replaces fails any run, as the method's settings do (`load_params`), not
+    the first run of that profile, hours later on a GPU."""
+    from anon_core.profiles import PROFILES
+
+    file = path or DEFAULT_PARAMS_PATH
+    for profile in sorted(PROFILES, key=lambda name: (name != first, name)):  # `first`, the command's, named first
+        for name, read in readers.items():
+            read(load_section(name, profile, path), f"{file} (profile {profile})")
 
 
 def _did_you_mean(key: Any, known: Sequence[str]) -> str:

@@ -114,7 +114,8 @@ class PhotoSummary:
                    faceless=read.loc[read["faces"] == "0", "input"].tolist())
 
     def describe(self) -> str:
-        text = f"{self.faces} face(s) in {self.photos} photo(s): {self.anonymized} anonymized"
+        read = self.photos - sum(self.rejected.values())  # the rejected files are counted after, as files
+        text = f"{self.faces} face(s) in {read} photo(s): {self.anonymized} anonymized"
         covered = sum(self.covered.values())
         text += f", {covered} covered"
         if covered:

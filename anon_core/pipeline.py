@@ -158,6 +158,7 @@ class RunSummary:
     resumed: int = 0  # images an earlier, stopped run with the same arguments had finished (its journal)
     reused: int = 0  # images an earlier run with other inputs had finished under the same settings (its journal)
     stretched: int = 0  # unaligned images that were not square, stretched to the generator's square
+    redrawn: int = 0  # journaled images whose file was gone or not the bytes written (damaged, replaced by hand)
 
     @property
     def ok(self) -> int:
@@ -165,20 +166,24 @@ class RunSummary:
 
     def describe(self) -> str:
         rejected = {k: v for k, v in sorted(self.counts.items()) if k != "ok"}
-        text = f"{self.ok} anonymized, {sum(rejected.values())} rejected"
+        # what is said of the anonymized images goes beside them, not after the rejected, which "of them" would name
+        of_anonymized = [f"{self.duplicates} the same file as another input: column duplicate_of in the manifest"
+                         ] if self.duplicates else []
+        if self.resumed:
+            of_anonymized.append(f"{self.resumed} finished by an earlier run and taken from its journal")
+        if self.reused:
+            of_anonymized.append(f"{self.reused} the same images under the same settings as in an earlier run, "
+                                 "taken from its journal")
+        text = f"{self.ok} anonymized" + (f" ({'; '.join(of_anonymized)})" if of_anonymized else "")
+        text += f", {sum(rejected.values())} rejected"
         if rejected:
             text += " (" + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")"
-        if self.duplicates:
-            text += (f", {self.duplicates} of them the same file as another input (column duplicate_of in the "
-                     "manifest)")
         if self.stretched:
             text += (f", {self.stretched} not square and stretched (reason `stretched` in the manifest; align them "
                      "instead)")
-        if self.resumed:
-            text += f"; {self.resumed} of them finished by an earlier run and taken from its journal"
-        if self.reused:
-            text += (f"; {self.reused} of them the same images under the same settings as in an earlier run, "
-                     "taken from its journal")
+        if self.redrawn:
+            text += (f"; {self.redrawn} output image(s) deleted, damaged or replaced since the journal wrote them, "
+                     "drawn again from their codes")
         return text
 
 
@@ -315,17 +320,20 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
         keys = row_keys(settings, input_ids(ok["sha256"]))
         missing = any(key not in earlier for i in todo for key in keys[parts[i]].tolist())
         pool = build_pool(nets, params, show_progress=show_progress) if missing else None
-    reused = [0]
+    reused, redrawn = [0], [0]
     # `finish` runs batch after batch in one thread (the manifest's rows, the journal's order); each batch's PNGs are
     # encoded by `png_writer`'s threads side by side
     with WriteBehind(io_workers(device)) as png_writer, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="falco-finish") as writer:
         # a journaled batch is finished, but its images may have been deleted, damaged or replaced since: drawn
         # again from its codes
-        writes = [writer.submit(finish, i, r, generate(nets.generator, r["ws"], device=device)
-                                if changed_outputs(output_dir, ok["image"][parts[i]], r.get(OUTPUT_DIGESTS))
-                                else None)
-                  for i, r in enumerate(results) if r is not None]
+        writes = []
+        for i, r in enumerate(results):
+            if r is not None:
+                changed = changed_outputs(output_dir, ok["image"][parts[i]], r.get(OUTPUT_DIGESTS))
+                redrawn[0] += len(changed)
+                writes.append(writer.submit(finish, i, r, generate(nets.generator, r["ws"], device=device)
+                                            if changed else None))
         images = ingested.images(workers=io_workers(device))
         for index, (_, batch) in zip(todo, read_parts(images, [parts[i] for i in todo])):
             part = parts[index]
@@ -350,7 +358,8 @@ def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align,
     journal.end()  # the batches of earlier runs: this run's own batches hold the images it took from them
     duplicates = int(((table["duplicate_of"] != "") & (table["status"] == "ok")).sum())
     summary = RunSummary(output_dir=output_dir, duplicates=duplicates,
-                         resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0])
+                         resumed=len(ok) - sum(parts[i].stop - parts[i].start for i in todo), reused=reused[0],
+                         redrawn=redrawn[0])
     summary.counts.update(table["reason"].where(table["status"] != "ok", "ok"))
     summary.stretched = int(((table["status"] == "ok") & (table["reason"] == "stretched")).sum())
     if check_outputs is not None:

@@ -99,6 +99,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.params import (DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources,
                                   privacy_bound)
     from anon_core.pipeline import anonymize_folder
+    from orchestration.section_checks import check_sections
     from anon_core.stages import resolve_device
 
     check_mode_flags(args)
@@ -127,6 +128,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         "data.align_detector": ("--align-detector", args.align_detector)})
     with naming_sources(params_file, flags, sources):  # a bad flag's value is named by its flag, not by the file
         data = data_settings(load_section("data", args.profile, args.params, flags), params_file)  # flags, else file
+    check_sections(args.params, args.profile)  # every other section too, in every profile, though this mode reads none
     start, checked = time.perf_counter(), {}
 
     def check_privacy(real_images, rows) -> None:  # while the real faces' aligned crops exist (--no-cache)
@@ -193,6 +195,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     from anon_core.params import DEFAULT_PARAMS_PATH, given_flags, load_section, naming_sources
     from anon_core.photo_faces import photo_settings
     from anon_core.photos import anonymize_photos
+    from orchestration.section_checks import check_sections
 
     params_file = args.params or DEFAULT_PARAMS_PATH
     flags, sources = given_flags({
@@ -201,6 +204,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
         "photo.cover": ("--cover", args.cover), "photo.output_format": ("--photo-format", args.photo_format)})
     with naming_sources(params_file, flags, sources):
         settings = photo_settings(load_section("photo", args.profile, args.params, flags), params_file)
+    check_sections(args.params, args.profile)  # every other section too, in every profile
     start = time.perf_counter()
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
                                show_progress=not args.quiet)
@@ -252,13 +256,17 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample_data(args: argparse.Namespace) -> int:
-    from anon_core.data.sample import build_sample_dataset
+    from anon_core.data.sample import (build_sample_dataset, build_sample_photos, check_dataset_folder,
+                                       check_photos_folder)
+    from anon_core.folders import check_separate
 
+    if args.photos is not None:  # both folders checked before either is written
+        check_separate(sample_folder=args.output_dir, photos_folder=args.photos)
+        check_dataset_folder(args.output_dir)
+        check_photos_folder(args.photos)
     paths = build_sample_dataset(args.output_dir, size=args.size)
     print(f"{len(paths)} sample images in {args.output_dir}")
     if args.photos is not None:
-        from anon_core.data.sample import build_sample_photos
-
         photos = build_sample_photos(args.photos)
         print(f"{len(photos)} sample photos in {args.photos}")
     return 0

@@ -317,8 +317,9 @@ def evaluate_folders(
     from anon_core.folders import check_separate, exclusive
 
     runs = [read_run(Path(d)) for d in anon_dirs]  # first: a folder that is not a run is named as such
+    numbered = len(anon_dirs) > 1  # "the anonymized folder 2", but no "1" when there is one
     check_separate(real_folder=real_dir, report_folder=out_dir,
-                   **{f"anonymized_folder_{i + 1}": d for i, d in enumerate(anon_dirs)})
+                   **{f"anonymized_folder{f'_{i + 1}' if numbered else ''}": d for i, d in enumerate(anon_dirs)})
     profile = check_comparable(runs, profile)
     labels = run_labels([r.params() for r in runs], [r.folder.name for r in runs])
     labels = [f"falco {label}" if label in BASELINES else label for label in labels]

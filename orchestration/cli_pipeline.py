@@ -114,6 +114,9 @@ def resources_from_args(args: argparse.Namespace):
         "photo.min_face_size": ("--min-face-size", args.min_face_size),
         "photo.min_anonymize_size": ("--min-anonymize-size", args.min_anonymize_size),
         "photo.cover": ("--cover", args.cover)})
+    if args.executor is None and "pipeline.executor" in env_networks.overrides:  # as the UI's launches take it
+        overrides["pipeline.executor"] = env_networks.overrides["pipeline.executor"]
+        sources["pipeline.executor"] = env_networks.sources["pipeline.executor"]
     if args.device or "device" in env_networks.sources:  # else the default, cpu
         sources["device"] = "--device" if args.device else env_networks.sources["device"]
     networks = NetworksResource(

@@ -39,7 +39,7 @@ def build_definitions(
         asset_checks=ALL_CHECKS,
         jobs=ALL_JOBS,
         sensors=RUN_END_SENSORS,
-        executor=build_executor(networks.setting("pipeline", "executor"), networks.setting("pipeline", "max_concurrent")),
+        executor=build_executor(networks.pipeline()["executor"], networks.pipeline()["max_concurrent"]),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
                    "mlflow": mlflow or MlflowResource()},
         loggers={"console": console_logger},

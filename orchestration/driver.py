@@ -127,7 +127,7 @@ def run_pipeline(
         from anon_core.ingest import check_input_folder
 
         check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
-    if networks.setting("pipeline", "executor") == "celery":
+    if networks.pipeline()["executor"] == "celery":
         from orchestration.celery_queue import queues_without_worker
 
         # The broker's address and reachability, and a forgotten worker that would leave the run waiting silently.
@@ -154,8 +154,8 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     register_partitions(instance, variants, wanted)
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
-    if networks.setting("pipeline", "executor") == "celery":  # the workers run the partitions side by side
-        driver.parallel_runs = max(1, int(networks.setting("pipeline", "max_concurrent")))
+    if networks.pipeline()["executor"] == "celery":  # the workers run the partitions side by side
+        driver.parallel_runs = networks.pipeline()["max_concurrent"]
 
     if not driver.run("observe_settings", "observe settings", None, None):
         return summary
@@ -239,6 +239,12 @@ def bind_instance_and_storage(dagster_home: Path, storage: Path, fresh: bool) ->
                     write_bytes_atomic(path, json.dumps(pair).encode())
             return
     fix = f"add --fresh to re-make everything into {storage} under this instance (nothing was run)"
+    if home_mark is not None and home_mark["storage"] == str(storage.resolve()):  # the storage was removed or replaced
+        raise FalcoError(
+            f"the Dagster instance {dagster_home} records the pipeline of the storage {storage} as it was, but that "
+            f"storage was removed or replaced since (it lacks the mark the instance wrote there): the records would "
+            f"call values up to date that it does not hold. Put the storage back, or use a Dagster home of its own "
+            f"(DAGSTER_HOME=<new folder>), or {fix}")
     if home_mark is not None:
         raise FalcoError(
             f"the Dagster instance {dagster_home} records the pipeline of another storage ({home_mark['storage']}), "
@@ -317,7 +323,9 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
     from anon_core.profiles import get_profile
     from anon_core.stages import check_layers_fit
     from orchestration.assets import settings
+    from orchestration.section_checks import check_sections
 
+    networks.pipeline()  # with the command's flags and variables, which name themselves in its error
     for read in settings.SETTINGS_READERS:
         read(networks, storage)
     defined = networks.section("variants")
@@ -327,6 +335,7 @@ def check_settings(storage: StorageResource, networks: NetworksResource, wanted:
         check_layers_fit(params, get_profile(params.profile).generator.num_ws,
                          f"{networks.params_file}, variants: {name}" if name in defined else str(networks.params_file))
     networks.privacy_bound()
+    check_sections(networks.params_path, networks.profile)  # then every profile's, as the file says
 
 
 @dataclass(frozen=True)

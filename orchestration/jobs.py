@@ -25,6 +25,8 @@ import warnings
 
 import dagster as dg
 
+from anon_core.params import PIPELINE_EXECUTORS as EXECUTORS  # re-exported: the params check's list
+
 
 with warnings.catch_warnings():  # include_sources is a beta parameter of Dagster 1.13; observable sources need it
     warnings.simplefilter("ignore", dg.BetaWarning)
@@ -64,7 +66,6 @@ ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_reference
             evaluate_report_job, prepare_photos_job, anonymize_photos_job]
 
 
-EXECUTORS = ("multiprocess", "in_process", "celery")
 
 
 def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:

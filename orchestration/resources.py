@@ -124,15 +124,16 @@ class NetworksResource(dg.ConfigurableResource):
         with self._naming_sources():
             return photo_settings(self.section("photo"), self.params_file)
 
-    def shard_size(self) -> int:
-        from anon_core.errors import ParamsError
+    def pipeline(self) -> dict[str, Any]:
+        """The `pipeline:` section (shard_size, executor, max_concurrent), checked (anon_core.params.pipeline_settings);
+        an error names the flag or variable that set a bad value ($FALCO_EXECUTOR, --shard-size)."""
+        from anon_core.params import pipeline_settings
 
-        size = self.setting("pipeline", "shard_size")
         with self._naming_sources():
-            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-                raise ParamsError(f"{self.params_file}: pipeline.shard_size = {size!r} must be a whole number of "
-                                  "images >= 1")
-        return size
+            return pipeline_settings(self.section("pipeline"), self.params_file)
+
+    def shard_size(self) -> int:
+        return self.pipeline()["shard_size"]
 
     def networks(self):
         return _build_networks(self.profile, self.device, self.weights)
@@ -148,7 +149,7 @@ class NetworksResource(dg.ConfigurableResource):
         the celery executor other machines run the networks, so there only its form is checked."""
         from anon_core.stages import parse_device, resolve_device
 
-        check = parse_device if self.setting("pipeline", "executor") == "celery" else resolve_device
+        check = parse_device if self.pipeline()["executor"] == "celery" else resolve_device
         check(self.device, self.sources.get("device", "networks.device"))
 
 

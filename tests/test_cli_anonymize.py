@@ -67,8 +67,8 @@ def test_anonymize_writes_images_manifest_latents_and_params(face_folder, tmp_pa
     record = json.loads((out / "params.json").read_text())
     assert record["params"]["seed"] == 5 and record["params"]["optimization"]["margin"] == 0.2
     assert record["params"]["optimization"]["steps"] == 3 and record["params"]["pool_size"] == 50
-    assert "5 anonymized, 3 rejected (no_face: 1, not_an_image: 2), 1 of them the same file as another input " \
-           "(column duplicate_of in the manifest)" in capsys.readouterr().out
+    assert "5 anonymized (1 the same file as another input: column duplicate_of in the manifest), 3 rejected " \
+           "(no_face: 1, not_an_image: 2)" in capsys.readouterr().out
     assert len((out / "losses.csv").read_text().splitlines()) == 1 + 3
 
 
@@ -108,6 +108,24 @@ def test_output_names_never_collide_with_each_other_or_with_an_output_folder():
         out = list(names(*relpaths).values())
         assert len(set(out)) == len(out)
         assert not {str(p) for name in out for p in Path(name).parents} & set(out)  # no output is a folder of another
+
+
+def test_output_names_fit_the_file_systems_255_bytes():
+    """A 255-byte `x.jpg` beside `x.png` would be written as `x.jpg.png`, longer than any Linux or macOS file system
+    allows (the run failed after all its work with "File name too long"): the name is cut and told apart by a
+    digest."""
+    from pathlib import Path
+
+    from anon_core.data.scan import ScannedFile
+    from anon_core.ingest import output_names
+
+    stems = ["N" * 251, "é" * 125, "d/" + "N" * 251]  # 255 bytes with the extension; é is 2 bytes
+    relpaths = [stem + ext for stem in stems for ext in (".jpg", ".png", ".tif")]
+    out = output_names([ScannedFile(Path("/in") / p, p, None, None, None) for p in relpaths])
+    assert all(len(Path(name).name.encode()) <= 255 and name.endswith(".png") for name in out.values())
+    assert len(set(out.values())) == len(relpaths)
+    assert out["N" * 251 + ".png"] == "N" * 251 + ".png" and out["d/" + "N" * 251 + ".jpg"].startswith("d/NNN")
+    assert out == output_names([ScannedFile(Path("/in") / p, p, None, None, None) for p in reversed(relpaths)])
 
 
 def test_an_output_name_that_is_a_folder_of_outputs_does_not_stop_the_run(tmp_path, lfw_faces, capsys):
@@ -381,7 +399,7 @@ def test_a_rerun_that_fails_before_its_first_images_leaves_the_earlier_run_whole
     capsys.readouterr()
     # and it is still the earlier run: run again as it was, every batch comes from its journal
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
-    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+    assert "4 finished by an earlier run and taken from its journal" in capsys.readouterr().out
     after = files()
     assert {k: v for k, v in after.items() if k.name != "manifest.csv"} == \
         {k: v for k, v in before.items() if k.name != "manifest.csv"}
@@ -410,28 +428,37 @@ def test_a_rerun_stopped_after_taking_the_folder_over_leaves_no_record_of_the_ea
     assert not {"params.json", "latents.npy", "losses.csv"} & {p.name for p in out.iterdir()}
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST, "--steps", "2"]) == 0  # and it finishes
-    assert "2 of them finished by an earlier run" in capsys.readouterr().out
+    assert "2 finished by an earlier run" in capsys.readouterr().out
     assert json.loads((out / "params.json").read_text())["params"]["optimization"]["steps"] == 2
 
 
 def test_a_rerun_writes_again_the_images_damaged_or_replaced_since(face_folder, tmp_path, capsys):
     """A re-run took every batch from the journal and left a damaged image (which evaluate refuses, telling the user
-    to re-run) and an image replaced by a real face (which evaluate accepted) as they were."""
+    to re-run) and an image replaced by a real face (which evaluate accepted) as they were. Now it draws them (and a
+    deleted one) again from their codes, and says how many."""
     from anon_core.data.image_io import save_png
 
     out = tmp_path / "out"
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
     written = {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))}
-    damaged, replaced, *_ = written
+    damaged, replaced, deleted, *_ = written
     damaged.write_bytes(b"garbage")
+    deleted.unlink()
     with Image.open(replaced) as anonymized:
         side = anonymized.size
     real = np.asarray(Image.open(face_folder / "zoë.png").convert("RGB").resize(side))
     save_png(replaced, real)  # the real face, where the anonymized one was
     capsys.readouterr()
+    damaged.with_name("mine.png").write_bytes(b"")
+    written[damaged.parent / "mine.png"] = b""  # not an output: left alone, not counted
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
-    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "4 finished by an earlier run and taken from its journal" in said
+    assert "; 3 output image(s) deleted, damaged or replaced since the journal wrote them, drawn again from their " \
+           "codes" in said
     assert {p: p.read_bytes() for p in sorted((out / "images").rglob("*.png"))} == written
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert "drawn again" not in capsys.readouterr().out
 
 
 def _latents_by_input(out) -> dict[str, np.ndarray]:
@@ -451,7 +478,7 @@ def test_images_added_to_the_folder_are_the_only_ones_anonymized_on_a_re_run(fac
     Image.fromarray(lfw_faces[4]).save(face_folder / "Another Person.png")  # sorts before "Some Person/..."
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
-    assert "4 of them the same images under the same settings as in an earlier run" in capsys.readouterr().out
+    assert "4 the same images under the same settings as in an earlier run" in capsys.readouterr().out
     after = _latents_by_input(out)
     assert sorted(after) == sorted([*before, "Another Person.png"])
     for name, ws in before.items():
@@ -481,7 +508,7 @@ def test_another_batch_size_takes_every_image_from_the_journal_without_building_
     monkeypatch.setattr(pipeline, "anonymize_images", no_pool)
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST[:-3], "--batch-size", "3", "--quiet"]) == 0
-    assert "4 of them the same images under the same settings" in capsys.readouterr().out
+    assert "4 the same images under the same settings" in capsys.readouterr().out
     np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
 
 
@@ -493,7 +520,7 @@ def test_a_damaged_journal_entry_is_done_again_not_a_traceback(face_folder, tmp_
     entries[0].write_bytes(entries[0].read_bytes()[:100])  # cut short: a disk error, a copy interrupted
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0  # before: numpy's BadZipFile traceback
-    assert "2 of them finished by an earlier run" in capsys.readouterr().out  # the other batch
+    assert "2 finished by an earlier run" in capsys.readouterr().out  # the other batch
     np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
 
 
@@ -532,7 +559,7 @@ def test_auto_settings_are_recorded_as_what_they_mean_on_the_device(face_folder,
     assert (speed["amp"], speed["resize_form"]) == ("off", "interpolate")
     capsys.readouterr()
     assert main(["anonymize", str(face_folder), str(out), *FAST, "--amp", "off"]) == 0
-    assert "4 of them finished by an earlier run and taken from its journal" in capsys.readouterr().out
+    assert "4 finished by an earlier run and taken from its journal" in capsys.readouterr().out
 
 
 def test_black_and_white_inputs_get_black_and_white_faces_and_earlier_colour_ones_are_written_again(
@@ -564,7 +591,7 @@ def test_black_and_white_inputs_get_black_and_white_faces_and_earlier_colour_one
     capsys.readouterr()
 
     assert main(["anonymize", str(folder), str(out), *FAST]) == 0
-    assert "2 of them the same images under the same settings as in an earlier run" in capsys.readouterr().out
+    assert "2 the same images under the same settings as in an earlier run" in capsys.readouterr().out
     np.testing.assert_array_equal(np.load(out / "latents.npy"), latents)
     after = written()
     np.testing.assert_array_equal(after["colour.png"], before["colour.png"])

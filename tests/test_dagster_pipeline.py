@@ -520,6 +520,10 @@ def test_an_instance_and_a_storage_stay_paired_unless_fresh_pairs_them_anew(stat
     with instance_at(root / "home2") as newcomer, pytest.raises(FalcoError, match="another Dagster instance records"):
         pipeline(other, newcomer)
     assert pipeline(other, instance).ran == []  # the pair itself is up to date
+    other.rename(root / "other-store.bak")  # removed (or replaced by an empty folder): named as such
+    with pytest.raises(FalcoError, match=f"records the pipeline of the storage {other} as it was, but that storage "
+                                         "was removed or replaced since"):
+        pipeline(other, instance)
 
 
 def test_two_first_pipelines_on_two_new_storages_under_one_new_instance_cannot_both_pair(tmp_path):

@@ -186,6 +186,18 @@ def test_lfw_people_files(tmp_path: Path) -> None:
         read_lfw_people(root / "people.txt")
 
 
+def test_lfw_a_sub_folder_of_a_persons_folder_is_that_person(tmp_path: Path) -> None:
+    """`Ann/2019/` and `Bob/2019/` were both the person "2019": two people, one pseudonym under --pairing identity."""
+    for person in ("Ann_Smith", "Bob_Jones"):
+        _image(tmp_path / "lfw" / person / f"{person}_0001.jpg", 1)
+        _image(tmp_path / "lfw" / person / "2019" / f"{person}_0002.jpg", 2)
+    df = load_dataset("lfw", tmp_path)
+    assert dict(zip(df["relpath"], df["identity"])) == {
+        "Ann_Smith/2019/Ann_Smith_0002.jpg": "Ann_Smith", "Ann_Smith/Ann_Smith_0001.jpg": "Ann_Smith",
+        "Bob_Jones/2019/Bob_Jones_0002.jpg": "Bob_Jones", "Bob_Jones/Bob_Jones_0001.jpg": "Bob_Jones"}
+    assert any("2 file(s) in a sub-folder of a person's folder" in w for w in df.attrs["warnings"])
+
+
 def test_lfw_root_may_be_the_image_folder(tmp_path: Path) -> None:
     make_lfw(tmp_path)
     df = load_dataset("auto", tmp_path / "lfw")
@@ -303,3 +315,28 @@ def test_bad_layouts_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="holds no files"):
         load_dataset("folder", tmp_path / "empty")
     assert issubclass(DatasetError, FalcoError)
+
+
+def test_link_loops_and_names_that_are_not_utf8_are_rows_not_crashes(tmp_path: Path) -> None:
+    """A link loop (Path.resolve raised RuntimeError) and a Latin-1 file name (pandas' strings cannot hold it) each
+    stopped the whole folder with a traceback; now each is a rejected row, named, and the others are read."""
+    import os
+
+    root = tmp_path / "in"
+    _image(root / "a.png", 1)
+    (root / "loop1.png").symlink_to("loop2.png")
+    (root / "loop2.png").symlink_to("loop1.png")
+    raw = os.fsencode(root)
+    with open(raw + b"/caf\xe9.png", "wb") as fh:
+        fh.write((root / "a.png").read_bytes())
+    os.mkdir(raw + b"/d\xe9")
+    with open(raw + b"/d\xe9/x.png", "wb") as fh:
+        fh.write((root / "a.png").read_bytes())
+    df = load_dataset("folder", root)
+    assert dict(zip(df["relpath"], df["skip_reason"].fillna("ok"))) == {
+        "a.png": "ok", "caf\\xe9.png": "bad_name", "d\\xe9/x.png": "bad_name", "loop1.png": "unreadable",
+        "loop2.png": "unreadable"}
+    from anon_core.ingest import dataset_files
+
+    bad = {f.relpath: f for f in dataset_files(df)}["caf\\xe9.png"]
+    assert "caf\\xe9.png: its name is not UTF-8 text" in bad.skip_detail() and "rename it" in bad.skip_detail()

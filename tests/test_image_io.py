@@ -145,7 +145,9 @@ def test_a_phone_heic_photo_is_an_unsupported_format_not_a_damaged_file(tmp_path
         path.write_bytes(b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00mif1heic" + bytes(64))
         error = _reject(path)
         assert error.reason == "unsupported_format"
-        assert f"a {kind} image (as phones save photos), which falco does not read; convert it to JPEG" in error.detail
+        article = "an" if kind == "AVIF" else "a"
+        assert f": {article} {kind} image (as phones save photos), which falco does not read; convert it to JPEG" \
+            in error.detail
 
 
 def test_a_damaged_exif_block_prints_no_warning(tmp_path: Path) -> None:
@@ -266,6 +268,18 @@ def test_16bit_png_ramp_scaled_not_clipped(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded[:, :, 1], loaded[:, :, 2])
     assert loaded[0, 0, 0] == 0 and loaded[-1, -1, 0] == 255
     assert 100 < loaded[16, 0, 0] < 156, "mid-ramp must be mid-grey (clipping would give 255)"
+
+
+def test_16bit_grey_png_with_a_transparent_level_is_flattened_onto_white_as_its_note_says(tmp_path: Path) -> None:
+    from anon_core.data.image_io import flattened
+
+    values = np.full((32, 40), 1000, np.uint16)
+    values[:8] = 0  # the tRNS level
+    path = tmp_path / "grey16_trns.png"
+    Image.frombytes("I;16", (40, 32), values.astype("<u2").tobytes()).save(path, transparency=0)
+    loaded = load_rgb(path)
+    assert (loaded[:8] == 255).all() and (loaded[8:] == 4).all()  # round(1000 / 257)
+    assert flattened(path) == ["its transparency was flattened onto white"]
 
 
 def test_32bit_int_tiff_in_16bit_range_scaled(tmp_path: Path) -> None:

@@ -158,3 +158,49 @@ def test_a_misspelt_section_or_setting_is_refused_not_ignored(tmp_path, edit, me
     for read in (lambda: load_params("tiny", path), lambda: load_section("photo", "tiny", path)):
         with pytest.raises(ParamsError, match="^" + re.escape(f"{path}: {message}")):
             read()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["pipeline"].update(shard_size=0),
+     r"\(profile ffhq1024\): pipeline.shard_size = 0 must be a whole number of images >= 1"),  # tiny sets its own
+    (lambda d: d["pipeline"].update(max_concurrent=0),
+     r"\(profile tiny\): pipeline.max_concurrent = 0 must be a whole number of steps at a time >= 1"),
+    (lambda d: d["pipeline"].update(executor="threads"),
+     r"\(profile ffhq1024\): pipeline.executor = 'threads' must be one of multiprocess, in_process, celery"),
+    (lambda d: d["attribute_classifier"].update(epochs=0), r"\(profile ffhq1024\): attribute_classifier: epochs = 0"),
+    (lambda d: d["photo"].update(cover="black"), r"\(profile tiny\): photo.cover = 'black' must be one of"),
+    (lambda d: d["photo"].update(profiles={"ffhq1024": {"turns": "sometimes"}}),
+     r"\(profile ffhq1024\): photo.turns = 'sometimes' must be one of"),
+])
+def test_every_section_of_every_profile_is_checked_by_any_command_before_any_work(tmp_path, capsys, edit, message):
+    """A `tiny` run passed with `pipeline.shard_size: 0` (tiny sets its own), `max_concurrent: 0` (then no limit),
+    `attribute_classifier.epochs: 0`, and `falco anonymize` in aligned mode with any `photo:` value; each failed only
+    in the command or profile that reads it. Now `falco anonymize` (either mode) and `falco pipeline` refuse them in
+    one line, naming the file and the profile, before writing anything."""
+    from orchestration.cli import main
+
+    params = _edited(tmp_path, "bad", edit)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"not read")
+    for command in (["anonymize", str(tmp_path / "in"), str(tmp_path / "out")],
+                    ["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo"],
+                    ["pipeline", "--input", str(tmp_path / "in"), "--storage", str(tmp_path / "store")]):
+        assert main([*command, "--profile", "tiny", "--params", str(params)]) == 2
+        # the command's own profile is named, or (read with the command's flags) the file alone
+        own = message.replace(r"\(profile tiny\)", r"(?:\(profile tiny\))?")
+        assert re.search(rf"^falco: error: {re.escape(str(params))} ?{own}", capsys.readouterr().err, re.M)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "in"]
+
+
+def test_the_executor_of_the_environment_is_named_when_it_is_wrong(tmp_path, capsys, monkeypatch):
+    """`FALCO_EXECUTOR=threads falco pipeline` made the storage and the Dagster home, then blamed params.yaml's
+    `pipeline.executor`."""
+    from orchestration.cli import main
+
+    monkeypatch.setenv("FALCO_EXECUTOR", "threads")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "in").mkdir()
+    assert main(["pipeline", "--input", str(tmp_path / "in"), "--storage", str(tmp_path / "store")]) == 2
+    assert capsys.readouterr().err == ("falco: error: FALCO_EXECUTOR 'threads': must be one of multiprocess, "
+                                       "in_process, celery\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -80,3 +80,19 @@ def test_astronaut_face_is_centred(tmp_path: Path) -> None:
 def test_invalid_arguments(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         build_sample_dataset(tmp_path, **kwargs)
+
+
+def test_sample_data_checks_both_folders_before_writing_either(tmp_path: Path, capsys) -> None:
+    """`falco sample-data d --photos d/images` wrote the 101 faces, then refused the photos folder; a photos folder of
+    the user's own files was refused only after the faces were written too."""
+    from orchestration.cli import main
+
+    assert main(["sample-data", str(tmp_path / "d"), "--photos", str(tmp_path / "d" / "images")]) == 2
+    assert "is inside the sample folder" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert main(["sample-data", str(tmp_path / "d"), "--photos", str(tmp_path / "mine")]) == 2
+    assert "mine holds files the sample data does not write (e.g. notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert main(["sample-data", str(tmp_path / "d"), "--photos", str(tmp_path / "photos"), "--size", "32"]) == 0
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["group.png", "no_face.png", "portrait.jpg"]

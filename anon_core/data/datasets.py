@@ -40,6 +40,7 @@ Result: one row per file, sorted by relpath: ``relpath``, ``path``, ``identity``
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -50,7 +51,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from anon_core.celeba import CELEBA_ATTRIBUTES
-from anon_core.data.scan import scan_folder
+from anon_core.data.scan import printable, scan_folder
 from anon_core.errors import FalcoError
 
 __all__ = [
@@ -286,8 +287,10 @@ def read_lfw_pairs(path: Path, ext: str = ".jpg") -> pd.DataFrame:
 
 
 def _lfw_identity(relpath: str) -> str | None:
+    """The person: the folder directly under the image folder, also for a file in a sub-folder of it (sorted by
+    year, say), which would otherwise give two people's `2019/` one identity."""
     parts = PurePosixPath(relpath).parts
-    return parts[-2] if len(parts) >= 2 else None
+    return parts[0] if len(parts) >= 2 else None
 
 
 def _label_lfw(table: pd.DataFrame, found: dict[str, Path], warnings: list[str]) -> pd.DataFrame:
@@ -305,6 +308,9 @@ def _label_lfw(table: pd.DataFrame, found: dict[str, Path], warnings: list[str])
         people = read_lfw_people(found["people"])
         fold = {n: int(f) for n, f in zip(people["name"], people["fold"]) if not pd.isna(f)}
     labels["fold"] = pd.array([fold.get(i) if i else None for i in identity], dtype="Int8")
+    nested = sum(len(PurePosixPath(r).parts) > 2 for r in labels.index)
+    if nested:
+        warnings.append(f"{nested} file(s) in a sub-folder of a person's folder: each is taken as that person")
     stray = sum(i is None for i in identity)
     if stray:
         warnings.append(f"{stray} file(s) directly in the LFW image folder, not in a person's folder: no identity")
@@ -529,15 +535,16 @@ def load_dataset(kind: str, root: Path, labels_csv: Path | None = None) -> pd.Da
     found = _find_annotations(spec, root, image_root)
     warnings: list[str] = []
 
-    skip = {p.resolve() for p in found.values()}
+    # realpath, not Path.resolve: a link loop in the folder is a rejected row (scan_folder's), not a RuntimeError
+    skip = {os.path.realpath(p) for p in found.values()}
     if labels_csv is not None:
-        skip.add(Path(labels_csv).resolve())
-    files = [f for f in scan_folder(image_root) if f.path.resolve() not in skip]
+        skip.add(os.path.realpath(labels_csv))
+    files = [f for f in scan_folder(image_root) if os.path.realpath(f.path) not in skip]
     if not files:
         raise DatasetError(f"{image_root} holds no files; expected {spec.image_hint}")
     table = pd.DataFrame({
         "relpath": pd.array([f.relpath for f in files], dtype="string"),
-        "path": pd.array([str(f.path) for f in files], dtype="string"),
+        "path": pd.array([printable(str(f.path)) for f in files], dtype="string"),  # an unreadable name's escaped
     })
     labels = spec.labeler(table, found, warnings)
     if labels_csv is not None:

@@ -81,6 +81,7 @@ REJECT_REASONS = (
     "corrupt",             # the decoder found damaged data (libjpeg's "Corrupt JPEG data", a broken data stream)
     "unreadable",          # missing, a folder, no permission, or any other decode failure
     "outside_input",       # a symlink resolving outside the input folder (set by scan.scan_folder)
+    "bad_name",            # a file name that is not UTF-8 text, which no manifest can hold (set by scan.scan_folder)
     "no_face",             # no face found (set by face detection/alignment, not by this module)
 )
 
@@ -247,6 +248,9 @@ def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
                 "save the image as 8- or 16-bit.",
             )
         grey = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+        key = image.info.get("transparency")  # a PNG's tRNS: the one grey level that is transparent
+        if isinstance(key, int):
+            grey[values == key] = _WHITE  # flattened onto white, as the alpha modes below
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))  # [H, W, 3]
     if mode == "F":
         raise ImageRejected(
@@ -327,8 +331,8 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
         heif = _heif_kind(path)
         if heif is not None:
             raise ImageRejected(
-                "unsupported_format", f"{path}: a {heif} image (as phones save photos), which falco does not read; "
-                                      "convert it to JPEG or PNG first.") from exc
+                "unsupported_format", f"{path}: {'an' if heif == 'AVIF' else 'a'} {heif} image (as phones save "
+                                      "photos), which falco does not read; convert it to JPEG or PNG first.") from exc
         raise ImageRejected(
             "not_an_image", f"{path}: not an image file (no image format recognises its bytes)."
         ) from exc

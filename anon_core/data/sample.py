@@ -106,6 +106,17 @@ def _check_own_folder(out_dir: Path, ours: Callable[[str], bool], readme: bool =
                          "overwrite or mix with; give a new or empty folder (nothing was written there)")
 
 
+def check_dataset_folder(out_dir: Path) -> None:
+    """FalcoError unless build_sample_dataset may write into `out_dir` (`_check_own_folder`)."""
+    _check_own_folder(Path(out_dir), lambda relpath: relpath in ("README.txt", "images/astronaut.png")
+                      or re.fullmatch(r"images/lfw/lfw_\d{3}\.png", relpath) is not None, readme=True)
+
+
+def check_photos_folder(out_dir: Path) -> None:
+    """FalcoError unless build_sample_photos may write into `out_dir` (`_check_own_folder`)."""
+    _check_own_folder(Path(out_dir), lambda relpath: relpath in SAMPLE_PHOTOS)
+
+
 def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> list[Path]:
     """Write images/astronaut.png, images/lfw/lfw_NNN.png (num_lfw of them) and README.txt; return the image paths.
 
@@ -120,8 +131,7 @@ def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> 
             f"got {num_lfw}"
         )
     out_dir = Path(out_dir)
-    _check_own_folder(out_dir, lambda relpath: relpath in ("README.txt", "images/astronaut.png")
-                      or re.fullmatch(r"images/lfw/lfw_\d{3}\.png", relpath) is not None, readme=True)
+    check_dataset_folder(out_dir)
     paths = [out_dir / "images" / "astronaut.png"]
     _write_if_changed(paths[0], encode_png(_astronaut_face(size)))
     for index, face in enumerate(_lfw_faces(size, num_lfw)):
@@ -132,6 +142,7 @@ def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> 
     return paths
 
 
+SAMPLE_PHOTOS = ("group.png", "portrait.jpg", "no_face.png")  # what build_sample_photos writes
 GROUP_PHOTO_SIZE = (960, 640)  # (width, height) of photos/group.png
 GROUP_PHOTO_FACES = (
     # (source, left, top, side): where each face is pasted on the group photo; "astronaut" is the sample's face
@@ -180,7 +191,8 @@ def build_sample_photos(out_dir: Path) -> list[Path]:
     Image.fromarray(data.astronaut()).save(portrait, format="JPEG", quality=95)
     files = {"group.png": encode_png(group), "portrait.jpg": portrait.getvalue(),
              "no_face.png": encode_png(np.asarray(Image.fromarray(data.coffee())))}
-    _check_own_folder(out_dir, lambda relpath: relpath in files)
+    assert tuple(files) == SAMPLE_PHOTOS
+    check_photos_folder(out_dir)
     for name, content in files.items():
         _write_if_changed(out_dir / name, content)
     return [out_dir / name for name in files]

@@ -15,6 +15,8 @@ Rules:
   (its files are reached through their real path).
 - Broken links, link loops, files or folders we may not read, and FIFOs, sockets and devices (reading a FIFO would
   block the run) come back with ``skip_reason="unreadable"``.
+- A name that is not UTF-8 text (bytes from an old Latin-1 archive) is ``"bad_name"``, its relpath shown with
+  ``\\xNN`` escapes: no table, manifest or parquet file can hold the name itself.
 - ``duplicate_of`` names the first readable file (in sorted order) with the same bytes.
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from anon_core.hashing import sha256_file
 
-__all__ = ["ScannedFile", "output_relpath", "scan_folder"]
+__all__ = ["ScannedFile", "output_relpath", "printable", "scan_folder"]
 
 
 
@@ -39,7 +41,7 @@ class ScannedFile:
     relpath: str               # POSIX path relative to the root, as on disk (spaces, non-ASCII kept)
     sha256: str | None         # hex digest of the bytes; None when the file was not or could not be read
     duplicate_of: str | None   # relpath of the first file (sorted order) with the same bytes, else None
-    skip_reason: str | None    # "outside_input" | "unreadable"; None when the file can be processed
+    skip_reason: str | None    # "outside_input" | "unreadable" | "bad_name"; None when the file can be processed
 
     def named(self, text: str) -> str:
         """`text` (a rejection's detail) naming the file by its relpath, as the manifest's other notes do."""
@@ -47,6 +49,9 @@ class ScannedFile:
 
     def skip_detail(self) -> str:
         """Why a file with a `skip_reason` is not read, and what to do, for its manifest row."""
+        if self.skip_reason == "bad_name":
+            return (f"{self.relpath}: its name is not UTF-8 text (shown here with \\x escapes), so no manifest could "
+                    "name it: not read; rename it (e.g. `convmv -f latin1 -t utf8`) to anonymize it")
         target = _link_target(self.path)
         if self.skip_reason == "outside_input":
             return (f"{self.relpath}: a link to {target}, outside the input folder: not read (files from elsewhere "
@@ -55,6 +60,11 @@ class ScannedFile:
             return f"{self.relpath}: a broken link (to {target}, which does not exist, or a link loop): not read"
         return (f"{self.relpath}: not read: it cannot be opened or listed (check its permissions), or it is a FIFO, "
                 "socket or device")
+
+
+def printable(text: str) -> str:
+    """`text` as UTF-8 can hold it: a name's undecodable bytes (Python's surrogate escapes) as `\\xNN`."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _link_target(path: Path) -> str | None:
@@ -103,6 +113,12 @@ def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[Sc
             parts = (*rel_parts, child.name)
             relpath = "/".join(parts)
             child_path = folder / child.name
+            if printable(relpath) != relpath:
+                if child.is_dir(follow_symlinks=False):
+                    walk(child_path, parts)
+                elif keep(child.name):
+                    entries.append((printable(relpath), child_path, "bad_name"))
+                continue
             try:
                 if child.is_symlink():
                     try:

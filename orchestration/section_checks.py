@@ -1,0 +1,28 @@
+"""The sections of the params file that the commands read besides the method's, checked as every profile reads them
+before any work (`anon_core.params.check_every_profile`): `falco anonymize` in either mode and `falco pipeline`
+refuse a bad `photo:`, `pipeline:`, `data:` or `attribute_classifier:` value in one line, whichever of them the
+command itself reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+
+def section_readers() -> dict[str, Callable[[dict[str, Any], str], Any]]:
+    """{section: the reader that checks it}: the same functions the commands and assets read the sections with."""
+    from anon_core.ingest import data_settings
+    from anon_core.params import pipeline_settings
+    from anon_core.photo_faces import photo_settings
+    from evaluation.attribute_classifier import classifier_config
+
+    return {"data": data_settings, "photo": photo_settings, "pipeline": pipeline_settings,
+            "attribute_classifier": classifier_config}
+
+
+def check_sections(params_path: Path | str | None, profile: str) -> None:
+    """ParamsError, naming the file and profile (`profile`, the command's, first), for the first bad value of a
+    section in any profile."""
+    from anon_core.params import check_every_profile
+
+    check_every_profile(params_path, section_readers(), first=profile)
