@@ -432,6 +432,10 @@ class _Driver:
             if launch.job != "observe_settings":
                 self.summary.ran.append(label)
                 self.log(f"{label}: done (Dagster run {run_id[:8]})")
+            # Between a run's steps Dagster only notes a stop signal, raising it at the next step, and forgets it
+            # when the run ends first: the command would go on to its next runs (`timeout`'s SIGTERM ignored)
+            if stop_request.requested():
+                raise KeyboardInterrupt
             return True
         self.summary.failed.append(label)
         self.summary.errors[label] = step_error(self.instance, run_id)

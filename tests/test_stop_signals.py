@@ -100,3 +100,43 @@ def test_a_background_jobs_sigint_that_dagster_stops_a_run_on_is_a_stop_not_a_fa
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["went on", "stopped by Ctrl-C requested True"], done.stdout + done.stderr
+
+
+LOST_BETWEEN_STEPS = textwrap.dedent("""
+    import os, signal, sys, time
+    from dagster._utils.interrupts import capture_interrupts
+    import orchestration.driver as driver
+    from orchestration.cli import main
+
+    real = driver.execute
+
+    def execute_and_stop(launch, *args):
+        result = real(launch, *args)
+        with capture_interrupts():  # where Dagster only notes a stop, to raise it at the next step (none here)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+        print("ran", launch.job, flush=True)
+        return result
+
+    driver.execute = execute_and_stop
+    print("exit", main(sys.argv[1:]))
+""")
+
+
+def test_a_stop_that_dagster_notes_between_steps_and_forgets_stops_the_pipeline(tmp_path):
+    """`timeout 15 falco pipeline` once ran to its end: the SIGTERM came while Dagster ran a job but outside a step,
+    where Dagster's handler only notes it (to raise it at the next step) and forgets it when the run ends first. The
+    driver now stops after that run, as for a stop that failed a run."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "in" / "a.png")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    done = subprocess.run([sys.executable, "-c", LOST_BETWEEN_STEPS, "pipeline", "--input", str(tmp_path / "in"),
+                           "--storage", str(tmp_path / "store"), "--log-level", "ERROR"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.stdout.splitlines()[-2:] == ["ran observe_settings", "exit 143"], done.stdout + done.stderr
+    assert done.stderr.endswith("falco: stopped (SIGTERM); run the same command again to resume where it stopped\n")
