@@ -20,7 +20,8 @@ def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        sweep = "; one value here (`falco pipeline --margin 0,0.5` runs one variant per value)" if "," in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number{sweep}") from None
     if not math.isfinite(value):
         shown = "" if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity") else f" ({value})"
         raise argparse.ArgumentTypeError(f"{text!r}{shown} is not a finite number")
@@ -70,4 +71,5 @@ def refuse_flags(given: list[str], reason: str) -> None:
     from anon_core.errors import FalcoError
 
     if given:
-        raise FalcoError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} {reason}")
+        one = len(given) == 1
+        raise FalcoError(f"{', '.join(given)} {'is' if one else 'are'} {reason.replace('drop them', 'drop it') if one else reason}")

@@ -653,3 +653,12 @@ def test_a_run_that_keeps_identity_fails_its_privacy_check_and_keeps_its_outputs
                            f"images to their source ({share:.1%}), more than checks.privacy_max_match_share = 0.05 "
                            f"allows; see {out.resolve() / 'face_privacy.csv'}\n")
     assert len(list((out / "images").rglob("*.png"))) == len(privacy) == 4
+
+
+def test_a_list_of_margins_points_at_the_sweep(tmp_path, capsys):
+    """`falco anonymize --margin 0,0.5` said only "'0,0.5' is not a number"."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["anonymize", str(tmp_path), str(tmp_path / "out"), "--margin", "0,0.5"])
+    assert stopped.value.code == 2
+    assert "'0,0.5' is not a number; one value here (`falco pipeline --margin 0,0.5` runs one variant per value)" \
+        in capsys.readouterr().err

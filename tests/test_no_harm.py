@@ -631,7 +631,7 @@ def test_sample_data_refuses_a_folder_of_someone_elses_files(tmp_path, capsys):
     assert main(["sample-data", str(tmp_path / "new"), "--photos", str(tmp_path / "photos")]) == 0
     assert main(["sample-data", str(tmp_path / "new"), "--photos", str(tmp_path / "photos")]) == 0  # its own: again
     assert main(["sample-data", str(tmp_path / "small"), "--size", "0"]) == 2
-    assert capsys.readouterr().err.endswith("falco: error: size must be between 32 (load_rgb's minimum) and 4096 px, "
+    assert capsys.readouterr().err.endswith("falco: error: size must be between 32 (the smallest image falco reads) and 4096 px, "
                                             "got 0\n")
 
 
@@ -699,10 +699,10 @@ def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path, lfw_faces,
              "--min-face-size, --cover are for photo mode only; aligned mode anonymizes one face per image (drop "
              "them, or add --mode photo)"),
             ("photo", ["--no-align"], "--no-align is for aligned mode only; photo mode reads every image of the folder "
-             "as a photo and aligns each face itself (drop them, or use --mode aligned)"),
+             "as a photo and aligns each face itself (drop it, or use --mode aligned)"),
             ("photo", ["--no-cache"] if command == "anonymize" else ["--align"], ("--no-cache" if command == "anonymize"
              else "--align") + " is for aligned mode only; photo mode reads every image of the folder as a photo and "
-             "aligns each face itself (drop them, or use --mode aligned)")):
+             "aligns each face itself (drop it, or use --mode aligned)")):
         assert main([command, *where, "--mode", mode, *flags, "--profile", "tiny"]) == 2
         assert capsys.readouterr().err == f"falco: error: {message}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, storage or Dagster home made

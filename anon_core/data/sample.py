@@ -124,7 +124,7 @@ def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> 
     Files from an earlier run with a larger ``num_lfw`` are not deleted.
     """
     if not MIN_SIDE <= size <= 4096:
-        raise ParamsError(f"size must be between {MIN_SIDE} (load_rgb's minimum) and 4096 px, got {size}")
+        raise ParamsError(f"size must be between {MIN_SIDE} (the smallest image falco reads) and 4096 px, got {size}")
     if not 0 <= num_lfw <= LFW_FACE_COUNT:
         raise ValueError(
             f"num_lfw must be between 0 and {LFW_FACE_COUNT} (lfw_subset holds {LFW_FACE_COUNT} faces), "
