@@ -80,10 +80,12 @@ class PhotoSettings:
 
 
 def photo_settings(section: dict[str, Any], params_file: Path | str) -> PhotoSettings:
-    """params.yaml's `photo:` section (with its overrides), checked: one error naming every bad key. A key left out
-    takes PhotoSettings' default (the project's params.yaml states them all)."""
+    """params.yaml's `photo:` section (with its overrides), checked: one error naming every bad or missing key (the
+    file states every setting, as for the other sections; PhotoSettings' defaults are the project file's values, for
+    code that builds settings itself)."""
     known = PhotoSettings.__dataclass_fields__
     problems = [f"photo.{k} is not a setting (known: {', '.join(known)})" for k in section if k not in known]
+    problems += [f"photo.{k} is missing; add it (see the project's params.yaml)" for k in known if k not in section]
     values = PhotoSettings(**{k: v for k, v in section.items() if k in known})
     if not isinstance(values.min_face_size, int) or values.min_face_size < 12:
         problems.append(f"photo.min_face_size = {values.min_face_size!r} must be a whole number >= 12 (MTCNN's "

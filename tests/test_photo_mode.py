@@ -719,6 +719,15 @@ def test_photo_settings_name_every_bad_value(tmp_path):
         photo_settings({**good, "min_face_size": 8, "cover": "paint", "colour": 1}, "p.yaml")
     message = str(info.value)
     assert "photo.min_face_size = 8" in message and "photo.cover = 'paint'" in message and "photo.colour" in message
+    # a key left out was PhotoSettings' default, silently; the file states every setting, as for the other sections
+    without = {k: v for k, v in good.items() if k != "cover"}
+    with pytest.raises(ParamsError, match=r"^p.yaml: photo.cover is missing; add it"):
+        photo_settings(without, "p.yaml")
+    import yaml
+
+    from anon_core.params import DEFAULT_PARAMS_PATH
+
+    assert yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())["photo"] == good  # the defaults are the file's values
 
 
 def test_a_privacy_bound_out_of_range_or_missing_is_one_line_before_any_photo_is_read(photos, photo_run, tmp_path,
