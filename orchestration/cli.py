@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import errno
+import logging
 import os
 import signal
 import sys
@@ -347,6 +348,11 @@ def stop_signals() -> Iterator[Callable[[], str]]:
         _thread.start_new_thread(os.kill, (os.getpid(), (drain() or [signal.SIGINT])[-1]))
 
     previous_hook, sys.unraisablehook = sys.unraisablehook, send_dropped_interrupt_again
+    quiet = _NoInterruptTracebacks()
+    handlers = [logging.lastResort, *logging.getLogger().handlers]
+    for handler in handlers:
+        if handler is not None:
+            handler.addFilter(quiet)
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -356,12 +362,24 @@ def stop_signals() -> Iterator[Callable[[], str]]:
         with stop_request.watching(lambda: any(sig in (signal.SIGTERM, signal.SIGINT) for sig in drain())):
             yield lambda: "SIGTERM" if signal.SIGTERM in drain() else "Ctrl-C"
     finally:
+        for handler in handlers:
+            if handler is not None:
+                handler.removeFilter(quiet)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         signal.set_wakeup_fd(previous_fd)
         sys.unraisablehook = previous_hook
         os.close(read)
         os.close(write)
+
+
+class _NoInterruptTracebacks(logging.Filter):
+    """Drops a library's log record of a stop signal's exception: SQLAlchemy logs the one it meets while closing a
+    connection ("Exception closing connection", with its traceback) and raises it again; the stop is falco's one
+    line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _is_interrupt(record.exc_info[1]))
 
 
 def _is_interrupt(error: BaseException | None) -> bool:

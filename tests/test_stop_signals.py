@@ -140,3 +140,28 @@ def test_a_stop_that_dagster_notes_between_steps_and_forgets_stops_the_pipeline(
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.stdout.splitlines()[-2:] == ["ran observe_settings", "exit 143"], done.stdout + done.stderr
     assert done.stderr.endswith("falco: stopped (SIGTERM); run the same command again to resume where it stopped\n")
+
+
+LOGGED_INTERRUPT = textwrap.dedent("""
+    import logging, sys
+    from orchestration.cli import stop_signals
+
+    with stop_signals():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:  # as SQLAlchemy's pool does when a stop lands while it closes a connection
+            logging.getLogger("sqlalchemy.pool.impl.QueuePool").error("Exception closing connection", exc_info=True)
+        try:
+            raise OSError("disk gone")
+        except OSError:
+            logging.getLogger("sqlalchemy.pool.impl.QueuePool").error("Exception closing connection", exc_info=True)
+""")
+
+
+def test_a_librarys_log_of_the_stop_is_not_a_traceback_but_other_errors_still_are():
+    """`timeout 14 falco pipeline` printed SQLAlchemy's "Exception closing connection" with a 10-line traceback of
+    DagsterExecutionInterruptedError before falco's own line."""
+    done = subprocess.run([sys.executable, "-c", LOGGED_INTERRUPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "KeyboardInterrupt" not in done.stderr and done.stderr.count("Exception closing connection") == 1
+    assert "OSError: disk gone" in done.stderr
