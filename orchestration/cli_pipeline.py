@@ -27,8 +27,9 @@ def _values(kind: type):
     def parse(text: str) -> list:
         items = [v.strip() for v in text.split(",")]
         if not all(items):  # `--margin ''` or `--margin 0.5,`: not the sweep of params.yaml, silently
-            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give comma-separated values, e.g. 0,0.5,0.9 "
-                                             "(a negative first value as --margin=-0.5,...)")
+            example = "names, e.g. default,m0.5" if kind is str else \
+                "values, e.g. 0,0.5,0.9 (a negative first value as --margin=-0.5,...)"
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give comma-separated {example}")
         try:
             values = [kind(v) for v in items]
         except ValueError:

@@ -205,3 +205,16 @@ def test_a_variant_of_another_params_file_is_left_out_with_how_to_run_or_drop_it
     assert warned[0].endswith("run it with the params file that defines it (--params FILE), or drop it by deleting "
                               "the partition half of `variants` (Dagster UI: an asset's Partitions tab, Delete "
                               "partitions)")
+
+
+def test_an_empty_item_gets_an_example_of_its_kind(capsys):
+    """`--variant ,` was told of numbers and a negative first margin."""
+    import pytest
+
+    from orchestration.cli import build_parser
+
+    for flag, example in (("--variant", "names, e.g. default,m0.5\n"),
+                          ("--margin", "values, e.g. 0,0.5,0.9 (a negative first value as --margin=-0.5,...)\n")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["pipeline", flag, "m0.5,"])
+        assert capsys.readouterr().err.endswith(f"'m0.5,' has an empty item; give comma-separated {example}")
