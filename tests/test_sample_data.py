@@ -96,3 +96,24 @@ def test_sample_data_checks_both_folders_before_writing_either(tmp_path: Path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
     assert main(["sample-data", str(tmp_path / "d"), "--photos", str(tmp_path / "photos"), "--size", "32"]) == 0
     assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["group.png", "no_face.png", "portrait.jpg"]
+
+
+def test_a_sample_data_run_stopped_among_its_images_is_run_again_not_refused(tmp_path: Path, monkeypatch) -> None:
+    """Stopped after some images and before its README (written last), the folder was "a user's files" to the same
+    command run again."""
+    import anon_core.data.sample as sample
+
+    real, written = sample.write_bytes_atomic, []
+
+    def stopped_after_ten(path, data, *args):
+        if len(written) == 10:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real(path, data, *args)
+
+    monkeypatch.setattr(sample, "write_bytes_atomic", stopped_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        build_sample_dataset(tmp_path / "d", size=32, num_lfw=20)
+    monkeypatch.setattr(sample, "write_bytes_atomic", real)
+    paths = build_sample_dataset(tmp_path / "d", size=32, num_lfw=20)
+    assert len(paths) == 21 and all(p.is_file() for p in paths)

@@ -132,13 +132,14 @@ def build_sample_dataset(out_dir: Path, size: int = 128, num_lfw: int = 100) -> 
         )
     out_dir = Path(out_dir)
     check_dataset_folder(out_dir)
+    # the README first: it marks the folder as the sample's, so a run stopped among the images is run again, not refused
+    _write_if_changed(out_dir / "README.txt", _readme_text(size, num_lfw).encode("utf-8"))
     paths = [out_dir / "images" / "astronaut.png"]
     _write_if_changed(paths[0], encode_png(_astronaut_face(size)))
     for index, face in enumerate(_lfw_faces(size, num_lfw)):
         path = out_dir / "images" / "lfw" / f"lfw_{index:03d}.png"
         _write_if_changed(path, encode_png(face))
         paths.append(path)
-    _write_if_changed(out_dir / "README.txt", _readme_text(size, num_lfw).encode("utf-8"))
     return paths
 
 
