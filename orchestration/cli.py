@@ -100,8 +100,8 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     from anon_core.params import (DEFAULT_PARAMS_PATH, given_flags, load_params, load_section, naming_sources,
                                   privacy_bound)
     from anon_core.pipeline import anonymize_folder
-    from orchestration.section_checks import check_sections
     from anon_core.stages import resolve_device
+    from orchestration.section_checks import check_sections
 
     check_mode_flags(args)
     resolve_device(args.device)  # before any work: a device this machine lacks is one line, not a torch traceback

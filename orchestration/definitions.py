@@ -34,12 +34,13 @@ def build_definitions(
     storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource | None = None
 ) -> dg.Definitions:
     """mlflow: None tracks to $MLFLOW_TRACKING_URI, else to <project>/mlflow.db."""
+    pipeline = networks.pipeline()  # read and checked once
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
         jobs=ALL_JOBS,
         sensors=RUN_END_SENSORS,
-        executor=build_executor(networks.pipeline()["executor"], networks.pipeline()["max_concurrent"]),
+        executor=build_executor(pipeline["executor"], pipeline["max_concurrent"]),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,
                    "mlflow": mlflow or MlflowResource()},
         loggers={"console": console_logger},

@@ -154,8 +154,9 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     register_partitions(instance, variants, wanted)
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
-    if networks.pipeline()["executor"] == "celery":  # the workers run the partitions side by side
-        driver.parallel_runs = networks.pipeline()["max_concurrent"]
+    pipeline = networks.pipeline()
+    if pipeline["executor"] == "celery":  # the workers run the partitions side by side
+        driver.parallel_runs = pipeline["max_concurrent"]
 
     if not driver.run("observe_settings", "observe settings", None, None):
         return summary

@@ -66,8 +66,6 @@ ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_reference
             evaluate_report_job, prepare_photos_job, anonymize_photos_job]
 
 
-
-
 def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:
     """params.yaml's `pipeline.executor` (one of EXECUTORS) as a Dagster executor."""
     from anon_core.errors import ParamsError
