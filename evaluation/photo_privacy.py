@@ -93,6 +93,36 @@ def write_face_privacy(privacy: pd.DataFrame, folder: Path) -> Path:
     return path
 
 
+PRIVACY_CHECK = "privacy_check"
+"""The key of a `falco anonymize` run's params.json that holds its privacy check: "pending" while dlib checks the
+outputs (a run stopped then leaves it so), then the check's figures."""
+
+
+def record_privacy_check(folder: Path, privacy: pd.DataFrame | None = None, bound: float = 0.0) -> None:
+    """Write into `folder`'s params.json the state of its run's privacy check: "pending" (no `privacy`), else what
+    face_privacy.csv's table `privacy` says against the release bound."""
+    import json
+
+    from anon_core.atomic import write_bytes_atomic
+    from evaluation.report import fails_release
+
+    path = Path(folder) / "params.json"
+    record = json.loads(path.read_text())
+    if privacy is None:
+        record[PRIVACY_CHECK] = "pending"
+    else:
+        share = match_share(privacy)
+        record[PRIVACY_CHECK] = {"measured": measured_faces(privacy), "matched": int(privacy["matched"].sum()),
+                                 "match_share": share, "bound": bound, "passed": not fails_release(share, bound),
+                                 "table": "face_privacy.csv"}
+    write_bytes_atomic(path, json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def unfinished_privacy_check(record: dict) -> bool:
+    """Whether the privacy check of the run whose params.json is `record` was stopped before it wrote its verdict."""
+    return record.get(PRIVACY_CHECK) == "pending"
+
+
 def measured_faces(privacy: pd.DataFrame) -> int:
     """How many rows of a face_privacy.csv table dlib measured (every row of a table without `measured`)."""
     return int(privacy["measured"].sum()) if "measured" in privacy else len(privacy)

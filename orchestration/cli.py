@@ -135,7 +135,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     def check_privacy(real_images, rows) -> None:  # while the real faces' aligned crops exist (--no-cache)
         checked["at"] = time.perf_counter()
         if len(rows):
-            checked["privacy"] = _aligned_privacy(real_images, rows, args.output_dir, args.device, args.quiet)
+            checked["privacy"] = _aligned_privacy(real_images, rows, args.output_dir, args.device, args.quiet, bound)
 
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
                                show_progress=not args.quiet, keep_cache=args.keep_cache is not False,
@@ -154,15 +154,17 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     return _privacy_verdict(privacy, bound, summary.output_dir, "images")
 
 
-def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool):
-    """dlib's verdict on every image of an aligned run, written to face_privacy.csv."""
+def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool, bound: float):
+    """dlib's verdict on every image of an aligned run, written to face_privacy.csv and params.json."""
     from evaluation.aligned_privacy import aligned_face_privacy
-    from evaluation.photo_privacy import write_face_privacy
+    from evaluation.photo_privacy import record_privacy_check, write_face_privacy
     from evaluation.recognizers import build_recognizer
 
+    record_privacy_check(output_dir)  # "pending": a run stopped during the check does not look checked
     privacy = aligned_face_privacy(real_images, output_dir, rows, build_recognizer("dlib", device=device),
                                    show_progress=not quiet)
     write_face_privacy(privacy, output_dir)
+    record_privacy_check(output_dir, privacy, bound)
     return privacy
 
 
@@ -212,7 +214,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     seconds = time.perf_counter() - start
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")
-    privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device)
+    privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device, bound)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
@@ -231,13 +233,16 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     return _privacy_verdict(privacy, bound, summary.output_dir, "faces")
 
 
-def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str):
-    """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv; its table (None: no face)."""
-    from evaluation.photo_privacy import face_privacy, write_face_privacy
+def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str, bound: float):
+    """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv and params.json; its table
+    (None: no face)."""
+    from evaluation.photo_privacy import face_privacy, record_privacy_check, write_face_privacy
     from evaluation.recognizers import build_recognizer
 
+    record_privacy_check(output_dir)  # "pending": a run stopped during the check does not look checked
     privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device))
     write_face_privacy(privacy, output_dir)
+    record_privacy_check(output_dir, privacy, bound)
     if not len(privacy):
         print("privacy: no face was found, so none could be checked")
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,6 +424,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not (Path(folder) / "params.json").is_file():
             read_run(Path(folder))  # says what the folder lacks
     modes = {_run_mode(folder) for folder in args.anon_dirs}
+    _warn_unchecked(args.anon_dirs)
     check_report_folder(args.out, PHOTO_REPORT_TITLE if modes == {"photo"} else ALIGNED_REPORT_TITLE)
     if modes == {"photo"}:
         refuse_flags([flag for flag, given in (("--recognizers", args.recognizers is not None),
@@ -446,6 +448,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     print(f"report: {paths['markdown']}  (report.html, metrics.csv, per_image.parquet, figures/ beside it)")
     return 0
+
+
+def _warn_unchecked(folders: list[Path]) -> None:
+    """A warning per run whose own privacy check was stopped: its folder looks finished, but nothing checked it."""
+    from evaluation.photo_privacy import PRIVACY_CHECK, unfinished_privacy_check
+
+    for folder in folders:
+        try:
+            record = json.loads((Path(folder) / "params.json").read_text())
+        except (OSError, ValueError):
+            continue  # read_run says what is wrong with it
+        if isinstance(record, dict) and unfinished_privacy_check(record):
+            print(f"falco: warning: {folder}: its run's privacy check did not finish (params.json's {PRIVACY_CHECK} "
+                  "is still pending): the run was stopped during it; this evaluation "
+                  "measures privacy on its own, but before sharing the folder run the same `falco anonymize` command "
+                  "again (it resumes, then checks)", file=sys.stderr)
 
 
 def _run_mode(folder: Path) -> str:

@@ -655,6 +655,36 @@ def test_a_run_that_keeps_identity_fails_its_privacy_check_and_keeps_its_outputs
     assert len(list((out / "images").rglob("*.png"))) == len(privacy) == 4
 
 
+def test_a_run_stopped_during_its_privacy_check_does_not_look_checked(face_folder, tmp_path, capsys, monkeypatch):
+    """A run stopped while dlib checked its images left every row `ok`, no face_privacy.csv, and nothing else that
+    said the check had not run. params.json now says `pending` until the verdict is written, `falco evaluate` warns,
+    and the same command run again takes every image from the journal and finishes the check."""
+    import evaluation.aligned_privacy as aligned_privacy
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(aligned_privacy, "aligned_face_privacy",
+                      stopped_at_call(aligned_privacy.aligned_face_privacy, 1, KeyboardInterrupt()))
+        assert main(["anonymize", str(face_folder), str(out), *FAST]) == 130
+    assert {r["status"] for r in _manifest(out)} == {"ok", "rejected"}  # every image written
+    assert json.loads((out / "params.json").read_text())["privacy_check"] == "pending"
+    assert not (out / "face_privacy.csv").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(face_folder), str(out), "--out", str(tmp_path / "report"), "--recognizers", "dlib",
+                 "--no-baselines", "--quiet"]) == 0
+    assert capsys.readouterr().err.startswith(f"falco: warning: {out}: its run's privacy check did not finish")
+
+    assert main(["anonymize", str(face_folder), str(out), *FAST]) == 0
+    assert "4 finished by an earlier run" in capsys.readouterr().out
+    privacy = pd.read_csv(out / "face_privacy.csv", keep_default_na=False)
+    check = json.loads((out / "params.json").read_text())["privacy_check"]
+    assert check == {"measured": 4, "matched": int(privacy["matched"].sum()), "match_share": privacy["matched"].mean(),
+                     "bound": 0.05, "passed": bool(privacy["matched"].mean() <= 0.05), "table": "face_privacy.csv"}
+    assert main(["evaluate", str(face_folder), str(out), "--out", str(tmp_path / "report2"), "--recognizers", "dlib",
+                 "--no-baselines", "--quiet"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_list_of_margins_points_at_the_sweep(tmp_path, capsys):
     """`falco anonymize --margin 0,0.5` said only "'0,0.5' is not a number"."""
     with pytest.raises(SystemExit) as stopped:

@@ -363,6 +363,9 @@ def test_no_face_is_still_matched_by_dlib(photo_run):
     assert len(privacy) == len(GROUP_PHOTO_FACES) + 1
     assert all(r["matched"] == "False" and float(r["dlib_distance"]) >= 0.6 for r in privacy)
     assert f"dlib matches 0 of {len(privacy)} faces" in printed
+    assert json.loads((out / "params.json").read_text())["privacy_check"] == {
+        "measured": len(privacy), "matched": 0, "match_share": 0.0, "bound": 0.05, "passed": True,
+        "table": "face_privacy.csv"}  # the verdict recorded with the run (`pending` while dlib checks)
 
 
 def test_a_covered_box_in_which_dlib_sees_no_face_is_not_counted_as_matched(photos, tmp_path, capsys):
