@@ -140,8 +140,8 @@ def run_pipeline(
     with exclusive(Path(storage.root), "storage", orphans_older_than_s=ORPHANS_OLDER_THAN_S):
         if not instance.is_ephemeral:
             bind_instance_and_storage(Path(instance.root_directory), Path(storage.root), fresh)
-        for run_id in end_abandoned_runs(instance, mlflow):
-            log(f"Dagster run {run_id[:8]} was left STARTED by a falco process that ended: marked failed")
+        for run_id, status in end_abandoned_runs(instance, mlflow):
+            log(f"Dagster run {run_id[:8]} was left {status} by a falco process that ended: marked failed")
         return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode)
 
 
@@ -267,9 +267,10 @@ def _read_mark(path: Path) -> dict[str, str] | None:
         return None
 
 
-def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[str]:
-    """Runs this host's drivers started whose process is gone (killed mid-run) stay STARTED for ever: report them
-    failed, and end their MLflow runs as KILLED. Returns their ids."""
+def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> list[tuple[str, str]]:
+    """Runs this host's drivers made whose process is gone (killed mid-run, or stopped between making a run and
+    starting it) stay STARTED or NOT_STARTED for ever: report them failed, and end their MLflow runs as KILLED.
+    Returns the id and the status each was left in."""
     import socket
 
     from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
@@ -284,7 +285,7 @@ def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> 
         instance.report_run_failed(run, f"the falco process that ran it (PID {pid}) ended before the run did: "
                                         "killed")
         mlflow.end_dagster_run(run.run_id, "KILLED", instance=instance)
-        ended.append(run.run_id)
+        ended.append((run.run_id, run.status.value))
     return ended
 
 

@@ -794,6 +794,32 @@ def test_a_step_process_ends_when_the_falco_process_is_killed_alone(tmp_path, lf
             pass
 
 
+def test_runs_a_gone_falco_process_left_are_marked_failed_under_the_status_they_were_left_in(tmp_path):
+    """A Ctrl-C between two Dagster runs leaves the new run NOT_STARTED; the next driver said it "was left STARTED".
+    Runs of a live process, or of another host, are left alone."""
+    import socket
+
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    from orchestration.driver import end_abandoned_runs
+    from orchestration.run_ends import LAUNCHED_BY
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = socket.gethostname()
+    tags = {"not_started": f"{here}:{gone.pid}", "started": f"{here}:{gone.pid}", "alive": f"{here}:{os.getpid()}",
+            "elsewhere": f"other-host:{gone.pid}"}
+    with dg.instance_for_test() as instance:
+        for name, tag in tags.items():
+            status = DagsterRunStatus.NOT_STARTED if name == "not_started" else DagsterRunStatus.STARTED
+            instance.add_run(DagsterRun(job_name="anonymize", run_id=f"{name}-run", status=status,
+                                        tags={LAUNCHED_BY: tag}))
+        ended = end_abandoned_runs(instance, MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        assert sorted(ended) == [("not_started-run", "NOT_STARTED"), ("started-run", "STARTED")]
+        assert {r.run_id: r.status.value for r in instance.get_runs()} == {
+            "not_started-run": "FAILURE", "started-run": "FAILURE", "alive-run": "STARTED", "elsewhere-run": "STARTED"}
+
+
 def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces):
     home = tmp_path / "home"
     proc, first, cmd, env = _pipeline_past_its_first_shard(tmp_path, lfw_faces, stdout=subprocess.DEVNULL,
