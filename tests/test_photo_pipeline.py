@@ -97,6 +97,10 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     figures = [(r.asset_materialization.metadata["faces_from_journal"].value,
                 r.asset_materialization.metadata["faces_anonymized"].value) for r in latest]
     assert sorted(figures) == [(1, 1), (1, 1), (6, 6), (6, 6)]
+    said = [e.user_message for run_id in changed.run_ids for e in instance.all_logs(run_id) if e.user_message]
+    taken = [int(n) for m in said for n in re.findall(r"; (\d+) face\(s\) (?:taken from an earlier run's journal|the "
+                                                      r"same as in an earlier run)", m)]
+    assert sum(taken) == 14  # the shard's own summary line says so, as `falco anonymize --mode photo` does
 
 
 def test_photos_added_before_the_others_optimize_only_their_own_faces(state):

@@ -84,6 +84,7 @@ def anonymized_photos(
                                    show_progress=lambda line: context.log.info(f"{variant} {shard}: {line}"),
                                    keep_earlier_batches=True, reuse=reuses_rows(context))
         seconds = time.perf_counter() - start
+        context.log.info(f"{variant} {shard}: {summary.describe()}")  # with the faces taken from journals
         manifest = read_photo_manifest(out)
         faces = manifest[manifest["kind"] == "face"]
         figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
