@@ -5,10 +5,11 @@ Each face row of a photo-mode manifest (anon_core.photos) is cut out of the inpu
 along the same FFHQ crop, the one its input landmarks give (for a face whose landmarks gave none, a square around
 its box of the same scale), at :data:`CROP_SIZE` px; dlib's descriptor of each crop (on its own chip region,
 evaluation.recognizers) is compared: a distance below 0.6 is dlib's "same person". Anonymized and covered faces are
-measured alike, except a covered face in whose input crop dlib's own face detector finds no face (`measured` false):
-dlib has no face to recognise there, and its descriptors of two such crops (a helmet's ring MTCNN took for a face,
-pixelated, against the ring) came out close, 0.44-0.57, while every covered face that detector sees measured
-0.69-0.82 (photo mode's sample and 28 variants of it: sepia, noisy scans, cut by the edge). The share of matched
+measured alike, except a face in whose input crop dlib's own face detector finds no face (`measured` false): dlib
+has no face to recognise there. Its descriptors of such crops came out close to anything: a helmet's ring MTCNN took
+for a face, pixelated, against the ring 0.44-0.57, while every covered face that detector sees measured 0.69-0.82
+(photo mode's sample and 28 variants of it: sepia, noisy scans, cut by the edge); a spoon and wood grain MTCNN took
+for faces (scores 0.70-0.97) and anonymized, generated faces against the spoon 0.47-0.53. The share of matched
 faces among the measured ones is what the blocking check and `falco evaluate` bound
 (`checks.privacy_max_match_share`).
 """
@@ -49,8 +50,8 @@ def face_quad(landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | None = None) -> pd.DataFrame:
     """One row per face of a photo-mode output: input, face, status, reason, `dlib_distance` (input face vs output
-    face at the input's landmarks), `measured` (false for a covered face in whose input crop dlib's detector finds
-    no face) and `matched` (measured, and distance < 0.6)."""
+    face at the input's landmarks), `measured` (false for a face, anonymized or covered, in whose input crop dlib's
+    detector finds no face) and `matched` (measured, and distance < 0.6)."""
     manifest = read_photo_manifest(output_dir)
     faces = manifest[manifest["kind"] == "face"]
     dlib = recognizer or build_recognizer("dlib")
@@ -70,10 +71,7 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
         return table.assign(dlib_distance=pd.Series(dtype=float), measured=pd.Series(dtype=bool),
                             matched=pd.Series(dtype=bool))
     distances, matched = dlib.match_pairs(np.stack(out_crops), np.stack(real_crops))
-    measured = np.ones(len(table), bool)
-    covered = np.flatnonzero((table["status"] == "covered").to_numpy())
-    if len(covered):
-        measured[covered] = detect_faces([real_crops[i] for i in covered], "dlib_hog", upsample=1).detected
+    measured = detect_faces(real_crops, "dlib_hog", upsample=1).detected  # anonymized and covered alike
     return table.assign(dlib_distance=distances, measured=measured, matched=matched & measured)
 
 
@@ -135,9 +133,9 @@ def match_share(privacy: pd.DataFrame) -> float:
 
 
 def unmeasured_note(privacy: pd.DataFrame) -> str:
-    """", N covered box(es) ... not counted" when dlib's detector saw no face in some covered faces' input crops."""
+    """", N box(es) ... not counted" when dlib's detector saw no face in some faces' input crops."""
     left_out = len(privacy) - measured_faces(privacy)
-    return (f"; {left_out} covered box(es) not counted: dlib's detector finds no face in their input (`measured` in "
+    return (f"; {left_out} box(es) not counted: dlib's detector finds no face in their input (`measured` in "
             "face_privacy.csv)") if left_out else ""
 
 

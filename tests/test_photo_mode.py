@@ -388,8 +388,24 @@ def test_a_covered_box_in_which_dlib_sees_no_face_is_not_counted_as_matched(phot
     face = [r for r in privacy if r["measured"] == "True"]
     assert len(face) == 1 and face[0]["status"] == "anonymized" and face[0]["matched"] == "False"
     assert ("privacy: dlib matches 0 of 1 faces to their source (distance < 0.6; smallest distance "
-            f"{float(face[0]['dlib_distance']):.2f}); 1 covered box(es) not counted: dlib's detector finds no face in "
+            f"{float(face[0]['dlib_distance']):.2f}); 1 box(es) not counted: dlib's detector finds no face in "
             "their input (`measured` in face_privacy.csv)") in capsys.readouterr().out
+
+
+def test_an_anonymized_false_detection_is_not_counted_as_a_face_still_matched(photos, tmp_path, capsys):
+    """A spoon in a large photo without a person: MTCNN takes it (and wood grain) for faces, large and frontal
+    enough to be anonymized, and dlib "matched" a generated face to the spoon at 0.47: the run failed its privacy
+    check, saying an identity was still recognised, in a photo of nobody. dlib's detector sees no face in either
+    box, so neither is counted, as covered boxes were not."""
+    (tmp_path / "in").mkdir()
+    with Image.open(photos / "no_face.png") as background:
+        background.convert("RGB").resize((8000, 6000)).crop((3600, 3200, 5800, 5200)).save(tmp_path / "in" / "spoon.png")
+    assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "out"), "--mode", "photo", *FAST]) == 0
+    privacy = _rows(tmp_path / "out", "face_privacy.csv")
+    assert [(r["status"], r["measured"], r["matched"]) for r in privacy] == [("anonymized", "False", "False")] * 2
+    assert min(float(r["dlib_distance"]) for r in privacy) < 0.6  # what dlib said of the spoon, kept for the reader
+    assert ("privacy: dlib measured none of the faces; 2 box(es) not counted: dlib's detector finds no face in their "
+            "input") in capsys.readouterr().out
 
 
 def test_the_check_sees_faces_left_in_place(photo_run, photos, tmp_path):
