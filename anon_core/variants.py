@@ -57,7 +57,7 @@ def format_value(value: float | int) -> str:
         raise ParamsError(f"variant value {value!r} is not a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise ParamsError(f"variant value {value!r} is not a finite number")
-    text = repr(value)
+    text = repr(value + 0)  # + 0: -0.0 is 0.0, one variant
     return text[:-2] if text.endswith(".0") else text
 
 

@@ -97,6 +97,9 @@ def test_one_setting_spelled_two_ways_is_one_variant():
     assert canonical_name("steps20_m0.5") == "m0.5_steps20"
     assert canonical_name("keep_identity") == "keep_identity" and canonical_name(DEFAULT_VARIANT) == DEFAULT_VARIANT
     assert sweep_variants({"variants": ["m0.50", "m0.5"], "margin": [0.5]}) == ["m0.5"]  # computed once
+    # -0 is 0: `--margin=0,-0` made a variant m-0 beside m0 and optimized every image again for it
+    assert canonical_name("m-0") == canonical_name("m-0.0") == variant_name({"margin": -0.0}) == "m0"
+    assert sweep_variants({"margin": [0.0, -0.0]}) == ["m0"]
 
 
 def test_a_variant_asked_for_twice_on_the_command_line_is_said_to_run_once(capsys):
