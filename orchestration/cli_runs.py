@@ -198,13 +198,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(f"falco: warning: these runs read different inputs ({', '.join(mixed)} differ, shown in the "
               f"table), so their metrics do not compare; give each input its own experiment "
               f"(MLFLOW_EXPERIMENT_NAME=NAME falco pipeline ...; falco runs compare --experiment NAME)", file=sys.stderr)
-    if args.plot:
-        privacy, utility = privacy_utility_axes(frame.columns)
+    if args.plot:  # from every logged metric: --metric narrows the table, and picks the axes where it names them
+        privacy, utility = privacy_utility_axes([*(args.metric or []), *logged])
         if not (privacy and utility):
             print("falco: error: the runs logged no re-identification and utility metrics to plot", file=sys.stderr)
             return 2
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
-        points = plot_points(frame, baselines, every_run=args.all)
+        points = plot_points(compare_table(runs, None, bound) if args.metric else frame, baselines,
+                             every_run=args.all)
         _check_outside_inputs(args.plot, runs)
         write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
                                                           baselines, software=PLOT_SOFTWARE))

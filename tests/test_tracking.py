@@ -205,6 +205,12 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     from PIL import Image
 
     assert Image.open(tmp_path / "scatter.png").size[0] > 300
+    axes = printed.err.split(" (", 1)[1]
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--metric",
+                              "reid/dlib/top1_rate", "--plot", str(tmp_path / "narrowed.png")])
+    assert args.run(args) == 0  # before: "the runs logged no re-identification and utility metrics to plot"
+    assert capsys.readouterr().err == f"plot: {tmp_path / 'narrowed.png'} ({axes}"  # --metric narrows the table only
+    assert (tmp_path / "narrowed.png").read_bytes() == (tmp_path / "scatter.png").read_bytes()
     args = parser.parse_args(["runs", "compare", "--tracking-uri", sweep["tracker"].uri(), "--format", "markdown",
                               "--experiment", "nope"])
     from anon_core.errors import FalcoError
