@@ -118,7 +118,8 @@ def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
     for run in runs[1:]:
         for what, mine, theirs in (("profile", run.profile, first.profile),
                                    ("resolution", run.resolution, first.resolution),
-                                   ("alignment", run.alignment, first.alignment)):
+                                   ("alignment", run.alignment, first.alignment),
+                                   ("dataset", run.record.get("dataset"), first.record.get("dataset"))):
             if mine != theirs:
                 raise FalcoError(f"{run.folder} was made with {what} {mine!r} but {first.folder} with {theirs!r}; "
                                  "their faces are not the same real images: evaluate them in separate reports")
@@ -325,8 +326,12 @@ def evaluate_folders(
     labels = run_labels([r.params() for r in runs], [r.folder.name for r in runs])
     labels = [f"falco {label}" if label in BASELINES else label for label in labels]
     anonymized = [read_anonymized(r) for r in runs]
+    recorded = runs[0].record.get("dataset")  # every run's (check_comparable)
     if dataset == "auto":
-        dataset = runs[0].record.get("dataset", "auto")
+        dataset = recorded or "auto"
+    elif recorded is not None and dataset != recorded:  # its manifest names the files as that layout reads them
+        raise FalcoError(f"--dataset {dataset}, but {runs[0].folder} was anonymized as dataset {recorded!r} (its "
+                         f"params.json), whose file names its manifest holds; leave --dataset out")
     if labels_csv is None:  # the identities the runs were paired by, and measured by
         labels_csv = recorded_labels(runs)
         if labels_csv is not None:

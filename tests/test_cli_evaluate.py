@@ -144,6 +144,15 @@ def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
     record["resolution"] = 1024
     (other / "params.json").write_text(json.dumps(record))
     assert "resolution" in error(runs["0.0"], other)
+    record["resolution"] = 64  # the other layout of the same files: before, every run was read as the first one was
+    record["dataset"] = "lfw"  # (an identity-paired LFW run measured without its identities behind a folder run)
+    (other / "params.json").write_text(json.dumps(record))
+    assert f"{other} was made with dataset 'lfw' but {runs['0.0']} with 'folder'" in error(runs["0.0"], other)
+    assert main(["evaluate", str(runs["real"]), str(runs["0.0"]), "--out", str(tmp / "r"), "--dataset", "lfw",
+                 "--quiet"]) == 2  # before: "pass as REAL_DIR the folder this run anonymized", the one passed
+    assert capsys.readouterr().err == (f"falco: error: --dataset lfw, but {runs['0.0']} was anonymized as dataset "
+                                       "'folder' (its params.json), whose file names its manifest holds; leave "
+                                       "--dataset out\n")
     record["resolution"] = "abc"  # a hand-edited params.json: before, int()'s traceback
     (other / "params.json").write_text(json.dumps(record))
     assert "params.json records no profile and resolution (in pixels)" in error(other)

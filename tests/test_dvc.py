@@ -166,6 +166,18 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
         assert sorted(r.partition_key.split("|")[1] for r in latents) == ["default", "m0.5", "m0.9"]  # one shard each
     assert set(json.loads(metrics_file.read_text())) == {"default", "m0.5", "m0.9", "blur"}
 
+    # A change DVC sees in the evaluate stage's code while Dagster's report is up to date: DVC runs the stage without
+    # deleting the report first (before, it deleted report.md, Dagster kept the report it called fresh, and every
+    # `dvc repro` failed on the missing out).
+    with open(repo / "evaluation" / "__init__.py", "a") as code:
+        code.write("# edited\n")
+    _sh([DVC, "repro"], repo, env, timeout=600)
+    assert (store / "anonymization_report" / "report.md").is_file()
+    # the release bound is the report's (it marks the variants above it): before, DVC called the stage unchanged
+    params["checks"]["privacy_max_match_share"] = 0.5
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "evaluate:" in _sh([DVC, "status"], repo, env)
+
 
 def test_the_prepare_stage_follows_every_defaults_key_its_assets_read():
     """`pairing` was missing from the stage's params: `dvc repro` after changing it skipped every stage and kept the
@@ -193,3 +205,6 @@ def test_each_stage_declares_the_folder_of_every_asset_its_job_stores():
         folders = {out.removeprefix("${store}/").split("/")[0] for out in outs}
         stored = {key.path[-1] for key in selection.resolve(graph)}
         assert stored == folders, f"stage {name}: {sorted(stored ^ folders)}"
+        # Dagster decides what is stale: an out DVC deleted before a stage would stay missing where Dagster keeps it
+        outs = [*stages[name]["outs"], *stages[name].get("metrics", []), *stages[name].get("plots", [])]
+        assert all(next(iter(out.values()))["persist"] for out in outs), name
