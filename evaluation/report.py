@@ -265,16 +265,17 @@ def privacy_banners(variants: dict[str, VariantResults], bound: float) -> list[s
     """One warning per variant whose images dlib still matches to their own source more often than the release bound
     (`checks.privacy_max_match_share`) allows: the blocking check failed its shards, and a reader choosing a variant
     from the report must see it."""
-    banners = []
-    for name, result in variants.items():
-        if RELEASE_CHECK not in result.summary.columns:
-            continue
-        share = float(result.summary[RELEASE_CHECK].iloc[0])
-        if fails_release(share, bound):
-            banners.append(f"{name} failed the privacy check: do not release its images. dlib still matches "
-                           f"{share:.1%} of them to their own source (distance < 0.6), more than "
-                           f"checks.privacy_max_match_share = {bound:g} allows.")
-    return banners
+    return [banner for name, result in variants.items() if RELEASE_CHECK in result.summary.columns
+            for banner in release_banner(name, float(result.summary[RELEASE_CHECK].iloc[0]), bound)]
+
+
+def release_banner(name: str, share: float, bound: float) -> list[str]:
+    """The report's warning, in a list, when `share` of the images of `name` still matched fails the release bound;
+    an empty list otherwise."""
+    if not fails_release(share, bound):
+        return []
+    return [f"{name} failed the privacy check: do not release its images. dlib still matches {share:.1%} of them to "
+            f"their own source (distance < 0.6), more than checks.privacy_max_match_share = {bound:g} allows."]
 
 
 def metrics_json(summary: pd.DataFrame) -> bytes:

@@ -408,9 +408,31 @@ def evaluate_folders(
             "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
         }
         summary = summary_table(results)
-        banners = seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)
+        banners = [*_release_banners(runs, labels, summary),
+                   *seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)]
         return write_report(Path(out_dir), summary, per_image, attributes, examples, titles, context,
                             settings=_differing_settings(runs, labels), banners=banners, example_caption=caption)
+
+
+def _release_banners(runs: list[AnonymizeRun], labels: list[str], summary: pd.DataFrame) -> list[str]:
+    """The pipeline report's warning for each run whose images dlib still matches to their source more often than
+    the bound it was anonymized under (its params.json's privacy check; else the project's params.yaml's)."""
+    from anon_core.params import DEFAULT_PARAMS_PATH, load_section, privacy_bound
+    from evaluation.photo_privacy import PRIVACY_CHECK
+    from evaluation.report import RELEASE_CHECK, release_banner
+
+    if RELEASE_CHECK not in summary.columns:  # dlib not among the recognizers
+        return []
+    banners = []
+    for run, label in zip(runs, labels):
+        check = run.record.get(PRIVACY_CHECK)
+        try:
+            bound = check["bound"] if isinstance(check, dict) and "bound" in check else \
+                privacy_bound(load_section("checks", run.profile, None), DEFAULT_PARAMS_PATH)
+        except FalcoError:  # a profile of another params file, run by a falco that did not record its bound
+            continue
+        banners += release_banner(label, float(summary.loc[label, RELEASE_CHECK]), bound)
+    return banners
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -93,6 +93,12 @@ def test_runs_get_a_row_and_a_scatter_point_each_and_their_images_a_per_image_ro
 
     md = (report / "report.md").read_text()
     assert "| m=1.0 " in md and "## Attribute agreement per run" in md
+    # as the pipeline's report: a run over its release bound (the real faces, here) says so at the top
+    rate = summary["reid/dlib/verification_rate"]
+    failed = [label for label in labels.values() if rate[label] > 0.05]
+    assert labels["same"] in failed
+    assert [line.split(" failed the privacy check")[0].split("**Note:** ")[1] for line in md.splitlines()
+            if " failed the privacy check: do not release its images" in line] == failed
     assert f"run m=1.0**: {runs['1.0']}" in md
 
 
