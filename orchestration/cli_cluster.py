@@ -46,9 +46,12 @@ def _run_cluster(args: argparse.Namespace) -> int:
         stopped = cluster.stop()
         print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'} ({cluster.root})")
         return 0
+    from orchestration.local_cluster import DEFAULT_ROOT
+
+    down = "falco cluster down" + ("" if Path(args.root).resolve() == Path(DEFAULT_ROOT).resolve()
+                                   else f" --root {args.root}")
     if cluster.processes:
-        print(f"falco: error: a cluster is recorded in {cluster.state_file}; run `falco cluster down` (or "
-              "`make cluster-down`) first", file=sys.stderr)
+        print(f"falco: error: a cluster is recorded in {cluster.state_file}; run `{down}` first", file=sys.stderr)
         return 2
     if args.action == "up":
         try:
@@ -59,9 +62,11 @@ def _run_cluster(args: argparse.Namespace) -> int:
             cluster.stop()
             raise
         print("cluster up: PostgreSQL, Redis, MLflow, one cpu and one gpu worker. In another shell:")
-        for key, value in {**env, "FALCO_STORAGE": str(cluster.shared / "pipeline")}.items():
+        for key, value in env.items():
             print(f"  export {key}={value}")
-        print("  falco pipeline --executor celery ...    # `falco cluster down` stops it all")
+        print(f"  falco pipeline --executor celery ...    # `{down}` stops it all")
+        print("The workers took FALCO_INPUT, FALCO_PROFILE, FALCO_PARAMS and FALCO_DEVICE from this shell: for runs "
+              "launched from the UI, export the same ones where `dagster dev` runs, with FALCO_EXECUTOR=celery.")
         return 0
     from orchestration.cluster_demo import run_demo
 

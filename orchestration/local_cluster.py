@@ -113,7 +113,9 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         return {"DAGSTER_HOME": str(self.dagster_home), "FALCO_DAGSTER_PG_URL": self.postgres_url("dagster"),
                 "FALCO_BROKER_URL": f"redis://{HOST}:{self.ports['redis']}/0",
-                "MLFLOW_TRACKING_URI": f"http://{HOST}:{self.ports['mlflow']}"}
+                "MLFLOW_TRACKING_URI": f"http://{HOST}:{self.ports['mlflow']}",
+                # the shared storage: a run launched from the UI takes it from each worker's environment
+                "FALCO_STORAGE": str(self.shared / "pipeline")}
 
     # -- starting -----------------------------------------------------------------------------------------------------
     def start(self) -> dict[str, str]:

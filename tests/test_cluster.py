@@ -118,6 +118,14 @@ def test_the_graph_through_celery_equals_the_in_process_run(cluster, inputs, cel
     _assert_same_outputs(cluster.shared / "store", inputs / "store")
 
 
+def test_the_workers_take_the_clusters_shared_storage_for_runs_launched_from_the_ui(cluster):
+    """`falco cluster up` printed FALCO_STORAGE for the UI's shell but did not give it to the workers: a run launched
+    from the UI read and wrote the project's local outputs/pipeline on them, not the cluster's storage."""
+    for name in ("worker-cpu", "worker-gpu"):
+        environ = Path(f"/proc/{cluster.pid(name)}/environ").read_bytes().split(b"\0")
+        assert f"FALCO_STORAGE={cluster.shared / 'pipeline'}".encode() in environ, name
+
+
 def test_gpu_steps_ran_on_the_gpu_worker_which_built_its_networks_once(cluster, celery_run):
     instance, summary = celery_run
     placements = step_placements(instance, summary.run_ids)
