@@ -252,7 +252,9 @@ def check_identities(mode: str, person: Sequence | np.ndarray | None, labels_csv
     if mode != "identity" or (person is not None and (not len(person) or (person_labels(person) != "").any())):
         return  # (no image left: nothing to pair)
     if labels_csv is None:
-        why = "no labels CSV was given (--labels, data.labels_csv) and the folder is not an LFW or CelebA-HQ layout"
+        why = ("no labels CSV was given (--labels, data.labels_csv), and the folder's layout gave none (an LFW "
+               "folder's person folders give them; a CelebA-HQ folder's identity_CelebA.txt, in its root, Anno/ or "
+               "Eval/)")
     else:
         import pandas as pd
 

@@ -109,7 +109,8 @@ def test_identity_pairing_without_any_label_is_refused_before_any_work(labelled,
     assert main([args[0], args[1], str(tmp_path / "bare"), *args[2:]]) == 2
     assert capsys.readouterr().err == (
         "falco: error: pairing 'identity' needs the images' identity labels, but none has one: no labels CSV was "
-        "given (--labels, data.labels_csv) and the folder is not an LFW or CelebA-HQ layout; give a labels CSV with "
+        "given (--labels, data.labels_csv), and the folder's layout gave none (an LFW folder's person folders give "
+        "them; a CelebA-HQ folder's identity_CelebA.txt, in its root, Anno/ or Eval/); give a labels CSV with "
         "a relpath and an identity column, or use pairing unique (no two images share a fake)\n")
     misspelt = tmp_path / "misspelt.csv"
     misspelt.write_text((labelled / "labels.csv").read_text().replace("identity", "identiy", 1))
