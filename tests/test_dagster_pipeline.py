@@ -220,6 +220,34 @@ def test_the_evaluation_jobs_launch_whole_from_the_ui(state):
     assert materializations(instance) == before
 
 
+def test_a_variant_whose_anonymization_is_stale_is_not_evaluated_from_the_ui(state):
+    """From the UI (observe, then the evaluate job for m0.5) a variant whose optimization settings changed since its
+    images were made was evaluated, and the report showed those images' numbers under the new settings; `falco
+    stage evaluate` blocked it. The evaluation itself now refuses, before any work."""
+    from orchestration.definitions import build_definitions
+    from orchestration.driver import step_error
+
+    root, instance = state
+
+    def launch(job: str, partition: str | None = None, **overrides):
+        networks = NetworksResource(params_path=str(root / "params.yaml"), overrides=overrides)
+        defs = build_definitions(StorageResource(root=str(root / "store"), input_dir=str(root / "faces")), networks,
+                                 MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                              raise_on_error=False)
+        return result.success, None if result.success else step_error(instance, result.run_id)
+
+    changed = {"optimization.lr": 0.07}
+    assert launch("observe_settings", **changed) == (True, None)
+    before = materializations(instance)
+    ok, error = launch("evaluate", "m0.5", **changed)
+    assert not ok and error.startswith("variant_evaluation: anonymized_latents [shard-00000|m0.5] stale")
+    assert "materialize the anonymize job for m0.5's shards first" in error
+    assert materializations(instance) == before
+    assert launch("observe_settings") == (True, None)  # the settings the images were made with: fresh again
+    assert launch("evaluate", "m0.5") == (True, None)
+
+
 def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_under_its_new_definition(
         state, single_thread):
     """|cos - m| has the same gradient for two margins the similarity stays below, so the codes come out bit for bit

@@ -239,6 +239,34 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
     return summary, attributes
 
 
+def _check_anonymization_current(context: dg.AssetExecutionContext, storage: StorageResource,
+                                 networks: NetworksResource, mlflow: MlflowResource, partitions: list[str],
+                                 variant: str) -> None:
+    """FalcoError, before any work, when a shard of the variant's anonymization is stale or unrecorded (its settings,
+    or an upstream value such as the fake pool, changed since it was made): the evaluation would report images made
+    otherwise than its settings say. A run from the UI meets it; `falco pipeline` and `falco stage` block such a
+    variant before launching (driver). A run whose own steps re-made the anonymization finds it fresh."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    from anon_core.errors import FalcoError
+    from orchestration.definitions import build_definitions
+    from orchestration.staleness import partition_statuses
+
+    try:
+        context.run
+    except DagsterInvalidPropertyError:  # invoked directly (tests)
+        return
+    graph = build_definitions(storage, networks, mlflow).resolve_asset_graph()  # the whole graph, as the driver's
+    keys = [dg.AssetKey("anonymized_latents"), dg.AssetKey("anonymized_images")]
+    for partition, status in partition_statuses(context.instance, graph, keys, partitions, storage.root).items():
+        behind = sorted(f"{key.to_user_string()} [{partition}] {value.lower()}" for key, value in status.items()
+                        if value != "FRESH")
+        if behind:
+            raise FalcoError(f"{', '.join(behind)}: its settings or an upstream value changed since it was made, so "
+                             f"{variant}'s images are not what its settings make; materialize the anonymize job for "
+                             f"{variant}'s shards first (or run `falco pipeline --variant {variant}`)")
+
+
 @dg.multi_asset(
     group_name=GROUP, partitions_def=variants, op_tags=GPU, deps=["evaluation_settings"],
     ins={"anonymized_images": dg.AssetIn(partition_mapping=BY_VARIANT)},
@@ -259,6 +287,7 @@ def variant_evaluation(
     from evaluation.suite import AnonymizedSet, evaluate_runs, summary_table
 
     variant = context_variant(context)
+    _check_anonymization_current(context, storage, networks, mlflow, sorted(anonymized_images), variant)
     with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
         shards = [anonymized_images[k] for k in sorted(anonymized_images)]
         anon = pd.concat([s.table for s in shards], ignore_index=True)
