@@ -96,9 +96,9 @@ PRIVACY_CHECK = "privacy_check"
 outputs (a run stopped then leaves it so), then the check's figures."""
 
 
-def record_privacy_check(folder: Path, privacy: pd.DataFrame | None = None, bound: float = 0.0) -> None:
+def record_privacy_check(folder: Path, privacy: pd.DataFrame | None = None, bound: float | None = None) -> None:
     """Write into `folder`'s params.json the state of its run's privacy check: "pending" (no `privacy`), else what
-    face_privacy.csv's table `privacy` says against the release bound."""
+    face_privacy.csv's table `privacy` says against the release `bound` (given with it)."""
     import json
 
     from anon_core.atomic import write_bytes_atomic
