@@ -454,14 +454,31 @@ class _Driver:
              checks: set[dg.AssetCheckKey] | None = None) -> Launch | None:
         """The run of `job` for what of `keys` is missing or stale (and follows from it), else for the asset `checks`
         to run again; None (recorded as up to date) when there is nothing to do."""
-        from orchestration.staleness import to_run
+        from orchestration.staleness import statuses, to_run
 
         keys = sorted(keys, key=lambda k: k.to_user_string())
-        selection = to_run(self.instance, self.graph, keys, partition, self.fresh, self.config["storage"]["root"])
+        root = self.config["storage"]["root"]
+        status = statuses(self.instance, self.graph, keys, partition, root)
+        for key in (k for k in keys if status[k] == "INCOMPLETE" and not self.fresh):
+            self.log(f"{label}: {self._gone(key, partition)}; making it again")
+        selection = to_run(self.instance, self.graph, keys, partition, self.fresh, root, status)
         if not selection and not checks:
             self.summary.skipped.append(label)
             return None
         return Launch(job, label, tuple(selection), partition, frozenset(() if selection else checks))
+
+    def _gone(self, key: dg.AssetKey, partition: str | None) -> str:
+        """What of an INCOMPLETE value is gone, for the log: `<asset> <partition>: N file(s) of its stored value in
+        <folder> are gone (names)`."""
+        from orchestration.io_manager import missing_files, value_location
+
+        partitions_def = self.graph.get(key).partitions_def
+        partition = partition if partitions_def else None
+        gone = missing_files(self.instance, self.config["storage"]["root"], key, partitions_def, partition)
+        base, _ = value_location(self.config["storage"]["root"], key, partitions_def, partition)
+        shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+        return (f"{key.to_user_string()}{f' {partition}' if partition else ''}: {len(gone)} file(s) of its stored "
+                f"value in {base} are gone ({shown})")
 
     def materialize(self, job: str, label: str, keys, partition: str | None = None,
                     checks: set[dg.AssetCheckKey] | None = None) -> bool:
@@ -506,7 +523,8 @@ class _Driver:
             return True
         self.summary.failed.append("prepare")
         causes = {"STALE": "stale: its settings or the input changed since it ran", "MISSING": "missing: not made",
-                  "UNRECORDED": "unrecorded: its run stopped before Dagster recorded it"}
+                  "UNRECORDED": "unrecorded: its run stopped before Dagster recorded it",
+                  "INCOMPLETE": "incomplete: files of its stored value were deleted"}
         why = "; ".join(text for value, text in causes.items() if value in status.values())
         state = ("has not run on this storage" if all(v == "MISSING" for v in status.values()) else
                  f"is not up to date ({', '.join(behind)}; {why})")
@@ -529,7 +547,8 @@ class _Driver:
             if behind:
                 self.summary.blocked.append(variant)
                 self.log(f"evaluate {variant}: not evaluated: in {shard}, {', '.join(behind)} (its settings or an "
-                         "upstream value changed since it was made, or its run stopped before it was recorded); run "
+                         "upstream value changed since it was made, its run stopped before it was recorded, or files "
+                         "of it were deleted); run "
                          "`falco stage anonymize` with the same options first, or `falco pipeline`")
                 return
 

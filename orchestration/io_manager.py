@@ -28,6 +28,11 @@ the recorded settings would take as up to date. So before writing a value its wr
 beside it, and a stored value counts only while that is the run of its latest recorded materialization
 (`unrecorded`): the driver makes such a value again, and loading one fails naming the asset to materialize.
 
+Once a value is whole, the files it consists of go to `.<stem>.files` (with the run that wrote them; an asset that
+writes files of its own adds them, `record_files`). A value Dagster records whose writer file or recorded files are
+gone (a folder or an image deleted by hand) is `missing_files`: the driver makes it again, where Dagster alone would
+call it up to date and a later step would read nothing, or a report would point at files that are not there.
+
 A stored image set's `images/` holds what its tables list and nothing else: writing an unpartitioned one removes
 the images its new table does not list (an input since removed), and the driver prunes a partitioned one once its
 shards are all written (`prune_shards`: the tables of shards no longer registered, and images no table lists).
@@ -45,11 +50,12 @@ An input that reads every partition of an upstream asset fails on a missing one,
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import stat
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +76,12 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
-           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "prune_images", "prune_moved_rows",
-           "prune_shards", "prune_unregistered_shards", "unrecorded", "value_location", "verified_keys"]
+           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "missing_files", "prune_images", "prune_moved_rows",
+           "prune_shards", "prune_unregistered_shards", "record_files", "stored_files", "unrecorded",
+           "value_location", "verified_keys"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
+STORED = "path"  # materialization metadata key: the value went to files (handle_output, or an asset's own)
 REAL_FACES = "falco/real_faces"  # asset metadata key: it holds real faces (or codes that redraw them); its files
 # are stored readable by their owner only
 
@@ -113,19 +121,82 @@ def _writer_file(base: Path, stem: str) -> Path:
     return base / f".{stem}.run"
 
 
+def _files_record(base: Path, stem: str) -> Path:
+    return base / f".{stem}.files"
+
+
+def _read_writer(base: Path, stem: str) -> str | None:
+    try:
+        return _writer_file(base, stem).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None):
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=asset_key, asset_partitions=[partition] if partition is not None else None), limit=1).records
+    return records[0] if records else None
+
+
 def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
                partition: str | None) -> tuple[str, str | None] | None:
     """(the run that wrote the stored value, the run of its latest recorded materialization or None) when these
     differ: the value on disk is not the one the instance records (its writer stopped before Dagster recorded it).
     None when they agree, or when nothing is stored or the value predates writer files."""
-    try:
-        writer = _writer_file(*value_location(root, asset_key, partitions_def, partition)).read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
+    writer = _read_writer(*value_location(root, asset_key, partitions_def, partition))
+    if writer is None:
         return None
-    records = instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=asset_key, asset_partitions=[partition] if partition is not None else None), limit=1).records
-    recorded = records[0].run_id if records else None
+    record = _latest_materialization(instance, asset_key, partition)
+    recorded = record.run_id if record else None
     return None if writer == recorded else (writer, recorded)
+
+
+def record_files(base: Path, stem: str, run_id: str | None, names: Iterable[str], private: bool = False) -> None:
+    """Once run `run_id` has written a whole value: the files it consists of (paths relative to the value's folder
+    `base`), added to what the same run recorded before (an asset's own files, then its output's)."""
+    if run_id is None or run_id == RUN_ID_PLACEHOLDER:  # a context built by hand (tests)
+        return
+    path = _files_record(base, stem)
+    files = {name for name in names if (base / name).is_file()}
+    try:
+        earlier = json.loads(path.read_text())
+        if earlier.get("run") == run_id:
+            files.update(earlier["files"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none yet, or unreadable: this run's files alone
+    write_bytes_atomic(path, json.dumps({"run": run_id, "files": sorted(files)}).encode(), private)
+
+
+def stored_files(context: dg.AssetExecutionContext, root: str | Path, paths: Iterable[Path]) -> None:
+    """For an asset that writes files of its own (the report, photo mode's photos; see `claim`), once they are all
+    written: `record_files` for them (absolute paths under the asset's folder)."""
+    partitions_def = context.assets_def.partitions_def
+    partition = str(context.partition_key) if context.has_partition_key else None
+    base, stem = value_location(root, context.asset_key, partitions_def, partition)
+    record_files(base, stem, context.run.run_id, [Path(p).relative_to(base).as_posix() for p in paths])
+
+
+def missing_files(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
+                  partition: str | None) -> list[str]:
+    """What of the stored value Dagster records is no longer on disk (deleted by hand): its writer file when its
+    folder went (the whole value), else the recorded files that are gone (paths relative to the value's folder).
+    Empty when all is there, when the recorded materialization stored no files, when the value on disk is not the
+    recorded one (`unrecorded`), or when it predates files records."""
+    record = _latest_materialization(instance, asset_key, partition)
+    if record is None or STORED not in (record.asset_materialization.metadata or {}):
+        return []
+    base, stem = value_location(root, asset_key, partitions_def, partition)
+    writer = _read_writer(base, stem)
+    if writer is None:
+        return [_writer_file(base, stem).name]
+    if writer != record.run_id:
+        return []
+    try:
+        files = json.loads(_files_record(base, stem).read_text())
+        names = files["files"] if files.get("run") == writer else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [name for name in names if not (base / name).is_file()]
 
 
 def claim(context: dg.AssetExecutionContext, root: str | Path) -> None:
@@ -232,6 +303,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         if run_id is not None and run_id != RUN_ID_PLACEHOLDER:
             # first: from here on the stored value is this run's until Dagster records it
             write_bytes_atomic(_writer_file(base, stem), run_id.encode(), private)
+        files = [f"{stem}.parquet"]
         if isinstance(obj, ImageSet):
             names = obj.named["image"].tolist()
             keys = obj.named[KEY].tolist() if KEY in obj.table.columns else None
@@ -245,6 +317,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(table), private)
             if partition is None:  # its table lists the whole set
                 prune_images(base / "images", set(names))
+            files += [f"images/{name}" for name in names]
             if keys is not None:
                 context.add_output_metadata({"num_images_written": int((~unchanged & ~copied).sum()),
                                              "num_images_unchanged": int(unchanged.sum()),
@@ -254,6 +327,7 @@ class FalcoIOManager(dg.ConfigurableIOManager):
 
             arrays = {k: np.ascontiguousarray(v) for k, v in obj.arrays.items()}
             write_bytes_atomic(base / f"{stem}.safetensors", save(arrays, metadata=obj.metadata), private)
+            files = [f"{stem}.safetensors"]
         elif isinstance(obj, pd.DataFrame):
             write_bytes_atomic(base / f"{stem}.parquet", _parquet_bytes(obj), private)
         elif isinstance(obj, KeyedArray):  # the keys first: the writer file keeps a torn pair from being reused
@@ -261,18 +335,22 @@ class FalcoIOManager(dg.ConfigurableIOManager):
                 np.save(fh, np.asarray(obj.keys, dtype=str), allow_pickle=False)
             with atomic_path(base / f"{stem}.npy", private) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, obj.array, allow_pickle=False)
+            files = [f"{stem}{KEYS_SUFFIX}", f"{stem}.npy"]
         elif isinstance(obj, np.ndarray):
             with atomic_path(base / f"{stem}.npy", private) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, obj, allow_pickle=False)
+            files = [f"{stem}.npy"]
         elif isinstance(obj, dict) and all(isinstance(v, np.ndarray) for v in obj.values()):
             with atomic_path(base / f"{stem}.npz", private) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, **obj)
+            files = [f"{stem}.npz"]
         else:
             raise TypeError(
                 f"asset {context.asset_key.to_user_string()} returned {type(obj).__name__}; FalcoIOManager stores "
                 "numpy arrays, dicts of arrays, DataFrames, ImageSets and Weights"
             )
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(base))})
+        record_files(base, stem, run_id, files, private)
+        context.add_output_metadata({STORED: dg.MetadataValue.path(str(base))})
 
     def load_input(self, context: dg.InputContext) -> Any:
         if not context.has_asset_partitions:
@@ -526,6 +604,7 @@ def prune_shards(base: Path, shards: list[str]) -> list[str]:
         elif table.stem not in shards:
             table.unlink()
             _writer_file(base, table.stem).unlink(missing_ok=True)
+            _files_record(base, table.stem).unlink(missing_ok=True)
             removed.append(table.name)
     keep = set()
     for shard in shards:
@@ -546,5 +625,6 @@ def prune_unregistered_shards(base: Path, shards: list[str]) -> list[str]:
         if SHARD_KEY.fullmatch(stem) and stem not in shards and not path.is_symlink():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             _writer_file(base, stem).unlink(missing_ok=True)
+            _files_record(base, stem).unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -38,7 +38,8 @@ def statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], p
              storage_root: str | None = None) -> dict[dg.AssetKey, str]:
     """Dagster's status of each asset (partition): "FRESH", "STALE" or "MISSING"; with `storage_root`,
     "UNRECORDED" for a fresh one whose stored value is not the one the instance records (io_manager.unrecorded: a
-    run stopped between writing it and Dagster recording it)."""
+    run stopped between writing it and Dagster recording it), and "INCOMPLETE" for a fresh one whose stored files are
+    gone in part or whole (io_manager.missing_files: deleted by hand)."""
     return partition_statuses(instance, graph, keys, [partition], storage_root)[partition]
 
 
@@ -46,27 +47,30 @@ def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.As
                        partitions: Sequence[str | None],
                        storage_root: str | None = None) -> dict[str | None, dict[dg.AssetKey, str]]:
     """`statuses` for several partitions, through one resolver (it caches what the partitions share upstream)."""
-    from orchestration.io_manager import unrecorded
+    from orchestration.io_manager import missing_files, unrecorded
 
     resolver = CachingStaleStatusResolver(instance, graph, loading_context=_Loading(instance))
 
     def status(key: dg.AssetKey, partition: str | None) -> str:
         value = resolver.get_status(key, partition).value
+        if value != StaleStatus.FRESH.value or storage_root is None:
+            return value
         partitions_def = graph.get(key).partitions_def
-        if value == StaleStatus.FRESH.value and storage_root is not None and unrecorded(
-                instance, storage_root, key, partitions_def, partition if partitions_def else None):
+        stored = (instance, storage_root, key, partitions_def, partition if partitions_def else None)
+        if unrecorded(*stored):
             return "UNRECORDED"
-        return value
+        return "INCOMPLETE" if missing_files(*stored) else value
 
     return {partition: {key: status(key, partition) for key in keys} for partition in partitions}
 
 
 def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], partition: str | None = None,
-           fresh: bool = False, storage_root: str | None = None) -> list[dg.AssetKey]:
+           fresh: bool = False, storage_root: str | None = None,
+           status: dict[dg.AssetKey, str] | None = None) -> list[dg.AssetKey]:
     """The assets among `keys` to materialize for `partition`: the missing, stale and (with `storage_root`)
-    unrecorded ones (all with `fresh`), and everything among `keys` downstream of them; the outputs of one op go
-    together."""
-    status = statuses(instance, graph, keys, partition, storage_root)
+    unrecorded or incomplete ones (all with `fresh`), and everything among `keys` downstream of them; the outputs of
+    one op go together. `status`: `statuses` of `keys` if already at hand."""
+    status = status if status is not None else statuses(instance, graph, keys, partition, storage_root)
     chosen = {k for k in keys if fresh or status[k] != StaleStatus.FRESH.value}
     grew = True
     while grew:

@@ -696,6 +696,38 @@ def test_a_value_whose_run_stopped_before_dagster_recorded_it_is_made_again(stat
     assert manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("fake_pool"), instance=instance))
 
 
+def test_stored_files_deleted_by_hand_are_made_again_and_nothing_else(state):
+    """A stored value Dagster records whose files were deleted (an image, the report's folder, a variant's whole
+    folder) stayed up to date for Dagster: the pipeline did nothing, the report pointed at files that were not there
+    and the anonymized dataset lacked images. Each is made again, with what follows it in its run only."""
+    root, instance = state
+    store = root / "store"
+    images = store / "anonymized_images" / "m0.5"
+    shard = SHARDS[1]
+    victim = images / "images" / pd.read_parquet(images / f"{shard}.parquet")["image"].iloc[0]
+    kept = {path: path.read_bytes() for path in images.rglob("*.png")}
+    victim.unlink()
+    shutil.rmtree(store / "anonymization_report")
+    before, lines = materializations(instance), []
+    summary = run(root, instance, VARIANTS, log=lines.append)
+    assert summary.failed == []
+    # the image's shard and the report; the evaluation reads the same images as before, so Dagster keeps it
+    assert made_since(before, materializations(instance)) == {"anonymized_images": {f"{shard}|m0.5"},
+                                                              "anonymization_report": {None}}
+    assert victim.read_bytes() == kept[victim]  # the same image again: made from the recorded codes
+    assert (store / "anonymization_report" / "report.md").is_file()
+    assert any(f"anonymized_images {shard}|m0.5: 1 file(s) of its stored value" in line and victim.name in line
+               for line in lines), lines
+
+    shutil.rmtree(images)  # the variant's whole folder, writer files and all
+    before = materializations(instance)
+    summary = run(root, instance, VARIANTS)
+    assert summary.failed == []
+    assert made_since(before, materializations(instance)).get("anonymized_images") == _partitions(["m0.5"])
+    assert {path: path.read_bytes() for path in images.rglob("*.png")} == kept
+    assert run(root, instance, VARIANTS).ran == []  # whole again: nothing more to do
+
+
 def test_a_step_that_fails_while_its_value_is_stored_leaves_no_finished_mlflow_run_for_it(state, monkeypatch):
     """`pairs` did its work and its value was written, then its step failed before Dagster recorded it (a stop, a
     full disk): the value is made again, and its MLflow run, which ended FINISHED when the asset returned, ends

@@ -103,6 +103,19 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     assert sum(taken) == 14  # the shard's own summary line says so, as `falco anonymize --mode photo` does
 
 
+def test_an_anonymized_photo_deleted_by_hand_is_written_again_in_its_shard_alone(state):
+    root, instance = state
+    photo = root / "store" / "anonymized_photos" / "m0.5" / "shard-00000" / "images" / "group.png"
+    written = photo.read_bytes()
+    photo.unlink()
+    before = _made(instance)
+    summary = run(root, instance, VARIANTS, mode="photo")
+    assert summary.ran == ["anonymize photos m0.5 shard-00000"] and summary.failed == []
+    assert _made(instance)["anonymized_photos"] == before["anonymized_photos"] + 1
+    assert photo.read_bytes() == written  # its faces' codes from the shard's journal: the same photo
+    assert run(root, instance, VARIANTS, mode="photo").ran == []
+
+
 def test_photos_added_before_the_others_optimize_only_their_own_faces(state):
     """Two photos that sort first move every photo to the next shard, so each shard holds other photos and runs
     again; a face whose photo moved is taken by its key from the journal of the shard folder it was in, and once

@@ -262,8 +262,9 @@ def _check_anonymization_current(context: dg.AssetExecutionContext, storage: Sto
         behind = sorted(f"{key.to_user_string()} [{partition}] {value.lower()}" for key, value in status.items()
                         if value != "FRESH")
         if behind:
-            raise FalcoError(f"{', '.join(behind)}: its settings or an upstream value changed since it was made, so "
-                             f"{variant}'s images are not what its settings make; materialize the anonymize job for "
+            raise FalcoError(f"{', '.join(behind)}: its settings or an upstream value changed since it was made (or "
+                             f"files of it were deleted), so {variant}'s images are not what its settings make; "
+                             f"materialize the anonymize job for "
                              f"{variant}'s shards first (or run `falco pipeline --variant {variant}`)")
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from orchestration.assets.settings import reuses_rows
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import claim
+from orchestration.io_manager import claim, stored_files
 from orchestration.metadata import png_markdown, table
 from orchestration.partitions import (BY_VARIANT, context_shard, context_variant, photo_shards, register_partitions,
                                       shard_key, variant_photo_shards)
@@ -61,6 +61,7 @@ def anonymized_photos(
     import time
 
     from anon_core.fake_pool import FakePool
+    from anon_core.folders import RUN_RECORD
     from anon_core.photos import anonymize_photos, read_photo_manifest
     from evaluation.figures import grid_png
 
@@ -86,6 +87,9 @@ def anonymized_photos(
         seconds = time.perf_counter() - start
         context.log.info(f"{variant} {shard}: {summary.describe()}")  # with the faces taken from journals
         manifest = read_photo_manifest(out)
+        written = manifest.loc[manifest["kind"] == "photo", "output"]
+        stored_files(context, storage.root, [*(out / name for name in ("manifest.csv", *RUN_RECORD)),
+                                             *(out / "images" / name for name in written if name)])
         faces = manifest[manifest["kind"] == "face"]
         figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
                    "faces_covered": sum(summary.covered.values()), "photos_rejected": sum(summary.rejected.values()),

@@ -7,7 +7,7 @@ import pandas as pd
 
 from anon_core.artifacts import ImageSet
 from orchestration.celery_queue import GPU_STEP as GPU
-from orchestration.io_manager import ALLOW_MISSING, claim, recorded_keys
+from orchestration.io_manager import ALLOW_MISSING, STORED, claim, recorded_keys, stored_files
 from orchestration.metadata import png_markdown
 from orchestration.partitions import split_key, variant_shards
 from orchestration.resources import NetworksResource, StorageResource
@@ -98,6 +98,7 @@ def anonymization_report(
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
                 run.log_image(paths[name].read_bytes(), f"report/{paths[name].name}", real_faces=show_real)
+        stored_files(context, storage.root, paths.values())
     # what the evaluation networks made of anonymized images no variant on disk holds any more (inputs removed, codes
     # made again) is not kept: the store holds the images of the variants' folders and the current fakes
     held = recorded_keys(storage.asset_dir("anonymized_images"))
@@ -105,6 +106,7 @@ def anonymization_report(
     scatter = paths.get("privacy_vs_utility.png")
     return dg.MaterializeResult(metadata={
         **run.metadata, "variants": ", ".join(variants), "report": dg.MetadataValue.path(str(paths["markdown"])),
+        STORED: dg.MetadataValue.path(str(storage.asset_dir("anonymization_report"))),
         "num_outputs_removed": removed,
         "html": dg.MetadataValue.path(str(paths["html"])),
         **({"privacy_vs_utility": png_markdown(scatter.read_bytes(), "privacy vs utility")} if scatter else {}),
