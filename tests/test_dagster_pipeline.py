@@ -6,6 +6,7 @@ A module fixture runs the graph once for the variants `default` and `m0.5`; each
 copy of that state (faces, params.yaml, store, Dagster instance, MLflow database), so no test depends on another."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -108,7 +109,10 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
         assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == \
             [f"Person A/img_{i}.png" for i in range(7)]
         assert sorted(p.name for p in (store / "anonymized_latents" / variant).iterdir()) == \
-            sorted([f"{s}.npz" for s in SHARDS] + [f".{s}.run" for s in SHARDS])  # each value, and the run it is of
+            sorted([f"{s}.npz" for s in SHARDS] + [f".{s}.{record}" for s in SHARDS for record in ("run", "files")])
+        # each value, the run it is of, and its files (`.<shard>.files`: what a deletion by hand is checked against)
+        assert json.loads((store / "anonymized_latents" / variant / ".shard-00000.files").read_text())["files"] == \
+            ["shard-00000.npz"]
     first = [np.asarray(Image.open(store / "anonymized_images" / v / "images" / "Person A" / "img_0.png"))
              for v in VARIANTS]
     assert np.abs(first[0].astype(int) - first[1]).mean() > 1  # the variants' images differ
@@ -491,7 +495,8 @@ def test_removed_inputs_leave_no_image_behind_in_the_storage(state):
         assert len(listed) == 4 and not any(name.endswith(("img_0.png", "img_3.png", "img_6.png")) for name in listed)
         latents = store / "anonymized_latents" / variant  # nor the codes of the shard no longer registered
         assert sorted(p.name for p in latents.iterdir()) == \
-            [".shard-00000.run", ".shard-00001.run", "shard-00000.npz", "shard-00001.npz"]
+            [".shard-00000.files", ".shard-00000.run", ".shard-00001.files", ".shard-00001.run", "shard-00000.npz",
+             "shard-00001.npz"]
     # nor what the evaluation networks made of them: the identity embeddings of the removed faces and of their
     # blurred, pixelated and masked images are gone from the private store, the remaining faces' kept
     kept_real = kept_keys(store / "evaluation_outputs" / "real")

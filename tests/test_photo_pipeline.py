@@ -181,7 +181,8 @@ def test_a_shard_that_no_longer_exists_leaves_no_photos_behind(state):
     assert summary.failed == []
     for variant in VARIANTS:
         folder = root / "store" / "anonymized_photos" / variant
-        assert sorted(p.name for p in folder.iterdir()) == [".shard-00000.run", "shard-00000", "shard-00000.parquet"]
+        assert sorted(p.name for p in folder.iterdir()) == [".shard-00000.files", ".shard-00000.run", "shard-00000",
+                                                          "shard-00000.parquet"]
         assert sorted(p.name for p in (folder / "shard-00000" / "images").iterdir()) == ["group.png", "no_face.png"]
 
 
