@@ -101,10 +101,19 @@ def parse_variant_name(name: str) -> dict[str, Any] | None:
     return values
 
 
+# the evaluation's baselines (evaluation.baselines.BASELINES): they sit beside the variants in every report, MLflow
+# experiment and `falco runs compare`, where a variant of the same name would be taken for the baseline
+BASELINE_NAMES = ("blur", "pixelate", "mask", "swap")
+
+
 def check_variant_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ParamsError(f"variant name {name!r} must be 1-64 letters, digits, '.', '_', '+' or '-', starting with a "
                           "letter or digit (it names a folder and a Dagster partition)")
+    if name.lower() in BASELINE_NAMES:
+        raise ParamsError(f"variant name {name!r} is the name of an evaluation baseline ({', '.join(BASELINE_NAMES)}), "
+                          "which reports and `falco runs compare` show beside the variants; give the variant another "
+                          f"name, e.g. {name.lower()}_like")
     return name
 
 

@@ -29,6 +29,10 @@ GLOSSARY: tuple[MetricMeaning, ...] = (
     MetricMeaning(r"reid/[^/]+/verification_rate", "share of anonymized images the recognizer verifies as the same "
                   "person as their source (its threshold, below)", "lower = more private",
                   "reid/dlib/verification_rate"),
+    MetricMeaning(r"reid/dlib/worst_shard_verification_rate", "the pipeline's: the largest share of one shard's "
+                  "images dlib verifies as their source; the blocking privacy check judges each shard, so the release "
+                  "rule (report, `falco runs compare`) judges this as well as the whole set's", "lower = more private",
+                  "reid/dlib/worst_shard_verification_rate"),
     MetricMeaning(r"reid/[^/]+/pass_rate", "share of anonymized images neither verified against their source nor "
                   "ranked first (the privacy check's 'passed')", "higher = more private", "reid/dlib/pass_rate"),
     MetricMeaning(r"reid/[^/]+/(distance|cosine)_to_source_std", "spread (standard deviation) of the recognizer's "

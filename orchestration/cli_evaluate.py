@@ -431,7 +431,7 @@ def _release_banners(runs: list[AnonymizeRun], labels: list[str], summary: pd.Da
                 privacy_bound(load_section("checks", run.profile, None), DEFAULT_PARAMS_PATH)
         except FalcoError:  # a profile of another params file, run by a falco that did not record its bound
             continue
-        banners += release_banner(label, float(summary.loc[label, RELEASE_CHECK]), bound)
+        banners += release_banner(label, float(summary.loc[label, RELEASE_CHECK]), None, bound)  # no shards here
     return banners
 
 

@@ -204,8 +204,9 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
               f"{', '.join(summary.blocked)}", file=sys.stderr)
     for variant, shards in summary.privacy_failed.items():
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
-              f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources (params.yaml "
-              "checks:); do not release these images", file=sys.stderr)
+              f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources "
+              f"({Path(networks.params_path).name}'s checks.privacy_max_match_share = {networks.privacy_bound():g}); "
+              "do not release these images", file=sys.stderr)
     if summary.ran or summary.skipped:  # a command refused before any run has nothing to browse
         print(_browse_hints(str(dagster_home())))
     return 1 if summary.failed or summary.blocked or (args.require_privacy and summary.privacy_failed) else 0

@@ -6,13 +6,15 @@ its whole anonymized set (tag `variant`), each `baseline_metrics[<name>]` run on
 evaluation of every variant and of every baseline is shown (what the report of a sweep compares); `--all` lists every
 evaluation run, oldest first, to follow a variant over time. Like `mlflow runs compare` in the MLflow UI, but in the
 terminal and limited to the parameters that changed, so the cause of a metric's change is on the same line. Each run
-is also judged by the privacy bound the latest report used (`checks.privacy_max_match_share`, logged by its run).
+is also judged by the privacy bound the latest report on the same input used (`checks.privacy_max_match_share`, logged
+by its run), in each shard as the pipeline's blocking check judges it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -39,11 +41,13 @@ def differing_inputs(runs: list) -> list[str]:
     return [t for t in INPUT_TAGS if len({r.data.tags.get(t, "<unset>") for r in runs}) > 1]
 
 
-def compare_table(runs: list, metrics: list[str] | None = None, bound: float | None = None) -> pd.DataFrame:
+def compare_table(runs: list, metrics: list[str] | None = None,
+                  bound: float | Sequence[float | None] | None = None) -> pd.DataFrame:
     """One row per run (in the given order): its label (the variant, or the baseline's name), the run's name, start
     time, Dagster run id, the input tags whose values differ between the runs (`input:<tag>`), the params whose
-    values differ between the variants' runs (`param:<name>`), with a privacy `bound` its verdict
-    (`check:privacy_check`, `privacy_verdicts`), then the metrics (`metrics`, or every metric the runs logged)."""
+    values differ between the variants' runs (`param:<name>`), with a privacy `bound` (one, or one per run) its
+    verdict (`check:privacy_check`, `privacy_verdicts`), then the metrics (`metrics`, or every metric the runs
+    logged)."""
     if not runs:
         return pd.DataFrame()
     inputs = differing_inputs(runs)
@@ -52,7 +56,8 @@ def compare_table(runs: list, metrics: list[str] | None = None, bound: float | N
     differing = [c for c in sorted(params.columns) if c != "baseline"
                  and params.loc[variant_rows, c].fillna("<unset>").nunique() > 1]
     names = sorted({k for r in runs for k in r.data.metrics}) if not metrics else list(metrics)
-    verdicts = privacy_verdicts(runs, bound) if bound is not None else [None] * len(runs)
+    bounds = _per_run(bound, runs)
+    verdicts = privacy_verdicts(runs, bounds) if any(b is not None for b in bounds) else [None] * len(runs)
     rows = []
     for run, (_, p), verdict in zip(runs, params.iterrows(), verdicts):
         rows.append({
@@ -122,39 +127,67 @@ def evaluation_runs(client, experiment_id: str, latest: bool = True) -> list:
     return runs
 
 
-def report_bound(client, experiment_id: str) -> float | None:
-    """`checks.privacy_max_match_share` as the experiment's latest report used it (the report is made again when
-    the bound changes, so this is the bound its warnings apply); None before any report logged one."""
-    for run in _finished(client, experiment_id, REPORT_ASSET, newest_first=True, max_results=1):
-        value = run.data.params.get(BOUND_PARAM)
+def report_bounds(client, experiment_id: str, runs: list) -> list[float | None]:
+    """Per run, `checks.privacy_max_match_share` as the latest report on the same input (`INPUT_TAGS`) used it, else
+    as the experiment's latest report did (a report is made again when the bound changes, so this is the bound its
+    warnings apply; before, every run was judged by the latest report's, made from whatever storage and params file);
+    None before any report logged one."""
+    from orchestration.tracking import INPUT_TAGS
+
+    by_input: dict[tuple, float | None] = {}
+    latest = None
+    for run in _finished(client, experiment_id, REPORT_ASSET, newest_first=True):
         try:
-            return float(value) if value is not None else None
-        except ValueError:
-            return None
-    return None
+            value = float(run.data.params[BOUND_PARAM])
+        except (KeyError, ValueError):
+            continue
+        latest = value if latest is None else latest
+        by_input.setdefault(tuple(run.data.tags.get(t) for t in INPUT_TAGS), value)
+    return [by_input.get(tuple(run.data.tags.get(t) for t in INPUT_TAGS), latest) for run in runs]
 
 
-def failed_variants(runs: list, bound: float | None) -> dict[str, float]:
-    """The variants whose latest evaluation among `runs` (oldest first) fails the privacy `bound`, with the share of
-    their images that dlib still matches to their own source."""
-    if bound is None:
+def _per_run(bound: float | Sequence[float | None] | None, runs: list) -> list[float | None]:
+    return list(bound) if isinstance(bound, Sequence) else [bound] * len(runs)
+
+
+def failed_variants(runs: list, bound: float | Sequence[float | None] | None) -> dict[str, tuple[float, float]]:
+    """The variants whose latest evaluation among `runs` (oldest first) fails the privacy `bound` (one, or one per
+    run), with the share of their images that dlib still matches to their own source and the bound it failed."""
+    bounds = _per_run(bound, runs)
+    if all(b is None for b in bounds):
         return {}
-    from evaluation.report import RELEASE_CHECK
+    latest = {_label(r): (verdict, _judged_share(r), b)
+              for r, verdict, b in zip(runs, privacy_verdicts(runs, bounds), bounds) if not r.data.tags.get("method")}
+    return {variant: (share, b) for variant, (verdict, share, b) in latest.items() if verdict == "FAILED"}
+
+
+def _worst_shard_note(run) -> str:
+    from evaluation.report import RELEASE_CHECK, WORST_SHARD_CHECK
     from orchestration.tracking import metric_name
 
-    latest = {_label(r): (verdict, r.data.metrics.get(metric_name(RELEASE_CHECK)))
-              for r, verdict in zip(runs, privacy_verdicts(runs, bound)) if not r.data.tags.get("method")}
-    return {variant: share for variant, (verdict, share) in latest.items() if verdict == "FAILED"}
+    share, worst = (run.data.metrics.get(metric_name(m)) for m in (RELEASE_CHECK, WORST_SHARD_CHECK))
+    return "" if worst is None or share is None or worst <= share else f" in its worst shard ({share:.1%} of all)"
 
 
-def privacy_verdicts(runs: list, bound: float) -> list[str]:
-    """Per run, `passed` or `FAILED`: whether dlib matched at most `bound` of its images to their own source (the
-    blocking check's rule, over the whole set, as the report's warnings); `-` for a run that did not measure it."""
-    from evaluation.report import RELEASE_CHECK, fails_release
+def privacy_verdicts(runs: list, bound: float | Sequence[float | None]) -> list[str]:
+    """Per run, `passed` or `FAILED`: whether dlib matched at most `bound` of its images to their own source, in
+    each of its shards (the blocking check's rule, as the report's warnings) and over the whole set; `-` for a run
+    that did not measure it."""
+    from evaluation.report import fails_release
+
+    shares = [_judged_share(run) for run in runs]
+    return ["-" if share is None or b is None else "FAILED" if fails_release(share, b) else "passed"
+            for share, b in zip(shares, _per_run(bound, runs))]
+
+
+def _judged_share(run) -> float | None:
+    """The share of a run's images dlib still matched that the release rule judges (`report.judged_share`); None when
+    the run did not measure it."""
+    from evaluation.report import RELEASE_CHECK, WORST_SHARD_CHECK, judged_share
     from orchestration.tracking import metric_name
 
-    shares = [run.data.metrics.get(metric_name(RELEASE_CHECK)) for run in runs]
-    return ["-" if share is None else "FAILED" if fails_release(share, bound) else "passed" for share in shares]
+    share = run.data.metrics.get(metric_name(RELEASE_CHECK))
+    return None if share is None else judged_share(share, run.data.metrics.get(metric_name(WORST_SHARD_CHECK)))
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -187,12 +220,17 @@ def _run_compare(args: argparse.Namespace) -> int:
     unknown = [m for m in args.metric or [] if m not in logged]
     if unknown:
         raise FalcoError(f"no run logged the metric {', '.join(unknown)}; the runs logged: {', '.join(logged)}")
-    bound = report_bound(client, experiment_id)
+    bound = report_bounds(client, experiment_id, runs)
     frame = compare_table(runs, args.metric, bound)
-    for variant, share in failed_variants(runs, bound).items():
+    latest_run = {_label(r): r for r in runs}
+    for variant, (share, limit) in failed_variants(runs, bound).items():
         print(f"falco: warning: {variant} fails the privacy check: dlib still matches {share:.1%} of its images to "
-              f"their own source, more than checks.privacy_max_match_share = {bound:g} (the bound of the latest "
-              "report) allows; do not release its images", file=sys.stderr)
+              f"their own source{_worst_shard_note(latest_run[variant])}, more than checks.privacy_max_match_share = "
+              f"{limit:g} (the bound of the latest report on its input) allows; do not release its images",
+              file=sys.stderr)
+    if len({b for b in bound if b is not None}) > 1:
+        print("falco: note: the runs are judged by different privacy bounds (the latest report on each input: "
+              f"{', '.join(sorted({f'{b:g}' for b in bound if b is not None}))})", file=sys.stderr)
     mixed = [c.removeprefix("input:") for c in frame.columns if c.startswith("input:")]
     if mixed:
         print(f"falco: warning: these runs read different inputs ({', '.join(mixed)} differ, shown in the "

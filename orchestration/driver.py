@@ -561,8 +561,9 @@ class _Driver:
                 self.summary.failed.remove(label)
                 self.summary.ran.append(label)
             self.summary.privacy_failed.setdefault(variant, []).append(shard)
-            self.log(f"{label}: PRIVACY CHECK FAILED: dlib matches {outcome.get('matched_share', float('nan')):.0%} "
-                     f"of its {'faces' if photos else 'images'} to their sources (bound {bound:.0%})")
+            # one decimal and the bound as given: a 6.25% share beside a 0.06 bound read "6% (bound 6%)"
+            self.log(f"{label}: PRIVACY CHECK FAILED: dlib matches {outcome.get('matched_share', float('nan')):.1%} "
+                     f"of its {'faces' if photos else 'images'} to their sources (bound {bound:g})")
 
     def evaluate(self, wanted: list[str], shards: Sequence[str]) -> None:
         if not self.materialize("evaluate_references", "evaluate references", EVALUATION_REFERENCES.resolve(self.graph)):

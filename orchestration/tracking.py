@@ -333,7 +333,7 @@ class MlflowResource(dg.ConfigurableResource):
         before = {name: os.environ.get(name) for name in quick}
         os.environ.update({name: value for name, value in quick.items() if before[name] is None})  # the user's win
         try:
-            return self.client().get_experiment_by_name(self.experiment_name())
+            found = self.client().get_experiment_by_name(self.experiment_name())
         except FalcoError:  # the store's own diagnosis (mlflow_store: a file that is not an MLflow database)
             raise
         except Exception as err:  # MlflowException, a refused URI scheme, the database driver's own errors
@@ -345,6 +345,12 @@ class MlflowResource(dg.ConfigurableResource):
             for name, value in before.items():
                 if value is None:
                     os.environ.pop(name, None)
+        if found is not None and found.lifecycle_stage == "deleted":  # MLflow refuses runs in it, step by step
+            raise FalcoError(f"the MLflow experiment {found.name!r} (id {found.experiment_id}) at {uri} was deleted; "
+                             f"restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id "
+                             f"{found.experiment_id}) or use another one (MLFLOW_EXPERIMENT_NAME=NAME; falco runs: "
+                             "--experiment NAME)")
+        return found
 
     def experiment_url(self) -> str | None:
         """The experiment's page in the MLflow UI (see `ui_url`), or None when no UI address is known."""

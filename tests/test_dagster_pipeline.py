@@ -124,6 +124,13 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
     assert list(summary_table.index) == [*VARIANTS, "blur"]
     metrics = yaml.safe_load((report / "metrics.json").read_text())
     assert set(metrics) == {*VARIANTS, "blur"} and 0 <= metrics["m0.5"]["reid/dlib/top1_rate"] <= 1
+    # the release rule's share per shard (the blocking check's): the largest of the shards' shares
+    per_image = pd.read_parquet(report / "per_image.parquet")
+    for variant in VARIANTS:
+        tables = [pd.read_parquet(store / "anonymized_images" / variant / f"{s}.parquet") for s in SHARDS]
+        shares = [per_image[(per_image["run"] == variant) & per_image["name"].isin(t["image"])]["dlib/verified"].mean()
+                  for t in tables]
+        assert metrics[variant]["reid/dlib/worst_shard_verification_rate"] == pytest.approx(max(shares))
     for variant in VARIANTS:
         losses = pd.read_csv(report / "losses" / f"{variant}.csv")
         assert list(losses.columns) == ["step", "identity", "attribute", "total"] and len(losses) == 2

@@ -287,6 +287,16 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
         with pytest.raises(FalcoError, match=message):  # before: a second, contradicting fix; a new store made
             args.run(args)
     assert (tmp_path / "empty.db").read_bytes() == b"" and not list(tmp_path.glob("empty.db.*"))
+    # a deleted experiment: one line naming the restore, before any work (before: `runs compare` said to run the
+    # pipeline, and the pipeline failed every step with MLflow's "must be in the 'active' state")
+    deleted = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'deleted.db'}", experiment="gone")
+    deleted.client().delete_experiment(deleted.ensure_experiment())
+    restore = r"the MLflow experiment 'gone' \(id \d+\) at .* was deleted; restore it \(.*mlflow experiments restore"
+    with pytest.raises(FalcoError, match=restore):
+        deleted.check_store()
+    args = parser.parse_args(["runs", "compare", "--tracking-uri", deleted.uri(), "--experiment", "gone"])
+    with pytest.raises(FalcoError, match=restore):
+        args.run(args)
 
 
 @pytest.mark.slow
@@ -314,6 +324,29 @@ def test_report_puts_the_variants_and_the_baselines_in_one_scatter(sweep):
     assert points.set_index("label").loc[VARIANTS, "reid/dlib/top1_rate"].tolist() == \
         evaluations.loc[VARIANTS, "metrics.reid/dlib/top1_rate"].tolist()
     assert (report / "figures" / "privacy_vs_utility.png").is_file()
+
+
+def test_each_run_is_judged_by_the_bound_of_the_latest_report_on_its_input(tmp_path):
+    """Before, every run was judged by the experiment's latest report, made from whatever storage, input and params
+    file: a lax second pipeline on other faces turned a failing variant into `passed`."""
+    from orchestration.cli_runs import REPORT_ASSET, report_bounds
+    from orchestration.tracking import ASSET_TAG
+
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment = tracker.client(), tracker.ensure_experiment()
+
+    def finished(asset: str, folder: str, bound: float | None = None):
+        run = client.create_run(experiment, tags={ASSET_TAG: asset, "input_dir": folder, "data_version": folder})
+        if bound is not None:
+            client.log_param(run.info.run_id, "checks.privacy_max_match_share", bound)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return client.get_run(run.info.run_id)
+
+    mine, theirs, nobodys = (finished("evaluation_metrics", f) for f in ("/faces", "/other", "/third"))
+    assert report_bounds(client, experiment, [mine, theirs]) == [None, None]  # no report yet: no verdict
+    finished(REPORT_ASSET, "/faces", 0.05)
+    finished(REPORT_ASSET, "/other", 0.5)  # the latest report, on other faces
+    assert report_bounds(client, experiment, [mine, theirs, nobodys]) == [0.05, 0.5, 0.5]
 
 
 def test_compare_table_and_helpers_on_plain_values(tmp_path):
@@ -350,9 +383,24 @@ def test_compare_table_and_helpers_on_plain_values(tmp_path):
     later.data.tags["variant"] = "m0.9"
     blur = Run("8", {}, {rate: 1.0}, 7)
     blur.data.tags["method"] = "blur"
-    assert failed_variants([*judged, later, blur], 0.05) == {"m0.9": 0.5}  # default's latest (run 6) measured nothing
-    assert failed_variants([judged[1], later], 0.05) == {"default": 0.25, "m0.9": 0.5}
+    assert failed_variants([*judged, later, blur], 0.05) == {"m0.9": (0.5, 0.05)}  # default's latest measured nothing
+    assert failed_variants([judged[1], later], 0.05) == {"default": (0.25, 0.05), "m0.9": (0.5, 0.05)}
+    # a bound per run (the latest report on each run's input): judged each by its own
+    assert failed_variants([judged[1], later], [0.3, 0.05]) == {"m0.9": (0.5, 0.05)}
+    assert compare_table(judged, [rate], bound=[0.05, 0.3, 0.05])["check:privacy_check"].tolist() == \
+        ["passed", "passed", "-"]
     assert failed_variants([judged[1], judged[0]], 0.05) == {} and failed_variants([judged[1]], None) == {}
+    # the pipeline's blocking check judges each shard: a variant under the bound over all its images but over it in
+    # one shard fails everywhere (before: `falco pipeline` named the failed shards, the report and this said passed)
+    worst = "reid/dlib/worst_shard_verification_rate"
+    sharded = [Run("9", {}, {rate: 0.198, worst: 0.375}, 8), Run("10", {}, {rate: 0.198, worst: 0.19}, 9)]
+    assert compare_table(sharded, [rate], bound=0.2)["check:privacy_check"].tolist() == ["FAILED", "passed"]
+    assert failed_variants(sharded[:1], 0.2) == {"default": (0.375, 0.2)}
+    from evaluation.report import release_banner
+
+    [banner] = release_banner("m0.9", 0.198, 0.375, 0.2)
+    assert "37.5% of the images of one of its shards" in banner and "19.8% of all of them" in banner
+    assert release_banner("m0.9", 0.198, 0.19, 0.2) == [] and release_banner("m0.9", 0.25, None, 0.2)
     assert flatten({"o": {"steps": 2, "layers": [1, 2]}, "p": "tiny"}) == {"o.steps": "2", "o.layers": "[1, 2]", "p": "tiny"}
     delta = delta_table({"falco/top1_rate": 0.25}, {"falco/top1_rate": 0.5, "new": 1.0}).set_index("metric")
     assert delta.loc["falco/top1_rate", "change"] == 0.25 and pd.isna(delta.loc["new", "previous"])

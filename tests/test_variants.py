@@ -63,6 +63,14 @@ def test_params_yaml_definitions_are_used_and_checked():
     for bad in ("", "a/b", "a|b", "-x", "x" * 65, "m 0.5"):
         with pytest.raises(ParamsError, match="variant name"):
             variant_overrides(bad)
+    # a variant named like a baseline was two `blur` columns in `falco runs compare`, and its point left the plot
+    from anon_core.variants import BASELINE_NAMES
+    from evaluation.baselines import BASELINES
+
+    assert set(BASELINE_NAMES) == set(BASELINES)
+    for name in ("blur", "Pixelate"):
+        with pytest.raises(ParamsError, match=f"variant name '{name}' is the name of an evaluation baseline"):
+            variant_overrides(name, {name: {"margin": 0.5}})
 
 
 def test_a_variant_resolves_on_top_of_the_profile():
