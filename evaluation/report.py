@@ -80,10 +80,14 @@ def headline_metrics(columns: Sequence[str]) -> list[str]:
 
 def privacy_utility_axes(columns: Sequence[str]) -> tuple[str | None, str | None]:
     """The scatter's axes among metric names: the first recognizer's top-1 re-identification rate, and the first
-    attribute agreement (else the first quality distance); None where no such metric exists."""
+    attribute agreement of a trained predictor (the seeded ones, `*_seeded`, mean nothing: see `seeded_banners`;
+    taken only when no other exists), else the first quality distance; None where no such metric exists."""
     recognizer = next((c.split("/")[1] for c in columns if c.startswith("reid/")), None)
     privacy = f"reid/{recognizer}/top1_rate" if recognizer else None
-    utility = next((c for c in columns if c.startswith("attributes/")), None)
+    agreements = [c for c in columns if c.startswith("attributes/") and c.endswith("agreement")]
+    attributes = [c for c in columns if c.startswith("attributes/")]
+    utility = next((c for group in (agreements, attributes) for c in group if "_seeded/" not in c), None)
+    utility = utility or next(iter(attributes), None)
     utility = utility or next((c for c in columns if c.startswith("quality/") and not c.endswith("_std")), None)
     return privacy, utility
 

@@ -209,6 +209,10 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
               "do not release these images", file=sys.stderr)
     if summary.ran or summary.skipped:  # a command refused before any run has nothing to browse
         print(_browse_hints(str(dagster_home())))
+    if "evaluate" in stages and args.mode == "aligned" and not summary.ran and summary.skipped:
+        note = _untracked_note()
+        if note:
+            print(note, file=sys.stderr)
     return 1 if summary.failed or summary.blocked or (args.require_privacy and summary.privacy_failed) else 0
 
 
@@ -242,6 +246,26 @@ def _rejections(storage) -> str | None:
     counts = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
     return (f"input: {len(table)} file(s), {int(reasons.sum())} rejected ({counts}); their rows (input, reason, detail) "
             f"are in {table_path} and on real_images in the UI")
+
+
+def _untracked_note() -> str | None:
+    """When nothing ran and the MLflow experiment holds no evaluation: the values were tracked, when they were made,
+    in another experiment (a new MLFLOW_EXPERIMENT_NAME on an up-to-date storage), which `falco runs compare` of this
+    one would otherwise call "run `falco pipeline` first", the command just run."""
+    from orchestration.cli_runs import EVALUATION_ASSET, _finished
+    from orchestration.tracking import MlflowResource
+
+    tracker = MlflowResource()
+    try:
+        found = tracker.check_store()
+        runs = _finished(tracker.client(), found.experiment_id, EVALUATION_ASSET, max_results=1) if found else []
+    except Exception:  # noqa: BLE001 - a note only; the store answered the driver a moment ago
+        return None
+    if runs:
+        return None
+    return (f"falco: note: nothing was made again, so MLflow experiment {tracker.experiment_name()!r} holds no "
+            "evaluation of these values: runs are tracked when they are made, here in the experiment of the run that "
+            "made them. `falco pipeline --fresh` makes (and tracks) everything again in this experiment")
 
 
 def _browse_hints(dagster_home: str) -> str:

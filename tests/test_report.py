@@ -159,3 +159,16 @@ def test_a_report_stopped_while_it_is_written_is_the_old_one_and_a_new_one_drops
     assert pd.read_csv(paths["metrics"])[PRIVACY].tolist() == [0.3] * 5
     figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert figures == ["examples.png", "notes.txt", "privacy_vs_utility.csv", "privacy_vs_utility.png"]
+
+
+def test_the_scatter_plots_utility_by_a_trained_attribute_predictor_over_a_seeded_one():
+    """Before, the report's and `runs compare --plot`'s utility axis was the seeded predictor's agreement, which the
+    report's own banner says means nothing, while the trained attribute classifier's was logged beside it."""
+    from evaluation.report import privacy_utility_axes
+
+    seeded, trained = "attributes/anycost_seeded/mean_agreement", "attributes/attribute_classifier/mean_agreement"
+    columns = ["reid/dlib/top1_rate", seeded, "attributes/attribute_classifier/mean_accuracy_anon", trained]
+    assert privacy_utility_axes(columns) == ("reid/dlib/top1_rate", trained)
+    assert privacy_utility_axes(columns[:2]) == ("reid/dlib/top1_rate", seeded)  # nothing better logged
+    assert privacy_utility_axes(["reid/arcface/top5_rate", "quality/fd_dlib"]) == ("reid/arcface/top1_rate",
+                                                                                   "quality/fd_dlib")

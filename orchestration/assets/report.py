@@ -51,7 +51,23 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
     return results
 
 
-@dg.asset(group_name="evaluation", code_version="3", deps=["report_settings"], op_tags=GPU,  # generates the fakes
+def _settings_lines(networks: NetworksResource, variants: list[str], bound: float) -> dict[str, str]:
+    """The report's lines on what made it: the params file, the shared settings, the release bound, and each
+    variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
+    shared = networks.params(variants[0]).to_dict() if variants else {}
+    lines = {"params file": str(networks.params_path),
+             "shared settings": ", ".join(f"{k} {shared[k]}" for k in ("seed", "pool_size", "truncation_psi",
+                                                                     "pairing", "pairing_k") if k in shared),
+             "privacy bound": f"checks.privacy_max_match_share = {bound:g}"}
+    for v in variants:
+        overrides = networks.variant_overrides(v)
+        optimization = networks.params(v).to_dict()["optimization"]
+        values = ", ".join(f"{k} {value}" for k, value in optimization.items())
+        lines[f"variant {v}"] = f"{overrides or 'the optimization section as it is'}: {values}"
+    return lines
+
+
+@dg.asset(group_name="evaluation", code_version="4", deps=["report_settings"], op_tags=GPU,  # generates the fakes
           ins={name: EVERY_STORED for name in ("evaluation_metrics", "per_image_privacy", "attribute_agreement",
                                                "anonymized_images", "anonymized_latents")})
 def anonymization_report(
@@ -88,8 +104,7 @@ def anonymization_report(
             {"profile": f"{networks.profile} ({nets.generator.config.resolution} px, {nets.weights} weights)",
              "variants": ", ".join(variants), "baselines": ", ".join(baseline_metrics["method"]) or "none",
              "real images": f"{len(real_images.named)} ({networks.data()['dataset']} layout)",
-             **{f"variant {v}": str(networks.variant_overrides(v) or "params.yaml's optimization section")
-                for v in variants},
+             **_settings_lines(networks, list(variants), bound),
              "dagster run": context.run.run_id},
             real_of=(lambda rows: real_images.images[rows]) if show_real else None,
             baseline_attributes=baseline_attributes, settings=settings,
