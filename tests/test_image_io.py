@@ -193,6 +193,23 @@ def test_huge_header_rejected_without_decoding(tmp_path: Path) -> None:
     assert _reject(ours).reason == "too_large"
 
 
+def test_reading_a_huge_header_prints_no_pillow_warning(tmp_path: Path) -> None:
+    """Before, Pillow's DecompressionBombWarning (between 89 and 179 MP) reached the terminal beside falco's own
+    `too_large` row: the header checks silenced warnings only once the file was open, after Pillow had warned."""
+    import warnings
+
+    from anon_core.data.image_io import displayed_size, flattened, is_image_file
+
+    path = tmp_path / "big.png"
+    _png_header_only(path, 12_000, 12_000)  # 144 MP
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        displayed_size(path)
+        assert is_image_file(path) and flattened(path) == []
+        assert _reject(path).reason == "too_large"
+    assert [str(w.message) for w in caught] == []
+
+
 def test_max_pixels_checked_before_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ok.png"
     Image.fromarray(_rng_image(64, 64)).save(path)

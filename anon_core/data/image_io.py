@@ -176,9 +176,10 @@ def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T) -> 
     """`read` of the opened image (its header; nothing is decoded unless `read` asks), or `otherwise` where the file
     cannot be opened as an image (not one, unreadable, a bomb header: `load_rgb` will say which)."""
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
-            warnings.simplefilter("ignore")
-            return read(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # before opening: Pillow's bomb warning comes from `open` itself
+            with Image.open(path) as image:
+                return read(image)
     except Exception:
         return otherwise
 
