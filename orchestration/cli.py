@@ -438,8 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM, in any sub-command: what was finished is kept (runs resume)
             close_bars()  # the line goes where they were, not over them
             which = stopped_by()
-            again = "to resume where it stopped" if getattr(args, "command", None) in RESUMING_COMMANDS else \
-                "to start it over (it leaves nothing half-written)"
+            command = getattr(args, "command", None)
+            again = "to resume where it stopped" if command in RESUMING_COMMANDS else \
+                "to evaluate again (it leaves nothing half-written; what it finished reading is not read again)" \
+                if command == "evaluate" else "to start it over (it leaves nothing half-written)"
             print(f"falco: stopped ({which}); run the same command again {again}", file=sys.stderr)
             return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 

@@ -49,7 +49,8 @@ def test_a_stop_signal_dropped_in_a_callback_still_stops_the_command(handler, na
     assert "Exception ignored" not in done.stderr  # the dropped one is not printed as a traceback
 
 
-@pytest.mark.parametrize("command, again", [("evaluate", "to start it over (it leaves nothing half-written)"),
+@pytest.mark.parametrize("command, again", [("evaluate", "to evaluate again (it leaves nothing half-written; "
+                                                         "what it finished reading is not read again)"),
                                             ("anonymize", "to resume where it stopped")])
 def test_a_stopped_command_says_whether_running_it_again_resumes(tmp_path, monkeypatch, capsys, command, again):
     """`falco evaluate` stopped by Ctrl-C said "run the same command again to resume where it stopped"; it starts
