@@ -475,10 +475,12 @@ class _Driver:
         partitions_def = self.graph.get(key).partitions_def
         partition = partition if partitions_def else None
         gone = missing_files(self.instance, self.config["storage"]["root"], key, partitions_def, partition)
-        base, _ = value_location(self.config["storage"]["root"], key, partitions_def, partition)
+        base, stem = value_location(self.config["storage"]["root"], key, partitions_def, partition)
+        name = f"{key.to_user_string()}{f' {partition}' if partition else ''}"
+        if gone == [f".{stem}.run"]:  # its writer file went with it: the value is gone whole
+            return f"{name}: its stored value in {base} is gone"
         shown = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
-        return (f"{key.to_user_string()}{f' {partition}' if partition else ''}: {len(gone)} file(s) of its stored "
-                f"value in {base} are gone ({shown})")
+        return f"{name}: {len(gone)} file(s) of its stored value in {base} are gone ({shown})"
 
     def materialize(self, job: str, label: str, keys, partition: str | None = None,
                     checks: set[dg.AssetCheckKey] | None = None) -> bool:

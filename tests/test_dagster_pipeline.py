@@ -746,6 +746,8 @@ def test_stored_files_deleted_by_hand_are_made_again_and_nothing_else(state):
     assert (store / "anonymization_report" / "report.md").is_file()
     assert any(f"anonymized_images {shard}|m0.5: 1 file(s) of its stored value" in line and victim.name in line
                for line in lines), lines
+    assert f"report: anonymization_report: its stored value in {store / 'anonymization_report'} is gone; making it " \
+           "again" in lines
 
     shutil.rmtree(images)  # the variant's whole folder, writer files and all
     before = materializations(instance)
