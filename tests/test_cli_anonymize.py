@@ -597,9 +597,12 @@ def test_black_and_white_inputs_get_black_and_white_faces_and_earlier_colour_one
     np.testing.assert_array_equal(after["colour.png"], before["colour.png"])
     assert is_grey(after["grey.png"])
     index = {r["input"]: int(r["latent_index"]) for r in _manifest(out)}
-    drawn = generate(build_networks("tiny").generator, latents[[index["grey.jpg"]]])[0]
-    np.testing.assert_array_equal(after["grey.png"], to_grey(drawn))
-    np.testing.assert_array_equal(before["grey.png"], drawn)
+    # drawn alone here, in a batch of two by the run: the generator's grouped (one sample) and batched convolutions
+    # sum in other orders, so a pixel may round one level apart (it did on another CPU: 1 of 12,288 values)
+    drawn = generate(build_networks("tiny").generator, latents[[index["grey.jpg"]]])[0].astype(int)
+    assert np.abs(after["grey.png"].astype(int) - to_grey(drawn.astype(np.uint8))).max() <= 1
+    assert np.abs(before["grey.png"].astype(int) - drawn).max() <= 1
+    assert not is_grey(drawn.astype(np.uint8)) and np.abs(before["grey.png"].astype(int) - after["grey.png"]).max() > 1
 
 
 def test_every_image_is_checked_by_dlib_against_its_own_inputs_crop(face_folder, tmp_path, capsys):
