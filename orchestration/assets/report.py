@@ -55,7 +55,7 @@ def _settings_lines(networks: NetworksResource, variants: list[str], bound: floa
     """The report's lines on what made it: the params file, the shared settings, the release bound, and each
     variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
     shared = networks.params(variants[0]).to_dict() if variants else {}
-    lines = {"params file": str(networks.params_path),
+    lines = {"params file": str(networks.params_file),
              "shared settings": ", ".join(f"{k} {shared[k]}" for k in ("seed", "pool_size", "truncation_psi",
                                                                      "pairing", "pairing_k") if k in shared),
              "privacy bound": f"checks.privacy_max_match_share = {bound:g}"}
