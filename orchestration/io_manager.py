@@ -76,9 +76,9 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
-           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "missing_files", "prune_images", "prune_moved_rows",
-           "prune_shards", "prune_unregistered_shards", "record_files", "stored_files", "unrecorded",
-           "value_location", "verified_keys"]
+           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "missing_files", "prune_images",
+           "prune_moved_rows", "prune_shards", "prune_unregistered_shards", "record_files", "stored_files",
+           "stored_state", "unrecorded", "value_location", "verified_keys"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 STORED = "path"  # materialization metadata key: the value went to files (handle_output, or an asset's own)
@@ -176,13 +176,28 @@ def stored_files(context: dg.AssetExecutionContext, root: str | Path, paths: Ite
     record_files(base, stem, context.run.run_id, [Path(p).relative_to(base).as_posix() for p in paths])
 
 
+def stored_state(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
+                 partition: str | None) -> str | None:
+    """"UNRECORDED" (`unrecorded`), "INCOMPLETE" (`missing_files`) or None for a stored value, reading its latest
+    materialization once for both."""
+    record = _latest_materialization(instance, asset_key, partition)
+    writer = _read_writer(*value_location(root, asset_key, partitions_def, partition))
+    if writer is not None and writer != (record.run_id if record else None):
+        return "UNRECORDED"
+    return "INCOMPLETE" if _missing(record, root, asset_key, partitions_def, partition) else None
+
+
 def missing_files(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
                   partition: str | None) -> list[str]:
     """What of the stored value Dagster records is no longer on disk (deleted by hand): its writer file when its
     folder went (the whole value), else the recorded files that are gone (paths relative to the value's folder).
     Empty when all is there, when the recorded materialization stored no files, when the value on disk is not the
     recorded one (`unrecorded`), or when it predates files records."""
-    record = _latest_materialization(instance, asset_key, partition)
+    return _missing(_latest_materialization(instance, asset_key, partition), root, asset_key, partitions_def,
+                    partition)
+
+
+def _missing(record, root: str | Path, asset_key: dg.AssetKey, partitions_def, partition: str | None) -> list[str]:
     if record is None or STORED not in (record.asset_materialization.metadata or {}):
         return []
     base, stem = value_location(root, asset_key, partitions_def, partition)

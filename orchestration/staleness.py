@@ -47,7 +47,7 @@ def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.As
                        partitions: Sequence[str | None],
                        storage_root: str | None = None) -> dict[str | None, dict[dg.AssetKey, str]]:
     """`statuses` for several partitions, through one resolver (it caches what the partitions share upstream)."""
-    from orchestration.io_manager import missing_files, unrecorded
+    from orchestration.io_manager import stored_state
 
     resolver = CachingStaleStatusResolver(instance, graph, loading_context=_Loading(instance))
 
@@ -56,10 +56,8 @@ def partition_statuses(instance: dg.DagsterInstance, graph, keys: Sequence[dg.As
         if value != StaleStatus.FRESH.value or storage_root is None:
             return value
         partitions_def = graph.get(key).partitions_def
-        stored = (instance, storage_root, key, partitions_def, partition if partitions_def else None)
-        if unrecorded(*stored):
-            return "UNRECORDED"
-        return "INCOMPLETE" if missing_files(*stored) else value
+        state = stored_state(instance, storage_root, key, partitions_def, partition if partitions_def else None)
+        return state or value
 
     return {partition: {key: status(key, partition) for key in keys} for partition in partitions}
 
