@@ -172,6 +172,15 @@ class AssetRun:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
+    def log_resolved(self, requested: Any, resolved: Any) -> None:
+        """Log, as `resolved.<name>`, each setting of `resolved` (a FalcoParams) that differs from the `requested` one
+        logged when the run opened: what `auto` meant on this device (batch size, amp, resize form). MLflow keeps a
+        logged parameter's first value, so the request stays as the user wrote it and both can be compared."""
+        asked, used = flatten(requested.to_dict()), flatten(resolved.to_dict())
+        differing = {f"resolved.{k}": v for k, v in used.items() if asked.get(k) != v}
+        if differing:
+            self.log_params(differing)
+
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Finite values only (MLflow cannot compare NaN); names are made MLflow-safe."""
         self.log_histories({k: [v] for k, v in metrics.items()}, first_step=step)

@@ -113,6 +113,17 @@ def test_the_graph_runs_as_named_jobs_and_variants_keep_their_own_files(base):
         # each value, the run it is of, and its files (`.<shard>.files`: what a deletion by hand is checked against)
         assert json.loads((store / "anonymized_latents" / variant / ".shard-00000.files").read_text())["files"] == \
             ["shard-00000.npz"]
+    # MLflow keeps the settings as asked ("auto") and, beside them, what they meant on this device
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    latents_runs = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
+                                      "tags.asset_key = 'anonymized_latents'")
+    assert len(latents_runs) == len(VARIANTS) * len(SHARDS)
+    for found in latents_runs:
+        assert found.data.params["speed.amp"] == "auto" and found.data.params["resolved.speed.amp"] == "off"
+        assert found.data.params["resolved.speed.resize_form"] == "interpolate"
+        assert "resolved.optimization.margin" not in found.data.params  # only what `auto` left to the device
     first = [np.asarray(Image.open(store / "anonymized_images" / v / "images" / "Person A" / "img_0.png"))
              for v in VARIANTS]
     assert np.abs(first[0].astype(int) - first[1]).mean() > 1  # the variants' images differ

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 from dagster._core.storage.event_log.base import PartitionKeyFilter
+from mlflow import MlflowClient
 from PIL import Image
 
 from anon_core.data.sample import build_sample_photos
@@ -79,6 +80,12 @@ def test_photo_mode_runs_as_named_jobs_per_shard_and_variant(base):
             assert im.size == real.size
     stored = pd.read_parquet(root / "store" / "anonymized_photos" / "default" / "shard-00000.parquet")
     assert set(stored["input"]) == {"group.png", "no_face.png"}
+    # MLflow keeps each shard's settings as asked and, beside them, what `auto` meant on this device
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    shard_runs = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
+                                    "tags.asset_key = 'anonymized_photos'")
+    assert len(shard_runs) == 4 and all(r.data.params["speed.resize_form"] == "auto" and
+                                        r.data.params["resolved.speed.resize_form"] == "interpolate" for r in shard_runs)
 
 
 def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(state):

@@ -70,8 +70,7 @@ def anonymized_latents(
     the version of the variant's settings (a partitioned source), so new settings would not reach the images and
     the evaluation; and a redefinition whose codes come out the same (a margin the loss never reached) still
     re-makes them, so the evaluation's MLflow run records the definition it now stands for."""
-    from anon_core.acceleration import measure_throughput
-    from anon_core.batch_size import resolve_batch_size
+    from anon_core.acceleration import measure_throughput, resolved_for
     from anon_core.data.image_files import take
     from anon_core.optimize import LOSS_NAMES
     from anon_core.reuse import CONTEXT, KEY, StoredRows, context_digest, input_ids, merge_rows, row_keys
@@ -93,11 +92,12 @@ def anonymized_latents(
     stored = keyed_dicts(storage.root, context.asset_key.path[-1]) if reuses_rows(context) else []
     found, reused = StoredRows(stored).take(keys, per_image)
     todo = np.flatnonzero(~found)
-    with mlflow.asset_run(context, networks, requested) as run:  # requested: batch_size "auto" stays "auto"
+    with mlflow.asset_run(context, networks, requested) as run:  # as asked ("auto" stays "auto"), then resolved.*
         computed, params, speed, device = {}, requested, {}, "none (every image reused)"
         if len(todo) or not found.any():
             nets = networks.networks()
-            params = requested.replace(batch_size=resolve_batch_size(nets, requested))  # "auto": what fits here
+            params = resolved_for(nets, requested)  # "auto": what fits and what runs fastest here
+            run.log_resolved(requested, params)
             device = str(nets.device)
             where = f"{variant} {context_shard(context)}"
             context.log.info(f"{where}: {len(todo)} of {len(rows)} images to optimize "

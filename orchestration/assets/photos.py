@@ -60,6 +60,7 @@ def anonymized_photos(
     `latents.npy` and `losses.csv`. The value is that manifest."""
     import time
 
+    from anon_core.acceleration import resolved_for
     from anon_core.fake_pool import FakePool
     from anon_core.folders import RUN_RECORD
     from anon_core.photos import anonymize_photos, read_photo_manifest
@@ -67,9 +68,11 @@ def anonymized_photos(
 
     variant, shard = context_variant(context), context_shard(context)
     photos = input_photos[input_photos["shard"] == shard]
-    params, settings = networks.params(variant), networks.photo()
-    with mlflow.asset_run(context, networks, params) as run:
+    requested, settings = networks.params(variant), networks.photo()
+    with mlflow.asset_run(context, networks, requested) as run:
         nets = networks.networks()
+        params = resolved_for(nets, requested)
+        run.log_resolved(requested, params)
         out = photo_folder(storage, variant, shard)
         context.log.info(f"{variant} {shard}: {len(photos)} photos, {params.optimization.steps} steps, "
                          f"m = {params.optimization.margin}, on {nets.device}")
