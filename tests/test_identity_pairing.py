@@ -195,6 +195,25 @@ def test_distinct_fakes_need_a_pool_as_large_as_the_images_or_people(labelled, t
     assert not {"manifest.csv", "images", ".journal"} & {p.name for p in (tmp_path / "o").iterdir()}  # nothing made
 
 
+@pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
+def test_the_pipeline_refuses_a_pool_too_small_for_its_pairing_once_the_images_are_read(labelled, tmp_path, mode,
+                                                                                       needed):
+    """`falco pipeline` learnt it only in `pairs`, after the real images were embedded and inverted (hours on
+    CelebA-HQ); `real_images` knows how many images and people there are, and stops there."""
+    from pipeline_helpers import fast_params, instance_at, materializations, run
+
+    shutil.copytree(labelled / "in", tmp_path / "faces")
+    fast_params(tmp_path / "params.yaml")
+    with instance_at(tmp_path / "home") as instance:
+        summary = run(tmp_path, instance, overrides={"pairing": mode, "pool_size": 4,
+                                                     "data.labels_csv": str(labelled / "labels.csv")})
+        assert summary.failed == ["prepare"]
+        assert summary.errors["prepare"].startswith(f"real_images: pairing '{mode}' gives each of the {needed} its "
+                                                    "own fake, but the pool holds 4; raise pool_size to at least")
+        made = {name for name, _ in materializations(instance)}
+        assert not made & {"real_images", "real_features", "real_inversions", "pairs"}, made
+
+
 def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
     real = ImageSet(pd.DataFrame({"input": list("abcd"), "image": list("abcd"), "shard": ["shard-00000"] * 4,
                                   "identity": ["p", "p", "q", None]}), lfw_faces[:4])

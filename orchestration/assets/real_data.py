@@ -46,6 +46,7 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
             reasons = ", ".join(f"{r}: {n}" for r, n in frame["reason"].value_counts().items())
             raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
                              f"({reasons}); point --input at a folder of face images")
+        check_pairing_fits(networks, frame[ok])  # now, not after the pool and the inversions are made
         frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
         # what decided each crop: a crop already stored under its key is neither read nor written again
         frame[KEY] = ""
@@ -61,6 +62,18 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
             "num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum()),
             "num_shards": int(frame.loc[ok, "shard"].nunique()), "shard_size": shard_size, "counts": table(counts),
             "rejects": table(frame.loc[~ok, ["input", "reason", "detail"]])})
+
+
+def check_pairing_fits(networks: NetworksResource, ok) -> None:
+    """FalcoError when the pairing cannot be made for these ok images (`pairs` checks again, for a pairing changed
+    later): identity pairing without any identity label, or a unique/identity pairing with fewer fakes than
+    images/people."""
+    from anon_core.assignment import check_identities, check_pool_holds
+
+    params = networks.params()
+    identity = ok["identity"].to_numpy() if "identity" in ok.columns else None
+    check_identities(params.pairing, identity, networks.data()["labels_csv"])
+    check_pool_holds(params.pairing, params.pool_size, len(ok), identity)
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
