@@ -54,6 +54,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
         print(f"falco: error: a cluster is recorded in {cluster.state_file}; run `{down}` first", file=sys.stderr)
         return 2
     if args.action == "up":
+        settings = _worker_settings()  # before anything starts: a bad params file would fail every UI run
         try:
             env = cluster.start()
             cluster.start_worker("cpu", "cpu")
@@ -65,12 +66,35 @@ def _run_cluster(args: argparse.Namespace) -> int:
         for key, value in env.items():
             print(f"  export {key}={value}")
         print(f"  falco pipeline --executor celery ...    # `{down}` stops it all")
-        print("The workers took FALCO_INPUT, FALCO_PROFILE, FALCO_PARAMS and FALCO_DEVICE from this shell: for runs "
-              "launched from the UI, export the same ones where `dagster dev` runs, with FALCO_EXECUTOR=celery.")
+        print("`falco pipeline` hands its own settings to the workers. Runs launched from the UI take the workers' "
+              "(this shell's): " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "; start `dagster dev` "
+              "with the same and FALCO_EXECUTOR=celery (a run launched with others stops at its first step, naming "
+              "them).")
         return 0
     from orchestration.cluster_demo import run_demo
 
     return run_demo(cluster, Path(args.input).resolve(), args.profile)
+
+
+def _worker_settings() -> dict[str, str]:
+    """The settings the workers will give the runs launched from the UI (this shell's FALCO_* variables, paths made
+    absolute), checked: a params file that cannot be read is a FalcoError now, not a failure of every such run."""
+    from orchestration.resources import networks_from_env, storage_from_env
+
+    from anon_core.errors import FalcoError
+
+    storage, networks = storage_from_env(), networks_from_env()
+    if networks.params_path and not Path(networks.params_path).is_file():
+        raise FalcoError(f"FALCO_PARAMS = {os.environ['FALCO_PARAMS']!r}: {networks.params_path} is not a file; export "
+                         "the params.yaml the workers should read for runs launched from the UI, or unset it (the "
+                         "project's)")
+    networks.params()
+    networks.pipeline()
+    if not Path(storage.input_dir).is_dir():
+        print(f"falco: warning: FALCO_INPUT {storage.input_dir} is not a folder: runs launched from the UI will "
+              "find no images (`falco pipeline --input` gives its own)", file=sys.stderr)
+    return {"FALCO_INPUT": storage.input_dir, "FALCO_PROFILE": networks.profile, "FALCO_DEVICE": networks.device,
+            "FALCO_PARAMS": str(networks.params_file)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -146,7 +146,7 @@ def run_pipeline(
 
 
 def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode) -> PipelineSummary:
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
 
     defs = build_definitions(storage, networks, mlflow)
     graph = defs.resolve_asset_graph()
@@ -357,7 +357,7 @@ def execute(launch: Launch, config: dict[str, Any], run_config: dict, tags: dict
     if not isinstance(instance, dg.DagsterInstance):
         with dg.DagsterInstance.from_ref(instance) as opened:
             return execute(launch, config, run_config, tags, opened)
-    reconstructable = dg.build_reconstructable_job("orchestration.definitions", "job_for",
+    reconstructable = dg.build_reconstructable_job("orchestration.graph", "job_for",
                                                    reconstructable_args=(launch.job, config))
     if launch.checks:
         reconstructable = reconstructable.get_subset(asset_selection=set(), asset_check_selection=set(launch.checks))

@@ -15,7 +15,7 @@
 The runs of every job but `observe_settings` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
 the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
 
-The executor is params.yaml's `pipeline.executor` (built in orchestration.definitions): `multiprocess` runs steps
+The executor is params.yaml's `pipeline.executor` (built in orchestration.graph): `multiprocess` runs steps
 in parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU;
 `in_process` runs them one after another in the run's process; `celery` hands each step to the `falco worker`s of
 its queue, `gpu` or `cpu` (orchestration.celery_queue), on any machine that shares the storage and the instance.
@@ -78,9 +78,8 @@ def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:
             "max_concurrent": int(max_concurrent),
             "tag_concurrency_limits": [{"key": DEVICE_TAG, "value": "gpu", "limit": 1}]})
     if kind == "celery":
-        from dagster_celery import celery_executor
-
         from orchestration.celery_queue import executor_config
+        from orchestration.launch_settings import celery_executor_tagging_launch_settings
 
-        return celery_executor.configured(executor_config())
+        return celery_executor_tagging_launch_settings().configured(executor_config())
     raise ParamsError(f"pipeline.executor = {kind!r} must be one of {', '.join(EXECUTORS)}")

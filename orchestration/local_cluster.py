@@ -83,6 +83,17 @@ def _wait(ready, what: str, pid: int, log: Path, timeout: float = 120.0) -> None
     raise FalcoError(f"{what} {why} (log: {log})\n{tail}")
 
 
+# Paths a worker reads from its environment for the runs launched from the UI (orchestration.resources)
+PATH_VARIABLES = ("FALCO_INPUT", "FALCO_PARAMS", "FALCO_MODELS")
+
+
+def absolute_path_variables() -> dict[str, str]:
+    """This process's PATH_VARIABLES that are set, as absolute paths (a worker starts in the cluster's root, where a
+    relative one would name another file)."""
+    return {name: os.path.abspath(os.path.expanduser(os.environ[name])) for name in PATH_VARIABLES
+            if os.environ.get(name, "").strip()}
+
+
 class LocalCluster:
     """The processes of one local cluster, recorded in `root/cluster.json`. `start()` starts the servers,
     `start_worker()` a worker, `stop()` everything recorded; `env()` is what a client or a worker needs."""
@@ -173,10 +184,12 @@ class LocalCluster:
               180)
 
     def start_worker(self, queues: str, name: str, concurrency: int = 1, env: Mapping[str, str] | None = None) -> int:
-        """`falco worker --queues QUEUES` named `name@<host>`, with env(); returns its PID once it takes steps."""
+        """`falco worker --queues QUEUES` named `name@<host>`, with env() and this process's path variables made
+        absolute (a worker runs in `root`); returns its PID once it takes steps."""
         command = [str(Path(sys.executable).with_name("falco")), "worker", "--queues", queues, "--name", f"{name}@%h",
                    "--concurrency", str(concurrency)]
-        pid = self._spawn(f"worker-{name}", command, "worker", env={**self.env(), **(env or {})})
+        pid = self._spawn(f"worker-{name}", command, "worker", env={**absolute_path_variables(), **self.env(),
+                                                                    **(env or {})})
         log = self.logs / f"worker-{name}.log"
         _wait(lambda: " ready." in log.read_text(errors="replace"), f"worker {name}", pid, log, 120)
         return pid
@@ -227,12 +240,27 @@ class LocalCluster:
         for name in order:
             # PostgreSQL's fast shutdown is SIGINT to the postmaster; it ends its own children.
             self.kill(name, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+        if "postgres" not in order and self._unrecorded_postgres():  # `up` stopped while `pg_ctl start` ran
+            self._record("postgres", self._unrecorded_postgres(), "postgres")
+            self.kill("postgres", signal.SIGINT)
+            order.append("postgres")
         if self.postgres_data and Path(self.postgres_data).is_dir():
             shutil.rmtree(self.postgres_data, ignore_errors=True)
         self.postgres_data = None
         if self.state_file.exists():  # `down` where nothing was ever started leaves no state behind
             self._save()
         return order
+
+    def _unrecorded_postgres(self) -> int | None:
+        """The PID of a PostgreSQL server running on this cluster's data folder that was never recorded (its start
+        was interrupted after the server came up), or None."""
+        if not self.postgres_data:
+            return None
+        try:
+            pid = int((Path(self.postgres_data) / "db" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) and "postgres" in _command_line(pid) else None
 
     def _ours(self, entry: dict) -> bool:
         return _alive(entry["pid"]) and entry["match"] in _command_line(entry["pid"])

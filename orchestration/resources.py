@@ -34,6 +34,11 @@ class StorageResource(dg.ConfigurableResource):
     def asset_dir(self, asset: str, variant: str | None = None) -> Path:
         return asset_dir(self.root, asset, variant)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from orchestration.launch_settings import check_launch_settings
+
+        check_launch_settings(context, "storage", {"root": self.root, "input_dir": self.input_dir})
+
 
 class NetworksResource(dg.ConfigurableResource):
     """The profile: which networks, on which device, with which parameter file and overrides of it.
@@ -53,6 +58,13 @@ class NetworksResource(dg.ConfigurableResource):
     sources: dict[str, str] = {}
     sweep_variants: list[str] = []  # the variants to run and compare; empty: params.yaml's `sweep:`
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from orchestration.launch_settings import check_launch_settings
+
+        check_launch_settings(context, "networks", {
+            "profile": self.profile, "device": self.device, "params_path": self.params_path, "weights": self.weights,
+            "overrides": self.overrides, "sweep_variants": self.sweep_variants})
+
     @property
     def params_file(self) -> Path:
         from anon_core.params import DEFAULT_PARAMS_PATH
@@ -71,6 +83,9 @@ class NetworksResource(dg.ConfigurableResource):
             if variant in self.section("variants"):  # a named one: an error names it and its file
                 sources |= {key: f"{self.params_file}: variants: {variant}: {key.rsplit('.', 1)[-1]}"
                             for key in from_variant}
+            else:  # a name made of values: the command line's variants, else the file's `sweep:`
+                origin = "--margin/--variant" if self.sweep_variants else f"{self.params_file}: sweep:"
+                sources |= {key: f"{origin} {key.rsplit('.', 1)[-1]}" for key in from_variant}
         return load_params(self.profile, self.params_path, sources=sources, **method)
 
     def section(self, name: str) -> dict[str, Any]:
@@ -167,11 +182,16 @@ def _build_networks(profile: str, device: str, weights: str | None):
     return nets
 
 
+def _env_path(name: str) -> str | None:
+    """A path variable as an absolute path (a relative one is of the folder the process started in, which a run's
+    other processes need not share), or None when it is unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return os.path.abspath(os.path.expanduser(value)) if value else None
+
+
 def storage_from_env() -> StorageResource:
-    return StorageResource(
-        root=os.environ.get("FALCO_STORAGE", str(DEFAULT_STORAGE)),
-        input_dir=os.environ.get("FALCO_INPUT", str(DEFAULT_INPUT)),
-    )
+    return StorageResource(root=_env_path("FALCO_STORAGE") or str(DEFAULT_STORAGE),
+                           input_dir=_env_path("FALCO_INPUT") or str(DEFAULT_INPUT))
 
 
 def networks_from_env() -> NetworksResource:
@@ -179,7 +199,7 @@ def networks_from_env() -> NetworksResource:
     return NetworksResource(
         profile=os.environ.get("FALCO_PROFILE", "tiny"),
         device=os.environ.get("FALCO_DEVICE", "cpu"),
-        params_path=os.environ.get("FALCO_PARAMS") or None,
+        params_path=_env_path("FALCO_PARAMS"),
         overrides={"pipeline.executor": executor} if executor else {},
         sources={**({"device": "FALCO_DEVICE"} if "FALCO_DEVICE" in os.environ else {}),
                  **({"pipeline.executor": "FALCO_EXECUTOR"} if executor else {})},

@@ -132,7 +132,7 @@ def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: Mlflo
                             device: str = "cpu") -> dg.DagsterInstance:
     """real_images and its pseudo-labels, then attribute_classifier (the first steps of the `evaluate` job), with one
     epoch at 32 px."""
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
 
     overrides = {"data.align": False, **{f"data.{k}": v for k, v in data.items()}, "attribute_classifier.epochs": 1,
                  "attribute_classifier.image_size": 32}

@@ -20,7 +20,7 @@ import pytest
 from orchestration.celery_queue import queues_without_worker
 from orchestration.cluster_demo import misplaced, step_placements, untracked
 from orchestration.local_cluster import LocalCluster, servers_installed
-from orchestration.resources import NetworksResource, StorageResource
+from orchestration.resources import DEFAULT_INPUT, NetworksResource, StorageResource
 from orchestration.tracking import MlflowResource
 from conftest import torch_threads
 from pipeline_helpers import fast_params, instance_at, run, write_faces
@@ -124,6 +124,27 @@ def test_the_workers_take_the_clusters_shared_storage_for_runs_launched_from_the
     for name in ("worker-cpu", "worker-gpu"):
         environ = Path(f"/proc/{cluster.pid(name)}/environ").read_bytes().split(b"\0")
         assert f"FALCO_STORAGE={cluster.shared / 'pipeline'}".encode() in environ, name
+
+
+def test_a_ui_run_launched_with_other_settings_than_the_workers_stops_naming_them(cluster, inputs, tmp_path):
+    """A run launched from the code location (the UI's path) with FALCO_INPUT set where it was launched ran on
+    workers started without it: they read their own input and wrote the cluster's storage, and the run succeeded.
+    The celery executor tags the run with the launcher's settings, and the workers' steps stop on the difference."""
+    env = {**os.environ, **cluster.env(), "FALCO_EXECUTOR": "celery", "FALCO_INPUT": str(inputs / "faces"),
+           "FALCO_STORAGE": str(cluster.shared / "pipeline")}
+    done = subprocess.run([str(Path(sys.executable).with_name("dagster")), "job", "execute", "-m",
+                           "orchestration.definitions", "-j", "observe_settings"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    instance = dg.DagsterInstance.from_config(str(cluster.dagster_home))
+    [last] = instance.get_runs(limit=1)
+    assert last.job_name == "observe_settings" and last.tags["falco/storage.input_dir"] == str(inputs / "faces")
+    errors = " ".join(e.user_message for e in instance.all_logs(last.run_id) if e.level >= 40)  # ERROR lines
+    assert f"FALCO_INPUT (storage.input_dir) is '{DEFAULT_INPUT}' here but '{inputs / 'faces'}' where the run was " \
+           "launched" in errors, done.stdout[-3000:] + done.stderr[-3000:]
+    observed = {e.step_key for e in instance.all_logs(last.run_id) if e.dagster_event and
+                e.dagster_event.event_type_value == "ASSET_OBSERVATION"}
+    assert "input_images" not in observed  # the workers' own input was not read (steps that use no storage may run)
 
 
 def test_gpu_steps_ran_on_the_gpu_worker_which_built_its_networks_once(cluster, celery_run):

@@ -180,7 +180,7 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
     settings, recorded their version as INITIAL and was never stale again: a later margin change left its images. A
     Launchpad run config overriding the margin recorded its codes as made from the observed margin. Both are refused
     before any work; observed first, the same run goes through."""
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
     from orchestration.driver import step_error
 
     root, instance = state
@@ -221,7 +221,7 @@ def test_the_evaluation_jobs_launch_whole_from_the_ui(state):
     def for asset real_gallery, but it is not partitioned" after its work; launched without one, Dagster failed the
     variant's step ("Cannot access partition_key for a non-partitioned run"). Now each job holds one kind, and each
     launches whole; a selection of both kinds launched for a partition stops before any work, saying so."""
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
     from orchestration.driver import step_error
 
     root, instance = state
@@ -252,7 +252,7 @@ def test_a_variant_whose_anonymization_is_stale_is_not_evaluated_from_the_ui(sta
     """From the UI (observe, then the evaluate job for m0.5) a variant whose optimization settings changed since its
     images were made was evaluated, and the report showed those images' numbers under the new settings; `falco
     stage evaluate` blocked it. The evaluation itself now refuses, before any work."""
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
     from orchestration.driver import step_error
 
     root, instance = state

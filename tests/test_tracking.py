@@ -76,7 +76,7 @@ def test_one_run_per_dagster_run_with_a_nested_run_per_materialization(sweep):
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1]).stdout.strip() or "unknown"
-    from orchestration.definitions import ASSETS
+    from orchestration.graph import ASSETS
 
     versions = {key.to_user_string(): version for a in ASSETS if isinstance(a, dg.AssetsDefinition)
                 for key, version in a.code_versions_by_key.items()}

@@ -176,6 +176,14 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
         check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
     check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
+    # a value of a name made of values names where that name came from: the file's `sweep:`, or the command line
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "sweep": {"margin": [-0.5]}}))
+    networks = NetworksResource(params_path=str(tmp_path / "params.yaml"))
+    with pytest.raises(ParamsError, match=r"params.yaml: sweep: margin -0.5: must be in \[0, 1\]"):
+        check_settings(storage, networks, networks.sweep())
+    networks = NetworksResource(params_path=str(tmp_path / "params.yaml"), sweep_variants=["m1.5"])
+    with pytest.raises(ParamsError, match=r"^--margin/--variant margin 1.5: must be in \[0, 1\]"):
+        check_settings(storage, networks, networks.sweep())
 
 
 def test_a_variant_of_another_params_file_is_left_out_with_how_to_run_or_drop_it(tmp_path):
@@ -185,7 +193,7 @@ def test_a_variant_of_another_params_file_is_left_out_with_how_to_run_or_drop_it
     import yaml
 
     from anon_core.params import DEFAULT_PARAMS_PATH
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
     from orchestration.partitions import variants
     from orchestration.resources import NetworksResource, StorageResource
     from orchestration.tracking import MlflowResource

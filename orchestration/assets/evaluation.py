@@ -259,7 +259,7 @@ def _check_anonymization_current(context: dg.AssetExecutionContext, storage: Sto
     from dagster._core.errors import DagsterInvalidPropertyError
 
     from anon_core.errors import FalcoError
-    from orchestration.definitions import build_definitions
+    from orchestration.graph import build_definitions
     from orchestration.staleness import partition_statuses
 
     try:
