@@ -27,6 +27,9 @@ install: $(STAMP)
 demo: install
 	$(BIN)/falco sample-data $(DEMO_DATA) --photos $(DEMO_PHOTOS)/input
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/falco pipeline --input $(DEMO_DATA)/images --profile tiny
+	# the run above is dvc.yaml's three stages on its vars: record it in dvc.lock, or the first `dvc repro` re-checks
+	# every stage (DVC needs a git checkout)
+	if git rev-parse --git-dir > /dev/null 2>&1; then $(BIN)/dvc commit --force --quiet dvc.yaml; fi
 	$(BIN)/falco anonymize $(DEMO_PHOTOS)/input $(DEMO_PHOTOS)/anonymized --mode photo --profile tiny --quiet
 
 ui: install

@@ -140,6 +140,8 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
     assert "up to date" in _sh([DVC, "status"], repo, env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"prepare", "anonymize", "evaluate"}
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first sweep"], repo, env)
     # the real faces (and what redraws or identifies them) stay where they were written, owner-only, and DVC keeps no
     # copy of them: before, its cache held them readable by everyone, and kept them after a person was erased
     cached = {p.name for p in (repo / ".dvc" / "cache").rglob("*") if p.is_file()}
@@ -165,6 +167,12 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
         latents = instance.fetch_materializations(dg.AssetKey("anonymized_latents"), limit=100).records
         assert sorted(r.partition_key.split("|")[1] for r in latents) == ["default", "m0.5", "m0.9"]  # one shard each
     assert set(json.loads(metrics_file.read_text())) == {"default", "m0.5", "m0.9", "blur"}
+    # the committed sweep's numbers beside the workspace's (before, DVC kept no copy of metrics.json: every committed
+    # revision and experiment showed "!" in `dvc exp show`, and `metrics diff` failed to load them)
+    diff = json.loads(_sh([DVC, "metrics", "diff", "HEAD", "--all", "--json"], repo, env))
+    (changes,) = diff.values()
+    assert changes["m0.9.num_images"]["old"] is None and changes["m0.9.num_images"]["new"] == 4
+    assert changes["m0.5.reid/dlib/top1_rate"]["old"] == changes["m0.5.reid/dlib/top1_rate"]["new"]
 
     # A change DVC sees in the evaluate stage's code while Dagster's report is up to date: DVC runs the stage without
     # deleting the report first (before, it deleted report.md, Dagster kept the report it called fresh, and every
