@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,7 +74,7 @@ def run_demo(cluster, input_dir: Path, profile: str) -> int:
     from orchestration.tracking import MlflowResource
 
     if not input_dir.is_dir():
-        print(f"falco: error: {input_dir} does not exist; run `falco sample-data data/sample` first")
+        print(f"falco: error: {input_dir} does not exist; run `falco sample-data data/sample` first", file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:
