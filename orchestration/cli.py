@@ -442,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             again = "to resume where it stopped" if command in RESUMING_COMMANDS else \
                 "to evaluate again (it leaves nothing half-written; what it finished reading is not read again)" \
                 if command == "evaluate" else "to start it over (it leaves nothing half-written)"
-            print(f"falco: stopped ({which}); run the same command again {again}", file=sys.stderr)
+            same = "`dvc repro` again" if os.environ.get("DVC_STAGE") else "the same command again"  # a DVC stage
+            print(f"falco: stopped ({which}); run {same} {again}", file=sys.stderr)
             return 128 + (signal.SIGTERM if which == "SIGTERM" else signal.SIGINT)
 
 

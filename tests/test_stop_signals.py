@@ -68,6 +68,10 @@ def test_a_stopped_command_says_whether_running_it_again_resumes(tmp_path, monke
             "anonymize": ["anonymize", str(tmp_path / "in"), str(tmp_path / "out")]}[command]
     assert cli.main(args) == 130
     assert capsys.readouterr().err.endswith(f"falco: stopped (Ctrl-C); run the same command again {again}\n")
+    # a stage of `dvc repro` (DVC sets DVC_STAGE for its commands): the command to run again is DVC's
+    monkeypatch.setenv("DVC_STAGE", "anonymize")
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.endswith(f"falco: stopped (Ctrl-C); run `dvc repro` again {again}\n")
 
 
 BACKGROUND = textwrap.dedent("""
