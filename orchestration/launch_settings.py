@@ -1,4 +1,4 @@
-"""The settings every step of a run must share (storage, input, profile, device, params file), carried to the
+"""The settings every step of a run must share (storage, input, profile, params file, ...), carried to the
 Celery workers with the run.
 
 A `falco pipeline` run hands its settings to every worker in the job it launches (orchestration.graph.job_for). A run
@@ -24,13 +24,13 @@ SETTINGS: dict[tuple[str, str], str] = {
     ("storage", "root"): "FALCO_STORAGE",
     ("storage", "input_dir"): "FALCO_INPUT",
     ("networks", "profile"): "FALCO_PROFILE",
-    ("networks", "device"): "FALCO_DEVICE",
     ("networks", "params_path"): "FALCO_PARAMS",
     ("networks", "weights"): "the profile's weights",
     ("networks", "overrides"): "the launcher's overrides",
     ("networks", "sweep_variants"): "the launcher's variants",
 }
-# where a step runs has no bearing on what it computes: the executor is the launcher's business alone
+# Where a step runs has no bearing on what it computes (the device is not versioned either, orchestration.assets.
+# settings): a cpu worker may have FALCO_DEVICE=cpu beside gpu workers with cuda, and the executor is the launcher's.
 IGNORED_OVERRIDES = ("pipeline.executor",)
 
 

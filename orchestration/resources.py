@@ -62,7 +62,7 @@ class NetworksResource(dg.ConfigurableResource):
         from orchestration.launch_settings import check_launch_settings
 
         check_launch_settings(context, "networks", {
-            "profile": self.profile, "device": self.device, "params_path": self.params_path, "weights": self.weights,
+            "profile": self.profile, "params_path": self.params_path, "weights": self.weights,
             "overrides": self.overrides, "sweep_variants": self.sweep_variants})
 
     @property

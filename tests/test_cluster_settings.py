@@ -168,8 +168,9 @@ def test_a_step_whose_resources_differ_from_the_settings_its_run_was_launched_wi
         assert f"FALCO_INPUT (storage.input_dir) is '{tmp_path / 'faces'}' here but '/data/other' where the run was " \
                "launched" in message
         assert "FALCO_PROFILE" not in message  # the same on both sides
-        same = defs.resolve_job_def("observe_settings").execute_in_process(
-            instance=instance, tags={tag_name("storage", "input_dir"): str(tmp_path / "faces")})
+        same = defs.resolve_job_def("observe_settings").execute_in_process(  # the device is where a step runs:
+            instance=instance, tags={tag_name("storage", "input_dir"): str(tmp_path / "faces"),  # a gpu worker's
+                                     tag_name("networks", "device"): "cuda"})                  # may differ
         assert same.success
 
 
