@@ -79,9 +79,8 @@ def _run_cluster(args: argparse.Namespace) -> int:
 def _worker_settings() -> dict[str, str]:
     """The settings the workers will give the runs launched from the UI (this shell's FALCO_* variables, paths made
     absolute), checked: a params file that cannot be read is a FalcoError now, not a failure of every such run."""
-    from orchestration.resources import networks_from_env, storage_from_env
-
     from anon_core.errors import FalcoError
+    from orchestration.resources import networks_from_env, storage_from_env
 
     storage, networks = storage_from_env(), networks_from_env()
     if networks.params_path and not Path(networks.params_path).is_file():

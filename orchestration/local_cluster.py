@@ -240,8 +240,8 @@ class LocalCluster:
         for name in order:
             # PostgreSQL's fast shutdown is SIGINT to the postmaster; it ends its own children.
             self.kill(name, signal.SIGINT if name == "postgres" else signal.SIGTERM)
-        if "postgres" not in order and self._unrecorded_postgres():  # `up` stopped while `pg_ctl start` ran
-            self._record("postgres", self._unrecorded_postgres(), "postgres")
+        if "postgres" not in order and (pid := self._unrecorded_postgres()):  # `up` stopped in `pg_ctl start`
+            self._record("postgres", pid, "postgres")
             self.kill("postgres", signal.SIGINT)
             order.append("postgres")
         if self.postgres_data and Path(self.postgres_data).is_dir():
