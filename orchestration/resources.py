@@ -83,9 +83,9 @@ class NetworksResource(dg.ConfigurableResource):
             if variant in self.section("variants"):  # a named one: an error names it and its file
                 sources |= {key: f"{self.params_file}: variants: {variant}: {key.rsplit('.', 1)[-1]}"
                             for key in from_variant}
-            else:  # a name made of values: the command line's variants, else the file's `sweep:`
-                origin = "--margin/--variant" if self.sweep_variants else f"{self.params_file}: sweep:"
-                sources |= {key: f"{origin} {key.rsplit('.', 1)[-1]}" for key in from_variant}
+            else:  # a name made of values: the command line's flags (--margin, --steps, ...), else the file's `sweep:`
+                sources |= {key: f"--{key.rsplit('.', 1)[-1].replace('_', '-')}" if self.sweep_variants
+                            else f"{self.params_file}: sweep: {key.rsplit('.', 1)[-1]}" for key in from_variant}
         return load_params(self.profile, self.params_path, sources=sources, **method)
 
     def section(self, name: str) -> dict[str, Any]:

@@ -215,7 +215,7 @@ def test_pipeline_flags_are_checked_before_any_run(tmp_path, lfw_faces, capsys, 
     code = main(["pipeline", "--input", str(tmp_path / "faces"), "--storage", str(tmp_path / "store"),
                  "--steps", "-1"])
     err = capsys.readouterr().err
-    assert code == 2 and "optimization.steps = -1 must be in [1, 100000]" in err and "Traceback" not in err
+    assert code == 2 and "--steps -1: must be in [1, 100000]" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()  # before: it failed after the whole prepare, in Dagster traces
 
 

@@ -171,7 +171,8 @@ def test_mlflow_runs_last_as_long_as_the_dagster_steps_they_record(sweep):
                       if s.step_key in ("variant_evaluation", "real_inversions")]
             started, ended = mlflow_run["start_time"].timestamp(), mlflow_run["end_time"].timestamp()
             assert abs(started - step.start_time) < 0.01, mlflow_run["tags.mlflow.runName"]
-            assert ended <= step.end_time + 0.5 and ended - started >= 0.5 * (step.end_time - step.start_time)
+            # most of the step (the values' storing after the run's end took 2.3 of a 3.6 s step on a slow disk once)
+            assert ended <= step.end_time + 0.5 and ended - started >= 0.25 * (step.end_time - step.start_time)
         dagster_runs = {r.dagster_run.run_id: r for r in instance.get_run_records()}
     for _, parent in runs[runs["tags.mlflow.parentRunId"].isna()].iterrows():  # a run starts with its Dagster run
         assert abs(parent["start_time"].timestamp() - dagster_runs[parent["tags.dagster_run_id"]].start_time) < 0.01

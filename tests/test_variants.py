@@ -182,7 +182,7 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
     with pytest.raises(ParamsError, match=r"params.yaml: sweep: margin -0.5: must be in \[0, 1\]"):
         check_settings(storage, networks, networks.sweep())
     networks = NetworksResource(params_path=str(tmp_path / "params.yaml"), sweep_variants=["m1.5"])
-    with pytest.raises(ParamsError, match=r"^--margin/--variant margin 1.5: must be in \[0, 1\]"):
+    with pytest.raises(ParamsError, match=r"^--margin 1.5: must be in \[0, 1\]"):
         check_settings(storage, networks, networks.sweep())
 
 
