@@ -24,6 +24,7 @@ from anon_core.data import (
     to_tensor,
     to_uint8,
 )
+from anon_core.data.image_io import MAX_PIXELS
 
 
 def _rng_image(height: int = 48, width: int = 40, seed: int = 0) -> np.ndarray:
@@ -188,6 +189,8 @@ def test_huge_header_rejected_without_decoding(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.png"
     _png_header_only(bomb, 100_000, 100_000)  # beyond Pillow's own DecompressionBombError limit
     assert _reject(bomb).reason == "too_large"
+    # one limit, falco's (before: Pillow's error text, naming its own 178956970-pixel limit, then falco's)
+    assert _reject(bomb).detail == f"{bomb}: 10000000000 px exceeds the limit of {MAX_PIXELS} px; downscale it."
     ours = tmp_path / "big.png"
     _png_header_only(ours, 9_000, 9_000)  # 81 MP: over MAX_PIXELS, under Pillow's error limit
     assert _reject(ours).reason == "too_large"

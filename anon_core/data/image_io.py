@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 import zlib
 from collections.abc import Callable
@@ -312,10 +313,10 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
                 return _decode_checked(image, path, min_side, max_pixels)
     except ImageRejected:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected(
-            "too_large", f"{path}: Pillow refused it as a decompression bomb ({exc}); limit is {max_pixels} px."
-        ) from exc
+    except Image.DecompressionBombError as exc:  # past Pillow's own limit, which it names beside the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} px" if found else "its size"
+        raise ImageRejected("too_large", f"{path}: {size} exceeds the limit of {max_pixels} px; downscale it.") from exc
     except UnidentifiedImageError as exc:
         sniffed = _sniff_format(path)
         pixels = _tiff_pixels(path) if sniffed == "TIFF" else None
