@@ -52,9 +52,10 @@ def launch_tags(resources: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
             for resource, field in SETTINGS if resource in resources}
 
 
-def check_launch_settings(context: dg.InitResourceContext | None, resource: str, values: Mapping[str, Any]) -> None:
-    """FalcoError when the run was tagged by its launcher with settings of `resource` other than `values` (this
-    process's): a worker started with other FALCO_* variables than the process that launched a run from the UI."""
+def check_launch_settings(context: dg.InitResourceContext | None, resource: str, values: Any) -> None:
+    """FalcoError when the run was tagged by its launcher with settings of `resource` other than those of `values`
+    (this process's resource of that name): a worker started with other FALCO_* variables than the process that
+    launched a run from the UI."""
     run = getattr(context, "run", None) if context is not None else None
     if run is None:
         return
@@ -63,7 +64,7 @@ def check_launch_settings(context: dg.InitResourceContext | None, resource: str,
         tag = tag_name(name, field)
         if name != resource or tag not in run.tags:
             continue
-        mine = _text(field, values.get(field))
+        mine = _text(field, getattr(values, field))
         if run.tags[tag] != mine:
             differing.append(f"{source} ({resource}.{field}) is {mine or 'unset'!r} here but "
                              f"{run.tags[tag] or 'unset'!r} where the run was launched")

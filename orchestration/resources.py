@@ -37,7 +37,7 @@ class StorageResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from orchestration.launch_settings import check_launch_settings
 
-        check_launch_settings(context, "storage", {"root": self.root, "input_dir": self.input_dir})
+        check_launch_settings(context, "storage", self)
 
 
 class NetworksResource(dg.ConfigurableResource):
@@ -61,9 +61,7 @@ class NetworksResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         from orchestration.launch_settings import check_launch_settings
 
-        check_launch_settings(context, "networks", {
-            "profile": self.profile, "params_path": self.params_path, "weights": self.weights,
-            "overrides": self.overrides, "sweep_variants": self.sweep_variants})
+        check_launch_settings(context, "networks", self)
 
     @property
     def params_file(self) -> Path:
