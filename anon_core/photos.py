@@ -36,7 +36,7 @@ from anon_core.compose import cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
-from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb
+from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb, stores_grey
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -151,6 +151,7 @@ class _Photo:
     image: np.ndarray  # uint8 [H, W, 3], covers applied; anonymized faces pasted in as they come
     faces: list[PhotoFace]
     waiting: int  # anonymized faces not pasted yet
+    grey: bool  # the file stores grey pixels: written grey (`write_photo`)
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
@@ -294,7 +295,8 @@ class _PhotoRun:
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops))
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops),
+                           grey=stores_grey(f.path))
             notes = _turned_notes(turns) + left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
             self.summary.turned += any(turns)
@@ -364,7 +366,7 @@ class _PhotoRun:
         """Hand a finished photo to the writer's threads (a 12-megapixel PNG takes seconds to encode); the manifest
         calls it done once it is on disk."""
         def write() -> None:
-            write_photo(self.output_dir / "images" / photo.output, photo.image)
+            write_photo(self.output_dir / "images" / photo.output, photo.image, grey=photo.grey)
             self.written.add(photo.row)
 
         self.take_over()
@@ -448,9 +450,12 @@ def parse_numbers(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray([float(v) for v in text.split()], dtype=np.float64).reshape(shape)
 
 
-def write_photo(path: Path, image: np.ndarray) -> None:
+def write_photo(path: Path, image: np.ndarray, grey: bool = False) -> None:
     """Write an output photo atomically: JPEG (quality JPEG_QUALITY, no chroma subsampling) for a .jpg/.jpeg
-    name, lossless PNG otherwise."""
+    name, lossless PNG otherwise; `grey` (a grey input: its faces were pasted in its tone, `compose`) writes one
+    grey channel, the pixels' luma (exact where the three channels are equal)."""
+    if grey:
+        image = np.asarray(Image.fromarray(image).convert("L"))  # [H, W]
     if path.suffix.lower() in (".jpg", ".jpeg"):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)

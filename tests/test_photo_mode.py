@@ -468,6 +468,38 @@ def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
     assert written.read_bytes() == before  # and gave the same photo
 
 
+def test_a_grey_photo_is_written_grey_with_its_pixels_kept_outside_the_face(photos, tmp_path):
+    """A black-and-white JPEG came back a three-channel JPEG (grey-looking, three times the colour data), and a
+    greyscale PNG an RGB one; both keep the input's single grey channel, and the PNG its exact levels."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with Image.open(photos / "portrait.jpg") as im:
+        grey = im.convert("L")
+    grey.save(inputs / "portrait.jpg", quality=95)
+    grey.save(inputs / "portrait_png.png")
+    Image.open(photos / "group.png").convert("RGB").save(inputs / "colour.png")  # stays RGB
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+    summary = anonymize_photos(inputs, tmp_path / "out", params, PhotoSettings(output_format="same"),
+                               show_progress=False)
+    assert summary.anonymized >= 2
+    images = tmp_path / "out" / "images"
+    with Image.open(images / "portrait.jpg") as jpeg, Image.open(images / "portrait_png.png") as png:
+        assert (jpeg.format, jpeg.mode, png.format, png.mode) == ("JPEG", "L", "PNG", "L")
+        written = np.asarray(png)
+    with Image.open(images / "colour.png") as colour:
+        assert colour.mode == "RGB"
+    real = np.asarray(grey)
+    faces = [r for r in _rows(tmp_path / "out") if r["kind"] == "face" and r["input"] == "portrait_png.png"]
+    assert faces and all(r["status"] == "anonymized" for r in faces)
+    away = np.ones(real.shape, bool)
+    for row in faces:
+        x1, y1, x2, y2 = _box(row)
+        w, h = x2 - x1, y2 - y1
+        away[max(int(y1 - h / 2), 0):int(y2 + h / 2) + 1, max(int(x1 - w / 2), 0):int(x2 + w / 2) + 1] = False
+    assert away.mean() > 0.5 and np.array_equal(written[away], real[away])
+    assert np.abs(written.astype(int) - real.astype(int))[~away].mean() > 3  # the face did change
+
+
 def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_path, monkeypatch):
     """Photos renamed, added and removed since the last run: each face an earlier run finished is found in its
     journal by its key (its aligned crop and the settings), wherever it now falls in the batches, and drawn again

@@ -173,6 +173,9 @@ def _tiff_pixels(path: Path) -> str | None:
 T = TypeVar("T")
 
 
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
 def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T) -> T:
     """`read` of the opened image (its header; nothing is decoded unless `read` asks), or `otherwise` where the file
     cannot be opened as an image (not one, unreadable, a bomb header: `load_rgb` will say which)."""
@@ -195,6 +198,12 @@ def flattened(path: Path) -> list[str]:
             (["its transparency was flattened onto white"] if _has_transparent_pixel(image) else [])
 
     return _from_header(path, left_out, [])
+
+
+def stores_grey(path: Path) -> bool:
+    """Whether the file holds one grey channel (bilevel, 8- or 16-bit grey, with or without alpha), from the
+    header; False for an unreadable file."""
+    return _from_header(path, lambda image: image.mode in _GREY_MODES, False)
 
 
 def _has_transparent_pixel(image: Image.Image) -> bool:
@@ -408,12 +417,12 @@ def _check_jpeg_data(path: Path) -> None:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W, 3] RGB -> PNG bytes (lossless, no metadata, so equal arrays give equal bytes)."""
+    """uint8 [H, W, 3] RGB or [H, W] grey -> PNG bytes (lossless, no metadata, so equal arrays give equal bytes)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(
-            f"expected a uint8 [H, W, 3] RGB array, got dtype {image.dtype} shape {tuple(image.shape)}; "
-            "convert with to_uint8() first."
+            f"expected a uint8 [H, W, 3] RGB or [H, W] grey array, got dtype {image.dtype} shape "
+            f"{tuple(image.shape)}; convert with to_uint8() first."
         )
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
