@@ -139,6 +139,21 @@ def detect_faces(
 
 
 # --------------------------------------------------------------------------------------------- ranking
+def labelled_or_own(identity: Sequence | pd.Series | None, names: Sequence[str]) -> np.ndarray | None:
+    """Each gallery image's identity: its label, or for an image without one (a file outside the labels CSV or
+    LFW's person folders) its own name, so it is its own identity; None where no image has a label."""
+    if identity is None:
+        return None
+    labels = pd.Series(list(identity), dtype=object)
+    if len(labels) != len(names):
+        raise ValueError(f"{len(labels)} identity labels for {len(names)} gallery images")
+    missing = labels.isna().to_numpy()
+    if missing.all():
+        return None
+    labels[missing] = np.asarray(names, dtype=object)[missing]
+    return labels.to_numpy(dtype=object)
+
+
 def _query_identity(source_index: np.ndarray, n_gallery: int, gallery_identity: np.ndarray | None) -> np.ndarray:
     if source_index.ndim != 1 or not np.issubdtype(source_index.dtype, np.integer):
         raise ValueError(f"source_index must be a 1-d integer array, got {source_index.dtype} {source_index.shape}")

@@ -180,6 +180,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
     folder's `load_dataset` table where it was read already (its files hashed)."""
     from anon_core.data.align import FaceAligner
     from anon_core.ingest import ingest, io_workers
+    from evaluation.privacy import labelled_or_own
 
     detector = None
     if run.alignment:
@@ -194,10 +195,7 @@ def read_gallery(real_dir: Path, run: AnonymizeRun, dataset: str, labels_csv: Pa
                          f"{ingested.alignment}; re-run `falco anonymize` with this version")
     ok = ingested.ok  # a run that used a file rejected here: RealGallery.rows() names it
     relpaths = ok["input"].tolist()
-    identity = ok["identity"] if "identity" in ok.columns else None
-    # Unlabelled images are their own identity (privacy.py: "the source image itself").
-    identity = None if identity is None or identity.isna().all() else \
-        identity.fillna(pd.Series(relpaths, index=identity.index)).to_numpy()
+    identity = labelled_or_own(ok["identity"] if "identity" in ok.columns else None, relpaths)
     return RealGallery(relpaths, identity, ingested.images(workers=max(io_workers(device), 4)))
 
 

@@ -214,6 +214,30 @@ def test_the_pipeline_refuses_a_pool_too_small_for_its_pairing_once_the_images_a
         assert not made & {"real_images", "real_features", "real_inversions", "pairs"}, made
 
 
+def test_the_pipeline_evaluates_faces_some_of_which_have_no_label(labelled, tmp_path):
+    """The two strangers outside the labels CSV (as a loose file beside LFW's person folders) stopped the pipeline's
+    evaluation with `TypeError: boolean value of NA is ambiguous`, after the whole anonymization; `falco evaluate`
+    counted each as its own identity. The pipeline does too."""
+    from pipeline_helpers import fast_params, instance_at, run
+
+    shutil.copytree(labelled / "in", tmp_path / "faces")
+    fast_params(tmp_path / "params.yaml")
+    with instance_at(tmp_path / "home") as instance:
+        summary = run(tmp_path, instance, overrides={"data.labels_csv": str(labelled / "labels.csv")})
+    assert not summary.failed, summary.errors
+    table = pd.read_parquet(tmp_path / "store" / "anonymization_report" / "per_image.parquet")
+    table = table[table["run"] == "default"].set_index("name")
+    assert len(table) == 8
+    strangers = table.loc[["stranger_6.png", "stranger_7.png"]]
+    assert strangers["identity"].tolist() == strangers.index.tolist()  # its own identity, named by its file
+    assert (strangers["dlib/distance_to_same_identity"] == strangers["dlib/distance_to_source"]).all()
+    labelled_rows = table.drop(strangers.index)
+    assert labelled_rows["identity"].tolist() == ["Ann", "Ann", "Bob", "Bob", "Bob", "Cy"]
+    # a person's other images count as theirs: the closest of them, never farther than the source itself
+    assert (labelled_rows["dlib/distance_to_same_identity"] <= labelled_rows["dlib/distance_to_source"]).all()
+    assert (labelled_rows["dlib/distance_to_same_identity"] < labelled_rows["dlib/distance_to_source"]).any()
+
+
 def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
     real = ImageSet(pd.DataFrame({"input": list("abcd"), "image": list("abcd"), "shard": ["shard-00000"] * 4,
                                   "identity": ["p", "p", "q", None]}), lfw_faces[:4])

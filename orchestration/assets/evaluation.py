@@ -94,8 +94,10 @@ def _baseline_keys(names, real_images: ImageSet, pairs: pd.DataFrame, fake_pool:
 
 
 def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
+    from evaluation.privacy import labelled_or_own
+
     named = real_images.named
-    return named["identity"].to_numpy() if "identity" in named.columns else None
+    return labelled_or_own(named["identity"] if "identity" in named.columns else None, named["input"].tolist())
 
 
 def _split_labels(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
