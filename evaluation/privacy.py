@@ -154,6 +154,11 @@ def labelled_or_own(identity: Sequence | pd.Series | None, names: Sequence[str])
     return labels.to_numpy(dtype=object)
 
 
+def people_in(identity: np.ndarray | None, images: int) -> int:
+    """How many identities a gallery of `images` holds (`labelled_or_own`'s labels; each image its own without)."""
+    return images if identity is None else len(set(np.asarray(identity, dtype=object).tolist()))
+
+
 def _query_identity(source_index: np.ndarray, n_gallery: int, gallery_identity: np.ndarray | None) -> np.ndarray:
     if source_index.ndim != 1 or not np.issubdtype(source_index.dtype, np.integer):
         raise ValueError(f"source_index must be a 1-d integer array, got {source_index.dtype} {source_index.shape}")

@@ -16,6 +16,7 @@ from anon_core.atomic import write_files_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
 from evaluation.glossary import with_direction
+from evaluation.privacy import TOP_K
 from evaluation.report_folder import ALIGNED_REPORT_TITLE
 from evaluation.report_page import ExampleGrid, PageContent, recognizer_rows, render_page
 from evaluation.suite import AnonymizedSet
@@ -255,6 +256,21 @@ def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: i
         banners.append(f"the attribute predictors {', '.join(seeded)} are seeded (their trained weights are not "
                        "installed): their attribute agreement numbers mean nothing.")
     return banners
+
+
+def gallery_banners(identities: int, ks: Sequence[int] = TOP_K) -> list[str]:
+    """The warning a reader needs where the real gallery holds too few people for the rank figures to mean anything:
+    an attacker choosing among `identities` people is right by chance 1 time in `identities`, and its top-k is 1 for
+    every k >= `identities` (an image fails on rank 1 alone, so with one person every image fails)."""
+    if identities > max(ks):
+        return []
+    people = f"{identities} {'identity' if identities == 1 else 'identities'}"
+    trivial = [f"top-{k}" for k in ks if k >= identities]
+    rates = f"{' and '.join(trivial)} {'rate is' if len(trivial) == 1 else 'rates are'} 1 by construction"
+    chance = "" if identities == 1 else f" and a top-1 hit is 1 chance in {identities}"
+    return [f"the real gallery holds {people}: its {rates}{chance}, so the re-identification ranks (and the pass "
+            "rate, which counts rank 1 as a failure) say little here; judge privacy by the verification rate and "
+            "the distance to the source, or evaluate against a larger gallery of real faces."]
 
 
 RELEASE_CHECK = "reid/dlib/verification_rate"  # the share of images dlib still matches to their own source

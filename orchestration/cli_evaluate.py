@@ -303,7 +303,8 @@ def evaluate_folders(
     from evaluation.output_store import OutputStore
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
-    from evaluation.report import example_columns, seeded_banners, write_report
+    from evaluation.privacy import people_in
+    from evaluation.report import example_columns, gallery_banners, seeded_banners, write_report
     from evaluation.runs import run_labels
     from anon_core.data.datasets import load_dataset
     from evaluation.sources import check_real_folder, file_hashes
@@ -400,13 +401,14 @@ def evaluate_folders(
         context = {
             "profile": profile,
             "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
-            **{f"run {s.method}": f"{r.folder} ({len(s.images)} images)" for s, r in zip(sets, runs)},
+            **{f"run {s.method}": f"{r.folder} ({len(s.images)} image{'' if len(s.images) == 1 else 's'})" for s, r in zip(sets, runs)},
             "recognizers": ", ".join(names),
             "feature extractor": str(falco[0].quality.get("feature_extractor")),
             "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
         }
         summary = summary_table(results)
         banners = [*_release_banners(runs, labels, summary),
+                   *gallery_banners(people_in(gallery.identity, len(gallery.images))),
                    *seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)]
         return write_report(Path(out_dir), summary, per_image, attributes, examples, titles, context,
                             settings=_differing_settings(runs, labels), banners=banners, example_caption=caption)

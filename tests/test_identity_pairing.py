@@ -236,6 +236,8 @@ def test_the_pipeline_evaluates_faces_some_of_which_have_no_label(labelled, tmp_
     # a person's other images count as theirs: the closest of them, never farther than the source itself
     assert (labelled_rows["dlib/distance_to_same_identity"] <= labelled_rows["dlib/distance_to_source"]).all()
     assert (labelled_rows["dlib/distance_to_same_identity"] < labelled_rows["dlib/distance_to_source"]).any()
+    report = (tmp_path / "store" / "anonymization_report" / "report.md").read_text()
+    assert "the real gallery holds 5 identities: its top-5 rate is 1 by construction" in report  # 3 people, 2 strangers
 
 
 def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):

@@ -93,7 +93,8 @@ def _baseline_keys(names, real_images: ImageSet, pairs: pd.DataFrame, fake_pool:
     return {name: baseline_keys(name, width, fakes if BASELINES[name].needs_fakes else sources) for name in names}
 
 
-def _gallery_identity(real_images: ImageSet) -> np.ndarray | None:
+def identities_of(real_images: ImageSet) -> np.ndarray | None:
+    """The identity of each real image the evaluation compares with (`labelled_or_own`), None without labels."""
     from evaluation.privacy import labelled_or_own
 
     named = real_images.named
@@ -225,7 +226,7 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
         suite, nets = _suite(networks, real_gallery), networks.networks()
         fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)
         results = evaluate_runs([], real_images.images, baselines=names, fakes=fakes, real_labels=_split_labels(
-            attribute_pseudo_labels), gallery_identity=_gallery_identity(real_images),
+            attribute_pseudo_labels), gallery_identity=identities_of(real_images),
             baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
             store=output_store(context, storage), real_store=output_store(context, storage, real=True),
             baseline_keys=keys, show_progress=context.log.info, **suite)
@@ -311,7 +312,7 @@ def variant_evaluation(
         run_set = AnonymizedSet(variant, images, rows, anon["image"].tolist(),
                                 None if None in keys else [key for part in keys for key in part])
         [result] = evaluate_runs([run_set], real_images.images, real_labels=_split_labels(attribute_pseudo_labels),
-                                 gallery_identity=_gallery_identity(real_images), store=output_store(context, storage),
+                                 gallery_identity=identities_of(real_images), store=output_store(context, storage),
                                  show_progress=context.log.info, **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
         scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,

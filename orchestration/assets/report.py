@@ -82,8 +82,9 @@ def anonymization_report(
     in `anonymization_report/`."""
     from anon_core.fake_pool import generate
     from evaluation.baselines import baseline_of
-    from evaluation.report import privacy_banners, seeded_banners, write_variant_report
-    from orchestration.assets.evaluation import output_store
+    from evaluation.privacy import people_in
+    from evaluation.report import gallery_banners, privacy_banners, seeded_banners, write_variant_report
+    from orchestration.assets.evaluation import identities_of, output_store
     from orchestration.tracking import flatten
 
     variants = _sweep_results(networks, evaluation_metrics, per_image_privacy, attribute_agreement, anonymized_images,
@@ -109,6 +110,7 @@ def anonymization_report(
             real_of=(lambda rows: real_images.images[rows]) if show_real else None,
             baseline_attributes=baseline_attributes, settings=settings,
             banners=[*privacy_banners(variants, bound),
+                     *gallery_banners(people_in(identities_of(real_images), len(real_images.named))),
                      *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
