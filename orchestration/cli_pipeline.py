@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     for variant, shards in summary.privacy_failed.items():
         print(f"PRIVACY CHECK FAILED for {variant} on {len(shards)} shard(s) ({', '.join(shards)}): dlib still "
               f"matches too many of its {'faces' if args.mode == 'photo' else 'images'} to their sources "
-              f"({Path(networks.params_path).name}'s checks.privacy_max_match_share = {networks.privacy_bound():g}); "
+              f"({networks.params_file.name}'s checks.privacy_max_match_share = {networks.privacy_bound():g}); "
               "do not release these images", file=sys.stderr)
     if summary.ran or summary.skipped:  # a command refused before any run has nothing to browse
         print(_browse_hints(str(dagster_home())))

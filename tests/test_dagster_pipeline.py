@@ -681,6 +681,12 @@ def test_a_failed_privacy_check_is_reported_and_checked_again_when_its_bound_cha
         monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
         assert main([*cmd, "--require-privacy"]) == 1
         capsys.readouterr()
+        # without --params (the project's params.yaml, here this one) the failure line ended in a TypeError traceback
+        # and exit 1, on every default run whose check failed (the README's margin sweep)
+        monkeypatch.setattr("anon_core.params.DEFAULT_PARAMS_PATH", root / "params.yaml")
+        assert main([c for c in cmd if c not in ("--params", str(root / "params.yaml"))]) == 0
+        said = capsys.readouterr()
+        assert "0 run(s) done" in said.out and "params.yaml's checks.privacy_max_match_share = 0.05" in said.err
         # `falco runs compare` judges each variant by the report's bound, as the report does
         assert main(["runs", "compare", "--format", "csv"]) == 0
         compared = capsys.readouterr()
