@@ -400,11 +400,14 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
                 raise ParamsError(f"{source}: {prefix}{name} must be a mapping")
             values[name] = _build(nested, value, source, prefix=f"{name}.")
         else:
-            values[name] = _coerce(value, f.type, f"{source}: {prefix}{name}")
+            values[name] = coerce_value(value, f.type, f"{source}: {prefix}{name}")
     return cls(**values)
 
 
-def _coerce(value: Any, type_name: Any, where: str) -> Any:
+def coerce_value(value: Any, type_name: Any, where: str) -> Any:
+    """A params file's value as `type_name` ("int", "float", "bool", "str", "int | str", "tuple[float, ...]"): a
+    number written as text ("3e-3", which YAML 1.1 reads as a string) is read as its number; a bool is never a number
+    and only a bool is one; ParamsError naming `where` otherwise."""
     type_name = str(type_name)
     if value is None:  # `key:` or `key: null`; str(None) would pass as the word "None"
         raise ParamsError(f"{where} is empty (null); give it a value (the repository's params.yaml has the default)")
@@ -412,7 +415,7 @@ def _coerce(value: Any, type_name: Any, where: str) -> Any:
         raise ParamsError(f"{where} = {value!r} is not a number (YAML reads true/false/yes/no/on/off as such)")
     try:
         if type_name == "int | str":  # batch_size: a number or "auto"
-            return AUTO if value == AUTO else _coerce(value, "int", where)
+            return AUTO if value == AUTO else coerce_value(value, "int", where)
         if type_name == "bool":
             if not isinstance(value, bool):
                 raise ValueError

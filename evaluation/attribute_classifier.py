@@ -24,6 +24,7 @@ from anon_core.artifacts import Weights
 from anon_core.celeba import CELEBA_ATTRIBUTES
 from anon_core.data.image_files import take
 from anon_core.errors import ParamsError
+from anon_core.params import coerce_value
 from evaluation.attributes import (
     ClassifierConfig,
     accuracy,
@@ -40,6 +41,10 @@ CELEBA_LABELS, PSEUDO_LABELS = "celeba labels", "pseudo-labels"  # what the clas
 SPLIT_TENTHS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # for rows the dataset leaves out
 
 
+_FIELD_TYPES = {"width": "int", "image_size": "int", "batch_size": "int", "epochs": "int", "lr": "float",
+                "weight_decay": "float", "hflip": "bool", "seed": "int"}  # besides layers and max_steps
+
+
 def classifier_config(values: dict[str, Any], source: str = "params.yaml") -> ClassifierConfig:
     """ClassifierConfig from the `attribute_classifier:` section (every field given), checked."""
     known = [f.name for f in fields(ClassifierConfig)]
@@ -49,7 +54,15 @@ def classifier_config(values: dict[str, Any], source: str = "params.yaml") -> Cl
             part for part in (f"unknown key(s) {', '.join(unknown)}" if unknown else "",
                               f"missing key(s) {', '.join(missing)}" if missing else "") if part)
                           + f" (keys: {', '.join(known)})")
-    config = ClassifierConfig(**{**values, "layers": tuple(int(n) for n in values["layers"])})
+    where = f"{source}: attribute_classifier."
+    layers = values["layers"]
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ParamsError(f"{where}layers = {layers!r} must be a list of block counts, e.g. [3, 4, 6, 3]")
+    config = ClassifierConfig(**{
+        **{k: coerce_value(values[k], _FIELD_TYPES[k], where + k) for k in known if k not in ("layers", "max_steps")},
+        "layers": tuple(coerce_value(n, "int", f"{where}layers") for n in layers),
+        "max_steps": None if values["max_steps"] is None else coerce_value(values["max_steps"], "int",
+                                                                            f"{where}max_steps")})
     problems = [f"{k} = {getattr(config, k)} must be >= 1" for k in ("epochs", "batch_size", "image_size")
                 if getattr(config, k) < 1]
     if config.lr <= 0:

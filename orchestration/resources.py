@@ -116,6 +116,13 @@ class NetworksResource(dg.ConfigurableResource):
             raise ParamsError(f"{self.params_file}: {section}.{key} is missing; add it (see the project's params.yaml)")
         return values[key]
 
+    def flag(self, section: str, key: str) -> bool:
+        """One required true/false key of a section; ParamsError naming the file for anything else (a misspelt
+        `flase` is not true)."""
+        from anon_core.params import coerce_value
+
+        return coerce_value(self.setting(section, key), "bool", f"{self.params_file}: {section}.{key}")
+
     def privacy_bound(self) -> float:
         """checks.privacy_max_match_share, checked (anon_core.params.privacy_bound)."""
         from anon_core.params import privacy_bound

@@ -1,6 +1,6 @@
 """The sections of the params file that the commands read besides the method's, checked as every profile reads them
 before any work (`anon_core.params.check_every_profile`): `falco anonymize` in either mode and `falco pipeline`
-refuse a bad `photo:`, `pipeline:`, `data:` or `attribute_classifier:` value in one line, whichever of them the
+refuse a bad `photo:`, `pipeline:`, `data:`, `evaluation:` or `attribute_classifier:` value in one line, whichever of them the
 command itself reads."""
 
 from __future__ import annotations
@@ -17,7 +17,22 @@ def section_readers() -> dict[str, Callable[[dict[str, Any], str], Any]]:
     from evaluation.attribute_classifier import classifier_config
 
     return {"data": data_settings, "photo": photo_settings, "pipeline": pipeline_settings,
-            "attribute_classifier": classifier_config}
+            "attribute_classifier": classifier_config, "evaluation": evaluation_section}
+
+
+def evaluation_section(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The `evaluation:` section checked: `baselines` a list of known baselines, `show_real_faces` true or false (a
+    misspelt `flase`, being text, would show the real faces)."""
+    from anon_core.errors import ParamsError
+    from anon_core.params import coerce_value
+    from evaluation.baselines import BASELINES
+
+    names = values.get("baselines")
+    if not isinstance(names, list) or any(n not in BASELINES for n in names):
+        raise ParamsError(f"{source}: evaluation.baselines = {names!r} must be a list of {', '.join(BASELINES)} "
+                          "(or [])")
+    return {"baselines": names,
+            "show_real_faces": coerce_value(values.get("show_real_faces"), "bool", f"{source}: evaluation.show_real_faces")}
 
 
 def check_sections(params_path: Path | str | None, profile: str) -> None:

@@ -244,8 +244,17 @@ def test_classifier_settings_come_from_params_yaml_and_bad_ones_name_the_file(tm
 
     data = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     good = dict(data["attribute_classifier"])
+    # YAML 1.1 reads `lr: 3e-3` as text: read as its number, as the method's settings are (it was a TypeError
+    # traceback from `<=`); a misspelt `hflip: nope` was taken as true
+    data["attribute_classifier"] = {**good, "lr": "3e-3", "epochs": "2"}
+    (tmp_path / "text.yaml").write_text(yaml.safe_dump(data))
+    text = config(NetworksResource(profile="ffhq1024", params_path=str(tmp_path / "text.yaml")))
+    assert (text.lr, text.epochs) == (0.003, 2)
     for bad, match in (({**good, "epoch": 3}, "unknown key.*epoch"), ({**good, "batch_size": 0}, "batch_size = 0"),
-                       ({k: v for k, v in good.items() if k != "seed"}, "missing key.*seed")):
+                       ({k: v for k, v in good.items() if k != "seed"}, "missing key.*seed"),
+                       ({**good, "hflip": "nope"}, r"attribute_classifier.hflip = 'nope' is not a valid bool"),
+                       ({**good, "lr": "fast"}, r"attribute_classifier.lr = 'fast' is not a valid float"),
+                       ({**good, "layers": 3}, r"attribute_classifier.layers = 3 must be a list")):
         data["attribute_classifier"] = bad
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(data))

@@ -169,6 +169,10 @@ def test_a_misspelt_section_or_setting_is_refused_not_ignored(tmp_path, edit, me
      r"\(profile ffhq1024\): pipeline.executor = 'threads' must be one of multiprocess, in_process, celery"),
     (lambda d: d["attribute_classifier"].update(epochs=0), r"\(profile ffhq1024\): attribute_classifier: epochs = 0"),
     (lambda d: d["photo"].update(cover="black"), r"\(profile tiny\): photo.cover = 'black' must be one of"),
+    # text, which `bool` read as true: the report and the grids showed the real faces
+    (lambda d: d["evaluation"].update(show_real_faces="flase"),
+     r"\(profile tiny\): evaluation.show_real_faces = 'flase' is not a valid bool"),
+    (lambda d: d["evaluation"].update(baselines=["blurr"]), r"\(profile tiny\): evaluation.baselines = \['blurr'\]"),
     (lambda d: d["photo"].update(profiles={"ffhq1024": {"turns": "sometimes"}}),
      r"\(profile ffhq1024\): photo.turns = 'sometimes' must be one of"),
 ])

@@ -179,7 +179,7 @@ def anonymized_images(
         shown = slice(0, min(8, len(rows)))
         columns = [generate(nets.generator, fake_pool["w"][frame["fake_index"].to_numpy()[shown]], device=nets.device),
                    images[shown]]
-        real_faces = bool(networks.setting("evaluation", "show_real_faces"))
+        real_faces = networks.flag("evaluation", "show_real_faces")
         if real_faces:
             columns.insert(0, real_images.images[rows[shown]])
         run.log_image(grid_png(columns[-2:]), "fake_anonymized_grid.png")

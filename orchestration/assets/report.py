@@ -93,7 +93,7 @@ def anonymization_report(
     with mlflow.asset_run(context, networks, {"sweep": list(variants),
                                               "checks": {"privacy_max_match_share": bound}}) as run:
         claim(context, storage.root)  # its files are rewritten from here on
-        nets, show_real = networks.networks(), bool(networks.setting("evaluation", "show_real_faces"))
+        nets, show_real = networks.networks(), networks.flag("evaluation", "show_real_faces")
         fake_index = pairs.set_index("row")["fake_index"]
         settings = pd.DataFrame({v: flatten(networks.params(v).to_dict()) for v in variants}).T
         settings = settings.loc[:, settings.nunique() > 1]  # what tells the variants apart

@@ -134,14 +134,9 @@ def evaluation_settings(networks: NetworksResource, storage: StorageResource) ->
 
 
 def baseline_settings(networks: NetworksResource, storage: StorageResource) -> dict[str, Any]:
-    from anon_core.errors import ParamsError
-    from evaluation.baselines import BASELINES
+    from orchestration.section_checks import evaluation_section
 
-    names = networks.setting("evaluation", "baselines")
-    unknown = [n for n in (names if isinstance(names, list) else [names]) if n not in BASELINES]
-    if unknown or not isinstance(names, list):
-        raise ParamsError(f"{networks.params_file}: evaluation.baselines = {names!r} must be a list of "
-                          f"{', '.join(BASELINES)} (or [])")
+    names = evaluation_section(networks.section("evaluation"), str(networks.params_file))["baselines"]
     return {"baselines": names, **evaluation_settings(networks, storage)}
 
 
@@ -149,7 +144,7 @@ def report_settings(networks: NetworksResource, storage: StorageResource) -> dic
     # Each variant's definition too: the report labels the variants with it.
     sweep = networks.sweep()
     return {"sweep": sweep, "definitions": {v: variant_settings(networks, v) for v in sweep},
-            "show_real_faces": bool(networks.setting("evaluation", "show_real_faces")),
+            "show_real_faces": networks.flag("evaluation", "show_real_faces"),
             "privacy_max_match_share": networks.privacy_bound()}  # which variants it marks as failing the check
 
 
