@@ -145,6 +145,18 @@ def check_input_folder(input_dir: Path, need_image: bool = True) -> None:
                      "file; give a folder of face images")
 
 
+def check_labels_possible(pairing: str, input_dir: Path, dataset: str, labels_csv: Path | str | None) -> None:
+    """FalcoError, before any work, for identity pairing over a folder no label can come from: no labels CSV and
+    a plain folder layout (an LFW folder's person folders and a CelebA-HQ identity file give labels; whether they, or
+    a CSV, label any image is known once the files are listed, `assignment.check_identities`)."""
+    from anon_core.assignment import check_identities
+    from anon_core.data.datasets import detect_kind
+
+    if pairing == "identity" and labels_csv is None and Path(input_dir).is_dir():
+        if (detect_kind(Path(input_dir)) if dataset == "auto" else dataset) == "folder":
+            check_identities(pairing, None, None)
+
+
 def io_workers(device: torch.device | str) -> int:
     """Threads that decode and align images ahead of the networks, or encode and write their outputs behind them:
     one on a CPU, whose cores run the networks; up to 8 with a GPU, so that reading and writing keep up with it."""

@@ -124,9 +124,13 @@ def run_pipeline(
         summary.errors["prepare"] = _unprepared(f"has not run on this storage ({storage.root} does not exist)", mode)
         return summary
     if "prepare" in stages:
-        from anon_core.ingest import check_input_folder
+        from anon_core.ingest import check_input_folder, check_labels_possible
 
         check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
+        if mode == "aligned":  # (photo mode pairs each face with its nearest fake, and says so)
+            data = networks.data()
+            check_labels_possible(networks.params().pairing, Path(storage.input_dir), data["dataset"],
+                                  data["labels_csv"])
     if networks.pipeline()["executor"] == "celery":
         from orchestration.celery_queue import queues_without_worker
 

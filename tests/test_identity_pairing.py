@@ -123,6 +123,18 @@ def test_identity_pairing_without_any_label_is_refused_before_any_work(labelled,
     assert main([args[0], args[1], str(tmp_path / "labelled"), *args[2:], "--labels",
                  str(labelled / "labels.csv")]) == 0
     assert "error" not in capsys.readouterr().err
+    # `falco pipeline` made the fake pool and its features first, then failed in real_images with Dagster's errors
+    home = tmp_path / "home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(home))
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert main(["pipeline", "--input", str(labelled / "in"), "--storage", str(tmp_path / "store"), "--pairing",
+                     "identity", "--profile", "tiny"]) == 2
+    said = capsys.readouterr()
+    assert said.err.startswith("falco: error: pairing 'identity' needs the images' identity labels, but none has one: "
+                               "no labels CSV was given") and said.err.count("\n") == 1
+    assert not (tmp_path / "store").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_a_name_in_either_unicode_form_is_one_person(labelled, tmp_path):
