@@ -121,7 +121,13 @@ def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
                                    ("alignment", run.alignment, first.alignment),
                                    ("dataset", run.record.get("dataset"), first.record.get("dataset"))):
             if mine != theirs:
-                raise FalcoError(f"{run.folder} was made with {what} {mine!r} but {first.folder} with {theirs!r}; "
+                def made(value, named: bool) -> str:  # a run made with --no-align records no alignment
+                    if what == "alignment" and value is None:
+                        return "no alignment (--no-align)"
+                    return f"{what} {value!r}" if named else repr(value)
+
+                raise FalcoError(f"{run.folder} was made with {made(mine, True)} but {first.folder} with "
+                                 f"{made(theirs, mine is None)}; "
                                  "their faces are not the same real images: evaluate them in separate reports")
     if profile is not None and profile != first.profile:
         raise FalcoError(f"--profile {profile} does not match profile {first.profile!r} of {first.folder} "

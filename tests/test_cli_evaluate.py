@@ -153,6 +153,13 @@ def test_folders_that_are_not_runs_give_one_clear_error(runs, capsys):
     record["resolution"] = 1024
     (other / "params.json").write_text(json.dumps(record))
     assert "resolution" in error(runs["0.0"], other)
+    unaligned = tmp / "unaligned"
+    shutil.copytree(runs["0.0"], unaligned)
+    aligned = json.loads((unaligned / "params.json").read_text())["alignment"]
+    (unaligned / "params.json").write_text(json.dumps({**json.loads((unaligned / "params.json").read_text()),
+                                                       "alignment": None}))  # as --no-align records it
+    assert f"{unaligned} was made with no alignment (--no-align) but {runs['0.0']} with alignment {aligned!r}" in \
+        error(runs["0.0"], unaligned)  # before: "alignment None"
     record["resolution"] = 64  # the other layout of the same files: before, every run was read as the first one was
     record["dataset"] = "lfw"  # (an identity-paired LFW run measured without its identities behind a folder run)
     (other / "params.json").write_text(json.dumps(record))
