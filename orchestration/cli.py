@@ -143,7 +143,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     seconds = checked["at"] - start
     print(f"{summary.describe()} in {seconds:.1f} s ({summary.ok / seconds:.2f} images/s, networks' start included)")
     if not summary.ok:
-        print(f"results: {summary.output_dir}  (manifest.csv, params.json)")
+        print(f"results: {summary.output_dir}  (manifest.csv, latents.npy and losses.csv, both empty, params.json)")
         print(f"falco: error: nothing was anonymized: every file of {args.input_dir} was rejected (reasons in "
               f"{summary.output_dir / 'manifest.csv'})", file=sys.stderr)
         return 1

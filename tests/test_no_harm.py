@@ -238,7 +238,12 @@ def test_a_folder_without_a_usable_image_stops_with_one_clear_line(tmp_path, cap
     assert re.search(r"^pipeline FAILED in [\d.]+ s: 0 run\(s\) done, 1 failed, 0 up to date;", printed.out, re.M)
     assert "falco: error: prepare: real_images: no usable image in" in printed.err
     assert main(["anonymize", str(tmp_path / "faces"), str(tmp_path / "out"), *FAST]) == 1
-    assert "nothing was anonymized" in capfd.readouterr().err
+    said = capfd.readouterr()
+    assert "nothing was anonymized" in said.err
+    # the summary names every file the run wrote (before: only manifest.csv and params.json)
+    written = re.search(r"^results: .*\((.*)\)$", said.out, re.M).group(1)
+    for name in sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")):
+        assert name in written, (name, written)
 
 
 def test_a_folder_of_non_images_is_refused_before_any_dagster_run(tmp_path):
