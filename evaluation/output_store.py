@@ -113,16 +113,24 @@ class OutputStore:
         ids = [str(i) for i in range(len(images))] if ids is None else [str(i) for i in ids]
         arrays, found = self._stored(folder, keys) if self.reuse else ({}, np.zeros(len(keys), bool))
         missing = np.flatnonzero(~found)
-        if len(missing):
-            subset = images if len(missing) == len(images) else take(images, missing)
-            fresh = read_set(subset, ids=[ids[i] for i in missing], show_progress=show_progress, desc=desc,
+        # rows of one key (the swap baseline's images of one shared fake) are read once: each gets the outputs the
+        # store keeps for the key, so a later evaluation that takes them from the store gives the same numbers
+        first: dict[str, int] = {}
+        source = np.array([first.setdefault(keys[i], n) if keys[i] is not None else n
+                           for n, i in enumerate(missing)], dtype=np.int64)  # missing row -> the one read for it
+        unique = np.unique(source)  # positions in `missing`, in order
+        read = missing[unique]
+        if len(read):
+            subset = images if len(read) == len(images) else take(images, read)
+            fresh = read_set(subset, ids=[ids[i] for i in read], show_progress=show_progress, desc=desc,
                              **networks).to_arrays()
+            spread = np.searchsorted(unique, source)  # each missing row -> its row of `fresh`
             for name, values in fresh.items():
-                _put(arrays, name, missing, values, len(images))
-            self._keep(folder, [keys[i] for i in missing], fresh)
+                _put(arrays, name, missing, _rows(values, spread), len(images))
+            self._keep(folder, [keys[i] for i in read], fresh)
         elif not len(images):
             raise ValueError("no images to evaluate")
-        return SetOutputs.from_arrays(arrays, ids), len(missing)
+        return SetOutputs.from_arrays(arrays, ids), len(read)
 
     def _stored(self, folder: Path, keys: Sequence[str | None]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The stored outputs of the rows whose key a part holds (newer parts first), and which rows those are."""
