@@ -146,15 +146,18 @@ def check_input_folder(input_dir: Path, need_image: bool = True) -> None:
 
 
 def check_labels_possible(pairing: str, input_dir: Path, dataset: str, labels_csv: Path | str | None) -> None:
-    """FalcoError, before any work, for identity pairing over a folder no label can come from: no labels CSV and
-    a plain folder layout (an LFW folder's person folders and a CelebA-HQ identity file give labels; whether they, or
-    a CSV, label any image is known once the files are listed, `assignment.check_identities`)."""
+    """FalcoError, before any work and from file names alone (`datasets.check_layout`), for a folder that is not
+    the layout `dataset` names, an unreadable labels CSV, and identity pairing over a folder no label can come from:
+    a plain folder layout (an LFW folder's person folders and a CelebA-HQ identity file give labels) with no labels
+    CSV, or one that gives none of its files an identity."""
     from anon_core.assignment import check_identities
-    from anon_core.data.datasets import detect_kind
+    from anon_core.data.datasets import check_layout
 
-    if pairing == "identity" and labels_csv is None and Path(input_dir).is_dir():
-        if (detect_kind(Path(input_dir)) if dataset == "auto" else dataset) == "folder":
-            check_identities(pairing, None, None)
+    if not Path(input_dir).is_dir():
+        return  # check_input_folder's to say
+    kind, labelled = check_layout(dataset, Path(input_dir), None if labels_csv is None else Path(labels_csv))
+    if pairing == "identity" and kind == "folder" and not labelled:
+        check_identities(pairing, None if labels_csv is None else [None], labels_csv)
 
 
 def io_workers(device: torch.device | str) -> int:

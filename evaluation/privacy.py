@@ -141,7 +141,8 @@ def detect_faces(
 # --------------------------------------------------------------------------------------------- ranking
 def labelled_or_own(identity: Sequence | pd.Series | None, names: Sequence[str]) -> np.ndarray | None:
     """Each gallery image's identity: its label, or for an image without one (a file outside the labels CSV or
-    LFW's person folders) its own name, so it is its own identity; None where no image has a label."""
+    LFW's person folders) its own name, so it is its own identity; None where no image has a label. A name that is
+    also someone's label (an image labelled `b/x.png`) is marked ` (unlabelled)`, so the two stay apart."""
     if identity is None:
         return None
     labels = pd.Series(list(identity), dtype=object)
@@ -150,13 +151,25 @@ def labelled_or_own(identity: Sequence | pd.Series | None, names: Sequence[str])
     missing = labels.isna().to_numpy()
     if missing.all():
         return None
-    labels[missing] = np.asarray(names, dtype=object)[missing]
+    taken = {str(label) for label in labels[~missing]}
+    own = []
+    for name in np.asarray(names, dtype=object)[missing]:
+        while str(name) in taken:
+            name = f"{name} (unlabelled)"
+        own.append(name)
+    labels[missing] = own
     return labels.to_numpy(dtype=object)
 
 
-def people_in(identity: np.ndarray | None, images: int) -> int:
-    """How many identities a gallery of `images` holds (`labelled_or_own`'s labels; each image its own without)."""
-    return images if identity is None else len(set(np.asarray(identity, dtype=object).tolist()))
+def rivals(identity: np.ndarray | None, images: int) -> np.ndarray:
+    """For each of a gallery's `images`, how many of the gallery's images are of other people (`labelled_or_own`'s
+    labels; each image its own without): an image made from it ranks at worst one more than that, so with fewer than
+    k rivals its top-k hit is certain whatever it looks like. int [images]."""
+    if identity is None:
+        return np.full(images, images - 1, dtype=np.int64)
+    _, person, sizes = np.unique(np.asarray(identity, dtype=object).astype(str), return_inverse=True,
+                                 return_counts=True)
+    return (images - sizes[person]).astype(np.int64)
 
 
 def _query_identity(source_index: np.ndarray, n_gallery: int, gallery_identity: np.ndarray | None) -> np.ndarray:

@@ -258,19 +258,26 @@ def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: i
     return banners
 
 
-def gallery_banners(identities: int, ks: Sequence[int] = TOP_K) -> list[str]:
-    """The warning a reader needs where the real gallery holds too few people for the rank figures to mean anything:
-    an attacker choosing among `identities` people is right by chance 1 time in `identities`, and its top-k is 1 for
-    every k >= `identities` (an image fails on rank 1 alone, so with one person every image fails)."""
-    if identities > max(ks):
+def gallery_banners(rivals: np.ndarray, ks: Sequence[int] = TOP_K) -> list[str]:
+    """The warning a reader needs where real faces are ranked against too few images of other people for the rank
+    figures to mean anything (`privacy.rivals`: per real image, the gallery's images of others): with fewer than k
+    of them, an image made from that face is in the top k whatever it looks like, and with none it ranks first (an
+    image fails on rank 1 alone, so a one-person gallery fails every image)."""
+    k = max(ks)
+    rivals = np.asarray(rivals)
+    certain = rivals < k
+    if not certain.any():
         return []
-    people = f"{identities} {'identity' if identities == 1 else 'identities'}"
-    trivial = [f"top-{k}" for k in ks if k >= identities]
-    rates = f"{' and '.join(trivial)} {'rate is' if len(trivial) == 1 else 'rates are'} 1 by construction"
-    chance = "" if identities == 1 else f" and a top-1 hit is 1 chance in {identities}"
-    return [f"the real gallery holds {people}: its {rates}{chance}, so the re-identification ranks (and the pass "
-            "rate, which counts rank 1 as a failure) say little here; judge privacy by the verification rate and "
-            "the distance to the source, or evaluate against a larger gallery of real faces."]
+    if (rivals == 0).all():
+        how = ("the real gallery holds one person: every image ranks first whatever it looks like (its top-1 and "
+               f"top-{k} rates are 1, and the pass rate 0)")
+    else:
+        share = "all" if certain.all() else f"{int(certain.sum())} of the {len(rivals)}"
+        how = (f"{share} real faces are ranked against fewer than {k} images of other people ({int(rivals.min())} at "
+               f"fewest): their top-{k} hit is certain whatever their anonymized image looks like")
+    return [f"{how}, so the re-identification ranks (and the pass rate, which counts rank 1 as a failure) overstate "
+            "the risk here; judge privacy by the verification rate and the distance to the source, or evaluate "
+            "against a larger gallery of real faces."]
 
 
 RELEASE_CHECK = "reid/dlib/verification_rate"  # the share of images dlib still matches to their own source

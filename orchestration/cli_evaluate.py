@@ -309,7 +309,7 @@ def evaluate_folders(
     from evaluation.output_store import OutputStore
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
-    from evaluation.privacy import people_in
+    from evaluation.privacy import rivals
     from evaluation.report import example_columns, gallery_banners, seeded_banners, write_report
     from evaluation.runs import run_labels
     from anon_core.data.datasets import load_dataset
@@ -414,7 +414,7 @@ def evaluate_folders(
         }
         summary = summary_table(results)
         banners = [*_release_banners(runs, labels, summary),
-                   *gallery_banners(people_in(gallery.identity, len(gallery.images))),
+                   *gallery_banners(rivals(gallery.identity, len(gallery.images))),
                    *seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)]
         return write_report(Path(out_dir), summary, per_image, attributes, examples, titles, context,
                             settings=_differing_settings(runs, labels), banners=banners, example_caption=caption)

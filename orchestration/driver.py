@@ -127,7 +127,7 @@ def run_pipeline(
         from anon_core.ingest import check_input_folder, check_labels_possible
 
         check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
-        if mode == "aligned":  # (photo mode pairs each face with its nearest fake, and says so)
+        if mode == "aligned":  # the layout and labels, from names (photo mode reads any folder, pairs by nearest)
             data = networks.data()
             check_labels_possible(networks.params().pairing, Path(storage.input_dir), data["dataset"],
                                   data["labels_csv"])

@@ -259,3 +259,19 @@ def test_combined_table_passes_only_when_every_recognizer_passes(sample_faces):
     both = combine_tables([a, c])
     assert "facenet_vggface2/rank" in both.columns and "dlib/passed" in both.columns
     assert both["passed_all"].tolist() == (a.table["passed"] & c.table["passed"]).tolist()
+
+
+def test_an_unlabelled_image_is_its_own_person_even_where_its_name_is_a_label():
+    """Unlabelled images were named by their file, in the labels' namespace: `b/x.png`, unlabelled, was one person
+    with the image labelled "b/x.png", and ranked first against that stranger's face."""
+    from evaluation.privacy import labelled_or_own, rivals
+
+    ids = labelled_or_own(pd.Series(["P", "P", "b/x.png", None, None]), ["p1.png", "p2.png", "y.png", "b/x.png", "a.png"])
+    assert ids.tolist() == ["P", "P", "b/x.png", "b/x.png (unlabelled)", "a.png"]
+    assert labelled_or_own(pd.Series([None, None]), ["a.png", "b.png"]) is None  # no label at all: no identities
+    assert rivals(ids, 5).tolist() == [3, 3, 4, 4, 4]
+    # an image ranks at worst one more than its rivals, whatever the similarities
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ranks, _ = first_match_ranks(rng.normal(size=(5, 5)), np.arange(5), ids)
+        assert (ranks <= rivals(ids, 5) + 1).all()

@@ -517,6 +517,22 @@ def _read_labels_csv(path: Path, known: set[str], warnings: list[str], image_roo
     return labels[[r in known for r in relpaths]]
 
 
+def check_layout(kind: str, root: Path, labels_csv: Path | None = None) -> tuple[str, bool | None]:
+    """Before any work, from names alone (no image is read or hashed): DatasetError for a folder that is not the
+    layout `kind` names (`--dataset lfw` on a plain folder) or an unreadable labels CSV; else (the layout, whether
+    the labels CSV gives any of the folder's files an identity: None without a CSV)."""
+    root = Path(root).expanduser().absolute()
+    kind = detect_kind(root) if kind == "auto" else kind
+    if kind not in DATASET_SPECS:
+        raise DatasetError(f"unknown dataset kind {kind!r}; use one of {', '.join(KINDS)} or auto")
+    image_root = _image_root(DATASET_SPECS[kind], root)
+    if labels_csv is None:
+        return kind, None
+    known = {f.relpath for f in scan_folder(image_root, digests=False)}
+    labels = _read_labels_csv(Path(labels_csv), known, [], image_root)
+    return kind, "identity" in labels.columns and bool(labels["identity"].notna().any())
+
+
 def load_dataset(kind: str, root: Path, labels_csv: Path | None = None) -> pd.DataFrame:
     """Read a dataset folder as one row per file (see the module docstring for layouts and columns).
 

@@ -78,11 +78,12 @@ def _is_inside(target: str, root_real: str) -> bool:
     return target == root_real or target.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[ScannedFile]:
+def scan_folder(root: Path, extensions: frozenset[str] | None = None, digests: bool = True) -> list[ScannedFile]:
     """List every regular file under ``root`` recursively, sorted by relpath (see the module rules).
 
     ``extensions`` (e.g. ``IMAGE_EXTENSIONS``), when given, keeps only names whose suffix matches
     case-insensitively; by default nothing is filtered, so non-images can be reported as rejected.
+    ``digests=False`` lists the names alone (no file is read: no sha256, no duplicate found).
     """
     root = Path(root)
     if not root.exists():
@@ -150,7 +151,7 @@ def scan_folder(root: Path, extensions: frozenset[str] | None = None) -> list[Sc
     for relpath, path, skip_reason in entries:
         digest = None
         duplicate_of = None
-        if skip_reason is None:
+        if skip_reason is None and digests:
             try:
                 digest = sha256_file(path)
             except OSError:
