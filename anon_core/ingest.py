@@ -145,7 +145,7 @@ def check_input_folder(input_dir: Path, need_image: bool = True) -> None:
                      "file; give a folder of face images")
 
 
-def check_labels_possible(pairing: str, input_dir: Path, dataset: str, labels_csv: Path | str | None) -> None:
+def check_dataset_layout(pairing: str, input_dir: Path, dataset: str, labels_csv: Path | str | None) -> None:
     """FalcoError, before any work and from file names alone (`datasets.check_layout`), for a folder that is not
     the layout `dataset` names, an unreadable labels CSV, and identity pairing over a folder no label can come from:
     a plain folder layout (an LFW folder's person folders and a CelebA-HQ identity file give labels) with no labels

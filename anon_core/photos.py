@@ -238,10 +238,11 @@ class _PhotoRun:
         self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], list[int], list[str]]:
+    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], list[int], list[str],
+                                             bool]:
         """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread), all of it in
-        the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); and what the
-        decoding left out (`image_io.flattened`)."""
+        the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); what the
+        decoding left out (`image_io.flattened`); and whether the file stores grey pixels (`image_io.stores_grey`)."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
@@ -256,7 +257,7 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        return covered, faces, crops, [face.turns for face in found], flattened(f.path)
+        return covered, faces, crops, [face.turns for face in found], flattened(f.path), stores_grey(f.path)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:
@@ -284,7 +285,7 @@ class _PhotoRun:
             reading.update(1)
             self.summary.photos += 1
             try:
-                image, faces, crops, turns, left_out = reading_future.result()
+                image, faces, crops, turns, left_out, grey = reading_future.result()
             except ImageRejected as rejected:
                 stale = {self.outputs.get(f.relpath)} & self.take_over.previous
                 if stale:  # the earlier run's image of this photo goes before any manifest lists the photo rejected
@@ -295,8 +296,7 @@ class _PhotoRun:
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops),
-                           grey=stores_grey(f.path))
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=grey)
             notes = _turned_notes(turns) + left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
             self.summary.turned += any(turns)

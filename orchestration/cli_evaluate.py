@@ -121,13 +121,11 @@ def check_comparable(runs: list[AnonymizeRun], profile: str | None) -> str:
                                    ("alignment", run.alignment, first.alignment),
                                    ("dataset", run.record.get("dataset"), first.record.get("dataset"))):
             if mine != theirs:
-                def made(value, named: bool) -> str:  # a run made with --no-align records no alignment
-                    if what == "alignment" and value is None:
-                        return "no alignment (--no-align)"
-                    return f"{what} {value!r}" if named else repr(value)
-
-                raise FalcoError(f"{run.folder} was made with {made(mine, True)} but {first.folder} with "
-                                 f"{made(theirs, mine is None)}; "
+                unaligned = "no alignment (--no-align)"  # what a run made with --no-align records: None
+                said = unaligned if what == "alignment" and mine is None else f"{what} {mine!r}"
+                other = unaligned if what == "alignment" and theirs is None else \
+                    f"{what} {theirs!r}" if said == unaligned else repr(theirs)
+                raise FalcoError(f"{run.folder} was made with {said} but {first.folder} with {other}; "
                                  "their faces are not the same real images: evaluate them in separate reports")
     if profile is not None and profile != first.profile:
         raise FalcoError(f"--profile {profile} does not match profile {first.profile!r} of {first.folder} "

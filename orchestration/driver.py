@@ -124,12 +124,12 @@ def run_pipeline(
         summary.errors["prepare"] = _unprepared(f"has not run on this storage ({storage.root} does not exist)", mode)
         return summary
     if "prepare" in stages:
-        from anon_core.ingest import check_input_folder, check_labels_possible
+        from anon_core.ingest import check_dataset_layout, check_input_folder
 
         check_input_folder(Path(storage.input_dir))  # a folder without images fails here, not inside a run
         if mode == "aligned":  # the layout and labels, from names (photo mode reads any folder, pairs by nearest)
             data = networks.data()
-            check_labels_possible(networks.params().pairing, Path(storage.input_dir), data["dataset"],
+            check_dataset_layout(networks.params().pairing, Path(storage.input_dir), data["dataset"],
                                   data["labels_csv"])
     if networks.pipeline()["executor"] == "celery":
         from orchestration.celery_queue import queues_without_worker
