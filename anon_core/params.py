@@ -35,7 +35,7 @@ class OptimizationParams:
     lambda_consistency: float  # weight of 1 - <f(x_anon), f(G(w_fake))>: one pseudonym per fake (0: the paper)
     layer_start: int  # first trainable W+ layer
     layer_stop: int  # one past the last trainable W+ layer
-    milestones: tuple[float, ...]  # fractions of `steps` where the learning rate is multiplied by gamma
+    milestones: tuple[float, ...]  # fractions of `steps` where the learning rate is multiplied by gamma (sorted)
     gamma: float
 
     def milestone_steps(self) -> list[int]:
@@ -433,7 +433,9 @@ def coerce_value(value: Any, type_name: Any, where: str) -> Any:
         if type_name.startswith("tuple"):
             if isinstance(value, (bool, str)) or any(isinstance(v, (bool, str)) for v in value):
                 raise ValueError
-            return tuple(float(v) for v in value)
+            # milestones: MultiStepLR's schedule is the same in any order; sorted, one order is one setting (its
+            # stored outputs are reused, the report shows one variant)
+            return tuple(sorted(float(v) for v in value))
     except (TypeError, ValueError, OverflowError):
         raise ParamsError(f"{where} = {value!r} is not a valid {type_name}") from None
     return value

@@ -208,3 +208,12 @@ def test_the_executor_of_the_environment_is_named_when_it_is_wrong(tmp_path, cap
     assert capsys.readouterr().err == ("falco: error: FALCO_EXECUTOR 'threads': must be one of multiprocess, "
                                        "in_process, celery\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_milestones_in_any_order_are_one_setting(tmp_path):
+    """MultiStepLR's schedule does not depend on the order of its milestones: [0.9, 0.75] is the paper's [0.75, 0.9],
+    the same params (so the same stored outputs and one variant in a report), not a different run."""
+    given = load_params("tiny", **{"optimization.milestones": [0.9, 0.75]})
+    paper = load_params("tiny", **{"optimization.milestones": [0.75, 0.9]})
+    assert given == paper and given.to_dict() == paper.to_dict()
+    assert given.optimization.milestone_steps() == [38, 45]  # of 50 steps
