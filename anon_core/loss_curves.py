@@ -41,3 +41,16 @@ def write_losses_csv(path: Path, table: pd.DataFrame) -> Path:
     """Write a `mean_losses` table as CSV, atomically."""
     write_bytes_atomic(Path(path), losses_csv(table))
     return Path(path)
+
+
+def divergence_note(table: pd.DataFrame, lr: float) -> str | None:
+    """The warning a run needs when its mean total loss ended above where it started (a `mean_losses` table): the
+    optimization moved the codes away from what it minimizes, the mark of a learning rate far too large. Its images
+    are then noise that no recognizer matches, and its privacy figures flatter it. None for a run that converged,
+    ran one step or holds no image."""
+    total = table["total"].to_numpy(np.float64)
+    if len(total) < 2 or not np.isfinite(total[[0, -1]]).all() or total[-1] <= total[0]:
+        return None
+    return (f"the mean loss rose from {total[0]:.4g} at step 0 to {total[-1]:.4g} at step {len(total) - 1}: the "
+            f"optimization diverged (optimization.lr = {lr:g} is likely too large; the paper's is 0.01), so its "
+            "images are not what the method makes and no recognizer matching them says they are private")

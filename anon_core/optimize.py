@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from anon_core.acceleration import autocast
+from anon_core.errors import FalcoError
 from anon_core.params import OptimizationParams
 from anon_core.progress import progress_bar
 
@@ -116,6 +117,19 @@ def compiled_step_losses(backend: str = "inductor") -> Callable[..., tuple[torch
     return torch.compile(step_losses, backend=backend, dynamic=False)
 
 
+def check_finite(ws: torch.Tensor, similarity: torch.Tensor, params: OptimizationParams) -> None:
+    """FalcoError when the optimization left any image's codes, or its image (seen through its identity similarity),
+    not finite: a learning rate or loss weight so large that float32 overflowed. Its images would be NaN."""
+    broken = ~(torch.isfinite(ws).flatten(1).all(dim=1) & torch.isfinite(similarity))
+    if broken.any():
+        raise FalcoError(
+            f"the optimization diverged: after {params.steps} step(s) the codes or images of {int(broken.sum())} of "
+            f"{len(broken)} image(s) are not finite numbers (NaN or infinite); optimization.lr = {params.lr:g} (the "
+            f"paper's is 0.01) or a loss weight (lambda_id {params.lambda_id:g}, lambda_attr {params.lambda_attr:g}, "
+            f"lambda_consistency {params.lambda_consistency:g}) is far too large: lower it (nothing was written for "
+            "this batch)")
+
+
 def anonymize_batch(
     generator: torch.nn.Module,
     identity_net: IdentityNet,
@@ -191,6 +205,7 @@ def anonymize_batch(
         ws = compose_ws(w_real, trainable.detach(), start, stop)
         images = generator.synthesis(ws).to(master)
         similarity = (identity_net(images).to(master) * real_identity).sum(dim=1)
+    check_finite(ws, similarity, params)
     history_np = history.cpu().numpy()
     return OptimizationResult(
         ws=ws.cpu(),

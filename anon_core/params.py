@@ -445,6 +445,15 @@ def _finite(x: float) -> bool:
     return math.isfinite(x)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+# Adam takes its learning rate into float32 arithmetic: a larger one stops the first step with torch's overflow error
+LEARNING_RATE_RULE = "a finite number > 0 that float32 holds (at most 3.4e38)"
+
+
+def _learning_rate(x: float) -> bool:
+    return _finite(x) and 0 < x <= FLOAT32_MAX
+
+
 # (name, value of the params, test, requirement): every parameter with its range, checked in one place.
 _RANGES = (
     ("seed", lambda p: p.seed, lambda v: 0 <= v <= MAX_SEED,
@@ -457,7 +466,7 @@ _RANGES = (
     ("truncation_psi", lambda p: p.truncation_psi, lambda v: 0.0 < v <= 1.0,
      "in (0, 1] (at 0 every fake is the average face w_avg)"),
     ("optimization.steps", lambda p: p.optimization.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),
-    ("optimization.lr", lambda p: p.optimization.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("optimization.lr", lambda p: p.optimization.lr, _learning_rate, LEARNING_RATE_RULE),
     ("optimization.margin", lambda p: p.optimization.margin, lambda v: 0.0 <= v <= 1.0,
      "in [0, 1] (a cosine similarity to aim at: 0 unrelated, 1 the same face)"),
     ("optimization.lambda_id", lambda p: p.optimization.lambda_id, lambda v: _finite(v) and v >= 0,
@@ -477,7 +486,7 @@ _RANGES = (
     ("optimization.gamma", lambda p: p.optimization.gamma, lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     ("inversion.method", lambda p: p.inversion.method, lambda v: v in INVERSION_METHODS, f"one of {INVERSION_METHODS}"),
     ("inversion.steps", lambda p: p.inversion.steps, lambda v: 1 <= v <= MAX_STEPS, f"in [1, {MAX_STEPS}]"),
-    ("inversion.lr", lambda p: p.inversion.lr, lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    ("inversion.lr", lambda p: p.inversion.lr, _learning_rate, LEARNING_RATE_RULE),
     ("speed.amp", lambda p: p.speed.amp, lambda v: v in AMP_MODES, f"one of {AMP_MODES}"),
     ("speed.upsample_form", lambda p: p.speed.upsample_form, lambda v: v in UP_FORMS, f"one of {UP_FORMS}"),
     ("speed.resize_form", lambda p: p.speed.resize_form, lambda v: v in ("auto", *RESIZE_FORMS),

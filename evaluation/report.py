@@ -299,6 +299,15 @@ def privacy_banners(variants: dict[str, VariantResults], bound: float) -> list[s
             for banner in release_banner(name, *release_shares(result.summary.iloc[0]), bound)]
 
 
+def divergence_banners(variants: Mapping[str, VariantResults], lrs: Mapping[str, float]) -> list[str]:
+    """One warning per variant whose mean loss ended above where it started (`loss_curves.divergence_note`; `lrs`:
+    each variant's learning rate): its privacy figures come from images the method did not make."""
+    from anon_core.loss_curves import divergence_note
+
+    notes = {name: divergence_note(result.losses, lrs[name]) for name, result in variants.items()}
+    return [f"variant {name}: {note}." for name, note in notes.items() if note]
+
+
 def release_shares(metrics: Mapping[str, float]) -> tuple[float, float | None]:
     """(the share of a run's images dlib still matched, that of its worst shard or None) from its metrics; the first
     is NaN when the run did not measure it."""

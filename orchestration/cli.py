@@ -149,6 +149,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         return 1
     privacy = checked["privacy"]
     _print_privacy(privacy, "images")
+    _warn_if_diverged(summary.output_dir, params.optimization.lr)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     return _privacy_verdict(privacy, bound, summary.output_dir, "images")
@@ -177,6 +178,17 @@ def _print_privacy(privacy, what: str) -> None:
         return
     print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {measured_faces(privacy)} {what} to their source "
           f"(distance < 0.6; smallest distance {measured_distances(privacy).min():.2f}){unmeasured_note(privacy)}")
+
+
+def _warn_if_diverged(output_dir: Path, lr: float) -> None:
+    """The warning line of a run whose mean loss ended above where it started (`loss_curves.divergence_note`)."""
+    import pandas as pd
+
+    from anon_core.loss_curves import divergence_note
+
+    note = divergence_note(pd.read_csv(output_dir / "losses.csv"), lr)
+    if note:
+        print(f"falco: warning: {note}; see {output_dir / 'losses.csv'}", file=sys.stderr)
 
 
 def _privacy_verdict(privacy, bound: float, output_dir: Path, what: str) -> int:
@@ -215,6 +227,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")
     privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device, bound)
+    _warn_if_diverged(summary.output_dir, params.optimization.lr)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success

@@ -194,8 +194,13 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
                 described = _photos_described(folder)
                 if described:
                     print(f"    {described}")
-    if "evaluate" in stages and args.mode == "aligned" and not summary.blocked and not summary.failed:
+    reported = "evaluate" in stages and args.mode == "aligned" and not summary.blocked and not summary.failed
+    if reported:
         print(f"report: {storage.asset_dir('anonymization_report') / 'report.html'}")
+    if reported or ("anonymize" in stages and args.mode == "photo"):
+        for line in _divergence_warnings(storage, networks, [v for v in summary.variants if v not in summary.blocked],
+                                         args.mode):
+            print(line, file=sys.stderr)
     for label, error in summary.errors.items():
         if label in summary.failed:
             print(f"falco: error: {label}: {error}", file=sys.stderr)
@@ -228,6 +233,29 @@ def _photos_described(folder: Path) -> str | None:
     if not manifests:
         return None
     return PhotoSummary.from_manifest(folder, pd.concat(manifests, ignore_index=True)).describe()
+
+
+def _divergence_warnings(storage, networks, variants: list[str], mode: str) -> list[str]:
+    """A warning per variant (photo mode: per shard) whose mean loss ended above where it started
+    (`loss_curves.divergence_note`), from the curves the run wrote: the report's `losses/<variant>.csv`, or each
+    photo-mode shard's `losses.csv`."""
+    import pandas as pd
+
+    from anon_core.loss_curves import divergence_note
+
+    lines = []
+    for variant in variants:
+        if mode == "photo":
+            curves = sorted(storage.asset_dir("anonymized_photos", variant).glob("shard-*/losses.csv"))
+        else:
+            curves = [storage.asset_dir("anonymization_report") / "losses" / f"{variant}.csv"]
+        for path in curves:
+            note = divergence_note(pd.read_csv(path), networks.params(variant).optimization.lr) if path.is_file() \
+                else None
+            if note:
+                where = f" ({path.parent.name})" if mode == "photo" else ""
+                lines.append(f"falco: warning: variant {variant}{where}: {note}; see {path}")
+    return lines
 
 
 def _rejections(storage) -> str | None:

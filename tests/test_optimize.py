@@ -196,3 +196,30 @@ def test_the_speed_forms_give_the_stage_the_same_codes(tiny_nets, lfw_faces):
     assert tiny_nets.farl.resize_form == "interpolate"
     np.testing.assert_allclose(other.ws, default.ws, atol=5e-3, rtol=0)
     assert np.abs(other.images.astype(int) - default.images).mean() < 0.5
+
+
+def test_a_learning_rate_that_overflows_float32_is_one_error_naming_it(tiny_nets):
+    """lr 1e37 is a valid float32, but a few Adam steps of it overflow the codes to inf and the images to NaN: the
+    optimization says so, naming the setting, instead of handing NaN images on (a ValueError from the PNG writer)."""
+    from anon_core.errors import FalcoError
+
+    params, images, w_real, w_fake = _setup(tiny_nets, n=2, **{"optimization.steps": 4, "optimization.lr": 1e37})
+    with pytest.raises(FalcoError, match=r"diverged: after 4 step\(s\) the codes or images of 2 of 2 image\(s\) are "
+                                         r"not finite .* optimization.lr = 1e\+37"):
+        _run(tiny_nets, params, images, w_real, w_fake)
+
+
+def test_the_loss_curve_says_when_the_optimization_diverged(tiny_nets):
+    """A learning rate far too large leaves the mean loss above where it started (images no recognizer matches, whose
+    privacy figures flatter the run); a sane one ends well below it, and gets no warning."""
+    from anon_core.loss_curves import divergence_note, mean_losses
+    from anon_core.optimize import LOSS_NAMES
+
+    notes = {}
+    for lr in (0.05, 100.0):
+        params, images, w_real, w_fake = _setup(tiny_nets, **{"optimization.steps": 20, "optimization.lr": lr})
+        history = _run(tiny_nets, params, images, w_real, w_fake).history
+        notes[lr] = divergence_note(mean_losses([{n: history[n] for n in LOSS_NAMES}], 20), lr)
+    assert notes[0.05] is None
+    assert re.match(r"the mean loss rose from [\d.]+ at step 0 to [\d.]+ at step 19: the optimization diverged "
+                    r"\(optimization.lr = 100 is likely too large", notes[100.0]), notes[100.0]

@@ -217,3 +217,12 @@ def test_milestones_in_any_order_are_one_setting(tmp_path):
     paper = load_params("tiny", **{"optimization.milestones": [0.75, 0.9]})
     assert given == paper and given.to_dict() == paper.to_dict()
     assert given.optimization.milestone_steps() == [38, 45]  # of 50 steps
+
+
+@pytest.mark.parametrize("key", ["optimization.lr", "inversion.lr"])
+def test_a_learning_rate_float32_cannot_hold_is_refused_by_name(key):
+    """Adam computes in float32: lr 1e300 stopped the first step with torch's `value cannot be converted to type
+    float without overflow`, deep in its update; it is refused with the parameters instead."""
+    with pytest.raises(ParamsError, match=rf"{key} = 1e\+300 must be a finite number > 0 that float32 holds"):
+        load_params("tiny", **{key: 1e300})
+    assert getattr(load_params("tiny", **{key: 3e38}), key.split(".")[0]).lr == 3e38

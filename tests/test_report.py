@@ -172,3 +172,21 @@ def test_the_scatter_plots_utility_by_a_trained_attribute_predictor_over_a_seede
     assert privacy_utility_axes(columns[:2]) == ("reid/dlib/top1_rate", seeded)  # nothing better logged
     assert privacy_utility_axes(["reid/arcface/top5_rate", "quality/fd_dlib"]) == ("reid/arcface/top1_rate",
                                                                                    "quality/fd_dlib")
+
+
+def test_a_variant_whose_loss_rose_gets_a_warning_above_the_numbers():
+    """A sweep over learning rates: the variant whose optimization diverged (its mean loss ended above step 0's) is
+    named at the top of the report, with its own learning rate; the one that converged is not."""
+    from types import SimpleNamespace
+
+    from evaluation.report import divergence_banners
+
+    def curve(totals):
+        return pd.DataFrame({"step": range(len(totals)), "total": totals})
+
+    variants = {"lr0.01": SimpleNamespace(losses=curve([7.1, 6.0, 4.8])),
+                "lr100": SimpleNamespace(losses=curve([7.1, 7.9, 7.7]))}
+    banners = divergence_banners(variants, {"lr0.01": 0.01, "lr100": 100.0})
+    assert banners == ["variant lr100: the mean loss rose from 7.1 at step 0 to 7.7 at step 2: the optimization "
+                       "diverged (optimization.lr = 100 is likely too large; the paper's is 0.01), so its images are "
+                       "not what the method makes and no recognizer matching them says they are private."]

@@ -83,7 +83,8 @@ def anonymization_report(
     from anon_core.fake_pool import generate
     from evaluation.baselines import baseline_of
     from evaluation.privacy import rivals
-    from evaluation.report import gallery_banners, privacy_banners, seeded_banners, write_variant_report
+    from evaluation.report import (divergence_banners, gallery_banners, privacy_banners, seeded_banners,
+                                   write_variant_report)
     from orchestration.assets.evaluation import identities_of, output_store
     from orchestration.tracking import flatten
 
@@ -110,6 +111,7 @@ def anonymization_report(
             real_of=(lambda rows: real_images.images[rows]) if show_real else None,
             baseline_attributes=baseline_attributes, settings=settings,
             banners=[*privacy_banners(variants, bound),
+                     *divergence_banners(variants, {v: networks.params(v).optimization.lr for v in variants}),
                      *gallery_banners(rivals(identities_of(real_images), len(real_images.named))),
                      *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
