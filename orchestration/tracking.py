@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -413,19 +414,20 @@ class MlflowResource(dg.ConfigurableResource):
     @contextmanager
     def asset_run(
         self, context: dg.AssetExecutionContext, networks: NetworksResource, params: Any = None,
-        method: str | None = None, asset: dg.AssetKey | None = None,
+        method: str | None = None, asset: dg.AssetKey | None = None, shown_variants: Sequence[str] = (),
     ) -> Iterator[AssetRun]:
         """A nested run `<asset> <variant> <shard>` (or `<asset> <method>` for one of several methods an asset
         evaluates) under the Dagster run's MLflow run `<job> <variant> <shard>`, tagged with its provenance and
         with `params` (a FalcoParams or a dict) logged. It starts when the Dagster step started (its STEP_START
         event); assets open it before their work, so MLflow shows it RUNNING while they work, and it ends when the
         block exits: FINISHED, FAILED, or KILLED where Ctrl-C or SIGTERM stopped the work.
-        `asset`: which output of a multi-asset the run is about (default: the asset being materialized)."""
+        `asset`: which output of a multi-asset the run is about (default: the asset being materialized);
+        `shown_variants`: variants whose settings it logs or shows without reading them (`settings.check_observed`)."""
         from orchestration.assets.settings import check_observed
         from orchestration.partitions import check_run_partition, split_key
 
         check_run_partition(context)
-        check_observed(context, networks)  # before a run is opened for work that would be recorded as another's
+        check_observed(context, networks, shown_variants)  # before a run is opened for work recorded as another's
         client = self.client()
         experiment_id = self.ensure_experiment()
         key = asset or context.asset_key

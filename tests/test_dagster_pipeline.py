@@ -207,7 +207,14 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
     ok, error = launch("prepare", None, pool_size=50)
     assert not ok and error.startswith("fake_pool: fake_pool_settings was observed with other values than this run reads "
                                        "(pool_size): ")
-    refused = {"fake_pool", "fake_features", "pairs", "anonymized_latents", "anonymized_images"}
+    # an evaluation reads no settings of its variant but logs them (MLflow): an unobserved edit left the images FRESH,
+    # and they were logged with the edited value beside codes made without it; the report reads them (report_settings)
+    for job, partition, source in (("evaluate", "default", "variant_evaluation: variant_settings [default]"),
+                                   ("evaluate_report", None, "anonymization_report: report_settings")):
+        ok, error = launch(job, partition, **{"optimization.lambda_attr": 0.2})
+        assert not ok and error.startswith(f"{source} was observed with other values than this run reads"), error
+    refused = {"fake_pool", "fake_features", "pairs", "anonymized_latents", "anonymized_images", "evaluation_metrics",
+               "anonymization_report"}
     assert {k for k in materializations(instance) - before if k[0] in refused} == set()  # the prepare job's real
     assert launch("observe_settings") == (True, None)  # data went through: its settings were the observed ones
     before = materializations(instance)

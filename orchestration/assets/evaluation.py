@@ -303,7 +303,8 @@ def variant_evaluation(
 
     variant = context_variant(context)
     _check_anonymization_current(context, storage, networks, mlflow, sorted(anonymized_images), variant)
-    with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics")) as run:
+    with mlflow.asset_run(context, networks, networks.params(variant), asset=dg.AssetKey("evaluation_metrics"),
+                          shown_variants=[variant]) as run:
         shards = [anonymized_images[k] for k in sorted(anonymized_images)]
         anon = pd.concat([s.table for s in shards], ignore_index=True)
         images = concatenate([s.images for s in shards])  # left on disk, read batch by batch

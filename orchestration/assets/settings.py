@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -228,13 +228,17 @@ ALL_SETTINGS = [input_images, *SETTINGS.values(), observe_variant_settings]
 OBSERVED_TAG = "dagster/data_version"  # an observation's data version
 
 
-def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource) -> None:
+def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource,
+                   shown_variants: Sequence[str] = ()) -> None:
     """FalcoError, before any work, when a settings source this step reads (not `input_images`, whose files are
     hashed by its observation alone) was not observed, or observed with other values than this run reads. Dagster
     records the latest observation as the materialization's input; a variant materialized from the UI before its
     settings were observed recorded none and was never stale again, and a run config overriding params.yaml (the
-    Launchpad's `networks.config.overrides`) recorded its results as made from the observed settings. `falco
-    pipeline` and `falco stage` observe before every run; an asset invoked directly (tests) is not checked."""
+    Launchpad's `networks.config.overrides`) recorded its results as made from the observed settings. `shown_variants`:
+    those whose settings the step logs or shows though it does not read `variant_settings` (an evaluation, the
+    report): an unobserved edit of params.yaml leaves their images FRESH, and the step would log the edited values
+    beside images made from the observed ones. `falco pipeline` and `falco stage` observe before every run; an asset
+    invoked directly (tests) is not checked."""
     from dagster._core.errors import DagsterInvalidPropertyError
 
     from anon_core.errors import FalcoError
@@ -244,15 +248,18 @@ def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource
         context.run
     except DagsterInvalidPropertyError:
         return
+    sources = []  # (key, partition, the values this run reads, what to call it)
     for key in sorted(set().union(*context.assets_def.asset_deps.values()), key=lambda k: k.to_user_string()):
         name = key.to_user_string()
         if name == "variant_settings":
             variant, _ = split_key(context.partition_key, context.assets_def.partitions_def)
-            values, partition, what = variant_settings(networks, variant), variant, f"variant_settings [{variant}]"
+            shown_variants = [variant, *shown_variants]
         elif name in READERS:
-            values, partition, what = READERS[name](networks, None), None, name
-        else:
-            continue
+            sources.append((key, None, READERS[name](networks, None), name))
+    for variant in dict.fromkeys(shown_variants):
+        sources.append((dg.AssetKey("variant_settings"), variant, variant_settings(networks, variant),
+                        f"variant_settings [{variant}]"))
+    for key, partition, values, what in sources:
         record = context.instance.get_latest_data_version_record(key, is_source=True, partition_key=partition)
         observation = record.asset_observation if record is not None else None
         observed = observation.tags.get(OBSERVED_TAG) if observation is not None else None
