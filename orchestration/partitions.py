@@ -54,6 +54,9 @@ def split_key(partition_key: str | None, partitions_def: dg.PartitionsDefinition
     return None, str(partition_key)
 
 
+PARTITION_TAG = "dagster/partition"  # a run's partition key; "dagster/partition/<dimension>" its parts
+
+
 def check_run_partition(context: dg.AssetExecutionContext) -> None:
     """FalcoError, before any work, when an unpartitioned asset runs in a run for a partition (a selection of assets
     of both kinds launched for a partition): Dagster's own error ("Attempting to access partitions def for asset
@@ -65,13 +68,25 @@ def check_run_partition(context: dg.AssetExecutionContext) -> None:
 
     from anon_core.errors import FalcoError
 
-    if context.assets_def.partitions_def is not None or not context.has_partition_key:
-        return
     try:
-        job = f"the {context.run.job_name} job"
+        job, tags = f"the {context.run.job_name} job", context.run.tags
     except DagsterInvalidPropertyError:  # invoked directly (tests)
-        job = "the job"
+        job, tags = "the job", None
     names = ", ".join(sorted(k.to_user_string() for k in context.selected_asset_keys))
+    partitions_def = context.assets_def.partitions_def
+    given = {t[len(PARTITION_TAG) + 1:]: v for t, v in (tags or {}).items() if t.startswith(PARTITION_TAG + "/")}
+    if partitions_def is not None and given and PARTITION_TAG not in tags:
+        # named by per-dimension tags alone (`dagster job execute --tags`): the step sees its partition, the IO
+        # manager's context none, so its value was stored unpartitioned (`all.npz`) and the next step failed on it
+        example = "|".join(given[d] for d in sorted(given))  # Dagster's multi-partition key: values by dimension name
+        raise FalcoError(f"{names} is partitioned, and this run of {job} names its partition by the per-dimension "
+                         f"tags {', '.join(f'{PARTITION_TAG}/{d}' for d in sorted(given))} alone, which Dagster's "
+                         f"IO managers do not see (its values would be stored as unpartitioned ones): launch it with "
+                         f"the tag {PARTITION_TAG}={example} (`dagster job execute ... --tags "
+                         f"'{{\"{PARTITION_TAG}\": \"{example}\"}}'`), or from the UI's partition picker (nothing "
+                         "was written)")
+    if partitions_def is not None or not context.has_partition_key:
+        return
     raise FalcoError(f"{names} is not partitioned, and this run of {job} is for a partition: launch it without "
                      "one, apart from the partitioned assets (the jobs evaluate_references and evaluate_report hold "
                      "the evaluation's unpartitioned assets, evaluate the per-variant ones), or run `falco stage "

@@ -223,6 +223,33 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
                                                            ("anonymized_images", "shard-00000|m0.9"): 1})
 
 
+def test_a_run_named_by_per_dimension_partition_tags_alone_is_refused_before_it_stores_anything(state):
+    """`dagster job execute -j anonymize --tags '{"dagster/partition/shard": ..., "dagster/partition/variant": ...}'`
+    (the tags docs/pipeline.md says anonymize runs carry): the step saw its partition, Dagster's IO manager context
+    none, so the codes were stored as `anonymized_latents/all.npz`, recorded without a partition, and the next step
+    failed with KeyError: 'row'. Now it stops first, naming the tag that works."""
+    from orchestration.graph import build_definitions
+    from orchestration.driver import step_error
+
+    root, instance = state
+    storage = StorageResource(root=str(root / "store"), input_dir=str(root / "faces"))
+    defs = build_definitions(storage, NetworksResource(params_path=str(root / "params.yaml")),
+                             MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}"))
+    before = materializations(instance)
+    result = defs.resolve_job_def("anonymize").execute_in_process(
+        instance=instance, raise_on_error=False,
+        tags={"dagster/partition/shard": "shard-00000", "dagster/partition/variant": "default"})
+    assert not result.success
+    assert step_error(instance, result.run_id) == (
+        "anonymized_latents: anonymized_latents is partitioned, and this run of the anonymize job names its partition "
+        "by the per-dimension tags dagster/partition/shard, dagster/partition/variant alone, which Dagster's IO "
+        "managers do not see (its values would be stored as unpartitioned ones): launch it with the tag "
+        "dagster/partition=shard-00000|default (`dagster job execute ... --tags '{\"dagster/partition\": "
+        "\"shard-00000|default\"}'`), or from the UI's partition picker (nothing was written)")
+    assert materializations(instance) == before
+    assert not list((root / "store" / "anonymized_latents").glob("all*"))
+
+
 def test_the_evaluation_jobs_launch_whole_from_the_ui(state):
     """The UI launches a whole job. One `evaluate` job held the references and the report (no partition) beside the
     per-variant assets: launched for a variant, real_gallery failed with Dagster's "Attempting to access partitions
