@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATA := data/sample
 DEMO_PHOTOS := outputs/photos
-DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# The demo's own Dagster instance, whatever DAGSTER_HOME the shell exports (a cluster's, say): `make demo` records
+# into it and `make clean-demo` deletes it; `make ui` shows $DAGSTER_HOME when set, else this one.
+DEMO_HOME := $(CURDIR)/.dagster_home
+DAGSTER_HOME ?= $(DEMO_HOME)
 UI_PORT ?= 3000
 
 .PHONY: install demo ui mlflow-ui test bench gpu-carry clean-demo cluster-demo cluster-down
@@ -26,7 +29,7 @@ install: $(STAMP)
 # photo mode on three composed photos (every face replaced or covered in place, checked face by face).
 demo: install
 	$(BIN)/falco sample-data $(DEMO_DATA) --photos $(DEMO_PHOTOS)/input
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/falco pipeline --input $(DEMO_DATA)/images --profile tiny
+	DAGSTER_HOME=$(DEMO_HOME) $(BIN)/falco pipeline --input $(DEMO_DATA)/images --profile tiny
 	# the run above is dvc.yaml's three stages on its vars: record it in dvc.lock, or the first `dvc repro` re-checks
 	# every stage (DVC needs a git checkout)
 	if git rev-parse --git-dir > /dev/null 2>&1; then $(BIN)/dvc commit --force --quiet dvc.yaml; fi
@@ -75,4 +78,4 @@ gpu-carry: install
 # What `make demo` wrote: the stored assets, the Dagster instance and the default MLflow store (runs of `falco
 # pipeline` without MLFLOW_TRACKING_URI go there too). The sample data stays: it is the DVC-tracked input.
 clean-demo:
-	rm -rf outputs/pipeline $(DEMO_PHOTOS) $(DAGSTER_HOME) mlflow.db mlflow.db-wal mlflow.db-shm .mlflow.db.lock mlruns
+	rm -rf outputs/pipeline $(DEMO_PHOTOS) $(DEMO_HOME) mlflow.db mlflow.db-wal mlflow.db-shm .mlflow.db.lock mlruns

@@ -775,3 +775,19 @@ def test_a_fifo_where_falco_reads_a_file_of_its_own_is_refused_not_waited_on(tmp
     os.mkfifo(tmp_path / "report" / "report.md")
     assert main(["evaluate", str(tmp_path / "in"), str(tmp_path / "run"), "--out", str(tmp_path / "report")]) == 2
     assert "holds report.md, and not a report falco wrote" in capsys.readouterr().err
+
+
+def test_the_demo_targets_leave_an_exported_dagster_home_alone(tmp_path):
+    """README's hints export DAGSTER_HOME (a cluster's instance, a home of a storage's own); `make clean-demo` deleted
+    whatever it named (`rm -rf $(DAGSTER_HOME)`), and `make demo` recorded into it. Both now use the project's own
+    `.dagster_home`; `make ui` still shows the exported one."""
+    project = Path(__file__).resolve().parents[1]
+    theirs = tmp_path / "their-instance"
+    env = {**os.environ, "DAGSTER_HOME": str(theirs)}
+    planned = subprocess.run(["make", "-n", "clean-demo", "demo"], cwd=project, env=env, capture_output=True,
+                             text=True, check=True).stdout
+    assert str(theirs) not in planned
+    assert f"rm -rf outputs/pipeline outputs/photos {project / '.dagster_home'} " in planned
+    assert f"DAGSTER_HOME={project / '.dagster_home'} .venv/bin/falco pipeline" in planned
+    ui = subprocess.run(["make", "-n", "ui"], cwd=project, env=env, capture_output=True, text=True, check=True).stdout
+    assert f"DAGSTER_HOME={theirs} .venv/bin/dagster dev" in ui
