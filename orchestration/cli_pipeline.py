@@ -176,9 +176,12 @@ def _run(args: argparse.Namespace, stages: tuple[str, ...]) -> int:
     # a variant left unmade or unevaluated (a stale shard, say) is not "done", though no run failed
     state = "FAILED" if summary.failed else "incomplete" if summary.blocked else "done"
     failed = [label for label in summary.failed if label not in summary.ran]  # a run failed by its check alone ran
-    print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
-          f"run(s) done{f', {len(failed)} failed' if failed else ''}, {len(summary.skipped)} up to date; variants: "
-          f"{', '.join(summary.variants)}")
+    # a later stage refused because the prepare stage is not ready ran nothing: its error line says so, alone
+    refused = "prepare" not in stages and summary.failed == ["prepare"] and not summary.ran and not summary.skipped
+    if not refused:
+        print(f"{' '.join(stages) if len(stages) == 1 else 'pipeline'} {state} in {seconds:.1f} s: {len(summary.ran)} "
+              f"run(s) done{f', {len(failed)} failed' if failed else ''}, {len(summary.skipped)} up to date; "
+              f"variants: {', '.join(summary.variants)}")
     rejected = _rejections(storage) if args.mode == "aligned" else None
     if rejected:
         print(rejected)

@@ -335,10 +335,14 @@ def test_a_redefined_variant_whose_codes_come_out_the_same_is_evaluated_again_un
 
 
 @pytest.mark.parametrize("stage", ["anonymize", "evaluate"])
-def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(state, tmp_path, stage):
+def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(state, tmp_path, stage, monkeypatch,
+                                                                                capsys):
     """`falco stage anonymize` after the pool size changed read the old pool, and logged the new size to MLflow; on a
     new storage it ran nothing and said done. Both are one failure naming `falco stage prepare`, before any run; a
-    storage that does not exist is not made."""
+    storage that does not exist is not made. The command says so in its error line alone (it also said `anonymize
+    FAILED in 0.6 s: 0 run(s) done, 1 failed`, a failed run where none ran)."""
+    from orchestration.cli import main
+
     root, instance = state
     before = materializations(instance)
     summary = run(root, instance, VARIANTS, stages=(stage,), overrides={"pool_size": 50})
@@ -354,6 +358,14 @@ def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(
         assert summary.failed == ["prepare"] and "has not run on this storage" in summary.errors["prepare"]
         assert materializations(new_instance) == Counter()
         assert not (tmp_path / "new_store").exists()  # refused before its lock made the folder
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "cli_home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'cli.db'}")
+    capsys.readouterr()
+    assert main(["stage", stage, "--input", str(root / "faces"), "--storage", str(tmp_path / "cli_store"),
+                 "--params", str(root / "params.yaml"), "--profile", "tiny"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("falco: error: prepare: the prepare stage has not run on "
+                                                          "this storage (")
     summary = run(root, instance, VARIANTS, stages=(stage,))  # as prepared: nothing to refuse, nothing to do
     assert summary.failed == [] and summary.ran == []
 
