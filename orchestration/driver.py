@@ -156,6 +156,14 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
     graph = defs.resolve_asset_graph()
     mlflow.ensure_experiment()  # once, before parallel steps would race to create it
     register_partitions(instance, variants, wanted)
+    if not fresh:
+        from orchestration.restored import record_restored_values
+
+        restored = record_restored_values(instance, graph, storage.root)
+        if restored:
+            shown = ", ".join(restored[:4]) + (f" and {len(restored) - 4} more" if len(restored) > 4 else "")
+            log(f"recorded again {len(restored)} stored value(s) an earlier run of this instance made, put back since "
+                f"(`dvc checkout`, `dvc exp apply`, a copy): {shown}")
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
     pipeline = networks.pipeline()

@@ -132,10 +132,26 @@ def _read_writer(base: Path, stem: str) -> str | None:
         return None
 
 
-def _latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None):
+def writer_of(root: str | Path, asset_key: dg.AssetKey, partitions_def, partition: str | None) -> str | None:
+    """The run that wrote the stored value (None: nothing stored, or a value older than writer files)."""
+    return _read_writer(*value_location(root, asset_key, partitions_def, partition))
+
+
+def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None):
     records = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=asset_key, asset_partitions=[partition] if partition is not None else None), limit=1).records
     return records[0] if records else None
+
+
+RESTORED_TAG = "falco/restored_from_run"  # a materialization reported again for files put back (orchestration.restored)
+
+
+def recorded_run(record) -> str | None:
+    """The run that made the value a materialization record describes: its own, or the one it was reported again
+    for (a value DVC put back)."""
+    if record is None:
+        return None
+    return (record.asset_materialization.tags or {}).get(RESTORED_TAG) or record.run_id
 
 
 def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, partitions_def,
@@ -143,11 +159,10 @@ def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.Ass
     """(the run that wrote the stored value, the run of its latest recorded materialization or None) when these
     differ: the value on disk is not the one the instance records (its writer stopped before Dagster recorded it).
     None when they agree, or when nothing is stored or the value predates writer files."""
-    writer = _read_writer(*value_location(root, asset_key, partitions_def, partition))
+    writer = writer_of(root, asset_key, partitions_def, partition)
     if writer is None:
         return None
-    record = _latest_materialization(instance, asset_key, partition)
-    recorded = record.run_id if record else None
+    recorded = recorded_run(latest_materialization(instance, asset_key, partition))
     return None if writer == recorded else (writer, recorded)
 
 
@@ -180,9 +195,9 @@ def stored_state(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.A
                  partition: str | None) -> str | None:
     """"UNRECORDED" (`unrecorded`), "INCOMPLETE" (`missing_files`) or None for a stored value, reading its latest
     materialization once for both."""
-    record = _latest_materialization(instance, asset_key, partition)
-    writer = _read_writer(*value_location(root, asset_key, partitions_def, partition))
-    if writer is not None and writer != (record.run_id if record else None):
+    record = latest_materialization(instance, asset_key, partition)
+    writer = writer_of(root, asset_key, partitions_def, partition)
+    if writer is not None and writer != recorded_run(record):
         return "UNRECORDED"
     return "INCOMPLETE" if _missing(record, root, asset_key, partitions_def, partition) else None
 
@@ -193,7 +208,7 @@ def missing_files(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.
     folder went (the whole value), else the recorded files that are gone (paths relative to the value's folder).
     Empty when all is there, when the recorded materialization stored no files, when the value on disk is not the
     recorded one (`unrecorded`), or when it predates files records."""
-    return _missing(_latest_materialization(instance, asset_key, partition), root, asset_key, partitions_def,
+    return _missing(latest_materialization(instance, asset_key, partition), root, asset_key, partitions_def,
                     partition)
 
 
@@ -204,7 +219,7 @@ def _missing(record, root: str | Path, asset_key: dg.AssetKey, partitions_def, p
     writer = _read_writer(base, stem)
     if writer is None:
         return [_writer_file(base, stem).name]
-    if writer != record.run_id:
+    if writer != recorded_run(record):
         return []
     try:
         files = json.loads(_files_record(base, stem).read_text())

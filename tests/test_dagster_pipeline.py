@@ -382,6 +382,50 @@ def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_varian
     assert len(steps) == 3
 
 
+def test_values_put_back_as_dvc_checkout_does_are_recorded_again_not_refused_or_remade(state):
+    """`dvc exp apply` / `dvc checkout` of an earlier experiment puts its params.yaml and its outputs back, each value
+    with the name of the run that wrote it; Dagster's latest records were the later experiment's, so the next `dvc
+    repro` (DVC: anonymize up to date) had its evaluate stage refused ("anonymized_images unrecorded,
+    anonymized_latents stale"). The earlier materializations are now reported again: nothing is made again, the
+    images stay those of the experiment put back, and the values are fresh under its settings."""
+    from orchestration.graph import build_definitions
+    from orchestration.staleness import partition_statuses
+
+    root, instance = state
+    store = root / "store"
+    kept = root / "experiment_a"  # what DVC's cache holds of the first experiment
+    shutil.copytree(store, kept)
+    shutil.copy(root / "params.yaml", kept / "params.yaml")
+    fast_params(root / "params.yaml", tiny={"optimization": {"steps": 3}})  # the second experiment
+    run(root, instance, VARIANTS)
+    assert (store / "anonymization_report" / "losses" / "m0.5.csv").read_text().count("\n") == 4  # 3 steps
+    for name in ("anonymized_latents", "anonymized_images", *PER_VARIANT, "anonymization_report"):  # checked out
+        shutil.rmtree(store / name)
+        shutil.copytree(kept / name, store / name)
+    shutil.copy(kept / "params.yaml", root / "params.yaml")
+    before, runs = materializations(instance), len(instance.get_run_records())
+    logged = []
+    summary = run(root, instance, VARIANTS, log=logged.append)
+    assert summary.failed == [] and summary.blocked == [] and summary.ran == []
+    assert len(instance.get_run_records()) == runs + 1  # the observation of the settings put back, and no other run
+    # reported again, each once: what the second experiment re-made (every variant's anonymization, evaluation, and
+    # the report), not the values it shares with the first (fake pool, real data, evaluation references)
+    assert made_since(before, materializations(instance)) == {
+        "anonymized_latents": _partitions(), "anonymized_images": _partitions(),
+        **{name: set(VARIANTS) for name in PER_VARIANT}, "anonymization_report": {None}}
+    assert any(line.startswith("recorded again 19 stored value(s) an earlier run of this instance made") for line in
+               logged), logged
+    for name in ("anonymized_images", "anonymization_report"):
+        restored = {p.relative_to(store): p.read_bytes() for p in (store / name).rglob("*") if p.is_file()}
+        assert restored == {p.relative_to(kept): p.read_bytes() for p in (kept / name).rglob("*") if p.is_file()}
+    graph = build_definitions(StorageResource(root=str(store), input_dir=str(root / "faces")),
+                              NetworksResource(params_path=str(root / "params.yaml")),
+                              MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")).resolve_asset_graph()
+    keys = [dg.AssetKey("anonymized_latents"), dg.AssetKey("anonymized_images")]
+    assert {v for status in partition_statuses(instance, graph, keys, sorted(_partitions()), str(store)).values()
+            for v in status.values()} == {"FRESH"}
+
+
 def test_a_pool_size_change_reruns_the_pool_its_features_and_the_pairs_but_not_the_real_data(state):
     root, instance = state
     before = materializations(instance)

@@ -186,6 +186,21 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert "evaluate:" in _sh([DVC, "status"], repo, env)
 
+    # Another experiment re-makes every variant (3 steps), then the committed sweep is put back, as `dvc exp apply`
+    # does: params.yaml, dvc.lock and the cached outputs, whose files name the runs that wrote them. Dagster's latest
+    # records were the other experiment's: DVC found anonymize up to date, and the evaluate stage was refused
+    # ("anonymized_images unrecorded, anonymized_latents stale"). The values put back are recorded again instead.
+    params["profiles"]["tiny"]["optimization"]["steps"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _sh([DVC, "repro"], repo, env, timeout=600)
+    assert len((store / "anonymization_report" / "losses" / "m0.5.csv").read_text().splitlines()) == 4
+    _sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo, env)
+    _sh([DVC, "checkout", "--force", "--quiet"], repo, env)
+    _sh([DVC, "repro"], repo, env, timeout=600)
+    assert len((store / "anonymization_report" / "losses" / "m0.5.csv").read_text().splitlines()) == 3  # 2 steps
+    assert set(json.loads(metrics_file.read_text())) == {"default", "m0.5", "blur"}
+    assert "up to date" in _sh([DVC, "status"], repo, env)
+
 
 def test_the_prepare_stage_follows_every_defaults_key_its_assets_read():
     """`pairing` was missing from the stage's params: `dvc repro` after changing it skipped every stage and kept the
