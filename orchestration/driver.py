@@ -42,7 +42,7 @@ from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENC
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
 from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
 from orchestration.run_ends import LAUNCHED_BY
-from orchestration.tracking import MlflowResource
+from orchestration.tracking import MlflowResource, dvc_experiment_tags
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
 ORPHANS_OLDER_THAN_S = 900.0  # a temporary file in the storage untouched this long has no writer left
@@ -402,7 +402,7 @@ class _Driver:
         self.parallel_runs = 1  # partition runs in flight at once (celery executor: pipeline.max_concurrent)
         import socket
 
-        self.launched_by = {LAUNCHED_BY: f"{socket.gethostname()}:{os.getpid()}"}
+        self.launched_by = {LAUNCHED_BY: f"{socket.gethostname()}:{os.getpid()}", **dvc_experiment_tags(os.environ)}
         if fresh:  # the assets take no row from earlier runs (orchestration.assets.settings.reuses_rows)
             self.launched_by[FRESH_TAG] = "true"
 

@@ -22,7 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -97,6 +97,27 @@ INPUT_TAGS = ("input_dir", "data_version", "dvc_md5", "labels_sha256")  # which 
 def _latest_observation(instance: dg.DagsterInstance, asset: str):
     record = instance.get_latest_data_version_record(dg.AssetKey(asset), is_source=True)
     return record.asset_observation if record is not None else None
+
+
+# `dvc exp run` names its experiment to each stage's command in these variables; the driver tags its Dagster runs
+# with them (`dvc_experiment_tags`), and every MLflow run of such a run carries them without the prefix
+DVC_EXPERIMENT_TAGS = {"DVC_EXP_NAME": "falco/dvc_experiment", "DVC_EXP_BASELINE_REV": "falco/dvc_baseline_rev"}
+
+
+def dvc_experiment_tags(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Dagster run tags naming the DVC experiment a command runs in (none outside `dvc exp run`)."""
+    return {tag: environ[name] for name, tag in DVC_EXPERIMENT_TAGS.items() if environ.get(name)}
+
+
+def _dvc_experiment(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """The MLflow tags of the DVC experiment the step's run belongs to (`dvc_experiment`, `dvc_baseline_rev`)."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        tags = context.run.tags
+    except DagsterInvalidPropertyError:
+        return {}
+    return {tag.removeprefix("falco/"): tags[tag] for tag in DVC_EXPERIMENT_TAGS.values() if tag in tags}
 
 
 def input_provenance(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -394,9 +415,10 @@ class MlflowResource(dg.ConfigurableResource):
                 raise
             return found.experiment_id
 
-    def parent_run(self, dagster_run_id: str, name: str | None = None, start_time: int | None = None) -> str:
+    def parent_run(self, dagster_run_id: str, name: str | None = None, start_time: int | None = None,
+                   tags: Mapping[str, str] | None = None) -> str:
         """The MLflow run of a Dagster run (tag `dagster_run_id`), created on first use (named `name`, started at
-        `start_time` ms, the Dagster run's start)."""
+        `start_time` ms, the Dagster run's start, with `tags` besides)."""
         client = self.client()
         experiment_id = self.ensure_experiment()
         lock = Path(tempfile.gettempdir()) / f"falco-mlflow-{hashlib.sha1(self.uri().encode()).hexdigest()[:12]}.lock"
@@ -408,7 +430,7 @@ class MlflowResource(dg.ConfigurableResource):
             if parents:
                 return parents[0].info.run_id
             run = client.create_run(experiment_id, start_time=start_time, run_name=name or f"dagster-{dagster_run_id[:8]}",
-                                    tags={DAGSTER_RUN_TAG: dagster_run_id, "git_commit": git_commit()})
+                                    tags={DAGSTER_RUN_TAG: dagster_run_id, "git_commit": git_commit(), **(tags or {})})
             return run.info.run_id
 
     @contextmanager
@@ -437,12 +459,13 @@ class MlflowResource(dg.ConfigurableResource):
         where = " ".join(p for p in (variant, shard) if p)
         job, run_id = _job_and_run(context)
         step_start, run_start = _started_ms(context)
-        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start)
+        dvc_tags = _dvc_experiment(context)
+        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start, dvc_tags)
         tags = {
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
             "code_version": str(context.assets_def.code_versions_by_key.get(key) or "none"),
-            "git_commit": git_commit(), **input_provenance(context.instance), "profile": networks.profile,
+            "git_commit": git_commit(), **dvc_tags, **input_provenance(context.instance), "profile": networks.profile,
             "device": networks.device,
             **{f"weights_sha256.{name}": digest for name, digest in weight_hashes(networks).items()},
         }

@@ -370,11 +370,23 @@ def test_a_later_stage_alone_refuses_a_prepare_stage_that_is_stale_or_never_ran(
     assert summary.failed == [] and summary.ran == []
 
 
-def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state):
+def test_a_changed_optimization_setting_reruns_the_anonymization_of_every_variant_and_nothing_upstream(state,
+                                                                                                   monkeypatch):
+    """(Run as `dvc exp run` runs a stage's command: its MLflow runs name the DVC experiment and its baseline.)"""
+    from mlflow import MlflowClient
+
     root, instance = state
     fast_params(root / "params.yaml", tiny={"optimization": {"steps": 3}})
     before = materializations(instance)
+    monkeypatch.setenv("DVC_EXP_NAME", "three-steps")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
     run(root, instance, VARIANTS)
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    tagged = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
+                                filter_string="tags.dvc_experiment = 'three-steps'", max_results=1000)
+    assert {r.data.tags.get("asset_key") for r in tagged} >= {"anonymized_latents", "evaluation_metrics",
+                                                              "anonymization_report", None}  # None: parent runs
+    assert {r.data.tags["dvc_baseline_rev"] for r in tagged} == {"0123abc"}
     made = made_since(before, materializations(instance))
     assert made == {"anonymized_latents": _partitions(), "anonymized_images": _partitions(),
                     **{name: set(VARIANTS) for name in PER_VARIANT}, "anonymization_report": {None}}
