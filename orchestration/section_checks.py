@@ -1,6 +1,6 @@
 """The sections of the params file that the commands read besides the method's, checked as every profile reads them
 before any work (`anon_core.params.check_every_profile`): `falco anonymize` in either mode and `falco pipeline`
-refuse a bad `photo:`, `pipeline:`, `data:`, `evaluation:` or `attribute_classifier:` value in one line, whichever of them the
+refuse a bad `photo:`, `pipeline:`, `data:`, `evaluation:`, `attribute_classifier:` or `variants:` value in one line, whichever of them the
 command itself reads."""
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ def section_readers() -> dict[str, Callable[[dict[str, Any], str], Any]]:
     from evaluation.attribute_classifier import classifier_config
 
     return {"data": data_settings, "photo": photo_settings, "pipeline": pipeline_settings,
-            "attribute_classifier": classifier_config, "evaluation": evaluation_section}
+            "attribute_classifier": classifier_config, "evaluation": evaluation_section, "variants": variants_section}
+
+
+def variants_section(values: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """The `variants:` section checked as `falco pipeline` resolves each definition (`variants.variant_overrides`):
+    an entry that sets nothing, an unknown key or a name made of values is refused by every command."""
+    from anon_core.variants import variant_overrides
+
+    return {name: variant_overrides(name, values, source) for name in values}
 
 
 def evaluation_section(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -175,6 +175,8 @@ def test_a_misspelt_section_or_setting_is_refused_not_ignored(tmp_path, edit, me
     (lambda d: d["evaluation"].update(baselines=["blurr"]), r"\(profile tiny\): evaluation.baselines = \['blurr'\]"),
     (lambda d: d["photo"].update(profiles={"ffhq1024": {"turns": "sometimes"}}),
      r"\(profile ffhq1024\): photo.turns = 'sometimes' must be one of"),
+    # `falco anonymize` ran with it; the pipeline refused it
+    (lambda d: d.update(variants={"keep": None}), r"\(profile tiny\): variants: keep sets nothing"),
 ])
 def test_every_section_of_every_profile_is_checked_by_any_command_before_any_work(tmp_path, capsys, edit, message):
     """A `tiny` run passed with `pipeline.shard_size: 0` (tiny sets its own), `max_concurrent: 0` (then no limit),
