@@ -17,7 +17,7 @@ import dagster as dg
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from orchestration.io_manager import RESTORED_TAG, latest_materialization, recorded_run, value_location, writer_of
+from orchestration.io_manager import RESTORED_TAG, latest_materialization, recorded_run, writer_of
 
 LOOKBACK = 1000  # earlier materializations of one partition searched for the writer (each sweep adds one)
 _ENDED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
