@@ -5,8 +5,8 @@ partition's latest materialization, the files are not what the instance records,
 again (UNRECORDED). DVC puts back an experiment's outputs from its cache, files and run names alike: then the
 writer is an earlier materialization of the same partition that this instance recorded, and the files are exactly
 what it made. That materialization is reported again (a runless event with its data version, code version, input
-versions and metadata, tagged with its run), with its checks' evaluations, so that Dagster's lineage and staleness
-follow the files: nothing the files hold is made again, and what differs from the settings now observed is stale.
+versions and metadata, tagged with its run), so that Dagster's lineage and staleness follow the files: nothing the
+files hold is made again, and what differs from the settings now observed is stale.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import dagster as dg
-from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from orchestration.io_manager import RESTORED_TAG, latest_materialization, recorded_run, writer_of
 
 LOOKBACK = 1000  # earlier materializations of one partition searched for the writer (each sweep adds one)
-_ENDED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 
 
 def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> list[str]:
-    """Report again the materialization (and its checks' evaluations) of every stored value whose writer is an
-    earlier materialization of its partition than the latest; return "<asset> [<partition>]" for each."""
+    """Report again the materialization of every stored value whose writer is an earlier materialization of its
+    partition than the latest; return "<asset> [<partition>]" for each. Its checks' evaluations stay those its run
+    made (`staleness.latest_check` reads them): Dagster keeps one runless evaluation per check and partition, so a
+    second restore of a partition could not report them again."""
     restored = []
     for key, partitions_def, partition in _stored_values(instance, graph):
         writer = writer_of(root, key, partitions_def, partition)
@@ -41,13 +40,6 @@ def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> li
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=key, partition=partition, description=made.description, metadata=made.metadata,
             tags={**(made.tags or {}), RESTORED_TAG: writer}))
-        for check in graph.get_check_keys_for_assets({key}):
-            evaluation = _evaluation_of(instance, check, partition, writer)
-            if evaluation is not None:
-                instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                    asset_key=key, check_name=check.name, passed=evaluation.passed, metadata=evaluation.metadata,
-                    severity=evaluation.severity, description=evaluation.description, blocking=evaluation.blocking,
-                    partition=partition))
         restored.append(f"{key.to_user_string()}{f' [{partition}]' if partition else ''}")
     return restored
 
@@ -61,13 +53,3 @@ def _stored_values(instance: dg.DagsterInstance, graph) -> Iterator[tuple[dg.Ass
             continue
         for partition in partitions_def.get_partition_keys(dynamic_partitions_store=instance):
             yield key, partitions_def, partition
-
-
-def _evaluation_of(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str | None, run_id: str):
-    """The evaluation `check` gave in run `run_id` (or in the run a restored evaluation names) for `partition`."""
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        check, limit=LOOKBACK, partition_filter=PartitionKeyFilter(key=partition) if partition else None)
-    for record in history:
-        if record.status in _ENDED and record.event is not None and record.run_id == run_id:
-            return record.event.dagster_event.event_specific_data
-    return None

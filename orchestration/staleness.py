@@ -81,9 +81,14 @@ def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], par
     return [k for k in keys if k in chosen]
 
 
+RESTORED_LOOKBACK = 1000  # evaluations of one check and partition searched for the run a value put back names
+
+
 def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str) -> dict | None:
     """The outcome of `check` on the latest materialization of its asset's `partition`: {"passed": bool, **its
     metadata values}; None when it has not run on that materialization (in its run, or in a later one)."""
+    from orchestration.io_manager import recorded_run
+
     latest = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[partition]), limit=1).records
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
@@ -91,7 +96,15 @@ def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partitio
     if not latest or record is None or record.event is None:
         return None
     if record.run_id != latest[0].run_id and record.create_timestamp < latest[0].timestamp:
-        return None
+        made_by = recorded_run(latest[0])
+        if made_by == latest[0].run_id:  # an evaluation of an earlier materialization
+            return None
+        # a value put back (orchestration.restored): the evaluation its own run made of it
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            check, limit=RESTORED_LOOKBACK, partition_filter=PartitionKeyFilter(key=partition))
+        record = next((r for r in history if r.run_id == made_by and r.event is not None), None)
+        if record is None:
+            return None
     evaluation = record.event.dagster_event.event_specific_data
     if record.status not in (AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED):
         return None

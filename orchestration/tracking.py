@@ -460,7 +460,8 @@ class MlflowResource(dg.ConfigurableResource):
         job, run_id = _job_and_run(context)
         step_start, run_start = _started_ms(context)
         dvc_tags = _dvc_experiment(context)
-        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start, dvc_tags)
+        parent_tags = {**dvc_tags, **({VARIANT_TAG: variant} if variant else {}), **({SHARD_TAG: shard} if shard else {})}
+        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start, parent_tags)
         tags = {
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
