@@ -54,3 +54,8 @@ def divergence_note(table: pd.DataFrame, lr: float) -> str | None:
     return (f"the mean loss rose from {total[0]:.4g} at step 0 to {total[-1]:.4g} at step {len(total) - 1}: the "
             f"optimization diverged (optimization.lr = {lr:g} is likely too large; the paper's is 0.01), so its "
             "images are not what the method makes and no recognizer matching them says they are private")
+
+
+def diverged(path: Path, lr: float) -> str | None:
+    """`divergence_note` of a `losses.csv` written by a run (None where there is none)."""
+    return divergence_note(pd.read_csv(path), lr) if Path(path).is_file() else None

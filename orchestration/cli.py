@@ -182,11 +182,9 @@ def _print_privacy(privacy, what: str) -> None:
 
 def _warn_if_diverged(output_dir: Path, lr: float) -> None:
     """The warning line of a run whose mean loss ended above where it started (`loss_curves.divergence_note`)."""
-    import pandas as pd
+    from anon_core.loss_curves import diverged
 
-    from anon_core.loss_curves import divergence_note
-
-    note = divergence_note(pd.read_csv(output_dir / "losses.csv"), lr)
+    note = diverged(output_dir / "losses.csv", lr)
     if note:
         print(f"falco: warning: {note}; see {output_dir / 'losses.csv'}", file=sys.stderr)
 

@@ -242,9 +242,7 @@ def _divergence_warnings(storage, networks, variants: list[str], mode: str) -> l
     """A warning per variant (photo mode: per shard) whose mean loss ended above where it started
     (`loss_curves.divergence_note`), from the curves the run wrote: the report's `losses/<variant>.csv`, or each
     photo-mode shard's `losses.csv`."""
-    import pandas as pd
-
-    from anon_core.loss_curves import divergence_note
+    from anon_core.loss_curves import diverged
 
     lines = []
     for variant in variants:
@@ -253,8 +251,7 @@ def _divergence_warnings(storage, networks, variants: list[str], mode: str) -> l
         else:
             curves = [storage.asset_dir("anonymization_report") / "losses" / f"{variant}.csv"]
         for path in curves:
-            note = divergence_note(pd.read_csv(path), networks.params(variant).optimization.lr) if path.is_file() \
-                else None
+            note = diverged(path, networks.params(variant).optimization.lr)
             if note:
                 where = f" ({path.parent.name})" if mode == "photo" else ""
                 lines.append(f"falco: warning: variant {variant}{where}: {note}; see {path}")

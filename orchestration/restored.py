@@ -17,7 +17,7 @@ import dagster as dg
 
 from orchestration.io_manager import RESTORED_TAG, latest_materialization, recorded_run, writer_of
 
-LOOKBACK = 1000  # earlier materializations of one partition searched for the writer (each sweep adds one)
+LOOKBACK = 1000  # earlier materializations (or check evaluations) of one partition searched for the writer's run
 
 
 def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> list[str]:

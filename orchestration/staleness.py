@@ -81,13 +81,11 @@ def to_run(instance: dg.DagsterInstance, graph, keys: Sequence[dg.AssetKey], par
     return [k for k in keys if k in chosen]
 
 
-RESTORED_LOOKBACK = 1000  # evaluations of one check and partition searched for the run a value put back names
-
-
 def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partition: str) -> dict | None:
     """The outcome of `check` on the latest materialization of its asset's `partition`: {"passed": bool, **its
     metadata values}; None when it has not run on that materialization (in its run, or in a later one)."""
     from orchestration.io_manager import recorded_run
+    from orchestration.restored import LOOKBACK
 
     latest = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=check.asset_key, asset_partitions=[partition]), limit=1).records
@@ -101,7 +99,7 @@ def latest_check(instance: dg.DagsterInstance, check: dg.AssetCheckKey, partitio
             return None
         # a value put back (orchestration.restored): the evaluation its own run made of it
         history = instance.event_log_storage.get_asset_check_execution_history(
-            check, limit=RESTORED_LOOKBACK, partition_filter=PartitionKeyFilter(key=partition))
+            check, limit=LOOKBACK, partition_filter=PartitionKeyFilter(key=partition))
         record = next((r for r in history if r.run_id == made_by and r.event is not None), None)
         if record is None:
             return None
