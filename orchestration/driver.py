@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,22 @@ def dagster_instance() -> dg.DagsterInstance:
     if not config.exists():  # no telemetry, and no "join the community" pop-up in the UI
         config.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     return dg.DagsterInstance.get()
+
+
+@contextmanager
+def at_log_level(instance: dg.DagsterInstance, log_level: str) -> Iterator[dg.DagsterInstance]:
+    """`instance`, or where its dagster.yaml sets no `python_logs: python_log_level`, the same instance with that
+    level at `log_level`: Dagster's logger in a step's own process, which has no job to configure it, prints at
+    that level, not at DEBUG (the multiprocess executor's `STEP_WORKER_STARTED` line per step). The runs' processes
+    get the instance by reference, level included; its events are recorded whatever the level, and its dagster.yaml
+    is left as it is."""
+    if instance.is_ephemeral or instance.python_log_level is not None:
+        yield instance
+        return
+    ref = instance.get_ref()
+    python_logs = {**(ref.settings.get("python_logs") or {}), "python_log_level": log_level}
+    with dg.DagsterInstance.from_ref(ref._replace(settings={**ref.settings, "python_logs": python_logs})) as leveled:
+        yield leveled
 
 
 def _config(storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource) -> dict[str, Any]:
@@ -146,7 +163,8 @@ def run_pipeline(
             bind_instance_and_storage(Path(instance.root_directory), Path(storage.root), fresh)
         for run_id, status in end_abandoned_runs(instance, mlflow):
             log(f"Dagster run {run_id[:8]} was left {status} by a falco process that ended: marked failed")
-        return _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode)
+        with at_log_level(instance, log_level) as leveled:
+            return _run(storage, networks, wanted, leveled, fresh, stages, mlflow, log, log_level, mode)
 
 
 def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_level, mode) -> PipelineSummary:

@@ -11,7 +11,7 @@ import dagster as dg
 
 from orchestration.console_log import console_logger
 from orchestration.io_manager import FalcoIOManager
-from orchestration.jobs import ALL_JOBS, build_executor
+from orchestration.jobs import build_executor, jobs_for
 from orchestration.log_tails import start_log_tails_in_their_own_group
 from orchestration.resources import NetworksResource, StorageResource
 from orchestration.run_ends import RUN_END_SENSORS
@@ -36,7 +36,7 @@ def build_definitions(
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=ALL_CHECKS,
-        jobs=ALL_JOBS,
+        jobs=jobs_for(pipeline["executor"]),
         sensors=RUN_END_SENSORS,
         executor=build_executor(pipeline["executor"], pipeline["max_concurrent"]),
         resources={"io_manager": FalcoIOManager(root=storage.root), "storage": storage, "networks": networks,

@@ -15,10 +15,11 @@
 The runs of every job but `observe_settings` ask Kubernetes for one GPU each (`dagster-k8s/config`), so with
 the `K8sRunLauncher` each runs in its own GPU pod (docs/deployment.md).
 
-The executor is params.yaml's `pipeline.executor` (built in orchestration.graph): `multiprocess` runs steps
-in parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU;
-`in_process` runs them one after another in the run's process; `celery` hands each step to the `falco worker`s of
-its queue, `gpu` or `cpu` (orchestration.celery_queue), on any machine that shares the storage and the instance.
+The executor is params.yaml's `pipeline.executor` (built in orchestration.graph): `multiprocess` runs steps in
+parallel processes, at most one tagged `falco/device: gpu` at a time, so two steps never share one GPU (and
+`observe_settings` in process: `jobs_for`); `in_process` runs them one after another in the run's process; `celery`
+hands each step to the `falco worker`s of its queue, `gpu` or `cpu` (orchestration.celery_queue), on any machine
+that shares the storage and the instance.
 """
 
 import warnings
@@ -64,6 +65,16 @@ anonymize_photos_job = dg.define_asset_job("anonymize_photos", selection=ANONYMI
 
 ALL_JOBS = [observe_settings_job, prepare_job, anonymize_job, evaluate_references_job, evaluate_job,
             evaluate_report_job, prepare_photos_job, anonymize_photos_job]
+
+
+def jobs_for(executor: str) -> list:
+    """ALL_JOBS for params.yaml's `pipeline.executor`. Under `multiprocess`, observing the settings runs in process:
+    its steps read params.yaml and hash the input folder, and a process per step cost 95 s for its 11 steps on 2
+    cores. Under `celery` the workers observe, as they read the settings where the steps run."""
+    if executor != "multiprocess":
+        return ALL_JOBS
+    in_process = dg.define_asset_job("observe_settings", selection=SETTINGS, executor_def=dg.in_process_executor)
+    return [in_process if job is observe_settings_job else job for job in ALL_JOBS]
 
 
 def build_executor(kind: str, max_concurrent: int) -> dg.ExecutorDefinition:
