@@ -85,6 +85,33 @@ def paste_face(photo: np.ndarray, generated: np.ndarray, quad: np.ndarray) -> np
     return out
 
 
+def _grown_box(box: tuple[float, float, float, float], shape: tuple[int, int]
+               ) -> tuple[tuple[float, float, float, float], tuple[int, int, int, int]]:
+    """The face box grown by COVER_GROW, maybe past the frame (x1, y1, x2, y2), and the pixels of it inside a photo
+    of `shape` (H, W): (left, top, right, bottom), right and bottom exclusive."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    grow_x, grow_y = (x2 - x1) * COVER_GROW, (y2 - y1) * COVER_GROW
+    grown = (x1 - grow_x, y1 - grow_y, x2 + grow_x, y2 + grow_y)
+    height, width = shape
+    return grown, (max(int(np.floor(grown[0])), 0), max(int(np.floor(grown[1])), 0),
+                   min(int(np.ceil(grown[2])), width), min(int(np.ceil(grown[3])), height))
+
+
+def changed_pixels(shape: tuple[int, int], faces, size: int) -> np.ndarray:
+    """bool [H, W]: the pixels of a photo of `shape` that its faces' pastes (`paste_face`, crops of `size` px) and
+    covers (`cover_box`) may change: where a pasted face's mask is above zero, a covered face's grown box. `faces`
+    have `anonymized`, `quad` and `box` (anon_core.photo_faces.PhotoFace)."""
+    changed = np.zeros(shape, dtype=bool)
+    for face in faces:
+        if face.anonymized:
+            rows, cols, mask, _ = face_mask(face.quad, size, shape)
+            changed[rows, cols] |= mask > 0.0
+        else:
+            _, (left, top, right, bottom) = _grown_box(face.box, shape)
+            changed[top:bottom, left:right] = True
+    return changed
+
+
 def cover_box(photo: np.ndarray, box: tuple[float, float, float, float], how: str) -> np.ndarray:
     """``photo`` with the face box (grown by COVER_GROW) pixelated or blurred (``how``: one of COVERS); a new
     array. The blocks and the blur's sigma are sized on the whole grown box, also where part of it lies outside the
@@ -92,12 +119,7 @@ def cover_box(photo: np.ndarray, box: tuple[float, float, float, float], how: st
     came out half as large and dlib matched such faces to their source)."""
     if how not in COVERS:
         raise ValueError(f"cover {how!r} is not one of {COVERS}")
-    x1, y1, x2, y2 = (float(v) for v in box)
-    grow_x, grow_y = (x2 - x1) * COVER_GROW, (y2 - y1) * COVER_GROW
-    gx1, gy1, gx2, gy2 = x1 - grow_x, y1 - grow_y, x2 + grow_x, y2 + grow_y  # the grown box, maybe past the frame
-    height, width = photo.shape[:2]
-    left, top = max(int(np.floor(gx1)), 0), max(int(np.floor(gy1)), 0)
-    right, bottom = min(int(np.ceil(gx2)), width), min(int(np.ceil(gy2)), height)
+    (gx1, gy1, gx2, gy2), (left, top, right, bottom) = _grown_box(box, photo.shape[:2])
     out = photo.copy()
     if right <= left or bottom <= top:
         return out

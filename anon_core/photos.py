@@ -32,11 +32,12 @@ from PIL import Image
 
 from anon_core.acceleration import resolved_for
 from anon_core.atomic import atomic_path, write_bytes_atomic
-from anon_core.compose import cover_box, paste_face
+from anon_core.compose import changed_pixels, cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
-from anon_core.data.image_io import ImageRejected, encode_png, flattened, load_rgb, stores_grey
+from anon_core.data.image_io import (ImageRejected, deepen, encode_png, flattened, load_deep_grey, load_rgb,
+                                     stores_grey)
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -152,6 +153,7 @@ class _Photo:
     faces: list[PhotoFace]
     waiting: int  # anonymized faces not pasted yet
     grey: bool  # the file stores grey pixels: written grey (`write_photo`)
+    deep: np.ndarray | None = None  # uint16 [H, W]: a 16-bit grey file's own levels, written back at that depth
 
 
 def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, settings: PhotoSettings,
@@ -239,10 +241,11 @@ class _PhotoRun:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], list[int], list[str],
-                                             bool]:
+                                             bool, np.ndarray | None]:
         """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread), all of it in
         the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); what the
-        decoding left out (`image_io.flattened`); and whether the file stores grey pixels (`image_io.stores_grey`)."""
+        decoding left out (`image_io.flattened`); whether the file stores grey pixels (`image_io.stores_grey`); and
+        a 16-bit grey file's own levels (`image_io.load_deep_grey`)."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
@@ -257,7 +260,9 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        return covered, faces, crops, [face.turns for face in found], flattened(f.path), stores_grey(f.path)
+        grey = stores_grey(f.path)
+        return (covered, faces, crops, [face.turns for face in found], flattened(f.path), grey,
+                load_deep_grey(f.path) if grey else None)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:
@@ -285,7 +290,7 @@ class _PhotoRun:
             reading.update(1)
             self.summary.photos += 1
             try:
-                image, faces, crops, turns, left_out, grey = reading_future.result()
+                image, faces, crops, turns, left_out, grey, deep = reading_future.result()
             except ImageRejected as rejected:
                 stale = {self.outputs.get(f.relpath)} & self.take_over.previous
                 if stale:  # the earlier run's image of this photo goes before any manifest lists the photo rejected
@@ -296,7 +301,7 @@ class _PhotoRun:
                 continue
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=grey)
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=grey, deep=deep)
             notes = _turned_notes(turns) + left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
             self.summary.turned += any(turns)
@@ -366,7 +371,9 @@ class _PhotoRun:
         """Hand a finished photo to the writer's threads (a 12-megapixel PNG takes seconds to encode); the manifest
         calls it done once it is on disk."""
         def write() -> None:
-            write_photo(self.output_dir / "images" / photo.output, photo.image, grey=photo.grey)
+            deep = None if photo.deep is None else \
+                (photo.deep, changed_pixels(photo.deep.shape, photo.faces, self.resolution))
+            write_photo(self.output_dir / "images" / photo.output, photo.image, grey=photo.grey, deep=deep)
             self.written.add(photo.row)
 
         self.take_over()
@@ -450,12 +457,17 @@ def parse_numbers(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray([float(v) for v in text.split()], dtype=np.float64).reshape(shape)
 
 
-def write_photo(path: Path, image: np.ndarray, grey: bool = False) -> None:
+def write_photo(path: Path, image: np.ndarray, grey: bool = False,
+                deep: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Write an output photo atomically: JPEG (quality JPEG_QUALITY, no chroma subsampling) for a .jpg/.jpeg
     name, lossless PNG otherwise; `grey` (a grey input: its faces were pasted in its tone, `compose`) writes one
-    grey channel, the pixels' luma (exact where the three channels are equal)."""
+    grey channel, the pixels' luma (exact where the three channels are equal). `deep`, (a 16-bit grey input's own
+    levels, the pixels its faces changed), writes a PNG at 16 bits, the input's levels everywhere else
+    (`image_io.deepen`)."""
     if grey:
         image = np.asarray(Image.fromarray(image).convert("L"))  # [H, W]
+        if deep is not None and path.suffix.lower() not in (".jpg", ".jpeg"):
+            image = deepen(image, *deep)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)

@@ -500,6 +500,45 @@ def test_a_grey_photo_is_written_grey_with_its_pixels_kept_outside_the_face(phot
     assert np.abs(written.astype(int) - real.astype(int))[~away].mean() > 3  # the face did change
 
 
+def test_a_16_bit_grey_photo_keeps_its_depth_and_16_bit_colour_is_said_to_be_read_at_8(photos, tmp_path):
+    """A 16-bit grey scan came back 8-bit: 256 levels left of 55,952 away from the face, so pixels away from the
+    faces did not keep their values as documented. 16-bit colour, which Pillow decodes to 8 bits, is now named in
+    the manifest."""
+    import tifffile
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with Image.open(photos / "portrait.jpg") as im:
+        real8 = np.asarray(im.convert("L")).astype(np.uint16)
+    low = np.random.default_rng(0).integers(0, 256, real8.shape, dtype=np.uint16)
+    real = real8 * 256 + low  # levels 8 bits cannot hold
+    Image.fromarray(real).save(inputs / "scan16.png")
+    with Image.open(photos / "group.png") as im:
+        colour = np.asarray(im.convert("RGB")).astype(np.uint16) * 257
+    tifffile.imwrite(inputs / "colour48.tif", colour)
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+    anonymize_photos(inputs, tmp_path / "out", params, PhotoSettings(), show_progress=False)
+    with Image.open(tmp_path / "out" / "images" / "scan16.png") as png:
+        assert png.mode.startswith("I;16")
+        written = np.asarray(png).astype(np.uint16)
+    rows = _rows(tmp_path / "out")
+    faces = [r for r in rows if r["kind"] == "face" and r["input"] == "scan16.png"]
+    assert faces and all(r["status"] == "anonymized" for r in faces)
+    away = np.ones(real.shape, bool)
+    for row in faces:
+        x1, y1, x2, y2 = _box(row)
+        w, h = x2 - x1, y2 - y1
+        away[max(int(y1 - h / 2), 0):int(y2 + h / 2) + 1, max(int(x1 - w / 2), 0):int(x2 + w / 2) + 1] = False
+    assert away.mean() > 0.5 and np.array_equal(written[away], real[away])  # every level, low byte included
+    face = np.abs(written.astype(int) - real.astype(int))[~away]
+    assert face.mean() > 3 * 257  # the face did change
+    changed = written != real
+    assert (written[changed] % 257 == 0).all()  # what the face changed holds 8-bit levels: no original low byte
+    [photo] = [r for r in rows if r["kind"] == "photo" and r["input"] == "colour48.tif"]
+    assert "16 bits per colour channel were read as 8" in photo["detail"]
+    assert not any("16 bits" in r["detail"] for r in rows if r["input"] == "scan16.png")
+
+
 def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_path, monkeypatch):
     """Photos renamed, added and removed since the last run: each face an earlier run finished is found in its
     journal by its key (its aligned crop and the settings), wherever it now falls in the batches, and drawn again

@@ -195,9 +195,18 @@ def flattened(path: Path) -> list[str]:
     def left_out(image: Image.Image) -> list[str]:
         frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
         return ([f"only its first frame of {frames} was read"] if frames > 1 else []) + \
-            (["its transparency was flattened onto white"] if _has_transparent_pixel(image) else [])
+            (["its transparency was flattened onto white"] if _has_transparent_pixel(image) else []) + \
+            (["its 16 bits per colour channel were read as 8 (Pillow reads their high byte)"]
+             if _deep_colour(image) else [])
 
     return _from_header(path, left_out, [])
+
+
+def _deep_colour(image: Image.Image) -> bool:
+    """Whether the file holds 16-bit colour (a 48- or 64-bit PNG or TIFF), which Pillow decodes to 8 bits."""
+    rawmode = image.tile[0].args if image.tile else None
+    rawmode = rawmode[0] if isinstance(rawmode, tuple) and rawmode else rawmode
+    return image.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode
 
 
 def stores_grey(path: Path) -> bool:
@@ -246,6 +255,29 @@ def _riff_is_short(path: Path) -> bool:
     return len(head) == 8 and head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") + 8 > actual
 
 
+def grey_to_8bit(values: np.ndarray) -> np.ndarray:
+    """16-bit grey levels (0..65535) -> uint8, round(v / 257): how `load_rgb` reads a 16-bit grey image."""
+    return ((np.asarray(values, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def load_deep_grey(path: Path) -> np.ndarray | None:
+    """The 16-bit grey levels of a 16-bit grey image (uint16 [H, W], its EXIF orientation applied as `load_rgb`
+    does), None for any other file. For writing such a photo back at its depth (`deepen`)."""
+    def read(image: Image.Image) -> np.ndarray | None:
+        if not (image.mode.startswith("I;16") or image.mode == "I"):
+            return None
+        values = np.asarray(ImageOps.exif_transpose(image)).astype(np.int64)
+        return values.astype(np.uint16) if values.size and 0 <= values.min() and values.max() <= 65535 else None
+
+    return _from_header(path, read, None)
+
+
+def deepen(grey: np.ndarray, deep: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """A grey photo worked on at 8 bits (`grey`, uint8 [H, W]) at the depth of its 16-bit original (`deep`): the
+    original's levels where nothing was `changed` (bool [H, W]), the 8-bit levels times 257 where something was."""
+    return np.where(changed, grey.astype(np.uint16) * np.uint16(257), deep).astype(np.uint16)
+
+
 def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
     """Decoded Pillow image of any supported mode -> uint8 [H, W, 3] RGB (alpha composited on white)."""
     mode = image.mode
@@ -258,7 +290,7 @@ def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
                 f"{path}: 32-bit integer pixels outside 0..65535 have no defined 8-bit range; "
                 "save the image as 8- or 16-bit.",
             )
-        grey = ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v / 257)
+        grey = grey_to_8bit(values)
         key = image.info.get("transparency")  # a PNG's tRNS: the one grey level that is transparent
         if isinstance(key, int):
             grey[values == key] = _WHITE  # flattened onto white, as the alpha modes below
@@ -417,11 +449,13 @@ def _check_jpeg_data(path: Path) -> None:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W, 3] RGB or [H, W] grey -> PNG bytes (lossless, no metadata, so equal arrays give equal bytes)."""
+    """uint8 [H, W, 3] RGB, or uint8 or uint16 [H, W] grey -> PNG bytes (lossless, no metadata, so equal arrays
+    give equal bytes)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+    if not ((image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)))
+            or (image.dtype == np.uint16 and image.ndim == 2)):
         raise ValueError(
-            f"expected a uint8 [H, W, 3] RGB or [H, W] grey array, got dtype {image.dtype} shape "
+            f"expected a uint8 [H, W, 3] RGB or a uint8/uint16 [H, W] grey array, got dtype {image.dtype} shape "
             f"{tuple(image.shape)}; convert with to_uint8() first."
         )
     buffer = io.BytesIO()
