@@ -102,16 +102,21 @@ def open_experiment(tracking_uri: str | None, experiment: str | None) -> tuple:
 
 
 def _finished(client, experiment_id: str, asset: str, newest_first: bool = False, max_results: int = 5000) -> list:
-    from orchestration.tracking import ASSET_TAG
+    """The finished runs of `asset`, in the order their values became current (`tracking.current_since`: made, or
+    put back by `dvc checkout` / `dvc exp apply`), oldest first."""
+    from orchestration.tracking import ASSET_TAG, current_since
 
     finished = f"tags.{ASSET_TAG} = '{asset}' and attributes.status = 'FINISHED'"  # a stopped one has no metrics
     order = "DESC" if newest_first else "ASC"
-    return client.search_runs([experiment_id], filter_string=finished, order_by=[f"attributes.start_time {order}"],
+    runs = client.search_runs([experiment_id], filter_string=finished, order_by=[f"attributes.start_time {order}"],
                               max_results=max_results)
+    return sorted(runs, key=current_since, reverse=newest_first)  # stable: runs started together keep their order
 
 
 def evaluation_runs(client, experiment_id: str, latest: bool = True) -> list:
     """`find_evaluation_runs` in an open experiment."""
+    from orchestration.tracking import current_since
+
     runs = []
     for asset in (EVALUATION_ASSET, BASELINE_ASSET):
         found_runs = _finished(client, experiment_id, asset)
@@ -123,7 +128,7 @@ def evaluation_runs(client, experiment_id: str, latest: bool = True) -> list:
                 newest.pop(_label(run), None)
                 newest[_label(run)] = run
             found_runs = list(newest.values())
-        runs += sorted(found_runs, key=lambda r: (r.info.start_time, _label(r)))  # one step's baselines start together
+        runs += sorted(found_runs, key=lambda r: (current_since(r), _label(r)))  # one step's baselines start together
     return runs
 
 

@@ -21,6 +21,7 @@ evaluation and the report), not the other variants.
 from __future__ import annotations
 
 import json
+import time
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -178,8 +179,11 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
         from orchestration.restored import record_restored_values
 
         restored = record_restored_values(instance, graph, storage.root)
+        at_ms = int(time.time() * 1000)
+        for value in restored:
+            mlflow.mark_restored(value.run_id, value.asset.to_user_string(), value.partition, at_ms)
         if restored:
-            shown = ", ".join(restored[:4]) + (f" and {len(restored) - 4} more" if len(restored) > 4 else "")
+            shown = ", ".join(map(str, restored[:4])) + (f" and {len(restored) - 4} more" if len(restored) > 4 else "")
             log(f"recorded again {len(restored)} stored value(s) an earlier run of this instance made, put back since "
                 f"(`dvc checkout`, `dvc exp apply`, a copy): {shown}")
     summary = PipelineSummary(variants=wanted)

@@ -6,12 +6,14 @@ again (UNRECORDED). DVC puts back an experiment's outputs from its cache, files 
 writer is an earlier materialization of the same partition that this instance recorded, and the files are exactly
 what it made. That materialization is reported again (a runless event with its data version, code version, input
 versions and metadata, tagged with its run), so that Dagster's lineage and staleness follow the files: nothing the
-files hold is made again, and what differs from the settings now observed is stale.
+files hold is made again, and what differs from the settings now observed is stale. The driver tags its MLflow runs
+as put back (`tracking.RESTORED_AT_TAG`), so that they are the current ones there too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import dagster as dg
 
@@ -20,10 +22,19 @@ from orchestration.io_manager import RESTORED_TAG, latest_materialization, recor
 LOOKBACK = 1000  # earlier materializations (or check evaluations) of one partition searched for the writer's run
 
 
-def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> list[str]:
+class Restored(NamedTuple):
+    asset: dg.AssetKey
+    partition: str | None
+    run_id: str  # the Dagster run that made it
+
+    def __str__(self) -> str:
+        return f"{self.asset.to_user_string()}{f' [{self.partition}]' if self.partition else ''}"
+
+
+def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> list[Restored]:
     """Report again the materialization of every stored value whose writer is an earlier materialization of its
-    partition than the latest; return "<asset> [<partition>]" for each. Its checks' evaluations stay those its run
-    made (`staleness.latest_check` reads them): Dagster keeps one runless evaluation per check and partition, so a
+    partition than the latest; return each. Its checks' evaluations stay those its run made
+    (`staleness.latest_check` reads them): Dagster keeps one runless evaluation per check and partition, so a
     second restore of a partition could not report them again."""
     restored = []
     for key, partitions_def, partition in _stored_values(instance, graph):
@@ -40,7 +51,7 @@ def record_restored_values(instance: dg.DagsterInstance, graph, root: str) -> li
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=key, partition=partition, description=made.description, metadata=made.metadata,
             tags={**(made.tags or {}), RESTORED_TAG: writer}))
-        restored.append(f"{key.to_user_string()}{f' [{partition}]' if partition else ''}")
+        restored.append(Restored(key, partition, writer))
     return restored
 
 

@@ -42,6 +42,11 @@ PARTITION_TAG = "partition"
 VARIANT_TAG = "variant"
 SHARD_TAG = "shard"
 METHOD_TAG = "method"  # a baseline's name on its run
+RESTORED_AT_TAG = "falco.restored_at"
+"""On the runs of a value put back (`dvc checkout`, `dvc exp apply`) and recorded again (orchestration.restored): when,
+in ms since the epoch. From then on the run is the current one of its asset and partition, as if just made
+(`current_since`): `falco runs compare` showed another experiment's evaluation, made later, beside the report of the
+one put back."""
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3 opens an experiment in its GenAI view (traces) unless it is tagged as model development, where the runs
 # table and the comparison of runs are.
@@ -54,6 +59,11 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
 DEFAULT_EXPERIMENT = "falco"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")  # the characters MLflow accepts in metric/param names
+
+
+def current_since(run) -> int:
+    """When an MLflow run's value became the current one (ms): its start, or when it was put back (RESTORED_AT_TAG)."""
+    return max(run.info.start_time or 0, int(run.data.tags.get(RESTORED_AT_TAG) or 0))
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -526,10 +536,25 @@ class MlflowResource(dg.ConfigurableResource):
         runs = run.client.search_runs(
             [run.experiment_id], filter_string=f"tags.{ASSET_TAG} = '{asset}' and tags.{VARIANT_TAG} = '{variant}' "
                                                "and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=10,
+            order_by=["attributes.start_time DESC"], max_results=1000,
         )
-        earlier = [r for r in runs if r.info.run_id != run.run_id]
+        earlier = sorted((r for r in runs if r.info.run_id != run.run_id), key=current_since, reverse=True)
         return dict(earlier[0].data.metrics) if earlier else None
+
+    def mark_restored(self, dagster_run_id: str, asset: str, partition: str | None, at_ms: int) -> int:
+        """Tag the runs that logged `asset` (`partition`) in Dagster run `dagster_run_id` as put back at `at_ms`
+        (RESTORED_AT_TAG); how many there were (none where that run tracked to another experiment or store)."""
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment_name())
+        if found is None:
+            return 0
+        runs = [r for r in client.search_runs(
+            [found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}' and "
+                                                 f"tags.{ASSET_TAG} = '{asset}'", max_results=1000)
+                if r.data.tags.get(PARTITION_TAG, "") == (partition or "")]
+        for run in runs:
+            client.set_tag(run.info.run_id, RESTORED_AT_TAG, str(at_ms))
+        return len(runs)
 
 
 def _started_ms(context: dg.AssetExecutionContext) -> tuple[int | None, int | None]:

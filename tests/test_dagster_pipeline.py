@@ -403,6 +403,7 @@ def test_values_put_back_as_dvc_checkout_does_are_recorded_again_not_refused_or_
     repro` (DVC: anonymize up to date) had its evaluate stage refused ("anonymized_images unrecorded,
     anonymized_latents stale"). The earlier materializations are now reported again: nothing is made again, the
     images stay those of the experiment put back, and the values are fresh under its settings."""
+    from orchestration.cli_runs import evaluation_runs, open_experiment
     from orchestration.graph import build_definitions
     from orchestration.staleness import partition_statuses
 
@@ -421,11 +422,19 @@ def test_values_put_back_as_dvc_checkout_does_are_recorded_again_not_refused_or_
             shutil.copytree(kept / folder, store / folder)
         shutil.copy(kept / "params.yaml", root / "params.yaml")
 
+    def current_evaluations() -> dict[str, str]:  # what `falco runs compare` shows: variant -> its MLflow run
+        client, experiment_id = open_experiment(f"sqlite:///{root / 'mlflow.db'}", None)
+        return {r.data.tags["variant"]: r.info.run_id for r in evaluation_runs(client, experiment_id)
+                if r.data.tags["asset_key"] == "evaluation_metrics"}
+
     first = keep("experiment_a")
+    evaluated = {first: current_evaluations()}
     fast_params(root / "params.yaml", tiny={"optimization": {"steps": 3}})  # the second experiment
     run(root, instance, VARIANTS)
     assert (store / "anonymization_report" / "losses" / "m0.5.csv").read_text().count("\n") == 4  # 3 steps
     second = keep("experiment_b")
+    evaluated[second] = current_evaluations()
+    assert set(evaluated[first]) == set(VARIANTS) and not set(evaluated[first].values()) & set(evaluated[second].values())
     # each experiment put back in turn, the first twice: Dagster keeps one runless check evaluation per partition, so
     # reporting the checks' evaluations again failed the second restore of a partition (UNIQUE constraint failed)
     for kept in (first, second, first):
@@ -442,6 +451,8 @@ def test_values_put_back_as_dvc_checkout_does_are_recorded_again_not_refused_or_
             **{name: set(VARIANTS) for name in PER_VARIANT}, "anonymization_report": {None}}
         assert any(line.startswith("recorded again 19 stored value(s) an earlier run of this instance made")
                    for line in logged), logged
+        # MLflow follows: the evaluations put back are the current ones (before: the later experiment's stayed)
+        assert current_evaluations() == evaluated[kept]
     for name in ("anonymized_images", "anonymization_report"):  # the first experiment's, as put back
         restored = {p.relative_to(store): p.read_bytes() for p in (store / name).rglob("*") if p.is_file()}
         assert restored == {p.relative_to(first): p.read_bytes() for p in (first / name).rglob("*") if p.is_file()}
