@@ -166,6 +166,15 @@ def unrecorded(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.Ass
     return None if writer == recorded else (writer, recorded)
 
 
+def _written_whole(base: Path, stem: str) -> bool:
+    """Whether the run that last began writing the value (its writer file) also finished it (its files record)."""
+    writer = _read_writer(base, stem)
+    try:
+        return writer is not None and json.loads(_files_record(base, stem).read_text()).get("run") == writer
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def record_files(base: Path, stem: str, run_id: str | None, names: Iterable[str], private: bool = False) -> None:
     """Once run `run_id` has written a whole value: the files it consists of (paths relative to the value's folder
     `base`), added to what the same run recorded before (an asset's own files, then its output's)."""
@@ -244,10 +253,11 @@ KEYS_SUFFIX = ".keys.npy"
 def keyed_array(instance: dg.DagsterInstance, root: str | Path, asset_key: dg.AssetKey, name: str
                 ) -> dict[str, np.ndarray] | None:
     """An unpartitioned KeyedArray as stored, `{reuse.KEY: its keys, name: the array (memory-mapped)}`, for
-    `reuse.StoredRows`; None when there is none, or when it is not the value the instance records (a run stopped
-    between writing the keys and the array, say)."""
+    `reuse.StoredRows`; None when there is none, or when it is neither the value the instance records nor one its
+    writer wrote whole (a run stopped between writing the keys and the array, say). A whole one that Dagster did
+    not record (its run killed once it was written) is as good: each row's key names what it was computed from."""
     base, stem = value_location(root, asset_key, None, None)
-    if unrecorded(instance, root, asset_key, None, None) is not None:
+    if unrecorded(instance, root, asset_key, None, None) is not None and not _written_whole(base, stem):
         return None
     try:
         keys = np.load(base / f"{stem}{KEYS_SUFFIX}", allow_pickle=False)

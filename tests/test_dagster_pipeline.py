@@ -904,6 +904,40 @@ def test_stored_files_deleted_by_hand_are_made_again_and_nothing_else(state):
     assert run(root, instance, VARIANTS).ran == []  # whole again: nothing more to do
 
 
+def test_codes_written_whole_by_a_run_killed_before_dagster_recorded_them_are_taken_not_inverted_again(state,
+                                                                                                       monkeypatch):
+    """`kill -9` of `prepare` once `real_inversions` was stored, before Dagster had indexed its materialization: the
+    next run inverted every image again (10 of 10), as the stored codes were not the recorded ones. Written whole
+    (its files record names its writer), each row keyed by what it was computed from, they are taken."""
+    from orchestration.io_manager import FalcoIOManager
+
+    root, instance = state
+    store = FalcoIOManager.handle_output
+    inversions = root / "store" / "real_inversions"
+
+    def killed_after_storing_inversions(self, context, obj):
+        store(self, context, obj)
+        if context.asset_key == dg.AssetKey("real_inversions"):
+            raise OSError("killed")
+
+    monkeypatch.setattr(FalcoIOManager, "handle_output", killed_after_storing_inversions)
+    assert run(root, instance, VARIANTS, fresh=True).failed == ["prepare"]
+    written = {p.name: p.read_bytes() for p in inversions.glob("all*.npy")}
+    monkeypatch.setattr(FalcoIOManager, "handle_output", store)
+    torn = root / "torn"
+    shutil.copytree(root, torn, ignore=shutil.ignore_patterns("home"))
+    assert run(root, instance, VARIANTS).failed == []
+    [made] = instance.fetch_materializations(dg.AssetKey("real_inversions"), limit=1).records
+    metadata = made.asset_materialization.metadata
+    assert metadata["num_inverted"].value == 0 and metadata["num_reused"].value == 7  # every readable face
+    assert {p.name: p.read_bytes() for p in inversions.glob("all*.npy")} == written
+    # a pair torn by a stop (the keys of a new run beside the codes of the last) is still not taken
+    (torn / "store" / "real_inversions" / ".all.run").write_text("another-run")
+    from orchestration.io_manager import keyed_array
+
+    assert keyed_array(instance, torn / "store", dg.AssetKey("real_inversions"), "ws") is None
+
+
 def test_a_step_that_fails_while_its_value_is_stored_leaves_no_finished_mlflow_run_for_it(state, monkeypatch):
     """`pairs` did its work and its value was written, then its step failed before Dagster recorded it (a stop, a
     full disk): the value is made again, and its MLflow run, which ended FINISHED when the asset returned, ends
