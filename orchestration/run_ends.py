@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.tracking import MlflowResource
-
-LAUNCHED_BY = "falco/launched_by"  # run tag: "<host>:<pid>" of the driver process that executes the run
+from orchestration.tracking import LAUNCHED_BY, MlflowResource
 MLFLOW_STATUS = {dg.DagsterRunStatus.SUCCESS: "FINISHED", dg.DagsterRunStatus.FAILURE: "FAILED",
                  dg.DagsterRunStatus.CANCELED: "KILLED"}
 

@@ -42,6 +42,7 @@ PARTITION_TAG = "partition"
 VARIANT_TAG = "variant"
 SHARD_TAG = "shard"
 METHOD_TAG = "method"  # a baseline's name on its run
+LAUNCHED_BY = "falco/launched_by"  # Dagster run tag: "<host>:<pid>" of the driver process that executes the run
 RESTORED_AT_TAG = "falco.restored_at"
 """On the runs of a value put back (`dvc checkout`, `dvc exp apply`) and recorded again (orchestration.restored): when,
 in ms since the epoch. From then on the run is the current one of its asset and partition, as if just made
@@ -121,12 +122,7 @@ def dvc_experiment_tags(environ: Mapping[str, str]) -> dict[str, str]:
 
 def _dvc_experiment(context: dg.AssetExecutionContext) -> dict[str, str]:
     """The MLflow tags of the DVC experiment the step's run belongs to (`dvc_experiment`, `dvc_baseline_rev`)."""
-    from dagster._core.errors import DagsterInvalidPropertyError
-
-    try:
-        tags = context.run.tags
-    except DagsterInvalidPropertyError:
-        return {}
+    tags = _run_tags(context)
     return {tag.removeprefix("falco/"): tags[tag] for tag in DVC_EXPERIMENT_TAGS.values() if tag in tags}
 
 
@@ -472,6 +468,12 @@ class MlflowResource(dg.ConfigurableResource):
         dvc_tags = _dvc_experiment(context)
         parent_tags = {**dvc_tags, **({VARIANT_TAG: variant} if variant else {}), **({SHARD_TAG: shard} if shard else {})}
         parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start, parent_tags)
+        # The driver ends a run it launched with the Dagster run's end, a killed one's next driver as KILLED: until
+        # then it is RUNNING (ended with each step, it showed FINISHED while a later step worked, and after a kill -9
+        # between steps). Launched otherwise (the UI, `dagster job execute`), each step ends it, and puts it back.
+        by_driver = LAUNCHED_BY in _run_tags(context)
+        if not by_driver:
+            client.update_run(parent, status="RUNNING")
         tags = {
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
             VARIANT_TAG: variant or "", SHARD_TAG: shard or "", METHOD_TAG: method or "",
@@ -496,11 +498,12 @@ class MlflowResource(dg.ConfigurableResource):
             status = "KILLED"
             raise
         finally:
+            ended = [run.run_id] if by_driver else [run.run_id, parent]
             if status == "FINISHED":
-                client.set_terminated(run.run_id, status)
-                client.set_terminated(parent, status)
+                for run_id in ended:
+                    client.set_terminated(run_id, status)
             else:  # an error or a stop is what the step reports, not a tracking server that cannot record its end
-                end_runs(client, [run.run_id, parent], status, context.log.warning)
+                end_runs(client, ended, status, context.log.warning)
             if run.skipped:
                 context.log.info(f"not logged to MLflow (real faces, or per-image rows; log_real_faces and "
                                  f"log_per_image are false): {run.skipped}")
@@ -508,9 +511,10 @@ class MlflowResource(dg.ConfigurableResource):
     def end_dagster_run(self, dagster_run_id: str, status: str, warn=logging.getLogger(__name__).warning,
                         instance: dg.DagsterInstance | None = None) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
-        KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run also
-        ends its parent; a run launched from the UI gets its real end from orchestration.run_ends' sensors.) With the
-        `instance`, a nested run
+        KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run of a run
+        the driver did not launch also ends its parent; a run launched from the UI gets its real end from
+        orchestration.run_ends' sensors.) With the `instance`, a failed or stopped run that has none gets one
+        (`_parent_of_untracked`), and a nested run
         that ended FINISHED for a value Dagster never recorded (the run stopped after the asset's work, while its
         value was being stored) ends like the Dagster run too: the value is made again, and that run's metrics are
         not of a recorded value. A failed or stopped end that the store cannot record is one `warn` line."""
@@ -521,6 +525,8 @@ class MlflowResource(dg.ConfigurableResource):
                 [found.experiment_id], filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")
             ended = "KILLED" if status == "KILLED" else "FAILED"
             recorded = None if status == "FINISHED" or instance is None else _recorded_in(instance, dagster_run_id)
+            if recorded is not None and found is not None and all(PARENT_TAG in r.data.tags for r in runs):
+                self._parent_of_untracked(instance, dagster_run_id, ended)
             for run in runs:
                 if PARENT_TAG not in run.data.tags:
                     client.set_terminated(run.info.run_id, status)
@@ -529,6 +535,27 @@ class MlflowResource(dg.ConfigurableResource):
                 elif recorded is not None and run.info.status == "FINISHED" and ASSET_TAG in run.data.tags and (
                         run.data.tags[ASSET_TAG], run.data.tags.get(PARTITION_TAG, "")) not in recorded:
                     client.set_terminated(run.info.run_id, ended)
+
+    def _parent_of_untracked(self, instance: dg.DagsterInstance, dagster_run_id: str, status: str) -> None:
+        """The MLflow run of a Dagster run that failed or was stopped before any asset opened one (while loading
+        its inputs, say), ended `status`: every run of a job that materializes assets has one."""
+        dagster_run = instance.get_run_by_id(dagster_run_id)
+        if dagster_run is None or dagster_run.job_name == "observe_settings" or \
+                dagster_run.asset_selection is not None and not dagster_run.asset_selection:  # checks alone
+            return
+        tags = dagster_run.tags
+        if "dagster/partition/variant" in tags:  # a (shard, variant) partition
+            variant, shard = tags["dagster/partition/variant"], tags.get("dagster/partition/shard", "")
+        else:  # a variant's, or none
+            variant, shard = tags.get("dagster/partition", ""), ""
+        record = instance.get_run_record_by_id(dagster_run_id)
+        start = int(record.start_time * 1000) if record is not None and record.start_time else None
+        parent = self.parent_run(dagster_run_id, " ".join(p for p in (dagster_run.job_name, variant, shard) if p),
+                                 start, {**({VARIANT_TAG: variant} if variant else {}),
+                                         **({SHARD_TAG: shard} if shard else {}),
+                                         **{tag.removeprefix("falco/"): tags[tag] for tag in
+                                            DVC_EXPERIMENT_TAGS.values() if tag in tags}})
+        self.client().set_terminated(parent, status)
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier finished nested run of `asset` (and `variant`) in this experiment, or
@@ -572,6 +599,16 @@ def _started_ms(context: dg.AssetExecutionContext) -> tuple[int | None, int | No
     record = context.instance.get_run_record_by_id(run_id)
     run_start = record.start_time if record is not None else None
     return (int(max(starts) * 1000) if starts else None), (int(run_start * 1000) if run_start else None)
+
+
+def _run_tags(context: dg.AssetExecutionContext) -> Mapping[str, str]:
+    """The Dagster run's tags; none for an asset called as a function."""
+    from dagster._core.errors import DagsterInvalidPropertyError
+
+    try:
+        return context.run.tags
+    except DagsterInvalidPropertyError:
+        return {}
 
 
 def _job_and_run(context: dg.AssetExecutionContext) -> tuple[str, str]:

@@ -938,6 +938,46 @@ def test_codes_written_whole_by_a_run_killed_before_dagster_recorded_them_are_ta
     assert keyed_array(instance, torn / "store", dg.AssetKey("real_inversions"), "ws") is None
 
 
+def test_the_mlflow_run_of_a_run_in_progress_stays_running_and_a_run_stopped_before_its_assets_has_one(state,
+                                                                                                      monkeypatch):
+    """Each step's nested run ended its parent FINISHED: while `anonymized_images` was written, and after a `kill -9`
+    there, MLflow showed the shard's run FINISHED, its Dagster run STARTED and its images missing. And a run stopped
+    or failed while loading its inputs, before any asset opened a run, had none in MLflow."""
+    from orchestration.io_manager import FalcoIOManager
+    from orchestration.tracking import DAGSTER_RUN_TAG, DEFAULT_EXPERIMENT, PARENT_TAG, MlflowResource
+
+    root, instance = state
+    client = MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").client()
+    experiment = client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id
+
+    def runs_of(dagster_run_id: str) -> dict[str, str]:  # name -> status, the parent's under "parent"
+        return {("parent" if PARENT_TAG not in r.data.tags else r.info.run_name): r.info.status
+                for r in client.search_runs([experiment], f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'")}
+
+    store, load, seen = FalcoIOManager.handle_output, FalcoIOManager.load_input, {}
+
+    def watching(self, context, obj):
+        if context.asset_key == dg.AssetKey("anonymized_images"):  # the run's second step, its first one ended
+            seen.update(runs_of(context.run_id))
+        store(self, context, obj)
+
+    monkeypatch.setattr(FalcoIOManager, "handle_output", watching)
+    shutil.rmtree(root / "store" / "anonymized_latents" / "m0.5")
+    assert run(root, instance, VARIANTS).failed == []
+    assert seen["parent"] == "RUNNING" and seen[f"anonymized_latents m0.5 {SHARDS[0]}"] == "FINISHED"
+    monkeypatch.setattr(FalcoIOManager, "handle_output", store)
+
+    def failing_load(self, context):
+        raise OSError("Input/output error")
+
+    monkeypatch.setattr(FalcoIOManager, "load_input", failing_load)
+    shutil.rmtree(root / "store" / "anonymization_report")
+    summary = run(root, instance, VARIANTS)
+    assert summary.failed == ["report"]
+    assert runs_of(summary.run_ids[-1]) == {"parent": "FAILED"}
+    monkeypatch.setattr(FalcoIOManager, "load_input", load)
+
+
 def test_a_step_that_fails_while_its_value_is_stored_leaves_no_finished_mlflow_run_for_it(state, monkeypatch):
     """`pairs` did its work and its value was written, then its step failed before Dagster recorded it (a stop, a
     full disk): the value is made again, and its MLflow run, which ended FINISHED when the asset returned, ends
