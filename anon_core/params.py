@@ -126,9 +126,10 @@ def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str,
     if not given:
         return _build(FalcoParams, {**merged, "profile": profile}, str(path))
     merged = _merge(merged, _nest(given))
-    params = _build(FalcoParams, {**merged, "profile": profile}, "overrides")
     source = "overrides (command line, variant or run config)"
-    with naming_sources(f"{source}: invalid parameters", given, sources or {}):  # as _check words its error
+    label = f"{source}: invalid parameters"  # as _check words its error
+    with naming_sources(label, given, sources or {}):  # a value of the wrong type too: `margin: abc` in a variant
+        params = _build(FalcoParams, {**merged, "profile": profile}, label)
         _check(params, source)
     return params
 

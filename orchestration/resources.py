@@ -103,9 +103,14 @@ class NetworksResource(dg.ConfigurableResource):
         """The variants to run and compare: `sweep_variants` (the command line's), else the `sweep:` section's."""
         from anon_core.variants import canonical_name, sweep_variants
 
+        from anon_core.errors import ParamsError
+
         if self.sweep_variants:
             return list(dict.fromkeys(canonical_name(v) for v in self.sweep_variants))
-        return sweep_variants(self.section("sweep"))
+        try:
+            return sweep_variants(self.section("sweep"))
+        except ParamsError as err:  # the file's `sweep:` section, named as its other sections' errors name it
+            raise ParamsError(f"{self.params_file}: {err}") from None
 
     def setting(self, section: str, key: str) -> Any:
         """One required key of a section; ParamsError naming the file when it is missing."""

@@ -174,6 +174,16 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": float("nan")}}}))
     with pytest.raises(ParamsError, match=r"params.yaml: variants: keep: margin nan: must be in \[0, 1\]"):
         check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
+    # a value of the wrong type too (it named "overrides:"), and a bad `sweep:` names the file
+    for variants, sweep, error in (({"keep": {"margin": "abc"}}, {}, r"params.yaml: variants: keep: margin 'abc': is "
+                                    "not a valid float$"),
+                                   ({"keep": {"milestones": 0.5}}, {}, r"params.yaml: variants: keep: milestones 0.5: "),
+                                   ({}, {"margins": [0.5]}, r"params.yaml: sweep: cannot sweep margins"),
+                                   ({}, {"margin": ["0.5"]}, r"params.yaml: sweep: margin: '0.5' is not a number")):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": variants, "sweep": sweep}))
+        networks = NetworksResource(params_path=str(tmp_path / "params.yaml"))
+        with pytest.raises(ParamsError, match=error):
+            check_settings(storage, networks, networks.sweep())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": {"keep": {"margin": 0.9}}}))
     check_settings(storage, NetworksResource(params_path=str(tmp_path / "params.yaml")), ["default"])
     # a value of a name made of values names where that name came from: the file's `sweep:`, or the command line
