@@ -20,7 +20,6 @@ Cover (:func:`cover_box`): the face box grown by :data:`COVER_GROW` on each side
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from anon_core.data.align import quad_to_output

@@ -492,6 +492,18 @@ def test_same_format_keeps_jpeg_and_a_rerun_takes_the_journal(photos, tmp_path):
     assert written.read_bytes() == before  # and gave the same photo
 
 
+def _away_from_anonymized_faces(rows: list[dict], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """bool [H, W]: the pixels of photo `name` farther than half a box from each of its faces, all anonymized."""
+    faces = [r for r in rows if r["kind"] == "face" and r["input"] == name]
+    assert faces and all(r["status"] == "anonymized" for r in faces)
+    away = np.ones(shape[:2], bool)
+    for row in faces:
+        x1, y1, x2, y2 = _box(row)
+        w, h = x2 - x1, y2 - y1
+        away[max(int(y1 - h / 2), 0):int(y2 + h / 2) + 1, max(int(x1 - w / 2), 0):int(x2 + w / 2) + 1] = False
+    return away
+
+
 def test_a_grey_photo_is_written_grey_with_its_pixels_kept_outside_the_face(photos, tmp_path):
     """A black-and-white JPEG came back a three-channel JPEG (grey-looking, three times the colour data), and a
     greyscale PNG an RGB one; both keep the input's single grey channel, and the PNG its exact levels."""
@@ -513,13 +525,7 @@ def test_a_grey_photo_is_written_grey_with_its_pixels_kept_outside_the_face(phot
     with Image.open(images / "colour.png") as colour:
         assert colour.mode == "RGB"
     real = np.asarray(grey)
-    faces = [r for r in _rows(tmp_path / "out") if r["kind"] == "face" and r["input"] == "portrait_png.png"]
-    assert faces and all(r["status"] == "anonymized" for r in faces)
-    away = np.ones(real.shape, bool)
-    for row in faces:
-        x1, y1, x2, y2 = _box(row)
-        w, h = x2 - x1, y2 - y1
-        away[max(int(y1 - h / 2), 0):int(y2 + h / 2) + 1, max(int(x1 - w / 2), 0):int(x2 + w / 2) + 1] = False
+    away = _away_from_anonymized_faces(_rows(tmp_path / "out"), "portrait_png.png", real.shape)
     assert away.mean() > 0.5 and np.array_equal(written[away], real[away])
     assert np.abs(written.astype(int) - real.astype(int))[~away].mean() > 3  # the face did change
 
@@ -546,13 +552,7 @@ def test_a_16_bit_grey_photo_keeps_its_depth_and_16_bit_colour_is_said_to_be_rea
         assert png.mode.startswith("I;16")
         written = np.asarray(png).astype(np.uint16)
     rows = _rows(tmp_path / "out")
-    faces = [r for r in rows if r["kind"] == "face" and r["input"] == "scan16.png"]
-    assert faces and all(r["status"] == "anonymized" for r in faces)
-    away = np.ones(real.shape, bool)
-    for row in faces:
-        x1, y1, x2, y2 = _box(row)
-        w, h = x2 - x1, y2 - y1
-        away[max(int(y1 - h / 2), 0):int(y2 + h / 2) + 1, max(int(x1 - w / 2), 0):int(x2 + w / 2) + 1] = False
+    away = _away_from_anonymized_faces(rows, "scan16.png", real.shape)
     assert away.mean() > 0.5 and np.array_equal(written[away], real[away])  # every level, low byte included
     face = np.abs(written.astype(int) - real.astype(int))[~away]
     assert face.mean() > 3 * 257  # the face did change
