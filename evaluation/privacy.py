@@ -185,12 +185,19 @@ def _query_identity(source_index: np.ndarray, n_gallery: int, gallery_identity: 
     return gallery_identity[source_index]
 
 
+TIE_TOLERANCE = 1e-9
+"""Similarities closer than this are a tie, which goes to the attacker: the similarities of one image to two
+byte-identical gallery images (a duplicated file) came out 4e-16 apart, from the matrix product's rounding, and the
+duplicate's source ranked second."""
+
+
 def first_match_ranks(
     similarity: np.ndarray, source_index: np.ndarray, gallery_identity: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rank [Nq], best same-identity similarity [Nq]) from similarity [Nq, Ng] (higher = more alike).
 
-    rank = 1 + number of other-identity gallery items strictly more similar than the best same-identity one.
+    rank = 1 + number of other-identity gallery items more similar than the best same-identity one by more than
+    TIE_TOLERANCE.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     source_index = np.asarray(source_index)
@@ -202,7 +209,7 @@ def first_match_ranks(
         gallery_ids = np.arange(similarity.shape[1])
     same = gallery_ids[None, :] == query_ids[:, None]  # (Nq, Ng); never empty: the source itself is same
     best_same = np.where(same, similarity, -np.inf).max(axis=1)  # (Nq,)
-    ranks = 1 + ((similarity > best_same[:, None]) & ~same).sum(axis=1)
+    ranks = 1 + ((similarity > best_same[:, None] + TIE_TOLERANCE) & ~same).sum(axis=1)
     return ranks.astype(np.int64), best_same
 
 

@@ -92,6 +92,16 @@ def test_table_topk_verification_and_pass():
     assert strict["passed"].tolist() == [True, False, True]
 
 
+def test_a_duplicated_file_ties_with_its_copy_and_the_tie_goes_to_the_attacker():
+    """Two byte-identical files, each its own identity: the anonymized copy of the second was 4e-16 less similar to
+    its own source than to the first (the matrix product's rounding, as `falco evaluate` measured it), so it ranked 2
+    and counted as passed, where a tie is the attacker's."""
+    sim = np.array([[-0.7254852003643218, -0.7254852003643222]])  # to the first file, to its own source
+    table = reidentification_table(sim, np.array([1]), threshold=-0.6, inclusive=False)
+    assert table["rank"].tolist() == [1] and table["top1"].tolist() == [True]
+    assert first_match_ranks(np.array([[-0.72, -0.7254]]), np.array([1]))[0].tolist() == [2]  # a real difference
+
+
 def test_rank_six_is_outside_top5():
     sim = np.array([[0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
     table = reidentification_table(sim, np.array([0]), threshold=0.5, inclusive=True)
