@@ -505,19 +505,32 @@ def _run_mode(folder: Path) -> str:
         return "aligned"
 
 
+def _photo_run_bound(folder: Path, args: argparse.Namespace) -> tuple[float, str]:
+    """(bound, where it comes from) a photo-mode run is held to: --params' checks.privacy_max_match_share when given,
+    else the one the run was anonymized under (its params.json), else the project's params.yaml's."""
+    from anon_core.params import DEFAULT_PARAMS_PATH, load_section, privacy_bound
+    from evaluation.photo_privacy import PRIVACY_CHECK
+
+    record = json.loads((folder / "params.json").read_text())
+    profile = args.profile or record["params"]["profile"]
+    check = record.get(PRIVACY_CHECK)
+    if args.params is None and isinstance(check, dict) and isinstance(check.get("bound"), (int, float)):
+        return float(check["bound"]), f"{folder / 'params.json'}"
+    path = args.params or DEFAULT_PARAMS_PATH
+    return privacy_bound(load_section("checks", profile, args.params), path), f"{path} checks.privacy_max_match_share"
+
+
 def _evaluate_photo_runs(args: argparse.Namespace) -> int:
     """Photo-mode outputs: dlib's per-face check over every run (evaluation.photo_privacy); exit 1 when a run's
-    matched share is above checks.privacy_max_match_share."""
-    from anon_core.params import DEFAULT_PARAMS_PATH, load_section, privacy_bound
+    matched share is above the bound it is held to (`_photo_run_bound`)."""
     from evaluation.photo_privacy import evaluate_photo_runs
 
-    profile = args.profile or json.loads((args.anon_dirs[0] / "params.json").read_text())["params"]["profile"]
-    bound = privacy_bound(load_section("checks", profile, args.params), args.params or DEFAULT_PARAMS_PATH)
-    paths = evaluate_photo_runs(args.real_dir, list(args.anon_dirs), args.out, bound)
+    bounds = [_photo_run_bound(Path(folder), args) for folder in args.anon_dirs]
+    paths = evaluate_photo_runs(args.real_dir, list(args.anon_dirs), args.out, bounds)
     metrics = pd.read_csv(paths["metrics"])
-    for row in metrics.itertuples():
+    for row, (bound, _) in zip(metrics.itertuples(), bounds):
         print(f"{row.run}: dlib matches {row.matched_faces} of {row.faces_measured} faces to their source "
-              f"({row.matched_share:.0%}; bound {bound:.0%}); median distance {row.dlib_distance_median:.2f}")
+              f"({row.matched_share:.1%}; bound {bound:g}); median distance {row.dlib_distance_median:.2f}")
     print(f"report: {paths['markdown']}  (metrics.csv, faces.csv beside it)")
     return 0 if metrics["passes_bound"].all() else 1
 
@@ -535,8 +548,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "one whose weights are present)")
     p.add_argument("--profile", default=None, help="the runs' profile (default: read from their params.json)")
     p.add_argument("--params", type=given_path, default=None, metavar="FILE", help="params file whose "
-                   "checks.privacy_max_match_share a photo-mode run is held to: the one it was anonymized with "
-                   "(default: the project's params.yaml)")
+                   "checks.privacy_max_match_share a photo-mode run is held to (default: the bound the run was "
+                   "anonymized under, its params.json)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default="auto",
                    help="layout of REAL_DIR (default: the one the runs recorded)")

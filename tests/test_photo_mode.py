@@ -865,6 +865,23 @@ def test_a_privacy_bound_out_of_range_or_missing_is_one_line_before_any_photo_is
                      str(params)])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"falco: error: {params}: ") and expected in err
+    # without --params, a run is held to the bound it was anonymized under (its params.json), not the project's
+    record = json.loads((photo_run[0] / "params.json").read_text())
+    lenient = tmp_path / "lenient_run"
+    shutil.copytree(photo_run[0], lenient)
+    record["privacy_check"] = {**record["privacy_check"], "bound": 1.0}
+    (lenient / "params.json").write_text(json.dumps(record))
+    for row in _rows(lenient):  # outputs that are the inputs: every face matched
+        if row["kind"] == "photo" and row["status"] == "ok":
+            Image.fromarray(_rgb(photos / row["input"])).save(lenient / "images" / row["output"])
+    assert main(["evaluate", str(photos), str(lenient), "--out", str(tmp_path / "report-lenient")]) == 0
+    out = capsys.readouterr().out
+    assert "(100.0%; bound 1)" in out
+    [metrics] = _rows(tmp_path / "report-lenient", "metrics.csv")
+    assert metrics["bound"] == "1.0000" and metrics["bound_from"] == str(lenient / "params.json")
+    assert main(["evaluate", str(photos), str(lenient), "--out", str(tmp_path / "report-strict"), "--params",
+                 str(DEFAULT_PARAMS_PATH)]) == 1  # the project's 0.05, asked for
+    capsys.readouterr()
     # what only an aligned run's evaluation reads is refused, not ignored
     code = main(["evaluate", str(photos), str(photo_run[0]), "--out", str(tmp_path / "report-flags"), "--recognizers",
                  "arcface_irse50", "--show-real-faces"])
