@@ -138,10 +138,6 @@ box's middle that look upright. Measured on `bench/photo_detection_recall.py`'s 
 for the 307 faces found upright in upright photos; 0.24 to 0.47 for the "upright" ones found in the same photos
 stored sideways, all but 3 of 30 below 0.40."""
 SAME_FACE_IOU = 0.5  # boxes of two orientations of a photo overlapping this much are one face
-SAME_FACE_OVERLAP = 0.7
-"""...and so are two whose shared area is this share of the smaller box: MTCNN's own last suppression within one
-orientation ('min', 0.7). A loose box around a face found in another orientation (IoU 0.19, the face's whole box
-inside it) was a second face, pasted over the first."""
 TURNED_MIN_SCORE = 0.9
 """Face probability a detection in a turned copy of a photo with an upright face needs (in the photo as stored, and
 in the turned copies of a photo where no face shows upright, stored sideways: MTCNN's own 0.7). Each orientation
@@ -160,8 +156,7 @@ EDGE_MIN_VISIBLE = 1 / 3
 it (about half its box in the photo); a face-like pattern made by mirroring a corner, or the mirror image of a whole
 face near the edge, lies mostly or wholly outside."""
 # in a journal's key: which faces a photo's batches hold
-DETECTION_RULE = (f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU} or "
-                  f"overlap {SAME_FACE_OVERLAP}, turned "
+DETECTION_RULE = (f"every orientation's faces, eye span {MIN_EYE_SPAN}, one face above IoU {SAME_FACE_IOU}, turned "
                   f"ones beside an upright face scoring {TURNED_MIN_SCORE}, faces cut by an edge found in a mirror of "
                   f"{EDGE_MIRROR} with {EDGE_MIN_VISIBLE:.3f} in the photo")
 
@@ -192,7 +187,7 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "always") 
     every photo, or where no face shows upright (`shows_upright`: none found, or each lies on its side or upside
     down, or has landmarks that cannot be trusted: a photo stored sideways without an EXIF orientation, where MTCNN
     may still box a face or two): also in the photo turned by each of TURNS. A face found in several orientations is
-    kept once (boxes overlapping by SAME_FACE_IOU, or SAME_FACE_OVERLAP of the smaller one), from the orientation where it shows upright (then the most
+    kept once (boxes overlapping by SAME_FACE_IOU), from the orientation where it shows upright (then the most
     confident), so that each face is aligned by landmarks MTCNN gave it upright, and faces lying in different
     directions in one photo are all kept."""
     found = [FoundFace(d, 0, shows_upright(d)) for d in detector.detect(image)]
@@ -206,7 +201,7 @@ def find_faces(detector: FaceAligner, image: np.ndarray, turns: str = "always") 
                   if d.score >= min_score]
     kept: list[FoundFace] = []
     for face in sorted(found, key=lambda f: (f.upright, f.detection.score), reverse=True):
-        if all(face.turns == other.turns or not _same_face(face.detection.box, other.detection.box)
+        if all(face.turns == other.turns or _iou(face.detection.box, other.detection.box) < SAME_FACE_IOU
                for other in kept):
             kept.append(face)
     return sorted(kept, key=lambda f: box_area(f.detection.box), reverse=True)
@@ -254,10 +249,6 @@ def _turned_back(detection: Detection, turns: int, shape: tuple[int, ...]) -> De
     """A detection of the photo turned `turns` quarter turns (its shape `shape`), in the photo as stored."""
     return Detection(unturn_box(detection.box, turns, shape), detection.score,
                      unturn_points(detection.landmarks, turns, shape))
-
-
-def _same_face(a, b) -> bool:
-    return _iou(a, b) >= SAME_FACE_IOU or _overlap(a, b) >= SAME_FACE_OVERLAP
 
 
 def _iou(a, b) -> float:
