@@ -167,6 +167,22 @@ def test_each_face_is_kept_once_from_the_orientation_where_it_shows_upright():
         assert [f.turns for f in find_faces(_BoxesByOrientation(b_not_boxed), photo, mode)] == turns
 
 
+@pytest.mark.parametrize("turned", [90, 180])
+def test_a_small_upright_face_on_a_large_turned_one_leaves_both_found(turned, tmp_path):
+    """A poster of a face lying sideways or upside down behind a person whose face covers its cheek: the two boxes
+    overlap (the small one wholly inside the large), each found in its own orientation. Merging boxes that share 70%
+    of the smaller one (tried, to drop MTCNN's loose second box around a face) lost the large face, left as it was."""
+    from anon_core.data.sample import build_sample_dataset
+
+    paths = build_sample_dataset(tmp_path / "sample", size=128, num_lfw=6)
+    big, small = (next(p for p in paths if p.name == f"lfw_00{i}.png") for i in (0, 5))
+    scene = Image.new("RGB", (700, 700), (128, 120, 110))
+    scene.paste(Image.open(big).convert("RGB").resize((400, 400), Image.LANCZOS).rotate(turned, expand=True), (100, 100))
+    scene.paste(Image.open(small).convert("RGB").resize((140, 140), Image.LANCZOS), (300, 300))
+    found = find_faces(FaceAligner(64, "mtcnn", min_face_size=16), np.asarray(scene))
+    assert sorted(f.turns for f in found) == [0, (4 - turned // 90) % 4]  # the person's and the poster's
+
+
 class _InMirroredPhoto:
     """A detector that boxes `found` (in the photo's coordinates) only in the photo extended by its mirror image, in
     that extended photo's coordinates (shifted by the mirror's width)."""
@@ -519,6 +535,9 @@ def test_a_16_bit_grey_photo_keeps_its_depth_and_16_bit_colour_is_said_to_be_rea
     low = np.random.default_rng(0).integers(0, 256, real8.shape, dtype=np.uint16)
     real = real8 * 256 + low  # levels 8 bits cannot hold
     Image.fromarray(real).save(inputs / "scan16.png")
+    keyed = real.copy()
+    keyed[:40] = 12345  # a band of the transparent grey level: flattened onto white, as the manifest says
+    Image.fromarray(keyed).save(inputs / "keyed16.png", transparency=12345)
     with Image.open(photos / "group.png") as im:
         colour = np.asarray(im.convert("RGB")).astype(np.uint16) * 257
     tifffile.imwrite(inputs / "colour48.tif", colour)
@@ -534,6 +553,9 @@ def test_a_16_bit_grey_photo_keeps_its_depth_and_16_bit_colour_is_said_to_be_rea
     assert face.mean() > 3 * 257  # the face did change
     changed = written != real
     assert (written[changed] % 257 == 0).all()  # what the face changed holds 8-bit levels: no original low byte
+    with Image.open(tmp_path / "out" / "images" / "keyed16.png") as png:
+        band = np.asarray(png)[:40]
+        assert (band != 12345).all() and (band == 65535).mean() > 0.99  # before: the transparent level, dark grey
     [photo] = [r for r in rows if r["kind"] == "photo" and r["input"] == "colour48.tif"]
     assert "16 bits per colour channel were read as 8" in photo["detail"]
     assert not any("16 bits" in r["detail"] for r in rows if r["input"] == "scan16.png")

@@ -267,7 +267,12 @@ def load_deep_grey(path: Path) -> np.ndarray | None:
         if not (image.mode.startswith("I;16") or image.mode == "I"):
             return None
         values = np.asarray(ImageOps.exif_transpose(image)).astype(np.int64)
-        return values.astype(np.uint16) if values.size and 0 <= values.min() and values.max() <= 65535 else None
+        if not (values.size and 0 <= values.min() and values.max() <= 65535):
+            return None
+        key = image.info.get("transparency")  # a PNG's transparent grey level: flattened onto white, as load_rgb does
+        if isinstance(key, int):
+            values[values == key] = 65535
+        return values.astype(np.uint16)
 
     return _from_header(path, read, None)
 
