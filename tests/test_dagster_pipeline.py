@@ -1300,8 +1300,8 @@ def test_a_bad_device_or_flag_is_one_line_naming_it_before_any_run(tmp_path, lfw
     for value, shown in (("true", "True"), ("abc", "'abc'")):
         fast_params(tmp_path / "sweep.yaml", sweep={"margin": [0.0, yaml.safe_load(value)]})
         assert main([*cmd, "--params", str(tmp_path / "sweep.yaml")]) == 2
-        assert capsys.readouterr().err == f"falco: error: sweep: margin: {shown} is not a number; give a number or " \
-                                          "a list of numbers\n"
+        assert capsys.readouterr().err == f"falco: error: {tmp_path / 'sweep.yaml'}: sweep: margin: {shown} is not a " \
+                                          "number; give a number or a list of numbers\n"
     # An MLflow server that does not answer: one line at once (MLflow's retries took 4.5 minutes, then a traceback)
     import socket
 
