@@ -214,9 +214,9 @@ def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path,
         faces = pd.concat(per_face, ignore_index=True)
         paths = {"metrics": out_dir / "metrics.csv", "faces": out_dir / "faces.csv", "markdown": out_dir / "report.md"}
         text = [PHOTO_REPORT_TITLE, "",
-                f"Each face of each output photo, cut at the input's landmarks, against the same face of the input "
-                f"photo by dlib's recognizer (same person when the descriptor distance is below 0.6). Each run "
-                f"passes when its matched share is at most its bound (`bound`, from `bound_from`).", "",
+                "Each face of each output photo, cut at the input's landmarks, against the same face of the input "
+                "photo by dlib's recognizer (same person when the descriptor distance is below 0.6). Each run "
+                "passes when its matched share is at most its bound (`bound`, from `bound_from`).", "",
                 metrics.to_markdown(index=False, floatfmt=".3f"), ""]
         write_bytes_atomic(paths["metrics"], metrics.to_csv(index=False, float_format="%.4f").encode())
         write_bytes_atomic(paths["faces"], faces.to_csv(index=False, float_format="%.4f").encode())

@@ -21,8 +21,8 @@ evaluation and the report), not the other variants.
 from __future__ import annotations
 
 import json
-import time
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager

@@ -122,8 +122,17 @@ def dvc_experiment_tags(environ: Mapping[str, str]) -> dict[str, str]:
 
 def _dvc_experiment(context: dg.AssetExecutionContext) -> dict[str, str]:
     """The MLflow tags of the DVC experiment the step's run belongs to (`dvc_experiment`, `dvc_baseline_rev`)."""
-    tags = _run_tags(context)
-    return {tag.removeprefix("falco/"): tags[tag] for tag in DVC_EXPERIMENT_TAGS.values() if tag in tags}
+    return _dvc_tags(_run_tags(context))
+
+
+def _dvc_tags(run_tags: Mapping[str, str]) -> dict[str, str]:
+    return {tag.removeprefix("falco/"): run_tags[tag] for tag in DVC_EXPERIMENT_TAGS.values() if tag in run_tags}
+
+
+def _parent_tags(variant: str | None, shard: str | None, run_tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a Dagster run's MLflow run besides its id: its variant, shard and DVC experiment."""
+    return {**_dvc_tags(run_tags), **({VARIANT_TAG: variant} if variant else {}),
+            **({SHARD_TAG: shard} if shard else {})}
 
 
 def input_provenance(instance: dg.DagsterInstance) -> dict[str, str]:
@@ -466,8 +475,8 @@ class MlflowResource(dg.ConfigurableResource):
         job, run_id = _job_and_run(context)
         step_start, run_start = _started_ms(context)
         dvc_tags = _dvc_experiment(context)
-        parent_tags = {**dvc_tags, **({VARIANT_TAG: variant} if variant else {}), **({SHARD_TAG: shard} if shard else {})}
-        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start, parent_tags)
+        parent = self.parent_run(run_id, f"{job} {where}".strip(), run_start,
+                                 _parent_tags(variant, shard, _run_tags(context)))
         # The driver ends a run it launched with the Dagster run's end, a killed one's next driver as KILLED: until
         # then it is RUNNING (ended with each step, it showed FINISHED while a later step worked, and after a kill -9
         # between steps). Launched otherwise (the UI, `dagster job execute`), each step ends it, and puts it back.
@@ -551,10 +560,7 @@ class MlflowResource(dg.ConfigurableResource):
         record = instance.get_run_record_by_id(dagster_run_id)
         start = int(record.start_time * 1000) if record is not None and record.start_time else None
         parent = self.parent_run(dagster_run_id, " ".join(p for p in (dagster_run.job_name, variant, shard) if p),
-                                 start, {**({VARIANT_TAG: variant} if variant else {}),
-                                         **({SHARD_TAG: shard} if shard else {}),
-                                         **{tag.removeprefix("falco/"): tags[tag] for tag in
-                                            DVC_EXPERIMENT_TAGS.values() if tag in tags}})
+                                 start, _parent_tags(variant, shard, tags))
         self.client().set_terminated(parent, status)
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
