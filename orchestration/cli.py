@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterator, NoReturn
 
 from orchestration import stop_request
-from orchestration.cli_types import check_mode_flags, finite_float, given_path
+from orchestration.cli_types import check_mode_flags, finite_float, given_path, whole_number
 
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                    help="mixed precision of the networks: bf16 autocast, off (float32), auto (bf16 on CUDA only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the optimization step (worth it on a GPU; compiling takes minutes on a CPU)")
-    p.add_argument("--steps", type=int, default=None, help="optimization steps (paper: 50)")
+    p.add_argument("--steps", type=whole_number, default=None, help="optimization steps (paper: 50)")
     p.add_argument("--margin", type=finite_float, default=None, help="identity margin m (0: paper default; -> 1 keeps more identity)")
     p.add_argument("--pairing", choices=("nearest", "unique", "identity"), default=None,
                    help="nearest: each image its nearest fake (the paper's); unique: no two images share a fake; "
@@ -56,8 +56,8 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-consistency", type=finite_float, default=None, metavar="W",
                    help="weight of the pull toward the paired fake's identity (one pseudonym per person with "
                         "--pairing identity); 0: the paper's loss (default: params.yaml)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
-    p.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
+    p.add_argument("--seed", type=whole_number, default=None, help="seed of the fake pool")
+    p.add_argument("--pool-size", type=whole_number, default=None, help="number of fakes (paper: 60000)")
     p.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
                    help="layout of INPUT_DIR: celebahq (CelebAMask-HQ download), lfw, folder (any images), auto "
                         "(default: params.yaml data.dataset)")
@@ -73,9 +73,9 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
                         "and removes it when the run ends")
     p.add_argument("--no-cache", dest="keep_cache", action="store_false", help="same as --no-keep-cache")
     photo = p.add_argument_group("photo mode (--mode photo; defaults: params.yaml photo:)")
-    photo.add_argument("--min-face-size", type=int, default=None, metavar="PX",
+    photo.add_argument("--min-face-size", type=whole_number, default=None, metavar="PX",
                        help="smallest face box the detector looks for (>= 12)")
-    photo.add_argument("--min-anonymize-size", type=int, default=None, metavar="PX",
+    photo.add_argument("--min-anonymize-size", type=whole_number, default=None, metavar="PX",
                        help="faces whose box is smaller are covered instead of anonymized")
     photo.add_argument("--cover", choices=("pixelate", "blur"), default=None,
                        help="how faces that cannot be anonymized (too small, profile, no alignment) are covered")
@@ -89,8 +89,8 @@ def _batch_size(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
-    except ValueError:
+        return whole_number(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
 
 

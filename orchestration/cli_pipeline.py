@@ -10,12 +10,11 @@ combination) runs one variant per value, named after it (m0, m0.5, m0.9); `--var
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
-from orchestration.cli_types import check_mode_flags, given_path
+from orchestration.cli_types import check_mode_flags, finite_float, given_path, whole_number
 from orchestration.driver import STAGES
 from orchestration.jobs import EXECUTORS
 
@@ -24,20 +23,23 @@ GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "l
 
 
 def _values(kind: type):
+    """A comma-separated list of `kind` values, each read as the single-value flags read theirs (`--steps 20.0` is
+    20, as in params.yaml)."""
+    read_one = {float: finite_float, int: whole_number, str: str}[kind]
+
     def parse(text: str) -> list:
         items = [v.strip() for v in text.split(",")]
         if not all(items):  # `--margin ''` or `--margin 0.5,`: not the sweep of params.yaml, silently
             example = "names, e.g. default,m0.5" if kind is str else \
                 "values, e.g. 0,0.5,0.9 (a negative first value as --margin=-0.5,...)"
             raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give comma-separated {example}")
-        try:
-            values = [kind(v) for v in items]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__} values") \
-                from None
-        infinite = [v for v in values if kind is float and not math.isfinite(v)]
-        if infinite:  # else "variant value nan is not a finite number", without the flag
-            raise argparse.ArgumentTypeError(f"{text!r} holds {infinite[0]}, not a finite number")
+        values = []
+        for item in items:
+            try:
+                values.append(read_one(item))
+            except argparse.ArgumentTypeError as error:
+                shown = "" if len(items) == 1 else f"{text!r}: "
+                raise argparse.ArgumentTypeError(f"{shown}{error}") from None
         return values
 
     return parse
@@ -63,11 +65,11 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                               help=f"optimization.{key} values: one variant per value (every combination with the "
                                    "other value flags)")
     shared = p.add_argument_group("settings every variant shares (default: params.yaml)")
-    shared.add_argument("--pool-size", type=int, default=None, help="number of fakes (paper: 60000)")
-    shared.add_argument("--seed", type=int, default=None, help="seed of the fake pool")
+    shared.add_argument("--pool-size", type=whole_number, default=None, help="number of fakes (paper: 60000)")
+    shared.add_argument("--seed", type=whole_number, default=None, help="seed of the fake pool")
     shared.add_argument("--pairing", choices=("nearest", "unique", "identity"), default=None,
                         help="params.yaml pairing: nearest (the paper's), unique, identity (one fake per person)")
-    shared.add_argument("--shard-size", type=int, default=None, help="images per partition (params.yaml "
+    shared.add_argument("--shard-size", type=whole_number, default=None, help="images per partition (params.yaml "
                         "pipeline.shard_size: 1024, 16 for tiny)")
     shared.add_argument("--executor", choices=EXECUTORS, default=None,
                         help="pipeline.executor: celery hands each step to the `falco worker`s of its queue (README: "
@@ -83,8 +85,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                        help="aligned: the face dataset graph (default); photo: every face of each photo anonymized in "
                             "place, jobs prepare_photos and anonymize_photos (no evaluate stage: each shard has its "
                             "blocking per-face privacy check)")
-    photo.add_argument("--min-face-size", type=int, default=None, metavar="PX", help="photo.min_face_size")
-    photo.add_argument("--min-anonymize-size", type=int, default=None, metavar="PX", help="photo.min_anonymize_size")
+    photo.add_argument("--min-face-size", type=whole_number, default=None, metavar="PX", help="photo.min_face_size")
+    photo.add_argument("--min-anonymize-size", type=whole_number, default=None, metavar="PX", help="photo.min_anonymize_size")
     photo.add_argument("--cover", choices=("pixelate", "blur"), default=None, help="photo.cover")
     p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date, "
                    "and every image's inversion and codes (without it, images stored under the same settings are "

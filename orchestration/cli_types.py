@@ -28,6 +28,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+def whole_number(text: str) -> int:
+    """An integer option's value, written as params.yaml takes one: `3`, `3.0` or `1e3`; `3.5`, nan and inf are
+    refused by what was typed."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = finite_float(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("not a number", "not a whole number")) from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def given_text(text: str) -> str:
     """A value that must not be empty (a URI, a list of names): empty, it would fall back to the default silently,
     where the user meant to give one."""

@@ -94,8 +94,8 @@ def test_sweeps_are_names_then_every_combination():
         grid_variants({"lr": [float("inf")]})
     from orchestration.cli_pipeline import _values
 
-    with pytest.raises(argparse.ArgumentTypeError, match="'0,nan' holds nan, not a finite number"):
-        _values(float)("0,nan")  # argparse names the flag: "argument --margin: '0,nan' holds nan, ..."
+    with pytest.raises(argparse.ArgumentTypeError, match="^'0,nan': 'nan' is not a finite number$"):
+        _values(float)("0,nan")  # argparse names the flag: "argument --margin: '0,nan': 'nan' is ..."
     with pytest.raises(ParamsError, match="no values"):
         grid_variants({"margin": []})
 
@@ -247,3 +247,21 @@ def test_an_empty_item_gets_an_example_of_its_kind(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["pipeline", flag, "m0.5,"])
         assert capsys.readouterr().err.endswith(f"'m0.5,' has an empty item; give comma-separated {example}")
+
+
+def test_a_whole_number_is_read_the_same_from_a_flag_and_from_params_yaml(capsys):
+    """`steps: 20.0` in params.yaml (and in a variant) ran 20 steps while `--steps 20.0` was refused."""
+    from orchestration.cli import build_parser
+    from orchestration.cli_pipeline import resources_from_args
+
+    assert sweep_variants({"steps": [20.0, 10]}) == ["steps20", "steps10"]  # params.yaml's sweep:
+    args = build_parser().parse_args(["pipeline", "--steps", "20.0,1e1"])
+    assert resources_from_args(args)[2] == ["steps20", "steps10"]
+    assert build_parser().parse_args(["pipeline", "--pool-size", "64.0", "--seed", "3"]).pool_size == 64
+    assert build_parser().parse_args(["anonymize", "in", "out", "--steps", "20.0"]).steps == 20
+    for argv, said in ((["pipeline", "--steps", "20,20.5"], "argument --steps: '20,20.5': '20.5' is not a whole number"),
+                       (["anonymize", "in", "out", "--steps", "nan"], "argument --steps: 'nan' is not a finite number"),
+                       (["anonymize", "in", "out", "--seed", "x"], "argument --seed: 'x' is not a whole number")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert capsys.readouterr().err.splitlines()[-1].endswith(said)
