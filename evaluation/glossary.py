@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 
@@ -92,6 +93,26 @@ def better_of(metric: str) -> str:
     """The direction of `metric` ("lower = more private", ...), or "" when the glossary has no row for it."""
     found = meaning_of(metric)
     return found.better if found else ""
+
+
+def shown_number(value) -> str:
+    """How every table a person reads (report.md, report.html, `falco runs compare`) writes a value: a float to 4
+    significant digits of its exact value (0.91875 is 0.9187), so one number reads the same everywhere; "-" when
+    missing. The aligned report's metrics.csv, metrics.json and MLflow keep every digit."""
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return "-"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, index: bool = True) -> str:
+    """`frame` as a markdown table with its numbers as `shown_number` writes them (tabulate would reformat them)."""
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+               for c in frame.columns]
+    align = (["left"] if index else []) + ["right" if n else "left" for n in numeric]
+    text = frame.astype(object).map(shown_number)
+    return text.to_markdown(index=index, disable_numparse=True, colalign=align)
 
 
 def with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:

@@ -197,6 +197,7 @@ def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path,
     bound (`bounds`: (bound, where it comes from) per folder); writes `faces.csv` (a row per face and run),
     `metrics.csv` (a row per run, photo_run_summary, with its bound) and `report.md`."""
     from anon_core.atomic import write_bytes_atomic
+    from evaluation.glossary import markdown_table
 
     out_dir = Path(out_dir)
     check_separate(real_folder=real_dir, report_folder=out_dir,
@@ -217,7 +218,7 @@ def evaluate_photo_runs(real_dir: Path, folders: list[Path], out_dir: Path,
                 "Each face of each output photo, cut at the input's landmarks, against the same face of the input "
                 "photo by dlib's recognizer (same person when the descriptor distance is below 0.6). Each run "
                 "passes when its matched share is at most its bound (`bound`, from `bound_from`).", "",
-                metrics.to_markdown(index=False, floatfmt=".3f"), ""]
+                markdown_table(metrics, index=False), ""]
         write_bytes_atomic(paths["metrics"], metrics.to_csv(index=False, float_format="%.4f").encode())
         write_bytes_atomic(paths["faces"], faces.to_csv(index=False, float_format="%.4f").encode())
         write_bytes_atomic(paths["markdown"], "\n".join(text).encode())

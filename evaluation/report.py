@@ -15,7 +15,7 @@ import pandas as pd
 from anon_core.atomic import write_files_atomic
 from evaluation.baselines import BASELINES
 from evaluation.figures import grid_png
-from evaluation.glossary import with_direction
+from evaluation.glossary import markdown_table, with_direction
 from evaluation.privacy import TOP_K
 from evaluation.report_folder import ALIGNED_REPORT_TITLE
 from evaluation.report_page import ExampleGrid, PageContent, recognizer_rows, render_page
@@ -198,22 +198,22 @@ def write_report(
     md += [f"> **Note:** {text}" for text in banners] + ([""] if banners else [])
     md += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
     if settings is not None and len(settings.columns):
-        md += ["## Settings that differ", "", settings.to_markdown(), ""]
-    md += ["## Summary (FALCO and baselines)", "", _with_direction(summary[headline].T).to_markdown(), ""]
+        md += ["## Settings that differ", "", markdown_table(settings), ""]
+    md += ["## Summary (FALCO and baselines)", "", markdown_table(_with_direction(summary[headline].T)), ""]
     md += ["## Recognizers and thresholds", ""]
     md += [f"- **{r['name']}**: {r['rule']} ({r['source']})" for r in recognizer_rows(list(summary.columns))] + [""]
     if runs is not None:
         shown = [c for c in headline if c in runs.columns]
         md += ["## Runs compared (this and earlier evaluations)", "",
-               _with_direction(runs[shown].T).to_markdown(), ""]
-    md += ["## All metrics", "", _with_direction(summary.T).to_markdown(), ""]
+               markdown_table(_with_direction(runs[shown].T)), ""]
+    md += ["## All metrics", "", markdown_table(_with_direction(summary.T)), ""]
     if attributes is not None:
         if "run" in attributes.columns:
             by_run = attributes.pivot_table(index=["predictor", "attribute"], columns="run", values="agreement",
                                             sort=False)
-            md += ["## Attribute agreement per run", "", by_run.round(4).to_markdown(), ""]
+            md += ["## Attribute agreement per run", "", markdown_table(by_run), ""]
         else:
-            md += ["## Attribute agreement (FALCO)", "", attributes.round(4).to_markdown(index=False), ""]
+            md += ["## Attribute agreement (FALCO)", "", markdown_table(attributes, index=False), ""]
     md += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figures] + [""]
     md += [f"Example grid columns: {' | '.join(example_titles)}." + (f" {example_caption}" if example_caption else ""),
            ""]
@@ -239,8 +239,8 @@ def write_report(
 
 
 def _with_direction(metrics_by_row: pd.DataFrame) -> pd.DataFrame:
-    """Metrics as rows, rounded to 4 digits for the markdown, with their direction (`glossary.with_direction`)."""
-    return with_direction(metrics_by_row.apply(pd.to_numeric, errors="coerce").round(4))
+    """Metrics as rows (numbers), with their direction (`glossary.with_direction`)."""
+    return with_direction(metrics_by_row.apply(pd.to_numeric, errors="coerce"))
 
 
 def seeded_banners(generator_seeded: bool, metrics: Sequence[str], resolution: int | None = None) -> list[str]:

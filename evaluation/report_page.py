@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from evaluation.glossary import GLOSSARY, meaning_of, with_direction
+from evaluation.glossary import GLOSSARY, meaning_of, shown_number, with_direction
 from evaluation.recognizers import RECOGNIZERS
 
 TEMPLATE = "report.html.j2"
@@ -72,7 +72,7 @@ def _table(out: pd.DataFrame) -> str:
         cells = []
         for column, value in row.items():
             if isinstance(value, (float, np.floating)):
-                text, css = ("-" if np.isnan(value) else f"{value:.4g}"), "number"
+                text, css = shown_number(value), "number"
             elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
                 text, css = str(value), "number"
             else:

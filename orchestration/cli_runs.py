@@ -329,7 +329,9 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     rows = frame.set_index(heading)[described + metrics].T
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None
-    text = rows.map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.4g}" if isinstance(v, float) else str(v))
+    from evaluation.glossary import shown_number
+
+    text = rows.map(shown_number)
     return text.to_string()
 
 

@@ -3,6 +3,7 @@ marker per run and per baseline, the scatter over earlier runs, and per-run attr
 
 import base64
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -190,3 +191,25 @@ def test_a_variant_whose_loss_rose_gets_a_warning_above_the_numbers():
     assert banners == ["variant lr100: the mean loss rose from 7.1 at step 0 to 7.7 at step 2: the optimization "
                        "diverged (optimization.lr = 100 is likely too large; the paper's is 0.01), so its images are "
                        "not what the method makes and no recognizer matching them says they are private."]
+
+
+def test_a_number_reads_the_same_in_report_md_report_html_and_runs_compare(tmp_path):
+    """report.md rounded half to even by decimals (0.91875 -> 0.9188, 123.456789 -> 123.4568) while report.html and
+    `falco runs compare` wrote 4 significant digits of the exact value (0.9187, 123.5)."""
+    from orchestration.cli_runs import side_by_side
+
+    values = {"fid": 123.456789, "kid": 0.000123456, "mean_agreement": 0.91875}
+    summary = _summary().assign(**values)
+    faces = np.zeros((2, 16, 16, 3), np.uint8)
+    paths = write_report(tmp_path, summary, pd.DataFrame({"run": ["m=0.0"]}), None, [faces, faces],
+                         ["m=0.0", "m=0.5"], {"profile": "tiny"})
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    terminal = side_by_side(pd.DataFrame({"variant": ["m0"], "started": ["2026-12-07 12:00:00"], **{
+        k: [v] for k, v in values.items()}}), list(values))
+    def in_markdown(text):
+        return re.search(rf"\|\s+{re.escape(text)}\s+\|", md) is not None
+
+    for shown in ("123.5", "0.0001235", "0.9187"):
+        assert in_markdown(shown) and f">{shown}</td>" in page and shown in terminal, shown
+    for other in ("123.4568", "0.0001", "0.9188"):
+        assert not in_markdown(other) and f">{other}<" not in page, other
