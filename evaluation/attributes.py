@@ -7,13 +7,16 @@ Protocol (FALCO, after CIAGAN; see DESIGN.md section 5):
 - CelebA-HQ has its 40 labels: a classifier trained on the real train split is evaluated on the real and on the
   anonymized test split (accuracy against the ground truth); a small drop means the attributes survived.
 The classifier is torchvision's ResNet layout (`anon_core.networks.resnet50`; ResNet-50 by default, any depth/width
-by config), trained from scratch with BCE-with-logits and Adam on [-1, 1] images resized to `image_size`.
+by config), trained from scratch with BCE-with-logits and Adam on [-1, 1] images resized to `image_size`. On the
+CPU it trains and labels with one torch thread (`single_cpu_thread`), so its weights and numbers do not depend on
+the machine's thread count.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +46,7 @@ __all__ = [
     "config_dict",
     "pseudo_labels",
     "read_celeba_attributes",
+    "single_cpu_thread",
     "train_attribute_classifier",
 ]
 
@@ -209,6 +213,23 @@ def build_classifier(config: ClassifierConfig, num_attributes: int = len(CELEBA_
     return ResNet(config.backbone(num_attributes))
 
 
+@contextmanager
+def single_cpu_thread(device: torch.device | str) -> Iterator[None]:
+    """One torch thread while the classifier runs on the CPU, the caller's count restored after. With more, the
+    threads split BatchNorm's statistics and the weight gradients into partial sums by their count, so another
+    count rounds differently and Adam carries that into other weights and labels (docs/evaluation.md). A GPU's
+    result does not depend on the CPU's threads, which then keep all of theirs for preparing its batches."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _prepare(batch: Tensor, size: int) -> Tensor:
     if tuple(batch.shape[-2:]) != (size, size):
         batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -236,30 +257,31 @@ def train_attribute_classifier(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
-    step, start = 0, time.perf_counter()
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(images), generator=generator)
-        # The epoch's batches are known now, so they are read ahead; sorted rows read a memmap fast.
-        index_batches = [np.sort(order[first : first + config.batch_size].numpy())
-                         for first in range(0, len(order), config.batch_size)]
-        for index, batch in read_parts(images, index_batches):
-            x = next(image_batches(batch, len(index), device))  # (B, 3, H, W) in [-1, 1]
-            x = _prepare(x, config.image_size)
-            if config.hflip:
-                flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss = F.binary_cross_entropy_with_logits(model(x), targets[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            entry = {"step": step, "epoch": epoch, "loss": loss.item(), "seconds": time.perf_counter() - start}
-            history.append(entry)
-            if log is not None:
-                log(entry)
-            if config.max_steps is not None and step >= config.max_steps:
-                return model.eval(), history
-    return model.eval(), history
+    with single_cpu_thread(device):
+        step, start = 0, time.perf_counter()
+        for epoch in range(config.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            # The epoch's batches are known now, so they are read ahead; sorted rows read a memmap fast.
+            index_batches = [np.sort(order[first : first + config.batch_size].numpy())
+                             for first in range(0, len(order), config.batch_size)]
+            for index, batch in read_parts(images, index_batches):
+                x = next(image_batches(batch, len(index), device))  # (B, 3, H, W) in [-1, 1]
+                x = _prepare(x, config.image_size)
+                if config.hflip:
+                    flip = (torch.rand(len(index), generator=generator) < 0.5).to(device)
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                loss = F.binary_cross_entropy_with_logits(model(x), targets[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                entry = {"step": step, "epoch": epoch, "loss": loss.item(), "seconds": time.perf_counter() - start}
+                history.append(entry)
+                if log is not None:
+                    log(entry)
+                if config.max_steps is not None and step >= config.max_steps:
+                    return model.eval(), history
+        return model.eval(), history
 
 
 @torch.no_grad()
@@ -272,9 +294,9 @@ def classifier_labels(
 ) -> np.ndarray:
     """Predicted labels bool [N, A] (logit > 0) of a trained classifier."""
     model.eval()
-    out = [
-        (model(_prepare(batch, image_size)) > 0).cpu().numpy() for batch in image_batches(images, batch_size, device)
-    ]
+    with single_cpu_thread(device):
+        out = [(model(_prepare(batch, image_size)) > 0).cpu().numpy()
+               for batch in image_batches(images, batch_size, device)]
     return np.concatenate(out) if out else np.zeros((0, model.config.num_classes or 0), bool)
 
 

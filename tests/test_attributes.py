@@ -27,6 +27,7 @@ from evaluation.attributes import (
     read_celeba_attributes,
     train_attribute_classifier,
 )
+from conftest import torch_threads
 from seeding import fill_deterministic_
 
 TINY = ResNetConfig(layers=(1, 1, 1, 1), width=8)
@@ -132,6 +133,26 @@ def test_classifier_training_loss_falls_and_utility_table() -> None:
     assert table.loc[["Red", "Blue"], "drop"].mean() > 0.2 and table.loc[["Red", "Blue"], "drop"].min() > 0, table
     same = classifier_utility(model, test_images, test_images.copy(), truth, config)
     assert (same["drop"] == 0).all() and (same["agreement"] == 1).all()
+
+
+def test_classifier_weights_and_labels_do_not_depend_on_the_cpu_thread_count() -> None:
+    """Evaluations compared across machines must agree: with two threads BatchNorm's statistics and the weight
+    gradients were summed in another order, and Adam carried the rounding into other weights and labels."""
+    images, labels = _synthetic(64, seed=0)
+    config = ClassifierConfig(layers=(1, 1, 1, 1), width=8, image_size=32, batch_size=32, epochs=10, max_steps=6,
+                              lr=3e-3, weight_decay=0.0, hflip=True, seed=0)
+    test_images, _ = _synthetic(32, seed=1)
+    trained = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            model, history = train_attribute_classifier(images, labels, config)
+            predicted = classifier_labels(model, test_images, config.image_size)
+            assert torch.get_num_threads() == threads  # the caller's setting is back
+        trained[threads] = model.state_dict(), [entry["loss"] for entry in history], predicted
+    (weights_1, losses_1, labels_1), (weights_2, losses_2, labels_2) = trained[1], trained[2]
+    assert all(torch.equal(weights_1[k], weights_2[k]) for k in weights_1), \
+        {k: float((weights_1[k].double() - weights_2[k].double()).abs().max()) for k in weights_1}
+    assert losses_1 == losses_2 and np.array_equal(labels_1, labels_2)
 
 
 @pytest.mark.gpu
