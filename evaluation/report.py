@@ -326,13 +326,21 @@ def release_banner(name: str, share: float, worst_shard: float | None, bound: fl
     those of one shard) fails the release bound; an empty list otherwise."""
     if not fails_release(judged_share(share, worst_shard), bound):
         return []
-    if fails_release(share, bound):
-        how = f"{share:.1%} of them to their own source (distance < 0.6), more than"
+    return [f"{name} failed the privacy check: do not release its images. dlib still matches "
+            f"{matched_share(share, worst_shard, 'distance < 0.6')}, more than checks.privacy_max_match_share = "
+            f"{bound:g} allows."]
+
+
+def matched_share(share: float, worst_shard: float | None, rule: str = "") -> str:
+    """What dlib still matched, as the report's warning and `falco runs compare` say it: the judged share
+    (`judged_share`), the worst shard's with the whole set's beside it when that is the larger."""
+    notes = [rule] if rule else []
+    if worst_shard is not None and worst_shard > share:
+        notes.append(f"{share:.1%} of all of them")
+        text = f"{worst_shard:.1%} of the images of one of its shards to their own source"
     else:
-        how = (f"{worst_shard:.1%} of the images of one of its shards to their own source (distance < 0.6; "
-               f"{share:.1%} of all of them), more than")
-    return [f"{name} failed the privacy check: do not release its images. dlib still matches {how} "
-            f"checks.privacy_max_match_share = {bound:g} allows."]
+        text = f"{share:.1%} of its images to their own source"
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def metrics_json(summary: pd.DataFrame) -> bytes:

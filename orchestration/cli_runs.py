@@ -166,12 +166,13 @@ def failed_variants(runs: list, bound: float | Sequence[float | None] | None) ->
     return {variant: (share, b) for variant, (verdict, share, b) in latest.items() if verdict == "FAILED"}
 
 
-def _worst_shard_note(run) -> str:
-    from evaluation.report import RELEASE_CHECK, WORST_SHARD_CHECK
+def _matched(run) -> str:
+    """The share of a run's images dlib still matched, worded as the report's warning words it."""
+    from evaluation.report import RELEASE_CHECK, WORST_SHARD_CHECK, matched_share
     from orchestration.tracking import metric_name
 
     share, worst = (run.data.metrics.get(metric_name(m)) for m in (RELEASE_CHECK, WORST_SHARD_CHECK))
-    return "" if worst is None or share is None or worst <= share else f" in its worst shard ({share:.1%} of all)"
+    return matched_share(share, worst)
 
 
 def privacy_verdicts(runs: list, bound: float | Sequence[float | None]) -> list[str]:
@@ -228,11 +229,10 @@ def _run_compare(args: argparse.Namespace) -> int:
     bound = report_bounds(client, experiment_id, runs)
     frame = compare_table(runs, args.metric, bound)
     latest_run = {_label(r): r for r in runs}
-    for variant, (share, limit) in failed_variants(runs, bound).items():
-        print(f"falco: warning: {variant} fails the privacy check: dlib still matches {share:.1%} of its images to "
-              f"their own source{_worst_shard_note(latest_run[variant])}, more than checks.privacy_max_match_share = "
-              f"{limit:g} (the bound of the latest report on its input) allows; do not release its images",
-              file=sys.stderr)
+    for variant, (_, limit) in failed_variants(runs, bound).items():
+        print(f"falco: warning: {variant} fails the privacy check: dlib still matches {_matched(latest_run[variant])}, "
+              f"more than checks.privacy_max_match_share = {limit:g} (the bound of the latest report on its input) "
+              "allows; do not release its images", file=sys.stderr)
     if len({b for b in bound if b is not None}) > 1:
         print("falco: note: the runs are judged by different privacy bounds (the latest report on each input: "
               f"{', '.join(sorted({f'{b:g}' for b in bound if b is not None}))})", file=sys.stderr)
