@@ -133,7 +133,8 @@ def _run_fetch(args: argparse.Namespace) -> int:
     if len(failed) == 1 and len(done) == 1:
         raise FalcoError(failed[0])
     if failed:
-        raise FalcoError(f"{len(failed)} of {len(done)} failed:\n" + "\n".join(failed))
+        ready = len(done) - len(failed)  # shipped in a package, already in the store, or fetched now: printed above
+        raise FalcoError(f"{len(failed)} of {len(done)} failed ({ready} in place, listed above):\n" + "\n".join(failed))
     return 0
 
 

@@ -418,7 +418,7 @@ def test_cli_list_path_fetch_verify(store: Path, server: Server, monkeypatch, ca
     with pytest.raises(FalcoError, match="unknown profile 'testprfo'; known: .*testprof"):
         _cli(["models", "fetch", "--profile", "testprfo", "--quiet"])
     # A profile's files are all attempted; the ones that fail are reported together at the end.
-    with pytest.raises(FalcoError, match="(?s)1 of 2 failed:\ntestfile: no direct download"):
+    with pytest.raises(FalcoError, match=r"(?s)1 of 2 failed \(1 in place, listed above\):\ntestfile: no direct download"):
         _cli(["models", "fetch", "--profile", "testprof", "--quiet"])
     assert f"test_weights: {store / 'pack' / 'weights.pt'}" in capsys.readouterr().out
 
