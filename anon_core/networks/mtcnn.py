@@ -206,6 +206,12 @@ def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool) -> np.ndarray:
     return boxes + reg * np.tile(wh, 2)  # offsets are (x1, y1, x2, y2) * (w, h, w, h)
 
 
+def _as_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [H, W, 3] (the photo or a part of it) -> float32 [1, 3, H, W], contiguous: the area resize would
+    otherwise make a contiguous copy of a permuted view first (the values and their sums are the same)."""
+    return pixels.permute(2, 0, 1)[None].to(torch.float32, memory_format=torch.contiguous_format)
+
+
 # --------------------------------------------------------------------------------------------- detector
 @dataclass(frozen=True)
 class Detection:
@@ -265,20 +271,21 @@ class MTCNN:
     def _normalize(x: torch.Tensor) -> torch.Tensor:
         return (x - 127.5) * 0.0078125
 
-    def _crops(self, img: torch.Tensor, boxes: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Cut boxes (clipped to the image, 1-based inclusive as the reference does) and area-resize.
+    def _crops(self, photo: torch.Tensor, boxes: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Cut boxes out of the uint8 [H, W, 3] photo (clipped to it, 1-based inclusive as the reference does) and
+        area-resize.
 
         Returns ([K, 3, size, size] normalized crops, indices of the K boxes with a non-empty crop).
         """
-        h, w = img.shape[-2:]
+        h, w = photo.shape[:2]
         ib = np.trunc(boxes).astype(np.int64)
         x, y = np.maximum(ib[:, 0], 1), np.maximum(ib[:, 1], 1)
         ex, ey = np.minimum(ib[:, 2], w), np.minimum(ib[:, 3], h)
         valid = np.flatnonzero((ey > y - 1) & (ex > x - 1))
-        crops = [F.interpolate(img[:, :, y[k] - 1 : ey[k], x[k] - 1 : ex[k]], size=(size, size), mode="area")
+        crops = [F.interpolate(_as_float(photo[y[k] - 1 : ey[k], x[k] - 1 : ex[k]]), size=(size, size), mode="area")
                  for k in valid]
         if not crops:
-            return img.new_zeros(0, 3, size, size), valid
+            return torch.zeros(0, 3, size, size, device=photo.device), valid
         return self._normalize(torch.cat(crops)), valid
 
     def _pnet(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,12 +303,14 @@ class MTCNN:
         return torch.cat([r for r, _ in strips], dim=2), torch.cat([p for _, p in strips], dim=2)
 
     # -- stages ----------------------------------------------------------------------------------------
-    def _stage1(self, img: torch.Tensor) -> np.ndarray:
-        """P-Net over the pyramid; returns [N, 5] boxes (x1, y1, x2, y2, score), regressed and squared."""
-        h, w = img.shape[-2:]
+    def _stage1(self, photo: torch.Tensor) -> np.ndarray:
+        """P-Net over the pyramid of the uint8 [H, W, 3] photo; returns [N, 5] boxes (x1, y1, x2, y2, score),
+        regressed and squared. Each level is resized from a float copy of the photo made for it alone, so that
+        copy (12 bytes a pixel) is never held beside the P-Net activations of the largest level."""
+        h, w = photo.shape[:2]
         found = []
         for scale in self._scales(h, w):
-            small = F.interpolate(img, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
+            small = F.interpolate(_as_float(photo), size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
             reg, prob = self._pnet(small)
             face = prob[0, 1]  # [h', w']
             rows, cols = torch.nonzero(face >= self.thresholds[0], as_tuple=True)
@@ -322,9 +331,9 @@ class MTCNN:
         boxes = _square(_regress(cand[:, :4], cand[:, 5:9], plus_one=False))
         return np.concatenate([boxes, cand[:, 4:5]], axis=1)
 
-    def _stage2(self, img: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
+    def _stage2(self, photo: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
         """R-Net on 24 px crops; returns [N, 5] boxes, rescored, regressed and squared."""
-        crops, valid = self._crops(img, boxes[:, :4], 24)
+        crops, valid = self._crops(photo, boxes[:, :4], 24)
         if len(valid) == 0:
             return np.zeros((0, 5), np.float32)
         reg, prob = (t.cpu().numpy() for t in self.rnet(crops))
@@ -334,9 +343,9 @@ class MTCNN:
         boxes = _square(_regress(boxes[pick], reg[pick], plus_one=True))
         return np.concatenate([boxes, score[pick, None]], axis=1)
 
-    def _stage3(self, img: torch.Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _stage3(self, photo: torch.Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """O-Net on 48 px crops; returns final [N, 5] boxes and [N, 5, 2] landmarks, highest score first."""
-        crops, valid = self._crops(img, boxes[:, :4], 48)
+        crops, valid = self._crops(photo, boxes[:, :4], 48)
         if len(valid) == 0:
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
         reg, marks, prob = (t.cpu().numpy() for t in self.onet(crops))
@@ -360,14 +369,13 @@ class MTCNN:
                 f"MTCNN.detect needs a uint8 RGB array of shape [H, W, 3], got {got}; convert grayscale with "
                 "np.repeat(img[..., None], 3, axis=2) and floats in [0, 1] with (img * 255).round().astype(np.uint8)"
             )
-        img = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, torch.float32)
-        img = img.permute(2, 0, 1)[None]  # [H, W, 3] -> [1, 3, H, W]
-        boxes = self._stage1(img)
+        photo = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)  # uint8 [H, W, 3]
+        boxes = self._stage1(photo)
         if len(boxes):
-            boxes = self._stage2(img, boxes)
+            boxes = self._stage2(photo, boxes)
         marks = np.zeros((0, 5, 2), np.float32)
         if len(boxes):
-            boxes, marks = self._stage3(img, boxes)
+            boxes, marks = self._stage3(photo, boxes)
         order = np.argsort(-boxes[:, 4], kind="stable")
         return [
             Detection(box=tuple(float(v) for v in boxes[i, :4]), score=float(boxes[i, 4]),
