@@ -22,27 +22,43 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def read_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[tuple[T, Future[R]]]:
+_END = object()  # the end of read_ahead's items
+
+
+def read_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int,
+               weight: Callable[[T], int] | None = None, budget: int | None = None
+               ) -> Iterator[tuple[T, Future[R]]]:
     """Yield (item, future of fn(item)) in input order, with up to `depth` items submitted (the yielded one
-    included) while the caller works.
+    included) while the caller works; with `weight` (an item's cost in memory, such as a photo's pixels) and
+    `budget`, also no more than `budget` of weight, except that one item is always submitted, however heavy.
 
     `future.result()` returns fn's value or raises its exception, so per-item errors reach the caller at that
     item. Leaving the loop early cancels what has not started and waits for what has.
     """
     if workers < 1 or depth < 1:
         raise ValueError(f"read_ahead needs workers >= 1 and depth >= 1, got {workers} and {depth}")
+    if (weight is None) != (budget is None):
+        raise ValueError("read_ahead needs both weight and budget, or neither")
+    weigh = weight or (lambda item: 0)
     source = iter(items)
-    pending: deque[tuple[T, Future[R]]] = deque()
+    pending: deque[tuple[T, Future[R], int]] = deque()
+    held = 0  # weight of the pending items
+    upcoming = next(source, _END)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="falco-read") as pool:
         try:
-            for item in source:
-                pending.append((item, pool.submit(fn, item)))
-                if len(pending) >= depth:
-                    yield pending.popleft()
-            while pending:
-                yield pending.popleft()
+            while pending or upcoming is not _END:
+                # the caller is done with the item yielded last: submit what fits beside the pending ones
+                while upcoming is not _END and len(pending) < depth and (
+                        not pending or budget is None or held + weigh(upcoming) <= budget):
+                    cost = weigh(upcoming)
+                    pending.append((upcoming, pool.submit(fn, upcoming), cost))
+                    held += cost
+                    upcoming = next(source, _END)
+                item, future, cost = pending.popleft()
+                held -= cost
+                yield item, future
         finally:
-            for _, future in pending:
+            for _, future, _ in pending:
                 future.cancel()
 
 

@@ -123,3 +123,24 @@ def test_leaving_on_an_error_drops_the_writes_not_started():
             threading.Timer(0.2, gate.set).start()
             raise KeyboardInterrupt
     assert done == [0]  # the running write finished, the four waiting ones never started
+
+
+def test_read_ahead_bounded_by_weight_keeps_one_heavy_item_alone_and_several_light_ones_together():
+    weights = {"a": 5, "b": 5, "c": 5, "big": 20, "d": 1}
+    started = {name: threading.Event() for name in weights}
+
+    def record(name):
+        started[name].set()
+        return name
+
+    stream = read_ahead(record, list(weights), workers=4, depth=10, weight=weights.get, budget=10)
+    assert next(stream)[0] == "a"
+    assert started["b"].wait(WAIT)  # a and b fit the budget together
+    assert not started["c"].is_set()  # a third would not, though depth allows it
+    assert [next(stream)[0], next(stream)[0]] == ["b", "c"]
+    item, future = next(stream)
+    assert item == "big" and future.result() == "big"  # heavier than the budget: read alone
+    assert not started["d"].is_set()  # nothing beside it while the caller holds it
+    assert [i for i, _ in stream] == ["d"]
+    with pytest.raises(ValueError, match="both weight and budget"):
+        next(read_ahead(record, ["a"], workers=1, depth=2, budget=10))
