@@ -36,8 +36,8 @@ from anon_core.compose import changed_pixels, cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
-from anon_core.data.image_io import (ImageRejected, deepen, encode_png, flattened, load_deep_grey, load_rgb,
-                                     stores_grey)
+from anon_core.data.image_io import (ImageRejected, deepen, displayed_size, encode_png, flattened, load_deep_grey,
+                                     load_rgb, stores_grey)
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -80,6 +80,10 @@ PHOTO_MANIFEST_COLUMNS = (
     "identity_similarity",  # cosine of real and anonymized identity embeddings after optimization
 )
 JPEG_QUALITY = 95
+READ_AHEAD_PIXELS = 96_000_000
+"""Pixels of the photos read ahead of the networks at once (besides one photo, however large): each holds its
+decoded pixels, and while its faces are searched, MTCNN's pyramid and the photo extended by its mirror image (about
+50 bytes a pixel at the peak, on the CPU). Four 24 MP photos, or eight 12 MP ones for a GPU's eight readers."""
 TURNED_NOTE = "found with the photo turned"  # in the detail of a photo some of whose faces were found turned
 
 
@@ -214,6 +218,7 @@ class _PhotoRun:
         self.detector = FaceAligner(self.resolution, "mtcnn", device=self.device,
                                     min_face_size=settings.min_face_size)
         self.files = files
+        self.pixels = {f.relpath: _read_cost(f) for f in files}  # what reading each photo costs
         self.outputs = _output_names(self.files, settings.output_format)
         self.journal = Journal(output_dir, run_key({
             "mode": "photo", "params": self.params.to_dict(), "weights": self.nets.weights,
@@ -266,7 +271,10 @@ class _PhotoRun:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:
-        reading = progress_bar(None, desc="read", unit="photo", total=len(self.files), enable=self.show_progress)
+        # counted in pixels, what reading a photo costs (decoding, and MTCNN over it turned and mirrored): counted
+        # in photos, a folder of large and small photos got an hour's time left after its first large one
+        reading = progress_bar(None, desc="read", unit="pixel", total=sum(self.pixels.values()), unit_scale=True,
+                               enable=self.show_progress)
         self.bar = progress_bar(None, desc="anonymize", unit="face", enable=self.show_progress)
         workers = io_workers(self.device)
         with WriteBehind(workers) as self.writer:
@@ -286,12 +294,14 @@ class _PhotoRun:
         once all its faces are done."""
         waiting: dict[int, _Photo] = {}
         queue: list[tuple[int, int, np.ndarray]] = []  # (file index, face index, aligned crop)
-        for row, (f, reading_future) in enumerate(read_ahead(self._read, self.files, workers, depth=2 * workers)):
-            reading.update(1)
+        ahead = read_ahead(self._read, self.files, workers, depth=2 * workers,
+                           weight=lambda f: self.pixels[f.relpath], budget=READ_AHEAD_PIXELS)
+        for row, (f, reading_future) in enumerate(ahead):
             self.summary.photos += 1
             try:
                 image, faces, crops, turns, left_out, grey, deep = reading_future.result()
             except ImageRejected as rejected:
+                self._count_read(reading, row, f)
                 stale = {self.outputs.get(f.relpath)} & self.take_over.previous
                 if stale:  # the earlier run's image of this photo goes before any manifest lists the photo rejected
                     self.take_over()
@@ -299,6 +309,7 @@ class _PhotoRun:
                 self.summary.rejected[rejected.reason] += 1
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, f.named(rejected.detail), -1)]
                 continue
+            self._count_read(reading, row, f)
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
             photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=grey, deep=deep)
@@ -325,6 +336,10 @@ class _PhotoRun:
                 queue = queue[self.params.batch_size:]
         if queue:
             self._anonymize(queue, waiting)
+
+    def _count_read(self, reading, row: int, f: ScannedFile) -> None:
+        reading.set_postfix_str(f"{row + 1}/{len(self.files)} photos", refresh=False)
+        reading.update(self.pixels[f.relpath])
 
     def _anonymize(self, items: list[tuple[int, int, np.ndarray]], waiting: dict[int, _Photo]) -> None:
         """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
@@ -428,6 +443,12 @@ class _PhotoRun:
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         }
         write_bytes_atomic(self.output_dir / "params.json", json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def _read_cost(f: ScannedFile) -> int:
+    """The photo's pixels from its header (1 for a file that will be rejected unread: it costs next to nothing)."""
+    size = None if f.skip_reason else displayed_size(f.path)
+    return max(size[0] * size[1], 1) if size else 1
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:

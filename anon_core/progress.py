@@ -43,12 +43,15 @@ def log_every_s() -> float:
 
 
 def progress_bar(iterable: Iterable[T] | None, desc: str, unit: str = "it", enable: Progress = True,
-                 total: int | None = None) -> tqdm:
+                 total: int | None = None, unit_scale: bool = False) -> tqdm:
+    """`unit_scale`: counts shown with an SI prefix (12.3M), for a bar that counts pixels or bytes."""
     if enable is True and not _on_terminal():  # a bar's redraws would fill a log file with \r and cursor moves
         enable = _print_line
     if callable(enable):
-        return _LogLines(iterable, desc=desc, unit=unit, total=total, log=enable, every_s=log_every_s())
-    return tqdm(iterable, desc=desc, unit=unit, total=total, disable=not enable, dynamic_ncols=True, leave=False)
+        return _LogLines(iterable, desc=desc, unit=unit, total=total, unit_scale=unit_scale, log=enable,
+                         every_s=log_every_s())
+    return tqdm(iterable, desc=desc, unit=unit, total=total, unit_scale=unit_scale, disable=not enable,
+                dynamic_ncols=True, leave=False)
 
 
 def close_bars() -> None:
@@ -73,8 +76,8 @@ def _print_line(line: str) -> None:
 
 class _LogLines(plain_tqdm):
     """A tqdm whose display is one log line (`log(line)`), at most one every `every_s` seconds, the first after
-    `every_s`: "optimize: 120/500 steps (24%), 02:00 elapsed, about 06:20 left, batch 3/10". Its time left is the
-    average rate so far applied to what remains."""
+    `every_s`: "optimize: 120/500 steps (24%), 02:00 elapsed, about 06:20 left, batch 3/10" (with `unit_scale`:
+    "read: 24.0M/38.9M pixels (62%), ..."). Its time left is the average rate so far applied to what remains."""
 
     def __init__(self, *args, log: Callable[[str], None], every_s: float, **kwargs):
         self.log = log
@@ -92,7 +95,9 @@ class _LogLines(plain_tqdm):
         n, total = self.n, self.total
         elapsed = self._time() - self.start_t if hasattr(self, "start_t") else 0.0  # 0: tqdm's first display
         units = _plural(self.unit)
-        text = f"{self.desc}: {n}/{total} {units} ({100 * n / total:.0f}%)" if total else f"{self.desc}: {n} {units}"
+        shown = self.format_sizeof if self.unit_scale else str
+        text = (f"{self.desc}: {shown(n)}/{shown(total)} {units} ({100 * n / total:.0f}%)" if total
+                else f"{self.desc}: {shown(n)} {units}")
         text += f", {self.format_interval(elapsed)} elapsed"
         if total and 0 < n < total:
             text += f", about {self.format_interval(elapsed * (total - n) / n)} left"

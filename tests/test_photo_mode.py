@@ -1009,3 +1009,22 @@ def test_a_photo_rerun_that_fails_before_writing_leaves_the_earlier_run_whole(ph
     monkeypatch.setattr(pipeline, "anonymize_images", stopped)
     assert main(["anonymize", str(tmp_path / "in"), str(out), "--mode", "photo", *FAST, "--steps", "2"]) == 130
     assert files() == before
+
+
+def test_reading_progress_counts_pixels_so_a_large_photo_is_most_of_the_bar(tmp_path, monkeypatch):
+    """A folder of one large photo and small ones: once the large one is read, most of the reading is done (counted
+    in photos, the bar said a quarter, and its time left was three times what the large photo had taken)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    ramp = np.linspace(40, 200, 1200, dtype=np.float32)
+    large = np.broadcast_to(ramp[None, :, None], (900, 1200, 3)).astype(np.uint8)
+    Image.fromarray(large).save(inputs / "a_large.png")
+    for k in range(3):
+        Image.fromarray(large[:150, :200]).save(inputs / f"b_small{k}.png")
+    monkeypatch.setenv("FALCO_PROGRESS_EVERY_S", "0")  # a line at every photo read
+    lines: list[str] = []
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 1})
+    anonymize_photos(inputs, tmp_path / "out", params, PhotoSettings(turns="never"), show_progress=lines.append)
+    reading = [line for line in lines if line.startswith("read:") and "photos" in line.split(",")[-1]]
+    assert reading[0].startswith("read: 1.08M/1.17M pixels (92%)") and reading[0].endswith("1/4 photos"), reading
+    assert reading[-1].startswith("read: 1.17M/1.17M pixels (100%)") and reading[-1].endswith("4/4 photos"), reading

@@ -114,3 +114,14 @@ def test_closing_the_bars_leaves_none_drawn(monkeypatch):
     close_bars()
     assert not tqdm._instances and outer.disable and inner.disable
     assert terminal.getvalue().endswith("\r")  # at the start of a line
+
+
+def test_a_bar_counting_pixels_shows_them_with_a_prefix(clock, monkeypatch):
+    monkeypatch.delenv(EVERY_ENV, raising=False)
+    lines: list[str] = []
+    bar = progress_bar(None, desc="read", unit="pixel", total=24_480_000, unit_scale=True, enable=lines.append)
+    clock.now += 40.0
+    bar.set_postfix_str("1/3 photos", refresh=False)
+    bar.update(24_000_000)
+    bar.close()
+    assert lines == ["read: 24.0M/24.5M pixels (98%), 00:40 elapsed, about 00:00 left, 1/3 photos"]
