@@ -36,8 +36,8 @@ from anon_core.compose import changed_pixels, cover_box, paste_face
 from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
-from anon_core.data.image_io import (ImageRejected, deepen, displayed_size, encode_png, flattened, load_deep_grey,
-                                     load_rgb, stores_grey)
+from anon_core.data.image_io import (MAX_PIXELS, MIN_SIDE, ImageRejected, deepen, displayed_size, encode_png,
+                                     flattened, load_deep_grey, load_rgb, stores_grey)
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -446,9 +446,12 @@ class _PhotoRun:
 
 
 def _read_cost(f: ScannedFile) -> int:
-    """The photo's pixels from its header (1 for a file that will be rejected unread: it costs next to nothing)."""
+    """The photo's pixels from its header; 1 for a file that will be rejected unread (its header unreadable, or its
+    size out of `load_rgb`'s bounds): it costs next to nothing."""
     size = None if f.skip_reason else displayed_size(f.path)
-    return max(size[0] * size[1], 1) if size else 1
+    if not size or min(size) < MIN_SIDE or size[0] * size[1] > MAX_PIXELS:
+        return 1
+    return size[0] * size[1]
 
 
 def _output_names(files: list[ScannedFile], output_format: str) -> dict[str, str]:

@@ -1021,10 +1021,12 @@ def test_reading_progress_counts_pixels_so_a_large_photo_is_most_of_the_bar(tmp_
     Image.fromarray(large).save(inputs / "a_large.png")
     for k in range(3):
         Image.fromarray(large[:150, :200]).save(inputs / f"b_small{k}.png")
+    # 100k pixels in a strip 20 px high: rejected from its header (too_small), it weighs nothing
+    Image.fromarray(np.full((20, 5000, 3), 99, np.uint8)).save(inputs / "c_strip.png")
     monkeypatch.setenv("FALCO_PROGRESS_EVERY_S", "0")  # a line at every photo read
     lines: list[str] = []
     params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 1})
     anonymize_photos(inputs, tmp_path / "out", params, PhotoSettings(turns="never"), show_progress=lines.append)
     reading = [line for line in lines if line.startswith("read:") and "photos" in line.split(",")[-1]]
-    assert reading[0].startswith("read: 1.08M/1.17M pixels (92%)") and reading[0].endswith("1/4 photos"), reading
-    assert reading[-1].startswith("read: 1.17M/1.17M pixels (100%)") and reading[-1].endswith("4/4 photos"), reading
+    assert reading[0].startswith("read: 1.08M/1.17M pixels (92%)") and reading[0].endswith("1/5 photos"), reading
+    assert reading[-1].startswith("read: 1.17M/1.17M pixels (100%)") and reading[-1].endswith("5/5 photos"), reading

@@ -198,7 +198,7 @@ def test_a_number_reads_the_same_in_report_md_report_html_and_runs_compare(tmp_p
     `falco runs compare` wrote 4 significant digits of the exact value (0.9187, 123.5)."""
     from orchestration.cli_runs import side_by_side
 
-    values = {"fid": 123.456789, "kid": 0.000123456, "mean_agreement": 0.91875}
+    values = {"fid": 123.456789, "kid": 0.000123456, "mean_agreement": 0.91875, "images": 30000.0}
     summary = _summary().assign(**values)
     faces = np.zeros((2, 16, 16, 3), np.uint8)
     paths = write_report(tmp_path, summary, pd.DataFrame({"run": ["m=0.0"]}), None, [faces, faces],
@@ -209,7 +209,7 @@ def test_a_number_reads_the_same_in_report_md_report_html_and_runs_compare(tmp_p
     def in_markdown(text):
         return re.search(rf"\|\s+{re.escape(text)}\s+\|", md) is not None
 
-    for shown in ("123.5", "0.0001235", "0.9187"):
+    for shown in ("123.5", "0.0001235", "0.9187", "30000"):  # a count in full (.4g wrote 3e+04)
         assert in_markdown(shown) and f">{shown}</td>" in page and shown in terminal, shown
-    for other in ("123.4568", "0.0001", "0.9188"):
+    for other in ("123.4568", "0.0001", "0.9188", "3e+04"):
         assert not in_markdown(other) and f">{other}<" not in page, other
