@@ -88,8 +88,15 @@ class _LogLines(plain_tqdm):
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
         if msg is None:  # tqdm clears the line with msg="" on close: nothing to log
+            self.logged_n = self.n
             self.log(self.line())
         return True
+
+    def close(self) -> None:
+        # a bar that logged a line ends on where it got (a last update inside the interval left "99%" as its last word)
+        if not self.disable and getattr(self, "logged_n", self.n) != self.n:
+            self.display()
+        super().close()
 
     def line(self) -> str:
         n, total = self.n, self.total

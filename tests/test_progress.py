@@ -36,6 +36,8 @@ def test_a_log_gets_a_line_every_interval_with_how_far_and_the_time_left(clock, 
         "optimize: 30/100 steps (30%), 00:30 elapsed, about 01:10 left, batch 1/2",
         "optimize: 60/100 steps (60%), 01:00 elapsed, about 00:40 left, batch 2/2",
         "optimize: 90/100 steps (90%), 01:30 elapsed, about 00:10 left, batch 2/2",
+        # where it ended (before: 90% was its last word, though the loop ran to the end)
+        "optimize: 100/100 steps (100%), 01:40 elapsed, batch 2/2",
     ]
 
 
