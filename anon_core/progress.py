@@ -81,6 +81,7 @@ class _LogLines(plain_tqdm):
 
     def __init__(self, *args, log: Callable[[str], None], every_s: float, **kwargs):
         self.log = log
+        self.logged_n: float | None = None  # the count its last line showed; None before its first
         # miniters=0: every update (update(0) too) may log once `every_s` has passed; tqdm would otherwise learn to
         # skip updates and could stay silent through a slow stretch
         super().__init__(*args, mininterval=every_s, delay=every_s, miniters=0, smoothing=0, leave=False,
@@ -94,7 +95,7 @@ class _LogLines(plain_tqdm):
 
     def close(self) -> None:
         # a bar that logged a line ends on where it got (a last update inside the interval left "99%" as its last word)
-        if not self.disable and getattr(self, "logged_n", self.n) != self.n:
+        if not self.disable and self.logged_n not in (None, self.n):
             self.display()
         super().close()
 

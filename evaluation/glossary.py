@@ -98,7 +98,8 @@ def better_of(metric: str) -> str:
 def shown_number(value) -> str:
     """How every table a person reads (report.md, report.html, `falco runs compare`) writes a value: a float to 4
     significant digits of its exact value (0.91875 is 0.9187), so one number reads the same everywhere, a whole
-    number (an image count) in full; "-" when missing. The aligned report's metrics.csv, metrics.json and MLflow keep every digit."""
+    number (an image count) in full; "-" when missing. The aligned report's metrics.csv, metrics.json and MLflow
+    keep every digit."""
     if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and np.isnan(value)):
         return "-"
     if isinstance(value, (float, np.floating)):

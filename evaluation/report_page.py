@@ -71,13 +71,9 @@ def _table(out: pd.DataFrame) -> str:
     for name, row in out.iterrows():
         cells = []
         for column, value in row.items():
-            if isinstance(value, (float, np.floating)):
-                text, css = shown_number(value), "number"
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                text, css = str(value), "number"
-            else:
-                text, css = ("-" if value is None or value is pd.NA else str(value)), \
-                    ("better" if column == "better" else "")
+            number = isinstance(value, (float, np.floating, int, np.integer)) and not isinstance(value, bool)
+            css = "number" if number else "better" if column == "better" else ""
+            text = shown_number(value)
             cells.append(f"<td class='{css}'>{html.escape(text)}</td>")
         body.append(f"<tr><th scope='row'>{html.escape(str(name))}</th>{''.join(cells)}</tr>")
     corner = html.escape(str(out.index.name or ""))

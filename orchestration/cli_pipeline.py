@@ -86,7 +86,8 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                             "place, jobs prepare_photos and anonymize_photos (no evaluate stage: each shard has its "
                             "blocking per-face privacy check)")
     photo.add_argument("--min-face-size", type=whole_number, default=None, metavar="PX", help="photo.min_face_size")
-    photo.add_argument("--min-anonymize-size", type=whole_number, default=None, metavar="PX", help="photo.min_anonymize_size")
+    photo.add_argument("--min-anonymize-size", type=whole_number, default=None, metavar="PX",
+                       help="photo.min_anonymize_size")
     photo.add_argument("--cover", choices=("pixelate", "blur"), default=None, help="photo.cover")
     p.add_argument("--fresh", action="store_true", help="re-make every asset, even those Dagster reports up to date, "
                    "and every image's inversion and codes (without it, images stored under the same settings are "

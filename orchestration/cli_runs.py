@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from anon_core.atomic import write_bytes_atomic
+from evaluation.glossary import shown_number
 from orchestration.cli_types import given_path, given_text
 
 EVALUATION_ASSET = "evaluation_metrics"
@@ -329,8 +330,6 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     rows = frame.set_index(heading)[described + metrics].T
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None
-    from evaluation.glossary import shown_number
-
     text = rows.map(shown_number)
     return text.to_string()
 
