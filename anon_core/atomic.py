@@ -116,6 +116,12 @@ def remove_orphaned_temporaries(folder: Path, min_age_s: float = 0.0) -> list[Pa
     return removed
 
 
+def being_written(name: str) -> bool:
+    """Whether a file named `name` is the temporary of a write still going on (its process running here)."""
+    found = _TEMPORARY.fullmatch(name)
+    return found is not None and _running(int(found.group(1)))
+
+
 def _running(pid: int) -> bool:
     if pid == os.getpid():
         return True

@@ -3,6 +3,8 @@
 import hashlib
 from pathlib import Path
 
+from anon_core.atomic import being_written
+
 _CHUNK = 1 << 20
 
 
@@ -13,3 +15,24 @@ def sha256_file(path: Path | str) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def prune_by_digest(folder: Path, keep: set[str]) -> int:
+    """In a cache filed by file digest (`<folder>/<sha[:2]>/<sha>.<rest>`), remove the entries of every file whose
+    digest is not in `keep`, the temporaries of killed writes (not those of writes going on: another process may
+    be filling the cache) and the emptied subfolders. Returns the number of entries removed (counted by their
+    `.json`, each entry's commit marker)."""
+    folder = Path(folder)
+    removed = 0
+    for path in folder.glob("??/*"):
+        # a temporary (".<name>...tmp") splits to ""
+        if path.name.split(".", 1)[0] not in keep and not being_written(path.name):
+            removed += path.suffix == ".json"
+            path.unlink(missing_ok=True)
+    for sub in folder.glob("??"):
+        if sub.is_dir() and not any(sub.iterdir()):
+            try:
+                sub.rmdir()
+            except OSError:  # a file written into it meanwhile
+                pass
+    return removed

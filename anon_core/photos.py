@@ -8,7 +8,8 @@ and pasted back (anon_core.compose). A photo is written when its last face is do
 PNG by default, no metadata carried over (EXIF, GPS). Pixels away from every face keep their exact values.
 
 Memory holds the photos whose faces are still queued (about one batch of faces) and no crop of a real face is
-written to disk. A stopped run, rerun with the same arguments, takes its finished batches from the journal
+written to disk; the faces found in each photo (boxes and landmarks) are kept (anon_core.photo_detections), so a
+photo is searched once. A stopped run, rerun with the same arguments, takes its finished batches from the journal
 (anon_core.journal: the codes; their images are generated again) and redoes the rest; a run over a folder that
 changed since (photos added, removed, renamed or replaced) takes each face an earlier run finished from its journal
 by the face's key (its aligned crop and the settings: anon_core.reuse), so only the new faces are optimized.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,13 +45,15 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
                                previous_inputs, remove_outputs)
+from anon_core.hashing import prune_by_digest
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
 from anon_core.journal import Journal, run_batches, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
-from anon_core.photo_faces import (DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings, cut_by_edge_faces,
-                                   find_faces, plan_faces)
+from anon_core.photo_detections import DETECTION_CACHE, FoundFaces, search_key
+from anon_core.photo_faces import (DETECTION_RULE, FALLBACK_REASONS, PhotoFace, PhotoSettings,
+                                   cut_by_edge_faces, find_faces, plan_faces)
 from anon_core.pipeline import batch_codes, key_settings
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
@@ -99,6 +103,7 @@ class PhotoSummary:
     below_min_face_size: int = 0  # photos whose shorter side is under photo.min_face_size: no face can be found
     min_face_size: int = 0
     turned: int = 0  # photos with faces found only with the photo turned (stored sideways or upside down, or lying)
+    found_earlier: int = 0  # photos read whose faces an earlier search found (the detection cache): not searched
     faceless: list[str] = field(default_factory=list)  # photos read in which no face was found, written unchanged
 
     @property
@@ -133,6 +138,8 @@ class PhotoSummary:
         if self.reused:
             text += (f"; {self.reused} face(s) the same as in an earlier run under the same settings, taken from its "
                      "journal")
+        if self.found_earlier:
+            text += f"; {self.found_earlier} photo(s) not searched again, their faces as an earlier search found them"
         if self.turned:
             text += (f"; {self.turned} photo(s) with faces {TURNED_NOTE} (stored sideways or upside down, or a face "
                      "lying; manifest.csv's detail)")
@@ -144,6 +151,21 @@ class PhotoSummary:
             text += (f"; {self.below_min_face_size} photo(s) smaller than photo.min_face_size ({self.min_face_size} "
                      "px) on their shorter side, where no face can be found: lower --min-face-size")
         return text
+
+
+@dataclass
+class _Read:
+    """A photo as read (`_PhotoRun._read`): its pixels with the covers applied, its faces and the aligned crops of
+    those to anonymize, all in the photo as stored."""
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    faces: list[PhotoFace]
+    crops: list[np.ndarray]  # of the faces to anonymize, in order
+    turns: list[int]  # the quarter turns of the photo each face was found in (`find_faces`)
+    left_out: list[str]  # what the decoding left out (`image_io.flattened`)
+    grey: bool  # the file stores grey pixels (`image_io.stores_grey`)
+    deep: np.ndarray | None  # a 16-bit grey file's own levels (`image_io.load_deep_grey`)
+    searched: bool  # its faces were searched for, not found in the detection cache
 
 
 @dataclass
@@ -164,13 +186,17 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
                      device: str | torch.device = "cpu", show_progress: Progress = True, nets: Networks | None = None,
                      pool: FakePool | None = None, relpaths: list[str] | None = None,
                      other_runs: Sequence[Path] = (), keep_earlier_batches: bool = False,
-                     reuse: bool = True) -> PhotoSummary:
+                     reuse: bool = True, detection_cache: Path | None = None,
+                     keep_detections: bool = True) -> PhotoSummary:
     """Anonymize every face of every image under `input_dir` (recursively; only `relpaths` when given) into
     `output_dir`. `nets` and `pool` (with its features): networks and fake pool already built (the Dagster assets'),
     else built here on `device`. `other_runs`: output folders of other runs (the pipeline's other shards) whose
     journals hold faces to take by key, as this folder's earlier runs do; `keep_earlier_batches`: leave this folder's
     earlier batches for them (`journal.end_latest_run` removes them later), rather than removing them at the end.
-    `reuse`: False optimizes every face, taking nothing from any journal (`falco pipeline --fresh`).
+    `reuse`: False optimizes every face, taking nothing from any journal (`falco pipeline --fresh`), and searches
+    every photo again. The faces found in each photo are kept (anon_core.photo_detections) in `detection_cache`
+    (the caller's, e.g. shared by a sweep's variants, and pruned by it), by default in `output_dir/.detection_cache`,
+    pruned to this run's photos at its end; `keep_detections=False` keeps none (and removes that folder).
 
     Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
     (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
@@ -189,9 +215,18 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         files = [f for f in files if f.relpath in wanted]
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
+    own_cache = output_dir / DETECTION_CACHE
     with exclusive(output_dir, "output folder"):
-        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs, reuse)
-        return run.run(end_journal=not keep_earlier_batches)
+        if not keep_detections:
+            shutil.rmtree(own_cache, ignore_errors=True)  # asked for none, the user expects none
+        cache = None if not keep_detections else FoundFaces(
+            detection_cache or own_cache, search_key(settings, nets.device))
+        run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs, reuse,
+                        cache)
+        summary = run.run(end_journal=not keep_earlier_batches)
+        if cache is not None and detection_cache is None:
+            prune_by_digest(cache.folder, {f.sha256 for f in files if f.sha256})  # of photos since removed
+        return summary
 
 
 def _turned_notes(turns: list[int]) -> list[str]:
@@ -205,7 +240,7 @@ def _turned_notes(turns: list[int]) -> list[str]:
 
 class _PhotoRun:
     def __init__(self, input_dir, output_dir, params, settings, nets, pool, files, show_progress,
-                 other_runs=(), reuse=True) -> None:
+                 other_runs=(), reuse=True, found_faces: FoundFaces | None = None) -> None:
         self.input_dir, self.output_dir, self.settings, self.device = input_dir, output_dir, settings, nets.device
         self.show_progress = show_progress
         self.nets = nets
@@ -237,6 +272,7 @@ class _PhotoRun:
         self.earlier = StoredRows(self.journal.earlier() if reuse else [])
         self.other_runs = list(other_runs) if reuse else []
         self.reuse = reuse
+        self.found_faces = found_faces
         self.pool = pool
         self.rows: dict[int, list[dict]] = {}  # file index -> its manifest rows (photo row first)
         self.results: list[dict[str, np.ndarray]] = []  # per batch, in order
@@ -245,17 +281,19 @@ class _PhotoRun:
         self.summary = PhotoSummary(output_dir=output_dir, min_face_size=settings.min_face_size)
 
     # -- reading ---------------------------------------------------------------------------------------------
-    def _read(self, f: ScannedFile) -> tuple[np.ndarray, list[PhotoFace], list[np.ndarray], list[int], list[str],
-                                             bool, np.ndarray | None]:
+    def _read(self, f: ScannedFile) -> _Read:
         """Decode, detect, plan, apply the covers and cut out the faces to anonymize (worker thread), all of it in
-        the photo as stored; the quarter turns of the photo each face was found in (`find_faces`); what the
-        decoding left out (`image_io.flattened`); whether the file stores grey pixels (`image_io.stores_grey`); and
-        a 16-bit grey file's own levels (`image_io.load_deep_grey`)."""
+        the photo as stored."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
-        found = find_faces(self.detector, image, self.settings.turns)
-        found += cut_by_edge_faces(self.detector, image, found)
+        found = self.found_faces.get(f.sha256, image.shape) if self.found_faces and self.reuse else None
+        searched = found is None
+        if searched:
+            found = find_faces(self.detector, image, self.settings.turns)
+            found += cut_by_edge_faces(self.detector, image, found)
+            if self.found_faces is not None:
+                self.found_faces.put(f.sha256, image.shape, found)
         faces = plan_faces([face.detection for face in found], self.settings, [face.cut_by_edge for face in found])
         crops = []
         for face in faces:
@@ -266,8 +304,8 @@ class _PhotoRun:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
         grey = stores_grey(f.path)
-        return (covered, faces, crops, [face.turns for face in found], flattened(f.path), grey,
-                load_deep_grey(f.path) if grey else None)
+        return _Read(covered, faces, crops, [face.turns for face in found], flattened(f.path), grey,
+                     load_deep_grey(f.path) if grey else None, searched)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:
@@ -299,7 +337,7 @@ class _PhotoRun:
         for row, (f, reading_future) in enumerate(ahead):
             self.summary.photos += 1
             try:
-                image, faces, crops, turns, left_out, grey, deep = reading_future.result()
+                read = reading_future.result()
             except ImageRejected as rejected:
                 self._count_read(reading, row, f)
                 stale = {self.outputs.get(f.relpath)} & self.take_over.previous
@@ -310,12 +348,15 @@ class _PhotoRun:
                 self.rows[row] = [self._photo_row(f, "", "rejected", rejected.reason, f.named(rejected.detail), -1)]
                 continue
             self._count_read(reading, row, f)
+            image, faces, crops = read.image, read.faces, read.crops
+            self.summary.found_earlier += not read.searched
             if min(image.shape[:2]) < self.settings.min_face_size:
                 self.summary.below_min_face_size += 1
-            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=grey, deep=deep)
-            notes = _turned_notes(turns) + left_out
+            photo = _Photo(row, f, self.outputs[f.relpath], image, faces, waiting=len(crops), grey=read.grey,
+                           deep=read.deep)
+            notes = _turned_notes(read.turns) + read.left_out
             detail = f"{f.relpath}: {'; '.join(notes)}" if notes else ""
-            self.summary.turned += any(turns)
+            self.summary.turned += any(read.turns)
             if not faces:
                 self.summary.faceless.append(f.relpath)
             self.rows[row] = [self._photo_row(f, photo.output, "ok", "", detail, len(faces)),

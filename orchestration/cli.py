@@ -70,7 +70,8 @@ def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the aligned crops of the real faces in OUTPUT_DIR/.align_cache (private, 0600) so a re-run "
                         "skips the alignment (default); --no-keep-cache aligns into a temporary folder in OUTPUT_DIR "
-                        "and removes it when the run ends")
+                        "and removes it when the run ends. Photo mode: the faces found in each photo (boxes and "
+                        "landmarks, no pixels) in OUTPUT_DIR/.detection_cache, so a re-run searches only new photos")
     p.add_argument("--no-cache", dest="keep_cache", action="store_false", help="same as --no-keep-cache")
     photo = p.add_argument_group("photo mode (--mode photo; defaults: params.yaml photo:)")
     photo.add_argument("--min-face-size", type=whole_number, default=None, metavar="PX",
@@ -220,7 +221,7 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     check_sections(args.params, args.profile)  # every other section too, in every profile
     start = time.perf_counter()
     summary = anonymize_photos(args.input_dir, args.output_dir, params, settings, device=args.device,
-                               show_progress=not args.quiet)
+                               show_progress=not args.quiet, keep_detections=args.keep_cache is not False)
     seconds = time.perf_counter() - start
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")

@@ -14,10 +14,13 @@ def given_path(text: str) -> Path:
 
 def finite_float(text: str) -> float:
     """A float option's value; nan and inf (also `1e400`, which float() reads as inf) are refused by what was typed,
-    not by the value a later range check would name."""
+    not by the value a later range check would name. Digits are ASCII ones, as params.yaml reads them (Python reads
+    `٣` as 3; YAML reads it as text)."""
     import math
 
     try:
+        if not text.isascii():
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         sweep = "; one value here (`falco pipeline --margin 0,0.5` runs one variant per value)" if "," in text else ""
@@ -31,10 +34,11 @@ def finite_float(text: str) -> float:
 def whole_number(text: str) -> int:
     """An integer option's value, written as params.yaml takes one: `3`, `3.0` or `1e3`; `3.5`, nan and inf are
     refused by what was typed."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
+    if text.isascii():  # else finite_float says why not
+        try:
+            return int(text)
+        except ValueError:
+            pass
     try:
         value = finite_float(text)
     except argparse.ArgumentTypeError as error:
@@ -64,7 +68,7 @@ def name_list(text: str) -> list[str]:
 
 # dest -> flag of the options that only one --mode reads (`falco anonymize`, `falco pipeline`)
 ALIGNED_MODE_FLAGS = {"dataset": "--dataset", "labels": "--labels", "align": ("--align", "--no-align"),
-                      "align_detector": "--align-detector", "keep_cache": ("--keep-cache", "--no-cache")}
+                      "align_detector": "--align-detector"}
 PHOTO_MODE_FLAGS = {"min_face_size": "--min-face-size", "min_anonymize_size": "--min-anonymize-size",
                     "cover": "--cover", "photo_format": "--photo-format"}
 

@@ -705,12 +705,38 @@ def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path, lfw_faces,
              "them, or add --mode photo)"),
             ("photo", ["--no-align"], "--no-align is for aligned mode only; photo mode reads every image of the folder "
              "as a photo and aligns each face itself (drop it, or use --mode aligned)"),
-            ("photo", ["--no-cache"] if command == "anonymize" else ["--align"], ("--no-cache" if command == "anonymize"
-             else "--align") + " is for aligned mode only; photo mode reads every image of the folder as a photo and "
+            ("photo", ["--align-detector", "dlib"] if command == "anonymize" else ["--align"],
+             ("--align-detector" if command == "anonymize" else "--align") + " is for aligned mode only; photo mode reads every image of the folder as a photo and "
              "aligns each face itself (drop it, or use --mode aligned)")):
         assert main([command, *where, "--mode", mode, *flags, "--profile", "tiny"]) == 2
         assert capsys.readouterr().err == f"falco: error: {message}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, storage or Dagster home made
+
+
+def test_a_cache_pruned_while_another_process_writes_into_it_leaves_that_write_alone(tmp_path):
+    """The aligned-crop and detection caches are pruned by one asset while shards of another run may be filling them
+    (the storage is shared): the prune removed every temporary, so the writer's rename failed and its run with it.
+    Only a killed writer's temporary goes; an entry of a digest not kept goes either way."""
+    from anon_core.hashing import prune_by_digest
+
+    cache, sha = tmp_path / "cache", "ab" * 32
+    (cache / "cd").mkdir(parents=True)
+    (cache / "cd" / f"{'cd' * 32}.k.json").write_text("{}")  # a photo removed from the input
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nfrom pathlib import Path\n"
+                             "from anon_core.atomic import atomic_path\n"
+                             f"with atomic_path(Path({str(cache)!r}) / 'ab' / '{sha}.k.json') as tmp:\n"
+                             "    tmp.write_bytes(b'{}'); print('held', flush=True); time.sleep(60)"],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert prune_by_digest(cache, set()) == 1
+        [writing] = (cache / "ab").glob(".*.tmp")
+        assert not (cache / "cd").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    prune_by_digest(cache, set())  # now a killed writer's
+    assert not writing.exists() and list(cache.iterdir()) == []
 
 
 def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):

@@ -4,6 +4,7 @@ covers the bystanders inside its crop. On photos composed from what ships offlin
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -613,6 +614,88 @@ def test_a_rerun_over_a_changed_folder_optimizes_only_the_new_faces(photos, tmp_
     third = anonymize_photos(inputs, out, load_params("tiny", pool_size=32, batch_size=2, **{
         "optimization.steps": 2, "optimization.margin": 0.3}), PhotoSettings(), show_progress=False)
     assert third.reused == 0 and sum(optimized) == third.anonymized
+
+
+def test_a_photo_is_searched_for_faces_once_and_a_rerun_writes_the_same_photos(photos, tmp_path, monkeypatch):
+    """MTCNN over a photo turned four ways and mirrored is most of what reading it costs (a minute for 24 MP on a
+    CPU), and a rerun searched every photo again: now the faces found are kept by the photo's digest, so a rerun
+    searches only photos it has not searched, and writes the same photos. A damaged entry, another smallest face
+    size, `--no-cache` search again; a removed photo's entry goes."""
+    import hashlib
+
+    import anon_core.photos
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("portrait.jpg", "group.png", "no_face.png"):
+        shutil.copy(photos / name, inputs / name)
+    searched = []
+    real = anon_core.photos.find_faces
+    monkeypatch.setattr(anon_core.photos, "find_faces",
+                        lambda detector, image, turns: searched.append(image.shape[:2]) or real(detector, image, turns))
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+
+    def anonymize(settings=PhotoSettings()):
+        searched.clear()
+        return anonymize_photos(inputs, out, params, settings, show_progress=False)
+
+    def written():
+        return {p.relative_to(out): p.read_bytes() for p in [*(out / "images").iterdir(), out / "manifest.csv",
+                                                              out / "latents.npy"]}
+
+    def entries():
+        return sorted(p.name.split(".")[0] for p in (out / ".detection_cache").glob("??/*.json"))
+
+    def digest(name):
+        return hashlib.sha256((inputs / name).read_bytes()).hexdigest()
+
+    assert anonymize().found_earlier == 0 and len(searched) == 3
+    first = written()
+    again = anonymize()
+    assert searched == [] and again.found_earlier == 3 and written() == first
+    assert "3 photo(s) not searched again, their faces as an earlier search found them" in again.describe()
+
+    # a photo added, one removed, one entry damaged (a disk error, a killed copy): only those two are searched
+    with Image.open(photos / "portrait.jpg") as im:
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(inputs / "mirrored.png")
+    gone = digest("no_face.png")
+    (inputs / "no_face.png").unlink()
+    [group_entry] = (out / ".detection_cache").glob(f"??/{digest('group.png')}.*.json")
+    group_entry.write_text('{"sha256": "damaged')
+    changed = anonymize()
+    assert len(searched) == 2 and changed.found_earlier == 1
+    assert written()[Path("images/group.png")] == first[Path("images/group.png")]
+    assert entries() == sorted(digest(name) for name in ("portrait.jpg", "group.png", "mirrored.png"))
+    assert gone not in entries()
+
+    # another smallest face searches again (an entry per setting); without the cache nothing is kept
+    assert anonymize(PhotoSettings(min_face_size=20)).found_earlier == 0 and len(searched) == 3
+    searched.clear()
+    assert main(["anonymize", str(inputs), str(out), "--mode", "photo", *FAST, "--steps", "2", "--no-cache"]) == 0
+    assert len(searched) == 3 and not (out / ".detection_cache").exists()
+
+
+def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
+    """An entry gives back the very floats found: a float32 landmark, a turned face's float64 ones, and the box and
+    score, so the crops cut from them are the same pixels. An entry of another photo size or search is a miss."""
+    from anon_core.networks.mtcnn import Detection
+    from anon_core.photo_detections import FoundFaces
+    from anon_core.photo_faces import FoundFace
+
+    sha = "ab" * 32
+    faces = [FoundFace(Detection((10.123456789, 20.1, 90.98765, 120.5), 0.9987654321,
+                                 (np.arange(10, dtype=np.float32).reshape(5, 2) / 3 + 11)), 0, True),
+             FoundFace(Detection((300.0 / 7, 1e-3, 500.3, 640.0), 0.91, np.arange(10).reshape(5, 2) / 7.0), 3, False,
+                       cut_by_edge=True)]
+    store = FoundFaces(tmp_path, "k1")
+    store.put(sha, (480, 640, 3), faces)
+    back = store.get(sha, (480, 640, 3))
+    assert [(f.turns, f.upright, f.cut_by_edge, f.detection.box, f.detection.score) for f in back] == \
+        [(f.turns, f.upright, f.cut_by_edge, f.detection.box, f.detection.score) for f in faces]
+    for got, kept in zip(back, faces):
+        np.testing.assert_array_equal(got.detection.landmarks, np.asarray(kept.detection.landmarks, np.float64))
+    assert store.get(sha, (640, 480, 3)) is None and FoundFaces(tmp_path, "k2").get(sha, (480, 640, 3)) is None
+    assert store.get("cd" * 32, (480, 640, 3)) is None
 
 
 def test_photos_smaller_than_the_smallest_face_searched_for_are_counted_and_named(photos, tmp_path):

@@ -69,6 +69,10 @@ def test_photo_mode_runs_as_named_jobs_per_shard_and_variant(base):
         assert any(re.fullmatch(read, m) for m in logged), logged
         assert any(re.match(r"default shard-00000: anonymize: (\d)/\1 faces \(100%\), 00:", m) for m in logged)
         assert any(m.startswith("default shard-00000: optimize: ") for m in logged)
+        # the faces of each photo are searched for once, by the first variant to read it (the storage's detection
+        # cache), whatever the number of variants
+        made = instance.fetch_materializations(dg.AssetKey("anonymized_photos"), limit=10).records
+        assert sum(r.asset_materialization.metadata["photos_found_earlier"].value for r in made) == 3
     for variant in VARIANTS:
         first = root / "store" / "anonymized_photos" / variant / "shard-00000"
         second = root / "store" / "anonymized_photos" / variant / "shard-00001"
@@ -106,6 +110,8 @@ def test_a_second_run_makes_nothing_and_a_new_cover_remakes_only_the_photos(stat
     figures = [(r.asset_materialization.metadata["faces_from_journal"].value,
                 r.asset_materialization.metadata["faces_anonymized"].value) for r in latest]
     assert sorted(figures) == [(1, 1), (1, 1), (6, 6), (6, 6)]
+    # nor does it change what is found in a photo: every shard's photos (2, 1, 2, 1) are not searched again
+    assert sorted(r.asset_materialization.metadata["photos_found_earlier"].value for r in latest) == [1, 1, 2, 2]
     said = [e.user_message for run_id in changed.run_ids for e in instance.all_logs(run_id) if e.user_message]
     taken = [int(n) for m in said for n in re.findall(r"; (\d+) face\(s\) (?:taken from an earlier run's journal|the "
                                                       r"same as in an earlier run)", m)]

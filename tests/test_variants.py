@@ -261,7 +261,10 @@ def test_a_whole_number_is_read_the_same_from_a_flag_and_from_params_yaml(capsys
     assert build_parser().parse_args(["anonymize", "in", "out", "--steps", "20.0"]).steps == 20
     for argv, said in ((["pipeline", "--steps", "20,20.5"], "argument --steps: '20,20.5': '20.5' is not a whole number"),
                        (["anonymize", "in", "out", "--steps", "nan"], "argument --steps: 'nan' is not a finite number"),
-                       (["anonymize", "in", "out", "--seed", "x"], "argument --seed: 'x' is not a whole number")):
+                       (["anonymize", "in", "out", "--seed", "x"], "argument --seed: 'x' is not a whole number"),
+                       # Python's int() reads Arabic-Indic digits, params.yaml's YAML does not
+                       (["anonymize", "in", "out", "--steps", "\u0662\u0660"], "'\u0662\u0660' is not a whole number"),
+                       (["pipeline", "--margin", "0.5,\u0661"], "'\u0661' is not a number")):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
         assert capsys.readouterr().err.splitlines()[-1].endswith(said)

@@ -57,6 +57,7 @@ from PIL import Image
 
 from anon_core.atomic import write_bytes_atomic
 from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
+from anon_core.hashing import prune_by_digest
 from anon_core.networks.mtcnn import MTCNN, Detection
 
 if TYPE_CHECKING:
@@ -450,15 +451,7 @@ class AlignmentCache:
         """Remove every entry of a file whose digest is not in `keep`, and the temporaries of killed writes: the crop
         of an input since deleted is a real face that no run needs, and deleting a person's photo from the input
         (an erasure request) removes their crop with the next run. Returns the number of entries removed."""
-        removed = 0
-        for path in self.cache_dir.glob("??/*"):
-            if path.name.split(".", 1)[0] not in keep:  # a temporary (".<name>...tmp") splits to ""
-                removed += path.suffix == ".json"
-                path.unlink(missing_ok=True)
-        for folder in self.cache_dir.glob("??"):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        return removed
+        return prune_by_digest(self.cache_dir, keep)
 
     def put_rejection(self, sha256: str, settings: str, detail: str) -> None:
         """Remember that the file with this digest has no face under these settings."""

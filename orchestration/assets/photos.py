@@ -32,7 +32,9 @@ def input_photos(context: dg.AssetExecutionContext, storage: StorageResource, ne
     """Every file of the input folder as a photo (relative path, sha256, why it will not be read), in shards of
     `pipeline.shard_size` photos; registers the shards (`photo_shards`). Nothing is decoded here."""
     from anon_core.data.datasets import load_dataset
+    from anon_core.hashing import prune_by_digest
     from anon_core.ingest import dataset_files
+    from anon_core.photo_detections import DETECTION_CACHE
 
     size = networks.shard_size()
     with mlflow.asset_run(context, networks, {"shard_size": size}) as run:
@@ -41,6 +43,8 @@ def input_photos(context: dg.AssetExecutionContext, storage: StorageResource, ne
                               "skip_reason": [f.skip_reason or "" for f in files],
                               "shard": [shard_key(i // size) for i in range(len(files))]})
         register_partitions(context.instance, photo_shards, sorted(set(frame["shard"])), delete_others=True)
+        # the faces found in photos since removed from the input go (kept for the others, shared by every variant)
+        prune_by_digest(Path(storage.root) / DETECTION_CACHE, set(frame["sha256"]) - {""})
         run.log_metrics({"num_files": len(frame)})
     context.add_output_metadata({**run.metadata, "input_dir": dg.MetadataValue.path(storage.input_dir),
                                  "num_files": len(frame), "num_shards": int(frame["shard"].nunique()),
@@ -63,6 +67,7 @@ def anonymized_photos(
     from anon_core.acceleration import resolved_for
     from anon_core.fake_pool import FakePool
     from anon_core.folders import RUN_RECORD
+    from anon_core.photo_detections import DETECTION_CACHE
     from anon_core.photos import anonymize_photos, read_photo_manifest
     from evaluation.figures import grid_png
 
@@ -86,7 +91,8 @@ def anonymized_photos(
         summary = anonymize_photos(Path(storage.input_dir), out, params, settings, nets=nets, pool=pool,
                                    relpaths=photos["input"].tolist(), other_runs=others,
                                    show_progress=lambda line: context.log.info(f"{variant} {shard}: {line}"),
-                                   keep_earlier_batches=True, reuse=reuses_rows(context))
+                                   keep_earlier_batches=True, reuse=reuses_rows(context),
+                                   detection_cache=Path(storage.root) / DETECTION_CACHE)
         seconds = time.perf_counter() - start
         context.log.info(f"{variant} {shard}: {summary.describe()}")  # with the faces taken from journals
         manifest = read_photo_manifest(out)
@@ -97,7 +103,8 @@ def anonymized_photos(
         figures = {"num_photos": summary.photos, "num_faces": summary.faces, "faces_anonymized": summary.anonymized,
                    "faces_covered": sum(summary.covered.values()), "photos_rejected": sum(summary.rejected.values()),
                    "faces_per_second": summary.faces / seconds if seconds else 0.0,
-                   "faces_from_journal": summary.resumed + summary.reused}  # finished by an earlier run: not optimized
+                   "faces_from_journal": summary.resumed + summary.reused,  # finished by an earlier run: not optimized
+                   "photos_found_earlier": summary.found_earlier}  # their faces from the detection cache: not searched
         reasons = faces[faces["status"] == "covered"].groupby("reason").size().reset_index(name="faces")
         run.log_metrics(figures)
         run.log_table(reasons, "covered_faces.csv")

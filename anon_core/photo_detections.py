@@ -1,0 +1,93 @@
+"""The faces found in each photo, kept so that a photo searched once is not searched again: MTCNN over a 24-megapixel
+photo, turned four ways and extended by its mirror image, takes about a minute on a CPU, decoding it a fraction of
+a second. A rerun over an unchanged folder, a folder with photos added, and every variant of a sweep (the search does
+not depend on the method's parameters) read the faces from here.
+
+An entry is one JSON file per photo and search: `<folder>/<sha[:2]>/<sha>.<key>.json`, the photo file's sha256 and
+`search_key` (everything besides the file's bytes that decides what is found), holding the photo's size and each
+face as `photo_faces.find_faces` and `cut_by_edge_faces` gave it (box, score, landmarks as float64, the quarter turns
+it was found at, whether it showed upright, whether it was found past an edge). JSON writes a float64 in the fewest
+digits that read back to the same value, so an entry gives the photo's faces bit for bit. Written atomically once the
+photo is searched; a damaged, foreign or mismatched entry is a miss, and the photo is searched again.
+
+No pixels are kept: boxes and landmarks only. The owner of the folder removes the entries of photos no longer among
+its inputs (`hashing.prune_by_digest`): `anonymize_photos` at the end of a run into its own output folder, the
+pipeline's `input_photos` asset in its storage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anon_core.atomic import write_bytes_atomic
+from anon_core.networks.mtcnn import Detection
+from anon_core.photo_faces import DETECTION_RULE, FoundFace, PhotoSettings
+
+__all__ = ["DETECTION_CACHE", "FoundFaces", "search_key"]
+
+DETECTION_CACHE = ".detection_cache"  # in a photo-mode output folder, or the pipeline's storage
+VERSION = "1"
+"""Bump whenever the same photo and settings would give other faces (the detector's code, not its rules: those are
+DETECTION_RULE's); the older entries then miss."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def search_key(settings: PhotoSettings, device: torch.device | str) -> str:
+    """What decides a photo's faces besides its bytes: the detection rule, the smallest face searched for, when the
+    photo is searched turned, and the kind of device (a GPU's float sums may place a box a hair elsewhere)."""
+    import hashlib
+
+    record = {"rule": DETECTION_RULE, "min_face_size": settings.min_face_size, "turns": settings.turns,
+              "device": torch.device(device).type, "version": VERSION}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class FoundFaces:
+    """The entries of one search key (`search_key`) in `folder`."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def _path(self, sha256: str) -> Path:
+        return self.folder / sha256[:2] / f"{sha256}.{self.key}.json"
+
+    def get(self, sha256: str | None, shape: tuple[int, ...]) -> list[FoundFace] | None:
+        """The faces of the photo with this digest and `shape` ([H, W, ...] as decoded), or None on a miss."""
+        if not sha256 or not _SHA256.fullmatch(sha256):
+            return None
+        try:
+            record = json.loads(self._path(sha256).read_text(encoding="utf-8"))
+            if record["sha256"] != sha256 or record["key"] != self.key or record["size"] != list(shape[:2]):
+                return None
+            return [FoundFace(Detection(box=_numbers(face["box"], 4), score=float(face["score"]),
+                                        landmarks=np.asarray(_numbers(face["landmarks"], 10)).reshape(5, 2)),
+                              turns=int(face["turns"]), upright=bool(face["upright"]),
+                              cut_by_edge=bool(face["cut_by_edge"]))
+                    for face in record["faces"]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+
+    def put(self, sha256: str | None, shape: tuple[int, ...], faces: list[FoundFace]) -> None:
+        """Keep the faces found in the photo with this digest and `shape`."""
+        if not sha256 or not _SHA256.fullmatch(sha256):
+            return
+        record = {"sha256": sha256, "key": self.key, "size": list(shape[:2]), "faces": [
+            {"box": [float(v) for v in face.detection.box], "score": float(face.detection.score),
+             "landmarks": np.asarray(face.detection.landmarks, dtype=np.float64).ravel().tolist(),
+             "turns": int(face.turns), "upright": bool(face.upright), "cut_by_edge": bool(face.cut_by_edge)}
+            for face in faces]}
+        try:
+            write_bytes_atomic(self._path(sha256), json.dumps(record).encode(), private=True)
+        except FileNotFoundError:  # its temporary removed by a `prune` of another process: the entry is not kept
+            pass
+
+def _numbers(values: list, count: int) -> tuple[float, ...]:
+    numbers = tuple(float(v) for v in values)
+    if len(numbers) != count:
+        raise ValueError(f"{count} numbers expected, not {len(numbers)}")
+    return numbers
