@@ -39,11 +39,15 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def search_key(settings: PhotoSettings, device: torch.device | str) -> str:
     """What decides a photo's faces besides its bytes: the detection rule, the smallest face searched for, when the
-    photo is searched turned, and the kind of device (a GPU's float sums may place a box a hair elsewhere)."""
+    photo is searched turned, the kind of device (a GPU's float sums may place a box a hair elsewhere), and the
+    versions of the decoder and of torch (another libjpeg or another conv kernel may move a pixel or a float)."""
     import hashlib
 
+    import PIL
+
     record = {"rule": DETECTION_RULE, "min_face_size": settings.min_face_size, "turns": settings.turns,
-              "device": torch.device(device).type, "version": VERSION}
+              "device": torch.device(device).type, "version": VERSION, "pillow": PIL.__version__,
+              "torch": torch.__version__}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
