@@ -8,7 +8,10 @@ An entry is one JSON file per photo and search: `<folder>/<sha[:2]>/<sha>.<key>.
 face as `photo_faces.find_faces` and `cut_by_edge_faces` gave it (box, score, landmarks as float64, the quarter turns
 it was found at, whether it showed upright, whether it was found past an edge). JSON writes a float64 in the fewest
 digits that read back to the same value, so an entry gives the photo's faces bit for bit. Written atomically once the
-photo is searched; a damaged, foreign or mismatched entry is a miss, and the photo is searched again.
+photo is searched. Each entry holds the sha256 of the rest of it (`check`): an entry that does not match it (a
+damaged disk block, a hand edit), a face whose numbers are not finite or not in range, another photo's, search's or
+size's entry is a miss, and the photo is searched again (an entry trusted as it stands would decide which faces are
+replaced in every later run, and no check afterwards sees a face left out of it).
 
 No pixels are kept: boxes and landmarks only. The owner of the folder removes the entries of photos no longer among
 its inputs (`hashing.prune_by_digest`): `anonymize_photos` at the end of a run into its own output folder, the
@@ -17,7 +20,9 @@ pipeline's `input_photos` asset in its storage.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 
 from anon_core.atomic import write_bytes_atomic
-from anon_core.networks.mtcnn import Detection
+from anon_core.hashing import sha256_file
+from anon_core.networks.mtcnn import WEIGHT_FILES, Detection, mtcnn_weights_dir
 from anon_core.photo_faces import DETECTION_RULE, FoundFace, PhotoSettings
 
 __all__ = ["DETECTION_CACHE", "FoundFaces", "search_key"]
@@ -39,13 +45,16 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def search_key(settings: PhotoSettings, device: torch.device | str) -> str:
     """What decides a photo's faces besides its bytes: the detection rule, the smallest face searched for, when the
-    photo is searched turned, the kind of device (a GPU's float sums may place a box a hair elsewhere), and the
-    versions of the decoder and of torch (another libjpeg or another conv kernel may move a pixel or a float)."""
-    import hashlib
-
+    photo is searched turned, MTCNN's weight files, the kind of device (a GPU's float sums may place a box a hair
+    elsewhere), and the versions of the decoder and of torch (another libjpeg or another conv kernel may move a pixel
+    or a float)."""
     import PIL
 
+    folder = mtcnn_weights_dir()
+    weights = {name: sha256_file(folder / name) if (folder / name).is_file() else "missing"  # MTCNN says so itself
+               for name in sorted(WEIGHT_FILES.values())}
     record = {"rule": DETECTION_RULE, "min_face_size": settings.min_face_size, "turns": settings.turns,
+              "weights": weights,
               "device": torch.device(device).type, "version": VERSION, "pillow": PIL.__version__,
               "torch": torch.__version__}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
@@ -66,14 +75,12 @@ class FoundFaces:
             return None
         try:
             record = json.loads(self._path(sha256).read_text(encoding="utf-8"))
-            if record["sha256"] != sha256 or record["key"] != self.key or record["size"] != list(shape[:2]):
+            check = record.pop("check")
+            if check != _check(record) or record["sha256"] != sha256 or record["key"] != self.key or \
+                    record["size"] != list(shape[:2]):
                 return None
-            return [FoundFace(Detection(box=_numbers(face["box"], 4), score=float(face["score"]),
-                                        landmarks=np.asarray(_numbers(face["landmarks"], 10)).reshape(5, 2)),
-                              turns=int(face["turns"]), upright=bool(face["upright"]),
-                              cut_by_edge=bool(face["cut_by_edge"]))
-                    for face in record["faces"]]
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return [_face(face) for face in record["faces"]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
 
     def put(self, sha256: str | None, shape: tuple[int, ...], faces: list[FoundFace]) -> None:
@@ -85,13 +92,30 @@ class FoundFaces:
              "landmarks": np.asarray(face.detection.landmarks, dtype=np.float64).ravel().tolist(),
              "turns": int(face.turns), "upright": bool(face.upright), "cut_by_edge": bool(face.cut_by_edge)}
             for face in faces]}
+        record["check"] = _check(record)
         try:
             write_bytes_atomic(self._path(sha256), json.dumps(record).encode(), private=True)
         except FileNotFoundError:  # its temporary removed by a `prune` of another process: the entry is not kept
             pass
 
+
+def _check(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _face(face: dict) -> FoundFace:
+    """An entry's face; ValueError or TypeError for one a search cannot have given."""
+    score, turns, upright, cut = face["score"], face["turns"], face["upright"], face["cut_by_edge"]
+    if not (isinstance(score, float) and 0.0 <= score <= 1.0 and type(turns) is int and turns in (0, 1, 2, 3)
+            and isinstance(upright, bool) and isinstance(cut, bool)):
+        raise ValueError("a face out of range")
+    return FoundFace(Detection(box=_numbers(face["box"], 4), score=score,
+                               landmarks=np.asarray(_numbers(face["landmarks"], 10)).reshape(5, 2)),
+                     turns=turns, upright=upright, cut_by_edge=cut)
+
+
 def _numbers(values: list, count: int) -> tuple[float, ...]:
     numbers = tuple(float(v) for v in values)
-    if len(numbers) != count:
-        raise ValueError(f"{count} numbers expected, not {len(numbers)}")
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"{count} finite numbers expected")
     return numbers

@@ -46,6 +46,7 @@ from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
                                previous_inputs, remove_outputs)
 from anon_core.hashing import prune_by_digest
+from anon_core.ingest import CACHE_FOLDER as ALIGNMENT_CACHE
 from anon_core.ingest import dataset_files, io_workers, named_files, output_names
 from anon_core.journal import Journal, run_batches, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
@@ -58,7 +59,7 @@ from anon_core.pipeline import batch_codes, key_settings
 from anon_core.prefetch import WriteBehind, read_ahead
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import Progress, progress_bar
-from anon_core.reuse import StoredRows, row_keys
+from anon_core.reuse import KEY, StoredRows, row_keys
 from anon_core.stages import build_pool, check_params_fit, resolve_device
 
 __all__ = ["PHOTO_MANIFEST_COLUMNS", "PhotoSummary", "anonymize_photos", "parse_numbers",
@@ -193,10 +194,13 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
     else built here on `device`. `other_runs`: output folders of other runs (the pipeline's other shards) whose
     journals hold faces to take by key, as this folder's earlier runs do; `keep_earlier_batches`: leave this folder's
     earlier batches for them (`journal.end_latest_run` removes them later), rather than removing them at the end.
-    `reuse`: False optimizes every face, taking nothing from any journal (`falco pipeline --fresh`), and searches
-    every photo again. The faces found in each photo are kept (anon_core.photo_detections) in `detection_cache`
-    (the caller's, e.g. shared by a sweep's variants, and pruned by it), by default in `output_dir/.detection_cache`,
-    pruned to this run's photos at its end; `keep_detections=False` keeps none (and removes that folder).
+    `reuse`: False optimizes every face, taking nothing from any journal (`falco pipeline --fresh`; the faces found
+    in each photo are still read from the detection cache, as aligned mode's crops are from the alignment cache:
+    a search gives the same faces). The faces found in each photo are kept (anon_core.photo_detections) in
+    `detection_cache` (the caller's, e.g. shared by a sweep's variants, and pruned by it), by default in
+    `output_dir/.detection_cache`, pruned to this run's photos at its end; `keep_detections=False` keeps none (and
+    removes that folder). An aligned run's `.align_cache` in `output_dir` goes once the run is done (or at the start
+    with `keep_detections=False`): no output of the folder comes from those crops of real faces any more.
 
     Writes `images/<relpath>` (PNG, or with `settings.output_format == "same"` JPEG inputs as JPEG), `manifest.csv`
     (PHOTO_MANIFEST_COLUMNS: a row per photo and a row per face), `latents.npy` (codes of the anonymized faces, in
@@ -215,10 +219,11 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         files = [f for f in files if f.relpath in wanted]
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
-    own_cache = output_dir / DETECTION_CACHE
+    own_cache, aligned_crops = output_dir / DETECTION_CACHE, output_dir / ALIGNMENT_CACHE
     with exclusive(output_dir, "output folder"):
-        if not keep_detections:
-            shutil.rmtree(own_cache, ignore_errors=True)  # asked for none, the user expects none
+        if not keep_detections:  # asked for none, the user expects none (nor an aligned run's crops of real faces)
+            for folder in (own_cache, aligned_crops):
+                shutil.rmtree(folder, ignore_errors=True)
         cache = None if not keep_detections else FoundFaces(
             detection_cache or own_cache, search_key(settings, nets.device))
         run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs, reuse,
@@ -226,6 +231,7 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         summary = run.run(end_journal=not keep_earlier_batches)
         if cache is not None and detection_cache is None:
             prune_by_digest(cache.folder, {f.sha256 for f in files if f.sha256})  # of photos since removed
+        shutil.rmtree(aligned_crops, ignore_errors=True)  # an earlier aligned run's: no output here comes from them
         return summary
 
 
@@ -287,7 +293,7 @@ class _PhotoRun:
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f.skip_detail())
         image = load_rgb(f.path)
-        found = self.found_faces.get(f.sha256, image.shape) if self.found_faces and self.reuse else None
+        found = self.found_faces.get(f.sha256, image.shape) if self.found_faces else None
         searched = found is None
         if searched:
             found = find_faces(self.detector, image, self.settings.turns)
@@ -386,10 +392,12 @@ class _PhotoRun:
         """One batch of faces: anonymized (or taken from the journal), generated, pasted into their photos; the
         photos that are complete are written."""
         index = len(self.results)
+        crops = np.stack([crop for _, _, crop in items])
+        keys = row_keys(self.face_context, list(crops))
         result = self.journal.finished(index) if self.reuse else None
+        if result is not None and not np.array_equal(result.get(KEY), keys):
+            result = None  # the batch holds other faces (the photos' faces were found otherwise): not this one's
         if result is None:
-            crops = np.stack([crop for _, _, crop in items])
-            keys = row_keys(self.face_context, list(crops))
             missing = not all(key in self.earlier for key in keys.tolist())
             if missing and self.other_runs:
                 self.earlier = StoredRows([*self.earlier.stored, *(b for run in self.other_runs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from anon_core.journal import Journal, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
 from anon_core.params import FalcoParams
+from anon_core.photo_detections import DETECTION_CACHE
 from anon_core.profiles import Networks, build_networks
 from anon_core.progress import Progress, progress_bar
 from anon_core.reuse import KEY, METHOD_VERSION, StoredRows, input_ids, merge_rows, row_keys
@@ -222,8 +224,12 @@ def anonymize_folder(
     check_input_folder(input_dir, need_image=False)  # before the output folder is made
     check_output_folder(output_dir, input_dir)
     with exclusive(output_dir, "output folder"), alignment_cache(output_dir, keep_cache) as cache:
-        return _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
-                                 show_progress, cache, check_outputs)
+        if not keep_cache:  # asked for none: nor an earlier photo-mode run's faces found
+            shutil.rmtree(output_dir / DETECTION_CACHE, ignore_errors=True)
+        summary = _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,
+                                    show_progress, cache, check_outputs)
+        shutil.rmtree(output_dir / DETECTION_CACHE, ignore_errors=True)  # of the photos of an earlier photo-mode run
+        return summary
 
 
 def _anonymize_folder(input_dir, output_dir, params, dataset, labels_csv, align, align_detector, device,

@@ -266,7 +266,7 @@ def _add_sample_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample-data", help="write the small sample face dataset (faces shipped in scikit-image)")
     p.add_argument("output_dir", type=given_path, metavar="OUTPUT_DIR",
                    help="folder to write images/ and README.txt into")
-    p.add_argument("--size", type=int, default=128, help="side of the written images in pixels")
+    p.add_argument("--size", type=whole_number, default=128, help="side of the written images in pixels")
     p.add_argument("--photos", type=given_path, default=None, metavar="DIR",
                    help="also write photos for photo mode into DIR: a group photo of 7 faces (one cut by the frame, "
                         "one too small to anonymize), a portrait, a photo without a face")

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from orchestration.cli_types import given_path
+from orchestration.cli_types import given_path, whole_number
 
 
 def _queues(text: str) -> str:
@@ -100,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("worker", help="a Celery worker taking the steps of the `celery` executor (README: "
                               "Cluster); needs FALCO_BROKER_URL and the instance's DAGSTER_HOME")
     p.add_argument("--queues", type=_queues, default="cpu", help="gpu, cpu or cpu,gpu (default: cpu)")
-    p.add_argument("--concurrency", type=int, default=1,
+    p.add_argument("--concurrency", type=whole_number, default=1,
                    help="steps at once (default 1: one process; the networks load once and stay for later steps)")
     p.add_argument("--name", default=None, help="worker name, as the run's events show it (default: "
                    "<queues>-<pid>@<host>)")

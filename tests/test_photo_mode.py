@@ -655,13 +655,14 @@ def test_a_photo_is_searched_for_faces_once_and_a_rerun_writes_the_same_photos(p
     assert searched == [] and again.found_earlier == 3 and written() == first
     assert "3 photo(s) not searched again, their faces as an earlier search found them" in again.describe()
 
-    # a photo added, one removed, one entry damaged (a disk error, a killed copy): only those two are searched
+    # a photo added, one removed, one entry edited into other valid JSON (its faces left out: trusted, they would be
+    # written unchanged, in this run and every later one): only those two are searched
     with Image.open(photos / "portrait.jpg") as im:
         im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(inputs / "mirrored.png")
     gone = digest("no_face.png")
     (inputs / "no_face.png").unlink()
     [group_entry] = (out / ".detection_cache").glob(f"??/{digest('group.png')}.*.json")
-    group_entry.write_text('{"sha256": "damaged')
+    group_entry.write_text(json.dumps({**json.loads(group_entry.read_text()), "faces": []}))
     changed = anonymize()
     assert len(searched) == 2 and changed.found_earlier == 1
     assert written()[Path("images/group.png")] == first[Path("images/group.png")]
@@ -679,7 +680,7 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
     """An entry gives back the very floats found: a float32 landmark, a turned face's float64 ones, and the box and
     score, so the crops cut from them are the same pixels. An entry of another photo size or search is a miss."""
     from anon_core.networks.mtcnn import Detection
-    from anon_core.photo_detections import FoundFaces
+    from anon_core.photo_detections import FoundFaces, _check
     from anon_core.photo_faces import FoundFace
 
     sha = "ab" * 32
@@ -696,6 +697,46 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(got.detection.landmarks, np.asarray(kept.detection.landmarks, np.float64))
     assert store.get(sha, (640, 480, 3)) is None and FoundFaces(tmp_path, "k2").get(sha, (480, 640, 3)) is None
     assert store.get("cd" * 32, (480, 640, 3)) is None
+    # numbers a search cannot give are a miss, not a crash or a face (even with a matching check)
+    for bad in ({"box": [float("nan"), 1.0, 2.0, 3.0]}, {"turns": 9}, {"score": -5.0}, {"landmarks": [1.0] * 9}):
+        store.put(sha, (480, 640, 3), faces[:1])
+        [path] = tmp_path.glob("??/*.json")
+        record = json.loads(path.read_text())
+        record.pop("check")
+        record["faces"][0].update(bad)
+        path.write_text(json.dumps({**record, "check": _check(record)}))
+        assert store.get(sha, (480, 640, 3)) is None, bad
+
+
+def test_a_journal_batch_is_resumed_only_for_the_faces_it_holds(photos, tmp_path):
+    """The journal resumed a batch by its place for the same photos and settings without looking at which faces it
+    held: with the faces of a photo found otherwise (a detection cache entry that lost a face), each face got the
+    codes the earlier run made for the face after it."""
+    import hashlib
+
+    from anon_core.photo_detections import DETECTION_CACHE, FoundFaces, search_key
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    shutil.copy(photos / "group.png", inputs / "group.png")
+    params = load_params("tiny", pool_size=32, batch_size=2, **{"optimization.steps": 2})
+    anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+
+    def codes():  # box -> its codes
+        latents = np.load(out / "latents.npy")
+        return {r["box"]: latents[int(r["latent_index"])] for r in _rows(out) if r["latent_index"]}
+
+    before = codes()
+    store = FoundFaces(out / DETECTION_CACHE, search_key(PhotoSettings(), "cpu"))
+    sha = hashlib.sha256((inputs / "group.png").read_bytes()).hexdigest()
+    shape = _rgb(inputs / "group.png").shape
+    store.put(sha, shape, store.get(sha, shape)[1:])  # the largest face left out
+    again = anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    after = codes()
+    assert len(after) == len(before) - 1
+    for box, ws in after.items():  # each face gets new codes (the batches of the run's own key are not searched by
+        assert not any(np.array_equal(ws, other) for b, other in before.items() if b != box)  # face): not another's
+    assert again.resumed == 0
 
 
 def test_photos_smaller_than_the_smallest_face_searched_for_are_counted_and_named(photos, tmp_path):

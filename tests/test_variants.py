@@ -264,7 +264,9 @@ def test_a_whole_number_is_read_the_same_from_a_flag_and_from_params_yaml(capsys
                        (["anonymize", "in", "out", "--seed", "x"], "argument --seed: 'x' is not a whole number"),
                        # Python's int() reads Arabic-Indic digits, params.yaml's YAML does not
                        (["anonymize", "in", "out", "--steps", "\u0662\u0660"], "'\u0662\u0660' is not a whole number"),
-                       (["pipeline", "--margin", "0.5,\u0661"], "'\u0661' is not a number")):
+                       (["pipeline", "--margin", "0.5,\u0661"], "'\u0661' is not a number"),
+                       (["sample-data", "out", "--size", "\u0666\u0664"], "'\u0666\u0664' is not a whole number"),
+                       (["worker", "--concurrency", "\u0662"], "'\u0662' is not a whole number")):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
         assert capsys.readouterr().err.splitlines()[-1].endswith(said)
