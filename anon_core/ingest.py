@@ -99,6 +99,15 @@ CACHE_FOLDER = ".align_cache"  # inside a run's output folder or the pipeline's 
 _TEMPORARY_CACHE = ".align_cache-tmp-"
 
 
+def remove_alignment_crops(folder: Path, kept: bool = True) -> None:
+    """Remove the aligned crops of real faces that aligned runs left in `folder` (whose lock the caller holds): the
+    temporary folders of killed `keep=False` runs, and with `kept` the `.align_cache` kept for re-runs."""
+    for leftover in Path(folder).glob(_TEMPORARY_CACHE + "*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if kept:
+        shutil.rmtree(Path(folder) / CACHE_FOLDER, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
     """Where a run keeps the aligned crops of the real faces: `<folder>/.align_cache`, beside the run's outputs and
@@ -106,8 +115,7 @@ def alignment_cache(folder: Path, keep: bool = True) -> Iterator[Path]:
     the `.align_cache` an earlier run kept there, at the start). The caller holds `folder`'s lock, so leftovers of a
     killed `keep=False` run are removed here too. Real faces are never cached outside the folder the user gave."""
     folder = Path(folder)
-    for leftover in folder.glob(_TEMPORARY_CACHE + "*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    remove_alignment_crops(folder, kept=False)
     if keep:
         yield folder / CACHE_FOLDER
         return

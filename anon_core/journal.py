@@ -64,6 +64,20 @@ class Journal:
         with atomic_path(self._path(index)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
+    def set_aside(self, start: int) -> list[BatchFile]:
+        """This key's batches from `start` on, which hold other rows than the run's (its inputs gave other rows than
+        when they were written: a photo's faces found otherwise), renamed out of this key, so that no later
+        `finished` gives them by their place and the run's new batches do not overwrite them: returned (the keyed
+        ones) to be found by their rows' keys, as the batches of other keys are, and removed by `end`."""
+        moved = []
+        for path in sorted(self.folder.glob(f"{self._prefix}*.npz")):
+            index = path.stem[len(self._prefix):]
+            if index.isdigit() and int(index) >= start:
+                aside = path.with_name(f"{self._prefix[:-1]}~aside-{index}.npz")
+                path.replace(aside)
+                moved.append(aside)
+        return keyed_batches(moved)
+
     def _others(self) -> list[Path]:
         return sorted(p for p in self.folder.glob("batch-*.npz") if not p.name.startswith(self._prefix))
 

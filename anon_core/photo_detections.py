@@ -79,7 +79,7 @@ class FoundFaces:
             if check != _check(record) or record["sha256"] != sha256 or record["key"] != self.key or \
                     record["size"] != list(shape[:2]):
                 return None
-            return [_face(face) for face in record["faces"]]
+            return [_face(face, shape) for face in record["faces"]]
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
 
@@ -103,15 +103,22 @@ def _check(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _face(face: dict) -> FoundFace:
-    """An entry's face; ValueError or TypeError for one a search cannot have given."""
+def _face(face: dict, shape: tuple[int, ...]) -> FoundFace:
+    """An entry's face in a photo of `shape`; ValueError or TypeError for one a search cannot have given (its box and
+    landmarks within the photo extended by its own size beyond each edge, wider than the mirror searched)."""
     score, turns, upright, cut = face["score"], face["turns"], face["upright"], face["cut_by_edge"]
     if not (isinstance(score, float) and 0.0 <= score <= 1.0 and type(turns) is int and turns in (0, 1, 2, 3)
             and isinstance(upright, bool) and isinstance(cut, bool)):
         raise ValueError("a face out of range")
-    return FoundFace(Detection(box=_numbers(face["box"], 4), score=score,
-                               landmarks=np.asarray(_numbers(face["landmarks"], 10)).reshape(5, 2)),
-                     turns=turns, upright=upright, cut_by_edge=cut)
+    box = _numbers(face["box"], 4)
+    landmarks = np.asarray(_numbers(face["landmarks"], 10)).reshape(5, 2)
+    height, width = shape[:2]
+    points = np.vstack([np.reshape(box, (2, 2)), landmarks])
+    if not (box[0] < box[2] and box[1] < box[3] and np.all(np.abs(points - [width / 2, height / 2])
+                                                           <= [1.5 * width, 1.5 * height])):
+        raise ValueError("a face beyond the photo")
+    return FoundFace(Detection(box=box, score=score, landmarks=landmarks), turns=turns, upright=upright,
+                     cut_by_edge=cut)
 
 
 def _numbers(values: list, count: int) -> tuple[float, ...]:

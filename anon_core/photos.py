@@ -46,8 +46,7 @@ from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
 from anon_core.folders import (MANIFEST_EVERY_S, TakeOver, check_output_folder, check_separate, exclusive,
                                previous_inputs, remove_outputs)
 from anon_core.hashing import prune_by_digest
-from anon_core.ingest import CACHE_FOLDER as ALIGNMENT_CACHE
-from anon_core.ingest import dataset_files, io_workers, named_files, output_names
+from anon_core.ingest import dataset_files, io_workers, named_files, output_names, remove_alignment_crops
 from anon_core.journal import Journal, run_batches, run_key
 from anon_core.loss_curves import mean_losses, write_losses_csv
 from anon_core.optimize import LOSS_NAMES
@@ -219,11 +218,12 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         files = [f for f in files if f.relpath in wanted]
     if not files:
         raise FalcoError(f"{input_dir} holds no files to anonymize" + (" among the ones asked for" if relpaths else ""))
-    own_cache, aligned_crops = output_dir / DETECTION_CACHE, output_dir / ALIGNMENT_CACHE
+    own_cache = output_dir / DETECTION_CACHE
     with exclusive(output_dir, "output folder"):
-        if not keep_detections:  # asked for none, the user expects none (nor an aligned run's crops of real faces)
-            for folder in (own_cache, aligned_crops):
-                shutil.rmtree(folder, ignore_errors=True)
+        # a killed aligned --no-cache run's crops of real faces; with --no-cache, the kept ones too (asked for none)
+        remove_alignment_crops(output_dir, kept=not keep_detections)
+        if not keep_detections:
+            shutil.rmtree(own_cache, ignore_errors=True)
         cache = None if not keep_detections else FoundFaces(
             detection_cache or own_cache, search_key(settings, nets.device))
         run = _PhotoRun(input_dir, output_dir, params, settings, nets, pool, files, show_progress, other_runs, reuse,
@@ -231,7 +231,7 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
         summary = run.run(end_journal=not keep_earlier_batches)
         if cache is not None and detection_cache is None:
             prune_by_digest(cache.folder, {f.sha256 for f in files if f.sha256})  # of photos since removed
-        shutil.rmtree(aligned_crops, ignore_errors=True)  # an earlier aligned run's: no output here comes from them
+        remove_alignment_crops(output_dir)  # an earlier aligned run's: no output here comes from them any more
         return summary
 
 
@@ -396,7 +396,10 @@ class _PhotoRun:
         keys = row_keys(self.face_context, list(crops))
         result = self.journal.finished(index) if self.reuse else None
         if result is not None and not np.array_equal(result.get(KEY), keys):
-            result = None  # the batch holds other faces (the photos' faces were found otherwise): not this one's
+            # the batch holds other faces (the photos' faces were found otherwise): it and the later ones give their
+            # faces by key, not by place
+            self.earlier = StoredRows([*self.earlier.stored, *self.journal.set_aside(index)])
+            result = None
         if result is None:
             missing = not all(key in self.earlier for key in keys.tolist())
             if missing and self.other_runs:

@@ -378,10 +378,14 @@ def test_aligned_real_faces_stay_in_the_output_folder_or_are_removed_with_no_cac
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "cached"), "--no-cache", *args]) == 0
     assert not [p.name for p in (tmp_path / "cached").iterdir() if p.name.startswith(".align")]
 
-    # A photo-mode run into an aligned run's folder: no output there comes from its crops of real faces any more,
-    # and they went nowhere (a photo-mode --no-cache run left them); an aligned run drops the faces a photo run found
+    # A photo-mode run into an aligned run's folder: no output there comes from its crops of real faces any more
+    # (kept, or left by a killed --no-cache run), and they went nowhere (a photo-mode --no-cache run left them); an
+    # aligned run drops the faces a photo run found
+    (tmp_path / "kept" / ".align_cache-tmp-killed" / "ab").mkdir(parents=True)
+    (tmp_path / "kept" / ".align_cache-tmp-killed" / "ab" / "face.png").write_bytes(b"a real face")
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), "--mode", "photo", *args]) == 0
-    assert not (tmp_path / "kept" / ".align_cache").exists() and (tmp_path / "kept" / ".detection_cache").is_dir()
+    assert not [p.name for p in (tmp_path / "kept").iterdir() if p.name.startswith(".align")]
+    assert (tmp_path / "kept" / ".detection_cache").is_dir()
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), *args]) == 0
     assert (tmp_path / "kept" / ".align_cache").is_dir() and not (tmp_path / "kept" / ".detection_cache").exists()
     assert main(["anonymize", str(tmp_path / "in"), str(tmp_path / "kept"), "--mode", "photo", "--no-cache",

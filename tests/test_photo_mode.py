@@ -698,7 +698,8 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
     assert store.get(sha, (640, 480, 3)) is None and FoundFaces(tmp_path, "k2").get(sha, (480, 640, 3)) is None
     assert store.get("cd" * 32, (480, 640, 3)) is None
     # numbers a search cannot give are a miss, not a crash or a face (even with a matching check)
-    for bad in ({"box": [float("nan"), 1.0, 2.0, 3.0]}, {"turns": 9}, {"score": -5.0}, {"landmarks": [1.0] * 9}):
+    for bad in ({"box": [float("nan"), 1.0, 2.0, 3.0]}, {"turns": 9}, {"score": -5.0}, {"landmarks": [1.0] * 9},
+                {"box": [0.0, 0.0, 1e300, 1e300]}, {"box": [50.0, 50.0, 40.0, 60.0]}):
         store.put(sha, (480, 640, 3), faces[:1])
         [path] = tmp_path.glob("??/*.json")
         record = json.loads(path.read_text())
@@ -710,8 +711,11 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
 
 def test_a_journal_batch_is_resumed_only_for_the_faces_it_holds(photos, tmp_path):
     """The journal resumed a batch by its place for the same photos and settings without looking at which faces it
-    held: with the faces of a photo found otherwise (a detection cache entry that lost a face), each face got the
-    codes the earlier run made for the face after it."""
+    held: with the faces of a photo found otherwise (a detection cache entry that lost a face; another torch could
+    move a box), each face got the codes the earlier run made for the face after it. Now each face keeps its own
+    codes, taken by its key from the batches set aside, and nothing is optimized."""
+    import anon_core.pipeline
+
     import hashlib
 
     from anon_core.photo_detections import DETECTION_CACHE, FoundFaces, search_key
@@ -731,12 +735,19 @@ def test_a_journal_batch_is_resumed_only_for_the_faces_it_holds(photos, tmp_path
     sha = hashlib.sha256((inputs / "group.png").read_bytes()).hexdigest()
     shape = _rgb(inputs / "group.png").shape
     store.put(sha, shape, store.get(sha, shape)[1:])  # the largest face left out
-    again = anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
+    optimized = []
+    real = anon_core.pipeline.anonymize_images
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(anon_core.pipeline, "anonymize_images",
+                      lambda nets, pool, batch, *a, **kw: optimized.append(len(batch)) or real(nets, pool, batch, *a,
+                                                                                                **kw))
+        again = anonymize_photos(inputs, out, params, PhotoSettings(), show_progress=False)
     after = codes()
-    assert len(after) == len(before) - 1
-    for box, ws in after.items():  # each face gets new codes (the batches of the run's own key are not searched by
-        assert not any(np.array_equal(ws, other) for b, other in before.items() if b != box)  # face): not another's
-    assert again.resumed == 0
+    assert len(after) == len(before) - 1 and optimized == []
+    for box, ws in after.items():
+        np.testing.assert_array_equal(ws, before[box])
+    assert again.resumed == 0 and again.reused == len(after)
+    assert [p.name for p in (out / ".journal").glob("*aside*")] == []  # gone with the run's end
 
 
 def test_photos_smaller_than_the_smallest_face_searched_for_are_counted_and_named(photos, tmp_path):
