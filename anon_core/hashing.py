@@ -1,11 +1,13 @@
 """File hashes: one implementation for the model store, the dataset scan and the weight fingerprints."""
 
 import hashlib
+import re
 from pathlib import Path
 
 from anon_core.atomic import being_written
 
 _CHUNK = 1 << 20
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # a file's digest as `sha256_file` writes it
 
 
 def sha256_file(path: Path | str) -> str:

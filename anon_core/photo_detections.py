@@ -20,19 +20,18 @@ pipeline's `input_photos` asset in its storage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anon_core.atomic import write_bytes_atomic
-from anon_core.hashing import sha256_file
+from anon_core.hashing import SHA256_HEX, sha256_file
 from anon_core.networks.mtcnn import WEIGHT_FILES, Detection, mtcnn_weights_dir
 from anon_core.photo_faces import DETECTION_RULE, FoundFace, PhotoSettings
+from anon_core.reuse import context_digest
 
 __all__ = ["DETECTION_CACHE", "FoundFaces", "search_key"]
 
@@ -40,7 +39,6 @@ DETECTION_CACHE = ".detection_cache"  # in a photo-mode output folder, or the pi
 VERSION = "1"
 """Bump whenever the same photo and settings would give other faces (the detector's code, not its rules: those are
 DETECTION_RULE's); the older entries then miss."""
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def search_key(settings: PhotoSettings, device: torch.device | str) -> str:
@@ -57,7 +55,7 @@ def search_key(settings: PhotoSettings, device: torch.device | str) -> str:
               "weights": weights,
               "device": torch.device(device).type, "version": VERSION, "pillow": PIL.__version__,
               "torch": torch.__version__}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return context_digest(record)[:16]
 
 
 class FoundFaces:
@@ -71,12 +69,12 @@ class FoundFaces:
 
     def get(self, sha256: str | None, shape: tuple[int, ...]) -> list[FoundFace] | None:
         """The faces of the photo with this digest and `shape` ([H, W, ...] as decoded), or None on a miss."""
-        if not sha256 or not _SHA256.fullmatch(sha256):
+        if not sha256 or not SHA256_HEX.fullmatch(sha256):
             return None
         try:
             record = json.loads(self._path(sha256).read_text(encoding="utf-8"))
             check = record.pop("check")
-            if check != _check(record) or record["sha256"] != sha256 or record["key"] != self.key or \
+            if check != context_digest(record) or record["sha256"] != sha256 or record["key"] != self.key or \
                     record["size"] != list(shape[:2]):
                 return None
             return [_face(face, shape) for face in record["faces"]]
@@ -85,22 +83,18 @@ class FoundFaces:
 
     def put(self, sha256: str | None, shape: tuple[int, ...], faces: list[FoundFace]) -> None:
         """Keep the faces found in the photo with this digest and `shape`."""
-        if not sha256 or not _SHA256.fullmatch(sha256):
+        if not sha256 or not SHA256_HEX.fullmatch(sha256):
             return
         record = {"sha256": sha256, "key": self.key, "size": list(shape[:2]), "faces": [
             {"box": [float(v) for v in face.detection.box], "score": float(face.detection.score),
              "landmarks": np.asarray(face.detection.landmarks, dtype=np.float64).ravel().tolist(),
              "turns": int(face.turns), "upright": bool(face.upright), "cut_by_edge": bool(face.cut_by_edge)}
             for face in faces]}
-        record["check"] = _check(record)
+        record["check"] = context_digest(record)
         try:
             write_bytes_atomic(self._path(sha256), json.dumps(record).encode(), private=True)
         except FileNotFoundError:  # its temporary removed by a `prune` of another process: the entry is not kept
             pass
-
-
-def _check(record: dict) -> str:
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def _face(face: dict, shape: tuple[int, ...]) -> FoundFace:

@@ -680,8 +680,9 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
     """An entry gives back the very floats found: a float32 landmark, a turned face's float64 ones, and the box and
     score, so the crops cut from them are the same pixels. An entry of another photo size or search is a miss."""
     from anon_core.networks.mtcnn import Detection
-    from anon_core.photo_detections import FoundFaces, _check
+    from anon_core.photo_detections import FoundFaces
     from anon_core.photo_faces import FoundFace
+    from anon_core.reuse import context_digest
 
     sha = "ab" * 32
     faces = [FoundFace(Detection((10.123456789, 20.1, 90.98765, 120.5), 0.9987654321,
@@ -705,7 +706,7 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
         record = json.loads(path.read_text())
         record.pop("check")
         record["faces"][0].update(bad)
-        path.write_text(json.dumps({**record, "check": _check(record)}))
+        path.write_text(json.dumps({**record, "check": context_digest(record)}))
         assert store.get(sha, (480, 640, 3)) is None, bad
 
 

