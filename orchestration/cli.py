@@ -137,6 +137,7 @@ def _run_anonymize(args: argparse.Namespace) -> int:
         checked["at"] = time.perf_counter()
         if len(rows):
             checked["privacy"] = _aligned_privacy(real_images, rows, args.output_dir, args.device, args.quiet, bound)
+        checked["done"] = time.perf_counter()
 
     summary = anonymize_folder(args.input_dir, args.output_dir, params, device=args.device,
                                show_progress=not args.quiet, keep_cache=args.keep_cache is not False,
@@ -151,9 +152,17 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     privacy = checked["privacy"]
     _print_privacy(privacy, "images")
     _warn_if_diverged(summary.output_dir, params.optimization.lr)
+    _print_time(args, anonymizing=seconds, checking=checked["done"] - checked["at"])
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     return _privacy_verdict(privacy, bound, summary.output_dir, "images")
+
+
+def _print_time(args: argparse.Namespace, anonymizing: float, checking: float) -> None:
+    """The command's whole time so far, and its parts: the figure before it counts the anonymizing alone."""
+    total = time.perf_counter() - args.started
+    print(f"finished in {total:.1f} s: anonymizing {anonymizing:.1f} s, privacy check {checking:.1f} s, the rest "
+          f"{max(total - anonymizing - checking, 0.0):.1f} s (imports, reading params.yaml, the folder's checks)")
 
 
 def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool, bound: float):
@@ -225,8 +234,11 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     seconds = time.perf_counter() - start
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")
+    checking = time.perf_counter()
     privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device, bound)
+    checking = time.perf_counter() - checking
     _warn_if_diverged(summary.output_dir, params.optimization.lr)
+    _print_time(args, anonymizing=seconds, checking=checking)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
@@ -436,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     with stop_signals() as stopped_by:
         try:
+            started = time.perf_counter()  # the sub-commands import what they use: torch, the networks, dlib
             args = parse_command(argv)
+            args.started = started
             log_every_s()  # a bad $FALCO_PROGRESS_EVERY_S: one line now, not a failed step later
             return args.run(args)
         except FalcoError as err:

@@ -19,15 +19,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from anon_core.data.image_files import ImageFiles
 from anon_core.errors import FalcoError
-from anon_core.folders import check_finished, missing_outputs
-from anon_core.progress import Progress
 from orchestration.cli_types import given_path, name_list, refuse_flags
+
+if TYPE_CHECKING:  # imported where used: `falco --help` and the other sub-commands do not load numpy, pandas or PIL
+    import numpy as np
+    import pandas as pd
+
+    from anon_core.data.image_files import ImageFiles
+    from anon_core.progress import Progress
 
 MANIFEST_NEEDS = ("input", "output", "status", "fake_index")
 OUTPUTS_FOLDER = ".evaluation_outputs"  # in REPORT_DIR: what the networks made of each image, by its key, so that a
@@ -80,6 +82,10 @@ def _not_a_run(folder: Path, what: str) -> FalcoError:
 
 def read_run(folder: Path) -> AnonymizeRun:
     """Read and check one ANON_DIR: manifest.csv and params.json present and readable, every ok row's image there."""
+    import pandas as pd
+
+    from anon_core.folders import check_finished, missing_outputs
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FalcoError(f"{folder} does not exist or is not a folder; pass the OUTPUT_DIR of a `falco anonymize` run")
@@ -141,6 +147,8 @@ class RealGallery:
 
     def rows(self, run: AnonymizeRun) -> np.ndarray:
         """Gallery row of each ok manifest row's source; FalcoError for a source that is not in the gallery."""
+        import numpy as np
+
         index = {p: i for i, p in enumerate(self.relpaths)}
         unknown = [p for p in run.ok["input"] if p not in index]
         if unknown:
@@ -221,6 +229,8 @@ def read_anonymized(run: AnonymizeRun) -> ImageFiles:
     header) is not the run's resolution."""
     from PIL import Image
 
+    from anon_core.data.image_files import ImageFiles
+
     paths = [run.folder / "images" / name for name in run.ok["output"]]
     for path in paths:
         try:
@@ -240,6 +250,8 @@ def read_anonymized(run: AnonymizeRun) -> ImageFiles:
 
 def _differing_settings(runs: list[AnonymizeRun], labels: list[str]) -> pd.DataFrame:
     """One row per run (its label): the parameters in which the runs' params.json differ."""
+    import pandas as pd
+
     frame = pd.DataFrame([r.params() for r in runs], index=pd.Index(labels, name="run"))
     return frame.loc[:, frame.astype(str).nunique() > 1]
 
@@ -301,6 +313,9 @@ def evaluate_folders(
 ) -> dict[str, Path]:
     """Evaluate the runs in `anon_dirs` against `real_dir` and write the report to `out_dir`; returns its paths.
     `show_progress`: a bar per image set read."""
+    import numpy as np
+    import pandas as pd
+
     from anon_core.profiles import build_networks
     from anon_core.stages import resolve_device
     from evaluation.baselines import BASELINES, baseline_keys, made_from_real
@@ -523,6 +538,8 @@ def _photo_run_bound(folder: Path, args: argparse.Namespace) -> tuple[float, str
 def _evaluate_photo_runs(args: argparse.Namespace) -> int:
     """Photo-mode outputs: dlib's per-face check over every run (evaluation.photo_privacy); exit 1 when a run's
     matched share is above the bound it is held to (`_photo_run_bound`)."""
+    import pandas as pd
+
     from evaluation.photo_privacy import evaluate_photo_runs
 
     bounds = [_photo_run_bound(Path(folder), args) for folder in args.anon_dirs]

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from anon_core.params import PIPELINE_EXECUTORS
 from orchestration.cli_types import check_mode_flags, finite_float, given_path, whole_number
-from orchestration.driver import STAGES
-from orchestration.jobs import EXECUTORS
+from orchestration.pipeline_stages import MODES, STAGES
 
 GRID_FLAGS = {"margin": float, "steps": int, "lr": float, "lambda_id": float, "lambda_attr": float,
               "lambda_consistency": float, "gamma": float}
@@ -71,7 +71,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         help="params.yaml pairing: nearest (the paper's), unique, identity (one fake per person)")
     shared.add_argument("--shard-size", type=whole_number, default=None, help="images per partition (params.yaml "
                         "pipeline.shard_size: 1024, 16 for tiny)")
-    shared.add_argument("--executor", choices=EXECUTORS, default=None,
+    shared.add_argument("--executor", choices=PIPELINE_EXECUTORS, default=None,
                         help="pipeline.executor: celery hands each step to the `falco worker`s of its queue (README: "
                              "Cluster)")
     shared.add_argument("--dataset", choices=("auto", "celebahq", "lfw", "folder"), default=None,
@@ -81,7 +81,7 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                         help="FFHQ-align faces first (data.align: on, except for CelebA-HQ)")
     shared.add_argument("--align-detector", choices=("mtcnn", "dlib"), default=None, help="data.align_detector")
     photo = p.add_argument_group("photo mode (--mode photo; default: params.yaml photo:)")
-    photo.add_argument("--mode", choices=("aligned", "photo"), default="aligned",
+    photo.add_argument("--mode", choices=MODES, default="aligned",
                        help="aligned: the face dataset graph (default); photo: every face of each photo anonymized in "
                             "place, jobs prepare_photos and anonymize_photos (no evaluate stage: each shard has its "
                             "blocking per-face privacy check)")

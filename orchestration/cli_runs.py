@@ -16,12 +16,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from anon_core.atomic import write_bytes_atomic
-from evaluation.glossary import shown_number
 from orchestration.cli_types import given_path, given_text
+
+if TYPE_CHECKING:  # imported where used: `falco --help` and the other sub-commands do not load pandas
+    import pandas as pd
 
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
@@ -49,6 +50,8 @@ def compare_table(runs: list, metrics: list[str] | None = None,
     values differ between the variants' runs (`param:<name>`), with a privacy `bound` (one, or one per run) its
     verdict (`check:privacy_check`, `privacy_verdicts`), then the metrics (`metrics`, or every metric the runs
     logged)."""
+    import pandas as pd
+
     if not runs:
         return pd.DataFrame()
     inputs = differing_inputs(runs)
@@ -324,6 +327,8 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     """The terminal table: one column per run (headed by its variant or baseline, and its start time where a label
     has several runs, as with --all), one row per differing input tag, per differing parameter and per metric
     (`metrics`), numbers to 4 significant digits; narrow enough for 120 columns with up to 7 runs."""
+    from evaluation.glossary import shown_number
+
     repeated = frame["variant"].duplicated(keep=False)
     heading = frame["variant"].where(~repeated, frame["variant"] + " " + frame["started"].str[5:16])
     described = [c for c in frame.columns if c.startswith(("input:", "param:", "check:"))]

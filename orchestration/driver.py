@@ -42,14 +42,13 @@ from orchestration.io_manager import prune_moved_rows, prune_shards, prune_unreg
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
+from orchestration.pipeline_stages import MODES, STAGES
 from orchestration.resources import PROJECT_ROOT, NetworksResource, StorageResource
 from orchestration.run_ends import LAUNCHED_BY
 from orchestration.tracking import MlflowResource, dvc_experiment_tags
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
 ORPHANS_OLDER_THAN_S = 900.0  # a temporary file in the storage untouched this long has no writer left
-STAGES = ("prepare", "anonymize", "evaluate")
-MODES = ("aligned", "photo")
 
 
 @dataclass

@@ -228,3 +228,21 @@ def test_a_learning_rate_float32_cannot_hold_is_refused_by_name(key):
     with pytest.raises(ParamsError, match=rf"{key} = 1e\+300 must be a finite number > 0 that float32 holds"):
         load_params("tiny", **{key: 1e300})
     assert getattr(load_params("tiny", **{key: 3e38}), key.split(".")[0]).lr == 3e38
+
+
+def test_a_params_file_is_read_as_it_is_now_and_its_sections_are_the_callers_own(tmp_path):
+    """One process reads params.yaml many times (parsed once per text): an edit between two reads is seen, and a
+    section a caller changes is not what the next read gives."""
+    from anon_core.params import load_section
+
+    path = tmp_path / "params.yaml"
+    text = DEFAULT_PARAMS_PATH.read_text()
+    path.write_text(text)
+    load_section("sweep", "tiny", path)["variants"].append("m0.9")  # a nested value, changed in place
+    load_section("photo", "tiny", path)["min_face_size"] = -1
+    assert load_section("sweep", "tiny", path) == load_section("sweep", "tiny", DEFAULT_PARAMS_PATH) == \
+        {"variants": ["default"]}
+    assert load_section("photo", "tiny", path)["min_face_size"] == 16
+    path.write_text(text.replace("min_face_size: 16", "min_face_size: 24", 1))
+    assert load_section("photo", "tiny", path)["min_face_size"] == 24
+    assert load_params("tiny", path).optimization.margin == load_params("tiny").optimization.margin
