@@ -38,3 +38,49 @@ def prune_by_digest(folder: Path, keep: set[str]) -> int:
             except OSError:  # a file written into it meanwhile
                 pass
     return removed
+
+
+class DigestEntries:
+    """JSON records kept per file, filed by its sha256 and a `key` (what else decided the record):
+    `<folder>/<sha[:2]>/<sha>.<key>.json`, the layout `prune_by_digest` prunes. Each record holds the file's digest,
+    the key and the sha256 of the rest of it (`check`): a record that does not match it (a damaged disk block, a hand
+    edit), or another file's or key's, reads as missing. Written atomically and readable by the owner only."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def path(self, sha256: str) -> Path:
+        return self.folder / sha256[:2] / f"{sha256}.{self.key}.json"
+
+    def read(self, sha256: str | None) -> dict | None:
+        """The record of the file with this digest, without its digest, key and check; None on a miss."""
+        import json
+
+        from anon_core.reuse import context_digest
+
+        if not sha256 or not SHA256_HEX.fullmatch(sha256):
+            return None
+        try:
+            record = json.loads(self.path(sha256).read_text(encoding="utf-8"))
+            check = record.pop("check")
+            if check != context_digest(record) or record.pop("sha256") != sha256 or record.pop("key") != self.key:
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return record
+
+    def write(self, sha256: str | None, record: dict) -> None:
+        """Keep `record` (JSON-able) for the file with this digest (nothing for a file without one)."""
+        import json
+
+        from anon_core.atomic import write_bytes_atomic
+        from anon_core.reuse import context_digest
+
+        if not sha256 or not SHA256_HEX.fullmatch(sha256):
+            return
+        record = {**record, "sha256": sha256, "key": self.key}
+        record["check"] = context_digest(record)
+        try:
+            write_bytes_atomic(self.path(sha256), json.dumps(record).encode(), private=True)
+        except FileNotFoundError:  # its temporary removed by a `prune_by_digest` of another process: not kept
+            pass

@@ -13,22 +13,21 @@ damaged disk block, a hand edit), a face whose numbers are not finite or not in 
 size's entry is a miss, and the photo is searched again (an entry trusted as it stands would decide which faces are
 replaced in every later run, and no check afterwards sees a face left out of it).
 
-No pixels are kept: boxes and landmarks only. The owner of the folder removes the entries of photos no longer among
-its inputs (`hashing.prune_by_digest`): `anonymize_photos` at the end of a run into its own output folder, the
-pipeline's `input_photos` asset in its storage.
+No pixels are kept: boxes and landmarks only (beside them, under a key of their own, `falco anonymize` keeps its
+privacy check's verdicts: evaluation.photo_privacy.KeptVerdicts; both are `hashing.DigestEntries`). The owner of the
+folder removes the entries of photos no longer among its inputs (`hashing.prune_by_digest`): `anonymize_photos` at
+the end of a run into its own output folder, the pipeline's `input_photos` asset in its storage.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anon_core.atomic import write_bytes_atomic
-from anon_core.hashing import SHA256_HEX, sha256_file
+from anon_core.hashing import DigestEntries, sha256_file
 from anon_core.networks.mtcnn import WEIGHT_FILES, Detection, mtcnn_weights_dir
 from anon_core.photo_faces import DETECTION_RULE, FoundFace, PhotoSettings
 from anon_core.reuse import context_digest
@@ -62,39 +61,26 @@ class FoundFaces:
     """The entries of one search key (`search_key`) in `folder`."""
 
     def __init__(self, folder: Path, key: str) -> None:
-        self.folder, self.key = Path(folder), key
-
-    def _path(self, sha256: str) -> Path:
-        return self.folder / sha256[:2] / f"{sha256}.{self.key}.json"
+        self.entries = DigestEntries(folder, key)
+        self.folder, self.key = self.entries.folder, key
 
     def get(self, sha256: str | None, shape: tuple[int, ...]) -> list[FoundFace] | None:
         """The faces of the photo with this digest and `shape` ([H, W, ...] as decoded), or None on a miss."""
-        if not sha256 or not SHA256_HEX.fullmatch(sha256):
-            return None
+        record = self.entries.read(sha256)
         try:
-            record = json.loads(self._path(sha256).read_text(encoding="utf-8"))
-            check = record.pop("check")
-            if check != context_digest(record) or record["sha256"] != sha256 or record["key"] != self.key or \
-                    record["size"] != list(shape[:2]):
+            if record is None or record["size"] != list(shape[:2]):
                 return None
             return [_face(face, shape) for face in record["faces"]]
-        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return None
 
     def put(self, sha256: str | None, shape: tuple[int, ...], faces: list[FoundFace]) -> None:
         """Keep the faces found in the photo with this digest and `shape`."""
-        if not sha256 or not SHA256_HEX.fullmatch(sha256):
-            return
-        record = {"sha256": sha256, "key": self.key, "size": list(shape[:2]), "faces": [
+        self.entries.write(sha256, {"size": list(shape[:2]), "faces": [
             {"box": [float(v) for v in face.detection.box], "score": float(face.detection.score),
              "landmarks": np.asarray(face.detection.landmarks, dtype=np.float64).ravel().tolist(),
              "turns": int(face.turns), "upright": bool(face.upright), "cut_by_edge": bool(face.cut_by_edge)}
-            for face in faces]}
-        record["check"] = context_digest(record)
-        try:
-            write_bytes_atomic(self._path(sha256), json.dumps(record).encode(), private=True)
-        except FileNotFoundError:  # its temporary removed by a `prune` of another process: the entry is not kept
-            pass
+            for face in faces]})
 
 
 def _face(face: dict, shape: tuple[int, ...]) -> FoundFace:

@@ -25,6 +25,7 @@ from anon_core.data.align import ffhq_quad, warp_quad
 from anon_core.data.image_io import displayed_size, load_rgb
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, check_separate, exclusive, missing_outputs
+from anon_core.hashing import sha256_file
 from anon_core.photos import parse_numbers, read_photo_manifest
 from evaluation.privacy import detect_faces
 from evaluation.recognizers import Recognizer, build_recognizer
@@ -48,17 +49,36 @@ def face_quad(landmarks: np.ndarray, box: np.ndarray) -> np.ndarray:
                          [cx + half, cy - half]])
 
 
-def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | None = None) -> pd.DataFrame:
+def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | None = None,
+                 kept: Path | None = None) -> pd.DataFrame:
     """One row per face of a photo-mode output: input, face, status, reason, `dlib_distance` (input face vs output
     face at the input's landmarks), `measured` (false for a face, anonymized or covered, in whose input crop dlib's
-    detector finds no face) and `matched` (measured, and distance < 0.6)."""
+    detector finds no face) and `matched` (measured, and distance < 0.6).
+
+    `kept`: a folder where each photo's verdicts are kept (`KeptVerdicts`), and taken from for a photo whose input
+    and output files and faces are those they were made for: such a photo is not decoded nor measured again. The
+    number of such photos is the table's `attrs["photos_checked_earlier"]`."""
     manifest = read_photo_manifest(output_dir)
-    faces = manifest[manifest["kind"] == "face"]
+    faces = manifest[manifest["kind"] == "face"].reset_index(drop=True)
     dlib = recognizer or build_recognizer("dlib")
-    real_crops, out_crops = [], []
+    verdicts = KeptVerdicts(kept, dlib) if kept is not None else None
+    photos = manifest[manifest["kind"] == "photo"]
+    photo_sha = dict(zip(photos["input"], photos["sha256"])) if "sha256" in photos else {}
+    table = faces[["input", "face", "status", "reason"]]
+    found = np.zeros((len(faces), 3))  # distance, measured, matched, row by row
+    real_crops, out_crops, measured_now = [], [], []  # (rows' places, rows, sha256s of photo and output) per photo
+    earlier = 0
     for photo, rows in faces.groupby("input", sort=False):
+        here = rows.index.to_numpy()
+        output = Path(output_dir) / "images" / rows["output"].iloc[0]
+        output_sha = sha256_file(output) if verdicts is not None and output.is_file() else None
+        taken = verdicts.get(photo_sha.get(photo), output_sha, rows) if verdicts is not None else None
+        if taken is not None:
+            found[here] = taken
+            earlier += 1
+            continue
         real = load_rgb(Path(input_dir) / photo)
-        anonymized = load_rgb(Path(output_dir) / "images" / rows["output"].iloc[0])
+        anonymized = load_rgb(output)
         if anonymized.shape != real.shape:
             raise _resized(Path(output_dir), rows["output"].iloc[0], anonymized.shape[1::-1], photo,
                            real.shape[1::-1])
@@ -66,13 +86,76 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
             quad = face_quad(parse_numbers(row.landmarks, (5, 2)), parse_numbers(row.box, (4,)))
             real_crops.append(warp_quad(real, quad, CROP_SIZE))
             out_crops.append(warp_quad(anonymized, quad, CROP_SIZE))
-    table = faces[["input", "face", "status", "reason"]].reset_index(drop=True)
-    if not len(table):
-        return table.assign(dlib_distance=pd.Series(dtype=float), measured=pd.Series(dtype=bool),
-                            matched=pd.Series(dtype=bool))
-    distances, matched = dlib.match_pairs(np.stack(out_crops), np.stack(real_crops))
-    measured = detect_faces(real_crops, "dlib_hog", upsample=1).detected  # anonymized and covered alike
-    return table.assign(dlib_distance=distances, measured=measured, matched=matched & measured)
+        measured_now.append((here, rows, photo_sha.get(photo), output_sha))
+    if real_crops:
+        distances, matched = dlib.match_pairs(np.stack(out_crops), np.stack(real_crops))
+        measured = detect_faces(real_crops, "dlib_hog", upsample=1).detected  # anonymized and covered alike
+        made = np.stack([distances, measured, matched], axis=1)
+        done = 0
+        for here, rows, sha, output_sha in measured_now:
+            found[here] = made[done:done + len(rows)]
+            done += len(rows)
+            if verdicts is not None:
+                verdicts.put(sha, output_sha, rows, found[here])
+    measured = found[:, 1].astype(bool)
+    table = table.assign(dlib_distance=found[:, 0], measured=measured, matched=found[:, 2].astype(bool) & measured)
+    table.attrs["photos_checked_earlier"] = earlier
+    return table
+
+
+VERDICTS_VERSION = "1"
+"""Bump whenever the same photos and faces would be measured otherwise (the crops, the recognizer's use); the kept
+verdicts of older versions then miss."""
+
+
+class KeptVerdicts:
+    """The privacy check's verdicts on each photo's faces (dlib's distance, whether dlib's detector sees the input's
+    face, whether matched: three numbers per face, no descriptor), kept in `folder` by the input photo's sha256
+    (`hashing.DigestEntries`, pruned with the detection cache it lives in). An entry counts for the output file
+    (its sha256) and the faces (index, box, landmarks as the manifest writes them) it was made for, under the same
+    recognizer weights and versions: an output replaced or edited since, or faces found otherwise, is measured
+    again."""
+
+    def __init__(self, folder: Path, recognizer: Recognizer) -> None:
+        import PIL
+        import dlib
+        import torch
+
+        from anon_core.hashing import DigestEntries
+        from anon_core.reuse import context_digest
+
+        weights = sha256_file(recognizer.weights_file) if recognizer.weights_file is not None else None
+        key = context_digest({"recognizer": recognizer.name, "weights": weights, "crop": CROP_SIZE,
+                              "box_quad_scale": BOX_QUAD_SCALE, "device": recognizer.device.type,
+                              "version": VERDICTS_VERSION, "dlib": dlib.__version__, "pillow": PIL.__version__,
+                              "torch": torch.__version__})
+        self.entries = DigestEntries(folder, f"privacy-{key[:16]}")
+        self.usable = weights is not None  # a recognizer not read from a file cannot be told from another
+
+    @staticmethod
+    def _faces(rows: pd.DataFrame) -> list[list[str]]:
+        return [[str(face), str(box), str(landmarks)] for face, box, landmarks in
+                zip(rows["face"], rows["box"], rows["landmarks"])]
+
+    def get(self, sha256: str | None, output_sha256: str | None, rows: pd.DataFrame) -> np.ndarray | None:
+        """[N, 3] (distance, measured, matched) of the photo's face `rows`, or None on a miss."""
+        record = self.entries.read(sha256) if self.usable and output_sha256 else None
+        try:
+            if record is None or record["output"] != output_sha256 or record["faces"] != self._faces(rows):
+                return None
+            verdicts = np.array([[float(d), m, t] for d, m, t in record["verdicts"]], dtype=np.float64)
+            if verdicts.shape != (len(rows), 3) or not all(
+                    isinstance(m, bool) and isinstance(t, bool) for _, m, t in record["verdicts"]) or \
+                    not np.all(np.isfinite(verdicts[:, 0]) & (verdicts[:, 0] >= 0)):
+                return None
+            return verdicts
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, sha256: str | None, output_sha256: str | None, rows: pd.DataFrame, verdicts: np.ndarray) -> None:
+        if self.usable and output_sha256:
+            self.entries.write(sha256, {"output": output_sha256, "faces": self._faces(rows), "verdicts": [
+                [float(d), bool(m), bool(t)] for d, m, t in verdicts]})
 
 
 def _resized(folder: Path, output: str, size, photo: str, real_size) -> FalcoError:

@@ -179,15 +179,16 @@ def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bo
     return privacy
 
 
-def _print_privacy(privacy, what: str) -> None:
-    """The line that sums up face_privacy.csv's table (`what`: the run's images or faces)."""
+def _print_privacy(privacy, what: str, note: str = "") -> None:
+    """The line that sums up face_privacy.csv's table (`what`: the run's images or faces), ending with `note`."""
     from evaluation.photo_privacy import measured_distances, measured_faces, unmeasured_note
 
     if not measured_faces(privacy):
         print(f"privacy: dlib measured none of the {what}{unmeasured_note(privacy)}")
         return
     print(f"privacy: dlib matches {int(privacy['matched'].sum())} of {measured_faces(privacy)} {what} to their source "
-          f"(distance < 0.6; smallest distance {measured_distances(privacy).min():.2f}){unmeasured_note(privacy)}")
+          f"(distance < 0.6; smallest distance {measured_distances(privacy).min():.2f}){unmeasured_note(privacy)}"
+          f"{note}")
 
 
 def _warn_if_diverged(output_dir: Path, lr: float) -> None:
@@ -235,7 +236,8 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     print(f"{summary.describe()}; took {seconds:.1f} s ({summary.faces / seconds:.2f} faces/s, networks' start "
           "included)")
     checking = time.perf_counter()
-    privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device, bound)
+    privacy = _check_photo_privacy(args.input_dir, summary.output_dir, args.device, bound,
+                                   keep=args.keep_cache is not False)
     checking = time.perf_counter() - checking
     _warn_if_diverged(summary.output_dir, params.optimization.lr)
     _print_time(args, anonymizing=seconds, checking=checking)
@@ -257,20 +259,25 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
     return _privacy_verdict(privacy, bound, summary.output_dir, "faces")
 
 
-def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str, bound: float):
+def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str, bound: float, keep: bool):
     """dlib's verdict on every face of a photo-mode output, written to face_privacy.csv and params.json; its table
-    (None: no face)."""
+    (None: no face). `keep`: each photo's verdicts are kept beside its faces found (the detection cache), and a
+    photo whose files and faces are unchanged is not measured again."""
+    from anon_core.photo_detections import DETECTION_CACHE
     from evaluation.photo_privacy import face_privacy, record_privacy_check, write_face_privacy
     from evaluation.recognizers import build_recognizer
 
     record_privacy_check(output_dir)  # "pending": a run stopped during the check does not look checked
-    privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device))
+    privacy = face_privacy(input_dir, output_dir, build_recognizer("dlib", device=device),
+                           kept=output_dir / DETECTION_CACHE if keep else None)
     write_face_privacy(privacy, output_dir)
     record_privacy_check(output_dir, privacy, bound)
     if not len(privacy):
         print("privacy: no face was found, so none could be checked")
         return None
-    _print_privacy(privacy, "faces")
+    earlier = privacy.attrs.get("photos_checked_earlier", 0)
+    _print_privacy(privacy, "faces", f"; {earlier} photo(s) not measured again: their input, output and faces are "
+                   "those of their last check" if earlier else "")
     return privacy
 
 

@@ -710,6 +710,46 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
         assert store.get(sha, (480, 640, 3)) is None, bad
 
 
+def test_a_rerun_measures_only_photos_whose_files_or_faces_changed_since_their_check(photo_run, photos, tmp_path,
+                                                                                   capsys, monkeypatch):
+    """The privacy check decoded every input and output photo and measured every face again on each rerun (its
+    time grew with the folder, not with what changed). Each photo's verdicts are kept by its input's and output's
+    sha256 and its faces: an unchanged rerun measures nothing and writes the same table; an output replaced by hand
+    (here by the real photo) or a hand-edited verdict is measured again."""
+    import evaluation.photo_privacy
+    from anon_core.photo_detections import DETECTION_CACHE
+
+    out = tmp_path / "out"
+    shutil.copytree(photo_run[0], out)
+    first = (out / "face_privacy.csv").read_text()
+    decoded = []
+    real_load = evaluation.photo_privacy.load_rgb
+    monkeypatch.setattr(evaluation.photo_privacy, "load_rgb", lambda path: decoded.append(Path(path).name) or
+                        real_load(path))
+    assert main(["anonymize", str(photos), str(out), "--mode", "photo", *FAST]) == 0
+    assert "2 photo(s) not measured again: their input, output and faces are those of their last check" in \
+        capsys.readouterr().out
+    assert decoded == [] and (out / "face_privacy.csv").read_text() == first
+
+    kept = out / DETECTION_CACHE
+    shutil.copy(photos / "group.png", out / "images" / "group.png")  # the real faces, where the anonymized were
+    leaked = face_privacy(photos, out, kept=kept)
+    assert decoded == ["group.png", "group.png"] and leaked.attrs["photos_checked_earlier"] == 1
+    group = leaked[(leaked["input"] == "group.png") & leaked["measured"]]
+    assert len(group) >= 5 and group["matched"].all() and (group["dlib_distance"] < 0.05).all()
+
+    [entry] = [p for p in kept.glob("??/*.privacy-*.json") if json.loads(p.read_text())["faces"][0][1] in
+               {r["box"] for r in _rows(out) if r["input"] == "portrait.jpg"}]
+    record = json.loads(entry.read_text())
+    record["verdicts"][0][0] = 0.99  # its check left as it was
+    entry.write_text(json.dumps(record))
+    decoded.clear()
+    again = face_privacy(photos, out, kept=kept)
+    assert decoded == ["portrait.jpg", "portrait.png"] and again.attrs["photos_checked_earlier"] == 1
+    np.testing.assert_allclose(again[again["input"] == "portrait.jpg"]["dlib_distance"],  # measured in another batch
+                               leaked[leaked["input"] == "portrait.jpg"]["dlib_distance"], atol=1e-5)
+
+
 def test_a_journal_batch_is_resumed_only_for_the_faces_it_holds(photos, tmp_path):
     """The journal resumed a batch by its place for the same photos and settings without looking at which faces it
     held: with the faces of a photo found otherwise (a detection cache entry that lost a face; another torch could
