@@ -23,6 +23,7 @@ people) share a fake. Features are L2-normalized first, so similarity is cosine.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -109,8 +110,11 @@ def identity_fakes(
     return indices, _cosine_rows(real, l2_normalize(fake_features), indices), info
 
 
-def collisions(indices: np.ndarray) -> dict[str, int]:
-    """How fakes are shared: distinct fakes used, fakes used by more than one real, and the reals on those fakes."""
+def collisions(indices: np.ndarray, person: Sequence | np.ndarray | None = None) -> dict[str, int]:
+    """How fakes are shared: distinct fakes used, fakes used by more than one real, and the reals on those fakes;
+    with `person` (a label per real, "" or None: unlabelled, its own person), also the number of `pseudonyms` (people,
+    each unlabelled real one) and the fakes shared by more than one of them (0 under `unique` and `identity`, which
+    share a fake within a person on purpose)."""
     indices = np.asarray(indices)
     if indices.ndim == 2 and indices.shape[1] == 1:
         indices = indices[:, 0]
@@ -118,11 +122,17 @@ def collisions(indices: np.ndarray) -> dict[str, int]:
         raise ValueError(f"indices of shape {indices.shape} must be [N] or [N, 1] (one fake per real)")
     _, counts = np.unique(indices, return_counts=True)
     shared = counts > 1
-    return {
+    figures = {
         "distinct_fakes": int(len(counts)),
         "shared_fakes": int(shared.sum()),
         "reals_on_shared_fakes": int(counts[shared].sum()),
     }
+    if person is None:
+        return figures
+    owners = [label or row for row, label in enumerate(person_labels(person).tolist())]  # a row: its own person
+    per_fake = Counter(fake for fake, _ in set(zip(indices.tolist(), owners)))
+    return figures | {"pseudonyms": len(set(owners)),
+                      "fakes_shared_across_people": sum(1 for owned in per_fake.values() if owned > 1)}
 
 
 def _assign(
@@ -287,7 +297,7 @@ def assign_fakes(real_features: np.ndarray, fake_features: np.ndarray, mode: str
     else:
         raise ValueError(f"pairing mode {mode!r} is not one of nearest, unique, identity")
     figures = {"pairing": mode, "assignment": info.method if info else "1-NN",
-               "assignment_fallback": bool(info.fallback) if info else False, **collisions(indices)}
+               "assignment_fallback": bool(info.fallback) if info else False, **collisions(indices, labels)}
     return indices, similarities, figures
 
 

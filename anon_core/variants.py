@@ -143,6 +143,7 @@ def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None
         if unknown:
             raise ParamsError(f"{source}: variants: {name}: unknown key(s) {', '.join(unknown)}; a variant sets keys "
                               f"of the optimization section: {', '.join(DEFINABLE_KEYS)}")
+        values = {k: yaml_number(v) if k in BY_KEY else v for k, v in values.items()}
         empty = sorted(k for k, v in values.items() if v is None)
         if empty:  # an override of None means "not given": it ran the section's value, and the report said None
             raise ParamsError(f"{source}: variants: {name}: {', '.join(empty)} is empty (null); give it a value")
@@ -156,6 +157,17 @@ def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None
     return {f"optimization.{k}": v for k, v in values.items()}
 
 
+def yaml_number(value: Any) -> Any:
+    """A number that YAML 1.1 (PyYAML) read as text, `1e-3` (it wants `1.0e-3`), as its number, as params.yaml's
+    other settings read it; any other value as it is."""
+    if isinstance(value, str) and value.isascii():
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
     """Every combination of the value lists, as variant names: {"margin": [0, 0.9]} -> ["m0", "m0.9"]."""
     keys = [k.key for k in VARIANT_KEYS if k.key in grid]
@@ -166,7 +178,7 @@ def grid_variants(grid: Mapping[str, Sequence[Any]]) -> list[str]:
     lists = []
     for key in keys:
         values = grid[key]
-        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        values = [yaml_number(v) for v in (values if isinstance(values, (list, tuple)) else [values])]
         if not values:
             raise ParamsError(f"sweep: {key} has no values")
         for value in values:  # YAML reads `true` as a bool, which float() would take as 1.0

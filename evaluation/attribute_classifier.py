@@ -200,6 +200,19 @@ def classifier_scores(weights: Weights, frame: pd.DataFrame, real: ImageSetLike,
     return scores, f"evaluated on {len(test)} test images"
 
 
+def add_classifier_scores(result, weights: Weights, frame: pd.DataFrame, real: ImageSetLike,
+                          images: ImageSetLike, rows: np.ndarray, device: torch.device | str = "cpu") -> str:
+    """`classifier_scores` of a method's `images` (made from the real `rows`) added to its `result`
+    (`evaluation.suite.MethodResult`): its per-attribute rows and its summary metrics, for a variant and a baseline
+    alike, so that both are points of the privacy-vs-utility scatter on the classifier's axis. Returns what was
+    done."""
+    scores, done = classifier_scores(weights, frame, real, images, rows, device)
+    if scores is not None:
+        result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
+        result.metrics |= classifier_metrics(scores)
+    return done
+
+
 def classifier_metrics(scores: pd.DataFrame) -> dict[str, float]:
     """The summary metrics of `classifier_scores`' table: mean accuracy on real and anonymized, mean agreement."""
     return {f"attributes/{NAME}/mean_{c}": float(scores[c].mean())

@@ -78,8 +78,11 @@ GLOSSARY: tuple[MetricMeaning, ...] = (
                   "higher = more utility (identity structure kept)", "pseudonym/dlib/anon_separation_auc"),
     MetricMeaning(r"pseudonym/[^/]+/real_separation_auc", "the same on the real images of those pairs",
                   "- (reference)", "pseudonym/dlib/real_separation_auc"),
-    MetricMeaning(r"pseudonym/[^/]+/pairs", "same-person pairs compared (as many different-person pairs are drawn)",
+    MetricMeaning(r"pseudonym/[^/]+/pairs", "same-person pairs compared (all of them, up to 100,000 drawn)",
                   "-", "pseudonym/dlib/pairs"),
+    MetricMeaning(r"pseudonym/[^/]+/other_pairs", "different-person pairs compared: as many as the same-person pairs, "
+                  "drawn without repeats, or every one there is when there are fewer (few pairs: the rates and the "
+                  "AUC take only a few values)", "-", "pseudonym/dlib/other_pairs"),
     MetricMeaning(r"num_images", "images evaluated", "-", "num_images"),
 )
 

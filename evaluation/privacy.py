@@ -393,9 +393,8 @@ def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, r
     rng = np.random.default_rng(seed)
     if len(same) > PSEUDONYM_MAX_PAIRS:
         same = [same[i] for i in rng.choice(len(same), PSEUDONYM_MAX_PAIRS, replace=False)]
-    first, second = rng.choice(labelled, len(same)), rng.choice(labelled, len(same))
-    keep = person[first] != person[second]
-    other = np.stack([first[keep], second[keep]], axis=1)
+    other = other_person_pairs(person[labelled], len(same), rng)
+    other = labelled[other] if len(other) else np.zeros((0, 2), np.int64)
     same = np.asarray(same)
 
     def similarity(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -421,4 +420,32 @@ def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, r
             f"{name}/anon_other_person_match_rate": match_rate(anon_other),
             f"{name}/anon_separation_auc": separation(anon_same, anon_other),
             f"{name}/real_separation_auc": separation(real_same, real_other),
-            f"{name}/pairs": float(len(same))}
+            f"{name}/pairs": float(len(same)), f"{name}/other_pairs": float(len(other))}
+
+
+ALL_PAIRS_UP_TO = 2_000_000  # different-person pairs listed whole to draw from; beyond, drawn at random
+
+
+def other_person_pairs(person: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` distinct pairs [count, 2] of rows whose `person` differs, drawn uniformly without replacement from
+    all such pairs (every one of them, in a random order, when there are fewer). Drawing pairs of rows at random and
+    dropping those of one person (as before) gave fewer: 12 of 17 on 11 images of 4 people."""
+    n = len(person)
+    _, group, sizes = np.unique(person, return_inverse=True, return_counts=True)
+    differing = (n * n - int((sizes.astype(np.int64) ** 2).sum())) // 2
+    count = min(count, differing)
+    if differing <= ALL_PAIRS_UP_TO:  # each person's rows against the rows of the people after them
+        rows, ends = np.argsort(group, kind="stable"), np.cumsum(sizes)
+        pairs = np.concatenate([np.stack(np.meshgrid(rows[end - size:end], rows[end:], indexing="ij"), -1)
+                                .reshape(-1, 2) for size, end in zip(sizes, ends)]) if n else np.zeros((0, 2), int)
+        return pairs[rng.permutation(len(pairs))[:count]]
+    accepted = differing / (n * (n - 1) / 2)  # share of random pairs that are of two people
+    found: dict[tuple[int, int], None] = {}
+    while len(found) < count:
+        a, b = rng.integers(0, n, size=(2, int(min(1e7, 2 * (count - len(found)) / accepted + 16))))
+        keep = person[a] != person[b]
+        for i, j in zip(np.minimum(a, b)[keep].tolist(), np.maximum(a, b)[keep].tolist()):
+            if len(found) == count:
+                break
+            found.setdefault((i, j))
+    return np.array(list(found), dtype=np.int64).reshape(-1, 2)

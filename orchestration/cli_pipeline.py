@@ -57,13 +57,15 @@ def add_pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="params.yaml with the defaults (default: $FALCO_PARAMS "
                    "or the project's)")
     variants = p.add_argument_group("variants (default: params.yaml's sweep:)")
-    variants.add_argument("--variant", type=_values(str), default=None, metavar="NAME[,NAME]",
+    # action="extend": a flag given twice adds its values (`--margin 0 --margin 0.9` is `--margin 0,0.9`); the last
+    # one alone ran, without a word
+    variants.add_argument("--variant", type=_values(str), action="extend", default=None, metavar="NAME[,NAME]",
                           help="variants to run: `default`, names defined under variants: in params.yaml, or names "
                                "made of values (m0.9, m0.5_steps20)")
     for key, kind in GRID_FLAGS.items():
-        variants.add_argument(f"--{key.replace('_', '-')}", dest=key, type=_values(kind), default=None, metavar="V[,V]",
-                              help=f"optimization.{key} values: one variant per value (every combination with the "
-                                   "other value flags)")
+        variants.add_argument(f"--{key.replace('_', '-')}", dest=key, type=_values(kind), action="extend", default=None,
+                              metavar="V[,V]", help=f"optimization.{key} values: one variant per value (every "
+                                                    "combination with the other value flags; the flag may be repeated)")
     shared = p.add_argument_group("settings every variant shares (default: params.yaml)")
     shared.add_argument("--pool-size", type=whole_number, default=None, help="number of fakes (paper: 60000)")
     shared.add_argument("--seed", type=whole_number, default=None, help="seed of the fake pool")

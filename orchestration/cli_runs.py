@@ -13,6 +13,7 @@ by its run), in each shard as the pipeline's blocking check judges it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,9 +255,13 @@ def _run_compare(args: argparse.Namespace) -> int:
         points = plot_points(compare_table(runs, None, bound) if args.metric else frame, baselines,
                              every_run=args.all)
         _check_outside_inputs(args.plot, runs)
-        write_bytes_atomic(args.plot, privacy_utility_png(points[[privacy, utility]].dropna(), privacy, utility,
-                                                          baselines, software=PLOT_SOFTWARE))
+        plotted = points[[privacy, utility]].dropna()
+        write_bytes_atomic(args.plot, privacy_utility_png(plotted, privacy, utility, baselines, software=PLOT_SOFTWARE))
         print(f"plot: {args.plot} ({privacy} against {utility})", file=sys.stderr)  # stdout: the table alone
+        left_out = [str(label) for label in points.index if label not in plotted.index]
+        if left_out:  # e.g. baselines evaluated before the attribute classifier scored them
+            print(f"falco: note: not in the plot, for want of one of its metrics: {', '.join(left_out)}",
+                  file=sys.stderr)
     if args.format == "csv":
         print(frame.to_csv(index=False), end="")
     elif args.format == "markdown":
@@ -336,7 +341,23 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None
     text = rows.map(shown_number)
+    text.loc[[i for i in rows.index if f"input:{i}" in described]] = \
+        text.loc[[i for i in rows.index if f"input:{i}" in described]].map(_shown_input)
     return text.to_string()
+
+
+DIGEST = re.compile(r"(?:[a-z0-9]+:)?([0-9a-f]{16,})")  # a sha256, or a data version ("sha256:<hex>")
+INPUT_WIDTH = 12
+
+
+def _shown_input(text: str) -> str:
+    """An input tag's value in the terminal table, at most INPUT_WIDTH characters: a digest by its first 8 hex
+    digits (as git shows a commit), a long path by its end; the warning above the table and the runs' tags give them
+    whole (a 64-character digest per run made the table 1,634 characters wide)."""
+    digest = DIGEST.fullmatch(text)
+    if digest:
+        return digest[1][:8]
+    return text if len(text) <= INPUT_WIDTH else "…" + text[-(INPUT_WIDTH - 1):]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

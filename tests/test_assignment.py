@@ -171,3 +171,8 @@ def test_collisions_counts_shared_fakes():
     assert collisions(np.array([3, 3, 5, 7, 7, 7, 9])) == expected
     assert collisions(np.array([[3], [3], [5], [7], [7], [7], [9]])) == expected  # nearest_fakes' [N, 1]
     assert collisions(np.array([0, 1, 2])) == {"distinct_fakes": 3, "shared_fakes": 0, "reals_on_shared_fakes": 0}
+    # with people: a fake shared within a person is identity pairing's point; shared across people it merges them
+    # (an unlabelled image is its own person)
+    assert collisions(np.array([3, 3, 5, 7, 7, 9]), ["ann", "ann", "bo", None, "", "bo"]) == {
+        "distinct_fakes": 4, "shared_fakes": 2, "reals_on_shared_fakes": 4, "pseudonyms": 4,
+        "fakes_shared_across_people": 1}

@@ -21,7 +21,7 @@ from orchestration.tracking import MlflowResource
 LEARNABLE = "Pale_Skin"  # set on bright images, cleared on dark ones; every other attribute is a coin flip
 SPLITS = ["train"] * 20 + ["val"] * 6 + ["test"] * 6  # 32 images: one optimization batch of `tiny`
 PARTITION_CODE = {"train": "0", "val": "1", "test": "2"}
-FAST = {"pipeline.shard_size": 64, "pool_size": 40, "optimization.steps": 1, "evaluation.baselines": [],
+FAST = {"pipeline.shard_size": 64, "pool_size": 40, "optimization.steps": 1, "evaluation.baselines": ["blur"],
         "attribute_classifier.epochs": 20}  # 20 epochs: BatchNorm's running statistics settle
 
 
@@ -76,7 +76,7 @@ def mlflow_store(tmp_path_factory) -> MlflowResource:
 
 @pytest.fixture(scope="module")
 def celebahq_run(tmp_path_factory, mlflow_store):
-    """The whole graph on 32 CelebA-HQ-shaped faces (20 train, 6 val, 6 test), one shard, no baselines."""
+    """The whole graph on 32 CelebA-HQ-shaped faces (20 train, 6 val, 6 test), one shard, one baseline (blur)."""
     tmp = tmp_path_factory.mktemp("celebahq_run")
     make_celebahq(tmp / "celebahq")
     storage = StorageResource(root=str(tmp / "store"), input_dir=str(tmp / "celebahq"))
@@ -126,6 +126,25 @@ def test_evaluation_reports_per_attribute_accuracy_on_real_and_anonymized_test_i
     assert _metadata(instance, "evaluation_metrics")["attribute_classifier"] == "evaluated on 6 test images"
     report = (store / "anonymization_report" / "report.md").read_text()
     assert "attributes/attribute_classifier/mean_accuracy_anon" in report and "accuracy_anon" in report
+
+
+def test_the_baselines_are_scored_by_the_classifier_and_are_points_of_the_scatter(celebahq_run):
+    """The scatter's utility axis is the trained classifier's agreement, which only the variants were scored by: the
+    baselines had none, and were left out of the report's scatter and `falco runs compare --plot`'s without a word."""
+    _, _, store, mlflow = celebahq_run
+    axis = "attributes/attribute_classifier/mean_agreement"
+    blur = pd.read_parquet(store / "baseline_metrics" / "all.parquet").set_index("method").loc["blur"]
+    assert 0 <= blur[axis] <= 1 and 0 <= blur["attributes/attribute_classifier/mean_accuracy_anon"] <= 1
+    rows = pd.read_parquet(store / "baseline_attributes" / "all.parquet")
+    ours = rows[(rows["predictor"] == "attribute_classifier") & (rows["run"] == "blur")]
+    assert len(ours) == len(CELEBA_ATTRIBUTES) and (ours["n"] == 6).all()  # the 6 test images
+    points = pd.read_csv(store / "anonymization_report" / "figures" / "privacy_vs_utility.csv")
+    assert points["label"].tolist() == ["default", "blur"] and points.columns[-1] == axis
+    assert not points.isna().any().any()
+    client = mlflow.client()
+    [run] = client.search_runs([client.get_experiment_by_name("falco").experiment_id],
+                               "tags.asset_key = 'baseline_metrics' and tags.method = 'blur'")
+    assert run.data.metrics[axis] == pytest.approx(blur[axis])  # what `falco runs compare --plot` reads
 
 
 def _materialize_classifier(tmp_path, input_dir: Path, data: dict, mlflow: MlflowResource,

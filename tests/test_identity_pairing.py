@@ -3,6 +3,7 @@ person, distinct across people, all distinct for unique), the pairs asset's coll
 the evaluation's pseudonym figures."""
 
 import csv
+import hashlib
 import shutil
 
 import dagster as dg
@@ -266,6 +267,9 @@ def test_the_pipeline_evaluates_faces_some_of_which_have_no_label(labelled, tmp_
     # never certain and the report has no note saying it is (it counted people, and said so with top5_rate 0.75)
     report = (tmp_path / "store" / "anonymization_report" / "report.md").read_text()
     assert "images of other people" not in report and "holds one person" not in report
+    # which identities: the labels CSV and its sha256 (only MLflow's tags said so)
+    digest = hashlib.sha256((labelled / "labels.csv").read_bytes()).hexdigest()[:12]
+    assert f"**labels**: {labelled / 'labels.csv'} (sha256 {digest})" in report
 
 
 def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
@@ -282,10 +286,12 @@ def test_the_pairs_asset_reports_shared_fakes(lfw_faces, tmp_path):
         if expected:
             assert frame["fake_index"].tolist() == expected
             assert meta["shared_fakes"] == 1 and meta["reals_on_shared_fakes"] == 4
+            assert meta["fakes_shared_across_people"] == 1 and meta["pseudonyms"] == 4  # nearest: no people
         else:
             f = frame["fake_index"].tolist()
             assert f[0] == f[1] and len({f[0], f[2], f[3]}) == 3 and meta["shared_fakes"] == 1
             assert frame["person"].tolist() == ["p", "p", "q", ""] and meta["people"] == 2
+            assert meta["fakes_shared_across_people"] == 0 and meta["pseudonyms"] == 3  # p, q, the unlabelled d
     unlabelled = ImageSet(real.table.assign(identity=None), lfw_faces[:4])
     with pytest.raises(FalcoError, match=r"^pairing 'identity' needs the images' identity labels, but none has one"):
         anonymization.pairs(dg.build_asset_context(), unlabelled, reals, fakes,
@@ -325,11 +331,24 @@ def test_pseudonym_figures_count_same_person_pairs():
     anon = np.concatenate([base[[0, 0, 1, 1]], base[[2]]]) * 0.05  # dlib: distance < 0.6 is one person
     real = rng.normal(size=(5, 128)).astype(np.float32)  # far apart: no real pair matches
     figures = pseudonym_consistency(dlib, anon, real, np.array(["a", "a", "b", "b", None], dtype=object))
-    assert figures["pseudonym/dlib/pairs"] == 2
+    assert figures["pseudonym/dlib/pairs"] == 2 and figures["pseudonym/dlib/other_pairs"] == 2
     assert figures["pseudonym/dlib/anon_same_person_match_rate"] == 1.0
     assert figures["pseudonym/dlib/real_same_person_match_rate"] == 0.0
     assert figures["pseudonym/dlib/anon_separation_auc"] == 1.0  # every same pair closer than every other pair
     assert pseudonym_consistency(dlib, anon, real, np.array(["a", "b", "c", "d", "e"])) == {}
+
+
+def test_as_many_different_person_pairs_as_same_person_pairs_are_compared():
+    """Pairs of images drawn at random, those of one person dropped, left 12 different-person pairs against 17
+    same-person pairs on 11 images of 4 people (1, 2, 6 and 2 images), while the glossary promised as many."""
+    from evaluation.privacy import other_person_pairs
+
+    person = np.array(["solo", "duo", "duo", *["six"] * 6, "pair", "pair"])
+    rng = np.random.default_rng(0)
+    for count, expected in ((17, 17), (100, 11 * 10 // 2 - 17)):  # there are 38 such pairs in all
+        pairs = other_person_pairs(person, count, rng)
+        assert len(pairs) == expected == len({tuple(sorted(p)) for p in pairs.tolist()})
+        assert np.all(person[pairs[:, 0]] != person[pairs[:, 1]])
 
 
 def test_evaluate_compares_labels_by_their_content(labelled, tmp_path, capsys):

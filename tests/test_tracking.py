@@ -370,6 +370,17 @@ def test_compare_table_and_helpers_on_plain_values(tmp_path):
     assert [c for c in frame.columns if c.startswith("input:")] == ["input:data_version"]
     rows = {line.split()[0]: line.split()[1:] for line in side_by_side(frame, ["m"]).splitlines()[1:]}
     assert rows["data_version"] == ["sha256:aa", "sha256:aa", "sha256:bb"]
+    # full digests and long paths, as real runs tag them: shortened, so the table stays within 120 columns (the
+    # 64-character digests made it 1,634 wide)
+    long = [Run(str(i), {"a": str(i)}, {"m": 0.1 * i}, i, data=f"sha256:{c * 64}") for i, c in enumerate("abcdefg")]
+    for i, tagged in enumerate(long):
+        tagged.data.tags |= {"variant": f"m0.{i}", "input_dir": f"/mnt/datasets/faces/celebahq/version-{i}/images",
+                             "labels_sha256": str(i) * 64}
+    lines = side_by_side(compare_table(long), ["m"]).splitlines()
+    assert max(map(len, lines)) <= 120, lines
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["data_version"][:2] == ["aaaaaaaa", "bbbbbbbb"] and rows["labels_sha256"][1] == "11111111"
+    assert rows["input_dir"][2] == "…on-2/images"
     # the privacy verdict by a bound, per run: the share dlib still matches to the source, at most the bound
     rate = "reid/dlib/verification_rate"
     judged = [Run("4", {"a": "1"}, {rate: 0.0}, 3), Run("5", {"a": "2"}, {rate: 0.25}, 4), Run("6", {"a": "2"}, {}, 5)]

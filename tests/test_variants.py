@@ -123,6 +123,19 @@ def test_a_variant_asked_for_twice_on_the_command_line_is_said_to_run_once(capsy
         "note: variant m0.5 is asked for 3 times (one value written 3 ways, or repeated); it runs once\n")
     resources_from_args(build_parser().parse_args(["pipeline", "--margin", "0.5,0.9"]))
     assert capsys.readouterr().err == ""
+    # a value flag given twice adds its values (the last one alone ran, without a word)
+    _, _, wanted = resources_from_args(build_parser().parse_args(
+        ["pipeline", "--margin", "0.5", "--margin", "0.25", "--steps", "3", "--variant", "keep", "--variant", "m0.9"]))
+    assert wanted == ["keep", "m0.9", "m0.5_steps3", "m0.25_steps3"]
+
+
+def test_a_number_yaml_reads_as_text_is_a_number_in_a_sweep_as_in_a_variant():
+    """PyYAML reads `1e-3` as text (YAML 1.1 wants 1.0e-3): a variant took it as 0.001, a sweep refused it as "not a
+    number"."""
+    assert grid_variants({"lr": ["1e-3", 5e-2], "steps": ["1e1"]}) == ["steps10_lr0.001", "steps10_lr0.05"]
+    assert variant_overrides("alt", {"alt": {"lr": "1e-3"}}) == {"optimization.lr": 0.001}
+    with pytest.raises(ParamsError, match=r"^sweep: lr: 'fast' is not a number"):
+        grid_variants({"lr": ["fast"]})
 
 
 def test_values_too_long_for_a_name_say_to_define_a_named_variant():
@@ -179,7 +192,7 @@ def test_the_pipeline_checks_every_definition_before_any_run_not_only_those_it_m
                                     "not a valid float$"),
                                    ({"keep": {"milestones": 0.5}}, {}, r"params.yaml: variants: keep: milestones 0.5: "),
                                    ({}, {"margins": [0.5]}, r"params.yaml: sweep: cannot sweep margins"),
-                                   ({}, {"margin": ["0.5"]}, r"params.yaml: sweep: margin: '0.5' is not a number")):
+                                   ({}, {"margin": ["half"]}, r"params.yaml: sweep: margin: 'half' is not a number")):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "variants": variants, "sweep": sweep}))
         networks = NetworksResource(params_path=str(tmp_path / "params.yaml"))
         with pytest.raises(ParamsError, match=error):

@@ -194,18 +194,22 @@ def attribute_classifier(context: dg.AssetExecutionContext, real_images: ImageSe
 
 
 @dg.multi_asset(group_name=GROUP, deps=["baseline_settings"], op_tags=GPU,
-                outs={"baseline_metrics": dg.AssetOut(code_version="1"),
-                      "baseline_attributes": dg.AssetOut(code_version="1")})
+                outs={"baseline_metrics": dg.AssetOut(code_version="2"),
+                      "baseline_attributes": dg.AssetOut(code_version="2")})
 def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: pd.DataFrame, fake_pool: Mapping,
-              attribute_pseudo_labels: pd.DataFrame, real_gallery: Mapping, storage: StorageResource,
-              networks: NetworksResource, mlflow: MlflowResource) -> tuple[pd.DataFrame, pd.DataFrame]:
+              attribute_pseudo_labels: pd.DataFrame, attribute_classifier: Weights, real_gallery: Mapping,
+              storage: StorageResource, networks: NetworksResource, mlflow: MlflowResource
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The classic baselines (params.yaml `evaluation.baselines`: blur, pixelate, mask, swap with the paired fake)
-    applied to every real image and run through the evaluation the variants get, once for all variants:
-    `baseline_metrics`, one row per baseline, and `baseline_attributes`, their per-attribute agreement (a `run`
-    column names the baseline). Each baseline is its own MLflow run, `baseline_metrics <name>`. A baseline image
-    made before (its key: the baseline, its parameters, its source's key) is not read again."""
+    applied to every real image and run through the evaluation the variants get, once for all variants, the
+    trained attribute classifier's agreement included: `baseline_metrics`, one row per baseline, and
+    `baseline_attributes`, their per-attribute agreement (a `run` column names the baseline). Each baseline is its
+    own MLflow run, `baseline_metrics <name>`. A baseline image made before (its key: the baseline, its parameters,
+    its source's key) is not read again."""
+    from anon_core.data.image_files import take
     from anon_core.fake_pool import generated_images
-    from evaluation.baselines import BASELINES, baseline_of
+    from evaluation.attribute_classifier import add_classifier_scores, training_frame
+    from evaluation.baselines import BASELINES, baseline_images, baseline_of
     from evaluation.suite import evaluate_runs, summary_table
 
     names = tuple(networks.setting("evaluation", "baselines"))
@@ -230,7 +234,12 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
             baseline_index=pairs["row"].to_numpy(), baseline_names=pairs["image"].tolist(),
             store=output_store(context, storage), real_store=output_store(context, storage, real=True),
             baseline_keys=keys, show_progress=context.log.info, **suite)
-        for result in results:
+        frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
+        rows = pairs["row"].to_numpy()
+        for result in results:  # the classifier's axis of the scatter, as the variants get it
+            made = baseline_images(result.method, take(real_images.images, rows),
+                                   fakes=fakes if BASELINES[result.method].needs_fakes else None)
+            add_classifier_scores(result, attribute_classifier, frame, real_images.images, made, rows, nets.device)
             runs[result.method].log_metrics(result.metrics)
     summary = summary_table(results).reset_index()
     attributes = [r.attributes.assign(run=r.method) for r in results if r.attributes is not None]
@@ -296,7 +305,7 @@ def variant_evaluation(
     recognizer, detection, attribute agreement, quality), `per_image_privacy` (every image's similarity to its
     source, rank and pass/fail) and `attribute_agreement` (per predictor and attribute, with the CelebA attribute
     classifier's accuracy on the real and the anonymized test split when it was trained)."""
-    from evaluation.attribute_classifier import classifier_metrics, classifier_scores, training_frame
+    from evaluation.attribute_classifier import add_classifier_scores, training_frame
     from evaluation.image_sets import concatenate
     from evaluation.suite import AnonymizedSet, evaluate_runs, summary_table
     from evaluation.report import WORST_SHARD_CHECK
@@ -316,11 +325,8 @@ def variant_evaluation(
                                  gallery_identity=identities_of(real_images), store=output_store(context, storage),
                                  show_progress=context.log.info, **_suite(networks, real_gallery))
         frame, _ = training_frame(real_images.named, attribute_pseudo_labels)  # the labels it was trained on
-        scores, classifier = classifier_scores(attribute_classifier, frame, real_images.images, images, rows,
-                                               networks.networks().device)
-        if scores is not None:
-            result.attributes = pd.concat([t for t in (result.attributes, scores) if t is not None], ignore_index=True)
-            result.metrics |= classifier_metrics(scores)
+        classifier = add_classifier_scores(result, attribute_classifier, frame, real_images.images, images, rows,
+                                           networks.networks().device)
         result.metrics["num_images"] = len(anon)
         worst = _worst_shard(result.per_image, [len(s.table) for s in shards])
         if worst is not None:  # the release rule judges each shard, as the blocking check does (report.WORST_SHARD_CHECK)

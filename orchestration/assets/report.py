@@ -52,13 +52,21 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
 
 
 def _settings_lines(networks: NetworksResource, variants: list[str], bound: float) -> dict[str, str]:
-    """The report's lines on what made it: the params file, the shared settings, the release bound, and each
-    variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
+    """The report's lines on what made it: the params file, the shared settings, the release bound, the labels CSV
+    (with its sha256), and each variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
     shared = networks.params(variants[0]).to_dict() if variants else {}
     lines = {"params file": str(networks.params_file),
              "shared settings": ", ".join(f"{k} {shared[k]}" for k in ("seed", "pool_size", "truncation_psi",
                                                                      "pairing", "pairing_k") if k in shared),
              "privacy bound": f"checks.privacy_max_match_share = {bound:g}"}
+    labels = networks.data().get("labels_csv")
+    if labels:  # the identities the pairing and the pseudonym figures used (MLflow's runs tag its sha256 too)
+        from anon_core.hashing import sha256_file
+
+        try:
+            lines["labels"] = f"{labels} (sha256 {sha256_file(labels)[:12]})"
+        except OSError as error:
+            lines["labels"] = f"{labels} ({error.strerror or error})"
     for v in variants:
         overrides = networks.variant_overrides(v)
         optimization = networks.params(v).to_dict()["optimization"]
