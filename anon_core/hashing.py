@@ -74,6 +74,7 @@ class DigestEntries:
         import json
 
         from anon_core.atomic import write_bytes_atomic
+        from anon_core.errors import FalcoError
         from anon_core.reuse import context_digest
 
         if not sha256 or not SHA256_HEX.fullmatch(sha256):
@@ -82,5 +83,5 @@ class DigestEntries:
         record["check"] = context_digest(record)
         try:
             write_bytes_atomic(self.path(sha256), json.dumps(record).encode(), private=True)
-        except FileNotFoundError:  # its temporary removed by a `prune_by_digest` of another process: not kept
-            pass
+        except (OSError, FalcoError):  # its temporary removed by another process's `prune_by_digest`, a folder in
+            pass  # its place (FalcoError), a full disk: not kept (a later run computes it again), and the run goes on

@@ -152,17 +152,29 @@ def _run_anonymize(args: argparse.Namespace) -> int:
     privacy = checked["privacy"]
     _print_privacy(privacy, "images")
     _warn_if_diverged(summary.output_dir, params.optimization.lr)
-    _print_time(args, anonymizing=seconds, checking=checked["done"] - checked["at"])
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
-    return _privacy_verdict(privacy, bound, summary.output_dir, "images")
+    verdict = _privacy_verdict(privacy, bound, summary.output_dir, "images")
+    _print_time(args, anonymizing=seconds, checking=checked["done"] - checked["at"])
+    return verdict
 
 
 def _print_time(args: argparse.Namespace, anonymizing: float, checking: float) -> None:
-    """The command's whole time so far, and its parts: the figure before it counts the anonymizing alone."""
-    total = time.perf_counter() - args.started
+    """The command's time since its process started (since `main` was called, in a process that runs others), and
+    its parts: the figure before it counts the anonymizing alone."""
+    total = _seconds_since_start(args.started) if args.whole_process else time.perf_counter() - args.started
     print(f"finished in {total:.1f} s: anonymizing {anonymizing:.1f} s, privacy check {checking:.1f} s, the rest "
           f"{max(total - anonymizing - checking, 0.0):.1f} s (imports, reading params.yaml, the folder's checks)")
+
+
+def _seconds_since_start(started: float) -> float:
+    """Seconds since this process started (Linux's /proc, to 0.01 s), else since `started` (a perf_counter time)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the command's name
+            return max(float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - started
 
 
 def _aligned_privacy(real_images, rows, output_dir: Path, device: str, quiet: bool, bound: float):
@@ -240,7 +252,6 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
                                    keep=args.keep_cache is not False)
     checking = time.perf_counter() - checking
     _warn_if_diverged(summary.output_dir, params.optimization.lr)
-    _print_time(args, anonymizing=seconds, checking=checking)
     print(f"results: {summary.output_dir}  (images/, manifest.csv, face_privacy.csv, latents.npy, losses.csv, "
           "params.json)")
     if summary.faces == 0:  # as aligned mode: nothing anonymized is not a success
@@ -256,7 +267,9 @@ def _run_anonymize_photos(args: argparse.Namespace, params, bound: float) -> int
               "manifest.csv's detail, and try a lower --min-face-size (or photo.turns: always, where params.yaml sets "
               "another)", file=sys.stderr)
         return 1
-    return _privacy_verdict(privacy, bound, summary.output_dir, "faces")
+    verdict = _privacy_verdict(privacy, bound, summary.output_dir, "faces")
+    _print_time(args, anonymizing=seconds, checking=checking)
+    return verdict
 
 
 def _check_photo_privacy(input_dir: Path, output_dir: Path, device: str, bound: float, keep: bool):
@@ -449,6 +462,7 @@ RESUMING_COMMANDS = frozenset({"anonymize", "pipeline", "stage", "models"})
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `falco` command (`argv`, default: the process's own arguments); its exit code."""
     from anon_core.errors import FalcoError
     from anon_core.progress import close_bars, log_every_s
 
@@ -457,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             started = time.perf_counter()  # the sub-commands import what they use: torch, the networks, dlib
             args = parse_command(argv)
-            args.started = started
+            args.started, args.whole_process = started, argv is None  # the process is this command: its times
+            # count from the process's start
             log_every_s()  # a bad $FALCO_PROGRESS_EVERY_S: one line now, not a failed step later
             return args.run(args)
         except FalcoError as err:

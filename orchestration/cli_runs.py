@@ -13,6 +13,7 @@ by its run), in each shard as the pipeline's blocking check judges it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -341,8 +342,8 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]
     rows.index.name = rows.columns.name = None
     text = rows.map(shown_number)
-    text.loc[[i for i in rows.index if f"input:{i}" in described]] = \
-        text.loc[[i for i in rows.index if f"input:{i}" in described]].map(_shown_input)
+    for name in (i for i in rows.index if f"input:{i}" in described):
+        text.loc[name] = _shown_inputs(text.loc[name].tolist())
     return text.to_string()
 
 
@@ -350,10 +351,20 @@ DIGEST = re.compile(r"(?:[a-z0-9]+:)?([0-9a-f]{16,})")  # a sha256, or a data ve
 INPUT_WIDTH = 12
 
 
-def _shown_input(text: str) -> str:
-    """An input tag's value in the terminal table, at most INPUT_WIDTH characters: a digest by its first 8 hex
-    digits (as git shows a commit), a long path by its end; the warning above the table and the runs' tags give them
-    whole (a 64-character digest per run made the table 1,634 characters wide)."""
+def _shown_inputs(values: list[str]) -> list[str]:
+    """An input tag's values in the terminal table (a row: one per run), each at most INPUT_WIDTH characters where
+    that still tells them apart: a digest by its first 8 hex digits (as git shows a commit), a long path by its end;
+    paths that differ only before their last characters by what follows their common beginning, whole where needed.
+    The runs' tags and `--format csv` or `markdown` give them whole (a 64-character digest per run made the table
+    1,634 characters wide)."""
+    shown = [_shortened(v) for v in values]
+    if len(set(shown)) == len(set(values)):
+        return shown
+    cut = os.path.commonprefix(values).rfind("/") + 1  # `…/d12/images` was every run's of two folders
+    return ["…" + v[cut:] if cut > 1 else v for v in values]
+
+
+def _shortened(text: str) -> str:
     digest = DIGEST.fullmatch(text)
     if digest:
         return digest[1][:8]

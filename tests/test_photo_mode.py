@@ -708,6 +708,12 @@ def test_the_faces_kept_for_a_photo_read_back_bit_for_bit(tmp_path):
         record["faces"][0].update(bad)
         path.write_text(json.dumps({**record, "check": context_digest(record)}))
         assert store.get(sha, (480, 640, 3)) is None, bad
+    # an entry that cannot be written (a folder where it goes) is not kept, and the run goes on (it stopped the
+    # whole command with "a folder is there")
+    blocked = FoundFaces(tmp_path / "blocked", "k1")
+    blocked.entries.path(sha).mkdir(parents=True)
+    blocked.put(sha, (480, 640, 3), faces)
+    assert blocked.get(sha, (480, 640, 3)) is None
 
 
 def test_a_rerun_measures_only_photos_whose_files_or_faces_changed_since_their_check(photo_run, photos, tmp_path,

@@ -381,6 +381,14 @@ def test_compare_table_and_helpers_on_plain_values(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert rows["data_version"][:2] == ["aaaaaaaa", "bbbbbbbb"] and rows["labels_sha256"][1] == "11111111"
     assert rows["input_dir"][2] == "…on-2/images"
+    # folders whose paths differ only before their last characters: told apart, not both `…/d12/images`
+    for pair, expected in ((["/mnt/x/run1/d12/images", "/mnt/x/run2/d12/images"], ["…run1/d12/images",
+                                                                                    "…run2/d12/images"]),
+                           (["/work/d12/images", "/tmp/other/d12/images"], ["/work/d12/images", "/tmp/other/d12/images"])):
+        for tagged, folder in zip(long, pair * 4):
+            tagged.data.tags["input_dir"] = folder
+        lines = side_by_side(compare_table(long), ["m"]).splitlines()[1:]
+        assert {line.split()[0]: line.split()[1:] for line in lines}["input_dir"][:2] == expected
     # the privacy verdict by a bound, per run: the share dlib still matches to the source, at most the bound
     rate = "reid/dlib/verification_rate"
     judged = [Run("4", {"a": "1"}, {rate: 0.0}, 3), Run("5", {"a": "2"}, {rate: 0.25}, 4), Run("6", {"a": "2"}, {}, 5)]
