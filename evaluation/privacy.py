@@ -384,12 +384,10 @@ def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, r
 
     person = person_labels(person)
     labelled = np.flatnonzero(person != "")
-    groups: dict[str, list[int]] = {}
-    for i in labelled:
-        groups.setdefault(person[i], []).append(int(i))
-    same = [(a, b) for rows in groups.values() for k, a in enumerate(rows) for b in rows[k + 1:]]
-    if not same or len(groups) < 2:
+    groups = _person_rows(person)
+    if pseudonym_shortfall(person):
         return {}
+    same = [(a, b) for rows in groups.values() for k, a in enumerate(rows) for b in rows[k + 1:]]
     rng = np.random.default_rng(seed)
     if len(same) > PSEUDONYM_MAX_PAIRS:
         same = [same[i] for i in rng.choice(len(same), PSEUDONYM_MAX_PAIRS, replace=False)]
@@ -421,6 +419,31 @@ def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, r
             f"{name}/anon_separation_auc": separation(anon_same, anon_other),
             f"{name}/real_separation_auc": separation(real_same, real_other),
             f"{name}/pairs": float(len(same)), f"{name}/other_pairs": float(len(other))}
+
+
+def _person_rows(person: np.ndarray) -> dict[str, list[int]]:
+    """The rows of each person of `person_labels` (unlabelled rows left out)."""
+    groups: dict[str, list[int]] = {}
+    for i in np.flatnonzero(person != ""):
+        groups.setdefault(person[i], []).append(int(i))
+    return groups
+
+
+def pseudonym_shortfall(person) -> str | None:
+    """Why `pseudonym_consistency` has no figures for these labels (one per anonymized image), in words; None when
+    it has them: it needs a person with two images and images of two people."""
+    from anon_core.assignment import person_labels
+
+    groups = _person_rows(person_labels(person))
+    if not groups:
+        return "no anonymized image has an identity label"
+    if max(len(rows) for rows in groups.values()) < 2:
+        return (f"no person has two anonymized images (the labels give {len(groups)} people, one image each), so "
+                "there is no pair of images of one person to compare")
+    if len(groups) < 2:
+        return (f"every anonymized image is of one person ({next(iter(groups))!r}), so there is no pair of "
+                "different people to compare")
+    return None
 
 
 ALL_PAIRS_UP_TO = 2_000_000  # different-person pairs listed whole to draw from; beyond, drawn at random

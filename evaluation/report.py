@@ -280,6 +280,25 @@ def gallery_banners(rivals: np.ndarray, ks: Sequence[int] = TOP_K) -> list[str]:
             "against a larger gallery of real faces."]
 
 
+def pseudonym_banners(person) -> list[str]:
+    """Why the report has no pseudonym figures although the images have identity labels (`person`: the label of
+    each anonymized image's source; None without labels, when none are expected)."""
+    from evaluation.privacy import pseudonym_shortfall
+
+    reason = None if person is None else pseudonym_shortfall(person)
+    return [f"no pseudonym figures (does one person keep one pseudonym?): {reason}."] if reason else []
+
+
+def labels_note(path: Path | str) -> str:
+    """The labels CSV as a report names it: its path and the start of its sha256 (its error where unreadable)."""
+    from anon_core.hashing import sha256_file
+
+    try:
+        return f"{path} (sha256 {sha256_file(path)[:12]})"
+    except OSError as error:
+        return f"{path} ({error.strerror or error})"
+
+
 RELEASE_CHECK = "reid/dlib/verification_rate"  # the share of images dlib still matches to their own source
 # the pipeline's blocking check judges each shard on its own, so a variant's verdict is its worst shard's (at least its
 # whole set's): the same share, over the images of that shard (logged by the pipeline's evaluation; no shards elsewhere)

@@ -323,7 +323,8 @@ def evaluate_folders(
     from evaluation.quality import build_extractor
     from evaluation.recognizers import available_recognizers, build_recognizer
     from evaluation.privacy import rivals
-    from evaluation.report import example_columns, gallery_banners, seeded_banners, write_report
+    from evaluation.report import (example_columns, gallery_banners, labels_note, pseudonym_banners, seeded_banners,
+                                   write_report)
     from evaluation.runs import run_labels
     from anon_core.data.datasets import load_dataset
     from evaluation.sources import check_real_folder, file_hashes
@@ -421,6 +422,7 @@ def evaluate_folders(
             "profile": profile,
             "real images": f"{real_dir} ({len(gallery.images)} in the gallery)",
             **{f"run {s.method}": f"{r.folder} ({len(s.images)} image{'' if len(s.images) == 1 else 's'})" for s, r in zip(sets, runs)},
+            **({"labels": labels_note(labels_csv)} if labels_csv is not None else {}),
             "recognizers": ", ".join(names),
             "feature extractor": str(falco[0].quality.get("feature_extractor")),
             "baselines": f"{', '.join(chosen)} (applied to the sources of run {sets[0].method})" if chosen else "none",
@@ -428,6 +430,7 @@ def evaluate_folders(
         summary = summary_table(results)
         banners = [*_release_banners(runs, labels, summary),
                    *gallery_banners(rivals(gallery.identity, len(gallery.images))),
+                   *pseudonym_banners(None if gallery.identity is None else gallery.identity[sets[0].source_index]),
                    *seeded_banners(nets.weights == "seeded", list(summary.columns), runs[0].resolution)]
         return write_report(Path(out_dir), summary, per_image, attributes, examples, titles, context,
                             settings=_differing_settings(runs, labels), banners=banners, example_caption=caption)

@@ -18,7 +18,7 @@ from anon_core.errors import FalcoError
 from anon_core.fake_pool import broadcast_ws
 from anon_core.optimize import anonymize_batch
 from anon_core.params import load_params
-from evaluation.privacy import pseudonym_consistency
+from evaluation.privacy import pseudonym_consistency, pseudonym_shortfall
 from evaluation.recognizers import build_recognizer
 from orchestration.assets import anonymization
 from orchestration.cli import main
@@ -336,6 +336,32 @@ def test_pseudonym_figures_count_same_person_pairs():
     assert figures["pseudonym/dlib/real_same_person_match_rate"] == 0.0
     assert figures["pseudonym/dlib/anon_separation_auc"] == 1.0  # every same pair closer than every other pair
     assert pseudonym_consistency(dlib, anon, real, np.array(["a", "b", "c", "d", "e"])) == {}
+    assert "no person has two anonymized images" in pseudonym_shortfall(["a", "b", "c", "d", "e"])
+    assert "every anonymized image is of one person ('a')" in pseudonym_shortfall(["a", "a", None, "a", ""])
+    assert pseudonym_consistency(dlib, anon, real, np.array(["a", "a", None, "a", ""], dtype=object)) == {}
+    assert pseudonym_shortfall(["a", "a", "b", None, None]) is None
+
+
+def test_evaluate_says_why_a_one_person_labels_csv_gives_no_pseudonym_figures(labelled, tmp_path):
+    """Before: labels naming one person for every image gave a report without the pseudonym figures, and without a
+    word on why; nor did `falco evaluate`'s report name the labels CSV it measured by."""
+    run, one = tmp_path / "run", tmp_path / "one_person.csv"
+    assert main(["anonymize", str(labelled / "in"), str(run), *FAST]) == 0
+    files = sorted(p.relative_to(labelled / "in").as_posix() for p in (labelled / "in").rglob("*.png"))
+    one.write_text("relpath,identity\n" + "".join(f"{f},Ann\n" for f in files))
+    out = tmp_path / "report"
+    assert main(["evaluate", str(labelled / "in"), str(run), "--out", str(out), "--no-baselines", "--labels",
+                 str(one)]) == 0
+    report = (out / "report.md").read_text()
+    assert "no pseudonym figures (does one person keep one pseudonym?): every anonymized image is of one person " \
+           "('Ann')" in report
+    assert not any(c.startswith("pseudonym/") for c in pd.read_csv(out / "metrics.csv", index_col=0).columns)
+    digest = hashlib.sha256(one.read_bytes()).hexdigest()[:12]
+    assert f"**labels**: {one.resolve()} (sha256 {digest})" in report
+    labelled_report = tmp_path / "labelled_report"
+    assert main(["evaluate", str(labelled / "in"), str(run), "--out", str(labelled_report), "--no-baselines",
+                 "--labels", str(labelled / "labels.csv")]) == 0
+    assert "no pseudonym figures" not in (labelled_report / "report.md").read_text()
 
 
 def test_as_many_different_person_pairs_as_same_person_pairs_are_compared():

@@ -51,6 +51,13 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
     return results
 
 
+def _source_identities(identity, variants: Mapping) -> list | None:
+    """The identity of the source of each image of the first variant (None without identity labels)."""
+    if identity is None or not variants:
+        return None
+    return list(identity[next(iter(variants.values())).images.source_index])
+
+
 def _settings_lines(networks: NetworksResource, variants: list[str], bound: float) -> dict[str, str]:
     """The report's lines on what made it: the params file, the shared settings, the release bound, the labels CSV
     (with its sha256), and each variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
@@ -59,14 +66,11 @@ def _settings_lines(networks: NetworksResource, variants: list[str], bound: floa
              "shared settings": ", ".join(f"{k} {shared[k]}" for k in ("seed", "pool_size", "truncation_psi",
                                                                      "pairing", "pairing_k") if k in shared),
              "privacy bound": f"checks.privacy_max_match_share = {bound:g}"}
+    from evaluation.report import labels_note
+
     labels = networks.data().get("labels_csv")
     if labels:  # the identities the pairing and the pseudonym figures used (MLflow's runs tag its sha256 too)
-        from anon_core.hashing import sha256_file
-
-        try:
-            lines["labels"] = f"{labels} (sha256 {sha256_file(labels)[:12]})"
-        except OSError as error:
-            lines["labels"] = f"{labels} ({error.strerror or error})"
+        lines["labels"] = labels_note(labels)
     for v in variants:
         overrides = networks.variant_overrides(v)
         optimization = networks.params(v).to_dict()["optimization"]
@@ -91,8 +95,8 @@ def anonymization_report(
     from anon_core.fake_pool import generate
     from evaluation.baselines import baseline_of
     from evaluation.privacy import rivals
-    from evaluation.report import (divergence_banners, gallery_banners, privacy_banners, seeded_banners,
-                                   write_variant_report)
+    from evaluation.report import (divergence_banners, gallery_banners, privacy_banners, pseudonym_banners,
+                                   seeded_banners, write_variant_report)
     from orchestration.assets.evaluation import identities_of, output_store
     from orchestration.tracking import flatten
 
@@ -121,6 +125,7 @@ def anonymization_report(
             banners=[*privacy_banners(variants, bound),
                      *divergence_banners(variants, {v: networks.params(v).optimization.lr for v in variants}),
                      *gallery_banners(rivals(identities_of(real_images), len(real_images.named))),
+                     *pseudonym_banners(_source_identities(identities_of(real_images), variants)),
                      *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
         for name in ("markdown", "html", "metrics_json", "privacy_vs_utility.png"):
             if name in paths:  # the report embeds the example grid, with real faces if shown
