@@ -315,11 +315,19 @@ def end_abandoned_runs(instance: dg.DagsterInstance, mlflow: MlflowResource) -> 
         host, _, pid = run.tags.get(LAUNCHED_BY, "").rpartition(":")
         if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
             continue
+        last = _last_event_ms(instance, run.run_id)  # before the failure below adds one of now
         instance.report_run_failed(run, f"the falco process that ran it (PID {pid}) ended before the run did: "
                                         "killed")
-        mlflow.end_dagster_run(run.run_id, "KILLED", instance=instance)
+        mlflow.end_dagster_run(run.run_id, "KILLED", instance=instance, end_ms=last)
         ended.append((run.run_id, run.status.value))
     return ended
+
+
+def _last_event_ms(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """When the run last did something (its latest Dagster event), in ms; None without events: a killed run's MLflow
+    runs end then, not when the next driver finds them (a 1.5 s step read as 22 s, or as hours)."""
+    records = instance.get_records_for_run(run_id, ascending=False, limit=1).records
+    return int(records[0].event_log_entry.timestamp * 1000) if records else None
 
 
 def _alive(pid: int) -> bool:

@@ -518,7 +518,7 @@ class MlflowResource(dg.ConfigurableResource):
                                  f"log_per_image are false): {run.skipped}")
 
     def end_dagster_run(self, dagster_run_id: str, status: str, warn=logging.getLogger(__name__).warning,
-                        instance: dg.DagsterInstance | None = None) -> None:
+                        instance: dg.DagsterInstance | None = None, end_ms: int | None = None) -> None:
         """Give the MLflow run of a Dagster run (if it has one) the Dagster run's real end: FINISHED, FAILED or
         KILLED, and its nested runs still RUNNING (their step never ended) KILLED or FAILED. (Each nested run of a run
         the driver did not launch also ends its parent; a run launched from the UI gets its real end from
@@ -526,7 +526,8 @@ class MlflowResource(dg.ConfigurableResource):
         (`_parent_of_untracked`), and a nested run
         that ended FINISHED for a value Dagster never recorded (the run stopped after the asset's work, while its
         value was being stored) ends like the Dagster run too: the value is made again, and that run's metrics are
-        not of a recorded value. A failed or stopped end that the store cannot record is one `warn` line."""
+        not of a recorded value. A failed or stopped end that the store cannot record is one `warn` line. `end_ms`:
+        when the runs ended (a killed process's last sign of life; default: now)."""
         client = self.client()
         with nullcontext() if status == "FINISHED" else ended_or_warned(client, status, warn):
             found = client.get_experiment_by_name(self.experiment_name())
@@ -535,17 +536,23 @@ class MlflowResource(dg.ConfigurableResource):
             ended = "KILLED" if status == "KILLED" else "FAILED"
             recorded = None if status == "FINISHED" or instance is None else _recorded_in(instance, dagster_run_id)
             if recorded is not None and found is not None and all(PARENT_TAG in r.data.tags for r in runs):
-                self._parent_of_untracked(instance, dagster_run_id, ended)
+                self._parent_of_untracked(instance, dagster_run_id, ended, end_ms)
+
+            def end(run, how: str, at: int | None = end_ms) -> None:
+                at = None if at is None else max(at, run.info.start_time or 0)
+                client.set_terminated(run.info.run_id, how, end_time=at)
+
             for run in runs:
                 if PARENT_TAG not in run.data.tags:
-                    client.set_terminated(run.info.run_id, status)
+                    end(run, status)
                 elif run.info.status == "RUNNING":  # a step that was still running when its process was killed
-                    client.set_terminated(run.info.run_id, ended)
+                    end(run, ended)
                 elif recorded is not None and run.info.status == "FINISHED" and ASSET_TAG in run.data.tags and (
                         run.data.tags[ASSET_TAG], run.data.tags.get(PARTITION_TAG, "")) not in recorded:
-                    client.set_terminated(run.info.run_id, ended)
+                    end(run, ended, run.info.end_time)  # it did end then; only its status was wrong
 
-    def _parent_of_untracked(self, instance: dg.DagsterInstance, dagster_run_id: str, status: str) -> None:
+    def _parent_of_untracked(self, instance: dg.DagsterInstance, dagster_run_id: str, status: str,
+                             end_ms: int | None = None) -> None:
         """The MLflow run of a Dagster run that failed or was stopped before any asset opened one (while loading
         its inputs, say), ended `status`: every run of a job that materializes assets has one."""
         dagster_run = instance.get_run_by_id(dagster_run_id)
@@ -561,7 +568,7 @@ class MlflowResource(dg.ConfigurableResource):
         start = int(record.start_time * 1000) if record is not None and record.start_time else None
         parent = self.parent_run(dagster_run_id, " ".join(p for p in (dagster_run.job_name, variant, shard) if p),
                                  start, _parent_tags(variant, shard, tags))
-        self.client().set_terminated(parent, status)
+        self.client().set_terminated(parent, status, end_time=None if end_ms is None else max(end_ms, start or 0))
 
     def previous_metrics(self, run: AssetRun, asset: str, variant: str = "") -> dict[str, float] | None:
         """Final metrics of the latest earlier finished nested run of `asset` (and `variant`) in this experiment, or

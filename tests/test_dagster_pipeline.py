@@ -1149,6 +1149,7 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces)
     proc, first, cmd, env = _pipeline_past_its_first_shard(tmp_path, lfw_faces, stdout=subprocess.DEVNULL,
                                                            stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)  # in the middle of a later shard
+    killed_ms = time.time() * 1000
     proc.wait()
     done_before = {p.stem for p in first.parent.glob("shard-*.parquet")}
     assert 0 < len(done_before) < 4
@@ -1171,6 +1172,8 @@ def test_killed_run_resumes_without_redoing_finished_shards(tmp_path, lfw_faces)
     tracked = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert tracked and not [r.data.tags.get("mlflow.runName") for r in tracked if r.info.status == "RUNNING"]
     assert "KILLED" in {r.info.status for r in tracked}  # the killed run and the step it was in
+    # they end when the killed process last did something, not when the next driver found them (their duration)
+    assert all(r.info.end_time <= killed_ms for r in tracked if r.info.status == "KILLED")
     store = tmp_path / "store"
     from safetensors.numpy import load_file
 
