@@ -59,15 +59,46 @@ def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baseli
         at: dict[tuple[float, float], list[str]] = {}  # points that coincide share one annotation
         for label, row in points.iterrows():
             at.setdefault((row[privacy], row[utility]), []).append(str(label))
-        for xy, labels in at.items():
-            ax.annotate("\n".join(labels), xy, fontsize=8, xytext=(3, 3), textcoords="offset points", va="bottom")
+        labels = [ax.annotate("\n".join(names), xy, fontsize=8, xytext=(3, 3), textcoords="offset points",
+                              va="bottom", arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+                  for xy, names in at.items()]
         ax.margins(x=0.1, y=0.15)  # room for the labels of points at the edges
         ax.set_xlabel(f"{privacy} (lower = more private)")
         ax.set_ylabel(utility)
         ax.set_title("privacy vs. utility")
         ax.legend(fontsize=7, loc="best")
+        ax.figure.tight_layout()  # the axes' final place, which the labels are spread in
+        spread_labels(ax, labels)
 
     return _plot_png(draw, software=software)
+
+
+def spread_labels(ax, labels: Sequence, gap: float = 1.0) -> None:
+    """Move the point labels (annotations at an offset in points) of near points apart: each in turn, from the top
+    point down, takes the offset nearest its own place, straight below or above it, where it overlaps no label
+    placed before it and stays inside the axes; a line joins a moved label to its point. Labels drawn at their points
+    overlapped for the variants of a sweep whose metrics are close."""
+    from matplotlib.text import Text
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    per_point = 72 / ax.figure.dpi
+    placed = []
+    for label in sorted(labels, key=lambda a: -ax.transData.transform(a.xy)[1]):
+        x, y = label.xyann
+        box = Text.get_window_extent(label, renderer)  # the text's own box (an Annotation's holds its line too)
+        step = box.height * per_point + gap
+        for shift in [0.0, *(sign * k * step for k in range(1, 4 * len(labels) + 1) for sign in (-1, 1))]:
+            moved = box.translated(0, shift / per_point)
+            inside = moved.y0 >= frame.y0 and moved.y1 <= frame.y1
+            if inside and not any(moved.overlaps(other) for other in placed):
+                label.xyann = (x, y + shift)
+                label.arrow_patch.set_visible(shift != 0)
+                placed.append(moved)
+                break
+        else:  # nowhere free: where it was
+            label.arrow_patch.set_visible(False)
+            placed.append(box)
 
 
 def headline_metrics(columns: Sequence[str]) -> list[str]:

@@ -213,3 +213,33 @@ def test_a_number_reads_the_same_in_report_md_report_html_and_runs_compare(tmp_p
         assert in_markdown(shown) and f">{shown}</td>" in page and shown in terminal, shown
     for other in ("123.4568", "0.0001", "0.9188", "3e+04"):
         assert not in_markdown(other) and f">{other}<" not in page, other
+
+
+def test_the_labels_of_a_sweep_whose_points_are_close_do_not_overlap():
+    """Before: each label sat at its point, so ten variants with close metrics (a sweep) drew ten labels on top of
+    each other, none readable. A lone point's label stays at its point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from evaluation.report import spread_labels
+
+    rng = np.random.default_rng(0)
+    xy = [(0.5 + rng.normal(0, 0.005), 0.9 + rng.normal(0, 0.002)) for _ in range(10)] + [(0.05, 0.2)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    ax.scatter(*zip(*xy))
+    labels = [ax.annotate(f"m0.{i}_steps{10 * i}", p, fontsize=8, xytext=(3, 3), textcoords="offset points",
+                          arrowprops={"arrowstyle": "-"}) for i, p in enumerate(xy)]
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]  # the texts' (not their lines')
+    assert sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]) > 10  # as they were drawn
+    spread_labels(ax, labels)
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]  # the texts' (not their lines')
+    assert not [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    assert labels[-1].xyann == (3, 3) and not labels[-1].arrow_patch.get_visible()
+    plt.close(fig)
