@@ -1,6 +1,7 @@
 """File hashes: one implementation for the model store, the dataset scan and the weight fingerprints."""
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -54,8 +55,6 @@ class DigestEntries:
 
     def read(self, sha256: str | None) -> dict | None:
         """The record of the file with this digest, without its digest, key and check; None on a miss."""
-        import json
-
         from anon_core.reuse import context_digest
 
         if not sha256 or not SHA256_HEX.fullmatch(sha256):
@@ -71,8 +70,6 @@ class DigestEntries:
 
     def write(self, sha256: str | None, record: dict) -> None:
         """Keep `record` (JSON-able) for the file with this digest (nothing for a file without one)."""
-        import json
-
         from anon_core.atomic import write_bytes_atomic
         from anon_core.errors import FalcoError
         from anon_core.reuse import context_digest

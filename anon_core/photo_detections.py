@@ -62,7 +62,6 @@ class FoundFaces:
 
     def __init__(self, folder: Path, key: str) -> None:
         self.entries = DigestEntries(folder, key)
-        self.folder, self.key = self.entries.folder, key
 
     def get(self, sha256: str | None, shape: tuple[int, ...]) -> list[FoundFace] | None:
         """The faces of the photo with this digest and `shape` ([H, W, ...] as decoded), or None on a miss."""

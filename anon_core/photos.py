@@ -230,7 +230,7 @@ def anonymize_photos(input_dir: Path, output_dir: Path, params: FalcoParams, set
                         cache)
         summary = run.run(end_journal=not keep_earlier_batches)
         if cache is not None and detection_cache is None:
-            prune_by_digest(cache.folder, {f.sha256 for f in files if f.sha256})  # of photos since removed
+            prune_by_digest(cache.entries.folder, {f.sha256 for f in files if f.sha256})  # of photos since removed
         remove_alignment_crops(output_dir)  # an earlier aligned run's: no output here comes from them any more
         return summary
 
