@@ -301,6 +301,20 @@ def _untracked_note() -> str | None:
             "made them. `falco pipeline --fresh` makes (and tracks) everything again in this experiment")
 
 
+def _run_stage(args: argparse.Namespace) -> int:
+    """`falco stage NAME`. Run by DVC (its DVC_STAGE variable set), it ends as stopped when DVC does: a SIGTERM to
+    `dvc repro` left the stage running on without it, its Dagster run and MLflow runs going on."""
+    import os
+
+    if os.environ.get("DVC_STAGE"):
+        import signal
+
+        from orchestration.driver import end_with_parent
+
+        end_with_parent(signal.SIGTERM)
+    return _run(args, (args.name,))
+
+
 def _browse_hints(dagster_home: str) -> str:
     """Where to look next: the Dagster UI on this instance, and the MLflow experiment's page."""
     from orchestration.driver import DEFAULT_DAGSTER_HOME
@@ -326,4 +340,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("stage", help="one stage of `falco pipeline` (the commands of dvc.yaml)")
     p.add_argument("name", choices=STAGES, metavar="NAME", help=", ".join(STAGES))
     add_pipeline_options(p)
-    p.set_defaults(run=lambda args: _run(args, (args.name,)))
+    p.set_defaults(run=_run_stage)

@@ -407,19 +407,21 @@ def execute(launch: Launch, config: dict[str, Any], run_config: dict, tags: dict
     return result.run_id, result.success
 
 
-def _end_with_parent() -> None:
-    """A process of the partition runs' pool ends when the driver does (Linux's parent-death signal): a killed
-    driver leaves no run going on without it, and the next driver finds the run's launcher gone
-    (end_abandoned_runs) and makes the partition again."""
+def end_with_parent(signum: int | None = None) -> None:
+    """This process gets `signum` (default SIGKILL) when its parent ends (Linux's parent-death signal). A process of
+    the partition runs' pool ends when the driver does: a killed driver leaves no run going on without it, and the
+    next driver finds the run's launcher gone (end_abandoned_runs) and makes the partition again. A `falco stage`
+    that DVC runs gets SIGTERM, so a stopped `dvc repro` stops it as Ctrl-C does."""
     import ctypes
     import signal
 
+    signum = signal.SIGKILL if signum is None else signum
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the driver ended before the line above
-        os._exit(1)
+    if os.getppid() == 1:  # the parent ended before the line above
+        os.kill(os.getpid(), signum)
 
 
 class _Driver:
@@ -453,7 +455,7 @@ class _Driver:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(min(self.parallel_runs, len(launches)), initializer=_end_with_parent,
+            with ProcessPoolExecutor(min(self.parallel_runs, len(launches)), initializer=end_with_parent,
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(execute, launch, self.config, self.run_config, tags, self.instance.get_ref())
                            for launch, tags in tagged]

@@ -103,13 +103,9 @@ def test_the_files_version_follows_every_file_and_a_folder_without_dvc_file_has_
 
 
 @pytest.mark.slow
-def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
-    """About a minute on 2 CPU cores: 3 stages, each a `falco stage` process launching its Dagster job."""
-    import dagster as dg
-
-    env = _env(tmp_path)
-    help_proc = subprocess.run([str(BIN / "falco"), "stage", "--help"], capture_output=True, text=True, env=env)
-    assert help_proc.returncode == 0, "`falco stage` is not wired into orchestration/cli.py"
+def _tiny_project(tmp_path: Path, lfw_faces, env: dict) -> tuple[Path, dict]:
+    """A DVC project of this one's dvc.yaml and code, params.yaml at 2 steps (variants default and m0.5, the blur
+    baseline) and 4 faces as its `data`; and those params."""
     repo = _dvc_project(tmp_path / "repo", env)
     for folder in ("anon_core", "orchestration", "evaluation"):  # dvc.yaml's code deps
         shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -122,6 +118,71 @@ def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     _write_faces(repo / "data" / "sample" / "images", lfw_faces[:4])
     _sh([DVC, "add", "data"], repo, env)
+    return repo, params
+
+
+def _stage_processes(repo: Path) -> list[int]:
+    """The processes running a `falco stage` in `repo` (the shell that runs it included)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if entry.name.isdigit() and b"stage" in argv and os.path.realpath(entry / "cwd") == str(repo.resolve()):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_stopped_dvc_repro_stops_its_stage(tmp_path, lfw_faces):
+    """Before: a SIGTERM to `dvc repro` (a CI job cancelled, `kill PID`) ended DVC alone: its `falco stage`, the
+    child of a shell that dash does not replace, went on with its Dagster run, its MLflow runs and the storage's
+    lock. Now the stage stops as Ctrl-C stops it."""
+    import signal
+    import time
+
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    env = {**_env(tmp_path), "SHELL": "/bin/sh"}  # Debian's dash: it forks where bash would replace itself
+    repo, params = _tiny_project(tmp_path, lfw_faces, env)
+    params["profiles"]["tiny"]["inversion"]["steps"] = 100_000  # a prepare stage that would run for an hour
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    dvc = subprocess.Popen([DVC, "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (tmp_path / "dagster" / "dagster.yaml").is_file():  # the stage makes the instance
+            assert dvc.poll() is None and time.time() < deadline, "the prepare stage made no Dagster instance"
+            time.sleep(0.5)
+        with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+            while not instance.get_runs(RunsFilter(job_name="prepare", statuses=[DagsterRunStatus.STARTED])):
+                assert dvc.poll() is None and time.time() < deadline, "the prepare stage's run never started"
+                time.sleep(0.5)
+        stage = _stage_processes(repo)
+        assert stage
+        dvc.send_signal(signal.SIGTERM)
+        dvc.wait(timeout=60)
+        deadline = time.time() + 120
+        while _stage_processes(repo) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _stage_processes(repo), "the stage went on without dvc"
+        with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+            assert not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]))
+    finally:
+        for pid in _stage_processes(repo):
+            os.kill(pid, signal.SIGKILL)
+        if dvc.poll() is None:
+            dvc.kill()
+
+
+def test_dvc_repro_of_the_tiny_pipeline(tmp_path, lfw_faces):
+    """About a minute on 2 CPU cores: 3 stages, each a `falco stage` process launching its Dagster job."""
+    import dagster as dg
+
+    env = _env(tmp_path)
+    help_proc = subprocess.run([str(BIN / "falco"), "stage", "--help"], capture_output=True, text=True, env=env)
+    assert help_proc.returncode == 0, "`falco stage` is not wired into orchestration/cli.py"
+    repo, params = _tiny_project(tmp_path, lfw_faces, env)
 
     _sh([DVC, "repro"], repo, env, timeout=600)
     store = repo / "outputs" / "pipeline"
