@@ -26,7 +26,7 @@ from anon_core.data.align import AlignmentCache, FaceAligner
 from anon_core.data.colour import is_grey
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_files import ImageFiles
-from anon_core.data.image_io import ImageRejected, flattened, load_rgb
+from anon_core.data.image_io import ImageRejected, flattened, load_rgb, read_listed
 from anon_core.data.scan import ScannedFile, output_relpath
 from anon_core.params import SECTION_KEYS
 from anon_core.prefetch import read_ahead
@@ -60,8 +60,11 @@ class Ingested:
         return self.table[self.table["status"] == "ok"].reset_index(drop=True)
 
     def images(self, workers: int = 4) -> ImageFiles:
-        """The ok rows' images, uint8 [N_ok, R, R, 3], decoded when indexed."""
-        return ImageFiles(self.sources, self.resolution, workers=workers)
+        """The ok rows' images, uint8 [N_ok, R, R, 3], decoded when indexed; an input file read as it is must still
+        hold the bytes it was listed with (an aligned crop is the run's own)."""
+        listed = [d if isinstance(d, str) and d else None for d in self.ok["sha256"]] if self.alignment is None \
+            else None
+        return ImageFiles(self.sources, self.resolution, workers=workers, sha256s=listed)
 
 
 DATASET_KINDS = ("auto", "celebahq", "lfw", "folder")
@@ -258,7 +261,7 @@ def read_input(f: ScannedFile, aligner: FaceAligner | None,
     if f.skip_reason:
         raise ImageRejected(f.skip_reason, f.skip_detail())
     if aligner is None:
-        return load_rgb(f.path), -1, -1
+        return load_rgb(f.path, data=read_listed(f.path, f.sha256)), -1, -1
     face = aligner.align_cached(f.path, f.sha256 or "", cache, name=f.relpath)
     return face.image, face.faces_seen, face.others_covered
 

@@ -39,7 +39,7 @@ from anon_core.data.align import FaceAligner, warp_quad
 from anon_core.data.colour import TONE_RULE
 from anon_core.data.datasets import load_dataset
 from anon_core.data.image_io import (MAX_PIXELS, MIN_SIDE, ImageRejected, deepen, displayed_size, encode_png,
-                                     flattened, load_deep_grey, load_rgb, stores_grey)
+                                     flattened, load_deep_grey, load_rgb, read_listed, stores_grey)
 from anon_core.data.scan import ScannedFile
 from anon_core.errors import FalcoError
 from anon_core.fake_pool import POOL_SEEDS, FakePool, check_pool_fits, generate
@@ -292,7 +292,8 @@ class _PhotoRun:
         the photo as stored."""
         if f.skip_reason:
             raise ImageRejected(f.skip_reason, f.skip_detail())
-        image = load_rgb(f.path)
+        data = read_listed(f.path, f.sha256)  # everything below reads these bytes, those its digest names
+        image = load_rgb(f.path, data=data)
         found = self.found_faces.get(f.sha256, image.shape) if self.found_faces else None
         searched = found is None
         if searched:
@@ -309,9 +310,9 @@ class _PhotoRun:
         for face in faces:
             if not face.anonymized:
                 covered = cover_box(covered, face.box, face.action)
-        grey = stores_grey(f.path)
-        return _Read(covered, faces, crops, [face.turns for face in found], flattened(f.path), grey,
-                     load_deep_grey(f.path) if grey else None, searched)
+        grey = stores_grey(f.path, data)
+        return _Read(covered, faces, crops, [face.turns for face in found], flattened(f.path, data), grey,
+                     load_deep_grey(f.path, data) if grey else None, searched)
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self, end_journal: bool = True) -> PhotoSummary:

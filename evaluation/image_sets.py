@@ -45,7 +45,8 @@ def concatenate(sets: Sequence[ImageSetLike]) -> ImageSetLike:
         sizes = sorted({s.size for s in full})
         if len(sizes) > 1:
             raise ValueError(f"image sets of different sizes {sizes} px cannot be one set")
-        return ImageFiles([p for s in full for p in s.paths], full[0].size, full[0].workers, full[0].when_changed)
+        return ImageFiles([p for s in full for p in s.paths], full[0].size, full[0].workers, full[0].when_changed,
+                          [d for s in full for d in s.sha256s])
     if all(isinstance(s, np.ndarray) for s in full):
         return np.concatenate(full)
     raise TypeError(f"concatenate takes ImageFiles or ndarrays, not a mix of {sorted({type(s).__name__ for s in full})}")

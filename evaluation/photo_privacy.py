@@ -16,13 +16,14 @@ faces among the measured ones is what the blocking check and `falco evaluate` bo
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from anon_core.data.align import ffhq_quad, warp_quad
-from anon_core.data.image_io import displayed_size, load_rgb
+from anon_core.data.image_io import ImageRejected, displayed_size, load_rgb, read_listed
 from anon_core.errors import FalcoError
 from anon_core.folders import check_finished, check_separate, exclusive, missing_outputs
 from anon_core.hashing import sha256_file
@@ -71,14 +72,20 @@ def face_privacy(input_dir: Path, output_dir: Path, recognizer: Recognizer | Non
     for photo, rows in faces.groupby("input", sort=False):
         here = rows.index.to_numpy()
         output = Path(output_dir) / "images" / rows["output"].iloc[0]
-        output_sha = sha256_file(output) if verdicts is not None and output.is_file() else None
+        written = output.read_bytes() if output.is_file() else None  # hashed and measured alike: one read
+        output_sha = hashlib.sha256(written).hexdigest() if verdicts is not None and written is not None else None
         taken = verdicts.get(photo_sha.get(photo), output_sha, rows) if verdicts is not None else None
         if taken is not None:
             found[here] = taken
             earlier += 1
             continue
-        real = load_rgb(Path(input_dir) / photo)
-        anonymized = load_rgb(output)
+        source = Path(input_dir) / photo
+        try:  # the photo the run read (its listed digest), whose faces the manifest's boxes are
+            real = load_rgb(source, data=read_listed(source, photo_sha.get(photo) or None))
+        except ImageRejected as rejected:
+            raise FalcoError(f"{rejected.detail.rstrip('.')}; the privacy check measures each face against the "
+                             "photo the run anonymized: run the command again") from None
+        anonymized = load_rgb(output, data=written)
         if anonymized.shape != real.shape:
             raise _resized(Path(output_dir), rows["output"].iloc[0], anonymized.shape[1::-1], photo,
                            real.shape[1::-1])

@@ -203,3 +203,34 @@ def test_cache_keys_on_settings_and_remembers_no_face(tmp_path: Path, monkeypatc
         other.align_cached(coffee, SHA, cache)
     with pytest.raises(ValueError, match="64 lower-case hex digits"):
         cache.get("../../etc/passwd", small.settings)
+
+
+def test_a_file_replaced_after_it_was_listed_is_rejected_not_kept_under_its_old_digest(tmp_path: Path,
+                                                                                        astronaut: np.ndarray) -> None:
+    """hD: a file replaced between the listing (its sha256) and its decoding had the new picture's crop cached, and
+    journalled, under the old picture's digest; an untouched copy of the old picture took that other face's crop
+    (and its fake) on every later run. Now the bytes decoded are the bytes hashed, or the file is `changed`."""
+    from anon_core.data.datasets import load_dataset
+    from anon_core.errors import FalcoError
+    from anon_core.ingest import ingest
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "z.png"):
+        Image.fromarray(astronaut).save(folder / name)
+    table = load_dataset("folder", folder, None)
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(folder / "a.png")  # after its digest was taken
+    got = ingest(folder, 64, "folder", None, True, "mtcnn", tmp_path / "cache", table=table)
+    rows = got.table.set_index("input")
+    assert (rows.loc["a.png", "status"], rows.loc["a.png", "reason"]) == ("rejected", "changed")
+    assert "changed while this run read it" in rows.loc["a.png", "detail"]
+    assert rows.loc["z.png", "status"] == "ok"
+    np.testing.assert_array_equal(got.images()[0], FaceAligner(64).align(astronaut).image)
+
+    plain = tmp_path / "plain"  # read as they are: decoded when the run gets to them, checked then too
+    plain.mkdir()
+    Image.fromarray(astronaut).save(plain / "a.png")
+    listed = ingest(plain, 64, "folder", None, False, "mtcnn", tmp_path / "cache2")
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(plain / "a.png")
+    with pytest.raises(FalcoError, match="changed while this run read it"):
+        listed.images()[0]

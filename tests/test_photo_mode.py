@@ -885,6 +885,61 @@ def test_a_run_stopped_after_a_photo_became_unreadable_resumes(photos, tmp_path,
     assert {r["input"]: r["status"] for r in _rows(stopped_out) if r["kind"] == "photo"}["a_group.png"] == "ok"
 
 
+def test_a_photo_replaced_while_the_run_reads_it_leaves_no_real_face_in_any_output(photos, tmp_path, monkeypatch):
+    """hD's race: a photo replaced between the listing (its sha256) and its decoding had the faces of its new picture
+    kept under its old picture's digest; an untouched copy of the old picture then took those boxes, and its real
+    face was written unchanged, while the check passed. Now the run decodes the bytes it hashed: the replaced photo
+    is rejected as `changed`, and the copy's face is found where it is."""
+    import anon_core.photos
+
+    with Image.open(photos / "portrait.jpg") as portrait:
+        face = portrait.convert("RGB")
+    pictures = {}
+    for side, x in (("left", 0), ("right", face.width)):
+        canvas = Image.new("RGB", (2 * face.width, face.height), (235, 235, 235))
+        canvas.paste(face, (x, 0))
+        pictures[side] = tmp_path / f"{side}.png"
+        canvas.save(pictures[side])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(pictures["left"], folder / "a.png")  # read first
+    shutil.copy(photos / "group.png", folder / "m.png")
+    shutil.copy(pictures["left"], folder / "z.png")  # the same picture, read last
+    params = load_params("tiny", pool_size=32, batch_size=1, **{"optimization.steps": 2})
+    alone = tmp_path / "alone"
+    (alone / "in").mkdir(parents=True)
+    shutil.copy(pictures["left"], alone / "in" / "z.png")
+    anonymize_photos(alone / "in", alone / "out", params, PhotoSettings(), show_progress=False)
+    (expected,) = [_box(r) for r in _rows(alone / "out") if r["kind"] == "face"]
+
+    listed = anon_core.photos.dataset_files
+
+    def listed_then_replaced(*args, **kwargs):
+        files = listed(*args, **kwargs)
+        shutil.copy(pictures["right"], folder / "a.png")  # after its digest was taken
+        return files
+
+    monkeypatch.setattr(anon_core.photos, "dataset_files", listed_then_replaced)
+    out = tmp_path / "out"
+    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
+    rows = _rows(out)
+    photo = {r["input"]: r for r in rows if r["kind"] == "photo"}
+    assert (photo["a.png"]["status"], photo["a.png"]["reason"]) == ("rejected", "changed")
+    assert not (out / "images" / "a.png").exists()
+    (found,) = [_box(r) for r in rows if r["kind"] == "face" and r["input"] == "z.png"]
+    np.testing.assert_allclose(found, expected, atol=1.0)
+    x0, y0, x1, y1 = (int(v) for v in expected)
+    real, written = _rgb(folder / "z.png")[y0:y1, x0:x1], _rgb(out / "images" / "z.png")[y0:y1, x0:x1]
+    assert np.mean(np.any(real != written, axis=-1)) > 0.5  # the real face was replaced
+
+    monkeypatch.setattr(anon_core.photos, "dataset_files", listed)
+    shutil.copy(pictures["left"], folder / "a.png")  # the edit undone
+    anonymize_photos(folder, out, params, PhotoSettings(), show_progress=False)
+    for name in ("a.png", "z.png"):
+        (box,) = [_box(r) for r in _rows(out) if r["kind"] == "face" and r["input"] == name]
+        np.testing.assert_allclose(box, expected, atol=1.0)
+
+
 # -- the parts ---------------------------------------------------------------------------------------------------
 
 

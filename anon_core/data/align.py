@@ -56,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 from anon_core.atomic import write_bytes_atomic
-from anon_core.data.image_io import ImageRejected, encode_png, load_rgb
+from anon_core.data.image_io import ImageRejected, encode_png, load_rgb, read_listed
 from anon_core.hashing import SHA256_HEX, prune_by_digest
 from anon_core.networks.mtcnn import MTCNN, Detection
 
@@ -373,8 +373,8 @@ class FaceAligner:
         hit = cache.get(sha256, self.settings, name=name)
         if hit is not None:
             return hit
-        if isinstance(image, (str, Path)):
-            image = load_rgb(Path(image))
+        if isinstance(image, (str, Path)):  # the bytes `sha256` names, or ImageRejected("changed"): cached by it
+            image = load_rgb(Path(image), data=read_listed(Path(image), sha256 or None))
         try:
             face = self.align(image, name=name)
         except ImageRejected as rejected:

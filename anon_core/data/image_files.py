@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anon_core.data.image_io import ImageRejected, load_rgb, to_tensor, to_uint8
+from anon_core.data.image_io import ImageRejected, load_rgb, read_listed, to_tensor, to_uint8
 from anon_core.errors import FalcoError
 from anon_core.prefetch import batch_slices, read_parts
 
@@ -33,13 +33,17 @@ class ImageFiles:
     ndim = 4
 
     def __init__(self, paths: Sequence[Path | str], size: int, workers: int = 4,
-                 when_changed: str = WHEN_CHANGED) -> None:
+                 when_changed: str = WHEN_CHANGED, sha256s: Sequence[str | None] | None = None) -> None:
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         self.paths = [Path(p) for p in paths]
         self.size = size
         self.workers = max(1, workers)
         self.when_changed = when_changed  # the fix a file that went bad since the set was listed calls for
+        # each file's digest when it was listed (None: not checked): a file that changed since is refused, not read
+        self.sha256s = list(sha256s) if sha256s is not None else [None] * len(self.paths)
+        if len(self.sha256s) != len(self.paths):
+            raise ValueError(f"{len(self.sha256s)} digests for {len(self.paths)} files")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,9 +57,9 @@ class ImageFiles:
 
     def read(self, position: int) -> np.ndarray:
         """The image at `position`, uint8 [size, size, 3]; a file that went missing or bad gives a FalcoError."""
-        path = self.paths[position]
+        path, sha256 = self.paths[position], self.sha256s[position]
         try:
-            image = load_rgb(path)
+            image = load_rgb(path, data=read_listed(path, sha256) if sha256 else None)
         except ImageRejected as rejected:
             raise FalcoError(f"{rejected.detail.rstrip('.')}; it was readable when this image set was listed, so it "
                              f"has been changed or removed since: {self.when_changed}") from None
@@ -93,7 +97,9 @@ class ImageFiles:
 
     def subset(self, index) -> ImageFiles:
         """The images at `index` (slice, int array or mask) as another ImageFiles; nothing is read."""
-        return ImageFiles([self.paths[p] for p in self._positions(index)], self.size, self.workers, self.when_changed)
+        positions = self._positions(index)
+        return ImageFiles([self.paths[p] for p in positions], self.size, self.workers, self.when_changed,
+                          [self.sha256s[p] for p in positions])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         images = self[:]

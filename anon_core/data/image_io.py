@@ -40,6 +40,7 @@ __all__ = [
     "encode_png",
     "is_image_file",
     "load_rgb",
+    "read_listed",
     "save_png",
     "to_tensor",
     "to_uint8",
@@ -84,6 +85,7 @@ REJECT_REASONS = (
     "outside_input",       # a symlink resolving outside the input folder (set by scan.scan_folder)
     "bad_name",            # a file name that is not UTF-8 text, which no manifest can hold (set by scan.scan_folder)
     "no_face",             # no face found (set by face detection/alignment, not by this module)
+    "changed",             # its bytes are not those listed when the run began: it changed while the run read it
 )
 
 # Pillow format names (``Image.format``) we accept. MPO is what Pillow calls many phone/camera JPEGs.
@@ -176,19 +178,45 @@ T = TypeVar("T")
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
-def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T) -> T:
+def read_listed(path: Path, sha256: str | None) -> bytes:
+    """The file's bytes, which must be those whose digest was listed (`sha256`, as `hashing.sha256_file` gives it),
+    or ImageRejected("changed"). Decoding these bytes (the `data` of `load_rgb` and the header readers), not the
+    file again, keeps what a run read one with what it recorded and cached by that digest: a photo replaced between
+    the listing and the decoding had its faces found in the new picture and kept under the old one's digest, where
+    the old picture, put back or copied elsewhere, later took them, its real face left as it was."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageRejected("unreadable", f"{path}: file does not exist.") from exc
+    except IsADirectoryError as exc:
+        raise ImageRejected("unreadable", f"{path}: is a folder, not an image file.") from exc
+    except OSError as exc:
+        raise ImageRejected("unreadable", f"{path}: cannot read the file ({exc.strerror or exc}).") from exc
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageRejected("changed", f"{path}: the file changed while this run read it (its bytes are not those "
+                                       "listed when the run began); run the command again once it is written whole.")
+    return data
+
+
+def _source(path: Path, data: bytes | None):
+    """What Pillow opens: the bytes read once (`read_listed`), else the file."""
+    return path if data is None else io.BytesIO(data)
+
+
+def _from_header(path: Path, read: Callable[[Image.Image], T], otherwise: T, data: bytes | None = None) -> T:
     """`read` of the opened image (its header; nothing is decoded unless `read` asks), or `otherwise` where the file
-    cannot be opened as an image (not one, unreadable, a bomb header: `load_rgb` will say which)."""
+    cannot be opened as an image (not one, unreadable, a bomb header: `load_rgb` will say which). `data`: the file's
+    bytes, read already."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # before opening: Pillow's bomb warning comes from `open` itself
-            with Image.open(path) as image:
+            with Image.open(_source(path, data)) as image:
                 return read(image)
     except Exception:
         return otherwise
 
 
-def flattened(path: Path) -> list[str]:
+def flattened(path: Path, data: bytes | None = None) -> list[str]:
     """What reading the file as one RGB image (`load_rgb`) leaves out: frames after the first (from the header; an
     MPO's extra pictures, a phone's previews, not counted) and transparency where a pixel of the first frame has
     some (an opaque image with an alpha channel loses nothing). Empty for an unreadable file."""
@@ -199,7 +227,7 @@ def flattened(path: Path) -> list[str]:
             (["its 16 bits per colour channel were read as 8 (Pillow reads their high byte)"]
              if _deep_colour(image) else [])
 
-    return _from_header(path, left_out, [])
+    return _from_header(path, left_out, [], data)
 
 
 def _deep_colour(image: Image.Image) -> bool:
@@ -209,10 +237,10 @@ def _deep_colour(image: Image.Image) -> bool:
     return image.mode in ("RGB", "RGBA") and isinstance(rawmode, str) and ";16" in rawmode
 
 
-def stores_grey(path: Path) -> bool:
+def stores_grey(path: Path, data: bytes | None = None) -> bool:
     """Whether the file holds one grey channel (bilevel, 8- or 16-bit grey, with or without alpha), from the
     header; False for an unreadable file."""
-    return _from_header(path, lambda image: image.mode in _GREY_MODES, False)
+    return _from_header(path, lambda image: image.mode in _GREY_MODES, False, data)
 
 
 def _has_transparent_pixel(image: Image.Image) -> bool:
@@ -260,7 +288,7 @@ def grey_to_8bit(values: np.ndarray) -> np.ndarray:
     return ((np.asarray(values, dtype=np.int64) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def load_deep_grey(path: Path) -> np.ndarray | None:
+def load_deep_grey(path: Path, data: bytes | None = None) -> np.ndarray | None:
     """The 16-bit grey levels of a 16-bit grey image (uint16 [H, W], its EXIF orientation applied as `load_rgb`
     does), None for any other file. For writing such a photo back at its depth (`deepen`)."""
     def read(image: Image.Image) -> np.ndarray | None:
@@ -274,7 +302,7 @@ def load_deep_grey(path: Path) -> np.ndarray | None:
             values[values == key] = 65535
         return values.astype(np.uint16)
 
-    return _from_header(path, read, None)
+    return _from_header(path, read, None, data)
 
 
 def deepen(grey: np.ndarray, deep: np.ndarray, changed: np.ndarray) -> np.ndarray:
@@ -324,7 +352,8 @@ def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
     return np.ascontiguousarray(out.astype(np.uint8))  # [H, W, 3]
 
 
-def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS, data: bytes | None = None
+             ) -> np.ndarray:
     """Read an image file as uint8 [H, W, 3] RGB, or raise :class:`ImageRejected` saying why not.
 
     Applies the EXIF Orientation tag; converts grayscale, palette, RGBA/LA (alpha composited on white), CMYK
@@ -332,7 +361,8 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
     against ``max_pixels`` and ``min_side`` before decoding; truncated files are rejected, never padded (this
     relies on Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` being False, its default, and refuses to run
     otherwise). 16-bit RGB(A) PNGs are reduced to 8 bit by Pillow itself (high byte). Multi-frame files give
-    their first frame. No exception other than ImageRejected escapes for a bad file.
+    their first frame. No exception other than ImageRejected escapes for a bad file. `data`: the file's bytes, read
+    already (`read_listed`), decoded instead of the file.
     """
     path = Path(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -341,12 +371,12 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
             "silently padded; some imported code set it. Set it back to False before loading inputs."
         )
     try:
-        size_bytes = path.stat().st_size
+        size_bytes = path.stat().st_size if data is None else len(data)
     except FileNotFoundError as exc:
         raise ImageRejected("unreadable", f"{path}: file does not exist.") from exc
     except OSError as exc:
         raise ImageRejected("unreadable", f"{path}: cannot stat file ({exc.strerror or exc}).") from exc
-    if path.is_dir():
+    if data is None and path.is_dir():
         raise ImageRejected("unreadable", f"{path}: is a folder, not an image file.")
     if size_bytes == 0:
         raise ImageRejected("empty_file", f"{path}: file is empty (0 bytes); re-copy or remove it.")
@@ -355,7 +385,7 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS)
         with warnings.catch_warnings():
             # Our own max_pixels check below is the bomb guard; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(_source(path, data)) as image:
                 return _decode_checked(image, path, min_side, max_pixels)
     except ImageRejected:
         raise
