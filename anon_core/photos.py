@@ -139,7 +139,7 @@ class PhotoSummary:
             text += (f"; {self.reused} face(s) the same as in an earlier run under the same settings, taken from its "
                      "journal")
         if self.found_earlier:
-            text += f"; {self.found_earlier} photo(s) not searched again, their faces as an earlier search found them"
+            text += f"; {self.found_earlier} photo(s) not searched again, their faces as an earlier search of the same bytes found them (in an earlier run, or of an identical file in this one)"
         if self.turned:
             text += (f"; {self.turned} photo(s) with faces {TURNED_NOTE} (stored sideways or upside down, or a face "
                      "lying; manifest.csv's detail)")

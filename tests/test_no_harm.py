@@ -323,10 +323,11 @@ def test_damaged_jpeg_data_is_rejected_as_corrupt_with_the_decoders_words(tmp_pa
 def test_real_faces_kept_by_a_run_are_readable_by_their_owner_only(tmp_path, lfw_faces):
     from anon_core.data.align import AlignmentCache, FaceAligner
     from anon_core.data.sample import build_sample_dataset
+    from anon_core.hashing import sha256_file
 
     [astronaut, *_] = build_sample_dataset(tmp_path / "sample", num_lfw=0)
     cache = AlignmentCache(tmp_path / "cache" / "align")
-    FaceAligner(64).align_cached(astronaut, "ab" * 32, cache)
+    FaceAligner(64).align_cached(astronaut, sha256_file(astronaut), cache)
     assert _private(tmp_path / "cache")
 
     write_faces(tmp_path / "faces", lfw_faces[:1], broken=False)
