@@ -106,6 +106,12 @@ def parse_variant_name(name: str) -> dict[str, Any] | None:
 BASELINE_NAMES = ("blur", "pixelate", "mask", "swap")
 
 
+def _yaml_read_as_value(name: Any, where: str) -> ParamsError:
+    """The error for a variant name that YAML read as a value, not as text (`off:`, `yes`, `1:`, `~`)."""
+    return ParamsError(f"{where}: the variant name {name!r} is not text: YAML reads an unquoted yes/no/on/off/true/false "
+                       "as a bool, a number as a number and ~ as null; quote the name (e.g. \"off\", \"1\")")
+
+
 def check_variant_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ParamsError(f"variant name {name!r} must be 1-64 letters, digits, '.', '_', '+' or '-', starting with a "
@@ -121,8 +127,11 @@ def variant_overrides(name: str, defined: Mapping[str, Mapping[str, Any]] | None
                       source: str = "params.yaml") -> dict[str, Any]:
     """The optimization overrides of the variant `name`, as dotted keys ({"optimization.margin": 0.9}): from the
     `variants:` section (`defined`), else read from the name itself. ParamsError names the fix for anything else."""
-    check_variant_name(name)
     defined = defined or {}
+    for key in defined:
+        if not isinstance(key, str):
+            raise _yaml_read_as_value(key, f"{source}: variants")
+    check_variant_name(name)
     if name == DEFAULT_VARIANT:
         if name in defined:
             raise ParamsError(f"{source}: variants: '{DEFAULT_VARIANT}' is the optimization section itself and cannot "
@@ -203,7 +212,10 @@ def sweep_variants(sweep: Mapping[str, Any] | None) -> list[str]:
     """The variants a `sweep:` section asks for: its `variants:` names, then its grid; ["default"] when empty."""
     sweep = dict(sweep or {})
     names = sweep.pop("variants", None) or []
-    if isinstance(names, str):
+    if not isinstance(names, (list, tuple)):
         names = [names]
-    names = [canonical_name(str(n)) for n in names] + grid_variants(sweep)
+    for name in names:
+        if not isinstance(name, str):
+            raise _yaml_read_as_value(name, "sweep: variants")
+    names = [canonical_name(n) for n in names] + grid_variants(sweep)
     return list(dict.fromkeys(names)) or [DEFAULT_VARIANT]

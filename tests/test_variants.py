@@ -283,3 +283,20 @@ def test_a_whole_number_is_read_the_same_from_a_flag_and_from_params_yaml(capsys
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
         assert capsys.readouterr().err.splitlines()[-1].endswith(said)
+
+
+def test_a_variant_name_yaml_reads_as_a_value_is_told_to_be_quoted():
+    """hE: `variants: {off: ...}` (YAML's False) gave "variant name False must be 1-64 letters" or, with --variant
+    off, "variant 'off' is not defined", though it visibly was; `sweep: {variants: [yes]}` ran a variant 'True'."""
+    import yaml
+
+    from anon_core.variants import sweep_variants
+
+    defined = yaml.safe_load("off: {margin: 0.9}\n1: {steps: 3}\n")
+    for name in ("off", "1", "default"):
+        with pytest.raises(ParamsError, match=r"params.yaml: variants: the variant name (False|1) is not text: YAML "
+                                              r"reads an unquoted yes/no/on/off.*quote the name"):
+            variant_overrides(name, defined)
+    with pytest.raises(ParamsError, match=r"^sweep: variants: the variant name True is not text"):
+        sweep_variants(yaml.safe_load("variants: [default, yes]"))
+    assert variant_overrides("off", yaml.safe_load('"off": {margin: 0.9}')) == {"optimization.margin": 0.9}
