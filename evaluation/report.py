@@ -75,30 +75,44 @@ def privacy_utility_png(points: pd.DataFrame, privacy: str, utility: str, baseli
 
 def spread_labels(ax, labels: Sequence, gap: float = 1.0) -> None:
     """Move the point labels (annotations at an offset in points) of near points apart: each in turn, from the top
-    point down, takes the offset nearest its own place, straight below or above it, where it overlaps no label
-    placed before it and stays inside the axes; a line joins a moved label to its point. Labels drawn at their points
-    overlapped for the variants of a sweep whose metrics are close."""
+    point down, takes the free place nearest its own (a line at a time below or above it, or half a label's width at
+    a time to its right) where it overlaps no label placed before it and stays inside the axes, else the place where
+    it overlaps them least; a line joins a moved label to its point. Labels drawn at their points overlapped for the
+    variants of a sweep whose metrics are close."""
     from matplotlib.text import Text
 
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     per_point = 72 / ax.figure.dpi
     placed = []
+
+    def overlap(box) -> float:
+        return sum(max(0.0, min(box.x1, o.x1) - max(box.x0, o.x0)) * max(0.0, min(box.y1, o.y1) - max(box.y0, o.y0))
+                   for o in placed)
+
     for label in sorted(labels, key=lambda a: -ax.transData.transform(a.xy)[1]):
         x, y = label.xyann
         box = Text.get_window_extent(label, renderer)  # the text's own box (an Annotation's holds its line too)
-        step = box.height * per_point + gap
-        for shift in [0.0, *(sign * k * step for k in range(1, 4 * len(labels) + 1) for sign in (-1, 1))]:
-            moved = box.translated(0, shift / per_point)
-            inside = moved.y0 >= frame.y0 and moved.y1 <= frame.y1
-            if inside and not any(moved.overlaps(other) for other in placed):
-                label.xyann = (x, y + shift)
-                label.arrow_patch.set_visible(shift != 0)
-                placed.append(moved)
+        step = label.get_fontsize() * 1.2 + gap  # a line at a time: each label as near its point as is free
+        rows = int(frame.height * per_point / step) + 2
+        shifts = sorted(((dx * box.width * per_point / 2, dy * step) for dx in range(4) for dy in range(-rows, rows)),
+                        key=lambda d: (abs(d[0]) + abs(d[1]), d[0], -d[1]))
+        best = None
+        for dx, dy in shifts:
+            moved = box.translated(dx / per_point, dy / per_point)
+            if not (frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and moved.x1 <= frame.x1):
+                continue
+            cost = overlap(moved)
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, moved)
+            if cost == 0:
                 break
-        else:  # nowhere free: where it was
-            label.arrow_patch.set_visible(False)
-            placed.append(box)
+        if best is None:  # no place inside the axes: where it was
+            best = (0.0, 0.0, 0.0, box)
+        _, dx, dy, moved = best
+        label.xyann = (x + dx, y + dy)
+        label.arrow_patch.set_visible((dx, dy) != (0, 0))
+        placed.append(moved)
 
 
 def headline_metrics(columns: Sequence[str]) -> list[str]:
