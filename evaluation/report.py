@@ -100,7 +100,7 @@ def spread_labels(ax, labels: Sequence, gap: float = 1.0) -> None:
         best = None
         for dx, dy in shifts:
             moved = box.translated(dx / per_point, dy / per_point)
-            if not (frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and moved.x1 <= frame.x1):
+            if not (frame.y0 <= moved.y0 and moved.y1 <= frame.y1 and moved.x1 <= max(frame.x1, box.x1)):
                 continue
             cost = overlap(moved)
             if best is None or cost < best[0]:

@@ -243,3 +243,19 @@ def test_the_labels_of_a_sweep_whose_points_are_close_do_not_overlap():
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
     assert labels[-1].xyann == (3, 3) and not labels[-1].arrow_patch.get_visible()
     plt.close(fig)
+
+    # hE's sweep: seven variants on one point, two on another, three baselines on a third; with labels moved only up
+    # or down, the last found no free place and was left on the ones placed before it
+    names = {(0.0, 1.0): 7, (0.08, 1.0): 2, (0.0, 0.9889): 2, (0.08, 0.9889): 3, (0.67, 1.0): 1}
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    ax.scatter(*zip(*names))
+    labels = [ax.annotate("\n".join(f"variant_{i}_{k}" for k in range(n)), p, fontsize=8, xytext=(3, 3),
+                          textcoords="offset points", va="bottom", arrowprops={"arrowstyle": "-"})
+              for i, (p, n) in enumerate(names.items())]
+    ax.margins(x=0.1, y=0.15)
+    fig.tight_layout()
+    spread_labels(ax, labels)
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]
+    assert not [(i, j) for i, a in enumerate(boxes) for j, b in enumerate(boxes[i + 1:], i + 1) if a.overlaps(b)]
+    plt.close(fig)
