@@ -49,6 +49,7 @@ An input that reads every partition of an upstream asset fails on a missing one,
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -339,6 +340,9 @@ class FalcoIOManager(dg.ConfigurableIOManager):
         base, stem = self._where(context.asset_key, context.asset_partitions_def if partition else None, partition)
         private = bool((context.definition_metadata or {}).get(REAL_FACES))
         base.mkdir(parents=True, exist_ok=True)
+        if private:  # its listing names real files too (hF: real_images/ was 0755 around its 0600 files)
+            with contextlib.suppress(OSError):  # not ours to change: its files stay 0600 all the same
+                base.chmod(0o700)
         run_id = _provided(lambda: context.run_id)  # a context built by hand (tests) has none, or an ephemeral one
         if run_id is not None and run_id != RUN_ID_PLACEHOLDER:
             # first: from here on the stored value is this run's until Dagster records it

@@ -338,6 +338,8 @@ def test_real_faces_kept_by_a_run_are_readable_by_their_owner_only(tmp_path, lfw
     assert stored and all((p.stat().st_mode & 0o777) == 0o600 for p in stored)
     assert _private(tmp_path / "store" / ".align_cache")  # the pipeline's cache lives in its storage
     assert _private(tmp_path / "store" / "real_inversions")  # codes that redraw the real faces
+    for asset in ("real_images", "real_inversions"):  # the folders themselves too: they were 0755
+        assert ((tmp_path / "store" / asset).stat().st_mode & 0o777) == 0o700, asset
 
 
 def _private(folder: Path) -> bool:
