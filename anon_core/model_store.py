@@ -38,6 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,8 +297,11 @@ def _check(entry: ModelEntry, member: Member | None, name: str, path: Path) -> V
         _remember(path, actual)
         return VerifyResult(name, path, "ok", expected, actual, origin)
     _remember(path, None)
+    way_out = (f" (if the file recorded then was the wrong one, also remove the line of {_key(path)} from "
+               f"{store_dir() / TOFU_FILE})") if origin.startswith("recorded") else ""
     return VerifyResult(name, path, "mismatch", expected, actual,
-                        f"expected {expected} ({origin}); delete {path} and run `falco models fetch {entry.name}`")
+                        f"expected {expected} ({origin}); delete {path} and run `falco models fetch {entry.name}`"
+                        + way_out)
 
 
 def verify(name: str | None = None) -> list[VerifyResult]:
@@ -454,17 +458,35 @@ def _accept(entry: ModelEntry, path: Path, origin: str, ours: bool) -> str:
         if where == "published prefix":
             _record_tofu(path, actual, f"recorded on first fetch from {origin} (prefix {expected} published)")
         return actual
-    if expected is None and not html:
+    unlike = None if html or expected is not None else _unlike_its_kind(path)
+    if expected is None and not html and unlike is None:
         _record_tofu(path, actual, f"recorded on first fetch from {origin}")
         return actual
-    why = "it is a web page, not the file" if html else f"its sha256 {actual} does not match {expected} ({where})"
+    why = "it is a web page, not the file" if html else unlike if unlike else \
+        f"its sha256 {actual} does not match {expected} ({where})"
     if ours:
         path.unlink()
         fate = f"the file downloaded from {origin} was deleted and not installed"
     else:
         fate = f"delete {path} and fetch again"
+    if where.startswith("recorded"):  # trust on first use: the first file may have been the wrong one
+        fate += (f" (if the file recorded then was the wrong one, also remove the line of {_key(path)} from "
+                 f"{store_dir() / TOFU_FILE})")
     raise FalcoError(f"{entry.name}: {why}; {fate}. The file can also be downloaded by hand from "
                      f"{entry.page or entry.url} and copied to {path}.")
+
+
+def _unlike_its_kind(path: Path) -> str | None:
+    """Why a file whose sha256 was never published cannot be the file its name says (a PyTorch checkpoint is a zip
+    or a pickle, an archive a tar), so that no such file is recorded as the one to trust; None when it may be."""
+    suffix = path.name.lower()
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if suffix.endswith((".pt", ".pth", ".pkl")) and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        return "it is not a PyTorch checkpoint (neither a zip nor a pickle); copy the right file"
+    if suffix.endswith((".tar", ".tar.gz", ".tgz")) and not tarfile.is_tarfile(path):
+        return "it is not a tar archive; copy the right file"
+    return None
 
 
 def _unsafe_reason(info: tarfile.TarInfo) -> str | None:

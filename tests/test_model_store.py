@@ -16,6 +16,7 @@ import json
 import socket
 import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,16 @@ from anon_core.errors import FalcoError, MissingWeightsError
 from anon_core.model_store import Member, ModelEntry, UnsafeArchiveError
 from orchestration.cli_models import register
 
-WEIGHTS = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()  # the "checkpoint"
-OTHER = np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+def _checkpoint(seed: int, size: int) -> bytes:
+    """A file shaped like `torch.save`'s (a zip), of random contents."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", np.random.default_rng(seed).integers(0, 256, size, np.uint8).tobytes())
+    return buffer.getvalue()
+
+
+WEIGHTS = _checkpoint(0, 300_000)  # the "checkpoint"
+OTHER = _checkpoint(1, 50_000)
 
 
 def _sha(data: bytes) -> str:
@@ -335,6 +344,23 @@ def test_unpublished_sha256_is_recorded_on_first_fetch_and_checked_after(store: 
     with pytest.raises(FalcoError, match="does not match"):
         model_store.fetch("testfile", progress=False)
     assert path.read_bytes() == OTHER  # a file already in place is reported, never silently deleted
+
+
+def test_a_wrong_file_copied_in_is_not_recorded_and_a_recorded_one_names_its_way_out(store: Path, monkeypatch) -> None:
+    """hF: random bytes copied in as a checkpoint whose sha256 was never published were recorded as the file to trust
+    (fetch and verify said ok, evaluate then failed), and the right file was refused against that record, with no
+    word of the record; deleting and fetching again met the same record."""
+    _use(monkeypatch, _file_entry(None))
+    store.mkdir()
+    (store / "testfile.pt").write_bytes(np.random.default_rng(2).integers(0, 256, 5_000, np.uint8).tobytes())
+    with pytest.raises(FalcoError, match="not a PyTorch checkpoint .neither a zip nor a pickle.; copy the right file"):
+        model_store.fetch("testfile", progress=False)
+    assert not (store / model_store.TOFU_FILE).exists()
+    (store / "testfile.pt").write_bytes(OTHER)  # a checkpoint, recorded, though not the right one
+    model_store.fetch("testfile", progress=False)
+    (store / "testfile.pt").write_bytes(WEIGHTS)
+    with pytest.raises(FalcoError, match=r"also remove the line of testfile.pt from .*\.sha256-tofu\.json"):
+        model_store.fetch("testfile", progress=False)
 
 
 def test_published_prefix_is_enforced_and_full_digest_recorded(store: Path, server: Server, monkeypatch) -> None:
