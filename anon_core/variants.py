@@ -25,6 +25,9 @@ from typing import Any
 from anon_core.errors import ParamsError
 
 DEFAULT_VARIANT = "default"
+SHARED_SETTINGS = ("seed", "pool_size", "truncation_psi", "pairing", "pairing_k")
+"""What every variant shares and the fakes and pairs depend on (the swap baseline's too): the reports and the
+baselines' MLflow runs name them."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")  # a folder name, a Dagster partition key
 
 

@@ -336,7 +336,10 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     from evaluation.glossary import shown_number
 
     repeated = frame["variant"].duplicated(keep=False)
-    heading = frame["variant"].where(~repeated, frame["variant"] + " " + frame["started"].str[5:16])
+    for shown in (frame["started"].str[5:16], frame["started"].str[5:19], frame["mlflow_run_id"].str[:8]):
+        heading = frame["variant"].where(~repeated, frame["variant"] + " " + shown)
+        if not heading.duplicated().any():  # to the minute, else to the second, else by run id
+            break
     described = [c for c in frame.columns if c.startswith(("input:", "param:", "check:"))]
     rows = frame.set_index(heading)[described + metrics].T
     rows.index = [i.split(":", 1)[1] if i in described else i for i in rows.index]

@@ -132,6 +132,12 @@ def test_loss_histories_metrics_and_artifacts(sweep):
 
     evaluation = nested[nested["tags.asset_key"] == "evaluation_metrics"].set_index("tags.variant")
     assert evaluation["params.optimization.margin"].to_dict() == {"default": "0.0", "m0.5": "0.5"}
+    # a baseline's run names what its fakes and pairs came from, as the variants' do (hE: two swap runs of other
+    # pools showed `-` for seed, pool_size, truncation_psi and pairing in runs compare)
+    baselines = nested[nested["tags.asset_key"] == "baseline_metrics"]
+    for key in ("seed", "pool_size", "truncation_psi", "pairing", "pairing_k"):
+        assert baselines[f"params.{key}"].notna().all() and \
+            set(baselines[f"params.{key}"]) == set(evaluation[f"params.{key}"]), key
     run_id = evaluation.loc["m0.5", "run_id"]
     table = pd.read_csv(client.download_artifacts(run_id, "metrics.csv", str(sweep["tmp"] / "dl")))
     row = table.set_index("method").loc["m0.5"]
@@ -365,6 +371,12 @@ def test_compare_table_and_helpers_on_plain_values(tmp_path):
     # two runs of one variant (--all) get their start times in their headings, not the same heading twice
     assert side_by_side(frame, ["m"]).splitlines()[0].split() == ["default", "01-01", "00:00", "default", "01-01",
                                                                    "00:01"]
+    # in one minute (hE: two swap columns both headed `swap 12-07 23:06`): to the second, else by run id
+    close = [Run("1", {}, {"m": 0.5}, 1_000), Run("2", {}, {"m": 0.7}, 55_000)]
+    assert side_by_side(compare_table(close), ["m"]).splitlines()[0].split() == [
+        "default", "01-01", "00:00:01", "default", "01-01", "00:00:55"]
+    same = [Run("1", {}, {"m": 0.5}, 1_000), Run("2", {}, {"m": 0.7}, 1_000)]
+    assert side_by_side(compare_table(same), ["m"]).splitlines()[0].split() == ["default", "1", "default", "2"]
     # runs that read other images: the differing input tag is a row of the table
     frame = compare_table([*runs, Run("3", {"a": "2", "b": "x"}, {"m": 0.1}, 2, data="sha256:bb")])
     assert [c for c in frame.columns if c.startswith("input:")] == ["input:data_version"]

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from anon_core.artifacts import ImageSet, Weights
+from anon_core.variants import DEFAULT_VARIANT, SHARED_SETTINGS
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import REAL_FACES, verified_keys
 from orchestration.metadata import table
@@ -225,7 +226,10 @@ def baselines(context: dg.AssetExecutionContext, real_images: ImageSet, pairs: p
                                     output_name="baseline_metrics")
         return pd.DataFrame({"method": pd.Series([], dtype=str)}), pd.DataFrame({"run": pd.Series([], dtype=str)})
     with contextlib.ExitStack() as opened:  # one run per baseline, open while they are evaluated together
-        runs = {name: opened.enter_context(mlflow.asset_run(context, networks, {"baseline": name}, method=name,
+        # what decides the fakes (swap) and the pairs, as the variants' runs log it: runs of other pools or pairings
+        # were told apart only by their start (hE)
+        shared = {k: v for k, v in networks.params(DEFAULT_VARIANT).to_dict().items() if k in SHARED_SETTINGS}
+        runs = {name: opened.enter_context(mlflow.asset_run(context, networks, {"baseline": name, **shared}, method=name,
                                                             asset=dg.AssetKey("baseline_metrics"))) for name in names}
         suite, nets = _suite(networks, real_gallery), networks.networks()
         fakes = generated_images(nets.generator, fake_pool["w"], pairs["fake_index"].to_numpy(), nets.device)

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from anon_core.artifacts import ImageSet
+from anon_core.variants import SHARED_SETTINGS
 from orchestration.celery_queue import GPU_STEP as GPU
 from orchestration.io_manager import ALLOW_MISSING, STORED, claim, recorded_keys, stored_files
 from orchestration.metadata import png_markdown
@@ -63,8 +64,7 @@ def _settings_lines(networks: NetworksResource, variants: list[str], bound: floa
     (with its sha256), and each variant's full optimization settings (what it sets beside the section's, then every value it ran with)."""
     shared = networks.params(variants[0]).to_dict() if variants else {}
     lines = {"params file": str(networks.params_file),
-             "shared settings": ", ".join(f"{k} {shared[k]}" for k in ("seed", "pool_size", "truncation_psi",
-                                                                     "pairing", "pairing_k") if k in shared),
+             "shared settings": ", ".join(f"{k} {shared[k]}" for k in SHARED_SETTINGS if k in shared),
              "privacy bound": f"checks.privacy_max_match_share = {bound:g}"}
     from evaluation.report import labels_note
 
