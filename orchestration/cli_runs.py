@@ -336,7 +336,8 @@ def side_by_side(frame: pd.DataFrame, metrics: list[str]) -> str:
     from evaluation.glossary import shown_number
 
     repeated = frame["variant"].duplicated(keep=False)
-    for shown in (frame["started"].str[5:16], frame["started"].str[5:19], frame["mlflow_run_id"].str[:8]):
+    ids = frame["mlflow_run_id"].str[:8] if "mlflow_run_id" in frame else frame.index.to_series().astype(str)
+    for shown in (frame["started"].str[5:16], frame["started"].str[5:19], ids):
         heading = frame["variant"].where(~repeated, frame["variant"] + " " + shown)
         if not heading.duplicated().any():  # to the minute, else to the second, else by run id
             break
