@@ -297,7 +297,7 @@ def _check(entry: ModelEntry, member: Member | None, name: str, path: Path) -> V
         _remember(path, actual)
         return VerifyResult(name, path, "ok", expected, actual, origin)
     _remember(path, None)
-    way_out = (f" (if the file recorded then was the wrong one, also remove the line of {_key(path)} from "
+    way_out = (f" (if the file recorded then was the wrong one, also remove the entry of {_key(path)} from "
                f"{store_dir() / TOFU_FILE})") if origin.startswith("recorded") else ""
     return VerifyResult(name, path, "mismatch", expected, actual,
                         f"expected {expected} ({origin}); delete {path} and run `falco models fetch {entry.name}`"
@@ -470,7 +470,7 @@ def _accept(entry: ModelEntry, path: Path, origin: str, ours: bool) -> str:
     else:
         fate = f"delete {path} and fetch again"
     if where.startswith("recorded"):  # trust on first use: the first file may have been the wrong one
-        fate += (f" (if the file recorded then was the wrong one, also remove the line of {_key(path)} from "
+        fate += (f" (if the file recorded then was the wrong one, also remove the entry of {_key(path)} from "
                  f"{store_dir() / TOFU_FILE})")
     raise FalcoError(f"{entry.name}: {why}; {fate}. The file can also be downloaded by hand from "
                      f"{entry.page or entry.url} and copied to {path}.")
@@ -482,9 +482,10 @@ def _unlike_its_kind(path: Path) -> str | None:
     suffix = path.name.lower()
     with path.open("rb") as handle:
         head = handle.read(2)
-    if suffix.endswith((".pt", ".pth", ".pkl")) and not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        return "it is not a PyTorch checkpoint (neither a zip nor a pickle); copy the right file"
-    if suffix.endswith((".tar", ".tar.gz", ".tgz")) and not tarfile.is_tarfile(path):
+    if suffix.endswith((".pt", ".pth", ".pkl", ".pth.tar")):  # Talk-to-Edit's `.pth.tar` is a checkpoint too
+        if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+            return "it is not a PyTorch checkpoint (neither a zip nor a pickle); copy the right file"
+    elif suffix.endswith((".tar", ".tar.gz", ".tgz")) and not tarfile.is_tarfile(path):
         return "it is not a tar archive; copy the right file"
     return None
 

@@ -214,8 +214,10 @@ def canonical_name(name: str) -> str:
 def sweep_variants(sweep: Mapping[str, Any] | None) -> list[str]:
     """The variants a `sweep:` section asks for: its `variants:` names, then its grid; ["default"] when empty."""
     sweep = dict(sweep or {})
-    names = sweep.pop("variants", None) or []
-    if not isinstance(names, (list, tuple)):
+    names = sweep.pop("variants", None)
+    if names is None:
+        names = []
+    elif not isinstance(names, (list, tuple)):  # one name; `variants: off` is False, not "no names"
         names = [names]
     for name in names:
         if not isinstance(name, str):

@@ -359,8 +359,23 @@ def test_a_wrong_file_copied_in_is_not_recorded_and_a_recorded_one_names_its_way
     (store / "testfile.pt").write_bytes(OTHER)  # a checkpoint, recorded, though not the right one
     model_store.fetch("testfile", progress=False)
     (store / "testfile.pt").write_bytes(WEIGHTS)
-    with pytest.raises(FalcoError, match=r"also remove the line of testfile.pt from .*\.sha256-tofu\.json"):
+    with pytest.raises(FalcoError, match=r"also remove the entry of testfile.pt from .*\.sha256-tofu\.json"):
         model_store.fetch("testfile", progress=False)
+
+
+def test_a_checkpoint_named_pth_tar_is_a_checkpoint_not_an_archive(tmp_path: Path) -> None:
+    """Talk-to-Edit's predictors are `torch.save` files named `.pth.tar` (hG: refused as "not a tar archive")."""
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "predictor_128.pth.tar")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "old.pth.tar", _use_new_zipfile_serialization=False)
+    (tmp_path / "junk.pth.tar").write_bytes(b"junk" * 100)
+    with tarfile.open(tmp_path / "pack.tar", "w") as archive:
+        archive.add(tmp_path / "old.pth.tar", "old.pth.tar")
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 100)
+    kinds = {p.name: model_store._unlike_its_kind(p) for p in tmp_path.iterdir()}
+    assert kinds["predictor_128.pth.tar"] is None and kinds["old.pth.tar"] is None and kinds["pack.tar"] is None
+    assert "not a PyTorch checkpoint" in kinds["junk.pth.tar"] and "not a tar archive" in kinds["junk.tar"]
 
 
 def test_published_prefix_is_enforced_and_full_digest_recorded(store: Path, server: Server, monkeypatch) -> None:

@@ -299,4 +299,8 @@ def test_a_variant_name_yaml_reads_as_a_value_is_told_to_be_quoted():
             variant_overrides(name, defined)
     with pytest.raises(ParamsError, match=r"^sweep: variants: the variant name True is not text"):
         sweep_variants(yaml.safe_load("variants: [default, yes]"))
+    for bare in ("off", "no", "0"):  # one name, not a list (hG: `or []` ran default without a word)
+        with pytest.raises(ParamsError, match="is not text"):
+            sweep_variants(yaml.safe_load(f"variants: {bare}"))
+    assert sweep_variants(yaml.safe_load("variants: []")) == ["default"]
     assert variant_overrides("off", yaml.safe_load('"off": {margin: 0.9}')) == {"optimization.margin": 0.9}
