@@ -232,5 +232,6 @@ def test_a_file_replaced_after_it_was_listed_is_rejected_not_kept_under_its_old_
     Image.fromarray(astronaut).save(plain / "a.png")
     listed = ingest(plain, 64, "folder", None, False, "mtcnn", tmp_path / "cache2")
     Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(plain / "a.png")
-    with pytest.raises(FalcoError, match="changed while this run read it"):
+    with pytest.raises(FalcoError, match=r"a.png: the file changed since this image set was listed \(its bytes are not "
+                                         r"those hashed then\): restore it"):
         listed.images()[0]

@@ -61,6 +61,9 @@ class ImageFiles:
         try:
             image = load_rgb(path, data=read_listed(path, sha256) if sha256 else None)
         except ImageRejected as rejected:
+            if rejected.reason == "changed":
+                raise FalcoError(f"{path}: the file changed since this image set was listed (its bytes are not those "
+                                 f"hashed then): {self.when_changed}") from None
             raise FalcoError(f"{rejected.detail.rstrip('.')}; it was readable when this image set was listed, so it "
                              f"has been changed or removed since: {self.when_changed}") from None
         if image.shape[:2] != (self.size, self.size):
