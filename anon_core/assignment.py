@@ -237,19 +237,29 @@ def _person_ids(person: Sequence | np.ndarray) -> tuple[np.ndarray, int]:
     return out, people
 
 
+def count_people(person: Sequence | np.ndarray | None, images: int) -> int:
+    """The people identity pairing gives a fake each among `images` images: one per distinct label, and one per image
+    without a label (`person` None: each image is its own person)."""
+    if person is None:
+        return images
+    labels = person_labels(person)
+    return len(set(labels[labels != ""])) + int((labels == "").sum())
+
+
 def check_pool_holds(mode: str, pool_size: int, images: int, person: Sequence | np.ndarray | None = None) -> None:
     """FalcoError when a pairing mode that gives each image ("unique") or person ("identity", `person`: one label
     per image, None: each image its own person) a fake of its own has fewer fakes than that: checked once the
     images are known, before the pool is made."""
+    check_pool_size(mode, pool_size, images, count_people(person, images))
+
+
+def check_pool_size(mode: str, pool_size: int, images: int, people: int, of: str = "") -> None:
+    """check_pool_holds on counts: `images` images of `people` people (`of`: whose, for the message)."""
     from anon_core.errors import FalcoError
 
-    if mode == "identity":
-        labels = person_labels([None] * images if person is None else person)
-        needed, what = len(set(labels[labels != ""])) + int((labels == "").sum()), "people"
-    else:
-        needed, what = images, "images"
+    needed, what = (people, "people") if mode == "identity" else (images, "images")
     if mode != "nearest" and needed > pool_size:
-        raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what} its own fake, but the pool holds "
+        raise FalcoError(f"pairing {mode!r} gives each of the {needed} {what}{of} its own fake, but the pool holds "
                          f"{pool_size}; raise pool_size to at least {needed}")
 
 

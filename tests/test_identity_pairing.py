@@ -238,7 +238,34 @@ def test_the_pipeline_refuses_a_pool_too_small_for_its_pairing_once_the_images_a
         assert summary.errors["prepare"].startswith(f"real_images: pairing '{mode}' gives each of the {needed} its "
                                                     "own fake, but the pool holds 4; raise pool_size to at least")
         made = {name for name, _ in materializations(instance)}
-        assert not made & {"real_images", "real_features", "real_inversions", "pairs"}, made
+        # the fake pool too: it would have replaced a stored one (it waits for real_images, and sees it failed)
+        assert not made & {"real_images", "real_features", "real_inversions", "pairs", "fake_pool"}, made
+
+
+@pytest.mark.parametrize("mode, needed", [("unique", "8 images"), ("identity", "5 people")])
+def test_a_pool_too_small_for_the_stored_images_keeps_the_stored_pool(labelled, tmp_path, mode, needed):
+    """The real images up to date, only the pool and the pairs were made again: `pairs` refused, but only after the
+    new, smaller pool had replaced the stored one, which the next normal run then had to make again (hE)."""
+    from pipeline_helpers import fast_params, instance_at, made_since, materializations, run
+
+    shutil.copytree(labelled / "in", tmp_path / "faces")
+    fast_params(tmp_path / "params.yaml")
+    settings = {"pairing": mode, "data.labels_csv": str(labelled / "labels.csv")}
+    with instance_at(tmp_path / "home") as instance:
+        assert run(tmp_path, instance, stages=("prepare",), overrides={**settings, "pool_size": 8}).failed == []
+        pool = (tmp_path / "store" / "fake_pool" / "all.npz").read_bytes()
+        before = materializations(instance)
+        summary = run(tmp_path, instance, stages=("prepare",), overrides={**settings, "pool_size": 4})
+        assert summary.failed == ["prepare"]
+        assert summary.errors["prepare"].startswith(f"fake_pool: pairing '{mode}' gives each of the {needed} of "
+                                                    "real_images (run "), summary.errors["prepare"]
+        assert summary.errors["prepare"].endswith("raise pool_size to at least "
+                                                  f"{needed.split()[0]}; the stored pool is kept")
+        assert made_since(before, materializations(instance)) == {}
+        assert (tmp_path / "store" / "fake_pool" / "all.npz").read_bytes() == pool
+        # the pool of the same size as the images is made, and paired
+        assert run(tmp_path, instance, stages=("prepare",),
+                   overrides={**settings, "pool_size": int(needed.split()[0])}).failed == []
 
 
 def test_the_pipeline_evaluates_faces_some_of_which_have_no_label(labelled, tmp_path):

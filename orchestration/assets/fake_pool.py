@@ -18,6 +18,7 @@ def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource, mlf
     from anon_core.fake_pool import sample_fake_pool
 
     params = networks.params()
+    check_pool_holds_real_images(context, params)  # before this pool replaces the stored one
     settings = {"pool_size": params.pool_size, "seed": params.seed, "truncation_psi": params.truncation_psi}
     with mlflow.asset_run(context, networks, settings) as run:
         nets = networks.networks()
@@ -28,6 +29,33 @@ def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource, mlf
                                  "truncation_psi": params.truncation_psi, "profile": params.profile,
                                  "w_dim": int(pool.w.shape[1])})
     return {"seeds": pool.seeds, "w": pool.w}
+
+
+def check_pool_holds_real_images(context: dg.AssetExecutionContext, params) -> None:
+    """FalcoError when the pairing cannot give the real images distinct fakes from a pool of this size, before the
+    pool is made: against `real_images` as this run made it (it runs first: its priority), or as last stored when
+    this run does not make it. Without this, `pairs` refused only after the stored pool had been replaced."""
+    from anon_core.assignment import check_pool_size
+    from anon_core.errors import FalcoError
+    from orchestration.io_manager import latest_materialization
+
+    if params.pairing == "nearest":
+        return
+    key = dg.AssetKey("real_images")
+    latest = latest_materialization(context.instance, key, None)
+    if key in context.job_def.asset_layer.selected_asset_keys and (latest is None or latest.run_id != context.run.run_id):
+        failed = context.instance.get_records_for_run(context.run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        if any(r.event_log_entry.step_key == "real_images" for r in failed.records):
+            raise FalcoError("not made: real_images failed in this run (its error comes first); the stored pool is "
+                             "kept")
+        return  # real_images still runs beside this step (another worker): `pairs` checks the pool
+    metadata = latest.asset_materialization.metadata if latest is not None else {}
+    if "num_ok" in metadata and "num_people" in metadata:  # (a value stored before num_people: `pairs` checks)
+        try:
+            check_pool_size(params.pairing, params.pool_size, metadata["num_ok"].value, metadata["num_people"].value,
+                            f" of real_images (run {latest.run_id[:8]})")
+        except FalcoError as error:
+            raise FalcoError(f"{error}; the stored pool is kept") from None
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)

@@ -19,8 +19,10 @@ from orchestration.tracking import MlflowResource
 GROUP = "real_data"
 
 
+# The face detector of the alignment runs on the GPU. Its priority puts it before the fake pool, which checks the
+# pool's size against it before replacing the stored one.
 @dg.asset(group_name=GROUP, code_version="3", deps=["input_images", "ingest_settings"], metadata={REAL_FACES: True},
-          op_tags=GPU)  # the face detector of the alignment
+          op_tags={**GPU, "dagster/priority": "1"})
 def real_images(context: dg.AssetExecutionContext, storage: StorageResource, networks: NetworksResource,
                 mlflow: MlflowResource) -> Iterator[dg.Output[ImageSet]]:
     """Every file of the dataset (`anon_core.ingest`, as `falco anonymize` reads it): its face FFHQ-aligned (or as
@@ -46,7 +48,7 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
             reasons = ", ".join(f"{r}: {n}" for r, n in frame["reason"].value_counts().items())
             raise FalcoError(f"no usable image in {storage.input_dir}: its {len(frame)} file(s) were all rejected "
                              f"({reasons}); point --input at a folder of face images")
-        check_pairing_fits(networks, frame[ok])  # now, not after the pool and the inversions are made
+        people = check_pairing_fits(networks, frame[ok])  # now, not after the pool and the inversions are made
         frame.loc[ok, "shard"] = [shard_key(i // shard_size) for i in range(int(ok.sum()))]
         # what decided each crop: a crop already stored under its key is neither read nor written again
         frame[KEY] = ""
@@ -60,20 +62,23 @@ def real_images(context: dg.AssetExecutionContext, storage: StorageResource, net
             **run.metadata, "input_dir": dg.MetadataValue.path(storage.input_dir), "dataset": ingested.dataset,
             "alignment": ingested.alignment or "none", "labels": ", ".join(ingested.labels) or "none",
             "num_files": len(frame), "num_ok": int(ok.sum()), "num_rejected": int((~ok).sum()),
+            "num_people": people,  # what identity pairing gives a fake each (fake_pool checks its size against it)
             "num_shards": int(frame.loc[ok, "shard"].nunique()), "shard_size": shard_size, "counts": table(counts),
             "rejects": table(frame.loc[~ok, ["input", "reason", "detail"]])})
 
 
-def check_pairing_fits(networks: NetworksResource, ok) -> None:
+def check_pairing_fits(networks: NetworksResource, ok) -> int:
     """FalcoError when the pairing cannot be made for these ok images (`pairs` checks again, for a pairing changed
     later): identity pairing without any identity label, or a unique/identity pairing with fewer fakes than
-    images/people."""
-    from anon_core.assignment import check_identities, check_pool_holds
+    images/people. Returns the number of people (each unlabelled image its own)."""
+    from anon_core.assignment import check_identities, check_pool_size, count_people
 
     params = networks.params()
     identity = ok["identity"].to_numpy() if "identity" in ok.columns else None
     check_identities(params.pairing, identity, networks.data()["labels_csv"])
-    check_pool_holds(params.pairing, params.pool_size, len(ok), identity)
+    people = count_people(identity, len(ok))
+    check_pool_size(params.pairing, params.pool_size, len(ok), people)
+    return people
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
