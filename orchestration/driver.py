@@ -38,7 +38,7 @@ from anon_core.folders import PIPELINE_STORAGE_MARK, check_separate, exclusive, 
 from anon_core.journal import end_latest_run
 from orchestration import stop_request
 from orchestration.assets.settings import FRESH_TAG
-from orchestration.io_manager import prune_moved_rows, prune_shards, prune_unregistered_shards
+from orchestration.io_manager import make_private, prune_moved_rows, prune_shards, prune_unregistered_shards
 from orchestration.jobs import (ANONYMIZE, ANONYMIZE_PHOTOS, EVALUATION_REFERENCES, PREPARE, PREPARE_PHOTOS, REPORT,
                                 VARIANT_EVALUATION)
 from orchestration.partitions import image_shards, photo_shards, register_partitions, variant_shard_key, variants
@@ -185,6 +185,10 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             shown = ", ".join(map(str, restored[:4])) + (f" and {len(restored) - 4} more" if len(restored) > 4 else "")
             log(f"recorded again {len(restored)} stored value(s) an earlier run of this instance made, put back since "
                 f"(`dvc checkout`, `dvc exp apply`, a copy): {shown}")
+    tightened = make_private(storage.root, graph)
+    if tightened:
+        log(f"made the stored real faces of {', '.join(tightened)} readable by their owner only (0700 folders, 0600 "
+            "files), as this version writes them")
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
     pipeline = networks.pipeline()

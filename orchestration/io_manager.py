@@ -77,7 +77,7 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
-           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "missing_files", "prune_images",
+           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "make_private", "missing_files", "prune_images",
            "prune_moved_rows", "prune_shards", "prune_unregistered_shards", "record_files", "stored_files",
            "stored_state", "unrecorded", "value_location", "verified_keys"]
 
@@ -116,6 +116,26 @@ def value_location(root: str | Path, asset_key: dg.AssetKey, partitions_def, par
     """(the asset's folder, the file stem) of one partition (or of an unpartitioned asset)."""
     variant, shard = split_key(partition, partitions_def)
     return asset_dir(root, "/".join(asset_key.path), variant), shard or "all"
+
+
+def make_private(root: str | Path, graph) -> list[str]:
+    """Make the stored values of the graph's real-face assets (REAL_FACES) readable by their owner only, folders
+    0700 and files 0600, where a storage written by an earlier version left them readable by all (a folder already
+    0700 is taken as done); the assets whose values it changed."""
+    changed = []
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        if not (node.metadata or {}).get(REAL_FACES) or node.partitions_def is not None:
+            continue
+        base, _ = value_location(root, key, None, None)
+        if base.is_symlink() or not base.is_dir() or base.stat().st_mode & 0o077 == 0:
+            continue
+        with contextlib.suppress(OSError):  # not ours to change: the files written next are 0600 all the same
+            for path in [base, *base.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod(0o700 if path.is_dir() else 0o600)
+            changed.append(key.to_user_string())
+    return changed
 
 
 def _writer_file(base: Path, stem: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from PIL import Image
-from pipeline_helpers import fast_params, run, write_faces
+from pipeline_helpers import fast_params, instance_at, run, write_faces
 
 from anon_core.atomic import atomic_path
 from anon_core.errors import FalcoError, ParamsError
@@ -332,14 +332,26 @@ def test_real_faces_kept_by_a_run_are_readable_by_their_owner_only(tmp_path, lfw
 
     write_faces(tmp_path / "faces", lfw_faces[:1], broken=False)
     fast_params(tmp_path / "params.yaml")
-    with dg.instance_for_test() as instance:
+    with instance_at(tmp_path / "home") as instance:
         run(tmp_path, instance, stages=("prepare",))
     stored = list((tmp_path / "store" / "real_images" / "images").rglob("*.png"))
     assert stored and all((p.stat().st_mode & 0o777) == 0o600 for p in stored)
     assert _private(tmp_path / "store" / ".align_cache")  # the pipeline's cache lives in its storage
     assert _private(tmp_path / "store" / "real_inversions")  # codes that redraw the real faces
+    assert _private(tmp_path / "store" / "real_features")  # FaRL embeddings of the real faces (hG: 0644)
     for asset in ("real_images", "real_inversions"):  # the folders themselves too: they were 0755
         assert ((tmp_path / "store" / asset).stat().st_mode & 0o777) == 0o700, asset
+
+    # A storage an earlier version wrote (folders 0755, embeddings 0644) is made private by the next run, though
+    # nothing in it is made again.
+    for path in [tmp_path / "store" / "real_features", *(tmp_path / "store" / "real_features").iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (tmp_path / "store" / "real_images").chmod(0o755)
+    with instance_at(tmp_path / "home") as instance:
+        logged = []
+        assert run(tmp_path, instance, stages=("prepare",), log=logged.append).failed == []
+    assert any("real_features, real_images readable by their owner only" in line for line in logged), logged
+    assert _private(tmp_path / "store" / "real_features") and _private(tmp_path / "store" / "real_images")
 
 
 def _private(folder: Path) -> bool:

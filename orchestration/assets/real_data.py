@@ -81,7 +81,8 @@ def check_pairing_fits(networks: NetworksResource, ok) -> int:
     return people
 
 
-@dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)
+@dg.asset(group_name=GROUP, code_version="2", op_tags=GPU,
+          metadata={REAL_FACES: True})  # FaRL embeddings of real faces: stored readable by their owner only
 def real_features(context: dg.AssetExecutionContext, real_images: ImageSet, networks: NetworksResource,
                   mlflow: MlflowResource) -> np.ndarray:
     """FaRL embeddings of the ok real images, L2-normalized: [N_ok, D], in real_images order."""
