@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported where used: `falco --help` and the other sub-comma
 EVALUATION_ASSET = "evaluation_metrics"
 BASELINE_ASSET = "baseline_metrics"
 REPORT_ASSET = "anonymization_report"
+LATENTS_ASSET = "anonymized_latents"  # its runs log each shard's mean loss per step (`loss/total`)
 BOUND_PARAM = "checks.privacy_max_match_share"  # logged by the report's run
 
 
@@ -202,6 +203,48 @@ def _judged_share(run) -> float | None:
     return None if share is None else judged_share(share, run.data.metrics.get(metric_name(WORST_SHARD_CHECK)))
 
 
+def divergence_notes(client, experiment_id: str, runs: list) -> dict[str, str]:
+    """{variant: `loss_curves.divergence_note`} of the variants among `runs` whose optimization diverged, from the
+    `loss/total` curves that their latest evaluation's shards logged (the latest finished `anonymized_latents` run
+    of each shard on the same input, before that evaluation; the mean over the shards, weighted by their images),
+    as the report and `falco pipeline` warn of them."""
+    import numpy as np
+    import pandas as pd
+
+    from anon_core.loss_curves import divergence_note
+    from orchestration.tracking import SHARD_TAG, VARIANT_TAG, current_since, metric_name
+
+    latest = {r.data.tags.get(VARIANT_TAG): r for r in runs if not r.data.tags.get("method")}
+    wanted = {variant for variant in latest if variant}
+    shards: dict[str, dict[str, object]] = {variant: {} for variant in wanted}
+    for run in _finished(client, experiment_id, LATENTS_ASSET) if wanted else []:  # oldest first: the latest wins
+        variant = run.data.tags.get(VARIANT_TAG)
+        if variant in wanted and current_since(run) <= current_since(latest[variant]) and \
+                run.data.tags.get("data_version") == latest[variant].data.tags.get("data_version"):
+            shards[variant][run.data.tags.get(SHARD_TAG, "")] = run
+    notes = {}
+    for variant, by_shard in shards.items():
+        curves, weights = [], []
+        for run in by_shard.values():
+            history = sorted(client.get_metric_history(run.info.run_id, metric_name("loss/total")),
+                             key=lambda m: m.step)
+            if history:
+                curves.append([m.value for m in history])
+                weights.append(run.data.metrics.get("num_images", 1.0))
+        steps = min(map(len, curves), default=0)
+        if steps < 2 or not sum(weights):
+            continue
+        curve = np.average([c[:steps] for c in curves], axis=0, weights=weights)
+        try:
+            lr = float(latest[variant].data.params.get("optimization.lr", "nan"))
+        except ValueError:
+            lr = float("nan")
+        note = divergence_note(pd.DataFrame({"total": curve}), lr)
+        if note:
+            notes[variant] = note
+    return notes
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from anon_core.errors import FalcoError
     from evaluation.report import PLOT_SOFTWARE, headline_metrics, privacy_utility_axes, privacy_utility_png
@@ -239,6 +282,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         print(f"falco: warning: {variant} fails the privacy check: dlib still matches {_matched(latest_run[variant])}, "
               f"more than checks.privacy_max_match_share = {limit:g} (the bound of the latest report on its input) "
               "allows; do not release its images", file=sys.stderr)
+    for variant, note in divergence_notes(client, experiment_id, runs).items():
+        print(f"falco: warning: {variant}: {note}", file=sys.stderr)
     if len({b for b in bound if b is not None}) > 1:
         print("falco: note: the runs are judged by different privacy bounds (the latest report on each input: "
               f"{', '.join(sorted({f'{b:g}' for b in bound if b is not None}))})", file=sys.stderr)

@@ -202,6 +202,7 @@ def test_runs_compare_shows_the_variants_beside_the_baselines(sweep, capsys, tmp
     printed = capsys.readouterr()
     frame = pd.read_csv(io.StringIO(printed.out))
     assert printed.err.startswith(f"plot: {tmp_path / 'scatter.png'} (")  # before: written without a word
+    assert "diverged" not in printed.err  # both variants' mean loss fell
     assert frame["variant"].tolist() == ["default", "m0.5", "blur", "swap"]
     assert frame["param:optimization.margin"].tolist()[:2] == [0.0, 0.5]
     # judged by the bound the report logged (params.yaml's 0.05), from each run's own dlib verification rate
@@ -734,6 +735,41 @@ def test_a_stop_inside_an_mlflow_query_ends_the_step_killed_at_once_not_failed_o
 
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # a read left open blocks no write
+
+
+def test_runs_compare_warns_of_a_variant_whose_optimization_diverged(tmp_path):
+    """The report and `falco pipeline` warn of a variant whose mean loss ended above step 0's (its privacy figures
+    flatter it); `falco runs compare` showed its numbers as any other's. It reads the loss curves the variant's
+    shards logged before its latest evaluation, on the same input."""
+    from mlflow import MlflowClient
+
+    from orchestration.cli_runs import divergence_notes, evaluation_runs
+
+    tracker = MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment = MlflowClient(tracker.uri()), tracker.ensure_experiment()
+
+    def logged(asset, variant, start, curve=None, images=3, data="sha256:a", shard="shard-00000", lr="0.01"):
+        tags = {"asset_key": asset, "variant": variant, "shard": shard, "data_version": data}
+        run_id = client.create_run(experiment, start_time=start, tags=tags).info.run_id
+        client.log_param(run_id, "optimization.lr", lr)
+        for step, value in enumerate(curve or []):
+            client.log_metric(run_id, "loss/total", value, step=step)
+        client.log_metric(run_id, "num_images" if curve else "reid/dlib/top1_rate", images if curve else 0.0)
+        client.set_terminated(run_id, "FINISHED")
+
+    logged("anonymized_latents", "lr0.01", 1_000, [7.0, 6.0, 5.0])
+    logged("anonymized_latents", "lr100", 1_000, [7.0, 6.0, 5.5], lr="100")  # an earlier definition that converged
+    logged("anonymized_latents", "lr100", 2_000, [7.0, 9.0, 8.0], images=3, lr="100")
+    logged("anonymized_latents", "lr100", 2_000, [7.0, 6.0, 6.0], images=1, shard="shard-00001", lr="100")
+    logged("anonymized_latents", "lr0.01", 2_000, [7.0, 9.0, 9.5], data="sha256:b")  # another input's shard
+    logged("evaluation_metrics", "lr0.01", 3_000)
+    logged("evaluation_metrics", "lr100", 3_000, lr="100")
+    logged("anonymized_latents", "lr0.01", 4_000, [7.0, 9.0, 9.5])  # after its evaluation: not what it measured
+
+    notes = divergence_notes(client, experiment, evaluation_runs(client, experiment))
+    assert list(notes) == ["lr100"]  # its two shards weighted by their images: 7 -> (3 * 8 + 6) / 4 = 7.5
+    assert notes["lr100"].startswith("the mean loss rose from 7 at step 0 to 7.5 at step 2: the optimization "
+                                     "diverged (optimization.lr = 100 is likely too large")
 
 
 def test_runs_compare_all_plots_every_evaluation_of_a_variant_not_only_its_latest():
