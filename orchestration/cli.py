@@ -22,6 +22,9 @@ from typing import Callable, Iterator, NoReturn
 from orchestration import stop_request
 from orchestration.cli_types import check_mode_flags, finite_float, given_path, whole_number
 
+STARTED_BY = os.getppid()  # noted first thing: a parent that ends before a command watches for it is still seen
+# (orchestration.driver.end_with_parent), under a subreaper too
+
 
 def _add_anonymize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anonymize", help="anonymize every image under INPUT_DIR into OUTPUT_DIR",

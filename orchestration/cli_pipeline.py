@@ -309,9 +309,10 @@ def _run_stage(args: argparse.Namespace) -> int:
     if os.environ.get("DVC_STAGE"):
         import signal
 
+        from orchestration.cli import STARTED_BY
         from orchestration.driver import end_with_parent
 
-        end_with_parent(signal.SIGTERM)
+        end_with_parent(signal.SIGTERM, STARTED_BY)
     return _run(args, (args.name,))
 
 

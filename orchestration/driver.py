@@ -411,11 +411,13 @@ def execute(launch: Launch, config: dict[str, Any], run_config: dict, tags: dict
     return result.run_id, result.success
 
 
-def end_with_parent(signum: int | None = None) -> None:
+def end_with_parent(signum: int | None = None, parent: int | None = None) -> None:
     """This process gets `signum` (default SIGKILL) when its parent ends (Linux's parent-death signal). A process of
     the partition runs' pool ends when the driver does: a killed driver leaves no run going on without it, and the
     next driver finds the run's launcher gone (end_abandoned_runs) and makes the partition again. A `falco stage`
-    that DVC runs gets SIGTERM, so a stopped `dvc repro` stops it as Ctrl-C does."""
+    that DVC runs gets SIGTERM, so a stopped `dvc repro` stops it as Ctrl-C does. `parent`: the parent's pid, noted
+    when this process started, for a parent that ended before this call (else: taken as ended when this process
+    belongs to init, which misses a subreaper's orphans)."""
     import ctypes
     import signal
 
@@ -424,7 +426,7 @@ def end_with_parent(signum: int | None = None) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signum)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent ended before the line above
+    if os.getppid() != parent if parent is not None else os.getppid() == 1:  # it ended before the line above
         os.kill(os.getpid(), signum)
 
 
@@ -460,6 +462,7 @@ class _Driver:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(min(self.parallel_runs, len(launches)), initializer=end_with_parent,
+                                     initargs=(None, os.getpid()),
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
                 futures = [pool.submit(execute, launch, self.config, self.run_config, tags, self.instance.get_ref())
                            for launch, tags in tagged]

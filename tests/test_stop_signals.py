@@ -1,6 +1,7 @@
 """A stop signal whose handler's exception Python drops (raised inside a garbage-collection or weakref callback, as
 SQLAlchemy's inside MLflow calls) still stops the command: the CI once saw a SIGTERMed pipeline run to its end."""
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -170,3 +171,47 @@ def test_a_librarys_log_of_the_stop_is_not_a_traceback_but_other_errors_still_ar
     assert done.returncode == 0, done.stderr
     assert "KeyboardInterrupt" not in done.stderr and done.stderr.count("Exception closing connection") == 1
     assert "OSError: disk gone" in done.stderr
+
+
+SUBREAPER = textwrap.dedent("""
+    import ctypes, os, signal, subprocess, sys
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans below come here, not to init
+    read, write = os.pipe()
+    middle = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(write)], pass_fds=(write,))
+    os.close(write)
+    pid = int(os.read(read, 32))  # the stage's pid, once it noted its parent and ended it
+    middle.wait()
+    _, status = os.waitpid(pid, 0)  # adopted: this process reaps it
+    print(os.waitstatus_to_exitcode(status))
+""")
+
+MIDDLE = textwrap.dedent("""
+    import subprocess, sys
+
+    subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], pass_fds=(int(sys.argv[1]),)).wait()
+""")
+
+STAGE = textwrap.dedent("""
+    import os, signal, sys, time
+
+    from orchestration.cli import STARTED_BY  # noted while its parent lives
+    from orchestration.driver import end_with_parent
+
+    os.kill(STARTED_BY, signal.SIGKILL)  # the parent (dvc) ends before the stage watches for it
+    while os.getppid() == STARTED_BY:
+        time.sleep(0.01)
+    os.write(int(sys.argv[1]), str(os.getpid()).encode())
+    end_with_parent(signal.SIGTERM, STARTED_BY)
+    time.sleep(30)  # the stage's work, going on without dvc
+    sys.exit(0)
+""")
+
+
+def test_a_stage_whose_parent_ended_first_stops_under_a_subreaper_too():
+    """`falco stage` under DVC took "my parent ended" for "init adopted me": under a subreaper (a container's init,
+    systemd --user) an orphan is adopted by it instead, and a stage whose `dvc repro` died in its first seconds ran
+    on (hG). It compares its parent with the one it noted at start."""
+    middle = MIDDLE.replace("sys.argv[2]", repr(STAGE))
+    code = subprocess.run([sys.executable, "-c", SUBREAPER, middle], capture_output=True, text=True, timeout=60)
+    assert code.stdout.strip() == str(-signal.SIGTERM), code.stdout + code.stderr
