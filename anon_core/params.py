@@ -433,9 +433,12 @@ def coerce_value(value: Any, type_name: Any, where: str) -> Any:
         if type_name == "str" and value is False:  # YAML 1.1 reads a bare `off` as false
             return "off"
         if type_name == "int":
-            if isinstance(value, float) and not value.is_integer():
+            number = value
+            if isinstance(value, str) and value.strip().isascii():  # `1e3`, which YAML 1.1 reads as text
+                number = float(value) if any(c in value.lower() for c in ".e") else int(value)
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError
-            return int(value)
+            return int(number)
         if type_name == "float":
             return float(value)
         if type_name == "str":
@@ -447,6 +450,8 @@ def coerce_value(value: Any, type_name: Any, where: str) -> Any:
             # stored outputs are reused, the report shows one variant)
             return tuple(sorted(float(v) for v in value))
     except (TypeError, ValueError, OverflowError):
+        if type_name.startswith("tuple"):
+            raise ParamsError(f"{where} = {value!r} is not a list of numbers (e.g. [0.5, 0.75])") from None
         raise ParamsError(f"{where} = {value!r} is not a valid {type_name}") from None
     return value
 
@@ -514,6 +519,8 @@ def _check(p: FalcoParams, source: str) -> None:
         v = value(p)
         if not ok(v):
             shown = v[0] if name == "pairing_k" else v
+            if name == "pairing_k":  # the pool it draws from, as the reader may not know its size
+                requirement = f"{requirement} (pool_size = {v[1]!r})"
             problems.append(f"{name} = {shown!r} must be {requirement}")
     if problems:
         raise ParamsError(f"{source}: invalid parameters: " + "; ".join(problems))

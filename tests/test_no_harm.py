@@ -175,10 +175,13 @@ def test_a_storage_inside_the_input_is_refused_before_anything_runs(tmp_path, lf
     ({"optimization.lambda_id": True}, "optimization.lambda_id = True is not a number (YAML reads true/false"),
     ({"optimization.steps": True}, "optimization.steps = True is not a number"),
     ({"batch_size": False}, "batch_size = False is not a number"),
-    ({"optimization.milestones": [0.5, True]}, "optimization.milestones = [0.5, True] is not a valid tuple"),
+    ({"optimization.milestones": [0.5, True]}, "optimization.milestones = [0.5, True] is not a list of numbers"),
+    ({"optimization.milestones": 0.5}, "optimization.milestones = 0.5 is not a list of numbers (e.g. [0.5, 0.75])"),
+    ({"pool_size": "1e-3"}, "pool_size = '1e-3' is not a valid int"),
     # one error, one clause: pairing_k's range is pool_size's, so an empty pool said more than what was wrong
     ({"pool_size": 0}, "invalid parameters: pool_size = 0 must be >= 1$"),
-    ({"pairing_k": 0}, "invalid parameters: pairing_k = 0 must be in [1, pool_size]$"),
+    ({"pairing_k": 0, "pool_size": 30}, "invalid parameters: pairing_k = 0 must be in [1, pool_size] (pool_size = 30)$"),
+    ({"pairing_k": 31, "pool_size": 30}, "pairing_k = 31 must be in [1, pool_size] (pool_size = 30)$"),
 ])
 def test_every_parameter_is_checked_with_its_range(override, message):
     from anon_core.params import load_params
