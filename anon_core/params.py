@@ -121,6 +121,10 @@ def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str,
         raise ParamsError(f"{path}: 'profiles:' must map each profile's name to its settings")
     for name in [profile, *sorted(set(profiles) - {profile})]:  # the file as written, every profile: a bad value
         # under `defaults:` that this profile replaces would otherwise wait for a run of another profile
+        empty = _null_keys(profiles[name] or {})
+        if empty:  # named where it is: "optimization.lr is empty" sent the reader to `defaults:`, which has a value
+            raise ParamsError(f"{path}: profiles: {name}: {empty[0]} is empty (null); give it a value, or remove the "
+                              "line to take the one under `defaults:`")
         source = str(path) if name == profile else f"{path} (profile {name})"
         _check(_build(FalcoParams, {**_merge(raw["defaults"], profiles[name] or {}), "profile": name}, source), source)
     merged = _merge(raw["defaults"], profiles[profile] or {})
@@ -381,6 +385,17 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
         else:
             nested[key] = value
     return nested
+
+
+def _null_keys(section: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a params section whose value is empty (null)."""
+    found = []
+    for key, value in section.items():
+        if value is None:
+            found.append(f"{prefix}{key}")
+        elif isinstance(value, dict):
+            found += _null_keys(value, f"{prefix}{key}.")
+    return found
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
