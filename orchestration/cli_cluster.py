@@ -31,8 +31,9 @@ def _run_worker(args: argparse.Namespace) -> int:
     name = args.name or f"{args.queues.replace(',', '+')}-{os.getpid()}@%h"
     # One process taking one step at a time keeps its networks from step to step and dies with the step it runs; more
     # than one: that many pool processes, each keeping its own networks (no limit on the steps a process takes).
-    pool = ["--pool", "solo"] if args.concurrency == 1 else ["--pool", "prefork", "--concurrency",
-                                                              str(args.concurrency)]
+    # (solo's banner says the machine's CPU count as its concurrency unless told its one)
+    pool = ["--pool", "solo"] if args.concurrency == 1 else ["--pool", "prefork"]
+    pool += ["--concurrency", str(args.concurrency)]
     app.worker_main(["worker", "--queues", args.queues, "--hostname", name, *pool, "--loglevel", args.loglevel,
                      "--without-gossip", "--without-mingle"])
     return 0
