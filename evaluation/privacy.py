@@ -385,7 +385,7 @@ def pseudonym_consistency(recognizer: Recognizer, anon_embeddings: np.ndarray, r
     person = person_labels(person)
     labelled = np.flatnonzero(person != "")
     groups = _person_rows(person)
-    if pseudonym_shortfall(person):
+    if _shortfall(groups):
         return {}
     same = [(a, b) for rows in groups.values() for k, a in enumerate(rows) for b in rows[k + 1:]]
     rng = np.random.default_rng(seed)
@@ -434,7 +434,11 @@ def pseudonym_shortfall(person) -> str | None:
     it has them: it needs a person with two images and images of two people."""
     from anon_core.assignment import person_labels
 
-    groups = _person_rows(person_labels(person))
+    return _shortfall(_person_rows(person_labels(person)))
+
+
+def _shortfall(groups: dict[str, list[int]]) -> str | None:
+    """`pseudonym_shortfall` of the rows of each person."""
     if not groups:
         return "no anonymized image has an identity label"
     if max(len(rows) for rows in groups.values()) < 2:

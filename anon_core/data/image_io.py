@@ -186,16 +186,21 @@ def read_listed(path: Path, sha256: str | None) -> bytes:
     the old picture, put back or copied elsewhere, later took them, its real face left as it was."""
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageRejected("unreadable", f"{path}: file does not exist.") from exc
-    except IsADirectoryError as exc:
-        raise ImageRejected("unreadable", f"{path}: is a folder, not an image file.") from exc
     except OSError as exc:
-        raise ImageRejected("unreadable", f"{path}: cannot read the file ({exc.strerror or exc}).") from exc
+        raise _unreadable(path, exc, "read the file") from exc
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ImageRejected("changed", f"{path}: the file changed while this run read it (its bytes are not those "
                                        "listed when the run began); run the command again once it is written whole.")
     return data
+
+
+def _unreadable(path: Path, error: OSError, doing: str) -> ImageRejected:
+    """The `unreadable` rejection of a file that `doing` ("read the file", "stat file") failed on."""
+    if isinstance(error, FileNotFoundError):
+        return ImageRejected("unreadable", f"{path}: file does not exist.")
+    if isinstance(error, IsADirectoryError):
+        return ImageRejected("unreadable", f"{path}: is a folder, not an image file.")
+    return ImageRejected("unreadable", f"{path}: cannot {doing} ({error.strerror or error}).")
 
 
 def _source(path: Path, data: bytes | None):
@@ -372,12 +377,10 @@ def load_rgb(path: Path, min_side: int = MIN_SIDE, max_pixels: int = MAX_PIXELS,
         )
     try:
         size_bytes = path.stat().st_size if data is None else len(data)
-    except FileNotFoundError as exc:
-        raise ImageRejected("unreadable", f"{path}: file does not exist.") from exc
+        if data is None and path.is_dir():
+            raise IsADirectoryError(path)
     except OSError as exc:
-        raise ImageRejected("unreadable", f"{path}: cannot stat file ({exc.strerror or exc}).") from exc
-    if data is None and path.is_dir():
-        raise ImageRejected("unreadable", f"{path}: is a folder, not an image file.")
+        raise _unreadable(path, exc, "stat file") from exc
     if size_bytes == 0:
         raise ImageRejected("empty_file", f"{path}: file is empty (0 bytes); re-copy or remove it.")
 
