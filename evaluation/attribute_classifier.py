@@ -37,6 +37,7 @@ from evaluation.attributes import (
 from evaluation.image_sets import ImageSetLike
 
 NAME = "attribute_classifier"  # the predictor name of its rows in the attribute tables and metric names
+VARIED = "varied_attributes"  # its metric: attributes it gave the real test images both labels of
 CELEBA_LABELS, PSEUDO_LABELS = "celeba labels", "pseudo-labels"  # what the classifier learns
 SPLIT_TENTHS = {"train": range(0, 8), "val": range(8, 9), "test": range(9, 10)}  # for rows the dataset leaves out
 
@@ -214,6 +215,10 @@ def add_classifier_scores(result, weights: Weights, frame: pd.DataFrame, real: I
 
 
 def classifier_metrics(scores: pd.DataFrame) -> dict[str, float]:
-    """The summary metrics of `classifier_scores`' table: mean accuracy on real and anonymized, mean agreement."""
-    return {f"attributes/{NAME}/mean_{c}": float(scores[c].mean())
-            for c in ("accuracy_real", "accuracy_anon", "agreement")}
+    """The summary metrics of `classifier_scores`' table: mean accuracy on real and anonymized, mean agreement, the
+    test images it was scored on, and the attributes for which it gave the real test images both labels (`VARIED`:
+    at 0 it gave every image one label per attribute, and agrees with itself on any image, a black mask's too)."""
+    varied = ((scores["real_positive_rate"] > 0) & (scores["real_positive_rate"] < 1)).sum()
+    return {**{f"attributes/{NAME}/mean_{c}": float(scores[c].mean())
+               for c in ("accuracy_real", "accuracy_anon", "agreement")},
+            f"attributes/{NAME}/test_images": float(scores["n"].max()), f"attributes/{NAME}/{VARIED}": float(varied)}

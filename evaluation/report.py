@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,18 +124,47 @@ def headline_metrics(columns: Sequence[str]) -> list[str]:
     return headline + [c for c in columns if c.startswith(("attributes/", "quality/")) and not c.endswith("_std")]
 
 
-def privacy_utility_axes(columns: Sequence[str]) -> tuple[str | None, str | None]:
+def privacy_utility_axes(columns: Sequence[str], skip: Collection[str] = ()) -> tuple[str | None, str | None]:
     """The scatter's axes among metric names: the first recognizer's top-1 re-identification rate, and the first
     attribute agreement of a trained predictor (the seeded ones, `*_seeded`, mean nothing: see `seeded_banners`;
-    taken only when no other exists), else the first quality distance; None where no such metric exists."""
+    taken only when no other exists), else the first quality distance; None where no such metric exists. `skip`:
+    predictors whose metrics say nothing here (`uninformative_predictors`)."""
     recognizer = next((c.split("/")[1] for c in columns if c.startswith("reid/")), None)
     privacy = f"reid/{recognizer}/top1_rate" if recognizer else None
+    columns = [c for c in columns if not (c.startswith("attributes/") and c.split("/")[1] in skip)]
     agreements = [c for c in columns if c.startswith("attributes/") and c.endswith("agreement")]
     attributes = [c for c in columns if c.startswith("attributes/")]
     utility = next((c for group in (agreements, attributes) for c in group if "_seeded/" not in c), None)
     utility = utility or next(iter(attributes), None)
     utility = utility or next((c for c in columns if c.startswith("quality/") and not c.endswith("_std")), None)
     return privacy, utility
+
+
+def uninformative_predictors(metrics: pd.DataFrame) -> list[str]:
+    """The predictors whose agreement cannot tell the methods apart: the attribute classifier where it gave every
+    real test image one label per attribute (`attribute_classifier.VARIED` 0 in every row of `metrics`, one row per
+    method): trained on a handful of images, it learned no attribute, and agrees with itself on any image."""
+    from evaluation.attribute_classifier import NAME, VARIED
+
+    column = f"attributes/{NAME}/{VARIED}"
+    if column not in metrics.columns or not metrics[column].notna().any():
+        return []
+    return [NAME] if (metrics[column].dropna() == 0).all() else []
+
+
+def uninformative_banners(metrics: pd.DataFrame) -> list[str]:
+    """The warning of `uninformative_predictors`, naming the axis the scatter takes instead."""
+    from evaluation.attribute_classifier import NAME
+
+    if NAME not in uninformative_predictors(metrics):
+        return []
+    test = metrics.get(f"attributes/{NAME}/test_images", pd.Series(dtype=float)).max()
+    shown = f"all {int(test)} real test images" if pd.notna(test) else "every real test image"
+    _, utility = privacy_utility_axes(metrics.columns, skip=[NAME])
+    instead = f"; the scatter's utility axis is {utility} instead" if utility else ""
+    return [f"the attribute classifier gave {shown} one label per attribute (trained on too few images, it learned "
+            "none), so its agreement and accuracies cannot tell the methods apart (it agrees with itself on any "
+            f"image, a black mask's too){instead}."]
 
 
 ROW_INCHES = 0.24  # per attribute row of the agreement chart: 9 pt labels stay readable for CelebA's 40
@@ -216,10 +245,12 @@ def write_report(
     column when several runs are reported). runs: other evaluation runs to compare with (index: label, columns:
     metrics, e.g. earlier runs from MLflow): drawn with the summary's baselines in `privacy_vs_utility_runs.png`.
     Each scatter's points are also written as `<figure>.csv`. settings: per row of the summary, the settings in
-    which the rows differ; banners: warnings shown at the top (seeded networks)."""
+    which the rows differ; banners: warnings shown at the top (seeded networks), to which an uninformative
+    predictor's is added (`uninformative_banners`)."""
     out_dir = Path(out_dir)
     baselines = [m for m in summary.index if m in BASELINES]
-    privacy, utility = privacy_utility_axes(summary.columns)
+    privacy, utility = privacy_utility_axes(summary.columns, skip=uninformative_predictors(summary))
+    banners = [*banners, *uninformative_banners(summary)]
 
     figures: dict[str, bytes] = {"examples.png": grid_png(examples)}
     tables: dict[str, bytes] = {}

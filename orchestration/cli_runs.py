@@ -247,7 +247,8 @@ def divergence_notes(client, experiment_id: str, runs: list) -> dict[str, str]:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from anon_core.errors import FalcoError
-    from evaluation.report import PLOT_SOFTWARE, headline_metrics, privacy_utility_axes, privacy_utility_png
+    from evaluation.report import (PLOT_SOFTWARE, headline_metrics, privacy_utility_axes, privacy_utility_png,
+                                   uninformative_banners, uninformative_predictors)
 
     if args.plot is not None:
         _check_plot_path(args.plot)
@@ -293,17 +294,19 @@ def _run_compare(args: argparse.Namespace) -> int:
               f"table), so their metrics do not compare; give each input its own experiment "
               f"(MLFLOW_EXPERIMENT_NAME=NAME falco pipeline ...; falco runs compare --experiment NAME)", file=sys.stderr)
     if args.plot:  # from every logged metric: --metric narrows the table, and picks the axes where it names them
-        privacy, utility = privacy_utility_axes([*(args.metric or []), *logged])
+        every = compare_table(runs, None, bound) if args.metric else frame
+        privacy, utility = privacy_utility_axes([*(args.metric or []), *logged], skip=uninformative_predictors(every))
         if not (privacy and utility):
             print("falco: error: the runs logged no re-identification and utility metrics to plot", file=sys.stderr)
             return 2
         baselines = [_label(r) for r in runs if r.data.tags.get("method")]
-        points = plot_points(compare_table(runs, None, bound) if args.metric else frame, baselines,
-                             every_run=args.all)
+        points = plot_points(every, baselines, every_run=args.all)
         _check_outside_inputs(args.plot, runs)
         plotted = points[[privacy, utility]].dropna()
         write_bytes_atomic(args.plot, privacy_utility_png(plotted, privacy, utility, baselines, software=PLOT_SOFTWARE))
         print(f"plot: {args.plot} ({privacy} against {utility})", file=sys.stderr)  # stdout: the table alone
+        for line in uninformative_banners(every):
+            print(f"falco: note: {line}", file=sys.stderr)
         left_out = [str(label) for label in points.index if label not in plotted.index]
         if left_out:  # e.g. baselines evaluated before the attribute classifier scored them
             print(f"falco: note: not in the plot, for want of one of its metrics: {', '.join(left_out)}",

@@ -175,6 +175,34 @@ def test_the_scatter_plots_utility_by_a_trained_attribute_predictor_over_a_seede
                                                                                    "quality/fd_dlib")
 
 
+def test_a_classifier_that_learned_no_attribute_is_not_the_scatters_axis():
+    """On a small folder the classifier's test split was 2 images, to which it gave one label per attribute: its
+    agreement was 1.0 for every variant and baseline, a black mask's included, and the scatter drew them all on one
+    line at 1.0 without a word (hI). A classifier that gives both labels of one attribute stays the axis."""
+    from evaluation.attribute_classifier import classifier_metrics
+    from evaluation.report import privacy_utility_axes, uninformative_banners, uninformative_predictors
+
+    def scores(real_rates):
+        return pd.DataFrame({"accuracy_real": 0.9, "accuracy_anon": 0.9, "agreement": 1.0, "n": 2,
+                             "real_positive_rate": real_rates, "anon_positive_rate": real_rates})
+
+    constant = classifier_metrics(scores([0.0, 1.0, 0.0]))
+    assert constant["attributes/attribute_classifier/test_images"] == 2
+    seeded = "attributes/anycost_seeded/mean_agreement"
+    metrics = pd.DataFrame([{"reid/dlib/top1_rate": r, seeded: a, **constant} for r, a in ((0.0, 0.92), (0.1, 0.84))],
+                           index=["m0.5", "mask"])
+    assert uninformative_predictors(metrics) == ["attribute_classifier"]
+    assert privacy_utility_axes(metrics.columns, skip=["attribute_classifier"]) == ("reid/dlib/top1_rate", seeded)
+    [banner] = uninformative_banners(metrics)
+    assert banner.startswith("the attribute classifier gave all 2 real test images one label per attribute")
+    assert banner.endswith(f"the scatter's utility axis is {seeded} instead.")
+
+    learned = metrics.assign(**classifier_metrics(scores([0.0, 0.5, 1.0])))
+    assert learned["attributes/attribute_classifier/varied_attributes"].tolist() == [1.0, 1.0]
+    assert uninformative_predictors(learned) == [] and uninformative_banners(learned) == []
+    assert uninformative_predictors(metrics.drop(columns="attributes/attribute_classifier/varied_attributes")) == []
+
+
 def test_a_variant_whose_loss_rose_gets_a_warning_above_the_numbers():
     """A sweep over learning rates: the variant whose optimization diverged (its mean loss ended above step 0's) is
     named at the top of the report, with its own learning rate; the one that converged is not."""
