@@ -62,6 +62,11 @@ GLOSSARY: tuple[MetricMeaning, ...] = (
                   "(trained on the real train split) on the test split: mean accuracy against the labels, on the "
                   "real images and on their anonymized versions", "higher = more utility",
                   "attributes/attribute_classifier/mean_accuracy_anon"),
+    MetricMeaning(r"attributes/attribute_classifier/test_images", "the test images the attribute classifier was "
+                  "scored on (a handful: its figures are noise)", "-", "attributes/attribute_classifier/test_images"),
+    MetricMeaning(r"attributes/attribute_classifier/varied_attributes", "the attributes to which the classifier gave "
+                  "the real test images both labels (0: it learned none, and its agreement cannot tell methods "
+                  "apart)", "-", "attributes/attribute_classifier/varied_attributes"),
     MetricMeaning(r"pseudonym/[^/]+/anon_same_person_match_rate", "with identity labels: share of pairs of anonymized "
                   "images of one person that the recognizer verifies as the same person (a consistent pseudonym; "
                   "identity-aware pairing)", "higher = more utility (identity structure kept)",
