@@ -387,14 +387,20 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _null_keys(section: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys of a params section whose value is empty (null)."""
+def _null_keys(section: dict[str, Any], cls: type | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys of a params section (of the dataclass `cls`, default FalcoParams) whose value is empty (null);
+    keys that are not parameters are left to the unknown-key check."""
+    cls = cls or FalcoParams
+    nested = {"optimization": OptimizationParams, "inversion": InversionParams, "speed": SpeedParams}
+    known = {f.name for f in fields(cls)}
     found = []
     for key, value in section.items():
+        if key not in known:
+            continue
         if value is None:
             found.append(f"{prefix}{key}")
-        elif isinstance(value, dict):
-            found += _null_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, dict) and cls is FalcoParams and key in nested:
+            found += _null_keys(value, nested[key], f"{prefix}{key}.")
     return found
 
 

@@ -403,6 +403,24 @@ def divergence_banners(variants: Mapping[str, VariantResults], lrs: Mapping[str,
     return [f"variant {name}: {note}." for name, note in notes.items() if note]
 
 
+def same_codes_banners(variants: Mapping[str, VariantResults]) -> list[str]:
+    """One warning per group of variants whose codes are bit-identical for every image: they show the same images
+    and figures as if their settings had mattered. A margin above every identity similarity the optimization
+    reached does that (the loss |cos - m| pulls the same way for any such m), as few steps do."""
+    groups: dict[str, list[str]] = {}
+    for name, result in variants.items():
+        if result.codes is not None:
+            groups.setdefault(result.codes, []).append(name)
+    banners = []
+    for names in (g for g in groups.values() if len(g) > 1):
+        shown = ", ".join(names[:-1]) + f" and {names[-1]}"
+        banners.append(f"variants {shown} made bit-identical codes for every image, so their images and figures are "
+                       "the same: what tells them apart never changed the optimization (a margin above every identity "
+                       "similarity it reached, say: the loss |cos - m| then pulls the same way for any such m); more "
+                       "steps or other values tell them apart.")
+    return banners
+
+
 def release_shares(metrics: Mapping[str, float]) -> tuple[float, float | None]:
     """(the share of a run's images dlib still matched, that of its worst shard or None) from its metrics; the first
     is NaN when the run did not measure it."""
@@ -460,6 +478,7 @@ class VariantResults:
     attributes: pd.DataFrame  # per predictor and attribute; may be empty
     images: AnonymizedSet  # its anonymized images and their real sources
     losses: pd.DataFrame  # anon_core.loss_curves.mean_losses of its optimization
+    codes: str | None = None  # a digest of its codes in row order (`same_codes_banners`); None: not known
 
 
 def write_variant_report(

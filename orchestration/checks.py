@@ -12,6 +12,7 @@ from orchestration.assets.anonymization import anonymized_images, anonymized_lat
 from orchestration.assets.photos import anonymized_photos, photo_folder
 from orchestration.partitions import context_shard, context_variant, variant_photo_shards, variant_shards
 from orchestration.resources import NetworksResource, StorageResource
+from orchestration.tracking import LAUNCHED_BY, MlflowResource
 
 PRIVACY_CHECK = "privacy_source_match_share"
 PHOTO_PRIVACY_CHECK = "privacy_face_match_share"
@@ -50,7 +51,7 @@ def latents_finite_and_fixed_layers_untouched(
                 additional_ins={"real_images": dg.AssetIn("real_images")}, partitions_def=variant_shards)
 def privacy_source_match_share(
     context: dg.AssetCheckExecutionContext, anonymized_images: ImageSet, real_images: ImageSet,
-    networks: NetworksResource,
+    networks: NetworksResource, mlflow: MlflowResource,
 ) -> dg.AssetCheckResult:
     """Blocking: the share of a shard's anonymized images that dlib's face recognizer (a real, trained network)
     still matches to their own source (distance < 0.6) must not exceed `checks.privacy_max_match_share`; if it
@@ -65,6 +66,7 @@ def privacy_source_match_share(
     sources = take(real_images.images, rows)  # lazy for images left on disk: embed reads both sets batch by batch
     distances, matched = dlib.match_pairs(anonymized_images.images, sources)
     share = float(matched.mean()) if len(matched) else 0.0
+    _failed_in_mlflow(context, mlflow, fails_release(share, bound))
     return dg.AssetCheckResult(
         passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
@@ -77,7 +79,7 @@ def privacy_source_match_share(
 @dg.asset_check(name=PHOTO_PRIVACY_CHECK, asset=anonymized_photos, blocking=True, partitions_def=variant_photo_shards)
 def privacy_face_match_share(
     context: dg.AssetCheckExecutionContext, anonymized_photos: pd.DataFrame, storage: StorageResource,
-    networks: NetworksResource,
+    networks: NetworksResource, mlflow: MlflowResource,
 ) -> dg.AssetCheckResult:
     """Blocking, per face: dlib's descriptor of each face of the output photos, cut at the input's landmarks, vs the
     input's (evaluation.photo_privacy); the share matched (distance < 0.6) must not exceed
@@ -91,6 +93,7 @@ def privacy_face_match_share(
     privacy = face_privacy(storage.input_dir, folder)
     write_face_privacy(privacy, folder)
     share, distances = match_share(privacy), measured_distances(privacy)
+    _failed_in_mlflow(context, mlflow, fails_release(share, bound))
     return dg.AssetCheckResult(
         passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
@@ -99,6 +102,14 @@ def privacy_face_match_share(
                   "threshold": "dlib descriptor distance < 0.6, at the input's landmarks",
                   "min_distance": float(distances.min()) if len(distances) else float("nan")},
     )
+
+
+def _failed_in_mlflow(context: dg.AssetCheckExecutionContext, mlflow: MlflowResource, failed: bool) -> None:
+    """A blocking check that fails the run of a launch from the UI (not from falco's driver, which ends its runs
+    itself) ends the run's MLflow run FAILED now: its asset's step had ended it FINISHED, and the run status sensor
+    that corrects it runs only while the Dagster daemon does (hH: FINISHED for a failed run, the daemon stopped)."""
+    if failed and LAUNCHED_BY not in context.run.tags:
+        mlflow.end_dagster_run(context.run.run_id, "FAILED", context.log.warning)
 
 
 ALL_CHECKS = [pairs_cover_every_real, latents_finite_and_fixed_layers_untouched, privacy_source_match_share,

@@ -212,16 +212,22 @@ def divergence_notes(client, experiment_id: str, runs: list) -> dict[str, str]:
     import pandas as pd
 
     from anon_core.loss_curves import divergence_note
-    from orchestration.tracking import SHARD_TAG, VARIANT_TAG, current_since, metric_name
+    from orchestration.partitions import shard_key
+    from orchestration.tracking import SHARD_TAG, SHARDS_TAG, VARIANT_TAG, current_since, metric_name
 
     latest = {r.data.tags.get(VARIANT_TAG): r for r in runs if not r.data.tags.get("method")}
     wanted = {variant for variant in latest if variant}
+    read: dict[str, set[str] | None] = {}  # the shards each evaluation read (None: not logged, before num_shards)
+    for variant in wanted:
+        count = latest[variant].data.tags.get(SHARDS_TAG, "")
+        read[variant] = {shard_key(i) for i in range(int(count))} if count.isdigit() else None
     shards: dict[str, dict[str, object]] = {variant: {} for variant in wanted}
     for run in _finished(client, experiment_id, LATENTS_ASSET) if wanted else []:  # oldest first: the latest wins
-        variant = run.data.tags.get(VARIANT_TAG)
+        variant, shard = run.data.tags.get(VARIANT_TAG), run.data.tags.get(SHARD_TAG, "")
         if variant in wanted and current_since(run) <= current_since(latest[variant]) and \
-                run.data.tags.get("data_version") == latest[variant].data.tags.get("data_version"):
-            shards[variant][run.data.tags.get(SHARD_TAG, "")] = run
+                run.data.tags.get("data_version") == latest[variant].data.tags.get("data_version") and \
+                (read[variant] is None or shard in read[variant]):  # not a shard of an earlier split of the data
+            shards[variant][shard] = run
     notes = {}
     for variant, by_shard in shards.items():
         curves, weights = [], []

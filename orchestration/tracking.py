@@ -41,6 +41,7 @@ ASSET_TAG = "asset_key"
 PARTITION_TAG = "partition"
 VARIANT_TAG = "variant"
 SHARD_TAG = "shard"
+SHARDS_TAG = "num_shards"  # an evaluation's: it read the shards shard-00000 .. of its variant, this many
 METHOD_TAG = "method"  # a baseline's name on its run
 LAUNCHED_BY = "falco/launched_by"  # Dagster run tag: "<host>:<pid>" of the driver process that executes the run
 RESTORED_AT_TAG = "falco.restored_at"
@@ -481,7 +482,9 @@ class MlflowResource(dg.ConfigurableResource):
         # then it is RUNNING (ended with each step, it showed FINISHED while a later step worked, and after a kill -9
         # between steps). Launched otherwise (the UI, `dagster job execute`), each step ends it, and puts it back.
         by_driver = LAUNCHED_BY in _run_tags(context)
-        if not by_driver:
+        # (a parent that an earlier step of this run ended FAILED or KILLED keeps that end: so will the run)
+        ended_badly = not by_driver and client.get_run(parent).info.status in ("FAILED", "KILLED")
+        if not by_driver and not ended_badly:
             client.update_run(parent, status="RUNNING")
         tags = {
             DAGSTER_RUN_TAG: run_id, ASSET_TAG: asset, PARTITION_TAG: partition, PARENT_TAG: parent,
@@ -507,7 +510,7 @@ class MlflowResource(dg.ConfigurableResource):
             status = "KILLED"
             raise
         finally:
-            ended = [run.run_id] if by_driver else [run.run_id, parent]
+            ended = [run.run_id] if by_driver or ended_badly else [run.run_id, parent]
             if status == "FINISHED":
                 for run_id in ended:
                     client.set_terminated(run_id, status)

@@ -138,6 +138,9 @@ def test_a_bad_value_is_refused_also_where_the_profile_run_replaces_it(tmp_path)
     empty = _edited(tmp_path, "empty", lambda d: d["profiles"]["ffhq512"].setdefault("optimization", {}).update(lr=None))
     with pytest.raises(ParamsError, match=rf"^{empty}: profiles: ffhq512: optimization.lr is empty \(null\); give "):
         load_params("tiny", empty)
+    misspelt = _edited(tmp_path, "misspelt", lambda d: d["profiles"]["tiny"].update(pool_sise=None))
+    with pytest.raises(ParamsError, match=r"unknown parameter\(s\) pool_sise"):  # (hJ: it was "is empty")
+        load_params("tiny", misspelt)
     # a count in YAML's exponent form, `pool_size: 1e3` (text to YAML 1.1), is its number, as `--steps 1e1` is
     thousand = _edited(tmp_path, "thousand", lambda d: d["profiles"]["tiny"].update(pool_size="1e3"))
     assert load_params("tiny", thousand).pool_size == 1000

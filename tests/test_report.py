@@ -203,6 +203,29 @@ def test_a_classifier_that_learned_no_attribute_is_not_the_scatters_axis():
     assert uninformative_predictors(metrics.drop(columns="attributes/attribute_classifier/varied_attributes")) == []
 
 
+def test_variants_that_made_the_same_codes_are_named_together():
+    """Margins above every identity similarity a short optimization reached pull the codes the same way: m0.3, m0.5
+    and m0.9 at 5 steps made byte-identical images, shown as three results with no note (hI)."""
+    from types import SimpleNamespace
+
+    from evaluation.report import same_codes_banners
+    from orchestration.assets.report import _codes_digest
+
+    ws = np.random.default_rng(0).normal(size=(4, 3, 2)).astype(np.float32)
+    by_rows = [{"row": np.array([2, 0]), "ws": ws[[2, 0]]}, {"row": np.array([3, 1]), "ws": ws[[3, 1]]}]
+    in_order = [{"row": np.arange(4), "ws": ws}]
+    assert _codes_digest(by_rows) == _codes_digest(in_order)  # the codes by real row, however the shards hold them
+    moved = ws.copy()
+    moved[1, 0, 0] += 1e-6
+    variants = {"m0.3": SimpleNamespace(codes=_codes_digest(by_rows)), "m0.5": SimpleNamespace(codes=_codes_digest(
+        in_order)), "m0.9": SimpleNamespace(codes=_codes_digest(in_order)),
+        "m0": SimpleNamespace(codes=_codes_digest([{"row": np.arange(4), "ws": moved}])),
+        "old": SimpleNamespace(codes=None)}
+    [banner] = same_codes_banners(variants)
+    assert banner.startswith("variants m0.3, m0.5 and m0.9 made bit-identical codes for every image, so their images "
+                             "and figures are the same")
+
+
 def test_a_variant_whose_loss_rose_gets_a_warning_above_the_numbers():
     """A sweep over learning rates: the variant whose optimization diverged (its mean loss ended above step 0's) is
     named at the top of the report, with its own learning rate; the one that converged is not."""

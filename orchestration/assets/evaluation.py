@@ -17,7 +17,7 @@ from orchestration.io_manager import REAL_FACES, verified_keys
 from orchestration.metadata import table
 from orchestration.partitions import BY_VARIANT, context_variant, variants
 from orchestration.resources import NetworksResource, StorageResource
-from orchestration.tracking import MlflowResource, delta_table
+from orchestration.tracking import SHARDS_TAG, MlflowResource, delta_table
 
 GROUP = "evaluation"
 OUTPUTS_FOLDER = "evaluation_outputs"  # under the storage root: the evaluation networks' per-image outputs, kept by
@@ -336,6 +336,7 @@ def variant_evaluation(
         if worst is not None:  # the release rule judges each shard, as the blocking check does (report.WORST_SHARD_CHECK)
             result.metrics[WORST_SHARD_CHECK] = worst
         summary = summary_table([result]).reset_index()
+        run.set_tag(SHARDS_TAG, str(len(shards)))  # which shards' losses `falco runs compare` reads (shard-0..N-1)
         run.log_metrics(result.metrics)
         run.log_table(summary, "metrics.csv")
         run.log_per_image_table(result.per_image, "per_image.csv")

@@ -33,29 +33,33 @@ def fake_pool(context: dg.AssetExecutionContext, networks: NetworksResource, mlf
 
 def check_pool_holds_real_images(context: dg.AssetExecutionContext, params) -> None:
     """FalcoError when the pairing cannot give the real images distinct fakes from a pool of this size, before the
-    pool is made: against `real_images` as this run made it (it runs first: its priority), or as last stored when
-    this run does not make it. Without this, `pairs` refused only after the stored pool had been replaced."""
+    pool is made, in a run that pairs them (`pairs` or `real_images` selected: not photo mode's, which pairs by
+    nearest): against `real_images` as this run made it (it runs first: its priority), or as last stored when this
+    run does not make it. Without this, `pairs` refused only after the stored pool had been replaced."""
     from anon_core.assignment import check_pool_size
     from anon_core.errors import FalcoError
     from orchestration.io_manager import latest_materialization
 
-    if params.pairing == "nearest":
+    key, selected = dg.AssetKey("real_images"), context.job_def.asset_layer.selected_asset_keys
+    if params.pairing == "nearest" or not {key, dg.AssetKey("pairs")} & set(selected):
         return
-    key = dg.AssetKey("real_images")
     latest = latest_materialization(context.instance, key, None)
-    if key in context.job_def.asset_layer.selected_asset_keys and (latest is None or latest.run_id != context.run.run_id):
+    if key in selected and (latest is None or latest.run_id != context.run.run_id):
         failed = context.instance.get_records_for_run(context.run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         if any(r.event_log_entry.step_key == "real_images" for r in failed.records):
             raise FalcoError("not made: real_images failed in this run (its error comes first); the stored pool is "
                              "kept")
         return  # real_images still runs beside this step (another worker): `pairs` checks the pool
     metadata = latest.asset_materialization.metadata if latest is not None else {}
-    if "num_ok" in metadata and "num_people" in metadata:  # (a value stored before num_people: `pairs` checks)
-        try:
-            check_pool_size(params.pairing, params.pool_size, metadata["num_ok"].value, metadata["num_people"].value,
-                            f" of real_images (run {latest.run_id[:8]})")
-        except FalcoError as error:
-            raise FalcoError(f"{error}; the stored pool is kept") from None
+    people = metadata["num_people"].value if "num_people" in metadata else None
+    if "num_ok" not in metadata or (params.pairing == "identity" and people is None):
+        return  # (identity pairing on a value stored before num_people: `pairs` checks)
+    images = metadata["num_ok"].value
+    try:
+        check_pool_size(params.pairing, params.pool_size, images, images if people is None else people,
+                        f" of real_images (run {latest.run_id[:8]})")
+    except FalcoError as error:
+        raise FalcoError(f"{error}; the stored pool is kept") from None
 
 
 @dg.asset(group_name=GROUP, code_version="2", op_tags=GPU)

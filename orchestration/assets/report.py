@@ -48,8 +48,27 @@ def _sweep_results(networks: NetworksResource, metrics: dict, per_image: dict, a
                                    table["image"].tolist())
         losses = mean_losses([{n: shard[f"loss_{n}"] for n in LOSS_NAMES} for shard in latents[v]],
                              networks.params(v).optimization.steps)
-        results[v] = VariantResults(metrics[v], per_image[v], attributes[v], anonymized, losses)
+        results[v] = VariantResults(metrics[v], per_image[v], attributes[v], anonymized, losses,
+                                    _codes_digest(latents[v]))
     return results
+
+
+def _codes_digest(shards: list) -> str:
+    """A digest of a variant's codes by real row, however its shards hold them (their `ws` and `row`): each row's
+    codes hashed as its shard is read, then the rows' digests in row order."""
+    import hashlib
+
+    import numpy as np
+
+    digests: dict[int, bytes] = {}
+    for shard in shards:
+        ws = np.asarray(shard["ws"])
+        for row, codes in zip(np.asarray(shard["row"]).tolist(), ws):
+            digests[int(row)] = hashlib.sha256(np.ascontiguousarray(codes).tobytes()).digest()
+    whole = hashlib.sha256()
+    for row in sorted(digests):
+        whole.update(row.to_bytes(8, "little", signed=True) + digests[row])
+    return whole.hexdigest()
 
 
 def _source_identities(identity, variants: Mapping) -> list | None:
@@ -96,7 +115,7 @@ def anonymization_report(
     from evaluation.baselines import baseline_of
     from evaluation.privacy import rivals
     from evaluation.report import (divergence_banners, gallery_banners, privacy_banners, pseudonym_banners,
-                                   seeded_banners, write_variant_report)
+                                   same_codes_banners, seeded_banners, write_variant_report)
     from orchestration.assets.evaluation import identities_of, output_store
     from orchestration.tracking import flatten
 
@@ -124,6 +143,7 @@ def anonymization_report(
             baseline_attributes=baseline_attributes, settings=settings,
             banners=[*privacy_banners(variants, bound),
                      *divergence_banners(variants, {v: networks.params(v).optimization.lr for v in variants}),
+                     *same_codes_banners(variants),
                      *gallery_banners(rivals(identities_of(real_images), len(real_images.named))),
                      *pseudonym_banners(_source_identities(identities_of(real_images), variants)),
                      *seeded_banners(nets.weights == "seeded", metrics, nets.generator.config.resolution)])
