@@ -185,10 +185,13 @@ def _run(storage, networks, wanted, instance, fresh, stages, mlflow, log, log_le
             shown = ", ".join(map(str, restored[:4])) + (f" and {len(restored) - 4} more" if len(restored) > 4 else "")
             log(f"recorded again {len(restored)} stored value(s) an earlier run of this instance made, put back since "
                 f"(`dvc checkout`, `dvc exp apply`, a copy): {shown}")
-    tightened = make_private(storage.root, graph)
+    tightened, refused = make_private(storage.root, graph)
     if tightened:
         log(f"made the stored real faces of {', '.join(tightened)} readable by their owner only (0700 folders, 0600 "
             "files), as this version writes them")
+    for why in refused:
+        log(f"warning: could not make stored real faces readable by their owner only: {why}; change their mode "
+            "yourself (chmod -R go-rwx), or delete the storage")
     summary = PipelineSummary(variants=wanted)
     driver = _Driver(instance, graph, _config(storage, networks, mlflow), summary, fresh, log, log_level, mlflow)
     pipeline = networks.pipeline()

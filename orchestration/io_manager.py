@@ -118,24 +118,27 @@ def value_location(root: str | Path, asset_key: dg.AssetKey, partitions_def, par
     return asset_dir(root, "/".join(asset_key.path), variant), shard or "all"
 
 
-def make_private(root: str | Path, graph) -> list[str]:
+def make_private(root: str | Path, graph) -> tuple[list[str], list[str]]:
     """Make the stored values of the graph's real-face assets (REAL_FACES) readable by their owner only, folders
     0700 and files 0600, where a storage written by an earlier version left them readable by all (a folder already
-    0700 is taken as done); the assets whose values it changed."""
-    changed = []
+    0700 is taken as done; a folder that is a link, to a larger disk say, is followed). Returns the assets whose
+    values it changed, and `<folder>: <why>` for those it could not."""
+    changed, failed = [], []
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
         if not (node.metadata or {}).get(REAL_FACES) or node.partitions_def is not None:
             continue
         base, _ = value_location(root, key, None, None)
-        if base.is_symlink() or not base.is_dir() or base.stat().st_mode & 0o077 == 0:
+        if not base.is_dir() or base.stat().st_mode & 0o077 == 0:
             continue
-        with contextlib.suppress(OSError):  # not ours to change: the files written next are 0600 all the same
-            for path in [base, *base.rglob("*")]:
-                if not path.is_symlink():
+        try:
+            for path in [*base.rglob("*"), base]:  # the folder last: one left as it was is tried again next run
+                if path == base or not path.is_symlink():
                     path.chmod(0o700 if path.is_dir() else 0o600)
             changed.append(key.to_user_string())
-    return changed
+        except OSError as error:  # not ours to change (another owner, an immutable file): said, not hidden
+            failed.append(f"{error.filename or base}: {error.strerror or error}")
+    return changed, failed
 
 
 def _writer_file(base: Path, stem: str) -> Path:
