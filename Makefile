@@ -35,8 +35,12 @@ demo: install
 	if git rev-parse --git-dir > /dev/null 2>&1; then $(BIN)/dvc commit --force --quiet dvc.yaml; fi
 	$(BIN)/falco anonymize $(DEMO_PHOTOS)/input $(DEMO_PHOTOS)/anonymized --mode photo --profile tiny --quiet
 
+# SIGINT back to its default first: a background job (`make ui &` in a script) starts with it ignored, and `dagster
+# dev` gives SIGTERM what SIGINT has, so it ignored both and only SIGKILL stopped it.
 ui: install
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(UI_PORT)
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, \
+	signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' $(BIN)/dagster dev -m orchestration.definitions \
+	-h 127.0.0.1 -p $(UI_PORT)
 
 # MLflow 3 opens in its GenAI view; the link below (and the ones `falco pipeline` prints) open the runs instead.
 mlflow-ui: install
