@@ -848,4 +848,4 @@ def test_the_demo_targets_leave_an_exported_dagster_home_alone(tmp_path):
     assert f"rm -rf outputs/pipeline outputs/photos {project / '.dagster_home'} " in planned
     assert f"DAGSTER_HOME={project / '.dagster_home'} .venv/bin/falco pipeline" in planned
     ui = subprocess.run(["make", "-n", "ui"], cwd=project, env=env, capture_output=True, text=True, check=True).stdout
-    assert f"DAGSTER_HOME={theirs} .venv/bin/dagster dev" in ui
+    assert f"DAGSTER_HOME={theirs} .venv/bin/python -c " in ui and ".venv/bin/dagster dev -m orchestration" in ui
