@@ -203,7 +203,8 @@ def test_a_run_whose_settings_were_not_observed_as_it_reads_them_is_refused(stat
         "again (falco pipeline and falco stage observe them themselves)"))
     ok, error = launch("anonymize", "shard-00000|default", **{"optimization.margin": 0.9})
     assert not ok and error.startswith("anonymized_latents: variant_settings [default] was observed with other values than this run "
-                                       "reads: a run config that overrides params.yaml, or params.yaml changed since;")
+                                       "reads (this run's config sets optimization.margin): a run config that "
+                                       "overrides params.yaml, or params.yaml changed since;")  # (hH: unnamed)
     ok, error = launch("prepare", None, pool_size=50)
     assert not ok and error.startswith("fake_pool: fake_pool_settings was observed with other values than this run reads "
                                        "(pool_size): ")

@@ -270,6 +270,8 @@ def check_observed(context: dg.AssetExecutionContext, networks: NetworksResource
         else:
             recorded = {k: getattr(v, "value", None) for k, v in observation.metadata.items()}
             changed = [k for k, v in values.items() if k in recorded and recorded[k] != _shown(v)]
+            if not changed and networks.overrides:  # a variant's observation keeps no values: name what is set
+                changed = [f"this run's config sets {', '.join(sorted(networks.overrides))}"]
             why = (f"{what} was observed with other values than this run reads"
                    f"{' (' + ', '.join(changed) + ')' if changed else ''}: a run config that overrides params.yaml, or "
                    "params.yaml changed since")
