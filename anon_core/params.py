@@ -102,6 +102,10 @@ PAIRING_MODES = ("nearest", "unique", "identity")
 AMP_MODES = ("auto", "bf16", "off")  # speed.amp; auto: bf16 on CUDA, off elsewhere
 
 
+# The sections of FalcoParams that are dataclasses of their own.
+NESTED = {"optimization": OptimizationParams, "inversion": InversionParams, "speed": SpeedParams}
+
+
 def load_params(profile: str, path: Path | None = None, *, sources: Mapping[str, str] | None = None,
                 **overrides: Any) -> FalcoParams:
     """Resolve the parameters of `profile` from a params file (default: the repository's `params.yaml`).
@@ -391,7 +395,6 @@ def _null_keys(section: dict[str, Any], cls: type | None = None, prefix: str = "
     """The dotted keys of a params section (of the dataclass `cls`, default FalcoParams) whose value is empty (null);
     keys that are not parameters are left to the unknown-key check."""
     cls = cls or FalcoParams
-    nested = {"optimization": OptimizationParams, "inversion": InversionParams, "speed": SpeedParams}
     known = {f.name for f in fields(cls)}
     found = []
     for key, value in section.items():
@@ -399,8 +402,8 @@ def _null_keys(section: dict[str, Any], cls: type | None = None, prefix: str = "
             continue
         if value is None:
             found.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and cls is FalcoParams and key in nested:
-            found += _null_keys(value, nested[key], f"{prefix}{key}.")
+        elif isinstance(value, dict) and cls is FalcoParams and key in NESTED:
+            found += _null_keys(value, NESTED[key], f"{prefix}{key}.")
     return found
 
 
@@ -425,7 +428,7 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> An
     values = {}
     for name, f in known.items():
         value = data[name]
-        nested = {"optimization": OptimizationParams, "inversion": InversionParams, "speed": SpeedParams}.get(name)
+        nested = NESTED.get(name)
         if nested is not None and cls is FalcoParams:
             if not isinstance(value, dict):
                 raise ParamsError(f"{source}: {prefix}{name} must be a mapping")

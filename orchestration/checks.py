@@ -66,9 +66,10 @@ def privacy_source_match_share(
     sources = take(real_images.images, rows)  # lazy for images left on disk: embed reads both sets batch by batch
     distances, matched = dlib.match_pairs(anonymized_images.images, sources)
     share = float(matched.mean()) if len(matched) else 0.0
-    _failed_in_mlflow(context, mlflow, fails_release(share, bound))
+    failed = fails_release(share, bound)
+    _failed_in_mlflow(context, mlflow, failed)
     return dg.AssetCheckResult(
-        passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
+        passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
                   "bound": bound, "threshold": "dlib descriptor distance < 0.6",
                   "min_distance": float(distances.min()) if len(distances) else float("nan"),
@@ -93,9 +94,10 @@ def privacy_face_match_share(
     privacy = face_privacy(storage.input_dir, folder)
     write_face_privacy(privacy, folder)
     share, distances = match_share(privacy), measured_distances(privacy)
-    _failed_in_mlflow(context, mlflow, fails_release(share, bound))
+    failed = fails_release(share, bound)
+    _failed_in_mlflow(context, mlflow, failed)
     return dg.AssetCheckResult(
-        passed=not fails_release(share, bound), severity=dg.AssetCheckSeverity.ERROR,
+        passed=not failed, severity=dg.AssetCheckSeverity.ERROR,
         metadata={"variant": context_variant(context), "shard": context_shard(context), "matched_share": share,
                   "bound": bound, "faces": len(privacy), "faces_measured": measured_faces(privacy),
                   "matched_faces": int(privacy["matched"].sum()),

@@ -77,9 +77,9 @@ from orchestration.partitions import split_key
 from orchestration.resources import asset_dir
 
 __all__ = ["ALLOW_MISSING", "REAL_FACES", "FalcoIOManager", "ImageSet", "KeyedArray", "LazyArrays", "Weights",
-           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "make_private", "missing_files", "prune_images",
-           "prune_moved_rows", "prune_shards", "prune_unregistered_shards", "record_files", "stored_files",
-           "stored_state", "unrecorded", "value_location", "verified_keys"]
+           "claim", "keep_dropped_rows", "keyed_array", "keyed_dicts", "make_private", "missing_files",
+           "prune_images", "prune_moved_rows", "prune_shards", "prune_unregistered_shards", "record_files",
+           "stored_files", "stored_state", "unrecorded", "value_location", "verified_keys"]
 
 ALLOW_MISSING = "falco/allow_missing_partitions"  # AssetIn metadata key
 STORED = "path"  # materialization metadata key: the value went to files (handle_output, or an asset's own)
